@@ -1,0 +1,645 @@
+//! The container authentik would deploy for an outpost. authentik's semantics live here and
+//! only here (see design/authentik-outposts.md): naming, image, environment, ports, labels,
+//! Traefik labels, restart policy and health check.
+//!
+//! Everything is a pure function of the manifest, so validation can report what would go
+//! wrong (a name Docker rejects, a port used twice) before any engine is contacted.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::manifest::model::{OutpostType, PullPolicy};
+
+pub const LABEL_UUID: &str = "io.goauthentik.outpost-uuid";
+pub const LABEL_PROJECT: &str = "outpostctl.project";
+pub const LABEL_MANAGED_BY: &str = "outpostctl.managed-by";
+pub const LABEL_CONFIG_HASH: &str = "outpostctl.config-hash";
+pub const LABEL_OUTPOST: &str = "outpostctl.outpost";
+pub const MANAGED_BY: &str = "outpostctl";
+pub const DEFAULT_NAMING_TEMPLATE: &str = "ak-outpost-%(name)s";
+pub const DEFAULT_IMAGE_BASE: &str = "ghcr.io/goauthentik/%(type)s:%(version)s";
+pub const RESTART_POLICY: &str = "unless-stopped";
+/// The first authentik release whose proxy image runs `/authentik healthcheck proxy`.
+pub const RUST_PROXY_SINCE: (u32, u32) = (2026, 8);
+
+/// A secret value: shown nowhere, serialized nowhere.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+    /// The value itself, for the one place that needs it (the engine call).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("(secret)")
+    }
+}
+
+/// An environment value of the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnvValue {
+    Plain(String),
+    Secret(Secret),
+}
+
+impl EnvValue {
+    pub fn expose(&self) -> &str {
+        match self {
+            EnvValue::Plain(s) => s,
+            EnvValue::Secret(s) => s.expose(),
+        }
+    }
+    pub fn is_secret(&self) -> bool {
+        matches!(self, EnvValue::Secret(_))
+    }
+    /// What may be shown: the value, or `(secret)`.
+    pub fn shown(&self) -> &str {
+        match self {
+            EnvValue::Plain(s) => s,
+            EnvValue::Secret(_) => "(secret)",
+        }
+    }
+}
+
+impl Serialize for EnvValue {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.shown())
+    }
+}
+
+/// Transport protocol of a port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+}
+
+/// A published port: container port -> host address and port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PortBinding {
+    pub container_port: u16,
+    pub proto: Proto,
+    /// Empty: every interface (Docker's default).
+    pub host_ip: String,
+    pub host_port: u16,
+}
+
+impl fmt::Display for PortBinding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ip = if self.host_ip.contains(':') {
+            format!("[{}]:", self.host_ip)
+        } else if self.host_ip.is_empty() {
+            String::new()
+        } else {
+            format!("{}:", self.host_ip)
+        };
+        write!(
+            f,
+            "{ip}{}->{}/{}",
+            self.host_port,
+            self.container_port,
+            self.proto.as_str()
+        )
+    }
+}
+
+/// The container health check (Docker's HealthConfig), durations in nanoseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthCheck {
+    pub test: Vec<String>,
+    pub interval_ns: i64,
+    pub retries: i64,
+    pub start_period_ns: i64,
+}
+
+/// Everything that makes up one outpost's container.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ContainerSpec {
+    pub outpost: String,
+    #[serde(rename = "type")]
+    pub kind: OutpostType,
+    pub uuid: String,
+    pub name: String,
+    pub image: String,
+    /// authentik's default image for the type and version, tried when `image` cannot be
+    /// pulled; None when `image` is that image already, or no version is known.
+    pub fallback_image: Option<String>,
+    pub pull: PullPolicy,
+    pub env: BTreeMap<String, EnvValue>,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<PortBinding>,
+    pub network: Option<String>,
+    pub restart_policy: String,
+    pub healthcheck: HealthCheck,
+    /// sha256 of everything above except the name, secrets folded in through an HMAC.
+    pub config_hash: String,
+}
+
+/// authentik's outpost settings after defaults were applied.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub authentik_host: String,
+    pub authentik_host_insecure: bool,
+    pub authentik_host_browser: String,
+    pub naming_template: String,
+    pub container_image: Option<String>,
+    pub image_base: String,
+    pub version: Option<String>,
+    pub network: Option<String>,
+    pub map_ports: bool,
+    pub labels: BTreeMap<String, String>,
+    pub pull: PullPolicy,
+}
+
+/// Host binding overrides keyed by (container port, protocol): None leaves a port
+/// unpublished, Some((host ip, host port)) binds it there.
+pub type PortOverrides = BTreeMap<(u16, Proto), Option<(String, u16)>>;
+
+/// What an outpost needs to become a container.
+#[derive(Debug, Clone)]
+pub struct OutpostInput<'a> {
+    pub project: &'a str,
+    pub name: &'a str,
+    pub kind: OutpostType,
+    pub uuid: String,
+    pub token: Secret,
+    pub external_hosts: &'a [String],
+    pub settings: &'a Settings,
+    /// Host binding overrides keyed by container port: None leaves a port unpublished.
+    pub port_overrides: &'a PortOverrides,
+    pub healthcheck: Option<&'a [String]>,
+}
+
+/// What is wrong with an outpost's settings; the field says where to point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Relative pointer below the outpost (`/config/object_naming_template`), or "" for the
+    /// outpost itself.
+    pub field: &'static str,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl Problem {
+    fn new(field: &'static str, message: impl Into<String>, hint: impl Into<String>) -> Problem {
+        Problem {
+            field,
+            message: message.into(),
+            hint: Some(hint.into()),
+        }
+    }
+}
+
+/// Django's `slugify`, which authentik applies to the outpost name: NFKD, ASCII only,
+/// lowercase, word characters, spaces and dashes kept, runs of spaces and dashes made one
+/// dash, dashes and underscores trimmed.
+pub fn slugify(name: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    let ascii: String = name.nfkd().filter(char::is_ascii).collect();
+    let mut out = String::with_capacity(ascii.len());
+    let mut pending_dash = false;
+    for c in ascii.to_lowercase().chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            if pending_dash && !out.is_empty() {
+                out.push('-');
+            }
+            pending_dash = false;
+            out.push(c);
+        } else if c == '-' || c.is_ascii_whitespace() {
+            pending_dash = true;
+        }
+    }
+    out.trim_matches(|c| c == '-' || c == '_').to_string()
+}
+
+/// The outpost UUID derived from its name when the manifest gives none (UUID v5).
+pub fn derived_uuid(name: &str) -> String {
+    let ns = uuid::Uuid::new_v5(
+        &uuid::Uuid::NAMESPACE_URL,
+        b"https://outpostctl.dev/outposts",
+    );
+    uuid::Uuid::new_v5(&ns, name.as_bytes())
+        .simple()
+        .to_string()
+}
+
+/// `%(key)s` placeholders of a Python %-template, in order; `%%` is a literal percent.
+/// Errors name the first thing that is not a `%(key)s` placeholder.
+pub fn placeholders(template: &str) -> Result<Vec<&str>, String> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(i) = rest.find('%') {
+        let after = &rest[i + 1..];
+        if let Some(stripped) = after.strip_prefix('%') {
+            rest = stripped;
+            continue;
+        }
+        let Some(inner) = after.strip_prefix('(') else {
+            let shown: String = rest[i..].chars().take(3).collect();
+            return Err(format!("`{shown}` is not a placeholder"));
+        };
+        let Some(close) = inner.find(')') else {
+            return Err("`%(` is not closed".into());
+        };
+        let key = &inner[..close];
+        if !inner[close + 1..].starts_with('s') {
+            return Err(format!("`%({key})` must be followed by `s`"));
+        }
+        out.push(key);
+        rest = &inner[close + 2..];
+    }
+    Ok(out)
+}
+
+fn fill(template: &str, values: &[(&str, &str)]) -> String {
+    let mut s = template.replace("%%", "\u{0}");
+    for (k, v) in values {
+        s = s.replace(&format!("%({k})s"), v);
+    }
+    s.replace('\u{0}', "%")
+}
+
+/// Checks a template's placeholders against the allowed ones.
+pub fn check_template(template: &str, allowed: &[&str]) -> Result<(), String> {
+    for p in placeholders(template)? {
+        if !allowed.contains(&p) {
+            let list = allowed
+                .iter()
+                .map(|a| format!("`%({a})s`"))
+                .collect::<Vec<_>>()
+                .join(" and ");
+            return Err(format!("unknown placeholder `%({p})s`; use {list}"));
+        }
+    }
+    Ok(())
+}
+
+/// Container name: the naming template filled and lowercased, as authentik does.
+pub fn container_name(template: &str, outpost_name: &str, uuid: &str) -> String {
+    fill(
+        template,
+        &[("name", &slugify(outpost_name)), ("uuid", uuid)],
+    )
+    .to_lowercase()
+}
+
+/// Docker's rule for container names.
+pub fn valid_container_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    b.len() >= 2
+        && b.len() <= 253
+        && b[0].is_ascii_alphanumeric()
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// The type's ports (container port, protocol, host port) as authentik maps them.
+pub fn default_ports(kind: OutpostType) -> &'static [(u16, Proto, u16)] {
+    match kind {
+        OutpostType::Proxy => &[(9000, Proto::Tcp, 9000), (9443, Proto::Tcp, 9443)],
+        OutpostType::Ldap => &[(3389, Proto::Tcp, 389), (6636, Proto::Tcp, 636)],
+        OutpostType::Radius => &[(1812, Proto::Udp, 1812)],
+        OutpostType::Rac => &[],
+    }
+}
+
+/// The host part (with port) of an external host URL, as Traefik's `Host()` wants it.
+pub fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit('@').next()?;
+    (!host.is_empty()).then_some(host)
+}
+
+/// authentik's Traefik labels for a proxy outpost. With no external hosts there is no valid
+/// rule, so no router is declared (authentik would emit the broken rule `() && ...`).
+pub fn traefik_labels(name: &str, external_hosts: &[String]) -> BTreeMap<String, String> {
+    let hosts: Vec<String> = external_hosts
+        .iter()
+        .filter_map(|h| url_host(h))
+        .map(|h| format!("Host(`{h}`)"))
+        .collect();
+    let mut l = BTreeMap::new();
+    if hosts.is_empty() {
+        return l;
+    }
+    let router = format!("traefik.http.routers.{name}-router");
+    let service = format!("traefik.http.services.{name}-service");
+    l.insert("traefik.enable".into(), "true".into());
+    l.insert(
+        format!("{router}.rule"),
+        format!(
+            "({}) && PathPrefix(`/outpost.goauthentik.io`)",
+            hosts.join(" || ")
+        ),
+    );
+    l.insert(format!("{router}.service"), format!("{name}-service"));
+    l.insert(format!("{router}.tls"), "true".into());
+    l.insert(
+        format!("{service}.loadbalancer.healthcheck.path"),
+        "/outpost.goauthentik.io/ping".into(),
+    );
+    l.insert(
+        format!("{service}.loadbalancer.healthcheck.port"),
+        "9300".into(),
+    );
+    l.insert(format!("{service}.loadbalancer.server.port"), "9000".into());
+    l
+}
+
+/// `2026.8.0`, `2026.8`, `2026.8.0-rc1`, optionally with a leading `v` -> (2026, 8).
+pub fn parse_version(s: &str) -> Option<(u32, u32)> {
+    let s = s.strip_prefix('v').unwrap_or(s);
+    let mut parts = s.split(['.', '-']);
+    let year = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    (year >= 2000).then_some((year, minor))
+}
+
+/// The tag of an image reference, when it has one (`host:5000/a/b:tag@sha` -> `tag`).
+pub fn image_tag(image: &str) -> Option<&str> {
+    let without_digest = image.split('@').next()?;
+    let last = without_digest.rsplit('/').next()?;
+    last.split_once(':').map(|(_, t)| t)
+}
+
+/// The health check command authentik's images answer to. Proxy images moved to the Rust
+/// `/authentik` entrypoint in 2026.8; which one applies follows the image tag's version, else
+/// the declared authentik version, else the newest.
+pub fn healthcheck_command(kind: OutpostType, image: &str, version: Option<&str>) -> Vec<String> {
+    let ver = image_tag(image)
+        .and_then(parse_version)
+        .or_else(|| version.and_then(parse_version));
+    let rust_proxy = ver.is_none_or(|v| v >= RUST_PROXY_SINCE);
+    if kind == OutpostType::Proxy && rust_proxy {
+        vec!["/authentik".into(), "healthcheck".into(), "proxy".into()]
+    } else {
+        vec![format!("/{}", kind.as_str()), "healthcheck".into()]
+    }
+}
+
+/// The image: the outpost's own (templated) or the base template.
+pub fn image(kind: OutpostType, s: &Settings) -> String {
+    let template = s.container_image.as_deref().unwrap_or(&s.image_base);
+    fill(
+        template,
+        &[
+            ("type", kind.as_str()),
+            ("version", s.version.as_deref().unwrap_or("")),
+        ],
+    )
+}
+
+/// Builds the container spec of one outpost.
+pub fn container(input: &OutpostInput<'_>) -> Result<ContainerSpec, Vec<Problem>> {
+    let s = input.settings;
+    let mut problems = Vec::new();
+    let name = container_name(&s.naming_template, input.name, &input.uuid);
+    if !valid_container_name(&name) {
+        problems.push(Problem::new(
+            "/config/object_naming_template",
+            format!("the container name `{name}` is not one Docker accepts"),
+            "names start with a letter or digit and use letters, digits, `_`, `.` and `-` (at least 2 characters)",
+        ));
+    }
+    let image = image(input.kind, s);
+    let default_image = s
+        .version
+        .as_ref()
+        .map(|v| format!("ghcr.io/goauthentik/{}:{v}", input.kind.as_str()));
+    let fallback_image = default_image.filter(|d| *d != image);
+
+    let mut env = BTreeMap::new();
+    env.insert(
+        "AUTHENTIK_HOST".to_string(),
+        EnvValue::Plain(s.authentik_host.to_lowercase()),
+    );
+    env.insert(
+        "AUTHENTIK_INSECURE".to_string(),
+        EnvValue::Plain(s.authentik_host_insecure.to_string()),
+    );
+    env.insert(
+        "AUTHENTIK_TOKEN".to_string(),
+        EnvValue::Secret(input.token.clone()),
+    );
+    env.insert(
+        "AUTHENTIK_HOST_BROWSER".to_string(),
+        EnvValue::Plain(s.authentik_host_browser.clone()),
+    );
+
+    let mut labels = BTreeMap::new();
+    labels.insert(LABEL_UUID.to_string(), input.uuid.clone());
+    labels.extend(s.labels.clone());
+    if input.kind == OutpostType::Proxy {
+        labels.extend(traefik_labels(&name, input.external_hosts));
+    }
+
+    let mut ports = Vec::new();
+    if s.map_ports {
+        for &(cport, proto, hport) in default_ports(input.kind) {
+            match input.port_overrides.get(&(cport, proto)) {
+                None => ports.push(PortBinding {
+                    container_port: cport,
+                    proto,
+                    host_ip: String::new(),
+                    host_port: hport,
+                }),
+                Some(None) => {}
+                Some(Some((ip, port))) => ports.push(PortBinding {
+                    container_port: cport,
+                    proto,
+                    host_ip: ip.clone(),
+                    host_port: *port,
+                }),
+            }
+        }
+    }
+
+    let test = match input.healthcheck {
+        Some(cmd) => cmd.to_vec(),
+        None => healthcheck_command(input.kind, &image, s.version.as_deref()),
+    };
+    let healthcheck = HealthCheck {
+        test: std::iter::once("CMD".to_string()).chain(test).collect(),
+        interval_ns: 5_000_000_000,
+        retries: 20,
+        start_period_ns: 3_000_000_000,
+    };
+
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let mut spec = ContainerSpec {
+        outpost: input.name.to_string(),
+        kind: input.kind,
+        uuid: input.uuid.clone(),
+        name,
+        image,
+        fallback_image,
+        pull: s.pull,
+        env,
+        labels,
+        ports,
+        network: s.network.clone(),
+        restart_policy: RESTART_POLICY.to_string(),
+        healthcheck,
+        config_hash: String::new(),
+    };
+    spec.config_hash = config_hash(&spec, input.project);
+    spec.labels
+        .insert(LABEL_PROJECT.into(), input.project.to_string());
+    spec.labels
+        .insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
+    spec.labels
+        .insert(LABEL_OUTPOST.into(), input.name.to_string());
+    spec.labels
+        .insert(LABEL_CONFIG_HASH.into(), spec.config_hash.clone());
+    Ok(spec)
+}
+
+/// sha256 over the container's settings, the name excepted (a rename keeps the container).
+/// Secret values enter only as an HMAC keyed by project and uuid, so the label reveals
+/// nothing about them.
+pub fn config_hash(spec: &ContainerSpec, project: &str) -> String {
+    let env: BTreeMap<&str, String> = spec
+        .env
+        .iter()
+        .map(|(k, v)| {
+            let shown = match v {
+                EnvValue::Plain(p) => p.clone(),
+                EnvValue::Secret(s) => {
+                    format!("hmac:{}", secret_digest(project, &spec.uuid, s.expose()))
+                }
+            };
+            (k.as_str(), shown)
+        })
+        .collect();
+    let canonical = serde_json::json!({
+        "image": spec.image,
+        "env": env,
+        "labels": spec.labels,
+        "ports": spec.ports,
+        "network": spec.network,
+        "restart_policy": spec.restart_policy,
+        "healthcheck": spec.healthcheck,
+    });
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}
+
+/// HMAC-SHA256 of a secret, keyed by project and outpost: comparable, not reversible.
+pub fn secret_digest(project: &str, uuid: &str, secret: &str) -> String {
+    let key = format!("outpostctl/{project}/{uuid}");
+    // HMAC accepts keys of any length; new_from_slice cannot fail for it.
+    let mut mac = match Hmac::<Sha256>::new_from_slice(key.as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return String::new(),
+    };
+    mac.update(secret.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugify_like_django() {
+        assert_eq!(slugify("Edge Proxy"), "edge-proxy");
+        assert_eq!(slugify("  Café -- LDAP_1! "), "cafe-ldap_1");
+        assert_eq!(slugify("__x__"), "x");
+        assert_eq!(slugify("日本"), "");
+    }
+
+    #[test]
+    fn names_follow_the_template() {
+        let uuid = "5c5e0e3c4d4f4b6c9a0e1f2a3b4c5d6e";
+        assert_eq!(
+            container_name(DEFAULT_NAMING_TEMPLATE, "Edge Proxy", uuid),
+            "ak-outpost-edge-proxy"
+        );
+        assert_eq!(
+            container_name("AK-%(uuid)s-100%%", "x", uuid),
+            format!("ak-{uuid}-100%")
+        );
+        assert!(check_template("ak-%(name)s-%(uuid)s", &["name", "uuid"]).is_ok());
+        assert!(
+            check_template("ak-%(type)s", &["name", "uuid"])
+                .unwrap_err()
+                .contains("%(type)s")
+        );
+        assert!(check_template("ak-%s", &["name"]).is_err());
+        assert!(!valid_container_name("ak-outpost-100%"));
+    }
+
+    #[test]
+    fn traefik_rule_joins_hosts() {
+        let l = traefik_labels(
+            "ak-p",
+            &[
+                "https://a.example.com".into(),
+                "http://b.example.com:8443/x".into(),
+            ],
+        );
+        assert_eq!(
+            l["traefik.http.routers.ak-p-router.rule"],
+            "(Host(`a.example.com`) || Host(`b.example.com:8443`)) && PathPrefix(`/outpost.goauthentik.io`)"
+        );
+        assert!(traefik_labels("ak-p", &[]).is_empty());
+    }
+
+    #[test]
+    fn healthcheck_follows_the_version() {
+        let new = healthcheck_command(
+            OutpostType::Proxy,
+            "ghcr.io/goauthentik/proxy:2026.8.0",
+            None,
+        );
+        assert_eq!(new, ["/authentik", "healthcheck", "proxy"]);
+        let old = healthcheck_command(
+            OutpostType::Proxy,
+            "ghcr.io/goauthentik/proxy:2025.10.1",
+            None,
+        );
+        assert_eq!(old, ["/proxy", "healthcheck"]);
+        let by_version = healthcheck_command(
+            OutpostType::Proxy,
+            "registry:5000/proxy:latest",
+            Some("2025.2"),
+        );
+        assert_eq!(by_version, ["/proxy", "healthcheck"]);
+        assert_eq!(
+            healthcheck_command(OutpostType::Ldap, "x:2026.8.0", None),
+            ["/ldap", "healthcheck"]
+        );
+    }
+
+    #[test]
+    fn secret_digest_hides_the_secret() {
+        let d = secret_digest("p", "u", "token-value");
+        assert_eq!(d.len(), 64);
+        assert!(!d.contains("token"));
+        assert_ne!(d, secret_digest("p", "u", "token-valuf"));
+    }
+}

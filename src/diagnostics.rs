@@ -1,0 +1,219 @@
+//! Diagnostics: every problem found in a manifest set, with where it stands and what to do.
+//!
+//! They are collected, never thrown one at a time, so a user sees every mistake in one run.
+//! A diagnostic is plain data; `render` turns it into miette's report for people and JSON for
+//! machines.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::manifest::yaml::Span;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// A file as loaded: its display path and text, kept so diagnostics can show the line.
+#[derive(Debug)]
+pub struct SourceFile {
+    /// The path as the user gave it (relative stays relative).
+    pub path: PathBuf,
+    pub text: String,
+    /// Byte offset of the start of each line.
+    line_starts: Vec<usize>,
+}
+
+impl SourceFile {
+    pub fn new(path: PathBuf, text: String) -> Arc<SourceFile> {
+        let mut line_starts = vec![0];
+        line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        Arc::new(SourceFile {
+            path,
+            text,
+            line_starts,
+        })
+    }
+
+    /// Byte offset of a (line from 1, column from 1 in characters) position, clamped to the
+    /// text.
+    pub fn offset(&self, line: u32, col: u32) -> usize {
+        let Some(&start) = self.line_starts.get(line.saturating_sub(1) as usize) else {
+            return self.text.len();
+        };
+        let rest = &self.text[start..];
+        let line_text = rest.split('\n').next().unwrap_or("");
+        let chars = col.saturating_sub(1) as usize;
+        start
+            + line_text
+                .char_indices()
+                .nth(chars)
+                .map(|(i, _)| i)
+                .unwrap_or(line_text.len())
+    }
+}
+
+/// Where a diagnostic points.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub file: Arc<SourceFile>,
+    pub span: Span,
+}
+
+impl Location {
+    pub fn new(file: &Arc<SourceFile>, span: Span) -> Location {
+        Location {
+            file: Arc::clone(file),
+            span,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    /// A stable, short identifier (`unknown-key`, `missing-env`, ...) for machines and docs.
+    pub code: &'static str,
+    pub message: String,
+    pub location: Option<Location>,
+    /// What the caret under the source says.
+    pub label: Option<String>,
+    pub hint: Option<String>,
+    /// A second place that explains the first (the other definition of a duplicate name).
+    pub related: Vec<(Location, String)>,
+}
+
+impl Diagnostic {
+    pub fn error(code: &'static str, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            severity: Severity::Error,
+            code,
+            message: message.into(),
+            location: None,
+            label: None,
+            hint: None,
+            related: Vec::new(),
+        }
+    }
+
+    pub fn warning(code: &'static str, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..Diagnostic::error(code, message)
+        }
+    }
+
+    pub fn at(mut self, location: Location) -> Self {
+        self.location = Some(location);
+        self
+    }
+
+    pub fn label(mut self, label: impl Into<String>) -> Self {
+        self.label = Some(label.into());
+        self
+    }
+
+    pub fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn maybe_hint(mut self, hint: Option<String>) -> Self {
+        if hint.is_some() {
+            self.hint = hint;
+        }
+        self
+    }
+
+    pub fn related(mut self, location: Location, label: impl Into<String>) -> Self {
+        self.related.push((location, label.into()));
+        self
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+
+    /// `FILE:LINE:COL: message`, or just the message when it points nowhere.
+    pub fn headline(&self) -> String {
+        match &self.location {
+            Some(l) => format!(
+                "{}:{}:{}: {}",
+                l.file.path.display(),
+                l.span.start.line,
+                l.span.start.col,
+                self.message
+            ),
+            None => self.message.clone(),
+        }
+    }
+
+    /// The JSON form, documented in the README.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "severity": self.severity,
+            "code": self.code,
+            "message": self.message,
+        });
+        if let Some(l) = &self.location {
+            v["file"] = l.file.path.display().to_string().into();
+            v["line"] = l.span.start.line.into();
+            v["column"] = l.span.start.col.into();
+            v["end_line"] = l.span.end.line.into();
+            v["end_column"] = l.span.end.col.into();
+        }
+        if let Some(h) = &self.hint {
+            v["hint"] = h.clone().into();
+        }
+        if !self.related.is_empty() {
+            v["related"] = self
+                .related
+                .iter()
+                .map(|(l, label)| {
+                    serde_json::json!({
+                        "file": l.file.path.display().to_string(),
+                        "line": l.span.start.line,
+                        "column": l.span.start.col,
+                        "message": label,
+                    })
+                })
+                .collect();
+        }
+        v
+    }
+}
+
+/// The sort order diagnostics are shown in: by file, position, then message.
+pub fn sort(diags: &mut [Diagnostic]) {
+    diags.sort_by(|a, b| {
+        let key = |d: &Diagnostic| {
+            d.location
+                .as_ref()
+                .map(|l| (l.file.path.clone(), l.span.start.line, l.span.start.col))
+        };
+        key(a).cmp(&key(b)).then_with(|| a.message.cmp(&b.message))
+    });
+}
+
+/// Counts for a summary line: "2 errors, 1 warning".
+pub fn count_summary(diags: &[Diagnostic]) -> String {
+    let errors = diags.iter().filter(|d| d.is_error()).count();
+    let warnings = diags.len() - errors;
+    let mut s = String::new();
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    if errors > 0 {
+        s.push_str(&plural(errors, "error"));
+    }
+    if warnings > 0 {
+        if !s.is_empty() {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "{}", plural(warnings, "warning"));
+    }
+    s
+}

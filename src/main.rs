@@ -1,0 +1,46 @@
+//! The `outpostctl` binary: parse, run, exit. Everything else is in the library.
+
+use std::io::IsTerminal;
+
+use clap::Parser;
+use outpostctl::cli::{Cli, ColorChoice, Command};
+use outpostctl::commands::{self, Printer};
+use outpostctl::render::Style;
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { 64 } else { 0 };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let color = |tty: bool| match cli.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => tty && !no_color,
+    };
+    let stderr_tty = std::io::stderr().is_terminal();
+    let printer = Printer {
+        style: Style {
+            color: color(stderr_tty),
+            width: terminal_width(),
+        },
+        stdout_color: color(std::io::stdout().is_terminal()),
+    };
+    let exit = match cli.command {
+        Command::Validate { paths, format } => commands::validate::run(&printer, &paths, format),
+        Command::Schema => commands::schema::run(&printer),
+        Command::Completions { shell } => commands::completions::run(&printer, shell),
+    };
+    std::process::exit(exit.code());
+}
+
+fn terminal_width() -> usize {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(100)
+}

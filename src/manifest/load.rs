@@ -1,0 +1,285 @@
+//! Finding and reading manifest files.
+//!
+//! Paths are read as manifest.md says: files as given, directories recursively in sorted
+//! order, `*.yaml` and `*.yml` only, hidden entries (which covers Kubernetes' `..data`
+//! swaps) skipped. Every file becomes its documents with positions, or a diagnostic.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::yaml::{self, Limits, NodePos, Span};
+use crate::diagnostics::{Diagnostic, Location, SourceFile};
+
+/// The largest manifest file read. Real manifests are kilobytes; this bounds memory and time
+/// against a wrong path or a hostile file.
+pub const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Where a node of a manifest stands: the file, the document's position map and the node's
+/// JSON pointer. Semantic checks use it to point at the exact key or value.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub file: Arc<SourceFile>,
+    pub positions: Arc<HashMap<String, NodePos>>,
+    pub doc_span: Span,
+    pub pointer: String,
+}
+
+impl Origin {
+    fn node(&self, pointer: &str) -> NodePos {
+        yaml::lookup(&self.positions, self.doc_span, pointer)
+    }
+
+    /// This node, or a descendant when `sub` is a relative pointer such as `/config/x`.
+    pub fn child(&self, sub: &str) -> Origin {
+        Origin {
+            pointer: format!("{}{sub}", self.pointer),
+            ..self.clone()
+        }
+    }
+
+    /// The node's key (`name:`), falling back to its value.
+    pub fn key(&self) -> Location {
+        let n = self.node(&self.pointer);
+        Location::new(&self.file, n.key.unwrap_or(n.value))
+    }
+
+    /// The node's value.
+    pub fn value(&self) -> Location {
+        Location::new(&self.file, self.node(&self.pointer).value)
+    }
+
+    /// Whether the node itself is present in the document (not just an ancestor).
+    pub fn exists(&self) -> bool {
+        self.positions.contains_key(&self.pointer)
+    }
+
+    /// The directory relative paths in this file are resolved against.
+    pub fn base_dir(&self) -> PathBuf {
+        self.file
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
+    }
+}
+
+/// One YAML document of one file.
+#[derive(Debug, Clone)]
+pub struct LoadedDoc {
+    pub value: serde_json::Value,
+    pub origin: Origin,
+}
+
+/// Everything read from the given paths.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub files: Vec<Arc<SourceFile>>,
+    pub docs: Vec<LoadedDoc>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Reads every manifest under `paths`.
+pub fn load(paths: &[PathBuf]) -> Loaded {
+    let mut out = Loaded::default();
+    let mut seen = HashSet::new();
+    for path in paths {
+        let before = out.files.len() + out.diagnostics.len();
+        match std::fs::metadata(path) {
+            Err(e) => out.diagnostics.push(
+                Diagnostic::error(
+                    "unreadable-path",
+                    format!("cannot read `{}`: {}", path.display(), io_reason(&e)),
+                )
+                .hint("give the path of a manifest file or of a directory of them"),
+            ),
+            Ok(m) if m.is_dir() => {
+                let mut files = Vec::new();
+                walk(
+                    path,
+                    &mut files,
+                    &mut out.diagnostics,
+                    &mut HashSet::new(),
+                    0,
+                );
+                files.sort();
+                for f in files {
+                    read_file(&f, &mut out, &mut seen);
+                }
+                if out.files.len() + out.diagnostics.len() == before {
+                    out.diagnostics.push(
+                        Diagnostic::error(
+                            "no-manifests",
+                            format!("no manifest files (*.yaml, *.yml) in `{}`", path.display()),
+                        )
+                        .hint("point outpostctl at the directory that holds your manifests"),
+                    );
+                }
+            }
+            Ok(_) => read_file(path, &mut out, &mut seen),
+        }
+    }
+    out
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file or directory".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn walk(
+    dir: &Path,
+    files: &mut Vec<PathBuf>,
+    diags: &mut Vec<Diagnostic>,
+    visited: &mut HashSet<PathBuf>,
+    depth: usize,
+) {
+    // Symlinked directories are followed, once each, and not without end.
+    let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    if depth > 32 || !visited.insert(canonical) {
+        return;
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            diags.push(Diagnostic::error(
+                "unreadable-path",
+                format!(
+                    "cannot read directory `{}`: {}",
+                    dir.display(),
+                    io_reason(&e)
+                ),
+            ));
+            return;
+        }
+    };
+    let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        // `./a.yaml` reads better as `a.yaml`.
+        let path = path
+            .strip_prefix(".")
+            .map(Path::to_path_buf)
+            .unwrap_or(path);
+        // metadata() follows symlinks: a link to a manifest counts as a manifest.
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => walk(&path, files, diags, visited, depth + 1),
+            Ok(m) if m.is_file() && (name.ends_with(".yaml") || name.ends_with(".yml")) => {
+                files.push(path)
+            }
+            _ => {}
+        }
+    }
+}
+
+fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
+    let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    if !seen.insert(canonical) {
+        return;
+    }
+    let whole_file = |text: &str| SourceFile::new(path.to_path_buf(), text.to_string());
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    if size > MAX_FILE_BYTES {
+        let f = whole_file("");
+        out.diagnostics.push(
+            Diagnostic::error(
+                "file-too-large",
+                format!(
+                    "file is {:.1} MiB; manifests are limited to {} MiB",
+                    size as f64 / 1048576.0,
+                    MAX_FILE_BYTES / 1048576
+                ),
+            )
+            .at(Location::new(&f, Span::at(1, 1)))
+            .hint("is this the right file? split large manifest sets over several files"),
+        );
+        return;
+    }
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            out.diagnostics.push(Diagnostic::error(
+                "unreadable-path",
+                format!("cannot read `{}`: {}", path.display(), io_reason(&e)),
+            ));
+            return;
+        }
+    };
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+            let prefix = String::from_utf8_lossy(valid).into_owned();
+            let line = prefix.matches('\n').count() as u32 + 1;
+            let col = prefix.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
+            let f = whole_file(&prefix);
+            out.diagnostics.push(
+                Diagnostic::error("not-utf8", "file is not UTF-8 text")
+                    .at(Location::new(&f, Span::at(line, col)))
+                    .label("invalid byte here")
+                    .hint("manifests are UTF-8 YAML; is this a binary file, or saved in another encoding?"),
+            );
+            return;
+        }
+    };
+    let text = text
+        .strip_prefix('\u{feff}')
+        .map(str::to_string)
+        .unwrap_or(text);
+    if let Some(i) = text.find('\0') {
+        let prefix = &text[..i];
+        let line = prefix.matches('\n').count() as u32 + 1;
+        let col = prefix.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
+        let f = whole_file(prefix);
+        out.diagnostics.push(
+            Diagnostic::error(
+                "binary-file",
+                "file contains a NUL byte: it is not a text file",
+            )
+            .at(Location::new(&f, Span::at(line, col)))
+            .hint("remove the file, or point outpostctl at the manifests only"),
+        );
+        return;
+    }
+    let file = SourceFile::new(path.to_path_buf(), text);
+    out.files.push(Arc::clone(&file));
+    match yaml::parse(&file.text, Limits::default()) {
+        Err(e) => {
+            let mut d = Diagnostic::error("yaml", e.message)
+                .at(Location::new(&file, e.span))
+                .label(e.label)
+                .maybe_hint(e.hint);
+            if let Some((span, label)) = e.related {
+                d = d.related(Location::new(&file, span), label);
+            }
+            out.diagnostics.push(d);
+        }
+        Ok(docs) if docs.is_empty() => out.diagnostics.push(
+            Diagnostic::error("empty-file", "file holds no YAML document")
+                .at(Location::new(&file, Span::at(1, 1)))
+                .hint("start the file with `version: 1`, or remove it"),
+        ),
+        Ok(docs) => {
+            for doc in docs {
+                out.docs.push(LoadedDoc {
+                    value: doc.value,
+                    origin: Origin {
+                        file: Arc::clone(&file),
+                        positions: Arc::new(doc.positions),
+                        doc_span: doc.span,
+                        pointer: String::new(),
+                    },
+                });
+            }
+        }
+    }
+}

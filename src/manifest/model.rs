@@ -1,0 +1,445 @@
+//! The manifest's typed model, one YAML document each.
+//!
+//! These types are the single source of the JSON Schema (schemars): doc comments become the
+//! descriptions editors show on hover, so they are written for the person editing a manifest.
+//! Documents are validated against that schema before they are deserialized into these types,
+//! so serde here only has to accept what the schema already allowed.
+
+use std::collections::BTreeMap;
+
+use schemars::{JsonSchema, Schema};
+use serde::{Deserialize, Serialize};
+
+/// Names of keypairs and integrations: what references use.
+pub const REF_NAME_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$";
+/// `project`: also a Docker label value, kept short and plain.
+pub const PROJECT_PATTERN: &str = r"^[a-z0-9][a-z0-9_.-]{0,62}$";
+/// An outpost UUID: 32 hex digits, dashes accepted.
+pub const UUID_PATTERN: &str =
+    r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$";
+/// Docker label keys.
+pub const LABEL_KEY_PATTERN: &str = r"^[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?$";
+/// A container port with its protocol, as Docker writes it.
+pub const CONTAINER_PORT_PATTERN: &str = r"^[0-9]{1,5}/(tcp|udp)$";
+/// A host binding: `PORT`, `IPv4:PORT` or `[IPv6]:PORT`.
+pub const HOST_PORT_PATTERN: &str =
+    r"^(([0-9]{1,3}\.){3}[0-9]{1,3}:|\[[0-9A-Fa-f:.]+\]:)?[0-9]{1,5}$";
+/// Engine URLs.
+pub const ENGINE_URL_PATTERN: &str = r"^(unix|http|https|tcp|ssh)://";
+/// authentik versions: `2026.8.0`, `2026.8`, `2026.8.0-rc1`.
+pub const VERSION_PATTERN: &str = r"^[0-9]{4}\.[0-9]{1,2}(\.[0-9]+)?(-rc[0-9]+)?$";
+/// An OpenSSH public key line.
+pub const HOST_KEY_PATTERN: &str = r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$";
+
+pub const SCHEMA_ID: &str = "https://outpostctl.dev/schemas/outpostctl.schema.json";
+
+/// One YAML document of an outpostctl manifest. A manifest set is any number of files and
+/// documents; they merge into one desired state, and each name may be defined once in the set.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(
+    title = "outpostctl manifest",
+    extend("$id" = SCHEMA_ID),
+    example = example_document()
+)]
+pub struct Document {
+    /// Manifest format version. `1` is the only version today.
+    #[schemars(extend("const" = 1, "default" = 1))]
+    pub version: u64,
+
+    /// The project this manifest set belongs to. Every container outpostctl creates carries
+    /// the label `outpostctl.project=<project>`, and pruning only ever removes containers of
+    /// this project. Set it exactly once in the whole set. Lowercase letters, digits, `.`, `_`
+    /// and `-`.
+    #[serde(default)]
+    #[schemars(pattern(PROJECT_PATTERN), example = &"homelab")]
+    pub project: Option<String>,
+
+    /// Values every outpost inherits unless it sets its own: authentik's outpost settings
+    /// (the same keys as an outpost's `config`) plus `authentik_version`,
+    /// `container_image_base` and `pull`. An outpost's own `config` wins key by key;
+    /// `docker_labels` are merged, the outpost's labels winning.
+    #[serde(default)]
+    pub defaults: Option<Defaults>,
+
+    /// Certificates and private keys, by name, for `tls_verification` and
+    /// `tls_authentication` of integrations (authentik's certificate-keypairs).
+    #[serde(default)]
+    #[schemars(extend("propertyNames" = {"pattern": REF_NAME_PATTERN}))]
+    pub keypairs: BTreeMap<String, Keypair>,
+
+    /// Docker engines, by name (authentik's Docker service connections). Outposts name the
+    /// integration they run on.
+    #[serde(default)]
+    #[schemars(extend("propertyNames" = {"pattern": REF_NAME_PATTERN}))]
+    pub integrations: BTreeMap<String, Integration>,
+
+    /// Outposts, by their name in authentik. Each becomes one container on its integration,
+    /// the same container authentik's own Docker integration would deploy.
+    #[serde(default)]
+    #[schemars(extend("propertyNames" = {"minLength": 1}))]
+    pub outposts: BTreeMap<String, Outpost>,
+}
+
+fn example_document() -> serde_json::Value {
+    serde_json::json!({
+        "version": 1,
+        "project": "homelab",
+        "defaults": {"authentik_host": "https://auth.example.com", "authentik_version": "2026.8.0"},
+        "integrations": {"local": {"local": true}},
+        "outposts": {"Edge Proxy": {
+            "type": "proxy",
+            "integration": "local",
+            "token": {"env": "AK_EDGE_PROXY_TOKEN"},
+            "external_hosts": ["https://app.example.com"]
+        }}
+    })
+}
+
+/// A file or environment variable that holds public material (a certificate), or the
+/// material itself. Exactly one of `file`, `env` or `value`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
+pub struct PublicSource {
+    /// Path of a file, relative to the manifest file that names it; `~` expands to the home
+    /// directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1), example = &"certs/ca.pem")]
+    pub file: Option<String>,
+    /// Name of an environment variable of the outpostctl process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1), example = &"DOCKER_CA_PEM")]
+    pub env: Option<String>,
+    /// The PEM text itself. Allowed only for public material such as certificates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub value: Option<String>,
+}
+
+/// A file or environment variable that holds a secret (a token or a private key). Exactly
+/// one of `file` or `env`: secrets are never written into a manifest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(extend("minProperties" = 1, "maxProperties" = 1))]
+pub struct SecretSource {
+    /// Path of a file, relative to the manifest file that names it; `~` expands to the home
+    /// directory. Keep it readable by its owner only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1), example = &"secrets/edge-proxy.token")]
+    pub file: Option<String>,
+    /// Name of an environment variable of the outpostctl process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1), example = &"AK_EDGE_PROXY_TOKEN")]
+    pub env: Option<String>,
+}
+
+/// A certificate, a private key, or both (authentik's certificate-keypair).
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Keypair {
+    /// PEM certificate. As `tls_verification`, the CA that must have signed the engine's
+    /// certificate; as `tls_authentication`, the client certificate.
+    #[serde(default)]
+    pub certificate: Option<PublicSource>,
+    /// Private key, PEM or OpenSSH format. Required when the keypair is used for
+    /// `tls_authentication` (client key) or for an `ssh://` integration (SSH key).
+    #[serde(default)]
+    pub key: Option<SecretSource>,
+}
+
+/// One Docker engine (authentik's Docker service connection). Either `local: true` or a
+/// `url`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Integration {
+    /// The engine of this machine: `DOCKER_HOST` (with `DOCKER_TLS_VERIFY` and
+    /// `DOCKER_CERT_PATH`) when set, else `unix:///var/run/docker.sock`.
+    #[serde(default)]
+    #[schemars(extend("default" = false))]
+    pub local: Option<bool>,
+
+    /// The engine's address. `unix:///path`; `http://host:port` (plain, e.g. through a
+    /// docker-socket-proxy); `https://host:port` or `tcp://host:port` (TLS, the engine's
+    /// certificate always verified); `ssh://user@host:port` (the system `ssh` runs
+    /// `docker system dial-stdio` on the host; user defaults to `authentik`, port to 22).
+    #[serde(default)]
+    #[schemars(pattern(ENGINE_URL_PATTERN), example = &"https://edge.example.com:2376")]
+    pub url: Option<String>,
+
+    /// For https:// and tcp://: name of the keypair whose certificate is the CA that must have
+    /// signed the engine's certificate (only that CA is trusted). Without it, the system's
+    /// root certificates are used.
+    #[serde(default)]
+    #[schemars(pattern(REF_NAME_PATTERN))]
+    pub tls_verification: Option<String>,
+
+    /// For https:// and tcp://: name of the keypair with the client certificate and key. For
+    /// ssh://: name of the keypair with the SSH private key.
+    #[serde(default)]
+    #[schemars(pattern(REF_NAME_PATTERN))]
+    pub tls_authentication: Option<String>,
+
+    /// SSH options, for ssh:// integrations only.
+    #[serde(default)]
+    pub ssh: Option<SshOptions>,
+}
+
+/// How an ssh:// engine is reached. Host keys are always checked.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SshOptions {
+    /// Pin the host's public key, as an OpenSSH public key line (what `ssh-keyscan` prints
+    /// without the host name). Without it, the user's known_hosts decides; an unknown or
+    /// changed key is always an error.
+    #[serde(default)]
+    #[schemars(pattern(HOST_KEY_PATTERN), example = &"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ0aR2Xl6l2d1lO1wY9pQm0Lk8sZP9y4T3X7yq2aB1cD")]
+    pub host_key: Option<String>,
+    /// Use this ssh config file as is (`ssh -F`), e.g. for certificates or ProxyJump. Relative
+    /// to the manifest file; `~` expands.
+    #[serde(default)]
+    #[schemars(example = &"~/.ssh/config")]
+    pub config: Option<String>,
+}
+
+/// The kind of outpost, which decides the image, ports and health check.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize, JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum OutpostType {
+    /// Proxy provider outpost (ports 9000 and 9443; Traefik labels).
+    Proxy,
+    /// LDAP provider outpost (ports 389 and 636 on the host).
+    Ldap,
+    /// RADIUS provider outpost (port 1812/udp).
+    Radius,
+    /// Remote access (RAC) outpost (no published ports).
+    Rac,
+}
+
+impl OutpostType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutpostType::Proxy => "proxy",
+            OutpostType::Ldap => "ldap",
+            OutpostType::Radius => "radius",
+            OutpostType::Rac => "rac",
+        }
+    }
+}
+
+/// When to pull the outpost's image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Pull only when the engine does not have the image.
+    #[default]
+    Missing,
+    /// Pull on every apply that creates or recreates the container.
+    Always,
+    /// Never pull; the image must already be on the engine.
+    Never,
+}
+
+/// One outpost: a container on its integration.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Outpost {
+    /// The outpost's type in authentik.
+    #[serde(rename = "type")]
+    pub kind: OutpostType,
+
+    /// The outpost's UUID in authentik (32 hex digits; dashes accepted). It is the value of
+    /// the container label `io.goauthentik.outpost-uuid`: set it to take over a container
+    /// authentik itself deployed. Without it, a UUID is derived from the outpost name, so
+    /// renaming the outpost replaces its container.
+    #[serde(default)]
+    #[schemars(pattern(UUID_PATTERN), example = &"5c5e0e3c4d4f4b6c9a0e1f2a3b4c5d6e")]
+    pub uuid: Option<String>,
+
+    /// Name of the integration (Docker engine) this outpost runs on.
+    #[schemars(pattern(REF_NAME_PATTERN), example = &"local")]
+    pub integration: String,
+
+    /// The outpost's API token from authentik (Outposts > Deployment info). It becomes
+    /// `AUTHENTIK_TOKEN` in the container and is never shown, saved in a plan or put in a
+    /// label.
+    pub token: SecretSource,
+
+    /// Proxy outposts only: the external hosts of the outpost's providers. Each becomes a
+    /// `Host()` of the Traefik router rule on the container.
+    #[serde(default)]
+    #[schemars(inner(pattern(r"^https?://[^/\s]+")), example = vec!["https://app.example.com"])]
+    pub external_hosts: Vec<String>,
+
+    /// When to pull the image: `missing` (default), `always` or `never`. Overrides
+    /// `defaults.pull`.
+    #[serde(default)]
+    pub pull: Option<PullPolicy>,
+
+    /// Host bindings for the outpost's ports, keyed by container port (`9000/tcp`). A value is
+    /// `PORT`, `IP:PORT` or `[IPv6]:PORT`; `null` leaves that port unpublished. Ports not
+    /// listed keep authentik's mapping. Only applies when `docker_map_ports` is true.
+    #[serde(default)]
+    #[schemars(
+        extend("propertyNames" = {"pattern": CONTAINER_PORT_PATTERN}),
+        extend("additionalProperties" = {
+            "type": ["string", "integer", "null"],
+            "pattern": HOST_PORT_PATTERN,
+            "minimum": 1,
+            "maximum": 65535
+        }),
+        example = serde_json::json!({"9000/tcp": "127.0.0.1:9000"})
+    )]
+    pub ports: BTreeMap<String, serde_json::Value>,
+
+    /// Health check command, run inside the container (exec form, without `CMD`). By default
+    /// it follows the image: `/authentik healthcheck proxy` for proxy images of authentik
+    /// 2026.8 and later, `/<type> healthcheck` otherwise.
+    #[serde(default)]
+    #[schemars(length(min = 1), example = vec!["/proxy", "healthcheck"])]
+    pub healthcheck: Option<Vec<String>>,
+
+    /// authentik's outpost settings ("Advanced settings" in authentik): paste that block
+    /// here unchanged. Keys that only matter on Kubernetes are accepted and ignored.
+    #[serde(default)]
+    pub config: OutpostConfig,
+}
+
+/// authentik's outpost settings. Every key is optional; unset keys come from `defaults`,
+/// then from authentik's own defaults. `null` means unset.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[schemars(transform = authentik_config_transform)]
+pub struct OutpostConfig {
+    /// URL of authentik as the outpost reaches it; becomes `AUTHENTIK_HOST` (lowercased).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^(https?://.+)?$"), example = &"https://auth.example.com")]
+    pub authentik_host: Option<String>,
+
+    /// Skip TLS verification of `authentik_host` inside the outpost; becomes
+    /// `AUTHENTIK_INSECURE`. Default false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = false))]
+    pub authentik_host_insecure: Option<bool>,
+
+    /// URL of authentik as browsers reach it, when it differs from `authentik_host`; becomes
+    /// `AUTHENTIK_HOST_BROWSER`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(r"^(https?://.+)?$"), extend("default" = ""))]
+    pub authentik_host_browser: Option<String>,
+
+    /// Container name template. Placeholders: `%(name)s` (the outpost name, slugified as
+    /// authentik does) and `%(uuid)s` (the outpost UUID, hex). The result is lowercased.
+    /// Changing it renames the container, or recreates it for proxy outposts (their Traefik
+    /// labels contain the name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "ak-outpost-%(name)s"), example = &"ak-outpost-%(name)s")]
+    pub object_naming_template: Option<String>,
+
+    /// Image of the outpost container, used as given. `%(type)s` and `%(version)s` are
+    /// filled in (authentik itself does not). `null`: `defaults.container_image_base`. If a
+    /// custom image cannot be pulled, authentik's default image for the type and version is
+    /// used instead, with a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = &"ghcr.io/goauthentik/proxy:2026.8.0")]
+    pub container_image: Option<String>,
+
+    /// Docker network the container joins at creation. `null`: the default bridge network.
+    /// The network must exist on the engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = &"traefik")]
+    pub docker_network: Option<String>,
+
+    /// Publish the outpost type's ports on the host: proxy 9000, 9443; ldap 389 (container
+    /// 3389), 636 (container 6636); radius 1812/udp; rac none. Default true. See `ports` to
+    /// change host ports or bind addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = true))]
+    pub docker_map_ports: Option<bool>,
+
+    /// Extra container labels. authentik's own labels and, for proxy outposts, the Traefik
+    /// labels win over these. Keys starting with `outpostctl.` and
+    /// `io.goauthentik.outpost-uuid` are reserved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        extend("propertyNames" = {"pattern": LABEL_KEY_PATTERN}),
+        extend("additionalProperties" = {"type": ["string", "number", "boolean"]}),
+        example = serde_json::json!({"com.example.team": "infra"})
+    )]
+    pub docker_labels: Option<BTreeMap<String, serde_json::Value>>,
+
+    /// Accepted so authentik's settings paste unchanged; the outpost reads it from authentik,
+    /// so it has no effect on the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_level: Option<LogLevel>,
+
+    /// Accepted so authentik's settings paste unchanged; the outpost reads it from authentik,
+    /// so it has no effect on the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(example = &"minutes=5")]
+    pub refresh_interval: Option<String>,
+}
+
+/// authentik's outpost log levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warning,
+    Error,
+}
+
+/// Settings every outpost inherits. The keys of an outpost's `config`, plus the ones below.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[schemars(transform = authentik_config_transform)]
+pub struct Defaults {
+    /// The authentik version the outposts run: fills `%(version)s` in image names and picks
+    /// the health check. Use the version of your authentik server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(VERSION_PATTERN), example = &"2026.8.0")]
+    pub authentik_version: Option<String>,
+
+    /// Image template for outposts without `container_image`. `%(type)s` is the outpost type,
+    /// `%(version)s` is `authentik_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "ghcr.io/goauthentik/%(type)s:%(version)s"))]
+    pub container_image_base: Option<String>,
+
+    /// When to pull images: `missing` (default), `always` or `never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull: Option<PullPolicy>,
+
+    #[serde(flatten)]
+    pub config: OutpostConfig,
+}
+
+/// Closes an authentik settings object to unknown keys, except `kubernetes_*` keys, which
+/// authentik's settings block carries and which do not apply to Docker.
+fn authentik_config_transform(schema: &mut Schema) {
+    schema.insert("additionalProperties".into(), false.into());
+    schema.insert(
+        "patternProperties".into(),
+        serde_json::json!({
+            "^kubernetes_": {
+                "description": "authentik's Kubernetes setting: accepted so the settings block pastes unchanged, and ignored on Docker (with a warning)."
+            }
+        }),
+    );
+}
+
+/// The schema document: the manifest schema with the `$schema` dialect of schemars.
+pub fn schema() -> serde_json::Value {
+    let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let schema = generator.into_root_schema_for::<Document>();
+    let mut value = schema.to_value();
+    // Defaults flattens OutpostConfig; make sure the merged object keeps the closed shape.
+    if let Some(defs) = value.get_mut("$defs").and_then(|d| d.as_object_mut()) {
+        if let Some(d) = defs.get_mut("Defaults").and_then(|d| d.as_object_mut()) {
+            d.insert("additionalProperties".into(), false.into());
+        }
+    }
+    value
+}

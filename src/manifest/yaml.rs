@@ -1,0 +1,680 @@
+//! YAML text -> JSON values with a position for every node.
+//!
+//! The manifest is parsed exactly once, from saphyr-parser's event stream, into
+//! `serde_json::Value` (what the JSON Schema validator and serde read) plus a map from JSON
+//! pointer to source span (what diagnostics point at). Building the tree ourselves is what lets
+//! us apply YAML 1.2 core-schema scalar rules, refuse duplicate keys with both positions, and
+//! bound alias expansion and nesting depth before they can hurt.
+
+// A parse error is returned at most once per file; its size costs nothing worth boxing.
+#![allow(clippy::result_large_err)]
+
+use std::collections::HashMap;
+
+use saphyr_parser::{Event, Parser, ScalarStyle, Span as YSpan, Tag};
+use serde_json::{Map, Number, Value};
+
+/// A position in a file: line from 1, column from 1, both counted in characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Pos {
+    pub line: u32,
+    pub col: u32,
+}
+
+/// A range in a file, `end` exclusive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Span {
+    pub start: Pos,
+    pub end: Pos,
+}
+
+impl Span {
+    pub fn at(line: u32, col: u32) -> Span {
+        let p = Pos { line, col };
+        Span { start: p, end: p }
+    }
+    fn from_yaml(s: YSpan) -> Span {
+        Span {
+            start: pos(s.start),
+            end: pos(s.end),
+        }
+    }
+}
+
+fn pos(m: saphyr_parser::Marker) -> Pos {
+    Pos {
+        line: m.line().min(u32::MAX as usize) as u32,
+        col: (m.col() + 1).min(u32::MAX as usize) as u32,
+    }
+}
+
+/// Where a node stands: the key that introduced it (for map entries) and its value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodePos {
+    pub key: Option<Span>,
+    pub value: Span,
+}
+
+/// One YAML document of a file.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub value: Value,
+    pub positions: HashMap<String, NodePos>,
+    /// Where the document starts (its first node).
+    pub span: Span,
+}
+
+impl Document {
+    /// The position recorded for `pointer`, or for its nearest ancestor (nodes copied in by an
+    /// alias have no position of their own: they point at the alias).
+    pub fn lookup(&self, pointer: &str) -> NodePos {
+        lookup(&self.positions, self.span, pointer)
+    }
+}
+
+/// The position of `pointer`, or of its nearest ancestor that has one; `fallback` when none.
+pub fn lookup(positions: &HashMap<String, NodePos>, fallback: Span, pointer: &str) -> NodePos {
+    let mut p = pointer;
+    loop {
+        if let Some(n) = positions.get(p) {
+            return *n;
+        }
+        match p.rfind('/') {
+            Some(i) => p = &p[..i],
+            None => {
+                return NodePos {
+                    key: None,
+                    value: fallback,
+                };
+            }
+        }
+    }
+}
+
+/// Bounds on what a manifest may make the parser do.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Nesting of mappings and sequences.
+    pub max_depth: usize,
+    /// Nodes created by alias expansion, per file.
+    pub max_alias_nodes: usize,
+    /// All nodes, per file.
+    pub max_nodes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_depth: 64,
+            max_alias_nodes: 10_000,
+            max_nodes: 2_000_000,
+        }
+    }
+}
+
+/// A YAML error at a position, with an optional second position (e.g. the first occurrence of
+/// a duplicate key) and a hint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct YamlError {
+    pub message: String,
+    pub span: Span,
+    pub label: String,
+    pub hint: Option<String>,
+    pub related: Option<(Span, String)>,
+}
+
+impl YamlError {
+    fn new(span: Span, message: impl Into<String>, label: impl Into<String>) -> Self {
+        YamlError {
+            message: message.into(),
+            span,
+            label: label.into(),
+            hint: None,
+            related: None,
+        }
+    }
+    fn hint(mut self, h: impl Into<String>) -> Self {
+        self.hint = Some(h.into());
+        self
+    }
+}
+
+enum Frame {
+    Seq {
+        items: Vec<Value>,
+        pointer: String,
+        anchor: usize,
+        span: YSpan,
+        nodes: usize,
+    },
+    Map {
+        map: Map<String, Value>,
+        pointer: String,
+        anchor: usize,
+        span: YSpan,
+        /// The key read and waiting for its value, with its span.
+        pending_key: Option<(String, YSpan)>,
+        key_spans: HashMap<String, YSpan>,
+        nodes: usize,
+    },
+}
+
+/// Parses every document of `text`.
+pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
+    let mut parser = Parser::new_from_str(text);
+    let mut docs = Vec::new();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut positions: HashMap<String, NodePos> = HashMap::new();
+    // anchor id -> (value, node count)
+    let mut anchors: HashMap<usize, (Value, usize)> = HashMap::new();
+    let mut alias_nodes = 0usize;
+    let mut total_nodes = 0usize;
+    let mut doc_span = Span::default();
+    let mut root: Option<Value> = None;
+
+    for item in &mut parser {
+        let (event, yspan) = item.map_err(|e| {
+            let m = e.marker();
+            let span = Span::at(m.line() as u32, m.col() as u32 + 1);
+            scan_error(span, e.info())
+        })?;
+        // A finished node (scalar, alias, or closed collection) to attach to its parent.
+        let finished: Option<(Value, YSpan, usize, usize, usize)> = match event {
+            Event::StreamStart | Event::StreamEnd | Event::Nothing => None,
+            Event::DocumentStart(_) => {
+                positions = HashMap::new();
+                anchors.clear();
+                root = None;
+                doc_span = Span::from_yaml(yspan);
+                None
+            }
+            Event::DocumentEnd => {
+                // An empty document (a trailing `---`, only comments) holds nothing to merge.
+                if let Some(value) = root.take().filter(|v| !v.is_null()) {
+                    docs.push(Document {
+                        value,
+                        positions: std::mem::take(&mut positions),
+                        span: doc_span,
+                    });
+                }
+                None
+            }
+            Event::Alias(id) => {
+                let (value, nodes) = anchors.get(&id).cloned().ok_or_else(|| {
+                    YamlError::new(
+                        Span::from_yaml(yspan),
+                        "alias refers to an unknown anchor",
+                        "unknown anchor",
+                    )
+                })?;
+                alias_nodes += nodes;
+                if alias_nodes > limits.max_alias_nodes {
+                    return Err(YamlError::new(
+                        Span::from_yaml(yspan),
+                        format!(
+                            "aliases expand to more than {} nodes",
+                            limits.max_alias_nodes
+                        ),
+                        "expansion limit reached here",
+                    )
+                    .hint("a manifest this size is usually an alias bomb; write the values out or use `defaults:`"));
+                }
+                Some((value, yspan, 0, nodes, nodes))
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                let span = Span::from_yaml(yspan);
+                let value = scalar(&text, style, tag.as_deref(), span)?;
+                Some((value, yspan, anchor, 1, 1))
+            }
+            Event::SequenceStart(anchor, tag) => {
+                check_tag(tag.as_deref(), "seq", Span::from_yaml(yspan))?;
+                if stack.len() >= limits.max_depth {
+                    return Err(depth_error(yspan, limits));
+                }
+                let pointer = child_pointer(&stack)?;
+                stack.push(Frame::Seq {
+                    items: Vec::new(),
+                    pointer,
+                    anchor,
+                    span: yspan,
+                    nodes: 1,
+                });
+                None
+            }
+            Event::MappingStart(anchor, tag) => {
+                check_tag(tag.as_deref(), "map", Span::from_yaml(yspan))?;
+                if stack.len() >= limits.max_depth {
+                    return Err(depth_error(yspan, limits));
+                }
+                let pointer = child_pointer(&stack)?;
+                stack.push(Frame::Map {
+                    map: Map::new(),
+                    pointer,
+                    anchor,
+                    span: yspan,
+                    pending_key: None,
+                    key_spans: HashMap::new(),
+                    nodes: 1,
+                });
+                None
+            }
+            Event::SequenceEnd | Event::MappingEnd => match stack.pop() {
+                Some(Frame::Seq {
+                    items,
+                    anchor,
+                    span,
+                    nodes,
+                    ..
+                }) => Some((Value::Array(items), span_to(span, yspan), anchor, nodes, 1)),
+                Some(Frame::Map {
+                    map,
+                    anchor,
+                    span,
+                    nodes,
+                    ..
+                }) => Some((Value::Object(map), span_to(span, yspan), anchor, nodes, 1)),
+                None => None,
+            },
+        };
+
+        let Some((value, span, anchor, nodes, fresh)) = finished else {
+            continue;
+        };
+        total_nodes += fresh;
+        if total_nodes > limits.max_nodes {
+            return Err(YamlError::new(
+                Span::from_yaml(span),
+                format!("the file holds more than {} YAML nodes", limits.max_nodes),
+                "limit reached here",
+            ));
+        }
+        if anchor != 0 {
+            anchors.insert(anchor, (value.clone(), nodes));
+        }
+        attach(&mut stack, &mut positions, &mut root, value, span, nodes)?;
+    }
+    Ok(docs)
+}
+
+fn span_to(start: YSpan, end: YSpan) -> YSpan {
+    YSpan::new(start.start, end.end)
+}
+
+fn depth_error(yspan: YSpan, limits: Limits) -> YamlError {
+    YamlError::new(
+        Span::from_yaml(yspan),
+        format!("nesting deeper than {} levels", limits.max_depth),
+        "too deep",
+    )
+    .hint("manifests are at most a few levels deep; check the indentation and brackets")
+}
+
+fn scan_error(span: Span, info: &str) -> YamlError {
+    let mut e = YamlError::new(span, format!("invalid YAML: {info}"), "here");
+    if info.contains("tab") {
+        e = e.hint("YAML does not allow tabs for indentation; indent with spaces");
+    } else if info.contains("recursion limit") {
+        e = e.hint("the document nests too deeply; manifests are at most a few levels deep");
+    } else if info.contains("mapping values are not allowed") {
+        e = e.hint("a value that contains `: ` must be quoted");
+    } else if info.contains("did not find expected key") || info.contains("block mapping") {
+        e = e.hint("check the indentation of this line against the lines above it");
+    }
+    e
+}
+
+/// The pointer of the node about to start, from its parent on the stack.
+fn child_pointer(stack: &[Frame]) -> Result<String, YamlError> {
+    Ok(match stack.last() {
+        None => String::new(),
+        Some(Frame::Seq { items, pointer, .. }) => format!("{pointer}/{}", items.len()),
+        Some(Frame::Map {
+            pointer,
+            pending_key,
+            span,
+            ..
+        }) => match pending_key {
+            Some((k, _)) => format!("{pointer}/{}", escape(k)),
+            None => {
+                return Err(YamlError::new(
+                    Span::from_yaml(*span),
+                    "a mapping or sequence cannot be used as a key",
+                    "complex key",
+                )
+                .hint("keys are plain names; quote the key if it contains special characters"));
+            }
+        },
+    })
+}
+
+/// Escapes a key for use in a JSON pointer (RFC 6901).
+pub fn escape(key: &str) -> String {
+    if key.contains(['~', '/']) {
+        key.replace('~', "~0").replace('/', "~1")
+    } else {
+        key.to_string()
+    }
+}
+
+fn attach(
+    stack: &mut [Frame],
+    positions: &mut HashMap<String, NodePos>,
+    root: &mut Option<Value>,
+    value: Value,
+    yspan: YSpan,
+    nodes: usize,
+) -> Result<(), YamlError> {
+    let span = Span::from_yaml(yspan);
+    match stack.last_mut() {
+        None => {
+            positions.insert(
+                String::new(),
+                NodePos {
+                    key: None,
+                    value: span,
+                },
+            );
+            *root = Some(value);
+        }
+        Some(Frame::Seq {
+            items,
+            pointer,
+            nodes: n,
+            ..
+        }) => {
+            positions.insert(
+                format!("{pointer}/{}", items.len()),
+                NodePos {
+                    key: None,
+                    value: span,
+                },
+            );
+            items.push(value);
+            *n += nodes;
+        }
+        Some(Frame::Map {
+            map,
+            pointer,
+            pending_key,
+            key_spans,
+            nodes: n,
+            ..
+        }) => match pending_key.take() {
+            None => {
+                let key = match value {
+                    Value::String(s) => s,
+                    Value::Null => "null".to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    Value::Number(n) => n.to_string(),
+                    _ => {
+                        return Err(YamlError::new(
+                            span,
+                            "a mapping or sequence cannot be used as a key",
+                            "complex key",
+                        ));
+                    }
+                };
+                if let Some(first) = key_spans.get(&key) {
+                    let mut e = YamlError::new(
+                        span,
+                        format!("duplicate key `{key}`"),
+                        "defined again here",
+                    )
+                    .hint("each key may appear once in a mapping; remove one of them");
+                    e.related = Some((Span::from_yaml(*first), "first defined here".into()));
+                    return Err(e);
+                }
+                key_spans.insert(key.clone(), yspan);
+                *pending_key = Some((key, yspan));
+            }
+            Some((key, kspan)) => {
+                positions.insert(
+                    format!("{pointer}/{}", escape(&key)),
+                    NodePos {
+                        key: Some(Span::from_yaml(kspan)),
+                        value: span,
+                    },
+                );
+                map.insert(key, value);
+                *n += nodes;
+            }
+        },
+    }
+    Ok(())
+}
+
+fn check_tag(tag: Option<&Tag>, expected: &str, span: Span) -> Result<(), YamlError> {
+    match tag {
+        None => Ok(()),
+        Some(t) if t.is_yaml_core_schema() && t.suffix == expected => Ok(()),
+        Some(t) => Err(unsupported_tag(t, span)),
+    }
+}
+
+fn unsupported_tag(t: &Tag, span: Span) -> YamlError {
+    YamlError::new(span, format!("unsupported YAML tag `{t}`"), "tag").hint(
+        "manifests use plain YAML values; remove the tag (only !!str, !!int, !!float, !!bool, !!null are understood)",
+    )
+}
+
+/// Resolves a scalar by the YAML 1.2 core schema: only plain scalars can be anything but a
+/// string, and `yes`/`no`/`on`/`off` stay strings.
+fn scalar(
+    text: &str,
+    style: ScalarStyle,
+    tag: Option<&Tag>,
+    span: Span,
+) -> Result<Value, YamlError> {
+    if let Some(t) = tag {
+        if !t.is_yaml_core_schema() {
+            // `!` alone (non-specific tag) forces a string.
+            if t.handle == "!" && t.suffix.is_empty() {
+                return Ok(Value::String(text.to_string()));
+            }
+            return Err(unsupported_tag(t, span));
+        }
+        let bad = |what: &str| {
+            YamlError::new(
+                span,
+                format!("`{text}` is not a valid {what}"),
+                "tagged value",
+            )
+        };
+        return match t.suffix.as_str() {
+            "str" => Ok(Value::String(text.to_string())),
+            "null" => Ok(Value::Null),
+            "bool" => match plain(text) {
+                v @ Value::Bool(_) => Ok(v),
+                _ => Err(bad("boolean")),
+            },
+            "int" => match plain(text) {
+                v @ Value::Number(_) if !text.contains(['.', 'e', 'E']) => Ok(v),
+                _ => Err(bad("integer")),
+            },
+            "float" => match plain(text) {
+                Value::Number(n) => Ok(Value::Number(
+                    Number::from_f64(n.as_f64().unwrap_or(0.0)).unwrap_or(n),
+                )),
+                _ => Err(bad("number")),
+            },
+            _ => Err(unsupported_tag(t, span)),
+        };
+    }
+    Ok(match style {
+        ScalarStyle::Plain => plain(text),
+        _ => Value::String(text.to_string()),
+    })
+}
+
+fn plain(text: &str) -> Value {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        _ => {}
+    }
+    let first = text.as_bytes()[0];
+    if !(first.is_ascii_digit() || matches!(first, b'-' | b'+' | b'.')) {
+        return Value::String(text.to_string());
+    }
+    if let Some(n) = int(text) {
+        return Value::Number(n);
+    }
+    if is_float(text) {
+        if let Ok(f) = text.parse::<f64>() {
+            if let Some(n) = Number::from_f64(f) {
+                return Value::Number(n);
+            }
+        }
+    }
+    // .inf / .nan have no JSON form; they stay strings and the schema says what was expected.
+    Value::String(text.to_string())
+}
+
+fn int(text: &str) -> Option<Number> {
+    let (neg, digits) = match text.as_bytes()[0] {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    if let Some(oct) = text.strip_prefix("0o") {
+        return u64::from_str_radix(oct, 8).ok().map(Number::from);
+    }
+    if let Some(hex) = text.strip_prefix("0x") {
+        return u64::from_str_radix(hex, 16).ok().map(Number::from);
+    }
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    if neg {
+        text.parse::<i64>().ok().map(Number::from)
+    } else {
+        digits.parse::<u64>().ok().map(Number::from)
+    }
+}
+
+fn is_float(text: &str) -> bool {
+    // [-+]? ( \. [0-9]+ | [0-9]+ ( \. [0-9]* )? ) ( [eE] [-+]? [0-9]+ )?
+    let b = text.trim_start_matches(['-', '+']).as_bytes();
+    if text.len() - b.len() > 1 {
+        return false;
+    }
+    let mut i = 0;
+    let mut mantissa_digits = 0;
+    while i < b.len() && b[i].is_ascii_digit() {
+        i += 1;
+        mantissa_digits += 1;
+    }
+    if i < b.len() && b[i] == b'.' {
+        i += 1;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+            mantissa_digits += 1;
+        }
+    }
+    if mantissa_digits == 0 {
+        return false;
+    }
+    if i < b.len() && (b[i] == b'e' || b[i] == b'E') {
+        i += 1;
+        if i < b.len() && (b[i] == b'-' || b[i] == b'+') {
+            i += 1;
+        }
+        let start = i;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+    }
+    i == b.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn one(text: &str) -> Document {
+        let mut docs = parse(text, Limits::default()).expect("parses");
+        assert_eq!(docs.len(), 1);
+        docs.remove(0)
+    }
+
+    #[test]
+    fn yaml_1_2_scalars() {
+        let d = one(
+            "a: yes\nb: on\nc: true\nd: 0o17\ne: 012\nf: 1.5\ng: ~\nh: '1'\ni: 1e3\nj: .inf\nk: -3\n",
+        );
+        assert_eq!(
+            d.value,
+            json!({"a":"yes","b":"on","c":true,"d":15,"e":12,"f":1.5,"g":null,"h":"1","i":1000.0,"j":".inf","k":-3})
+        );
+    }
+
+    #[test]
+    fn positions_of_keys_and_values() {
+        let d = one("outposts:\n  Edge:\n    type: proxy\n");
+        let p = d.lookup("/outposts/Edge/type");
+        assert_eq!(p.key.map(|s| s.start), Some(Pos { line: 3, col: 5 }));
+        assert_eq!(p.value.start, Pos { line: 3, col: 11 });
+        // a pointer below a leaf falls back to the leaf
+        assert_eq!(d.lookup("/outposts/Edge/type/x").value.start.line, 3);
+    }
+
+    #[test]
+    fn duplicate_keys_name_both_places() {
+        let e = parse("a: 1\nb: 2\na: 3\n", Limits::default()).unwrap_err();
+        assert_eq!(e.message, "duplicate key `a`");
+        assert_eq!(e.span.start, Pos { line: 3, col: 1 });
+        assert_eq!(e.related.map(|r| r.0.start), Some(Pos { line: 1, col: 1 }));
+    }
+
+    #[test]
+    fn alias_bomb_is_bounded() {
+        let mut text = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        let mut prev = 'a';
+        for c in 'b'..='j' {
+            text.push_str(&format!(
+                "{c}: &{c} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"
+            ));
+            prev = c;
+        }
+        let e = parse(&text, Limits::default()).unwrap_err();
+        assert!(e.message.contains("aliases expand"), "{}", e.message);
+    }
+
+    #[test]
+    fn depth_is_bounded() {
+        // Flow nesting is stopped by the scanner, block nesting by our own limit.
+        let e = parse(&"[".repeat(100_000), Limits::default()).unwrap_err();
+        assert!(
+            e.hint.unwrap_or_default().contains("nests too deeply"),
+            "{}",
+            e.message
+        );
+        let block: String = (0..100)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
+        let e = parse(&block, Limits::default()).unwrap_err();
+        assert!(
+            e.message.contains("nesting deeper than 64"),
+            "{}",
+            e.message
+        );
+    }
+
+    #[test]
+    fn multi_document() {
+        let docs = parse("a: 1\n---\nb: 2\n---\n", Limits::default()).unwrap();
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[1].lookup("/b").value.start.line, 3);
+    }
+
+    #[test]
+    fn tabs_are_explained() {
+        let e = parse("a:\n\tb: 1\n", Limits::default()).unwrap_err();
+        assert!(e.hint.unwrap_or_default().contains("tabs"));
+    }
+}

@@ -1,0 +1,176 @@
+//! Diagnostics as miette reports (people) or a JSON document (machines).
+
+use std::fmt;
+use std::sync::Arc;
+
+use miette::{
+    GraphicalReportHandler, GraphicalTheme, LabeledSpan, MietteError, NamedSource, SourceCode,
+    SourceSpan, SpanContents,
+};
+
+use super::Style;
+use crate::diagnostics::{Diagnostic, Location, Severity, SourceFile};
+
+/// A source file's text shared with miette without copying it.
+#[derive(Debug, Clone)]
+struct Text(Arc<SourceFile>);
+
+impl SourceCode for Text {
+    fn read_span<'a>(
+        &'a self,
+        span: &SourceSpan,
+        context_lines_before: usize,
+        context_lines_after: usize,
+    ) -> Result<Box<dyn SpanContents<'a> + 'a>, MietteError> {
+        self.0
+            .text
+            .as_str()
+            .read_span(span, context_lines_before, context_lines_after)
+    }
+}
+
+fn source_span(l: &Location) -> SourceSpan {
+    let start = l.file.offset(l.span.start.line, l.span.start.col);
+    let mut end = l.file.offset(l.span.end.line, l.span.end.col);
+    // A multi-line value is marked on its first line only, to keep the snippet short.
+    if l.span.end.line != l.span.start.line || end <= start {
+        let line_end = l.file.text[start..]
+            .find('\n')
+            .map(|i| start + i)
+            .unwrap_or(l.file.text.len());
+        end = if end <= start { start } else { line_end };
+    }
+    SourceSpan::new(start.into(), end - start)
+}
+
+/// One diagnostic, or one of its related places, in the shape miette renders.
+struct Report<'a> {
+    diag: &'a Diagnostic,
+    /// Set for a related place: (location, what it says).
+    related_place: Option<&'a (Location, String)>,
+    source: Option<NamedSource<Text>>,
+    related: Vec<Report<'a>>,
+}
+
+impl<'a> Report<'a> {
+    fn new(diag: &'a Diagnostic) -> Report<'a> {
+        Report {
+            diag,
+            related_place: None,
+            source: diag.location.as_ref().map(named),
+            related: diag
+                .related
+                .iter()
+                .map(|r| Report {
+                    diag,
+                    related_place: Some(r),
+                    source: Some(named(&r.0)),
+                    related: Vec::new(),
+                })
+                .collect(),
+        }
+    }
+}
+
+fn named(l: &Location) -> NamedSource<Text> {
+    NamedSource::new(l.file.path.display().to_string(), Text(Arc::clone(&l.file)))
+}
+
+impl fmt::Debug for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.diag.message)
+    }
+}
+
+impl fmt::Display for Report<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.related_place {
+            Some((l, label)) => write!(
+                f,
+                "{}:{}:{}: {label}",
+                l.file.path.display(),
+                l.span.start.line,
+                l.span.start.col
+            ),
+            None => f.write_str(&self.diag.headline()),
+        }
+    }
+}
+
+impl std::error::Error for Report<'_> {}
+
+impl miette::Diagnostic for Report<'_> {
+    fn severity(&self) -> Option<miette::Severity> {
+        if self.related_place.is_some() {
+            return Some(miette::Severity::Advice);
+        }
+        Some(match self.diag.severity {
+            Severity::Error => miette::Severity::Error,
+            Severity::Warning => miette::Severity::Warning,
+        })
+    }
+
+    fn help<'b>(&'b self) -> Option<Box<dyn fmt::Display + 'b>> {
+        if self.related_place.is_some() {
+            return None;
+        }
+        self.diag
+            .hint
+            .as_ref()
+            .map(|h| Box::new(h) as Box<dyn fmt::Display>)
+    }
+
+    fn source_code(&self) -> Option<&dyn SourceCode> {
+        self.source.as_ref().map(|s| s as &dyn SourceCode)
+    }
+
+    fn labels(&self) -> Option<Box<dyn Iterator<Item = LabeledSpan> + '_>> {
+        let (location, label) = match self.related_place {
+            Some((l, label)) => (l, Some(label.clone())),
+            None => (self.diag.location.as_ref()?, self.diag.label.clone()),
+        };
+        Some(Box::new(std::iter::once(LabeledSpan::new_with_span(
+            label,
+            source_span(location),
+        ))))
+    }
+
+    fn related<'b>(&'b self) -> Option<Box<dyn Iterator<Item = &'b dyn miette::Diagnostic> + 'b>> {
+        if self.related.is_empty() {
+            return None;
+        }
+        Some(Box::new(
+            self.related.iter().map(|r| r as &dyn miette::Diagnostic),
+        ))
+    }
+}
+
+/// Renders diagnostics for a person, each once, in order.
+pub fn human(diags: &[Diagnostic], style: Style) -> String {
+    let theme = if style.color {
+        GraphicalTheme::unicode()
+    } else {
+        GraphicalTheme::unicode_nocolor()
+    };
+    let handler = GraphicalReportHandler::new_themed(theme)
+        .with_width(style.width)
+        .with_links(false)
+        .with_context_lines(1)
+        .with_show_related_as_nested(true);
+    let mut out = String::new();
+    for d in diags {
+        let report = Report::new(d);
+        if handler.render_report(&mut out, &report).is_err() {
+            // Rendering only fails on a broken writer to a String; fall back to the headline.
+            out.push_str(&d.headline());
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The JSON document of `--format json`.
+pub fn json(diags: &[Diagnostic]) -> serde_json::Value {
+    serde_json::Value::Array(diags.iter().map(Diagnostic::to_json).collect())
+}

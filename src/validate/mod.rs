@@ -1,0 +1,1335 @@
+//! Validation: schema per document, then meaning across the merged set, all errors at once.
+//!
+//! The result is either a `Validated` set (typed, defaults applied, secrets resolved, one
+//! container spec per outpost) or the diagnostics that say why not. Nothing here contacts an
+//! engine; everything downstream acts only on a `Validated` set.
+
+pub mod schema;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::desired::{self, ContainerSpec, Proto, Secret, Settings};
+use crate::diagnostics::{Diagnostic, SourceFile};
+use crate::manifest::load::{self, LoadedDoc, Origin};
+use crate::manifest::model::{self, Defaults, Integration, Keypair, Outpost, OutpostType};
+use crate::manifest::yaml::escape;
+use schema::did_you_mean;
+
+/// How a Docker engine is reached, with the key material it needs, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Endpoint {
+    /// `local: true`: DOCKER_HOST and friends, read when connecting.
+    Local,
+    Unix {
+        path: String,
+    },
+    Http {
+        host: String,
+        port: u16,
+    },
+    Tls {
+        host: String,
+        port: u16,
+        /// PEM of the only CA trusted, else the system roots.
+        ca_pem: Option<String>,
+        /// Client certificate PEM and key PEM.
+        client: Option<(String, Secret)>,
+    },
+    Ssh {
+        user: String,
+        host: String,
+        port: u16,
+        key: Option<Secret>,
+        host_key: Option<String>,
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct IntegrationDef {
+    pub name: String,
+    /// The URL as written (`local` for local engines), safe to show.
+    pub url: String,
+    pub endpoint: Endpoint,
+    pub origin: Origin,
+}
+
+/// A manifest set that passed validation.
+#[derive(Debug, Clone)]
+pub struct Validated {
+    pub project: String,
+    pub files: Vec<Arc<SourceFile>>,
+    /// Files the manifests reference (keys, certificates, tokens), for watch mode.
+    pub referenced_files: Vec<PathBuf>,
+    pub integrations: BTreeMap<String, IntegrationDef>,
+    /// Container specs by integration, sorted by outpost name.
+    pub desired: BTreeMap<String, Vec<ContainerSpec>>,
+    pub outpost_origins: BTreeMap<String, Origin>,
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl Validated {
+    pub fn outpost_count(&self) -> usize {
+        self.desired.values().map(Vec::len).sum()
+    }
+}
+
+/// The outcome of validating a set: diagnostics always, the set only when there is no error.
+#[derive(Debug)]
+pub struct Outcome {
+    pub validated: Option<Validated>,
+    pub diagnostics: Vec<Diagnostic>,
+    pub file_count: usize,
+}
+
+impl Outcome {
+    pub fn has_errors(&self) -> bool {
+        self.diagnostics.iter().any(Diagnostic::is_error)
+    }
+}
+
+/// Loads and validates the manifests under `paths`.
+pub fn validate(paths: &[PathBuf]) -> Outcome {
+    let loaded = load::load(paths);
+    let file_count = loaded.files.len() + loaded.diagnostics.len();
+    let mut v = Checker {
+        diags: loaded.diagnostics,
+        ..Checker::default()
+    };
+    for doc in &loaded.docs {
+        v.document(doc);
+    }
+    let validated = v.finish(loaded.files);
+    let mut diagnostics = v.diags;
+    crate::diagnostics::sort(&mut diagnostics);
+    let has_errors = diagnostics.iter().any(Diagnostic::is_error);
+    Outcome {
+        validated: if has_errors { None } else { validated },
+        diagnostics,
+        file_count,
+    }
+}
+
+/// A host IP bound by an outpost's container, for collision checks.
+type HostPortUse<'a> = (&'a str, &'a (ContainerSpec, Origin));
+
+struct Named<T> {
+    value: T,
+    origin: Origin,
+}
+
+#[derive(Default)]
+struct Checker {
+    diags: Vec<Diagnostic>,
+    project: Option<(String, Origin)>,
+    /// Defaults merged key by key: key -> (value, origin of the key).
+    defaults: BTreeMap<String, (Value, Origin)>,
+    keypairs: BTreeMap<String, Named<Keypair>>,
+    integrations: BTreeMap<String, Named<Integration>>,
+    outposts: BTreeMap<String, Named<Outpost>>,
+    referenced_files: Vec<PathBuf>,
+    saw_document: bool,
+    first_origin: Option<Origin>,
+    /// A document failed the schema: what it defines is unknown, so cross-document checks
+    /// (references, the project) would report mistakes that are not there.
+    partial: bool,
+}
+
+impl Checker {
+    fn document(&mut self, doc: &LoadedDoc) {
+        self.saw_document = true;
+        if self.first_origin.is_none() {
+            self.first_origin = Some(doc.origin.clone());
+        }
+        let errors = schema::check(doc);
+        let failed = !errors.is_empty();
+        self.diags.extend(errors);
+        self.ignored_keys(doc);
+        if failed {
+            self.partial = true;
+            return;
+        }
+        let parsed: model::Document = match serde_path_to_error::deserialize(&doc.value) {
+            Ok(d) => d,
+            Err(e) => {
+                let pointer = path_to_pointer(&e.path().to_string());
+                self.diags.push(
+                    Diagnostic::error("invalid-value", e.inner().to_string())
+                        .at(doc.origin.child(&pointer).value()),
+                );
+                return;
+            }
+        };
+        let origin = &doc.origin;
+        if let Some(p) = parsed.project {
+            let here = origin.child("/project");
+            match &self.project {
+                Some((_, first)) => self.diags.push(
+                    Diagnostic::error("duplicate-project", "`project` is defined twice in the set")
+                        .at(here.key())
+                        .related(first.key(), "first defined here")
+                        .hint("define `project` in exactly one document"),
+                ),
+                None => self.project = Some((p, here)),
+            }
+        }
+        if let Some(obj) = doc.value.get("defaults").and_then(Value::as_object) {
+            for (k, v) in obj {
+                let here = origin.child(&format!("/defaults/{}", escape(k)));
+                if let Some((_, first)) = self.defaults.get(k) {
+                    self.diags.push(
+                        Diagnostic::error(
+                            "duplicate-name",
+                            format!("`defaults.{k}` is defined twice in the set"),
+                        )
+                        .at(here.key())
+                        .related(first.key(), "first defined here")
+                        .hint("set each default once"),
+                    );
+                } else {
+                    self.defaults.insert(k.clone(), (v.clone(), here));
+                }
+            }
+        }
+        merge(
+            &mut self.diags,
+            &mut self.keypairs,
+            parsed.keypairs,
+            origin,
+            "keypairs",
+            "keypair",
+        );
+        merge(
+            &mut self.diags,
+            &mut self.integrations,
+            parsed.integrations,
+            origin,
+            "integrations",
+            "integration",
+        );
+        merge(
+            &mut self.diags,
+            &mut self.outposts,
+            parsed.outposts,
+            origin,
+            "outposts",
+            "outpost",
+        );
+    }
+
+    /// authentik keys that do not apply to Docker: accepted, reported as warnings.
+    fn ignored_keys(&mut self, doc: &LoadedDoc) {
+        let mut objects: Vec<(String, &serde_json::Map<String, Value>)> = Vec::new();
+        if let Some(d) = doc.value.get("defaults").and_then(Value::as_object) {
+            objects.push(("/defaults".into(), d));
+        }
+        if let Some(o) = doc.value.get("outposts").and_then(Value::as_object) {
+            for (name, outpost) in o {
+                if let Some(c) = outpost.get("config").and_then(Value::as_object) {
+                    objects.push((format!("/outposts/{}/config", escape(name)), c));
+                }
+            }
+        }
+        for (base, obj) in objects {
+            for key in obj.keys() {
+                let why = if key.starts_with("kubernetes_") {
+                    "applies to Kubernetes only; ignored on Docker"
+                } else if key == "log_level" || key == "refresh_interval" {
+                    "has no effect on the container: the outpost reads it from authentik"
+                } else {
+                    continue;
+                };
+                self.diags.push(
+                    Diagnostic::warning("ignored-key", format!("`{key}` {why}"))
+                        .at(doc.origin.child(&format!("{base}/{}", escape(key))).key())
+                        .label("accepted, no effect"),
+                );
+            }
+        }
+    }
+
+    fn finish(&mut self, files: Vec<Arc<SourceFile>>) -> Option<Validated> {
+        if !self.saw_document {
+            return None;
+        }
+        let project = match &self.project {
+            Some((p, _)) => p.clone(),
+            None if self.partial => String::new(),
+            None => {
+                let mut d = Diagnostic::error("missing-project", "no `project` is defined in the manifest set")
+                    .hint("add `project: <name>` to one document; it scopes which containers outpostctl owns and may prune");
+                if let Some(o) = &self.first_origin {
+                    d = d.at(o.value());
+                }
+                self.diags.push(d);
+                String::new()
+            }
+        };
+        let defaults = self.merged_defaults();
+        let keypairs = self.resolve_keypairs();
+        let integrations = self.resolve_integrations(&keypairs);
+        let desired = self.outposts_to_specs(&project, defaults.as_ref(), &integrations);
+        let warnings = self
+            .diags
+            .iter()
+            .filter(|d| !d.is_error())
+            .cloned()
+            .collect();
+        let outpost_origins = self
+            .outposts
+            .iter()
+            .map(|(k, n)| (k.clone(), n.origin.clone()))
+            .collect();
+        Some(Validated {
+            project,
+            files,
+            referenced_files: std::mem::take(&mut self.referenced_files),
+            integrations,
+            desired,
+            outpost_origins,
+            warnings,
+        })
+    }
+
+    fn merged_defaults(&mut self) -> Option<(Defaults, BTreeMap<String, Origin>)> {
+        let obj: serde_json::Map<String, Value> = self
+            .defaults
+            .iter()
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect();
+        let origins = self
+            .defaults
+            .iter()
+            .map(|(k, (_, o))| (k.clone(), o.clone()))
+            .collect();
+        // Each document's defaults passed the schema, and the union of disjoint keys does too.
+        serde_json::from_value(Value::Object(obj))
+            .ok()
+            .map(|d| (d, origins))
+    }
+
+    /// Reads a source; diagnostics point at the reference.
+    fn read_source(
+        &mut self,
+        file: Option<&str>,
+        env: Option<&str>,
+        value: Option<&str>,
+        at: &Origin,
+        secret: bool,
+    ) -> Option<String> {
+        if let Some(v) = value {
+            return Some(v.to_string());
+        }
+        if let Some(name) = env {
+            return match std::env::var(name) {
+                Ok(v) if !v.is_empty() => Some(v),
+                Ok(_) => {
+                    self.diags.push(
+                        Diagnostic::error(
+                            "missing-env",
+                            format!("environment variable `{name}` is empty"),
+                        )
+                        .at(at.child("/env").value())
+                        .label("empty")
+                        .hint(format!("set `{name}` in outpostctl's environment")),
+                    );
+                    None
+                }
+                Err(_) => {
+                    self.diags.push(
+                        Diagnostic::error("missing-env", format!("environment variable `{name}` is not set"))
+                            .at(at.child("/env").value())
+                            .label("not set")
+                            .hint(format!("set `{name}` in outpostctl's environment, e.g. `export {name}=...` or a CI secret")),
+                    );
+                    None
+                }
+            };
+        }
+        let file = file?;
+        let path = resolve_path(file, &at.base_dir());
+        self.referenced_files.push(path.clone());
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                if secret {
+                    self.check_private_permissions(&path, at);
+                }
+                Some(text)
+            }
+            Err(e) => {
+                let reason = match e.kind() {
+                    std::io::ErrorKind::NotFound => "no such file".to_string(),
+                    std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+                    _ => e.to_string(),
+                };
+                self.diags.push(
+                    Diagnostic::error("unreadable-file", format!("cannot read `{}`: {reason}", path.display()))
+                        .at(at.child("/file").value())
+                        .label("referenced here")
+                        .hint("paths are relative to the manifest file that names them; `~` is your home directory"),
+                );
+                None
+            }
+        }
+    }
+
+    #[cfg(unix)]
+    fn check_private_permissions(&mut self, path: &Path, at: &Origin) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(m) = std::fs::metadata(path) {
+            let mode = m.permissions().mode();
+            if mode & 0o077 != 0 {
+                self.diags.push(
+                    Diagnostic::warning(
+                        "key-permissions",
+                        format!(
+                            "`{}` is readable by others (mode {:o})",
+                            path.display(),
+                            mode & 0o777
+                        ),
+                    )
+                    .at(at.child("/file").value())
+                    .label("secret file")
+                    .hint(format!("restrict it: `chmod 600 {}`", path.display())),
+                );
+            }
+        }
+    }
+
+    #[cfg(not(unix))]
+    fn check_private_permissions(&mut self, _: &Path, _: &Origin) {}
+
+    fn resolve_keypairs(&mut self) -> BTreeMap<String, (Option<String>, Option<Secret>)> {
+        let mut out = BTreeMap::new();
+        let entries: Vec<(String, Keypair, Origin)> = self
+            .keypairs
+            .iter()
+            .map(|(k, n)| (k.clone(), n.value.clone(), n.origin.clone()))
+            .collect();
+        for (name, kp, origin) in entries {
+            if kp.certificate.is_none() && kp.key.is_none() {
+                self.diags.push(
+                    Diagnostic::error(
+                        "empty-keypair",
+                        format!("keypair `{name}` has neither `certificate` nor `key`"),
+                    )
+                    .at(origin.key())
+                    .hint("give it a `certificate` (a CA for tls_verification), a `key`, or both"),
+                );
+            }
+            let cert = kp.certificate.as_ref().and_then(|c| {
+                let at = origin.child("/certificate");
+                let text = self.read_source(
+                    c.file.as_deref(),
+                    c.env.as_deref(),
+                    c.value.as_deref(),
+                    &at,
+                    false,
+                )?;
+                if !text.contains("-----BEGIN CERTIFICATE-----") {
+                    self.diags.push(
+                        Diagnostic::error(
+                            "not-pem",
+                            format!("keypair `{name}`: the certificate is not a PEM certificate"),
+                        )
+                        .at(at.key())
+                        .hint("expected text starting with `-----BEGIN CERTIFICATE-----`"),
+                    );
+                    return None;
+                }
+                Some(text)
+            });
+            let key = kp.key.as_ref().and_then(|k| {
+                let at = origin.child("/key");
+                let text =
+                    self.read_source(k.file.as_deref(), k.env.as_deref(), None, &at, true)?;
+                if !text.contains("PRIVATE KEY-----") {
+                    self.diags.push(
+                        Diagnostic::error(
+                            "not-pem",
+                            format!(
+                                "keypair `{name}`: the key is not a PEM or OpenSSH private key"
+                            ),
+                        )
+                        .at(at.key())
+                        .hint("expected text starting with `-----BEGIN ... PRIVATE KEY-----`"),
+                    );
+                    return None;
+                }
+                Some(Secret::new(text))
+            });
+            out.insert(name, (cert, key));
+        }
+        out
+    }
+
+    fn keypair_ref(
+        &mut self,
+        name: &str,
+        at: &Origin,
+        keypairs: &BTreeMap<String, (Option<String>, Option<Secret>)>,
+    ) -> Option<(Option<String>, Option<Secret>)> {
+        match keypairs.get(name) {
+            Some(kp) => Some(kp.clone()),
+            None if self.partial => None,
+            None => {
+                let hint = did_you_mean(name, keypairs.keys().map(String::as_str))
+                    .unwrap_or_else(|| "define it under `keypairs:`".into());
+                self.diags.push(
+                    Diagnostic::error("unknown-keypair", format!("unknown keypair `{name}`"))
+                        .at(at.value())
+                        .label("no keypair of this name")
+                        .hint(hint),
+                );
+                None
+            }
+        }
+    }
+
+    fn resolve_integrations(
+        &mut self,
+        keypairs: &BTreeMap<String, (Option<String>, Option<Secret>)>,
+    ) -> BTreeMap<String, IntegrationDef> {
+        let mut out = BTreeMap::new();
+        let entries: Vec<(String, Integration, Origin)> = self
+            .integrations
+            .iter()
+            .map(|(k, n)| (k.clone(), n.value.clone(), n.origin.clone()))
+            .collect();
+        for (name, i, origin) in entries {
+            if let Some(def) = self.integration(&name, &i, &origin, keypairs) {
+                out.insert(name, def);
+            }
+        }
+        out
+    }
+
+    fn integration(
+        &mut self,
+        name: &str,
+        i: &Integration,
+        origin: &Origin,
+        keypairs: &BTreeMap<String, (Option<String>, Option<Secret>)>,
+    ) -> Option<IntegrationDef> {
+        let err = |code, msg: String| Diagnostic::error(code, msg);
+        let local = i.local.unwrap_or(false);
+        let url = match (local, &i.url) {
+            (true, Some(_)) => {
+                self.diags.push(
+                    err(
+                        "integration-kind",
+                        format!("integration `{name}` sets both `local: true` and `url`"),
+                    )
+                    .at(origin.child("/url").key())
+                    .hint("use `local: true` for this machine's engine, or a `url`, not both"),
+                );
+                return None;
+            }
+            (true, None) => {
+                for field in ["tls_verification", "tls_authentication", "ssh"] {
+                    let at = origin.child(&format!("/{field}"));
+                    if at.exists() {
+                        self.diags.push(
+                            err("integration-kind", format!("`{field}` has no effect with `local: true`"))
+                                .at(at.key())
+                                .hint("a local engine is configured by DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH"),
+                        );
+                    }
+                }
+                return Some(IntegrationDef {
+                    name: name.to_string(),
+                    url: "local".into(),
+                    endpoint: Endpoint::Local,
+                    origin: origin.clone(),
+                });
+            }
+            (false, None) => {
+                self.diags.push(
+                    err(
+                        "integration-kind",
+                        format!("integration `{name}` needs `local: true` or a `url`"),
+                    )
+                    .at(origin.key())
+                    .hint("for example `url: \"ssh://authentik@host:22\"` or `local: true`"),
+                );
+                return None;
+            }
+            (false, Some(u)) => u.clone(),
+        };
+        let url_at = origin.child("/url");
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return None; // the schema's pattern already reported it
+        };
+        let tls_v = origin.child("/tls_verification");
+        let tls_a = origin.child("/tls_authentication");
+        let ssh_at = origin.child("/ssh");
+        if scheme != "ssh" && ssh_at.exists() {
+            self.diags.push(
+                err(
+                    "integration-kind",
+                    "`ssh` options only apply to ssh:// URLs".into(),
+                )
+                .at(ssh_at.key())
+                .hint("remove `ssh:` or use an ssh:// URL"),
+            );
+        }
+        let endpoint = match scheme {
+            "unix" | "http" => {
+                for at in [&tls_v, &tls_a] {
+                    if at.exists() {
+                        self.diags.push(
+                            err(
+                                "plain-with-tls",
+                                format!(
+                                    "`{}` needs a TLS URL; {scheme}:// is not encrypted",
+                                    field_of(at)
+                                ),
+                            )
+                            .at(at.key())
+                            .hint(format!(
+                                "use https:// for TLS, or remove `{}`",
+                                field_of(at)
+                            )),
+                        );
+                    }
+                }
+                if scheme == "unix" {
+                    if rest.is_empty() || !rest.starts_with('/') {
+                        self.diags.push(
+                            err("invalid-url", format!("`{url}` is not a socket path"))
+                                .at(url_at.value())
+                                .hint("write the absolute path: `unix:///var/run/docker.sock`"),
+                        );
+                        return None;
+                    }
+                    Endpoint::Unix {
+                        path: rest.to_string(),
+                    }
+                } else {
+                    let (host, port) = self.host_port(&url, rest, &url_at, None)?;
+                    Endpoint::Http { host, port }
+                }
+            }
+            "https" | "tcp" => {
+                let (host, port) = self.host_port(&url, rest, &url_at, None)?;
+                let ca_pem = match &i.tls_verification {
+                    Some(kp) => {
+                        let (cert, _) = self.keypair_ref(kp, &tls_v, keypairs)?;
+                        if cert.is_none()
+                            && self
+                                .keypairs
+                                .get(kp)
+                                .is_some_and(|n| n.value.certificate.is_none())
+                        {
+                            self.diags.push(
+                                err("keypair-needs-certificate", format!("keypair `{kp}` has no `certificate` to verify the engine with"))
+                                    .at(tls_v.value())
+                                    .hint("tls_verification needs the CA certificate that signed the engine's certificate"),
+                            );
+                        }
+                        cert
+                    }
+                    None => None,
+                };
+                let client = match &i.tls_authentication {
+                    Some(kp) => {
+                        let (cert, key) = self.keypair_ref(kp, &tls_a, keypairs)?;
+                        let def = self
+                            .keypairs
+                            .get(kp)
+                            .map(|n| n.value.clone())
+                            .unwrap_or_default();
+                        if def.key.is_none() || def.certificate.is_none() {
+                            self.diags.push(
+                                err("keypair-needs-key", format!("keypair `{kp}` needs both `certificate` and `key` for TLS client authentication"))
+                                    .at(tls_a.value())
+                                    .hint("tls_authentication is the client certificate and its private key"),
+                            );
+                            None
+                        } else {
+                            cert.zip(key)
+                        }
+                    }
+                    None => None,
+                };
+                Endpoint::Tls {
+                    host,
+                    port,
+                    ca_pem,
+                    client,
+                }
+            }
+            "ssh" => {
+                if tls_v.exists() {
+                    self.diags.push(
+                        err(
+                            "plain-with-tls",
+                            "`tls_verification` does not apply to ssh://".into(),
+                        )
+                        .at(tls_v.key())
+                        .hint("pin the host key with `ssh.host_key` instead"),
+                    );
+                }
+                let (userinfo, hostport) = match rest.split_once('@') {
+                    Some((u, h)) => (Some(u), h),
+                    None => (None, rest),
+                };
+                let (host, port) = self.host_port(&url, hostport, &url_at, Some(22))?;
+                let user = userinfo.unwrap_or("authentik").to_string();
+                if user.is_empty()
+                    || user.starts_with('-')
+                    || !user
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+                {
+                    self.diags.push(
+                        err(
+                            "invalid-url",
+                            format!("`{user}` is not a valid ssh user name"),
+                        )
+                        .at(url_at.value())
+                        .hint("user names use letters, digits, `.`, `_` and `-`"),
+                    );
+                    return None;
+                }
+                let key = match &i.tls_authentication {
+                    Some(kp) => {
+                        let (_, key) = self.keypair_ref(kp, &tls_a, keypairs)?;
+                        if self.keypairs.get(kp).is_some_and(|n| n.value.key.is_none()) {
+                            self.diags.push(
+                                err("keypair-needs-key", format!("keypair `{kp}` has no `key` to log in with"))
+                                    .at(tls_a.value())
+                                    .hint("for ssh:// integrations tls_authentication is the SSH private key"),
+                            );
+                        }
+                        key
+                    }
+                    None => None,
+                };
+                let ssh = i.ssh.clone().unwrap_or_default();
+                let config = ssh.config.as_ref().and_then(|c| {
+                    let p = resolve_path(c, &origin.base_dir());
+                    if p.is_file() {
+                        self.referenced_files.push(p.clone());
+                        Some(p)
+                    } else {
+                        self.diags.push(
+                            err("unreadable-file", format!("ssh config `{}` does not exist", p.display()))
+                                .at(origin.child("/ssh/config").value())
+                                .hint("paths are relative to the manifest file; `~` is your home directory"),
+                        );
+                        None
+                    }
+                });
+                Endpoint::Ssh {
+                    user,
+                    host,
+                    port,
+                    key,
+                    host_key: ssh.host_key.clone(),
+                    config,
+                }
+            }
+            _ => return None,
+        };
+        Some(IntegrationDef {
+            name: name.to_string(),
+            url,
+            endpoint,
+            origin: origin.clone(),
+        })
+    }
+
+    /// `host:port` of a URL's authority; `default_port` when the scheme has one.
+    fn host_port(
+        &mut self,
+        url: &str,
+        rest: &str,
+        at: &Origin,
+        default_port: Option<u16>,
+    ) -> Option<(String, u16)> {
+        let (authority, path) = match rest.find(['/', '?', '#']) {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        if !path.is_empty() && path != "/" {
+            let scheme = url.split("://").next().unwrap_or_default();
+            self.diags.push(
+                Diagnostic::error(
+                    "invalid-url",
+                    format!("`{url}` has a path; {scheme}:// URLs name a host and port only"),
+                )
+                .at(at.value())
+                .label("path not allowed")
+                .hint(format!("remove `{path}`")),
+            );
+            return None;
+        }
+        let (host, port) = if let Some(h) = authority.strip_prefix('[') {
+            match h.split_once(']') {
+                Some((ip, p)) => (ip.to_string(), p.strip_prefix(':')),
+                None => (String::new(), None),
+            }
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), Some(p)),
+                None => (authority.to_string(), None),
+            }
+        };
+        if host.is_empty()
+            || host.starts_with('-')
+            || host.chars().any(|c| c.is_whitespace() || c == '@')
+        {
+            self.diags.push(
+                Diagnostic::error("invalid-url", format!("`{url}` has no valid host"))
+                    .at(at.value())
+                    .hint("write `scheme://host:port`"),
+            );
+            return None;
+        }
+        let port = match (port, default_port) {
+            (Some(p), _) => match p.parse::<u16>() {
+                Ok(p) if p > 0 => p,
+                _ => {
+                    self.diags.push(
+                        Diagnostic::error("invalid-url", format!("`{p}` is not a port"))
+                            .at(at.value())
+                            .hint("ports are 1 to 65535"),
+                    );
+                    return None;
+                }
+            },
+            (None, Some(d)) => d,
+            (None, None) => {
+                let scheme = url.split("://").next().unwrap_or_default();
+                let example = if scheme == "http" { 2375 } else { 2376 };
+                self.diags.push(
+                    Diagnostic::error("missing-port", format!("`{url}` needs a port"))
+                        .at(at.value())
+                        .label("no port")
+                        .hint(format!(
+                            "{scheme}:// URLs need an explicit port, e.g. `{url}:{example}`"
+                        )),
+                );
+                return None;
+            }
+        };
+        Some((host, port))
+    }
+
+    fn outposts_to_specs(
+        &mut self,
+        project: &str,
+        defaults: Option<&(Defaults, BTreeMap<String, Origin>)>,
+        integrations: &BTreeMap<String, IntegrationDef>,
+    ) -> BTreeMap<String, Vec<ContainerSpec>> {
+        let mut by_integration: BTreeMap<String, Vec<(ContainerSpec, Origin)>> = BTreeMap::new();
+        let mut uuids: HashMap<String, (String, Origin)> = HashMap::new();
+        let entries: Vec<(String, Outpost, Origin)> = self
+            .outposts
+            .iter()
+            .map(|(k, n)| (k.clone(), n.value.clone(), n.origin.clone()))
+            .collect();
+        let empty = (Defaults::default(), BTreeMap::new());
+        let (defaults, default_origins) = defaults.unwrap_or(&empty);
+        for (name, o, origin) in entries {
+            let mut ok = true;
+            if !self.integrations.contains_key(&o.integration) && self.partial {
+                ok = false;
+            } else if !self.integrations.contains_key(&o.integration) {
+                let hint =
+                    did_you_mean(&o.integration, self.integrations.keys().map(String::as_str))
+                        .unwrap_or_else(|| "define it under `integrations:`".into());
+                self.diags.push(
+                    Diagnostic::error(
+                        "unknown-integration",
+                        format!("unknown integration `{}`", o.integration),
+                    )
+                    .at(origin.child("/integration").value())
+                    .label("no integration of this name")
+                    .hint(hint),
+                );
+                ok = false;
+            }
+            let uuid = match &o.uuid {
+                Some(u) => u.replace('-', "").to_lowercase(),
+                None => desired::derived_uuid(&name),
+            };
+            let uuid_at = if o.uuid.is_some() {
+                origin.child("/uuid")
+            } else {
+                origin.clone()
+            };
+            if let Some((other, first)) = uuids.get(&uuid) {
+                self.diags.push(
+                    Diagnostic::error(
+                        "duplicate-uuid",
+                        format!("outposts `{other}` and `{name}` have the same uuid"),
+                    )
+                    .at(if o.uuid.is_some() {
+                        uuid_at.value()
+                    } else {
+                        uuid_at.key()
+                    })
+                    .related(first.clone().value(), "also used here")
+                    .hint("each outpost has its own UUID in authentik"),
+                );
+                ok = false;
+            } else {
+                uuids.insert(uuid.clone(), (name.clone(), uuid_at));
+            }
+            if !o.external_hosts.is_empty() && o.kind != OutpostType::Proxy {
+                self.diags.push(
+                    Diagnostic::error(
+                        "external-hosts-not-proxy",
+                        format!(
+                            "`external_hosts` only applies to proxy outposts; this one is `{}`",
+                            o.kind.as_str()
+                        ),
+                    )
+                    .at(origin.child("/external_hosts").key())
+                    .hint("remove `external_hosts`, or set `type: proxy`"),
+                );
+                ok = false;
+            }
+            for (i, h) in o.external_hosts.iter().enumerate() {
+                if desired::url_host(h).is_none()
+                    || h.contains(char::is_whitespace)
+                    || h.contains('`')
+                {
+                    self.diags.push(
+                        Diagnostic::error("invalid-url", format!("`{h}` is not a URL with a host"))
+                            .at(origin.child(&format!("/external_hosts/{i}")).value())
+                            .hint("write the provider's external host, e.g. `https://app.example.com`"),
+                    );
+                    ok = false;
+                }
+            }
+            if o.kind == OutpostType::Proxy && o.external_hosts.is_empty() {
+                self.diags.push(
+                    Diagnostic::warning("no-external-hosts", "proxy outpost without `external_hosts`: no Traefik router is declared for it")
+                        .at(origin.key())
+                        .hint("list the external hosts of the outpost's providers to get Traefik labels"),
+                );
+            }
+            let token = o.token.clone();
+            let token = self.read_source(
+                token.file.as_deref(),
+                token.env.as_deref(),
+                None,
+                &origin.child("/token"),
+                true,
+            );
+            let Some(settings) = self.settings(&name, &o, &origin, defaults, default_origins)
+            else {
+                continue;
+            };
+            let overrides = self.port_overrides(&o, &origin);
+            let (Some(token), true, Some(overrides)) = (token, ok, overrides) else {
+                continue;
+            };
+            let input = desired::OutpostInput {
+                project,
+                name: &name,
+                kind: o.kind,
+                uuid,
+                token: Secret::new(token.trim().to_string()),
+                external_hosts: &o.external_hosts,
+                settings: &settings,
+                port_overrides: &overrides,
+                healthcheck: o.healthcheck.as_deref(),
+            };
+            match desired::container(&input) {
+                Ok(spec) => {
+                    if integrations.contains_key(&o.integration) {
+                        by_integration
+                            .entry(o.integration.clone())
+                            .or_default()
+                            .push((spec, origin));
+                    }
+                }
+                Err(problems) => {
+                    for p in problems {
+                        let at = origin.child(p.field);
+                        let at = if at.exists() {
+                            at.value()
+                        } else {
+                            origin.key()
+                        };
+                        self.diags.push(
+                            Diagnostic::error("invalid-outpost", p.message)
+                                .at(at)
+                                .maybe_hint(p.hint),
+                        );
+                    }
+                }
+            }
+        }
+        for (integration, specs) in &by_integration {
+            self.collisions(integration, specs);
+        }
+        by_integration
+            .into_iter()
+            .map(|(k, v)| (k, v.into_iter().map(|(s, _)| s).collect()))
+            .collect()
+    }
+
+    /// Container names and host ports must be unique per engine.
+    fn collisions(&mut self, integration: &str, specs: &[(ContainerSpec, Origin)]) {
+        let mut names: HashMap<&str, &(ContainerSpec, Origin)> = HashMap::new();
+        let mut ports: HashMap<(Proto, u16), Vec<HostPortUse<'_>>> = HashMap::new();
+        for entry in specs {
+            let (spec, origin) = entry;
+            if let Some((first, first_origin)) = names.get(spec.name.as_str()) {
+                self.diags.push(
+                    Diagnostic::error(
+                        "name-collision",
+                        format!("outposts `{}` and `{}` would both be named `{}` on integration `{integration}`", first.outpost, spec.outpost, spec.name),
+                    )
+                    .at(origin.key())
+                    .related(first_origin.key(), "the other outpost")
+                    .hint("change `object_naming_template` (e.g. add `%(uuid)s`) or rename an outpost"),
+                );
+            } else {
+                names.insert(&spec.name, entry);
+            }
+            for p in &spec.ports {
+                let clash = ports.get(&(p.proto, p.host_port)).and_then(|taken| {
+                    taken
+                        .iter()
+                        .find(|(ip, _)| ip.is_empty() || p.host_ip.is_empty() || *ip == p.host_ip)
+                });
+                if let Some((_, (first, first_origin))) = clash {
+                    let at = origin.child(&format!(
+                        "/ports/{}~1{}",
+                        p.container_port,
+                        p.proto.as_str()
+                    ));
+                    let at = if at.exists() { at.key() } else { origin.key() };
+                    self.diags.push(
+                        Diagnostic::error(
+                            "port-collision",
+                            format!("host port {}/{} is published by both `{}` and `{}` on integration `{integration}`", p.host_port, p.proto.as_str(), first.outpost, spec.outpost),
+                        )
+                        .at(at)
+                        .related(first_origin.key(), "the other outpost")
+                        .hint(format!("give one of them another host port: `ports: {{ \"{}/{}\": \"<port>\" }}`, or set `docker_map_ports: false`", p.container_port, p.proto.as_str())),
+                    );
+                } else {
+                    ports
+                        .entry((p.proto, p.host_port))
+                        .or_default()
+                        .push((&p.host_ip, entry));
+                }
+            }
+        }
+    }
+
+    fn port_overrides(&mut self, o: &Outpost, origin: &Origin) -> Option<desired::PortOverrides> {
+        let mut out = BTreeMap::new();
+        let mut ok = true;
+        let known = desired::default_ports(o.kind);
+        for (key, value) in &o.ports {
+            let at = origin.child(&format!("/ports/{}", escape(key)));
+            let parsed = key.split_once('/').and_then(|(p, proto)| {
+                let proto = if proto == "udp" {
+                    Proto::Udp
+                } else {
+                    Proto::Tcp
+                };
+                p.parse::<u16>().ok().map(|p| (p, proto))
+            });
+            let Some((cport, proto)) =
+                parsed.filter(|(p, pr)| known.iter().any(|(kp, kpr, _)| kp == p && kpr == pr))
+            else {
+                let list = if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known
+                        .iter()
+                        .map(|(p, pr, _)| format!("`{p}/{}`", pr.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                self.diags.push(
+                    Diagnostic::error(
+                        "unknown-port",
+                        format!("a {} outpost has no port `{key}`", o.kind.as_str()),
+                    )
+                    .at(at.key())
+                    .hint(format!("its ports are: {list}")),
+                );
+                ok = false;
+                continue;
+            };
+            let binding = match value {
+                Value::Null => None,
+                Value::Number(n) => n
+                    .as_u64()
+                    .and_then(|p| u16::try_from(p).ok())
+                    .map(|p| (String::new(), p)),
+                Value::String(s) => parse_host_binding(s),
+                _ => None,
+            };
+            match (value, binding) {
+                (Value::Null, _) => {
+                    out.insert((cport, proto), None);
+                }
+                (_, Some(b)) if b.1 > 0 => {
+                    out.insert((cport, proto), Some(b));
+                }
+                _ => {
+                    self.diags.push(
+                        Diagnostic::error(
+                            "invalid-port",
+                            format!("`{value}` is not a host port binding"),
+                        )
+                        .at(at.value())
+                        .hint(
+                            "write `PORT`, `IP:PORT` or `[IPv6]:PORT` with a port from 1 to 65535",
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    }
+
+    /// authentik's settings for one outpost: its config over the defaults over authentik's.
+    fn settings(
+        &mut self,
+        name: &str,
+        o: &Outpost,
+        origin: &Origin,
+        d: &Defaults,
+        default_origins: &BTreeMap<String, Origin>,
+    ) -> Option<Settings> {
+        let c = &o.config;
+        let dc = &d.config;
+        // Where a setting came from, to point at it.
+        let at = |key: &str| -> Origin {
+            let own = origin.child(&format!("/config/{key}"));
+            if own.exists() {
+                own
+            } else {
+                default_origins
+                    .get(key)
+                    .cloned()
+                    .unwrap_or_else(|| origin.clone())
+            }
+        };
+        let mut ok = true;
+        let naming_template = c
+            .object_naming_template
+            .clone()
+            .or_else(|| dc.object_naming_template.clone())
+            .unwrap_or_else(|| desired::DEFAULT_NAMING_TEMPLATE.into());
+        if let Err(e) = desired::check_template(&naming_template, &["name", "uuid"]) {
+            self.diags.push(
+                Diagnostic::error("invalid-template", format!("object_naming_template: {e}"))
+                    .at(at("object_naming_template").value())
+                    .hint("the template knows `%(name)s` and `%(uuid)s`; write `%%` for a literal `%`"),
+            );
+            ok = false;
+        }
+        let version = d.authentik_version.clone();
+        let container_image = c
+            .container_image
+            .clone()
+            .or_else(|| dc.container_image.clone());
+        let image_base = d
+            .container_image_base
+            .clone()
+            .unwrap_or_else(|| desired::DEFAULT_IMAGE_BASE.into());
+        let (template, template_at, field) = match &container_image {
+            Some(t) => (t.clone(), at("container_image"), "container_image"),
+            None => {
+                let o = default_origins
+                    .get("container_image_base")
+                    .cloned()
+                    .unwrap_or_else(|| origin.clone());
+                (image_base.clone(), o, "container_image_base")
+            }
+        };
+        match desired::check_template(&template, &["type", "version"]) {
+            Err(e) => {
+                self.diags.push(
+                    Diagnostic::error("invalid-template", format!("{field}: {e}"))
+                        .at(if template_at.exists() {
+                            template_at.value()
+                        } else {
+                            template_at.key()
+                        })
+                        .hint("image templates know `%(type)s` and `%(version)s`"),
+                );
+                ok = false;
+            }
+            Ok(()) if template.contains("%(version)s") && version.is_none() => {
+                self.diags.push(
+                    Diagnostic::error("missing-version", format!("outpost `{name}`: the image `{template}` needs `%(version)s`, but no `authentik_version` is set"))
+                        .at(if template_at.exists() { template_at.value() } else { template_at.key() })
+                        .hint("set `defaults.authentik_version` to your authentik server's version, e.g. `2026.8.0`"),
+                );
+                ok = false;
+            }
+            Ok(()) => {}
+        }
+        let authentik_host = c
+            .authentik_host
+            .clone()
+            .or_else(|| dc.authentik_host.clone())
+            .unwrap_or_default();
+        if authentik_host.is_empty() {
+            self.diags.push(
+                Diagnostic::error("missing-authentik-host", format!("outpost `{name}` has no `authentik_host`"))
+                    .at(origin.key())
+                    .hint("set `authentik_host` (where the outpost reaches authentik) in `defaults:` or the outpost's `config:`"),
+            );
+            ok = false;
+        }
+        let mut labels = BTreeMap::new();
+        for (labels_src, base) in [(&dc.docker_labels, None), (&c.docker_labels, Some(origin))] {
+            for (k, v) in labels_src.iter().flatten() {
+                if k.starts_with("outpostctl.") || k == desired::LABEL_UUID {
+                    let at = match base {
+                        Some(o) => o.child(&format!("/config/docker_labels/{}", escape(k))),
+                        None => default_origins
+                            .get("docker_labels")
+                            .map(|o| o.child(&format!("/{}", escape(k))))
+                            .unwrap_or_else(|| origin.clone()),
+                    };
+                    self.diags.push(
+                        Diagnostic::error("reserved-label", format!("label `{k}` is reserved"))
+                            .at(at.key())
+                            .hint("outpostctl and authentik set `io.goauthentik.outpost-uuid` and `outpostctl.*` themselves; set `uuid:` on the outpost instead"),
+                    );
+                    ok = false;
+                }
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                labels.insert(k.clone(), v);
+            }
+        }
+        ok.then(|| Settings {
+            authentik_host,
+            authentik_host_insecure: c
+                .authentik_host_insecure
+                .or(dc.authentik_host_insecure)
+                .unwrap_or(false),
+            authentik_host_browser: c
+                .authentik_host_browser
+                .clone()
+                .or_else(|| dc.authentik_host_browser.clone())
+                .unwrap_or_default(),
+            naming_template,
+            container_image,
+            image_base,
+            version,
+            network: c
+                .docker_network
+                .clone()
+                .or_else(|| dc.docker_network.clone())
+                .filter(|n| !n.is_empty()),
+            map_ports: c.docker_map_ports.or(dc.docker_map_ports).unwrap_or(true),
+            labels,
+            pull: o.pull.or(d.pull).unwrap_or_default(),
+        })
+    }
+}
+
+fn field_of(o: &Origin) -> String {
+    o.pointer.rsplit('/').next().unwrap_or_default().to_string()
+}
+
+fn merge<T>(
+    diags: &mut Vec<Diagnostic>,
+    into: &mut BTreeMap<String, Named<T>>,
+    items: BTreeMap<String, T>,
+    origin: &Origin,
+    section: &str,
+    what: &str,
+) {
+    for (name, value) in items {
+        let here = origin.child(&format!("/{section}/{}", escape(&name)));
+        if let Some(first) = into.get(&name) {
+            diags.push(
+                Diagnostic::error(
+                    "duplicate-name",
+                    format!("{what} `{name}` is defined twice"),
+                )
+                .at(here.key())
+                .related(first.origin.key(), "first defined here")
+                .hint(format!(
+                    "names are unique across the whole set; rename or remove one {what}"
+                )),
+            );
+        } else {
+            into.insert(
+                name,
+                Named {
+                    value,
+                    origin: here,
+                },
+            );
+        }
+    }
+}
+
+/// `~` expands to $HOME; relative paths are relative to `base`.
+pub fn resolve_path(p: &str, base: &Path) -> PathBuf {
+    if let Some(rest) = p.strip_prefix("~/") {
+        if let Some(home) = std::env::var_os("HOME") {
+            return PathBuf::from(home).join(rest);
+        }
+    }
+    let path = PathBuf::from(p);
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
+fn parse_host_binding(s: &str) -> Option<(String, u16)> {
+    let (ip, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (ip, port) = rest.split_once("]:")?;
+        (ip.parse::<std::net::Ipv6Addr>().ok()?.to_string(), port)
+    } else if let Some((ip, port)) = s.rsplit_once(':') {
+        (ip.parse::<std::net::Ipv4Addr>().ok()?.to_string(), port)
+    } else {
+        (String::new(), s)
+    };
+    Some((ip, port.parse().ok()?))
+}
+
+/// serde_path_to_error's `a.b[0]` -> `/a/b/0`.
+fn path_to_pointer(path: &str) -> String {
+    if path == "." {
+        return String::new();
+    }
+    let mut out = String::new();
+    for seg in path.split('.') {
+        let mut rest = seg;
+        if let Some(i) = rest.find('[') {
+            out.push('/');
+            out.push_str(&escape(&rest[..i]));
+            rest = &rest[i..];
+            while let Some(end) = rest.find(']') {
+                out.push('/');
+                out.push_str(&rest[1..end]);
+                rest = &rest[end + 1..];
+            }
+        } else {
+            out.push('/');
+            out.push_str(&escape(rest));
+        }
+    }
+    out
+}

@@ -1,0 +1,486 @@
+//! JSON Schema validation of each document, with messages written for a person.
+//!
+//! jsonschema reports keyword failures ("additionalProperties", "pattern", ...) against JSON
+//! pointers; this module says what they mean for a manifest, points at the exact key or value,
+//! and adds a hint (did you mean, what the field is for) taken from the same schema editors use.
+
+use std::sync::OnceLock;
+
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use jsonschema::{ValidationError, Validator};
+use serde_json::Value;
+
+use crate::diagnostics::Diagnostic;
+use crate::manifest::load::{LoadedDoc, Origin};
+use crate::manifest::model;
+use crate::manifest::yaml::escape;
+
+struct Compiled {
+    schema: Value,
+    validator: Validator,
+}
+
+fn compiled() -> &'static Compiled {
+    static COMPILED: OnceLock<Compiled> = OnceLock::new();
+    COMPILED.get_or_init(|| {
+        let schema = model::schema();
+        // The schema is generated from our own types and checked by a test; failing to compile
+        // it is a bug in outpostctl, not something a user can cause.
+        #[allow(clippy::expect_used)]
+        let validator = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .build(&schema)
+            .expect("the generated schema compiles");
+        Compiled { schema, validator }
+    })
+}
+
+/// Validates one document; returns its diagnostics (empty when valid).
+pub fn check(doc: &LoadedDoc) -> Vec<Diagnostic> {
+    let c = compiled();
+    let mut out = Vec::new();
+    for err in c.validator.iter_errors(&doc.value) {
+        translate(&err, doc, &c.schema, &mut out);
+    }
+    // jsonschema may report one mistake through two keywords; show it once.
+    out.dedup_by(|a, b| a.message == b.message && a.headline() == b.headline());
+    out
+}
+
+fn translate(
+    err: &ValidationError<'_>,
+    doc: &LoadedDoc,
+    schema: &Value,
+    out: &mut Vec<Diagnostic>,
+) {
+    let pointer = err.instance_path().as_str().to_string();
+    let at = doc.origin.child(&pointer);
+    let field = field_name(&pointer);
+    let schema_path = err.schema_path().as_str().to_string();
+    let instance = err.instance();
+    match err.kind() {
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            let known = known_keys(schema, &schema_path);
+            for key in unexpected {
+                let child = at.child(&format!("/{}", escape(key)));
+                let mut d = Diagnostic::error("unknown-key", format!("unknown key `{key}`"))
+                    .at(child.key())
+                    .label("not a known key here");
+                d = d.maybe_hint(unknown_key_hint(key, &pointer, &known));
+                out.push(d);
+            }
+        }
+        ValidationErrorKind::Required { property } => {
+            let name = property.as_str().unwrap_or_default();
+            let what = describe(schema, &schema_path, name);
+            let place = if pointer.is_empty() {
+                "the document".to_string()
+            } else {
+                format!("`{field}`")
+            };
+            out.push(
+                Diagnostic::error(
+                    "missing-key",
+                    format!("missing required key `{name}` in {place}"),
+                )
+                .at(at.key())
+                .label(format!("`{name}` is missing here"))
+                .maybe_hint(what.map(|w| format!("`{name}`: {w}"))),
+            );
+        }
+        ValidationErrorKind::Type { kind } => {
+            let expected = match kind {
+                TypeKind::Single(t) => type_name(&t.to_string()).to_string(),
+                TypeKind::Multiple(set) => {
+                    let names: Vec<String> = set
+                        .iter()
+                        .map(|t| t.to_string())
+                        .filter(|t| t != "null")
+                        .map(|t| type_name(&t).to_string())
+                        .collect();
+                    names.join(" or ")
+                }
+            };
+            let found = found(instance);
+            let mut d = Diagnostic::error(
+                "wrong-type",
+                format!("`{field}` must be {expected}, found {found}"),
+            )
+            .at(at.value())
+            .label(format!("expected {expected}"));
+            if instance.is_null() && expected.contains("mapping") {
+                d = d.hint(format!(
+                    "`{field}:` has no value; write `{field}: {{}}` or remove the line"
+                ));
+            } else if expected == "a string" && (instance.is_number() || instance.is_boolean()) {
+                d = d.hint(format!(
+                    "quote it: `{field}: \"{}\"`",
+                    scalar_text(instance)
+                ));
+            } else if let Some(w) = describe_at(schema, &schema_path) {
+                d = d.hint(format!("`{field}`: {w}"));
+            }
+            out.push(d);
+        }
+        ValidationErrorKind::Enum { options } => {
+            let opts: Vec<String> = options
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(enum_error(&field, instance, &opts, &at));
+        }
+        ValidationErrorKind::Constant { expected_value } => {
+            out.push(
+                Diagnostic::error(
+                    "invalid-value",
+                    format!(
+                        "`{field}` must be {expected_value}; found {}",
+                        found(instance)
+                    ),
+                )
+                .at(at.value())
+                .label(format!("expected {expected_value}"))
+                .maybe_hint(
+                    (field == "version")
+                        .then(|| "1 is the only manifest version today".to_string()),
+                ),
+            );
+        }
+        ValidationErrorKind::Pattern { pattern } => {
+            let (what, hint) = pattern_meaning(pattern);
+            out.push(
+                Diagnostic::error(
+                    "invalid-value",
+                    format!("`{field}` is not {what}: `{}`", scalar_text(instance)),
+                )
+                .at(at.value())
+                .label(format!("expected {what}"))
+                .hint(hint),
+            );
+        }
+        ValidationErrorKind::PropertyNames { error } => {
+            // The failing key is the inner error's instance.
+            let key = error.instance().as_str().unwrap_or_default().to_string();
+            let child = at.child(&format!("/{}", escape(&key)));
+            let (what, hint) = match error.kind() {
+                ValidationErrorKind::Pattern { pattern } => pattern_meaning(pattern),
+                ValidationErrorKind::MinLength { .. } => {
+                    ("a name", "names cannot be empty".to_string())
+                }
+                _ => ("a valid name", error.to_string()),
+            };
+            out.push(
+                Diagnostic::error("invalid-name", format!("`{key}` is not {what}"))
+                    .at(child.key())
+                    .label(format!("expected {what}"))
+                    .hint(hint),
+            );
+        }
+        ValidationErrorKind::MinProperties { .. } | ValidationErrorKind::MaxProperties { .. }
+            if schema_path.contains("Source") || is_source_field(&field) =>
+        {
+            let secret =
+                schema_path.contains("SecretSource") || matches!(field.as_str(), "token" | "key");
+            let choices = if secret {
+                "`file` or `env`"
+            } else {
+                "`file`, `env` or `value`"
+            };
+            out.push(
+                Diagnostic::error("invalid-source", format!("`{field}` must name exactly one of {choices}"))
+                    .at(at.key())
+                    .label("one source expected")
+                    .hint(format!("for example `{field}: {{ env: MY_VARIABLE }}` or `{field}: {{ file: path/to/file }}`")),
+            );
+        }
+        ValidationErrorKind::MinLength { .. } => out.push(
+            Diagnostic::error("invalid-value", format!("`{field}` must not be empty"))
+                .at(at.value())
+                .label("empty"),
+        ),
+        ValidationErrorKind::MinItems { limit } => out.push(
+            Diagnostic::error(
+                "invalid-value",
+                format!("`{field}` needs at least {limit} item(s)"),
+            )
+            .at(at.value())
+            .label("too few items"),
+        ),
+        ValidationErrorKind::Minimum { limit } | ValidationErrorKind::Maximum { limit } => out
+            .push(
+                Diagnostic::error(
+                    "invalid-value",
+                    format!(
+                        "`{field}` is out of range: {} (limit {limit})",
+                        scalar_text(instance)
+                    ),
+                )
+                .at(at.value())
+                .label("out of range")
+                .maybe_hint(
+                    pointer
+                        .contains("/ports/")
+                        .then(|| "ports are 1 to 65535".to_string()),
+                ),
+            ),
+        ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+            // `Option<Enum>` fields are `anyOf [enum, null]`: report the branch that is not
+            // about null, which says what was expected.
+            let branches: Vec<&Vec<ValidationError<'static>>> = context
+                .iter()
+                .filter(|errs| {
+                    !errs.iter().all(|e| {
+                        matches!(e.kind(), ValidationErrorKind::Type { kind: TypeKind::Single(t) } if t.to_string() == "null")
+                    })
+                })
+                .collect();
+            // An enum whose values carry descriptions is a `oneOf` of constants.
+            let constants: Option<Vec<String>> = context
+                .iter()
+                .map(|errs| match errs.as_slice() {
+                    [e] => match e.kind() {
+                        ValidationErrorKind::Constant { expected_value } => {
+                            expected_value.as_str().map(str::to_string)
+                        }
+                        _ => None,
+                    },
+                    _ => None,
+                })
+                .collect();
+            if let Some(opts) = constants.filter(|o| !o.is_empty()) {
+                out.push(enum_error(&field, instance, &opts, &at));
+            } else if branches.len() == 1 {
+                for e in branches[0] {
+                    translate(e, doc, schema, out);
+                }
+            } else {
+                out.push(generic(err, &at));
+            }
+        }
+        _ => out.push(generic(err, &at)),
+    }
+}
+
+fn enum_error(field: &str, instance: &Value, opts: &[String], at: &Origin) -> Diagnostic {
+    let list = opts
+        .iter()
+        .map(|o| format!("`{o}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let given = scalar_text(instance);
+    Diagnostic::error(
+        "invalid-value",
+        format!("`{field}` must be one of {list}; found `{given}`"),
+    )
+    .at(at.value())
+    .label("not an allowed value")
+    .maybe_hint(did_you_mean(&given, opts.iter().map(String::as_str)))
+}
+
+fn generic(err: &ValidationError<'_>, at: &Origin) -> Diagnostic {
+    Diagnostic::error("schema", err.to_string()).at(at.value())
+}
+
+fn is_source_field(field: &str) -> bool {
+    matches!(field, "token" | "key" | "certificate")
+}
+
+/// The last segment of a pointer, as a user reads it; `the document` for the root.
+fn field_name(pointer: &str) -> String {
+    match pointer.rsplit('/').next() {
+        Some(s) if !pointer.is_empty() => s.replace("~1", "/").replace("~0", "~"),
+        _ => "document".to_string(),
+    }
+}
+
+fn type_name(t: &str) -> &'static str {
+    match t {
+        "object" => "a mapping",
+        "array" => "a list",
+        "string" => "a string",
+        "integer" => "an integer",
+        "number" => "a number",
+        "boolean" => "true or false",
+        "null" => "empty",
+        _ => "a value",
+    }
+}
+
+fn found(v: &Value) -> String {
+    match v {
+        Value::Null => "nothing (null)".into(),
+        Value::Bool(b) => format!("boolean `{b}`"),
+        Value::Number(n) => format!("number `{n}`"),
+        Value::String(s) => format!("string `{}`", truncate(s)),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "a mapping".into(),
+    }
+}
+
+fn scalar_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => truncate(s),
+        other => truncate(&other.to_string()),
+    }
+}
+
+fn truncate(s: &str) -> String {
+    if s.chars().count() > 60 {
+        format!("{}…", s.chars().take(60).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+/// The schema object a keyword failed in: the schema path minus its last segment, following
+/// `$ref`s into `$defs`.
+fn schema_at<'a>(schema: &'a Value, schema_path: &str) -> Option<&'a Value> {
+    let mut node = schema;
+    let segments: Vec<&str> = schema_path.split('/').skip(1).collect();
+    let Some((_, parents)) = segments.split_last() else {
+        return Some(node);
+    };
+    for seg in parents {
+        node = deref(schema, node);
+        let seg = seg.replace("~1", "/").replace("~0", "~");
+        node = match node {
+            Value::Object(m) => m.get(&seg)?,
+            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(deref(schema, node))
+}
+
+fn deref<'a>(root: &'a Value, node: &'a Value) -> &'a Value {
+    let mut node = node;
+    for _ in 0..8 {
+        match node.get("$ref").and_then(Value::as_str) {
+            Some(r) => match r.strip_prefix("#").and_then(|p| root.pointer(p)) {
+                Some(n) => node = n,
+                None => return node,
+            },
+            None => return node,
+        }
+    }
+    node
+}
+
+fn known_keys(schema: &Value, schema_path: &str) -> Vec<String> {
+    schema_at(schema, schema_path)
+        .and_then(|s| s.get("properties"))
+        .and_then(Value::as_object)
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// The first sentence of a property's description, for a hint.
+fn describe(schema: &Value, schema_path: &str, property: &str) -> Option<String> {
+    let prop = schema_at(schema, schema_path)?
+        .get("properties")?
+        .get(property)?;
+    first_sentence(deref(schema, prop))
+}
+
+fn describe_at(schema: &Value, schema_path: &str) -> Option<String> {
+    // schema_path ends in the failing keyword; its parent is the property's schema.
+    let node = schema_at(schema, schema_path)?;
+    first_sentence(node)
+}
+
+fn first_sentence(node: &Value) -> Option<String> {
+    let d = node.get("description")?.as_str()?.replace('\n', " ");
+    let end = d.find(". ").map(|i| i + 1).unwrap_or(d.len());
+    Some(d[..end].to_string())
+}
+
+fn unknown_key_hint(key: &str, pointer: &str, known: &[String]) -> Option<String> {
+    if key == "<<" {
+        return Some(
+            "YAML merge keys are not supported; put shared settings under `defaults:`".into(),
+        );
+    }
+    if key == "value" && (pointer.ends_with("/token") || pointer.ends_with("/key")) {
+        return Some("secrets are never written into a manifest; use `{ env: VARIABLE }` or `{ file: path }`".into());
+    }
+    if key.starts_with("kubernetes") {
+        return None;
+    }
+    did_you_mean(key, known.iter().map(String::as_str)).or_else(|| {
+        (!known.is_empty()).then(|| {
+            format!(
+                "known keys here: {}",
+                known
+                    .iter()
+                    .map(|k| format!("`{k}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })
+    })
+}
+
+/// "did you mean `x`?" for the closest candidate, when one is close.
+pub fn did_you_mean<'a>(given: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {
+    let given_l = given.to_lowercase();
+    candidates
+        .map(|c| (strsim::jaro_winkler(&given_l, &c.to_lowercase()), c))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, c)| format!("did you mean `{c}`?"))
+}
+
+/// What a pattern from the model means, and how to write a good value.
+fn pattern_meaning(pattern: &str) -> (&'static str, String) {
+    match pattern {
+        p if p == model::UUID_PATTERN => (
+            "a UUID",
+            "32 hex digits, dashes allowed: the outpost's UUID in authentik".into(),
+        ),
+        p if p == model::REF_NAME_PATTERN => (
+            "a valid name",
+            "names start with a letter or digit and use letters, digits, `.`, `_` and `-` (at most 63)".into(),
+        ),
+        p if p == model::PROJECT_PATTERN => (
+            "a valid project name",
+            "lowercase letters, digits, `.`, `_` and `-`, at most 63, starting with a letter or digit".into(),
+        ),
+        p if p == model::LABEL_KEY_PATTERN => (
+            "a valid label key",
+            "label keys use letters, digits, `.`, `_`, `/` and `-`, e.g. `com.example.team`".into(),
+        ),
+        p if p == model::CONTAINER_PORT_PATTERN => (
+            "a container port",
+            "write the container port with its protocol, e.g. `9000/tcp`".into(),
+        ),
+        p if p == model::HOST_PORT_PATTERN => (
+            "a host port binding",
+            "write `PORT`, `IP:PORT` or `[IPv6]:PORT`, e.g. `127.0.0.1:9000`".into(),
+        ),
+        p if p == model::ENGINE_URL_PATTERN => (
+            "a Docker engine URL",
+            "use unix://, http://, https://, tcp:// or ssh://, e.g. `ssh://authentik@host:22`".into(),
+        ),
+        p if p == model::VERSION_PATTERN => (
+            "an authentik version",
+            "write the version of your authentik server, e.g. `2026.8.0`".into(),
+        ),
+        p if p == model::HOST_KEY_PATTERN => (
+            "an SSH public key",
+            "paste the key as `ssh-keyscan HOST` prints it, without the host name: `ssh-ed25519 AAAA...`".into(),
+        ),
+        p if p.starts_with("^(https?://.+)?$") => (
+            "an http(s) URL",
+            "write the full URL, e.g. `https://auth.example.com`".into(),
+        ),
+        p if p.starts_with("^https?://") => (
+            "an http(s) URL",
+            "write the full URL, e.g. `https://app.example.com`".into(),
+        ),
+        other => ("valid", format!("the value must match `{other}`")),
+    }
+}
