@@ -1,0 +1,2 @@
+//! Placeholder replaced by the validate benchmark.
+fn main() {}
