@@ -42,6 +42,58 @@ pub enum Format {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlanFormat {
+    /// For people.
+    Human,
+    /// For machines: the documented, versioned plan format.
+    Json,
+    /// For a pull-request comment.
+    Markdown,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// Manifest files or directories (read recursively: *.yaml, *.yml).
+    #[arg(default_value = ".")]
+    pub paths: Vec<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = PlanFormat::Human)]
+    pub format: PlanFormat,
+    /// Show a unified diff of each changed container's settings.
+    #[arg(long)]
+    pub diff: bool,
+    /// Save the plan to FILE (JSON, no secrets) for `apply --plan FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Exit 0 when there is nothing to change, 2 when there are changes, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Take over containers authentik deployed for the same outpost (same uuid label)
+    /// instead of refusing to touch them.
+    #[arg(long)]
+    pub adopt: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// Manifest files or directories (read recursively: *.yaml, *.yml).
+    #[arg(default_value = ".")]
+    pub paths: Vec<PathBuf>,
+    /// Apply this saved plan, and only if nothing it depends on moved since it was made.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+    /// Do not ask for confirmation (required without a terminal, e.g. in CI).
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Take over containers authentik deployed for the same outpost (same uuid label).
+    #[arg(long)]
+    pub adopt: bool,
+    /// Show a unified diff of each changed container's settings.
+    #[arg(long)]
+    pub diff: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check manifests against the schema and for meaning; never contacts an engine.
@@ -56,6 +108,14 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Show what apply would change on each engine: create, recreate (with every reason),
+    /// rename, start, restart, remove.
+    Plan(PlanArgs),
+    /// Plan, confirm, and change the engines to match the manifests.
+    ///
+    /// On a terminal it shows the plan and asks; elsewhere it needs --auto-approve. A failure
+    /// in one outpost does not stop the others; the exit code is 1 if anything failed.
+    Apply(ApplyArgs),
     /// Print the manifest JSON Schema (for editors and yaml-language-server).
     Schema,
     /// Print a shell completion script.

@@ -19,6 +19,9 @@ pub const LABEL_PROJECT: &str = "outpostctl.project";
 pub const LABEL_MANAGED_BY: &str = "outpostctl.managed-by";
 pub const LABEL_CONFIG_HASH: &str = "outpostctl.config-hash";
 pub const LABEL_OUTPOST: &str = "outpostctl.outpost";
+/// On a replacement container: the id of the container it replaces, so an interrupted
+/// recreate can be recognised and finished by any runner.
+pub const LABEL_REPLACES: &str = "outpostctl.replaces";
 pub const MANAGED_BY: &str = "outpostctl";
 pub const DEFAULT_NAMING_TEMPLATE: &str = "ak-outpost-%(name)s";
 pub const DEFAULT_IMAGE_BASE: &str = "ghcr.io/goauthentik/%(type)s:%(version)s";

@@ -3,10 +3,14 @@
 //! The flow: files -> `manifest` (YAML with positions) -> `validate` (schema and meaning) ->
 //! `desired` (one container spec per outpost) -> observed -> diff -> plan -> apply.
 
+pub mod apply;
 pub mod cli;
 pub mod commands;
 pub mod desired;
 pub mod diagnostics;
+pub mod diff;
+pub mod engine;
 pub mod manifest;
+pub mod plan;
 pub mod render;
 pub mod validate;

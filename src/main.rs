@@ -32,6 +32,8 @@ fn main() {
     };
     let exit = match cli.command {
         Command::Validate { paths, format } => commands::validate::run(&printer, &paths, format),
+        Command::Plan(args) => runtime().block_on(commands::plan::run(&printer, &args)),
+        Command::Apply(args) => runtime().block_on(commands::apply::run(&printer, &args)),
         Command::Schema => commands::schema::run(&printer),
         Command::Completions { shell } => commands::completions::run(&printer, shell),
     };
@@ -43,4 +45,17 @@ fn terminal_width() -> usize {
         .ok()
         .and_then(|c| c.parse().ok())
         .unwrap_or(100)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
 }

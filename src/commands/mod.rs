@@ -1,12 +1,17 @@
 //! One module per subcommand: each wires the stages together and writes through `Printer`.
 
+pub mod apply;
 pub mod completions;
+pub mod plan;
 pub mod schema;
 pub mod validate;
 
 use std::io::Write;
 
+use std::path::PathBuf;
+
 use crate::render::Style;
+use crate::validate::{Validated, validate};
 
 /// Every write of a command goes through here, so output streams and styling are decided
 /// once.
@@ -16,6 +21,14 @@ pub struct Printer {
 }
 
 impl Printer {
+    /// The style for stdout (diagnostics on stderr use `style`).
+    pub fn out_style(&self) -> Style {
+        Style {
+            color: self.stdout_color,
+            ..self.style
+        }
+    }
+
     pub fn out(&self, text: &str) {
         let mut o = std::io::stdout().lock();
         // A closed pipe (`| head`) is not an error worth a panic.
@@ -46,4 +59,24 @@ impl Exit {
             Exit::Changes => 2,
         }
     }
+}
+
+/// Validates the manifests for a command that acts on them: diagnostics go to stderr, and
+/// nothing is returned (so nothing acts) unless the set is valid.
+pub fn load_valid(p: &Printer, paths: &[PathBuf]) -> Option<Validated> {
+    let outcome = validate(paths);
+    if !outcome.diagnostics.is_empty() {
+        p.err(&crate::render::diagnostics::human(
+            &outcome.diagnostics,
+            p.style,
+        ));
+    }
+    if outcome.has_errors() {
+        p.err(&format!(
+            "error: the manifests are invalid ({}); nothing was planned or changed\n",
+            crate::diagnostics::count_summary(&outcome.diagnostics)
+        ));
+        return None;
+    }
+    outcome.validated
 }

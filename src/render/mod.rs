@@ -2,6 +2,7 @@
 //! the output is a terminal and `NO_COLOR` is unset) and for machines (JSON).
 
 pub mod diagnostics;
+pub mod plan;
 
 /// How human output looks.
 #[derive(Debug, Clone, Copy)]

@@ -1,0 +1,311 @@
+//! Carrying out a plan through the engines.
+//!
+//! Engines are applied in parallel, outposts within an engine with a small bound (removals
+//! with a smaller one: Docker 20.10 can deadlock when many running containers are removed at
+//! once). A failure in one outpost is recorded and the others go on. A recreate never leaves
+//! an outpost without a container: the new one must start before the old one is removed, and
+//! if it cannot, the old one is put back.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use crate::desired::{ContainerSpec, LABEL_REPLACES};
+use crate::diff::{Action, ActionKind};
+use crate::engine::{Engine, EngineError};
+use crate::manifest::model::PullPolicy;
+use crate::plan::{Engines, Plan};
+use crate::validate::Validated;
+
+/// Outposts changed at once on one engine.
+pub const PARALLEL_PER_ENGINE: usize = 4;
+/// Containers removed at once on one engine.
+pub const PARALLEL_REMOVALS: usize = 2;
+
+/// What happened to one action.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    pub integration: String,
+    pub outpost: String,
+    pub action: ActionKind,
+    pub name: String,
+    pub ok: bool,
+    /// The error, or what was noteworthy (a fallback image).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub messages: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub outcomes: Vec<Outcome>,
+    /// Engines that could not be applied at all.
+    pub engine_errors: Vec<(String, String)>,
+}
+
+impl Report {
+    pub fn failed(&self) -> bool {
+        !self.engine_errors.is_empty() || self.outcomes.iter().any(|o| !o.ok)
+    }
+}
+
+/// Where apply tells what it is doing (a terminal, a log, nothing).
+pub trait Progress: Send + Sync {
+    fn started(&self, _integration: &str, _action: &Action) {}
+    fn pulling(&self, _integration: &str, _image: &str, _status: &str) {}
+    fn finished(&self, _outcome: &Outcome) {}
+}
+
+/// A progress sink that says nothing.
+pub struct Quiet;
+impl Progress for Quiet {}
+
+/// Applies `plan` (which must have been computed just now from `v`).
+pub async fn apply(
+    plan: &Plan,
+    v: &Validated,
+    engines: &Engines,
+    progress: &dyn Progress,
+) -> Report {
+    let futures = plan.integrations.iter().map(|ep| async move {
+        if let Some(e) = &ep.error {
+            return Err((ep.name.clone(), e.clone()));
+        }
+        let engine = match engines.get(&ep.name) {
+            Some(Ok(e)) => Arc::clone(e),
+            Some(Err(e)) => return Err((ep.name.clone(), e.to_string())),
+            None => return Err((ep.name.clone(), "not connected".into())),
+        };
+        let specs: BTreeMap<&str, &ContainerSpec> = v
+            .desired
+            .get(&ep.name)
+            .into_iter()
+            .flatten()
+            .map(|s| (s.outpost.as_str(), s))
+            .collect();
+        let run = |a: &'_ Action| {
+            let engine = Arc::clone(&engine);
+            let spec = specs.get(a.outpost.as_str()).copied();
+            let integration = ep.name.clone();
+            let a = a.clone();
+            async move {
+                progress.started(&integration, &a);
+                let mut messages = Vec::new();
+                let result = run_action(
+                    engine.as_ref(),
+                    &a,
+                    spec,
+                    &integration,
+                    progress,
+                    &mut messages,
+                )
+                .await;
+                if let Err(e) = result {
+                    messages.push(e.to_string());
+                }
+                let outcome = Outcome {
+                    integration,
+                    outpost: a.outpost.clone(),
+                    action: a.action,
+                    name: a.name.clone(),
+                    ok: messages.is_empty()
+                        || !messages.iter().any(|m| !m.starts_with("warning: ")),
+                    messages,
+                };
+                progress.finished(&outcome);
+                outcome
+            }
+        };
+        let (removals, others): (Vec<&Action>, Vec<&Action>) = ep
+            .actions
+            .iter()
+            .filter(|a| a.action.is_change())
+            .partition(|a| a.action == ActionKind::Remove);
+        // Removals first: they free the names and ports the others may need.
+        let mut outcomes: Vec<Outcome> = futures_util::stream::iter(removals.into_iter().map(&run))
+            .buffer_unordered(PARALLEL_REMOVALS)
+            .collect()
+            .await;
+        let rest: Vec<Outcome> = futures_util::stream::iter(others.into_iter().map(&run))
+            .buffer_unordered(PARALLEL_PER_ENGINE)
+            .collect()
+            .await;
+        outcomes.extend(rest);
+        Ok(outcomes)
+    });
+    let mut report = Report::default();
+    for r in futures_util::future::join_all(futures).await {
+        match r {
+            Ok(o) => report.outcomes.extend(o),
+            Err(e) => report.engine_errors.push(e),
+        }
+    }
+    report.outcomes.sort_by(|a, b| {
+        (&a.integration, &a.outpost, &a.name).cmp(&(&b.integration, &b.outpost, &b.name))
+    });
+    report
+}
+
+async fn run_action(
+    engine: &dyn Engine,
+    a: &Action,
+    spec: Option<&ContainerSpec>,
+    integration: &str,
+    progress: &dyn Progress,
+    messages: &mut Vec<String>,
+) -> Result<(), EngineError> {
+    let id = a.container.as_ref().map(|c| c.id.as_str());
+    let missing_spec = || {
+        EngineError::new(
+            crate::engine::ErrorKind::Api,
+            format!("no desired container for outpost `{}`", a.outpost),
+        )
+    };
+    match (a.action, id) {
+        (ActionKind::Create, _) => {
+            let spec = spec.ok_or_else(missing_spec)?;
+            let image = ensure_image(engine, spec, integration, progress, messages).await?;
+            create_and_start(engine, spec, &image, &BTreeMap::new()).await?;
+        }
+        (ActionKind::Recreate, Some(old)) => {
+            let spec = spec.ok_or_else(missing_spec)?;
+            let old_name = a
+                .container
+                .as_ref()
+                .map(|c| c.name.clone())
+                .unwrap_or_default();
+            recreate(
+                engine,
+                spec,
+                old,
+                &old_name,
+                integration,
+                progress,
+                messages,
+            )
+            .await?;
+        }
+        (ActionKind::Rename, Some(id)) => engine.rename(id, &a.name).await?,
+        (ActionKind::Start, Some(id)) => engine.start(id).await?,
+        (ActionKind::Restart, Some(id)) => engine.restart(id).await?,
+        (ActionKind::Remove, Some(id)) => engine.remove(id).await?,
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Creates and starts; a container that was created but cannot start is removed again, so a
+/// rerun starts from a clean slate.
+async fn create_and_start(
+    engine: &dyn Engine,
+    spec: &ContainerSpec,
+    image: &str,
+    extra: &BTreeMap<String, String>,
+) -> Result<String, EngineError> {
+    let id = engine.create(spec, image, extra).await?;
+    if let Err(e) = engine.start(&id).await {
+        let _ = engine.remove(&id).await;
+        return Err(e);
+    }
+    Ok(id)
+}
+
+async fn recreate(
+    engine: &dyn Engine,
+    spec: &ContainerSpec,
+    old: &str,
+    old_name: &str,
+    integration: &str,
+    progress: &dyn Progress,
+    messages: &mut Vec<String>,
+) -> Result<(), EngineError> {
+    // Pull while the old container still serves.
+    let image = ensure_image(engine, spec, integration, progress, messages).await?;
+    // Stopping first frees the host ports the new container needs.
+    engine.stop(old).await?;
+    let parked = format!("{}-outpostctl-old", spec.name);
+    let renamed = old_name == spec.name;
+    if renamed {
+        if let Err(e) = engine.rename(old, &parked).await {
+            let _ = engine.start(old).await;
+            return Err(e);
+        }
+    }
+    let extra = BTreeMap::from([(LABEL_REPLACES.to_string(), old.to_string())]);
+    match create_and_start(engine, spec, &image, &extra).await {
+        Ok(_) => engine.remove(old).await,
+        Err(e) => {
+            // Put the old container back as it was.
+            if renamed {
+                let _ = engine.rename(old, old_name).await;
+            }
+            let _ = engine.start(old).await;
+            Err(EngineError::new(
+                e.kind,
+                format!("{e}; the previous container was started again"),
+            ))
+        }
+    }
+}
+
+/// Makes sure the engine has the image, by the pull policy; falls back to authentik's default
+/// image for the type and version when a custom image cannot be pulled.
+async fn ensure_image(
+    engine: &dyn Engine,
+    spec: &ContainerSpec,
+    integration: &str,
+    progress: &dyn Progress,
+    messages: &mut Vec<String>,
+) -> Result<String, EngineError> {
+    let report = |status: &str| progress.pulling(integration, &spec.image, status);
+    let present = engine.image_labels(&spec.image).await?.is_some();
+    let pull = match spec.pull {
+        PullPolicy::Always => true,
+        PullPolicy::Missing => !present,
+        PullPolicy::Never if present => false,
+        PullPolicy::Never => {
+            return Err(EngineError::new(
+                crate::engine::ErrorKind::NotFound,
+                format!(
+                    "image `{}` is not on the engine and `pull: never` forbids pulling it",
+                    spec.image
+                ),
+            ));
+        }
+    };
+    if !pull {
+        return Ok(spec.image.clone());
+    }
+    match engine.pull(&spec.image, &report).await {
+        Ok(()) => Ok(spec.image.clone()),
+        Err(e) if present => {
+            messages.push(format!(
+                "warning: could not pull `{}` ({e}); using the copy the engine has",
+                spec.image
+            ));
+            Ok(spec.image.clone())
+        }
+        Err(e) => {
+            let Some(fallback) = &spec.fallback_image else {
+                return Err(e);
+            };
+            if engine.image_labels(fallback).await?.is_none() {
+                let fb_report = |status: &str| progress.pulling(integration, fallback, status);
+                engine.pull(fallback, &fb_report).await.map_err(|fe| {
+                    EngineError::new(
+                        fe.kind,
+                        format!(
+                            "{e}; the default image `{fallback}` could not be pulled either: {fe}"
+                        ),
+                    )
+                })?;
+            }
+            messages.push(format!(
+                "warning: could not pull `{}` ({e}); using authentik's default image `{fallback}`",
+                spec.image
+            ));
+            Ok(fallback.clone())
+        }
+    }
+}

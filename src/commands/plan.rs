@@ -1,0 +1,56 @@
+//! `outpostctl plan`: manifests -> desired -> observed -> diff -> plan, rendered.
+
+use std::path::Path;
+
+use super::{Exit, Printer, load_valid};
+use crate::cli::{PlanArgs, PlanFormat};
+use crate::diff::DiffOptions;
+use crate::engine::connect::connect_all;
+use crate::plan::{self, Plan};
+use crate::render;
+
+pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
+    let Some(v) = load_valid(p, &args.paths) else {
+        return Exit::Failure;
+    };
+    let engines = connect_all(&v).await;
+    let plan = plan::build(&v, &engines, DiffOptions { adopt: args.adopt }).await;
+    if let Some(out) = &args.out {
+        if let Err(e) = save(&plan, out) {
+            p.err(&format!(
+                "error: cannot write the plan to `{}`: {e}\n",
+                out.display()
+            ));
+            return Exit::Failure;
+        }
+    }
+    match args.format {
+        PlanFormat::Human => p.out(&render::plan::human(&plan, p.out_style(), args.diff)),
+        PlanFormat::Json => p.out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&render::plan::json(&plan)).unwrap_or_default()
+        )),
+        PlanFormat::Markdown => p.out(&render::plan::markdown(&plan)),
+    }
+    if plan.has_errors() {
+        Exit::Failure
+    } else if args.detailed_exitcode && plan.has_changes() {
+        Exit::Changes
+    } else {
+        Exit::Success
+    }
+}
+
+/// Writes the plan file: the JSON format, which holds no secret values.
+pub fn save(plan: &Plan, path: &Path) -> std::io::Result<()> {
+    let text = serde_json::to_string_pretty(&render::plan::json(plan)).unwrap_or_default();
+    std::fs::write(path, text + "\n")
+}
+
+/// Reads a plan file written by `save`.
+pub fn load(path: &Path) -> Result<Plan, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| format!("`{}` is not an outpostctl plan: {e}", path.display()))
+}

@@ -1,0 +1,558 @@
+//! Desired versus observed, for one engine: pure, no I/O.
+//!
+//! A live container belongs to an outpost when its `io.goauthentik.outpost-uuid` label
+//! matches; the name is only a fallback. A container is ours only when it carries this
+//! project's label, and only ours are ever changed: anything else in the way is an error that
+//! names it (or, with `--adopt`, a container authentik deployed for the same outpost is taken
+//! over).
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::desired::{
+    ContainerSpec, LABEL_CONFIG_HASH, LABEL_MANAGED_BY, LABEL_OUTPOST, LABEL_PROJECT,
+    LABEL_REPLACES, LABEL_UUID,
+};
+
+/// Labels outpostctl keeps for itself that say nothing about the container's settings.
+fn bookkeeping(label: &str) -> bool {
+    label == LABEL_CONFIG_HASH || label == LABEL_REPLACES
+}
+use crate::engine::{Health, Inspected, Observed, State};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionKind {
+    /// No container yet.
+    Create,
+    /// The container's settings differ: replace it.
+    Recreate,
+    /// Only the name differs (the naming template changed): rename in place.
+    Rename,
+    /// Stopped or exited: start it.
+    Start,
+    /// Running but unhealthy, as authentik does: restart it.
+    Restart,
+    /// Ours, but its outpost left the manifests (or a leftover duplicate).
+    Remove,
+    /// Nothing to do.
+    Noop,
+    /// Something not ours is in the way; nothing is done.
+    Blocked,
+}
+
+impl ActionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::Create => "create",
+            ActionKind::Recreate => "recreate",
+            ActionKind::Rename => "rename",
+            ActionKind::Start => "start",
+            ActionKind::Restart => "restart",
+            ActionKind::Remove => "remove",
+            ActionKind::Noop => "no change",
+            ActionKind::Blocked => "blocked",
+        }
+    }
+    pub fn is_change(self) -> bool {
+        !matches!(self, ActionKind::Noop | ActionKind::Blocked)
+    }
+}
+
+/// A field that differs: what it is, and what it will be. Secrets are never shown, only
+/// `(changed)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Change {
+    pub field: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
+impl Change {
+    pub fn new(field: impl Into<String>, before: Option<String>, after: Option<String>) -> Change {
+        Change {
+            field: field.into(),
+            before,
+            after,
+        }
+    }
+}
+
+/// An existing container an action works on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerRef {
+    pub id: String,
+    pub name: String,
+}
+
+impl ContainerRef {
+    fn of(o: &Observed) -> ContainerRef {
+        ContainerRef {
+            id: o.id.clone(),
+            name: o.name.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Action {
+    pub outpost: String,
+    pub action: ActionKind,
+    /// The container's name after the action (its current name for a removal).
+    pub name: String,
+    /// The live container acted on, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerRef>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<Change>,
+    /// Takes over a container authentik deployed (`--adopt`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopt: bool,
+    /// Why the action is blocked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Options that change what a diff may do.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DiffOptions {
+    pub adopt: bool,
+}
+
+/// The actions for one engine, in the order they are shown: by outpost name, removals last.
+pub fn diff(
+    project: &str,
+    desired: &[ContainerSpec],
+    observed: &[Observed],
+    opts: DiffOptions,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    let desired_uuids: HashSet<&str> = desired.iter().map(|d| d.uuid.as_str()).collect();
+    let ours = |o: &Observed| o.label(LABEL_PROJECT) == Some(project);
+    // Names that a removal or rename in this plan frees.
+    let freed: HashSet<&str> = observed
+        .iter()
+        .filter(|o| {
+            ours(o)
+                && o.label(LABEL_UUID)
+                    .is_none_or(|u| !desired_uuids.contains(u))
+        })
+        .map(|o| o.name.as_str())
+        .collect();
+
+    for spec in desired {
+        let mut same_uuid: Vec<&Observed> = observed
+            .iter()
+            .filter(|o| o.label(LABEL_UUID) == Some(spec.uuid.as_str()))
+            .collect();
+        // Prefer the container that is already right, then running ones, then the newest.
+        same_uuid.sort_by_key(|o| {
+            (
+                o.label(LABEL_CONFIG_HASH) != Some(spec.config_hash.as_str()),
+                o.state != State::Running,
+                -o.created,
+            )
+        });
+        let (mine, foreign): (Vec<&Observed>, Vec<&Observed>) =
+            same_uuid.into_iter().partition(|o| ours(o));
+        let action = if let Some(current) = mine.first() {
+            // Leftovers of an interrupted recreate: one container per outpost.
+            for extra in &mine[1..] {
+                actions.push(Action {
+                    outpost: spec.outpost.clone(),
+                    action: ActionKind::Remove,
+                    name: extra.name.clone(),
+                    container: Some(ContainerRef::of(extra)),
+                    reasons: vec![Change::new(
+                        "duplicate",
+                        Some(extra.name.clone()),
+                        Some(format!("kept {}", current.name)),
+                    )],
+                    adopt: false,
+                    error: None,
+                });
+            }
+            existing(spec, current, false)
+        } else if let Some(theirs) = foreign.first() {
+            match theirs.label(LABEL_PROJECT) {
+                Some(other) => blocked(
+                    spec,
+                    theirs,
+                    format!(
+                        "container `{}` ({}) carries this outpost's uuid but belongs to outpostctl project `{other}`; outpostctl never changes another project's containers",
+                        theirs.name,
+                        theirs.short_id()
+                    ),
+                ),
+                None if opts.adopt => existing(spec, theirs, true),
+                None => blocked(
+                    spec,
+                    theirs,
+                    format!(
+                        "container `{}` ({}) carries this outpost's uuid but was not created by outpostctl (authentik deployed it?); rerun with --adopt to take it over",
+                        theirs.name,
+                        theirs.short_id()
+                    ),
+                ),
+            }
+        } else if let Some(in_way) = observed
+            .iter()
+            .find(|o| o.name == spec.name && !freed.contains(o.name.as_str()))
+        {
+            let msg = if ours(in_way) {
+                format!(
+                    "the name `{}` is taken by container {} of outpost `{}`",
+                    spec.name,
+                    in_way.short_id(),
+                    in_way.label(LABEL_OUTPOST).unwrap_or("?")
+                )
+            } else {
+                format!(
+                    "a container named `{}` ({}) exists and is not managed by outpostctl; outpostctl leaves it alone: remove or rename it, or change `object_naming_template`",
+                    spec.name,
+                    in_way.short_id()
+                )
+            };
+            blocked(spec, in_way, msg)
+        } else {
+            Action {
+                outpost: spec.outpost.clone(),
+                action: ActionKind::Create,
+                name: spec.name.clone(),
+                container: None,
+                reasons: Vec::new(),
+                adopt: false,
+                error: None,
+            }
+        };
+        actions.push(action);
+    }
+
+    for o in observed {
+        if ours(o)
+            && o.label(LABEL_UUID)
+                .is_none_or(|u| !desired_uuids.contains(u))
+        {
+            actions.push(Action {
+                outpost: o.label(LABEL_OUTPOST).unwrap_or(&o.name).to_string(),
+                action: ActionKind::Remove,
+                name: o.name.clone(),
+                container: Some(ContainerRef::of(o)),
+                reasons: vec![Change::new(
+                    "outpost",
+                    Some("in the manifests".into()),
+                    Some("removed from the manifests".into()),
+                )],
+                adopt: false,
+                error: None,
+            });
+        }
+    }
+    actions.sort_by(|a, b| {
+        (a.action == ActionKind::Remove, &a.outpost, &a.name).cmp(&(
+            b.action == ActionKind::Remove,
+            &b.outpost,
+            &b.name,
+        ))
+    });
+    actions
+}
+
+fn blocked(spec: &ContainerSpec, o: &Observed, error: String) -> Action {
+    Action {
+        outpost: spec.outpost.clone(),
+        action: ActionKind::Blocked,
+        name: spec.name.clone(),
+        container: Some(ContainerRef::of(o)),
+        reasons: Vec::new(),
+        adopt: false,
+        error: Some(error),
+    }
+}
+
+/// The action for an outpost whose container exists (ours, or adopted).
+fn existing(spec: &ContainerSpec, o: &Observed, adopt: bool) -> Action {
+    let mut reasons = Vec::new();
+    let mut kind = ActionKind::Noop;
+    let hash_ok = o.label(LABEL_CONFIG_HASH) == Some(spec.config_hash.as_str());
+    let networks_ok = match &spec.network {
+        Some(n) => o.networks.iter().any(|x| x == n),
+        None => o.networks.iter().all(|x| x == "bridge"),
+    };
+    if adopt || !hash_ok || o.state == State::Dead {
+        kind = ActionKind::Recreate;
+        if adopt {
+            reasons.push(Change::new(
+                LABEL_MANAGED_BY,
+                None,
+                Some("outpostctl".into()),
+            ));
+        }
+        if o.state == State::Dead {
+            reasons.push(Change::new(
+                "state",
+                Some("dead".into()),
+                Some("running".into()),
+            ));
+        }
+    } else if !networks_ok {
+        // Someone connected or disconnected networks by hand: the network is part of the spec.
+        kind = ActionKind::Recreate;
+        reasons.push(Change::new(
+            "network",
+            Some(o.networks.join(", ")),
+            Some(spec.network.clone().unwrap_or_else(|| "bridge".into())),
+        ));
+    } else if o.name != spec.name {
+        kind = ActionKind::Rename;
+        reasons.push(Change::new(
+            "name",
+            Some(o.name.clone()),
+            Some(spec.name.clone()),
+        ));
+    } else if !matches!(o.state, State::Running | State::Restarting) {
+        kind = ActionKind::Start;
+        reasons.push(Change::new(
+            "state",
+            Some(o.state.as_str().into()),
+            Some("running".into()),
+        ));
+    } else if o.health == Some(Health::Unhealthy) {
+        kind = ActionKind::Restart;
+        reasons.push(Change::new(
+            "health",
+            Some("unhealthy".into()),
+            Some("restarted".into()),
+        ));
+    }
+    Action {
+        outpost: spec.outpost.clone(),
+        action: kind,
+        name: spec.name.clone(),
+        container: Some(ContainerRef::of(o)),
+        reasons,
+        adopt,
+        error: None,
+    }
+}
+
+/// Field-by-field reasons for a recreate, from the live container's settings. Labels the image
+/// brings are not ours to compare.
+pub fn explain(
+    spec: &ContainerSpec,
+    live_name: &str,
+    live: &Inspected,
+    image_labels: &BTreeMap<String, String>,
+) -> Vec<Change> {
+    let mut out = Vec::new();
+    if live_name != spec.name {
+        out.push(Change::new(
+            "name",
+            Some(live_name.to_string()),
+            Some(spec.name.clone()),
+        ));
+    }
+    if live.image != spec.image && Some(&live.image) != spec.fallback_image.as_ref() {
+        out.push(Change::new(
+            "image",
+            Some(live.image.clone()),
+            Some(spec.image.clone()),
+        ));
+    }
+    for (k, v) in &spec.env {
+        let before = live.env.get(k);
+        if before.map(String::as_str) != Some(v.expose()) {
+            let field = format!("env.{k}");
+            if v.is_secret() {
+                out.push(Change::new(
+                    field,
+                    before.map(|_| "(secret)".into()),
+                    Some("(changed)".into()),
+                ));
+            } else {
+                out.push(Change::new(field, before.cloned(), Some(v.shown().into())));
+            }
+        }
+    }
+    for (k, v) in &spec.labels {
+        if bookkeeping(k) {
+            continue;
+        }
+        if live.labels.get(k) != Some(v) {
+            out.push(Change::new(
+                format!("labels.{k}"),
+                live.labels.get(k).cloned(),
+                Some(v.clone()),
+            ));
+        }
+    }
+    for (k, v) in &live.labels {
+        if !spec.labels.contains_key(k) && image_labels.get(k) != Some(v) && !bookkeeping(k) {
+            out.push(Change::new(format!("labels.{k}"), Some(v.clone()), None));
+        }
+    }
+    let fmt_ports = |p: &[crate::desired::PortBinding]| {
+        let mut v: Vec<String> = p.iter().map(ToString::to_string).collect();
+        v.sort();
+        v.join(", ")
+    };
+    let mut want = spec.ports.clone();
+    want.sort();
+    if live.ports != want {
+        out.push(Change::new(
+            "ports",
+            Some(fmt_ports(&live.ports)),
+            Some(fmt_ports(&want)),
+        ));
+    }
+    if live.network != spec.network {
+        out.push(Change::new(
+            "network",
+            Some(live.network.clone().unwrap_or_else(|| "bridge".into())),
+            Some(spec.network.clone().unwrap_or_else(|| "bridge".into())),
+        ));
+    }
+    if live.restart_policy != spec.restart_policy {
+        out.push(Change::new(
+            "restart_policy",
+            Some(live.restart_policy.clone()),
+            Some(spec.restart_policy.clone()),
+        ));
+    }
+    if live.healthcheck.as_ref() != Some(&spec.healthcheck) {
+        let show = |h: &crate::desired::HealthCheck| {
+            format!(
+                "{} every {}s",
+                h.test.join(" "),
+                h.interval_ns / 1_000_000_000
+            )
+        };
+        out.push(Change::new(
+            "healthcheck",
+            live.healthcheck.as_ref().map(show),
+            Some(show(&spec.healthcheck)),
+        ));
+    }
+    out
+}
+
+/// The container settings as text, one `key: value` per line, for `plan --diff`.
+pub fn spec_text(spec: &ContainerSpec) -> String {
+    let env = spec
+        .env
+        .iter()
+        .map(|(k, v)| (k.clone(), v.shown().to_string()))
+        .collect();
+    let labels = spec
+        .labels
+        .iter()
+        .filter(|(k, _)| !bookkeeping(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    text(
+        &spec.name,
+        &spec.image,
+        &env,
+        &labels,
+        &spec.ports,
+        spec.network.as_deref(),
+        &spec.restart_policy,
+        Some(&spec.healthcheck),
+    )
+}
+
+/// The live container's settings in the shape of `spec_text`: only the env keys outpostctl
+/// sets, no labels the image brings, secrets hidden (marked when they differ).
+pub fn live_text(
+    name: &str,
+    live: &Inspected,
+    spec: &ContainerSpec,
+    image_labels: &BTreeMap<String, String>,
+) -> String {
+    let env = spec
+        .env
+        .iter()
+        .filter_map(|(k, v)| {
+            let before = live.env.get(k)?;
+            let shown = if v.is_secret() {
+                if before == v.expose() {
+                    "(secret)"
+                } else {
+                    "(secret, differs)"
+                }
+                .to_string()
+            } else {
+                before.clone()
+            };
+            Some((k.clone(), shown))
+        })
+        .collect();
+    let labels = live
+        .labels
+        .iter()
+        .filter(|(k, v)| {
+            !bookkeeping(k) && (spec.labels.contains_key(*k) || image_labels.get(*k) != Some(*v))
+        })
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    text(
+        name,
+        &live.image,
+        &env,
+        &labels,
+        &live.ports,
+        live.network.as_deref(),
+        &live.restart_policy,
+        live.healthcheck.as_ref(),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn text(
+    name: &str,
+    image: &str,
+    env: &BTreeMap<String, String>,
+    labels: &BTreeMap<String, String>,
+    ports: &[crate::desired::PortBinding],
+    network: Option<&str>,
+    restart: &str,
+    health: Option<&crate::desired::HealthCheck>,
+) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "name: {name}");
+    let _ = writeln!(s, "image: {image}");
+    let _ = writeln!(s, "env:");
+    for (k, v) in env {
+        let _ = writeln!(s, "  {k}: {v}");
+    }
+    let _ = writeln!(s, "labels:");
+    for (k, v) in labels {
+        let _ = writeln!(s, "  {k}: {v}");
+    }
+    let _ = writeln!(s, "ports:");
+    let mut ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+    ports.sort();
+    for p in ports {
+        let _ = writeln!(s, "  - {p}");
+    }
+    let _ = writeln!(s, "network: {}", network.unwrap_or("bridge"));
+    let _ = writeln!(s, "restart_policy: {restart}");
+    match health {
+        Some(h) => {
+            let _ = writeln!(
+                s,
+                "healthcheck: {} (interval {}s, retries {}, start period {}s)",
+                h.test.join(" "),
+                h.interval_ns / 1_000_000_000,
+                h.retries,
+                h.start_period_ns / 1_000_000_000
+            );
+        }
+        None => {
+            let _ = writeln!(s, "healthcheck: none");
+        }
+    }
+    s
+}

@@ -1,0 +1,480 @@
+//! `Engine` on a real Docker engine through bollard.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::errors::Error as BError;
+use bollard::models::{
+    ContainerCreateBody, HealthConfig, HostConfig, PortBinding as BPortBinding, RestartPolicy,
+    RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
+    RenameContainerOptions, RestartContainerOptions, StartContainerOptions, StopContainerOptions,
+};
+use futures_util::StreamExt;
+
+use super::{EngineError, EngineInfo, ErrorKind, Health, Inspected, Observed, Result, State};
+use crate::desired::{ContainerSpec, HealthCheck, PortBinding, Proto};
+
+/// Seconds any one request may take before the engine counts as hung.
+pub const REQUEST_TIMEOUT_SECS: u64 = 120;
+/// Seconds a container gets to stop before it is killed (outposts stop in well under one).
+pub const STOP_TIMEOUT_SECS: i32 = 10;
+
+pub struct DockerEngine {
+    docker: Docker,
+    /// Where the engine is, for messages.
+    url: String,
+    requests: AtomicU64,
+}
+
+impl DockerEngine {
+    /// Wraps a connected client and negotiates the API version (Debian's 20.10 speaks 1.41).
+    pub async fn new(docker: Docker, url: String) -> Result<DockerEngine> {
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(|e| map_err(&url, "negotiate the API version", e))?;
+        Ok(DockerEngine {
+            docker,
+            url,
+            requests: AtomicU64::new(1),
+        })
+    }
+
+    fn count(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn err(&self, what: &str, e: BError) -> EngineError {
+        map_err(&self.url, what, e)
+    }
+}
+
+/// Turns bollard's errors into ones a person can act on.
+pub fn map_err(url: &str, what: &str, e: BError) -> EngineError {
+    match e {
+        BError::DockerResponseServerError {
+            status_code,
+            message,
+        } => {
+            let kind = match status_code {
+                404 => ErrorKind::NotFound,
+                409 => ErrorKind::Conflict,
+                401 | 403 => ErrorKind::Forbidden,
+                _ => ErrorKind::Api,
+            };
+            let mut msg = format!(
+                "{what}: the engine at {url} answered {status_code}: {}",
+                message.trim()
+            );
+            if kind == ErrorKind::Forbidden {
+                msg.push_str(
+                    " (a socket proxy must allow the containers, images and info API sections)",
+                );
+            }
+            if message.contains("port is already allocated")
+                || message.contains("address already in use")
+            {
+                return EngineError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "{what}: a host port is already in use on {url}: {}",
+                        message.trim()
+                    ),
+                );
+            }
+            EngineError::new(kind, msg)
+        }
+        BError::RequestTimeoutError => EngineError::new(
+            ErrorKind::Timeout,
+            format!("{what}: the engine at {url} did not answer within {REQUEST_TIMEOUT_SECS} s"),
+        ),
+        BError::IOError { err } => EngineError::new(
+            ErrorKind::Unreachable,
+            format!("{what}: cannot reach the engine at {url}: {err}"),
+        ),
+        other => {
+            let text = other.to_string();
+            let kind = if text.contains("connect")
+                || text.contains("Connection refused")
+                || text.contains("No such file")
+            {
+                ErrorKind::Unreachable
+            } else {
+                ErrorKind::Api
+            };
+            EngineError::new(kind, format!("{what}: engine at {url}: {text}"))
+        }
+    }
+}
+
+fn state_of(s: &str) -> State {
+    match s {
+        "created" => State::Created,
+        "running" => State::Running,
+        "paused" => State::Paused,
+        "restarting" => State::Restarting,
+        "exited" => State::Exited,
+        "removing" => State::Removing,
+        "dead" => State::Dead,
+        _ => State::Unknown,
+    }
+}
+
+fn ports_of(map: Option<&HashMap<String, Option<Vec<BPortBinding>>>>) -> Vec<PortBinding> {
+    let mut out = Vec::new();
+    for (key, bindings) in map.into_iter().flatten() {
+        let Some((port, proto)) = key.split_once('/') else {
+            continue;
+        };
+        let Ok(container_port) = port.parse::<u16>() else {
+            continue;
+        };
+        let proto = if proto == "udp" {
+            Proto::Udp
+        } else {
+            Proto::Tcp
+        };
+        for b in bindings.iter().flatten() {
+            let host_port = b
+                .host_port
+                .as_deref()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(0);
+            let ip = b.host_ip.clone().unwrap_or_default();
+            // Docker stores "all interfaces" as "" or 0.0.0.0 depending on how it was asked.
+            let host_ip = if ip == "0.0.0.0" { String::new() } else { ip };
+            out.push(PortBinding {
+                container_port,
+                proto,
+                host_ip,
+                host_port,
+            });
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[async_trait]
+impl super::Engine for DockerEngine {
+    async fn info(&self) -> Result<EngineInfo> {
+        self.count();
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| self.err("read engine info", e))?;
+        let v = self.docker.client_version();
+        Ok(EngineInfo {
+            server_version: info.server_version.unwrap_or_default(),
+            api_version: format!("{}.{}", v.major_version, v.minor_version),
+            os: info.operating_system.unwrap_or_default(),
+        })
+    }
+
+    async fn list(&self) -> Result<Vec<Observed>> {
+        self.count();
+        let opts = ListContainersOptions {
+            all: true,
+            ..Default::default()
+        };
+        let list = self
+            .docker
+            .list_containers(Some(opts))
+            .await
+            .map_err(|e| self.err("list containers", e))?;
+        Ok(list
+            .into_iter()
+            .map(|c| {
+                let name = c
+                    .names
+                    .unwrap_or_default()
+                    .into_iter()
+                    .next()
+                    .map(|n| n.trim_start_matches('/').to_string())
+                    .unwrap_or_default();
+                let mut networks: Vec<String> = c
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .map(|n| n.into_keys().collect())
+                    .unwrap_or_default();
+                networks.sort();
+                Observed {
+                    id: c.id.unwrap_or_default(),
+                    name,
+                    image: c.image.unwrap_or_default(),
+                    state: c
+                        .state
+                        .map(|s| state_of(s.as_ref()))
+                        .unwrap_or(State::Unknown),
+                    health: c.status.as_deref().and_then(Health::from_status),
+                    labels: c.labels.unwrap_or_default().into_iter().collect(),
+                    networks,
+                    created: c.created.unwrap_or_default(),
+                }
+            })
+            .collect())
+    }
+
+    async fn inspect(&self, id: &str) -> Result<Inspected> {
+        self.count();
+        let c = self
+            .docker
+            .inspect_container(id, None)
+            .await
+            .map_err(|e| self.err("inspect container", e))?;
+        let config = c.config.unwrap_or_default();
+        let host = c.host_config.unwrap_or_default();
+        let env = config
+            .env
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|e| {
+                e.split_once('=')
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+            })
+            .collect();
+        let network = host
+            .network_mode
+            .filter(|m| !matches!(m.as_str(), "default" | "bridge" | ""));
+        let healthcheck = config.healthcheck.map(|h| HealthCheck {
+            test: h.test.unwrap_or_default(),
+            interval_ns: h.interval.unwrap_or_default(),
+            retries: h.retries.unwrap_or_default(),
+            start_period_ns: h.start_period.unwrap_or_default(),
+        });
+        Ok(Inspected {
+            image: config.image.unwrap_or_default(),
+            env,
+            labels: config.labels.unwrap_or_default().into_iter().collect(),
+            ports: ports_of(host.port_bindings.as_ref()),
+            network,
+            restart_policy: host
+                .restart_policy
+                .and_then(|r| r.name)
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+            healthcheck,
+        })
+    }
+
+    async fn image_labels(&self, image: &str) -> Result<Option<BTreeMap<String, String>>> {
+        self.count();
+        match self.docker.inspect_image(image).await {
+            Ok(i) => Ok(Some(
+                i.config
+                    .and_then(|c| c.labels)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect(),
+            )),
+            Err(BError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.err(&format!("inspect image {image}"), e)),
+        }
+    }
+
+    async fn pull(
+        &self,
+        image: &str,
+        progress: &(dyn for<'s> Fn(&'s str) + Send + Sync),
+    ) -> Result<()> {
+        self.count();
+        let (repo, tag) = split_image(image);
+        let opts = CreateImageOptions {
+            from_image: Some(repo.to_string()),
+            tag: Some(tag.to_string()),
+            ..Default::default()
+        };
+        let mut stream = self.docker.create_image(Some(opts), None, None);
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => {
+                    if let Some(e) = info.error_detail.and_then(|d| d.message) {
+                        return Err(EngineError::new(
+                            ErrorKind::Api,
+                            format!("pull {image}: {e}"),
+                        ));
+                    }
+                    if let Some(status) = info.status {
+                        progress(&status);
+                    }
+                }
+                Err(e) => return Err(self.err(&format!("pull {image}"), e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn create(
+        &self,
+        spec: &ContainerSpec,
+        image: &str,
+        extra_labels: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        self.count();
+        let mut bindings: HashMap<String, Option<Vec<BPortBinding>>> = HashMap::new();
+        for p in &spec.ports {
+            bindings
+                .entry(format!("{}/{}", p.container_port, p.proto.as_str()))
+                .or_insert_with(|| Some(Vec::new()))
+                .get_or_insert_with(Vec::new)
+                .push(BPortBinding {
+                    host_ip: (!p.host_ip.is_empty()).then(|| p.host_ip.clone()),
+                    host_port: Some(p.host_port.to_string()),
+                });
+        }
+        let exposed: Vec<String> = bindings.keys().cloned().collect();
+        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
+        labels.extend(extra_labels.clone());
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            env: Some(
+                spec.env
+                    .iter()
+                    .map(|(k, v)| format!("{k}={}", v.expose()))
+                    .collect(),
+            ),
+            labels: Some(labels),
+            exposed_ports: (!exposed.is_empty()).then_some(exposed),
+            healthcheck: Some(HealthConfig {
+                test: Some(spec.healthcheck.test.clone()),
+                interval: Some(spec.healthcheck.interval_ns),
+                retries: Some(spec.healthcheck.retries),
+                start_period: Some(spec.healthcheck.start_period_ns),
+                ..Default::default()
+            }),
+            host_config: Some(HostConfig {
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                    maximum_retry_count: None,
+                }),
+                port_bindings: (!bindings.is_empty()).then_some(bindings),
+                network_mode: spec.network.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptions {
+            name: Some(spec.name.clone()),
+            ..Default::default()
+        };
+        let r = self
+            .docker
+            .create_container(Some(opts), body)
+            .await
+            .map_err(|e| {
+                let mut err = self.err(&format!("create container {}", spec.name), e);
+                if err.message.contains("network") && err.message.contains("not found") {
+                    err.message.push_str(&format!(
+                        " (create the network first: `docker network create {}`)",
+                        spec.network.as_deref().unwrap_or_default()
+                    ));
+                }
+                err
+            })?;
+        Ok(r.id)
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        self.count();
+        self.docker
+            .start_container(id, None::<StartContainerOptions>)
+            .await
+            .map_err(|e| self.err("start container", e))
+    }
+
+    async fn stop(&self, id: &str) -> Result<()> {
+        self.count();
+        let opts = StopContainerOptions {
+            t: Some(STOP_TIMEOUT_SECS),
+            ..Default::default()
+        };
+        match self.docker.stop_container(id, Some(opts)).await {
+            // 304: already stopped.
+            Err(BError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            r => r.map_err(|e| self.err("stop container", e)),
+        }
+    }
+
+    async fn restart(&self, id: &str) -> Result<()> {
+        self.count();
+        let opts = RestartContainerOptions {
+            t: Some(STOP_TIMEOUT_SECS),
+            ..Default::default()
+        };
+        self.docker
+            .restart_container(id, Some(opts))
+            .await
+            .map_err(|e| self.err("restart container", e))
+    }
+
+    async fn rename(&self, id: &str, name: &str) -> Result<()> {
+        self.count();
+        let opts = RenameContainerOptions {
+            name: name.to_string(),
+        };
+        self.docker
+            .rename_container(id, opts)
+            .await
+            .map_err(|e| self.err(&format!("rename container to {name}"), e))
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        self.count();
+        let opts = RemoveContainerOptions {
+            force: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(id, Some(opts)).await {
+            Err(BError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            r => r.map_err(|e| self.err("remove container", e)),
+        }
+    }
+
+    fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+}
+
+/// `host:5000/a/b:tag` -> (`host:5000/a/b`, `tag`); no tag means `latest`.
+pub fn split_image(image: &str) -> (&str, &str) {
+    let without_digest = image.split('@').next().unwrap_or(image);
+    let slash = without_digest.rfind('/').map_or(0, |i| i + 1);
+    match without_digest[slash..].rfind(':') {
+        Some(i) => (
+            &without_digest[..slash + i],
+            &without_digest[slash + i + 1..],
+        ),
+        None => (without_digest, "latest"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_image;
+
+    #[test]
+    fn image_references_split_at_the_tag() {
+        assert_eq!(
+            split_image("ghcr.io/goauthentik/proxy:2026.8.0"),
+            ("ghcr.io/goauthentik/proxy", "2026.8.0")
+        );
+        assert_eq!(
+            split_image("127.0.0.1:5000/a/b"),
+            ("127.0.0.1:5000/a/b", "latest")
+        );
+        assert_eq!(split_image("busybox"), ("busybox", "latest"));
+    }
+}

@@ -1,0 +1,194 @@
+//! The Docker boundary. `Engine` is the one narrow trait through which outpostctl reads and
+//! changes an engine; `docker` implements it on bollard, `fake` in memory for unit tests of
+//! pure logic. Nothing else knows Docker's API.
+
+pub mod connect;
+pub mod docker;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::desired::{ContainerSpec, HealthCheck, PortBinding};
+
+/// A container as the engine's list shows it: enough to plan without inspecting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub state: State,
+    pub health: Option<Health>,
+    pub labels: BTreeMap<String, String>,
+    pub networks: Vec<String>,
+    /// Creation time, seconds since the epoch.
+    pub created: i64,
+}
+
+impl Observed {
+    pub fn label(&self, key: &str) -> Option<&str> {
+        self.labels.get(key).map(String::as_str)
+    }
+    pub fn short_id(&self) -> &str {
+        &self.id[..self.id.len().min(12)]
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    Created,
+    Running,
+    Paused,
+    Restarting,
+    Exited,
+    Removing,
+    Dead,
+    Unknown,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Created => "created",
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Restarting => "restarting",
+            State::Exited => "exited",
+            State::Removing => "removing",
+            State::Dead => "dead",
+            State::Unknown => "unknown",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Starting,
+    Healthy,
+    Unhealthy,
+}
+
+impl Health {
+    /// From the list's status text: `Up 2 minutes (healthy)`.
+    pub fn from_status(status: &str) -> Option<Health> {
+        if status.contains("(unhealthy)") {
+            Some(Health::Unhealthy)
+        } else if status.contains("(healthy)") {
+            Some(Health::Healthy)
+        } else if status.contains("(health: starting)") {
+            Some(Health::Starting)
+        } else {
+            None
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy => "unhealthy",
+        }
+    }
+}
+
+/// A container's settings as inspect shows them, in the shape of `ContainerSpec`, to explain
+/// a recreate field by field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspected {
+    pub image: String,
+    pub env: BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
+    pub ports: Vec<PortBinding>,
+    pub network: Option<String>,
+    pub restart_policy: String,
+    pub healthcheck: Option<HealthCheck>,
+}
+
+/// The engine's identity, from System/Info and the negotiated API version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EngineInfo {
+    pub server_version: String,
+    pub api_version: String,
+    pub os: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The engine could not be reached at all (connection refused, DNS, TLS, SSH).
+    Unreachable,
+    Timeout,
+    NotFound,
+    /// The name or port is taken, or the container is in a state that forbids the call.
+    Conflict,
+    /// The engine refused the call (e.g. a socket proxy's 403).
+    Forbidden,
+    /// Any other answer from the engine.
+    Api,
+}
+
+/// An engine call that failed, with a message a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+impl EngineError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> EngineError {
+        EngineError {
+            kind,
+            message: message.into(),
+        }
+    }
+    pub fn is_not_found(&self) -> bool {
+        self.kind == ErrorKind::NotFound
+    }
+}
+
+impl fmt::Display for EngineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for EngineError {}
+
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// Everything outpostctl asks of a Docker engine: the API sections of authentik's permission
+/// list (containers, images, info) and nothing else.
+#[async_trait]
+pub trait Engine: Send + Sync {
+    /// System/Info plus the negotiated API version.
+    async fn info(&self) -> Result<EngineInfo>;
+    /// Every container, running or not: one request.
+    async fn list(&self) -> Result<Vec<Observed>>;
+    async fn inspect(&self, id: &str) -> Result<Inspected>;
+    /// The image's labels, or None when the engine does not have the image.
+    async fn image_labels(&self, image: &str) -> Result<Option<BTreeMap<String, String>>>;
+    /// Pulls `image`; `progress` is told about layers as they come.
+    async fn pull(
+        &self,
+        image: &str,
+        progress: &(dyn for<'s> Fn(&'s str) + Send + Sync),
+    ) -> Result<()>;
+    /// Creates the container of `spec` from `image` (the spec's image or its fallback);
+    /// returns its id.
+    async fn create(
+        &self,
+        spec: &ContainerSpec,
+        image: &str,
+        extra_labels: &BTreeMap<String, String>,
+    ) -> Result<String>;
+    async fn start(&self, id: &str) -> Result<()>;
+    async fn stop(&self, id: &str) -> Result<()>;
+    async fn restart(&self, id: &str) -> Result<()>;
+    async fn rename(&self, id: &str, name: &str) -> Result<()>;
+    /// Kills if running, then removes (with force, as authentik does).
+    async fn remove(&self, id: &str) -> Result<()>;
+    /// How many API requests this engine has sent.
+    fn requests(&self) -> u64;
+}

@@ -1,0 +1,296 @@
+//! The plan: what apply would do, per engine, as plain serializable data (rendered
+//! elsewhere). A saved plan carries fingerprints of the manifests and of the live objects it
+//! was computed from, so apply can refuse it when anything moved; it holds no secret values.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::desired::{ContainerSpec, LABEL_CONFIG_HASH, LABEL_PROJECT, LABEL_UUID};
+use crate::diff::{self, Action, ActionKind, Change, DiffOptions};
+use crate::engine::{Engine, EngineError, Observed};
+use crate::validate::Validated;
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Connected engines by integration name; an engine that could not be reached keeps its error.
+pub type Engines = BTreeMap<String, Result<Arc<dyn Engine>, EngineError>>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    pub format_version: u32,
+    pub project: String,
+    /// sha256 of the desired state (container settings with secrets as HMACs).
+    pub manifest_fingerprint: String,
+    pub integrations: Vec<EnginePlan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnginePlan {
+    pub name: String,
+    pub url: String,
+    /// sha256 of the live containers this plan depends on; None when the engine failed.
+    pub fingerprint: Option<String>,
+    /// Why this engine could not be planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub actions: Vec<Action>,
+    /// For `--diff`: (live, desired) container settings as text, by outpost. Never saved: a
+    /// saved plan is compared by its actions and fingerprints only.
+    #[serde(skip)]
+    pub spec_texts: BTreeMap<String, (String, String)>,
+}
+
+/// Counts by action, for the summary line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    pub create: usize,
+    pub recreate: usize,
+    pub rename: usize,
+    pub start: usize,
+    pub restart: usize,
+    pub remove: usize,
+    pub unchanged: usize,
+    pub blocked: usize,
+    pub failed_engines: usize,
+}
+
+impl Plan {
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary::default();
+        for e in &self.integrations {
+            if e.error.is_some() {
+                s.failed_engines += 1;
+            }
+            for a in &e.actions {
+                match a.action {
+                    ActionKind::Create => s.create += 1,
+                    ActionKind::Recreate => s.recreate += 1,
+                    ActionKind::Rename => s.rename += 1,
+                    ActionKind::Start => s.start += 1,
+                    ActionKind::Restart => s.restart += 1,
+                    ActionKind::Remove => s.remove += 1,
+                    ActionKind::Noop => s.unchanged += 1,
+                    ActionKind::Blocked => s.blocked += 1,
+                }
+            }
+        }
+        s
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.integrations
+            .iter()
+            .any(|e| e.actions.iter().any(|a| a.action.is_change()))
+    }
+
+    /// Engines that failed or outposts that are blocked: the plan cannot be fully applied.
+    pub fn has_errors(&self) -> bool {
+        self.integrations
+            .iter()
+            .any(|e| e.error.is_some() || e.actions.iter().any(|a| a.action == ActionKind::Blocked))
+    }
+
+    /// Why `saved` may not be applied now that `self` was computed fresh; None when it may.
+    pub fn staleness(&self, saved: &Plan) -> Option<String> {
+        if saved.format_version != FORMAT_VERSION {
+            return Some(format!(
+                "the plan file has format version {}; this outpostctl reads version {FORMAT_VERSION}",
+                saved.format_version
+            ));
+        }
+        if saved.project != self.project {
+            return Some(format!(
+                "the plan is for project `{}`, the manifests are for `{}`",
+                saved.project, self.project
+            ));
+        }
+        if saved.manifest_fingerprint != self.manifest_fingerprint {
+            return Some("the manifests (or the tokens and keys they reference) changed since the plan was made".into());
+        }
+        for now in &self.integrations {
+            let Some(then) = saved.integrations.iter().find(|e| e.name == now.name) else {
+                return Some(format!("integration `{}` is not in the plan", now.name));
+            };
+            if then.fingerprint != now.fingerprint || then.actions != now.actions {
+                return Some(format!(
+                    "the containers on integration `{}` changed since the plan was made",
+                    now.name
+                ));
+            }
+        }
+        if saved.integrations.len() != self.integrations.len() {
+            return Some("the plan names integrations the manifests no longer have".into());
+        }
+        None
+    }
+}
+
+/// The fingerprint of the desired state: what the manifests ask for, secrets as HMACs.
+pub fn manifest_fingerprint(v: &Validated) -> String {
+    let mut h = Sha256::new();
+    h.update(v.project.as_bytes());
+    for (name, def) in &v.integrations {
+        h.update(format!("\0integration\0{name}\0{}", def.url).as_bytes());
+        for spec in v.desired.get(name).into_iter().flatten() {
+            h.update(
+                format!(
+                    "\0{}\0{}\0{}\0{:?}\0{:?}",
+                    spec.outpost, spec.name, spec.config_hash, spec.pull, spec.fallback_image
+                )
+                .as_bytes(),
+            );
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+/// The fingerprint of the live containers a plan for `desired` depends on: ours, those with
+/// a desired uuid, and those with a desired name.
+pub fn engine_fingerprint(
+    project: &str,
+    desired: &[ContainerSpec],
+    observed: &[Observed],
+) -> String {
+    let uuids: HashSet<&str> = desired.iter().map(|d| d.uuid.as_str()).collect();
+    let names: HashSet<&str> = desired.iter().map(|d| d.name.as_str()).collect();
+    let mut relevant: Vec<&Observed> = observed
+        .iter()
+        .filter(|o| {
+            o.label(LABEL_PROJECT) == Some(project)
+                || o.label(LABEL_UUID).is_some_and(|u| uuids.contains(u))
+                || names.contains(o.name.as_str())
+        })
+        .collect();
+    relevant.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut h = Sha256::new();
+    for o in relevant {
+        h.update(
+            format!(
+                "{}\0{}\0{}\0{}\0{}\0{}\n",
+                o.id,
+                o.name,
+                o.state.as_str(),
+                o.label(LABEL_CONFIG_HASH).unwrap_or(""),
+                o.label(LABEL_PROJECT).unwrap_or(""),
+                o.networks.join(","),
+            )
+            .as_bytes(),
+        );
+    }
+    hex::encode(h.finalize())
+}
+
+/// Computes the plan: one list per engine, an inspect only for containers to be recreated.
+/// Engines are read in parallel; one that fails does not stop the others.
+pub async fn build(v: &Validated, engines: &Engines, opts: DiffOptions) -> Plan {
+    let futures = v.integrations.iter().map(|(name, def)| {
+        let desired: &[ContainerSpec] = v.desired.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        let engine = engines.get(name);
+        async move {
+            let engine = match engine {
+                Some(Ok(e)) => Arc::clone(e),
+                Some(Err(e)) => return failed(name, &def.url, e.to_string()),
+                None => return failed(name, &def.url, "not connected".into()),
+            };
+            match plan_engine(&v.project, desired, engine.as_ref(), opts).await {
+                Ok((fingerprint, actions, spec_texts)) => EnginePlan {
+                    name: name.clone(),
+                    url: def.url.clone(),
+                    fingerprint: Some(fingerprint),
+                    error: None,
+                    actions,
+                    spec_texts,
+                },
+                Err(e) => failed(name, &def.url, e.to_string()),
+            }
+        }
+    });
+    let integrations = futures_util::future::join_all(futures).await;
+    Plan {
+        format_version: FORMAT_VERSION,
+        project: v.project.clone(),
+        manifest_fingerprint: manifest_fingerprint(v),
+        integrations,
+    }
+}
+
+fn failed(name: &str, url: &str, error: String) -> EnginePlan {
+    EnginePlan {
+        name: name.to_string(),
+        url: url.to_string(),
+        fingerprint: None,
+        error: Some(error),
+        actions: Vec::new(),
+        spec_texts: BTreeMap::new(),
+    }
+}
+
+/// A plan for one engine: its fingerprint, its actions, and the settings texts for `--diff`.
+pub type EngineOutcome = (String, Vec<Action>, BTreeMap<String, (String, String)>);
+
+/// The live state of one engine and the actions it needs.
+pub async fn plan_engine(
+    project: &str,
+    desired: &[ContainerSpec],
+    engine: &dyn Engine,
+    opts: DiffOptions,
+) -> Result<EngineOutcome, EngineError> {
+    let observed = engine.list().await?;
+    let fingerprint = engine_fingerprint(project, desired, &observed);
+    let mut actions = diff::diff(project, desired, &observed, opts);
+    let mut texts = BTreeMap::new();
+    for a in &actions {
+        if a.action == ActionKind::Create {
+            if let Some(spec) = desired.iter().find(|d| d.outpost == a.outpost) {
+                texts.insert(a.outpost.clone(), (String::new(), diff::spec_text(spec)));
+            }
+        }
+    }
+    for a in actions
+        .iter_mut()
+        .filter(|a| a.action == ActionKind::Recreate)
+    {
+        let (Some(spec), Some(c)) = (
+            desired.iter().find(|d| d.outpost == a.outpost),
+            &a.container,
+        ) else {
+            continue;
+        };
+        let live = engine.inspect(&c.id).await?;
+        let image_labels = engine.image_labels(&live.image).await?.unwrap_or_default();
+        texts.insert(
+            a.outpost.clone(),
+            (
+                diff::live_text(&c.name, &live, spec, &image_labels),
+                diff::spec_text(spec),
+            ),
+        );
+        let mut reasons = diff::explain(spec, &c.name, &live, &image_labels);
+        if reasons.is_empty() && a.reasons.is_empty() {
+            let before = observed
+                .iter()
+                .find(|o| o.id == c.id)
+                .and_then(|o| o.label(LABEL_CONFIG_HASH))
+                .map(short_hash);
+            reasons.push(Change::new(
+                "config-hash",
+                before,
+                Some(short_hash(&spec.config_hash)),
+            ));
+        }
+        // Reasons from the list (ownership, state, network) first, then the field-by-field ones.
+        for r in reasons {
+            if !a.reasons.iter().any(|x| x.field == r.field) {
+                a.reasons.push(r);
+            }
+        }
+    }
+    Ok((fingerprint, actions, texts))
+}
+
+fn short_hash(h: &str) -> String {
+    h.chars().take(12).collect()
+}

@@ -1,0 +1,293 @@
+//! Plans and apply reports, for people (aligned, coloured on a terminal), machines (JSON, the
+//! documented format) and pull requests (Markdown).
+
+use std::fmt::Write as _;
+
+use anstyle::{AnsiColor, Style as AStyle};
+
+use super::Style;
+use crate::apply::Report;
+use crate::diff::{Action, ActionKind, Change};
+use crate::plan::{Plan, Summary};
+
+fn paint(style: Style, color: AStyle, text: &str) -> String {
+    if style.color {
+        format!("{color}{text}{color:#}")
+    } else {
+        text.to_string()
+    }
+}
+
+fn sigil(kind: ActionKind) -> (&'static str, AStyle) {
+    let c = |c: AnsiColor| AStyle::new().fg_color(Some(c.into()));
+    match kind {
+        ActionKind::Create => ("+", c(AnsiColor::Green)),
+        ActionKind::Recreate => ("~", c(AnsiColor::Yellow)),
+        ActionKind::Rename => (">", c(AnsiColor::Cyan)),
+        ActionKind::Start => ("^", c(AnsiColor::Cyan)),
+        ActionKind::Restart => ("^", c(AnsiColor::Cyan)),
+        ActionKind::Remove => ("-", c(AnsiColor::Red)),
+        ActionKind::Noop => ("=", AStyle::new().dimmed()),
+        ActionKind::Blocked => ("!", c(AnsiColor::Red).bold()),
+    }
+}
+
+fn change_text(c: &Change) -> String {
+    match (&c.before, &c.after) {
+        (Some(b), Some(a)) => format!("{}: {b} -> {a}", c.field),
+        (None, Some(a)) => format!("{}: (none) -> {a}", c.field),
+        (Some(b), None) => format!("{}: {b} -> (removed)", c.field),
+        (None, None) => c.field.clone(),
+    }
+}
+
+fn target(a: &Action) -> String {
+    match (a.action, &a.container) {
+        (ActionKind::Rename, Some(c)) => format!("{} -> {}", c.name, a.name),
+        _ => a.name.clone(),
+    }
+}
+
+/// "2 to create, 1 to recreate, 1 to remove" or "no changes".
+pub fn summary_line(s: &Summary) -> String {
+    let mut parts = Vec::new();
+    for (n, what) in [
+        (s.create, "to create"),
+        (s.recreate, "to recreate"),
+        (s.rename, "to rename"),
+        (s.start, "to start"),
+        (s.restart, "to restart"),
+        (s.remove, "to remove"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    let mut line = if parts.is_empty() {
+        "no changes".to_string()
+    } else {
+        parts.join(", ")
+    };
+    if s.unchanged > 0 {
+        let _ = write!(line, ", {} unchanged", s.unchanged);
+    }
+    if s.blocked > 0 {
+        let _ = write!(line, ", {} blocked", s.blocked);
+    }
+    if s.failed_engines > 0 {
+        let _ = write!(
+            line,
+            ", {} engine{} unreachable",
+            s.failed_engines,
+            if s.failed_engines == 1 { "" } else { "s" }
+        );
+    }
+    line
+}
+
+/// The plan for a person. Unchanged outposts are counted, not listed, unless `verbose`.
+pub fn human(plan: &Plan, style: Style, show_diff: bool) -> String {
+    let mut out = String::new();
+    let width = plan
+        .integrations
+        .iter()
+        .flat_map(|e| &e.actions)
+        .map(|a| target(a).chars().count())
+        .max()
+        .unwrap_or(0)
+        .min(60);
+    for e in &plan.integrations {
+        let _ = writeln!(
+            out,
+            "{} {} ({})",
+            paint(style, AStyle::new().bold(), "integration"),
+            e.name,
+            e.url
+        );
+        if let Some(err) = &e.error {
+            let _ = writeln!(
+                out,
+                "  {} {err}",
+                paint(style, sigil(ActionKind::Blocked).1, "! error:")
+            );
+            continue;
+        }
+        let mut unchanged = 0;
+        for a in &e.actions {
+            if a.action == ActionKind::Noop {
+                unchanged += 1;
+                continue;
+            }
+            let (s, color) = sigil(a.action);
+            let verb = format!("{s} {:<9}", a.action.as_str());
+            let adopt = if a.adopt { " (adopt)" } else { "" };
+            let _ = writeln!(
+                out,
+                "  {} {:<width$}  {}{adopt}",
+                paint(style, color, &verb),
+                target(a),
+                a.outpost
+            );
+            if let Some(err) = &a.error {
+                let _ = writeln!(out, "      {err}");
+            }
+            for r in &a.reasons {
+                let _ = writeln!(out, "      {}", change_text(r));
+            }
+            if show_diff {
+                if let Some((before, after)) = e.spec_texts.get(&a.outpost) {
+                    out.push_str(&unified(before, after, style, "      "));
+                }
+            }
+        }
+        if unchanged > 0 {
+            let _ = writeln!(
+                out,
+                "  {}",
+                paint(
+                    style,
+                    AStyle::new().dimmed(),
+                    &format!("{unchanged} unchanged")
+                )
+            );
+        }
+    }
+    let _ = writeln!(out, "\nplan: {}", summary_line(&plan.summary()));
+    out
+}
+
+/// A unified diff of two settings texts, indented.
+pub fn unified(before: &str, after: &str, style: Style, indent: &str) -> String {
+    let diff = similar::TextDiff::from_lines(before, after);
+    let mut out = String::new();
+    for change in diff.iter_all_changes() {
+        let (sign, color) = match change.tag() {
+            similar::ChangeTag::Delete => ("-", sigil(ActionKind::Remove).1),
+            similar::ChangeTag::Insert => ("+", sigil(ActionKind::Create).1),
+            similar::ChangeTag::Equal => (" ", AStyle::new().dimmed()),
+        };
+        let line = format!("{sign} {}", change.value().trim_end_matches('\n'));
+        let _ = writeln!(out, "{indent}{}", paint(style, color, &line));
+    }
+    out
+}
+
+/// The documented JSON form: the plan itself plus its summary.
+pub fn json(plan: &Plan) -> serde_json::Value {
+    let mut v = serde_json::to_value(plan).unwrap_or_default();
+    v["summary"] = serde_json::to_value(plan.summary()).unwrap_or_default();
+    v["changes"] = plan.has_changes().into();
+    v
+}
+
+fn md_escape(s: &str) -> String {
+    s.replace('|', "\\|")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// A pull-request comment.
+pub fn markdown(plan: &Plan) -> String {
+    let mut out = String::new();
+    let summary = plan.summary();
+    let _ = writeln!(
+        out,
+        "### outpostctl plan for `{}`: {}\n",
+        plan.project,
+        summary_line(&summary)
+    );
+    for e in &plan.integrations {
+        let _ = writeln!(
+            out,
+            "#### Integration `{}` ({})\n",
+            e.name,
+            md_escape(&e.url)
+        );
+        if let Some(err) = &e.error {
+            let _ = writeln!(out, "> **Error:** {}\n", md_escape(err));
+            continue;
+        }
+        let changes: Vec<&Action> = e
+            .actions
+            .iter()
+            .filter(|a| a.action != ActionKind::Noop)
+            .collect();
+        if changes.is_empty() {
+            let _ = writeln!(out, "No changes ({} unchanged).\n", e.actions.len());
+            continue;
+        }
+        let _ = writeln!(out, "| | Action | Outpost | Container | Details |");
+        let _ = writeln!(out, "|---|---|---|---|---|");
+        for a in &changes {
+            let emoji = match a.action {
+                ActionKind::Create => "🟢",
+                ActionKind::Recreate => "🟡",
+                ActionKind::Remove => "🔴",
+                ActionKind::Blocked => "⛔",
+                _ => "🔵",
+            };
+            let mut details: Vec<String> = a
+                .reasons
+                .iter()
+                .map(|r| format!("`{}`", md_escape(&change_text(r)).replace('`', "'")))
+                .collect();
+            if let Some(err) = &a.error {
+                details.push(md_escape(err));
+            }
+            if a.adopt {
+                details.insert(0, "adopts authentik's container".into());
+            }
+            let _ = writeln!(
+                out,
+                "| {emoji} | {} | {} | `{}` | {} |",
+                a.action.as_str(),
+                md_escape(&a.outpost),
+                md_escape(&target(a)),
+                details.join("<br>")
+            );
+        }
+        let unchanged = e.actions.len() - changes.len();
+        if unchanged > 0 {
+            let _ = writeln!(out, "\n{unchanged} unchanged.");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// What apply did, for a person.
+pub fn report_human(report: &Report, style: Style) -> String {
+    let mut out = String::new();
+    let (mut done, mut failed) = (0, 0);
+    for o in &report.outcomes {
+        let (mark, color) = if o.ok {
+            done += 1;
+            ("ok", sigil(ActionKind::Create).1)
+        } else {
+            failed += 1;
+            ("FAILED", sigil(ActionKind::Blocked).1)
+        };
+        let _ = writeln!(
+            out,
+            "{} {} {} `{}` on {}",
+            paint(style, color, mark),
+            o.action.as_str(),
+            o.name,
+            o.outpost,
+            o.integration
+        );
+        for m in &o.messages {
+            let _ = writeln!(out, "    {m}");
+        }
+    }
+    for (name, err) in &report.engine_errors {
+        failed += 1;
+        let _ = writeln!(
+            out,
+            "{} integration {name}: {err}",
+            paint(style, sigil(ActionKind::Blocked).1, "FAILED")
+        );
+    }
+    let _ = writeln!(out, "\napply: {done} done, {failed} failed");
+    out
+}
