@@ -116,6 +116,16 @@ pub enum Command {
     /// On a terminal it shows the plan and asks; elsewhere it needs --auto-approve. A failure
     /// in one outpost does not stop the others; the exit code is 1 if anything failed.
     Apply(ApplyArgs),
+    /// Show each engine's state (reachable, Docker and API version) and each outpost's
+    /// container (state and health).
+    Status {
+        /// Manifest files or directories (read recursively: *.yaml, *.yml).
+        #[arg(default_value = ".")]
+        paths: Vec<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Human)]
+        format: Format,
+    },
     /// Print the manifest JSON Schema (for editors and yaml-language-server).
     Schema,
     /// Print a shell completion script.

@@ -34,6 +34,9 @@ fn main() {
         Command::Validate { paths, format } => commands::validate::run(&printer, &paths, format),
         Command::Plan(args) => runtime().block_on(commands::plan::run(&printer, &args)),
         Command::Apply(args) => runtime().block_on(commands::apply::run(&printer, &args)),
+        Command::Status { paths, format } => {
+            runtime().block_on(commands::status::run(&printer, &paths, format))
+        }
         Command::Schema => commands::schema::run(&printer),
         Command::Completions { shell } => commands::completions::run(&printer, shell),
     };

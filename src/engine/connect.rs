@@ -1,11 +1,13 @@
 //! From an integration's endpoint to a connected `Engine`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bollard::{API_DEFAULT_VERSION, Docker};
 
 use super::docker::{DockerEngine, REQUEST_TIMEOUT_SECS, map_err};
-use super::{Engine, EngineError, ErrorKind};
+use super::{Engine, EngineError, ErrorKind, ssh, tls};
+use crate::desired::Secret;
 use crate::plan::Engines;
 use crate::validate::{Endpoint, IntegrationDef, Validated};
 
@@ -14,10 +16,8 @@ pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// Connects to every integration of the set, in parallel; failures are kept per engine.
 pub async fn connect_all(v: &Validated) -> Engines {
     let futures = v.integrations.iter().map(|(name, def)| async move {
-        (
-            name.clone(),
-            connect(def).await.map(|e| Arc::new(e) as Arc<dyn Engine>),
-        )
+        let engine = connect(def).await.map(|e| Arc::new(e) as Arc<dyn Engine>);
+        (name.clone(), engine)
     });
     futures_util::future::join_all(futures)
         .await
@@ -31,15 +31,30 @@ pub async fn connect(def: &IntegrationDef) -> Result<DockerEngine, EngineError> 
         Endpoint::Local => local()?,
         Endpoint::Unix { path } => unix(path)?,
         Endpoint::Http { host, port } => http(host, *port)?,
-        Endpoint::Tls { .. } | Endpoint::Ssh { .. } => {
-            return Err(EngineError::new(
-                ErrorKind::Unreachable,
-                format!(
-                    "{}: https:// and ssh:// engines are not supported yet",
-                    def.url
-                ),
-            ));
+        Endpoint::Tls {
+            host,
+            port,
+            ca_pem,
+            client,
+        } => {
+            let client = client.as_ref().map(|(c, k)| (c.as_str(), k));
+            tls::connect(host, *port, ca_pem.as_deref(), client)?
         }
+        Endpoint::Ssh {
+            user,
+            host,
+            port,
+            key,
+            host_key,
+            config,
+        } => ssh::connect(&ssh::Target {
+            user: user.clone(),
+            host: host.clone(),
+            port: *port,
+            key: key.clone(),
+            host_key: host_key.clone(),
+            config: config.clone(),
+        })?,
     };
     DockerEngine::new(docker, url).await
 }
@@ -58,36 +73,88 @@ fn http(host: &str, port: u16) -> Result<(Docker, String), EngineError> {
     Ok((d, url))
 }
 
-/// `local: true`: DOCKER_HOST like the Docker CLI, else the default socket.
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.is_empty())
+}
+
+/// `local: true`: DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH as the Docker CLI reads
+/// them, else the default socket.
 fn local() -> Result<(Docker, String), EngineError> {
-    match std::env::var("DOCKER_HOST").ok().filter(|h| !h.is_empty()) {
-        None => unix(DEFAULT_SOCKET),
-        Some(h) => {
-            if let Some(path) = h.strip_prefix("unix://") {
-                unix(path)
-            } else if let Some(rest) = h
-                .strip_prefix("tcp://")
-                .or_else(|| h.strip_prefix("http://"))
-            {
-                let (host, port) = rest
-                    .trim_end_matches('/')
-                    .rsplit_once(':')
-                    .and_then(|(h, p)| p.parse().ok().map(|p| (h.to_string(), p)))
-                    .ok_or_else(|| {
-                        EngineError::new(
-                            ErrorKind::Unreachable,
-                            format!("DOCKER_HOST `{h}` has no port"),
-                        )
-                    })?;
-                http(&host, port)
-            } else {
-                Err(EngineError::new(
-                    ErrorKind::Unreachable,
-                    format!(
-                        "DOCKER_HOST `{h}`: only unix:// and tcp:// are understood for local engines"
-                    ),
-                ))
-            }
+    let Some(h) = env("DOCKER_HOST") else {
+        return unix(DEFAULT_SOCKET);
+    };
+    let unreachable = |m: String| EngineError::new(ErrorKind::Unreachable, m);
+    let host_port = |rest: &str, default: Option<u16>| -> Result<(String, u16), EngineError> {
+        let rest = rest.trim_end_matches('/');
+        match rest.rsplit_once(':') {
+            Some((host, p)) => p
+                .parse()
+                .map(|p| (host.to_string(), p))
+                .map_err(|_| unreachable(format!("DOCKER_HOST `{h}`: `{p}` is not a port"))),
+            None => default
+                .map(|d| (rest.to_string(), d))
+                .ok_or_else(|| unreachable(format!("DOCKER_HOST `{h}` has no port"))),
         }
+    };
+    if let Some(path) = h.strip_prefix("unix://") {
+        return unix(path);
     }
+    if let Some(rest) = h.strip_prefix("http://") {
+        let (host, port) = host_port(rest, None)?;
+        return http(&host, port);
+    }
+    if let Some(rest) = h
+        .strip_prefix("tcp://")
+        .or_else(|| h.strip_prefix("https://"))
+    {
+        let (host, port) = host_port(rest, None)?;
+        let verify =
+            env("DOCKER_TLS_VERIFY").is_some_and(|v| v != "0") || h.starts_with("https://");
+        if !verify {
+            return http(&host, port);
+        }
+        let dir = env("DOCKER_CERT_PATH")
+            .map(PathBuf::from)
+            .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".docker")))
+            .unwrap_or_default();
+        let read = |f: &str| {
+            let p = dir.join(f);
+            std::fs::read_to_string(&p).map_err(|e| {
+                unreachable(format!(
+                    "DOCKER_TLS_VERIFY is set but `{}` cannot be read: {e}",
+                    p.display()
+                ))
+            })
+        };
+        let ca = read("ca.pem")?;
+        let client = match (read("cert.pem"), read("key.pem")) {
+            (Ok(c), Ok(k)) => Some((c, Secret::new(k))),
+            _ => None,
+        };
+        return tls::connect(
+            &host,
+            port,
+            Some(&ca),
+            client.as_ref().map(|(c, k)| (c.as_str(), k)),
+        );
+    }
+    if let Some(rest) = h.strip_prefix("ssh://") {
+        let (user, hostport) = match rest.split_once('@') {
+            Some((u, hp)) => (u.to_string(), hp),
+            None => (env("USER").unwrap_or_else(|| "root".into()), rest),
+        };
+        let (host, port) = host_port(hostport, Some(22))?;
+        let target = ssh::Target {
+            user,
+            host,
+            port,
+            key: None,
+            host_key: None,
+            config: None,
+        };
+        return ssh::connect(&target);
+    }
+    Err(unreachable(format!(
+        "DOCKER_HOST `{h}`: use unix://, tcp://, http://, https:// or ssh://"
+    )))
 }

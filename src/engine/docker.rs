@@ -37,7 +37,7 @@ impl DockerEngine {
         let docker = docker
             .negotiate_version()
             .await
-            .map_err(|e| map_err(&url, "negotiate the API version", e))?;
+            .map_err(|e| map_err(&url, "connect", e))?;
         Ok(DockerEngine {
             docker,
             url,
@@ -93,6 +93,10 @@ pub fn map_err(url: &str, what: &str, e: BError) -> EngineError {
             ErrorKind::Timeout,
             format!("{what}: the engine at {url} did not answer within {REQUEST_TIMEOUT_SECS} s"),
         ),
+        // Our transports (TLS, ssh) already say which engine and what went wrong.
+        BError::IOError { err } if err.to_string().contains(url) => {
+            EngineError::new(ErrorKind::Unreachable, err.to_string())
+        }
         BError::IOError { err } => EngineError::new(
             ErrorKind::Unreachable,
             format!("{what}: cannot reach the engine at {url}: {err}"),

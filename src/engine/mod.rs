@@ -4,6 +4,8 @@
 
 pub mod connect;
 pub mod docker;
+pub mod ssh;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::fmt;

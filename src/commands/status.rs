@@ -1,0 +1,150 @@
+//! `outpostctl status`: authentik's "service connection state" view: is each engine
+//! reachable, which version, and how is each outpost's container doing.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use super::{Exit, Printer, load_valid};
+use crate::cli::Format;
+use crate::desired::{LABEL_PROJECT, LABEL_UUID};
+use crate::engine::EngineInfo;
+use crate::engine::connect::connect_all;
+
+#[derive(Debug, Serialize)]
+pub struct EngineStatus {
+    pub integration: String,
+    pub url: String,
+    pub reachable: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engine: Option<EngineInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub outposts: Vec<OutpostStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OutpostStatus {
+    pub outpost: String,
+    /// The container's name, or None when it does not exist.
+    pub container: Option<String>,
+    pub state: Option<String>,
+    pub health: Option<String>,
+    /// Whether the container carries this project's label.
+    pub managed: bool,
+}
+
+pub async fn run(p: &Printer, paths: &[std::path::PathBuf], format: Format) -> Exit {
+    let Some(v) = load_valid(p, paths) else {
+        return Exit::Failure;
+    };
+    let engines = connect_all(&v).await;
+    let futures = v.integrations.iter().map(|(name, def)| {
+        let engine = engines.get(name);
+        let desired = v.desired.get(name).cloned().unwrap_or_default();
+        let project = v.project.clone();
+        async move {
+            let mut s = EngineStatus {
+                integration: name.clone(),
+                url: def.url.clone(),
+                reachable: false,
+                engine: None,
+                error: None,
+                outposts: Vec::new(),
+            };
+            let engine = match engine {
+                Some(Ok(e)) => e,
+                Some(Err(e)) => {
+                    s.error = Some(e.to_string());
+                    return s;
+                }
+                None => return s,
+            };
+            let (info, list) = futures_util::join!(engine.info(), engine.list());
+            match (info, list) {
+                (Ok(info), Ok(list)) => {
+                    s.reachable = true;
+                    s.engine = Some(info);
+                    for spec in &desired {
+                        let c = list
+                            .iter()
+                            .find(|o| {
+                                o.label(LABEL_UUID) == Some(spec.uuid.as_str())
+                                    && o.label(LABEL_PROJECT) == Some(project.as_str())
+                            })
+                            .or_else(|| {
+                                list.iter()
+                                    .find(|o| o.label(LABEL_UUID) == Some(spec.uuid.as_str()))
+                            })
+                            .or_else(|| list.iter().find(|o| o.name == spec.name));
+                        s.outposts.push(OutpostStatus {
+                            outpost: spec.outpost.clone(),
+                            container: c.map(|c| c.name.clone()),
+                            state: c.map(|c| c.state.as_str().to_string()),
+                            health: c.and_then(|c| c.health).map(|h| h.as_str().to_string()),
+                            managed: c
+                                .is_some_and(|c| c.label(LABEL_PROJECT) == Some(project.as_str())),
+                        });
+                    }
+                }
+                (Err(e), _) | (_, Err(e)) => s.error = Some(e.to_string()),
+            }
+            s
+        }
+    });
+    let statuses = futures_util::future::join_all(futures).await;
+    let all_ok = statuses.iter().all(|s| s.reachable);
+    match format {
+        Format::Json => {
+            let doc = serde_json::json!({ "format_version": 1, "project": v.project, "integrations": statuses });
+            p.out(&format!(
+                "{}\n",
+                serde_json::to_string_pretty(&doc).unwrap_or_default()
+            ));
+        }
+        Format::Human => {
+            let mut out = String::new();
+            for s in &statuses {
+                match (&s.engine, &s.error) {
+                    (Some(e), _) => {
+                        let _ = writeln!(
+                            out,
+                            "integration {} ({}): healthy, Docker {} (API {})",
+                            s.integration, s.url, e.server_version, e.api_version
+                        );
+                    }
+                    (None, err) => {
+                        let _ = writeln!(
+                            out,
+                            "integration {} ({}): unreachable: {}",
+                            s.integration,
+                            s.url,
+                            err.as_deref().unwrap_or("not connected")
+                        );
+                    }
+                }
+                for o in &s.outposts {
+                    let line = match (&o.container, &o.state) {
+                        (Some(c), Some(state)) => {
+                            let health = o
+                                .health
+                                .as_deref()
+                                .map(|h| format!(", {h}"))
+                                .unwrap_or_default();
+                            let owner = if o.managed {
+                                ""
+                            } else {
+                                " (not managed by outpostctl)"
+                            };
+                            format!("{c}: {state}{health}{owner}")
+                        }
+                        _ => "no container".to_string(),
+                    };
+                    let _ = writeln!(out, "  {:<24} {line}", o.outpost);
+                }
+            }
+            p.out(&out);
+        }
+    }
+    if all_ok { Exit::Success } else { Exit::Failure }
+}

@@ -1,0 +1,446 @@
+//! ssh:// engines: the system `ssh` runs `docker system dial-stdio` on the host, as the Docker
+//! CLI does, so the user's ssh config, agent, certificates and ProxyJump keep working.
+//!
+//! Host keys are always checked (`StrictHostKeyChecking=yes`): a pinned `ssh.host_key` is the
+//! only key accepted; otherwise the user's known_hosts decides. The manifest's private key is
+//! written, mode 0600 in a 0700 directory, only for the run and removed after it. Everything
+//! from the manifest reaches ssh as separate arguments after validation, never through a shell,
+//! and the host comes after `--`, so nothing can inject options or a remote command.
+//!
+//! HTTP connections are pooled: sequential requests reuse one `ssh` process; parallel ones
+//! share one SSH session through ControlMaster.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bollard::{API_DEFAULT_VERSION, BollardRequest, Docker};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader, ReadBuf};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use super::docker::REQUEST_TIMEOUT_SECS;
+use super::{EngineError, ErrorKind};
+use crate::desired::Secret;
+
+/// Seconds ssh may take to connect.
+pub const CONNECT_TIMEOUT_SECS: u32 = 15;
+
+/// Where and how to reach an engine over ssh.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    pub key: Option<Secret>,
+    pub host_key: Option<String>,
+    pub config: Option<PathBuf>,
+}
+
+impl Target {
+    pub fn url(&self) -> String {
+        format!("ssh://{}@{}:{}", self.user, self.host, self.port)
+    }
+}
+
+/// The run's private directory: key, pinned known_hosts, control socket. Removed on drop,
+/// after the shared SSH session is closed.
+#[derive(Debug)]
+struct Session {
+    dir: PathBuf,
+    args: Vec<OsString>,
+    target: Target,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Close the shared session, then remove the key.
+        let _ = std::process::Command::new("ssh")
+            .args([
+                "-o",
+                &format!("ControlPath={}", self.dir.join("cm").display()),
+                "-O",
+                "exit",
+                "--",
+                &self.target.host,
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn private_dir() -> io::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base = std::env::temp_dir();
+    for attempt in 0..16u32 {
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = base.join(format!(
+            "outpostctl-ssh-{}-{nonce:x}-{attempt}",
+            std::process::id()
+        ));
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => return Ok(dir),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(
+        "cannot create a private temporary directory",
+    ))
+}
+
+fn write_private(path: &Path, content: &str) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(content.as_bytes())?;
+    if !content.ends_with('\n') {
+        f.write_all(b"\n")?;
+    }
+    Ok(())
+}
+
+/// `host` or `[host]:port`, as known_hosts writes it.
+fn known_hosts_name(host: &str, port: u16) -> String {
+    if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+impl Session {
+    fn new(target: &Target) -> io::Result<Session> {
+        let dir = private_dir()?;
+        let mut args: Vec<OsString> = Vec::new();
+        let mut opt = |k: &str, v: String| {
+            args.push("-o".into());
+            args.push(format!("{k}={v}").into());
+        };
+        opt("BatchMode", "yes".into());
+        opt("StrictHostKeyChecking", "yes".into());
+        opt("ConnectTimeout", CONNECT_TIMEOUT_SECS.to_string());
+        opt("ControlMaster", "auto".into());
+        opt("ControlPath", dir.join("cm").display().to_string());
+        opt("ControlPersist", "60".into());
+        opt("ServerAliveInterval", "15".into());
+        if let Some(pin) = &target.host_key {
+            // Only the pinned key is accepted for this host.
+            let mut fields = pin.split_whitespace();
+            let (kind, blob) = (
+                fields.next().unwrap_or_default(),
+                fields.next().unwrap_or_default(),
+            );
+            let line = format!(
+                "{} {kind} {blob}",
+                known_hosts_name(&target.host, target.port)
+            );
+            let path = dir.join("known_hosts");
+            write_private(&path, &line)?;
+            opt("UserKnownHostsFile", path.display().to_string());
+            opt("GlobalKnownHostsFile", "/dev/null".into());
+            opt("HostKeyAlgorithms", kind.to_string());
+        }
+        if let Some(key) = &target.key {
+            let path = dir.join("key");
+            write_private(&path, key.expose())?;
+            opt("IdentityFile", path.display().to_string());
+            opt("IdentitiesOnly", "yes".into());
+        }
+        if let Some(config) = &target.config {
+            args.push("-F".into());
+            args.push(config.clone().into_os_string());
+        }
+        args.extend([
+            "-p".into(),
+            target.port.to_string().into(),
+            "-l".into(),
+            target.user.clone().into(),
+        ]);
+        args.push("--".into());
+        args.push(target.host.clone().into());
+        args.extend(["docker", "system", "dial-stdio"].map(OsString::from));
+        Ok(Session {
+            dir,
+            args,
+            target: target.clone(),
+        })
+    }
+}
+
+/// One `ssh ... docker system dial-stdio` process as a byte stream.
+pub struct SshStream {
+    _child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+}
+
+impl Connection for SshStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for SshStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stdout).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SshStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stdin).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stdin).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stdin).poll_shutdown(cx)
+    }
+}
+
+/// Opens an `ssh` process per HTTP connection; what ssh says on stderr is kept to explain
+/// failures.
+#[derive(Clone)]
+struct Connector {
+    session: Arc<Session>,
+    stderr: Arc<Mutex<String>>,
+    spawned: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = TokioIo<SshStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let session = Arc::clone(&self.session);
+        let stderr = Arc::clone(&self.stderr);
+        self.spawned
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Box::pin(async move {
+            let mut child = Command::new("ssh")
+                .args(&session.args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| {
+                    io::Error::other(format!(
+                        "cannot run `ssh`: {e} (is OpenSSH's client installed?)"
+                    ))
+                })?;
+            let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+                return Err(io::Error::other("ssh started without pipes"));
+            };
+            if let Some(err) = child.stderr.take() {
+                tokio::spawn(async move {
+                    let mut lines = BufReader::new(err).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        if let Ok(mut s) = stderr.lock() {
+                            if s.len() < 16 * 1024 {
+                                s.push_str(&line);
+                                s.push('\n');
+                            }
+                        }
+                    }
+                });
+            }
+            Ok(TokioIo::new(SshStream {
+                _child: child,
+                stdin,
+                stdout,
+            }))
+        })
+    }
+}
+
+/// A client for the engine behind `target`.
+pub fn connect(target: &Target) -> Result<(Docker, String), EngineError> {
+    let url = target.url();
+    let session = Session::new(target).map_err(|e| {
+        EngineError::new(
+            ErrorKind::Unreachable,
+            format!("{url}: cannot prepare the ssh session: {e}"),
+        )
+    })?;
+    let connector = Connector {
+        session: Arc::new(session),
+        stderr: Arc::new(Mutex::new(String::new())),
+        spawned: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+    };
+    let stderr = Arc::clone(&connector.stderr);
+    let http = Client::builder(TokioExecutor::new()).build(connector);
+    let shown = url.clone();
+    let t = target.clone();
+    let transport = move |req: BollardRequest| {
+        let http = http.clone();
+        let stderr = Arc::clone(&stderr);
+        let shown = shown.clone();
+        let t = t.clone();
+        async move {
+            http.request(req).await.map_err(|e| {
+                let said = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+                bollard::errors::Error::IOError {
+                    err: io::Error::other(describe(&shown, &t, &said, &e.to_string())),
+                }
+            })
+        }
+    };
+    // The URI bollard builds is never dialled: the connector always runs ssh.
+    let docker = Docker::connect_with_custom_transport(
+        transport,
+        Some("http://ssh.invalid"),
+        REQUEST_TIMEOUT_SECS,
+        API_DEFAULT_VERSION,
+    )
+    .map_err(|e| EngineError::new(ErrorKind::Unreachable, format!("{url}: {e}")))?;
+    Ok((docker, url))
+}
+
+/// What went wrong, from ssh's own words.
+pub fn describe(url: &str, t: &Target, ssh_said: &str, fallback: &str) -> String {
+    let said = ssh_said.trim();
+    let pin_hint = || {
+        let scanned = scan_host_key(&t.host, t.port);
+        match scanned {
+            Some((line, fingerprint)) => format!(
+                "the host offers {fingerprint}; verify it out of band (e.g. `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host), then pin it in the manifest:\n      ssh:\n        host_key: \"{line}\""
+            ),
+            None => format!(
+                "add the host's key to known_hosts, or pin it with `ssh.host_key` (get it with `ssh-keyscan -p {} {}` and verify its fingerprint out of band)",
+                t.port, t.host
+            ),
+        }
+    };
+    let key_refused = said.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || said.contains("Host key verification failed")
+        || said.contains("host key is known");
+    if key_refused && t.host_key.is_some() {
+        return format!(
+            "{url}: the host's key does not match the pinned `ssh.host_key`: refusing to connect. {}",
+            pin_hint()
+        );
+    }
+    if said.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || said.contains("Host key for") && said.contains("has changed")
+    {
+        return format!(
+            "{url}: the host key CHANGED since it was trusted: refusing to connect (this may be an attack, or the host was reinstalled); if the change is expected, update known_hosts or `ssh.host_key`"
+        );
+    }
+    if key_refused {
+        return format!(
+            "{url}: the host's key is unknown: refusing to connect. {}",
+            pin_hint()
+        );
+    }
+    if said.contains("Permission denied") {
+        return format!(
+            "{url}: authentication refused for user `{}`: check the `tls_authentication` key (or your ssh agent/config) and that its public key is in the host's authorized_keys",
+            t.user
+        );
+    }
+    if said.contains("command not found")
+        || said.contains("docker: not found")
+        || said.contains("No such file or directory") && said.contains("docker")
+    {
+        return format!(
+            "{url}: there is no `docker` command on the host: install the Docker CLI there (outpostctl runs `docker system dial-stdio` on it)"
+        );
+    }
+    if said.contains("Connection refused")
+        || said.contains("Could not resolve")
+        || said.contains("timed out")
+        || said.contains("No route to host")
+    {
+        let line = said.lines().last().unwrap_or(said);
+        return format!("{url}: cannot reach the host: {line}");
+    }
+    if said.contains("Cannot connect to the Docker daemon")
+        || said.contains("permission denied while trying to connect")
+    {
+        let line = said.lines().last().unwrap_or(said);
+        return format!("{url}: the host's docker CLI cannot reach its engine: {line}");
+    }
+    if said.is_empty() {
+        format!("{url}: {fallback}")
+    } else {
+        format!("{url}: ssh failed: {}", said.lines().last().unwrap_or(said))
+    }
+}
+
+/// The host's key line and fingerprint, from `ssh-keyscan` (bounded), to help pinning.
+fn scan_host_key(host: &str, port: u16) -> Option<(String, String)> {
+    let out = std::process::Command::new("timeout")
+        .args([
+            "5",
+            "ssh-keyscan",
+            "-T",
+            "4",
+            "-t",
+            "ed25519,ecdsa,rsa",
+            "-p",
+            &port.to_string(),
+            "--",
+            host,
+        ])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| !l.starts_with('#') && l.split_whitespace().count() >= 3)?;
+    let mut f = line.split_whitespace().skip(1);
+    let key = format!("{} {}", f.next()?, f.next()?);
+    let mut fp = std::process::Command::new("ssh-keygen")
+        .args(["-lf", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    {
+        use std::io::Write;
+        let mut stdin = fp.stdin.take()?;
+        let _ = writeln!(stdin, "{line}");
+    }
+    let out = fp.wait_with_output().ok()?;
+    let fingerprint = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    Some((key, fingerprint))
+}
