@@ -1,0 +1,729 @@
+//! End to end on the real engine: creating outposts (checked with `docker inspect`), the
+//! plan formats, confirmation, start/create/remove of what moved, and failures that do not
+//! stop the other outposts. Needs `scripts/test-deps.sh`.
+
+mod common;
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::*;
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn ports(pairs: &[(&str, u16)]) -> BTreeMap<String, Vec<String>> {
+    pairs
+        .iter()
+        .map(|(k, p)| (k.to_string(), vec![format!("127.0.0.1:{p}")]))
+        .collect()
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64
+        && s.chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_uppercase())
+}
+
+/// Labels of a container without the config hash, which must be a sha256.
+fn labels_without_hash(c: &Inspect) -> BTreeMap<String, String> {
+    let mut l = c.own_labels();
+    let hash = l.remove(LABEL_CONFIG_HASH).unwrap_or_default();
+    assert!(
+        is_hex64(&hash),
+        "config hash label `{hash}` of {}",
+        c.name()
+    );
+    l
+}
+
+fn healthcheck(test: &[&str]) -> Value {
+    json!({
+        "Test": test,
+        "Interval": 5_000_000_000u64,
+        "StartPeriod": 3_000_000_000u64,
+        "Retries": 20,
+    })
+}
+
+/// A proxy, an ldap and a radius outpost, from a manifest written by hand: the containers
+/// are exactly the ones authentik would deploy (name, image, env, labels with Traefik's,
+/// ports, network, restart policy, health check), with our ownership labels; they start,
+/// become healthy and answer on their ports; the plan afterwards is empty.
+#[test]
+fn creates_proxy_ldap_and_radius_as_authentik_would() {
+    let env = Env::new("create");
+    let (p9000, p9443, p389, p636, p1812) =
+        (env.port(), env.port(), env.port(), env.port(), env.port());
+    let tok_proxy = env.new_token("AK_PROXY");
+    let tok_ldap = env.new_token("AK_LDAP");
+    let tok_radius = env.new_token("AK_RADIUS");
+    let (u_proxy, u_ldap, u_radius) = (env.uuid("p"), env.uuid("l"), env.uuid("r"));
+    // The ldap uuid is written with dashes, as authentik's UI shows it.
+    let u_ldap_dashed = format!(
+        "{}-{}-{}-{}-{}",
+        &u_ldap[..8],
+        &u_ldap[8..12],
+        &u_ldap[12..16],
+        &u_ldap[16..20],
+        &u_ldap[20..]
+    );
+    let yaml = format!(
+        r#"# yaml-language-server: $schema=../../schemas/outpostctl.schema.json
+version: 1
+project: {project}
+
+defaults:
+  authentik_host: https://auth.example.com
+  authentik_version: "2026.8.0"
+  object_naming_template: "{prefix}%(name)s"
+  docker_labels:
+    com.example.team: infra
+
+integrations:
+  local: {{ local: true }}
+
+outposts:
+  Edge Proxy:
+    type: proxy
+    uuid: {u_proxy}
+    integration: local
+    token: {{ env: AK_PROXY }}
+    external_hosts:
+      - https://app.example.com
+      - https://grafana.example.com:8443/path
+    ports:
+      "9000/tcp": "127.0.0.1:{p9000}"
+      "9443/tcp": "127.0.0.1:{p9443}"
+    config:
+      docker_labels:
+        traefik.enable: "false"    # Traefik's own labels win
+  Directory:
+    type: ldap
+    uuid: {u_ldap_dashed}
+    integration: local
+    token: {{ env: AK_LDAP }}
+    ports:
+      "3389/tcp": "127.0.0.1:{p389}"
+      "6636/tcp": "127.0.0.1:{p636}"
+    config:
+      authentik_host: https://LDAP-Auth.Example.com
+      authentik_host_insecure: true
+      docker_labels:
+        com.example.role: directory
+  RADIUS:
+    type: radius
+    uuid: {u_radius}
+    integration: local
+    token: {{ env: AK_RADIUS }}
+    ports:
+      "1812/udp": "127.0.0.1:{p1812}"
+    config:
+      authentik_host_browser: https://login.example.com
+"#,
+        project = env.project,
+        prefix = env.prefix,
+    );
+    env.write_file("outposts.yaml", &yaml);
+
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(
+        plan.code,
+        2,
+        "a plan with changes exits 2:\n{}",
+        shown(&plan)
+    );
+    assert!(
+        plan.stdout.contains("plan: 3 to create"),
+        "{}",
+        shown(&plan)
+    );
+    let (n_proxy, n_ldap, n_radius) = (
+        env.name_of("edge-proxy"),
+        env.name_of("directory"),
+        env.name_of("radius"),
+    );
+    for n in [&n_proxy, &n_ldap, &n_radius] {
+        assert!(
+            plan.stdout.contains(&format!("+ create    {n}")),
+            "{n} not planned for create:\n{}",
+            shown(&plan)
+        );
+    }
+    // Planning changes nothing.
+    assert!(env.project_containers().is_empty());
+
+    let r = env.apply_ok();
+    assert!(
+        r.stdout.contains("apply: 3 done, 0 failed"),
+        "{}",
+        shown(&r)
+    );
+    for (n, o) in [
+        (&n_proxy, "Edge Proxy"),
+        (&n_ldap, "Directory"),
+        (&n_radius, "RADIUS"),
+    ] {
+        assert!(
+            r.stdout.contains(&format!("ok create {n} `{o}` on local")),
+            "{}",
+            shown(&r)
+        );
+    }
+    let all = env.project_containers();
+    assert_eq!(
+        all.keys().cloned().collect::<Vec<_>>(),
+        {
+            let mut v = vec![n_proxy.clone(), n_ldap.clone(), n_radius.clone()];
+            v.sort();
+            v
+        },
+        "exactly the three outposts' containers carry the project label"
+    );
+
+    // --- proxy
+    let proxy = env.container(&n_proxy);
+    assert!(proxy.running(), "{} is {}", n_proxy, proxy.status());
+    assert_eq!(proxy.image(), "ghcr.io/goauthentik/proxy:2026.8.0");
+    let mut want_env = map(&[
+        ("AUTHENTIK_HOST", "https://auth.example.com"),
+        ("AUTHENTIK_INSECURE", "false"),
+        ("AUTHENTIK_TOKEN", &tok_proxy),
+        ("AUTHENTIK_HOST_BROWSER", ""),
+    ]);
+    // What the image itself sets.
+    want_env.insert(
+        "PATH".into(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    );
+    want_env.insert("TMPDIR".into(), "/tmp".into());
+    assert_eq!(proxy.env(), want_env, "env of {n_proxy}");
+    let r = format!("traefik.http.routers.{n_proxy}-router");
+    let s = format!("traefik.http.services.{n_proxy}-service");
+    let want = map(&[
+        (LABEL_UUID, &u_proxy),
+        ("com.example.team", "infra"),
+        ("traefik.enable", "true"),
+        (
+            &format!("{r}.rule"),
+            "(Host(`app.example.com`) || Host(`grafana.example.com:8443`)) && PathPrefix(`/outpost.goauthentik.io`)",
+        ),
+        (&format!("{r}.service"), &format!("{n_proxy}-service")),
+        (&format!("{r}.tls"), "true"),
+        (
+            &format!("{s}.loadbalancer.healthcheck.path"),
+            "/outpost.goauthentik.io/ping",
+        ),
+        (&format!("{s}.loadbalancer.healthcheck.port"), "9300"),
+        (&format!("{s}.loadbalancer.server.port"), "9000"),
+        (LABEL_PROJECT, &env.project),
+        (LABEL_MANAGED_BY, "outpostctl"),
+        (LABEL_OUTPOST, "Edge Proxy"),
+    ]);
+    assert_eq!(labels_without_hash(&proxy), want, "labels of {n_proxy}");
+    assert_eq!(
+        proxy.port_bindings(),
+        ports(&[("9000/tcp", p9000), ("9443/tcp", p9443)])
+    );
+    assert_eq!(proxy.restart_policy(), "unless-stopped");
+    assert!(
+        matches!(proxy.network_mode().as_str(), "default" | "bridge"),
+        "network mode {}",
+        proxy.network_mode()
+    );
+    assert_eq!(proxy.networks(), ["bridge"]);
+    assert_eq!(
+        proxy.healthcheck(),
+        healthcheck(&["CMD", "/authentik", "healthcheck", "proxy"])
+    );
+    assert_eq!(proxy.0["Config"]["Cmd"], Value::Null, "no command");
+    assert_eq!(proxy.0["HostConfig"]["Binds"], Value::Null, "no volumes");
+    assert_eq!(proxy.0["Config"]["User"], "", "no user");
+
+    // --- ldap
+    let ldap = env.container(&n_ldap);
+    assert!(ldap.running(), "{} is {}", n_ldap, ldap.status());
+    assert_eq!(ldap.image(), "ghcr.io/goauthentik/ldap:2026.8.0");
+    let e = ldap.env();
+    assert_eq!(e["AUTHENTIK_HOST"], "https://ldap-auth.example.com");
+    assert_eq!(e["AUTHENTIK_INSECURE"], "true");
+    assert_eq!(e["AUTHENTIK_TOKEN"], tok_ldap);
+    assert_eq!(e["AUTHENTIK_HOST_BROWSER"], "");
+    assert_eq!(e.len(), 6, "env of {n_ldap}: {e:?}");
+    let want = map(&[
+        (LABEL_UUID, &u_ldap),
+        ("com.example.team", "infra"),
+        ("com.example.role", "directory"),
+        (LABEL_PROJECT, &env.project),
+        (LABEL_MANAGED_BY, "outpostctl"),
+        (LABEL_OUTPOST, "Directory"),
+    ]);
+    assert_eq!(labels_without_hash(&ldap), want, "labels of {n_ldap}");
+    assert_eq!(
+        ldap.port_bindings(),
+        ports(&[("3389/tcp", p389), ("6636/tcp", p636)])
+    );
+    assert_eq!(ldap.restart_policy(), "unless-stopped");
+    assert_eq!(ldap.networks(), ["bridge"]);
+    assert_eq!(
+        ldap.healthcheck(),
+        healthcheck(&["CMD", "/ldap", "healthcheck"])
+    );
+
+    // --- radius
+    let radius = env.container(&n_radius);
+    assert!(radius.running(), "{} is {}", n_radius, radius.status());
+    assert_eq!(radius.image(), "ghcr.io/goauthentik/radius:2026.8.0");
+    let e = radius.env();
+    assert_eq!(e["AUTHENTIK_HOST"], "https://auth.example.com");
+    assert_eq!(e["AUTHENTIK_INSECURE"], "false");
+    assert_eq!(e["AUTHENTIK_TOKEN"], tok_radius);
+    assert_eq!(e["AUTHENTIK_HOST_BROWSER"], "https://login.example.com");
+    let want = map(&[
+        (LABEL_UUID, &u_radius),
+        ("com.example.team", "infra"),
+        (LABEL_PROJECT, &env.project),
+        (LABEL_MANAGED_BY, "outpostctl"),
+        (LABEL_OUTPOST, "RADIUS"),
+    ]);
+    assert_eq!(labels_without_hash(&radius), want, "labels of {n_radius}");
+    assert_eq!(radius.port_bindings(), ports(&[("1812/udp", p1812)]));
+    assert_eq!(radius.restart_policy(), "unless-stopped");
+    assert_eq!(radius.networks(), ["bridge"]);
+    assert_eq!(
+        radius.healthcheck(),
+        healthcheck(&["CMD", "/radius", "healthcheck"])
+    );
+
+    // Three different config hashes; no label holds a token (checked by `env.container`).
+    let hashes: std::collections::BTreeSet<_> = [&proxy, &ldap, &radius]
+        .iter()
+        .map(|c| c.label(LABEL_CONFIG_HASH))
+        .collect();
+    assert_eq!(hashes.len(), 3);
+
+    // The published port answers, and the health check command works in the image.
+    let ping = http_get(
+        &format!("127.0.0.1:{p9000}"),
+        "/outpost.goauthentik.io/ping",
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            http_get(
+                &format!("127.0.0.1:{p9000}"),
+                "/outpost.goauthentik.io/ping",
+            )
+            .is_some_and(|(s, _)| s == 200)
+        }),
+        "the proxy does not answer on 127.0.0.1:{p9000}: {ping:?}"
+    );
+    for n in [&n_proxy, &n_ldap, &n_radius] {
+        let h = env.wait_healthy(n, Duration::from_secs(40));
+        assert_eq!(h.as_deref(), Some("healthy"), "health of {n}");
+    }
+
+    env.assert_converged();
+    // A second apply has nothing to do and changes nothing.
+    let again = env.apply_ok();
+    assert!(
+        again.stdout.contains("nothing to apply"),
+        "{}",
+        shown(&again)
+    );
+    assert_eq!(env.container(&n_proxy).id(), proxy.id());
+}
+
+/// `--format json` is the documented, versioned plan; `--format markdown` a table for a
+/// pull-request comment.
+#[test]
+fn plan_formats_json_and_markdown() {
+    let env = Env::new("formats");
+    let mut m = env.manifest();
+    m["outposts"]["Alpha"] = env.outpost("ldap", "AK_A");
+    m["outposts"]["Beta"] = env.outpost("rac", "AK_B");
+    env.write(&m);
+
+    let plan = env.plan_json();
+    assert_eq!(plan["format_version"], 1, "{plan:#}");
+    assert_eq!(plan["project"], env.project.as_str());
+    assert_eq!(plan["summary"]["create"], 2, "{plan:#}");
+    assert_eq!(plan["summary"]["unchanged"], 0);
+    assert_eq!(plan["changes"], true);
+    let local = &plan["integrations"][0];
+    assert_eq!(local["name"], "local");
+    let a = action_of(&plan, "Alpha");
+    assert_eq!(a["action"], "create");
+    assert_eq!(a["name"], env.name_of("alpha").as_str());
+    assert_eq!(action_of(&plan, "Beta")["action"], "create");
+
+    let md = env.plan(&["--format", "markdown"]);
+    assert_eq!(md.code, 0, "{}", shown(&md));
+    assert!(
+        md.stdout.contains(&format!(
+            "### outpostctl plan for `{}`: 2 to create",
+            env.project
+        )),
+        "{}",
+        shown(&md)
+    );
+    assert!(
+        md.stdout
+            .contains("| | Action | Outpost | Container | Details |")
+            && md.stdout.contains("|---|---|---|---|---|"),
+        "no table:\n{}",
+        shown(&md)
+    );
+    assert!(
+        md.stdout
+            .contains(&format!("| create | Alpha | `{}` |", env.name_of("alpha"))),
+        "{}",
+        shown(&md)
+    );
+
+    env.apply_ok();
+    let plan = env.plan_json();
+    assert_eq!(plan["summary"]["create"], 0);
+    assert_eq!(plan["summary"]["unchanged"], 2, "{plan:#}");
+    assert_eq!(plan["changes"], false);
+    assert_eq!(action_of(&plan, "Alpha")["action"], "noop");
+    let c = env.container(&env.name_of("alpha"));
+    assert_eq!(
+        action_of(&plan, "Alpha")["container"]["id"],
+        c.id().as_str(),
+        "the action names the live container"
+    );
+    let md = env.plan(&["--format", "markdown"]);
+    assert!(md.stdout.contains("no changes"), "{}", shown(&md));
+
+    // A change shows its reason in both.
+    m["outposts"]["Alpha"]["config"]["docker_labels"] = json!({"com.example.x": "1"});
+    env.write(&m);
+    let plan = env.plan_json();
+    let a = action_of(&plan, "Alpha");
+    assert_eq!(a["action"], "recreate");
+    assert_eq!(
+        reason(&a, "labels.com.example.x"),
+        Some(&json!({"field": "labels.com.example.x", "before": null, "after": "1"})),
+        "{a:#}"
+    );
+    let md = env.plan(&["--format", "markdown"]);
+    assert!(
+        md.stdout.contains("| recreate | Alpha |") && md.stdout.contains("labels.com.example.x"),
+        "{}",
+        shown(&md)
+    );
+}
+
+/// In the Markdown plan, reasons are code spans; inside a code span Markdown shows `&gt;`
+/// literally, so the arrow must stay `->` there (only `|` needs its table escape).
+#[test]
+#[ignore = "bug: markdown plan HTML-escapes `->` inside code spans, so PR comments show `-&gt;`"]
+fn markdown_reasons_show_a_plain_arrow() {
+    let env = Env::new("mdarrow");
+    let mut m = env.manifest();
+    m["outposts"]["Alpha"] = env.outpost("rac", "AK_A");
+    env.write(&m);
+    env.apply_ok();
+    m["outposts"]["Alpha"]["config"]["docker_labels"] = json!({"com.example.x": "1"});
+    env.write(&m);
+    let md = env.plan(&["--format", "markdown"]);
+    assert!(
+        md.stdout.contains("`labels.com.example.x: (none) -> 1`"),
+        "{}",
+        shown(&md)
+    );
+}
+
+/// Without a terminal and without --auto-approve, apply refuses and changes nothing.
+#[test]
+fn apply_without_terminal_or_auto_approve_refuses() {
+    let env = Env::new("notty");
+    let mut m = env.manifest();
+    m["outposts"]["Solo"] = env.outpost("radius", "AK_SOLO");
+    env.write(&m);
+    let r = env.run(&["apply", "."]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stderr.contains("refusing to apply without confirmation")
+            && r.stderr.contains("--auto-approve"),
+        "{}",
+        shown(&r)
+    );
+    assert!(
+        env.project_containers().is_empty(),
+        "apply changed the engine"
+    );
+}
+
+/// A stopped outpost is started (same container), not recreated.
+#[test]
+fn stopped_outpost_is_started() {
+    let env = Env::new("start");
+    let mut m = env.manifest();
+    m["outposts"]["Sleepy"] = env.outpost("ldap", "AK_S");
+    m["outposts"]["Awake"] = env.outpost("rac", "AK_W");
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("sleepy");
+    let before = env.container(&name);
+    docker_ok(&["stop", "-t", "5", &name]);
+    assert!(!env.container(&name).running());
+
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", shown(&plan));
+    assert!(
+        plan.stdout.contains(&format!("^ start     {name}"))
+            && plan.stdout.contains("state: exited -> running")
+            && plan.stdout.contains("plan: 1 to start, 1 unchanged"),
+        "{}",
+        shown(&plan)
+    );
+    env.apply_ok();
+    let after = env.container(&name);
+    assert!(after.running(), "{name} is {}", after.status());
+    assert_eq!(after.id(), before.id(), "started, not recreated");
+    env.assert_converged();
+}
+
+/// A container removed by hand is planned for create, and created again.
+#[test]
+fn container_removed_by_hand_is_created_again() {
+    let env = Env::new("gone");
+    let mut m = env.manifest();
+    m["outposts"]["Lost"] = env.outpost("proxy", "AK_L");
+    m["outposts"]["Kept"] = env.outpost("radius", "AK_K");
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("lost");
+    let old = env.container(&name).id();
+    let kept = env.container(&env.name_of("kept")).id();
+    docker_ok(&["rm", "-f", &name]);
+
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", shown(&plan));
+    assert!(
+        plan.stdout.contains(&format!("+ create    {name}"))
+            && plan.stdout.contains("plan: 1 to create, 1 unchanged"),
+        "{}",
+        shown(&plan)
+    );
+    env.apply_ok();
+    let new = env.container(&name);
+    assert!(new.running());
+    assert_ne!(new.id(), old);
+    assert_eq!(env.container(&env.name_of("kept")).id(), kept);
+    env.assert_converged();
+}
+
+/// An outpost removed from the manifests is removed; the others stay as they are.
+#[test]
+fn outpost_removed_from_manifests_is_removed() {
+    let env = Env::new("prune");
+    let mut m = env.manifest();
+    m["outposts"]["Old"] = env.outpost("ldap", "AK_O");
+    m["outposts"]["Stays"] = env.outpost("radius", "AK_S");
+    env.write(&m);
+    env.apply_ok();
+    let old = env.name_of("old");
+    let stays = env.container(&env.name_of("stays")).id();
+    assert!(inspect(&old).is_some());
+
+    m["outposts"].as_object_mut().unwrap().remove("Old");
+    env.write(&m);
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", shown(&plan));
+    assert!(
+        plan.stdout.contains(&format!("- remove    {old}"))
+            && plan
+                .stdout
+                .contains("outpost: in the manifests -> removed from the manifests")
+            && plan.stdout.contains("plan: 1 to remove, 1 unchanged"),
+        "{}",
+        shown(&plan)
+    );
+    let json = env.plan_json();
+    assert_eq!(action_of(&json, "Old")["action"], "remove");
+    let r = env.apply_ok();
+    assert!(
+        r.stdout
+            .contains(&format!("ok remove {old} `Old` on local")),
+        "{}",
+        shown(&r)
+    );
+    assert!(inspect(&old).is_none(), "{old} is still there");
+    assert_eq!(env.container(&env.name_of("stays")).id(), stays);
+    env.assert_converged();
+    assert_eq!(env.project_containers().len(), 1);
+}
+
+/// A host port taken by another container makes that one outpost fail; the others are
+/// created, the summary names the failure and the exit code is 1. Once the port is free, a
+/// rerun converges.
+#[test]
+fn port_conflict_fails_one_outpost_not_the_others() {
+    let env = Env::new("portclash");
+    let mut m = env.manifest();
+    let mut proxy = env.outpost("proxy", "AK_P");
+    let proxy_ports = env.publish(&mut proxy);
+    let taken = proxy_ports["9000/tcp"];
+    m["outposts"]["Blocked Proxy"] = proxy;
+    let mut ldap = env.outpost("ldap", "AK_L");
+    env.publish(&mut ldap);
+    m["outposts"]["Fine LDAP"] = ldap;
+    let mut radius = env.outpost("radius", "AK_R");
+    env.publish(&mut radius);
+    m["outposts"]["Fine RADIUS"] = radius;
+    env.write(&m);
+
+    let blocker = env.name_of("port-squatter");
+    env.docker_container(
+        "run",
+        &blocker,
+        &["-d", "-p", &format!("127.0.0.1:{taken}:9000"), IMAGE_V1],
+    );
+
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    let n_proxy = env.name_of("blocked-proxy");
+    assert!(
+        r.stdout
+            .contains(&format!("FAILED create {n_proxy} `Blocked Proxy` on local")),
+        "{}",
+        shown(&r)
+    );
+    assert!(
+        r.stdout.contains(&taken.to_string()) && r.stdout.contains("port"),
+        "the failure names the port:\n{}",
+        shown(&r)
+    );
+    assert!(
+        r.stdout.contains("apply: 2 done, 1 failed"),
+        "{}",
+        shown(&r)
+    );
+    for n in ["fine-ldap", "fine-radius"] {
+        let c = env.container(&env.name_of(n));
+        assert!(c.running(), "{n} was not created and started");
+    }
+    // The failed outpost leaves no half-made container behind; the squatter is untouched.
+    assert!(
+        inspect(&n_proxy).is_none_or(|c| !c.running()),
+        "{n_proxy} runs although its port is taken"
+    );
+    assert!(env.container(&blocker).running());
+
+    docker_ok(&["rm", "-f", &blocker]);
+    let again = env.apply_ok();
+    assert!(
+        again
+            .stdout
+            .contains(&format!("ok create {n_proxy} `Blocked Proxy` on local")),
+        "{}",
+        shown(&again)
+    );
+    assert!(env.container(&n_proxy).running());
+    env.assert_converged();
+}
+
+/// `pull: never` with an image the engine does not have fails that outpost only.
+#[test]
+fn pull_never_with_missing_image_fails_that_outpost_only() {
+    let env = Env::new("never");
+    let image = format!("outpostctl-test/outpost:absent-{}", std::process::id());
+    let mut m = env.manifest();
+    let mut strict = env.outpost("radius", "AK_N");
+    strict["pull"] = json!("never");
+    strict["config"]["container_image"] = json!(image);
+    m["outposts"]["Strict"] = strict;
+    m["outposts"]["Other"] = env.outpost("ldap", "AK_O");
+    env.write(&m);
+
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    let strict_name = env.name_of("strict");
+    assert!(
+        r.stdout
+            .contains(&format!("FAILED create {strict_name} `Strict` on local"))
+            && r.stdout.contains(&image)
+            && r.stdout.contains("pull: never"),
+        "{}",
+        shown(&r)
+    );
+    assert!(
+        r.stdout.contains("apply: 1 done, 1 failed"),
+        "{}",
+        shown(&r)
+    );
+    assert!(env.container(&env.name_of("other")).running());
+    assert!(inspect(&strict_name).is_none());
+    assert!(image_id(&image).is_none(), "pull: never pulled");
+
+    // Once the image is there, a rerun converges without pulling.
+    env.track_image_tag(&image);
+    docker_ok(&["tag", IMAGE_V1, &image]);
+    env.apply_ok();
+    assert_eq!(env.container(&strict_name).image(), image);
+    env.assert_converged();
+}
+
+/// A recreate whose new container cannot start (its new host port is taken) puts the old
+/// container back, under its name and running, and reports the error; freed, it converges.
+#[test]
+fn failed_recreate_puts_the_old_container_back() {
+    let env = Env::new("putback");
+    let mut m = env.manifest();
+    let mut o = env.outpost("proxy", "AK_P");
+    env.publish(&mut o);
+    m["outposts"]["Phoenix"] = o;
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("phoenix");
+    let old = env.container(&name);
+
+    let taken = env.port();
+    m["outposts"]["Phoenix"]["ports"]["9000/tcp"] = json!(format!("127.0.0.1:{taken}"));
+    env.write(&m);
+    let blocker = env.name_of("squatter");
+    env.docker_container(
+        "run",
+        &blocker,
+        &["-d", "-p", &format!("127.0.0.1:{taken}:9000"), IMAGE_V1],
+    );
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stdout
+            .contains(&format!("FAILED recreate {name} `Phoenix` on local"))
+            && r.stdout
+                .contains("the previous container was started again"),
+        "{}",
+        shown(&r)
+    );
+    let back = env.container(&name);
+    assert_eq!(back.id(), old.id(), "the old container is back");
+    assert!(back.running(), "the old container runs again");
+    assert_eq!(back.port_bindings(), old.port_bindings());
+    assert_eq!(
+        env.project_containers().len(),
+        1,
+        "no half-made replacement is left"
+    );
+    let plan = env.plan_json();
+    assert_eq!(action_of(&plan, "Phoenix")["action"], "recreate");
+
+    docker_ok(&["rm", "-f", &blocker]);
+    env.apply_ok();
+    let new = env.container(&name);
+    assert_ne!(new.id(), old.id());
+    assert_eq!(
+        new.port_bindings()["9000/tcp"],
+        [format!("127.0.0.1:{taken}")]
+    );
+    env.assert_converged();
+}
