@@ -507,11 +507,11 @@ fn property_names(schema: &Value, pointer: &str) -> Vec<String> {
 }
 
 fn enum_values(schema: &Value, def: &str) -> Vec<String> {
-    schema_at(schema, &format!("/$defs/{def}/oneOf"))
+    schema_at(schema, &format!("/$defs/{def}/enum"))
         .as_array()
-        .unwrap_or_else(|| panic!("{def} is not a oneOf"))
+        .unwrap_or_else(|| panic!("{def} is not an enum"))
         .iter()
-        .map(|v| v["const"].as_str().expect("a string const").to_string())
+        .map(|v| v.as_str().expect("a string value").to_string())
         .collect()
 }
 
@@ -659,6 +659,8 @@ fn hover_shows_schema_descriptions() {
             "/$defs/Outpost/properties/external_hosts/description",
         ),
         ("token:", "/$defs/Outpost/properties/token/description"),
+        // An enum-valued key shows its own description, not its value's.
+        ("type:", "/$defs/Outpost/properties/type/description"),
         (
             "docker_map_ports:",
             "/$defs/OutpostConfig/properties/docker_map_ports/description",

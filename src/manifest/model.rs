@@ -441,5 +441,66 @@ pub fn schema() -> serde_json::Value {
             d.insert("additionalProperties".into(), false.into());
         }
     }
+    polish(&mut value);
     value
+}
+
+/// Shapes the generated schema for editors (yaml-language-server, VS Code):
+/// - an enum whose values have doc comments becomes `enum` + `enumDescriptions` instead of a
+///   `oneOf` of constants, so hovering the key shows the key's description, not a value's;
+/// - single line breaks of doc comments are joined (editors render each as a paragraph);
+/// - `"default": null` is dropped (completion would insert `key: null`).
+fn polish(node: &mut serde_json::Value) {
+    use serde_json::Value;
+    match node {
+        Value::Object(map) => {
+            if let Some(Value::Array(branches)) = map.get("oneOf") {
+                let consts: Option<Vec<(Value, String)>> = branches
+                    .iter()
+                    .map(|b| {
+                        let c = b.get("const")?.clone();
+                        let d = b
+                            .get("description")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        Some((c, reflow(d)))
+                    })
+                    .collect();
+                if let Some(consts) = consts.filter(|c| !c.is_empty()) {
+                    map.remove("oneOf");
+                    map.insert("type".into(), "string".into());
+                    map.insert(
+                        "enum".into(),
+                        consts.iter().map(|(c, _)| c.clone()).collect(),
+                    );
+                    let descriptions: Vec<Value> =
+                        consts.iter().map(|(_, d)| d.clone().into()).collect();
+                    map.insert("enumDescriptions".into(), descriptions.clone().into());
+                    map.insert("markdownEnumDescriptions".into(), descriptions.into());
+                }
+            }
+            if map.get("default") == Some(&Value::Null) {
+                map.remove("default");
+            }
+            for (k, v) in map.iter_mut() {
+                if k == "description" {
+                    if let Value::String(s) = v {
+                        *s = reflow(s);
+                    }
+                } else {
+                    polish(v);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(polish),
+        _ => {}
+    }
+}
+
+/// Joins the lines of each paragraph; blank lines still separate paragraphs.
+fn reflow(text: &str) -> String {
+    text.split("\n\n")
+        .map(|p| p.split('\n').map(str::trim).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
