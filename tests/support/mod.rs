@@ -735,13 +735,17 @@ impl Env {
         })
     }
 
-    /// An outpost of `kind` on the local engine with its own token (env `AK_<VAR>`), set now.
+    /// An outpost of `kind` on the local engine with its own token in the environment
+    /// variable `token_var` (set now unless it is set already). Its `uuid` is unique to this
+    /// test and `token_var`: a uuid derived from the outpost name would be the same in every
+    /// test (and every project) that uses that name.
     pub fn outpost(&self, kind: &str, token_var: &str) -> Value {
         if !self.tokens.lock().unwrap().contains_key(token_var) {
             self.new_token(token_var);
         }
         json!({
             "type": kind,
+            "uuid": self.uuid(token_var),
             "integration": "local",
             "token": { "env": token_var },
         })

@@ -1,0 +1,503 @@
+//! End to end on the real engine: every setting that changes the container (image, network,
+//! labels, ports, authentik host, insecure flag, token) is planned as a recreate with its
+//! reason and converges after apply; a naming-template change renames (or recreates proxies,
+//! whose Traefik labels embed the name). Needs `scripts/test-deps.sh`.
+
+mod common;
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+
+/// What a change did: the plan before the apply and the container before and after.
+struct Changed {
+    env: Env,
+    name: String,
+    before: Inspect,
+    after: Inspect,
+    /// Human plan output.
+    plan: String,
+    /// The subject's action in the JSON plan.
+    action: Value,
+}
+
+/// Applies a manifest with the outpost `Subject` (of `kind`, shaped by `setup`) and an
+/// unrelated `Bystander`; then `change`s the manifest and checks that the plan is exactly a
+/// recreate of the subject (exit 2), that apply replaces its container and leaves the
+/// bystander alone, and that the plan is empty afterwards.
+fn recreate_case(
+    tag: &str,
+    kind: &str,
+    setup: impl FnOnce(&Env, &mut Value),
+    change: impl FnOnce(&Env, &mut Value),
+) -> Changed {
+    let env = Env::new(tag);
+    let mut m = env.manifest();
+    let mut subject = env.outpost(kind, "AK_SUBJECT");
+    setup(&env, &mut subject);
+    m["outposts"]["Subject"] = subject;
+    m["outposts"]["Bystander"] = env.outpost("rac", "AK_BYSTANDER");
+    env.write(&m);
+    env.apply_ok();
+    env.assert_converged();
+    let name = env.name_of("subject");
+    let before = env.container(&name);
+    let bystander = env.container(&env.name_of("bystander")).id();
+
+    let mut subject = m["outposts"]["Subject"].take();
+    change(&env, &mut subject);
+    m["outposts"]["Subject"] = subject;
+    env.write(&m);
+
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", shown(&plan));
+    assert!(
+        plan.stdout.contains(&format!("~ recreate  {name}"))
+            && plan.stdout.contains("plan: 1 to recreate, 1 unchanged"),
+        "{}",
+        shown(&plan)
+    );
+    let json = env.plan_json();
+    let action = action_of(&json, "Subject");
+    assert_eq!(action["action"], "recreate", "{action:#}");
+    assert_eq!(action["container"]["id"], before.id().as_str());
+
+    let r = env.apply_ok();
+    assert!(
+        r.stdout
+            .contains(&format!("ok recreate {name} `Subject` on local")),
+        "{}",
+        shown(&r)
+    );
+    let after = env.container(&name);
+    assert_ne!(after.id(), before.id(), "the container was replaced");
+    assert!(after.running(), "{name} is {}", after.status());
+    assert!(
+        inspect(&before.id()).is_none(),
+        "the old container was removed"
+    );
+    assert_eq!(
+        env.container(&env.name_of("bystander")).id(),
+        bystander,
+        "the bystander was left alone"
+    );
+    assert_eq!(env.project_containers().len(), 2);
+    assert_eq!(
+        after.label(LABEL_UUID),
+        before.label(LABEL_UUID),
+        "same outpost"
+    );
+    assert_ne!(
+        after.label(LABEL_CONFIG_HASH),
+        before.label(LABEL_CONFIG_HASH)
+    );
+    env.assert_converged();
+    Changed {
+        env,
+        name,
+        before,
+        after,
+        plan: plan.stdout,
+        action,
+    }
+}
+
+/// The reason for `field` must be in the JSON action and the human plan.
+fn assert_reason(c: &Changed, field: &str, before: Value, after: Value) {
+    let r =
+        reason(&c.action, field).unwrap_or_else(|| panic!("no reason `{field}` in {:#}", c.action));
+    assert_eq!(r["before"], before, "{:#}", c.action);
+    assert_eq!(r["after"], after, "{:#}", c.action);
+    assert!(
+        c.plan.contains(&format!("      {field}: ")),
+        "the human plan does not name `{field}`:\n{}",
+        c.plan
+    );
+}
+
+#[test]
+fn image_change_recreates() {
+    let c = recreate_case(
+        "image",
+        "ldap",
+        |_, o| o["config"]["container_image"] = json!(IMAGE_V1),
+        |_, o| o["config"]["container_image"] = json!(IMAGE_V2),
+    );
+    assert_reason(&c, "image", json!(IMAGE_V1), json!(IMAGE_V2));
+    assert_eq!(
+        reason_fields(&c.action),
+        ["image"],
+        "only the image differs"
+    );
+    assert!(
+        c.plan.contains(&format!("image: {IMAGE_V1} -> {IMAGE_V2}")),
+        "{}",
+        c.plan
+    );
+    assert_eq!(c.before.image(), IMAGE_V1);
+    assert_eq!(c.after.image(), IMAGE_V2);
+    assert_eq!(Some(c.after.image_id()), image_id(IMAGE_V2));
+    assert_ne!(c.after.image_id(), c.before.image_id());
+}
+
+/// From authentik's default image to a custom one: the plan must say that the image changes.
+/// (The default image is also the custom image's fallback, and the reasons skip a live image
+/// equal to the fallback, so the plan only shows `config-hash: ... -> ...`.)
+#[test]
+#[ignore = "bug: default image -> container_image change is explained as `config-hash`, not `image`"]
+fn image_change_from_the_default_image_names_the_image() {
+    let c = recreate_case(
+        "imagedef",
+        "ldap",
+        |_, _| {},
+        |_, o| o["config"]["container_image"] = json!(IMAGE_V2),
+    );
+    assert_eq!(c.before.image(), "ghcr.io/goauthentik/ldap:2026.8.0");
+    assert_eq!(c.after.image(), IMAGE_V2);
+    assert_reason(
+        &c,
+        "image",
+        json!("ghcr.io/goauthentik/ldap:2026.8.0"),
+        json!(IMAGE_V2),
+    );
+}
+
+#[test]
+fn network_change_recreates() {
+    let mut net = String::new();
+    let c = recreate_case(
+        "network",
+        "proxy",
+        |_, _| {},
+        |env, o| {
+            net = env.network("net");
+            o["config"]["docker_network"] = json!(net);
+        },
+    );
+    assert_reason(&c, "network", json!("bridge"), json!(net));
+    assert_eq!(c.before.networks(), ["bridge"]);
+    assert_eq!(c.after.network_mode(), net);
+    assert_eq!(c.after.networks(), [net.clone()]);
+
+    // And back to the default bridge.
+    let env = &c.env;
+    let mut m: Value = env.manifest();
+    m["outposts"]["Subject"] = env.outpost("proxy", "AK_SUBJECT");
+    m["outposts"]["Bystander"] = env.outpost("rac", "AK_BYSTANDER");
+    env.write(&m);
+    let plan = env.plan_json();
+    let a = action_of(&plan, "Subject");
+    assert_eq!(a["action"], "recreate");
+    assert_eq!(
+        reason(&a, "network"),
+        Some(&json!({"field": "network", "before": net, "after": "bridge"}))
+    );
+    env.apply_ok();
+    assert_eq!(env.container(&c.name).networks(), ["bridge"]);
+    env.assert_converged();
+}
+
+/// authentik never notices a network connected by hand; outpostctl does, because the network
+/// is part of the container spec.
+#[test]
+fn network_connected_by_hand_is_planned_as_recreate() {
+    let env = Env::new("netbyhand");
+    let net = env.network("extra");
+    let mut m = env.manifest();
+    m["outposts"]["Wired"] = env.outpost("ldap", "AK_W");
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("wired");
+    let before = env.container(&name);
+    docker_ok(&["network", "connect", &net, &name]);
+
+    let plan = env.plan_json();
+    let a = action_of(&plan, "Wired");
+    assert_eq!(a["action"], "recreate", "{a:#}");
+    let r = reason(&a, "network").unwrap_or_else(|| panic!("no network reason: {a:#}"));
+    assert_eq!(r["after"], "bridge");
+    assert!(
+        r["before"].as_str().is_some_and(|b| b.contains(&net)),
+        "{a:#}"
+    );
+    env.apply_ok();
+    let after = env.container(&name);
+    assert_ne!(after.id(), before.id());
+    assert_eq!(after.networks(), ["bridge"]);
+    env.assert_converged();
+}
+
+#[test]
+fn labels_change_recreates() {
+    let c = recreate_case(
+        "labels",
+        "radius",
+        |_, o| {
+            o["config"]["docker_labels"] = json!({"com.example.keep": "k", "com.example.old": "1"});
+        },
+        |_, o| {
+            o["config"]["docker_labels"] =
+                json!({"com.example.keep": "k", "com.example.team": "infra"});
+        },
+    );
+    assert_reason(&c, "labels.com.example.team", Value::Null, json!("infra"));
+    assert_reason(&c, "labels.com.example.old", json!("1"), Value::Null);
+    let mut fields = reason_fields(&c.action);
+    fields.sort();
+    assert_eq!(
+        fields,
+        ["labels.com.example.old", "labels.com.example.team"]
+    );
+    assert!(c.plan.contains("labels.com.example.team: (none) -> infra"));
+    assert!(c.plan.contains("labels.com.example.old: 1 -> (removed)"));
+    let l = c.after.labels();
+    assert_eq!(l.get("com.example.team").map(String::as_str), Some("infra"));
+    assert_eq!(l.get("com.example.keep").map(String::as_str), Some("k"));
+    assert!(!l.contains_key("com.example.old"));
+}
+
+#[test]
+fn ports_change_recreates() {
+    let mut old = 0;
+    let mut new = 0;
+    let c = recreate_case(
+        "ports",
+        "proxy",
+        |env, o| {
+            old = env.publish(o)["9000/tcp"];
+        },
+        |env, o| {
+            new = env.port();
+            o["ports"]["9000/tcp"] = json!(format!("127.0.0.1:{new}"));
+        },
+    );
+    let r = reason(&c.action, "ports").expect("a ports reason");
+    assert!(
+        r["before"]
+            .as_str()
+            .is_some_and(|b| b.contains(&format!("127.0.0.1:{old}->9000/tcp")))
+            && r["after"]
+                .as_str()
+                .is_some_and(|a| a.contains(&format!("127.0.0.1:{new}->9000/tcp"))),
+        "{:#}",
+        c.action
+    );
+    assert!(c.plan.contains("      ports: "), "{}", c.plan);
+    assert_eq!(
+        c.after.port_bindings()["9000/tcp"],
+        [format!("127.0.0.1:{new}")]
+    );
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || {
+            http_get(&format!("127.0.0.1:{new}"), "/outpost.goauthentik.io/ping")
+                .is_some_and(|(s, _)| s == 200)
+        }),
+        "the proxy does not answer on its new port {new}"
+    );
+    assert!(
+        http_get(&format!("127.0.0.1:{old}"), "/").is_none(),
+        "the old port {old} still answers"
+    );
+}
+
+/// Turning docker_map_ports off unpublishes the ports.
+#[test]
+fn map_ports_off_recreates_without_ports() {
+    let mut published = Default::default();
+    let c = recreate_case(
+        "mapoff",
+        "ldap",
+        |env, o| published = env.publish(o),
+        |_, o| o["config"]["docker_map_ports"] = json!(false),
+    );
+    let before = format!(
+        "127.0.0.1:{}->3389/tcp, 127.0.0.1:{}->6636/tcp",
+        published["3389/tcp"], published["6636/tcp"]
+    );
+    assert_reason(&c, "ports", json!(before), json!(""));
+    assert_eq!(reason_fields(&c.action), ["ports"]);
+    assert_eq!(c.before.port_bindings().len(), 2);
+    assert!(
+        c.after.port_bindings().is_empty(),
+        "{:?}",
+        c.after.port_bindings()
+    );
+}
+
+#[test]
+fn authentik_host_change_recreates() {
+    let c = recreate_case(
+        "akhost",
+        "proxy",
+        |_, _| {},
+        |_, o| o["config"]["authentik_host"] = json!("https://Auth2.Example.com"),
+    );
+    // authentik lowercases the host.
+    assert_reason(
+        &c,
+        "env.AUTHENTIK_HOST",
+        json!(AK_HOST),
+        json!("https://auth2.example.com"),
+    );
+    assert_eq!(reason_fields(&c.action), ["env.AUTHENTIK_HOST"]);
+    assert_eq!(c.after.env()["AUTHENTIK_HOST"], "https://auth2.example.com");
+}
+
+#[test]
+fn authentik_host_browser_change_recreates() {
+    let c = recreate_case(
+        "akbrowser",
+        "radius",
+        |_, _| {},
+        |_, o| o["config"]["authentik_host_browser"] = json!("https://login.example.com"),
+    );
+    assert_reason(
+        &c,
+        "env.AUTHENTIK_HOST_BROWSER",
+        json!(""),
+        json!("https://login.example.com"),
+    );
+    assert_eq!(
+        c.after.env()["AUTHENTIK_HOST_BROWSER"],
+        "https://login.example.com"
+    );
+}
+
+#[test]
+fn insecure_flag_change_recreates() {
+    let c = recreate_case(
+        "insecure",
+        "ldap",
+        |_, _| {},
+        |_, o| o["config"]["authentik_host_insecure"] = json!(true),
+    );
+    assert_reason(&c, "env.AUTHENTIK_INSECURE", json!("false"), json!("true"));
+    assert_eq!(reason_fields(&c.action), ["env.AUTHENTIK_INSECURE"]);
+    assert_eq!(c.after.env()["AUTHENTIK_INSECURE"], "true");
+}
+
+/// A new token recreates; the plan shows only `(changed)`, never a value (every run checks
+/// that no token value is printed).
+#[test]
+fn token_change_recreates_without_showing_it() {
+    let mut new_token = String::new();
+    let c = recreate_case(
+        "token",
+        "proxy",
+        |_, _| {},
+        |env, _| new_token = env.new_token("AK_SUBJECT"),
+    );
+    assert_reason(
+        &c,
+        "env.AUTHENTIK_TOKEN",
+        json!("(secret)"),
+        json!("(changed)"),
+    );
+    assert_eq!(reason_fields(&c.action), ["env.AUTHENTIK_TOKEN"]);
+    assert!(
+        c.plan
+            .contains("env.AUTHENTIK_TOKEN: (secret) -> (changed)"),
+        "{}",
+        c.plan
+    );
+    assert_eq!(c.after.env()["AUTHENTIK_TOKEN"], new_token);
+    assert_ne!(c.before.env()["AUTHENTIK_TOKEN"], new_token);
+}
+
+/// The token is a secret in `plan --diff` too.
+#[test]
+fn token_change_in_diff_output_is_hidden() {
+    let env = Env::new("tokdiff");
+    let mut m = env.manifest();
+    m["outposts"]["Subject"] = env.outpost("ldap", "AK_SUBJECT");
+    env.write(&m);
+    env.apply_ok();
+    env.new_token("AK_SUBJECT");
+    let d = env.plan(&["--diff"]);
+    assert_eq!(d.code, 0, "{}", shown(&d));
+    assert!(
+        d.stdout.contains("AUTHENTIK_TOKEN: (secret") && d.stdout.contains("~ recreate"),
+        "{}",
+        shown(&d)
+    );
+}
+
+/// A naming-template change renames the ldap container in place (same id) and a proxy
+/// without external hosts; a proxy with external hosts is recreated, since its Traefik labels
+/// embed the container name.
+#[test]
+fn naming_template_change_renames_or_recreates_proxies() {
+    let env = Env::new("rename");
+    let mut m = env.manifest();
+    m["outposts"]["Dir"] = env.outpost("ldap", "AK_D");
+    let mut web = env.outpost("proxy", "AK_P");
+    web["external_hosts"] = json!(["https://app.example.com"]);
+    m["outposts"]["Web"] = web;
+    m["outposts"]["Bare"] = env.outpost("proxy", "AK_B");
+    env.write(&m);
+    env.apply_ok();
+    let old = |s: &str| env.name_of(s);
+    let new = |s: &str| format!("{}r-{s}", env.prefix);
+    let dir = env.container(&old("dir"));
+    let web = env.container(&old("web"));
+    let bare = env.container(&old("bare"));
+
+    m["defaults"]["object_naming_template"] = json!(format!("{}R-%(name)s", env.prefix));
+    env.write(&m);
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", shown(&plan));
+    assert!(
+        plan.stdout
+            .contains(&format!("> rename    {} -> {}", old("dir"), new("dir"))),
+        "{}",
+        shown(&plan)
+    );
+    assert!(
+        plan.stdout
+            .contains(&format!("name: {} -> {}", old("dir"), new("dir"))),
+        "{}",
+        shown(&plan)
+    );
+    assert!(
+        plan.stdout.contains(&format!("~ recreate  {}", new("web")))
+            && plan.stdout.contains("plan: 1 to recreate, 2 to rename"),
+        "{}",
+        shown(&plan)
+    );
+    let json = env.plan_json();
+    let a = action_of(&json, "Web");
+    assert_eq!(a["action"], "recreate");
+    assert_eq!(
+        reason(&a, "name"),
+        Some(&json!({"field": "name", "before": old("web"), "after": new("web")}))
+    );
+    let rule = format!("labels.traefik.http.routers.{}-router.rule", new("web"));
+    assert!(reason(&a, &rule).is_some(), "no reason `{rule}`: {a:#}");
+    assert_eq!(action_of(&json, "Dir")["action"], "rename");
+    assert_eq!(action_of(&json, "Bare")["action"], "rename");
+
+    env.apply_ok();
+    let dir2 = env.container(&new("dir"));
+    assert_eq!(dir2.id(), dir.id(), "renamed in place");
+    assert!(dir2.running());
+    assert!(inspect(&old("dir")).is_none());
+    let bare2 = env.container(&new("bare"));
+    assert_eq!(bare2.id(), bare.id(), "no Traefik labels: renamed in place");
+    let web2 = env.container(&new("web"));
+    assert_ne!(web2.id(), web.id(), "the proxy was recreated");
+    assert_eq!(
+        web2.label(&format!(
+            "traefik.http.routers.{}-router.service",
+            new("web")
+        )),
+        Some(format!("{}-service", new("web")))
+    );
+    assert!(
+        web2.labels().keys().all(|k| !k.contains(&old("web"))),
+        "old Traefik labels remain: {:?}",
+        web2.labels()
+    );
+    assert!(inspect(&old("web")).is_none());
+    assert_eq!(env.project_containers().len(), 3);
+    env.assert_converged();
+}
