@@ -155,6 +155,9 @@ pub struct ContainerSpec {
     pub network: Option<String>,
     pub restart_policy: String,
     pub healthcheck: HealthCheck,
+    /// The health check to use with `fallback_image`, when it differs (the fallback may be
+    /// another authentik version, whose proxy image answers another command).
+    pub fallback_healthcheck: Option<HealthCheck>,
     /// sha256 of everything above except the name, secrets folded in through an HMAC.
     pub config_hash: String,
 }
@@ -480,15 +483,24 @@ pub fn container(input: &OutpostInput<'_>) -> Result<ContainerSpec, Vec<Problem>
         }
     }
 
-    let test = match input.healthcheck {
-        Some(cmd) => cmd.to_vec(),
-        None => healthcheck_command(input.kind, &image, s.version.as_deref()),
-    };
-    let healthcheck = HealthCheck {
+    let check = |test: Vec<String>| HealthCheck {
         test: std::iter::once("CMD".to_string()).chain(test).collect(),
         interval_ns: 5_000_000_000,
         retries: 20,
         start_period_ns: 3_000_000_000,
+    };
+    let healthcheck = check(match input.healthcheck {
+        Some(cmd) => cmd.to_vec(),
+        None => healthcheck_command(input.kind, &image, s.version.as_deref()),
+    });
+    let fallback_healthcheck = match (&fallback_image, input.healthcheck) {
+        (Some(f), None) => Some(check(healthcheck_command(
+            input.kind,
+            f,
+            s.version.as_deref(),
+        )))
+        .filter(|h| *h != healthcheck),
+        _ => None,
     };
 
     if !problems.is_empty() {
@@ -508,6 +520,7 @@ pub fn container(input: &OutpostInput<'_>) -> Result<ContainerSpec, Vec<Problem>
         network: s.network.clone(),
         restart_policy: RESTART_POLICY.to_string(),
         healthcheck,
+        fallback_healthcheck,
         config_hash: String::new(),
     };
     spec.config_hash = config_hash(&spec, input.project);
@@ -520,6 +533,16 @@ pub fn container(input: &OutpostInput<'_>) -> Result<ContainerSpec, Vec<Problem>
     spec.labels
         .insert(LABEL_CONFIG_HASH.into(), spec.config_hash.clone());
     Ok(spec)
+}
+
+impl ContainerSpec {
+    /// The health check for a container made from `image` (the spec's image or its fallback).
+    pub fn healthcheck_for(&self, image: &str) -> &HealthCheck {
+        match (&self.fallback_image, &self.fallback_healthcheck) {
+            (Some(f), Some(h)) if f == image => h,
+            _ => &self.healthcheck,
+        }
+    }
 }
 
 /// sha256 over the container's settings, the name excepted (a rename keeps the container).

@@ -420,7 +420,7 @@ pub fn explain(
             Some(spec.restart_policy.clone()),
         ));
     }
-    if live.healthcheck.as_ref() != Some(&spec.healthcheck) {
+    if live.healthcheck.as_ref() != Some(spec.healthcheck_for(&live.image)) {
         let show = |h: &crate::desired::HealthCheck| {
             format!(
                 "{} every {}s",

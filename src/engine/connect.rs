@@ -145,9 +145,9 @@ fn local() -> Result<(Docker, String), EngineError> {
         };
         let (host, port) = host_port(hostport, Some(22))?;
         let target = ssh::Target {
-            user,
+            user: Some(user),
             host,
-            port,
+            port: Some(port),
             key: None,
             host_key: None,
             config: None,

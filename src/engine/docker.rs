@@ -348,12 +348,15 @@ impl super::Engine for DockerEngine {
             ),
             labels: Some(labels),
             exposed_ports: (!exposed.is_empty()).then_some(exposed),
-            healthcheck: Some(HealthConfig {
-                test: Some(spec.healthcheck.test.clone()),
-                interval: Some(spec.healthcheck.interval_ns),
-                retries: Some(spec.healthcheck.retries),
-                start_period: Some(spec.healthcheck.start_period_ns),
-                ..Default::default()
+            healthcheck: Some({
+                let h = spec.healthcheck_for(image);
+                HealthConfig {
+                    test: Some(h.test.clone()),
+                    interval: Some(h.interval_ns),
+                    retries: Some(h.retries),
+                    start_period: Some(h.start_period_ns),
+                    ..Default::default()
+                }
             }),
             host_config: Some(HostConfig {
                 restart_policy: Some(RestartPolicy {

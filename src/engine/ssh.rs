@@ -36,9 +36,11 @@ pub const CONNECT_TIMEOUT_SECS: u32 = 15;
 /// Where and how to reach an engine over ssh.
 #[derive(Debug, Clone)]
 pub struct Target {
-    pub user: String,
+    /// None: ssh (its config) decides.
+    pub user: Option<String>,
     pub host: String,
-    pub port: u16,
+    /// None: ssh (its config) decides.
+    pub port: Option<u16>,
     pub key: Option<Secret>,
     pub host_key: Option<String>,
     pub config: Option<PathBuf>,
@@ -46,7 +48,13 @@ pub struct Target {
 
 impl Target {
     pub fn url(&self) -> String {
-        format!("ssh://{}@{}:{}", self.user, self.host, self.port)
+        let user = self
+            .user
+            .as_ref()
+            .map(|u| format!("{u}@"))
+            .unwrap_or_default();
+        let port = self.port.map(|p| format!(":{p}")).unwrap_or_default();
+        format!("ssh://{user}{}{port}", self.host)
     }
 }
 
@@ -150,7 +158,7 @@ impl Session {
             );
             let line = format!(
                 "{} {kind} {blob}",
-                known_hosts_name(&target.host, target.port)
+                known_hosts_name(&target.host, target.port.unwrap_or(22))
             );
             let path = dir.join("known_hosts");
             write_private(&path, &line)?;
@@ -168,12 +176,12 @@ impl Session {
             args.push("-F".into());
             args.push(config.clone().into_os_string());
         }
-        args.extend([
-            "-p".into(),
-            target.port.to_string().into(),
-            "-l".into(),
-            target.user.clone().into(),
-        ]);
+        if let Some(port) = target.port {
+            args.extend(["-p".into(), port.to_string().into()]);
+        }
+        if let Some(user) = &target.user {
+            args.extend(["-l".into(), user.clone().into()]);
+        }
         args.push("--".into());
         args.push(target.host.clone().into());
         args.extend(["docker", "system", "dial-stdio"].map(OsString::from));
@@ -332,14 +340,15 @@ pub fn connect(target: &Target) -> Result<(Docker, String), EngineError> {
 pub fn describe(url: &str, t: &Target, ssh_said: &str, fallback: &str) -> String {
     let said = ssh_said.trim();
     let pin_hint = || {
-        let scanned = scan_host_key(&t.host, t.port);
+        let port = t.port.unwrap_or(22);
+        let scanned = scan_host_key(&t.host, port);
         match scanned {
             Some((line, fingerprint)) => format!(
                 "the host offers {fingerprint}; verify it out of band (e.g. `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host), then pin it in the manifest:\n      ssh:\n        host_key: \"{line}\""
             ),
             None => format!(
                 "add the host's key to known_hosts, or pin it with `ssh.host_key` (get it with `ssh-keyscan -p {} {}` and verify its fingerprint out of band)",
-                t.port, t.host
+                port, t.host
             ),
         }
     };
@@ -368,7 +377,7 @@ pub fn describe(url: &str, t: &Target, ssh_said: &str, fallback: &str) -> String
     if said.contains("Permission denied") {
         return format!(
             "{url}: authentication refused for user `{}`: check the `tls_authentication` key (or your ssh agent/config) and that its public key is in the host's authorized_keys",
-            t.user
+            t.user.as_deref().unwrap_or("(from the ssh config)")
         );
     }
     if said.contains("command not found")

@@ -105,15 +105,15 @@ pub struct PublicSource {
     /// Path of a file, relative to the manifest file that names it; `~` expands to the home
     /// directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1), example = &"certs/ca.pem")]
+    #[schemars(with = "String", length(min = 1), example = &"certs/ca.pem")]
     pub file: Option<String>,
     /// Name of an environment variable of the outpostctl process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1), example = &"DOCKER_CA_PEM")]
+    #[schemars(with = "String", length(min = 1), example = &"DOCKER_CA_PEM")]
     pub env: Option<String>,
     /// The PEM text itself. Allowed only for public material such as certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1))]
+    #[schemars(with = "String", length(min = 1))]
     pub value: Option<String>,
 }
 
@@ -126,11 +126,11 @@ pub struct SecretSource {
     /// Path of a file, relative to the manifest file that names it; `~` expands to the home
     /// directory. Keep it readable by its owner only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1), example = &"secrets/edge-proxy.token")]
+    #[schemars(with = "String", length(min = 1), example = &"secrets/edge-proxy.token")]
     pub file: Option<String>,
     /// Name of an environment variable of the outpostctl process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1), example = &"AK_EDGE_PROXY_TOKEN")]
+    #[schemars(with = "String", length(min = 1), example = &"AK_EDGE_PROXY_TOKEN")]
     pub env: Option<String>,
 }
 

@@ -40,9 +40,11 @@ pub enum Endpoint {
         client: Option<(String, Secret)>,
     },
     Ssh {
-        user: String,
+        /// None: the ssh config's `User` applies (only when `ssh.config` is given).
+        user: Option<String>,
         host: String,
-        port: u16,
+        /// None: the ssh config's `Port` applies (only when `ssh.config` is given).
+        port: Option<u16>,
         key: Option<Secret>,
         host_key: Option<String>,
         config: Option<PathBuf>,
@@ -234,21 +236,29 @@ impl Checker {
                 }
             }
         }
+        // One warning per settings block, so a pasted authentik block is not a wall of them.
         for (base, obj) in objects {
-            for key in obj.keys() {
-                let why = if key.starts_with("kubernetes_") {
-                    "applies to Kubernetes only; ignored on Docker"
-                } else if key == "log_level" || key == "refresh_interval" {
-                    "has no effect on the container: the outpost reads it from authentik"
-                } else {
-                    continue;
-                };
-                self.diags.push(
-                    Diagnostic::warning("ignored-key", format!("`{key}` {why}"))
-                        .at(doc.origin.child(&format!("{base}/{}", escape(key))).key())
-                        .label("accepted, no effect"),
-                );
-            }
+            let ignored: Vec<&String> = obj
+                .keys()
+                .filter(|k| {
+                    k.starts_with("kubernetes_") || *k == "log_level" || *k == "refresh_interval"
+                })
+                .collect();
+            let Some(first) = ignored.first() else {
+                continue;
+            };
+            let list = ignored
+                .iter()
+                .map(|k| format!("`{k}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let verb = if ignored.len() == 1 { "has" } else { "have" };
+            self.diags.push(
+                Diagnostic::warning("ignored-key", format!("{list} {verb} no effect on Docker"))
+                    .at(doc.origin.child(&format!("{base}/{}", escape(first))).key())
+                    .label("accepted, no effect")
+                    .hint("authentik's Kubernetes settings do not apply to Docker, and the outpost reads log_level and refresh_interval from authentik itself"),
+            );
         }
     }
 
@@ -350,7 +360,14 @@ impl Checker {
                 }
             };
         }
-        let file = file?;
+        let Some(file) = file else {
+            self.diags.push(
+                Diagnostic::error("invalid-source", "the source names no file, env or value")
+                    .at(at.key())
+                    .hint("write e.g. `{ env: VARIABLE }` or `{ file: path }`"),
+            );
+            return None;
+        };
         let path = resolve_path(file, &at.base_dir());
         self.referenced_files.push(path.clone());
         match std::fs::read_to_string(&path) {
@@ -679,6 +696,12 @@ impl Checker {
                     None => (None, rest),
                 };
                 let (host, port) = self.host_port(&url, hostport, &url_at, Some(22))?;
+                let explicit_port = hostport
+                    .trim_end_matches('/')
+                    .rsplit_once(':')
+                    .is_some_and(|(_, p)| !p.contains(']'));
+                // With a custom ssh config, what the URL leaves out is the config's to decide.
+                let custom_config = i.ssh.as_ref().is_some_and(|s| s.config.is_some());
                 let user = userinfo.unwrap_or("authentik").to_string();
                 if user.is_empty()
                     || user.starts_with('-')
@@ -726,9 +749,9 @@ impl Checker {
                     }
                 });
                 Endpoint::Ssh {
-                    user,
+                    user: (userinfo.is_some() || !custom_config).then_some(user),
                     host,
-                    port,
+                    port: (explicit_port || !custom_config).then_some(port),
                     key,
                     host_key: ssh.host_key.clone(),
                     config,
@@ -972,6 +995,18 @@ impl Checker {
         for (integration, specs) in &by_integration {
             self.collisions(integration, specs);
         }
+        // An outpost that did not become a container must have said why: a valid set that
+        // silently lost an outpost would make plan remove its container.
+        let built: usize = by_integration.values().map(Vec::len).sum();
+        if built != self.outposts.len() && !self.diags.iter().any(Diagnostic::is_error) {
+            self.diags.push(Diagnostic::error(
+                "internal",
+                format!(
+                    "{} outpost(s) could not be turned into containers without a reported reason; this is a bug in outpostctl",
+                    self.outposts.len() - built
+                ),
+            ));
+        }
         by_integration
             .into_iter()
             .map(|(k, v)| (k, v.into_iter().map(|(s, _)| s).collect()))
@@ -999,9 +1034,9 @@ impl Checker {
             }
             for p in &spec.ports {
                 let clash = ports.get(&(p.proto, p.host_port)).and_then(|taken| {
-                    taken
-                        .iter()
-                        .find(|(ip, _)| ip.is_empty() || p.host_ip.is_empty() || *ip == p.host_ip)
+                    taken.iter().find(|(ip, _)| {
+                        all_interfaces(ip) || all_interfaces(&p.host_ip) || *ip == p.host_ip
+                    })
                 });
                 if let Some((_, (first, first_origin))) = clash {
                     let at = origin.child(&format!(
@@ -1033,6 +1068,16 @@ impl Checker {
         let mut out = BTreeMap::new();
         let mut ok = true;
         let known = desired::default_ports(o.kind);
+        if !o.ports.is_empty() && o.config.docker_map_ports == Some(false) {
+            self.diags.push(
+                Diagnostic::warning(
+                    "ports-unused",
+                    "`ports` has no effect: `docker_map_ports` is false",
+                )
+                .at(origin.child("/ports").key())
+                .hint("remove `ports`, or set `docker_map_ports: true` to publish them"),
+            );
+        }
         for (key, value) in &o.ports {
             let at = origin.child(&format!("/ports/{}", escape(key)));
             let parsed = key.split_once('/').and_then(|(p, proto)| {
@@ -1297,12 +1342,26 @@ pub fn resolve_path(p: &str, base: &Path) -> PathBuf {
     }
 }
 
+/// A host address that binds every interface (of its family).
+fn all_interfaces(ip: &str) -> bool {
+    ip.is_empty() || ip == "0.0.0.0" || ip == "::"
+}
+
 fn parse_host_binding(s: &str) -> Option<(String, u16)> {
     let (ip, port) = if let Some(rest) = s.strip_prefix('[') {
         let (ip, port) = rest.split_once("]:")?;
         (ip.parse::<std::net::Ipv6Addr>().ok()?.to_string(), port)
     } else if let Some((ip, port)) = s.rsplit_once(':') {
-        (ip.parse::<std::net::Ipv4Addr>().ok()?.to_string(), port)
+        let ip = ip.parse::<std::net::Ipv4Addr>().ok()?;
+        // Docker reports 0.0.0.0 as "all interfaces", which the spec writes as "".
+        (
+            if ip.is_unspecified() {
+                String::new()
+            } else {
+                ip.to_string()
+            },
+            port,
+        )
     } else {
         (String::new(), s)
     };
