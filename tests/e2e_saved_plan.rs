@@ -1,0 +1,202 @@
+//! End to end on the real engine: saved plans. `plan --out FILE` then `apply --plan FILE`
+//! applies exactly that plan, holds no token, and is refused as stale (before anything
+//! changes) when the manifests, a token or the containers moved in between. Needs
+//! `scripts/test-deps.sh`.
+
+mod common;
+mod support;
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use support::*;
+
+fn saved(env: &Env, file: &str) -> Value {
+    let text = std::fs::read_to_string(env.dir().join(file)).expect("the plan file exists");
+    env.assert_no_secret(&format!("the plan file {file}"), &text);
+    serde_json::from_str(&text).expect("the plan file is JSON")
+}
+
+fn plan_out(env: &Env, file: &str) {
+    let r = env.plan(&["--out", file]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+}
+
+fn apply_plan(env: &Env, file: &str) -> common::Run {
+    env.run(&["apply", "--plan", file, "--auto-approve", "."])
+}
+
+/// What the project's containers look like: name -> (id, status, config hash).
+fn snapshot(env: &Env) -> BTreeMap<String, (String, String, Option<String>)> {
+    env.project_containers()
+        .into_iter()
+        .map(|(n, c)| (n, (c.id(), c.status(), c.label(LABEL_CONFIG_HASH))))
+        .collect()
+}
+
+fn assert_stale(r: &common::Run, file: &str, why: &str) {
+    assert_eq!(r.code, 1, "{}", shown(r));
+    assert!(
+        r.stderr
+            .contains(&format!("error: the saved plan `{file}` is stale: "))
+            && r.stderr.contains(why),
+        "expected a stale-plan refusal mentioning `{why}`:\n{}",
+        shown(r)
+    );
+}
+
+#[test]
+fn saved_plan_applies_and_holds_no_token() {
+    let env = Env::new("saved");
+    let mut m = env.manifest();
+    m["outposts"]["One"] = env.outpost("proxy", "AK_ONE");
+    m["outposts"]["Two"] = env.outpost("ldap", "AK_TWO");
+    env.write(&m);
+
+    plan_out(&env, "plan.json");
+    let p = saved(&env, "plan.json");
+    assert_eq!(p["format_version"], 1, "{p:#}");
+    assert_eq!(p["project"], env.project.as_str());
+    assert_eq!(p["summary"]["create"], 2, "{p:#}");
+    assert!(p["manifest_fingerprint"].is_string());
+    assert!(
+        env.project_containers().is_empty(),
+        "plan --out changed the engine"
+    );
+
+    let r = apply_plan(&env, "plan.json");
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    assert!(
+        r.stdout.contains("apply: 2 done, 0 failed"),
+        "{}",
+        shown(&r)
+    );
+    assert_eq!(env.project_containers().len(), 2);
+    env.assert_converged();
+
+    // Applied once, the plan no longer matches the engine.
+    let r = apply_plan(&env, "plan.json");
+    assert_stale(&r, "plan.json", "changed since the plan was made");
+
+    // A token change, saved and applied: the file holds neither token.
+    let new = env.new_token("AK_ONE");
+    plan_out(&env, "rotate.json");
+    let p = saved(&env, "rotate.json");
+    let a = action_of(&p, "One");
+    assert_eq!(a["action"], "recreate");
+    assert_eq!(
+        reason(&a, "env.AUTHENTIK_TOKEN"),
+        Some(&json!({"field": "env.AUTHENTIK_TOKEN", "before": "(secret)", "after": "(changed)"}))
+    );
+    let r = apply_plan(&env, "rotate.json");
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    assert_eq!(
+        env.container(&env.name_of("one")).env()["AUTHENTIK_TOKEN"],
+        new
+    );
+    env.assert_converged();
+}
+
+#[test]
+fn saved_plan_is_stale_when_the_manifests_changed() {
+    let env = Env::new("stalemf");
+    let mut m = env.manifest();
+    m["outposts"]["A"] = env.outpost("ldap", "AK_A");
+    env.write(&m);
+    env.apply_ok();
+
+    m["outposts"]["A"]["config"]["docker_labels"] = json!({"com.example.v": "1"});
+    m["outposts"]["B"] = env.outpost("radius", "AK_B");
+    env.write(&m);
+    plan_out(&env, "plan.json");
+    let before = snapshot(&env);
+
+    m["outposts"]["A"]["config"]["docker_labels"] = json!({"com.example.v": "2"});
+    env.write(&m);
+    let r = apply_plan(&env, "plan.json");
+    assert_stale(&r, "plan.json", "the manifests");
+    assert!(
+        r.stderr.contains("outpostctl plan --out"),
+        "the refusal says what to do:\n{}",
+        shown(&r)
+    );
+    assert_eq!(snapshot(&env), before, "a stale plan changed the engine");
+
+    // A token alone is part of the manifests' fingerprint too.
+    m["outposts"]["A"]["config"]["docker_labels"] = json!({"com.example.v": "1"});
+    env.write(&m);
+    plan_out(&env, "plan2.json");
+    env.new_token("AK_B");
+    let r = apply_plan(&env, "plan2.json");
+    assert_stale(&r, "plan2.json", "tokens");
+    assert_eq!(snapshot(&env), before, "a stale plan changed the engine");
+}
+
+#[test]
+fn saved_plan_is_stale_when_a_container_was_stopped_by_hand() {
+    let env = Env::new("stalestop");
+    let mut m = env.manifest();
+    m["outposts"]["A"] = env.outpost("ldap", "AK_A");
+    m["outposts"]["C"] = env.outpost("rac", "AK_C");
+    env.write(&m);
+    env.apply_ok();
+
+    m["outposts"]["A"]["config"]["docker_labels"] = json!({"com.example.v": "1"});
+    m["outposts"]["B"] = env.outpost("radius", "AK_B");
+    env.write(&m);
+    plan_out(&env, "plan.json");
+    let p = saved(&env, "plan.json");
+    assert_eq!(action_of(&p, "C")["action"], "noop");
+
+    docker_ok(&["stop", "-t", "5", &env.name_of("c")]);
+    let before = snapshot(&env);
+    let r = apply_plan(&env, "plan.json");
+    assert_stale(
+        &r,
+        "plan.json",
+        "the containers on integration `local` changed since the plan was made",
+    );
+    assert_eq!(snapshot(&env), before, "a stale plan changed the engine");
+    assert_eq!(env.container(&env.name_of("c")).status(), "exited");
+    assert!(inspect(&env.name_of("b")).is_none());
+}
+
+#[test]
+fn saved_plan_is_stale_when_a_container_was_renamed_or_removed_by_hand() {
+    let env = Env::new("stalemv");
+    let mut m = env.manifest();
+    m["outposts"]["A"] = env.outpost("ldap", "AK_A");
+    m["outposts"]["C"] = env.outpost("rac", "AK_C");
+    env.write(&m);
+    env.apply_ok();
+    m["outposts"]["A"]["config"]["authentik_host_insecure"] = json!(true);
+    env.write(&m);
+    plan_out(&env, "plan.json");
+
+    let c = env.name_of("c");
+    let moved = format!("{c}-by-hand");
+    docker_ok(&["rename", &c, &moved]);
+    let before = snapshot(&env);
+    let r = apply_plan(&env, "plan.json");
+    assert_stale(&r, "plan.json", "changed since the plan was made");
+    assert_eq!(snapshot(&env), before, "a stale plan changed the engine");
+    docker_ok(&["rename", &moved, &c]);
+
+    // Put back as it was, nothing the plan depends on moved: it applies.
+    let r = apply_plan(&env, "plan.json");
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    assert_eq!(
+        env.container(&env.name_of("a")).env()["AUTHENTIK_INSECURE"],
+        "true"
+    );
+
+    // A container removed by hand.
+    m["outposts"]["A"]["config"]["authentik_host_insecure"] = json!(false);
+    env.write(&m);
+    plan_out(&env, "plan2.json");
+    docker_ok(&["rm", "-f", &c]);
+    let before = snapshot(&env);
+    let r = apply_plan(&env, "plan2.json");
+    assert_stale(&r, "plan2.json", "changed since the plan was made");
+    assert_eq!(snapshot(&env), before, "a stale plan changed the engine");
+}
