@@ -1,0 +1,187 @@
+//! End to end with the real test registry on 127.0.0.1:5000: `pull: always` and `missing`
+//! pull, and a custom image that cannot be pulled falls back to authentik's default image
+//! (with a warning). Needs `scripts/test-deps.sh`.
+
+mod common;
+mod support;
+
+use serde_json::json;
+use support::*;
+
+/// Removes the local tag `image` (pulled images are removed again at the end of the test,
+/// so the next run pulls for real).
+fn forget_locally(env: &Env, image: &str) {
+    env.track_image_tag(image);
+    let _ = docker(&["rmi", image]);
+    assert!(image_id(image).is_none(), "{image} is still on the engine");
+}
+
+#[test]
+fn pull_always_pulls_from_the_registry() {
+    require_registry();
+    let env = Env::new("pullalways");
+    let image = format!("{REGISTRY}/outpostctl/outpost:1");
+    forget_locally(&env, &image);
+    let v1 = image_id(IMAGE_V1).expect("the v1 image");
+    let v2 = image_id(IMAGE_V2).expect("the v2 image");
+
+    let mut m = env.manifest();
+    let mut o = env.outpost("ldap", "AK_P");
+    o["pull"] = json!("always");
+    o["config"]["container_image"] = json!(image);
+    m["outposts"]["Puller"] = o;
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("puller");
+    let c = env.container(&name);
+    assert_eq!(c.image(), image);
+    assert_eq!(image_id(&image).as_deref(), Some(v1.as_str()), "not pulled");
+    assert_eq!(c.image_id(), v1);
+    env.assert_converged();
+
+    // The engine's copy now differs from the registry's: `always` pulls anyway.
+    docker_ok(&["tag", IMAGE_V2, &image]);
+    assert_eq!(image_id(&image).as_deref(), Some(v2.as_str()));
+    m["outposts"]["Puller"]["config"]["docker_labels"] = json!({"com.example.v": "2"});
+    env.write(&m);
+    env.apply_ok();
+    assert_eq!(
+        image_id(&image).as_deref(),
+        Some(v1.as_str()),
+        "pull: always did not pull"
+    );
+    let c = env.container(&name);
+    assert_eq!(c.image_id(), v1, "the container runs the pulled image");
+    env.assert_converged();
+}
+
+/// `pull: missing` (the default) pulls what the engine lacks: a custom image, and an image
+/// from `defaults.container_image_base`.
+#[test]
+fn pull_missing_pulls_absent_images() {
+    require_registry();
+    let env = Env::new("pullmissing");
+    let custom = format!("{REGISTRY}/outpostctl/outpost:2");
+    let based = format!("{REGISTRY}/goauthentik/radius:{AK_VERSION}");
+    forget_locally(&env, &custom);
+    forget_locally(&env, &based);
+
+    let mut m = env.manifest();
+    m["defaults"]["container_image_base"] =
+        json!(format!("{REGISTRY}/goauthentik/%(type)s:%(version)s"));
+    let mut ldap = env.outpost("ldap", "AK_L");
+    ldap["config"]["container_image"] = json!(custom);
+    m["outposts"]["Custom"] = ldap;
+    m["outposts"]["Based"] = env.outpost("radius", "AK_R");
+    env.write(&m);
+    let r = env.apply_ok();
+    assert!(!r.stdout.contains("warning"), "{}", shown(&r));
+    let c = env.container(&env.name_of("custom"));
+    assert_eq!(c.image(), custom);
+    assert_eq!(Some(c.image_id()), image_id(IMAGE_V2));
+    let b = env.container(&env.name_of("based"));
+    assert_eq!(b.image(), based);
+    assert_eq!(Some(b.image_id()), image_id(IMAGE_V1));
+    assert!(image_id(&based).is_some(), "{based} was not pulled");
+    env.assert_converged();
+}
+
+/// authentik's fallback: a custom image that cannot be pulled is replaced by the default
+/// image `ghcr.io/goauthentik/<type>:<version>` (on the engine already), with a warning; the
+/// plan afterwards is empty.
+#[test]
+fn unpullable_custom_image_falls_back_to_the_default_image() {
+    require_registry();
+    let env = Env::new("fallback");
+    let missing = format!("{REGISTRY}/outpostctl/nonexistent:1");
+    let mut m = env.manifest();
+    m["defaults"]["container_image_base"] =
+        json!(format!("{REGISTRY}/goauthentik/%(type)s:%(version)s"));
+    m["defaults"]["authentik_version"] = json!("2026.8.0");
+    let mut o = env.outpost("ldap", "AK_F");
+    o["config"]["container_image"] = json!(missing);
+    m["outposts"]["Fallback"] = o;
+    env.write(&m);
+
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    let name = env.name_of("fallback");
+    assert!(
+        r.stdout
+            .contains(&format!("ok create {name} `Fallback` on local"))
+            && r.stdout
+                .contains(&format!("warning: could not pull `{missing}`"))
+            && r.stdout
+                .contains("using authentik's default image `ghcr.io/goauthentik/ldap:2026.8.0`"),
+        "{}",
+        shown(&r)
+    );
+    let c = env.container(&name);
+    assert!(c.running());
+    assert_eq!(c.image(), "ghcr.io/goauthentik/ldap:2026.8.0");
+    assert_eq!(
+        c.healthcheck()["Test"],
+        json!(["CMD", "/ldap", "healthcheck"])
+    );
+    assert!(image_id(&missing).is_none());
+    env.assert_converged();
+}
+
+/// When the default image cannot be pulled either, the error stands: that outpost fails,
+/// with both reasons.
+#[test]
+fn fallback_that_cannot_be_pulled_either_fails() {
+    require_registry();
+    let env = Env::new("nofallback");
+    let missing = format!("{REGISTRY}/outpostctl/nonexistent:1");
+    let mut m = env.manifest();
+    // No image of this version is on the engine, and ghcr.io cannot be reached.
+    m["defaults"]["authentik_version"] = json!("2026.9.0");
+    let mut o = env.outpost("ldap", "AK_F");
+    o["config"]["container_image"] = json!(missing);
+    m["outposts"]["Doomed"] = o;
+    env.write(&m);
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    let name = env.name_of("doomed");
+    assert!(
+        r.stdout
+            .contains(&format!("FAILED create {name} `Doomed` on local"))
+            && r.stdout.contains(&missing)
+            && r.stdout.contains(
+                "the default image `ghcr.io/goauthentik/ldap:2026.9.0` could not be pulled either"
+            )
+            && r.stdout.contains("apply: 0 done, 1 failed"),
+        "{}",
+        shown(&r)
+    );
+    assert!(inspect(&name).is_none());
+}
+
+/// `pull: always` with an image the registry does not have, but the engine does: the
+/// engine's copy is used, with a warning.
+#[test]
+fn failed_pull_of_a_present_image_uses_the_engines_copy() {
+    require_registry();
+    let env = Env::new("localcopy");
+    let image = format!("{REGISTRY}/outpostctl/local-only:{}", std::process::id());
+    env.track_image_tag(&image);
+    docker_ok(&["tag", IMAGE_V1, &image]);
+    let mut m = env.manifest();
+    let mut o = env.outpost("radius", "AK_L");
+    o["pull"] = json!("always");
+    o["config"]["container_image"] = json!(image);
+    m["outposts"]["Local"] = o;
+    env.write(&m);
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    assert!(
+        r.stdout
+            .contains(&format!("warning: could not pull `{image}`"))
+            && r.stdout.contains("using the copy the engine has"),
+        "{}",
+        shown(&r)
+    );
+    assert_eq!(env.container(&env.name_of("local")).image(), image);
+    env.assert_converged();
+}
