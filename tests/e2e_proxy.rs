@@ -1,0 +1,123 @@
+//! End to end through the least-privilege socket proxy (haproxy on 127.0.0.1:2375, allowing
+//! only containers, images, info, version and ping, like docker-socket-proxy configured with
+//! authentik's permission list): a full plan and apply (create, pull, recreate, rename, start,
+//! remove, saved plan) succeed over `http://`, so outpostctl needs no more than that list.
+//! Needs `scripts/test-deps.sh`.
+
+mod common;
+mod support;
+
+use serde_json::json;
+use support::*;
+
+#[test]
+fn full_lifecycle_through_the_socket_proxy() {
+    require_socket_proxy();
+    require_registry();
+    let proxy_addr = SOCKET_PROXY.trim_start_matches("http://");
+    // The proxy really is least-privilege: networks are not on the list.
+    assert_eq!(
+        http_get(proxy_addr, "/v1.41/networks").map(|(s, _)| s),
+        Some(403),
+        "the socket proxy allows /networks; rerun scripts/test-deps.sh"
+    );
+
+    let env = Env::new("sockproxy");
+    let net = env.network("net");
+    let pulled = format!("{REGISTRY}/goauthentik/rac:{AK_VERSION}");
+    env.track_image_tag(&pulled);
+    let _ = docker(&["rmi", &pulled]);
+
+    let mut m = env.manifest();
+    m["integrations"] = json!({ "edge": { "url": SOCKET_PROXY } });
+    let on_edge = |kind: &str, var: &str| {
+        let mut o = env.outpost(kind, var);
+        o["integration"] = json!("edge");
+        o
+    };
+    let mut web = on_edge("proxy", "AK_WEB");
+    web["external_hosts"] = json!(["https://app.example.com"]);
+    let ports = env.publish(&mut web);
+    m["outposts"]["Web"] = web;
+    let mut dir = on_edge("ldap", "AK_DIR");
+    dir["config"]["docker_network"] = json!(net);
+    m["outposts"]["Dir"] = dir;
+    m["outposts"]["Radius"] = on_edge("radius", "AK_RADIUS");
+    let mut rac = on_edge("rac", "AK_RAC");
+    rac["pull"] = json!("always");
+    rac["config"]["container_image"] = json!(pulled);
+    m["outposts"]["Remote"] = rac;
+    env.write(&m);
+
+    // Create (with a pull) through the proxy.
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", shown(&plan));
+    assert!(
+        plan.stdout
+            .contains(&format!("integration edge ({SOCKET_PROXY})"))
+            && plan.stdout.contains("plan: 4 to create"),
+        "{}",
+        shown(&plan)
+    );
+    let r = env.apply_ok();
+    assert!(
+        r.stdout.contains("apply: 4 done, 0 failed"),
+        "{}",
+        shown(&r)
+    );
+    let web = env.container(&env.name_of("web"));
+    assert!(web.running());
+    assert_eq!(
+        web.port_bindings()["9000/tcp"],
+        [format!("127.0.0.1:{}", ports["9000/tcp"])]
+    );
+    let dir = env.container(&env.name_of("dir"));
+    assert_eq!(dir.networks(), [net.clone()]);
+    let rac = env.container(&env.name_of("remote"));
+    assert_eq!(rac.image(), pulled);
+    assert!(image_id(&pulled).is_some(), "not pulled through the proxy");
+    env.assert_converged();
+
+    // Recreate and rename.
+    m["outposts"]["Dir"]["config"]["docker_labels"] = json!({"com.example.v": "2"});
+    m["outposts"]["Radius"]["config"]["object_naming_template"] =
+        json!(format!("{}moved-%(name)s", env.prefix));
+    env.write(&m);
+    let plan = env.plan(&[]);
+    assert!(
+        plan.stdout
+            .contains("plan: 1 to recreate, 1 to rename, 2 unchanged"),
+        "{}",
+        shown(&plan)
+    );
+    let radius = env.container(&env.name_of("radius"));
+    env.apply_ok();
+    let dir2 = env.container(&env.name_of("dir"));
+    assert_ne!(dir2.id(), dir.id());
+    assert_eq!(dir2.networks(), [net.clone()]);
+    let moved = env.name_of("moved-radius");
+    assert_eq!(env.container(&moved).id(), radius.id());
+    env.assert_converged();
+
+    // Start a container stopped by hand.
+    docker_ok(&["stop", "-t", "5", &moved]);
+    let plan = env.plan(&[]);
+    assert!(plan.stdout.contains("plan: 1 to start"), "{}", shown(&plan));
+    env.apply_ok();
+    assert!(env.container(&moved).running());
+
+    // Remove, through a saved plan.
+    m["outposts"].as_object_mut().unwrap().remove("Web");
+    env.write(&m);
+    let r = env.plan(&["--out", "plan.json"]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    assert!(r.stdout.contains("plan: 1 to remove"), "{}", shown(&r));
+    let r = env.run(&["apply", "--plan", "plan.json", "--auto-approve", "."]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    assert!(
+        inspect(&web.id()).is_none(),
+        "not removed through the proxy"
+    );
+    assert_eq!(env.project_containers().len(), 3);
+    env.assert_converged();
+}
