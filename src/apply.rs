@@ -55,6 +55,10 @@ pub trait Progress: Send + Sync {
     fn started(&self, _integration: &str, _action: &Action) {}
     fn pulling(&self, _integration: &str, _image: &str, _status: &str) {}
     fn finished(&self, _outcome: &Outcome) {}
+    /// True once no new action may start (a shutdown was asked for); actions in flight finish.
+    fn cancelled(&self) -> bool {
+        false
+    }
 }
 
 /// A progress sink that says nothing.
@@ -90,6 +94,16 @@ pub async fn apply(
             let integration = ep.name.clone();
             let a = a.clone();
             async move {
+                if progress.cancelled() {
+                    return Outcome {
+                        integration,
+                        outpost: a.outpost.clone(),
+                        action: a.action,
+                        name: a.name.clone(),
+                        ok: false,
+                        messages: vec!["not started: shutting down".into()],
+                    };
+                }
                 progress.started(&integration, &a);
                 let mut messages = Vec::new();
                 let result = run_action(

@@ -94,6 +94,39 @@ pub struct ApplyArgs {
     pub diff: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormatArg {
+    /// One readable line per event.
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// Manifest files or directories (read recursively: *.yaml, *.yml).
+    #[arg(default_value = ".")]
+    pub paths: Vec<PathBuf>,
+    /// Reconcile at least this often, to correct drift (humantime: 30s, 5m, 1h).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub interval: std::time::Duration,
+    /// How long file changes settle before a reconcile.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    pub debounce: std::time::Duration,
+    /// Never remove containers; removals are logged as pending.
+    #[arg(long)]
+    pub no_prune: bool,
+    /// Take over containers authentik deployed for the same outpost (same uuid label).
+    #[arg(long)]
+    pub adopt: bool,
+    /// Serve /healthz and /metrics (Prometheus) on this address, e.g. 127.0.0.1:9810.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Log line format.
+    #[arg(long, value_enum, default_value_t = LogFormatArg::Text)]
+    pub log_format: LogFormatArg,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Check manifests against the schema and for meaning; never contacts an engine.
@@ -126,6 +159,12 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
     },
+    /// Keep the engines converged: apply at start, on every change to the manifests or the
+    /// files they reference, on engine events for managed containers, and every --interval.
+    ///
+    /// An invalid edit changes nothing (errors are logged); SIGINT or SIGTERM lets the action
+    /// in flight finish and exits 0.
+    Watch(WatchArgs),
     /// Print the manifest JSON Schema (for editors and yaml-language-server).
     Schema,
     /// Print a shell completion script.

@@ -37,6 +37,7 @@ fn main() {
         Command::Status { paths, format } => {
             runtime().block_on(commands::status::run(&printer, &paths, format))
         }
+        Command::Watch(args) => std::process::exit(runtime().block_on(commands::watch::run(&args))),
         Command::Schema => commands::schema::run(&printer),
         Command::Completions { shell } => commands::completions::run(&printer, shell),
     };

@@ -6,6 +6,7 @@ pub mod plan;
 pub mod schema;
 pub mod status;
 pub mod validate;
+pub mod watch;
 
 use std::io::Write;
 

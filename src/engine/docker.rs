@@ -11,12 +11,15 @@ use bollard::models::{
     RestartPolicyNameEnum,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, ListContainersOptions, RemoveContainerOptions,
-    RenameContainerOptions, RestartContainerOptions, StartContainerOptions, StopContainerOptions,
+    CreateContainerOptions, CreateImageOptions, EventsOptions, ListContainersOptions,
+    RemoveContainerOptions, RenameContainerOptions, RestartContainerOptions, StartContainerOptions,
+    StopContainerOptions,
 };
 use futures_util::StreamExt;
 
-use super::{EngineError, EngineInfo, ErrorKind, Health, Inspected, Observed, Result, State};
+use super::{
+    EngineError, EngineEvent, EngineInfo, ErrorKind, Health, Inspected, Observed, Result, State,
+};
 use crate::desired::{ContainerSpec, HealthCheck, PortBinding, Proto};
 
 /// Seconds any one request may take before the engine counts as hung.
@@ -448,6 +451,54 @@ impl super::Engine for DockerEngine {
             }) => Ok(()),
             r => r.map_err(|e| self.err("remove container", e)),
         }
+    }
+
+    fn events(
+        &self,
+        project: &str,
+    ) -> futures_util::stream::BoxStream<'static, Result<EngineEvent>> {
+        self.count();
+        let filters = HashMap::from([
+            ("type".to_string(), vec!["container".to_string()]),
+            (
+                "label".to_string(),
+                vec![format!("{}={project}", crate::desired::LABEL_PROJECT)],
+            ),
+            (
+                "event".to_string(),
+                [
+                    "die",
+                    "destroy",
+                    "stop",
+                    "kill",
+                    "oom",
+                    "pause",
+                    "health_status",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+        ]);
+        let opts = EventsOptions {
+            filters: Some(filters),
+            ..Default::default()
+        };
+        let url = self.url.clone();
+        self.docker
+            .events(Some(opts))
+            .map(move |r| {
+                r.map(|m| {
+                    let actor = m.actor.unwrap_or_default();
+                    let attrs = actor.attributes.unwrap_or_default();
+                    EngineEvent {
+                        id: actor.id.unwrap_or_default(),
+                        name: attrs.get("name").cloned().unwrap_or_default(),
+                        action: m.action.unwrap_or_default(),
+                    }
+                })
+                .map_err(|e| map_err(&url, "watch engine events", e))
+            })
+            .boxed()
     }
 
     fn requests(&self) -> u64 {

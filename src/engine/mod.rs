@@ -109,6 +109,14 @@ pub struct Inspected {
     pub healthcheck: Option<HealthCheck>,
 }
 
+/// Something happened to a container: `action` is Docker's event name (`die`, `destroy`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineEvent {
+    pub id: String,
+    pub name: String,
+    pub action: String,
+}
+
 /// The engine's identity, from System/Info and the negotiated API version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EngineInfo {
@@ -191,6 +199,11 @@ pub trait Engine: Send + Sync {
     async fn rename(&self, id: &str, name: &str) -> Result<()>;
     /// Kills if running, then removes (with force, as authentik does).
     async fn remove(&self, id: &str) -> Result<()>;
+    /// Lifecycle events (die, destroy, ...) of this project's containers, as they happen.
+    fn events(
+        &self,
+        project: &str,
+    ) -> futures_util::stream::BoxStream<'static, Result<EngineEvent>>;
     /// How many API requests this engine has sent.
     fn requests(&self) -> u64;
 }

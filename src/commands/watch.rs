@@ -1,0 +1,42 @@
+//! `outpostctl watch`: the reconcile loop, with its optional HTTP endpoint.
+
+use std::sync::Arc;
+
+use crate::cli::{LogFormatArg, WatchArgs};
+use crate::log::{LogFormat, Logger};
+use crate::metrics::{self, Metrics};
+use crate::watch;
+
+pub async fn run(args: &WatchArgs) -> i32 {
+    let log = Logger {
+        format: match args.log_format {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        },
+    };
+    let metrics = Arc::new(Metrics::default());
+    if let Some(addr) = args.listen {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => {
+                log.info(
+                    "start",
+                    &format!("serving /healthz and /metrics on http://{addr}"),
+                    &[],
+                );
+                tokio::spawn(metrics::serve(l, Arc::clone(&metrics)));
+            }
+            Err(e) => {
+                log.error("start", &format!("cannot listen on {addr}: {e}"), &[]);
+                return 1;
+            }
+        }
+    }
+    let opts = watch::Options {
+        paths: args.paths.clone(),
+        interval: args.interval,
+        debounce: args.debounce,
+        no_prune: args.no_prune,
+        adopt: args.adopt,
+    };
+    watch::run(opts, log, metrics).await
+}

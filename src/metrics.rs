@@ -1,0 +1,161 @@
+//! Watch mode's health and metrics, served over plain HTTP on `--listen`: `/healthz` fails
+//! when the last reconcile failed; `/metrics` is Prometheus' text format.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[derive(Debug, Default)]
+struct Inner {
+    reconciles_ok: u64,
+    reconciles_failed: u64,
+    changes: BTreeMap<String, u64>,
+    drift_corrections: u64,
+    errors: u64,
+    last_success: Option<f64>,
+    last_ok: Option<bool>,
+    last_duration: f64,
+    engines: BTreeMap<String, bool>,
+}
+
+/// Counters and gauges of the watch loop.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    inner: Mutex<Inner>,
+}
+
+impl Metrics {
+    fn with<R>(&self, f: impl FnOnce(&mut Inner) -> R) -> R {
+        // A poisoned lock only means a panic elsewhere; the counters are still usable.
+        let mut g = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut g)
+    }
+
+    pub fn reconcile_finished(&self, ok: bool, took: Duration) {
+        self.with(|m| {
+            if ok {
+                m.reconciles_ok += 1;
+                m.last_success = Some(crate::watch::now_seconds());
+            } else {
+                m.reconciles_failed += 1;
+                m.errors += 1;
+            }
+            m.last_ok = Some(ok);
+            m.last_duration = took.as_secs_f64();
+        });
+    }
+
+    pub fn change_applied(&self, action: &str, drift: bool) {
+        self.with(|m| {
+            *m.changes.entry(action.to_string()).or_default() += 1;
+            if drift {
+                m.drift_corrections += 1;
+            }
+        });
+    }
+
+    pub fn error(&self) {
+        self.with(|m| m.errors += 1);
+    }
+
+    pub fn engine_up(&self, integration: &str, up: bool) {
+        self.with(|m| {
+            m.engines.insert(integration.to_string(), up);
+        });
+    }
+
+    /// Whether the last reconcile succeeded (false before the first one finished).
+    pub fn healthy(&self) -> bool {
+        self.with(|m| m.last_ok == Some(true))
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.with(|m| {
+            let mut s = String::new();
+            let esc = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+            let _ = writeln!(s, "# HELP outpostctl_reconciles_total Reconciles run, by result.");
+            let _ = writeln!(s, "# TYPE outpostctl_reconciles_total counter");
+            let _ = writeln!(s, "outpostctl_reconciles_total{{result=\"success\"}} {}", m.reconciles_ok);
+            let _ = writeln!(s, "outpostctl_reconciles_total{{result=\"failure\"}} {}", m.reconciles_failed);
+            let _ = writeln!(s, "# HELP outpostctl_changes_applied_total Changes applied, by action.");
+            let _ = writeln!(s, "# TYPE outpostctl_changes_applied_total counter");
+            for action in ["create", "recreate", "rename", "start", "restart", "remove"] {
+                let n = m.changes.get(action).copied().unwrap_or(0);
+                let _ = writeln!(s, "outpostctl_changes_applied_total{{action=\"{action}\"}} {n}");
+            }
+            let _ = writeln!(s, "# HELP outpostctl_drift_corrections_total Changes applied because the engine drifted (not the manifests).");
+            let _ = writeln!(s, "# TYPE outpostctl_drift_corrections_total counter");
+            let _ = writeln!(s, "outpostctl_drift_corrections_total {}", m.drift_corrections);
+            let _ = writeln!(s, "# HELP outpostctl_errors_total Failed reconciles and failed actions.");
+            let _ = writeln!(s, "# TYPE outpostctl_errors_total counter");
+            let _ = writeln!(s, "outpostctl_errors_total {}", m.errors);
+            let _ = writeln!(s, "# HELP outpostctl_last_success_timestamp_seconds When the last reconcile succeeded.");
+            let _ = writeln!(s, "# TYPE outpostctl_last_success_timestamp_seconds gauge");
+            let _ = writeln!(s, "outpostctl_last_success_timestamp_seconds {}", m.last_success.unwrap_or(0.0));
+            let _ = writeln!(s, "# HELP outpostctl_last_reconcile_duration_seconds How long the last reconcile took.");
+            let _ = writeln!(s, "# TYPE outpostctl_last_reconcile_duration_seconds gauge");
+            let _ = writeln!(s, "outpostctl_last_reconcile_duration_seconds {}", m.last_duration);
+            let _ = writeln!(s, "# HELP outpostctl_engine_up Whether the integration's engine answered the last reconcile.");
+            let _ = writeln!(s, "# TYPE outpostctl_engine_up gauge");
+            for (name, up) in &m.engines {
+                let _ = writeln!(s, "outpostctl_engine_up{{integration=\"{}\"}} {}", esc(name), u8::from(*up));
+            }
+            s
+        })
+    }
+}
+
+/// Serves `/healthz` and `/metrics` until the process ends.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let metrics = Arc::clone(&metrics);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            // Read the request head, bounded in size and time.
+            let read = tokio::time::timeout(Duration::from_secs(5), async {
+                while len < buf.len() {
+                    match conn.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            len += n;
+                            if buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+            .await;
+            if read.is_err() {
+                return;
+            }
+            let head = String::from_utf8_lossy(&buf[..len]);
+            let path = head.split_whitespace().nth(1).unwrap_or("/");
+            let (status, body, ctype) = match path {
+                "/healthz" if metrics.healthy() => ("200 OK", "ok\n".to_string(), "text/plain"),
+                "/healthz" => (
+                    "503 Service Unavailable",
+                    "the last reconcile failed\n".to_string(),
+                    "text/plain",
+                ),
+                "/metrics" => ("200 OK", metrics.render(), "text/plain; version=0.0.4"),
+                _ => ("404 Not Found", "not found\n".to_string(), "text/plain"),
+            };
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(resp.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        });
+    }
+}

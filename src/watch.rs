@@ -1,0 +1,578 @@
+//! Watch mode: keep a host converged.
+//!
+//! Like a Kubernetes controller, it reacts to the current state, never to the individual
+//! event: every trigger (a saved file, the interval, an engine event, the start) leads to a
+//! full validate, plan and apply of the whole set, so it is idempotent. An invalid set changes
+//! nothing; the containers keep running as last applied.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures_util::StreamExt;
+use notify::RecursiveMode;
+use tokio::sync::mpsc;
+
+use crate::apply::{self, Outcome, Progress};
+use crate::diff::{Action, ActionKind, DiffOptions};
+use crate::engine::connect::connect_all;
+use crate::log::Logger;
+use crate::metrics::Metrics;
+use crate::plan;
+use crate::validate::{Validated, validate};
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub paths: Vec<PathBuf>,
+    pub interval: Duration,
+    pub debounce: Duration,
+    pub no_prune: bool,
+    pub adopt: bool,
+}
+
+/// Why a reconcile runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trigger {
+    Start,
+    Files,
+    Interval,
+    Engine {
+        integration: String,
+        container: String,
+        action: String,
+    },
+}
+
+impl Trigger {
+    fn name(&self) -> &'static str {
+        match self {
+            Trigger::Start => "start",
+            Trigger::Files => "files",
+            Trigger::Interval => "interval",
+            Trigger::Engine { .. } => "engine-event",
+        }
+    }
+    /// Drift: the engine moved while the manifests did not.
+    fn is_drift(&self) -> bool {
+        matches!(self, Trigger::Interval | Trigger::Engine { .. })
+    }
+}
+
+/// Exponential backoff for an outpost whose container keeps dying.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    /// Reconciles in a row that had to put the container back.
+    strikes: u32,
+    until: Instant,
+}
+
+/// Put-backs in a row before backing off.
+const STRIKES_BEFORE_BACKOFF: u32 = 3;
+const BACKOFF_BASE: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+fn backoff_delay(strikes: u32) -> Duration {
+    let exp = strikes.saturating_sub(STRIKES_BEFORE_BACKOFF).min(10);
+    (BACKOFF_BASE * 2u32.pow(exp)).min(BACKOFF_MAX)
+}
+
+/// A put-back: the container disappeared, stopped or became unhealthy.
+fn is_put_back(a: &Action) -> bool {
+    matches!(
+        a.action,
+        ActionKind::Create | ActionKind::Start | ActionKind::Restart
+    )
+}
+
+struct State {
+    opts: Options,
+    log: Logger,
+    metrics: Arc<Metrics>,
+    shutdown: Arc<AtomicBool>,
+    backoff: HashMap<(String, String), Backoff>,
+    /// The engines whose events are being watched, by integration name -> url.
+    watched_engines: BTreeMap<String, String>,
+    event_tasks: Vec<tokio::task::JoinHandle<()>>,
+    watched_dirs: BTreeSet<(PathBuf, bool)>,
+}
+
+struct WatchProgress<'a> {
+    log: &'a Logger,
+    shutdown: &'a AtomicBool,
+}
+
+impl Progress for WatchProgress<'_> {
+    fn finished(&self, o: &Outcome) {
+        let mut fields = vec![
+            ("integration", o.integration.clone()),
+            ("outpost", o.outpost.clone()),
+            ("container", o.name.clone()),
+            ("action", o.action.as_str().to_string()),
+        ];
+        if !o.messages.is_empty() {
+            fields.push(("detail", o.messages.join("; ")));
+        }
+        if o.ok {
+            self.log.info(
+                "action",
+                &format!("{} {}", o.action.as_str(), o.name),
+                &fields,
+            );
+        } else {
+            self.log.error(
+                "action",
+                &format!("{} {} failed", o.action.as_str(), o.name),
+                &fields,
+            );
+        }
+    }
+    fn cancelled(&self) -> bool {
+        self.shutdown.load(Ordering::SeqCst)
+    }
+}
+
+/// Runs until SIGINT or SIGTERM; returns the exit code.
+pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let (tx, mut rx) = mpsc::channel::<Trigger>(256);
+    let notify = Arc::new(tokio::sync::Notify::new());
+    spawn_signal_handler(Arc::clone(&shutdown), Arc::clone(&notify), log.clone());
+
+    let file_tx = tx.clone();
+    let debouncer = notify_debouncer_full::new_debouncer(
+        opts.debounce,
+        None,
+        move |res: notify_debouncer_full::DebounceEventResult| {
+            if let Ok(events) = res {
+                // Reads and metadata-only changes do not change what a manifest says.
+                if events
+                    .iter()
+                    .any(|e| !matches!(e.event.kind, notify::EventKind::Access(_)))
+                {
+                    let _ = file_tx.try_send(Trigger::Files);
+                }
+            }
+        },
+    );
+    let mut debouncer = match debouncer {
+        Ok(d) => d,
+        Err(e) => {
+            log.error("start", &format!("cannot watch files: {e}"), &[]);
+            return 1;
+        }
+    };
+    let mut state = State {
+        log: log.clone(),
+        metrics,
+        shutdown: Arc::clone(&shutdown),
+        backoff: HashMap::new(),
+        watched_engines: BTreeMap::new(),
+        event_tasks: Vec::new(),
+        watched_dirs: BTreeSet::new(),
+        opts,
+    };
+    log.info(
+        "start",
+        "watching",
+        &[
+            (
+                "paths",
+                state
+                    .opts
+                    .paths
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+            (
+                "interval",
+                humantime::format_duration(state.opts.interval).to_string(),
+            ),
+        ],
+    );
+    let mut interval = tokio::time::interval_at(
+        tokio::time::Instant::now() + state.opts.interval,
+        state.opts.interval,
+    );
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = Some(Trigger::Start);
+    loop {
+        if let Some(trigger) = next.take() {
+            let valid = state.reconcile(&trigger).await;
+            if let Some(v) = &valid {
+                state.watch_files(&mut debouncer, v);
+                state.watch_engines(v, &tx).await;
+            } else {
+                state.watch_paths_only(&mut debouncer);
+            }
+        }
+        if shutdown.load(Ordering::SeqCst) {
+            break;
+        }
+        tokio::select! {
+            _ = notify.notified() => break,
+            _ = interval.tick() => next = Some(Trigger::Interval),
+            t = rx.recv() => {
+                let Some(t) = t else { break };
+                // Coalesce a burst (an editor's save, our own recreate's events) into one run.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let mut t = t;
+                while let Ok(more) = rx.try_recv() {
+                    if matches!(more, Trigger::Files) {
+                        t = more;
+                    }
+                }
+                next = Some(t);
+            }
+        }
+    }
+    for t in &state.event_tasks {
+        t.abort();
+    }
+    log.info("stop", "shut down cleanly", &[]);
+    0
+}
+
+fn spawn_signal_handler(shutdown: Arc<AtomicBool>, notify: Arc<tokio::sync::Notify>, log: Logger) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log.error("start", "cannot install signal handlers", &[]);
+            return;
+        };
+        for n in 0.. {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            if n == 0 {
+                log.info(
+                    "stop",
+                    "signal received: finishing the action in flight, then exiting",
+                    &[],
+                );
+                shutdown.store(true, Ordering::SeqCst);
+                notify.notify_one();
+            } else {
+                log.error("stop", "second signal: exiting now", &[]);
+                std::process::exit(130);
+            }
+        }
+    });
+}
+
+impl State {
+    /// One full validate -> plan -> apply; returns the valid set, if it was.
+    async fn reconcile(&mut self, trigger: &Trigger) -> Option<Validated> {
+        let started = Instant::now();
+        let mut fields = vec![("trigger", trigger.name().to_string())];
+        if let Trigger::Engine {
+            integration,
+            container,
+            action,
+        } = trigger
+        {
+            fields.push(("integration", integration.clone()));
+            fields.push(("container", container.clone()));
+            fields.push(("event", action.clone()));
+        }
+        self.log.info("reconcile", "reconcile started", &fields);
+        let outcome = validate(&self.opts.paths);
+        for d in &outcome.diagnostics {
+            let line = d.headline();
+            let hint = d.hint.clone().unwrap_or_default();
+            if d.is_error() {
+                self.log.error("invalid", &line, &[("hint", hint)]);
+            } else {
+                self.log.warn("manifest", &line, &[("hint", hint)]);
+            }
+        }
+        let invalid = outcome.has_errors();
+        let Some(v) = outcome.validated.filter(|_| !invalid) else {
+            self.log.error(
+                "reconcile",
+                "manifests are invalid: nothing applied; containers keep running as last applied",
+                &[],
+            );
+            self.metrics.reconcile_finished(false, started.elapsed());
+            return None;
+        };
+        let engines = connect_all(&v).await;
+        let mut plan = plan::build(
+            &v,
+            &engines,
+            DiffOptions {
+                adopt: self.opts.adopt,
+            },
+        )
+        .await;
+        let mut ok = true;
+        for e in &plan.integrations {
+            self.metrics.engine_up(&e.name, e.error.is_none());
+            if let Some(err) = &e.error {
+                ok = false;
+                self.log
+                    .error("engine", err, &[("integration", e.name.clone())]);
+            }
+            for a in e.actions.iter().filter(|a| a.action == ActionKind::Blocked) {
+                ok = false;
+                self.log.error(
+                    "blocked",
+                    a.error.as_deref().unwrap_or("blocked"),
+                    &[
+                        ("integration", e.name.clone()),
+                        ("outpost", a.outpost.clone()),
+                    ],
+                );
+            }
+        }
+        self.filter_actions(&mut plan);
+        let summary = crate::render::plan::summary_line(&plan.summary());
+        if plan.has_changes() {
+            let progress = WatchProgress {
+                log: &self.log,
+                shutdown: &self.shutdown,
+            };
+            let report = apply::apply(&plan, &v, &engines, &progress).await;
+            for o in &report.outcomes {
+                if o.ok {
+                    self.metrics
+                        .change_applied(o.action.as_str(), trigger.is_drift());
+                } else {
+                    ok = false;
+                    self.metrics.error();
+                }
+            }
+            ok &= report.engine_errors.is_empty();
+        }
+        self.metrics.reconcile_finished(ok, started.elapsed());
+        let ms = started.elapsed().as_millis().to_string();
+        if ok {
+            self.log.info(
+                "reconcile",
+                &format!("reconcile done: {summary}"),
+                &[("duration_ms", ms)],
+            );
+        } else {
+            self.log.error(
+                "reconcile",
+                &format!("reconcile done with errors: {summary}"),
+                &[("duration_ms", ms)],
+            );
+        }
+        Some(v)
+    }
+
+    /// Drops what must not happen now: removals with --no-prune (kept as pending), and
+    /// put-backs of outposts that are backing off.
+    fn filter_actions(&mut self, plan: &mut plan::Plan) {
+        let now = Instant::now();
+        for e in &mut plan.integrations {
+            let integration = e.name.clone();
+            for a in &e.actions {
+                let key = (integration.clone(), a.outpost.clone());
+                if is_put_back(a) {
+                    let b = self.backoff.entry(key).or_insert(Backoff {
+                        strikes: 0,
+                        until: now,
+                    });
+                    if b.until <= now {
+                        b.strikes += 1;
+                        if b.strikes >= STRIKES_BEFORE_BACKOFF {
+                            b.until = now + backoff_delay(b.strikes);
+                        }
+                    }
+                } else if a.action == ActionKind::Noop {
+                    self.backoff.remove(&key);
+                }
+            }
+            let log = &self.log;
+            let no_prune = self.opts.no_prune;
+            let backoff = &self.backoff;
+            e.actions.retain(|a| {
+                if a.action == ActionKind::Remove && no_prune {
+                    log.warn("pending", &format!("remove {} is pending (--no-prune)", a.name), &[("integration", integration.clone()), ("outpost", a.outpost.clone())]);
+                    return false;
+                }
+                if is_put_back(a) {
+                    if let Some(b) = backoff.get(&(integration.clone(), a.outpost.clone())) {
+                        if b.strikes > STRIKES_BEFORE_BACKOFF && b.until > now {
+                            let wait = b.until.saturating_duration_since(now);
+                            log.warn(
+                                "backoff",
+                                &format!("outpost `{}` keeps dying ({} put-backs in a row); next attempt in {}s", a.outpost, b.strikes - 1, wait.as_secs().max(1)),
+                                &[("integration", integration.clone()), ("outpost", a.outpost.clone())],
+                            );
+                            return false;
+                        }
+                    }
+                }
+                true
+            });
+        }
+    }
+
+    /// Watches the manifest paths and every directory holding a referenced file.
+    fn watch_files<W: notify::Watcher, C: notify_debouncer_full::FileIdCache>(
+        &mut self,
+        d: &mut notify_debouncer_full::Debouncer<W, C>,
+        v: &Validated,
+    ) {
+        let mut want = watch_targets(&self.opts.paths);
+        for f in &v.referenced_files {
+            if let Some(parent) = f.parent() {
+                want.insert((dir_or_dot(parent), false));
+            }
+        }
+        self.apply_watches(d, want);
+    }
+
+    fn watch_paths_only<W: notify::Watcher, C: notify_debouncer_full::FileIdCache>(
+        &mut self,
+        d: &mut notify_debouncer_full::Debouncer<W, C>,
+    ) {
+        // Keep what is watched: an invalid edit must not stop us from seeing the fix.
+        let mut want = watch_targets(&self.opts.paths);
+        want.extend(self.watched_dirs.iter().cloned());
+        self.apply_watches(d, want);
+    }
+
+    fn apply_watches<W: notify::Watcher, C: notify_debouncer_full::FileIdCache>(
+        &mut self,
+        d: &mut notify_debouncer_full::Debouncer<W, C>,
+        want: BTreeSet<(PathBuf, bool)>,
+    ) {
+        for gone in self.watched_dirs.difference(&want) {
+            let _ = d.unwatch(&gone.0);
+        }
+        for (dir, recursive) in want.difference(&self.watched_dirs) {
+            let mode = if *recursive {
+                RecursiveMode::Recursive
+            } else {
+                RecursiveMode::NonRecursive
+            };
+            if let Err(e) = d.watch(dir, mode) {
+                self.log.warn(
+                    "watch",
+                    &format!("cannot watch {}: {e}", dir.display()),
+                    &[],
+                );
+            }
+        }
+        self.watched_dirs = want;
+    }
+
+    /// One event stream per engine, restarted when the set of engines changes.
+    async fn watch_engines(&mut self, v: &Validated, tx: &mpsc::Sender<Trigger>) {
+        let want: BTreeMap<String, String> = v
+            .integrations
+            .iter()
+            .map(|(k, d)| (k.clone(), d.url.clone()))
+            .collect();
+        if want == self.watched_engines {
+            return;
+        }
+        for t in self.event_tasks.drain(..) {
+            t.abort();
+        }
+        for (name, def) in &v.integrations {
+            let def = def.clone();
+            let name = name.clone();
+            let tx = tx.clone();
+            let project = v.project.clone();
+            let log = self.log.clone();
+            self.event_tasks.push(tokio::spawn(async move {
+                let mut delay = Duration::from_secs(1);
+                loop {
+                    match crate::engine::connect::connect(&def).await {
+                        Ok(engine) => {
+                            use crate::engine::Engine;
+                            let mut events = engine.events(&project);
+                            while let Some(ev) = events.next().await {
+                                match ev {
+                                    Ok(ev) => {
+                                        delay = Duration::from_secs(1);
+                                        let _ = tx
+                                            .send(Trigger::Engine {
+                                                integration: name.clone(),
+                                                container: ev.name,
+                                                action: ev.action,
+                                            })
+                                            .await;
+                                    }
+                                    Err(e) => {
+                                        log.warn(
+                                            "engine",
+                                            &format!("event stream: {e}"),
+                                            &[("integration", name.clone())],
+                                        );
+                                        break;
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => log.warn(
+                            "engine",
+                            &format!("cannot watch events: {e}"),
+                            &[("integration", name.clone())],
+                        ),
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(60));
+                }
+            }));
+        }
+        self.watched_engines = want;
+    }
+}
+
+fn dir_or_dot(p: &Path) -> PathBuf {
+    if p.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        p.to_path_buf()
+    }
+}
+
+/// Directories to watch for the given manifest paths: a directory recursively, plus its
+/// parent (a symlink swap replaces the directory itself); a file's directory.
+fn watch_targets(paths: &[PathBuf]) -> BTreeSet<(PathBuf, bool)> {
+    let mut out = BTreeSet::new();
+    for p in paths {
+        if p.is_dir() {
+            out.insert((p.clone(), true));
+            if let Some(parent) = p.parent() {
+                out.insert((dir_or_dot(parent), false));
+            }
+        } else if let Some(parent) = p.parent() {
+            out.insert((dir_or_dot(parent), false));
+        }
+    }
+    out
+}
+
+/// Seconds since the epoch, for metrics.
+pub fn now_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff_delay(3), Duration::from_secs(5));
+        assert_eq!(backoff_delay(4), Duration::from_secs(10));
+        assert_eq!(backoff_delay(30), BACKOFF_MAX);
+    }
+}
