@@ -72,7 +72,7 @@ fn full_lifecycle_through_the_socket_proxy() {
         [format!("127.0.0.1:{}", ports["9000/tcp"])]
     );
     let dir = env.container(&env.name_of("dir"));
-    assert_eq!(dir.networks(), [net.clone()]);
+    assert_eq!(dir.networks(), [net.as_str()]);
     let rac = env.container(&env.name_of("remote"));
     assert_eq!(rac.image(), pulled);
     assert!(image_id(&pulled).is_some(), "not pulled through the proxy");
@@ -94,7 +94,7 @@ fn full_lifecycle_through_the_socket_proxy() {
     env.apply_ok();
     let dir2 = env.container(&env.name_of("dir"));
     assert_ne!(dir2.id(), dir.id());
-    assert_eq!(dir2.networks(), [net.clone()]);
+    assert_eq!(dir2.networks(), [net.as_str()]);
     let moved = env.name_of("moved-radius");
     assert_eq!(env.container(&moved).id(), radius.id());
     env.assert_converged();
