@@ -727,3 +727,111 @@ fn failed_recreate_puts_the_old_container_back() {
     );
     env.assert_converged();
 }
+
+/// On a terminal, apply shows the plan and asks: anything but `yes` cancels and changes
+/// nothing; `yes` applies.
+#[test]
+fn apply_on_a_terminal_asks_first() {
+    let env = Env::new("confirm");
+    let mut m = env.manifest();
+    m["outposts"]["Asked"] = env.outpost("ldap", "AK_A");
+    env.write(&m);
+    let name = env.name_of("asked");
+
+    let r = env.run_on_terminal(&["apply", "."], "no");
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stdout.contains(&format!("+ create    {name}"))
+            && r.stdout
+                .contains("Apply these changes? Only `yes` is accepted:")
+            && r.stdout.contains("apply cancelled; nothing was changed"),
+        "{}",
+        shown(&r)
+    );
+    assert!(
+        env.project_containers().is_empty(),
+        "a cancelled apply changed the engine"
+    );
+
+    let r = env.run_on_terminal(&["apply", "."], "yes");
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    assert!(
+        r.stdout
+            .contains(&format!("ok create {name} `Asked` on local")),
+        "{}",
+        shown(&r)
+    );
+    assert!(env.container(&name).running());
+    env.assert_converged();
+}
+
+/// A running container that fails its health check is restarted (same container), as
+/// authentik does. The unhealthy container is a copy of ours made by hand with a quick
+/// health check and the fake image's switch to fail it (`OUTPOSTCTL_TEST_UNHEALTHY`).
+#[test]
+fn unhealthy_outpost_is_restarted() {
+    let env = Env::new("unhealthy");
+    let mut m = env.manifest();
+    m["outposts"]["Sick"] = env.outpost("ldap", "AK_S");
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("sick");
+    let ours = env.container(&name);
+    docker_ok(&["rm", "-f", &name]);
+
+    let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
+    for (k, v) in ours.own_labels() {
+        args.extend(["--label".into(), format!("{k}={v}")]);
+    }
+    for (k, v) in ours.env() {
+        if k.starts_with("AUTHENTIK_") {
+            args.extend(["-e".into(), format!("{k}={v}")]);
+        }
+    }
+    args.extend(
+        [
+            "-e",
+            "OUTPOSTCTL_TEST_UNHEALTHY=1",
+            "--health-cmd",
+            "/ldap healthcheck",
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+            "--restart",
+            "unless-stopped",
+            &ours.image(),
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let id = docker_ok(&args);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            inspect(&id).and_then(|c| c.health()).as_deref() == Some("unhealthy")
+        }),
+        "the copy never became unhealthy"
+    );
+    let started = env.container(&id).0["State"]["StartedAt"].clone();
+
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", shown(&plan));
+    assert!(
+        plan.stdout.contains(&format!("^ restart   {name}"))
+            && plan.stdout.contains("health: unhealthy -> restarted")
+            && plan.stdout.contains("plan: 1 to restart"),
+        "{}",
+        shown(&plan)
+    );
+    let r = env.apply_ok();
+    assert!(
+        r.stdout
+            .contains(&format!("ok restart {name} `Sick` on local")),
+        "{}",
+        shown(&r)
+    );
+    let after = env.container(&name);
+    assert_eq!(after.id(), id, "restarted, not recreated");
+    assert!(after.running());
+    assert_ne!(after.0["State"]["StartedAt"], started, "not restarted");
+}

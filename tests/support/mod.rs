@@ -805,6 +805,30 @@ impl Env {
         r
     }
 
+    /// Runs outpostctl on a pseudo-terminal (util-linux `script`), typing `answer` and a
+    /// newline once it had time to ask.
+    pub fn run_on_terminal(&self, args: &[&str], answer: &str) -> Run {
+        let bin = common::bin();
+        let line = std::iter::once(bin.to_string_lossy().into_owned())
+            .chain(args.iter().map(|a| a.to_string()))
+            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let script =
+            format!("(sleep 2; printf '%s\\n' '{answer}') | script -qec \"{line}\" /dev/null");
+        let mut cmd = Command::new("sh");
+        cmd.current_dir(self.dir())
+            .args(["-c", &script])
+            .env("NO_COLOR", "1")
+            .env("COLUMNS", "100");
+        for (k, v) in self.tokens.lock().unwrap().iter() {
+            cmd.env(k, v);
+        }
+        let r = run_with_timeout(cmd, OUTPOSTCTL_TIMEOUT);
+        self.assert_no_secret("the terminal", &r.stdout);
+        r
+    }
+
     /// Panics when any token value of this test appears in `text`.
     pub fn assert_no_secret(&self, what: &str, text: &str) {
         for s in self.secrets.lock().unwrap().iter() {
