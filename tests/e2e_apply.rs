@@ -835,3 +835,200 @@ fn unhealthy_outpost_is_restarted() {
     assert!(after.running());
     assert_ne!(after.0["State"]["StartedAt"], started, "not restarted");
 }
+
+/// An engine that cannot be reached fails its integration only: the plan says so (exit 1),
+/// and apply still changes the engines it can reach.
+#[test]
+fn unreachable_engine_fails_its_integration_only() {
+    let env = Env::new("down");
+    let dead = env.port();
+    let mut m = env.manifest();
+    m["integrations"]["down"] = json!({ "url": format!("http://127.0.0.1:{dead}") });
+    m["outposts"]["Here"] = env.outpost("ldap", "AK_H");
+    let mut far = env.outpost("ldap", "AK_F");
+    far["integration"] = json!("down");
+    m["outposts"]["Far"] = far;
+    env.write(&m);
+
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 1, "{}", shown(&plan));
+    assert!(
+        plan.stdout
+            .contains(&format!("integration down (http://127.0.0.1:{dead})"))
+            && plan.stdout.contains("! error:")
+            && plan.stdout.contains("1 engine unreachable")
+            && plan
+                .stdout
+                .contains(&format!("+ create    {}", env.name_of("here"))),
+        "{}",
+        shown(&plan)
+    );
+    let json = env.plan_json_with(&[], true);
+    assert_eq!(json["summary"]["failed_engines"], 1, "{json:#}");
+
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stdout.contains("FAILED integration down:")
+            && r.stdout.contains("apply: 1 done, 1 failed"),
+        "{}",
+        shown(&r)
+    );
+    assert!(env.container(&env.name_of("here")).running());
+}
+
+/// A `docker_network` that does not exist fails that outpost, with a hint to create it.
+#[test]
+fn missing_network_fails_that_outpost_with_a_hint() {
+    let env = Env::new("nonet");
+    let net = env.name_of("no-such-net");
+    let mut m = env.manifest();
+    let mut o = env.outpost("radius", "AK_N");
+    o["config"]["docker_network"] = json!(net);
+    m["outposts"]["Netless"] = o;
+    m["outposts"]["Fine"] = env.outpost("rac", "AK_F");
+    env.write(&m);
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stdout.contains(&format!(
+            "FAILED create {} `Netless` on local",
+            env.name_of("netless")
+        )) && r.stdout.contains(&format!("network {net} not found")),
+        "{}",
+        shown(&r)
+    );
+    assert!(env.container(&env.name_of("fine")).running());
+    assert!(
+        inspect(&env.name_of("netless")).is_none(),
+        "a container that cannot start is removed again"
+    );
+}
+
+/// The failure of a missing network should say how to fix it. outpostctl adds
+/// "create the network first: `docker network create NET`" to a failed *create*, but
+/// Docker 20.10 accepts the create and fails the *start* (404 "network NET not found").
+#[test]
+#[ignore = "bug: the `docker network create` hint is only added to create errors; Docker 20.10 fails at start"]
+fn missing_network_failure_says_how_to_create_it() {
+    let env = Env::new("nonethint");
+    let net = env.name_of("no-such-net");
+    let mut m = env.manifest();
+    let mut o = env.outpost("radius", "AK_N");
+    o["config"]["docker_network"] = json!(net);
+    m["outposts"]["Netless"] = o;
+    env.write(&m);
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stdout.contains(&format!("docker network create {net}")),
+        "{}",
+        shown(&r)
+    );
+}
+
+/// A paused outpost must be brought back to running. The plan says `start`, but Docker
+/// refuses to start a paused container (409 "try unpause instead"), so apply fails.
+#[test]
+#[ignore = "bug: a paused container is planned as `start` and apply fails with 409 (needs unpause)"]
+fn paused_outpost_is_resumed() {
+    let env = Env::new("paused");
+    let mut m = env.manifest();
+    m["outposts"]["Frozen"] = env.outpost("ldap", "AK_F");
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("frozen");
+    let id = env.container(&name).id();
+    docker_ok(&["pause", &name]);
+    assert_eq!(env.container(&name).status(), "paused");
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", shown(&plan));
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    let c = env.container(&name);
+    assert_eq!(c.status(), "running");
+    assert_eq!(c.id(), id);
+    env.assert_converged();
+}
+
+/// Leftovers of an interrupted recreate (a second container of ours for the same outpost,
+/// parked under `<name>-outpostctl-old`) are removed; the right one is kept.
+#[test]
+fn leftover_of_an_interrupted_recreate_is_removed() {
+    let env = Env::new("leftover");
+    let mut m = env.manifest();
+    m["outposts"]["Twice"] = env.outpost("radius", "AK_T");
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("twice");
+    let ours = env.container(&name);
+    // The old container a recreate parked, stopped, with our labels.
+    let parked = format!("{name}-outpostctl-old");
+    let mut args: Vec<String> = vec!["create".into(), "--name".into(), parked.clone()];
+    for (k, v) in ours.own_labels() {
+        let v = if k == LABEL_CONFIG_HASH {
+            "0".repeat(64)
+        } else {
+            v
+        };
+        args.extend(["--label".into(), format!("{k}={v}")]);
+    }
+    args.push(ours.image());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let parked_id = docker_ok(&args);
+
+    let json = env.plan_json();
+    let removals: Vec<_> = actions(&json)
+        .into_iter()
+        .filter(|a| a["action"] == "remove")
+        .collect();
+    assert_eq!(removals.len(), 1, "{json:#}");
+    assert_eq!(removals[0]["container"]["id"], parked_id.as_str());
+    assert_eq!(reason_fields(&removals[0]), ["duplicate"]);
+    let twice: Vec<_> = actions(&json)
+        .into_iter()
+        .filter(|a| a["outpost"] == "Twice" && a["action"] != "remove")
+        .collect();
+    assert_eq!(twice.len(), 1);
+    assert_eq!(twice[0]["action"], "noop", "{json:#}");
+
+    env.apply_ok();
+    assert!(inspect(&parked_id).is_none(), "the leftover remains");
+    assert_eq!(env.container(&name).id(), ours.id());
+    env.assert_converged();
+}
+
+/// The health check follows the image: `/proxy healthcheck` for proxy images older than
+/// 2026.8, `/authentik healthcheck proxy` from 2026.8; the manifest may override it.
+#[test]
+fn health_check_follows_the_image_version_or_the_manifest() {
+    let env = Env::new("hcheck");
+    let old_image = format!("outpostctl-test/outpost:2025.10.{}", std::process::id());
+    env.track_image_tag(&old_image);
+    docker_ok(&["tag", IMAGE_V1, &old_image]);
+    let mut m = env.manifest();
+    let mut old = env.outpost("proxy", "AK_O");
+    old["config"]["container_image"] = json!(old_image);
+    m["outposts"]["Old"] = old;
+    m["outposts"]["New"] = env.outpost("proxy", "AK_N");
+    let mut custom = env.outpost("radius", "AK_C");
+    custom["healthcheck"] = json!(["/radius", "healthcheck", "--custom"]);
+    m["outposts"]["Custom"] = custom;
+    env.write(&m);
+    env.apply_ok();
+    assert_eq!(
+        env.container(&env.name_of("old")).healthcheck()["Test"],
+        json!(["CMD", "/proxy", "healthcheck"])
+    );
+    assert_eq!(
+        env.container(&env.name_of("new")).healthcheck()["Test"],
+        json!(["CMD", "/authentik", "healthcheck", "proxy"])
+    );
+    assert_eq!(
+        env.container(&env.name_of("custom")).healthcheck()["Test"],
+        json!(["CMD", "/radius", "healthcheck", "--custom"])
+    );
+    let h = env.wait_healthy(&env.name_of("old"), Duration::from_secs(40));
+    assert_eq!(h.as_deref(), Some("healthy"));
+    env.assert_converged();
+}

@@ -500,3 +500,72 @@ fn naming_template_change_renames_or_recreates_proxies() {
     assert_eq!(env.project_containers().len(), 3);
     env.assert_converged();
 }
+
+#[test]
+fn healthcheck_change_recreates() {
+    let c = recreate_case(
+        "hcchange",
+        "ldap",
+        |_, _| {},
+        |_, o| o["healthcheck"] = json!(["/ldap", "healthcheck", "--deep"]),
+    );
+    assert_reason(
+        &c,
+        "healthcheck",
+        json!("CMD /ldap healthcheck every 5s"),
+        json!("CMD /ldap healthcheck --deep every 5s"),
+    );
+    assert_eq!(
+        c.after.healthcheck()["Test"],
+        json!(["CMD", "/ldap", "healthcheck", "--deep"])
+    );
+}
+
+/// A proxy's external hosts are its Traefik rule.
+#[test]
+fn external_hosts_change_recreates() {
+    let c = recreate_case(
+        "exthosts",
+        "proxy",
+        |_, o| o["external_hosts"] = json!(["https://a.example.com"]),
+        |_, o| o["external_hosts"] = json!(["https://a.example.com", "https://b.example.com"]),
+    );
+    let rule = format!("labels.traefik.http.routers.{}-router.rule", c.name);
+    assert_reason(
+        &c,
+        &rule,
+        json!("(Host(`a.example.com`)) && PathPrefix(`/outpost.goauthentik.io`)"),
+        json!(
+            "(Host(`a.example.com`) || Host(`b.example.com`)) && PathPrefix(`/outpost.goauthentik.io`)"
+        ),
+    );
+    assert_eq!(reason_fields(&c.action), [rule.as_str()]);
+    assert_eq!(
+        c.after.label(&rule[7..]).as_deref(),
+        Some(
+            "(Host(`a.example.com`) || Host(`b.example.com`)) && PathPrefix(`/outpost.goauthentik.io`)"
+        )
+    );
+}
+
+/// A port bound on every interface (no address) converges: Docker reports it as `0.0.0.0`
+/// or `""`, and the plan must not see a difference.
+#[test]
+fn port_on_all_interfaces_converges() {
+    let env = Env::new("allifaces");
+    let port = env.port();
+    let mut m = env.manifest();
+    let mut o = env.outpost("radius", "AK_R");
+    o["config"]["docker_map_ports"] = json!(true);
+    o["ports"] = json!({ "1812/udp": port });
+    m["outposts"]["Everywhere"] = o;
+    env.write(&m);
+    env.apply_ok();
+    let c = env.container(&env.name_of("everywhere"));
+    let b = c.port_bindings();
+    assert!(
+        b["1812/udp"] == [format!(":{port}")] || b["1812/udp"] == [format!("0.0.0.0:{port}")],
+        "{b:?}"
+    );
+    env.assert_converged();
+}
