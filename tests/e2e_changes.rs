@@ -569,3 +569,41 @@ fn port_on_all_interfaces_converges() {
     );
     env.assert_converged();
 }
+
+/// A token read from a file (with the newline `echo` leaves): the container gets the token
+/// without it; a new file content recreates, shown only as `(changed)`.
+#[test]
+fn token_from_a_file_is_trimmed_and_its_change_recreates() {
+    let env = Env::new("tokfile");
+    let first = format!("s3cr3t-file-{}-one", env.project);
+    let second = format!("s3cr3t-file-{}-two", env.project);
+    // Known secrets, so no output may contain them.
+    env.set_token("UNUSED_FILE_TOKEN_1", &first);
+    env.set_token("UNUSED_FILE_TOKEN_2", &second);
+    let path = env.dir().join("ldap.token");
+    let write_token = |t: &str| {
+        std::fs::write(&path, format!("{t}\n")).expect("token file");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    };
+    write_token(&first);
+    let mut m = env.manifest();
+    let mut o = env.outpost("ldap", "AK_UNUSED");
+    o["token"] = json!({ "file": "ldap.token" });
+    m["outposts"]["Filed"] = o;
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("filed");
+    let c = env.container(&name);
+    assert_eq!(c.env()["AUTHENTIK_TOKEN"], first);
+    env.assert_converged();
+
+    write_token(&second);
+    let plan = env.plan_json();
+    let a = action_of(&plan, "Filed");
+    assert_eq!(a["action"], "recreate");
+    assert_eq!(reason_fields(&a), ["env.AUTHENTIK_TOKEN"]);
+    env.apply_ok();
+    assert_eq!(env.container(&name).env()["AUTHENTIK_TOKEN"], second);
+    env.assert_converged();
+}

@@ -121,3 +121,30 @@ fn full_lifecycle_through_the_socket_proxy() {
     assert_eq!(env.project_containers().len(), 3);
     env.assert_converged();
 }
+
+/// Two integrations that reach the same engine (the local socket and the socket proxy in
+/// front of it, as during a migration): "prune removes only containers whose outpost left
+/// the manifests" (manifest.md), so neither integration may plan to remove the other's
+/// outposts, which are still in the manifests; right after apply the plan is empty.
+#[test]
+#[ignore = "bug: with two integrations on one engine, each plans to remove the other's outposts (still in the manifests)"]
+fn two_integrations_on_one_engine_do_not_prune_each_other() {
+    require_socket_proxy();
+    let env = Env::new("sameengine");
+    let mut m = env.manifest();
+    m["integrations"]["edge"] = json!({ "url": SOCKET_PROXY });
+    m["outposts"]["Here"] = env.outpost("ldap", "AK_H");
+    let mut there = env.outpost("radius", "AK_T");
+    there["integration"] = json!("edge");
+    m["outposts"]["There"] = there;
+    env.write(&m);
+    env.apply_ok();
+    let plan = env.plan_json();
+    for a in actions(&plan) {
+        assert_ne!(
+            a["action"], "remove",
+            "an outpost still in the manifests is planned for removal: {a:#}"
+        );
+    }
+    env.assert_converged();
+}
