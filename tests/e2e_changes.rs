@@ -607,3 +607,25 @@ fn token_from_a_file_is_trimmed_and_its_change_recreates() {
     assert_eq!(env.container(&name).env()["AUTHENTIK_TOKEN"], second);
     env.assert_converged();
 }
+
+/// A recreate that keeps the host ports works: the old container is stopped first, so its
+/// ports are free for the new one; the new one answers on them.
+#[test]
+fn recreate_keeps_its_host_ports() {
+    let mut ports = Default::default();
+    let c = recreate_case(
+        "keepports",
+        "proxy",
+        |env, o| ports = env.publish(o),
+        |_, o| o["config"]["docker_labels"] = json!({"com.example.v": "2"}),
+    );
+    assert_eq!(c.after.port_bindings(), c.before.port_bindings());
+    let p = ports["9000/tcp"];
+    assert!(
+        wait_until(std::time::Duration::from_secs(10), || {
+            http_get(&format!("127.0.0.1:{p}"), "/outpost.goauthentik.io/ping")
+                .is_some_and(|(s, _)| s == 200)
+        }),
+        "the new container does not answer on 127.0.0.1:{p}"
+    );
+}
