@@ -309,19 +309,17 @@ outposts:
     assert_eq!(hashes.len(), 3);
 
     // The published port answers, and the health check command works in the image.
-    let ping = http_get(
-        &format!("127.0.0.1:{p9000}"),
-        "/outpost.goauthentik.io/ping",
-    );
+    let ping = || {
+        http_get(
+            &format!("127.0.0.1:{p9000}"),
+            "/outpost.goauthentik.io/ping",
+        )
+    };
     assert!(
-        wait_until(Duration::from_secs(10), || {
-            http_get(
-                &format!("127.0.0.1:{p9000}"),
-                "/outpost.goauthentik.io/ping",
-            )
-            .is_some_and(|(s, _)| s == 200)
-        }),
-        "the proxy does not answer on 127.0.0.1:{p9000}: {ping:?}"
+        wait_until(Duration::from_secs(10), || ping()
+            .is_some_and(|(s, _)| s == 200)),
+        "the proxy does not answer on 127.0.0.1:{p9000}: {:?}",
+        ping()
     );
     for n in [&n_proxy, &n_ldap, &n_radius] {
         let h = env.wait_healthy(n, Duration::from_secs(40));
