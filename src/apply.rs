@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use serde::Serialize;
 
-use crate::desired::{ContainerSpec, LABEL_REPLACES};
+use crate::desired::{ContainerSpec, LABEL_FALLBACK, LABEL_REPLACES};
 use crate::diff::{Action, ActionKind};
 use crate::engine::{Engine, EngineError};
 use crate::manifest::model::PullPolicy;
@@ -203,6 +203,7 @@ async fn run_action(
         (ActionKind::Rename, Some(id)) => engine.rename(id, &a.name).await?,
         (ActionKind::Start, Some(id)) => engine.start(id).await?,
         (ActionKind::Restart, Some(id)) => engine.restart(id).await?,
+        (ActionKind::Unpause, Some(id)) => engine.unpause(id).await?,
         (ActionKind::Remove, Some(id)) => engine.remove(id).await?,
         _ => {}
     }
@@ -217,7 +218,11 @@ async fn create_and_start(
     image: &str,
     extra: &BTreeMap<String, String>,
 ) -> Result<String, EngineError> {
-    let id = engine.create(spec, image, extra).await?;
+    let mut extra = extra.clone();
+    if Some(image) == spec.fallback_image.as_deref() && image != spec.image {
+        extra.insert(LABEL_FALLBACK.to_string(), "true".to_string());
+    }
+    let id = engine.create(spec, image, &extra).await?;
     if let Err(e) = engine.start(&id).await {
         let _ = engine.remove(&id).await;
         return Err(e);

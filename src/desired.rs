@@ -19,6 +19,10 @@ pub const LABEL_PROJECT: &str = "outpostctl.project";
 pub const LABEL_MANAGED_BY: &str = "outpostctl.managed-by";
 pub const LABEL_CONFIG_HASH: &str = "outpostctl.config-hash";
 pub const LABEL_OUTPOST: &str = "outpostctl.outpost";
+/// The integration that manages the container (several may reach one engine).
+pub const LABEL_INTEGRATION: &str = "outpostctl.integration";
+/// On a container made from the fallback image because its own image could not be pulled.
+pub const LABEL_FALLBACK: &str = "outpostctl.image-fallback";
 /// On a replacement container: the id of the container it replaces, so an interrupted
 /// recreate can be recognised and finished by any runner.
 pub const LABEL_REPLACES: &str = "outpostctl.replaces";
@@ -186,6 +190,7 @@ pub type PortOverrides = BTreeMap<(u16, Proto), Option<(String, u16)>>;
 #[derive(Debug, Clone)]
 pub struct OutpostInput<'a> {
     pub project: &'a str,
+    pub integration: &'a str,
     pub name: &'a str,
     pub kind: OutpostType,
     pub uuid: String,
@@ -528,6 +533,8 @@ pub fn container(input: &OutpostInput<'_>) -> Result<ContainerSpec, Vec<Problem>
         .insert(LABEL_PROJECT.into(), input.project.to_string());
     spec.labels
         .insert(LABEL_MANAGED_BY.into(), MANAGED_BY.into());
+    spec.labels
+        .insert(LABEL_INTEGRATION.into(), input.integration.to_string());
     spec.labels
         .insert(LABEL_OUTPOST.into(), input.name.to_string());
     spec.labels

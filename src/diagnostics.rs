@@ -72,6 +72,20 @@ impl Location {
             span,
         }
     }
+
+    /// The source text the location covers (on its first line).
+    pub fn text(&self) -> String {
+        let start = self.file.offset(self.span.start.line, self.span.start.col);
+        let end = self.file.offset(self.span.end.line, self.span.end.col);
+        let line_end = self.file.text[start..]
+            .find('\n')
+            .map_or(self.file.text.len(), |i| start + i);
+        self.file
+            .text
+            .get(start..end.min(line_end).max(start))
+            .unwrap_or_default()
+            .to_string()
+    }
 }
 
 #[derive(Debug, Clone)]

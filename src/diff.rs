@@ -6,18 +6,18 @@
 //! names it (or, with `--adopt`, a container authentik deployed for the same outpost is taken
 //! over).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use serde::{Deserialize, Serialize};
 
 use crate::desired::{
-    ContainerSpec, LABEL_CONFIG_HASH, LABEL_MANAGED_BY, LABEL_OUTPOST, LABEL_PROJECT,
-    LABEL_REPLACES, LABEL_UUID,
+    ContainerSpec, LABEL_CONFIG_HASH, LABEL_FALLBACK, LABEL_INTEGRATION, LABEL_MANAGED_BY,
+    LABEL_OUTPOST, LABEL_PROJECT, LABEL_REPLACES, LABEL_UUID,
 };
 
 /// Labels outpostctl keeps for itself that say nothing about the container's settings.
 fn bookkeeping(label: &str) -> bool {
-    label == LABEL_CONFIG_HASH || label == LABEL_REPLACES
+    label == LABEL_CONFIG_HASH || label == LABEL_REPLACES || label == LABEL_FALLBACK
 }
 use crate::engine::{Health, Inspected, Observed, State};
 
@@ -32,6 +32,8 @@ pub enum ActionKind {
     Rename,
     /// Stopped or exited: start it.
     Start,
+    /// Paused: unpause it.
+    Unpause,
     /// Running but unhealthy, as authentik does: restart it.
     Restart,
     /// Ours, but its outpost left the manifests (or a leftover duplicate).
@@ -49,6 +51,7 @@ impl ActionKind {
             ActionKind::Recreate => "recreate",
             ActionKind::Rename => "rename",
             ActionKind::Start => "start",
+            ActionKind::Unpause => "unpause",
             ActionKind::Restart => "restart",
             ActionKind::Remove => "remove",
             ActionKind::Noop => "no change",
@@ -115,9 +118,25 @@ pub struct Action {
 }
 
 /// Options that change what a diff may do.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct DiffOptions {
     pub adopt: bool,
+    /// The integration being planned. Several integrations may reach one engine (the socket
+    /// and a socket proxy, say): each owns only the containers labelled with its name, plus
+    /// unlabelled ones and those of integrations no longer in the set.
+    pub integration: Option<String>,
+    /// Every integration of the set.
+    pub integrations: BTreeSet<String>,
+}
+
+impl DiffOptions {
+    /// Whether `o` is this integration's to change (given it is this project's).
+    fn in_scope(&self, o: &Observed) -> bool {
+        match (o.label(LABEL_INTEGRATION), &self.integration) {
+            (Some(theirs), Some(mine)) => theirs == mine || !self.integrations.contains(theirs),
+            _ => true,
+        }
+    }
 }
 
 /// The actions for one engine, in the order they are shown: by outpost name, removals last.
@@ -129,7 +148,9 @@ pub fn diff(
 ) -> Vec<Action> {
     let mut actions = Vec::new();
     let desired_uuids: HashSet<&str> = desired.iter().map(|d| d.uuid.as_str()).collect();
-    let ours = |o: &Observed| o.label(LABEL_PROJECT) == Some(project);
+    let ours = |o: &Observed| o.label(LABEL_PROJECT) == Some(project) && opts.in_scope(o);
+    // This project's containers that another integration of the set manages.
+    let sibling = |o: &Observed| o.label(LABEL_PROJECT) == Some(project) && !opts.in_scope(o);
     // Names that a removal or rename in this plan frees.
     let freed: HashSet<&str> = observed
         .iter()
@@ -144,7 +165,7 @@ pub fn diff(
     for spec in desired {
         let mut same_uuid: Vec<&Observed> = observed
             .iter()
-            .filter(|o| o.label(LABEL_UUID) == Some(spec.uuid.as_str()))
+            .filter(|o| o.label(LABEL_UUID) == Some(spec.uuid.as_str()) && !sibling(o))
             .collect();
         // Prefer the container that is already right, then running ones, then the newest.
         same_uuid.sort_by_key(|o| {
@@ -154,6 +175,12 @@ pub fn diff(
                 -o.created,
             )
         });
+        // Another container holding the name this outpost's container must get.
+        let taken = |current: &Observed| {
+            observed.iter().find(|o| {
+                o.name == spec.name && o.id != current.id && !freed.contains(o.name.as_str())
+            })
+        };
         let (mine, foreign): (Vec<&Observed>, Vec<&Observed>) =
             same_uuid.into_iter().partition(|o| ours(o));
         let action = if let Some(current) = mine.first() {
@@ -173,7 +200,7 @@ pub fn diff(
                     error: None,
                 });
             }
-            existing(spec, current, false)
+            existing(spec, current, false, taken(current))
         } else if let Some(theirs) = foreign.first() {
             match theirs.label(LABEL_PROJECT) {
                 Some(other) => blocked(
@@ -185,7 +212,7 @@ pub fn diff(
                         theirs.short_id()
                     ),
                 ),
-                None if opts.adopt => existing(spec, theirs, true),
+                None if opts.adopt => existing(spec, theirs, true, taken(theirs)),
                 None => blocked(
                     spec,
                     theirs,
@@ -272,7 +299,30 @@ fn blocked(spec: &ContainerSpec, o: &Observed, error: String) -> Action {
 }
 
 /// The action for an outpost whose container exists (ours, or adopted).
-fn existing(spec: &ContainerSpec, o: &Observed, adopt: bool) -> Action {
+fn existing(
+    spec: &ContainerSpec,
+    o: &Observed,
+    adopt: bool,
+    taken_by: Option<&Observed>,
+) -> Action {
+    if let Some(in_way) = taken_by.filter(|_| o.name != spec.name) {
+        let whose = match in_way.label(LABEL_OUTPOST) {
+            Some(outpost) if in_way.label(LABEL_PROJECT).is_some() => {
+                format!("it belongs to outpost `{outpost}`")
+            }
+            _ => "it is not managed by outpostctl, which leaves it alone".to_string(),
+        };
+        return blocked(
+            spec,
+            o,
+            format!(
+                "the container must become `{}`, but a container named `{}` ({}) exists: {whose}; remove or rename it, or change `object_naming_template`",
+                spec.name,
+                spec.name,
+                in_way.short_id()
+            ),
+        );
+    }
     let mut reasons = Vec::new();
     let mut kind = ActionKind::Noop;
     let hash_ok = o.label(LABEL_CONFIG_HASH) == Some(spec.config_hash.as_str());
@@ -310,6 +360,13 @@ fn existing(spec: &ContainerSpec, o: &Observed, adopt: bool) -> Action {
             "name",
             Some(o.name.clone()),
             Some(spec.name.clone()),
+        ));
+    } else if o.state == State::Paused {
+        kind = ActionKind::Unpause;
+        reasons.push(Change::new(
+            "state",
+            Some("paused".into()),
+            Some("running".into()),
         ));
     } else if !matches!(o.state, State::Running | State::Restarting) {
         kind = ActionKind::Start;
@@ -353,7 +410,10 @@ pub fn explain(
             Some(spec.name.clone()),
         ));
     }
-    if live.image != spec.image && Some(&live.image) != spec.fallback_image.as_ref() {
+    // A container made from the fallback image (its own could not be pulled) is up to date.
+    let on_fallback = Some(&live.image) == spec.fallback_image.as_ref()
+        && live.labels.contains_key(LABEL_FALLBACK);
+    if live.image != spec.image && !on_fallback {
         out.push(Change::new(
             "image",
             Some(live.image.clone()),

@@ -32,11 +32,26 @@ fn main() {
     };
     let exit = match cli.command {
         Command::Validate { paths, format } => commands::validate::run(&printer, &paths, format),
-        Command::Plan(args) => runtime().block_on(commands::plan::run(&printer, &args)),
-        Command::Apply(args) => runtime().block_on(commands::apply::run(&printer, &args)),
-        Command::Status { paths, format } => {
-            runtime().block_on(commands::status::run(&printer, &paths, format))
-        }
+        // Interrupted, plan and status stop at once (dropping their engines removes any
+        // temporary ssh key); apply finishes the actions in flight first.
+        Command::Plan(args) => runtime().block_on(async {
+            commands::install_signal_handler();
+            tokio::select! {
+                exit = commands::plan::run(&printer, &args) => exit,
+                _ = commands::until_interrupted() => commands::Exit::Failure,
+            }
+        }),
+        Command::Apply(args) => runtime().block_on(async {
+            commands::install_signal_handler();
+            commands::apply::run(&printer, &args).await
+        }),
+        Command::Status { paths, format } => runtime().block_on(async {
+            commands::install_signal_handler();
+            tokio::select! {
+                exit = commands::status::run(&printer, &paths, format) => exit,
+                _ = commands::until_interrupted() => commands::Exit::Failure,
+            }
+        }),
         Command::Watch(args) => std::process::exit(runtime().block_on(commands::watch::run(&args))),
         Command::Schema => commands::schema::run(&printer),
         Command::Completions { shell } => commands::completions::run(&printer, shell),

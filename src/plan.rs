@@ -69,7 +69,8 @@ impl Plan {
                     ActionKind::Create => s.create += 1,
                     ActionKind::Recreate => s.recreate += 1,
                     ActionKind::Rename => s.rename += 1,
-                    ActionKind::Start => s.start += 1,
+                    // Unpausing is starting, for the summary.
+                    ActionKind::Start | ActionKind::Unpause => s.start += 1,
                     ActionKind::Restart => s.restart += 1,
                     ActionKind::Remove => s.remove += 1,
                     ActionKind::Noop => s.unchanged += 1,
@@ -189,6 +190,11 @@ pub async fn build(v: &Validated, engines: &Engines, opts: DiffOptions) -> Plan 
     let futures = v.integrations.iter().map(|(name, def)| {
         let desired: &[ContainerSpec] = v.desired.get(name).map(Vec::as_slice).unwrap_or(&[]);
         let engine = engines.get(name);
+        let opts = DiffOptions {
+            integration: Some(name.clone()),
+            integrations: v.integrations.keys().cloned().collect(),
+            ..opts.clone()
+        };
         async move {
             let engine = match engine {
                 Some(Ok(e)) => Arc::clone(e),

@@ -309,6 +309,7 @@ impl State {
             &engines,
             DiffOptions {
                 adopt: self.opts.adopt,
+                ..Default::default()
             },
         )
         .await;

@@ -149,7 +149,6 @@ fn image_change_recreates() {
 /// (The default image is also the custom image's fallback, and the reasons skip a live image
 /// equal to the fallback, so the plan only shows `config-hash: ... -> ...`.)
 #[test]
-#[ignore = "bug: default image -> container_image change is explained as `config-hash`, not `image`"]
 fn image_change_from_the_default_image_names_the_image() {
     let c = recreate_case(
         "imagedef",

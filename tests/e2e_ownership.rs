@@ -333,7 +333,6 @@ fn derived_uuid_is_stable_and_renaming_the_outpost_replaces_it() {
 /// create, the rename (and a proxy's recreate under the new name) must be a plan error that
 /// names the container in the way, not a change that fails at apply with a 409.
 #[test]
-#[ignore = "bug: rename/recreate onto a name held by an unmanaged container is planned as a change and fails at apply (409)"]
 fn new_name_taken_by_hand_blocks_a_rename() {
     let env = Env::new("renametaken");
     let mut m = env.manifest();
@@ -383,7 +382,6 @@ fn new_name_taken_by_hand_blocks_a_rename() {
 /// The error's hint must quote what was written, not the float YAML made of it (which is a
 /// different, wrong uuid).
 #[test]
-#[ignore = "bug: the `quote it` hint for a numeric uuid shows the float (`1.2345e+31`), not the text written"]
 fn numeric_uuid_hint_quotes_what_was_written() {
     let env = Env::new("numuuid");
     let digits = "12345678123412341234123456789012";

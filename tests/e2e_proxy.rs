@@ -127,7 +127,6 @@ fn full_lifecycle_through_the_socket_proxy() {
 /// the manifests" (manifest.md), so neither integration may plan to remove the other's
 /// outposts, which are still in the manifests; right after apply the plan is empty.
 #[test]
-#[ignore = "bug: with two integrations on one engine, each plans to remove the other's outposts (still in the manifests)"]
 fn two_integrations_on_one_engine_do_not_prune_each_other() {
     require_socket_proxy();
     let env = Env::new("sameengine");

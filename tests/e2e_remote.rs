@@ -313,7 +313,6 @@ fn tls_client_certificate_of_another_ca_is_refused() {
 /// "cannot reach the engine at URL: client error (Canceled) ..." instead. Under load (the
 /// test suite running in parallel) about 1 run in 150 shows it; this test makes 480 attempts.
 #[test]
-#[ignore = "bug: src/engine/tls.rs: a rejected client certificate intermittently (~0.5% of runs under load) reports `client error (Canceled): operation was canceled: connection was not ready` instead of `the engine rejected the client certificate`"]
 fn tls_client_certificate_rejection_is_always_explained() {
     let r = Remote::tls("tlsrace");
     let url = format!("https://127.0.0.1:{}", r.t().port);
@@ -389,7 +388,6 @@ fn tls_expired_certificate_is_refused() {
 /// message then starts "cannot reach the engine at URL: client error (Connect): invalid peer
 /// certificate: ...".
 #[test]
-#[ignore = "bug: src/engine/tls.rs describe() never produces its name-mismatch and expired messages (rustls error not found through hyper-rustls' nested io::Error; text fallback needles do not match rustls 0.23's Display)"]
 fn tls_name_mismatch_and_expiry_get_their_own_messages() {
     let r = Remote::tls("tlsmessages");
     let url = format!("https://127.0.0.2:{}", r.t().alt_port);
@@ -801,7 +799,6 @@ fn ssh_wrong_pinned_host_key_is_refused() {
 /// `describe()` only recognises host key check failures: the message is "ssh failed: Unable
 /// to negotiate ... no matching host key type found" and does not mention the pin.
 #[test]
-#[ignore = "bug: src/engine/ssh.rs describe(): a pinned host key of another type than the host's fails with `Unable to negotiate ... no matching host key type found`, reported as a generic ssh failure that does not say the pin does not match"]
 fn ssh_pin_of_another_key_type_says_the_pin_does_not_match() {
     let r = Remote::ssh("sshpintype");
     let mut nas = r.good_ssh();
@@ -899,7 +896,6 @@ fn ssh_config_port_and_user_apply_when_the_url_has_none() {
 /// the pinned `ssh.host_key`" (and the hint suggests `ssh-keyscan` of the alias, which does
 /// not resolve).
 #[test]
-#[ignore = "bug: src/engine/ssh.rs Session::new writes the pinned known_hosts line for the URL's host; with an `ssh.config` HostName alias ssh looks up the real name and a correct pin is refused (HostKeyAlias or a `*` pattern in the private known_hosts would fix it)"]
 fn ssh_pin_works_with_a_host_alias_from_ssh_config() {
     let r = Remote::ssh("sshaliaspin");
     write_ssh_config(&r, "outpostctl-e2e-engine", &r.s().other_host_key, true);
@@ -960,7 +956,6 @@ fn ssh_unauthorized_key_is_refused() {
 /// The same race can hide the unknown-host fingerprint, the changed key and the missing
 /// docker CLI. This test makes 120 attempts with a key the host does not authorize.
 #[test]
-#[ignore = "bug: src/engine/ssh.rs connect(): the failure is described before the stderr reader task has ssh's message; intermittently (~5% under load) the error is only `client error (SendRequest)`"]
 fn ssh_failures_are_always_explained() {
     let r = Remote::ssh_with("sshrace", &["MaxStartups 200"]);
     let mut nas = r.good_ssh();
@@ -1071,7 +1066,6 @@ fn ssh_key_file_is_private_and_removed_after_the_run() {
 /// on. outpostctl installs no signal handler (src/main.rs), and the cleanup is only
 /// `Drop for Session` (src/engine/ssh.rs).
 #[test]
-#[ignore = "bug: src/main.rs has no SIGINT/SIGTERM handling: an interrupted run leaves the ssh private key in $TMPDIR/outpostctl-ssh-*/key and an orphaned ssh process"]
 fn ssh_key_file_is_removed_when_the_run_is_interrupted() {
     let r = Remote::ssh("sshsignal");
     let port = r.env.port();
@@ -1140,7 +1134,6 @@ fn wait_child(child: &mut std::process::Child, timeout: Duration) -> Option<i32>
 /// build-directory temp, say) that passes the 108-byte limit of a Unix socket path and every
 /// ssh engine fails: "unix_listener: path ... too long for Unix domain socket".
 #[test]
-#[ignore = "bug: src/engine/ssh.rs puts ControlPath under $TMPDIR; a TMPDIR longer than about 55 characters makes every ssh:// engine fail (socket path over 108 bytes)"]
 fn ssh_works_with_a_long_tmpdir() {
     let r = Remote::ssh("sshlongtmp");
     let mut long = r.tmp.clone();

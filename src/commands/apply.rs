@@ -30,6 +30,18 @@ impl Progress for TerminalProgress<'_> {
         }
     }
     fn finished(&self, _: &Outcome) {}
+    fn cancelled(&self) -> bool {
+        super::interrupted()
+    }
+}
+
+/// Without a terminal: only stops when interrupted.
+struct Unattended;
+
+impl Progress for Unattended {
+    fn cancelled(&self) -> bool {
+        super::interrupted()
+    }
 }
 
 pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
@@ -37,7 +49,15 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
         return Exit::Failure;
     };
     let engines = connect_all(&v).await;
-    let plan = plan::build(&v, &engines, DiffOptions { adopt: args.adopt }).await;
+    let plan = plan::build(
+        &v,
+        &engines,
+        DiffOptions {
+            adopt: args.adopt,
+            ..Default::default()
+        },
+    )
+    .await;
     if let Some(file) = &args.plan {
         let saved = match super::plan::load(file) {
             Ok(s) => s,
@@ -80,7 +100,7 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
     let report = if std::io::stderr().is_terminal() {
         apply::apply(&plan, &v, &engines, &TerminalProgress { p }).await
     } else {
-        apply::apply(&plan, &v, &engines, &apply::Quiet).await
+        apply::apply(&plan, &v, &engines, &Unattended).await
     };
     p.out(&render::plan::report_human(&report, p.out_style()));
     if report.failed() || plan.has_errors() {

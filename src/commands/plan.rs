@@ -14,7 +14,15 @@ pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
         return Exit::Failure;
     };
     let engines = connect_all(&v).await;
-    let plan = plan::build(&v, &engines, DiffOptions { adopt: args.adopt }).await;
+    let plan = plan::build(
+        &v,
+        &engines,
+        DiffOptions {
+            adopt: args.adopt,
+            ..Default::default()
+        },
+    )
+    .await;
     if let Some(out) = &args.out {
         if let Err(e) = save(&plan, out) {
             p.err(&format!(

@@ -106,9 +106,10 @@ pub fn map_err(url: &str, what: &str, e: BError) -> EngineError {
         ),
         other => {
             let text = other.to_string();
-            let kind = if text.contains("connect")
-                || text.contains("Connection refused")
-                || text.contains("No such file")
+            let lower = text.to_lowercase();
+            let kind = if lower.contains("connect")
+                || lower.contains("connection refused")
+                || lower.contains("no such file")
             {
                 ErrorKind::Unreachable
             } else {
@@ -398,7 +399,22 @@ impl super::Engine for DockerEngine {
         self.docker
             .start_container(id, None::<StartContainerOptions>)
             .await
-            .map_err(|e| self.err("start container", e))
+            .map_err(|e| {
+                let mut err = self.err("start container", e);
+                // Docker 20.10 accepts a missing network at create and fails at start.
+                if let Some(net) = missing_network(&err.message) {
+                    err.message.push_str(&format!(" (create the network first: `docker network create {net}`, or fix `docker_network`)"));
+                }
+                err
+            })
+    }
+
+    async fn unpause(&self, id: &str) -> Result<()> {
+        self.count();
+        self.docker
+            .unpause_container(id)
+            .await
+            .map_err(|e| self.err("unpause container", e))
     }
 
     async fn stop(&self, id: &str) -> Result<()> {
@@ -504,6 +520,16 @@ impl super::Engine for DockerEngine {
     fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
     }
+}
+
+/// The network named in Docker's "network NAME not found".
+fn missing_network(message: &str) -> Option<&str> {
+    let rest = &message[message.find("network ")? + "network ".len()..];
+    let name = rest.split_whitespace().next()?;
+    rest[name.len()..]
+        .trim_start()
+        .starts_with("not found")
+        .then_some(name)
 }
 
 /// `host:5000/a/b:tag` -> (`host:5000/a/b`, `tag`); no tag means `latest`.

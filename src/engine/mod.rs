@@ -195,6 +195,7 @@ pub trait Engine: Send + Sync {
     ) -> Result<String>;
     async fn start(&self, id: &str) -> Result<()>;
     async fn stop(&self, id: &str) -> Result<()>;
+    async fn unpause(&self, id: &str) -> Result<()>;
     async fn restart(&self, id: &str) -> Result<()>;
     async fn rename(&self, id: &str, name: &str) -> Result<()>;
     /// Kills if running, then removes (with force, as authentik does).

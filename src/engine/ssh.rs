@@ -30,6 +30,9 @@ use super::docker::REQUEST_TIMEOUT_SECS;
 use super::{EngineError, ErrorKind};
 use crate::desired::Secret;
 
+/// The name the pinned host key is filed under in the run's private known_hosts.
+const PIN_ALIAS: &str = "outpostctl-pinned-host";
+
 /// Seconds ssh may take to connect.
 pub const CONNECT_TIMEOUT_SECS: u32 = 15;
 
@@ -89,7 +92,14 @@ impl Drop for Session {
 
 fn private_dir() -> io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
-    let base = std::env::temp_dir();
+    // The control socket lives here, and a Unix socket path has at most 108 bytes.
+    let tmp = std::env::temp_dir();
+    let base = if tmp.as_os_str().len() > 40 {
+        PathBuf::from("/tmp")
+    } else {
+        tmp
+    };
+    sweep_stale(&base);
     for attempt in 0..16u32 {
         let nonce = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -110,6 +120,29 @@ fn private_dir() -> io::Result<PathBuf> {
     ))
 }
 
+/// Removes session directories of runs that were killed before they could clean up (their
+/// pid is gone), so a private key never outlives its run for long.
+fn sweep_stale(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("outpostctl-ssh-"))
+        else {
+            continue;
+        };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn write_private(path: &Path, content: &str) -> io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
@@ -123,15 +156,6 @@ fn write_private(path: &Path, content: &str) -> io::Result<()> {
         f.write_all(b"\n")?;
     }
     Ok(())
-}
-
-/// `host` or `[host]:port`, as known_hosts writes it.
-fn known_hosts_name(host: &str, port: u16) -> String {
-    if port == 22 {
-        host.to_string()
-    } else {
-        format!("[{host}]:{port}")
-    }
 }
 
 impl Session {
@@ -156,12 +180,12 @@ impl Session {
                 fields.next().unwrap_or_default(),
                 fields.next().unwrap_or_default(),
             );
-            let line = format!(
-                "{} {kind} {blob}",
-                known_hosts_name(&target.host, target.port.unwrap_or(22))
-            );
+            // Looked up under a fixed alias, so an ssh config's HostName or Port cannot make
+            // ssh look for another name than the one pinned.
+            let line = format!("{PIN_ALIAS} {kind} {blob}");
             let path = dir.join("known_hosts");
             write_private(&path, &line)?;
+            opt("HostKeyAlias", PIN_ALIAS.into());
             opt("UserKnownHostsFile", path.display().to_string());
             opt("GlobalKnownHostsFile", "/dev/null".into());
             opt("HostKeyAlgorithms", kind.to_string());
@@ -239,6 +263,8 @@ struct Connector {
     session: Arc<Session>,
     stderr: Arc<Mutex<String>>,
     spawned: Arc<std::sync::atomic::AtomicU64>,
+    /// ssh processes whose stderr has been read to the end.
+    finished: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl tower_service::Service<http::Uri> for Connector {
@@ -253,6 +279,7 @@ impl tower_service::Service<http::Uri> for Connector {
     fn call(&mut self, _: http::Uri) -> Self::Future {
         let session = Arc::clone(&self.session);
         let stderr = Arc::clone(&self.stderr);
+        let finished = Arc::clone(&self.finished);
         self.spawned
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Box::pin(async move {
@@ -282,6 +309,7 @@ impl tower_service::Service<http::Uri> for Connector {
                             }
                         }
                     }
+                    finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 });
             }
             Ok(TokioIo::new(SshStream {
@@ -306,23 +334,41 @@ pub fn connect(target: &Target) -> Result<(Docker, String), EngineError> {
         session: Arc::new(session),
         stderr: Arc::new(Mutex::new(String::new())),
         spawned: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        finished: Arc::new(std::sync::atomic::AtomicU64::new(0)),
     };
     let stderr = Arc::clone(&connector.stderr);
+    let (spawned, finished) = (
+        Arc::clone(&connector.spawned),
+        Arc::clone(&connector.finished),
+    );
     let http = Client::builder(TokioExecutor::new()).build(connector);
     let shown = url.clone();
     let t = target.clone();
     let transport = move |req: BollardRequest| {
         let http = http.clone();
         let stderr = Arc::clone(&stderr);
+        let (spawned, finished) = (Arc::clone(&spawned), Arc::clone(&finished));
         let shown = shown.clone();
         let t = t.clone();
         async move {
-            http.request(req).await.map_err(|e| {
-                let said = stderr.lock().map(|s| s.clone()).unwrap_or_default();
-                bollard::errors::Error::IOError {
-                    err: io::Error::other(describe(&shown, &t, &said, &e.to_string())),
+            match http.request(req).await {
+                Ok(r) => Ok(r),
+                Err(e) => {
+                    // ssh explains a failure on stderr as it exits: wait (briefly) until every
+                    // ssh that ended has been read, so the explanation is not lost.
+                    use std::sync::atomic::Ordering::SeqCst;
+                    for _ in 0..100 {
+                        if finished.load(SeqCst) >= spawned.load(SeqCst) {
+                            break;
+                        }
+                        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    }
+                    let said = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+                    Err(bollard::errors::Error::IOError {
+                        err: io::Error::other(describe(&shown, &t, &said, &e.to_string())),
+                    })
                 }
-            })
+            }
         }
     };
     // The URI bollard builds is never dialled: the connector always runs ssh.
@@ -354,7 +400,8 @@ pub fn describe(url: &str, t: &Target, ssh_said: &str, fallback: &str) -> String
     };
     let key_refused = said.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
         || said.contains("Host key verification failed")
-        || said.contains("host key is known");
+        || said.contains("host key is known")
+        || said.contains("no matching host key type");
     if key_refused && t.host_key.is_some() {
         return format!(
             "{url}: the host's key does not match the pinned `ssh.host_key`: refusing to connect. {}",

@@ -151,24 +151,35 @@ pub fn describe(url: &str, err: &(dyn StdError + 'static)) -> String {
         s = e.source();
     }
     // The rustls error is sometimes only reachable as text through hyper's wrappers.
+    // The rustls error is sometimes only reachable as text through hyper's wrappers; match
+    // both its Debug names and rustls 0.23's Display wording.
     let by_text = [
         (
-            "UnknownIssuer",
+            ["UnknownIssuer", "unknown issuer"],
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         ),
         (
-            "NotValidForName",
+            ["NotValidForName", "not valid for name"],
             rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName),
         ),
         (
-            "Expired",
+            ["Expired", "certificate expired"],
             rustls::Error::InvalidCertificate(rustls::CertificateError::Expired),
         ),
     ];
-    for (needle, e) in by_text {
-        if text.contains(needle) {
+    for (needles, e) in by_text {
+        if needles.iter().any(|n| text.contains(n)) {
             return tls_message(url, &e);
         }
+    }
+    // With TLS 1.3 the engine checks the client certificate after the handshake; its refusal
+    // can arrive as a connection closed before the first request could be sent.
+    if text.contains("connection was not ready")
+        || text.contains("connection closed before message completed")
+    {
+        return format!(
+            "TLS to {url}: the engine rejected the client certificate or closed the connection right after the handshake (a missing client certificate, or one not signed by a CA the engine trusts): check `tls_authentication`"
+        );
     }
     format!("cannot reach the engine at {url}: {text}")
 }

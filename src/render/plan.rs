@@ -24,7 +24,7 @@ fn sigil(kind: ActionKind) -> (&'static str, AStyle) {
         ActionKind::Create => ("+", c(AnsiColor::Green)),
         ActionKind::Recreate => ("~", c(AnsiColor::Yellow)),
         ActionKind::Rename => (">", c(AnsiColor::Cyan)),
-        ActionKind::Start => ("^", c(AnsiColor::Cyan)),
+        ActionKind::Start | ActionKind::Unpause => ("^", c(AnsiColor::Cyan)),
         ActionKind::Restart => ("^", c(AnsiColor::Cyan)),
         ActionKind::Remove => ("-", c(AnsiColor::Red)),
         ActionKind::Noop => ("=", AStyle::new().dimmed()),
@@ -180,6 +180,11 @@ pub fn json(plan: &Plan) -> serde_json::Value {
     v
 }
 
+/// A code span in a table cell: only the cell separator needs escaping there.
+fn md_code(s: &str) -> String {
+    format!("`{}`", s.replace('`', "'").replace('|', "\\|"))
+}
+
 fn md_escape(s: &str) -> String {
     s.replace('|', "\\|")
         .replace('<', "&lt;")
@@ -226,11 +231,8 @@ pub fn markdown(plan: &Plan) -> String {
                 ActionKind::Blocked => "⛔",
                 _ => "🔵",
             };
-            let mut details: Vec<String> = a
-                .reasons
-                .iter()
-                .map(|r| format!("`{}`", md_escape(&change_text(r)).replace('`', "'")))
-                .collect();
+            let mut details: Vec<String> =
+                a.reasons.iter().map(|r| md_code(&change_text(r))).collect();
             if let Some(err) = &a.error {
                 details.push(md_escape(err));
             }

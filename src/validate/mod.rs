@@ -957,6 +957,7 @@ impl Checker {
             };
             let input = desired::OutpostInput {
                 project,
+                integration: &o.integration,
                 name: &name,
                 kind: o.kind,
                 uuid,

@@ -113,10 +113,14 @@ fn translate(
                     "`{field}:` has no value; write `{field}: {{}}` or remove the line"
                 ));
             } else if expected == "a string" && (instance.is_number() || instance.is_boolean()) {
-                d = d.hint(format!(
-                    "quote it: `{field}: \"{}\"`",
+                // Quote what was written: the parsed number may read differently (1e3, 0o17).
+                let written = at.value().text();
+                let shown = if written.is_empty() {
                     scalar_text(instance)
-                ));
+                } else {
+                    written
+                };
+                d = d.hint(format!("quote it: `{field}: \"{shown}\"`"));
             } else if let Some(w) = describe_at(schema, &schema_path) {
                 d = d.hint(format!("`{field}`: {w}"));
             }
