@@ -1,0 +1,1566 @@
+//! End to end on the real engine: `outpostctl watch` keeps a host converged. It applies at
+//! start; an edit saved by rename, a new file, a deleted outpost (and `--no-prune`), an invalid
+//! edit and its fix, a changed token file, a symlink swap of the manifest directory and a
+//! Kubernetes-style `..data` swap are all seen; containers removed or stopped by hand come
+//! back; SIGTERM during a reconcile leaves nothing half-done; `/healthz` and `/metrics`
+//! answer; a crash-looping container does not make it loop. No token value ever appears in
+//! the log or in `/metrics`. Needs `scripts/test-deps.sh`.
+//!
+//! The watch benchmarks are ignored tests here (see BENCHMARKS.md, section "watch"):
+//!
+//! ```sh
+//! cargo test --release --test e2e_watch -- --ignored --nocapture --test-threads 1 bench_
+//! ```
+
+mod common;
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+use support::*;
+
+/// How long anything the watch should do by itself may take.
+const WAIT: Duration = Duration::from_secs(20);
+const DEBOUNCE: &str = "200ms";
+
+// ---------------------------------------------------------------------------------------------
+// A test case: its Env, the token values the watch needs, its manifest directory
+
+struct Case {
+    env: Env,
+    /// Token environment variables for the watch process, name -> value.
+    tokens: Mutex<BTreeMap<String, String>>,
+}
+
+impl Case {
+    fn new(tag: &str) -> Case {
+        let env = Env::new(tag);
+        fs::create_dir_all(env.dir().join("m")).expect("manifest dir");
+        Case {
+            env,
+            tokens: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// An outpost of `kind` with its own token in the environment variable `var`.
+    fn outpost(&self, kind: &str, var: &str) -> Value {
+        self.token(var);
+        self.env.outpost(kind, var)
+    }
+
+    /// The token value of `var`, made (and recorded as a secret) on first use.
+    fn token(&self, var: &str) -> String {
+        let mut t = self.tokens.lock().unwrap();
+        if let Some(v) = t.get(var) {
+            return v.clone();
+        }
+        let v = self.env.new_token(var);
+        t.insert(var.to_string(), v.clone());
+        v
+    }
+
+    /// The default manifest directory, `<tmp>/m`; the watch runs in `<tmp>` on `m`.
+    fn mdir(&self) -> PathBuf {
+        self.env.dir().join("m")
+    }
+
+    /// Saves `m` as `rel` (relative to the test directory) as editors do: a temp file in the
+    /// same directory, then a rename over the target.
+    fn save(&self, rel: &str, m: &Value) {
+        save_text(&self.env.dir().join(rel), &to_yaml(m));
+    }
+
+    fn name(&self, slug: &str) -> String {
+        self.env.name_of(slug)
+    }
+
+    /// `outpostctl watch PATH --interval 1h --debounce 200ms --log-format json --listen ...`
+    /// in the test directory, with the tokens in its environment.
+    fn watch(&self, path: &str, extra: &[&str]) -> Watch {
+        let port = self.env.port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut cmd = self.watch_cmd(path, &addr, extra);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("outpostctl watch starts");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let err = child.stderr.take().expect("piped stderr");
+        let out = child.stdout.take().expect("piped stdout");
+        let l = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                l.lock().unwrap().push(line);
+            }
+        });
+        let o = Arc::clone(&stdout);
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = BufReader::new(out).read_to_string(&mut s);
+            o.lock().unwrap().push_str(&s);
+        });
+        Watch {
+            child: Some(child),
+            lines,
+            stdout,
+            addr,
+        }
+    }
+
+    fn watch_cmd(&self, path: &str, addr: &str, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(common::bin());
+        cmd.current_dir(self.env.dir())
+            .args([
+                "watch",
+                path,
+                "--interval",
+                "1h",
+                "--debounce",
+                DEBOUNCE,
+                "--log-format",
+                "json",
+                "--listen",
+                addr,
+            ])
+            .args(extra)
+            .env("NO_COLOR", "1");
+        for (k, v) in self.tokens.lock().unwrap().iter() {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    /// The running container of `slug`, waited for (bounded); panics with the log if none.
+    fn wait_running(&self, w: &Watch, slug: &str, what: &str) -> Inspect {
+        let name = self.name(slug);
+        let mut last = None;
+        let ok = wait_until(WAIT, || {
+            last = inspect(&name);
+            last.as_ref().is_some_and(Inspect::running)
+        });
+        assert!(
+            ok,
+            "{what}: `{name}` is not running ({:?}); watch log:\n{}",
+            last.map(|c| c.status()),
+            w.text()
+        );
+        self.env.container(&name)
+    }
+
+    /// Waits until `slug`'s container runs and satisfies `f`.
+    fn wait_container(
+        &self,
+        w: &Watch,
+        slug: &str,
+        what: &str,
+        mut f: impl FnMut(&Inspect) -> bool,
+    ) -> Inspect {
+        let name = self.name(slug);
+        let mut last = None;
+        let ok = wait_until(WAIT, || {
+            last = inspect(&name);
+            last.as_ref().is_some_and(|c| c.running() && f(c))
+        });
+        assert!(
+            ok,
+            "{what}: `{name}` is not as expected (last seen: {:?}); watch log:\n{}",
+            last.map(|c| (c.id(), c.status(), c.own_labels())),
+            w.text()
+        );
+        self.env.container(&name)
+    }
+
+    /// Every managed container of this test, grouped by outpost label.
+    fn by_outpost(&self) -> BTreeMap<String, Vec<Inspect>> {
+        let mut out: BTreeMap<String, Vec<Inspect>> = BTreeMap::new();
+        for (_, c) in self.env.project_containers() {
+            out.entry(c.label(LABEL_OUTPOST).unwrap_or_default())
+                .or_default()
+                .push(c);
+        }
+        out
+    }
+
+    /// No token value in what the watch printed or serves; call at the end of each test.
+    fn assert_no_secret_in(&self, w: &Watch) {
+        self.env.assert_no_secret("the watch log", &w.text());
+        self.env
+            .assert_no_secret("the watch's stdout", &w.stdout.lock().unwrap());
+        if let Some((_, body)) = http_get(&w.addr, "/metrics") {
+            self.env.assert_no_secret("/metrics", &body);
+        }
+    }
+}
+
+/// Writes `text` to `path` by a temp file in the same directory (hidden, so never read as a
+/// manifest) and a rename, as editors save.
+fn save_text(path: &Path, text: &str) {
+    let dir = path.parent().expect("parent dir");
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    fs::write(&tmp, text).expect("write temp file");
+    fs::rename(&tmp, path).expect("rename over the manifest");
+}
+
+fn symlink(target: &str, link: &Path) {
+    std::os::unix::fs::symlink(target, link).expect("symlink");
+}
+
+/// `ln -sfn TARGET LINK.tmp && mv -T LINK.tmp LINK`: an atomic swap of a symlink.
+fn swap_symlink(target: &str, link: &Path) {
+    let tmp = link.with_file_name(format!(
+        "{}.tmp",
+        link.file_name().unwrap().to_string_lossy()
+    ));
+    let _ = fs::remove_file(&tmp);
+    symlink(target, &tmp);
+    fs::rename(&tmp, link).expect("rename the symlink over the old one");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The watch process and its JSON log
+
+struct Watch {
+    child: Option<Child>,
+    /// stderr, line by line, as it comes.
+    lines: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<String>>,
+    /// The --listen address.
+    addr: String,
+}
+
+impl Watch {
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).unwrap_or_default()
+    }
+
+    /// The number of log lines so far: a mark to look after.
+    fn mark(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    fn text(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Every log line from `from` on, parsed; each must be a JSON object with ts, level,
+    /// event and msg.
+    fn logs(&self, from: usize) -> Vec<Value> {
+        let lines = self.lines.lock().unwrap().clone();
+        lines
+            .iter()
+            .skip(from)
+            .map(|l| {
+                let v: Value = serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {l}"));
+                for k in ["ts", "level", "event", "msg"] {
+                    assert!(v[k].is_string(), "log line without `{k}`: {l}");
+                }
+                v
+            })
+            .collect()
+    }
+
+    fn count(&self, from: usize, f: impl Fn(&Value) -> bool) -> usize {
+        self.logs(from).iter().filter(|v| f(v)).count()
+    }
+
+    /// The first line from `from` on that satisfies `f`, waited for (polled every 20 ms).
+    fn wait_log(
+        &self,
+        from: usize,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = self.logs(from).into_iter().find(|v| f(v)) {
+                return v;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "no log line {what} within {} s; watch log:\n{}",
+                    timeout.as_secs(),
+                    self.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The end of the reconcile that started at or after `from`: its "reconcile done" line, or
+    /// the line saying the manifests are invalid.
+    fn wait_reconciled(&self, from: usize, what: &str) -> Value {
+        self.wait_log(from, what, WAIT, |v| {
+            v["event"] == "reconcile"
+                && v["msg"].as_str().is_some_and(|m| {
+                    m.starts_with("reconcile done") || m.starts_with("manifests are invalid")
+                })
+        })
+    }
+
+    /// Waits until no log line came for `quiet` (bounded by 30 s).
+    fn wait_quiet(&self, quiet: Duration) {
+        let start = Instant::now();
+        let mut n = self.mark();
+        let mut since = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(50));
+            let m = self.mark();
+            if m != n {
+                n = m;
+                since = Instant::now();
+            } else if since.elapsed() >= quiet {
+                return;
+            }
+        }
+    }
+
+    fn http(&self, path: &str) -> (u16, String) {
+        http_get(&self.addr, path)
+            .unwrap_or_else(|| panic!("nothing answers on {}{path}", self.addr))
+    }
+
+    /// A metric's value (the line starting with `series `), or None.
+    fn metric(&self, series: &str) -> Option<f64> {
+        let (code, body) = self.http("/metrics");
+        assert_eq!(code, 200, "/metrics:\n{body}");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("{series} ")))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    fn signal(&self, sig: &str) {
+        let r = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(r.success(), "kill -{sig} {}", self.pid());
+    }
+
+    /// Waits for the process to exit, bounded; its status and how long it took.
+    fn wait_exit(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
+        let start = Instant::now();
+        let child = self.child.as_mut().expect("the watch runs");
+        loop {
+            if let Some(s) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                // Let the reader thread take the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return (s, start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "the watch did not exit within {} s; log:\n{}",
+                    timeout.as_secs(),
+                    self.text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then it must exit 0 within `timeout` and say it shut down cleanly.
+    fn terminate(&mut self, timeout: Duration) -> Duration {
+        self.signal("TERM");
+        let (status, took) = self.wait_exit(timeout);
+        assert_eq!(status.code(), Some(0), "exit status; log:\n{}", self.text());
+        let logs = self.logs(0);
+        assert!(
+            logs.iter().any(|v| v["msg"] == "shut down cleanly"),
+            "no `shut down cleanly`; log:\n{}",
+            self.text()
+        );
+        took
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A "reconcile started" line of `trigger`. (Matched on msg and trigger, not on `event`: see
+/// `engine_triggered_reconciles_are_logged_as_reconcile_events`.)
+fn is_start(v: &Value, trigger: &str) -> bool {
+    v["msg"] == "reconcile started" && v["trigger"] == trigger
+}
+
+fn is_action(v: &Value, action: &str, container: &str) -> bool {
+    v["event"] == "action" && v["action"] == action && v["container"] == container
+}
+
+fn is_ok_action(v: &Value, action: &str, container: &str) -> bool {
+    is_action(v, action, container) && v["level"] == "info"
+}
+
+/// Seconds since the epoch of an RFC 3339 UTC time (`2026-11-22T18:46:33.650Z`, any number
+/// of fraction digits).
+fn epoch(ts: &str) -> f64 {
+    let (date, time) = ts.split_once('T').expect("RFC 3339 time");
+    let d: Vec<i64> = date.split('-').map(|x| x.parse().unwrap()).collect();
+    let (y, m, day) = (d[0], d[1], d[2]);
+    let time = time.trim_end_matches('Z');
+    let mut t = time.split(':');
+    let hh: i64 = t.next().unwrap().parse().unwrap();
+    let mm: i64 = t.next().unwrap().parse().unwrap();
+    let ss: f64 = t.next().unwrap().parse().unwrap();
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    (days * 86_400 + hh * 3600 + mm * 60) as f64 + ss
+}
+
+fn now_epoch() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// The manifest with outposts `names` (rac, own tokens `AK_<NAME>`).
+fn manifest_with(c: &Case, names: &[&str]) -> Value {
+    let mut m = c.env.manifest();
+    for n in names {
+        m["outposts"][*n] = c.outpost("rac", &format!("AK_{}", n.to_uppercase()));
+    }
+    m
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files
+
+/// At start the outposts are applied; then an edit saved by rename (a temp file renamed over
+/// the manifest) recreates the outpost it changes with the new label, and only that one.
+#[test]
+fn applies_at_start_and_an_edit_saved_by_rename() {
+    let c = Case::new("wedit");
+    let mut m = manifest_with(&c, &["Alpha", "Beta"]);
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    let a = c.wait_running(&w, "alpha", "applied at start");
+    let b = c.wait_running(&w, "beta", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+    let logs = w.logs(0);
+    assert!(logs.iter().any(|v| is_start(v, "start")), "{}", w.text());
+    for n in [c.name("alpha"), c.name("beta")] {
+        assert!(
+            logs.iter().any(|v| is_ok_action(v, "create", &n)),
+            "no `create {n}` line:\n{}",
+            w.text()
+        );
+    }
+    assert_eq!(a.label("e2e.watch"), None);
+
+    let mark = w.mark();
+    m["outposts"]["Alpha"]["config"] = json!({ "docker_labels": { "e2e.watch": "v2" } });
+    c.save("m/outposts.yaml", &m);
+    let a2 = c.wait_container(&w, "alpha", "after the edit", |x| {
+        x.label("e2e.watch").as_deref() == Some("v2")
+    });
+    assert_ne!(a2.id(), a.id(), "recreated");
+    assert!(
+        wait_until(WAIT, || inspect(&a.id()).is_none()),
+        "the old container is gone"
+    );
+    w.wait_log(mark, "`reconcile started trigger=files`", WAIT, |v| {
+        is_start(v, "files")
+    });
+    w.wait_log(mark, "`recreate` of Alpha", WAIT, |v| {
+        is_ok_action(v, "recreate", &c.name("alpha")) && v["outpost"] == "Alpha"
+    });
+    assert_eq!(
+        c.env.container(&c.name("beta")).id(),
+        b.id(),
+        "Beta untouched"
+    );
+    assert_eq!(c.env.project_containers().len(), 2);
+    c.assert_no_secret_in(&w);
+}
+
+/// A new manifest file added to the directory is applied: its outpost is created.
+#[test]
+fn a_new_file_is_applied() {
+    let c = Case::new("wnewfile");
+    let m = manifest_with(&c, &["Alpha"]);
+    c.save("m/outposts.yaml", &m);
+    c.token("AK_GAMMA");
+    let w = c.watch("m", &[]);
+    let a = c.wait_running(&w, "alpha", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+
+    let mark = w.mark();
+    let more = json!({
+        "version": 1,
+        "outposts": { "Gamma": c.outpost("radius", "AK_GAMMA") },
+    });
+    c.save("m/more.yml", &more);
+    c.wait_running(&w, "gamma", "after adding more.yml");
+    w.wait_log(mark, "`create` of Gamma", WAIT, |v| {
+        is_ok_action(v, "create", &c.name("gamma"))
+    });
+    assert_eq!(c.env.container(&c.name("alpha")).id(), a.id());
+    assert_eq!(c.env.project_containers().len(), 2);
+    c.assert_no_secret_in(&w);
+}
+
+/// An outpost deleted from the manifest is removed; the others stay.
+#[test]
+fn a_deleted_outpost_is_removed() {
+    let c = Case::new("wdelete");
+    let mut m = manifest_with(&c, &["Alpha", "Beta"]);
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    let a = c.wait_running(&w, "alpha", "applied at start");
+    c.wait_running(&w, "beta", "applied at start");
+
+    let mark = w.mark();
+    m["outposts"].as_object_mut().unwrap().remove("Beta");
+    c.save("m/outposts.yaml", &m);
+    let beta = c.name("beta");
+    assert!(
+        wait_until(WAIT, || inspect(&beta).is_none()),
+        "`{beta}` was not removed; log:\n{}",
+        w.text()
+    );
+    w.wait_log(mark, "`remove` of Beta", WAIT, |v| {
+        is_ok_action(v, "remove", &beta)
+    });
+    assert_eq!(c.env.container(&c.name("alpha")).id(), a.id());
+    assert_eq!(c.env.project_containers().len(), 1);
+    c.assert_no_secret_in(&w);
+}
+
+/// With `--no-prune` a deleted outpost's container is kept, and the log says the removal is
+/// pending.
+#[test]
+fn no_prune_keeps_a_deleted_outpost_pending() {
+    let c = Case::new("wnoprune");
+    let mut m = manifest_with(&c, &["Alpha", "Beta"]);
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &["--no-prune"]);
+    let a = c.wait_running(&w, "alpha", "applied at start");
+    let b = c.wait_running(&w, "beta", "applied at start");
+
+    let mark = w.mark();
+    m["outposts"].as_object_mut().unwrap().remove("Beta");
+    c.save("m/outposts.yaml", &m);
+    let beta = c.name("beta");
+    let pending = w.wait_log(mark, "saying the removal is pending", WAIT, |v| {
+        v["event"] == "pending"
+    });
+    assert_eq!(pending["level"], "warn", "{pending}");
+    assert!(
+        pending["msg"].as_str().unwrap().contains(&beta)
+            && pending["msg"].as_str().unwrap().contains("pending"),
+        "{pending}"
+    );
+    assert_eq!(pending["outpost"], "Beta", "{pending}");
+    w.wait_reconciled(mark, "ending the reconcile");
+    let b2 = c.env.container(&beta);
+    assert_eq!(b2.id(), b.id(), "Beta is kept");
+    assert!(b2.running());
+    assert_eq!(c.env.container(&c.name("alpha")).id(), a.id());
+    assert_eq!(
+        w.count(mark, |v| v["event"] == "action"),
+        0,
+        "nothing was done:\n{}",
+        w.text()
+    );
+    c.assert_no_secret_in(&w);
+}
+
+/// An invalid edit changes nothing (the container keeps running as it was, the log gives the
+/// error at FILE:LINE:COL, /healthz fails); the fix is then applied and /healthz recovers.
+#[test]
+fn an_invalid_edit_changes_nothing_and_the_fix_is_applied() {
+    let c = Case::new("winvalid");
+    let mut m = manifest_with(&c, &["Alpha"]);
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    let a = c.wait_running(&w, "alpha", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+    assert_eq!(w.http("/healthz").0, 200);
+
+    // A label change (which would recreate) plus an unknown key: nothing may be applied.
+    let mark = w.mark();
+    m["outposts"]["Alpha"]["config"] = json!({ "docker_labels": { "e2e.watch": "v2" } });
+    m["outposts"]["Alpha"]["typo_key"] = json!("x");
+    let text = to_yaml(&m);
+    let (line, col) = text
+        .lines()
+        .enumerate()
+        .find_map(|(i, l)| l.find("\"typo_key\"").map(|c| (i + 1, c + 1)))
+        .expect("the bad key is in the text");
+    save_text(&c.mdir().join("outposts.yaml"), &text);
+    let err = w.wait_log(mark, "with the error", WAIT, |v| v["event"] == "invalid");
+    assert_eq!(err["level"], "error", "{err}");
+    let msg = err["msg"].as_str().unwrap();
+    assert!(
+        msg.contains(&format!("outposts.yaml:{line}:{col}")) && msg.contains("typo_key"),
+        "the error does not point at outposts.yaml:{line}:{col}: {err}"
+    );
+    w.wait_log(mark, "saying nothing is applied", WAIT, |v| {
+        v["event"] == "reconcile"
+            && v["level"] == "error"
+            && v["msg"].as_str().unwrap().contains("nothing applied")
+    });
+    let still = c.env.container(&c.name("alpha"));
+    assert_eq!(still.id(), a.id(), "the container is untouched");
+    assert!(still.running());
+    assert_eq!(still.label("e2e.watch"), None);
+    assert_eq!(w.count(mark, |v| v["event"] == "action"), 0);
+    let (code, body) = w.http("/healthz");
+    assert_eq!(code, 503, "/healthz after an invalid edit: {body}");
+
+    // The fix.
+    let mark = w.mark();
+    m["outposts"]["Alpha"]
+        .as_object_mut()
+        .unwrap()
+        .remove("typo_key");
+    c.save("m/outposts.yaml", &m);
+    let a2 = c.wait_container(&w, "alpha", "after the fix", |x| {
+        x.label("e2e.watch").as_deref() == Some("v2")
+    });
+    assert_ne!(a2.id(), a.id());
+    w.wait_reconciled(mark, "ending the reconcile of the fix");
+    assert!(
+        wait_until(WAIT, || w.http("/healthz").0 == 200),
+        "/healthz stays failed after the fix; log:\n{}",
+        w.text()
+    );
+    c.assert_no_secret_in(&w);
+}
+
+/// A token read from a file in another directory: changing the file recreates the outpost
+/// with the new token (a referenced file is watched, not only the manifests).
+#[test]
+fn a_changed_token_file_is_applied() {
+    let c = Case::new("wtokenfile");
+    let secrets = c.env.dir().join("secrets");
+    fs::create_dir_all(&secrets).unwrap();
+    let t1 = format!("s3cr3t-file-1-{}", c.env.project);
+    let t2 = format!("s3cr3t-file-2-{}", c.env.project);
+    c.env.set_token("UNUSED_FILE_TOKEN_1", &t1);
+    c.env.set_token("UNUSED_FILE_TOKEN_2", &t2);
+    let tok = secrets.join("alpha.token");
+    fs::write(&tok, format!("{t1}\n")).unwrap();
+    fs::set_permissions(&tok, fs::Permissions::from_mode(0o600)).unwrap();
+    let mut m = c.env.manifest();
+    m["outposts"]["Alpha"] = json!({
+        "type": "rac",
+        "uuid": c.env.uuid("Alpha"),
+        "integration": "local",
+        "token": { "file": "../secrets/alpha.token" },
+    });
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    let a = c.wait_running(&w, "alpha", "applied at start");
+    assert_eq!(a.env().get("AUTHENTIK_TOKEN"), Some(&t1));
+    w.wait_reconciled(0, "ending the first reconcile");
+
+    let mark = w.mark();
+    save_text(&tok, &format!("{t2}\n"));
+    fs::set_permissions(&tok, fs::Permissions::from_mode(0o600)).unwrap();
+    let a2 = c.wait_container(&w, "alpha", "after the token file changed", |x| {
+        x.env().get("AUTHENTIK_TOKEN") == Some(&t2)
+    });
+    assert_ne!(a2.id(), a.id());
+    w.wait_log(mark, "`recreate` of Alpha", WAIT, |v| {
+        is_ok_action(v, "recreate", &c.name("alpha"))
+    });
+    c.assert_no_secret_in(&w);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Symlink swaps
+
+/// Lays out `<tmp>/v1` and `<tmp>/v2` (Alpha with the label `e2e.version`) and `current -> v1`.
+fn versioned_dirs(c: &Case) -> Value {
+    let m = manifest_with(c, &["Alpha"]);
+    for v in ["v1", "v2"] {
+        let mut mv = m.clone();
+        mv["outposts"]["Alpha"]["config"] = json!({ "docker_labels": { "e2e.version": v } });
+        fs::create_dir_all(c.env.dir().join(v)).unwrap();
+        c.save(&format!("{v}/outposts.yaml"), &mv);
+    }
+    symlink("v1", &c.env.dir().join("current"));
+    m
+}
+
+fn has_version(x: &Inspect, v: &str) -> bool {
+    x.label("e2e.version").as_deref() == Some(v)
+}
+
+/// The watched path is a symlink `current -> v1/`; an atomic swap to `v2`
+/// (`ln -sfn v2 current.tmp && mv -T current.tmp current`) is seen and v2 is applied.
+#[test]
+fn a_symlink_swap_of_the_directory_is_seen() {
+    let c = Case::new("wswap");
+    versioned_dirs(&c);
+    let w = c.watch("current", &[]);
+    let a = c.wait_container(&w, "alpha", "applied at start", |x| has_version(x, "v1"));
+    w.wait_reconciled(0, "ending the first reconcile");
+
+    let mark = w.mark();
+    swap_symlink("v2", &c.env.dir().join("current"));
+    let a2 = c.wait_container(&w, "alpha", "after the swap to v2", |x| {
+        has_version(x, "v2")
+    });
+    assert_ne!(a2.id(), a.id());
+    w.wait_log(mark, "`reconcile started trigger=files`", WAIT, |v| {
+        is_start(v, "files")
+    });
+    assert_eq!(c.env.project_containers().len(), 1);
+    c.assert_no_secret_in(&w);
+}
+
+/// After the swap, an edit inside the new target (saved through `current/`) must be seen too.
+/// It is not: the recursive watch stays on the old target's inode (`watch_targets` keeps the
+/// path `current`, `apply_watches` sees no difference and never re-adds it), so later edits in
+/// v2 wait for an unrelated trigger (an engine event, the interval).
+#[test]
+#[ignore = "bug: src/watch.rs: after a symlink swap of the watched directory, edits in the new target are not seen (the watch stays on the old target)"]
+fn an_edit_after_a_symlink_swap_is_seen() {
+    let c = Case::new("wswapedit");
+    let m = versioned_dirs(&c);
+    let w = c.watch("current", &[]);
+    c.wait_container(&w, "alpha", "applied at start", |x| has_version(x, "v1"));
+    swap_symlink("v2", &c.env.dir().join("current"));
+    let a2 = c.wait_container(&w, "alpha", "after the swap to v2", |x| {
+        has_version(x, "v2")
+    });
+    // Let the new container's own events (kill of the old one, health_status) pass, so that
+    // they cannot hide the missing file event.
+    c.env.wait_healthy(&a2.name(), WAIT);
+    w.wait_quiet(Duration::from_millis(1500));
+
+    let mark = w.mark();
+    let mut m3 = m.clone();
+    m3["outposts"]["Alpha"]["config"] = json!({ "docker_labels": { "e2e.version": "v2-edited" } });
+    c.save("current/outposts.yaml", &m3);
+    let name = c.name("alpha");
+    let seen = wait_until(Duration::from_secs(10), || {
+        inspect(&name).is_some_and(|x| has_version(&x, "v2-edited"))
+    });
+    assert!(
+        seen,
+        "an edit in the new target of `current` was not applied within 10 s; log since the edit:\n{}",
+        w.logs(mark)
+            .iter()
+            .map(Value::to_string)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+/// A Kubernetes ConfigMap volume: `outposts.yaml -> ..data/outposts.yaml`,
+/// `..data -> ..2026_01_01`; kubelet swaps `..data` to a new timestamped directory and removes
+/// the old one. Both of two swaps in a row are seen.
+#[test]
+fn a_kubernetes_data_swap_is_seen() {
+    let c = Case::new("wk8sdata");
+    let cm = c.env.dir().join("cm");
+    fs::create_dir_all(&cm).unwrap();
+    let m = manifest_with(&c, &["Alpha"]);
+    let write_version = |ts: &str, v: &str| {
+        let mut mv = m.clone();
+        mv["outposts"]["Alpha"]["config"] = json!({ "docker_labels": { "e2e.version": v } });
+        let d = cm.join(ts);
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("outposts.yaml"), to_yaml(&mv)).unwrap();
+    };
+    write_version("..2026_01_01_00_00_00.000000001", "v1");
+    symlink("..2026_01_01_00_00_00.000000001", &cm.join("..data"));
+    symlink("..data/outposts.yaml", &cm.join("outposts.yaml"));
+    let w = c.watch("cm", &[]);
+    let a = c.wait_container(&w, "alpha", "applied at start", |x| has_version(x, "v1"));
+    w.wait_reconciled(0, "ending the first reconcile");
+
+    let mut prev = "..2026_01_01_00_00_00.000000001".to_string();
+    let mut prev_id = a.id();
+    for (ts, v) in [
+        ("..2026_01_02_00_00_00.000000002", "v2"),
+        ("..2026_01_03_00_00_00.000000003", "v3"),
+    ] {
+        let mark = w.mark();
+        write_version(ts, v);
+        let tmp = cm.join("..data_tmp");
+        symlink(ts, &tmp);
+        fs::rename(&tmp, cm.join("..data")).unwrap();
+        fs::remove_dir_all(cm.join(&prev)).unwrap();
+        let x = c.wait_container(&w, "alpha", &format!("after the swap to {v}"), |x| {
+            has_version(x, v)
+        });
+        assert_ne!(x.id(), prev_id);
+        w.wait_log(mark, "`reconcile started trigger=files`", WAIT, |v| {
+            is_start(v, "files")
+        });
+        w.wait_reconciled(mark, "ending the reconcile");
+        prev = ts.to_string();
+        prev_id = x.id();
+    }
+    assert_eq!(c.env.project_containers().len(), 1);
+    c.assert_no_secret_in(&w);
+}
+
+/// The watch's own log, appended to a file next to the manifest directory (as in
+/// `cd /srv/checkout && outpostctl watch deploy/ 2>>watch.log`), must not make it reconcile
+/// again and again. It does: `watch_targets` watches the parent of a directory (for symlink
+/// swaps) and any event there, including the log file's own writes, triggers a reconcile,
+/// whose log lines trigger the next one (about 2 a second, forever).
+#[test]
+#[ignore = "bug: src/watch.rs: any change in the parent of the watched directory triggers a reconcile; a log file there makes it loop forever"]
+fn a_log_file_next_to_the_manifest_directory_does_not_loop() {
+    let c = Case::new("wloglooop");
+    let m = manifest_with(&c, &["Alpha"]);
+    c.save("m/outposts.yaml", &m);
+    let log = c.env.dir().join("watch.log");
+    let port = c.env.port();
+    let mut cmd = c.watch_cmd("m", &format!("127.0.0.1:{port}"), &[]);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(fs::File::create(&log).unwrap()));
+    let w = Watch {
+        child: Some(cmd.spawn().expect("outpostctl watch starts")),
+        lines: Arc::new(Mutex::new(Vec::new())),
+        stdout: Arc::new(Mutex::new(String::new())),
+        addr: format!("127.0.0.1:{port}"),
+    };
+    let read = || fs::read_to_string(&log).unwrap_or_default();
+    let started = |s: &str| s.matches("\"reconcile started\"").count();
+    assert!(
+        wait_until(WAIT, || read().contains("reconcile done")),
+        "{}",
+        read()
+    );
+    c.wait_running(&w, "alpha", "applied at start");
+    // One edit: one reconcile (plus perhaps one for the container's health event).
+    let mut m2 = m.clone();
+    m2["outposts"]["Alpha"]["config"] = json!({ "docker_labels": { "e2e.watch": "v2" } });
+    c.save("m/outposts.yaml", &m2);
+    let looped = wait_until(Duration::from_secs(10), || started(&read()) > 6);
+    assert!(
+        !looped,
+        "{} reconciles after one edit; log:\n{}",
+        started(&read()),
+        read()
+    );
+    drop(w);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drift
+
+/// A container removed by hand (`docker rm -f`) is back within seconds, and one stopped by
+/// hand (`docker stop`) is running again within seconds; both count as drift corrections.
+#[test]
+fn containers_removed_or_stopped_by_hand_come_back() {
+    let c = Case::new("wdrift");
+    let m = manifest_with(&c, &["Alpha", "Beta"]);
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    let a = c.wait_running(&w, "alpha", "applied at start");
+    let b = c.wait_running(&w, "beta", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+    assert_eq!(w.metric("outpostctl_drift_corrections_total"), Some(0.0));
+
+    let mark = w.mark();
+    let t = Instant::now();
+    docker_ok(&["rm", "-f", &a.name()]);
+    let a2 = c.wait_container(&w, "alpha", "after docker rm -f", |x| x.id() != a.id());
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(10), "back after {took:?}");
+    w.wait_log(
+        mark,
+        "`reconcile started trigger=engine-event`",
+        WAIT,
+        |v| is_start(v, "engine-event"),
+    );
+    w.wait_log(mark, "`create` of Alpha", WAIT, |v| {
+        is_ok_action(v, "create", &a.name())
+    });
+    assert_eq!(a2.label(LABEL_UUID), a.label(LABEL_UUID));
+    assert!(
+        wait_until(WAIT, || w
+            .metric("outpostctl_drift_corrections_total")
+            .is_some_and(|n| n >= 1.0)),
+        "{}",
+        w.http("/metrics").1
+    );
+
+    let mark = w.mark();
+    let t = Instant::now();
+    docker_ok(&["stop", &b.name()]);
+    let b2 = c.wait_running(&w, "beta", "after docker stop");
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "running again after {took:?}"
+    );
+    assert_eq!(b2.id(), b.id(), "started again, not recreated");
+    w.wait_log(mark, "`start` of Beta", WAIT, |v| {
+        is_ok_action(v, "start", &b.name())
+    });
+    assert!(
+        wait_until(WAIT, || w
+            .metric("outpostctl_drift_corrections_total")
+            .is_some_and(|n| n >= 2.0)),
+        "{}",
+        w.http("/metrics").1
+    );
+    assert_eq!(c.env.project_containers().len(), 2);
+    c.assert_no_secret_in(&w);
+}
+
+/// In `--log-format json`, the "reconcile started" line of an engine-triggered reconcile must
+/// keep `"event":"reconcile"` (what log shippers filter on). It does not: `State::reconcile`
+/// adds the Docker action as a field named `event`, which overwrites the line's own `event`
+/// key (`{"event":"kill","msg":"reconcile started","trigger":"engine-event",...}`).
+#[test]
+#[ignore = "bug: src/watch.rs: the `event` field of an engine-triggered `reconcile started` JSON line is overwritten by the Docker action (`kill`, `die`, ...)"]
+fn engine_triggered_reconciles_are_logged_as_reconcile_events() {
+    let c = Case::new("wevfield");
+    let m = manifest_with(&c, &["Alpha"]);
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    let a = c.wait_running(&w, "alpha", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+    let mark = w.mark();
+    docker_ok(&["rm", "-f", &a.name()]);
+    let v = w.wait_log(
+        mark,
+        "`reconcile started trigger=engine-event`",
+        WAIT,
+        |v| is_start(v, "engine-event"),
+    );
+    assert_eq!(v["event"], "reconcile", "{v}");
+}
+
+/// A container removed by hand is put back without a failed action. Today the `kill` event
+/// of `docker rm -f` triggers a reconcile while the container is still being removed; the
+/// plan (src/diff.rs: any state but running/restarting, `removing` included, is `start`) starts
+/// it, the engine answers 409 "container is marked for removal and cannot be started", and
+/// that reconcile fails (/healthz 503, errors_total + 1) before the `destroy` event's
+/// reconcile creates the new container.
+#[test]
+#[ignore = "bug: src/diff.rs: a container being removed (`docker rm -f`) is planned as `start`, which fails with 409 and fails the reconcile"]
+fn a_container_removed_by_hand_comes_back_without_errors() {
+    let c = Case::new("wrmrace");
+    let m = manifest_with(&c, &["Alpha"]);
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    let mut a = c.wait_running(&w, "alpha", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+    // Right after the create, as in `containers_removed_or_stopped_by_hand_come_back`; a
+    // few rounds, since it is a race (lost in most rounds on the 2-core test machine).
+    for _ in 0..10 {
+        w.wait_quiet(Duration::from_millis(300));
+        let mark = w.mark();
+        docker_ok(&["rm", "-f", &a.name()]);
+        let old = a.id();
+        a = c.wait_container(&w, "alpha", "after docker rm -f", |x| x.id() != old);
+        w.wait_quiet(Duration::from_millis(800));
+        let errors: Vec<Value> = w
+            .logs(mark)
+            .into_iter()
+            .filter(|v| v["level"] == "error")
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "errors while putting a removed container back: {errors:#?}"
+        );
+    }
+    assert_eq!(w.metric("outpostctl_errors_total"), Some(0.0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown
+
+const SIGTERM_OUTPOSTS: [&str; 8] = ["O1", "O2", "O3", "O4", "O5", "O6", "O7", "O8"];
+
+/// Eight running outposts; an edit that recreates all of them (four at a time); SIGTERM right
+/// when the first recreate finished, so that others are in flight. Returns the case, the
+/// exited watch, the log mark of the edit, the container ids before, and the exit time.
+fn sigterm_during_recreates(tag: &str) -> (Case, Watch, usize, BTreeMap<String, String>, Duration) {
+    let c = Case::new(tag);
+    let mut m = manifest_with(&c, &SIGTERM_OUTPOSTS);
+    c.save("m/outposts.yaml", &m);
+    let mut w = c.watch("m", &[]);
+    for n in SIGTERM_OUTPOSTS {
+        c.wait_running(&w, &n.to_lowercase(), "applied at start");
+    }
+    w.wait_reconciled(0, "ending the first reconcile");
+    w.wait_quiet(Duration::from_millis(800));
+    let before: BTreeMap<String, String> = c
+        .by_outpost()
+        .into_iter()
+        .map(|(k, v)| (k, v[0].id()))
+        .collect();
+    assert_eq!(before.len(), SIGTERM_OUTPOSTS.len());
+
+    let mark = w.mark();
+    m["defaults"]["docker_labels"] = json!({ "e2e.watch": "v2" });
+    c.save("m/outposts.yaml", &m);
+    w.wait_log(mark, "`reconcile started trigger=files`", WAIT, |v| {
+        is_start(v, "files")
+    });
+    w.wait_log(mark, "of the first recreate", WAIT, |v| {
+        v["event"] == "action"
+    });
+    let took = w.terminate(Duration::from_secs(60));
+    (c, w, mark, before, took)
+}
+
+/// SIGTERM while a reconcile recreates several outposts: the watch lets the actions in
+/// flight finish, starts no new ones, exits 0 within a bounded time, and afterwards every
+/// outpost has exactly one container, running, and no parked `*-outpostctl-old` is left.
+#[test]
+fn sigterm_during_a_reconcile_leaves_nothing_half_done() {
+    let (c, w, mark, before, took) = sigterm_during_recreates("wsigterm");
+    assert!(took < Duration::from_secs(30), "exit took {took:?}");
+    let logs = w.logs(mark);
+    assert!(
+        logs.iter().any(|v| v["msg"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("signal received"))),
+        "{}",
+        w.text()
+    );
+    let finished: Vec<String> = logs
+        .iter()
+        .filter(|v| v["event"] == "action" && v["level"] == "info" && v["action"] == "recreate")
+        .map(|v| v["outpost"].as_str().unwrap_or_default().to_string())
+        .collect();
+    // Actions that were not started may be logged as such; none may have failed otherwise.
+    let failed = logs
+        .iter()
+        .filter(|v| {
+            v["event"] == "action"
+                && v["level"] != "info"
+                && !v["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("not started"))
+        })
+        .count();
+    assert_eq!(failed, 0, "no action failed:\n{}", w.text());
+
+    let after = c.by_outpost();
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>(),
+        "every outpost still has a container"
+    );
+    let mut recreated = Vec::new();
+    for (outpost, cs) in &after {
+        assert_eq!(
+            cs.len(),
+            1,
+            "`{outpost}` has {} containers: {:?}",
+            cs.len(),
+            cs.iter()
+                .map(|x| (x.name(), x.status()))
+                .collect::<Vec<_>>()
+        );
+        let x = &cs[0];
+        assert!(x.running(), "`{}` is {}", x.name(), x.status());
+        assert!(
+            !x.name().ends_with("-outpostctl-old"),
+            "parked: {}",
+            x.name()
+        );
+        let new = x.id() != before[outpost];
+        let labelled = x.label("e2e.watch").as_deref() == Some("v2");
+        assert_eq!(
+            new,
+            labelled,
+            "`{}`: a new container iff the new label",
+            x.name()
+        );
+        if new {
+            recreated.push(outpost.clone());
+        }
+    }
+    let mut logged = finished.clone();
+    logged.sort();
+    assert_eq!(
+        recreated, logged,
+        "the recreated outposts are the ones logged as done"
+    );
+    assert!(
+        recreated.len() < SIGTERM_OUTPOSTS.len(),
+        "SIGTERM came too late to stop anything:\n{}",
+        w.text()
+    );
+    eprintln!(
+        "SIGTERM during 8 recreates: {} finished, {} not started, exit {took:?} after the signal",
+        recreated.len(),
+        SIGTERM_OUTPOSTS.len() - recreated.len()
+    );
+    let parked = docker_ok(&[
+        "ps",
+        "-a",
+        "--filter",
+        "name=-outpostctl-old",
+        "--format",
+        "{{.Names}}",
+    ]);
+    assert!(
+        !parked.lines().any(|n| n.starts_with(&c.env.prefix)),
+        "parked containers left: {parked}"
+    );
+    c.assert_no_secret_in(&w);
+}
+
+/// Issue 5: "one log line per action". The actions a shutdown keeps from starting get none:
+/// `apply::apply` returns their "not started: shutting down" outcome without calling
+/// `Progress::finished`, so the log names only the finished ones and then says
+/// `reconcile done with errors: 8 to recreate` (the plan, not what happened).
+#[test]
+#[ignore = "bug: src/apply.rs: actions skipped by a shutdown (`not started: shutting down`) are never logged; the last line still says `8 to recreate`"]
+fn sigterm_logs_the_actions_it_did_not_start() {
+    let (_c, w, mark, _before, _took) = sigterm_during_recreates("wsigtermlog");
+    let actions = w.count(mark, |v| v["event"] == "action");
+    assert_eq!(
+        actions,
+        SIGTERM_OUTPOSTS.len(),
+        "one log line per planned action (done or not started):\n{}",
+        w.text()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// /healthz and /metrics
+
+/// /healthz answers 200 after a good reconcile and 503 after an invalid edit; /metrics counts
+/// reconciles, creates, drift corrections and engine reachability; unknown paths are 404; an
+/// idle watch exits 0 on SIGTERM at once.
+#[test]
+fn healthz_and_metrics_answer() {
+    let c = Case::new("wmetrics");
+    let mut m = manifest_with(&c, &["Alpha", "Beta"]);
+    c.save("m/outposts.yaml", &m);
+    let mut w = c.watch("m", &[]);
+    c.wait_running(&w, "alpha", "applied at start");
+    c.wait_running(&w, "beta", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+    let (code, body) = w.http("/healthz");
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
+    let (code, body) = w.http("/metrics");
+    assert_eq!(code, 200);
+    for needle in [
+        "# TYPE outpostctl_reconciles_total counter",
+        "outpostctl_changes_applied_total{action=\"create\"} 2\n",
+        "outpostctl_changes_applied_total{action=\"remove\"} 0\n",
+        "outpostctl_drift_corrections_total 0\n",
+        "outpostctl_engine_up{integration=\"local\"} 1\n",
+        "outpostctl_last_success_timestamp_seconds ",
+        "outpostctl_errors_total 0\n",
+    ] {
+        assert!(body.contains(needle), "no `{needle}` in /metrics:\n{body}");
+    }
+    assert!(
+        w.metric("outpostctl_reconciles_total{result=\"success\"}")
+            .is_some_and(|n| n >= 1.0),
+        "{body}"
+    );
+    let last = w
+        .metric("outpostctl_last_success_timestamp_seconds")
+        .unwrap();
+    assert!((now_epoch() - last).abs() < 120.0, "last success {last}");
+    assert_eq!(w.http("/nope").0, 404);
+
+    // A hand-removed container comes back: one more create, one drift correction.
+    docker_ok(&["rm", "-f", &c.name("alpha")]);
+    c.wait_running(&w, "alpha", "after docker rm -f");
+    assert!(
+        wait_until(WAIT, || {
+            w.metric("outpostctl_drift_corrections_total")
+                .is_some_and(|n| n >= 1.0)
+                && w.metric("outpostctl_changes_applied_total{action=\"create\"}") == Some(3.0)
+        }),
+        "{}",
+        w.http("/metrics").1
+    );
+
+    // An invalid edit fails /healthz and counts a failed reconcile.
+    let mark = w.mark();
+    m["outposts"]["Alpha"]["integration"] = json!("nowhere");
+    c.save("m/outposts.yaml", &m);
+    w.wait_log(mark, "with the error", WAIT, |v| v["event"] == "invalid");
+    assert!(
+        wait_until(WAIT, || w.http("/healthz").0 == 503),
+        "{}",
+        w.text()
+    );
+    assert!(
+        w.metric("outpostctl_reconciles_total{result=\"failure\"}")
+            .is_some_and(|n| n >= 1.0)
+    );
+    m["outposts"]["Alpha"]["integration"] = json!("local");
+    let mark = w.mark();
+    c.save("m/outposts.yaml", &m);
+    w.wait_reconciled(mark, "ending the reconcile of the fix");
+    assert!(wait_until(WAIT, || w.http("/healthz").0 == 200));
+    c.assert_no_secret_in(&w);
+
+    let took = w.terminate(Duration::from_secs(20));
+    assert!(
+        took < Duration::from_secs(5),
+        "an idle watch exits at once, took {took:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A container that keeps dying
+
+/// Builds `outpostctl-test/crashing:<project>`: the fake outpost with `/bin/false` as its
+/// entry point, so its containers exit 1 at once (and Docker restarts them: unless-stopped).
+fn crashing_image(c: &Case) -> String {
+    let tag = format!("outpostctl-test/crashing:{}", c.env.project);
+    c.env.track_image_tag(&tag);
+    let mut child = Command::new("docker")
+        .args(["build", "-q", "-t", &tag, "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("docker build runs");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("FROM {IMAGE_V1}\nENTRYPOINT [\"/bin/false\"]\n").as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().expect("docker build finishes");
+    assert!(
+        out.status.success(),
+        "docker build: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tag
+}
+
+fn crashing_case(tag: &str) -> (Case, Watch) {
+    let c = Case::new(tag);
+    let image = crashing_image(&c);
+    let mut m = manifest_with(&c, &["Alpha"]);
+    m["outposts"]["Alpha"]["config"] = json!({ "container_image": image });
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    let name = c.name("alpha");
+    assert!(
+        wait_until(WAIT, || inspect(&name).is_some()),
+        "{}",
+        w.text()
+    );
+    (c, w)
+}
+
+/// A container that exits at once, over and over, does not make the watch reconcile in a
+/// tight loop, and the container is not removed or duplicated.
+#[test]
+fn a_crashing_container_does_not_make_it_loop() {
+    let (c, w) = crashing_case("wcrash");
+    w.wait_log(0, "of a die event", WAIT, |v| is_start(v, "engine-event"));
+    let mark = w.mark();
+    std::thread::sleep(Duration::from_secs(10));
+    let n = w.count(mark, |v| v["msg"] == "reconcile started");
+    eprintln!("a crash-looping container: {n} reconciles in 10 s");
+    assert!(n < 15, "{n} reconciles in 10 s:\n{}", w.text());
+    let cs = c.by_outpost();
+    assert_eq!(cs.len(), 1);
+    assert_eq!(cs["Alpha"].len(), 1, "one container");
+    assert!(
+        cs["Alpha"][0].0["RestartCount"].as_u64().unwrap_or(0) >= 2,
+        "it does keep dying: {:?}",
+        cs["Alpha"][0].0["RestartCount"]
+    );
+    c.assert_no_secret_in(&w);
+}
+
+/// The log must say when a container keeps dying (issue 5: "put back with exponential
+/// backoff ... and the log says so"). It never does for a container that crashes: Docker's
+/// restart policy puts it back, the plan sees `restarting` as fine (a no-op), and a no-op
+/// resets the strike count in `filter_actions`, so no "keeps dying" line is ever written.
+#[test]
+#[ignore = "bug: src/watch.rs: a crash-looping container (restarting) is never reported as `keeps dying`; a no-op plan resets the backoff strikes"]
+fn a_crashing_container_is_reported_as_keeps_dying() {
+    let (_c, w) = crashing_case("wcrashlog");
+    w.wait_log(
+        0,
+        "saying the container keeps dying",
+        Duration::from_secs(40),
+        |v| v["event"] == "backoff" || v["msg"].as_str().is_some_and(|m| m.contains("keeps dying")),
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Benchmarks (ignored; see the module comment and BENCHMARKS.md)
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let i = ((v.len() - 1) as f64 * p).round() as usize;
+    v[i]
+}
+
+fn summary(label: &str, v: &mut [f64]) {
+    let n = v.len();
+    let min = percentile(v, 0.0);
+    let med = percentile(v, 0.5);
+    let max = percentile(v, 1.0);
+    println!("{label}: n={n} min={min:.0} ms median={med:.0} ms max={max:.0} ms");
+}
+
+/// (1) Time from a saved edit (rename) to "reconcile started trigger=files", for edits that
+/// change nothing (a comment) and for edits that recreate the container; for the latter also
+/// to the new container running.
+#[test]
+#[ignore = "benchmark"]
+fn bench_watch_edit_to_apply() {
+    let c = Case::new("bwedit");
+    let mut m = manifest_with(&c, &["Alpha"]);
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    let a = c.wait_running(&w, "alpha", "applied at start");
+    c.env.wait_healthy(&a.name(), WAIT);
+    w.wait_quiet(Duration::from_millis(1000));
+
+    let path = c.mdir().join("outposts.yaml");
+    let mut noop = Vec::new();
+    for i in 0..20 {
+        let mark = w.mark();
+        let text = format!("{}# edit {i}\n", to_yaml(&m));
+        let t0 = now_epoch();
+        save_text(&path, &text);
+        let v = w.wait_log(mark, "files", WAIT, |v| is_start(v, "files"));
+        noop.push((epoch(v["ts"].as_str().unwrap()) - t0) * 1000.0);
+        w.wait_reconciled(mark, "done");
+        w.wait_quiet(Duration::from_millis(500));
+    }
+    let mut to_start = Vec::new();
+    let mut to_running = Vec::new();
+    for i in 0..8 {
+        let mark = w.mark();
+        m["outposts"]["Alpha"]["config"] =
+            json!({ "docker_labels": { "e2e.bench": i.to_string() } });
+        let t0 = now_epoch();
+        c.save("m/outposts.yaml", &m);
+        let v = w.wait_log(mark, "files", WAIT, |v| is_start(v, "files"));
+        to_start.push((epoch(v["ts"].as_str().unwrap()) - t0) * 1000.0);
+        let x = c.wait_container(&w, "alpha", "recreated", |x| {
+            x.label("e2e.bench").as_deref() == Some(&i.to_string())
+        });
+        let started = epoch(x.0["State"]["StartedAt"].as_str().unwrap());
+        to_running.push((started - t0) * 1000.0);
+        c.env.wait_healthy(&x.name(), WAIT);
+        w.wait_quiet(Duration::from_millis(1000));
+    }
+    println!("debounce {DEBOUNCE}");
+    summary(
+        "save -> reconcile started (comment edit, no change)",
+        &mut noop,
+    );
+    summary(
+        "save -> reconcile started (label edit, recreate)",
+        &mut to_start,
+    );
+    summary(
+        "save -> new container running (label edit, recreate)",
+        &mut to_running,
+    );
+}
+
+/// (2) Time from `docker rm -f` of a managed container to its replacement running (Docker's
+/// StartedAt of the new container).
+#[test]
+#[ignore = "benchmark"]
+fn bench_watch_removed_to_running() {
+    let c = Case::new("bwremove");
+    let m = manifest_with(&c, &["Alpha"]);
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    let mut a = c.wait_running(&w, "alpha", "applied at start");
+    c.env.wait_healthy(&a.name(), WAIT);
+    w.wait_quiet(Duration::from_millis(1000));
+    let mut to_event = Vec::new();
+    let mut to_running = Vec::new();
+    for _ in 0..10 {
+        let mark = w.mark();
+        let t0 = now_epoch();
+        docker_ok(&["rm", "-f", &a.name()]);
+        let rm_took = (now_epoch() - t0) * 1000.0;
+        let v = w.wait_log(mark, "engine event", WAIT, |v| is_start(v, "engine-event"));
+        to_event.push((epoch(v["ts"].as_str().unwrap()) - t0) * 1000.0);
+        let old = a.id();
+        let x = c.wait_container(&w, "alpha", "back", |x| x.id() != old);
+        let started = epoch(x.0["State"]["StartedAt"].as_str().unwrap());
+        to_running.push((started - t0) * 1000.0);
+        println!("  docker rm -f took {rm_took:.0} ms");
+        c.env.wait_healthy(&x.name(), WAIT);
+        w.wait_quiet(Duration::from_millis(1000));
+        a = x;
+    }
+    summary(
+        "docker rm -f issued -> reconcile started (engine-event)",
+        &mut to_event,
+    );
+    summary(
+        "docker rm -f issued -> replacement running (StartedAt)",
+        &mut to_running,
+    );
+}
+
+/// /proc/<pid>/status VmRSS and VmHWM in kB; utime+stime in clock ticks.
+fn proc_stats(pid: u32) -> (u64, u64, u64) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the comm: state is field 3, utime 14 and stime 15 (1-based over the whole line).
+    let ticks = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    (kb("VmRSS:"), kb("VmHWM:"), ticks)
+}
+
+fn clock_ticks() -> f64 {
+    let out = Command::new("getconf").arg("CLK_TCK").output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(100.0)
+}
+
+/// (3) Resident memory and CPU of an idle watch over 500 outposts (rac, network `none`, no
+/// published ports), created through `outpostctl apply` and removed 10 at a time afterwards.
+#[test]
+#[ignore = "benchmark"]
+fn bench_watch_idle_500() {
+    const N: usize = 500;
+    let c = Case::new("bwidle");
+    c.token("AK_BENCH");
+    let mut m = c.env.manifest();
+    m["defaults"]["docker_network"] = json!("none");
+    m["defaults"]["docker_map_ports"] = json!(false);
+    for i in 0..N {
+        let n = format!("o{i:03}");
+        m["outposts"][&n] = json!({
+            "type": "rac",
+            "uuid": c.env.uuid(&n),
+            "integration": "local",
+            "token": { "env": "AK_BENCH" },
+        });
+    }
+    c.save("m/outposts.yaml", &m);
+
+    let mut apply = Command::new(common::bin());
+    apply
+        .current_dir(c.env.dir())
+        .args(["apply", "--auto-approve", "m"])
+        .env("NO_COLOR", "1");
+    for (k, v) in c.tokens.lock().unwrap().iter() {
+        apply.env(k, v);
+    }
+    let t = Instant::now();
+    let r = run_with_timeout(apply, Duration::from_secs(1800));
+    let apply_took = t.elapsed();
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    c.env.assert_no_secret("apply output", &r.stdout);
+    println!("apply of {N} creates: {:.1} s", apply_took.as_secs_f64());
+    let ids: Vec<String> = docker_ok(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label={LABEL_PROJECT}={}", c.env.project),
+    ])
+    .split_whitespace()
+    .map(str::to_string)
+    .collect();
+    println!("running containers: {}", ids.len());
+
+    let mut w = c.watch("m", &[]);
+    let done = w.wait_log(
+        0,
+        "ending the start reconcile",
+        Duration::from_secs(600),
+        |v| {
+            v["event"] == "reconcile"
+                && v["msg"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("reconcile done"))
+        },
+    );
+    println!(
+        "start reconcile over {N} (no changes): {} ms ({})",
+        done["duration_ms"], done["msg"]
+    );
+    // Health events of 500 containers may still come in: let them pass.
+    w.wait_quiet(Duration::from_secs(5));
+    let pid = w.pid();
+    let hz = clock_ticks();
+    let (rss0, _, t0) = proc_stats(pid);
+    let mark = w.mark();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(30));
+    let secs = start.elapsed().as_secs_f64();
+    let (rss1, hwm, t1) = proc_stats(pid);
+    let lines = w.mark() - mark;
+    println!(
+        "idle over {secs:.0} s: VmRSS {rss0} kB -> {rss1} kB (peak VmHWM {hwm} kB), CPU {:.2} s ({:.3}% of one core), {lines} log lines",
+        (t1 - t0) as f64 / hz,
+        (t1 - t0) as f64 / hz / secs * 100.0
+    );
+    let took = w.terminate(Duration::from_secs(60));
+    println!("SIGTERM -> exit: {} ms", took.as_millis());
+    c.assert_no_secret_in(&w);
+
+    let all: Vec<String> = docker_ok(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label={LABEL_PROJECT}={}", c.env.project),
+    ])
+    .split_whitespace()
+    .map(str::to_string)
+    .collect();
+    let t = Instant::now();
+    for batch in all.chunks(10) {
+        let mut args = vec!["rm", "-f"];
+        args.extend(batch.iter().map(String::as_str));
+        let _ = docker(&args);
+    }
+    println!(
+        "removed {} containers, 10 at a time: {:.1} s",
+        all.len(),
+        t.elapsed().as_secs_f64()
+    );
+}
