@@ -95,7 +95,7 @@ pub async fn apply(
             let a = a.clone();
             async move {
                 if progress.cancelled() {
-                    return Outcome {
+                    let outcome = Outcome {
                         integration,
                         outpost: a.outpost.clone(),
                         action: a.action,
@@ -103,6 +103,8 @@ pub async fn apply(
                         ok: false,
                         messages: vec!["not started: shutting down".into()],
                     };
+                    progress.finished(&outcome);
+                    return outcome;
                 }
                 progress.started(&integration, &a);
                 let mut messages = Vec::new();

@@ -258,6 +258,7 @@ pub fn diff(
 
     for o in observed {
         if ours(o)
+            && o.state != State::Removing
             && o.label(LABEL_UUID)
                 .is_none_or(|u| !desired_uuids.contains(u))
         {
@@ -305,6 +306,19 @@ fn existing(
     adopt: bool,
     taken_by: Option<&Observed>,
 ) -> Action {
+    // `docker rm -f` in progress: it is gone in a moment, and its destroy event (or the next
+    // plan) brings the outpost back; acting on it now would fail.
+    if o.state == State::Removing {
+        return Action {
+            outpost: spec.outpost.clone(),
+            action: ActionKind::Noop,
+            name: spec.name.clone(),
+            container: Some(ContainerRef::of(o)),
+            reasons: vec![Change::new("state", Some("removing".into()), None)],
+            adopt,
+            error: None,
+        };
+    }
     if let Some(in_way) = taken_by.filter(|_| o.name != spec.name) {
         let whose = match in_way.label(LABEL_OUTPOST) {
             Some(outpost) if in_way.label(LABEL_PROJECT).is_some() => {

@@ -92,10 +92,18 @@ struct State {
     metrics: Arc<Metrics>,
     shutdown: Arc<AtomicBool>,
     backoff: HashMap<(String, String), Backoff>,
+    /// Which file events matter (shared with the watcher's callback).
+    filter: Arc<std::sync::Mutex<FileFilter>>,
+    /// Recent `die` events per container, to recognise a crash loop.
+    deaths: HashMap<String, Vec<Instant>>,
+    /// Containers whose events are ignored until then (they keep dying).
+    muted: HashMap<String, (Instant, u32)>,
     /// The engines whose events are being watched, by integration name -> url.
     watched_engines: BTreeMap<String, String>,
     event_tasks: Vec<tokio::task::JoinHandle<()>>,
-    watched_dirs: BTreeSet<(PathBuf, bool)>,
+    /// Watched directories (recursive or not) and where they resolved to when watched: a
+    /// symlink swapped to another target must be watched again.
+    watched_dirs: BTreeMap<(PathBuf, bool), Option<PathBuf>>,
 }
 
 struct WatchProgress<'a> {
@@ -141,18 +149,26 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
     spawn_signal_handler(Arc::clone(&shutdown), Arc::clone(&notify), log.clone());
 
     let file_tx = tx.clone();
+    let filter = Arc::new(std::sync::Mutex::new(FileFilter::new(&opts.paths, &[])));
+    let cb_filter = Arc::clone(&filter);
     let debouncer = notify_debouncer_full::new_debouncer(
         opts.debounce,
         None,
         move |res: notify_debouncer_full::DebounceEventResult| {
-            if let Ok(events) = res {
-                // Reads and metadata-only changes do not change what a manifest says.
-                if events
-                    .iter()
-                    .any(|e| !matches!(e.event.kind, notify::EventKind::Access(_)))
-                {
-                    let _ = file_tx.try_send(Trigger::Files);
-                }
+            let Ok(events) = res else {
+                return;
+            };
+            let Ok(filter) = cb_filter.lock() else {
+                return;
+            };
+            // Reads change nothing, and only manifests, what they reference and the watched
+            // paths themselves matter (not a log file written next to them).
+            let relevant = events.iter().any(|e| {
+                !matches!(e.event.kind, notify::EventKind::Access(_))
+                    && e.event.paths.iter().any(|p| filter.relevant(p))
+            });
+            if relevant {
+                let _ = file_tx.try_send(Trigger::Files);
             }
         },
     );
@@ -168,9 +184,12 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         metrics,
         shutdown: Arc::clone(&shutdown),
         backoff: HashMap::new(),
+        filter,
+        deaths: HashMap::new(),
+        muted: HashMap::new(),
         watched_engines: BTreeMap::new(),
         event_tasks: Vec::new(),
-        watched_dirs: BTreeSet::new(),
+        watched_dirs: BTreeMap::new(),
         opts,
     };
     log.info(
@@ -217,6 +236,9 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
             _ = interval.tick() => next = Some(Trigger::Interval),
             t = rx.recv() => {
                 let Some(t) = t else { break };
+                if !state.accept(&t) {
+                    continue;
+                }
                 // Coalesce a burst (an editor's save, our own recreate's events) into one run.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let mut t = t;
@@ -268,6 +290,55 @@ fn spawn_signal_handler(shutdown: Arc<AtomicBool>, notify: Arc<tokio::sync::Noti
 }
 
 impl State {
+    /// Whether an engine event should trigger a reconcile. Docker's restart policy restarts a
+    /// crashing container by itself; reconciling on each of its deaths would be a tight loop,
+    /// so a container that died 3 times in 5 minutes is reported as dying and its events are
+    /// ignored for a while (5 s, doubling to 5 min); the interval still reconciles.
+    fn accept(&mut self, t: &Trigger) -> bool {
+        let Trigger::Engine {
+            integration,
+            container,
+            action,
+        } = t
+        else {
+            return true;
+        };
+        let now = Instant::now();
+        let key = format!("{integration}/{container}");
+        if let Some((until, _)) = self.muted.get(&key) {
+            if *until > now {
+                return false;
+            }
+        }
+        if action != "die" {
+            return true;
+        }
+        let window = Duration::from_secs(300);
+        let deaths = self.deaths.entry(key.clone()).or_default();
+        deaths.retain(|d| now.duration_since(*d) < window);
+        deaths.push(now);
+        if deaths.len() >= STRIKES_BEFORE_BACKOFF as usize {
+            let strikes = self
+                .muted
+                .get(&key)
+                .map_or(STRIKES_BEFORE_BACKOFF, |(_, s)| s + 1);
+            let delay = backoff_delay(strikes);
+            self.muted.insert(key, (now + delay, strikes));
+            self.metrics.error();
+            self.log.warn(
+                "backoff",
+                &format!(
+                    "container `{container}` keeps dying ({} times in the last 5 minutes); Docker's restart policy restarts it; its events are ignored for {}s",
+                    deaths.len(),
+                    delay.as_secs()
+                ),
+                &[("integration", integration.clone()), ("container", container.clone())],
+            );
+            return false;
+        }
+        true
+    }
+
     /// One full validate -> plan -> apply; returns the valid set, if it was.
     async fn reconcile(&mut self, trigger: &Trigger) -> Option<Validated> {
         let started = Instant::now();
@@ -280,7 +351,7 @@ impl State {
         {
             fields.push(("integration", integration.clone()));
             fields.push(("container", container.clone()));
-            fields.push(("event", action.clone()));
+            fields.push(("docker_event", action.clone()));
         }
         self.log.info("reconcile", "reconcile started", &fields);
         let outcome = validate(&self.opts.paths);
@@ -425,6 +496,9 @@ impl State {
         d: &mut notify_debouncer_full::Debouncer<W, C>,
         v: &Validated,
     ) {
+        if let Ok(mut f) = self.filter.lock() {
+            *f = FileFilter::new(&self.opts.paths, &v.referenced_files);
+        }
         let mut want = watch_targets(&self.opts.paths);
         for f in &v.referenced_files {
             if let Some(parent) = f.parent() {
@@ -440,7 +514,7 @@ impl State {
     ) {
         // Keep what is watched: an invalid edit must not stop us from seeing the fix.
         let mut want = watch_targets(&self.opts.paths);
-        want.extend(self.watched_dirs.iter().cloned());
+        want.extend(self.watched_dirs.keys().cloned());
         self.apply_watches(d, want);
     }
 
@@ -449,24 +523,35 @@ impl State {
         d: &mut notify_debouncer_full::Debouncer<W, C>,
         want: BTreeSet<(PathBuf, bool)>,
     ) {
-        for gone in self.watched_dirs.difference(&want) {
-            let _ = d.unwatch(&gone.0);
+        let mut now = BTreeMap::new();
+        for (key, target) in &self.watched_dirs {
+            let resolved = std::fs::canonicalize(&key.0).ok();
+            if !want.contains(key) || resolved != *target {
+                let _ = d.unwatch(&key.0);
+            } else {
+                now.insert(key.clone(), target.clone());
+            }
         }
-        for (dir, recursive) in want.difference(&self.watched_dirs) {
-            let mode = if *recursive {
+        for (dir, recursive) in want {
+            if now.contains_key(&(dir.clone(), recursive)) {
+                continue;
+            }
+            let mode = if recursive {
                 RecursiveMode::Recursive
             } else {
                 RecursiveMode::NonRecursive
             };
-            if let Err(e) = d.watch(dir, mode) {
+            if let Err(e) = d.watch(&dir, mode) {
                 self.log.warn(
                     "watch",
                     &format!("cannot watch {}: {e}", dir.display()),
                     &[],
                 );
             }
+            let resolved = std::fs::canonicalize(&dir).ok();
+            now.insert((dir, recursive), resolved);
         }
-        self.watched_dirs = want;
+        self.watched_dirs = now;
     }
 
     /// One event stream per engine, restarted when the set of engines changes.
@@ -534,10 +619,52 @@ impl State {
 }
 
 fn dir_or_dot(p: &Path) -> PathBuf {
-    if p.as_os_str().is_empty() {
-        PathBuf::from(".")
+    let p = if p.as_os_str().is_empty() {
+        Path::new(".")
     } else {
-        p.to_path_buf()
+        p
+    };
+    // Absolute, but symlinks kept: a swapped symlink must be seen as the path it is.
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Which changed paths concern the manifest set: the manifest paths themselves (a symlink
+/// swapped), manifests under them, Kubernetes' `..data` swaps, and referenced files.
+#[derive(Debug, Default)]
+struct FileFilter {
+    roots: Vec<PathBuf>,
+    referenced: Vec<PathBuf>,
+}
+
+impl FileFilter {
+    fn new(paths: &[PathBuf], referenced: &[PathBuf]) -> FileFilter {
+        let abs = |p: &PathBuf| std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        let mut roots: Vec<PathBuf> = paths.iter().map(abs).collect();
+        roots.extend(paths.iter().filter_map(|p| std::fs::canonicalize(p).ok()));
+        let mut refs: Vec<PathBuf> = referenced.iter().map(abs).collect();
+        refs.extend(
+            referenced
+                .iter()
+                .filter_map(|p| std::fs::canonicalize(p).ok()),
+        );
+        FileFilter {
+            roots,
+            referenced: refs,
+        }
+    }
+
+    fn relevant(&self, path: &Path) -> bool {
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        let swap_internal = name.starts_with("..");
+        let manifest_like = path.extension().is_none_or(|e| e == "yaml" || e == "yml");
+        self.roots.iter().any(|r| {
+            path == r || (path.starts_with(r) && (manifest_like || swap_internal)) || false
+        }) || self.referenced.iter().any(|f| {
+            path == f || (swap_internal && f.parent().is_some_and(|d| path.parent() == Some(d)))
+        })
     }
 }
 
