@@ -202,7 +202,12 @@ async fn run_action(
             )
             .await?;
         }
-        (ActionKind::Rename, Some(id)) => engine.rename(id, &a.name).await?,
+        (ActionKind::Rename, Some(id)) => {
+            engine.rename(id, &a.name).await?;
+            if a.reasons.iter().any(|r| r.field == "state") {
+                engine.start(id).await?;
+            }
+        }
         (ActionKind::Start, Some(id)) => engine.start(id).await?,
         (ActionKind::Restart, Some(id)) => engine.restart(id).await?,
         (ActionKind::Unpause, Some(id)) => engine.unpause(id).await?,
@@ -227,9 +232,54 @@ async fn create_and_start(
     let id = engine.create(spec, image, &extra).await?;
     if let Err(e) = engine.start(&id).await {
         let _ = engine.remove(&id).await;
-        return Err(e);
+        return Err(explain_port_conflict(engine, e).await);
     }
     Ok(id)
+}
+
+/// The host port in Docker's "Bind for 0.0.0.0:9000 failed: port is already allocated" or
+/// "listen tcp4 0.0.0.0:9000: bind: address already in use".
+pub fn conflicting_port(message: &str) -> Option<u16> {
+    let addr = if let Some(i) = message.find("Bind for ") {
+        message[i + 9..].split_whitespace().next()?
+    } else if let Some(i) = message.find("listen tcp") {
+        message[i..]
+            .split_whitespace()
+            .nth(2)?
+            .trim_end_matches(':')
+    } else if let Some(i) = message.find("listen udp") {
+        message[i..]
+            .split_whitespace()
+            .nth(2)?
+            .trim_end_matches(':')
+    } else {
+        return None;
+    };
+    addr.rsplit(':').next()?.parse().ok()
+}
+
+/// Names what holds a host port the new container needs: another container, or a process.
+async fn explain_port_conflict(engine: &dyn Engine, e: EngineError) -> EngineError {
+    let Some(port) = conflicting_port(&e.message) else {
+        return e;
+    };
+    let holder = match engine.list().await {
+        Ok(list) => list
+            .into_iter()
+            .find(|c| c.host_ports.contains(&port))
+            .map(|c| format!("container `{}` ({})", c.name, c.short_id())),
+        Err(_) => None,
+    };
+    let holder = holder.unwrap_or_else(|| {
+        "a process outside Docker (see `ss -lntup` on the engine's host)".into()
+    });
+    EngineError::new(
+        crate::engine::ErrorKind::Conflict,
+        format!(
+            "host port {port} is already taken by {holder}; free it, or give this outpost another port with `ports:` ({})",
+            e.message
+        ),
+    )
 }
 
 async fn recreate(
@@ -328,5 +378,20 @@ async fn ensure_image(
             ));
             Ok(fallback.clone())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conflicting_port;
+
+    #[test]
+    fn port_conflicts_name_the_port() {
+        let by_container = "driver failed programming external connectivity on endpoint x (abc): Bind for 127.0.0.1:19000 failed: port is already allocated";
+        assert_eq!(conflicting_port(by_container), Some(19000));
+        let by_process =
+            "Error starting userland proxy: listen tcp4 0.0.0.0:9443: bind: address already in use";
+        assert_eq!(conflicting_port(by_process), Some(9443));
+        assert_eq!(conflicting_port("something else"), None);
     }
 }

@@ -92,6 +92,9 @@ pub struct ApplyArgs {
     /// Show a unified diff of each changed container's settings.
     #[arg(long)]
     pub diff: bool,
+    /// How long to wait for another outpostctl holding an engine's lock (humantime: 30s, 5m).
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub lock_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -125,6 +128,9 @@ pub struct WatchArgs {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormatArg::Text)]
     pub log_format: LogFormatArg,
+    /// How long to wait for another outpostctl holding an engine's lock (humantime: 30s, 5m).
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub lock_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Subcommand)]

@@ -375,6 +375,14 @@ fn existing(
             Some(o.name.clone()),
             Some(spec.name.clone()),
         ));
+        // A container parked by an interrupted run is also stopped: one apply finishes both.
+        if !matches!(o.state, State::Running | State::Restarting | State::Paused) {
+            reasons.push(Change::new(
+                "state",
+                Some(o.state.as_str().into()),
+                Some("running".into()),
+            ));
+        }
     } else if o.state == State::Paused {
         kind = ActionKind::Unpause;
         reasons.push(Change::new(

@@ -10,6 +10,7 @@ pub mod desired;
 pub mod diagnostics;
 pub mod diff;
 pub mod engine;
+pub mod lock;
 pub mod log;
 pub mod manifest;
 pub mod metrics;

@@ -30,6 +30,7 @@ pub struct Options {
     pub debounce: Duration,
     pub no_prune: bool,
     pub adopt: bool,
+    pub lock_timeout: Duration,
 }
 
 /// Why a reconcile runs.
@@ -404,7 +405,33 @@ impl State {
                 );
             }
         }
-        self.filter_actions(&mut plan);
+        self.filter_actions(&mut plan, true);
+        let mut locks = Vec::new();
+        if plan.has_changes() {
+            // One writer per engine: lock the engines with changes and plan them again.
+            let lock_opts = crate::lock::LockOptions::new(self.opts.lock_timeout, "watch");
+            let log = self.log.clone();
+            let waiting = move |m: &str| log.warn("lock", m, &[]);
+            let diff = DiffOptions {
+                adopt: self.opts.adopt,
+                ..Default::default()
+            };
+            let (locked, held) = crate::lock::plan_under_lock(
+                &v, &engines, &plan, diff, false, &lock_opts, &waiting,
+            )
+            .await;
+            plan = locked;
+            locks = held;
+            for e in plan.integrations.iter().filter(|e| e.error.is_some()) {
+                ok = false;
+                self.log.error(
+                    "lock",
+                    e.error.as_deref().unwrap_or_default(),
+                    &[("integration", e.name.clone())],
+                );
+            }
+            self.filter_actions(&mut plan, false);
+        }
         let summary = crate::render::plan::summary_line(&plan.summary());
         if plan.has_changes() {
             let progress = WatchProgress {
@@ -423,6 +450,7 @@ impl State {
             }
             ok &= report.engine_errors.is_empty();
         }
+        crate::lock::release_all(locks).await;
         self.metrics.reconcile_finished(ok, started.elapsed());
         let ms = started.elapsed().as_millis().to_string();
         if ok {
@@ -443,11 +471,12 @@ impl State {
 
     /// Drops what must not happen now: removals with --no-prune (kept as pending), and
     /// put-backs of outposts that are backing off.
-    fn filter_actions(&mut self, plan: &mut plan::Plan) {
+    /// `count` is set for the first look at a reconcile's plan (strikes are counted once).
+    fn filter_actions(&mut self, plan: &mut plan::Plan, count: bool) {
         let now = Instant::now();
         for e in &mut plan.integrations {
             let integration = e.name.clone();
-            for a in &e.actions {
+            for a in e.actions.iter().filter(|_| count) {
                 let key = (integration.clone(), a.outpost.clone());
                 if is_put_back(a) {
                     let b = self.backoff.entry(key).or_insert(Backoff {

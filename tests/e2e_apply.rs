@@ -225,6 +225,7 @@ outposts:
         (LABEL_PROJECT, &env.project),
         (LABEL_MANAGED_BY, "outpostctl"),
         (LABEL_OUTPOST, "Edge Proxy"),
+        ("outpostctl.integration", "local"),
     ]);
     assert_eq!(labels_without_hash(&proxy), want, "labels of {n_proxy}");
     assert_eq!(
@@ -263,6 +264,7 @@ outposts:
         (LABEL_PROJECT, &env.project),
         (LABEL_MANAGED_BY, "outpostctl"),
         (LABEL_OUTPOST, "Directory"),
+        ("outpostctl.integration", "local"),
     ]);
     assert_eq!(labels_without_hash(&ldap), want, "labels of {n_ldap}");
     assert_eq!(
@@ -291,6 +293,7 @@ outposts:
         (LABEL_PROJECT, &env.project),
         (LABEL_MANAGED_BY, "outpostctl"),
         (LABEL_OUTPOST, "RADIUS"),
+        ("outpostctl.integration", "local"),
     ]);
     assert_eq!(labels_without_hash(&radius), want, "labels of {n_radius}");
     assert_eq!(radius.port_bindings(), ports(&[("1812/udp", p1812)]));

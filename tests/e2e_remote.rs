@@ -360,7 +360,11 @@ fn tls_host_name_mismatch_is_refused() {
     let err = assert_engine_fails(
         &r,
         r.tls_integration(&url, Some("ca"), Some("client")),
-        &[url.as_str(), "not valid for name", "\"127.0.0.2\""],
+        &[
+            url.as_str(),
+            "not valid for this host name",
+            "\"127.0.0.2\"",
+        ],
     );
     assert!(
         !err.contains("not signed"),
@@ -507,7 +511,7 @@ fn tls_unreachable_engine_does_not_stop_the_others() {
     assert_contains(
         "the mismatched engine's error",
         &error_of(&plan, "mismatch"),
-        &[&mismatch, "not valid for name"],
+        &[&mismatch, "not valid for this host name"],
     );
     assert_eq!(plan["summary"]["failed_engines"], 2);
 

@@ -7,6 +7,7 @@ use crate::apply::{self, Outcome, Progress};
 use crate::cli::ApplyArgs;
 use crate::diff::{Action, DiffOptions};
 use crate::engine::connect::connect_all;
+use crate::lock::{self, LockOptions};
 use crate::plan;
 use crate::render;
 
@@ -97,11 +98,28 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
             return Exit::Failure;
         }
     }
+    // One writer per engine: lock, plan again, and apply only what was shown.
+    let lock_opts = LockOptions::new(args.lock_timeout, "apply");
+    let waiting = |m: &str| p.err(&format!("{m}\n"));
+    let diff = DiffOptions {
+        adopt: args.adopt,
+        ..Default::default()
+    };
+    let (plan, locks) =
+        lock::plan_under_lock(&v, &engines, &plan, diff, true, &lock_opts, &waiting).await;
+    for e in plan.integrations.iter().filter(|e| e.error.is_some()) {
+        p.err(&format!(
+            "error: integration {}: {}\n",
+            e.name,
+            e.error.as_deref().unwrap_or_default()
+        ));
+    }
     let report = if std::io::stderr().is_terminal() {
         apply::apply(&plan, &v, &engines, &TerminalProgress { p }).await
     } else {
         apply::apply(&plan, &v, &engines, &Unattended).await
     };
+    lock::release_all(locks).await;
     p.out(&render::plan::report_human(&report, p.out_style()));
     if report.failed() || plan.has_errors() {
         Exit::Failure

@@ -37,6 +37,7 @@ pub async fn run(args: &WatchArgs) -> i32 {
         debounce: args.debounce,
         no_prune: args.no_prune,
         adopt: args.adopt,
+        lock_timeout: args.lock_timeout,
     };
     watch::run(opts, log, metrics).await
 }

@@ -225,6 +225,17 @@ impl super::Engine for DockerEngine {
                     labels: c.labels.unwrap_or_default().into_iter().collect(),
                     networks,
                     created: c.created.unwrap_or_default(),
+                    host_ports: {
+                        let mut p: Vec<u16> = c
+                            .ports
+                            .unwrap_or_default()
+                            .iter()
+                            .filter_map(|p| p.public_port)
+                            .collect();
+                        p.sort_unstable();
+                        p.dedup();
+                        p
+                    },
                 }
             })
             .collect())
@@ -396,10 +407,18 @@ impl super::Engine for DockerEngine {
 
     async fn start(&self, id: &str) -> Result<()> {
         self.count();
-        self.docker
+        let started = self
+            .docker
             .start_container(id, None::<StartContainerOptions>)
-            .await
-            .map_err(|e| {
+            .await;
+        // 304: already running.
+        if let Err(BError::DockerResponseServerError {
+            status_code: 304, ..
+        }) = started
+        {
+            return Ok(());
+        }
+        started.map_err(|e| {
                 let mut err = self.err("start container", e);
                 // Docker 20.10 accepts a missing network at create and fails at start.
                 if let Some(net) = missing_network(&err.message) {
@@ -515,6 +534,127 @@ impl super::Engine for DockerEngine {
                 .map_err(|e| map_err(&url, "watch engine events", e))
             })
             .boxed()
+    }
+
+    async fn now(&self) -> Result<i64> {
+        self.count();
+        let info = self
+            .docker
+            .info()
+            .await
+            .map_err(|e| self.err("read the engine's clock", e))?;
+        let local = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        };
+        Ok(info
+            .system_time
+            .and_then(|t| {
+                humantime::parse_rfc3339_weak(
+                    t.trim_end_matches('Z')
+                        .split('+')
+                        .next()
+                        .unwrap_or_default(),
+                )
+                .ok()
+            })
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or_else(local, |d| d.as_secs() as i64))
+    }
+
+    async fn any_image(&self) -> Result<Option<String>> {
+        self.count();
+        let images = self
+            .docker
+            .list_images(None::<bollard::query_parameters::ListImagesOptions>)
+            .await
+            .map_err(|e| self.err("list images", e))?;
+        // The smallest, to keep the marker cheap; an id works when an image has no tag.
+        Ok(images.into_iter().min_by_key(|i| i.size).map(|i| {
+            i.repo_tags
+                .into_iter()
+                .find(|t| t != "<none>:<none>")
+                .unwrap_or(i.id)
+        }))
+    }
+
+    async fn create_marker(
+        &self,
+        name: &str,
+        image: &str,
+        labels: &BTreeMap<String, String>,
+        expires: i64,
+    ) -> Result<Option<String>> {
+        self.count();
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            labels: Some(labels.clone().into_iter().collect()),
+            host_config: Some(HostConfig {
+                // Never started; the restart policy's retry count carries the lease's expiry,
+                // the one setting the containers API can change later (update).
+                restart_policy: Some(RestartPolicy {
+                    name: Some(RestartPolicyNameEnum::ON_FAILURE),
+                    maximum_retry_count: Some(expires),
+                }),
+                network_mode: Some("none".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let opts = CreateContainerOptions {
+            name: Some(name.to_string()),
+            ..Default::default()
+        };
+        match self.docker.create_container(Some(opts), body).await {
+            Ok(r) => Ok(Some(r.id)),
+            Err(BError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(None),
+            Err(e) => Err(self.err(&format!("create {name}"), e)),
+        }
+    }
+
+    async fn read_marker(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, BTreeMap<String, String>, i64)>> {
+        self.count();
+        match self.docker.inspect_container(name, None).await {
+            Ok(c) => {
+                let expires = c
+                    .host_config
+                    .and_then(|h| h.restart_policy)
+                    .and_then(|r| r.maximum_retry_count)
+                    .unwrap_or(0);
+                let labels = c
+                    .config
+                    .and_then(|c| c.labels)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .collect();
+                Ok(Some((c.id.unwrap_or_default(), labels, expires)))
+            }
+            Err(BError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.err(&format!("read {name}"), e)),
+        }
+    }
+
+    async fn renew_marker(&self, id: &str, expires: i64) -> Result<()> {
+        self.count();
+        let body = bollard::models::ContainerUpdateBody {
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::ON_FAILURE),
+                maximum_retry_count: Some(expires),
+            }),
+            ..Default::default()
+        };
+        self.docker
+            .update_container(id, body)
+            .await
+            .map_err(|e| self.err("renew the lock", e))
     }
 
     fn requests(&self) -> u64 {

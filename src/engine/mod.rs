@@ -27,6 +27,9 @@ pub struct Observed {
     pub networks: Vec<String>,
     /// Creation time, seconds since the epoch.
     pub created: i64,
+    /// Host ports the container publishes (running containers only).
+    #[serde(default)]
+    pub host_ports: Vec<u16>,
 }
 
 impl Observed {
@@ -200,6 +203,26 @@ pub trait Engine: Send + Sync {
     async fn rename(&self, id: &str, name: &str) -> Result<()>;
     /// Kills if running, then removes (with force, as authentik does).
     async fn remove(&self, id: &str) -> Result<()>;
+    /// The engine's clock (seconds since the epoch): leases are judged by it, so the clocks
+    /// of the machines running outpostctl do not matter.
+    async fn now(&self) -> Result<i64>;
+    /// Any image the engine has (to create the never-started lock container from).
+    async fn any_image(&self) -> Result<Option<String>>;
+    /// Creates a container that is never started; None when the name is taken.
+    async fn create_marker(
+        &self,
+        name: &str,
+        image: &str,
+        labels: &BTreeMap<String, String>,
+        expires: i64,
+    ) -> Result<Option<String>>;
+    /// A marker container by name: (id, labels, expires), or None.
+    async fn read_marker(
+        &self,
+        name: &str,
+    ) -> Result<Option<(String, BTreeMap<String, String>, i64)>>;
+    /// Moves a marker's expiry (its lease) forward.
+    async fn renew_marker(&self, id: &str, expires: i64) -> Result<()>;
     /// Lifecycle events (die, destroy, ...) of this project's containers, as they happen.
     fn events(
         &self,

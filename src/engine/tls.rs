@@ -168,8 +168,10 @@ pub fn describe(url: &str, err: &(dyn StdError + 'static)) -> String {
         ),
     ];
     for (needles, e) in by_text {
-        if needles.iter().any(|n| text.contains(n)) {
-            return tls_message(url, &e);
+        if let Some(at) = needles.iter().find_map(|n| text.find(n)) {
+            // Keep rustls' own detail (which names the certificate is valid for, when).
+            let detail = text[at..].trim();
+            return format!("{} ({detail})", tls_message(url, &e));
         }
     }
     // With TLS 1.3 the engine checks the client certificate after the handshake; its refusal

@@ -1,0 +1,283 @@
+//! One writer per engine.
+//!
+//! Two applies against one engine (CI and a watch, two pipelines) must never interleave. The
+//! lock lives on the engine itself, so every runner sees it, and uses nothing beyond the
+//! containers API of authentik's permission list: it is a never-started container named
+//! `outpostctl-lock`. Creating it is atomic (names are unique); its labels say who holds it
+//! and since when; its lease (an expiry on the engine's clock, kept in the restart policy's
+//! retry count, which the update call can change) is renewed while the holder works, so a
+//! holder that dies loses the lock when the lease runs out.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::engine::{Engine, EngineError, ErrorKind};
+
+pub const LOCK_NAME: &str = "outpostctl-lock";
+pub const LABEL_LOCK: &str = "outpostctl.lock";
+pub const LABEL_HOLDER: &str = "outpostctl.lock.holder";
+pub const LABEL_SINCE: &str = "outpostctl.lock.since";
+
+/// How long a lease lasts without renewal; `OUTPOSTCTL_LOCK_LEASE` (seconds) overrides it.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone)]
+pub struct LockOptions {
+    /// How long to wait for another holder before giving up.
+    pub timeout: Duration,
+    pub lease: Duration,
+    /// What the holder is doing (`apply`, `watch`), shown to whoever waits.
+    pub purpose: String,
+    /// An image to pull when the engine has none to create the lock container from.
+    pub seed_image: Option<String>,
+}
+
+impl LockOptions {
+    pub fn new(timeout: Duration, purpose: &str) -> LockOptions {
+        let lease = std::env::var("OUTPOSTCTL_LOCK_LEASE")
+            .ok()
+            .and_then(|s| s.parse::<u64>().ok())
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_LEASE);
+        LockOptions {
+            timeout,
+            lease,
+            purpose: purpose.to_string(),
+            seed_image: None,
+        }
+    }
+}
+
+/// A held lock: renewed in the background until released.
+pub struct Lock {
+    engine: Arc<dyn Engine>,
+    id: String,
+    /// None when this run already held the engine's lock through another integration
+    /// (two integrations may reach one engine): the first handle releases it.
+    heartbeat: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Lock {
+    /// Stops renewing and removes the lock container.
+    pub async fn release(mut self) {
+        if let Some(h) = self.heartbeat.take() {
+            h.abort();
+            let _ = self.engine.remove(&self.id).await;
+        }
+    }
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        // Without `release` (a panic, an early return), the lease runs out by itself.
+        if let Some(h) = &self.heartbeat {
+            h.abort();
+        }
+    }
+}
+
+/// Who we are, as the lock's label tells it.
+fn holder(purpose: &str) -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "unknown-host".into());
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    format!(
+        "{user}@{host} pid {} (outpostctl {purpose})",
+        std::process::id()
+    )
+}
+
+fn when(ts: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(ts.max(0) as u64);
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Takes the engine's lock, waiting up to `opts.timeout` for another holder; a lock whose
+/// lease ran out is taken over. `waiting` is told once who holds it.
+pub async fn acquire(
+    engine: Arc<dyn Engine>,
+    integration: &str,
+    opts: &LockOptions,
+    waiting: &(dyn Fn(&str) + Send + Sync),
+) -> Result<Lock, EngineError> {
+    let started = Instant::now();
+    let lease = opts.lease.as_secs().max(3) as i64;
+    let me = holder(&opts.purpose);
+    let mut image = engine.any_image().await?;
+    if image.is_none() {
+        if let Some(seed) = &opts.seed_image {
+            engine.pull(seed, &|_| {}).await?;
+            image = Some(seed.clone());
+        }
+    }
+    let Some(image) = image else {
+        return Err(EngineError::new(
+            ErrorKind::Api,
+            "the engine has no image to create its lock container from".to_string(),
+        ));
+    };
+    let mut told = false;
+    loop {
+        let now = engine.now().await?;
+        let labels = BTreeMap::from([
+            (LABEL_LOCK.to_string(), "engine".to_string()),
+            (LABEL_HOLDER.to_string(), me.clone()),
+            (LABEL_SINCE.to_string(), now.to_string()),
+        ]);
+        if let Some(id) = engine
+            .create_marker(LOCK_NAME, &image, &labels, now + lease)
+            .await?
+        {
+            let heartbeat = Some(tokio::spawn(renew(Arc::clone(&engine), id.clone(), lease)));
+            return Ok(Lock {
+                engine,
+                id,
+                heartbeat,
+            });
+        }
+        let Some((id, labels, expires)) = engine.read_marker(LOCK_NAME).await? else {
+            continue; // released between our create and read
+        };
+        let who = labels
+            .get(LABEL_HOLDER)
+            .cloned()
+            .unwrap_or_else(|| "an unknown holder".into());
+        if who == me {
+            // This run holds it already, through another integration reaching this engine.
+            return Ok(Lock {
+                engine,
+                id,
+                heartbeat: None,
+            });
+        }
+        let since = labels
+            .get(LABEL_SINCE)
+            .and_then(|s| s.parse::<i64>().ok())
+            .map(when)
+            .unwrap_or_else(|| "?".into());
+        if expires <= now {
+            // The holder stopped renewing: it died. Remove that lock (by id, so a lock someone
+            // else just took is never removed) and try again.
+            waiting(&format!(
+                "taking over the lock of {who} (since {since}): its lease ran out at {}",
+                when(expires)
+            ));
+            engine.remove(&id).await?;
+            continue;
+        }
+        if started.elapsed() >= opts.timeout {
+            return Err(EngineError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "the engine is locked by {who} since {since} (lease until {}); gave up after {} (--lock-timeout)",
+                    when(expires),
+                    humantime::format_duration(opts.timeout)
+                ),
+            ));
+        }
+        if !told {
+            waiting(&format!(
+                "integration `{integration}`: waiting for the lock held by {who} since {since}"
+            ));
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Renews the lease three times per lease period.
+async fn renew(engine: Arc<dyn Engine>, id: String, lease: i64) {
+    let every = Duration::from_secs((lease / 3).max(1) as u64);
+    loop {
+        tokio::time::sleep(every).await;
+        if let Ok(now) = engine.now().await {
+            let _ = engine.renew_marker(&id, now + lease).await;
+        }
+    }
+}
+
+/// Locks every engine that `shown` has changes for, then plans those engines again under the
+/// lock. Returns the plan to apply and the locks (to release after apply). An engine that
+/// could not be locked gets an error instead of actions. With `strict` (apply: do what was
+/// shown, or nothing), an engine that changed since `shown` was computed (another writer got
+/// there first) gets an error too; without it (watch: a reconciler), the fresh plan stands.
+pub async fn plan_under_lock(
+    v: &crate::validate::Validated,
+    engines: &crate::plan::Engines,
+    shown: &crate::plan::Plan,
+    diff: crate::diff::DiffOptions,
+    strict: bool,
+    opts: &LockOptions,
+    waiting: &(dyn Fn(&str) + Send + Sync),
+) -> (crate::plan::Plan, Vec<Lock>) {
+    let wanted: Vec<&crate::plan::EnginePlan> = shown
+        .integrations
+        .iter()
+        .filter(|e| e.error.is_none() && e.actions.iter().any(|a| a.action.is_change()))
+        .collect();
+    let attempts = wanted.iter().filter_map(|e| {
+        let engine = match engines.get(&e.name) {
+            Some(Ok(engine)) => Arc::clone(engine),
+            _ => return None,
+        };
+        let mut opts = opts.clone();
+        opts.seed_image = v
+            .desired
+            .get(&e.name)
+            .and_then(|s| s.first())
+            .map(|s| s.image.clone());
+        Some(async move {
+            (
+                e.name.clone(),
+                acquire(engine, &e.name, &opts, waiting).await,
+            )
+        })
+    });
+    let mut locks = Vec::new();
+    let mut errors = BTreeMap::new();
+    for (name, r) in futures_util::future::join_all(attempts).await {
+        match r {
+            Ok(l) => locks.push(l),
+            Err(e) => {
+                errors.insert(name, e.to_string());
+            }
+        }
+    }
+    let fresh = crate::plan::build(v, engines, diff).await;
+    let mut out = shown.clone();
+    for e in &mut out.integrations {
+        let was_wanted = wanted.iter().any(|w| w.name == e.name);
+        if !was_wanted {
+            // Nothing to change there when the plan was shown: leave it alone.
+            continue;
+        }
+        if let Some(err) = errors.remove(&e.name) {
+            e.error = Some(err);
+            e.actions.clear();
+            continue;
+        }
+        let Some(now) = fresh.integrations.iter().find(|f| f.name == e.name) else {
+            continue;
+        };
+        if now.error.is_some() || !strict {
+            *e = now.clone();
+        } else if now.actions != e.actions || now.fingerprint != e.fingerprint {
+            e.error = Some(
+                "the containers changed since the plan was made (another writer?); nothing was done there: run again"
+                    .to_string(),
+            );
+            e.actions.clear();
+        }
+    }
+    (out, locks)
+}
+
+/// Releases every lock.
+pub async fn release_all(locks: Vec<Lock>) {
+    futures_util::future::join_all(locks.into_iter().map(Lock::release)).await;
+}
