@@ -16,5 +16,6 @@ pub mod manifest;
 pub mod metrics;
 pub mod plan;
 pub mod render;
+pub mod signals;
 pub mod validate;
 pub mod watch;

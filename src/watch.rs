@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
@@ -91,7 +90,6 @@ struct State {
     opts: Options,
     log: Logger,
     metrics: Arc<Metrics>,
-    shutdown: Arc<AtomicBool>,
     backoff: HashMap<(String, String), Backoff>,
     /// Which file events matter (shared with the watcher's callback).
     filter: Arc<std::sync::Mutex<FileFilter>>,
@@ -109,7 +107,6 @@ struct State {
 
 struct WatchProgress<'a> {
     log: &'a Logger,
-    shutdown: &'a AtomicBool,
 }
 
 impl Progress for WatchProgress<'_> {
@@ -138,17 +135,21 @@ impl Progress for WatchProgress<'_> {
         }
     }
     fn cancelled(&self) -> bool {
-        self.shutdown.load(Ordering::SeqCst)
+        crate::signals::interrupted()
     }
 }
 
 /// Runs until SIGINT or SIGTERM; returns the exit code.
 pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
-    let shutdown = Arc::new(AtomicBool::new(false));
     let (tx, mut rx) = mpsc::channel::<Trigger>(256);
-    let notify = Arc::new(tokio::sync::Notify::new());
-    spawn_signal_handler(Arc::clone(&shutdown), Arc::clone(&notify), log.clone());
-
+    let signal_log = log.clone();
+    crate::signals::install(move || {
+        signal_log.info(
+            "stop",
+            "signal received: finishing the action in flight, then exiting",
+            &[],
+        );
+    });
     let file_tx = tx.clone();
     let filter = Arc::new(std::sync::Mutex::new(FileFilter::new(&opts.paths, &[])));
     let cb_filter = Arc::clone(&filter);
@@ -183,7 +184,6 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
     let mut state = State {
         log: log.clone(),
         metrics,
-        shutdown: Arc::clone(&shutdown),
         backoff: HashMap::new(),
         filter,
         deaths: HashMap::new(),
@@ -229,11 +229,11 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
                 state.watch_paths_only(&mut debouncer);
             }
         }
-        if shutdown.load(Ordering::SeqCst) {
+        if crate::signals::interrupted() {
             break;
         }
         tokio::select! {
-            _ = notify.notified() => break,
+            _ = crate::signals::until_interrupted() => break,
             _ = interval.tick() => next = Some(Trigger::Interval),
             t = rx.recv() => {
                 let Some(t) = t else { break };
@@ -257,37 +257,6 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
     }
     log.info("stop", "shut down cleanly", &[]);
     0
-}
-
-fn spawn_signal_handler(shutdown: Arc<AtomicBool>, notify: Arc<tokio::sync::Notify>, log: Logger) {
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            log.error("start", "cannot install signal handlers", &[]);
-            return;
-        };
-        for n in 0.. {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            if n == 0 {
-                log.info(
-                    "stop",
-                    "signal received: finishing the action in flight, then exiting",
-                    &[],
-                );
-                shutdown.store(true, Ordering::SeqCst);
-                notify.notify_one();
-            } else {
-                log.error("stop", "second signal: exiting now", &[]);
-                std::process::exit(130);
-            }
-        }
-    });
 }
 
 impl State {
@@ -434,10 +403,7 @@ impl State {
         }
         let summary = crate::render::plan::summary_line(&plan.summary());
         if plan.has_changes() {
-            let progress = WatchProgress {
-                log: &self.log,
-                shutdown: &self.shutdown,
-            };
+            let progress = WatchProgress { log: &self.log };
             let report = apply::apply(&plan, &v, &engines, &progress).await;
             for o in &report.outcomes {
                 if o.ok {

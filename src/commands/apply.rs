@@ -2,13 +2,11 @@
 
 use std::io::{BufRead, IsTerminal};
 
-use super::{Exit, Printer, load_valid};
+use super::{Exit, Printer, plan_now};
 use crate::apply::{self, Outcome, Progress};
 use crate::cli::ApplyArgs;
 use crate::diff::{Action, DiffOptions};
-use crate::engine::connect::connect_all;
 use crate::lock::{self, LockOptions};
-use crate::plan;
 use crate::render;
 
 /// Tells a person on a terminal what is happening while it happens.
@@ -46,19 +44,9 @@ impl Progress for Unattended {
 }
 
 pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
-    let Some(v) = load_valid(p, &args.paths) else {
+    let Some((v, engines, plan)) = plan_now(p, &args.paths, args.adopt).await else {
         return Exit::Failure;
     };
-    let engines = connect_all(&v).await;
-    let plan = plan::build(
-        &v,
-        &engines,
-        DiffOptions {
-            adopt: args.adopt,
-            ..Default::default()
-        },
-    )
-    .await;
     if let Some(file) = &args.plan {
         let saved = match super::plan::load(file) {
             Ok(s) => s,

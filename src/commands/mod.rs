@@ -45,47 +45,14 @@ impl Printer {
     }
 }
 
-/// Set by the first SIGINT/SIGTERM: no new engine action starts; what runs finishes, and
-/// every temporary file (ssh keys) is cleaned up on the way out.
-pub static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// Installs the handler for `INTERRUPTED` (inside a runtime); a second signal exits at once.
+/// Installs the SIGINT/SIGTERM handler for a one-shot command.
 pub fn install_signal_handler() {
-    tokio::spawn(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            return;
-        };
-        for n in 0.. {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            if n == 0 {
-                INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
-                eprintln!(
-                    "interrupted: finishing what is in flight (press Ctrl-C again to stop at once)"
-                );
-            } else {
-                std::process::exit(130);
-            }
-        }
+    crate::signals::install(|| {
+        eprintln!("interrupted: finishing what is in flight (press Ctrl-C again to stop at once)");
     });
 }
 
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
-}
-
-/// Resolves once the user interrupted.
-pub async fn until_interrupted() {
-    while !interrupted() {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
+pub use crate::signals::{interrupted, until_interrupted};
 
 /// What a command asks `main` to exit with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,4 +90,20 @@ pub fn load_valid(p: &Printer, paths: &[PathBuf]) -> Option<Validated> {
         return None;
     }
     outcome.validated
+}
+
+/// What plan and apply start with: valid manifests, connected engines, and the plan.
+pub async fn plan_now(
+    p: &Printer,
+    paths: &[PathBuf],
+    adopt: bool,
+) -> Option<(Validated, crate::plan::Engines, crate::plan::Plan)> {
+    let v = load_valid(p, paths)?;
+    let engines = crate::engine::connect::connect_all(&v).await;
+    let diff = crate::diff::DiffOptions {
+        adopt,
+        ..Default::default()
+    };
+    let plan = crate::plan::build(&v, &engines, diff).await;
+    Some((v, engines, plan))
 }

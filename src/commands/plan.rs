@@ -2,27 +2,15 @@
 
 use std::path::Path;
 
-use super::{Exit, Printer, load_valid};
+use super::{Exit, Printer, plan_now};
 use crate::cli::{PlanArgs, PlanFormat};
-use crate::diff::DiffOptions;
-use crate::engine::connect::connect_all;
-use crate::plan::{self, Plan};
+use crate::plan::Plan;
 use crate::render;
 
 pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
-    let Some(v) = load_valid(p, &args.paths) else {
+    let Some((_, _, plan)) = plan_now(p, &args.paths, args.adopt).await else {
         return Exit::Failure;
     };
-    let engines = connect_all(&v).await;
-    let plan = plan::build(
-        &v,
-        &engines,
-        DiffOptions {
-            adopt: args.adopt,
-            ..Default::default()
-        },
-    )
-    .await;
     if let Some(out) = &args.out {
         if let Err(e) = save(&plan, out) {
             p.err(&format!(
