@@ -53,7 +53,7 @@ impl Report {
 /// Where apply tells what it is doing (a terminal, a log, nothing).
 pub trait Progress: Send + Sync {
     fn started(&self, _integration: &str, _action: &Action) {}
-    fn pulling(&self, _integration: &str, _image: &str, _status: &str) {}
+    fn pulling(&self, _integration: &str, _outpost: &str, _image: &str, _status: &str) {}
     fn finished(&self, _outcome: &Outcome) {}
     /// True once no new action may start (a shutdown was asked for); actions in flight finish.
     fn cancelled(&self) -> bool {
@@ -329,7 +329,7 @@ async fn ensure_image(
     progress: &dyn Progress,
     messages: &mut Vec<String>,
 ) -> Result<String, EngineError> {
-    let report = |status: &str| progress.pulling(integration, &spec.image, status);
+    let report = |status: &str| progress.pulling(integration, &spec.outpost, &spec.image, status);
     let present = engine.image_labels(&spec.image).await?.is_some();
     let pull = match spec.pull {
         PullPolicy::Always => true,
@@ -362,7 +362,8 @@ async fn ensure_image(
                 return Err(e);
             };
             if engine.image_labels(fallback).await?.is_none() {
-                let fb_report = |status: &str| progress.pulling(integration, fallback, status);
+                let fb_report =
+                    |status: &str| progress.pulling(integration, &spec.outpost, fallback, status);
                 engine.pull(fallback, &fb_report).await.map_err(|fe| {
                     EngineError::new(
                         fe.kind,

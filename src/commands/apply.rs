@@ -9,26 +9,55 @@ use crate::diff::{Action, DiffOptions};
 use crate::lock::{self, LockOptions};
 use crate::render;
 
-/// Tells a person on a terminal what is happening while it happens.
-struct TerminalProgress<'a> {
-    p: &'a Printer,
+/// Tells a person on a terminal what is happening while it happens: a spinner per action,
+/// whose message follows the image pull, finished with the outcome.
+struct TerminalProgress {
+    bars: indicatif::MultiProgress,
+    active: std::sync::Mutex<std::collections::HashMap<(String, String), indicatif::ProgressBar>>,
 }
 
-impl Progress for TerminalProgress<'_> {
-    fn started(&self, integration: &str, a: &Action) {
-        self.p.err(&format!(
-            "  {} {} on {integration}...\n",
-            a.action.as_str(),
-            a.name
-        ));
-    }
-    fn pulling(&self, integration: &str, image: &str, status: &str) {
-        if status.starts_with("Pulling from") || status.starts_with("Status:") {
-            self.p
-                .err(&format!("  pull {image} on {integration}: {status}\n"));
+impl TerminalProgress {
+    fn new() -> TerminalProgress {
+        TerminalProgress {
+            bars: indicatif::MultiProgress::with_draw_target(
+                indicatif::ProgressDrawTarget::stderr(),
+            ),
+            active: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
-    fn finished(&self, _: &Outcome) {}
+
+    fn bar(&self, integration: &str, outpost: &str) -> Option<indicatif::ProgressBar> {
+        let active = self.active.lock().ok()?;
+        active
+            .get(&(integration.to_string(), outpost.to_string()))
+            .cloned()
+    }
+}
+
+impl Progress for TerminalProgress {
+    fn started(&self, integration: &str, a: &Action) {
+        let bar = self.bars.add(indicatif::ProgressBar::new_spinner());
+        let style = indicatif::ProgressStyle::with_template("  {spinner} {prefix} {wide_msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner());
+        bar.set_style(style);
+        bar.set_prefix(format!("{} {} on {integration}", a.action.as_str(), a.name));
+        bar.enable_steady_tick(std::time::Duration::from_millis(120));
+        if let Ok(mut active) = self.active.lock() {
+            active.insert((integration.to_string(), a.outpost.clone()), bar);
+        }
+    }
+    fn pulling(&self, integration: &str, outpost: &str, image: &str, status: &str) {
+        // The pull's last status line, on the spinner of the action that pulls.
+        if let Some(bar) = self.bar(integration, outpost) {
+            bar.set_message(format!("pull {image}: {status}"));
+        }
+    }
+    fn finished(&self, o: &Outcome) {
+        if let Some(bar) = self.bar(&o.integration, &o.outpost) {
+            let mark = if o.ok { "ok" } else { "FAILED" };
+            bar.finish_with_message(mark.to_string());
+        }
+    }
     fn cancelled(&self) -> bool {
         super::interrupted()
     }
@@ -103,7 +132,7 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
         ));
     }
     let report = if std::io::stderr().is_terminal() {
-        apply::apply(&plan, &v, &engines, &TerminalProgress { p }).await
+        apply::apply(&plan, &v, &engines, &TerminalProgress::new()).await
     } else {
         apply::apply(&plan, &v, &engines, &Unattended).await
     };
