@@ -1,0 +1,642 @@
+//! `cargo bench --bench plan`: outpostctl on the real Docker engine (issue 3, "Speed").
+//!
+//! 1. **apply of 100 outposts from nothing** against plain loops that create and start the
+//!    same containers with the same parallelism (4 at a time, outpostctl's
+//!    `PARALLEL_PER_ENGINE`): a loop of `docker create` + `docker start` (the Docker CLI, four
+//!    threads, like `xargs -P4`), and the same through bollard directly (four concurrent
+//!    create + start, the API-level floor). Same engine, image, environment, labels, network,
+//!    restart policy and health check. Rounds rotate the order; every round starts from
+//!    nothing (the containers of the previous one are removed, untimed).
+//! 2. **plan with nothing to change** for 10, 100 and 1,000 outposts on one engine: three
+//!    projects, created once with `outpostctl apply` (timed as well). For each:
+//!    - in-process: `connect_all` + `plan::build` (what `outpostctl plan` does after
+//!      validation; `build` runs `plan_engine` per engine), with the number of API requests
+//!      from `Engine::requests()`, and, measured apart, the engine's list and the diff;
+//!    - the release binary `outpostctl plan --detailed-exitcode DIR` (exit 0: no changes):
+//!      median wall, and mean user+sys (from /proc/self/stat: 10 ms ticks).
+//!
+//! Goals: the same small number of requests for 10 and 1,000 outposts; under 150 ms wall for
+//! 1,000; apply no slower than the loop.
+//!
+//! Outposts are `rac` (no ports) with `docker_map_ports: false` and `docker_network: none`, so
+//! that 1,000 running containers need no veth pairs nor bridge ports. Every container of the
+//! benchmark's projects is removed at the end, also when it fails; leftovers of an interrupted
+//! run are removed at the start.
+//!
+//! Arguments select sections: `apply`, `plan` (default both). Environment:
+//! `OUTPOSTCTL_BENCH_SIZES` (default `10,100,1000`), `OUTPOSTCTL_BENCH_ROUNDS` (apply rounds,
+//! default 3), `OUTPOSTCTL_BENCH_RUNS` (plan runs per size, default 15).
+
+#[path = "../tests/remote_bench_support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, HealthConfig, HostConfig, RestartPolicy, RestartPolicyNameEnum,
+};
+use bollard::query_parameters::{CreateContainerOptions, StartContainerOptions};
+use futures_util::StreamExt;
+use outpostctl::desired::{ContainerSpec, LABEL_UUID};
+use outpostctl::diff::{ActionKind, DiffOptions};
+use outpostctl::engine::connect::connect_all;
+use outpostctl::plan::build;
+use support::*;
+
+const IMAGE: &str = "ghcr.io/goauthentik/rac:2026.8.0";
+/// The containers of both loops.
+const LOOP_PROJECT: &str = "outpostctl-bench-loop";
+/// Containers created at once by the loops, as outpostctl's apply does per engine.
+const PARALLEL: usize = outpostctl::apply::PARALLEL_PER_ENGINE;
+const APPLY_SIZE: usize = 100;
+/// New outposts per apply when creating the plan projects.
+const STEP: usize = 100;
+/// Attempts at an apply round that had to wait for another run's lock on the engine.
+const ATTEMPTS: usize = 5;
+/// outpostctl's containers in the apply comparison.
+const APPLY_PROJECT: &str = "outpostctl-bench-apply";
+
+fn project(n: usize) -> String {
+    format!("outpostctl-bench-plan-{n}")
+}
+
+fn env_list(key: &str, default: &[usize]) -> Vec<usize> {
+    std::env::var(key)
+        .ok()
+        .map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
+        .filter(|v: &Vec<usize>| !v.is_empty())
+        .unwrap_or_else(|| default.to_vec())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// The running containers of `project`.
+fn running(project: &str) -> usize {
+    let filter = format!("label={LABEL_PROJECT}={project}");
+    docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &filter,
+        "--filter",
+        "status=running",
+    ])
+    .map(|o| o.stdout.split_whitespace().count())
+    .unwrap_or(0)
+}
+
+/// The loop's copy of a spec's labels: its own project, a uuid no outpost has.
+fn loop_labels(spec: &ContainerSpec) -> Vec<(String, String)> {
+    spec.labels
+        .iter()
+        .map(|(k, v)| match k.as_str() {
+            LABEL_PROJECT => (k.clone(), LOOP_PROJECT.to_string()),
+            LABEL_UUID => (k.clone(), format!("loop{v}")),
+            _ => (k.clone(), v.clone()),
+        })
+        .collect()
+}
+
+/// `docker create` + `docker start` per spec, `PARALLEL` threads; returns failures.
+fn cli_loop(specs: &[ContainerSpec]) -> Vec<String> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let specs = Arc::new(specs.to_vec());
+    let threads: Vec<_> = (0..PARALLEL)
+        .map(|_| {
+            let next = Arc::clone(&next);
+            let specs = Arc::clone(&specs);
+            std::thread::spawn(move || {
+                let mut errors = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(spec) = specs.get(i) else { break };
+                    let mut args: Vec<String> = vec![
+                        "create".into(),
+                        "--name".into(),
+                        format!("bench-cli-{}", spec.name),
+                        "--network".into(),
+                        spec.network.clone().unwrap_or_else(|| "bridge".into()),
+                        "--restart".into(),
+                        spec.restart_policy.clone(),
+                        // The CLI has only the shell form (CMD-SHELL) for health checks.
+                        "--health-cmd".into(),
+                        spec.healthcheck.test[1..].join(" "),
+                        "--health-interval".into(),
+                        format!("{}ms", spec.healthcheck.interval_ns / 1_000_000),
+                        "--health-retries".into(),
+                        spec.healthcheck.retries.to_string(),
+                        "--health-start-period".into(),
+                        format!("{}ms", spec.healthcheck.start_period_ns / 1_000_000),
+                    ];
+                    for (k, v) in loop_labels(spec) {
+                        args.extend(["--label".into(), format!("{k}={v}")]);
+                    }
+                    for (k, v) in &spec.env {
+                        args.extend(["--env".into(), format!("{k}={}", v.expose())]);
+                    }
+                    args.push(spec.image.clone());
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    let created = match docker(&args) {
+                        Ok(o) if o.ok() => o.stdout.trim().to_string(),
+                        Ok(o) => {
+                            errors.push(format!("docker create: {}", o.stderr.trim()));
+                            continue;
+                        }
+                        Err(e) => {
+                            errors.push(e);
+                            continue;
+                        }
+                    };
+                    match docker(&["start", &created]) {
+                        Ok(o) if o.ok() => {}
+                        Ok(o) => errors.push(format!("docker start: {}", o.stderr.trim())),
+                        Err(e) => errors.push(e),
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| {
+            t.join()
+                .unwrap_or_else(|_| vec!["a loop thread panicked".into()])
+        })
+        .collect()
+}
+
+/// The create body outpostctl's engine sends, for the loop's copy of `spec`.
+fn body(spec: &ContainerSpec) -> ContainerCreateBody {
+    let h = &spec.healthcheck;
+    ContainerCreateBody {
+        image: Some(spec.image.clone()),
+        env: Some(
+            spec.env
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.expose()))
+                .collect(),
+        ),
+        labels: Some(loop_labels(spec).into_iter().collect::<HashMap<_, _>>()),
+        healthcheck: Some(HealthConfig {
+            test: Some(h.test.clone()),
+            interval: Some(h.interval_ns),
+            retries: Some(h.retries),
+            start_period: Some(h.start_period_ns),
+            ..Default::default()
+        }),
+        host_config: Some(HostConfig {
+            restart_policy: Some(RestartPolicy {
+                name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
+                maximum_retry_count: None,
+            }),
+            network_mode: spec.network.clone(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Create + start through bollard, `PARALLEL` at a time; returns failures.
+async fn api_loop(docker: &Docker, specs: &[ContainerSpec]) -> Vec<String> {
+    let results: Vec<Result<(), String>> = futures_util::stream::iter(specs.iter().map(|spec| {
+        let docker = docker.clone();
+        async move {
+            let opts = CreateContainerOptions {
+                name: Some(format!("bench-api-{}", spec.name)),
+                ..Default::default()
+            };
+            let id = docker
+                .create_container(Some(opts), body(spec))
+                .await
+                .map_err(|e| format!("create: {e}"))?
+                .id;
+            docker
+                .start_container(&id, None::<StartContainerOptions>)
+                .await
+                .map_err(|e| format!("start: {e}"))
+        }
+    }))
+    .buffer_unordered(PARALLEL)
+    .collect()
+    .await;
+    results.into_iter().filter_map(Result::err).collect()
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Method {
+    Outpostctl,
+    Cli,
+    Api,
+}
+
+impl Method {
+    fn label(self) -> &'static str {
+        match self {
+            Method::Outpostctl => "`outpostctl apply --auto-approve` (release binary)",
+            Method::Cli => "loop: `docker create` + `docker start`, 4 threads",
+            Method::Api => "loop: bollard create + start, 4 concurrent",
+        }
+    }
+}
+
+fn apply_section(rt: &tokio::runtime::Runtime, tmp: &Path, projects: &Projects, rounds: usize) {
+    let dir = tmp.join(format!("apply-{APPLY_SIZE}"));
+    let p = APPLY_PROJECT.to_string();
+    write_set(&dir, &p, LOCAL_INTEGRATION, "bapply rac", APPLY_SIZE);
+    let v = validated(&dir);
+    let specs: Vec<ContainerSpec> = v.desired.get("engine").cloned().unwrap_or_default();
+    assert_eq!(specs.len(), APPLY_SIZE);
+    let api = rt
+        .block_on(async {
+            Docker::connect_with_defaults()
+                .map_err(|e| e.to_string())?
+                .negotiate_version()
+                .await
+                .map_err(|e| e.to_string())
+        })
+        .unwrap_or_else(|e| {
+            fail(&format!(
+                "bollard cannot reach the engine: {e}; {HOW_TO_FIX}"
+            ))
+        });
+    let methods = [Method::Outpostctl, Method::Cli, Method::Api];
+    let mut walls: HashMap<&str, Vec<f64>> = HashMap::new();
+    println!(
+        "\n### apply of {APPLY_SIZE} outposts from nothing ({rounds} rounds, order rotated)\n"
+    );
+    println!("| round | method | wall (s) | machine busy (cores) |");
+    println!("|---:|---|---:|---:|");
+    for r in 0..rounds {
+        for k in 0..methods.len() {
+            let m = methods[(k + r) % methods.len()];
+            let (wall, busy) = match m {
+                Method::Outpostctl => {
+                    // Another run holding the engine's lock would make this a measure of its
+                    // apply: such rounds are done again.
+                    let mut attempt = 1;
+                    loop {
+                        let (t, busy) = machine_busy(|| apply(&dir, &[]));
+                        if !waited_for_lock(&t) {
+                            break (t.out.wall, busy);
+                        }
+                        eprintln!(
+                            "round {}: outpostctl waited for another run's lock on the engine; \
+                             doing it again",
+                            r + 1
+                        );
+                        projects.remove(&p);
+                        if attempt == ATTEMPTS {
+                            fail(&format!(
+                                "the engine stayed locked by other runs for {ATTEMPTS} attempts"
+                            ));
+                        }
+                        attempt += 1;
+                    }
+                }
+                Method::Cli => {
+                    let t = Instant::now();
+                    let (errors, busy) = machine_busy(|| cli_loop(&specs));
+                    if !errors.is_empty() {
+                        fail(&format!(
+                            "the docker CLI loop failed: {}",
+                            errors.join("; ")
+                        ));
+                    }
+                    (t.elapsed(), busy)
+                }
+                Method::Api => {
+                    let t = Instant::now();
+                    let (errors, busy) = machine_busy(|| rt.block_on(api_loop(&api, &specs)));
+                    if !errors.is_empty() {
+                        fail(&format!("the bollard loop failed: {}", errors.join("; ")));
+                    }
+                    (t.elapsed(), busy)
+                }
+            };
+            let owner = if m == Method::Outpostctl {
+                p.as_str()
+            } else {
+                LOOP_PROJECT
+            };
+            let up = running(owner);
+            if up != APPLY_SIZE {
+                fail(&format!(
+                    "{}: {up} of {APPLY_SIZE} containers are running",
+                    m.label()
+                ));
+            }
+            println!(
+                "| {} | {} | {:.2} | {} |",
+                r + 1,
+                m.label(),
+                wall.as_secs_f64(),
+                busy.map_or("?".into(), |b| format!("{b:.2}"))
+            );
+            walls.entry(m.label()).or_default().push(wall.as_secs_f64());
+            projects.remove(owner);
+        }
+    }
+    let med = |m: Method| median(walls.get(m.label()).map(Vec::as_slice).unwrap_or(&[]));
+    let tool = med(Method::Outpostctl);
+    println!("\n| method | median wall (s) | per container (ms) | outpostctl / this |");
+    println!("|---|---:|---:|---:|");
+    for m in methods {
+        let w = med(m);
+        println!(
+            "| {} | {w:.2} | {:.0} | {:.2} |",
+            m.label(),
+            w * 1000.0 / APPLY_SIZE as f64,
+            tool / w
+        );
+    }
+    let cli = med(Method::Cli);
+    println!(
+        "\ngoal (outpostctl no slower than the `docker create` + `docker start` loop): {} \
+         (outpostctl takes {:.2}x the loop's time)",
+        if tool <= cli { "met" } else { "NOT met" },
+        tool / cli
+    );
+}
+
+struct InProcess {
+    connect_ms: f64,
+    plan_ms: f64,
+    total_ms: f64,
+    list_ms: f64,
+    diff_ms: f64,
+    requests: u64,
+    observed: usize,
+}
+
+/// What `outpostctl plan` does after validation, in-process: `connect_all` (one engine here,
+/// API version negotiation included) and `plan::build` (`plan_engine` per engine); median of
+/// `runs` after a warm-up. Also the engine's list alone and the diff alone.
+async fn in_process(v: &outpostctl::validate::Validated, n: usize, runs: usize) -> InProcess {
+    let desired = v.desired.get("engine").map(Vec::as_slice).unwrap_or(&[]);
+    let (mut c, mut p, mut t, mut l, mut d) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut requests = Vec::new();
+    let mut observed = 0;
+    for i in 0..=runs {
+        let t0 = Instant::now();
+        let engines = connect_all(v).await;
+        let t1 = Instant::now();
+        let plan = build(v, &engines, DiffOptions::default()).await;
+        let t2 = Instant::now();
+        let engine = match engines.get("engine") {
+            Some(Ok(e)) => Arc::clone(e),
+            Some(Err(e)) => fail(&format!("cannot connect to the engine: {e}; {HOW_TO_FIX}")),
+            None => fail("no engine `engine` in the set"),
+        };
+        let changes: Vec<String> = plan
+            .integrations
+            .iter()
+            .flat_map(|e| {
+                e.error.iter().cloned().chain(
+                    e.actions
+                        .iter()
+                        .filter(|a| a.action != ActionKind::Noop)
+                        .map(|a| format!("{} {}", a.action.as_str(), a.name)),
+                )
+            })
+            .collect();
+        let unchanged = plan.summary().unchanged;
+        if !changes.is_empty() || unchanged != n {
+            fail(&format!(
+                "the plan for {n} outposts is not \"nothing to change\" ({unchanged} unchanged): {}",
+                changes
+                    .iter()
+                    .take(5)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        requests.push(engine.requests());
+        // The parts: one list, and the diff on what it returned.
+        let t3 = Instant::now();
+        let list = engine
+            .list()
+            .await
+            .unwrap_or_else(|e| fail(&format!("list failed: {e}")));
+        let t4 = Instant::now();
+        let _ = outpostctl::diff::diff(&v.project, desired, &list, DiffOptions::default());
+        let t5 = Instant::now();
+        observed = list.len();
+        if i > 0 {
+            c.push(ms(t1 - t0));
+            p.push(ms(t2 - t1));
+            t.push(ms(t2 - t0));
+            l.push(ms(t4 - t3));
+            d.push(ms(t5 - t4));
+        }
+    }
+    requests.sort_unstable();
+    requests.dedup();
+    if requests.len() != 1 {
+        fail(&format!(
+            "the request count varies between runs: {requests:?}"
+        ));
+    }
+    InProcess {
+        connect_ms: median(&c),
+        plan_ms: median(&p),
+        total_ms: median(&t),
+        list_ms: median(&l),
+        diff_ms: median(&d),
+        requests: requests[0],
+        observed,
+    }
+}
+
+fn plan_section(rt: &tokio::runtime::Runtime, tmp: &Path, sizes: &[usize], runs: usize) {
+    let dirs: Vec<(usize, PathBuf)> = sizes
+        .iter()
+        .map(|&n| {
+            let dir = tmp.join(format!("plan-{n}"));
+            write_set(
+                &dir,
+                &project(n),
+                LOCAL_INTEGRATION,
+                &format!("bplan{n} rac"),
+                n,
+            );
+            (n, dir)
+        })
+        .collect();
+
+    println!(
+        "\n### creating the projects (`outpostctl apply --auto-approve`, from nothing, at most \
+         {STEP} new outposts per apply)\n"
+    );
+    println!(
+        "| outposts | applies | wall, sum (s) | per container (ms) | outpostctl user+sys, sum (s) | applies that waited for another run's lock |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for (n, dir) in &dirs {
+        // In steps, so that the engine's lock (one writer per engine, whatever the project)
+        // is never held for minutes: other users of the engine wait at most one step.
+        let (mut wall, mut cpu, mut applies, mut waited) = (0.0, 0.0, 0, 0);
+        let mut k = 0;
+        while k < *n {
+            k = (k + STEP).min(*n);
+            write_set(
+                dir,
+                &project(*n),
+                LOCAL_INTEGRATION,
+                &format!("bplan{n} rac"),
+                k,
+            );
+            let t = apply(dir, &[]);
+            wall += t.out.wall.as_secs_f64();
+            cpu += t.cpu_ms.unwrap_or(f64::NAN) / 1000.0;
+            applies += 1;
+            waited += usize::from(waited_for_lock(&t));
+        }
+        let up = running(&project(*n));
+        if up != *n {
+            fail(&format!(
+                "{up} of {n} containers of {} are running",
+                project(*n)
+            ));
+        }
+        println!(
+            "| {n} | {applies} | {wall:.2} | {:.0} | {cpu:.2} | {waited} |",
+            wall * 1000.0 / *n as f64,
+        );
+    }
+    let total = docker(&["ps", "-aq"])
+        .map(|o| o.stdout.split_whitespace().count())
+        .unwrap_or(0);
+    println!("\ncontainers on the engine now: {total} (all projects, other users' included)");
+    // Let the health checks of the new containers start (the first runs after 3-5 s).
+    std::thread::sleep(Duration::from_secs(6));
+
+    println!(
+        "\n### plan with nothing to change, in-process (`connect_all` + `plan::build`, median of {runs})\n"
+    );
+    println!(
+        "| outposts | containers listed | API requests | connect (ms) | build (ms) | total (ms) | list alone (ms) | diff alone (ms) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut reqs = Vec::new();
+    for (n, dir) in &dirs {
+        let v = validated(dir);
+        let f = rt.block_on(in_process(&v, *n, runs));
+        reqs.push(f.requests);
+        println!(
+            "| {n} | {} | {} | {} | {} | {} | {} | {} |",
+            f.observed,
+            f.requests,
+            fmt_ms(f.connect_ms),
+            fmt_ms(f.plan_ms),
+            fmt_ms(f.total_ms),
+            fmt_ms(f.list_ms),
+            fmt_ms(f.diff_ms)
+        );
+    }
+
+    println!(
+        "\n### plan with nothing to change, release binary (`outpostctl plan --detailed-exitcode DIR`, exit 0; median of {runs})\n"
+    );
+    println!(
+        "| outposts | wall median (ms) | wall min–max (ms) | user+sys mean (ms) | machine busy (cores) |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    let mut wall_max_size = f64::NAN;
+    let mut last_line = String::new();
+    for (n, dir) in &dirs {
+        let _ = plan_no_change(dir, &[]);
+        let (timed, busy) = machine_busy(|| {
+            (0..runs)
+                .map(|_| plan_no_change(dir, &[]))
+                .collect::<Vec<_>>()
+        });
+        last_line = timed
+            .last()
+            .and_then(|t| t.out.stdout.lines().last().map(str::to_string))
+            .unwrap_or_default();
+        let f = summarize(&timed);
+        wall_max_size = f.wall;
+        println!(
+            "| {n} | {} | {}–{} | {} | {} |",
+            fmt_ms(f.wall),
+            fmt_ms(f.wall_min),
+            fmt_ms(f.wall_max),
+            fmt_opt(f.cpu_mean),
+            busy.map_or("?".into(), |b| format!("{b:.2}"))
+        );
+    }
+    println!("\nlast line of the plan: {last_line:?}");
+    let same = reqs.windows(2).all(|w| w[0] == w[1]);
+    println!(
+        "\ngoal (the same small number of requests whatever the number of outposts): {} ({reqs:?})",
+        if same { "met" } else { "NOT met" }
+    );
+    if let Some(&largest) = sizes.iter().max() {
+        println!(
+            "goal (under 150 ms wall for {largest} outposts): {} ({} ms)",
+            if wall_max_size < 150.0 {
+                "met"
+            } else {
+                "NOT met"
+            },
+            fmt_ms(wall_max_size)
+        );
+    }
+}
+
+fn main() {
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let want = |s: &str| filter.is_empty() || filter.iter().any(|f| f == s);
+    set_env();
+    let sizes = env_list("OUTPOSTCTL_BENCH_SIZES", &[10, 100, 1000]);
+    let rounds = env_list("OUTPOSTCTL_BENCH_ROUNDS", &[3])[0];
+    let runs = env_list("OUTPOSTCTL_BENCH_RUNS", &[15])[0];
+
+    let (version, api) = require_engine();
+    require_image(IMAGE);
+    let bin = binary();
+    let mut names: Vec<String> = sizes.iter().map(|&n| project(n)).collect();
+    names.push(APPLY_PROJECT.into());
+    names.push(LOOP_PROJECT.into());
+    names.sort();
+    names.dedup();
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let projects = Projects::new(&name_refs);
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let rt = runtime();
+
+    println!(
+        "outpostctl plan/apply benchmark: {} CPUs, Docker engine {version} (API {api}), binary {}, \
+         process time: {}; load average {} at start",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        bin.display(),
+        PROCESS_TIME,
+        loadavg()
+    );
+
+    if want("apply") {
+        apply_section(&rt, tmp.path(), &projects, rounds);
+    }
+    if want("plan") {
+        plan_section(&rt, tmp.path(), &sizes, runs);
+    }
+    println!("\nremoving the benchmark's containers...");
+    let t = Instant::now();
+    drop(projects);
+    println!("removed in {:.1} s", t.elapsed().as_secs_f64());
+}
