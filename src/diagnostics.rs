@@ -40,6 +40,31 @@ impl SourceFile {
         })
     }
 
+    /// The line (from 0) holding byte `offset`.
+    pub fn line_of(&self, offset: usize) -> usize {
+        self.line_starts
+            .partition_point(|&s| s <= offset)
+            .saturating_sub(1)
+    }
+
+    /// The byte range of line `line` (from 0), without its newline.
+    pub fn line_range(&self, line: usize) -> (usize, usize) {
+        let start = self
+            .line_starts
+            .get(line)
+            .copied()
+            .unwrap_or(self.text.len());
+        let end = self
+            .line_starts
+            .get(line + 1)
+            .map_or(self.text.len(), |next| next.saturating_sub(1));
+        (start, end.max(start))
+    }
+
+    pub fn line_count(&self) -> usize {
+        self.line_starts.len()
+    }
+
     /// Byte offset of a (line from 1, column from 1 in characters) position, clamped to the
     /// text.
     pub fn offset(&self, line: u32, col: u32) -> usize {

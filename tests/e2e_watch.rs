@@ -742,7 +742,6 @@ fn a_symlink_swap_of_the_directory_is_seen() {
 /// path `current`, `apply_watches` sees no difference and never re-adds it), so later edits in
 /// v2 wait for an unrelated trigger (an engine event, the interval).
 #[test]
-#[ignore = "bug: src/watch.rs: after a symlink swap of the watched directory, edits in the new target are not seen (the watch stays on the old target)"]
 fn an_edit_after_a_symlink_swap_is_seen() {
     let c = Case::new("wswapedit");
     let m = versioned_dirs(&c);
@@ -832,7 +831,6 @@ fn a_kubernetes_data_swap_is_seen() {
 /// swaps) and any event there, including the log file's own writes, triggers a reconcile,
 /// whose log lines trigger the next one (about 2 a second, forever).
 #[test]
-#[ignore = "bug: src/watch.rs: any change in the parent of the watched directory triggers a reconcile; a log file there makes it loop forever"]
 fn a_log_file_next_to_the_manifest_directory_does_not_loop() {
     let c = Case::new("wloglooop");
     let m = manifest_with(&c, &["Alpha"]);
@@ -940,7 +938,6 @@ fn containers_removed_or_stopped_by_hand_come_back() {
 /// adds the Docker action as a field named `event`, which overwrites the line's own `event`
 /// key (`{"event":"kill","msg":"reconcile started","trigger":"engine-event",...}`).
 #[test]
-#[ignore = "bug: src/watch.rs: the `event` field of an engine-triggered `reconcile started` JSON line is overwritten by the Docker action (`kill`, `die`, ...)"]
 fn engine_triggered_reconciles_are_logged_as_reconcile_events() {
     let c = Case::new("wevfield");
     let m = manifest_with(&c, &["Alpha"]);
@@ -966,7 +963,6 @@ fn engine_triggered_reconciles_are_logged_as_reconcile_events() {
 /// that reconcile fails (/healthz 503, errors_total + 1) before the `destroy` event's
 /// reconcile creates the new container.
 #[test]
-#[ignore = "bug: src/diff.rs: a container being removed (`docker rm -f`) is planned as `start`, which fails with 409 and fails the reconcile"]
 fn a_container_removed_by_hand_comes_back_without_errors() {
     let c = Case::new("wrmrace");
     let m = manifest_with(&c, &["Alpha"]);
@@ -1139,7 +1135,6 @@ fn sigterm_during_a_reconcile_leaves_nothing_half_done() {
 /// `Progress::finished`, so the log names only the finished ones and then says
 /// `reconcile done with errors: 8 to recreate` (the plan, not what happened).
 #[test]
-#[ignore = "bug: src/apply.rs: actions skipped by a shutdown (`not started: shutting down`) are never logged; the last line still says `8 to recreate`"]
 fn sigterm_logs_the_actions_it_did_not_start() {
     let (_c, w, mark, _before, _took) = sigterm_during_recreates("wsigtermlog");
     let actions = w.count(mark, |v| v["event"] == "action");
@@ -1306,7 +1301,6 @@ fn a_crashing_container_does_not_make_it_loop() {
 /// restart policy puts it back, the plan sees `restarting` as fine (a no-op), and a no-op
 /// resets the strike count in `filter_actions`, so no "keeps dying" line is ever written.
 #[test]
-#[ignore = "bug: src/watch.rs: a crash-looping container (restarting) is never reported as `keeps dying`; a no-op plan resets the backoff strikes"]
 fn a_crashing_container_is_reported_as_keeps_dying() {
     let (_c, w) = crashing_case("wcrashlog");
     w.wait_log(

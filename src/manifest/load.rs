@@ -171,11 +171,19 @@ fn walk(
             .map(Path::to_path_buf)
             .unwrap_or(path);
         // metadata() follows symlinks: a link to a manifest counts as a manifest.
+        let manifest_name = name.ends_with(".yaml") || name.ends_with(".yml");
         match std::fs::metadata(&path) {
             Ok(m) if m.is_dir() => walk(&path, files, diags, visited, depth + 1),
-            Ok(m) if m.is_file() && (name.ends_with(".yaml") || name.ends_with(".yml")) => {
-                files.push(path)
-            }
+            Ok(m) if m.is_file() && manifest_name => files.push(path),
+            // A manifest that cannot be read (a dangling symlink) must not vanish silently:
+            // its outposts would be planned for removal.
+            Err(e) if manifest_name => diags.push(
+                Diagnostic::error(
+                    "unreadable-path",
+                    format!("cannot read `{}`: {}", path.display(), io_reason(&e)),
+                )
+                .hint("a dangling symlink? fix or remove it"),
+            ),
             _ => {}
         }
     }

@@ -15,17 +15,69 @@ use crate::diagnostics::{Diagnostic, Location, Severity, SourceFile};
 #[derive(Debug, Clone)]
 struct Text(Arc<SourceFile>);
 
+/// Bytes of a long line shown on each side of the mark.
+const WINDOW: usize = 120;
+
+fn floor_char(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn ceil_char(s: &str, mut i: usize) -> usize {
+    while i < s.len() && !s.is_char_boundary(i) {
+        i += 1;
+    }
+    i.min(s.len())
+}
+
 impl SourceCode for Text {
+    /// Only the lines around the span, found through the line index: miette's own `str`
+    /// reader scans from the start of the file for every diagnostic. A very long line is
+    /// shown as a window around the mark.
     fn read_span<'a>(
         &'a self,
         span: &SourceSpan,
         context_lines_before: usize,
         context_lines_after: usize,
     ) -> Result<Box<dyn SpanContents<'a> + 'a>, MietteError> {
-        self.0
-            .text
-            .as_str()
-            .read_span(span, context_lines_before, context_lines_after)
+        let f = &self.0;
+        let text = f.text.as_str();
+        let start = span.offset().min(text.len());
+        let end = (start + span.len()).min(text.len());
+        let (l0, l1) = (
+            f.line_of(start),
+            f.line_of(end.saturating_sub(1).max(start)),
+        );
+        let first = l0.saturating_sub(context_lines_before);
+        let last = (l1 + context_lines_after).min(f.line_count().saturating_sub(1));
+        let (mut from, mut to) = (f.line_range(first).0, f.line_range(last).1);
+        let (mut line, mut column, mut count) = (first, 0, last - first + 1);
+        if context_lines_before == 0 {
+            // As miette's own reader does: a read without context (the header's position)
+            // starts at the span itself.
+            let ls = f.line_range(l0).0;
+            from = start;
+            column = text[ls..start].chars().count();
+        }
+        if to - from > 16 * WINDOW {
+            let (ls, le) = f.line_range(l0);
+            if context_lines_before > 0 {
+                from = floor_char(text, start.saturating_sub(WINDOW).max(ls));
+            }
+            to = ceil_char(text, (end + WINDOW).min(le)).max(from);
+            line = l0;
+            column = text[ls..from].chars().count();
+            count = 1;
+        }
+        Ok(Box::new(miette::MietteSpanContents::new(
+            &text.as_bytes()[from..to],
+            SourceSpan::new(from.into(), to - from),
+            line,
+            column,
+            count,
+        )))
     }
 }
 
@@ -40,6 +92,8 @@ fn source_span(l: &Location) -> SourceSpan {
             .unwrap_or(l.file.text.len());
         end = if end <= start { start } else { line_end };
     }
+    // A mark longer than a window would outgrow a shortened line.
+    let end = ceil_char(&l.file.text, start + (end - start).min(WINDOW));
     SourceSpan::new(start.into(), end - start)
 }
 

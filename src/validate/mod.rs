@@ -370,7 +370,7 @@ impl Checker {
         };
         let path = resolve_path(file, &at.base_dir());
         self.referenced_files.push(path.clone());
-        match std::fs::read_to_string(&path) {
+        match read_small_file(&path) {
             Ok(text) => {
                 if secret {
                     self.check_private_permissions(&path, at);
@@ -1326,6 +1326,37 @@ fn merge<T>(
             );
         }
     }
+}
+
+/// The largest file a source may name: tokens, keys and certificates are kilobytes.
+pub const MAX_SOURCE_BYTES: u64 = 1024 * 1024;
+
+/// Reads a referenced file: a regular file of at most `MAX_SOURCE_BYTES` (never a device,
+/// FIFO or directory, which could hang or exhaust memory).
+fn read_small_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.len() > MAX_SOURCE_BYTES {
+        return Err(std::io::Error::other(format!(
+            "{} bytes; a token, key or certificate file is at most {MAX_SOURCE_BYTES}",
+            meta.len()
+        )));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_SOURCE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                std::io::Error::other("not UTF-8 text")
+            } else {
+                e
+            }
+        })?;
+    Ok(text)
 }
 
 /// `~` expands to $HOME; relative paths are relative to `base`.
