@@ -520,7 +520,7 @@ fn main() {
     });
     let mut lists: Vec<Vec<f64>> = vec![Vec::new(); n];
     let mut inspects: Vec<Vec<f64>> = vec![Vec::new(); n];
-    let before: Vec<usize> = transports.iter().map(|t| logins(t)).collect();
+    let before: Vec<usize> = transports.iter().map(&logins).collect();
     let (_, lat_busy) = machine_busy(|| {
         rt.block_on(async {
             for _ in 0..requests {
