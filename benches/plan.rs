@@ -6,9 +6,10 @@
 //!    threads, like `xargs -P4`), and the same through bollard directly (four concurrent
 //!    create + start, the API-level floor). Same engine, image, environment, labels, network,
 //!    restart policy and health check. Rounds rotate the order; every round starts from
-//!    nothing (the containers of the previous one are removed, untimed).
-//! 2. **plan with nothing to change** for 10, 100 and 1,000 outposts on one engine: three
-//!    projects, created once with `outpostctl apply` (timed as well). For each:
+//!    nothing (the containers of the previous one are removed, untimed). A round in which
+//!    outpostctl had to wait for another run's lock on the engine is done again.
+//! 2. **plan with nothing to change** for 10, 100 and 1,000 outposts on one engine: one
+//!    project per size, all present at once, created once (timed as well). For each:
 //!    - in-process: `connect_all` + `plan::build` (what `outpostctl plan` does after
 //!      validation; `build` runs `plan_engine` per engine), with the number of API requests
 //!      from `Engine::requests()`, and, measured apart, the engine's list and the diff;
@@ -19,13 +20,22 @@
 //! 1,000; apply no slower than the loop.
 //!
 //! Outposts are `rac` (no ports) with `docker_map_ports: false` and `docker_network: none`, so
-//! that 1,000 running containers need no veth pairs nor bridge ports. Every container of the
-//! benchmark's projects is removed at the end, also when it fails; leftovers of an interrupted
-//! run are removed at the start.
+//! that 1,000 running containers need no veth pairs nor bridge ports. Sets of up to
+//! `OUTPOSTCTL_BENCH_APPLY_MAX` (100) outposts are created by `outpostctl apply`. Larger ones
+//! cannot be, on a small machine: every outpost container runs authentik's health check every
+//! 5 s (a `docker exec` each), and 1,000 of them need far more than 2 cores just for that. So
+//! the benchmark creates those containers itself through the API, exactly as outpostctl would
+//! (name, image, environment, every label including the config hash, network, restart
+//! policy) but without a health check; outpostctl's plan cannot tell them apart (it plans from
+//! the list: uuid, config hash, name, state, networks, health) and has nothing to change.
+//!
+//! Every container of the benchmark's projects is removed at the end, also when it fails;
+//! leftovers of an interrupted run are removed at the start.
 //!
 //! Arguments select sections: `apply`, `plan` (default both). Environment:
 //! `OUTPOSTCTL_BENCH_SIZES` (default `10,100,1000`), `OUTPOSTCTL_BENCH_ROUNDS` (apply rounds,
-//! default 3), `OUTPOSTCTL_BENCH_RUNS` (plan runs per size, default 15).
+//! default 3), `OUTPOSTCTL_BENCH_RUNS` (plan runs per size, default 15),
+//! `OUTPOSTCTL_BENCH_APPLY_MAX` (largest set created by `outpostctl apply`, default 100).
 
 #[path = "../tests/remote_bench_support/mod.rs"]
 mod support;
@@ -176,9 +186,12 @@ fn cli_loop(specs: &[ContainerSpec]) -> Vec<String> {
         .collect()
 }
 
-/// The create body outpostctl's engine sends, for the loop's copy of `spec`.
-fn body(spec: &ContainerSpec) -> ContainerCreateBody {
-    let h = &spec.healthcheck;
+/// The create body outpostctl's engine sends for `spec`, with these labels and health check.
+fn body(
+    spec: &ContainerSpec,
+    labels: HashMap<String, String>,
+    health: HealthConfig,
+) -> ContainerCreateBody {
     ContainerCreateBody {
         image: Some(spec.image.clone()),
         env: Some(
@@ -187,14 +200,8 @@ fn body(spec: &ContainerSpec) -> ContainerCreateBody {
                 .map(|(k, v)| format!("{k}={}", v.expose()))
                 .collect(),
         ),
-        labels: Some(loop_labels(spec).into_iter().collect::<HashMap<_, _>>()),
-        healthcheck: Some(HealthConfig {
-            test: Some(h.test.clone()),
-            interval: Some(h.interval_ns),
-            retries: Some(h.retries),
-            start_period: Some(h.start_period_ns),
-            ..Default::default()
-        }),
+        labels: Some(labels),
+        healthcheck: Some(health),
         host_config: Some(HostConfig {
             restart_policy: Some(RestartPolicy {
                 name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
@@ -207,30 +214,87 @@ fn body(spec: &ContainerSpec) -> ContainerCreateBody {
     }
 }
 
+/// outpostctl's health check of `spec`.
+fn health_of(spec: &ContainerSpec) -> HealthConfig {
+    let h = &spec.healthcheck;
+    HealthConfig {
+        test: Some(h.test.clone()),
+        interval: Some(h.interval_ns),
+        retries: Some(h.retries),
+        start_period: Some(h.start_period_ns),
+        ..Default::default()
+    }
+}
+
+/// Creates and starts `name` with `body`.
+async fn create_start(
+    docker: &Docker,
+    name: String,
+    body: ContainerCreateBody,
+) -> Result<(), String> {
+    let opts = CreateContainerOptions {
+        name: Some(name),
+        ..Default::default()
+    };
+    let id = docker
+        .create_container(Some(opts), body)
+        .await
+        .map_err(|e| format!("create: {e}"))?
+        .id;
+    docker
+        .start_container(&id, None::<StartContainerOptions>)
+        .await
+        .map_err(|e| format!("start: {e}"))
+}
+
 /// Create + start through bollard, `PARALLEL` at a time; returns failures.
 async fn api_loop(docker: &Docker, specs: &[ContainerSpec]) -> Vec<String> {
     let results: Vec<Result<(), String>> = futures_util::stream::iter(specs.iter().map(|spec| {
-        let docker = docker.clone();
-        async move {
-            let opts = CreateContainerOptions {
-                name: Some(format!("bench-api-{}", spec.name)),
-                ..Default::default()
-            };
-            let id = docker
-                .create_container(Some(opts), body(spec))
-                .await
-                .map_err(|e| format!("create: {e}"))?
-                .id;
-            docker
-                .start_container(&id, None::<StartContainerOptions>)
-                .await
-                .map_err(|e| format!("start: {e}"))
-        }
+        let labels = loop_labels(spec).into_iter().collect();
+        create_start(
+            docker,
+            format!("bench-api-{}", spec.name),
+            body(spec, labels, health_of(spec)),
+        )
     }))
     .buffer_unordered(PARALLEL)
     .collect()
     .await;
     results.into_iter().filter_map(Result::err).collect()
+}
+
+/// The containers outpostctl would create for `specs` (same name, image, environment, labels
+/// with the config hash, network, restart policy), created and started through the API with
+/// one difference: no health check. See `plan_section`.
+async fn quiet_twins(docker: &Docker, specs: &[ContainerSpec]) -> Vec<String> {
+    let results: Vec<Result<(), String>> = futures_util::stream::iter(specs.iter().map(|spec| {
+        let labels = spec.labels.clone().into_iter().collect();
+        let none = HealthConfig {
+            test: Some(vec!["NONE".into()]),
+            ..Default::default()
+        };
+        create_start(docker, spec.name.clone(), body(spec, labels, none))
+    }))
+    .buffer_unordered(PARALLEL)
+    .collect()
+    .await;
+    results.into_iter().filter_map(Result::err).collect()
+}
+
+/// A bollard client of the engine (DOCKER_HOST, else the default socket).
+fn bollard_client(rt: &tokio::runtime::Runtime) -> Docker {
+    rt.block_on(async {
+        Docker::connect_with_defaults()
+            .map_err(|e| e.to_string())?
+            .negotiate_version()
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .unwrap_or_else(|e| {
+        fail(&format!(
+            "bollard cannot reach the engine: {e}; {HOW_TO_FIX}"
+        ))
+    })
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -257,19 +321,7 @@ fn apply_section(rt: &tokio::runtime::Runtime, tmp: &Path, projects: &Projects, 
     let v = validated(&dir);
     let specs: Vec<ContainerSpec> = v.desired.get("engine").cloned().unwrap_or_default();
     assert_eq!(specs.len(), APPLY_SIZE);
-    let api = rt
-        .block_on(async {
-            Docker::connect_with_defaults()
-                .map_err(|e| e.to_string())?
-                .negotiate_version()
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .unwrap_or_else(|e| {
-            fail(&format!(
-                "bollard cannot reach the engine: {e}; {HOW_TO_FIX}"
-            ))
-        });
+    let api = bollard_client(rt);
     let methods = [Method::Outpostctl, Method::Cli, Method::Api];
     let mut walls: HashMap<&str, Vec<f64>> = HashMap::new();
     println!(
@@ -459,7 +511,13 @@ async fn in_process(v: &outpostctl::validate::Validated, n: usize, runs: usize) 
     }
 }
 
-fn plan_section(rt: &tokio::runtime::Runtime, tmp: &Path, sizes: &[usize], runs: usize) {
+fn plan_section(
+    rt: &tokio::runtime::Runtime,
+    tmp: &Path,
+    sizes: &[usize],
+    runs: usize,
+    apply_max: usize,
+) {
     let dirs: Vec<(usize, PathBuf)> = sizes
         .iter()
         .map(|&n| {
@@ -476,32 +534,55 @@ fn plan_section(rt: &tokio::runtime::Runtime, tmp: &Path, sizes: &[usize], runs:
         .collect();
 
     println!(
-        "\n### creating the projects (`outpostctl apply --auto-approve`, from nothing, at most \
-         {STEP} new outposts per apply)\n"
+        "\n### creating the projects (up to {apply_max} outposts: `outpostctl apply \
+         --auto-approve` from nothing, at most {STEP} new outposts per apply; larger: the same \
+         containers through the API without health check, 4 at a time)\n"
     );
     println!(
-        "| outposts | applies | wall, sum (s) | per container (ms) | outpostctl user+sys, sum (s) | applies that waited for another run's lock |"
+        "| outposts | created by | applies | wall, sum (s) | per container (ms) | outpostctl user+sys, sum (s) | applies that waited for another run's lock |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|");
+    let api = bollard_client(rt);
     for (n, dir) in &dirs {
-        // In steps, so that the engine's lock (one writer per engine, whatever the project)
-        // is never held for minutes: other users of the engine wait at most one step.
-        let (mut wall, mut cpu, mut applies, mut waited) = (0.0, 0.0, 0, 0);
-        let mut k = 0;
-        while k < *n {
-            k = (k + STEP).min(*n);
-            write_set(
-                dir,
-                &project(*n),
-                LOCAL_INTEGRATION,
-                &format!("bplan{n} rac"),
-                k,
+        let prefix = format!("bplan{n} rac");
+        if *n <= apply_max {
+            // In steps, so that the engine's lock (one writer per engine, whatever the
+            // project) is never held for minutes: other users of the engine wait at most one
+            // step.
+            let (mut wall, mut cpu, mut applies, mut waited) = (0.0, 0.0, 0, 0);
+            let mut k = 0;
+            while k < *n {
+                k = (k + STEP).min(*n);
+                write_set(dir, &project(*n), LOCAL_INTEGRATION, &prefix, k);
+                let t = apply(dir, &[]);
+                wall += t.out.wall.as_secs_f64();
+                cpu += t.cpu_ms.unwrap_or(f64::NAN) / 1000.0;
+                applies += 1;
+                waited += usize::from(waited_for_lock(&t));
+            }
+            println!(
+                "| {n} | outpostctl apply | {applies} | {wall:.2} | {:.0} | {cpu:.2} | {waited} |",
+                wall * 1000.0 / *n as f64,
             );
-            let t = apply(dir, &[]);
-            wall += t.out.wall.as_secs_f64();
-            cpu += t.cpu_ms.unwrap_or(f64::NAN) / 1000.0;
-            applies += 1;
-            waited += usize::from(waited_for_lock(&t));
+        } else {
+            let specs = validated(dir)
+                .desired
+                .get("engine")
+                .cloned()
+                .unwrap_or_default();
+            let t = Instant::now();
+            let errors = rt.block_on(quiet_twins(&api, &specs));
+            if !errors.is_empty() {
+                fail(&format!(
+                    "creating {n} containers failed: {}",
+                    errors[..errors.len().min(5)].join("; ")
+                ));
+            }
+            let wall = t.elapsed().as_secs_f64();
+            println!(
+                "| {n} | the benchmark (API, no health check) | - | {wall:.2} | {:.0} | - | - |",
+                wall * 1000.0 / *n as f64,
+            );
         }
         let up = running(&project(*n));
         if up != *n {
@@ -510,10 +591,6 @@ fn plan_section(rt: &tokio::runtime::Runtime, tmp: &Path, sizes: &[usize], runs:
                 project(*n)
             ));
         }
-        println!(
-            "| {n} | {applies} | {wall:.2} | {:.0} | {cpu:.2} | {waited} |",
-            wall * 1000.0 / *n as f64,
-        );
     }
     let total = docker(&["ps", "-aq"])
         .map(|o| o.stdout.split_whitespace().count())
@@ -606,6 +683,7 @@ fn main() {
     let sizes = env_list("OUTPOSTCTL_BENCH_SIZES", &[10, 100, 1000]);
     let rounds = env_list("OUTPOSTCTL_BENCH_ROUNDS", &[3])[0];
     let runs = env_list("OUTPOSTCTL_BENCH_RUNS", &[15])[0];
+    let apply_max = env_list("OUTPOSTCTL_BENCH_APPLY_MAX", &[100])[0];
 
     let (version, api) = require_engine();
     require_image(IMAGE);
@@ -633,7 +711,7 @@ fn main() {
         apply_section(&rt, tmp.path(), &projects, rounds);
     }
     if want("plan") {
-        plan_section(&rt, tmp.path(), &sizes, runs);
+        plan_section(&rt, tmp.path(), &sizes, runs, apply_max);
     }
     println!("\nremoving the benchmark's containers...");
     let t = Instant::now();
