@@ -108,19 +108,8 @@ pub async fn acquire(
     let started = Instant::now();
     let lease = opts.lease.as_secs().max(3) as i64;
     let me = holder(&opts.purpose);
-    let mut image = engine.any_image().await?;
-    if image.is_none() {
-        if let Some(seed) = &opts.seed_image {
-            engine.pull(seed, &|_| {}).await?;
-            image = Some(seed.clone());
-        }
-    }
-    let Some(image) = image else {
-        return Err(EngineError::new(
-            ErrorKind::Api,
-            "the engine has no image to create its lock container from".to_string(),
-        ));
-    };
+    let mut image = lock_image(engine.as_ref(), opts).await?;
+    let mut image_retries = 0;
     let mut told = false;
     loop {
         let now = engine.now().await?;
@@ -129,10 +118,19 @@ pub async fn acquire(
             (LABEL_HOLDER.to_string(), me.clone()),
             (LABEL_SINCE.to_string(), now.to_string()),
         ]);
-        if let Some(id) = engine
+        let created = match engine
             .create_marker(LOCK_NAME, &image, &labels, now + lease)
-            .await?
+            .await
         {
+            // The image went away between choosing and using it (someone removed it).
+            Err(e) if e.is_not_found() && image_retries < 5 => {
+                image_retries += 1;
+                image = lock_image(engine.as_ref(), opts).await?;
+                continue;
+            }
+            other => other?,
+        };
+        if let Some(id) = created {
             let heartbeat = Some(tokio::spawn(renew(Arc::clone(&engine), id.clone(), lease)));
             return Ok(Lock {
                 engine,
@@ -188,6 +186,27 @@ pub async fn acquire(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// The image to create the lock container from: the outposts' own image when the engine has
+/// it (it stays, as containers use it), else any image, else the outposts' image pulled.
+async fn lock_image(engine: &dyn Engine, opts: &LockOptions) -> Result<String, EngineError> {
+    if let Some(seed) = &opts.seed_image {
+        if engine.image_labels(seed).await?.is_some() {
+            return Ok(seed.clone());
+        }
+    }
+    if let Some(any) = engine.any_image().await? {
+        return Ok(any);
+    }
+    if let Some(seed) = &opts.seed_image {
+        engine.pull(seed, &|_| {}).await?;
+        return Ok(seed.clone());
+    }
+    Err(EngineError::new(
+        ErrorKind::Api,
+        "the engine has no image to create its lock container from".to_string(),
+    ))
 }
 
 /// Renews the lease three times per lease period.
