@@ -1456,20 +1456,24 @@ fn clock_ticks() -> f64 {
 
 /// (3) Resident memory and CPU of an idle watch over 500 outposts (rac, network `none`, no
 /// published ports), created through `outpostctl apply` and removed 10 at a time afterwards.
+/// `OUTPOSTCTL_BENCH_WATCH_N` sets another number of outposts.
 #[test]
 #[ignore = "benchmark"]
 fn bench_watch_idle_500() {
-    const N: usize = 500;
+    let n: usize = std::env::var("OUTPOSTCTL_BENCH_WATCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
     let c = Case::new("bwidle");
     c.token("AK_BENCH");
     let mut m = c.env.manifest();
     m["defaults"]["docker_network"] = json!("none");
     m["defaults"]["docker_map_ports"] = json!(false);
-    for i in 0..N {
-        let n = format!("o{i:03}");
-        m["outposts"][&n] = json!({
+    for i in 0..n {
+        let name = format!("o{i:03}");
+        m["outposts"][&name] = json!({
             "type": "rac",
-            "uuid": c.env.uuid(&n),
+            "uuid": c.env.uuid(&name),
             "integration": "local",
             "token": { "env": "AK_BENCH" },
         });
@@ -1485,11 +1489,11 @@ fn bench_watch_idle_500() {
         apply.env(k, v);
     }
     let t = Instant::now();
-    let r = run_with_timeout(apply, Duration::from_secs(1800));
+    let r = run_with_timeout(apply, Duration::from_secs(4 * 3600));
     let apply_took = t.elapsed();
     assert_eq!(r.code, 0, "{}", shown(&r));
     c.env.assert_no_secret("apply output", &r.stdout);
-    println!("apply of {N} creates: {:.1} s", apply_took.as_secs_f64());
+    println!("apply of {n} creates: {:.1} s", apply_took.as_secs_f64());
     let ids: Vec<String> = docker_ok(&[
         "ps",
         "-q",
@@ -1500,6 +1504,24 @@ fn bench_watch_idle_500() {
     .map(str::to_string)
     .collect();
     println!("running containers: {}", ids.len());
+    // Let every container pass its first health check, so that the idle period has no
+    // `health_status` events.
+    let t = Instant::now();
+    let all_healthy = wait_until(Duration::from_secs(900), || {
+        docker_ok(&[
+            "ps",
+            "--filter",
+            &format!("label={LABEL_PROJECT}={}", c.env.project),
+            "--format",
+            "{{.Status}}",
+        ])
+        .lines()
+        .all(|l| l.contains("(healthy)"))
+    });
+    println!(
+        "all healthy: {all_healthy} after {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
 
     let mut w = c.watch("m", &[]);
     let done = w.wait_log(
@@ -1514,7 +1536,7 @@ fn bench_watch_idle_500() {
         },
     );
     println!(
-        "start reconcile over {N} (no changes): {} ms ({})",
+        "start reconcile over {n} (no changes): {} ms ({})",
         done["duration_ms"], done["msg"]
     );
     // Health events of 500 containers may still come in: let them pass.
@@ -1528,6 +1550,15 @@ fn bench_watch_idle_500() {
     let secs = start.elapsed().as_secs_f64();
     let (rss1, hwm, t1) = proc_stats(pid);
     let lines = w.mark() - mark;
+    let health = docker_ok(&[
+        "ps",
+        "--filter",
+        &format!("label={LABEL_PROJECT}={}", c.env.project),
+        "--format",
+        "{{.Status}}",
+    ]);
+    let unhealthy = health.lines().filter(|l| !l.contains("(healthy)")).count();
+    println!("containers not healthy at the end of the idle period: {unhealthy}");
     println!(
         "idle over {secs:.0} s: VmRSS {rss0} kB -> {rss1} kB (peak VmHWM {hwm} kB), CPU {:.2} s ({:.3}% of one core), {lines} log lines",
         (t1 - t0) as f64 / hz,
@@ -1557,4 +1588,67 @@ fn bench_watch_idle_500() {
         all.len(),
         t.elapsed().as_secs_f64()
     );
+}
+
+/// (3b) The same idle watch over 500 outposts, with no engine behind the integration (a
+/// closed loopback port): what holding the manifest set costs, without the containers (and
+/// without loading the 2-core test machine with 500 containers' health checks).
+#[test]
+#[ignore = "benchmark"]
+fn bench_watch_idle_500_engine_down() {
+    let n: usize = std::env::var("OUTPOSTCTL_BENCH_WATCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let c = Case::new("bwidledown");
+    c.token("AK_BENCH");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mut m = c.env.manifest();
+    m["integrations"] = json!({ "local": { "url": format!("http://127.0.0.1:{port}") } });
+    m["defaults"]["docker_network"] = json!("none");
+    for i in 0..n {
+        let name = format!("o{i:03}");
+        m["outposts"][&name] = json!({
+            "type": "rac",
+            "uuid": c.env.uuid(&name),
+            "integration": "local",
+            "token": { "env": "AK_BENCH" },
+        });
+    }
+    c.save("m/outposts.yaml", &m);
+    let mut w = c.watch("m", &[]);
+    let done = w.wait_log(
+        0,
+        "ending the start reconcile",
+        Duration::from_secs(120),
+        |v| {
+            v["event"] == "reconcile"
+                && v["msg"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("reconcile done"))
+        },
+    );
+    println!(
+        "start reconcile over {n}, engine down: {} ms ({})",
+        done["duration_ms"], done["msg"]
+    );
+    w.wait_quiet(Duration::from_secs(3));
+    let pid = w.pid();
+    let hz = clock_ticks();
+    let (rss0, _, t0) = proc_stats(pid);
+    let mark = w.mark();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(30));
+    let secs = start.elapsed().as_secs_f64();
+    let (rss1, hwm, t1) = proc_stats(pid);
+    println!(
+        "idle over {secs:.0} s, engine down: VmRSS {rss0} kB -> {rss1} kB (peak VmHWM {hwm} kB), CPU {:.2} s ({:.3}% of one core), {} log lines",
+        (t1 - t0) as f64 / hz,
+        (t1 - t0) as f64 / hz / secs * 100.0,
+        w.mark() - mark
+    );
+    w.terminate(Duration::from_secs(30));
+    c.assert_no_secret_in(&w);
 }
