@@ -738,9 +738,8 @@ fn a_symlink_swap_of_the_directory_is_seen() {
 }
 
 /// After the swap, an edit inside the new target (saved through `current/`) must be seen too.
-/// It is not: the recursive watch stays on the old target's inode (`watch_targets` keeps the
-/// path `current`, `apply_watches` sees no difference and never re-adds it), so later edits in
-/// v2 wait for an unrelated trigger (an engine event, the interval).
+/// (Was a bug until bd90b23: the recursive watch stayed on the old target's inode, so later
+/// edits in v2 waited for an unrelated trigger: an engine event, the interval.)
 #[test]
 fn an_edit_after_a_symlink_swap_is_seen() {
     let c = Case::new("wswapedit");
@@ -827,9 +826,9 @@ fn a_kubernetes_data_swap_is_seen() {
 
 /// The watch's own log, appended to a file next to the manifest directory (as in
 /// `cd /srv/checkout && outpostctl watch deploy/ 2>>watch.log`), must not make it reconcile
-/// again and again. It does: `watch_targets` watches the parent of a directory (for symlink
-/// swaps) and any event there, including the log file's own writes, triggers a reconcile,
-/// whose log lines trigger the next one (about 2 a second, forever).
+/// again and again. (Was a bug until bd90b23: the parent of a watched directory is watched for
+/// symlink swaps, and any event there, the log file's own writes included, triggered a
+/// reconcile whose log lines triggered the next one: about 2 a second, forever.)
 #[test]
 fn a_log_file_next_to_the_manifest_directory_does_not_loop() {
     let c = Case::new("wloglooop");
@@ -934,9 +933,9 @@ fn containers_removed_or_stopped_by_hand_come_back() {
 }
 
 /// In `--log-format json`, the "reconcile started" line of an engine-triggered reconcile must
-/// keep `"event":"reconcile"` (what log shippers filter on). It does not: `State::reconcile`
-/// adds the Docker action as a field named `event`, which overwrites the line's own `event`
-/// key (`{"event":"kill","msg":"reconcile started","trigger":"engine-event",...}`).
+/// keep `"event":"reconcile"` (what log shippers filter on). (Was a bug until bd90b23: the
+/// Docker action was added as a field named `event`, overwriting the line's own:
+/// `{"event":"kill","msg":"reconcile started","trigger":"engine-event",...}`.)
 #[test]
 fn engine_triggered_reconciles_are_logged_as_reconcile_events() {
     let c = Case::new("wevfield");
@@ -956,12 +955,11 @@ fn engine_triggered_reconciles_are_logged_as_reconcile_events() {
     assert_eq!(v["event"], "reconcile", "{v}");
 }
 
-/// A container removed by hand is put back without a failed action. Today the `kill` event
-/// of `docker rm -f` triggers a reconcile while the container is still being removed; the
-/// plan (src/diff.rs: any state but running/restarting, `removing` included, is `start`) starts
-/// it, the engine answers 409 "container is marked for removal and cannot be started", and
-/// that reconcile fails (/healthz 503, errors_total + 1) before the `destroy` event's
-/// reconcile creates the new container.
+/// A container removed by hand is put back without a failed action. (Was a bug until
+/// bd90b23, a race lost in most rounds: the `kill` event of `docker rm -f` triggered a
+/// reconcile while the container was being removed, the plan said `start`, the engine answered
+/// 409 "container is marked for removal and cannot be started", and that reconcile failed:
+/// /healthz 503, errors_total + 1.)
 #[test]
 fn a_container_removed_by_hand_comes_back_without_errors() {
     let c = Case::new("wrmrace");
@@ -1130,10 +1128,8 @@ fn sigterm_during_a_reconcile_leaves_nothing_half_done() {
     c.assert_no_secret_in(&w);
 }
 
-/// Issue 5: "one log line per action". The actions a shutdown keeps from starting get none:
-/// `apply::apply` returns their "not started: shutting down" outcome without calling
-/// `Progress::finished`, so the log names only the finished ones and then says
-/// `reconcile done with errors: 8 to recreate` (the plan, not what happened).
+/// Issue 5: "one log line per action", also for the actions a shutdown keeps from starting.
+/// (Was a bug until bd90b23: their "not started: shutting down" outcome was never logged.)
 #[test]
 fn sigterm_logs_the_actions_it_did_not_start() {
     let (_c, w, mark, _before, _took) = sigterm_during_recreates("wsigtermlog");
@@ -1297,9 +1293,9 @@ fn a_crashing_container_does_not_make_it_loop() {
 }
 
 /// The log must say when a container keeps dying (issue 5: "put back with exponential
-/// backoff ... and the log says so"). It never does for a container that crashes: Docker's
-/// restart policy puts it back, the plan sees `restarting` as fine (a no-op), and a no-op
-/// resets the strike count in `filter_actions`, so no "keeps dying" line is ever written.
+/// backoff ... and the log says so"). (Was a bug until bd90b23: Docker's restart policy puts a
+/// crashing container back, the plan saw `restarting` as fine, and a no-op reset the strike
+/// count, so no "keeps dying" line was ever written.)
 #[test]
 fn a_crashing_container_is_reported_as_keeps_dying() {
     let (_c, w) = crashing_case("wcrashlog");
