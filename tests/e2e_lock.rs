@@ -1,0 +1,751 @@
+//! One writer per engine, end to end: two applies started together never interleave (the
+//! second waits, saying for whom); `--lock-timeout` gives up with a message naming the holder
+//! and since when, for a real holder and for a lock container made by hand; a holder killed with
+//! SIGKILL loses the lock once its lease runs out, while a live holder keeps renewing it; the
+//! lock works through the least-privilege socket proxy; the lock container is never planned
+//! or pruned.
+//!
+//! The lock is one container per engine (`outpostctl-lock`) shared by every project, so the
+//! tests of this file run one at a time (`SERIAL`), and an apply of another test binary running
+//! at the same time on the same engine would show up as a holder. Runs use
+//! `OUTPOSTCTL_LOCK_LEASE=3`. Needs `scripts/test-deps.sh`.
+
+mod common;
+mod support;
+
+use std::fs::{self, File};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use support::*;
+
+const LOCK_NAME: &str = "outpostctl-lock";
+const LABEL_LOCK: &str = "outpostctl.lock";
+const LABEL_HOLDER: &str = "outpostctl.lock.holder";
+const LABEL_SINCE: &str = "outpostctl.lock.since";
+const LEASE: &str = "3";
+/// The user the background applies run as (the holder label says `USER@HOST pid N`).
+const USER: &str = "locktester";
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn hostname() -> String {
+    fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Unix seconds as the lock's messages print them (RFC 3339, seconds, UTC).
+fn rfc3339(secs: i64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs as u64)).to_string()
+}
+
+/// Seconds since the epoch of a Docker timestamp (`2026-11-22T19:28:05.123456789Z`).
+fn epoch(ts: &str) -> f64 {
+    humantime::parse_rfc3339(ts)
+        .unwrap_or_else(|e| panic!("timestamp `{ts}`: {e}"))
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The engine's lock as `docker inspect` shows it.
+#[derive(Debug, Clone)]
+struct LockInfo {
+    id: String,
+    holder: String,
+    since: i64,
+    expires: i64,
+}
+
+fn lock_info() -> Option<LockInfo> {
+    let c = inspect(LOCK_NAME)?;
+    let labels = c.labels();
+    Some(LockInfo {
+        id: c.id(),
+        holder: labels.get(LABEL_HOLDER).cloned().unwrap_or_default(),
+        since: labels
+            .get(LABEL_SINCE)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0),
+        expires: c.0["HostConfig"]["RestartPolicy"]["MaximumRetryCount"]
+            .as_i64()
+            .unwrap_or(0),
+    })
+}
+
+/// The holder label of an apply run by this test as process `pid`.
+fn holder_of(pid: u32) -> String {
+    format!("{USER}@{} pid {pid} (outpostctl apply)", hostname())
+}
+
+/// Waits until process `pid` holds the engine's lock (bounded); the lock then.
+fn wait_for_holder(pid: u32, bg: &mut Bg) -> LockInfo {
+    let want = holder_of(pid);
+    let mut found = None;
+    let ok = wait_until(Duration::from_secs(90), || {
+        found = lock_info().filter(|l| l.holder == want);
+        found.is_some() || bg.exited()
+    });
+    match found {
+        Some(l) if ok => l,
+        _ => panic!(
+            "apply {pid} never held the lock (lock now: {:?}); its output:\n{}",
+            lock_info(),
+            bg.output()
+        ),
+    }
+}
+
+/// Waits until no run holds the engine's lock (another test binary's apply may), bounded.
+fn wait_lock_free() {
+    assert!(
+        wait_until(Duration::from_secs(120), || inspect(LOCK_NAME).is_none()),
+        "the engine stays locked by {:?}",
+        lock_info()
+    );
+}
+
+/// A lock container made by hand, as outpostctl makes it: never started, the holder and since
+/// labels, the lease's expiry in the restart policy's retry count. Labelled for the Env's
+/// cleanup (which removes by id, never by the shared name).
+fn hand_made_lock(env: &Env, holder: &str, since: i64, expires: i64) -> String {
+    // Another run may take the lock between the wait and the create: try again.
+    for _ in 0..10 {
+        wait_lock_free();
+        let r = docker(&[
+            "create",
+            "--name",
+            LOCK_NAME,
+            "--network",
+            "none",
+            "--restart",
+            &format!("on-failure:{expires}"),
+            "--label",
+            &format!("{LABEL_LOCK}=engine"),
+            "--label",
+            &format!("{LABEL_HOLDER}={holder}"),
+            "--label",
+            &format!("{LABEL_SINCE}={since}"),
+            "--label",
+            &format!("{LABEL_TEST}={}", env.project),
+            IMAGE_V1,
+        ]);
+        if r.code == 0 {
+            return r.stdout.trim().to_string();
+        }
+        assert!(
+            r.stderr.contains("Conflict"),
+            "docker create {LOCK_NAME}: {}",
+            shown(&r)
+        );
+    }
+    panic!("could not make a lock by hand: the engine is always locked by another run");
+}
+
+/// No lock of this test is left: none, or one held by another run (whose holder is not one of
+/// `holders`), waited for a little.
+fn assert_no_lock_left(holders: &[String]) {
+    let ours = || lock_info().is_some_and(|l| holders.contains(&l.holder));
+    assert!(
+        wait_until(Duration::from_secs(10), || !ours()),
+        "a lock is left: {:?}",
+        lock_info()
+    );
+}
+
+/// `n` rac outposts (no network, no ports: light) with one token, written as the manifest.
+fn fleet(env: &Env, n: usize, integration: Option<&str>, generation: u32) -> Value {
+    let mut m = env.manifest();
+    m["defaults"]["docker_network"] = json!("none");
+    if let Some(url) = integration {
+        m["integrations"] = json!({ "local": { "url": url } });
+    }
+    for i in 0..n {
+        let mut o = env.outpost("rac", "AK_LOCK_TOKEN");
+        o["uuid"] = json!(env.uuid(&format!("o{i}")));
+        o["config"]["docker_labels"] = json!({ "lock.generation": generation.to_string() });
+        m["outposts"][format!("o{i:02}")] = o;
+    }
+    env.write(&m);
+    m
+}
+
+/// Makes the test's token (`AK_LOCK_TOKEN`, recorded as a secret); call it before `fleet`.
+fn token(env: &Env) -> String {
+    env.new_token("AK_LOCK_TOKEN")
+}
+
+/// An outpostctl run in the background, output in files.
+struct Bg {
+    child: Option<Child>,
+    pid: u32,
+    out: PathBuf,
+    err: PathBuf,
+    started: Instant,
+    code: Option<i32>,
+    took: Duration,
+}
+
+impl Bg {
+    fn spawn(env: &Env, token: &str, args: &[&str]) -> Bg {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let out = env.dir().join(format!(".bg-{n}.out"));
+        let err = env.dir().join(format!(".bg-{n}.err"));
+        let child = Command::new(common::bin())
+            .current_dir(env.dir())
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env("COLUMNS", "100")
+            .env("USER", USER)
+            .env("AK_LOCK_TOKEN", token)
+            .env("OUTPOSTCTL_LOCK_LEASE", LEASE)
+            .stdin(Stdio::null())
+            .stdout(File::create(&out).expect("output file"))
+            .stderr(File::create(&err).expect("error file"))
+            .spawn()
+            .expect("outpostctl starts");
+        Bg {
+            pid: child.id(),
+            child: Some(child),
+            out,
+            err,
+            started: Instant::now(),
+            code: None,
+            took: Duration::ZERO,
+        }
+    }
+
+    fn apply(env: &Env, token: &str, extra: &[&str]) -> Bg {
+        let mut args = vec!["apply", "--auto-approve"];
+        args.extend(extra);
+        args.push(".");
+        Bg::spawn(env, token, &args)
+    }
+
+    fn exited(&mut self) -> bool {
+        if self.code.is_some() {
+            return true;
+        }
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(s))) => {
+                self.code = Some(s.code().unwrap_or(-1));
+                self.took = self.started.elapsed();
+                self.child = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Waits for the exit (bounded); the exit code.
+    fn wait(&mut self) -> i32 {
+        let start = Instant::now();
+        while !self.exited() {
+            assert!(
+                start.elapsed() < Duration::from_secs(300),
+                "outpostctl {} did not exit within 300 s:\n{}",
+                self.pid,
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.code.unwrap_or(-1)
+    }
+
+    fn kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.child = None;
+        self.code = Some(-9);
+    }
+
+    fn stdout(&self) -> String {
+        fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        fs::read_to_string(&self.err).unwrap_or_default()
+    }
+
+    fn output(&self) -> String {
+        format!(
+            "--- pid {} stdout\n{}--- stderr\n{}---",
+            self.pid,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// When a project's containers were created and started: (first created, last started).
+fn active_span(env: &Env) -> (f64, f64) {
+    let all = env.project_containers();
+    assert!(!all.is_empty(), "{}: no containers", env.project);
+    let created = all
+        .values()
+        .map(|c| epoch(c.0["Created"].as_str().unwrap_or_default()))
+        .fold(f64::INFINITY, f64::min);
+    let started = all
+        .values()
+        .map(|c| epoch(c.0["State"]["StartedAt"].as_str().unwrap_or_default()))
+        .fold(0.0, f64::max);
+    (created, started)
+}
+
+/// Exactly one running container per outpost of a `fleet` of `n`, the plan empty.
+fn assert_fleet_converged(env: &Env, n: usize) {
+    env.assert_converged();
+    let all = env.project_containers();
+    assert_eq!(all.len(), n, "{:?}", all.keys().collect::<Vec<_>>());
+    for (name, c) in &all {
+        assert!(c.running(), "{name} is {}", c.status());
+    }
+}
+
+/// Two applies started together, each with changes on its own project: one waits for the
+/// other (and says for whom), their container creations do not overlap in time, both
+/// succeed, both converge. Twice: creates, then recreates.
+#[test]
+fn two_applies_started_together_never_interleave() {
+    let _serial = serial();
+    let (a, b) = (Env::new("lockpara"), Env::new("lockparb"));
+    let (ta, tb) = (token(&a), token(&b));
+    let n = 16;
+    let mut holders = Vec::new();
+    for round in 0..2u32 {
+        fleet(&a, n, None, round);
+        fleet(&b, n, None, round);
+        wait_lock_free();
+        let mut pa = Bg::apply(&a, &ta, &[]);
+        let mut pb = Bg::apply(&b, &tb, &[]);
+        let (ca, cb) = (pa.wait(), pb.wait());
+        assert_eq!(ca, 0, "round {round}, first apply:\n{}", pa.output());
+        assert_eq!(cb, 0, "round {round}, second apply:\n{}", pb.output());
+        for p in [&pa, &pb] {
+            assert!(
+                p.stdout().contains(&format!("apply: {n} done, 0 failed")),
+                "round {round}: {}",
+                p.output()
+            );
+            a.assert_no_secret("apply output", &p.output());
+            b.assert_no_secret("apply output", &p.output());
+        }
+        holders.push(holder_of(pa.pid));
+        holders.push(holder_of(pb.pid));
+        // Timestamps of their actions: one's containers were all created and started before
+        // the other's first was created.
+        let (sa, sb) = (active_span(&a), active_span(&b));
+        let a_first = sa.0 < sb.0;
+        let (first, second) = if a_first { (sa, sb) } else { (sb, sa) };
+        assert!(
+            first.1 < second.0,
+            "round {round}: the applies interleaved: one worked from {:.3} to {:.3}, the other from {:.3} to {:.3}",
+            first.0,
+            first.1,
+            second.0,
+            second.1
+        );
+        // The second waited, and said for whom: the first (or, when another test binary's
+        // apply held the engine at that moment, that one: not one of this test's runs).
+        let (waiter, holder) = if a_first { (&pb, &pa) } else { (&pa, &pb) };
+        let err = waiter.stderr();
+        let named = err
+            .lines()
+            .find_map(|l| l.strip_prefix("integration `local`: waiting for the lock held by "))
+            .unwrap_or_else(|| {
+                panic!(
+                    "round {round}: the second apply did not wait:\n{}\n{}",
+                    waiter.output(),
+                    holder.output()
+                )
+            });
+        let first_holder = holder_of(holder.pid);
+        assert!(
+            named.starts_with(&format!("{first_holder} since "))
+                || !named.starts_with(&format!("{USER}@")),
+            "round {round}: the waiting message names `{named}`, not {first_holder}:\n{}",
+            waiter.output()
+        );
+        // The holder renews its lease (3 s) while it works: never taken over.
+        assert!(
+            !err.contains(&format!("taking over the lock of {first_holder}")),
+            "round {round}: a live holder's lock was taken over:\n{}",
+            waiter.output()
+        );
+        assert_fleet_converged(&a, n);
+        assert_fleet_converged(&b, n);
+    }
+    assert_no_lock_left(&holders);
+}
+
+/// A slow first apply (50 creates) holds the lock; a second with `--lock-timeout 2s` gives up
+/// after about 2 s with a message naming the holder (user@host pid N) and since when, and
+/// changes nothing; after the first ends, it goes through.
+#[test]
+fn lock_timeout_names_the_running_holder_and_since_when() {
+    let _serial = serial();
+    let (a, b) = (Env::new("locktoa"), Env::new("locktob"));
+    let (ta, tb) = (token(&a), token(&b));
+    fleet(&a, 50, None, 0);
+    fleet(&b, 2, None, 0);
+    wait_lock_free();
+    let mut pa = Bg::apply(&a, &ta, &[]);
+    let lock = wait_for_holder(pa.pid, &mut pa);
+    let mut pb = Bg::apply(&b, &tb, &["--lock-timeout", "2s"]);
+    let code = pb.wait();
+    assert_eq!(code, 1, "{}", pb.output());
+    let still_held = !pa.exited();
+    let want = format!(
+        "error: integration local: the engine is locked by {} since {} (lease until ",
+        holder_of(pa.pid),
+        rfc3339(lock.since)
+    );
+    assert!(
+        pb.stderr().contains(&want) && pb.stderr().contains("gave up after 2s (--lock-timeout)"),
+        "the message names the holder and since when ({want}...):\n{}",
+        pb.output()
+    );
+    assert!(
+        pb.took >= Duration::from_secs(2) && pb.took < Duration::from_secs(30),
+        "gave up after {:?}",
+        pb.took
+    );
+    assert!(
+        still_held,
+        "the first apply ended before the second gave up"
+    );
+    assert!(
+        b.project_containers().is_empty(),
+        "the apply that gave up changed something"
+    );
+    assert_eq!(pa.wait(), 0, "{}", pa.output());
+    assert_fleet_converged(&a, 50);
+    let r = b.apply(&["--lock-timeout", "30s"]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    assert_fleet_converged(&b, 2);
+}
+
+/// A lock container made by hand, with a lease in the future: `--lock-timeout 2s` gives up,
+/// naming its holder and since when; a patient apply waits, says for whom, takes it over when
+/// the lease runs out, and removes only that lock.
+#[test]
+fn hand_made_lock_is_respected_until_its_lease_runs_out() {
+    let _serial = serial();
+    // Another test binary's apply on this engine may take an expired lock over first: then
+    // the takeover is not ours to see, and the scenario runs again.
+    for attempt in 0..3 {
+        match hand_made_lock_attempt(attempt) {
+            None => return,
+            Some(note) => eprintln!("attempt {attempt}: {note}; again"),
+        }
+    }
+    panic!("another run took the hand-made lock over three times in a row");
+}
+
+fn hand_made_lock_attempt(attempt: usize) -> Option<String> {
+    let env = Env::new(&format!("lockhand{attempt}"));
+    let t = token(&env);
+    fleet(&env, 2, None, 0);
+    let holder = "ci@runner-7 pid 4242 (outpostctl apply)";
+    let since = now_secs() - 3600;
+    let expires = now_secs() + 12;
+    let id = hand_made_lock(&env, holder, since, expires);
+    let start = Instant::now();
+    let r = env.apply(&["--lock-timeout", "2s"]);
+    let took = start.elapsed();
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    let want = format!(
+        "error: integration local: the engine is locked by {holder} since {} (lease until {}); gave up after 2s (--lock-timeout)",
+        rfc3339(since),
+        rfc3339(expires)
+    );
+    assert!(r.stderr.contains(&want), "want `{want}`:\n{}", shown(&r));
+    assert!(took >= Duration::from_secs(2), "gave up after {took:?}");
+    assert!(env.project_containers().is_empty());
+    assert_eq!(
+        lock_info().map(|l| (l.id, l.expires)),
+        Some((id.clone(), expires)),
+        "the lock that was waited for is as it was made"
+    );
+
+    // A patient apply: waits (once told), then takes the lock over.
+    let mut p = Bg::apply(&env, &t, &["--lock-timeout", "60s"]);
+    assert_eq!(p.wait(), 0, "{}", p.output());
+    let err = p.stderr();
+    let waiting = format!(
+        "integration `local`: waiting for the lock held by {holder} since {}",
+        rfc3339(since)
+    );
+    let takeover = format!(
+        "taking over the lock of {holder} (since {}): its lease ran out at {}",
+        rfc3339(since),
+        rfc3339(expires)
+    );
+    assert!(err.contains(&waiting), "want `{waiting}`:\n{}", p.output());
+    assert!(inspect(&id).is_none(), "the expired lock is still there");
+    if !err.contains(&takeover) {
+        return Some(format!(
+            "the lock went without `{takeover}`:\n{}",
+            p.output()
+        ));
+    }
+    assert_eq!(err.matches("waiting for the lock").count(), 1, "{err}");
+    assert!(
+        now_secs() >= expires,
+        "the lock was taken before its lease ran out"
+    );
+    assert_fleet_converged(&env, 2);
+    assert_no_lock_left(&[holder.to_string(), holder_of(p.pid)]);
+    None
+}
+
+/// The holder is killed with SIGKILL while it works: the next apply waits for its lease (3 s)
+/// to run out, takes the lock over naming the dead holder, and succeeds; the killed run's
+/// project converges with one more apply.
+#[test]
+fn lock_of_a_killed_holder_is_taken_over_after_its_lease() {
+    let _serial = serial();
+    for attempt in 0..3 {
+        match killed_holder_attempt(attempt) {
+            None => return,
+            Some(note) => eprintln!("attempt {attempt}: {note}; again"),
+        }
+    }
+    panic!("another run took the dead holder's lock over three times in a row");
+}
+
+fn killed_holder_attempt(attempt: usize) -> Option<String> {
+    let (a, b) = (
+        Env::new(&format!("lockkilla{attempt}")),
+        Env::new(&format!("lockkillb{attempt}")),
+    );
+    let (ta, tb) = (token(&a), token(&b));
+    a.set_env("OUTPOSTCTL_LOCK_LEASE", LEASE);
+    fleet(&a, 50, None, 0);
+    fleet(&b, 2, None, 0);
+    wait_lock_free();
+    let mut pa = Bg::apply(&a, &ta, &[]);
+    let lock = wait_for_holder(pa.pid, &mut pa);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !pa.exited(),
+        "the first apply ended too soon:\n{}",
+        pa.output()
+    );
+    pa.kill();
+    let killed_at = Instant::now();
+    let mut pb = Bg::apply(&b, &tb, &[]);
+    assert_eq!(pb.wait(), 0, "{}", pb.output());
+    let took = killed_at.elapsed();
+    // The dead holder never released its lock: it went because its lease ran out.
+    assert!(
+        took < Duration::from_secs(30),
+        "the next apply needed {took:?} after the holder was killed (lease 3 s)"
+    );
+    assert!(
+        inspect(&lock.id).is_none(),
+        "the dead holder's lock is left"
+    );
+    let takeover = format!(
+        "taking over the lock of {} (since {}): its lease ran out at ",
+        holder_of(pa.pid),
+        rfc3339(lock.since)
+    );
+    if !pb.stderr().contains(&takeover) {
+        return Some(format!(
+            "the lock went without `{takeover}`:\n{}",
+            pb.output()
+        ));
+    }
+    assert_fleet_converged(&b, 2);
+    // The killed run's work is finished by the next apply.
+    let r = a.apply(&[]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    assert_fleet_converged(&a, 50);
+    assert_no_lock_left(&[holder_of(pa.pid), holder_of(pb.pid)]);
+    None
+}
+
+/// Through haproxy with authentik's permission list only: the lock is taken, renewed (the
+/// holder works for longer than its lease and is not taken over) and released; a second apply
+/// with `--lock-timeout 2s` gives up naming the holder.
+#[test]
+fn lock_works_through_the_socket_proxy() {
+    let _serial = serial();
+    require_socket_proxy();
+    let (a, b) = (Env::new("lockproxa"), Env::new("lockproxb"));
+    let (ta, tb) = (token(&a), token(&b));
+    fleet(&a, 50, Some(SOCKET_PROXY), 0);
+    fleet(&b, 2, Some(SOCKET_PROXY), 0);
+    wait_lock_free();
+    let mut pa = Bg::apply(&a, &ta, &[]);
+    let lock = wait_for_holder(pa.pid, &mut pa);
+    let mut impatient = Bg::apply(&b, &tb, &["--lock-timeout", "2s"]);
+    assert_eq!(impatient.wait(), 1, "{}", impatient.output());
+    assert!(
+        impatient.stderr().contains(&format!(
+            "the engine is locked by {} since {}",
+            holder_of(pa.pid),
+            rfc3339(lock.since)
+        )),
+        "{}",
+        impatient.output()
+    );
+    // A patient one waits for as long as the holder works, longer than the lease.
+    let mut patient = Bg::apply(&b, &tb, &["--lock-timeout", "5m"]);
+    let waited_from = Instant::now();
+    assert_eq!(pa.wait(), 0, "{}", pa.output());
+    let held_while_waiting = waited_from.elapsed();
+    assert_eq!(patient.wait(), 0, "{}", patient.output());
+    assert!(
+        held_while_waiting > Duration::from_secs(4),
+        "the holder worked only {held_while_waiting:?} after the waiter came: too short to prove the renewal (lease 3 s)"
+    );
+    assert!(
+        patient.stderr().contains(&format!(
+            "waiting for the lock held by {}",
+            holder_of(pa.pid)
+        )) && !patient.stderr().contains("taking over"),
+        "a live holder lost its lock through the proxy (renewal denied?):\n{}\n{}",
+        patient.output(),
+        pa.output()
+    );
+    let (sa, sb) = (active_span(&a), active_span(&b));
+    assert!(sa.1 < sb.0, "interleaved: {sa:?} {sb:?}");
+    assert_fleet_converged(&a, 50);
+    assert_fleet_converged(&b, 2);
+    assert_no_lock_left(&[
+        holder_of(pa.pid),
+        holder_of(impatient.pid),
+        holder_of(patient.pid),
+    ]);
+}
+
+/// While a lock exists, plans (all formats), status and an apply that prunes an outpost never
+/// show or touch the lock container; it stays until its lease runs out and is then taken
+/// over, never pruned.
+#[test]
+fn lock_container_is_never_planned_or_pruned() {
+    let _serial = serial();
+    let env = Env::new("locknoprune");
+    let t = token(&env);
+    let m = fleet(&env, 3, None, 0);
+    env.apply_ok();
+    let mut m2 = m.clone();
+    m2["outposts"]
+        .as_object_mut()
+        .expect("outposts")
+        .remove("o02");
+    env.write(&m2);
+    let holder = "ops@elsewhere pid 7 (outpostctl watch)";
+    let expires = now_secs() + 15;
+    let id = hand_made_lock(&env, holder, now_secs(), expires);
+    let short = &id[..12];
+    for format in ["human", "json", "markdown"] {
+        let r = env.plan(&["--format", format]);
+        assert_eq!(r.code, 0, "{}", shown(&r));
+        assert!(
+            !r.stdout.contains(LOCK_NAME) && !r.stdout.contains(short),
+            "the plan ({format}) shows the lock:\n{}",
+            r.stdout
+        );
+    }
+    let plan = env.plan_json();
+    let acts = actions(&plan);
+    let removals: Vec<&Value> = acts.iter().filter(|a| a["action"] == "remove").collect();
+    assert_eq!(removals.len(), 1, "{plan:#}");
+    assert_eq!(removals[0]["name"], json!(env.name_of("o02")));
+    for format in ["human", "json"] {
+        let r = env.run(&["status", "--format", format, "."]);
+        assert!(
+            !r.stdout.contains(LOCK_NAME) && !r.stdout.contains(short),
+            "status ({format}) shows the lock:\n{}",
+            r.stdout
+        );
+    }
+    // The apply that prunes waits for the lock, takes it over after its lease (the only way
+    // a lock goes), and removes only the outpost.
+    let mut p = Bg::apply(&env, &t, &["--lock-timeout", "60s"]);
+    assert_eq!(p.wait(), 0, "{}", p.output());
+    let out = p.stdout();
+    assert!(
+        out.contains(&format!("ok remove {}", env.name_of("o02"))),
+        "{}",
+        p.output()
+    );
+    assert!(
+        !out.contains(LOCK_NAME) && out.contains("apply: 1 done, 0 failed"),
+        "{}",
+        p.output()
+    );
+    // Its wait ended when the lease ran out (taken over by it, or by another run on this
+    // engine), never earlier.
+    assert!(
+        now_secs() >= expires,
+        "the lock went before its lease ran out"
+    );
+    assert_fleet_converged(&env, 2);
+    // And the apply's own lock, present during its plan under the lock, is not pruned either:
+    // the apply's report names only outposts, and the lock is released at the end.
+    assert!(inspect(&id).is_none());
+    assert_no_lock_left(&[holder.to_string(), holder_of(p.pid)]);
+}
+
+/// A container that merely has the lock's name (made by someone else, running, without the
+/// lock labels) is not a lock: outpostctl must not remove it.
+#[test]
+#[ignore = "bug: a container named `outpostctl-lock` without the lock labels is force-removed as an expired lock (lease 0 read from its restart policy)"]
+fn a_foreign_container_named_like_the_lock_is_left_alone() {
+    let _serial = serial();
+    let env = Env::new("lockforeign");
+    token(&env);
+    fleet(&env, 1, None, 0);
+    wait_lock_free();
+    let id = docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        LOCK_NAME,
+        "--network",
+        "none",
+        "--restart",
+        "unless-stopped",
+        "--label",
+        &format!("{LABEL_TEST}={}", env.project),
+        IMAGE_V1,
+    ]);
+    let r = env.apply(&["--lock-timeout", "5s"]);
+    let still = inspect(&id);
+    // Clean up by id before asserting: the name blocks every apply on the engine.
+    docker_ok(&["rm", "-f", &id]);
+    assert!(
+        still.is_some_and(|c| c.running()),
+        "the foreign container `{LOCK_NAME}` was removed by `outpostctl apply`:\n{}",
+        shown(&r)
+    );
+}
