@@ -38,6 +38,8 @@ pub enum Trigger {
     Start,
     Files,
     Interval,
+    /// A put-back held back by the backoff is due.
+    Retry,
     Engine {
         integration: String,
         container: String,
@@ -51,31 +53,71 @@ impl Trigger {
             Trigger::Start => "start",
             Trigger::Files => "files",
             Trigger::Interval => "interval",
+            Trigger::Retry => "backoff-retry",
             Trigger::Engine { .. } => "engine-event",
         }
     }
     /// Drift: the engine moved while the manifests did not.
     fn is_drift(&self) -> bool {
-        matches!(self, Trigger::Interval | Trigger::Engine { .. })
+        matches!(
+            self,
+            Trigger::Interval | Trigger::Retry | Trigger::Engine { .. }
+        )
     }
 }
 
-/// Exponential backoff for an outpost whose container keeps dying.
+/// Put-backs of one outpost in a row (a container removed, stopped or unhealthy each time it
+/// is looked at): after `PUT_BACKS_BEFORE_BACKOFF` of them, each next one waits longer (5 s,
+/// doubling to 5 min), and a timer runs the retry. The row ends when the outpost is seen fine
+/// (a no-op) or when no put-back was needed for `ROW` after the last one could run.
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
-    /// Reconciles in a row that had to put the container back.
+    /// Put-backs in this row.
     strikes: u32,
-    until: Instant,
+    /// From when the next put-back may run.
+    ready: Instant,
 }
 
-/// Put-backs in a row before backing off.
+/// Put-backs in a row that run at once (a person removing a container a few times, a fight
+/// with another controller shows as many more).
+const PUT_BACKS_BEFORE_BACKOFF: u32 = 5;
+/// A put-back this long after the previous one could run starts a new row.
+const ROW: Duration = Duration::from_secs(60);
+/// Deaths of one container (Docker's restart policy restarting it) that mute its events.
 const STRIKES_BEFORE_BACKOFF: u32 = 3;
 const BACKOFF_BASE: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 
-fn backoff_delay(strikes: u32) -> Duration {
-    let exp = strikes.saturating_sub(STRIKES_BEFORE_BACKOFF).min(10);
+/// The wait after the `n`-th strike once `limit` strikes were reached: 5 s, doubling, capped.
+fn backoff_delay(n: u32, limit: u32) -> Duration {
+    let exp = n.saturating_sub(limit).min(10);
     (BACKOFF_BASE * 2u32.pow(exp)).min(BACKOFF_MAX)
+}
+
+impl Backoff {
+    /// A put-back is wanted at `now`: `None` if it may run (and it is counted), or how long
+    /// it must wait.
+    fn put_back(entry: &mut Option<Backoff>, now: Instant) -> Option<Duration> {
+        if let Some(b) = entry {
+            if b.ready > now {
+                return Some(b.ready - now);
+            }
+            if now.duration_since(b.ready) > ROW {
+                *entry = None;
+            }
+        }
+        let b = entry.get_or_insert(Backoff {
+            strikes: 0,
+            ready: now,
+        });
+        b.strikes += 1;
+        b.ready = if b.strikes >= PUT_BACKS_BEFORE_BACKOFF {
+            now + backoff_delay(b.strikes, PUT_BACKS_BEFORE_BACKOFF)
+        } else {
+            now
+        };
+        None
+    }
 }
 
 /// A put-back: the container disappeared, stopped or became unhealthy.
@@ -91,6 +133,10 @@ struct State {
     log: Logger,
     metrics: Arc<Metrics>,
     backoff: HashMap<(String, String), Backoff>,
+    /// Put-backs held back by the backoff in this reconcile (integration, outpost).
+    deferred: BTreeSet<(String, String)>,
+    /// When the earliest held-back put-back may run: a reconcile is due then.
+    retry_at: Option<Instant>,
     /// Which file events matter (shared with the watcher's callback).
     filter: Arc<std::sync::Mutex<FileFilter>>,
     /// Recent `die` events per container, to recognise a crash loop.
@@ -185,6 +231,8 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         log: log.clone(),
         metrics,
         backoff: HashMap::new(),
+        deferred: BTreeSet::new(),
+        retry_at: None,
         filter,
         deaths: HashMap::new(),
         muted: HashMap::new(),
@@ -235,6 +283,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         tokio::select! {
             _ = crate::signals::until_interrupted() => break,
             _ = interval.tick() => next = Some(Trigger::Interval),
+            _ = sleep_until(state.retry_at) => next = Some(Trigger::Retry),
             t = rx.recv() => {
                 let Some(t) = t else { break };
                 if !state.accept(&t) {
@@ -257,6 +306,14 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
     }
     log.info("stop", "shut down cleanly", &[]);
     0
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl State {
@@ -292,7 +349,7 @@ impl State {
                 .muted
                 .get(&key)
                 .map_or(STRIKES_BEFORE_BACKOFF, |(_, s)| s + 1);
-            let delay = backoff_delay(strikes);
+            let delay = backoff_delay(strikes, STRIKES_BEFORE_BACKOFF);
             self.muted.insert(key, (now + delay, strikes));
             self.metrics.error();
             self.log.warn(
@@ -436,24 +493,39 @@ impl State {
     }
 
     /// Drops what must not happen now: removals with --no-prune (kept as pending), and
-    /// put-backs of outposts that are backing off.
-    /// `count` is set for the first look at a reconcile's plan (strikes are counted once).
+    /// put-backs of outposts that are backing off (a retry is scheduled for them).
+    /// `count` is set for the first look at a reconcile's plan: put-backs are counted and
+    /// held back there, and the look at the plan made under the lock holds back the same.
     fn filter_actions(&mut self, plan: &mut plan::Plan, count: bool) {
         let now = Instant::now();
+        if count {
+            self.deferred.clear();
+            self.retry_at = None;
+        }
         for e in &mut plan.integrations {
             let integration = e.name.clone();
             for a in e.actions.iter().filter(|_| count) {
                 let key = (integration.clone(), a.outpost.clone());
                 if is_put_back(a) {
-                    let b = self.backoff.entry(key).or_insert(Backoff {
-                        strikes: 0,
-                        until: now,
-                    });
-                    if b.until <= now {
-                        b.strikes += 1;
-                        if b.strikes >= STRIKES_BEFORE_BACKOFF {
-                            b.until = now + backoff_delay(b.strikes);
-                        }
+                    let mut entry = self.backoff.remove(&key);
+                    let wait = Backoff::put_back(&mut entry, now);
+                    let strikes = entry.map_or(0, |b| b.strikes);
+                    if let Some(b) = entry {
+                        self.backoff.insert(key.clone(), b);
+                    }
+                    if let Some(wait) = wait {
+                        self.log.warn(
+                            "backoff",
+                            &format!(
+                                "outpost `{}` keeps needing to be put back ({strikes} put-backs in a row); next attempt in {}s",
+                                a.outpost,
+                                wait.as_secs_f64().ceil() as u64
+                            ),
+                            &[("integration", integration.clone()), ("outpost", a.outpost.clone())],
+                        );
+                        self.retry_at =
+                            Some(self.retry_at.map_or(now + wait, |t| t.min(now + wait)));
+                        self.deferred.insert(key);
                     }
                 } else if a.action == ActionKind::Noop {
                     self.backoff.remove(&key);
@@ -461,26 +533,22 @@ impl State {
             }
             let log = &self.log;
             let no_prune = self.opts.no_prune;
-            let backoff = &self.backoff;
+            let deferred = &self.deferred;
             e.actions.retain(|a| {
                 if a.action == ActionKind::Remove && no_prune {
-                    log.warn("pending", &format!("remove {} is pending (--no-prune)", a.name), &[("integration", integration.clone()), ("outpost", a.outpost.clone())]);
+                    if count {
+                        log.warn(
+                            "pending",
+                            &format!("remove {} is pending (--no-prune)", a.name),
+                            &[
+                                ("integration", integration.clone()),
+                                ("outpost", a.outpost.clone()),
+                            ],
+                        );
+                    }
                     return false;
                 }
-                if is_put_back(a) {
-                    if let Some(b) = backoff.get(&(integration.clone(), a.outpost.clone())) {
-                        if b.strikes > STRIKES_BEFORE_BACKOFF && b.until > now {
-                            let wait = b.until.saturating_duration_since(now);
-                            log.warn(
-                                "backoff",
-                                &format!("outpost `{}` keeps dying ({} put-backs in a row); next attempt in {}s", a.outpost, b.strikes - 1, wait.as_secs().max(1)),
-                                &[("integration", integration.clone()), ("outpost", a.outpost.clone())],
-                            );
-                            return false;
-                        }
-                    }
-                }
-                true
+                !(is_put_back(a) && deferred.contains(&(integration.clone(), a.outpost.clone())))
             });
         }
     }
@@ -694,8 +762,37 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff_delay(3), Duration::from_secs(5));
-        assert_eq!(backoff_delay(4), Duration::from_secs(10));
-        assert_eq!(backoff_delay(30), BACKOFF_MAX);
+        assert_eq!(backoff_delay(3, 3), Duration::from_secs(5));
+        assert_eq!(backoff_delay(4, 3), Duration::from_secs(10));
+        assert_eq!(backoff_delay(30, 3), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn put_backs_run_at_once_then_wait_longer_and_a_quiet_minute_ends_the_row() {
+        let t0 = Instant::now();
+        let mut b = None;
+        for i in 1..PUT_BACKS_BEFORE_BACKOFF {
+            let now = t0 + Duration::from_secs(u64::from(i));
+            assert_eq!(Backoff::put_back(&mut b, now), None, "put-back {i} runs");
+        }
+        // The fifth runs too, and makes the next one wait 5 s.
+        let fifth = t0 + Duration::from_secs(10);
+        assert_eq!(Backoff::put_back(&mut b, fifth), None);
+        let early = fifth + Duration::from_secs(2);
+        assert_eq!(
+            Backoff::put_back(&mut b, early),
+            Some(Duration::from_secs(3))
+        );
+        // Held back: not counted. When due, it runs, and the next waits twice as long.
+        let due = fifth + Duration::from_secs(5);
+        assert_eq!(Backoff::put_back(&mut b, due), None);
+        assert_eq!(
+            Backoff::put_back(&mut b, due),
+            Some(Duration::from_secs(10))
+        );
+        // More than a minute after the last one could run: a new row, at once.
+        let later = due + Duration::from_secs(10) + ROW + Duration::from_secs(1);
+        assert_eq!(Backoff::put_back(&mut b, later), None);
+        assert_eq!(b.map(|b| b.strikes), Some(1));
     }
 }
