@@ -175,10 +175,14 @@ pub fn diff(
                 -o.created,
             )
         });
-        // Another container holding the name this outpost's container must get.
-        let taken = |current: &Observed| {
+        // Another container holding the name this outpost's container must get (not one
+        // this plan removes: removals run first).
+        let taken = |current: &Observed, removed: &[&Observed]| {
             observed.iter().find(|o| {
-                o.name == spec.name && o.id != current.id && !freed.contains(o.name.as_str())
+                o.name == spec.name
+                    && o.id != current.id
+                    && !freed.contains(o.name.as_str())
+                    && !removed.iter().any(|r| r.id == o.id)
             })
         };
         let (mine, foreign): (Vec<&Observed>, Vec<&Observed>) =
@@ -200,7 +204,10 @@ pub fn diff(
                     error: None,
                 });
             }
-            existing(spec, current, false, taken(current))
+            // The duplicates are removed first, so the one kept may take their name: after
+            // a recreate interrupted once the new container existed, reverting the manifests
+            // brings the parked old container back.
+            existing(spec, current, false, taken(current, &mine[1..]))
         } else if let Some(theirs) = foreign.first() {
             match theirs.label(LABEL_PROJECT) {
                 Some(other) => blocked(
@@ -212,7 +219,7 @@ pub fn diff(
                         theirs.short_id()
                     ),
                 ),
-                None if opts.adopt => existing(spec, theirs, true, taken(theirs)),
+                None if opts.adopt => existing(spec, theirs, true, taken(theirs, &[])),
                 None => blocked(
                     spec,
                     theirs,
