@@ -141,6 +141,16 @@ pub async fn acquire(
         let Some((id, labels, expires)) = engine.read_marker(LOCK_NAME).await? else {
             continue; // released between our create and read
         };
+        if labels.get(LABEL_LOCK).map(String::as_str) != Some("engine") {
+            // Someone else's container that merely has the name: never ours to remove.
+            return Err(EngineError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "a container named `{LOCK_NAME}` ({}) exists that outpostctl did not create (it has no `{LABEL_LOCK}` label); outpostctl leaves it alone and cannot take the engine's lock while that name is taken: rename or remove it",
+                    &id[..id.len().min(12)]
+                ),
+            ));
+        }
         let who = labels
             .get(LABEL_HOLDER)
             .cloned()

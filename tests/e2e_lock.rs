@@ -719,7 +719,6 @@ fn lock_container_is_never_planned_or_pruned() {
 /// A container that merely has the lock's name (made by someone else, running, without the
 /// lock labels) is not a lock: outpostctl must not remove it.
 #[test]
-#[ignore = "bug: a container named `outpostctl-lock` without the lock labels is force-removed as an expired lock (lease 0 read from its restart policy)"]
 fn a_foreign_container_named_like_the_lock_is_left_alone() {
     let _serial = serial();
     let env = Env::new("lockforeign");
@@ -746,6 +745,16 @@ fn a_foreign_container_named_like_the_lock_is_left_alone() {
     assert!(
         still.is_some_and(|c| c.running()),
         "the foreign container `{LOCK_NAME}` was removed by `outpostctl apply`:\n{}",
+        shown(&r)
+    );
+    // The apply fails at once (not after the lock timeout), saying why and what to do.
+    assert_ne!(r.code, 0, "{}", shown(&r));
+    assert!(
+        r.stderr
+            .contains(&format!("a container named `{LOCK_NAME}`"))
+            && r.stderr.contains("did not create")
+            && r.stderr.contains("rename or remove it"),
+        "{}",
         shown(&r)
     );
 }
