@@ -6,7 +6,7 @@
 
 pub mod schema;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -139,6 +139,9 @@ struct Checker {
     /// A document failed the schema: what it defines is unknown, so cross-document checks
     /// (references, the project) would report mistakes that are not there.
     partial: bool,
+    /// Image template errors already reported (one template set in `defaults:`, or authentik's
+    /// default, is shared by many outposts: one error, not one per outpost).
+    template_errors: BTreeSet<String>,
 }
 
 impl Checker {
@@ -1192,6 +1195,9 @@ impl Checker {
             .container_image_base
             .clone()
             .unwrap_or_else(|| desired::DEFAULT_IMAGE_BASE.into());
+        // Whether the template is written in the manifests, not authentik's default image.
+        let written =
+            container_image.is_some() || default_origins.contains_key("container_image_base");
         let (template, template_at, field) = match &container_image {
             Some(t) => (t.clone(), at("container_image"), "container_image"),
             None => {
@@ -1202,7 +1208,23 @@ impl Checker {
                 (image_base.clone(), o, "container_image_base")
             }
         };
+        // The template's own place, or none for authentik's default image.
+        let template_place = if written && template_at.exists() {
+            let l = template_at.value();
+            format!(
+                "{}:{}:{}",
+                l.file.path.display(),
+                l.span.start.line,
+                l.span.start.col
+            )
+        } else {
+            "default".to_string()
+        };
+        let first = |set: &mut BTreeSet<String>, code: &str| {
+            set.insert(format!("{code}|{template}|{template_place}"))
+        };
         match desired::check_template(&template, &["type", "version"]) {
+            Err(_) if !first(&mut self.template_errors, "invalid-template") => ok = false,
             Err(e) => {
                 self.diags.push(
                     Diagnostic::error("invalid-template", format!("{field}: {e}"))
@@ -1215,9 +1237,23 @@ impl Checker {
                 );
                 ok = false;
             }
+            Ok(())
+                if template.contains("%(version)s")
+                    && version.is_none()
+                    && !first(&mut self.template_errors, "missing-version") =>
+            {
+                ok = false;
+            }
             Ok(()) if template.contains("%(version)s") && version.is_none() => {
+                let whose = if written {
+                    format!("the image `{template}`")
+                } else {
+                    format!(
+                        "outpost `{name}` (and every other outpost without `container_image`) uses authentik's default image `{template}`, which"
+                    )
+                };
                 self.diags.push(
-                    Diagnostic::error("missing-version", format!("outpost `{name}`: the image `{template}` needs `%(version)s`, but no `authentik_version` is set"))
+                    Diagnostic::error("missing-version", format!("{whose} needs `%(version)s`, but no `authentik_version` is set"))
                         .at(if template_at.exists() { template_at.value() } else { template_at.key() })
                         .hint("set `defaults.authentik_version` to your authentik server's version, e.g. `2026.8.0`"),
                 );
