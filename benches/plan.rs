@@ -673,6 +673,68 @@ fn plan_section(
     }
 }
 
+/// The diff alone (pure logic, no engine): `n` outposts against a list as the engine returns
+/// it when nothing changed (one running container per outpost, as outpostctl created it) plus
+/// 110 containers of other users. Median of 21 runs.
+fn diff_section(dir: &Path, sizes: &[usize]) {
+    println!(
+        "\n### diff alone (no engine: the list is made from the desired containers, plus 110 others; median of 21)\n"
+    );
+    println!("| outposts | containers | diff (ms) | per outpost (µs) |");
+    println!("|---:|---:|---:|---:|");
+    for &n in sizes {
+        let d = dir.join(format!("diff-{n}"));
+        write_set(&d, &project(n), LOCAL_INTEGRATION, "bdiff rac", n);
+        let v = validated(&d);
+        let desired = v.desired.get("engine").map(Vec::as_slice).unwrap_or(&[]);
+        let mut list: Vec<outpostctl::engine::Observed> = desired
+            .iter()
+            .enumerate()
+            .map(|(i, s)| outpostctl::engine::Observed {
+                id: format!("{i:064x}"),
+                name: s.name.clone(),
+                image: s.image.clone(),
+                state: outpostctl::engine::State::Running,
+                health: Some(outpostctl::engine::Health::Healthy),
+                labels: s.labels.clone(),
+                networks: s.network.iter().cloned().collect(),
+                created: 1_700_000_000 + i as i64,
+                host_ports: Vec::new(),
+            })
+            .collect();
+        for i in 0..110 {
+            list.push(outpostctl::engine::Observed {
+                id: format!("f{i:063x}"),
+                name: format!("someone-else-{i}"),
+                image: "nginx:latest".into(),
+                state: outpostctl::engine::State::Running,
+                health: None,
+                labels: Default::default(),
+                networks: vec!["bridge".into()],
+                created: 1_600_000_000,
+                host_ports: Vec::new(),
+            });
+        }
+        let mut times = Vec::new();
+        for _ in 0..21 {
+            let t = Instant::now();
+            let actions =
+                outpostctl::diff::diff(&v.project, desired, &list, DiffOptions::default());
+            times.push(ms(t.elapsed()));
+            if actions.iter().any(|a| a.action != ActionKind::Noop) || actions.len() != n {
+                fail(&format!("the diff of {n} outposts is not all no-ops"));
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let med = times[times.len() / 2];
+        println!(
+            "| {n} | {} | {med:.2} | {:.2} |",
+            list.len(),
+            med * 1000.0 / n as f64
+        );
+    }
+}
+
 fn main() {
     let filter: Vec<String> = std::env::args()
         .skip(1)
@@ -685,6 +747,16 @@ fn main() {
     let runs = env_list("OUTPOSTCTL_BENCH_RUNS", &[15])[0];
     let apply_max = env_list("OUTPOSTCTL_BENCH_APPLY_MAX", &[100])[0];
 
+    let tmp = tempfile::tempdir().expect("temp dir");
+    if want("diff") {
+        diff_section(
+            tmp.path(),
+            &env_list("OUTPOSTCTL_BENCH_DIFF_SIZES", &[10, 100, 1000, 10000]),
+        );
+        if filter.iter().all(|f| f == "diff") {
+            return;
+        }
+    }
     let (version, api) = require_engine();
     require_image(IMAGE);
     let bin = binary();
@@ -695,7 +767,6 @@ fn main() {
     names.dedup();
     let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
     let projects = Projects::new(&name_refs);
-    let tmp = tempfile::tempdir().expect("temp dir");
     let rt = runtime();
 
     println!(

@@ -6,7 +6,7 @@
 //! names it (or, with `--adopt`, a container authentik deployed for the same outpost is taken
 //! over).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -161,11 +161,25 @@ pub fn diff(
         })
         .map(|o| o.name.as_str())
         .collect();
+    // Indexes, so that a plan of n outposts over m containers is O(n + m), not O(n * m).
+    let mut by_uuid: HashMap<&str, Vec<&Observed>> = HashMap::new();
+    let mut by_name: HashMap<&str, Vec<&Observed>> = HashMap::new();
+    for o in observed {
+        if let Some(u) = o.label(LABEL_UUID) {
+            by_uuid.entry(u).or_default().push(o);
+        }
+        by_name.entry(o.name.as_str()).or_default().push(o);
+    }
+    let named = |name: &str| by_name.get(name).map(Vec::as_slice).unwrap_or_default();
 
     for spec in desired {
-        let mut same_uuid: Vec<&Observed> = observed
+        let mut same_uuid: Vec<&Observed> = by_uuid
+            .get(spec.uuid.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default()
             .iter()
-            .filter(|o| o.label(LABEL_UUID) == Some(spec.uuid.as_str()) && !sibling(o))
+            .copied()
+            .filter(|o| !sibling(o))
             .collect();
         // Prefer the container that is already right, then running ones, then the newest.
         same_uuid.sort_by_key(|o| {
@@ -178,9 +192,8 @@ pub fn diff(
         // Another container holding the name this outpost's container must get (not one
         // this plan removes: removals run first).
         let taken = |current: &Observed, removed: &[&Observed]| {
-            observed.iter().find(|o| {
-                o.name == spec.name
-                    && o.id != current.id
+            named(&spec.name).iter().copied().find(|o| {
+                o.id != current.id
                     && !freed.contains(o.name.as_str())
                     && !removed.iter().any(|r| r.id == o.id)
             })
@@ -230,9 +243,10 @@ pub fn diff(
                     ),
                 ),
             }
-        } else if let Some(in_way) = observed
+        } else if let Some(in_way) = named(&spec.name)
             .iter()
-            .find(|o| o.name == spec.name && !freed.contains(o.name.as_str()))
+            .copied()
+            .find(|o| !freed.contains(o.name.as_str()))
         {
             let msg = if ours(in_way) {
                 format!(
