@@ -32,29 +32,6 @@ const TOKEN_VAR: &str = "AK_RESTART_TOKEN";
 const GEN_LABEL: &str = "fault.generation";
 const LEASE: &str = "3";
 
-fn seed() -> u64 {
-    match std::env::var("OUTPOSTCTL_FAULT_SEED") {
-        Ok(s) => {
-            let s = s.trim();
-            let parsed = match s.strip_prefix("0x") {
-                Some(h) => u64::from_str_radix(h, 16),
-                None => s.parse(),
-            };
-            parsed.unwrap_or_else(|_| panic!("OUTPOSTCTL_FAULT_SEED=`{s}` is not a number"))
-        }
-        Err(_) => DEFAULT_SEED,
-    }
-}
-
-/// splitmix64, as in e2e_faults.rs.
-fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
 fn is_dockerd(pid: &str) -> bool {
     fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dockerd")
 }
@@ -213,9 +190,9 @@ fn audit(env: &Env, generation: u64, bystanders: &BTreeMap<String, (String, Stri
 
 #[test]
 fn engine_restarted_mid_apply_then_the_next_apply_converges() {
-    let seed = seed();
+    let seed = fault_seed(DEFAULT_SEED);
     eprintln!("OUTPOSTCTL_FAULT_SEED={seed} (engine restarts)");
-    let mut rng = seed ^ 0xE7_61E5;
+    let mut rng = Rng::new(seed ^ 0xE7_61E5);
     let env = Env::new("enginerestart");
     env.set_env("OUTPOSTCTL_LOCK_LEASE", LEASE);
     let token = env.new_token(TOKEN_VAR);
@@ -235,25 +212,7 @@ fn engine_restarted_mid_apply_then_the_next_apply_converges() {
             IMAGE_V1,
         ],
     );
-    let other = env.name_of("r01-other-project");
-    env.docker_container(
-        "run",
-        &other,
-        &[
-            "-d",
-            "--network",
-            "none",
-            "--restart",
-            "unless-stopped",
-            "--label",
-            &format!("{LABEL_PROJECT}={}-other", env.project),
-            "--label",
-            &format!("{LABEL_MANAGED_BY}=outpostctl"),
-            "--label",
-            &format!("{LABEL_UUID}={}", env.uuid("another project's r01")),
-            IMAGE_V1,
-        ],
-    );
+    let other = env.other_projects_outpost("r01");
     let bystanders: BTreeMap<String, (String, String)> = [&created, &running, &other]
         .iter()
         .map(|n| {
@@ -278,7 +237,7 @@ fn engine_restarted_mid_apply_then_the_next_apply_converges() {
         generation += 1;
         env.write(&manifest(&env, generation));
         // Somewhere in the middle 70 % of the apply.
-        let delay = recreate_ms * 15 / 100 + splitmix(&mut rng) % (recreate_ms * 70 / 100 + 1);
+        let delay = recreate_ms * 15 / 100 + rng.below(recreate_ms * 70 / 100 + 1);
         let out = env.dir().join(format!(".restart-{trial}.out"));
         let err = env.dir().join(format!(".restart-{trial}.err"));
         let mut child = Command::new(common::bin())

@@ -45,40 +45,7 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 fn seed() -> u64 {
-    match std::env::var("OUTPOSTCTL_FAULT_SEED") {
-        Ok(s) => {
-            let s = s.trim();
-            let parsed = match s.strip_prefix("0x") {
-                Some(h) => u64::from_str_radix(h, 16),
-                None => s.parse(),
-            };
-            parsed.unwrap_or_else(|_| panic!("OUTPOSTCTL_FAULT_SEED=`{s}` is not a number"))
-        }
-        Err(_) => DEFAULT_SEED,
-    }
-}
-
-/// splitmix64: small, seeded, the same everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in 0..n (0 when n is 0).
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 { 0 } else { self.next() % n }
-    }
-    fn percent(&mut self, p: u64) -> bool {
-        self.below(100) < p
-    }
+    fault_seed(DEFAULT_SEED)
 }
 
 /// The id of a `docker inspect`ed container's `StartedAt`: changes whenever it (re)starts.
@@ -265,31 +232,7 @@ impl Fleet {
         env.docker_container("create", &created, &["--network", "none", IMAGE_V1]);
         let running = env.name_of("bystander-running");
         env.docker_container("run", &running, &["-d", "--network", "none", IMAGE_V1]);
-        let other = env.name_of("f01-other-project");
-        let other_project = format!("{}-other", env.project);
-        let other_uuid = env.uuid("another project's f01");
-        env.docker_container(
-            "run",
-            &other,
-            &[
-                "-d",
-                "--network",
-                "none",
-                "--restart",
-                "unless-stopped",
-                "--label",
-                &format!("{LABEL_PROJECT}={other_project}"),
-                "--label",
-                &format!("{LABEL_MANAGED_BY}=outpostctl"),
-                "--label",
-                &format!("{LABEL_OUTPOST}=f01"),
-                "--label",
-                "outpostctl.integration=local",
-                "--label",
-                &format!("{LABEL_UUID}={other_uuid}"),
-                IMAGE_V1,
-            ],
-        );
+        let other = env.other_projects_outpost("f01");
         self.bystanders = [created, running, other]
             .iter()
             .map(|n| Bystander::of(n))
@@ -498,18 +441,7 @@ impl Fleet {
                 "{ctx}: {name} carries an old label"
             );
         }
-        let parked = docker_ok(&[
-            "ps",
-            "-a",
-            "--filter",
-            "name=-outpostctl-old",
-            "--format",
-            "{{.Names}}",
-        ]);
-        let parked: Vec<&str> = parked
-            .lines()
-            .filter(|n| n.starts_with(&self.env.prefix))
-            .collect();
+        let parked = self.env.parked();
         assert!(
             parked.is_empty(),
             "{ctx}: parked containers left: {parked:?}"

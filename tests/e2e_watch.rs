@@ -1151,18 +1151,8 @@ fn sigterm_during_a_reconcile_leaves_nothing_half_done() {
         recreated.len(),
         SIGTERM_OUTPOSTS.len() - recreated.len()
     );
-    let parked = docker_ok(&[
-        "ps",
-        "-a",
-        "--filter",
-        "name=-outpostctl-old",
-        "--format",
-        "{{.Names}}",
-    ]);
-    assert!(
-        !parked.lines().any(|n| n.starts_with(&c.env.prefix)),
-        "parked containers left: {parked}"
-    );
+    let parked = c.env.parked();
+    assert!(parked.is_empty(), "parked containers left: {parked:?}");
     c.assert_no_secret_in(&w);
 }
 

@@ -905,6 +905,54 @@ impl Env {
         format!("{}{slug}", self.prefix)
     }
 
+    /// This test's containers parked by an interrupted recreate (`*-outpostctl-old`).
+    pub fn parked(&self) -> Vec<String> {
+        docker_ok(&[
+            "ps",
+            "-a",
+            "--filter",
+            "name=-outpostctl-old",
+            "--format",
+            "{{.Names}}",
+        ])
+        .lines()
+        .filter(|n| n.starts_with(&self.prefix))
+        .map(str::to_string)
+        .collect()
+    }
+
+    /// A running container that looks like outpost `slug` of another outpostctl project (its
+    /// labels, a name in this test's pattern): outpostctl must leave it alone.
+    pub fn other_projects_outpost(&self, slug: &str) -> String {
+        let name = self.name_of(&format!("{slug}-other-project"));
+        self.docker_container(
+            "run",
+            &name,
+            &[
+                "-d",
+                "--network",
+                "none",
+                "--restart",
+                "unless-stopped",
+                "--label",
+                &format!("{LABEL_PROJECT}={}-other", self.project),
+                "--label",
+                &format!("{LABEL_MANAGED_BY}=outpostctl"),
+                "--label",
+                &format!("{LABEL_OUTPOST}={slug}"),
+                "--label",
+                "outpostctl.integration=local",
+                "--label",
+                &format!(
+                    "{LABEL_UUID}={}",
+                    self.uuid(&format!("another project's {slug}"))
+                ),
+                IMAGE_V1,
+            ],
+        );
+        name
+    }
+
     /// `docker inspect` of a container that must exist; checks that no token value is in
     /// its labels.
     pub fn container(&self, name_or_id: &str) -> Inspect {
@@ -1015,5 +1063,46 @@ impl Drop for Env {
             let _ = docker(&["rmi", &t]);
         }
         let _ = fs::remove_file(&self.ports.lock);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seeded randomness of the fault tests
+
+/// The seed of a fault test: `OUTPOSTCTL_FAULT_SEED` (decimal or 0x-hex), else `default`.
+pub fn fault_seed(default: u64) -> u64 {
+    match std::env::var("OUTPOSTCTL_FAULT_SEED") {
+        Ok(s) => {
+            let s = s.trim();
+            let parsed = match s.strip_prefix("0x") {
+                Some(h) => u64::from_str_radix(h, 16),
+                None => s.parse(),
+            };
+            parsed.unwrap_or_else(|_| panic!("OUTPOSTCTL_FAULT_SEED=`{s}` is not a number"))
+        }
+        Err(_) => default,
+    }
+}
+
+/// splitmix64: small, seeded, the same everywhere.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in 0..n (0 when n is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next() % n }
+    }
+    pub fn percent(&mut self, p: u64) -> bool {
+        self.below(100) < p
     }
 }
