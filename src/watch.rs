@@ -133,10 +133,9 @@ struct State {
     log: Logger,
     metrics: Arc<Metrics>,
     backoff: HashMap<(String, String), Backoff>,
-    /// Put-backs held back by the backoff in this reconcile (integration, outpost).
+    /// Put-backs held back by the backoff in this reconcile (integration, outpost); a
+    /// reconcile is due when the first of them may run.
     deferred: BTreeSet<(String, String)>,
-    /// When the earliest held-back put-back may run: a reconcile is due then.
-    retry_at: Option<Instant>,
     /// Which file events matter (shared with the watcher's callback).
     filter: Arc<std::sync::Mutex<FileFilter>>,
     /// Recent `die` events per container, to recognise a crash loop.
@@ -232,7 +231,6 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         metrics,
         backoff: HashMap::new(),
         deferred: BTreeSet::new(),
-        retry_at: None,
         filter,
         deaths: HashMap::new(),
         muted: HashMap::new(),
@@ -283,7 +281,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         tokio::select! {
             _ = crate::signals::until_interrupted() => break,
             _ = interval.tick() => next = Some(Trigger::Interval),
-            _ = sleep_until(state.retry_at) => next = Some(Trigger::Retry),
+            _ = sleep_until(state.retry_at()) => next = Some(Trigger::Retry),
             t = rx.recv() => {
                 let Some(t) = t else { break };
                 if !state.accept(&t) {
@@ -317,6 +315,15 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 impl State {
+    /// When the first put-back held back by the backoff may run.
+    fn retry_at(&self) -> Option<Instant> {
+        self.deferred
+            .iter()
+            .filter_map(|k| self.backoff.get(k))
+            .map(|b| b.ready)
+            .min()
+    }
+
     /// Whether an engine event should trigger a reconcile. Docker's restart policy restarts a
     /// crashing container by itself; reconciling on each of its deaths would be a tight loop,
     /// so a container that died 3 times in 5 minutes is reported as dying and its events are
@@ -500,7 +507,6 @@ impl State {
         let now = Instant::now();
         if count {
             self.deferred.clear();
-            self.retry_at = None;
         }
         for e in &mut plan.integrations {
             let integration = e.name.clone();
@@ -523,8 +529,6 @@ impl State {
                             ),
                             &[("integration", integration.clone()), ("outpost", a.outpost.clone())],
                         );
-                        self.retry_at =
-                            Some(self.retry_at.map_or(now + wait, |t| t.min(now + wait)));
                         self.deferred.insert(key);
                     }
                 } else if a.action == ActionKind::Noop {
