@@ -214,18 +214,6 @@ fn body(
     }
 }
 
-/// outpostctl's health check of `spec`.
-fn health_of(spec: &ContainerSpec) -> HealthConfig {
-    let h = &spec.healthcheck;
-    HealthConfig {
-        test: Some(h.test.clone()),
-        interval: Some(h.interval_ns),
-        retries: Some(h.retries),
-        start_period: Some(h.start_period_ns),
-        ..Default::default()
-    }
-}
-
 /// Creates and starts `name` with `body`.
 async fn create_start(
     docker: &Docker,
@@ -254,7 +242,11 @@ async fn api_loop(docker: &Docker, specs: &[ContainerSpec]) -> Vec<String> {
         create_start(
             docker,
             format!("bench-api-{}", spec.name),
-            body(spec, labels, health_of(spec)),
+            body(
+                spec,
+                labels,
+                outpostctl::engine::docker::health_config(&spec.healthcheck),
+            ),
         )
     }))
     .buffer_unordered(PARALLEL)

@@ -363,16 +363,7 @@ impl super::Engine for DockerEngine {
             ),
             labels: Some(labels),
             exposed_ports: (!exposed.is_empty()).then_some(exposed),
-            healthcheck: Some({
-                let h = spec.healthcheck_for(image);
-                HealthConfig {
-                    test: Some(h.test.clone()),
-                    interval: Some(h.interval_ns),
-                    retries: Some(h.retries),
-                    start_period: Some(h.start_period_ns),
-                    ..Default::default()
-                }
-            }),
+            healthcheck: Some(health_config(spec.healthcheck_for(image))),
             host_config: Some(HostConfig {
                 restart_policy: Some(RestartPolicy {
                     name: Some(RestartPolicyNameEnum::UNLESS_STOPPED),
@@ -682,6 +673,17 @@ pub fn split_image(image: &str) -> (&str, &str) {
             &without_digest[slash + i + 1..],
         ),
         None => (without_digest, "latest"),
+    }
+}
+
+/// A health check as the engine takes it.
+pub fn health_config(h: &crate::desired::HealthCheck) -> HealthConfig {
+    HealthConfig {
+        test: Some(h.test.clone()),
+        interval: Some(h.interval_ns),
+        retries: Some(h.retries),
+        start_period: Some(h.start_period_ns),
+        ..Default::default()
     }
 }
 
