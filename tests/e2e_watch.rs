@@ -1481,14 +1481,8 @@ fn clock_ticks() -> f64 {
 /// (3) Resident memory and CPU of an idle watch over 500 outposts (rac, network `none`, no
 /// published ports), created through `outpostctl apply` and removed 10 at a time afterwards.
 /// `OUTPOSTCTL_BENCH_WATCH_N` sets another number of outposts.
-#[test]
-#[ignore = "benchmark"]
-fn bench_watch_idle_500() {
-    let n: usize = std::env::var("OUTPOSTCTL_BENCH_WATCH_N")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(500);
-    let c = Case::new("bwidle");
+/// `n` rac outposts (no network, no ports) with one token, for the idle benchmarks.
+fn idle_manifest(c: &Case, n: usize) -> Value {
     c.token("AK_BENCH");
     let mut m = c.env.manifest();
     m["defaults"]["docker_network"] = json!("none");
@@ -1502,6 +1496,46 @@ fn bench_watch_idle_500() {
             "token": { "env": "AK_BENCH" },
         });
     }
+    m
+}
+
+/// The line that ends the watch's start reconcile.
+fn start_reconcile_done(w: &Watch, timeout: Duration) -> Value {
+    w.wait_log(0, "ending the start reconcile", timeout, |v| {
+        v["event"] == "reconcile"
+            && v["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("reconcile done"))
+    })
+}
+
+/// 30 s of an idle watch: its resident memory, CPU time and log lines, as one line.
+fn idle_for_30s(w: &Watch) -> String {
+    let pid = w.pid();
+    let hz = clock_ticks();
+    let (rss0, _, t0) = proc_stats(pid);
+    let mark = w.mark();
+    let start = Instant::now();
+    std::thread::sleep(Duration::from_secs(30));
+    let secs = start.elapsed().as_secs_f64();
+    let (rss1, hwm, t1) = proc_stats(pid);
+    format!(
+        "{secs:.0} s: VmRSS {rss0} kB -> {rss1} kB (peak VmHWM {hwm} kB), CPU {:.2} s ({:.3}% of one core), {} log lines",
+        (t1 - t0) as f64 / hz,
+        (t1 - t0) as f64 / hz / secs * 100.0,
+        w.mark() - mark
+    )
+}
+
+#[test]
+#[ignore = "benchmark"]
+fn bench_watch_idle_500() {
+    let n: usize = std::env::var("OUTPOSTCTL_BENCH_WATCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(500);
+    let c = Case::new("bwidle");
+    let m = idle_manifest(&c, n);
     c.save("m/outposts.yaml", &m);
 
     let mut apply = Command::new(common::bin());
@@ -1548,32 +1582,14 @@ fn bench_watch_idle_500() {
     );
 
     let mut w = c.watch("m", &[]);
-    let done = w.wait_log(
-        0,
-        "ending the start reconcile",
-        Duration::from_secs(600),
-        |v| {
-            v["event"] == "reconcile"
-                && v["msg"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("reconcile done"))
-        },
-    );
+    let done = start_reconcile_done(&w, Duration::from_secs(600));
     println!(
         "start reconcile over {n} (no changes): {} ms ({})",
         done["duration_ms"], done["msg"]
     );
     // Health events of 500 containers may still come in: let them pass.
     w.wait_quiet(Duration::from_secs(5));
-    let pid = w.pid();
-    let hz = clock_ticks();
-    let (rss0, _, t0) = proc_stats(pid);
-    let mark = w.mark();
-    let start = Instant::now();
-    std::thread::sleep(Duration::from_secs(30));
-    let secs = start.elapsed().as_secs_f64();
-    let (rss1, hwm, t1) = proc_stats(pid);
-    let lines = w.mark() - mark;
+    let idle = idle_for_30s(&w);
     let health = docker_ok(&[
         "ps",
         "--filter",
@@ -1583,11 +1599,7 @@ fn bench_watch_idle_500() {
     ]);
     let unhealthy = health.lines().filter(|l| !l.contains("(healthy)")).count();
     println!("containers not healthy at the end of the idle period: {unhealthy}");
-    println!(
-        "idle over {secs:.0} s: VmRSS {rss0} kB -> {rss1} kB (peak VmHWM {hwm} kB), CPU {:.2} s ({:.3}% of one core), {lines} log lines",
-        (t1 - t0) as f64 / hz,
-        (t1 - t0) as f64 / hz / secs * 100.0
-    );
+    println!("idle over {idle}");
     let took = w.terminate(Duration::from_secs(60));
     println!("SIGTERM -> exit: {} ms", took.as_millis());
     c.assert_no_secret_in(&w);
@@ -1625,54 +1637,20 @@ fn bench_watch_idle_500_engine_down() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(500);
     let c = Case::new("bwidledown");
-    c.token("AK_BENCH");
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let mut m = c.env.manifest();
+    let mut m = idle_manifest(&c, n);
     m["integrations"] = json!({ "local": { "url": format!("http://127.0.0.1:{port}") } });
-    m["defaults"]["docker_network"] = json!("none");
-    for i in 0..n {
-        let name = format!("o{i:03}");
-        m["outposts"][&name] = json!({
-            "type": "rac",
-            "uuid": c.env.uuid(&name),
-            "integration": "local",
-            "token": { "env": "AK_BENCH" },
-        });
-    }
     c.save("m/outposts.yaml", &m);
     let mut w = c.watch("m", &[]);
-    let done = w.wait_log(
-        0,
-        "ending the start reconcile",
-        Duration::from_secs(120),
-        |v| {
-            v["event"] == "reconcile"
-                && v["msg"]
-                    .as_str()
-                    .is_some_and(|m| m.starts_with("reconcile done"))
-        },
-    );
+    let done = start_reconcile_done(&w, Duration::from_secs(120));
     println!(
         "start reconcile over {n}, engine down: {} ms ({})",
         done["duration_ms"], done["msg"]
     );
     w.wait_quiet(Duration::from_secs(3));
-    let pid = w.pid();
-    let hz = clock_ticks();
-    let (rss0, _, t0) = proc_stats(pid);
-    let mark = w.mark();
-    let start = Instant::now();
-    std::thread::sleep(Duration::from_secs(30));
-    let secs = start.elapsed().as_secs_f64();
-    let (rss1, hwm, t1) = proc_stats(pid);
-    println!(
-        "idle over {secs:.0} s, engine down: VmRSS {rss0} kB -> {rss1} kB (peak VmHWM {hwm} kB), CPU {:.2} s ({:.3}% of one core), {} log lines",
-        (t1 - t0) as f64 / hz,
-        (t1 - t0) as f64 / hz / secs * 100.0,
-        w.mark() - mark
-    );
+    println!("idle over {}, engine down", idle_for_30s(&w));
     w.terminate(Duration::from_secs(30));
     c.assert_no_secret_in(&w);
 }
