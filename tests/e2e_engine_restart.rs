@@ -97,37 +97,6 @@ fn restart_engine() -> Duration {
     start.elapsed()
 }
 
-/// Waits until this project's containers stop changing (the engine restarts those with
-/// `unless-stopped` after it comes back; a killed client's requests finish).
-fn settle(project: &str) {
-    let snap = || {
-        let mut l: Vec<String> = docker(&[
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label={LABEL_PROJECT}={project}"),
-            "--format",
-            "{{.ID}} {{.Names}} {{.State}}",
-        ])
-        .stdout
-        .lines()
-        .map(str::to_string)
-        .collect();
-        l.sort();
-        l
-    };
-    let start = Instant::now();
-    let mut last = snap();
-    while start.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_secs(1));
-        let now = snap();
-        if now == last {
-            return;
-        }
-        last = now;
-    }
-}
-
 fn manifest(env: &Env, generation: u64) -> Value {
     let mut m = env.manifest();
     m["defaults"]["docker_network"] = json!("none");
@@ -294,7 +263,8 @@ fn engine_restarted_mid_apply_then_the_next_apply_converges() {
                 "had finished"
             }
         );
-        settle(&env.project);
+        // The engine starts the `unless-stopped` containers again when it is back.
+        env.settle(Duration::from_secs(1), Duration::from_secs(60));
         let r = env.apply(&[]);
         assert_eq!(
             r.code,

@@ -350,32 +350,8 @@ impl Fleet {
     /// flight (a start, a stop) complete after the client is gone. Two equal snapshots of this
     /// project's containers 600 ms apart, bounded.
     fn settle(&self) {
-        let snap = || {
-            let mut lines: Vec<String> = docker(&[
-                "ps",
-                "-a",
-                "--filter",
-                &format!("label={LABEL_PROJECT}={}", self.env.project),
-                "--format",
-                "{{.ID}} {{.Names}} {{.State}}",
-            ])
-            .stdout
-            .lines()
-            .map(str::to_string)
-            .collect();
-            lines.sort();
-            lines
-        };
-        let start = Instant::now();
-        let mut last = snap();
-        while start.elapsed() < Duration::from_secs(20) {
-            std::thread::sleep(Duration::from_millis(600));
-            let now = snap();
-            if now == last {
-                return;
-            }
-            last = now;
-        }
+        self.env
+            .settle(Duration::from_millis(600), Duration::from_secs(20));
     }
 
     /// Exactly one running container per outpost, with the right name and label; nothing

@@ -905,6 +905,38 @@ impl Env {
         format!("{}{slug}", self.prefix)
     }
 
+    /// Waits until this project's containers stop changing: two equal snapshots (ids, names,
+    /// states) `step` apart, for at most `limit`. After a killed client (its requests in
+    /// flight still complete) or an engine restart (it starts `unless-stopped` containers).
+    pub fn settle(&self, step: Duration, limit: Duration) {
+        let snap = || {
+            let mut lines: Vec<String> = docker(&[
+                "ps",
+                "-a",
+                "--filter",
+                &format!("label={LABEL_PROJECT}={}", self.project),
+                "--format",
+                "{{.ID}} {{.Names}} {{.State}}",
+            ])
+            .stdout
+            .lines()
+            .map(str::to_string)
+            .collect();
+            lines.sort();
+            lines
+        };
+        let start = Instant::now();
+        let mut last = snap();
+        while start.elapsed() < limit {
+            std::thread::sleep(step);
+            let now = snap();
+            if now == last {
+                return;
+            }
+            last = now;
+        }
+    }
+
     /// This test's containers parked by an interrupted recreate (`*-outpostctl-old`).
     pub fn parked(&self) -> Vec<String> {
         docker_ok(&[
