@@ -21,7 +21,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::Run;
@@ -36,13 +35,6 @@ const TOKEN_VAR: &str = "AK_FAULT_TOKEN";
 const GEN_LABEL: &str = "fault.generation";
 const LOCK_NAME: &str = "outpostctl-lock";
 const LABEL_REPLACES: &str = "outpostctl.replaces";
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-/// One test of this file at a time (a failed one does not poison the others).
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn seed() -> u64 {
     fault_seed(DEFAULT_SEED)

@@ -16,7 +16,6 @@ mod support;
 use std::fs::{self, File};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
@@ -29,12 +28,6 @@ const LABEL_SINCE: &str = "outpostctl.lock.since";
 const LEASE: &str = "3";
 /// The user the background applies run as (the holder label says `USER@HOST pid N`).
 const USER: &str = "locktester";
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn hostname() -> String {
     fs::read_to_string("/etc/hostname")

@@ -1138,3 +1138,10 @@ impl Rng {
         self.below(100) < p
     }
 }
+
+/// For the tests of one file that must not run at the same time (they share the engine's one
+/// lock): hold the guard for the whole test. A failed test does not poison the others.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
