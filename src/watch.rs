@@ -523,7 +523,7 @@ impl State {
                         self.log.warn(
                             "backoff",
                             &format!(
-                                "outpost `{}` keeps needing to be put back ({strikes} put-backs in a row); next attempt in {}s",
+                                "outpost `{}` keeps needing to be put back ({strikes} put-backs in a row): something keeps removing or stopping its container (another controller, such as authentik's own Docker integration for this outpost?); next attempt in {}s",
                                 a.outpost,
                                 wait.as_secs_f64().ceil() as u64
                             ),
