@@ -556,29 +556,56 @@ impl ContainerSpec {
 /// Secret values enter only as an HMAC keyed by project and uuid, so the label reveals
 /// nothing about them.
 pub fn config_hash(spec: &ContainerSpec, project: &str) -> String {
-    let env: BTreeMap<&str, String> = spec
+    /// The hashed document: compact JSON, keys in this order (the order of the first
+    /// implementation, a `serde_json::json!` object). Serialized straight into the hasher,
+    /// without building a JSON value: this runs once per outpost on every command.
+    #[derive(Serialize)]
+    struct Canonical<'a> {
+        image: &'a str,
+        env: BTreeMap<&'a str, std::borrow::Cow<'a, str>>,
+        labels: &'a BTreeMap<String, String>,
+        ports: &'a [PortBinding],
+        network: &'a Option<String>,
+        restart_policy: &'a str,
+        healthcheck: &'a HealthCheck,
+    }
+    struct Hasher(Sha256);
+    impl std::io::Write for Hasher {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.update(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let env = spec
         .env
         .iter()
         .map(|(k, v)| {
             let shown = match v {
-                EnvValue::Plain(p) => p.clone(),
-                EnvValue::Secret(s) => {
-                    format!("hmac:{}", secret_digest(project, &spec.uuid, s.expose()))
-                }
+                EnvValue::Plain(p) => std::borrow::Cow::Borrowed(p.as_str()),
+                EnvValue::Secret(s) => std::borrow::Cow::Owned(format!(
+                    "hmac:{}",
+                    secret_digest(project, &spec.uuid, s.expose())
+                )),
             };
             (k.as_str(), shown)
         })
         .collect();
-    let canonical = serde_json::json!({
-        "image": spec.image,
-        "env": env,
-        "labels": spec.labels,
-        "ports": spec.ports,
-        "network": spec.network,
-        "restart_policy": spec.restart_policy,
-        "healthcheck": spec.healthcheck,
-    });
-    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    let canonical = Canonical {
+        image: &spec.image,
+        env,
+        labels: &spec.labels,
+        ports: &spec.ports,
+        network: &spec.network,
+        restart_policy: &spec.restart_policy,
+        healthcheck: &spec.healthcheck,
+    };
+    let mut hasher = Hasher(Sha256::new());
+    // Writing to a hasher cannot fail, and every field serializes (strings, integers).
+    let _ = serde_json::to_writer(&mut hasher, &canonical);
+    hex::encode(hasher.0.finalize())
 }
 
 /// HMAC-SHA256 of a secret, keyed by project and outpost: comparable, not reversible.
@@ -665,6 +692,72 @@ mod tests {
         assert_eq!(
             healthcheck_command(OutpostType::Ldap, "x:2026.8.0", None),
             ["/ldap", "healthcheck"]
+        );
+    }
+
+    /// The config hash is written into every container's label: if it changed between two
+    /// outpostctl versions, the upgrade would recreate every outpost. These values were
+    /// computed by the first implementation (a `serde_json::json!` document); any other way of
+    /// computing the hash must give the same ones.
+    #[test]
+    fn config_hash_is_stable_across_versions() {
+        let settings = |network: Option<&str>, map_ports: bool| Settings {
+            authentik_host: "https://AK.example.com/".into(),
+            authentik_host_insecure: false,
+            authentik_host_browser: String::new(),
+            naming_template: DEFAULT_NAMING_TEMPLATE.into(),
+            container_image: None,
+            image_base: "ghcr.io/goauthentik/%(type)s:%(version)s".into(),
+            version: Some("2026.8.0".into()),
+            network: network.map(str::to_string),
+            map_ports,
+            labels: BTreeMap::from([
+                (
+                    "com.example.team".to_string(),
+                    "infra \"edge\" é\n\u{1}".to_string(),
+                ),
+                ("a".to_string(), String::new()),
+            ]),
+            pull: PullPolicy::Missing,
+        };
+        let proxy_settings = settings(Some("traefik"), true);
+        let ldap_settings = settings(None, false);
+        let overrides: PortOverrides =
+            BTreeMap::from([((9443, Proto::Tcp), Some(("127.0.0.1".to_string(), 8443)))]);
+        let hosts = [
+            "https://a.example.com".to_string(),
+            "https://b.example.com:8443".into(),
+        ];
+        let input = |name: &'static str, kind, settings, hosts| OutpostInput {
+            project: "homelab",
+            integration: "local",
+            name,
+            kind,
+            uuid: derived_uuid(name),
+            token: Secret::new(format!("token-of-{name}")),
+            external_hosts: hosts,
+            settings,
+            port_overrides: &overrides,
+            healthcheck: None,
+        };
+        let proxy = container(&input(
+            "Edge Proxy",
+            OutpostType::Proxy,
+            &proxy_settings,
+            &hosts,
+        ));
+        let ldap = container(&input("Directory", OutpostType::Ldap, &ldap_settings, &[]));
+        let hash = |spec: Result<ContainerSpec, Vec<Problem>>| match spec {
+            Ok(s) => s.config_hash,
+            Err(p) => panic!("not a valid outpost: {p:?}"),
+        };
+        assert_eq!(
+            hash(proxy),
+            "63440eed9faded88eb036b5b33f989a8cfebc39b7af7a8f5d6a687989adae9e1"
+        );
+        assert_eq!(
+            hash(ldap),
+            "4bf657b33130b2580eeb10f55f1b179c7a42d33b27e6f85da2966c75584e05f7"
         );
     }
 
