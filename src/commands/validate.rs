@@ -48,5 +48,8 @@ pub fn run(p: &Printer, paths: &[PathBuf], format: Format) -> Exit {
             p.out(&format!("{summary}\n"));
         }
     }
+    // Only `main` calls this, and the process exits right after: giving every outpost's
+    // container spec back to the allocator one by one was a tenth of a 1,000-outpost run.
+    std::mem::forget(outcome);
     if valid { Exit::Success } else { Exit::Failure }
 }
