@@ -41,7 +41,8 @@ create id "$ID"
 # The filter `label=outpostctl-bench-engine=KIND`, URL-encoded.
 filter() { printf '%%7B%%22label%%22%%3A%%5B%%22%s%%3D%s%%22%%5D%%7D' "$LABEL" "$1"; }
 median_ms() { # kind
-  local url="http://engine/containers/json?all=1&filters=$(filter "$1")"
+  local url
+  url="http://engine/containers/json?all=1&filters=$(filter "$1")"
   for _ in $(seq "$RUNS"); do
     api -o /dev/null -w '%{time_total}\n' "$url"
   done | sort -n | awk '{ v[NR] = $1 } END { printf "%.1f", v[int((NR + 1) / 2)] * 1000 }'
@@ -53,7 +54,7 @@ echo
 echo "| containers created with the image given by | listed | response (KB) | engine's list, median of $RUNS (ms) | per container (µs) |"
 echo "|---|---:|---:|---:|---:|"
 # Interleaved, twice, so that a change in the machine's load shows as disagreeing rows.
-for round in 1 2; do
+for _ in 1 2; do
   for kind in name id; do
     n=$(api "http://engine/containers/json?all=1&filters=$(filter "$kind")" | grep -o '"Id"' | wc -l)
     ms=$(median_ms "$kind")
