@@ -14,7 +14,7 @@
 //!      validation; `build` runs `plan_engine` per engine), with the number of API requests
 //!      from `Engine::requests()`, and, measured apart, the engine's list and the diff;
 //!    - the release binary `outpostctl plan --detailed-exitcode DIR` (exit 0: no changes):
-//!      median wall, and mean user+sys (from /proc/self/stat: 10 ms ticks).
+//!      median wall, and mean user+sys (`getrusage` of the children, in µs).
 //!
 //! Goals: the same small number of requests for 10 and 1,000 outposts; under 150 ms wall for
 //! 1,000; apply no slower than the loop.

@@ -23,6 +23,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../tests/remote_bench_support/cpu.rs"]
+mod cpu;
+use cpu::{RUSAGE_CHILDREN, RUSAGE_SELF, cpu_time};
+
 const INTEGRATIONS: usize = 10;
 const OUTPOSTS_PER_FILE: usize = 100;
 const CERT: &str = "-----BEGIN CERTIFICATE-----\\nMIIBbench\\n-----END CERTIFICATE-----\\n";
@@ -202,46 +206,6 @@ fn in_process(paths: &[PathBuf], runs: usize) -> InProcess {
         errors: o.diagnostics.iter().filter(|d| d.is_error()).count(),
         outposts: o.validated.as_ref().map_or(0, |v| v.outpost_count()),
     }
-}
-
-const RUSAGE_SELF: i32 = 0;
-const RUSAGE_CHILDREN: i32 = -1;
-
-/// CPU time (user + sys) of this process (`RUSAGE_SELF`) or of its waited-for children
-/// (`RUSAGE_CHILDREN`), from `getrusage`, declared here because the `libc` crate is not a
-/// dependency.
-#[cfg(all(target_os = "linux", target_pointer_width = "64"))]
-fn cpu_time(who: i32) -> Option<Duration> {
-    #[repr(C)]
-    struct Timeval {
-        sec: i64,
-        usec: i64,
-    }
-    #[repr(C)]
-    struct Rusage {
-        utime: Timeval,
-        stime: Timeval,
-        rest: [i64; 14],
-    }
-    unsafe extern "C" {
-        fn getrusage(who: i32, usage: *mut Rusage) -> i32;
-    }
-    let mut r = Rusage {
-        utime: Timeval { sec: 0, usec: 0 },
-        stime: Timeval { sec: 0, usec: 0 },
-        rest: [0; 14],
-    };
-    // SAFETY: `r` is a valid, writable `struct rusage` of the 64-bit Linux layout.
-    if unsafe { getrusage(who, &mut r) } != 0 {
-        return None;
-    }
-    let us = |t: &Timeval| t.sec as u64 * 1_000_000 + t.usec as u64;
-    Some(Duration::from_micros(us(&r.utime) + us(&r.stime)))
-}
-
-#[cfg(not(all(target_os = "linux", target_pointer_width = "64")))]
-fn cpu_time(_who: i32) -> Option<Duration> {
-    None
 }
 
 /// One process run: (wall ms, user+sys ms when known, exit code). `None` on timeout.

@@ -7,7 +7,7 @@
 //!   `outpostctl.project` label, at most [`REMOVE_BATCH`] at a time) when dropped, also on a
 //!   panic, and sweeps leftovers of an interrupted earlier run when created;
 //! - manifest sets of `rac` outposts (`docker_map_ports: false`, `docker_network: none`);
-//! - timed runs of the release binary (wall; user+sys from /proc/self/stat);
+//! - timed runs of the release binary (wall; user+sys from `getrusage`, see `cpu.rs`);
 //! - [`Daemon`]: a background process killed with its descendants when dropped;
 //! - statistics and figures.
 #![allow(dead_code)]
@@ -317,8 +317,7 @@ pub fn binary() -> PathBuf {
 pub struct Timed {
     pub out: Out,
     /// user+sys of the run and the processes it waited for (ssh), from this process's
-    /// `cutime + cstime` in /proc/self/stat before and after: whole clock ticks (10 ms), so
-    /// only a mean over many runs is meaningful.
+    /// `getrusage(RUSAGE_CHILDREN)` before and after.
     pub cpu_ms: Option<f64>,
 }
 
@@ -328,22 +327,17 @@ impl Timed {
     }
 }
 
-/// user+sys in ms of every child this process has waited for so far (`cutime + cstime` of
-/// /proc/self/stat; the kernel keeps them in ns and shows whole clock ticks, USER_HZ = 100).
+pub mod cpu;
+
+/// user+sys in ms of every child this process has waited for so far (`getrusage`, in µs).
 pub fn children_cpu_ms() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after `(comm)`: state is field 3; cutime and cstime are fields 16 and 17.
-    let after = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let cutime: f64 = f.get(13)?.parse().ok()?;
-    let cstime: f64 = f.get(14)?.parse().ok()?;
-    Some((cutime + cstime) * 10.0)
+    cpu::cpu_time(cpu::RUSAGE_CHILDREN).map(|d| d.as_secs_f64() * 1000.0)
 }
 
 /// How process time is measured, for the report.
 pub const PROCESS_TIME: &str = "wall: spawn to exit, measured by the benchmark; user+sys: \
-cutime + cstime of /proc/self/stat around each run (the binary and what it waited for, e.g. \
-ssh), 10 ms ticks, so shown as the mean over the runs";
+getrusage(RUSAGE_CHILDREN) around each run (the binary and what it waited for, e.g. ssh), in \
+microseconds, shown as the mean over the runs";
 
 /// Runs `outpostctl ARGS` with extra environment `envs`, timed.
 pub fn outpostctl(args: &[&str], envs: &[(&str, &str)]) -> Timed {
