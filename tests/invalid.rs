@@ -449,6 +449,7 @@ fn json_duplicate_names_across_files() {
             3
         )]
     );
+    assert_eq!(doc["files"], 2, "{doc:#}");
     let related = &doc["diagnostics"][0]["related"][0];
     assert_eq!(related["file"], "duplicate_names_across_files/a.yaml");
     assert_eq!(
@@ -470,5 +471,7 @@ fn json_file_level_errors() {
             vec![(code.to_string(), fixture.to_string(), line, column)],
             "{fixture}"
         );
+        // One file, counted once, whether it failed before parsing or while parsing.
+        assert_eq!(doc["files"], 1, "{fixture}: {doc:#}");
     }
 }

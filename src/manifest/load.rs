@@ -77,6 +77,8 @@ pub struct Loaded {
     pub files: Vec<Arc<SourceFile>>,
     pub docs: Vec<LoadedDoc>,
     pub diagnostics: Vec<Diagnostic>,
+    /// Manifest files looked at, each once: those that could not be read or parsed included.
+    pub file_count: usize,
 }
 
 /// Reads every manifest under `paths`.
@@ -194,6 +196,7 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
     if !seen.insert(canonical) {
         return;
     }
+    out.file_count += 1;
     let whole_file = |text: &str| SourceFile::new(path.to_path_buf(), text.to_string());
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     if size > MAX_FILE_BYTES {

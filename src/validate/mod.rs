@@ -97,7 +97,7 @@ impl Outcome {
 /// Loads and validates the manifests under `paths`.
 pub fn validate(paths: &[PathBuf]) -> Outcome {
     let loaded = load::load(paths);
-    let file_count = loaded.files.len() + loaded.diagnostics.len();
+    let file_count = loaded.file_count;
     let mut v = Checker {
         diags: loaded.diagnostics,
         ..Checker::default()
