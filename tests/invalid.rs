@@ -25,12 +25,19 @@ fn fixtures() -> PathBuf {
 
 /// Runs `outpostctl validate ARGS` in `dir` with a cleared environment.
 fn validate(dir: &Path, args: &[&str]) -> (Run, tempfile::TempDir) {
+    outpostctl(dir, "validate", args)
+}
+
+/// Runs `outpostctl COMMAND ARGS` in `dir` with a cleared environment; an engine, if the
+/// command contacted one, would be a socket that does not exist.
+fn outpostctl(dir: &Path, command: &str, args: &[&str]) -> (Run, tempfile::TempDir) {
     let home = tempfile::tempdir().expect("temp HOME");
     let out = Command::new(bin())
         .current_dir(dir)
-        .arg("validate")
+        .arg(command)
         .args(args)
         .env_clear()
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
         .env("NO_COLOR", "1")
         .env("COLUMNS", "100")
         .env("HOME", home.path())
@@ -474,4 +481,28 @@ fn json_file_level_errors() {
         // One file, counted once, whether it failed before parsing or while parsing.
         assert_eq!(doc["files"], 1, "{fixture}: {doc:#}");
     }
+}
+
+/// `plan --format markdown` on invalid manifests (a pull request that breaks them): stdout,
+/// which CI posts as the comment, says why there is no plan, with every error at
+/// FILE:LINE:COL, the place it relates to, and the hint; exit 1; no engine is contacted.
+#[test]
+fn plan_markdown_lists_the_errors() {
+    let (run, _home) = outpostctl(
+        &fixtures(),
+        "plan",
+        &[
+            "duplicate_names_across_files",
+            "unknown_key_outpost.yaml",
+            "--format",
+            "markdown",
+        ],
+    );
+    assert_eq!(run.code, 1, "{}{}", run.stderr, run.stdout);
+    assert!(
+        !run.stderr.contains("nonexistent") && !run.stdout.contains("nonexistent"),
+        "the engine was contacted:\n{}",
+        run.stderr
+    );
+    insta::assert_snapshot!(run.stdout);
 }

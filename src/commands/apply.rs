@@ -73,7 +73,7 @@ impl Progress for Unattended {
 }
 
 pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
-    let Some((v, engines, plan)) = plan_now(p, &args.paths, args.adopt).await else {
+    let Ok((v, engines, plan)) = plan_now(p, &args.paths, args.adopt).await else {
         return Exit::Failure;
     };
     if let Some(file) = &args.plan {

@@ -12,6 +12,7 @@ use std::io::Write;
 
 use std::path::PathBuf;
 
+use crate::diagnostics::Diagnostic;
 use crate::render::Style;
 use crate::validate::{Validated, validate};
 
@@ -73,8 +74,9 @@ impl Exit {
 }
 
 /// Validates the manifests for a command that acts on them: diagnostics go to stderr, and
-/// nothing is returned (so nothing acts) unless the set is valid.
-pub fn load_valid(p: &Printer, paths: &[PathBuf]) -> Option<Validated> {
+/// nothing is returned (so nothing acts) unless the set is valid; an invalid set gives back
+/// its diagnostics (for a command that also reports them in its own format).
+pub fn load_valid(p: &Printer, paths: &[PathBuf]) -> Result<Validated, Vec<Diagnostic>> {
     let outcome = validate(paths);
     if !outcome.diagnostics.is_empty() {
         p.err(&crate::render::diagnostics::human(
@@ -87,9 +89,9 @@ pub fn load_valid(p: &Printer, paths: &[PathBuf]) -> Option<Validated> {
             "error: the manifests are invalid ({}); nothing was planned or changed\n",
             crate::diagnostics::count_summary(&outcome.diagnostics)
         ));
-        return None;
+        return Err(outcome.diagnostics);
     }
-    outcome.validated
+    outcome.validated.ok_or(outcome.diagnostics)
 }
 
 /// What plan and apply start with: valid manifests, connected engines, and the plan.
@@ -97,7 +99,7 @@ pub async fn plan_now(
     p: &Printer,
     paths: &[PathBuf],
     adopt: bool,
-) -> Option<(Validated, crate::plan::Engines, crate::plan::Plan)> {
+) -> Result<(Validated, crate::plan::Engines, crate::plan::Plan), Vec<Diagnostic>> {
     let v = load_valid(p, paths)?;
     let engines = crate::engine::connect::connect_all(&v).await;
     let diff = crate::diff::DiffOptions {
@@ -105,5 +107,5 @@ pub async fn plan_now(
         ..Default::default()
     };
     let plan = crate::plan::build(&v, &engines, diff).await;
-    Some((v, engines, plan))
+    Ok((v, engines, plan))
 }

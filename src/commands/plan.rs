@@ -8,8 +8,15 @@ use crate::plan::Plan;
 use crate::render;
 
 pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
-    let Some((_, _, plan)) = plan_now(p, &args.paths, args.adopt).await else {
-        return Exit::Failure;
+    let plan = match plan_now(p, &args.paths, args.adopt).await {
+        Ok((_, _, plan)) => plan,
+        Err(diagnostics) => {
+            // A pull-request comment made from stdout says why there is no plan.
+            if args.format == PlanFormat::Markdown {
+                p.out(&render::diagnostics::markdown(&diagnostics));
+            }
+            return Exit::Failure;
+        }
     };
     if let Some(out) = &args.out {
         if let Err(e) = save(&plan, out) {

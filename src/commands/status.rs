@@ -35,7 +35,7 @@ pub struct OutpostStatus {
 }
 
 pub async fn run(p: &Printer, paths: &[std::path::PathBuf], format: Format) -> Exit {
-    let Some(v) = load_valid(p, paths) else {
+    let Ok(v) = load_valid(p, paths) else {
         return Exit::Failure;
     };
     let engines = connect_all(&v).await;

@@ -8,7 +8,7 @@ use miette::{
     SourceSpan, SpanContents,
 };
 
-use super::Style;
+use super::{Style, md_code, md_escape};
 use crate::diagnostics::{Diagnostic, Location, Severity, SourceFile};
 
 /// A source file's text shared with miette without copying it.
@@ -225,6 +225,42 @@ pub fn human(diags: &[Diagnostic], style: Style) -> String {
 }
 
 /// The JSON document of `--format json`.
+/// Invalid manifests as a pull-request comment (`plan --format markdown`): every error and
+/// warning with its file, line and column, and the hint.
+pub fn markdown(diags: &[Diagnostic]) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "### outpostctl plan: the manifests are invalid ({})\n\nNothing was planned.\n\n",
+        crate::diagnostics::count_summary(diags)
+    );
+    out.push_str("| | Where | Problem | Hint |\n|---|---|---|---|\n");
+    for d in diags {
+        let mark = match d.severity {
+            Severity::Error => "❌",
+            Severity::Warning => "⚠️",
+        };
+        let at = |l: &Location| {
+            md_code(&format!(
+                "{}:{}:{}",
+                l.file.path.display(),
+                l.span.start.line,
+                l.span.start.col
+            ))
+        };
+        let mut problem = md_escape(&d.message);
+        for (l, label) in &d.related {
+            let _ = write!(problem, "<br>{}: {}", md_escape(label), at(l));
+        }
+        let _ = writeln!(
+            out,
+            "| {mark} | {} | {problem} | {} |",
+            d.location.as_ref().map(at).unwrap_or_default(),
+            d.hint.as_deref().map(md_escape).unwrap_or_default()
+        );
+    }
+    out
+}
+
 pub fn json(diags: &[Diagnostic]) -> serde_json::Value {
     serde_json::Value::Array(diags.iter().map(Diagnostic::to_json).collect())
 }

@@ -19,3 +19,16 @@ impl Style {
         }
     }
 }
+
+/// A code span in a table cell: only the cell separator needs escaping there.
+pub(crate) fn md_code(s: &str) -> String {
+    format!("`{}`", s.replace('`', "'").replace('|', "\\|"))
+}
+
+/// Text in a Markdown table cell: no cell break, no HTML, one line.
+pub(crate) fn md_escape(s: &str) -> String {
+    s.replace('|', "\\|")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('\n', "<br>")
+}

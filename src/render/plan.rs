@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use anstyle::{AnsiColor, Style as AStyle};
 
-use super::Style;
+use super::{Style, md_code, md_escape};
 use crate::apply::Report;
 use crate::diff::{Action, ActionKind, Change};
 use crate::plan::{Plan, Summary};
@@ -178,17 +178,6 @@ pub fn json(plan: &Plan) -> serde_json::Value {
     v["summary"] = serde_json::to_value(plan.summary()).unwrap_or_default();
     v["changes"] = plan.has_changes().into();
     v
-}
-
-/// A code span in a table cell: only the cell separator needs escaping there.
-fn md_code(s: &str) -> String {
-    format!("`{}`", s.replace('`', "'").replace('|', "\\|"))
-}
-
-fn md_escape(s: &str) -> String {
-    s.replace('|', "\\|")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 /// A pull-request comment.
