@@ -185,3 +185,52 @@ fn failed_pull_of_a_present_image_uses_the_engines_copy() {
     assert_eq!(env.container(&env.name_of("local")).image(), image);
     env.assert_converged();
 }
+
+/// An image pinned by digest (`repo@sha256:…`, as `container_image` allows verbatim) is
+/// pulled by that digest, not as `repo:latest`, and the container runs exactly that image.
+#[test]
+fn image_pinned_by_digest_is_pulled_by_digest() {
+    require_registry();
+    let env = Env::new("pulldigest");
+    let tagged = format!("{REGISTRY}/outpostctl/outpost:1");
+    // The registry's digest of the tag (pulled once to learn it, then forgotten).
+    env.track_image_tag(&tagged);
+    docker_ok(&["pull", "-q", &tagged]);
+    let digests = docker_ok(&[
+        "image",
+        "inspect",
+        "--format",
+        "{{range .RepoDigests}}{{println .}}{{end}}",
+        &tagged,
+    ]);
+    let pinned = digests
+        .lines()
+        .find(|d| d.starts_with(&format!("{REGISTRY}/outpostctl/outpost@sha256:")))
+        .unwrap_or_else(|| panic!("no registry digest for {tagged}: {digests}"))
+        .to_string();
+    let want = image_id(&tagged).expect("the pulled image");
+    env.track_image_tag(&pinned);
+    let _ = docker(&["rmi", &tagged]);
+    let _ = docker(&["rmi", &pinned]);
+    assert!(
+        image_id(&pinned).is_none(),
+        "{pinned} is still on the engine"
+    );
+
+    let mut m = env.manifest();
+    let mut o = env.outpost("ldap", "AK_P");
+    o["config"]["container_image"] = json!(pinned);
+    m["outposts"]["Pinned"] = o;
+    env.write(&m);
+    let out = env.apply_ok();
+    let shown = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        !shown.contains("could not pull") && !shown.contains("default image"),
+        "the pinned image was not pulled:\n{shown}"
+    );
+    let c = env.container(&env.name_of("pinned"));
+    assert_eq!(c.image(), pinned);
+    assert_eq!(c.image_id(), want, "the container runs the pinned image");
+    assert!(c.running(), "{}", c.status());
+    env.assert_converged();
+}

@@ -663,17 +663,20 @@ fn missing_network(message: &str) -> Option<&str> {
         .then_some(name)
 }
 
-/// `host:5000/a/b:tag` -> (`host:5000/a/b`, `tag`); no tag means `latest`.
+/// What to pull for an image reference, as the engine's `fromImage` and `tag`:
+/// `host:5000/a/b:tag` -> (`host:5000/a/b`, `tag`); no tag means `latest`; a digest wins
+/// over a tag, as with `docker pull`: `a/b:tag@sha256:…` -> (`a/b`, `sha256:…`).
 pub fn split_image(image: &str) -> (&str, &str) {
-    let without_digest = image.split('@').next().unwrap_or(image);
-    let slash = without_digest.rfind('/').map_or(0, |i| i + 1);
-    match without_digest[slash..].rfind(':') {
-        Some(i) => (
-            &without_digest[..slash + i],
-            &without_digest[slash + i + 1..],
-        ),
-        None => (without_digest, "latest"),
-    }
+    let (name, digest) = match image.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (image, None),
+    };
+    let slash = name.rfind('/').map_or(0, |i| i + 1);
+    let (repo, tag) = match name[slash..].rfind(':') {
+        Some(i) => (&name[..slash + i], &name[slash + i + 1..]),
+        None => (name, "latest"),
+    };
+    (repo, digest.unwrap_or(tag))
 }
 
 /// A health check as the engine takes it.
@@ -702,5 +705,14 @@ mod tests {
             ("127.0.0.1:5000/a/b", "latest")
         );
         assert_eq!(split_image("busybox"), ("busybox", "latest"));
+        let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            split_image(&format!("127.0.0.1:5000/a/b@{digest}")),
+            ("127.0.0.1:5000/a/b", digest)
+        );
+        assert_eq!(
+            split_image(&format!("ghcr.io/goauthentik/proxy:2026.8.0@{digest}")),
+            ("ghcr.io/goauthentik/proxy", digest)
+        );
     }
 }
