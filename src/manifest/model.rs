@@ -338,15 +338,17 @@ pub struct OutpostConfig {
     pub object_naming_template: Option<String>,
 
     /// Image of the outpost container, used as given. `%(type)s` and `%(version)s` are
-    /// filled in (authentik itself does not). `null`: `defaults.container_image_base`. If a
+    /// filled in (authentik itself does not). Unset or `null`: the `container_image` of
+    /// `defaults`, else `defaults.container_image_base`. If a
     /// custom image cannot be pulled, authentik's default image for the type and version is
     /// used instead, with a warning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(example = &"ghcr.io/goauthentik/proxy:2026.8.0")]
     pub container_image: Option<String>,
 
-    /// Docker network the container joins at creation. `null`: the default bridge network.
-    /// The network must exist on the engine.
+    /// Docker network the container joins at creation. Unset or `null`: the network of
+    /// `defaults`, else Docker's default bridge network; `""`: the default bridge network,
+    /// whatever `defaults` says. The network must exist on the engine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(example = &"traefik")]
     pub docker_network: Option<String>,
