@@ -506,3 +506,57 @@ fn plan_markdown_lists_the_errors() {
     );
     insta::assert_snapshot!(run.stdout);
 }
+
+/// `ports` with `docker_map_ports: false` publishes nothing: a warning at the outpost's
+/// `ports`, whether the false is the outpost's own or comes from `defaults`; the set stays
+/// valid (exit 0), and an outpost that does publish gets no warning.
+#[test]
+fn ports_without_port_mapping_warn() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("set.yaml"),
+        r#"version: 1
+project: ports
+defaults:
+  authentik_host: https://auth.example.com
+  authentik_version: "2026.8.0"
+  docker_map_ports: false
+integrations:
+  local: { local: true }
+outposts:
+  From Defaults:
+    type: ldap
+    integration: local
+    token: { env: AK_TOKEN }
+    ports:
+      3389/tcp: 1389
+  Own Setting:
+    type: radius
+    integration: local
+    token: { env: AK_TOKEN }
+    config: { docker_map_ports: false }
+    ports:
+      1812/udp: 11812
+  Published:
+    type: proxy
+    integration: local
+    token: { env: AK_TOKEN }
+    external_hosts: [https://a.example.com]
+    config: { docker_map_ports: true }
+    ports:
+      9000/tcp: 19000
+"#,
+    )
+    .expect("write");
+    let (run, _home) = validate(dir.path(), &["set.yaml", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}{}", run.stderr, run.stdout);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(doc["valid"], true, "{doc:#}");
+    assert_eq!(
+        positions_of(&doc),
+        vec![
+            ("ports-unused".to_string(), "set.yaml".to_string(), 14, 5),
+            ("ports-unused".to_string(), "set.yaml".to_string(), 21, 5),
+        ]
+    );
+}

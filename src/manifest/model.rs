@@ -162,7 +162,8 @@ pub struct Integration {
     /// The engine's address. `unix:///path`; `http://host:port` (plain, e.g. through a
     /// docker-socket-proxy); `https://host:port` or `tcp://host:port` (TLS, the engine's
     /// certificate always verified); `ssh://user@host:port` (the system `ssh` runs
-    /// `docker system dial-stdio` on the host; user defaults to `authentik`, port to 22).
+    /// `docker system dial-stdio` on the host; user defaults to `authentik`, port to 22,
+    /// unless `ssh.config` is given: then that file decides what the URL leaves out).
     #[serde(default)]
     #[schemars(pattern(ENGINE_URL_PATTERN), example = &"https://edge.example.com:2376")]
     pub url: Option<String>,

@@ -954,7 +954,7 @@ impl Checker {
             else {
                 continue;
             };
-            let overrides = self.port_overrides(&o, &origin);
+            let overrides = self.port_overrides(&o, &origin, settings.map_ports);
             let (Some(token), true, Some(overrides)) = (token, ok, overrides) else {
                 continue;
             };
@@ -1068,11 +1068,18 @@ impl Checker {
         }
     }
 
-    fn port_overrides(&mut self, o: &Outpost, origin: &Origin) -> Option<desired::PortOverrides> {
+    /// The outpost's `ports`, checked; `map_ports` is its `docker_map_ports` (own or from
+    /// `defaults`).
+    fn port_overrides(
+        &mut self,
+        o: &Outpost,
+        origin: &Origin,
+        map_ports: bool,
+    ) -> Option<desired::PortOverrides> {
         let mut out = BTreeMap::new();
         let mut ok = true;
         let known = desired::default_ports(o.kind);
-        if !o.ports.is_empty() && o.config.docker_map_ports == Some(false) {
+        if !o.ports.is_empty() && !map_ports {
             self.diags.push(
                 Diagnostic::warning(
                     "ports-unused",
