@@ -361,8 +361,9 @@ fn existing(
     let mut reasons = Vec::new();
     let mut kind = ActionKind::Noop;
     let hash_ok = o.label(LABEL_CONFIG_HASH) == Some(spec.config_hash.as_str());
+    // Exactly the spec's network: one connected or disconnected by hand is a change.
     let networks_ok = match &spec.network {
-        Some(n) => o.networks.iter().any(|x| x == n),
+        Some(n) => !o.networks.is_empty() && o.networks.iter().all(|x| x == n),
         None => o.networks.iter().all(|x| x == "bridge"),
     };
     if adopt || !hash_ok || o.state == State::Dead {

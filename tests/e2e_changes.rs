@@ -231,6 +231,38 @@ fn network_connected_by_hand_is_planned_as_recreate() {
     env.assert_converged();
 }
 
+/// The same with the outpost on a network of its own (`docker_network`): a second network
+/// connected by hand is a change too, and the recreate leaves only the outpost's network.
+#[test]
+fn network_connected_by_hand_beside_the_outposts_network_is_planned_as_recreate() {
+    let env = Env::new("netbeside");
+    let own = env.network("own");
+    let extra = env.network("extra");
+    let mut m = env.manifest();
+    let mut o = env.outpost("ldap", "AK_W");
+    o["config"]["docker_network"] = json!(own);
+    m["outposts"]["Wired"] = o;
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("wired");
+    assert_eq!(env.container(&name).networks(), std::slice::from_ref(&own));
+    env.assert_converged();
+    docker_ok(&["network", "connect", &extra, &name]);
+
+    let plan = env.plan_json();
+    let a = action_of(&plan, "Wired");
+    assert_eq!(a["action"], "recreate", "{a:#}");
+    let r = reason(&a, "network").unwrap_or_else(|| panic!("no network reason: {a:#}"));
+    assert_eq!(r["after"], json!(own));
+    assert!(
+        r["before"].as_str().is_some_and(|b| b.contains(&extra)),
+        "{a:#}"
+    );
+    env.apply_ok();
+    assert_eq!(env.container(&name).networks(), [own]);
+    env.assert_converged();
+}
+
 #[test]
 fn labels_change_recreates() {
     let c = recreate_case(
