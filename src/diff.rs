@@ -255,6 +255,17 @@ pub fn diff(
                     in_way.short_id(),
                     in_way.label(LABEL_OUTPOST).unwrap_or("?")
                 )
+            } else if sibling(in_way) {
+                // This project's container, managed by another integration of the set that
+                // reaches the same engine: the outpost moved from there (that integration
+                // removes the container), or two outposts share a name across integrations.
+                format!(
+                    "the name `{}` is taken by container {} of outpost `{}`, managed by integration `{}` on the same engine; if the outpost moved from there, that integration removes the container in this apply: apply again to create it here",
+                    spec.name,
+                    in_way.short_id(),
+                    in_way.label(LABEL_OUTPOST).unwrap_or("?"),
+                    in_way.label(LABEL_INTEGRATION).unwrap_or("?")
+                )
             } else {
                 format!(
                     "a container named `{}` ({}) exists and is not managed by outpostctl; outpostctl leaves it alone: remove or rename it, or change `object_naming_template`",

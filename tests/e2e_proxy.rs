@@ -147,3 +147,64 @@ fn two_integrations_on_one_engine_do_not_prune_each_other() {
     }
     env.assert_converged();
 }
+
+/// An outpost moved from one integration to another that reaches the same engine: the old
+/// integration removes its container, the new one cannot create it under the same name in
+/// the same apply, and says so truthfully (not "not managed by outpostctl"); the next apply
+/// creates it, and then the plan is empty.
+#[test]
+fn outpost_moved_between_integrations_on_one_engine() {
+    require_socket_proxy();
+    let env = Env::new("moveinteg");
+    let mut m = env.manifest();
+    m["integrations"]["edge"] = json!({ "url": SOCKET_PROXY });
+    m["outposts"]["Mover"] = env.outpost("ldap", "AK_M");
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("mover");
+    let before = env.container(&name);
+
+    m["outposts"]["Mover"]["integration"] = json!("edge");
+    env.write(&m);
+    let plan = env.plan_json_with(&[], true);
+    let actions_in = |integration: &str| -> Vec<serde_json::Value> {
+        plan["integrations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|i| i["name"] == integration)
+            .flat_map(|i| i["actions"].as_array().cloned().unwrap_or_default())
+            .collect()
+    };
+    assert!(
+        actions_in("local")
+            .iter()
+            .any(|a| a["action"] == "remove" && a["outpost"] == "Mover"),
+        "local does not remove the moved outpost's container: {plan:#}"
+    );
+    let edge = actions_in("edge");
+    let a = edge
+        .iter()
+        .find(|a| a["outpost"] == "Mover")
+        .unwrap_or_else(|| panic!("no action for Mover on edge: {plan:#}"));
+    let error = a["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("managed by integration `local`") && !error.contains("not managed"),
+        "{a:#}"
+    );
+
+    let first = env.apply(&[]);
+    assert!(
+        inspect(&before.id()).is_none(),
+        "the old container is still there:\n{}",
+        shown(&first)
+    );
+    env.apply_ok();
+    let after = env.container(&name);
+    assert_eq!(
+        after.label("outpostctl.integration"),
+        Some("edge".to_string())
+    );
+    assert!(after.running());
+    env.assert_converged();
+}
