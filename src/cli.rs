@@ -93,7 +93,7 @@ pub struct ApplyArgs {
     #[arg(long)]
     pub diff: bool,
     /// How long to wait for another outpostctl holding an engine's lock (humantime: 30s, 5m).
-    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2m", value_parser = lock_timeout)]
     pub lock_timeout: std::time::Duration,
 }
 
@@ -111,10 +111,10 @@ pub struct WatchArgs {
     #[arg(default_value = ".")]
     pub paths: Vec<PathBuf>,
     /// Reconcile at least this often, to correct drift (humantime: 30s, 5m, 1h).
-    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5m", value_parser = interval)]
     pub interval: std::time::Duration,
     /// How long file changes settle before a reconcile.
-    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "500ms", value_parser = debounce)]
     pub debounce: std::time::Duration,
     /// Never remove containers; removals are logged as pending.
     #[arg(long)]
@@ -129,7 +129,7 @@ pub struct WatchArgs {
     #[arg(long, value_enum, default_value_t = LogFormatArg::Text)]
     pub log_format: LogFormatArg,
     /// How long to wait for another outpostctl holding an engine's lock (humantime: 30s, 5m).
-    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "2m", value_parser = lock_timeout)]
     pub lock_timeout: std::time::Duration,
 }
 
@@ -178,4 +178,52 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+}
+
+/// A humantime duration (`30s`, `5m`, `1h`) within `min..=max`.
+fn duration_within(
+    s: &str,
+    min: std::time::Duration,
+    max: std::time::Duration,
+) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < min || d > max {
+        return Err(format!(
+            "must be from {} to {}",
+            humantime::format_duration(min),
+            humantime::format_duration(max)
+        ));
+    }
+    Ok(d)
+}
+
+const SECOND: std::time::Duration = std::time::Duration::from_secs(1);
+const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
+fn interval(s: &str) -> Result<std::time::Duration, String> {
+    duration_within(s, SECOND, 30 * DAY)
+}
+
+fn debounce(s: &str) -> Result<std::time::Duration, String> {
+    duration_within(s, std::time::Duration::ZERO, 10 * 60 * SECOND)
+}
+
+fn lock_timeout(s: &str) -> Result<std::time::Duration, String> {
+    duration_within(s, std::time::Duration::ZERO, DAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_bounded() {
+        assert!(interval("0").is_err(), "a zero interval would spin");
+        assert!(interval("10000000000000000000s").is_err());
+        assert_eq!(interval("5m"), Ok(std::time::Duration::from_secs(300)));
+        assert_eq!(debounce("0s"), Ok(std::time::Duration::ZERO));
+        assert!(debounce("1h").is_err());
+        assert!(lock_timeout("99999999999999s").is_err());
+        assert_eq!(lock_timeout("2m"), Ok(std::time::Duration::from_secs(120)));
+    }
 }

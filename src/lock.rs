@@ -21,6 +21,10 @@ pub const LABEL_SINCE: &str = "outpostctl.lock.since";
 
 /// How long a lease lasts without renewal; `OUTPOSTCTL_LOCK_LEASE` (seconds) overrides it.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// `OUTPOSTCTL_LOCK_LEASE` is held to this range (seconds): a lease shorter than a renewal
+/// round trip would expire under its holder, a longer one would keep a crashed holder's lock.
+const MIN_LEASE_SECS: u64 = 3;
+const MAX_LEASE_SECS: u64 = 86_400;
 
 #[derive(Debug, Clone)]
 pub struct LockOptions {
@@ -38,7 +42,7 @@ impl LockOptions {
         let lease = std::env::var("OUTPOSTCTL_LOCK_LEASE")
             .ok()
             .and_then(|s| s.parse::<u64>().ok())
-            .map(Duration::from_secs)
+            .map(|s| Duration::from_secs(s.clamp(MIN_LEASE_SECS, MAX_LEASE_SECS)))
             .unwrap_or(DEFAULT_LEASE);
         LockOptions {
             timeout,
@@ -92,8 +96,14 @@ fn holder(purpose: &str) -> String {
     )
 }
 
+/// A timestamp read from the engine (a label, a restart count), for messages: whatever the
+/// number, never a panic (RFC 3339 ends with the year 9999).
 fn when(ts: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_secs(ts.max(0) as u64);
+    const YEAR_9999_END: i64 = 253_402_300_799;
+    if !(0..=YEAR_9999_END).contains(&ts) {
+        return format!("{ts} (seconds since 1970)");
+    }
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(ts.unsigned_abs());
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
@@ -106,7 +116,7 @@ pub async fn acquire(
     waiting: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Lock, EngineError> {
     let started = Instant::now();
-    let lease = opts.lease.as_secs().max(3) as i64;
+    let lease = opts.lease.as_secs().clamp(MIN_LEASE_SECS, MAX_LEASE_SECS) as i64;
     let me = holder(&opts.purpose);
     let mut image = lock_image(engine.as_ref(), opts).await?;
     let mut image_retries = 0;
@@ -119,7 +129,7 @@ pub async fn acquire(
             (LABEL_SINCE.to_string(), now.to_string()),
         ]);
         let created = match engine
-            .create_marker(LOCK_NAME, &image, &labels, now + lease)
+            .create_marker(LOCK_NAME, &image, &labels, now.saturating_add(lease))
             .await
         {
             // The image went away between choosing and using it (someone removed it).
@@ -147,7 +157,7 @@ pub async fn acquire(
                 ErrorKind::Conflict,
                 format!(
                     "a container named `{LOCK_NAME}` ({}) exists that outpostctl did not create (it has no `{LABEL_LOCK}` label); outpostctl leaves it alone and cannot take the engine's lock while that name is taken: rename or remove it",
-                    &id[..id.len().min(12)]
+                    id.get(..12).unwrap_or(&id)
                 ),
             ));
         }
@@ -225,7 +235,7 @@ async fn renew(engine: Arc<dyn Engine>, id: String, lease: i64) {
     loop {
         tokio::time::sleep(every).await;
         if let Ok(now) = engine.now().await {
-            let _ = engine.renew_marker(&id, now + lease).await;
+            let _ = engine.renew_marker(&id, now.saturating_add(lease)).await;
         }
     }
 }
@@ -309,4 +319,19 @@ pub async fn plan_under_lock(
 /// Releases every lock.
 pub async fn release_all(locks: Vec<Lock>) {
     futures_util::future::join_all(locks.into_iter().map(Lock::release)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::when;
+
+    #[test]
+    fn timestamps_from_the_engine_never_panic() {
+        assert_eq!(when(0), "1970-01-01T00:00:00Z");
+        assert_eq!(when(1_795_000_000), "2026-11-18T11:06:40Z");
+        // Labels and restart counts on the engine can hold any number.
+        assert_eq!(when(253_402_300_800), "253402300800 (seconds since 1970)");
+        assert_eq!(when(i64::MAX), format!("{} (seconds since 1970)", i64::MAX));
+        assert_eq!(when(-5), "-5 (seconds since 1970)");
+    }
 }

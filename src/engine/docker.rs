@@ -655,7 +655,7 @@ impl super::Engine for DockerEngine {
 
 /// The network named in Docker's "network NAME not found".
 fn missing_network(message: &str) -> Option<&str> {
-    let rest = &message[message.find("network ")? + "network ".len()..];
+    let rest = message[message.find("network ")? + "network ".len()..].trim_start();
     let name = rest.split_whitespace().next()?;
     rest[name.len()..]
         .trim_start()
@@ -692,7 +692,19 @@ pub fn health_config(h: &crate::desired::HealthCheck) -> HealthConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::split_image;
+    use super::{missing_network, split_image};
+
+    #[test]
+    fn missing_network_is_read_from_any_message() {
+        assert_eq!(
+            missing_network("Error response: network traefik not found"),
+            Some("traefik")
+        );
+        // Whatever an engine echoes (here an entrypoint), never a panic.
+        assert_eq!(missing_network("exec: network  é x"), None);
+        assert_eq!(missing_network("network  é not found"), Some("é"));
+        assert_eq!(missing_network("network"), None);
+    }
 
     #[test]
     fn image_references_split_at_the_tag() {

@@ -37,7 +37,8 @@ impl Observed {
         self.labels.get(key).map(String::as_str)
     }
     pub fn short_id(&self) -> &str {
-        &self.id[..self.id.len().min(12)]
+        // Docker ids are hex; whatever an engine or a proxy sends, never a panic.
+        self.id.get(..12).unwrap_or(&self.id)
     }
 }
 
@@ -230,4 +231,27 @@ pub trait Engine: Send + Sync {
     ) -> futures_util::stream::BoxStream<'static, Result<EngineEvent>>;
     /// How many API requests this engine has sent.
     fn requests(&self) -> u64;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_ids_never_split_a_character() {
+        let o = |id: &str| Observed {
+            id: id.to_string(),
+            name: "x".into(),
+            image: "x".into(),
+            state: State::Running,
+            health: None,
+            labels: BTreeMap::new(),
+            networks: Vec::new(),
+            created: 0,
+            host_ports: Vec::new(),
+        };
+        assert_eq!(o("0123456789abcdef").short_id(), "0123456789ab");
+        assert_eq!(o("abc").short_id(), "abc");
+        assert_eq!(o("0123456789aé...").short_id(), "0123456789aé...");
+    }
 }
