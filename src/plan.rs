@@ -33,6 +33,11 @@ pub struct EnginePlan {
     pub url: String,
     /// sha256 of the live containers this plan depends on; None when the engine failed.
     pub fingerprint: Option<String>,
+    /// The engine's daemon ID, read for saved plans only (`plan --out`, `apply --plan`): a
+    /// plan made against one engine is refused against another behind the same address
+    /// (`local: true` on two machines).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_id: Option<String>,
     /// Why this engine could not be planned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -115,6 +120,16 @@ impl Plan {
             let Some(then) = saved.integrations.iter().find(|e| e.name == now.name) else {
                 return Some(format!("integration `{}` is not in the plan", now.name));
             };
+            if let Some(then_id) = &then.engine_id {
+                if now.engine_id.as_ref() != Some(then_id) {
+                    return Some(format!(
+                        "integration `{}` reaches another Docker engine than when the plan was made (engine ID {} then, {} now)",
+                        now.name,
+                        short(then_id),
+                        now.engine_id.as_deref().map_or("unknown", short)
+                    ));
+                }
+            }
             if then.fingerprint != now.fingerprint || then.actions != now.actions {
                 return Some(format!(
                     "the containers on integration `{}` changed since the plan was made",
@@ -126,6 +141,33 @@ impl Plan {
             return Some("the plan names integrations the manifests no longer have".into());
         }
         None
+    }
+}
+
+/// The start of an engine ID, for messages.
+fn short(id: &str) -> &str {
+    id.get(..14).unwrap_or(id)
+}
+
+impl Plan {
+    /// Reads each planned engine's daemon ID (one `info` request per engine), for a plan that
+    /// is saved or checked against a saved one. An engine that does not answer keeps none.
+    pub async fn identify_engines(&mut self, engines: &Engines) {
+        let ids = futures_util::future::join_all(self.integrations.iter().map(|e| async move {
+            match engines.get(&e.name) {
+                Some(Ok(engine)) if e.error.is_none() => engine
+                    .info()
+                    .await
+                    .ok()
+                    .map(|i| i.id)
+                    .filter(|id| !id.is_empty()),
+                _ => None,
+            }
+        }))
+        .await;
+        for (e, id) in self.integrations.iter_mut().zip(ids) {
+            e.engine_id = id;
+        }
     }
 }
 
@@ -206,6 +248,7 @@ pub async fn build(v: &Validated, engines: &Engines, opts: DiffOptions) -> Plan 
                     name: name.clone(),
                     url: def.url.clone(),
                     fingerprint: Some(fingerprint),
+                    engine_id: None,
                     error: None,
                     actions,
                     spec_texts,
@@ -228,6 +271,7 @@ fn failed(name: &str, url: &str, error: String) -> EnginePlan {
         name: name.to_string(),
         url: url.to_string(),
         fingerprint: None,
+        engine_id: None,
         error: Some(error),
         actions: Vec::new(),
         spec_texts: BTreeMap::new(),

@@ -200,3 +200,41 @@ fn saved_plan_is_stale_when_a_container_was_renamed_or_removed_by_hand() {
     assert_stale(&r, "plan2.json", "changed since the plan was made");
     assert_eq!(snapshot(&env), before, "a stale plan changed the engine");
 }
+
+/// A saved plan records each engine's daemon ID, and `apply --plan` refuses it on another
+/// engine, even when nothing else could tell (a create-only plan, `local: true` on two
+/// machines: same address, no containers yet). The other engine is simulated by editing the
+/// ID in the file; the engine is left untouched.
+#[test]
+fn saved_plan_is_stale_on_another_engine() {
+    let env = Env::new("staleeng");
+    let mut m = env.manifest();
+    m["outposts"]["A"] = env.outpost("ldap", "AK_A");
+    env.write(&m);
+    plan_out(&env, "plan.json");
+    let mut plan = saved(&env, "plan.json");
+    let id = docker_ok(&["info", "--format", "{{.ID}}"]);
+    let local = plan["integrations"]
+        .as_array_mut()
+        .and_then(|i| i.iter_mut().find(|e| e["name"] == "local"))
+        .expect("the local integration is in the plan");
+    assert_eq!(local["engine_id"], json!(id), "{local:#}");
+    local["engine_id"] = json!("OTHR:ENGI:NE00:0000:0000:0000:0000:0000:0000:0000:0000:0000");
+    std::fs::write(
+        env.dir().join("other.json"),
+        serde_json::to_string_pretty(&plan).expect("JSON"),
+    )
+    .expect("write");
+
+    let r = apply_plan(&env, "other.json");
+    assert_stale(&r, "other.json", "reaches another Docker engine");
+    assert!(
+        env.project_containers().is_empty(),
+        "a stale plan created containers"
+    );
+    // The plan as saved still applies.
+    let r = apply_plan(&env, "plan.json");
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    assert_eq!(env.project_containers().len(), 1);
+    env.assert_converged();
+}

@@ -73,10 +73,11 @@ impl Progress for Unattended {
 }
 
 pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
-    let Ok((v, engines, plan)) = plan_now(p, &args.paths, args.adopt).await else {
+    let Ok((v, engines, mut plan)) = plan_now(p, &args.paths, args.adopt).await else {
         return Exit::Failure;
     };
     if let Some(file) = &args.plan {
+        plan.identify_engines(&engines).await;
         let saved = match super::plan::load(file) {
             Ok(s) => s,
             Err(e) => {

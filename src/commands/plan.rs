@@ -9,7 +9,12 @@ use crate::render;
 
 pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
     let plan = match plan_now(p, &args.paths, args.adopt).await {
-        Ok((_, _, plan)) => plan,
+        Ok((_, engines, mut plan)) => {
+            if args.out.is_some() {
+                plan.identify_engines(&engines).await;
+            }
+            plan
+        }
         Err(diagnostics) => {
             // A pull-request comment made from stdout says why there is no plan.
             if args.format == PlanFormat::Markdown {

@@ -180,6 +180,7 @@ impl super::Engine for DockerEngine {
             .map_err(|e| self.err("read engine info", e))?;
         let v = self.docker.client_version();
         Ok(EngineInfo {
+            id: info.id.unwrap_or_default(),
             server_version: info.server_version.unwrap_or_default(),
             api_version: format!("{}.{}", v.major_version, v.minor_version),
             os: info.operating_system.unwrap_or_default(),

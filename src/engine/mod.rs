@@ -124,6 +124,8 @@ pub struct EngineEvent {
 /// The engine's identity, from System/Info and the negotiated API version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EngineInfo {
+    /// The daemon's own ID (`docker info`): tells two engines apart behind the same address.
+    pub id: String,
     pub server_version: String,
     pub api_version: String,
     pub os: String,
