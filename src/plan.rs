@@ -299,6 +299,15 @@ pub async fn plan_engine(
             }
         }
     }
+    // When no field explains a recreate: the config hash, live and desired.
+    let hash_reason = |id: &str, spec: &ContainerSpec| {
+        let before = observed
+            .iter()
+            .find(|o| o.id == id)
+            .and_then(|o| o.label(LABEL_CONFIG_HASH))
+            .map(short_hash);
+        Change::new("config-hash", before, Some(short_hash(&spec.config_hash)))
+    };
     for a in actions
         .iter_mut()
         .filter(|a| a.action == ActionKind::Recreate)
@@ -309,8 +318,21 @@ pub async fn plan_engine(
         ) else {
             continue;
         };
-        let live = engine.inspect(&c.id).await?;
-        let image_labels = engine.image_labels(&live.image).await?.unwrap_or_default();
+        // One container that cannot be read (removed since the list, say) loses its detailed
+        // reasons, not the whole engine's plan: the config-hash reason below stands in, and
+        // the apply reports that outpost's own failure if the container is really gone.
+        let Ok(live) = engine.inspect(&c.id).await else {
+            if a.reasons.is_empty() {
+                a.reasons.push(hash_reason(&c.id, spec));
+            }
+            continue;
+        };
+        let image_labels = engine
+            .image_labels(&live.image)
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_default();
         texts.insert(
             a.outpost.clone(),
             (
@@ -320,16 +342,7 @@ pub async fn plan_engine(
         );
         let mut reasons = diff::explain(spec, &c.name, &live, &image_labels);
         if reasons.is_empty() && a.reasons.is_empty() {
-            let before = observed
-                .iter()
-                .find(|o| o.id == c.id)
-                .and_then(|o| o.label(LABEL_CONFIG_HASH))
-                .map(short_hash);
-            reasons.push(Change::new(
-                "config-hash",
-                before,
-                Some(short_hash(&spec.config_hash)),
-            ));
+            reasons.push(hash_reason(&c.id, spec));
         }
         // Reasons from the list (ownership, state, network) first, then the field-by-field ones.
         for r in reasons {
@@ -343,4 +356,153 @@ pub async fn plan_engine(
 
 fn short_hash(h: &str) -> String {
     h.chars().take(12).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::desired::{LABEL_INTEGRATION, LABEL_MANAGED_BY};
+    use crate::engine::{EngineEvent, EngineInfo, ErrorKind, Inspected, Result, State};
+
+    /// An engine whose list shows one container and that cannot inspect it (it was removed
+    /// between the two requests). Everything else is refused.
+    struct Vanishing(Observed);
+
+    fn refused<T>() -> Result<T> {
+        Err(EngineError::new(ErrorKind::Api, "not in this test"))
+    }
+
+    #[async_trait]
+    impl Engine for Vanishing {
+        async fn info(&self) -> Result<EngineInfo> {
+            refused()
+        }
+        async fn list(&self) -> Result<Vec<Observed>> {
+            Ok(vec![self.0.clone()])
+        }
+        async fn inspect(&self, id: &str) -> Result<Inspected> {
+            Err(EngineError::new(
+                ErrorKind::NotFound,
+                format!("no such container: {id}"),
+            ))
+        }
+        async fn image_labels(&self, _: &str) -> Result<Option<BTreeMap<String, String>>> {
+            refused()
+        }
+        async fn pull(&self, _: &str, _: &(dyn for<'s> Fn(&'s str) + Send + Sync)) -> Result<()> {
+            refused()
+        }
+        async fn create(
+            &self,
+            _: &ContainerSpec,
+            _: &str,
+            _: &BTreeMap<String, String>,
+        ) -> Result<String> {
+            refused()
+        }
+        async fn start(&self, _: &str) -> Result<()> {
+            refused()
+        }
+        async fn stop(&self, _: &str) -> Result<()> {
+            refused()
+        }
+        async fn unpause(&self, _: &str) -> Result<()> {
+            refused()
+        }
+        async fn restart(&self, _: &str) -> Result<()> {
+            refused()
+        }
+        async fn rename(&self, _: &str, _: &str) -> Result<()> {
+            refused()
+        }
+        async fn remove(&self, _: &str) -> Result<()> {
+            refused()
+        }
+        async fn now(&self) -> Result<i64> {
+            refused()
+        }
+        async fn any_image(&self) -> Result<Option<String>> {
+            refused()
+        }
+        async fn create_marker(
+            &self,
+            _: &str,
+            _: &str,
+            _: &BTreeMap<String, String>,
+            _: i64,
+        ) -> Result<Option<String>> {
+            refused()
+        }
+        async fn read_marker(
+            &self,
+            _: &str,
+        ) -> Result<Option<(String, BTreeMap<String, String>, i64)>> {
+            refused()
+        }
+        async fn renew_marker(&self, _: &str, _: i64) -> Result<()> {
+            refused()
+        }
+        fn events(&self, _: &str) -> futures_util::stream::BoxStream<'static, Result<EngineEvent>> {
+            Box::pin(futures_util::stream::empty())
+        }
+        fn requests(&self) -> u64 {
+            0
+        }
+    }
+
+    /// A container that needs a recreate but cannot be inspected any more still gets its
+    /// recreate planned (with the config hash as the reason); the engine's plan does not fail.
+    #[tokio::test]
+    async fn a_container_that_cannot_be_inspected_does_not_fail_the_engine() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("token"), "t0ken\n").expect("token");
+        std::fs::write(
+            dir.path().join("set.yaml"),
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
+             outposts:\n  A:\n    type: ldap\n    integration: local\n    token: { file: token }\n",
+        )
+        .expect("manifest");
+        let outcome = crate::validate::validate(&[dir.path().to_path_buf()]);
+        let Some(v) = outcome.validated else {
+            panic!("invalid: {:?}", outcome.diagnostics);
+        };
+        let spec = v.desired["local"][0].clone();
+        let live = Observed {
+            id: "0123456789abcdef".into(),
+            name: spec.name.clone(),
+            image: spec.image.clone(),
+            state: State::Running,
+            health: None,
+            labels: BTreeMap::from([
+                (LABEL_UUID.to_string(), spec.uuid.clone()),
+                (LABEL_PROJECT.to_string(), "p".to_string()),
+                (LABEL_MANAGED_BY.to_string(), "outpostctl".to_string()),
+                (LABEL_INTEGRATION.to_string(), "local".to_string()),
+                (LABEL_CONFIG_HASH.to_string(), "0ld".to_string()),
+            ]),
+            networks: vec!["bridge".into()],
+            created: 0,
+            host_ports: Vec::new(),
+        };
+        let planned = plan_engine(
+            "p",
+            &[spec.clone()],
+            &Vanishing(live),
+            DiffOptions::default(),
+        )
+        .await
+        .map(|(_, actions, _)| actions);
+        let actions = match planned {
+            Ok(a) => a,
+            Err(e) => panic!("the engine's plan failed: {e}"),
+        };
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        assert_eq!(actions[0].action, ActionKind::Recreate);
+        assert_eq!(actions[0].reasons[0].field, "config-hash", "{actions:?}");
+    }
 }
