@@ -491,7 +491,7 @@ mod tests {
         };
         let planned = plan_engine(
             "p",
-            &[spec.clone()],
+            std::slice::from_ref(&spec),
             &Vanishing(live),
             DiffOptions::default(),
         )
