@@ -560,3 +560,25 @@ outposts:
         ]
     );
 }
+
+/// A path that is neither a file nor a directory (a FIFO, a device) is an error at once: a FIFO
+/// would block the run and `/dev/zero` would never end.
+#[test]
+fn special_files_are_refused() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = dir.path().join("pipe.yaml");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo failed");
+    for path in [fifo.to_str().expect("utf-8 path"), "/dev/zero"] {
+        let (run, _home) = validate(dir.path(), &[path]);
+        assert_eq!(run.code, 1, "{path}: {}{}", run.stderr, run.stdout);
+        assert!(
+            run.stderr.contains("not a regular file or directory"),
+            "{path}: {}",
+            run.stderr
+        );
+    }
+}

@@ -118,7 +118,18 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
                     );
                 }
             }
-            Ok(_) => read_file(path, &mut out, &mut seen),
+            Ok(m) if m.is_file() => read_file(path, &mut out, &mut seen),
+            // A FIFO would block the run, `/dev/zero` would never end.
+            Ok(_) => out.diagnostics.push(
+                Diagnostic::error(
+                    "unreadable-path",
+                    format!(
+                        "cannot read `{}`: not a regular file or directory",
+                        path.display()
+                    ),
+                )
+                .hint("give the path of a manifest file or of a directory of them"),
+            ),
         }
     }
     out
