@@ -138,6 +138,20 @@ pub async fn apply(
             .iter()
             .filter(|a| a.action.is_change())
             .partition(|a| a.action == ActionKind::Remove);
+        // A duplicate left by an interrupted recreate (the parked previous container) that
+        // does not hold the name its outpost's container needs is removed only once that
+        // container runs: if it cannot start, the previous one is kept.
+        let target = |a: &Action| {
+            others
+                .iter()
+                .find(|o| o.outpost == a.outpost && o.action == ActionKind::Start)
+                .map(|o| o.name.clone())
+        };
+        let (deferred, removals): (Vec<&Action>, Vec<&Action>) =
+            removals.into_iter().partition(|a| {
+                a.reasons.iter().any(|r| r.field == "duplicate")
+                    && target(a).is_some_and(|name| name != a.name)
+            });
         // Removals first: they free the names and ports the others may need.
         let mut outcomes: Vec<Outcome> = futures_util::stream::iter(removals.into_iter().map(&run))
             .buffer_unordered(PARALLEL_REMOVALS)
@@ -147,6 +161,30 @@ pub async fn apply(
             .buffer_unordered(PARALLEL_PER_ENGINE)
             .collect()
             .await;
+        for a in deferred {
+            let kept_runs = rest
+                .iter()
+                .any(|o| o.outpost == a.outpost && o.action != ActionKind::Remove && o.ok);
+            if kept_runs {
+                outcomes.push(run(a).await);
+                continue;
+            }
+            // Not started again: with the same host ports it would keep the new container
+            // from starting on the next apply. It stays, stopped, for that apply to retry.
+            let outcome = Outcome {
+                integration: ep.name.clone(),
+                outpost: a.outpost.clone(),
+                action: a.action,
+                name: a.name.clone(),
+                ok: false,
+                messages: vec![format!(
+                    "kept `{}`: the outpost's new container did not start; the next apply tries again",
+                    a.name
+                )],
+            };
+            progress.finished(&outcome);
+            outcomes.push(outcome);
+        }
         outcomes.extend(rest);
         Ok(outcomes)
     });

@@ -734,3 +734,83 @@ fn recreate_interrupted_after_create_then_reverted_is_rolled_back() {
 fn recreate_interrupted_after_start_then_reverted_is_rolled_back() {
     recovers("revstart", CrashPoint::Started, false);
 }
+
+/// A recreate interrupted after the create, whose new container then cannot start (its host
+/// port was taken meanwhile): the apply that finishes it must not remove the parked previous
+/// container before the new one runs (it is all the outpost has). It reports the failure and
+/// keeps the previous container; once the port is free, the next apply converges.
+#[test]
+fn interrupted_recreate_whose_new_container_cannot_start_keeps_the_previous_one() {
+    let _serial = serial();
+    let env = Env::new("crashnostart");
+    let mut m = env.manifest();
+    let mut o = env.outpost("ldap", "AK_D");
+    let ports = env.publish(&mut o);
+    m["outposts"]["Dir"] = o;
+    let generation = |m: &mut Value, v: &str| {
+        m["outposts"]["Dir"]["config"]["docker_labels"] = json!({ "com.example.v": v });
+    };
+    // Generation B, only to learn what its container looks like.
+    generation(&mut m, "B");
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("dir");
+    let b = env.container(&name);
+    docker_ok(&["rm", "-f", &name]);
+    // Generation A runs; the recreate A -> B is interrupted right after the create.
+    generation(&mut m, "A");
+    env.write(&m);
+    env.apply_ok();
+    let old = env.container(&name).id();
+    docker_ok(&["stop", &old]);
+    let parked = format!("{name}-outpostctl-old");
+    docker_ok(&["rename", &old, &parked]);
+    let mut args: Vec<String> = vec!["create".into(), "--name".into(), name.clone()];
+    for (k, p) in &ports {
+        args.push("--publish".into());
+        args.push(format!("127.0.0.1:{p}:{k}"));
+    }
+    args.extend(["--restart".into(), "unless-stopped".into()]);
+    for (k, v) in b.labels() {
+        args.extend(["--label".into(), format!("{k}={v}")]);
+    }
+    args.extend(["--label".into(), format!("{LABEL_REPLACES}={old}")]);
+    for (k, v) in b.env() {
+        args.extend(["--env".into(), format!("{k}={v}")]);
+    }
+    args.push(b.image());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let new = docker_ok(&refs);
+
+    // Meanwhile something else took one of the outpost's host ports.
+    let port = ports["3389/tcp"];
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("cannot take port {port} for the test: {e}"));
+    generation(&mut m, "B");
+    env.write(&m);
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "the new container cannot start:\n{}", shown(&r));
+    assert!(
+        inspect(&old).is_some(),
+        "the previous container was removed although the new one does not run:\n{}",
+        shown(&r)
+    );
+    assert!(
+        shown(&r).contains(&format!("kept `{parked}`")),
+        "the failure does not say the previous container is kept:\n{}",
+        shown(&r)
+    );
+    assert!(inspect(&new).is_some_and(|c| !c.running()));
+
+    // The port is free again: the next apply starts the new container and removes the old.
+    drop(squatter);
+    env.apply_ok();
+    let c = env.container(&name);
+    assert_eq!(c.id(), new);
+    assert!(c.running(), "{}", c.status());
+    assert!(
+        inspect(&old).is_none(),
+        "the previous container is still there"
+    );
+    env.assert_converged();
+}
