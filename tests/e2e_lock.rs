@@ -754,3 +754,64 @@ fn a_foreign_container_named_like_the_lock_is_left_alone() {
         shown(&r)
     );
 }
+
+/// `apply --auto-approve` applies no reviewed plan: when the engine changes while it waits for
+/// the lock (here a container stopped by hand), it applies the plan made under the lock, says
+/// so and shows it, instead of refusing; the run converges. (A plan confirmed by a person, or
+/// a saved one, is applied as shown or not at all: e2e_saved_plan.)
+#[test]
+fn auto_approved_apply_applies_the_plan_made_under_the_lock() {
+    let _serial = serial();
+    for attempt in 0..3 {
+        match fresh_plan_attempt(attempt) {
+            None => return,
+            Some(note) => eprintln!("attempt {attempt}: {note}; again"),
+        }
+    }
+    panic!("another run took the hand-made lock over three times in a row");
+}
+
+fn fresh_plan_attempt(attempt: usize) -> Option<String> {
+    let env = Env::new(&format!("lockfresh{attempt}"));
+    let t = token(&env);
+    fleet(&env, 2, None, 0);
+    let mut first = Bg::apply(&env, &t, &[]);
+    assert_eq!(first.wait(), 0, "{}", first.output());
+    // A third outpost: the next apply has a change, so it needs the lock.
+    fleet(&env, 3, None, 0);
+    let holder = "ci@runner-9 pid 4343 (outpostctl apply)";
+    let since = now_secs() - 10;
+    let expires = now_secs() + 6;
+    hand_made_lock(&env, holder, since, expires);
+    let mut p = Bg::apply(&env, &t, &["--lock-timeout", "60s"]);
+    assert!(
+        wait_until(Duration::from_secs(30), || p
+            .stderr()
+            .contains("waiting for the lock")
+            || p.exited()),
+        "the apply does not wait for the lock:\n{}",
+        p.output()
+    );
+    if p.exited() {
+        return Some(format!("the apply did not wait:\n{}", p.output()));
+    }
+    // While it waits, one outpost's container is stopped by hand.
+    docker_ok(&["stop", "-t", "1", &env.name_of("o00")]);
+    assert_eq!(p.wait(), 0, "{}", p.output());
+    let err = p.stderr();
+    if !err.contains(&format!("taking over the lock of {holder}")) {
+        return Some(format!("another run took the lock over:\n{}", p.output()));
+    }
+    assert!(
+        err.contains("changed while waiting for the lock; applying the plan made under the lock"),
+        "{}",
+        p.output()
+    );
+    assert!(
+        p.stdout().contains("1 to create, 1 to start"),
+        "the plan made under the lock is shown:\n{}",
+        p.output()
+    );
+    assert_fleet_converged(&env, 3);
+    None
+}

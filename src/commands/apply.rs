@@ -123,8 +123,35 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
         adopt: args.adopt,
         ..Default::default()
     };
-    let (plan, locks) =
-        lock::plan_under_lock(&v, &engines, &plan, diff, true, &lock_opts, &waiting).await;
+    // A plan a person confirmed, or a saved one, is applied as it was shown or not at all.
+    // With --auto-approve nobody reviewed it: when an engine changed while this run waited
+    // for its lock (another writer, a killed run's last requests), the plan made under the
+    // lock is applied, and shown.
+    let strict = !args.auto_approve || args.plan.is_some();
+    let (locked, locks) =
+        lock::plan_under_lock(&v, &engines, &plan, diff, strict, &lock_opts, &waiting).await;
+    let moved: Vec<&str> = locked
+        .integrations
+        .iter()
+        .filter(|e| {
+            plan.integrations
+                .iter()
+                .any(|s| s.name == e.name && s.actions != e.actions)
+        })
+        .map(|e| e.name.as_str())
+        .collect();
+    if !strict && !moved.is_empty() {
+        p.err(&format!(
+            "note: the containers on {} changed while waiting for the lock; applying the plan made under the lock instead:\n",
+            moved
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        p.out(&render::plan::human(&locked, p.out_style(), args.diff));
+    }
+    let plan = locked;
     for e in plan.integrations.iter().filter(|e| e.error.is_some()) {
         p.err(&format!(
             "error: integration {}: {}\n",
