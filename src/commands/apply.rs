@@ -130,9 +130,12 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
     let strict = !args.auto_approve || args.plan.is_some();
     let (locked, locks) =
         lock::plan_under_lock(&v, &engines, &plan, diff, strict, &lock_opts, &waiting).await;
+    // Engines planned anew under the lock with other actions (not those that failed to lock:
+    // their error is reported below).
     let moved: Vec<&str> = locked
         .integrations
         .iter()
+        .filter(|e| !strict && e.error.is_none())
         .filter(|e| {
             plan.integrations
                 .iter()
@@ -140,7 +143,7 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
         })
         .map(|e| e.name.as_str())
         .collect();
-    if !strict && !moved.is_empty() {
+    if !moved.is_empty() {
         p.err(&format!(
             "note: the containers on {} changed while waiting for the lock; applying the plan made under the lock instead:\n",
             moved
