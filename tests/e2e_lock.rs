@@ -449,15 +449,20 @@ fn lock_timeout_names_the_running_holder_and_since_when() {
 #[test]
 fn hand_made_lock_is_respected_until_its_lease_runs_out() {
     let _serial = serial();
-    // Another test binary's apply on this engine may take an expired lock over first: then
-    // the takeover is not ours to see, and the scenario runs again.
-    for attempt in 0..3 {
-        match hand_made_lock_attempt(attempt) {
+    up_to_three_attempts("the hand-made lock", hand_made_lock_attempt);
+}
+
+/// Runs a lock scenario until one attempt sees it through (`None`), at most three times.
+/// Another test binary's apply on this engine may take an expired lock over first: then the
+/// takeover is not ours to see (the attempt says why, `Some`), and the scenario runs again.
+fn up_to_three_attempts(lock: &str, attempt: fn(usize) -> Option<String>) {
+    for n in 0..3 {
+        match attempt(n) {
             None => return,
-            Some(note) => eprintln!("attempt {attempt}: {note}; again"),
+            Some(note) => eprintln!("attempt {n}: {note}; again"),
         }
     }
-    panic!("another run took the hand-made lock over three times in a row");
+    panic!("another run took {lock} over three times in a row");
 }
 
 fn hand_made_lock_attempt(attempt: usize) -> Option<String> {
@@ -523,13 +528,7 @@ fn hand_made_lock_attempt(attempt: usize) -> Option<String> {
 #[test]
 fn lock_of_a_killed_holder_is_taken_over_after_its_lease() {
     let _serial = serial();
-    for attempt in 0..3 {
-        match killed_holder_attempt(attempt) {
-            None => return,
-            Some(note) => eprintln!("attempt {attempt}: {note}; again"),
-        }
-    }
-    panic!("another run took the dead holder's lock over three times in a row");
+    up_to_three_attempts("the dead holder's lock", killed_holder_attempt);
 }
 
 fn killed_holder_attempt(attempt: usize) -> Option<String> {
@@ -762,13 +761,7 @@ fn a_foreign_container_named_like_the_lock_is_left_alone() {
 #[test]
 fn auto_approved_apply_applies_the_plan_made_under_the_lock() {
     let _serial = serial();
-    for attempt in 0..3 {
-        match fresh_plan_attempt(attempt) {
-            None => return,
-            Some(note) => eprintln!("attempt {attempt}: {note}; again"),
-        }
-    }
-    panic!("another run took the hand-made lock over three times in a row");
+    up_to_three_attempts("the hand-made lock", fresh_plan_attempt);
 }
 
 fn fresh_plan_attempt(attempt: usize) -> Option<String> {
