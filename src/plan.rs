@@ -99,6 +99,26 @@ impl Plan {
             .any(|e| e.error.is_some() || e.actions.iter().any(|a| a.action == ActionKind::Blocked))
     }
 
+    /// Reads each planned engine's daemon ID (one `info` request per engine), for a plan that
+    /// is saved or checked against a saved one. An engine that does not answer keeps none.
+    pub async fn identify_engines(&mut self, engines: &Engines) {
+        let ids = futures_util::future::join_all(self.integrations.iter().map(|e| async move {
+            match engines.get(&e.name) {
+                Some(Ok(engine)) if e.error.is_none() => engine
+                    .info()
+                    .await
+                    .ok()
+                    .map(|i| i.id)
+                    .filter(|id| !id.is_empty()),
+                _ => None,
+            }
+        }))
+        .await;
+        for (e, id) in self.integrations.iter_mut().zip(ids) {
+            e.engine_id = id;
+        }
+    }
+
     /// Why `saved` may not be applied now that `self` was computed fresh; None when it may.
     pub fn staleness(&self, saved: &Plan) -> Option<String> {
         if saved.format_version != FORMAT_VERSION {
@@ -147,28 +167,6 @@ impl Plan {
 /// The start of an engine ID, for messages.
 fn short(id: &str) -> &str {
     id.get(..14).unwrap_or(id)
-}
-
-impl Plan {
-    /// Reads each planned engine's daemon ID (one `info` request per engine), for a plan that
-    /// is saved or checked against a saved one. An engine that does not answer keeps none.
-    pub async fn identify_engines(&mut self, engines: &Engines) {
-        let ids = futures_util::future::join_all(self.integrations.iter().map(|e| async move {
-            match engines.get(&e.name) {
-                Some(Ok(engine)) if e.error.is_none() => engine
-                    .info()
-                    .await
-                    .ok()
-                    .map(|i| i.id)
-                    .filter(|id| !id.is_empty()),
-                _ => None,
-            }
-        }))
-        .await;
-        for (e, id) in self.integrations.iter_mut().zip(ids) {
-            e.engine_id = id;
-        }
-    }
 }
 
 /// The fingerprint of the desired state: what the manifests ask for, secrets as HMACs.
