@@ -85,16 +85,18 @@ pub struct Loaded {
 pub fn load(paths: &[PathBuf]) -> Loaded {
     let mut out = Loaded::default();
     let mut seen = HashSet::new();
+    // A path given on the command line that is not a manifest file or a directory.
+    let unreadable = |path: &Path, why: &str| {
+        Diagnostic::error(
+            "unreadable-path",
+            format!("cannot read `{}`: {why}", path.display()),
+        )
+        .hint("give the path of a manifest file or of a directory of them")
+    };
     for path in paths {
         let before = out.files.len() + out.diagnostics.len();
         match std::fs::metadata(path) {
-            Err(e) => out.diagnostics.push(
-                Diagnostic::error(
-                    "unreadable-path",
-                    format!("cannot read `{}`: {}", path.display(), io_reason(&e)),
-                )
-                .hint("give the path of a manifest file or of a directory of them"),
-            ),
+            Err(e) => out.diagnostics.push(unreadable(path, &io_reason(&e))),
             Ok(m) if m.is_dir() => {
                 let mut files = Vec::new();
                 walk(
@@ -120,16 +122,9 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
             }
             Ok(m) if m.is_file() => read_file(path, &mut out, &mut seen),
             // A FIFO would block the run, `/dev/zero` would never end.
-            Ok(_) => out.diagnostics.push(
-                Diagnostic::error(
-                    "unreadable-path",
-                    format!(
-                        "cannot read `{}`: not a regular file or directory",
-                        path.display()
-                    ),
-                )
-                .hint("give the path of a manifest file or of a directory of them"),
-            ),
+            Ok(_) => out
+                .diagnostics
+                .push(unreadable(path, "not a regular file or directory")),
         }
     }
     out
