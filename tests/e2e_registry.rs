@@ -192,10 +192,13 @@ fn failed_pull_of_a_present_image_uses_the_engines_copy() {
 fn image_pinned_by_digest_is_pulled_by_digest() {
     require_registry();
     let env = Env::new("pulldigest");
-    let tagged = format!("{REGISTRY}/outpostctl/outpost:1");
-    // The registry's digest of the tag (pulled once to learn it, then forgotten).
+    // A repository of this test's own (the other tests pull `outpostctl/outpost` at the same
+    // time): the v1 image pushed there, its registry digest learnt, the local names removed.
+    let repo = format!("{REGISTRY}/outpostctl/pinned-{}", env.project);
+    let tagged = format!("{repo}:1");
     env.track_image_tag(&tagged);
-    docker_ok(&["pull", "-q", &tagged]);
+    docker_ok(&["tag", IMAGE_V1, &tagged]);
+    docker_ok(&["push", "-q", &tagged]);
     let digests = docker_ok(&[
         "image",
         "inspect",
@@ -205,10 +208,10 @@ fn image_pinned_by_digest_is_pulled_by_digest() {
     ]);
     let pinned = digests
         .lines()
-        .find(|d| d.starts_with(&format!("{REGISTRY}/outpostctl/outpost@sha256:")))
+        .find(|d| d.starts_with(&format!("{repo}@sha256:")))
         .unwrap_or_else(|| panic!("no registry digest for {tagged}: {digests}"))
         .to_string();
-    let want = image_id(&tagged).expect("the pulled image");
+    let want = image_id(IMAGE_V1).expect("the v1 image");
     env.track_image_tag(&pinned);
     let _ = docker(&["rmi", &tagged]);
     let _ = docker(&["rmi", &pinned]);
