@@ -217,10 +217,47 @@ pub fn diff(
                     error: None,
                 });
             }
+            // An adopted container (authentik's, without this project's label) whose recreate
+            // was interrupted after the create: our container names it in its
+            // `outpostctl.replaces` label, so taking it over was agreed with `--adopt` in the
+            // run that made ours. Finishing that recreate removes it, once ours runs; any other
+            // container of this uuid that is not ours is left alone.
+            let replaced: HashSet<&str> = mine
+                .iter()
+                .filter_map(|o| o.label(LABEL_REPLACES))
+                .collect();
+            let adopted: Vec<&Observed> = foreign
+                .iter()
+                .copied()
+                .filter(|o| {
+                    o.label(LABEL_PROJECT).is_none()
+                        && o.state != State::Removing
+                        && replaced.contains(o.id.as_str())
+                })
+                .collect();
+            for old in &adopted {
+                actions.push(Action {
+                    outpost: spec.outpost.clone(),
+                    action: ActionKind::Remove,
+                    name: old.name.clone(),
+                    container: Some(ContainerRef::of(old)),
+                    reasons: vec![Change::new(
+                        "duplicate",
+                        Some(old.name.clone()),
+                        Some(format!(
+                            "kept {}, which replaced it (adopted)",
+                            current.name
+                        )),
+                    )],
+                    adopt: false,
+                    error: None,
+                });
+            }
+            let removed: Vec<&Observed> = mine[1..].iter().chain(&adopted).copied().collect();
             // The duplicates are removed first, so the one kept may take their name: after
             // a recreate interrupted once the new container existed, reverting the manifests
             // brings the parked old container back.
-            existing(spec, current, false, taken(current, &mine[1..]))
+            existing(spec, current, false, taken(current, &removed))
         } else if let Some(theirs) = foreign.first() {
             match theirs.label(LABEL_PROJECT) {
                 Some(other) => blocked(

@@ -814,3 +814,90 @@ fn interrupted_recreate_whose_new_container_cannot_start_keeps_the_previous_one(
     );
     env.assert_converged();
 }
+
+/// `apply --adopt` replacing a container authentik deployed, interrupted after the create (or
+/// after the start): authentik's container is stopped and parked as `<name>-outpostctl-old`,
+/// and ours names it in `outpostctl.replaces`. It has no project label, so only that label
+/// tells a later plan that it was taken over; the next apply (no `--adopt` needed: it was
+/// given in the run that made ours) starts ours and then removes it.
+fn adopted_recreate_interrupted(tag: &str, started: bool) {
+    let _serial = serial();
+    let env = Env::new(tag);
+    let mut m = env.manifest();
+    m["outposts"]["Dir"] = env.outpost("ldap", "AK_D");
+    env.write(&m);
+    // Only to learn what our container looks like.
+    env.apply_ok();
+    let name = env.name_of("dir");
+    let ours = env.container(&name);
+    docker_ok(&["rm", "-f", &name]);
+    let uuid = ours
+        .label(LABEL_UUID)
+        .expect("our container has the uuid label");
+
+    // authentik's container for the outpost: the uuid label, no label of outpostctl's.
+    let theirs = docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--label",
+        &format!("{LABEL_UUID}={uuid}"),
+        "--restart",
+        "unless-stopped",
+        &ours.image(),
+    ]);
+    env.track_container(&theirs);
+    // The recreate that adopts it, up to the create of ours.
+    docker_ok(&["stop", &theirs]);
+    let parked = format!("{name}-outpostctl-old");
+    docker_ok(&["rename", &theirs, &parked]);
+    let mut args: Vec<String> = vec!["create".into(), "--name".into(), name.clone()];
+    args.extend(["--restart".into(), "unless-stopped".into()]);
+    for (k, v) in ours.labels() {
+        args.extend(["--label".into(), format!("{k}={v}")]);
+    }
+    args.extend(["--label".into(), format!("{LABEL_REPLACES}={theirs}")]);
+    for (k, v) in ours.env() {
+        args.extend(["--env".into(), format!("{k}={v}")]);
+    }
+    args.push(ours.image());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let new = docker_ok(&refs);
+    if started {
+        docker_ok(&["start", &new]);
+    }
+
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", shown(&plan));
+    assert!(
+        plan.stdout.contains(&format!("- remove    {parked}"))
+            && plan
+                .stdout
+                .contains(&format!("kept {name}, which replaced it (adopted)"))
+            && !plan.stdout.contains("blocked"),
+        "the plan does not finish the adoption:\n{}",
+        shown(&plan)
+    );
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    assert!(
+        inspect(&theirs).is_none(),
+        "authentik's adopted container is still there:\n{}",
+        shown(&r)
+    );
+    let c = env.container(&name);
+    assert_eq!(c.id(), new);
+    assert!(c.running(), "{}", c.status());
+    env.assert_converged();
+}
+
+#[test]
+fn adoption_interrupted_after_the_create_is_finished() {
+    adopted_recreate_interrupted("crashadoptc", false);
+}
+
+#[test]
+fn adoption_interrupted_after_the_start_is_finished() {
+    adopted_recreate_interrupted("crashadopts", true);
+}
