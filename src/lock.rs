@@ -18,6 +18,10 @@ pub const LOCK_NAME: &str = "outpostctl-lock";
 pub const LABEL_LOCK: &str = "outpostctl.lock";
 pub const LABEL_HOLDER: &str = "outpostctl.lock.holder";
 pub const LABEL_SINCE: &str = "outpostctl.lock.since";
+/// A random id of the run that holds the lock. The holder text (`user@host pid N`) is for
+/// people: two runs can share it (containers with the same hostname, each outpostctl as PID
+/// 1), so only this id tells a run that a lock is its own.
+pub const LABEL_RUN: &str = "outpostctl.lock.run";
 
 /// How long a lease lasts without renewal; `OUTPOSTCTL_LOCK_LEASE` (seconds) overrides it.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
@@ -81,6 +85,12 @@ impl Drop for Lock {
     }
 }
 
+/// This run's id, the same for every engine it locks (two integrations may reach one engine).
+fn run_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| uuid::Uuid::new_v4().simple().to_string())
+}
+
 /// Who we are, as the lock's label tells it.
 fn holder(purpose: &str) -> String {
     let host = std::fs::read_to_string("/etc/hostname")
@@ -126,6 +136,7 @@ pub async fn acquire(
         let labels = BTreeMap::from([
             (LABEL_LOCK.to_string(), "engine".to_string()),
             (LABEL_HOLDER.to_string(), me.clone()),
+            (LABEL_RUN.to_string(), run_id().to_string()),
             (LABEL_SINCE.to_string(), now.to_string()),
         ]);
         let created = match engine
@@ -165,7 +176,7 @@ pub async fn acquire(
             .get(LABEL_HOLDER)
             .cloned()
             .unwrap_or_else(|| "an unknown holder".into());
-        if who == me {
+        if labels.get(LABEL_RUN).map(String::as_str) == Some(run_id()) {
             // This run holds it already, through another integration reaching this engine.
             return Ok(Lock {
                 engine,
@@ -323,7 +334,65 @@ pub async fn release_all(locks: Vec<Lock>) {
 
 #[cfg(test)]
 mod tests {
-    use super::when;
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::engine::fake::Fake;
+
+    /// An engine whose lock is held, unexpired, by a holder with this process's own holder
+    /// text (`user@host pid N`) and the given run id.
+    fn locked_by(run: Option<&str>) -> Arc<dyn Engine> {
+        let mut labels = BTreeMap::from([
+            (LABEL_LOCK.to_string(), "engine".to_string()),
+            (LABEL_HOLDER.to_string(), holder("apply")),
+            (LABEL_SINCE.to_string(), "1000".to_string()),
+        ]);
+        if let Some(run) = run {
+            labels.insert(LABEL_RUN.to_string(), run.to_string());
+        }
+        Arc::new(Fake {
+            marker: Some(("f00d".repeat(16), labels, 1_060)),
+            clock: 1_010,
+            image: Some("img".into()),
+            ..Fake::default()
+        })
+    }
+
+    fn opts() -> LockOptions {
+        LockOptions {
+            timeout: Duration::ZERO,
+            lease: DEFAULT_LEASE,
+            purpose: "apply".into(),
+            seed_image: None,
+        }
+    }
+
+    /// Two runs with the same `user@host pid N` (containers with one hostname, each
+    /// outpostctl as PID 1) are still two writers: the second waits for the first's lock.
+    #[tokio::test]
+    async fn a_lock_with_the_same_holder_text_from_another_run_is_not_ours() {
+        for run in [None, Some("0123456789abcdef0123456789abcdef")] {
+            match acquire(locked_by(run), "local", &opts(), &|_| {}).await {
+                Ok(_) => panic!("took a lock held by another run ({run:?}) as its own"),
+                Err(e) => assert!(
+                    e.to_string().contains("the engine is locked by")
+                        && e.to_string().contains("(outpostctl apply)"),
+                    "{e}"
+                ),
+            }
+        }
+    }
+
+    /// The same run reaching one engine through two integrations holds its lock once.
+    #[tokio::test]
+    async fn this_runs_own_lock_is_recognised() {
+        match acquire(locked_by(Some(run_id())), "local", &opts(), &|_| {}).await {
+            Ok(lock) => assert!(lock.heartbeat.is_none(), "renewed twice"),
+            Err(e) => panic!("waited for its own lock: {e}"),
+        }
+    }
 
     #[test]
     fn timestamps_from_the_engine_never_panic() {

@@ -360,97 +360,10 @@ fn short_hash(h: &str) -> String {
 mod tests {
     use std::collections::BTreeMap;
 
-    use async_trait::async_trait;
-
     use super::*;
     use crate::desired::{LABEL_INTEGRATION, LABEL_MANAGED_BY};
-    use crate::engine::{EngineEvent, EngineInfo, ErrorKind, Inspected, Result, State};
-
-    /// An engine whose list shows one container and that cannot inspect it (it was removed
-    /// between the two requests). Everything else is refused.
-    struct Vanishing(Observed);
-
-    fn refused<T>() -> Result<T> {
-        Err(EngineError::new(ErrorKind::Api, "not in this test"))
-    }
-
-    #[async_trait]
-    impl Engine for Vanishing {
-        async fn info(&self) -> Result<EngineInfo> {
-            refused()
-        }
-        async fn list(&self) -> Result<Vec<Observed>> {
-            Ok(vec![self.0.clone()])
-        }
-        async fn inspect(&self, id: &str) -> Result<Inspected> {
-            Err(EngineError::new(
-                ErrorKind::NotFound,
-                format!("no such container: {id}"),
-            ))
-        }
-        async fn image_labels(&self, _: &str) -> Result<Option<BTreeMap<String, String>>> {
-            refused()
-        }
-        async fn pull(&self, _: &str, _: &(dyn for<'s> Fn(&'s str) + Send + Sync)) -> Result<()> {
-            refused()
-        }
-        async fn create(
-            &self,
-            _: &ContainerSpec,
-            _: &str,
-            _: &BTreeMap<String, String>,
-        ) -> Result<String> {
-            refused()
-        }
-        async fn start(&self, _: &str) -> Result<()> {
-            refused()
-        }
-        async fn stop(&self, _: &str) -> Result<()> {
-            refused()
-        }
-        async fn unpause(&self, _: &str) -> Result<()> {
-            refused()
-        }
-        async fn restart(&self, _: &str) -> Result<()> {
-            refused()
-        }
-        async fn rename(&self, _: &str, _: &str) -> Result<()> {
-            refused()
-        }
-        async fn remove(&self, _: &str) -> Result<()> {
-            refused()
-        }
-        async fn now(&self) -> Result<i64> {
-            refused()
-        }
-        async fn any_image(&self) -> Result<Option<String>> {
-            refused()
-        }
-        async fn create_marker(
-            &self,
-            _: &str,
-            _: &str,
-            _: &BTreeMap<String, String>,
-            _: i64,
-        ) -> Result<Option<String>> {
-            refused()
-        }
-        async fn read_marker(
-            &self,
-            _: &str,
-        ) -> Result<Option<(String, BTreeMap<String, String>, i64)>> {
-            refused()
-        }
-        async fn renew_marker(&self, _: &str, _: i64) -> Result<()> {
-            refused()
-        }
-        fn events(&self, _: &str) -> futures_util::stream::BoxStream<'static, Result<EngineEvent>> {
-            Box::pin(futures_util::stream::empty())
-        }
-        fn requests(&self) -> u64 {
-            0
-        }
-    }
+    use crate::engine::State;
+    use crate::engine::fake::Fake;
 
     /// A container that needs a recreate but cannot be inspected any more still gets its
     /// recreate planned (with the config hash as the reason); the engine's plan does not fail.
@@ -490,7 +403,11 @@ mod tests {
         let planned = plan_engine(
             "p",
             std::slice::from_ref(&spec),
-            &Vanishing(live),
+            // Listed, then removed before the inspect.
+            &Fake {
+                listed: vec![live],
+                ..Fake::default()
+            },
             DiffOptions::default(),
         )
         .await

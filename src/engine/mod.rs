@@ -4,6 +4,8 @@
 
 pub mod connect;
 pub mod docker;
+#[cfg(test)]
+pub mod fake;
 pub mod ssh;
 pub mod tls;
 

@@ -1,0 +1,106 @@
+//! An engine for unit tests of pure logic: it answers what the test set and refuses the rest.
+//! Everything that talks to Docker is tested against the real engine (tests/e2e_*).
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+
+use super::{Engine, EngineError, EngineEvent, EngineInfo, ErrorKind, Inspected, Observed, Result};
+use crate::desired::ContainerSpec;
+
+/// A marker container as `read_marker` returns it: id, labels, expiry.
+pub type Marker = (String, BTreeMap<String, String>, i64);
+
+#[derive(Default)]
+pub struct Fake {
+    /// What `list` shows. `inspect` never finds any of it (removed since the list).
+    pub listed: Vec<Observed>,
+    /// The marker that exists: `create_marker` then finds its name taken.
+    pub marker: Option<Marker>,
+    /// The engine's clock, for `now`.
+    pub clock: i64,
+    /// What `any_image` answers.
+    pub image: Option<String>,
+}
+
+fn refused<T>() -> Result<T> {
+    Err(EngineError::new(ErrorKind::Api, "not in this test"))
+}
+
+#[async_trait]
+impl Engine for Fake {
+    async fn info(&self) -> Result<EngineInfo> {
+        refused()
+    }
+    async fn list(&self) -> Result<Vec<Observed>> {
+        Ok(self.listed.clone())
+    }
+    async fn inspect(&self, id: &str) -> Result<Inspected> {
+        Err(EngineError::new(
+            ErrorKind::NotFound,
+            format!("no such container: {id}"),
+        ))
+    }
+    async fn image_labels(&self, _: &str) -> Result<Option<BTreeMap<String, String>>> {
+        refused()
+    }
+    async fn pull(&self, _: &str, _: &(dyn for<'s> Fn(&'s str) + Send + Sync)) -> Result<()> {
+        refused()
+    }
+    async fn create(
+        &self,
+        _: &ContainerSpec,
+        _: &str,
+        _: &BTreeMap<String, String>,
+    ) -> Result<String> {
+        refused()
+    }
+    async fn start(&self, _: &str) -> Result<()> {
+        refused()
+    }
+    async fn stop(&self, _: &str) -> Result<()> {
+        refused()
+    }
+    async fn unpause(&self, _: &str) -> Result<()> {
+        refused()
+    }
+    async fn restart(&self, _: &str) -> Result<()> {
+        refused()
+    }
+    async fn rename(&self, _: &str, _: &str) -> Result<()> {
+        refused()
+    }
+    async fn remove(&self, _: &str) -> Result<()> {
+        refused()
+    }
+    async fn now(&self) -> Result<i64> {
+        Ok(self.clock)
+    }
+    async fn any_image(&self) -> Result<Option<String>> {
+        Ok(self.image.clone())
+    }
+    async fn create_marker(
+        &self,
+        _: &str,
+        _: &str,
+        _: &BTreeMap<String, String>,
+        _: i64,
+    ) -> Result<Option<String>> {
+        match self.marker {
+            Some(_) => Ok(None),
+            None => refused(),
+        }
+    }
+    async fn read_marker(&self, _: &str) -> Result<Option<Marker>> {
+        Ok(self.marker.clone())
+    }
+    async fn renew_marker(&self, _: &str, _: i64) -> Result<()> {
+        refused()
+    }
+    fn events(&self, _: &str) -> futures_util::stream::BoxStream<'static, Result<EngineEvent>> {
+        Box::pin(futures_util::stream::empty())
+    }
+    fn requests(&self) -> u64 {
+        0
+    }
+}
