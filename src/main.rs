@@ -52,7 +52,15 @@ fn main() {
                 _ = commands::until_interrupted() => commands::Exit::Failure,
             }
         }),
-        Command::Watch(args) => std::process::exit(runtime().block_on(commands::watch::run(&args))),
+        Command::Watch(args) => {
+            let rt = runtime();
+            let code = rt.block_on(commands::watch::run(&args));
+            // Shutting the runtime down drops the event tasks the watch aborted: their engines
+            // close ssh sessions and remove the private key directory (`exit` runs no
+            // destructors). Bounded, so a stuck session cannot keep the process alive.
+            rt.shutdown_timeout(std::time::Duration::from_secs(10));
+            std::process::exit(code)
+        }
         Command::Schema => commands::schema::run(&printer),
         Command::Completions { shell } => commands::completions::run(&printer, shell),
     };

@@ -9,7 +9,7 @@ mod remote;
 mod support;
 
 use std::fs;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::Run;
@@ -1089,11 +1089,8 @@ fn ssh_key_file_is_removed_when_the_run_is_interrupted() {
 
 /// Starts outpostctl with the test's environment, without waiting.
 fn spawn_outpostctl(r: &Remote, args: &[&str]) -> std::process::Child {
-    let mut cmd = Command::new(common::bin());
-    cmd.current_dir(r.env.dir())
-        .args(args)
-        .env("NO_COLOR", "1")
-        .env("TMPDIR", &r.tmp)
+    let mut cmd = r.env.command(args);
+    cmd.env("TMPDIR", &r.tmp)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
@@ -1253,4 +1250,32 @@ fn ssh_manifest_values_cannot_inject_ssh_options() {
         !marker.exists() && !abs.exists(),
         "the config's name ran a command"
     );
+}
+
+/// `watch` ends on SIGTERM (a stopped service) after its engines' event streams ran over ssh:
+/// the session directory with the private key and ssh's control socket is removed, and no
+/// ssh process is left, as after any other command.
+#[test]
+fn ssh_key_file_is_removed_when_watch_stops() {
+    let r = Remote::ssh("sshwatchstop");
+    let m = r.manifest(
+        json!({ "nas": r.good_ssh() }),
+        &[("Radius", "radius", "nas")],
+    );
+    r.env.write(&m);
+    let mut child = spawn_outpostctl(&r, &["watch", "--interval", "1h", "."]);
+    let deployed = wait_until(Duration::from_secs(60), || {
+        names(&r) == vec![r.env.name_of("radius")]
+    });
+    if !deployed {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("watch did not deploy the outpost over ssh");
+    }
+    // Let the event stream over ssh start too.
+    std::thread::sleep(Duration::from_secs(2));
+    signal(child.id(), "TERM");
+    let status = wait_child(&mut child, Duration::from_secs(30));
+    assert_eq!(status, Some(0), "watch stops cleanly on SIGTERM");
+    r.assert_nothing_left("watch stopped by SIGTERM");
 }

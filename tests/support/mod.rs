@@ -779,9 +779,8 @@ impl Env {
         fs::write(self.dir().join(name), text).expect("write manifest");
     }
 
-    /// Runs outpostctl in the test directory with the tokens set; no token value may appear
-    /// in what it prints.
-    pub fn run(&self, args: &[&str]) -> Run {
+    /// outpostctl in the test directory with the tokens and the test's environment set.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(common::bin());
         cmd.current_dir(self.dir())
             .args(args)
@@ -793,7 +792,13 @@ impl Env {
         for (k, v) in self.extra_env.lock().unwrap().iter() {
             cmd.env(k, v);
         }
-        let r = run_with_timeout(cmd, OUTPOSTCTL_TIMEOUT);
+        cmd
+    }
+
+    /// Runs outpostctl in the test directory with the tokens set; no token value may appear
+    /// in what it prints.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let r = run_with_timeout(self.command(args), OUTPOSTCTL_TIMEOUT);
         self.assert_no_secret(
             &format!("the output of `outpostctl {}`", args.join(" ")),
             &r.stdout,
