@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 
 use crate::desired::{ContainerSpec, LABEL_CONFIG_HASH, LABEL_PROJECT, LABEL_UUID};
 use crate::diff::{self, Action, ActionKind, Change, DiffOptions};
-use crate::engine::{Engine, EngineError, Observed};
+use crate::engine::{Engine, EngineError, Observed, State};
 use crate::validate::Validated;
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -189,7 +189,9 @@ pub fn manifest_fingerprint(v: &Validated) -> String {
 }
 
 /// The fingerprint of the live containers a plan for `desired` depends on: ours, those with
-/// a desired uuid, and those with a desired name.
+/// a desired uuid, and those with a desired name. Running and restarting (Docker's restart
+/// policy bringing a crashed container back) are one state to every plan, so a container in a
+/// crash loop does not make every saved plan of its engine stale.
 pub fn engine_fingerprint(
     project: &str,
     desired: &[ContainerSpec],
@@ -213,7 +215,10 @@ pub fn engine_fingerprint(
                 "{}\0{}\0{}\0{}\0{}\0{}\n",
                 o.id,
                 o.name,
-                o.state.as_str(),
+                match o.state {
+                    State::Restarting => State::Running.as_str(),
+                    other => other.as_str(),
+                },
                 o.label(LABEL_CONFIG_HASH).unwrap_or(""),
                 o.label(LABEL_PROJECT).unwrap_or(""),
                 o.networks.join(","),
@@ -362,8 +367,30 @@ mod tests {
 
     use super::*;
     use crate::desired::{LABEL_INTEGRATION, LABEL_MANAGED_BY};
-    use crate::engine::State;
     use crate::engine::fake::Fake;
+
+    /// A saved plan depends on the containers' states, except that a container flapping
+    /// between running and restarting (a crash loop under Docker's restart policy) is the
+    /// same to it: every plan treats both alike.
+    #[test]
+    fn a_crash_loop_does_not_move_the_fingerprint_but_a_stop_does() {
+        let c = |state: State| Observed {
+            id: "0123456789abcdef".into(),
+            name: "ak-outpost-a".into(),
+            image: "img".into(),
+            state,
+            health: None,
+            labels: BTreeMap::from([(LABEL_PROJECT.to_string(), "p".to_string())]),
+            networks: vec!["bridge".into()],
+            created: 0,
+            host_ports: Vec::new(),
+        };
+        let of = |state| engine_fingerprint("p", &[], &[c(state)]);
+        assert_eq!(of(State::Running), of(State::Restarting));
+        assert_ne!(of(State::Running), of(State::Exited));
+        assert_ne!(of(State::Running), of(State::Paused));
+        assert_ne!(of(State::Restarting), of(State::Exited));
+    }
 
     /// A container that needs a recreate but cannot be inspected any more still gets its
     /// recreate planned (with the config hash as the reason); the engine's plan does not fail.
