@@ -198,6 +198,15 @@ pub fn diff(
                     && !removed.iter().any(|r| r.id == o.id)
             })
         };
+        // This outpost's container, made by another integration of the set that reaches the
+        // same engine: the outpost moved here from there (a uuid belongs to one outpost).
+        let moved = by_uuid
+            .get(spec.uuid.as_str())
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .copied()
+            .find(|o| sibling(o) && o.state != State::Removing);
         let (mine, foreign): (Vec<&Observed>, Vec<&Observed>) =
             same_uuid.into_iter().partition(|o| ours(o));
         let action = if let Some(current) = mine.first() {
@@ -280,6 +289,8 @@ pub fn diff(
                     ),
                 ),
             }
+        } else if let Some(from) = moved {
+            moved_in(spec, from, taken(from, &[]))
         } else if let Some(in_way) = named(&spec.name)
             .iter()
             .copied()
@@ -293,11 +304,11 @@ pub fn diff(
                     in_way.label(LABEL_OUTPOST).unwrap_or("?")
                 )
             } else if sibling(in_way) {
-                // This project's container, managed by another integration of the set that
-                // reaches the same engine: the outpost moved from there (that integration
-                // removes the container), or two outposts share a name across integrations.
+                // This project's container of another outpost, managed by another integration
+                // of the set that reaches the same engine: that outpost left the manifests
+                // (that integration removes the container), or two outposts share a name.
                 format!(
-                    "the name `{}` is taken by container {} of outpost `{}`, managed by integration `{}` on the same engine; if the outpost moved from there, that integration removes the container in this apply: apply again to create it here",
+                    "the name `{}` is taken by container {} of outpost `{}`, managed by integration `{}` on the same engine; if that outpost left the manifests, that integration removes the container in this apply: apply again to create this one",
                     spec.name,
                     in_way.short_id(),
                     in_way.label(LABEL_OUTPOST).unwrap_or("?"),
@@ -365,6 +376,55 @@ fn blocked(spec: &ContainerSpec, o: &Observed, error: String) -> Action {
         reasons: Vec::new(),
         adopt: false,
         error: Some(error),
+    }
+}
+
+/// The field of the reason that moves a container to another integration of the set.
+pub const MOVED_FIELD: &str = "labels.outpostctl.integration";
+
+/// The action for an outpost whose container another integration of the set made, on this
+/// same engine: a recreate that relabels it as this integration's (labels cannot change in
+/// place). The integration it came from keeps its hands off it (`keep_what_another_keeps`).
+fn moved_in(spec: &ContainerSpec, o: &Observed, taken_by: Option<&Observed>) -> Action {
+    let mut a = existing(spec, o, false, taken_by);
+    if a.action == ActionKind::Blocked {
+        return a;
+    }
+    if a.action != ActionKind::Recreate {
+        a.reasons.clear();
+        a.action = ActionKind::Recreate;
+    }
+    a.reasons.insert(
+        0,
+        Change::new(
+            MOVED_FIELD,
+            o.label(LABEL_INTEGRATION).map(str::to_string),
+            spec.labels.get(LABEL_INTEGRATION).cloned(),
+        ),
+    );
+    a
+}
+
+/// Across the integrations of one plan: a container that one integration keeps (any action on
+/// it but a removal or a block) is not removed by another. Several integrations may reach one
+/// engine; when an outpost moves between two of them, the one it left sees the container as
+/// its own and no longer wanted, while the one it joined takes it over. Container ids are
+/// unique across engines, so integrations on different engines never meet here.
+pub fn keep_what_another_keeps(plans: &mut [&mut Vec<Action>]) {
+    let kept: HashSet<String> = plans
+        .iter()
+        .flat_map(|actions| actions.iter())
+        .filter(|a| !matches!(a.action, ActionKind::Remove | ActionKind::Blocked))
+        .filter_map(|a| a.container.as_ref().map(|c| c.id.clone()))
+        .collect();
+    if kept.is_empty() {
+        return;
+    }
+    for actions in plans.iter_mut() {
+        actions.retain(|a| {
+            a.action != ActionKind::Remove
+                || a.container.as_ref().is_none_or(|c| !kept.contains(&c.id))
+        });
     }
 }
 

@@ -260,7 +260,10 @@ pub async fn build(v: &Validated, engines: &Engines, opts: DiffOptions) -> Plan 
             }
         }
     });
-    let integrations = futures_util::future::join_all(futures).await;
+    let mut integrations = futures_util::future::join_all(futures).await;
+    let mut actions: Vec<&mut Vec<crate::diff::Action>> =
+        integrations.iter_mut().map(|e| &mut e.actions).collect();
+    crate::diff::keep_what_another_keeps(&mut actions);
     Plan {
         format_version: FORMAT_VERSION,
         project: v.project.clone(),

@@ -148,10 +148,11 @@ fn two_integrations_on_one_engine_do_not_prune_each_other() {
     env.assert_converged();
 }
 
-/// An outpost moved from one integration to another that reaches the same engine: the old
-/// integration removes its container, the new one cannot create it under the same name in
-/// the same apply, and says so truthfully (not "not managed by outpostctl"); the next apply
-/// creates it, and then the plan is empty.
+/// An outpost moved from one integration to another that reaches the same engine: the new
+/// integration takes its container over with one recreate (relabelled as its own) and the old
+/// one leaves it alone, so one apply moves it. Another outpost (another uuid) wanting the name
+/// of a container the other integration removes cannot have it in the same apply: the plan
+/// says so truthfully (not "not managed by outpostctl"), the next apply creates it.
 #[test]
 fn outpost_moved_between_integrations_on_one_engine() {
     require_socket_proxy();
@@ -177,34 +178,70 @@ fn outpost_moved_between_integrations_on_one_engine() {
             .collect()
     };
     assert!(
-        actions_in("local")
-            .iter()
-            .any(|a| a["action"] == "remove" && a["outpost"] == "Mover"),
-        "local does not remove the moved outpost's container: {plan:#}"
+        !actions_in("local").iter().any(|a| a["outpost"] == "Mover"),
+        "local acts on the container edge takes over: {plan:#}"
     );
     let edge = actions_in("edge");
     let a = edge
         .iter()
         .find(|a| a["outpost"] == "Mover")
         .unwrap_or_else(|| panic!("no action for Mover on edge: {plan:#}"));
-    let error = a["error"].as_str().unwrap_or_default();
-    assert!(
-        error.contains("managed by integration `local`") && !error.contains("not managed"),
+    assert_eq!(a["action"], "recreate", "{a:#}");
+    assert_eq!(a["container"]["id"], before.id().as_str(), "{a:#}");
+    assert_eq!(
+        a["reasons"][0],
+        json!({"field": "labels.outpostctl.integration", "before": "local", "after": "edge"}),
         "{a:#}"
     );
+    let human = env.plan(&[]);
+    assert!(
+        human.stdout.contains("plan: 1 to recreate") && !human.stdout.contains("remove"),
+        "{}",
+        shown(&human)
+    );
 
-    let first = env.apply(&[]);
+    // One apply moves it: the container edge makes replaces the one local made.
+    env.apply_ok();
     assert!(
         inspect(&before.id()).is_none(),
-        "the old container is still there:\n{}",
-        shown(&first)
+        "the old container is still there"
     );
-    env.apply_ok();
     let after = env.container(&name);
     assert_eq!(
         after.label("outpostctl.integration"),
         Some("edge".to_string())
     );
     assert!(after.running());
+    env.assert_converged();
+
+    // Back on local as another outpost (another uuid) under the same name.
+    m["outposts"]["Mover"]["integration"] = json!("local");
+    m["outposts"]["Mover"]["uuid"] = json!(env.uuid("other"));
+    env.write(&m);
+    let plan = env.plan_json_with(&[], true);
+    let error = plan["integrations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["name"] == "local")
+        .flat_map(|i| i["actions"].as_array().cloned().unwrap_or_default())
+        .find(|a| a["outpost"] == "Mover")
+        .and_then(|a| a["error"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    assert!(
+        error.contains("managed by integration `edge`") && !error.contains("not managed"),
+        "{plan:#}"
+    );
+    let first = env.apply(&[]);
+    assert!(
+        inspect(&after.id()).is_none(),
+        "edge did not remove its container:\n{}",
+        shown(&first)
+    );
+    env.apply_ok();
+    assert_eq!(
+        env.container(&name).label("outpostctl.integration"),
+        Some("local".to_string())
+    );
     env.assert_converged();
 }
