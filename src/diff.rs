@@ -212,19 +212,7 @@ pub fn diff(
         let action = if let Some(current) = mine.first() {
             // Leftovers of an interrupted recreate: one container per outpost.
             for extra in &mine[1..] {
-                actions.push(Action {
-                    outpost: spec.outpost.clone(),
-                    action: ActionKind::Remove,
-                    name: extra.name.clone(),
-                    container: Some(ContainerRef::of(extra)),
-                    reasons: vec![Change::new(
-                        "duplicate",
-                        Some(extra.name.clone()),
-                        Some(format!("kept {}", current.name)),
-                    )],
-                    adopt: false,
-                    error: None,
-                });
+                actions.push(duplicate(spec, extra, format!("kept {}", current.name)));
             }
             // An adopted container (authentik's, without this project's label) whose recreate
             // was interrupted after the create: our container names it in its
@@ -245,22 +233,8 @@ pub fn diff(
                 })
                 .collect();
             for old in &adopted {
-                actions.push(Action {
-                    outpost: spec.outpost.clone(),
-                    action: ActionKind::Remove,
-                    name: old.name.clone(),
-                    container: Some(ContainerRef::of(old)),
-                    reasons: vec![Change::new(
-                        "duplicate",
-                        Some(old.name.clone()),
-                        Some(format!(
-                            "kept {}, which replaced it (adopted)",
-                            current.name
-                        )),
-                    )],
-                    adopt: false,
-                    error: None,
-                });
+                let kept = format!("kept {}, which replaced it (adopted)", current.name);
+                actions.push(duplicate(spec, old, kept));
             }
             let removed: Vec<&Observed> = mine[1..].iter().chain(&adopted).copied().collect();
             // The duplicates are removed first, so the one kept may take their name: after
@@ -365,6 +339,20 @@ pub fn diff(
         ))
     });
     actions
+}
+
+/// The removal of a second container of the outpost (the apply removes it only once the kept
+/// one runs, when that one needs a start).
+fn duplicate(spec: &ContainerSpec, o: &Observed, kept: String) -> Action {
+    Action {
+        outpost: spec.outpost.clone(),
+        action: ActionKind::Remove,
+        name: o.name.clone(),
+        container: Some(ContainerRef::of(o)),
+        reasons: vec![Change::new("duplicate", Some(o.name.clone()), Some(kept))],
+        adopt: false,
+        error: None,
+    }
 }
 
 fn blocked(spec: &ContainerSpec, o: &Observed, error: String) -> Action {

@@ -643,28 +643,30 @@ fn interrupted_recreate(tag: &str, point: CrashPoint, now_b: bool) -> Fleet {
         return finish(f, now_b);
     }
     // The new container, as outpostctl creates it: B's settings plus the replaces label.
-    let mut args: Vec<String> = ["create", "--name", &name, "--network", "none", "--restart"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.push("unless-stopped".into());
-    for (k, v) in b.labels() {
-        args.push("--label".into());
-        args.push(format!("{k}={v}"));
-    }
-    args.push("--label".into());
-    args.push(format!("{LABEL_REPLACES}={old}"));
-    for (k, v) in b.env() {
-        args.push("--env".into());
-        args.push(format!("{k}={v}"));
-    }
-    args.push(b.image());
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let new = docker_ok(&refs);
+    let new = create_replacement(&name, &old, &b, &["--network".into(), "none".into()]);
     if matches!(point, CrashPoint::Started) {
         docker_ok(&["start", &new]);
     }
     finish(f, now_b)
+}
+
+/// The replacement container a recreate creates (not started), built with the Docker CLI: the
+/// settings of `like` (labels, env, image, restart policy, and `extra` arguments such as the
+/// network or published ports) under `name`, plus the label naming the container it replaces.
+fn create_replacement(name: &str, replaces: &str, like: &Inspect, extra: &[String]) -> String {
+    let mut args: Vec<String> = vec!["create".into(), "--name".into(), name.into()];
+    args.extend(extra.iter().cloned());
+    args.extend(["--restart".into(), "unless-stopped".into()]);
+    for (k, v) in like.labels() {
+        args.extend(["--label".into(), format!("{k}={v}")]);
+    }
+    args.extend(["--label".into(), format!("{LABEL_REPLACES}={replaces}")]);
+    for (k, v) in like.env() {
+        args.extend(["--env".into(), format!("{k}={v}")]);
+    }
+    args.push(like.image());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    docker_ok(&refs)
 }
 
 fn finish(mut f: Fleet, now_b: bool) -> Fleet {
@@ -765,22 +767,11 @@ fn interrupted_recreate_whose_new_container_cannot_start_keeps_the_previous_one(
     docker_ok(&["stop", &old]);
     let parked = format!("{name}-outpostctl-old");
     docker_ok(&["rename", &old, &parked]);
-    let mut args: Vec<String> = vec!["create".into(), "--name".into(), name.clone()];
-    for (k, p) in &ports {
-        args.push("--publish".into());
-        args.push(format!("127.0.0.1:{p}:{k}"));
-    }
-    args.extend(["--restart".into(), "unless-stopped".into()]);
-    for (k, v) in b.labels() {
-        args.extend(["--label".into(), format!("{k}={v}")]);
-    }
-    args.extend(["--label".into(), format!("{LABEL_REPLACES}={old}")]);
-    for (k, v) in b.env() {
-        args.extend(["--env".into(), format!("{k}={v}")]);
-    }
-    args.push(b.image());
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let new = docker_ok(&refs);
+    let publish: Vec<String> = ports
+        .iter()
+        .flat_map(|(k, p)| ["--publish".into(), format!("127.0.0.1:{p}:{k}")])
+        .collect();
+    let new = create_replacement(&name, &old, &b, &publish);
 
     // Meanwhile something else took one of the outpost's host ports.
     let port = ports["3389/tcp"];
@@ -852,18 +843,7 @@ fn adopted_recreate_interrupted(tag: &str, started: bool) {
     docker_ok(&["stop", &theirs]);
     let parked = format!("{name}-outpostctl-old");
     docker_ok(&["rename", &theirs, &parked]);
-    let mut args: Vec<String> = vec!["create".into(), "--name".into(), name.clone()];
-    args.extend(["--restart".into(), "unless-stopped".into()]);
-    for (k, v) in ours.labels() {
-        args.extend(["--label".into(), format!("{k}={v}")]);
-    }
-    args.extend(["--label".into(), format!("{LABEL_REPLACES}={theirs}")]);
-    for (k, v) in ours.env() {
-        args.extend(["--env".into(), format!("{k}={v}")]);
-    }
-    args.push(ours.image());
-    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let new = docker_ok(&refs);
+    let new = create_replacement(&name, &theirs, &ours, &[]);
     if started {
         docker_ok(&["start", &new]);
     }
