@@ -140,11 +140,22 @@ pub async fn apply(
             .partition(|a| a.action == ActionKind::Remove);
         // A duplicate left by an interrupted recreate (the parked previous container) that
         // does not hold the name its outpost's container needs is removed only once that
-        // container runs: if it cannot start, the previous one is kept.
+        // container runs (its start, rename, unpause or restart succeeded): if it does not,
+        // the previous one is kept. Before a recreate it goes first, as it may hold the name
+        // the recreate parks the current container under.
         let target = |a: &Action| {
             others
                 .iter()
-                .find(|o| o.outpost == a.outpost && o.action == ActionKind::Start)
+                .find(|o| {
+                    o.outpost == a.outpost
+                        && matches!(
+                            o.action,
+                            ActionKind::Start
+                                | ActionKind::Rename
+                                | ActionKind::Unpause
+                                | ActionKind::Restart
+                        )
+                })
                 .map(|o| o.name.clone())
         };
         let (deferred, removals): (Vec<&Action>, Vec<&Action>) =

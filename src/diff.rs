@@ -214,26 +214,35 @@ pub fn diff(
             for extra in &mine[1..] {
                 actions.push(duplicate(spec, extra, format!("kept {}", current.name)));
             }
-            // An adopted container (authentik's, without this project's label) whose recreate
-            // was interrupted after the create: our container names it in its
-            // `outpostctl.replaces` label, so taking it over was agreed with `--adopt` in the
-            // run that made ours. Finishing that recreate removes it, once ours runs; any other
-            // container of this uuid that is not ours is left alone.
+            // A recreate that took a container over, interrupted after the create: one that
+            // was adopted (authentik's, without this project's label; taking it over was
+            // agreed with `--adopt` in the run that made ours) or one another integration of
+            // the set made on this engine (the outpost moved here). Our container names it in
+            // its `outpostctl.replaces` label; finishing the recreate removes it once ours
+            // runs. Any other container of this uuid that is not ours is left alone.
             let replaced: HashSet<&str> = mine
                 .iter()
                 .filter_map(|o| o.label(LABEL_REPLACES))
                 .collect();
-            let adopted: Vec<&Observed> = foreign
+            let adopted: Vec<&Observed> = by_uuid
+                .get(spec.uuid.as_str())
+                .map(Vec::as_slice)
+                .unwrap_or_default()
                 .iter()
                 .copied()
                 .filter(|o| {
-                    o.label(LABEL_PROJECT).is_none()
+                    (o.label(LABEL_PROJECT).is_none() || sibling(o))
                         && o.state != State::Removing
                         && replaced.contains(o.id.as_str())
                 })
                 .collect();
             for old in &adopted {
-                let kept = format!("kept {}, which replaced it (adopted)", current.name);
+                let how = if sibling(old) {
+                    "moved here"
+                } else {
+                    "adopted"
+                };
+                let kept = format!("kept {}, which replaced it ({how})", current.name);
                 actions.push(duplicate(spec, old, kept));
             }
             let removed: Vec<&Observed> = mine[1..].iter().chain(&adopted).copied().collect();
@@ -393,25 +402,34 @@ fn moved_in(spec: &ContainerSpec, o: &Observed, taken_by: Option<&Observed>) -> 
     a
 }
 
-/// Across the integrations of one plan: a container that one integration keeps (any action on
-/// it but a removal or a block) is not removed by another. Several integrations may reach one
-/// engine; when an outpost moves between two of them, the one it left sees the container as
-/// its own and no longer wanted, while the one it joined takes it over. Container ids are
-/// unique across engines, so integrations on different engines never meet here.
+/// The removal of a container whose outpost left the manifests (not of a duplicate).
+fn orphan_removal(a: &Action) -> bool {
+    a.action == ActionKind::Remove && a.reasons.iter().any(|r| r.field == "outpost")
+}
+
+/// Across the integrations of one plan: a container that one integration takes care of (any
+/// action on it but a block or an orphan's removal: it keeps it, recreates it, or removes it
+/// as a duplicate once its own container runs) is not removed as an orphan by another. Several
+/// integrations may reach one engine; when an outpost moves between two of them, the one it
+/// left sees the container as its own and no longer wanted, while the one it joined takes it
+/// over. Container ids are unique across engines, so integrations on different engines never
+/// meet here.
 pub fn keep_what_another_keeps(plans: &mut [&mut Vec<Action>]) {
-    let kept: HashSet<String> = plans
+    let claimed: HashSet<String> = plans
         .iter()
         .flat_map(|actions| actions.iter())
-        .filter(|a| !matches!(a.action, ActionKind::Remove | ActionKind::Blocked))
+        .filter(|a| a.action != ActionKind::Blocked && !orphan_removal(a))
         .filter_map(|a| a.container.as_ref().map(|c| c.id.clone()))
         .collect();
-    if kept.is_empty() {
+    if claimed.is_empty() {
         return;
     }
     for actions in plans.iter_mut() {
         actions.retain(|a| {
-            a.action != ActionKind::Remove
-                || a.container.as_ref().is_none_or(|c| !kept.contains(&c.id))
+            !orphan_removal(a)
+                || a.container
+                    .as_ref()
+                    .is_none_or(|c| !claimed.contains(&c.id))
         });
     }
 }
@@ -755,4 +773,118 @@ fn text(
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Outpost `X` on integration `b`; `a` reaches the same engine.
+    fn spec_on_b() -> ContainerSpec {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("token"), "t0ken\n").expect("token");
+        std::fs::write(
+            dir.path().join("set.yaml"),
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  a: { local: true }\n  \
+             b: { url: \"http://127.0.0.1:2375\" }\noutposts:\n  X:\n    type: ldap\n    \
+             integration: b\n    token: { file: token }\n",
+        )
+        .expect("manifest");
+        let outcome = crate::validate::validate(&[dir.path().to_path_buf()]);
+        let Some(v) = outcome.validated else {
+            panic!("invalid: {:?}", outcome.diagnostics);
+        };
+        v.desired["b"][0].clone()
+    }
+
+    fn container(id: &str, name: &str, state: State, labels: &[(&str, &str)]) -> Observed {
+        Observed {
+            id: id.into(),
+            name: name.into(),
+            image: "img".into(),
+            state,
+            health: None,
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            networks: vec!["bridge".into()],
+            created: 0,
+            host_ports: Vec::new(),
+        }
+    }
+
+    /// The plans of `a` (which wants nothing) and `b` over one engine's containers, after
+    /// `keep_what_another_keeps`.
+    fn plan_both(spec: &ContainerSpec, observed: &[Observed]) -> (Vec<Action>, Vec<Action>) {
+        let opts = |i: &str| DiffOptions {
+            adopt: false,
+            integration: Some(i.into()),
+            integrations: ["a".to_string(), "b".to_string()].into(),
+        };
+        let mut a = diff("p", &[], observed, opts("a"));
+        let mut b = diff("p", std::slice::from_ref(spec), observed, opts("b"));
+        keep_what_another_keeps(&mut [&mut a, &mut b]);
+        (a, b)
+    }
+
+    fn kinds(actions: &[Action]) -> Vec<(ActionKind, Option<String>)> {
+        actions
+            .iter()
+            .map(|a| (a.action, a.container.as_ref().map(|c| c.id.clone())))
+            .collect()
+    }
+
+    /// Moving an outpost between two integrations of one engine: `b` takes the container over
+    /// with a recreate and `a` leaves it alone; when that recreate was interrupted after the
+    /// create, `b` starts its container and only then removes the one `a` made (a duplicate,
+    /// which the apply defers), and `a` still leaves it alone.
+    #[test]
+    fn a_moved_outpost_is_taken_over_once_even_after_an_interrupted_recreate() {
+        let spec = spec_on_b();
+        let of_a = [
+            (LABEL_UUID, spec.uuid.as_str()),
+            (LABEL_PROJECT, "p"),
+            (LABEL_INTEGRATION, "a"),
+            (LABEL_OUTPOST, "X"),
+            (LABEL_CONFIG_HASH, spec.config_hash.as_str()),
+        ];
+        let moved = container("c0ffee", &spec.name, State::Running, &of_a);
+        let (a, b) = plan_both(&spec, std::slice::from_ref(&moved));
+        assert_eq!(kinds(&a), vec![], "{a:?}");
+        assert_eq!(
+            kinds(&b),
+            vec![(ActionKind::Recreate, Some("c0ffee".into()))],
+            "{b:?}"
+        );
+        assert_eq!(b[0].reasons[0].field, MOVED_FIELD);
+
+        // Interrupted after the create: `a`'s container parked and stopped, `b`'s created.
+        let parked = format!("{}-outpostctl-old", spec.name);
+        let old = container("c0ffee", &parked, State::Exited, &of_a);
+        let mut of_b: Vec<(&str, &str)> = of_a
+            .iter()
+            .map(|&(k, v)| {
+                if k == LABEL_INTEGRATION {
+                    (k, "b")
+                } else {
+                    (k, v)
+                }
+            })
+            .collect();
+        of_b.push((LABEL_REPLACES, "c0ffee"));
+        let new = container("d00d", &spec.name, State::Created, &of_b);
+        let (a, b) = plan_both(&spec, &[old, new]);
+        assert_eq!(kinds(&a), vec![], "{a:?}");
+        assert_eq!(
+            kinds(&b),
+            vec![
+                (ActionKind::Start, Some("d00d".into())),
+                (ActionKind::Remove, Some("c0ffee".into()))
+            ],
+            "{b:?}"
+        );
+        assert_eq!(b[1].reasons[0].field, "duplicate", "{b:?}");
+    }
 }

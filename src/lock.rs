@@ -71,6 +71,7 @@ impl Lock {
     pub async fn release(mut self) {
         if let Some(h) = self.heartbeat.take() {
             h.abort();
+            renewed(|ids| ids.remove(&self.id));
             let _ = self.engine.remove(&self.id).await;
         }
     }
@@ -81,8 +82,21 @@ impl Drop for Lock {
         // Without `release` (a panic, an early return), the lease runs out by itself.
         if let Some(h) = &self.heartbeat {
             h.abort();
+            renewed(|ids| ids.remove(&self.id));
         }
     }
+}
+
+/// The lock containers this process renews, by id. A lock with this run's id that is not
+/// among them was left by a release that failed (the engine was away for a moment, in a watch)
+/// and is renewed by nobody: it is removed and taken anew, not shared.
+fn renewed<T>(f: impl FnOnce(&mut std::collections::BTreeSet<String>) -> T) -> T {
+    static IDS: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let mut ids = IDS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    f(&mut ids)
 }
 
 /// This run's id, the same for every engine it locks (two integrations may reach one engine).
@@ -152,6 +166,7 @@ pub async fn acquire(
             other => other?,
         };
         if let Some(id) = created {
+            renewed(|ids| ids.insert(id.clone()));
             let heartbeat = Some(tokio::spawn(renew(Arc::clone(&engine), id.clone(), lease)));
             return Ok(Lock {
                 engine,
@@ -176,6 +191,13 @@ pub async fn acquire(
             .get(LABEL_HOLDER)
             .cloned()
             .unwrap_or_else(|| "an unknown holder".into());
+        if labels.get(LABEL_RUN).map(String::as_str) == Some(run_id())
+            && !renewed(|ids| ids.contains(&id))
+        {
+            // This run's, but nobody renews it any more: take it anew.
+            engine.remove(&id).await?;
+            continue;
+        }
         if labels.get(LABEL_RUN).map(String::as_str) == Some(run_id()) {
             // This run holds it already, through another integration reaching this engine.
             return Ok(Lock {
@@ -343,7 +365,7 @@ mod tests {
 
     /// An engine whose lock is held, unexpired, by a holder with this process's own holder
     /// text (`user@host pid N`) and the given run id.
-    fn locked_by(run: Option<&str>) -> Arc<dyn Engine> {
+    fn locked_by(id: &str, run: Option<&str>) -> Arc<dyn Engine> {
         let mut labels = BTreeMap::from([
             (LABEL_LOCK.to_string(), "engine".to_string()),
             (LABEL_HOLDER.to_string(), holder("apply")),
@@ -353,7 +375,7 @@ mod tests {
             labels.insert(LABEL_RUN.to_string(), run.to_string());
         }
         Arc::new(Fake {
-            marker: Some(("f00d".repeat(16), labels, 1_060)),
+            marker: std::sync::Mutex::new(Some((id.to_string(), labels, 1_060))),
             clock: 1_010,
             image: Some("img".into()),
             ..Fake::default()
@@ -374,7 +396,7 @@ mod tests {
     #[tokio::test]
     async fn a_lock_with_the_same_holder_text_from_another_run_is_not_ours() {
         for run in [None, Some("0123456789abcdef0123456789abcdef")] {
-            match acquire(locked_by(run), "local", &opts(), &|_| {}).await {
+            match acquire(locked_by("f00d", run), "local", &opts(), &|_| {}).await {
                 Ok(_) => panic!("took a lock held by another run ({run:?}) as its own"),
                 Err(e) => assert!(
                     e.to_string().contains("the engine is locked by")
@@ -388,9 +410,26 @@ mod tests {
     /// The same run reaching one engine through two integrations holds its lock once.
     #[tokio::test]
     async fn this_runs_own_lock_is_recognised() {
-        match acquire(locked_by(Some(run_id())), "local", &opts(), &|_| {}).await {
+        renewed(|ids| ids.insert("beef".to_string()));
+        let got = acquire(locked_by("beef", Some(run_id())), "local", &opts(), &|_| {}).await;
+        renewed(|ids| ids.remove("beef"));
+        match got {
             Ok(lock) => assert!(lock.heartbeat.is_none(), "renewed twice"),
             Err(e) => panic!("waited for its own lock: {e}"),
+        }
+    }
+
+    /// A lock of this run that nobody renews (its release failed while the engine was away, in
+    /// a watch) is not shared as if held: it is removed and taken anew, with a heartbeat.
+    #[tokio::test]
+    async fn a_lock_of_this_run_that_nobody_renews_is_taken_anew() {
+        let engine = locked_by("cafe", Some(run_id()));
+        match acquire(Arc::clone(&engine), "local", &opts(), &|_| {}).await {
+            Ok(lock) => {
+                assert!(lock.heartbeat.is_some(), "not renewed");
+                assert_eq!(lock.id, crate::engine::fake::CREATED_MARKER);
+            }
+            Err(e) => panic!("did not take its stale lock anew: {e}"),
         }
     }
 

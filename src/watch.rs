@@ -128,6 +128,14 @@ fn is_put_back(a: &Action) -> bool {
     )
 }
 
+/// What waits while its outpost backs off: its put-back, and the removal of a duplicate left
+/// by an interrupted recreate (the previous container, removed only once the outpost's own
+/// container runs again, which the held-back put-back would do).
+fn waits_for_backoff(a: &Action) -> bool {
+    is_put_back(a)
+        || (a.action == ActionKind::Remove && a.reasons.iter().any(|r| r.field == "duplicate"))
+}
+
 struct State {
     opts: Options,
     log: Logger,
@@ -552,7 +560,8 @@ impl State {
                     }
                     return false;
                 }
-                !(is_put_back(a) && deferred.contains(&(integration.clone(), a.outpost.clone())))
+                !(waits_for_backoff(a)
+                    && deferred.contains(&(integration.clone(), a.outpost.clone())))
             });
         }
     }
@@ -763,6 +772,24 @@ pub fn now_seconds() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_duplicates_removal_waits_with_its_outposts_put_back() {
+        let action = |kind: ActionKind, field: &str| Action {
+            outpost: "X".into(),
+            action: kind,
+            name: "ak-outpost-x".into(),
+            container: None,
+            reasons: vec![crate::diff::Change::new(field, None, None)],
+            adopt: false,
+            error: None,
+        };
+        assert!(waits_for_backoff(&action(ActionKind::Start, "state")));
+        assert!(waits_for_backoff(&action(ActionKind::Remove, "duplicate")));
+        // An outpost removed from the manifests has no put-back to wait for.
+        assert!(!waits_for_backoff(&action(ActionKind::Remove, "outpost")));
+        assert!(!waits_for_backoff(&action(ActionKind::Recreate, "image")));
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {

@@ -740,11 +740,11 @@ fn recreate_interrupted_after_start_then_reverted_is_rolled_back() {
 /// A recreate interrupted after the create, whose new container then cannot start (its host
 /// port was taken meanwhile): the apply that finishes it must not remove the parked previous
 /// container before the new one runs (it is all the outpost has). It reports the failure and
-/// keeps the previous container; once the port is free, the next apply converges.
-#[test]
-fn interrupted_recreate_whose_new_container_cannot_start_keeps_the_previous_one() {
+/// keeps the previous container; once the port is free, the next apply converges. With
+/// `renamed`, the naming template changed too: the new container needs a rename and a start.
+fn new_container_cannot_start(tag: &str, renamed: bool) {
     let _serial = serial();
-    let env = Env::new("crashnostart");
+    let env = Env::new(tag);
     let mut m = env.manifest();
     let mut o = env.outpost("ldap", "AK_D");
     let ports = env.publish(&mut o);
@@ -778,6 +778,12 @@ fn interrupted_recreate_whose_new_container_cannot_start_keeps_the_previous_one(
     let squatter = std::net::TcpListener::bind(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("cannot take port {port} for the test: {e}"));
     generation(&mut m, "B");
+    let final_name = if renamed {
+        m["defaults"]["object_naming_template"] = json!(format!("{}moved-%(name)s", env.prefix));
+        format!("{}moved-dir", env.prefix)
+    } else {
+        name.clone()
+    };
     env.write(&m);
     let r = env.apply(&[]);
     assert_eq!(r.code, 1, "the new container cannot start:\n{}", shown(&r));
@@ -796,7 +802,7 @@ fn interrupted_recreate_whose_new_container_cannot_start_keeps_the_previous_one(
     // The port is free again: the next apply starts the new container and removes the old.
     drop(squatter);
     env.apply_ok();
-    let c = env.container(&name);
+    let c = env.container(&final_name);
     assert_eq!(c.id(), new);
     assert!(c.running(), "{}", c.status());
     assert!(
@@ -804,6 +810,16 @@ fn interrupted_recreate_whose_new_container_cannot_start_keeps_the_previous_one(
         "the previous container is still there"
     );
     env.assert_converged();
+}
+
+#[test]
+fn interrupted_recreate_whose_new_container_cannot_start_keeps_the_previous_one() {
+    new_container_cannot_start("crashnostart", false);
+}
+
+#[test]
+fn interrupted_recreate_whose_renamed_container_cannot_start_keeps_the_previous_one() {
+    new_container_cannot_start("crashnostartrn", true);
 }
 
 /// `apply --adopt` replacing a container authentik deployed, interrupted after the create (or

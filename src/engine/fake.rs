@@ -15,12 +15,24 @@ pub type Marker = (String, BTreeMap<String, String>, i64);
 pub struct Fake {
     /// What `list` shows. `inspect` never finds any of it (removed since the list).
     pub listed: Vec<Observed>,
-    /// The marker that exists: `create_marker` then finds its name taken.
-    pub marker: Option<Marker>,
+    /// The marker container, if one exists: `create_marker` finds its name taken, `remove`
+    /// of its id removes it.
+    pub marker: std::sync::Mutex<Option<Marker>>,
     /// The engine's clock, for `now`.
     pub clock: i64,
     /// What `any_image` answers.
     pub image: Option<String>,
+}
+
+/// The id `create_marker` gives the marker it creates.
+pub const CREATED_MARKER: &str = "c4eated";
+
+impl Fake {
+    fn marker(&self) -> std::sync::MutexGuard<'_, Option<Marker>> {
+        self.marker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 fn refused<T>() -> Result<T> {
@@ -70,8 +82,18 @@ impl Engine for Fake {
     async fn rename(&self, _: &str, _: &str) -> Result<()> {
         refused()
     }
-    async fn remove(&self, _: &str) -> Result<()> {
-        refused()
+    async fn remove(&self, id: &str) -> Result<()> {
+        let mut marker = self.marker();
+        match &*marker {
+            Some((held, _, _)) if held == id => {
+                *marker = None;
+                Ok(())
+            }
+            _ => Err(EngineError::new(
+                ErrorKind::NotFound,
+                format!("no such container: {id}"),
+            )),
+        }
     }
     async fn now(&self) -> Result<i64> {
         Ok(self.clock)
@@ -83,19 +105,21 @@ impl Engine for Fake {
         &self,
         _: &str,
         _: &str,
-        _: &BTreeMap<String, String>,
-        _: i64,
+        labels: &BTreeMap<String, String>,
+        expires: i64,
     ) -> Result<Option<String>> {
-        match self.marker {
-            Some(_) => Ok(None),
-            None => refused(),
+        let mut marker = self.marker();
+        if marker.is_some() {
+            return Ok(None);
         }
+        *marker = Some((CREATED_MARKER.into(), labels.clone(), expires));
+        Ok(Some(CREATED_MARKER.into()))
     }
     async fn read_marker(&self, _: &str) -> Result<Option<Marker>> {
-        Ok(self.marker.clone())
+        Ok(self.marker().clone())
     }
     async fn renew_marker(&self, _: &str, _: i64) -> Result<()> {
-        refused()
+        Ok(())
     }
     fn events(&self, _: &str) -> futures_util::stream::BoxStream<'static, Result<EngineEvent>> {
         Box::pin(futures_util::stream::empty())
