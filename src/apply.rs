@@ -140,9 +140,9 @@ pub async fn apply(
             .partition(|a| a.action == ActionKind::Remove);
         // A duplicate left by an interrupted recreate (the parked previous container) that
         // does not hold the name its outpost's container needs is removed only once that
-        // container runs (its start, rename, unpause or restart succeeded): if it does not,
-        // the previous one is kept. Before a recreate it goes first, as it may hold the name
-        // the recreate parks the current container under.
+        // container runs (its start, rename, unpause, restart or recreate succeeded): if it
+        // does not, the previous one is kept. (A recreate then parks the current container
+        // under a name of its own, as the duplicate holds the usual one.)
         let target = |a: &Action| {
             others
                 .iter()
@@ -154,6 +154,7 @@ pub async fn apply(
                                 | ActionKind::Rename
                                 | ActionKind::Unpause
                                 | ActionKind::Restart
+                                | ActionKind::Recreate
                         )
                 })
                 .map(|o| o.name.clone())
@@ -347,7 +348,18 @@ async fn recreate(
     let parked = format!("{}-outpostctl-old", spec.name);
     let renamed = old_name == spec.name;
     if renamed {
-        if let Err(e) = engine.rename(old, &parked).await {
+        let mut result = engine.rename(old, &parked).await;
+        if result
+            .as_ref()
+            .is_err_and(|e| e.kind == crate::engine::ErrorKind::Conflict)
+        {
+            // The parked name is taken: by the previous container of an earlier interrupted
+            // recreate, removed only once this one's new container runs. Park under a name
+            // of its own; later plans find parked containers by uuid, not by name.
+            let own = format!("{parked}-{}", old.get(..12).unwrap_or(old));
+            result = engine.rename(old, &own).await;
+        }
+        if let Err(e) = result {
             let _ = engine.start(old).await;
             return Err(e);
         }

@@ -740,9 +740,19 @@ fn recreate_interrupted_after_start_then_reverted_is_rolled_back() {
 /// A recreate interrupted after the create, whose new container then cannot start (its host
 /// port was taken meanwhile): the apply that finishes it must not remove the parked previous
 /// container before the new one runs (it is all the outpost has). It reports the failure and
-/// keeps the previous container; once the port is free, the next apply converges. With
-/// `renamed`, the naming template changed too: the new container needs a rename and a start.
-fn new_container_cannot_start(tag: &str, renamed: bool) {
+/// keeps the previous container; once the port is free, the next apply converges.
+#[derive(Clone, Copy, PartialEq)]
+enum Then {
+    /// The manifests are at the new container's generation: it needs a start.
+    Same,
+    /// ... and the naming template changed: it needs a rename and a start.
+    Renamed,
+    /// The manifests moved on to a third generation: it needs a recreate of its own, which
+    /// parks it under another name (the parked previous container holds the usual one).
+    Changed,
+}
+
+fn new_container_cannot_start(tag: &str, then: Then) {
     let _serial = serial();
     let env = Env::new(tag);
     let mut m = env.manifest();
@@ -777,8 +787,8 @@ fn new_container_cannot_start(tag: &str, renamed: bool) {
     let port = ports["3389/tcp"];
     let squatter = std::net::TcpListener::bind(("127.0.0.1", port))
         .unwrap_or_else(|e| panic!("cannot take port {port} for the test: {e}"));
-    generation(&mut m, "B");
-    let final_name = if renamed {
+    generation(&mut m, if then == Then::Changed { "C" } else { "B" });
+    let final_name = if then == Then::Renamed {
         m["defaults"]["object_naming_template"] = json!(format!("{}moved-%(name)s", env.prefix));
         format!("{}moved-dir", env.prefix)
     } else {
@@ -799,11 +809,20 @@ fn new_container_cannot_start(tag: &str, renamed: bool) {
     );
     assert!(inspect(&new).is_some_and(|c| !c.running()));
 
-    // The port is free again: the next apply starts the new container and removes the old.
+    // The port is free again: the next apply starts the new container (or its replacement)
+    // and removes the old.
     drop(squatter);
     env.apply_ok();
     let c = env.container(&final_name);
-    assert_eq!(c.id(), new);
+    if then == Then::Changed {
+        assert!(
+            inspect(&new).is_none(),
+            "the replaced container is still there"
+        );
+        assert_eq!(c.label("com.example.v").as_deref(), Some("C"));
+    } else {
+        assert_eq!(c.id(), new);
+    }
     assert!(c.running(), "{}", c.status());
     assert!(
         inspect(&old).is_none(),
@@ -814,12 +833,17 @@ fn new_container_cannot_start(tag: &str, renamed: bool) {
 
 #[test]
 fn interrupted_recreate_whose_new_container_cannot_start_keeps_the_previous_one() {
-    new_container_cannot_start("crashnostart", false);
+    new_container_cannot_start("crashnostart", Then::Same);
 }
 
 #[test]
 fn interrupted_recreate_whose_renamed_container_cannot_start_keeps_the_previous_one() {
-    new_container_cannot_start("crashnostartrn", true);
+    new_container_cannot_start("crashnostartrn", Then::Renamed);
+}
+
+#[test]
+fn interrupted_recreate_whose_container_needs_a_recreate_of_its_own_keeps_the_previous_one() {
+    new_container_cannot_start("crashnostartrc", Then::Changed);
 }
 
 /// `apply --adopt` replacing a container authentik deployed, interrupted after the create (or
