@@ -778,41 +778,17 @@ fn text(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::fake::{observed as container, validated};
 
     /// Outpost `X` on integration `b`; `a` reaches the same engine.
     fn spec_on_b() -> ContainerSpec {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("token"), "t0ken\n").expect("token");
-        std::fs::write(
-            dir.path().join("set.yaml"),
+        let v = validated(
             "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
              authentik_version: \"2026.8.0\"\nintegrations:\n  a: { local: true }\n  \
              b: { url: \"http://127.0.0.1:2375\" }\noutposts:\n  X:\n    type: ldap\n    \
              integration: b\n    token: { file: token }\n",
-        )
-        .expect("manifest");
-        let outcome = crate::validate::validate(&[dir.path().to_path_buf()]);
-        let Some(v) = outcome.validated else {
-            panic!("invalid: {:?}", outcome.diagnostics);
-        };
+        );
         v.desired["b"][0].clone()
-    }
-
-    fn container(id: &str, name: &str, state: State, labels: &[(&str, &str)]) -> Observed {
-        Observed {
-            id: id.into(),
-            name: name.into(),
-            image: "img".into(),
-            state,
-            health: None,
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            networks: vec!["bridge".into()],
-            created: 0,
-            host_ports: Vec::new(),
-        }
     }
 
     /// The plans of `a` (which wants nothing) and `b` over one engine's containers, after

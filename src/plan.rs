@@ -370,23 +370,20 @@ mod tests {
 
     use super::*;
     use crate::desired::{LABEL_INTEGRATION, LABEL_MANAGED_BY};
-    use crate::engine::fake::Fake;
+    use crate::engine::fake::{Fake, observed, validated};
 
     /// A saved plan depends on the containers' states, except that a container flapping
     /// between running and restarting (a crash loop under Docker's restart policy) is the
     /// same to it: every plan treats both alike.
     #[test]
     fn a_crash_loop_does_not_move_the_fingerprint_but_a_stop_does() {
-        let c = |state: State| Observed {
-            id: "0123456789abcdef".into(),
-            name: "ak-outpost-a".into(),
-            image: "img".into(),
-            state,
-            health: None,
-            labels: BTreeMap::from([(LABEL_PROJECT.to_string(), "p".to_string())]),
-            networks: vec!["bridge".into()],
-            created: 0,
-            host_ports: Vec::new(),
+        let c = |state| {
+            observed(
+                "0123456789abcdef",
+                "ak-outpost-a",
+                state,
+                &[(LABEL_PROJECT, "p")],
+            )
         };
         let of = |state| engine_fingerprint("p", &[], &[c(state)]);
         assert_eq!(of(State::Running), of(State::Restarting));
@@ -399,19 +396,11 @@ mod tests {
     /// recreate planned (with the config hash as the reason); the engine's plan does not fail.
     #[tokio::test]
     async fn a_container_that_cannot_be_inspected_does_not_fail_the_engine() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("token"), "t0ken\n").expect("token");
-        std::fs::write(
-            dir.path().join("set.yaml"),
+        let v = validated(
             "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
              authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
              outposts:\n  A:\n    type: ldap\n    integration: local\n    token: { file: token }\n",
-        )
-        .expect("manifest");
-        let outcome = crate::validate::validate(&[dir.path().to_path_buf()]);
-        let Some(v) = outcome.validated else {
-            panic!("invalid: {:?}", outcome.diagnostics);
-        };
+        );
         let spec = v.desired["local"][0].clone();
         let live = Observed {
             id: "0123456789abcdef".into(),

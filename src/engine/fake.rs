@@ -24,6 +24,36 @@ pub struct Fake {
     pub image: Option<String>,
 }
 
+/// A listed container.
+pub fn observed(id: &str, name: &str, state: super::State, labels: &[(&str, &str)]) -> Observed {
+    Observed {
+        id: id.into(),
+        name: name.into(),
+        image: "img".into(),
+        state,
+        health: None,
+        labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        networks: vec!["bridge".into()],
+        created: 0,
+        host_ports: Vec::new(),
+    }
+}
+
+/// A valid manifest set of project `p`, from the YAML of `set.yaml` beside a `token` file.
+pub fn validated(set_yaml: &str) -> crate::validate::Validated {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("token"), "t0ken\n").expect("token");
+    std::fs::write(dir.path().join("set.yaml"), set_yaml).expect("manifest");
+    let outcome = crate::validate::validate(&[dir.path().to_path_buf()]);
+    match outcome.validated {
+        Some(v) => v,
+        None => panic!("invalid: {:?}", outcome.diagnostics),
+    }
+}
+
 /// The id `create_marker` gives the marker it creates.
 pub const CREATED_MARKER: &str = "c4eated";
 
