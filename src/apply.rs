@@ -369,14 +369,21 @@ async fn recreate(
         Ok(_) => engine.remove(old).await,
         Err(e) => {
             // Put the old container back as it was.
-            if renamed {
-                let _ = engine.rename(old, old_name).await;
-            }
-            let _ = engine.start(old).await;
-            Err(EngineError::new(
-                e.kind,
-                format!("{e}; the previous container was started again"),
-            ))
+            let back = if renamed {
+                engine.rename(old, old_name).await
+            } else {
+                Ok(())
+            };
+            let outcome = match (back, engine.start(old).await) {
+                (Ok(()), Ok(())) => "the previous container was started again".to_string(),
+                (Err(r), _) => {
+                    format!("the previous container could not get its name `{old_name}` back: {r}")
+                }
+                (Ok(()), Err(s)) => {
+                    format!("the previous container was kept but could not be started again: {s}")
+                }
+            };
+            Err(EngineError::new(e.kind, format!("{e}; {outcome}")))
         }
     }
 }
