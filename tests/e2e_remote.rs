@@ -309,7 +309,7 @@ fn tls_client_certificate_of_another_ca_is_refused() {
 /// the handshake. Usually outpostctl reads that alert and says "the engine rejected the client
 /// certificate"; but when hyper's pooled connection dies (the alert) before the request is
 /// sent on it, the request fails as `client error (Canceled): operation was canceled:
-/// connection was not ready`, which `tls::describe()` does not recognise, and the user gets
+/// connection was not ready` (or `... connection closed`), which `tls::describe()` did not recognise, and the user got
 /// "cannot reach the engine at URL: client error (Canceled) ..." instead. Under load (the
 /// test suite running in parallel) about 1 run in 150 shows it; this test makes 480 attempts.
 #[test]

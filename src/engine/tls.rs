@@ -150,7 +150,6 @@ pub fn describe(url: &str, err: &(dyn StdError + 'static)) -> String {
         text.push_str(&format!(": {e}"));
         s = e.source();
     }
-    // The rustls error is sometimes only reachable as text through hyper's wrappers.
     // The rustls error is sometimes only reachable as text through hyper's wrappers; match
     // both its Debug names and rustls 0.23's Display wording.
     let by_text = [
@@ -175,9 +174,11 @@ pub fn describe(url: &str, err: &(dyn StdError + 'static)) -> String {
         }
     }
     // With TLS 1.3 the engine checks the client certificate after the handshake; its refusal
-    // can arrive as a connection closed before the first request could be sent.
+    // can arrive as a connection closed before the first request could be sent (hyper words
+    // it three ways, depending on when the close is seen).
     if text.contains("connection was not ready")
         || text.contains("connection closed before message completed")
+        || text.contains("operation was canceled: connection closed")
     {
         return format!(
             "TLS to {url}: the engine rejected the client certificate or closed the connection right after the handshake (a missing client certificate, or one not signed by a CA the engine trusts): check `tls_authentication`"
