@@ -161,7 +161,7 @@ pub async fn apply(
         };
         let (deferred, removals): (Vec<&Action>, Vec<&Action>) =
             removals.into_iter().partition(|a| {
-                a.reasons.iter().any(|r| r.field == "duplicate")
+                crate::diff::is_duplicate_removal(a)
                     && target(a).is_some_and(|name| name != a.name)
             });
         // Removals first: they free the names and ports the others may need.
@@ -181,7 +181,7 @@ pub async fn apply(
                 outcomes.push(run(a).await);
                 continue;
             }
-            // Not started again: with the same host ports it would keep the new container
+            // Not started again: with the same host ports it would keep the kept container
             // from starting on the next apply. It stays, stopped, for that apply to retry.
             let outcome = Outcome {
                 integration: ep.name.clone(),
@@ -190,7 +190,7 @@ pub async fn apply(
                 name: a.name.clone(),
                 ok: false,
                 messages: vec![format!(
-                    "kept `{}`: the outpost's new container did not start; the next apply tries again",
+                    "kept `{}`: the outpost's own container is not up (its action above failed); the next apply tries again",
                     a.name
                 )],
             };

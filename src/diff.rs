@@ -173,14 +173,13 @@ pub fn diff(
     let named = |name: &str| by_name.get(name).map(Vec::as_slice).unwrap_or_default();
 
     for spec in desired {
-        let mut same_uuid: Vec<&Observed> = by_uuid
+        // Every container with this outpost's uuid.
+        let with_uuid: &[&Observed] = by_uuid
             .get(spec.uuid.as_str())
             .map(Vec::as_slice)
-            .unwrap_or_default()
-            .iter()
-            .copied()
-            .filter(|o| !sibling(o))
-            .collect();
+            .unwrap_or_default();
+        let mut same_uuid: Vec<&Observed> =
+            with_uuid.iter().copied().filter(|o| !sibling(o)).collect();
         // Prefer the container that is already right, then running ones, then the newest.
         same_uuid.sort_by_key(|o| {
             (
@@ -200,10 +199,7 @@ pub fn diff(
         };
         // This outpost's container, made by another integration of the set that reaches the
         // same engine: the outpost moved here from there (a uuid belongs to one outpost).
-        let moved = by_uuid
-            .get(spec.uuid.as_str())
-            .map(Vec::as_slice)
-            .unwrap_or_default()
+        let moved = with_uuid
             .iter()
             .copied()
             .find(|o| sibling(o) && o.state != State::Removing);
@@ -224,10 +220,7 @@ pub fn diff(
                 .iter()
                 .filter_map(|o| o.label(LABEL_REPLACES))
                 .collect();
-            let adopted: Vec<&Observed> = by_uuid
-                .get(spec.uuid.as_str())
-                .map(Vec::as_slice)
-                .unwrap_or_default()
+            let adopted: Vec<&Observed> = with_uuid
                 .iter()
                 .copied()
                 .filter(|o| {
@@ -350,15 +343,24 @@ pub fn diff(
     actions
 }
 
-/// The removal of a second container of the outpost (the apply removes it only once the kept
-/// one runs, when that one needs a start).
+/// The reason field of a duplicate's removal.
+const DUPLICATE: &str = "duplicate";
+
+/// Whether `a` removes a second container of its outpost (left by an interrupted recreate):
+/// the apply removes it only once the kept container is up, and a watch holds it back with
+/// the outpost's own put-back.
+pub fn is_duplicate_removal(a: &Action) -> bool {
+    a.action == ActionKind::Remove && a.reasons.iter().any(|r| r.field == DUPLICATE)
+}
+
+/// The removal of a second container of the outpost (see `is_duplicate_removal`).
 fn duplicate(spec: &ContainerSpec, o: &Observed, kept: String) -> Action {
     Action {
         outpost: spec.outpost.clone(),
         action: ActionKind::Remove,
         name: o.name.clone(),
         container: Some(ContainerRef::of(o)),
-        reasons: vec![Change::new("duplicate", Some(o.name.clone()), Some(kept))],
+        reasons: vec![Change::new(DUPLICATE, Some(o.name.clone()), Some(kept))],
         adopt: false,
         error: None,
     }
@@ -861,6 +863,6 @@ mod tests {
             ],
             "{b:?}"
         );
-        assert_eq!(b[1].reasons[0].field, "duplicate", "{b:?}");
+        assert!(is_duplicate_removal(&b[1]), "{b:?}");
     }
 }

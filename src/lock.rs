@@ -191,14 +191,12 @@ pub async fn acquire(
             .get(LABEL_HOLDER)
             .cloned()
             .unwrap_or_else(|| "an unknown holder".into());
-        if labels.get(LABEL_RUN).map(String::as_str) == Some(run_id())
-            && !renewed(|ids| ids.contains(&id))
-        {
-            // This run's, but nobody renews it any more: take it anew.
-            engine.remove(&id).await?;
-            continue;
-        }
         if labels.get(LABEL_RUN).map(String::as_str) == Some(run_id()) {
+            if !renewed(|ids| ids.contains(&id)) {
+                // This run's, but nobody renews it any more: take it anew.
+                engine.remove(&id).await?;
+                continue;
+            }
             // This run holds it already, through another integration reaching this engine.
             return Ok(Lock {
                 engine,

@@ -366,8 +366,6 @@ fn short_hash(h: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::desired::{LABEL_INTEGRATION, LABEL_MANAGED_BY};
     use crate::engine::fake::{Fake, observed, validated};
@@ -402,23 +400,18 @@ mod tests {
              outposts:\n  A:\n    type: ldap\n    integration: local\n    token: { file: token }\n",
         );
         let spec = v.desired["local"][0].clone();
-        let live = Observed {
-            id: "0123456789abcdef".into(),
-            name: spec.name.clone(),
-            image: spec.image.clone(),
-            state: State::Running,
-            health: None,
-            labels: BTreeMap::from([
-                (LABEL_UUID.to_string(), spec.uuid.clone()),
-                (LABEL_PROJECT.to_string(), "p".to_string()),
-                (LABEL_MANAGED_BY.to_string(), "outpostctl".to_string()),
-                (LABEL_INTEGRATION.to_string(), "local".to_string()),
-                (LABEL_CONFIG_HASH.to_string(), "0ld".to_string()),
-            ]),
-            networks: vec!["bridge".into()],
-            created: 0,
-            host_ports: Vec::new(),
-        };
+        let live = observed(
+            "0123456789abcdef",
+            &spec.name,
+            State::Running,
+            &[
+                (LABEL_UUID, spec.uuid.as_str()),
+                (LABEL_PROJECT, "p"),
+                (LABEL_MANAGED_BY, "outpostctl"),
+                (LABEL_INTEGRATION, "local"),
+                (LABEL_CONFIG_HASH, "0ld"),
+            ],
+        );
         let planned = plan_engine(
             "p",
             std::slice::from_ref(&spec),

@@ -132,8 +132,7 @@ fn is_put_back(a: &Action) -> bool {
 /// by an interrupted recreate (the previous container, removed only once the outpost's own
 /// container runs again, which the held-back put-back would do).
 fn waits_for_backoff(a: &Action) -> bool {
-    is_put_back(a)
-        || (a.action == ActionKind::Remove && a.reasons.iter().any(|r| r.field == "duplicate"))
+    is_put_back(a) || crate::diff::is_duplicate_removal(a)
 }
 
 struct State {
