@@ -812,10 +812,7 @@ fn new_container_cannot_start(tag: &str, then: Then) {
         // Its own recreate failed too, and put it back; the port is still taken, so it says
         // it could not start it again (not that it did).
         assert!(
-            r.stdout
-                .contains("the previous container was kept but could not be started again")
-                || r.stderr
-                    .contains("the previous container was kept but could not be started again"),
+            shown(&r).contains("the previous container was kept but could not be started again"),
             "{}",
             shown(&r)
         );
