@@ -46,19 +46,33 @@ wait_for() {
   return 1
 }
 
-# pid_alive PIDFILE : true when PIDFILE names a live process.
+# proc_start PID : the process's start time (clock ticks since boot), empty when it is gone.
+proc_start() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=${stat##*) } # the command name may hold spaces; the fields after it do not
+  # shellcheck disable=SC2086
+  set -- $stat
+  echo "${20}"
+}
+
+# record_pid PIDFILE PID : remember PID with its start time, so that a later run does not take
+# another process that got the same PID (after a reboot with /tmp kept) for this one.
+record_pid() { echo "$2 $(proc_start "$2")" >"$1"; }
+
+# pid_alive PIDFILE : true when PIDFILE names a live process, the one record_pid recorded.
 pid_alive() {
-  local pid
+  local pid start
   [ -s "$1" ] || return 1
-  pid=$(cat "$1")
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+  read -r pid start <"$1" || true
+  [ -n "$pid" ] && [ -n "$start" ] && [ "$(proc_start "$pid")" = "$start" ]
 }
 
 # stop_pidfile PIDFILE : stop the process this project started (by its recorded id), bounded.
 stop_pidfile() {
   local pid i
   pid_alive "$1" || { rm -f "$1"; return 0; }
-  pid=$(cat "$1")
+  read -r pid _ <"$1"
   kill "$pid" 2>/dev/null || true
   for ((i = 0; i < 40; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
   kill -0 "$pid" 2>/dev/null && kill -9 "$pid" 2>/dev/null

@@ -36,7 +36,7 @@ elif ! answers; then
     mkdir -p /tmp/outpostctl-registry
     log "starting docker-registry on $REGISTRY (log: $LOG)"
     setsid docker-registry serve "$CONFIG" >"$LOG" 2>&1 </dev/null &
-    echo $! >"$PIDFILE"
+    record_pid "$PIDFILE" $!
     echo "$want" >"$STAMP"
   fi
   if ! wait_for 30 "registry /v2/" answers; then

@@ -32,7 +32,7 @@ out=$(haproxy -c -f "$CONFIG" 2>&1) || die "invalid $CONFIG:
 $out"
 log "starting haproxy socket proxy on 127.0.0.1:2375 (log: $LOG)"
 setsid haproxy -db -f "$CONFIG" >"$LOG" 2>&1 </dev/null &
-echo $! >"$PIDFILE"
+record_pid "$PIDFILE" $!
 echo "$want" >"$STAMP"
 if ! wait_for 20 "socket proxy /_ping" answers; then
   tail -n 20 "$LOG" >&2 || true
