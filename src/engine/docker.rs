@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
@@ -24,6 +25,9 @@ use crate::desired::{ContainerSpec, HealthCheck, PortBinding, Proto};
 
 /// Seconds any one request may take before the engine counts as hung.
 pub const REQUEST_TIMEOUT_SECS: u64 = 120;
+/// Seconds the first request to an engine gets before it is tried once more (see
+/// `DockerEngine::negotiated`); both together stay within `REQUEST_TIMEOUT_SECS`.
+const FIRST_ANSWER_SECS: u64 = 20;
 /// Seconds a container gets to stop before it is killed (outposts stop in well under one).
 pub const STOP_TIMEOUT_SECS: i32 = 10;
 
@@ -37,14 +41,35 @@ pub struct DockerEngine {
 impl DockerEngine {
     /// Wraps a connected client and negotiates the API version (Debian's 20.10 speaks 1.41).
     pub async fn new(docker: Docker, url: String) -> Result<DockerEngine> {
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(|e| map_err(&url, "connect", e))?;
+        Self::negotiated(docker, url, Duration::from_secs(FIRST_ANSWER_SECS)).await
+    }
+
+    /// The version request gets `first` to answer, then one more try on a new connection
+    /// within what is left of the client's timeout. An engine answers it at once; a connection
+    /// that stays silent was lost on the way (seen once in thousands of TLS connections that
+    /// the engine's side rejected: no alert, no close ever reached the client), and waiting
+    /// out the whole timeout on it would only delay the real answer or error.
+    async fn negotiated(docker: Docker, url: String, first: Duration) -> Result<DockerEngine> {
+        let full = docker.timeout();
+        let mut requests = 1;
+        let answered = match docker.clone().with_timeout(first).negotiate_version().await {
+            Err(BError::RequestTimeoutError) => {
+                requests += 1;
+                docker
+                    .clone()
+                    .with_timeout(full.saturating_sub(first))
+                    .negotiate_version()
+                    .await
+            }
+            other => other,
+        };
+        let docker = answered
+            .map_err(|e| map_err(&url, "connect", e))?
+            .with_timeout(full);
         Ok(DockerEngine {
             docker,
             url,
-            requests: AtomicU64::new(1),
+            requests: AtomicU64::new(requests),
         })
     }
 
@@ -726,6 +751,95 @@ mod tests {
         assert_eq!(
             split_image(&format!("ghcr.io/goauthentik/proxy:2026.8.0@{digest}")),
             ("ghcr.io/goauthentik/proxy", digest)
+        );
+    }
+}
+
+/// The first request's retry, against the real engine behind a listener that keeps chosen
+/// connections silent (accepted, never answered): what a lost connection looks like.
+#[cfg(test)]
+mod first_answer {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
+    use std::time::{Duration, Instant};
+
+    use bollard::{API_DEFAULT_VERSION, Docker};
+    use tokio::net::{TcpListener, TcpStream, UnixStream};
+
+    use super::{DockerEngine, REQUEST_TIMEOUT_SECS};
+    use crate::engine::connect::DEFAULT_SOCKET;
+    use crate::engine::{Engine, ErrorKind};
+
+    /// `http://127.0.0.1:PORT` forwarding to the engine's socket, except the first `silent`
+    /// connections; and how many connections it accepted.
+    async fn listener(silent: u64) -> (String, Arc<AtomicU64>) {
+        let socket = std::env::var("DOCKER_HOST")
+            .ok()
+            .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+            .unwrap_or_else(|| DEFAULT_SOCKET.into());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let accepted = Arc::new(AtomicU64::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            let mut held: Vec<TcpStream> = Vec::new();
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                if count.fetch_add(1, SeqCst) < silent {
+                    held.push(tcp);
+                    continue;
+                }
+                let socket = socket.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut unix) = UnixStream::connect(&socket).await {
+                        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
+                    }
+                });
+            }
+        });
+        (url, accepted)
+    }
+
+    fn client(url: &str, timeout_secs: u64) -> Docker {
+        Docker::connect_with_http(url, timeout_secs, API_DEFAULT_VERSION).expect("client")
+    }
+
+    #[tokio::test]
+    async fn a_silent_first_connection_is_tried_again_on_a_new_one() {
+        let (url, accepted) = listener(1).await;
+        let started = Instant::now();
+        let engine = DockerEngine::negotiated(
+            client(&url, REQUEST_TIMEOUT_SECS),
+            url,
+            Duration::from_secs(1),
+        )
+        .await
+        .expect("the second connection reaches the engine");
+        assert_eq!(accepted.load(SeqCst), 2, "one silent connection, one more");
+        assert!(
+            started.elapsed() < Duration::from_secs(REQUEST_TIMEOUT_SECS / 2),
+            "the silent connection was waited on for {:?}",
+            started.elapsed()
+        );
+        let info = engine.info().await.expect("the engine answers on");
+        assert!(!info.server_version.is_empty(), "{info:?}");
+        assert_eq!(engine.requests(), 3, "version twice, then info");
+    }
+
+    #[tokio::test]
+    async fn an_engine_that_never_answers_times_out_within_the_client_timeout() {
+        let (url, accepted) = listener(u64::MAX).await;
+        let started = Instant::now();
+        let err = DockerEngine::negotiated(client(&url, 3), url, Duration::from_secs(1))
+            .await
+            .err()
+            .expect("nothing answers");
+        let took = started.elapsed();
+        assert_eq!(err.kind, ErrorKind::Timeout, "{err:?}");
+        assert!(err.message.contains("did not answer"), "{err:?}");
+        assert_eq!(accepted.load(SeqCst), 2, "tried twice");
+        assert!(
+            took >= Duration::from_secs(3) && took < Duration::from_secs(6),
+            "the two tries took {took:?}, not the client's 3 s"
         );
     }
 }
