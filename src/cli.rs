@@ -73,6 +73,10 @@ pub struct PlanArgs {
     /// instead of refusing to touch them.
     #[arg(long)]
     pub adopt: bool,
+    /// Also inspect each kept container (one request each) for what the container list does
+    /// not show: a restart policy changed by hand with `docker update`.
+    #[arg(long)]
+    pub inspect: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +93,11 @@ pub struct ApplyArgs {
     /// Take over containers authentik deployed for the same outpost (same uuid label).
     #[arg(long)]
     pub adopt: bool,
+    /// Also inspect each kept container (one request each) for what the container list does
+    /// not show: a restart policy changed by hand with `docker update`
+    /// (implied by a saved plan made with `plan --inspect`).
+    #[arg(long)]
+    pub inspect: bool,
     /// Show a unified diff of each changed container's settings.
     #[arg(long)]
     pub diff: bool,

@@ -127,6 +127,42 @@ pub struct DiffOptions {
     pub integration: Option<String>,
     /// Every integration of the set.
     pub integrations: BTreeSet<String>,
+    /// Which of its containers the plan also inspects, for what the list does not show.
+    pub inspect: Inspect,
+}
+
+/// Containers a plan inspects although the list shows nothing to change: the list does not
+/// carry a container's restart policy, which `docker update --restart` changes in place.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Inspect {
+    /// None (the default: a no-change plan costs one list, whatever the number of outposts).
+    #[default]
+    Nothing,
+    /// Every container the plan keeps (`plan --inspect`: one request per container).
+    All,
+    /// These container ids (the watch, after the engine's `update` event for them).
+    Only(BTreeSet<String>),
+}
+
+impl Inspect {
+    pub fn covers(&self, id: &str) -> bool {
+        match self {
+            Inspect::Nothing => false,
+            Inspect::All => true,
+            Inspect::Only(ids) => ids.contains(id),
+        }
+    }
+}
+
+/// Actions on a kept container that a restart policy changed by hand turns into a recreate
+/// (the recreate also starts, renames or restarts it). Left alone: an unpause (the next plan
+/// sees the running container) and a no-op with a reason (a container being removed).
+pub fn keeps_container(a: &Action) -> bool {
+    match a.action {
+        ActionKind::Start | ActionKind::Restart | ActionKind::Rename => true,
+        ActionKind::Noop => a.reasons.is_empty(),
+        _ => false,
+    }
 }
 
 impl DiffOptions {
@@ -800,6 +836,7 @@ mod tests {
             adopt: false,
             integration: Some(i.into()),
             integrations: ["a".to_string(), "b".to_string()].into(),
+            ..DiffOptions::default()
         };
         let mut a = diff("p", &[], observed, opts("a"));
         let mut b = diff("p", std::slice::from_ref(spec), observed, opts("b"));

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -24,6 +25,10 @@ pub struct Plan {
     pub project: String,
     /// sha256 of the desired state (container settings with secrets as HMACs).
     pub manifest_fingerprint: String,
+    /// Made with `--inspect`: `apply --plan` inspects the same way, so that the plan it makes
+    /// to compare can show the same restart-policy recreates.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub inspected: bool,
     pub integrations: Vec<EnginePlan>,
 }
 
@@ -232,6 +237,7 @@ pub fn engine_fingerprint(
 /// Computes the plan: one list per engine, an inspect only for containers to be recreated.
 /// Engines are read in parallel; one that fails does not stop the others.
 pub async fn build(v: &Validated, engines: &Engines, opts: DiffOptions) -> Plan {
+    let inspected = opts.inspect == diff::Inspect::All;
     let futures = v.integrations.iter().map(|(name, def)| {
         let desired: &[ContainerSpec] = v.desired.get(name).map(Vec::as_slice).unwrap_or(&[]);
         let engine = engines.get(name);
@@ -268,6 +274,7 @@ pub async fn build(v: &Validated, engines: &Engines, opts: DiffOptions) -> Plan 
         format_version: FORMAT_VERSION,
         project: v.project.clone(),
         manifest_fingerprint: manifest_fingerprint(v),
+        inspected,
         integrations,
     }
 }
@@ -296,7 +303,9 @@ pub async fn plan_engine(
 ) -> Result<EngineOutcome, EngineError> {
     let observed = engine.list().await?;
     let fingerprint = engine_fingerprint(project, desired, &observed);
+    let inspect = opts.inspect.clone();
     let mut actions = diff::diff(project, desired, &observed, opts);
+    restart_policies(desired, engine, &inspect, &mut actions).await;
     let mut texts = BTreeMap::new();
     for a in &actions {
         if a.action == ActionKind::Create {
@@ -359,6 +368,46 @@ pub async fn plan_engine(
     }
     Ok((fingerprint, actions, texts))
 }
+
+/// What the list cannot show: the restart policy of the kept containers `inspect` covers,
+/// read by one inspect each (in parallel). One changed by hand (`docker update --restart`)
+/// makes the action a recreate, whose reasons the caller then completes. A container that
+/// cannot be inspected keeps its action.
+async fn restart_policies(
+    desired: &[ContainerSpec],
+    engine: &dyn Engine,
+    inspect: &diff::Inspect,
+    actions: &mut [Action],
+) {
+    let checks = actions.iter().enumerate().filter_map(|(i, a)| {
+        let c = a.container.as_ref()?;
+        let spec = desired.iter().find(|d| d.outpost == a.outpost)?;
+        (diff::keeps_container(a) && inspect.covers(&c.id)).then_some(async move {
+            let live = engine.inspect(&c.id).await.ok()?;
+            (live.restart_policy != spec.restart_policy).then(|| {
+                let change = Change::new(
+                    "restart_policy",
+                    Some(live.restart_policy),
+                    Some(spec.restart_policy.clone()),
+                );
+                (i, change)
+            })
+        })
+    });
+    let changed: Vec<(usize, Change)> = futures_util::stream::iter(checks)
+        .buffer_unordered(INSPECTS_AT_ONCE)
+        .filter_map(std::future::ready)
+        .collect()
+        .await;
+    for (i, change) in changed {
+        let a = &mut actions[i];
+        a.action = ActionKind::Recreate;
+        a.reasons.push(change);
+    }
+}
+
+/// Inspects in flight at once for `--inspect` (the engine serves them on one core or two).
+const INSPECTS_AT_ONCE: usize = 8;
 
 fn short_hash(h: &str) -> String {
     h.chars().take(12).collect()

@@ -43,6 +43,8 @@ pub enum Trigger {
     Engine {
         integration: String,
         container: String,
+        /// The container's id.
+        id: String,
         action: String,
     },
 }
@@ -149,6 +151,9 @@ struct State {
     deaths: HashMap<String, Vec<Instant>>,
     /// Containers whose events are ignored until then (they keep dying).
     muted: HashMap<String, (Instant, u32)>,
+    /// Containers `docker update` changed since the last plan: the next one inspects them
+    /// (the list does not show a restart policy).
+    updated: BTreeSet<String>,
     /// The engines whose events are being watched, by integration name -> url.
     watched_engines: BTreeMap<String, String>,
     event_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -241,6 +246,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         filter,
         deaths: HashMap::new(),
         muted: HashMap::new(),
+        updated: BTreeSet::new(),
         watched_engines: BTreeMap::new(),
         event_tasks: Vec::new(),
         watched_dirs: BTreeMap::new(),
@@ -291,6 +297,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
             _ = sleep_until(state.retry_at()) => next = Some(Trigger::Retry),
             t = rx.recv() => {
                 let Some(t) = t else { break };
+                state.note_update(&t);
                 if !state.accept(&t) {
                     continue;
                 }
@@ -298,6 +305,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let mut t = t;
                 while let Ok(more) = rx.try_recv() {
+                    state.note_update(&more);
                     if matches!(more, Trigger::Files) {
                         t = more;
                     }
@@ -331,6 +339,28 @@ impl State {
             .min()
     }
 
+    /// Remembers a container changed by `docker update`, for the next plan to inspect.
+    fn note_update(&mut self, t: &Trigger) {
+        if let Trigger::Engine { id, action, .. } = t {
+            if action == "update" {
+                self.updated.insert(id.clone());
+            }
+        }
+    }
+
+    /// The diff options of a reconcile: `--adopt`, and the containers to inspect.
+    fn diff_options(&self) -> DiffOptions {
+        DiffOptions {
+            adopt: self.opts.adopt,
+            inspect: if self.updated.is_empty() {
+                crate::diff::Inspect::Nothing
+            } else {
+                crate::diff::Inspect::Only(self.updated.clone())
+            },
+            ..Default::default()
+        }
+    }
+
     /// Whether an engine event should trigger a reconcile. Docker's restart policy restarts a
     /// crashing container by itself; reconciling on each of its deaths would be a tight loop,
     /// so a container that died 3 times in 5 minutes is reported as dying and its events are
@@ -340,6 +370,7 @@ impl State {
             integration,
             container,
             action,
+            ..
         } = t
         else {
             return true;
@@ -388,6 +419,7 @@ impl State {
             integration,
             container,
             action,
+            ..
         } = trigger
         {
             fields.push(("integration", integration.clone()));
@@ -416,15 +448,7 @@ impl State {
             return None;
         };
         let engines = connect_all(&v).await;
-        let mut plan = plan::build(
-            &v,
-            &engines,
-            DiffOptions {
-                adopt: self.opts.adopt,
-                ..Default::default()
-            },
-        )
-        .await;
+        let mut plan = plan::build(&v, &engines, self.diff_options()).await;
         let mut ok = true;
         for e in &plan.integrations {
             self.metrics.engine_up(&e.name, e.error.is_none());
@@ -452,12 +476,14 @@ impl State {
             let lock_opts = crate::lock::LockOptions::new(self.opts.lock_timeout, "watch");
             let log = self.log.clone();
             let waiting = move |m: &str| log.warn("lock", m, &[]);
-            let diff = DiffOptions {
-                adopt: self.opts.adopt,
-                ..Default::default()
-            };
             let (locked, held) = crate::lock::plan_under_lock(
-                &v, &engines, &plan, diff, false, &lock_opts, &waiting,
+                &v,
+                &engines,
+                &plan,
+                self.diff_options(),
+                false,
+                &lock_opts,
+                &waiting,
             )
             .await;
             plan = locked;
@@ -488,6 +514,11 @@ impl State {
             ok &= report.engine_errors.is_empty();
         }
         crate::lock::release_all(locks).await;
+        // Updated containers are inspected until a reconcile went through without an error
+        // (an engine away, a recreate that failed); a few more inspects cost little.
+        if ok {
+            self.updated.clear();
+        }
         self.metrics.reconcile_finished(ok, started.elapsed());
         let ms = started.elapsed().as_millis().to_string();
         if ok {
@@ -663,6 +694,7 @@ impl State {
                                             .send(Trigger::Engine {
                                                 integration: name.clone(),
                                                 container: ev.name,
+                                                id: ev.id,
                                                 action: ev.action,
                                             })
                                             .await;

@@ -660,3 +660,53 @@ fn recreate_keeps_its_host_ports() {
         "the new container does not answer on 127.0.0.1:{p}"
     );
 }
+
+/// A restart policy changed by hand (`docker update --restart`) does not show in the
+/// container list: a plain plan does not see it (one list, nothing inspected); `plan
+/// --inspect` does, as a recreate with its reason; a plan saved with `--inspect` is applied as
+/// it was made (`apply --plan` inspects the same way); afterwards the container has the
+/// manifest's policy again and the bystander was not touched.
+#[test]
+fn restart_policy_changed_by_hand_is_found_by_inspect() {
+    let env = Env::new("restartbyhand");
+    let mut m = env.manifest();
+    m["outposts"]["Kept"] = env.outpost("radius", "AK_KEPT");
+    m["outposts"]["Bystander"] = env.outpost("rac", "AK_BYSTANDER");
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("kept");
+    let before = env.container(&name);
+    assert_eq!(before.restart_policy(), "unless-stopped");
+    let bystander = env.container(&env.name_of("bystander")).id();
+    docker_ok(&["update", "--restart", "no", &name]);
+    assert_eq!(env.container(&name).restart_policy(), "no");
+
+    env.assert_converged();
+    let plan = env.plan_json_with(&["--inspect"], false);
+    let a = action_of(&plan, "Kept");
+    assert_eq!(a["action"], "recreate", "{a:#}");
+    assert_eq!(reason_fields(&a), ["restart_policy"], "{a:#}");
+    let r = reason(&a, "restart_policy").unwrap_or_else(|| panic!("no reason: {a:#}"));
+    assert_eq!(
+        (&r["before"], &r["after"]),
+        (&json!("no"), &json!("unless-stopped"))
+    );
+    assert_eq!(action_of(&plan, "Bystander")["action"], "noop", "{plan:#}");
+
+    let saved = env.plan(&["--inspect", "--detailed-exitcode", "--out", "drift.plan"]);
+    assert_eq!(saved.code, 2, "{}", shown(&saved));
+    assert!(
+        saved.stdout.contains(&format!("~ recreate  {name}"))
+            && saved.stdout.contains("restart_policy"),
+        "{}",
+        shown(&saved)
+    );
+    let applied = env.run(&["apply", "--plan", "drift.plan", "."]);
+    assert_eq!(applied.code, 0, "{}", shown(&applied));
+    let after = env.container(&name);
+    assert_ne!(after.id(), before.id(), "recreated");
+    assert_eq!(after.restart_policy(), "unless-stopped");
+    assert_eq!(env.container(&env.name_of("bystander")).id(), bystander);
+    let r = env.plan(&["--inspect", "--detailed-exitcode"]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+}

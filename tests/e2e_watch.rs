@@ -947,6 +947,33 @@ fn containers_removed_or_stopped_by_hand_come_back() {
     c.assert_no_secret_in(&w);
 }
 
+/// A restart policy changed by hand (`docker update --restart no`) is put back: the engine's
+/// `update` event makes the next plan inspect that container, which is recreated with the
+/// manifest's policy; the other outpost is not touched.
+#[test]
+fn a_restart_policy_changed_by_hand_is_put_back() {
+    let c = Case::new("wupdate");
+    let m = manifest_with(&c, &["Alpha", "Beta"]);
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    let a = c.wait_running(&w, "alpha", "applied at start");
+    let b = c.wait_running(&w, "beta", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+    assert_eq!(a.restart_policy(), "unless-stopped");
+
+    let mark = w.mark();
+    docker_ok(&["update", "--restart", "no", &a.name()]);
+    let a2 = c.wait_container(&w, "alpha", "after docker update", |x| {
+        x.id() != a.id() && x.running()
+    });
+    assert_eq!(a2.restart_policy(), "unless-stopped");
+    w.wait_log(mark, "`recreate` of Alpha", WAIT, |v| {
+        is_ok_action(v, "recreate", &a.name())
+    });
+    assert_eq!(c.env.container(&b.name()).id(), b.id(), "Beta untouched");
+    c.assert_no_secret_in(&w);
+}
+
 /// In `--log-format json`, the "reconcile started" line of an engine-triggered reconcile must
 /// keep `"event":"reconcile"` (what log shippers filter on). (Was a bug until bd90b23: the
 /// Docker action was added as a field named `event`, overwriting the line's own:

@@ -5,7 +5,7 @@ use std::io::{BufRead, IsTerminal};
 use super::{Exit, Printer, plan_now};
 use crate::apply::{self, Outcome, Progress};
 use crate::cli::ApplyArgs;
-use crate::diff::{Action, DiffOptions};
+use crate::diff::Action;
 use crate::lock::{self, LockOptions};
 use crate::render;
 
@@ -73,19 +73,22 @@ impl Progress for Unattended {
 }
 
 pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
-    let Ok((v, engines, mut plan)) = plan_now(p, &args.paths, args.adopt).await else {
+    let saved = match args.plan.as_deref().map(super::plan::load).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            p.err(&format!("error: {e}\n"));
+            return Exit::Failure;
+        }
+    };
+    // A plan saved with --inspect is compared with one made the same way.
+    let inspect = args.inspect || saved.as_ref().is_some_and(|s| s.inspected);
+    let diff = super::diff_options(args.adopt, inspect);
+    let Ok((v, engines, mut plan)) = plan_now(p, &args.paths, diff.clone()).await else {
         return Exit::Failure;
     };
-    if let Some(file) = &args.plan {
+    if let (Some(file), Some(saved)) = (&args.plan, &saved) {
         plan.identify_engines(&engines).await;
-        let saved = match super::plan::load(file) {
-            Ok(s) => s,
-            Err(e) => {
-                p.err(&format!("error: {e}\n"));
-                return Exit::Failure;
-            }
-        };
-        if let Some(why) = plan.staleness(&saved) {
+        if let Some(why) = plan.staleness(saved) {
             p.err(&format!(
                 "error: the saved plan `{}` is stale: {why}\n  help: run `outpostctl plan --out {}` again and review it\n",
                 file.display(),
@@ -119,10 +122,6 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
     // One writer per engine: lock, plan again, and apply only what was shown.
     let lock_opts = LockOptions::new(args.lock_timeout, "apply");
     let waiting = |m: &str| p.err(&format!("{m}\n"));
-    let diff = DiffOptions {
-        adopt: args.adopt,
-        ..Default::default()
-    };
     // A plan a person confirmed, or a saved one, is applied as it was shown or not at all.
     // With --auto-approve nobody reviewed it: when an engine changed while this run waited
     // for its lock (another writer, a killed run's last requests), the plan made under the

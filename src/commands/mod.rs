@@ -94,18 +94,27 @@ pub fn load_valid(p: &Printer, paths: &[PathBuf]) -> Result<Validated, Vec<Diagn
     outcome.validated.ok_or(outcome.diagnostics)
 }
 
+/// The diff options of `plan` and `apply`: `--adopt`, and `--inspect` (every kept container).
+pub fn diff_options(adopt: bool, inspect: bool) -> crate::diff::DiffOptions {
+    crate::diff::DiffOptions {
+        adopt,
+        inspect: if inspect {
+            crate::diff::Inspect::All
+        } else {
+            crate::diff::Inspect::Nothing
+        },
+        ..Default::default()
+    }
+}
+
 /// What plan and apply start with: valid manifests, connected engines, and the plan.
 pub async fn plan_now(
     p: &Printer,
     paths: &[PathBuf],
-    adopt: bool,
+    diff: crate::diff::DiffOptions,
 ) -> Result<(Validated, crate::plan::Engines, crate::plan::Plan), Vec<Diagnostic>> {
     let v = load_valid(p, paths)?;
     let engines = crate::engine::connect::connect_all(&v).await;
-    let diff = crate::diff::DiffOptions {
-        adopt,
-        ..Default::default()
-    };
     let plan = crate::plan::build(&v, &engines, diff).await;
     Ok((v, engines, plan))
 }

@@ -8,7 +8,13 @@ use crate::plan::Plan;
 use crate::render;
 
 pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
-    let plan = match plan_now(p, &args.paths, args.adopt).await {
+    let plan = match plan_now(
+        p,
+        &args.paths,
+        super::diff_options(args.adopt, args.inspect),
+    )
+    .await
+    {
         Ok((_, engines, mut plan)) => {
             if args.out.is_some() {
                 plan.identify_engines(&engines).await;

@@ -526,6 +526,8 @@ impl super::Engine for DockerEngine {
                     "oom",
                     "pause",
                     "health_status",
+                    // `docker update`: the restart policy, which the list does not show.
+                    "update",
                 ]
                 .map(String::from)
                 .to_vec(),
