@@ -886,17 +886,23 @@ fn a_log_file_next_to_the_manifest_directory_does_not_loop() {
 // ---------------------------------------------------------------------------------------------
 // Drift
 
-/// A container removed by hand (`docker rm -f`) is back within seconds, and one stopped by
-/// hand (`docker stop`) is running again within seconds; both count as drift corrections.
-#[test]
-fn containers_removed_or_stopped_by_hand_come_back() {
-    let c = Case::new("wdrift");
+/// `watch` over the outposts Alpha and Beta: both running, the first reconcile over.
+fn watching_alpha_and_beta(tag: &str) -> (Case, Watch, Inspect, Inspect) {
+    let c = Case::new(tag);
     let m = manifest_with(&c, &["Alpha", "Beta"]);
     c.save("m/outposts.yaml", &m);
     let w = c.watch("m", &[]);
     let a = c.wait_running(&w, "alpha", "applied at start");
     let b = c.wait_running(&w, "beta", "applied at start");
     w.wait_reconciled(0, "ending the first reconcile");
+    (c, w, a, b)
+}
+
+/// A container removed by hand (`docker rm -f`) is back within seconds, and one stopped by
+/// hand (`docker stop`) is running again within seconds; both count as drift corrections.
+#[test]
+fn containers_removed_or_stopped_by_hand_come_back() {
+    let (c, w, a, b) = watching_alpha_and_beta("wdrift");
     assert_eq!(w.metric("outpostctl_drift_corrections_total"), Some(0.0));
 
     let mark = w.mark();
@@ -952,13 +958,7 @@ fn containers_removed_or_stopped_by_hand_come_back() {
 /// manifest's policy; the other outpost is not touched.
 #[test]
 fn a_restart_policy_changed_by_hand_is_put_back() {
-    let c = Case::new("wupdate");
-    let m = manifest_with(&c, &["Alpha", "Beta"]);
-    c.save("m/outposts.yaml", &m);
-    let w = c.watch("m", &[]);
-    let a = c.wait_running(&w, "alpha", "applied at start");
-    let b = c.wait_running(&w, "beta", "applied at start");
-    w.wait_reconciled(0, "ending the first reconcile");
+    let (c, w, a, b) = watching_alpha_and_beta("wupdate");
     assert_eq!(a.restart_policy(), "unless-stopped");
 
     let mark = w.mark();
