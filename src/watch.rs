@@ -154,6 +154,8 @@ struct State {
     /// Containers `docker update` changed since the last plan: the next one inspects them
     /// (the list does not show a restart policy).
     updated: BTreeSet<String>,
+    /// Inspect every container, until a reconcile went through: see `diff_options`.
+    inspect_all: bool,
     /// The engines whose events are being watched, by integration name -> url.
     watched_engines: BTreeMap<String, String>,
     event_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -247,6 +249,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         deaths: HashMap::new(),
         muted: HashMap::new(),
         updated: BTreeSet::new(),
+        inspect_all: true,
         watched_engines: BTreeMap::new(),
         event_tasks: Vec::new(),
         watched_dirs: BTreeMap::new(),
@@ -348,15 +351,20 @@ impl State {
         }
     }
 
-    /// The diff options of a reconcile: `--adopt`, and the containers to inspect.
+    /// The diff options of a reconcile: `--adopt`, and the containers to inspect: all of
+    /// them until a first reconcile went through (a `docker update` while no watch ran left
+    /// no event to see), then those the engine reported updated.
     fn diff_options(&self) -> DiffOptions {
+        let inspect = if self.inspect_all {
+            crate::diff::Inspect::All
+        } else if self.updated.is_empty() {
+            crate::diff::Inspect::Nothing
+        } else {
+            crate::diff::Inspect::Only(self.updated.clone())
+        };
         DiffOptions {
             adopt: self.opts.adopt,
-            inspect: if self.updated.is_empty() {
-                crate::diff::Inspect::Nothing
-            } else {
-                crate::diff::Inspect::Only(self.updated.clone())
-            },
+            inspect,
             ..Default::default()
         }
     }
@@ -499,6 +507,8 @@ impl State {
             self.filter_actions(&mut plan, false);
         }
         let summary = crate::render::plan::summary_line(&plan.summary());
+        // Containers whose action failed: inspected again next time (see `diff_options`).
+        let mut failed = BTreeSet::new();
         if plan.has_changes() {
             let progress = WatchProgress { log: &self.log };
             let report = apply::apply(&plan, &v, &engines, &progress).await;
@@ -509,15 +519,24 @@ impl State {
                 } else {
                     ok = false;
                     self.metrics.error();
+                    failed.extend(
+                        plan.integrations
+                            .iter()
+                            .filter(|e| e.name == o.integration)
+                            .flat_map(|e| &e.actions)
+                            .filter(|a| a.outpost == o.outpost)
+                            .filter_map(|a| a.container.as_ref().map(|c| c.id.clone())),
+                    );
                 }
             }
             ok &= report.engine_errors.is_empty();
         }
         crate::lock::release_all(locks).await;
-        // Updated containers are inspected until a reconcile went through without an error
-        // (an engine away, a recreate that failed); a few more inspects cost little.
-        if ok {
-            self.updated.clear();
+        // Once every engine was planned, the containers to inspect were: only those whose
+        // action failed are inspected again.
+        if plan.integrations.iter().all(|e| e.error.is_none()) {
+            self.updated = failed;
+            self.inspect_all = false;
         }
         self.metrics.reconcile_finished(ok, started.elapsed());
         let ms = started.elapsed().as_millis().to_string();

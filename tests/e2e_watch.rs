@@ -955,7 +955,8 @@ fn containers_removed_or_stopped_by_hand_come_back() {
 
 /// A restart policy changed by hand (`docker update --restart no`) is put back: the engine's
 /// `update` event makes the next plan inspect that container, which is recreated with the
-/// manifest's policy; the other outpost is not touched.
+/// manifest's policy; the other outpost is not touched. One changed while no watch ran is put
+/// back by the next watch's first reconcile, which inspects every container.
 #[test]
 fn a_restart_policy_changed_by_hand_is_put_back() {
     let (c, w, a, b) = watching_alpha_and_beta("wupdate");
@@ -972,6 +973,15 @@ fn a_restart_policy_changed_by_hand_is_put_back() {
     });
     assert_eq!(c.env.container(&b.name()).id(), b.id(), "Beta untouched");
     c.assert_no_secret_in(&w);
+
+    // Changed while no watch ran: no event to see; the next watch inspects all at start.
+    drop(w);
+    docker_ok(&["update", "--restart", "no", &b.name()]);
+    let w = c.watch("m", &[]);
+    let b2 = c.wait_container(&w, "beta", "at the next start", |x| x.id() != b.id());
+    assert_eq!(b2.restart_policy(), "unless-stopped");
+    w.wait_reconciled(0, "ending the first reconcile");
+    assert_eq!(c.env.container(&a2.name()).id(), a2.id(), "Alpha untouched");
 }
 
 /// In `--log-format json`, the "reconcile started" line of an engine-triggered reconcile must
