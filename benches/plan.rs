@@ -14,7 +14,8 @@
 //!      validation; `build` runs `plan_engine` per engine), with the number of API requests
 //!      from `Engine::requests()`, and, measured apart, the engine's list and the diff;
 //!    - the release binary `outpostctl plan --detailed-exitcode DIR` (exit 0: no changes):
-//!      median wall, and mean user+sys (`getrusage` of the children, in µs).
+//!      median wall, and mean user+sys (`getrusage` of the children, in µs);
+//!    - the same with `--inspect` (one inspect per container): requests and the binary.
 //!
 //! Goals: the same small number of requests for 10 and 1,000 outposts; under 150 ms wall for
 //! 1,000; apply no slower than the loop.
@@ -647,6 +648,57 @@ fn plan_section(
         );
     }
     println!("\nlast line of the plan: {last_line:?}");
+
+    // What `--inspect` (one inspect per kept container, for a restart policy changed by
+    // hand) costs on top: in-process requests, and the binary's wall time.
+    println!(
+        "\n### plan --inspect with nothing to change (`outpostctl plan --inspect --detailed-exitcode DIR`, exit 0; median of {runs})\n"
+    );
+    println!(
+        "| outposts | API requests | wall median (ms) | wall min–max (ms) | user+sys mean (ms) |"
+    );
+    println!("|---:|---:|---:|---:|---:|");
+    for (n, dir) in &dirs {
+        let v = validated(dir);
+        let requests = rt.block_on(async {
+            let engines = connect_all(&v).await;
+            let opts = DiffOptions {
+                inspect: outpostctl::diff::Inspect::All,
+                ..DiffOptions::default()
+            };
+            let plan = build(&v, &engines, opts).await;
+            if plan.has_changes() || plan.has_errors() {
+                fail(&format!(
+                    "plan --inspect of {n} outposts is not \"nothing to change\""
+                ));
+            }
+            match engines.get("engine") {
+                Some(Ok(e)) => e.requests(),
+                _ => fail("no engine `engine` in the set"),
+            }
+        });
+        let d = dir.display().to_string();
+        let timed: Vec<Timed> = (0..runs)
+            .map(|_| {
+                let t = outpostctl(&["plan", "--inspect", "--detailed-exitcode", &d], &[]);
+                if !t.out.ok() {
+                    fail(&format!(
+                        "outpostctl plan --inspect {d} did not report \"no changes\":\n{}",
+                        t.out.shown()
+                    ));
+                }
+                t
+            })
+            .collect();
+        let f = summarize(&timed);
+        println!(
+            "| {n} | {requests} | {} | {}–{} | {} |",
+            fmt_ms(f.wall),
+            fmt_ms(f.wall_min),
+            fmt_ms(f.wall_max),
+            fmt_opt(f.cpu_mean),
+        );
+    }
     let same = reqs.windows(2).all(|w| w[0] == w[1]);
     println!(
         "\ngoal (the same small number of requests whatever the number of outposts): {} ({reqs:?})",
