@@ -60,18 +60,26 @@ proc_start() {
 # another process that got the same PID (after a reboot with /tmp kept) for this one.
 record_pid() { echo "$2 $(proc_start "$2")" >"$1"; }
 
-# pid_alive PIDFILE : true when PIDFILE names a live process, the one record_pid recorded.
+# pid_alive PIDFILE [COMM] : true when PIDFILE names a live process, the one record_pid
+# recorded. A file of the scripts before record_pid holds only a PID: it counts when that
+# process's command name is COMM.
 pid_alive() {
   local pid start
   [ -s "$1" ] || return 1
   read -r pid start <"$1" || true
-  [ -n "$pid" ] && [ -n "$start" ] && [ "$(proc_start "$pid")" = "$start" ]
+  [ -n "$pid" ] || return 1
+  if [ -z "$start" ]; then
+    [ -n "${2:-}" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
+    return
+  fi
+  [ "$(proc_start "$pid")" = "$start" ]
 }
 
-# stop_pidfile PIDFILE : stop the process this project started (by its recorded id), bounded.
+# stop_pidfile PIDFILE [COMM] : stop the process this project started (by its recorded id),
+# bounded.
 stop_pidfile() {
   local pid i
-  pid_alive "$1" || { rm -f "$1"; return 0; }
+  pid_alive "$1" "${2:-}" || { rm -f "$1"; return 0; }
   read -r pid _ <"$1"
   kill "$pid" 2>/dev/null || true
   for ((i = 0; i < 40; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done

@@ -22,14 +22,14 @@ ensure_pkgs docker-registry curl
 answers() { curl -fsS -m 3 -o /dev/null "http://$REGISTRY/v2/" 2>/dev/null; }
 want=$(sha256sum "$CONFIG" | cut -d' ' -f1)
 
-if pid_alive "$PIDFILE" && [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+if pid_alive "$PIDFILE" docker-registry && [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   log "registry config changed; restarting it"
-  stop_pidfile "$PIDFILE"
+  stop_pidfile "$PIDFILE" docker-registry
 fi
-if ! pid_alive "$PIDFILE" && answers; then
+if ! pid_alive "$PIDFILE" docker-registry && answers; then
   log "a registry not started by this script answers on $REGISTRY; using it"
 elif ! answers; then
-  if ! pid_alive "$PIDFILE"; then
+  if ! pid_alive "$PIDFILE" docker-registry; then
     if (exec 3<>"/dev/tcp/127.0.0.1/5000") 2>/dev/null; then
       die "127.0.0.1:5000 is taken by something that is not a registry"
     fi
@@ -43,7 +43,7 @@ elif ! answers; then
     tail -n 20 "$LOG" >&2 || true
     die "the registry on $REGISTRY does not answer"
   fi
-  pid_alive "$PIDFILE" || die "docker-registry exited after it started; see $LOG"
+  pid_alive "$PIDFILE" docker-registry || die "docker-registry exited after it started; see $LOG"
 fi
 
 # push SOURCE NAME:TAG : push SOURCE unless the registry already holds it under NAME:TAG.

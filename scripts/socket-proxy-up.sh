@@ -18,12 +18,12 @@ ensure_pkgs haproxy curl
 answers() { curl -fsS -m 3 -o /dev/null "$URL/_ping" 2>/dev/null; }
 want=$(sha256sum "$CONFIG" | cut -d' ' -f1)
 
-if pid_alive "$PIDFILE"; then
+if pid_alive "$PIDFILE" haproxy; then
   if [ "$(cat "$STAMP" 2>/dev/null)" = "$want" ] && answers; then
     exit 0
   fi
   log "socket proxy config changed or proxy not answering; restarting it"
-  stop_pidfile "$PIDFILE"
+  stop_pidfile "$PIDFILE" haproxy
 fi
 if (exec 3<>/dev/tcp/127.0.0.1/2375) 2>/dev/null; then
   die "127.0.0.1:2375 is taken by a process this script did not start; stop it first"
@@ -38,7 +38,7 @@ if ! wait_for 20 "socket proxy /_ping" answers; then
   tail -n 20 "$LOG" >&2 || true
   die "the socket proxy on 127.0.0.1:2375 does not answer"
 fi
-pid_alive "$PIDFILE" || die "haproxy exited after it started; see $LOG"
+pid_alive "$PIDFILE" haproxy || die "haproxy exited after it started; see $LOG"
 # The proxy must refuse what is not on the list.
 code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$URL/v1.41/networks")
 [ "$code" = 403 ] || die "socket proxy allowed GET /networks (HTTP $code)"

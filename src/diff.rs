@@ -140,19 +140,29 @@ pub enum Inspect {
     Nothing,
     /// Every container the plan keeps (`plan --inspect`: one request per container).
     All,
-    /// These container ids (the watch, after the engine's `update` event for them).
-    Only(BTreeSet<String>),
+    /// Every container of these integrations, and these container ids (the watch: engines it
+    /// has not inspected since their events are watched; containers the engine reported
+    /// updated).
+    Only {
+        integrations: BTreeSet<String>,
+        ids: BTreeSet<String>,
+    },
 }
 
 impl Inspect {
-    pub fn covers(&self, id: &str) -> bool {
+    pub fn covers(&self, integration: Option<&str>, id: &str) -> bool {
         match self {
             Inspect::Nothing => false,
             Inspect::All => true,
-            Inspect::Only(ids) => ids.contains(id),
+            Inspect::Only { integrations, ids } => {
+                ids.contains(id) || integration.is_some_and(|i| integrations.contains(i))
+            }
         }
     }
 }
+
+/// The reason of a recreate for a restart policy changed by hand.
+pub const RESTART_POLICY_FIELD: &str = "restart_policy";
 
 /// Actions on a kept container that a restart policy changed by hand turns into a recreate
 /// (the recreate also starts, renames or restarts it). Left alone: an unpause (the next plan
@@ -671,7 +681,7 @@ pub fn explain(
     }
     if live.restart_policy != spec.restart_policy {
         out.push(Change::new(
-            "restart_policy",
+            RESTART_POLICY_FIELD,
             Some(live.restart_policy.clone()),
             Some(spec.restart_policy.clone()),
         ));

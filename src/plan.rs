@@ -234,7 +234,8 @@ pub fn engine_fingerprint(
     hex::encode(h.finalize())
 }
 
-/// Computes the plan: one list per engine, an inspect only for containers to be recreated.
+/// Computes the plan: one list per engine; an inspect for each container to be recreated
+/// (for its reasons) and for those `opts.inspect` covers (for their restart policy).
 /// Engines are read in parallel; one that fails does not stop the others.
 pub async fn build(v: &Validated, engines: &Engines, opts: DiffOptions) -> Plan {
     let inspected = opts.inspect == diff::Inspect::All;
@@ -304,8 +305,10 @@ pub async fn plan_engine(
     let observed = engine.list().await?;
     let fingerprint = engine_fingerprint(project, desired, &observed);
     let inspect = opts.inspect.clone();
+    let integration = opts.integration.clone();
     let mut actions = diff::diff(project, desired, &observed, opts);
-    restart_policies(desired, engine, &inspect, &mut actions).await;
+    let covers = |id: &str| inspect.covers(integration.as_deref(), id);
+    restart_policies(desired, engine, &covers, &mut actions).await;
     let mut texts = BTreeMap::new();
     for a in &actions {
         if a.action == ActionKind::Create {
@@ -376,17 +379,17 @@ pub async fn plan_engine(
 async fn restart_policies(
     desired: &[ContainerSpec],
     engine: &dyn Engine,
-    inspect: &diff::Inspect,
+    covers: &(dyn Fn(&str) -> bool + Sync),
     actions: &mut [Action],
 ) {
     let checks = actions.iter().enumerate().filter_map(|(i, a)| {
         let c = a.container.as_ref()?;
         let spec = desired.iter().find(|d| d.outpost == a.outpost)?;
-        (diff::keeps_container(a) && inspect.covers(&c.id)).then_some(async move {
+        (diff::keeps_container(a) && covers(&c.id)).then_some(async move {
             let live = engine.inspect(&c.id).await.ok()?;
             (live.restart_policy != spec.restart_policy).then(|| {
                 let change = Change::new(
-                    "restart_policy",
+                    diff::RESTART_POLICY_FIELD,
                     Some(live.restart_policy),
                     Some(spec.restart_policy.clone()),
                 );

@@ -47,6 +47,10 @@ pub enum Trigger {
         id: String,
         action: String,
     },
+    /// An engine's event stream broke and is back: what happened meanwhile left no event.
+    EventsResumed {
+        integration: String,
+    },
 }
 
 impl Trigger {
@@ -57,13 +61,17 @@ impl Trigger {
             Trigger::Interval => "interval",
             Trigger::Retry => "backoff-retry",
             Trigger::Engine { .. } => "engine-event",
+            Trigger::EventsResumed { .. } => "engine-events-resumed",
         }
     }
     /// Drift: the engine moved while the manifests did not.
     fn is_drift(&self) -> bool {
         matches!(
             self,
-            Trigger::Interval | Trigger::Retry | Trigger::Engine { .. }
+            Trigger::Interval
+                | Trigger::Retry
+                | Trigger::Engine { .. }
+                | Trigger::EventsResumed { .. }
         )
     }
 }
@@ -122,12 +130,23 @@ impl Backoff {
     }
 }
 
-/// A put-back: the container disappeared, stopped or became unhealthy.
+/// A put-back: the container disappeared, stopped or became unhealthy, or its restart policy
+/// was changed by hand (a controller that keeps changing it is backed off like one that keeps
+/// stopping the container).
 fn is_put_back(a: &Action) -> bool {
     matches!(
         a.action,
         ActionKind::Create | ActionKind::Start | ActionKind::Restart
-    )
+    ) || (a.action == ActionKind::Recreate
+        && a.reasons
+            .iter()
+            .any(|r| r.field == crate::diff::RESTART_POLICY_FIELD))
+}
+
+/// A container the plan was asked to inspect but did not (it is unpaused, or being removed):
+/// the next plan inspects it again.
+fn not_inspected(a: &Action) -> bool {
+    a.action == ActionKind::Unpause || (a.action == ActionKind::Noop && !a.reasons.is_empty())
 }
 
 /// What waits while its outpost backs off: its put-back, and the removal of a duplicate left
@@ -135,6 +154,83 @@ fn is_put_back(a: &Action) -> bool {
 /// container runs again, which the held-back put-back would do).
 fn waits_for_backoff(a: &Action) -> bool {
     is_put_back(a) || crate::diff::is_duplicate_removal(a)
+}
+
+/// What a watch's plans inspect, for what the container list does not show (a restart
+/// policy changed with `docker update`).
+#[derive(Debug, Default)]
+struct Inspections {
+    /// Containers to inspect in the next plan, by id -> integration: those `docker update`
+    /// changed, those whose action failed, those a plan could not inspect.
+    updated: BTreeMap<String, String>,
+    /// Integrations whose every container was inspected since their events are watched; the
+    /// others are inspected in full by the next plan (a `docker update` made while no watch
+    /// ran, or while its event stream was broken, left no event to see).
+    inspected: BTreeSet<String>,
+}
+
+impl Inspections {
+    /// Remembers what the next plan must inspect: a container changed by `docker update`, or
+    /// every container of an engine whose event stream was broken.
+    fn note(&mut self, t: &Trigger) {
+        match t {
+            Trigger::Engine {
+                integration,
+                id,
+                action,
+                ..
+            } if action == "update" => {
+                self.updated.insert(id.clone(), integration.clone());
+            }
+            Trigger::EventsResumed { integration } => {
+                self.inspected.remove(integration);
+            }
+            _ => {}
+        }
+    }
+
+    /// What the next plan inspects (see `updated` and `inspected`).
+    fn options(&self, v: &Validated) -> crate::diff::Inspect {
+        let integrations: BTreeSet<String> = v
+            .integrations
+            .keys()
+            .filter(|i| !self.inspected.contains(*i))
+            .cloned()
+            .collect();
+        if integrations.is_empty() && self.updated.is_empty() {
+            crate::diff::Inspect::Nothing
+        } else {
+            crate::diff::Inspect::Only {
+                integrations,
+                ids: self.updated.keys().cloned().collect(),
+            }
+        }
+    }
+
+    /// After a reconcile's apply: on each engine that was planned, what was to be inspected
+    /// was, except containers the plan could not inspect and those `again` (their action
+    /// failed or was held back); they stay for the next plan.
+    fn done(&mut self, plan: &plan::Plan, again: &BTreeMap<String, String>) {
+        for e in plan.integrations.iter().filter(|e| e.error.is_none()) {
+            let full = self.inspected.insert(e.name.clone());
+            let skipped: BTreeSet<&str> = e
+                .actions
+                .iter()
+                .filter(|a| not_inspected(a))
+                .filter_map(|a| a.container.as_ref().map(|c| c.id.as_str()))
+                .collect();
+            self.updated
+                .retain(|id, integration| *integration != e.name || skipped.contains(id.as_str()));
+            if full {
+                for id in skipped {
+                    self.updated.insert(id.to_string(), e.name.clone());
+                }
+            }
+            for (id, integration) in again.iter().filter(|(_, i)| **i == e.name) {
+                self.updated.insert(id.clone(), integration.clone());
+            }
+        }
+    }
 }
 
 struct State {
@@ -151,11 +247,8 @@ struct State {
     deaths: HashMap<String, Vec<Instant>>,
     /// Containers whose events are ignored until then (they keep dying).
     muted: HashMap<String, (Instant, u32)>,
-    /// Containers `docker update` changed since the last plan: the next one inspects them
-    /// (the list does not show a restart policy).
-    updated: BTreeSet<String>,
-    /// Inspect every container, until a reconcile went through: see `diff_options`.
-    inspect_all: bool,
+    /// What the next plan inspects, for what the list does not show.
+    inspections: Inspections,
     /// The engines whose events are being watched, by integration name -> url.
     watched_engines: BTreeMap<String, String>,
     event_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -248,8 +341,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         filter,
         deaths: HashMap::new(),
         muted: HashMap::new(),
-        updated: BTreeSet::new(),
-        inspect_all: true,
+        inspections: Inspections::default(),
         watched_engines: BTreeMap::new(),
         event_tasks: Vec::new(),
         watched_dirs: BTreeMap::new(),
@@ -300,7 +392,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
             _ = sleep_until(state.retry_at()) => next = Some(Trigger::Retry),
             t = rx.recv() => {
                 let Some(t) = t else { break };
-                state.note_update(&t);
+                state.inspections.note(&t);
                 if !state.accept(&t) {
                     continue;
                 }
@@ -308,7 +400,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let mut t = t;
                 while let Ok(more) = rx.try_recv() {
-                    state.note_update(&more);
+                    state.inspections.note(&more);
                     if matches!(more, Trigger::Files) {
                         t = more;
                     }
@@ -342,29 +434,11 @@ impl State {
             .min()
     }
 
-    /// Remembers a container changed by `docker update`, for the next plan to inspect.
-    fn note_update(&mut self, t: &Trigger) {
-        if let Trigger::Engine { id, action, .. } = t {
-            if action == "update" {
-                self.updated.insert(id.clone());
-            }
-        }
-    }
-
-    /// The diff options of a reconcile: `--adopt`, and the containers to inspect: all of
-    /// them until a first reconcile went through (a `docker update` while no watch ran left
-    /// no event to see), then those the engine reported updated.
-    fn diff_options(&self) -> DiffOptions {
-        let inspect = if self.inspect_all {
-            crate::diff::Inspect::All
-        } else if self.updated.is_empty() {
-            crate::diff::Inspect::Nothing
-        } else {
-            crate::diff::Inspect::Only(self.updated.clone())
-        };
+    /// The diff options of a reconcile: `--adopt`, and what to inspect.
+    fn diff_options(&self, v: &Validated) -> DiffOptions {
         DiffOptions {
             adopt: self.opts.adopt,
-            inspect,
+            inspect: self.inspections.options(v),
             ..Default::default()
         }
     }
@@ -456,7 +530,7 @@ impl State {
             return None;
         };
         let engines = connect_all(&v).await;
-        let mut plan = plan::build(&v, &engines, self.diff_options()).await;
+        let mut plan = plan::build(&v, &engines, self.diff_options(&v)).await;
         let mut ok = true;
         for e in &plan.integrations {
             self.metrics.engine_up(&e.name, e.error.is_none());
@@ -477,6 +551,8 @@ impl State {
                 );
             }
         }
+        // As planned, before the backoff held some actions back (see `Inspections::done`).
+        let planned = plan.clone();
         self.filter_actions(&mut plan, true);
         let mut locks = Vec::new();
         if plan.has_changes() {
@@ -488,7 +564,7 @@ impl State {
                 &v,
                 &engines,
                 &plan,
-                self.diff_options(),
+                self.diff_options(&v),
                 false,
                 &lock_opts,
                 &waiting,
@@ -508,7 +584,9 @@ impl State {
         }
         let summary = crate::render::plan::summary_line(&plan.summary());
         // Containers whose action failed: inspected again next time (see `diff_options`).
-        let mut failed = BTreeSet::new();
+        // Outposts whose action failed, and those the backoff held back: their containers are
+        // inspected again by the next plan.
+        let mut again = self.deferred.clone();
         if plan.has_changes() {
             let progress = WatchProgress { log: &self.log };
             let report = apply::apply(&plan, &v, &engines, &progress).await;
@@ -519,25 +597,20 @@ impl State {
                 } else {
                     ok = false;
                     self.metrics.error();
-                    failed.extend(
-                        plan.integrations
-                            .iter()
-                            .filter(|e| e.name == o.integration)
-                            .flat_map(|e| &e.actions)
-                            .filter(|a| a.outpost == o.outpost)
-                            .filter_map(|a| a.container.as_ref().map(|c| c.id.clone())),
-                    );
+                    again.insert((o.integration.clone(), o.outpost.clone()));
                 }
             }
             ok &= report.engine_errors.is_empty();
         }
         crate::lock::release_all(locks).await;
-        // Once every engine was planned, the containers to inspect were: only those whose
-        // action failed are inspected again.
-        if plan.integrations.iter().all(|e| e.error.is_none()) {
-            self.updated = failed;
-            self.inspect_all = false;
-        }
+        let again: BTreeMap<String, String> = [&planned, &plan]
+            .into_iter()
+            .flat_map(|p| &p.integrations)
+            .flat_map(|e| e.actions.iter().map(move |a| (e, a)))
+            .filter(|(e, a)| again.contains(&(e.name.clone(), a.outpost.clone())))
+            .filter_map(|(e, a)| a.container.as_ref().map(|c| (c.id.clone(), e.name.clone())))
+            .collect();
+        self.inspections.done(&plan, &again);
         self.metrics.reconcile_finished(ok, started.elapsed());
         let ms = started.elapsed().as_millis().to_string();
         if ok {
@@ -580,7 +653,7 @@ impl State {
                         self.log.warn(
                             "backoff",
                             &format!(
-                                "outpost `{}` keeps needing to be put back ({strikes} put-backs in a row): something keeps removing or stopping its container (another controller, such as authentik's own Docker integration for this outpost?); next attempt in {}s",
+                                "outpost `{}` keeps needing to be put back ({strikes} put-backs in a row): something keeps removing, stopping or changing its container (another controller, such as authentik's own Docker integration for this outpost?); next attempt in {}s",
                                 a.outpost,
                                 wait.as_secs_f64().ceil() as u64
                             ),
@@ -700,11 +773,19 @@ impl State {
             let log = self.log.clone();
             self.event_tasks.push(tokio::spawn(async move {
                 let mut delay = Duration::from_secs(1);
+                // After a break, what happened meanwhile left no event: the next plan inspects
+                // this engine in full. (The first subscription follows the first reconcile,
+                // which inspected in full; a `docker update` between the two is the one gap.)
+                let mut broken = false;
                 loop {
                     match crate::engine::connect::connect(&def).await {
                         Ok(engine) => {
                             use crate::engine::Engine;
                             let mut events = engine.events(&project);
+                            if std::mem::take(&mut broken) {
+                                let integration = name.clone();
+                                let _ = tx.send(Trigger::EventsResumed { integration }).await;
+                            }
                             while let Some(ev) = events.next().await {
                                 match ev {
                                     Ok(ev) => {
@@ -735,6 +816,7 @@ impl State {
                             &[("integration", name.clone())],
                         ),
                     }
+                    broken = true;
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(60));
                 }
@@ -839,6 +921,109 @@ mod tests {
         // An outpost removed from the manifests has no put-back to wait for.
         assert!(!waits_for_backoff(&action(ActionKind::Remove, "outpost")));
         assert!(!waits_for_backoff(&action(ActionKind::Recreate, "image")));
+        // A restart policy put back is a put-back too: one that keeps changing backs off.
+        let policy = action(ActionKind::Recreate, crate::diff::RESTART_POLICY_FIELD);
+        assert!(waits_for_backoff(&policy));
+    }
+
+    fn on(id: &str, kind: ActionKind) -> Action {
+        Action {
+            outpost: format!("outpost of {id}"),
+            action: kind,
+            name: format!("ak-{id}"),
+            container: Some(crate::diff::ContainerRef {
+                id: id.into(),
+                name: format!("ak-{id}"),
+            }),
+            reasons: Vec::new(),
+            adopt: false,
+            error: None,
+        }
+    }
+
+    fn plan_of(engines: Vec<(&str, Option<Vec<Action>>)>) -> plan::Plan {
+        plan::Plan {
+            format_version: plan::FORMAT_VERSION,
+            project: "p".into(),
+            manifest_fingerprint: String::new(),
+            inspected: false,
+            integrations: engines
+                .into_iter()
+                .map(|(name, actions)| plan::EnginePlan {
+                    name: name.into(),
+                    url: String::new(),
+                    fingerprint: None,
+                    engine_id: None,
+                    error: actions.is_none().then(|| "away".to_string()),
+                    actions: actions.unwrap_or_default(),
+                    spec_texts: BTreeMap::new(),
+                })
+                .collect(),
+        }
+    }
+
+    fn only(integrations: &[&str], ids: &[&str]) -> crate::diff::Inspect {
+        crate::diff::Inspect::Only {
+            integrations: integrations.iter().map(|s| s.to_string()).collect(),
+            ids: ids.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    /// What a watch inspects: every container of an engine until one plan of it went
+    /// through (and again after its event stream broke), then only containers reported
+    /// updated; a container the plan could not inspect (paused), or whose action failed or
+    /// was held back, is inspected again; an engine that was away keeps everything.
+    #[test]
+    fn a_watch_inspects_what_it_has_not_seen() {
+        let v = crate::engine::fake::validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  a: { local: true }\n  \
+             b: { url: \"http://127.0.0.1:2375\" }\noutposts: {}\n",
+        );
+        let mut i = Inspections::default();
+        assert_eq!(i.options(&v), only(&["a", "b"], &[]));
+
+        // a planned (c2 paused, so only unpaused), b away.
+        let first = plan_of(vec![
+            (
+                "a",
+                Some(vec![
+                    on("c1", ActionKind::Noop),
+                    on("c2", ActionKind::Unpause),
+                ]),
+            ),
+            ("b", None),
+        ]);
+        i.done(&first, &BTreeMap::new());
+        assert_eq!(i.options(&v), only(&["b"], &["c2"]));
+
+        let update = |id: &str| Trigger::Engine {
+            integration: "a".into(),
+            container: format!("ak-{id}"),
+            id: id.into(),
+            action: "update".into(),
+        };
+        i.note(&update("c1"));
+        i.note(&update("c3"));
+        let second = plan_of(vec![
+            (
+                "a",
+                Some(vec![on("c1", ActionKind::Noop), on("c2", ActionKind::Noop)]),
+            ),
+            ("b", Some(vec![on("c9", ActionKind::Noop)])),
+        ]);
+        // c3 was recreated and failed.
+        let again = BTreeMap::from([("c3".to_string(), "a".to_string())]);
+        i.done(&second, &again);
+        assert_eq!(i.options(&v), only(&[], &["c3"]));
+
+        i.done(&second, &BTreeMap::new());
+        assert_eq!(i.options(&v), crate::diff::Inspect::Nothing);
+
+        i.note(&Trigger::EventsResumed {
+            integration: "b".into(),
+        });
+        assert_eq!(i.options(&v), only(&["b"], &[]));
     }
 
     #[test]

@@ -51,6 +51,7 @@ impl DockerEngine {
     /// out the whole timeout on it would only delay the real answer or error.
     async fn negotiated(docker: Docker, url: String, first: Duration) -> Result<DockerEngine> {
         let full = docker.timeout();
+        let first = first.min(full / 2);
         let mut requests = 1;
         let answered = match docker.clone().with_timeout(first).negotiate_version().await {
             Err(BError::RequestTimeoutError) => {
