@@ -984,6 +984,102 @@ fn a_restart_policy_changed_by_hand_is_put_back() {
     assert_eq!(c.env.container(&a2.name()).id(), a2.id(), "Alpha untouched");
 }
 
+/// `http://127.0.0.1:PORT` in front of the engine's socket that the test can cut: while cut,
+/// its connections are closed and new ones are closed at once (a network outage between a
+/// watch and its engine).
+struct Cuttable {
+    port: u16,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    open: Arc<Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Cuttable {
+    fn start() -> Cuttable {
+        use std::os::unix::net::UnixStream;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let socket = std::env::var("DOCKER_HOST")
+            .ok()
+            .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+            .unwrap_or_else(|| "/var/run/docker.sock".into());
+        let (c, o) = (cut.clone(), open.clone());
+        std::thread::spawn(move || {
+            for mut tcp in listener.incoming().flatten() {
+                if c.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let Ok(mut unix) = UnixStream::connect(&socket) else {
+                    continue;
+                };
+                let (Ok(mut tcp_w), Ok(mut unix_w), Ok(kept)) =
+                    (tcp.try_clone(), unix.try_clone(), tcp.try_clone())
+                else {
+                    continue;
+                };
+                o.lock().unwrap().push(kept);
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut tcp, &mut unix_w);
+                    let _ = unix_w.shutdown(std::net::Shutdown::Both);
+                });
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut unix, &mut tcp_w);
+                    let _ = tcp_w.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Cuttable { port, cut, open }
+    }
+
+    fn set_cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+        if cut {
+            for c in self.open.lock().unwrap().drain(..) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// A restart policy changed while the watch's event stream was broken (the engine out of
+/// reach) left no event: when the stream is back, the watch inspects that engine in full and
+/// puts the policy back.
+#[test]
+fn a_restart_policy_changed_while_the_events_were_cut_is_put_back() {
+    let c = Case::new("wresume");
+    let proxy = Cuttable::start();
+    let mut m = manifest_with(&c, &["Alpha"]);
+    m["integrations"]["local"] = json!({ "url": format!("http://127.0.0.1:{}", proxy.port) });
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    let a = c.wait_running(&w, "alpha", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+    // The event stream is up once the watch logged nothing more for a moment.
+    std::thread::sleep(Duration::from_secs(1));
+
+    let mark = w.mark();
+    proxy.set_cut(true);
+    w.wait_log(mark, "the event stream's break", WAIT, |v| {
+        v["event"] == "engine"
+            && v["msg"]
+                .as_str()
+                .is_some_and(|m| m.contains("event stream") || m.contains("cannot watch"))
+    });
+    docker_ok(&["update", "--restart", "no", &a.name()]);
+    proxy.set_cut(false);
+    let a2 = c.wait_container(&w, "alpha", "after the stream is back", |x| {
+        x.id() != a.id()
+    });
+    assert_eq!(a2.restart_policy(), "unless-stopped");
+    w.wait_log(
+        mark,
+        "`reconcile started trigger=engine-events-resumed`",
+        WAIT,
+        |v| is_start(v, "engine-events-resumed"),
+    );
+}
+
 /// In `--log-format json`, the "reconcile started" line of an engine-triggered reconcile must
 /// keep `"event":"reconcile"` (what log shippers filter on). (Was a bug until bd90b23: the
 /// Docker action was added as a field named `event`, overwriting the line's own:
