@@ -1000,10 +1000,7 @@ impl Cuttable {
         let port = listener.local_addr().expect("address").port();
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
-        let socket = std::env::var("DOCKER_HOST")
-            .ok()
-            .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
-            .unwrap_or_else(|| "/var/run/docker.sock".into());
+        let socket = engine_socket();
         let (c, o) = (cut.clone(), open.clone());
         std::thread::spawn(move || {
             for mut tcp in listener.incoming().flatten() {

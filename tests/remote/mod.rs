@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::common::Run;
-use crate::support::{Env, run_with_timeout, shown, wait_until};
+use crate::support::{Env, engine_socket, run_with_timeout, shown, wait_until};
 
 const TOOL_TIMEOUT: Duration = Duration::from_secs(30);
 const START_TIMEOUT: Duration = Duration::from_secs(15);
@@ -431,14 +431,6 @@ impl Drop for Daemon {
 
 // ---------------------------------------------------------------------------------------------
 // stunnel
-
-/// The engine's socket: the path of a `unix://` DOCKER_HOST, else the default.
-fn engine_socket() -> String {
-    std::env::var("DOCKER_HOST")
-        .ok()
-        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
-        .unwrap_or_else(|| "/var/run/docker.sock".into())
-}
 
 /// stunnel with four TLS services, each requiring a client certificate from the CA.
 pub struct Tls {

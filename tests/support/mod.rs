@@ -115,6 +115,14 @@ pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Run {
     }
 }
 
+/// The engine's socket: the path of a `unix://` DOCKER_HOST, else the default.
+pub fn engine_socket() -> String {
+    std::env::var("DOCKER_HOST")
+        .ok()
+        .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
+        .unwrap_or_else(|| "/var/run/docker.sock".into())
+}
+
 /// `docker ARGS` on the engine the tests use (DOCKER_HOST if set, else the unix socket).
 pub fn docker(args: &[&str]) -> Run {
     let mut cmd = Command::new("docker");
