@@ -508,6 +508,9 @@ impl State {
             fields.push(("container", container.clone()));
             fields.push(("docker_event", action.clone()));
         }
+        if let Trigger::EventsResumed { integration } = trigger {
+            fields.push(("integration", integration.clone()));
+        }
         self.log.info("reconcile", "reconcile started", &fields);
         let outcome = validate(&self.opts.paths);
         for d in &outcome.diagnostics {

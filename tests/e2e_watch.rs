@@ -1069,12 +1069,13 @@ fn a_restart_policy_changed_while_the_events_were_cut_is_put_back() {
         x.id() != a.id()
     });
     assert_eq!(a2.restart_policy(), "unless-stopped");
-    w.wait_log(
+    let resumed = w.wait_log(
         mark,
         "`reconcile started trigger=engine-events-resumed`",
         WAIT,
         |v| is_start(v, "engine-events-resumed"),
     );
+    assert_eq!(resumed["integration"], "local", "{resumed}");
 }
 
 /// In `--log-format json`, the "reconcile started" line of an engine-triggered reconcile must
