@@ -2,7 +2,7 @@
 //! elsewhere). A saved plan carries fingerprints of the manifests and of the live objects it
 //! was computed from, so apply can refuse it when anything moved; it holds no secret values.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::desired::{ContainerSpec, LABEL_CONFIG_HASH, LABEL_PROJECT, LABEL_UUID};
 use crate::diff::{self, Action, ActionKind, Change, DiffOptions};
-use crate::engine::{Engine, EngineError, Observed, State};
+use crate::engine::{Engine, EngineError, Inspected, Observed, State};
 use crate::validate::Validated;
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -308,7 +308,8 @@ pub async fn plan_engine(
     let integration = opts.integration.clone();
     let mut actions = diff::diff(project, desired, &observed, opts);
     let covers = |id: &str| inspect.covers(integration.as_deref(), id);
-    restart_policies(desired, engine, &covers, &mut actions).await;
+    // Containers already inspected for their restart policy, kept for their reasons below.
+    let mut inspected = restart_policies(desired, engine, &covers, &mut actions).await;
     let mut texts = BTreeMap::new();
     for a in &actions {
         if a.action == ActionKind::Create {
@@ -339,7 +340,11 @@ pub async fn plan_engine(
         // One container that cannot be read (removed since the list, say) loses its detailed
         // reasons, not the whole engine's plan: the config-hash reason below stands in, and
         // the apply reports that outpost's own failure if the container is really gone.
-        let Ok(live) = engine.inspect(&c.id).await else {
+        let live = match inspected.remove(&c.id) {
+            Some(live) => Ok(live),
+            None => engine.inspect(&c.id).await,
+        };
+        let Ok(live) = live else {
             if a.reasons.is_empty() {
                 a.reasons.push(hash_reason(&c.id, spec));
             }
@@ -374,14 +379,14 @@ pub async fn plan_engine(
 
 /// What the list cannot show: the restart policy of the kept containers `inspect` covers,
 /// read by one inspect each (in parallel). One changed by hand (`docker update --restart`)
-/// makes the action a recreate, whose reasons the caller then completes. A container that
-/// cannot be inspected keeps its action.
+/// makes the action a recreate, whose reasons the caller then completes from the inspect
+/// returned here (by container id). A container that cannot be inspected keeps its action.
 async fn restart_policies(
     desired: &[ContainerSpec],
     engine: &dyn Engine,
     covers: &(dyn Fn(&str) -> bool + Sync),
     actions: &mut [Action],
-) {
+) -> HashMap<String, Inspected> {
     let checks = actions.iter().enumerate().filter_map(|(i, a)| {
         let c = a.container.as_ref()?;
         let spec = desired.iter().find(|d| d.outpost == a.outpost)?;
@@ -390,23 +395,28 @@ async fn restart_policies(
             (live.restart_policy != spec.restart_policy).then(|| {
                 let change = Change::new(
                     diff::RESTART_POLICY_FIELD,
-                    Some(live.restart_policy),
+                    Some(live.restart_policy.clone()),
                     Some(spec.restart_policy.clone()),
                 );
-                (i, change)
+                (i, change, live)
             })
         })
     });
-    let changed: Vec<(usize, Change)> = futures_util::stream::iter(checks)
+    let changed: Vec<(usize, Change, Inspected)> = futures_util::stream::iter(checks)
         .buffer_unordered(INSPECTS_AT_ONCE)
         .filter_map(std::future::ready)
         .collect()
         .await;
-    for (i, change) in changed {
+    let mut inspected = HashMap::new();
+    for (i, change, live) in changed {
         let a = &mut actions[i];
         a.action = ActionKind::Recreate;
         a.reasons.push(change);
+        if let Some(c) = &a.container {
+            inspected.insert(c.id.clone(), live);
+        }
     }
+    inspected
 }
 
 /// Inspects in flight at once for `--inspect` (the engine serves them on one core or two).
