@@ -143,10 +143,11 @@ fn is_put_back(a: &Action) -> bool {
             .any(|r| r.field == crate::diff::RESTART_POLICY_FIELD))
 }
 
-/// A container the plan was asked to inspect but did not (it is unpaused, or being removed):
-/// the next plan inspects it again.
+/// A container kept as it is that the plan was asked to inspect but did not
+/// (`diff::keeps_container` leaves it out: it is unpaused, or being removed): the next plan
+/// inspects it again.
 fn not_inspected(a: &Action) -> bool {
-    a.action == ActionKind::Unpause || (a.action == ActionKind::Noop && !a.reasons.is_empty())
+    matches!(a.action, ActionKind::Unpause | ActionKind::Noop) && !crate::diff::keeps_container(a)
 }
 
 /// What waits while its outpost backs off: its put-back, and the removal of a duplicate left
