@@ -306,6 +306,16 @@ impl Watch {
 
     /// The end of the reconcile that started at or after `from`: its "reconcile done" line, or
     /// the line saying the manifests are invalid.
+    /// The line "reconcile started" of a reconcile with `trigger`, logged after line `from`.
+    fn wait_started(&self, from: usize, trigger: &str) -> Value {
+        self.wait_log(
+            from,
+            &format!("`reconcile started trigger={trigger}`"),
+            WAIT,
+            |v| is_start(v, trigger),
+        )
+    }
+
     fn wait_reconciled(&self, from: usize, what: &str) -> Value {
         self.wait_log(from, what, WAIT, |v| {
             v["event"] == "reconcile"
@@ -499,9 +509,7 @@ fn applies_at_start_and_an_edit_saved_by_rename() {
         wait_until(WAIT, || inspect(&a.id()).is_none()),
         "the old container is gone"
     );
-    w.wait_log(mark, "`reconcile started trigger=files`", WAIT, |v| {
-        is_start(v, "files")
-    });
+    w.wait_started(mark, "files");
     w.wait_log(mark, "`recreate` of Alpha", WAIT, |v| {
         is_ok_action(v, "recreate", &c.name("alpha")) && v["outpost"] == "Alpha"
     });
@@ -745,9 +753,7 @@ fn a_symlink_swap_of_the_directory_is_seen() {
         has_version(x, "v2")
     });
     assert_ne!(a2.id(), a.id());
-    w.wait_log(mark, "`reconcile started trigger=files`", WAIT, |v| {
-        is_start(v, "files")
-    });
+    w.wait_started(mark, "files");
     assert_eq!(c.env.project_containers().len(), 1);
     c.assert_no_secret_in(&w);
 }
@@ -828,9 +834,7 @@ fn a_kubernetes_data_swap_is_seen() {
             has_version(x, v)
         });
         assert_ne!(x.id(), prev_id);
-        w.wait_log(mark, "`reconcile started trigger=files`", WAIT, |v| {
-            is_start(v, "files")
-        });
+        w.wait_started(mark, "files");
         w.wait_reconciled(mark, "ending the reconcile");
         prev = ts.to_string();
         prev_id = x.id();
@@ -911,12 +915,7 @@ fn containers_removed_or_stopped_by_hand_come_back() {
     let a2 = c.wait_container(&w, "alpha", "after docker rm -f", |x| x.id() != a.id());
     let took = t.elapsed();
     assert!(took < Duration::from_secs(10), "back after {took:?}");
-    w.wait_log(
-        mark,
-        "`reconcile started trigger=engine-event`",
-        WAIT,
-        |v| is_start(v, "engine-event"),
-    );
+    w.wait_started(mark, "engine-event");
     w.wait_log(mark, "`create` of Alpha", WAIT, |v| {
         is_ok_action(v, "create", &a.name())
     });
@@ -1069,12 +1068,7 @@ fn a_restart_policy_changed_while_the_events_were_cut_is_put_back() {
         x.id() != a.id()
     });
     assert_eq!(a2.restart_policy(), "unless-stopped");
-    let resumed = w.wait_log(
-        mark,
-        "`reconcile started trigger=engine-events-resumed`",
-        WAIT,
-        |v| is_start(v, "engine-events-resumed"),
-    );
+    let resumed = w.wait_started(mark, "engine-events-resumed");
     assert_eq!(resumed["integration"], "local", "{resumed}");
 }
 
@@ -1092,12 +1086,7 @@ fn engine_triggered_reconciles_are_logged_as_reconcile_events() {
     w.wait_reconciled(0, "ending the first reconcile");
     let mark = w.mark();
     docker_ok(&["rm", "-f", &a.name()]);
-    let v = w.wait_log(
-        mark,
-        "`reconcile started trigger=engine-event`",
-        WAIT,
-        |v| is_start(v, "engine-event"),
-    );
+    let v = w.wait_started(mark, "engine-event");
     assert_eq!(v["event"], "reconcile", "{v}");
 }
 
@@ -1151,12 +1140,7 @@ fn a_container_removed_by_hand_comes_back_without_errors() {
                 .is_some_and(|m| m.contains("`Alpha`") && m.contains("next attempt in"))
     });
     c.wait_container(&w, "alpha", "put back after the backoff", |x| x.id() != old);
-    w.wait_log(
-        mark,
-        "`reconcile started trigger=backoff-retry`",
-        WAIT,
-        |v| is_start(v, "backoff-retry"),
-    );
+    w.wait_started(mark, "backoff-retry");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1187,9 +1171,7 @@ fn sigterm_during_recreates(tag: &str) -> (Case, Watch, usize, BTreeMap<String, 
     let mark = w.mark();
     m["defaults"]["docker_labels"] = json!({ "e2e.watch": "v2" });
     c.save("m/outposts.yaml", &m);
-    w.wait_log(mark, "`reconcile started trigger=files`", WAIT, |v| {
-        is_start(v, "files")
-    });
+    w.wait_started(mark, "files");
     w.wait_log(mark, "of the first recreate", WAIT, |v| {
         v["event"] == "action"
     });
@@ -1434,7 +1416,7 @@ fn crashing_case(tag: &str) -> (Case, Watch) {
 #[test]
 fn a_crashing_container_does_not_make_it_loop() {
     let (c, w) = crashing_case("wcrash");
-    w.wait_log(0, "of a die event", WAIT, |v| is_start(v, "engine-event"));
+    w.wait_started(0, "engine-event");
     let mark = w.mark();
     std::thread::sleep(Duration::from_secs(10));
     let n = w.count(mark, |v| v["msg"] == "reconcile started");
@@ -1504,7 +1486,7 @@ fn bench_watch_edit_to_apply() {
         let text = format!("{}# edit {i}\n", to_yaml(&m));
         let t0 = now_epoch();
         save_text(&path, &text);
-        let v = w.wait_log(mark, "files", WAIT, |v| is_start(v, "files"));
+        let v = w.wait_started(mark, "files");
         noop.push((epoch(v["ts"].as_str().unwrap()) - t0) * 1000.0);
         w.wait_reconciled(mark, "done");
         w.wait_quiet(Duration::from_millis(500));
@@ -1517,7 +1499,7 @@ fn bench_watch_edit_to_apply() {
             json!({ "docker_labels": { "e2e.bench": i.to_string() } });
         let t0 = now_epoch();
         c.save("m/outposts.yaml", &m);
-        let v = w.wait_log(mark, "files", WAIT, |v| is_start(v, "files"));
+        let v = w.wait_started(mark, "files");
         to_start.push((epoch(v["ts"].as_str().unwrap()) - t0) * 1000.0);
         let x = c.wait_container(&w, "alpha", "recreated", |x| {
             x.label("e2e.bench").as_deref() == Some(&i.to_string())
@@ -1561,7 +1543,7 @@ fn bench_watch_removed_to_running() {
         let t0 = now_epoch();
         docker_ok(&["rm", "-f", &a.name()]);
         let rm_took = (now_epoch() - t0) * 1000.0;
-        let v = w.wait_log(mark, "engine event", WAIT, |v| is_start(v, "engine-event"));
+        let v = w.wait_started(mark, "engine-event");
         to_event.push((epoch(v["ts"].as_str().unwrap()) - t0) * 1000.0);
         let old = a.id();
         let x = c.wait_container(&w, "alpha", "back", |x| x.id() != old);
