@@ -156,8 +156,15 @@ impl Plan {
                 }
             }
             if then.fingerprint != now.fingerprint || then.actions != now.actions {
+                // Inspecting shows what the list does not (a restart policy changed by hand):
+                // a plan made without it can differ from one made with it for that alone.
+                let inspected = if self.inspected && !saved.inspected {
+                    " (this apply inspects the containers, `--inspect`; the plan was made without it)"
+                } else {
+                    ""
+                };
                 return Some(format!(
-                    "the containers on integration `{}` changed since the plan was made",
+                    "the containers on integration `{}` changed since the plan was made{inspected}",
                     now.name
                 ));
             }

@@ -238,3 +238,40 @@ fn saved_plan_is_stale_on_another_engine() {
     assert_eq!(env.project_containers().len(), 1);
     env.assert_converged();
 }
+
+#[test]
+fn saved_plan_made_without_inspect_is_stale_when_inspecting_finds_a_changed_restart_policy() {
+    let env = Env::new("staleinspect");
+    let mut m = env.manifest();
+    m["outposts"]["A"] = env.outpost("rac", "AK_A");
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("a");
+    docker_ok(&["update", "--restart", "no", &name]);
+
+    // The list does not show a restart policy: without --inspect there is nothing to do.
+    plan_out(&env, "plan.json");
+    assert_eq!(action_of(&saved(&env, "plan.json"), "A")["action"], "noop");
+    let before = snapshot(&env);
+    let r = env.run(&["apply", "--plan", "plan.json", "--inspect", "."]);
+    assert_stale(
+        &r,
+        "plan.json",
+        "the containers on integration `local` changed since the plan was made (this apply inspects the containers, `--inspect`; the plan was made without it)",
+    );
+    assert!(
+        r.stderr
+            .contains("help: run `outpostctl plan --inspect --out plan.json` again"),
+        "the help names the flag the plan needs:\n{}",
+        shown(&r)
+    );
+    assert_eq!(snapshot(&env), before, "a stale plan changed the engine");
+    assert_eq!(env.container(&name).restart_policy(), "no");
+
+    // Made as the help says, the plan shows the recreate and applies.
+    let r = env.plan(&["--inspect", "--out", "plan.json"]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    let r = env.run(&["apply", "--plan", "plan.json", "."]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    assert_eq!(env.container(&name).restart_policy(), "unless-stopped");
+}

@@ -89,8 +89,14 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
     if let (Some(file), Some(saved)) = (&args.plan, &saved) {
         plan.identify_engines(&engines).await;
         if let Some(why) = plan.staleness(saved) {
+            // The help repeats the flags that change what a plan shows.
+            let flags = [(args.adopt, " --adopt"), (inspect, " --inspect")]
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, flag)| *flag)
+                .collect::<String>();
             p.err(&format!(
-                "error: the saved plan `{}` is stale: {why}\n  help: run `outpostctl plan --out {}` again and review it\n",
+                "error: the saved plan `{}` is stale: {why}\n  help: run `outpostctl plan{flags} --out {}` again and review it\n",
                 file.display(),
                 file.display()
             ));
