@@ -97,6 +97,10 @@ const ROW: Duration = Duration::from_secs(60);
 const STRIKES_BEFORE_BACKOFF: u32 = 3;
 const BACKOFF_BASE: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// A new event subscription asks the engine for the events since this long before what the
+/// watch last read of it (a `docker update` made while subscribing must not be missed); the
+/// engine's clock has whole seconds here.
+const REPLAY_MARGIN_SECS: i64 = 2;
 
 /// The wait after the `n`-th strike once `limit` strikes were reached: 5 s, doubling, capped.
 fn backoff_delay(n: u32, limit: u32) -> Duration {
@@ -190,6 +194,16 @@ impl Inspections {
         }
     }
 
+    /// An integration whose events are not watched at its current address (new, back, or
+    /// pointed at another engine) is inspected in full by the next plan.
+    fn forget_unwatched(&mut self, v: &Validated, watched: &BTreeMap<String, String>) {
+        self.inspected.retain(|i| {
+            v.integrations
+                .get(i)
+                .is_some_and(|d| watched.get(i) == Some(&d.url))
+        });
+    }
+
     /// What the next plan inspects (see `updated` and `inspected`).
     fn options(&self, v: &Validated) -> crate::diff::Inspect {
         let integrations: BTreeSet<String> = v
@@ -252,6 +266,8 @@ struct State {
     inspections: Inspections,
     /// The engines whose events are being watched, by integration name -> url.
     watched_engines: BTreeMap<String, String>,
+    /// When the last reconcile started: event subscriptions made after it replay from then.
+    reconciled_from: Instant,
     event_tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Watched directories (recursive or not) and where they resolved to when watched: a
     /// symlink swapped to another target must be watched again.
@@ -344,6 +360,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         muted: HashMap::new(),
         inspections: Inspections::default(),
         watched_engines: BTreeMap::new(),
+        reconciled_from: Instant::now(),
         event_tasks: Vec::new(),
         watched_dirs: BTreeMap::new(),
         opts,
@@ -497,6 +514,7 @@ impl State {
     /// One full validate -> plan -> apply; returns the valid set, if it was.
     async fn reconcile(&mut self, trigger: &Trigger) -> Option<Validated> {
         let started = Instant::now();
+        self.reconciled_from = started;
         let mut fields = vec![("trigger", trigger.name().to_string())];
         if let Trigger::Engine {
             integration,
@@ -533,6 +551,7 @@ impl State {
             self.metrics.reconcile_finished(false, started.elapsed());
             return None;
         };
+        self.inspections.forget_unwatched(&v, &self.watched_engines);
         let engines = connect_all(&v).await;
         let mut plan = plan::build(&v, &engines, self.diff_options(&v)).await;
         let mut ok = true;
@@ -775,23 +794,37 @@ impl State {
             let tx = tx.clone();
             let project = v.project.clone();
             let log = self.log.clone();
+            // What the engine did since this moment is known: the reconcile that read it
+            // started then.
+            let mut known = self.reconciled_from;
             self.event_tasks.push(tokio::spawn(async move {
                 let mut delay = Duration::from_secs(1);
                 // After a break, what happened meanwhile left no event: the next plan inspects
-                // this engine in full. (The first subscription follows the first reconcile,
-                // which inspected in full; a `docker update` between the two is the one gap.)
+                // this engine in full.
                 let mut broken = false;
                 loop {
                     match crate::engine::connect::connect(&def).await {
                         Ok(engine) => {
                             use crate::engine::Engine;
-                            let mut events = engine.events(&project);
+                            // The engine replays the events it holds since a moment before
+                            // `known` (by its own clock): a `docker update` made before this
+                            // subscription was up is not missed. Other replayed events are
+                            // dropped: the next list shows what they did.
+                            let now = engine.now().await.ok();
+                            let since = now.map(|n| {
+                                let ago = i64::try_from(known.elapsed().as_secs()).unwrap_or(0);
+                                n - ago - REPLAY_MARGIN_SECS
+                            });
+                            let mut events = engine.events(&project, since);
                             if std::mem::take(&mut broken) {
                                 let integration = name.clone();
                                 let _ = tx.send(Trigger::EventsResumed { integration }).await;
                             }
                             while let Some(ev) = events.next().await {
                                 match ev {
+                                    Ok(ev)
+                                        if now.is_some_and(|n| ev.time < n)
+                                            && ev.action != "update" => {}
                                     Ok(ev) => {
                                         delay = Duration::from_secs(1);
                                         let _ = tx
@@ -821,6 +854,7 @@ impl State {
                         ),
                     }
                     broken = true;
+                    known = Instant::now();
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(60));
                 }
@@ -1028,6 +1062,22 @@ mod tests {
             integration: "b".into(),
         });
         assert_eq!(i.options(&v), only(&["b"], &[]));
+        i.done(&second, &BTreeMap::new());
+        assert_eq!(i.options(&v), crate::diff::Inspect::Nothing);
+
+        // An integration pointed at another engine than the one whose events are watched
+        // (or not watched at all) is inspected in full.
+        let url = |n: &str| v.integrations[n].url.clone();
+        let mut w = BTreeMap::from([("a".to_string(), url("a")), ("b".to_string(), url("b"))]);
+        i.forget_unwatched(&v, &w);
+        assert_eq!(i.options(&v), crate::diff::Inspect::Nothing);
+        w.insert("b".into(), "http://127.0.0.1:2376".into());
+        i.forget_unwatched(&v, &w);
+        assert_eq!(i.options(&v), only(&["b"], &[]));
+        i.done(&second, &BTreeMap::new());
+        w.remove("a");
+        i.forget_unwatched(&v, &w);
+        assert_eq!(i.options(&v), only(&["a", "b"], &[]));
     }
 
     #[test]

@@ -985,11 +985,43 @@ fn a_restart_policy_changed_by_hand_is_put_back() {
 
 /// `http://127.0.0.1:PORT` in front of the engine's socket that the test can cut: while cut,
 /// its connections are closed and new ones are closed at once (a network outage between a
-/// watch and its engine).
+/// watch and its engine). While events are held, a request for the engine's events waits
+/// in it before it reaches the engine (a subscription that is slow to come up).
 struct Cuttable {
     port: u16,
     cut: Arc<std::sync::atomic::AtomicBool>,
     open: Arc<Mutex<Vec<std::net::TcpStream>>>,
+    hold_events: Arc<std::sync::atomic::AtomicBool>,
+    /// Event requests that were held so far.
+    held: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// Copies a client's requests to the engine; one for `/events` waits while `hold` is set.
+fn forward_requests(
+    mut from: std::net::TcpStream,
+    mut to: std::os::unix::net::UnixStream,
+    hold: &std::sync::atomic::AtomicBool,
+    held: &std::sync::atomic::AtomicUsize,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        if chunk.windows(8).any(|w| w == b"/events?") && hold.load(SeqCst) {
+            held.fetch_add(1, SeqCst);
+            while hold.load(SeqCst) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        if to.write_all(chunk).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
 }
 
 impl Cuttable {
@@ -999,33 +1031,57 @@ impl Cuttable {
         let port = listener.local_addr().expect("address").port();
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let hold_events: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let held: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let socket = engine_socket();
         let (c, o) = (cut.clone(), open.clone());
+        let (hold, count) = (hold_events.clone(), held.clone());
         std::thread::spawn(move || {
-            for mut tcp in listener.incoming().flatten() {
+            for tcp in listener.incoming().flatten() {
                 if c.load(std::sync::atomic::Ordering::SeqCst) {
                     continue; // dropped: closed at once
                 }
                 let Ok(mut unix) = UnixStream::connect(&socket) else {
                     continue;
                 };
-                let (Ok(mut tcp_w), Ok(mut unix_w), Ok(kept)) =
+                let (Ok(mut tcp_w), Ok(unix_w), Ok(kept)) =
                     (tcp.try_clone(), unix.try_clone(), tcp.try_clone())
                 else {
                     continue;
                 };
                 o.lock().unwrap().push(kept);
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut tcp, &mut unix_w);
-                    let _ = unix_w.shutdown(std::net::Shutdown::Both);
-                });
+                let (hold, count) = (hold.clone(), count.clone());
+                std::thread::spawn(move || forward_requests(tcp, unix_w, &hold, &count));
                 std::thread::spawn(move || {
                     let _ = std::io::copy(&mut unix, &mut tcp_w);
                     let _ = tcp_w.shutdown(std::net::Shutdown::Both);
                 });
             }
         });
-        Cuttable { port, cut, open }
+        Cuttable {
+            port,
+            cut,
+            open,
+            hold_events,
+            held,
+        }
+    }
+
+    fn set_hold_events(&self, hold: bool) {
+        self.hold_events
+            .store(hold, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Waits until a request for the engine's events is held.
+    fn wait_held(&self) {
+        let deadline = Instant::now() + WAIT;
+        while self.held.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "no request for the engine's events within {WAIT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     fn set_cut(&self, cut: bool) {
@@ -1070,6 +1126,34 @@ fn a_restart_policy_changed_while_the_events_were_cut_is_put_back() {
     assert_eq!(a2.restart_policy(), "unless-stopped");
     let resumed = w.wait_started(mark, "engine-events-resumed");
     assert_eq!(resumed["integration"], "local", "{resumed}");
+}
+
+/// A restart policy changed while the watch subscribes to the engine's events (after its
+/// first reconcile read the engine, before the subscription is up) is put back: the
+/// subscription asks the engine for the events since that reconcile. (Was the one gap left
+/// by 4b89178: the `update` event was missed and the interval's plans do not inspect.)
+#[test]
+fn a_restart_policy_changed_while_the_watch_subscribes_is_put_back() {
+    let c = Case::new("wsubscribe");
+    let proxy = Cuttable::start();
+    proxy.set_hold_events(true);
+    let mut m = manifest_with(&c, &["Alpha"]);
+    m["integrations"]["local"] = json!({ "url": format!("http://127.0.0.1:{}", proxy.port) });
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    let a = c.wait_running(&w, "alpha", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+    proxy.wait_held();
+
+    docker_ok(&["update", "--restart", "no", &a.name()]);
+    let mark = w.mark();
+    proxy.set_hold_events(false);
+    let a2 = c.wait_container(&w, "alpha", "once the subscription is up", |x| {
+        x.id() != a.id()
+    });
+    assert_eq!(a2.restart_policy(), "unless-stopped");
+    let v = w.wait_started(mark, "engine-event");
+    assert_eq!(v["docker_event"], "update", "{v}");
 }
 
 /// In `--log-format json`, the "reconcile started" line of an engine-triggered reconcile must

@@ -509,6 +509,7 @@ impl super::Engine for DockerEngine {
     fn events(
         &self,
         project: &str,
+        since: Option<i64>,
     ) -> futures_util::stream::BoxStream<'static, Result<EngineEvent>> {
         self.count();
         let filters = HashMap::from([
@@ -536,6 +537,7 @@ impl super::Engine for DockerEngine {
         ]);
         let opts = EventsOptions {
             filters: Some(filters),
+            since: since.map(|t| t.to_string()),
             ..Default::default()
         };
         let url = self.url.clone();
@@ -549,6 +551,7 @@ impl super::Engine for DockerEngine {
                         id: actor.id.unwrap_or_default(),
                         name: attrs.get("name").cloned().unwrap_or_default(),
                         action: m.action.unwrap_or_default(),
+                        time: m.time.unwrap_or_default(),
                     }
                 })
                 .map_err(|e| map_err(&url, "watch engine events", e))
@@ -570,17 +573,9 @@ impl super::Engine for DockerEngine {
         };
         Ok(info
             .system_time
-            .and_then(|t| {
-                humantime::parse_rfc3339_weak(
-                    t.trim_end_matches('Z')
-                        .split('+')
-                        .next()
-                        .unwrap_or_default(),
-                )
-                .ok()
-            })
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or_else(local, |d| d.as_secs() as i64))
+            .as_deref()
+            .and_then(engine_time)
+            .unwrap_or_else(local))
     }
 
     async fn any_image(&self) -> Result<Option<String>> {
@@ -719,9 +714,59 @@ pub fn health_config(h: &crate::desired::HealthCheck) -> HealthConfig {
     }
 }
 
+/// The engine's `SystemTime` (RFC 3339 in the daemon's time zone, e.g.
+/// `2026-11-23T10:13:02.123456789+01:00`) as seconds since the epoch.
+fn engine_time(t: &str) -> Option<i64> {
+    let (local, offset) = match t.strip_suffix('Z') {
+        Some(utc) => (utc, 0),
+        None => {
+            let cut = t.len().checked_sub(6)?;
+            let (local, zone) = (t.get(..cut)?, t.get(cut..)?);
+            let sign = match zone.as_bytes().first() {
+                Some(b'+') => 1,
+                Some(b'-') => -1,
+                _ => return None,
+            };
+            let digits = |r: std::ops::Range<usize>| {
+                zone.get(r)
+                    .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))?
+                    .parse::<i64>()
+                    .ok()
+            };
+            if zone.get(3..4) != Some(":") {
+                return None;
+            }
+            let minutes = digits(1..3)? * 60 + digits(4..6)?;
+            (local, sign * minutes * 60)
+        }
+    };
+    let at = humantime::parse_rfc3339_weak(local).ok()?;
+    let secs = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
+    Some(secs - offset)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{missing_network, split_image};
+    use super::{engine_time, missing_network, split_image};
+
+    #[test]
+    fn the_engines_clock_is_read_in_its_own_time_zone() {
+        // 2026-11-23T09:13:02Z
+        let utc = 1_795_425_182;
+        assert_eq!(engine_time("2026-11-23T09:13:02.123456789Z"), Some(utc));
+        assert_eq!(engine_time("2026-11-23T10:13:02.5+01:00"), Some(utc));
+        assert_eq!(engine_time("2026-11-23T04:43:02-04:30"), Some(utc));
+        for bad in [
+            "",
+            "Z",
+            "+01:00",
+            "yesterday",
+            "2026-11-23T10:13:02é+01:00",
+            "2026-11-23T10:13:02+1:000",
+        ] {
+            assert_eq!(engine_time(bad), None, "{bad:?}");
+        }
+    }
 
     #[test]
     fn missing_network_is_read_from_any_message() {

@@ -151,7 +151,11 @@ impl Engine for Fake {
     async fn renew_marker(&self, _: &str, _: i64) -> Result<()> {
         Ok(())
     }
-    fn events(&self, _: &str) -> futures_util::stream::BoxStream<'static, Result<EngineEvent>> {
+    fn events(
+        &self,
+        _: &str,
+        _: Option<i64>,
+    ) -> futures_util::stream::BoxStream<'static, Result<EngineEvent>> {
         Box::pin(futures_util::stream::empty())
     }
     fn requests(&self) -> u64 {

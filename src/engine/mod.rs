@@ -121,6 +121,8 @@ pub struct EngineEvent {
     pub id: String,
     pub name: String,
     pub action: String,
+    /// When it happened, by the engine's clock (seconds since the epoch).
+    pub time: i64,
 }
 
 /// The engine's identity, from System/Info and the negotiated API version.
@@ -228,10 +230,13 @@ pub trait Engine: Send + Sync {
     ) -> Result<Option<(String, BTreeMap<String, String>, i64)>>;
     /// Moves a marker's expiry (its lease) forward.
     async fn renew_marker(&self, id: &str, expires: i64) -> Result<()>;
-    /// Lifecycle events (die, destroy, ...) of this project's containers, as they happen.
+    /// Lifecycle events (die, destroy, ...) of this project's containers, as they happen;
+    /// with `since` (the engine's clock, as `now`), those the engine still holds from that
+    /// moment on first.
     fn events(
         &self,
         project: &str,
+        since: Option<i64>,
     ) -> futures_util::stream::BoxStream<'static, Result<EngineEvent>>;
     /// How many API requests this engine has sent.
     fn requests(&self) -> u64;
