@@ -97,10 +97,10 @@ const ROW: Duration = Duration::from_secs(60);
 const STRIKES_BEFORE_BACKOFF: u32 = 3;
 const BACKOFF_BASE: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// A new event subscription asks the engine for the events since this long before what the
-/// watch last read of it (a `docker update` made while subscribing must not be missed); the
-/// engine's clock has whole seconds here.
-const REPLAY_MARGIN_SECS: i64 = 2;
+/// A new event subscription asks the engine for the events since this long before the
+/// reconcile it precedes started (a `docker update` made while subscribing must not be
+/// missed; the margin covers reading the engine's clock).
+const REPLAY_MARGIN: Duration = Duration::from_secs(1);
 
 /// The wait after the `n`-th strike once `limit` strikes were reached: 5 s, doubling, capped.
 fn backoff_delay(n: u32, limit: u32) -> Duration {
@@ -268,7 +268,10 @@ struct State {
     watched_engines: BTreeMap<String, String>,
     /// When the last reconcile started: event subscriptions made after it replay from then.
     reconciled_from: Instant,
-    event_tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Event subscriptions by integration: (url, task).
+    event_tasks: BTreeMap<String, (String, tokio::task::JoinHandle<()>)>,
+    /// Where engine events and resumptions are sent.
+    tx: mpsc::Sender<Trigger>,
     /// Watched directories (recursive or not) and where they resolved to when watched: a
     /// symlink swapped to another target must be watched again.
     watched_dirs: BTreeMap<(PathBuf, bool), Option<PathBuf>>,
@@ -361,7 +364,8 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         inspections: Inspections::default(),
         watched_engines: BTreeMap::new(),
         reconciled_from: Instant::now(),
-        event_tasks: Vec::new(),
+        event_tasks: BTreeMap::new(),
+        tx: tx.clone(),
         watched_dirs: BTreeMap::new(),
         opts,
     };
@@ -396,7 +400,6 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
             let valid = state.reconcile(&trigger).await;
             if let Some(v) = &valid {
                 state.watch_files(&mut debouncer, v);
-                state.watch_engines(v, &tx).await;
             } else {
                 state.watch_paths_only(&mut debouncer);
             }
@@ -427,7 +430,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
             }
         }
     }
-    for t in &state.event_tasks {
+    for (_, t) in state.event_tasks.values() {
         t.abort();
     }
     log.info("stop", "shut down cleanly", &[]);
@@ -552,6 +555,7 @@ impl State {
             return None;
         };
         self.inspections.forget_unwatched(&v, &self.watched_engines);
+        self.watch_engines(&v);
         let engines = connect_all(&v).await;
         let mut plan = plan::build(&v, &engines, self.diff_options(&v)).await;
         let mut ok = true;
@@ -775,92 +779,140 @@ impl State {
         self.watched_dirs = now;
     }
 
-    /// One event stream per engine, restarted when the set of engines changes.
-    async fn watch_engines(&mut self, v: &Validated, tx: &mpsc::Sender<Trigger>) {
-        let want: BTreeMap<String, String> = v
+    /// Watches the events of every engine of `v`, before the reconcile reads them: a
+    /// subscription already watched at the same address is kept, others are made anew.
+    fn watch_engines(&mut self, v: &Validated) {
+        self.event_tasks.retain(|name, (url, task)| {
+            let keep =
+                v.integrations.get(name).is_some_and(|d| d.url == *url) && !task.is_finished();
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (name, def) in &v.integrations {
+            if self.event_tasks.contains_key(name) {
+                continue;
+            }
+            let task = tokio::spawn(watch_events(
+                name.clone(),
+                def.clone(),
+                v.project.clone(),
+                self.reconciled_from,
+                self.tx.clone(),
+                self.log.clone(),
+            ));
+            self.event_tasks
+                .insert(name.clone(), (def.url.clone(), task));
+        }
+        self.watched_engines = v
             .integrations
             .iter()
             .map(|(k, d)| (k.clone(), d.url.clone()))
             .collect();
-        if want == self.watched_engines {
-            return;
+    }
+}
+
+/// Which events of a new subscription are passed on: the engine first replays those it holds
+/// since a moment before the cut (the engine's time when the reconcile that reads it
+/// started); of those older than the cut only `update` counts (the list does not show what it
+/// changed; it shows what the others did). Events come in order, so once one is as new as the
+/// cut, all are passed. An event without a time is passed.
+struct Replay(Option<i64>);
+
+impl Replay {
+    fn admits(&mut self, action: &str, time_nano: Option<i64>) -> bool {
+        if let (Some(cut), Some(t)) = (self.0, time_nano) {
+            if t < cut {
+                return action == "update";
+            }
+            self.0 = None;
         }
-        for t in self.event_tasks.drain(..) {
-            t.abort();
-        }
-        for (name, def) in &v.integrations {
-            let def = def.clone();
-            let name = name.clone();
-            let tx = tx.clone();
-            let project = v.project.clone();
-            let log = self.log.clone();
-            // What the engine did since this moment is known: the reconcile that read it
-            // started then.
-            let mut known = self.reconciled_from;
-            self.event_tasks.push(tokio::spawn(async move {
-                let mut delay = Duration::from_secs(1);
-                // After a break, what happened meanwhile left no event: the next plan inspects
-                // this engine in full.
-                let mut broken = false;
-                loop {
-                    match crate::engine::connect::connect(&def).await {
-                        Ok(engine) => {
-                            use crate::engine::Engine;
-                            // The engine replays the events it holds since a moment before
-                            // `known` (by its own clock): a `docker update` made before this
-                            // subscription was up is not missed. Other replayed events are
-                            // dropped: the next list shows what they did.
-                            let now = engine.now().await.ok();
-                            let since = now.map(|n| {
-                                let ago = i64::try_from(known.elapsed().as_secs()).unwrap_or(0);
-                                n - ago - REPLAY_MARGIN_SECS
-                            });
-                            let mut events = engine.events(&project, since);
-                            if std::mem::take(&mut broken) {
-                                let integration = name.clone();
-                                let _ = tx.send(Trigger::EventsResumed { integration }).await;
-                            }
-                            while let Some(ev) = events.next().await {
-                                match ev {
-                                    Ok(ev)
-                                        if now.is_some_and(|n| ev.time < n)
-                                            && ev.action != "update" => {}
-                                    Ok(ev) => {
-                                        delay = Duration::from_secs(1);
-                                        let _ = tx
-                                            .send(Trigger::Engine {
-                                                integration: name.clone(),
-                                                container: ev.name,
-                                                id: ev.id,
-                                                action: ev.action,
-                                            })
-                                            .await;
-                                    }
-                                    Err(e) => {
-                                        log.warn(
-                                            "engine",
-                                            &format!("event stream: {e}"),
-                                            &[("integration", name.clone())],
-                                        );
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                        Err(e) => log.warn(
-                            "engine",
-                            &format!("cannot watch events: {e}"),
-                            &[("integration", name.clone())],
-                        ),
+        true
+    }
+}
+
+/// Forwards one engine's events as triggers, subscribing again after a break. What the
+/// engine did before `known` is known: the reconcile that started then reads the engine
+/// after this subscription was asked for.
+async fn watch_events(
+    name: String,
+    def: crate::validate::IntegrationDef,
+    project: String,
+    mut known: Instant,
+    tx: mpsc::Sender<Trigger>,
+    log: Logger,
+) {
+    use crate::engine::Engine;
+    let mut delay = Duration::from_secs(1);
+    // After a break, what happened meanwhile left no event: the next plan inspects this
+    // engine in full.
+    let mut broken = false;
+    loop {
+        match crate::engine::connect::connect(&def).await {
+            Ok(engine) => {
+                // The engine replays the events it holds since a moment before `known`, by its
+                // own clock: a `docker update` made while subscribing is not missed. Replayed
+                // events from before `known` other than `update` are dropped: the reconcile's
+                // list shows what they did.
+                let known_at = match engine.clock().await {
+                    Ok(Some(now)) => {
+                        let ago = i64::try_from(known.elapsed().as_nanos()).unwrap_or(i64::MAX);
+                        Some(now.saturating_sub(ago))
                     }
-                    broken = true;
-                    known = Instant::now();
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(60));
+                    Ok(None) | Err(_) => {
+                        // No replay without the engine's clock: inspect in full instead.
+                        log.warn(
+                            "engine",
+                            "cannot read the engine's clock: events are not replayed; its containers are inspected in full",
+                            &[("integration", name.clone())],
+                        );
+                        broken = true;
+                        None
+                    }
+                };
+                let since = known_at.map(|t| t.saturating_sub(REPLAY_MARGIN.as_nanos() as i64));
+                let mut events = engine.events(&project, since);
+                if std::mem::take(&mut broken) {
+                    let integration = name.clone();
+                    let _ = tx.send(Trigger::EventsResumed { integration }).await;
                 }
-            }));
+                let mut replay = Replay(known_at);
+                while let Some(ev) = events.next().await {
+                    match ev {
+                        Ok(ev) if !replay.admits(&ev.action, ev.time_nano) => {}
+                        Ok(ev) => {
+                            delay = Duration::from_secs(1);
+                            let _ = tx
+                                .send(Trigger::Engine {
+                                    integration: name.clone(),
+                                    container: ev.name,
+                                    id: ev.id,
+                                    action: ev.action,
+                                })
+                                .await;
+                        }
+                        Err(e) => {
+                            log.warn(
+                                "engine",
+                                &format!("event stream: {e}"),
+                                &[("integration", name.clone())],
+                            );
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => log.warn(
+                "engine",
+                &format!("cannot watch events: {e}"),
+                &[("integration", name.clone())],
+            ),
         }
-        self.watched_engines = want;
+        broken = true;
+        known = Instant::now();
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(60));
     }
 }
 
@@ -1078,6 +1130,30 @@ mod tests {
         w.remove("a");
         i.forget_unwatched(&v, &w);
         assert_eq!(i.options(&v), only(&["a", "b"], &[]));
+    }
+
+    #[test]
+    fn a_subscription_passes_on_replayed_updates_and_what_is_newer_than_the_reconcile() {
+        let mut r = Replay(Some(1_000));
+        assert!(
+            !r.admits("die", Some(400)),
+            "older than the cut: the list showed it"
+        );
+        assert!(
+            r.admits("update", Some(500)),
+            "the list does not show an update"
+        );
+        assert!(r.admits("destroy", None), "no time: passed");
+        assert!(r.admits("die", Some(1_000)), "as new as the cut");
+        assert!(
+            r.admits("die", Some(900)),
+            "once past the cut, all are passed (the engine's clock stepped back)"
+        );
+        let mut none = Replay(None);
+        assert!(
+            none.admits("die", Some(1)),
+            "no clock, no replay: all passed"
+        );
     }
 
     #[test]

@@ -537,7 +537,7 @@ impl super::Engine for DockerEngine {
         ]);
         let opts = EventsOptions {
             filters: Some(filters),
-            since: since.map(|t| t.to_string()),
+            since: since.map(|t| format!("{}.{:09}", t.div_euclid(NANOS), t.rem_euclid(NANOS))),
             ..Default::default()
         };
         let url = self.url.clone();
@@ -551,7 +551,9 @@ impl super::Engine for DockerEngine {
                         id: actor.id.unwrap_or_default(),
                         name: attrs.get("name").cloned().unwrap_or_default(),
                         action: m.action.unwrap_or_default(),
-                        time: m.time.unwrap_or_default(),
+                        time_nano: m
+                            .time_nano
+                            .or_else(|| m.time.and_then(|t| t.checked_mul(NANOS))),
                     }
                 })
                 .map_err(|e| map_err(&url, "watch engine events", e))
@@ -560,22 +562,25 @@ impl super::Engine for DockerEngine {
     }
 
     async fn now(&self) -> Result<i64> {
+        let local = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64)
+        };
+        Ok(self
+            .clock()
+            .await?
+            .map_or_else(local, |nanos| nanos.div_euclid(NANOS)))
+    }
+
+    async fn clock(&self) -> Result<Option<i64>> {
         self.count();
         let info = self
             .docker
             .info()
             .await
             .map_err(|e| self.err("read the engine's clock", e))?;
-        let local = || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64)
-        };
-        Ok(info
-            .system_time
-            .as_deref()
-            .and_then(engine_time)
-            .unwrap_or_else(local))
+        Ok(info.system_time.as_deref().and_then(engine_time))
     }
 
     async fn any_image(&self) -> Result<Option<String>> {
@@ -714,8 +719,10 @@ pub fn health_config(h: &crate::desired::HealthCheck) -> HealthConfig {
     }
 }
 
+const NANOS: i64 = 1_000_000_000;
+
 /// The engine's `SystemTime` (RFC 3339 in the daemon's time zone, e.g.
-/// `2026-11-23T10:13:02.123456789+01:00`) as seconds since the epoch.
+/// `2026-11-23T10:13:02.123456789+01:00`) as nanoseconds since the epoch.
 fn engine_time(t: &str) -> Option<i64> {
     let (local, offset) = match t.strip_suffix('Z') {
         Some(utc) => (utc, 0),
@@ -741,8 +748,9 @@ fn engine_time(t: &str) -> Option<i64> {
         }
     };
     let at = humantime::parse_rfc3339_weak(local).ok()?;
-    let secs = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64;
-    Some(secs - offset)
+    let since_epoch = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+    let nanos = i64::try_from(since_epoch.as_nanos()).ok()?;
+    nanos.checked_sub(offset.checked_mul(NANOS)?)
 }
 
 #[cfg(test)]
@@ -751,10 +759,16 @@ mod tests {
 
     #[test]
     fn the_engines_clock_is_read_in_its_own_time_zone() {
-        // 2026-11-23T09:13:02Z
-        let utc = 1_795_425_182;
-        assert_eq!(engine_time("2026-11-23T09:13:02.123456789Z"), Some(utc));
-        assert_eq!(engine_time("2026-11-23T10:13:02.5+01:00"), Some(utc));
+        // 2026-11-23T09:13:02Z, in nanoseconds
+        let utc = 1_795_425_182 * 1_000_000_000;
+        assert_eq!(
+            engine_time("2026-11-23T09:13:02.123456789Z"),
+            Some(utc + 123_456_789)
+        );
+        assert_eq!(
+            engine_time("2026-11-23T10:13:02.5+01:00"),
+            Some(utc + 500_000_000)
+        );
         assert_eq!(engine_time("2026-11-23T04:43:02-04:30"), Some(utc));
         for bad in [
             "",

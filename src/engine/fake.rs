@@ -128,6 +128,9 @@ impl Engine for Fake {
     async fn now(&self) -> Result<i64> {
         Ok(self.clock)
     }
+    async fn clock(&self) -> Result<Option<i64>> {
+        Ok(self.clock.checked_mul(1_000_000_000))
+    }
     async fn any_image(&self) -> Result<Option<String>> {
         Ok(self.image.clone())
     }

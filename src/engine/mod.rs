@@ -121,8 +121,8 @@ pub struct EngineEvent {
     pub id: String,
     pub name: String,
     pub action: String,
-    /// When it happened, by the engine's clock (seconds since the epoch).
-    pub time: i64,
+    /// When it happened, by the engine's clock (nanoseconds since the epoch), if it says.
+    pub time_nano: Option<i64>,
 }
 
 /// The engine's identity, from System/Info and the negotiated API version.
@@ -213,6 +213,9 @@ pub trait Engine: Send + Sync {
     /// The engine's clock (seconds since the epoch): leases are judged by it, so the clocks
     /// of the machines running outpostctl do not matter.
     async fn now(&self) -> Result<i64>;
+    /// The engine's own clock in nanoseconds since the epoch; None when it does not tell
+    /// (`now` then falls back to this machine's clock).
+    async fn clock(&self) -> Result<Option<i64>>;
     /// Any image the engine has (to create the never-started lock container from).
     async fn any_image(&self) -> Result<Option<String>>;
     /// Creates a container that is never started; None when the name is taken.
@@ -231,7 +234,7 @@ pub trait Engine: Send + Sync {
     /// Moves a marker's expiry (its lease) forward.
     async fn renew_marker(&self, id: &str, expires: i64) -> Result<()>;
     /// Lifecycle events (die, destroy, ...) of this project's containers, as they happen;
-    /// with `since` (the engine's clock, as `now`), those the engine still holds from that
+    /// with `since` (the engine's clock, as `clock`), those the engine still holds from that
     /// moment on first.
     fn events(
         &self,
