@@ -245,3 +245,44 @@ fn outpost_moved_between_integrations_on_one_engine() {
     );
     env.assert_converged();
 }
+
+/// `local: true` follows DOCKER_HOST as the Docker CLI does, also without a port:
+/// `tcp://127.0.0.1` is port 2375 (here the socket proxy), and with DOCKER_TLS_VERIFY 2376.
+#[test]
+fn docker_host_without_a_port_gets_dockers_default_port() {
+    require_socket_proxy();
+    let env = Env::new("hostnoport");
+    let mut m = env.manifest();
+    m["outposts"]["Dir"] = env.outpost("ldap", "AK_DIR");
+    env.write(&m);
+    env.set_env("DOCKER_HOST", "tcp://127.0.0.1");
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", shown(&plan));
+    assert!(
+        plan.stdout.contains("plan: 1 to create"),
+        "{}",
+        shown(&plan)
+    );
+    // Where nothing listens, the error names the address tried.
+    env.set_env("DOCKER_HOST", "tcp://127.0.0.2");
+    let r = env.plan(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        format!("{}{}", r.stdout, r.stderr).contains("127.0.0.2:2375"),
+        "{}",
+        shown(&r)
+    );
+
+    env.set_env("DOCKER_TLS_VERIFY", "1");
+    env.set_env(
+        "DOCKER_CERT_PATH",
+        &env.dir().join("no-certs").display().to_string(),
+    );
+    let r = env.plan(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stderr.contains("no-certs/ca.pem") || r.stdout.contains("no-certs/ca.pem"),
+        "TLS is asked for, on port 2376, with the CA from DOCKER_CERT_PATH:\n{}",
+        shown(&r)
+    );
+}

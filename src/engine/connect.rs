@@ -84,32 +84,31 @@ fn local() -> Result<(Docker, String), EngineError> {
         return unix(DEFAULT_SOCKET);
     };
     let unreachable = |m: String| EngineError::new(ErrorKind::Unreachable, m);
-    let host_port = |rest: &str, default: Option<u16>| -> Result<(String, u16), EngineError> {
+    let host_port = |rest: &str, default: u16| -> Result<(String, u16), EngineError> {
         let rest = rest.trim_end_matches('/');
         match rest.rsplit_once(':') {
             Some((host, p)) => p
                 .parse()
                 .map(|p| (host.to_string(), p))
                 .map_err(|_| unreachable(format!("DOCKER_HOST `{h}`: `{p}` is not a port"))),
-            None => default
-                .map(|d| (rest.to_string(), d))
-                .ok_or_else(|| unreachable(format!("DOCKER_HOST `{h}` has no port"))),
+            None => Ok((rest.to_string(), default)),
         }
     };
     if let Some(path) = h.strip_prefix("unix://") {
         return unix(path);
     }
+    // Without a port, Docker's: 2376 for TLS, else 2375 (as the Docker CLI fills it in).
     if let Some(rest) = h.strip_prefix("http://") {
-        let (host, port) = host_port(rest, None)?;
+        let (host, port) = host_port(rest, 2375)?;
         return http(&host, port);
     }
     if let Some(rest) = h
         .strip_prefix("tcp://")
         .or_else(|| h.strip_prefix("https://"))
     {
-        let (host, port) = host_port(rest, None)?;
         let verify =
             env("DOCKER_TLS_VERIFY").is_some_and(|v| v != "0") || h.starts_with("https://");
+        let (host, port) = host_port(rest, if verify { 2376 } else { 2375 })?;
         if !verify {
             return http(&host, port);
         }
@@ -143,7 +142,7 @@ fn local() -> Result<(Docker, String), EngineError> {
             Some((u, hp)) => (u.to_string(), hp),
             None => (env("USER").unwrap_or_else(|| "root".into()), rest),
         };
-        let (host, port) = host_port(hostport, Some(22))?;
+        let (host, port) = host_port(hostport, 22)?;
         let target = ssh::Target {
             user: Some(user),
             host,
