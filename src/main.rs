@@ -35,7 +35,7 @@ fn main() {
         // Interrupted, plan and status stop at once (dropping their engines removes any
         // temporary ssh key); apply finishes the actions in flight first.
         Command::Plan(args) => runtime().block_on(async {
-            commands::install_signal_handler();
+            commands::install_reader_signal_handler();
             tokio::select! {
                 exit = commands::plan::run(&printer, &args) => exit,
                 _ = commands::until_interrupted() => commands::Exit::Failure,
@@ -46,7 +46,7 @@ fn main() {
             commands::apply::run(&printer, &args).await
         }),
         Command::Status { paths, format } => runtime().block_on(async {
-            commands::install_signal_handler();
+            commands::install_reader_signal_handler();
             tokio::select! {
                 exit = commands::status::run(&printer, &paths, format) => exit,
                 _ = commands::until_interrupted() => commands::Exit::Failure,

@@ -1065,10 +1065,9 @@ fn ssh_key_file_is_private_and_removed_after_the_run() {
     r.assert_nothing_left("plan against a host that hung up");
 }
 
-/// Interrupted (Ctrl-C, or a cancelled CI job's SIGTERM) while connecting, outpostctl dies
-/// without running its destructors: the private key stays in TMPDIR and the ssh child lives
-/// on. outpostctl installs no signal handler (src/main.rs), and the cleanup is only
-/// `Drop for Session` (src/engine/ssh.rs).
+/// Interrupted (Ctrl-C, or a cancelled CI job's SIGTERM) while connecting, `plan` stops at
+/// once, says so, exits 1, and leaves no private key in TMPDIR nor ssh child behind (the
+/// cleanup is `Drop for Session`, src/engine/ssh.rs, which the signal handler lets run).
 #[test]
 fn ssh_key_file_is_removed_when_the_run_is_interrupted() {
     let r = Remote::ssh("sshsignal");
@@ -1079,10 +1078,29 @@ fn ssh_key_file_is_removed_when_the_run_is_interrupted() {
     let m = r.manifest(json!({ "nas": nas }), &[]);
     r.env.write(&m);
     for sig in ["INT", "TERM"] {
-        let mut child = spawn_outpostctl(&r, &["plan", "."]);
+        // Its stderr is a pipe, read once it ended (a few lines).
+        let mut child = r
+            .env
+            .command(&["plan", "."])
+            .env("TMPDIR", &r.tmp)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("outpostctl starts");
         wait_for_key_file(&r);
         signal(child.id(), sig);
-        let _ = wait_child(&mut child, Duration::from_secs(30));
+        let code = wait_child(&mut child, Duration::from_secs(30));
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+        }
+        assert_eq!(code, Some(1), "plan interrupted by SIG{sig}: {stderr}");
+        assert!(
+            stderr.contains("interrupted: stopped; nothing was changed")
+                && !stderr.contains("finishing what is in flight"),
+            "plan interrupted by SIG{sig} says it stopped: {stderr}"
+        );
         r.assert_nothing_left(&format!("plan interrupted by SIG{sig}"));
     }
 }

@@ -46,10 +46,19 @@ impl Printer {
     }
 }
 
-/// Installs the SIGINT/SIGTERM handler for a one-shot command.
+/// Installs the SIGINT/SIGTERM handler for a one-shot command that changes the engine: the
+/// first signal lets the actions in flight finish.
 pub fn install_signal_handler() {
     crate::signals::install(|| {
         eprintln!("interrupted: finishing what is in flight (press Ctrl-C again to stop at once)");
+    });
+}
+
+/// Installs the SIGINT/SIGTERM handler for a command that only reads (`plan`, `status`): it
+/// stops at once.
+pub fn install_reader_signal_handler() {
+    crate::signals::install(|| {
+        eprintln!("interrupted: stopped; nothing was changed");
     });
 }
 
