@@ -258,6 +258,7 @@ committed_fixtures![
     keypair_without_key_tls_auth,
     // outposts
     naming_template_type,
+    image_template_build_hash,
     container_name_collision,
     host_port_collision,
     duplicate_uuid,

@@ -252,9 +252,10 @@ pub struct Outpost {
     pub kind: OutpostType,
 
     /// The outpost's UUID in authentik (32 hex digits; dashes accepted). It is the value of
-    /// the container label `io.goauthentik.outpost-uuid`: set it to take over a container
-    /// authentik itself deployed. Without it, a UUID is derived from the outpost name, so
-    /// renaming the outpost replaces its container.
+    /// the container label `io.goauthentik.outpost-uuid`: set it, and run `apply --adopt`
+    /// once, to take over a container authentik itself deployed (without `--adopt` the plan
+    /// refuses to touch it). Without it, a UUID is derived from the outpost name, so renaming
+    /// the outpost replaces its container.
     #[serde(default)]
     #[schemars(pattern(UUID_PATTERN), example = &"5c5e0e3c4d4f4b6c9a0e1f2a3b4c5d6e")]
     pub uuid: Option<String>,

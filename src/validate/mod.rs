@@ -1240,7 +1240,11 @@ impl Checker {
                         } else {
                             template_at.key()
                         })
-                        .hint("image templates know `%(type)s` and `%(version)s`"),
+                        .hint(if template.contains("%(build_hash)s") {
+                            "image templates know `%(type)s` and `%(version)s`; authentik fills `%(build_hash)s` with its own build's commit (beta images), which outpostctl cannot know: write the tag out"
+                        } else {
+                            "image templates know `%(type)s` and `%(version)s`"
+                        }),
                 );
                 ok = false;
             }
