@@ -183,6 +183,14 @@ impl Case {
         self.env.container(&name)
     }
 
+    /// Waits until `old`'s outpost (`slug`) runs in a new container with the restart policy
+    /// put back; returns it.
+    fn wait_policy_put_back(&self, w: &Watch, slug: &str, old: &Inspect, what: &str) -> Inspect {
+        let new = self.wait_container(w, slug, what, |x| x.id() != old.id());
+        assert_eq!(new.restart_policy(), "unless-stopped", "{what}");
+        new
+    }
+
     /// Every managed container of this test, grouped by outpost label.
     fn by_outpost(&self) -> BTreeMap<String, Vec<Inspect>> {
         let mut out: BTreeMap<String, Vec<Inspect>> = BTreeMap::new();
@@ -963,10 +971,7 @@ fn a_restart_policy_changed_by_hand_is_put_back() {
 
     let mark = w.mark();
     docker_ok(&["update", "--restart", "no", &a.name()]);
-    let a2 = c.wait_container(&w, "alpha", "after docker update", |x| {
-        x.id() != a.id() && x.running()
-    });
-    assert_eq!(a2.restart_policy(), "unless-stopped");
+    let a2 = c.wait_policy_put_back(&w, "alpha", &a, "after docker update");
     w.wait_log(mark, "`recreate` of Alpha", WAIT, |v| {
         is_ok_action(v, "recreate", &a.name())
     });
@@ -977,8 +982,7 @@ fn a_restart_policy_changed_by_hand_is_put_back() {
     drop(w);
     docker_ok(&["update", "--restart", "no", &b.name()]);
     let w = c.watch("m", &[]);
-    let b2 = c.wait_container(&w, "beta", "at the next start", |x| x.id() != b.id());
-    assert_eq!(b2.restart_policy(), "unless-stopped");
+    c.wait_policy_put_back(&w, "beta", &b, "at the next start");
     w.wait_reconciled(0, "ending the first reconcile");
     assert_eq!(c.env.container(&a2.name()).id(), a2.id(), "Alpha untouched");
 }
@@ -1120,10 +1124,7 @@ fn a_restart_policy_changed_while_the_events_were_cut_is_put_back() {
     });
     docker_ok(&["update", "--restart", "no", &a.name()]);
     proxy.set_cut(false);
-    let a2 = c.wait_container(&w, "alpha", "after the stream is back", |x| {
-        x.id() != a.id()
-    });
-    assert_eq!(a2.restart_policy(), "unless-stopped");
+    c.wait_policy_put_back(&w, "alpha", &a, "after the stream is back");
     let resumed = w.wait_started(mark, "engine-events-resumed");
     assert_eq!(resumed["integration"], "local", "{resumed}");
 }
@@ -1148,10 +1149,7 @@ fn a_restart_policy_changed_while_the_watch_subscribes_is_put_back() {
     docker_ok(&["update", "--restart", "no", &a.name()]);
     let mark = w.mark();
     proxy.set_hold_events(false);
-    let a2 = c.wait_container(&w, "alpha", "once the subscription is up", |x| {
-        x.id() != a.id()
-    });
-    assert_eq!(a2.restart_policy(), "unless-stopped");
+    c.wait_policy_put_back(&w, "alpha", &a, "once the subscription is up");
     let v = w.wait_started(mark, "engine-event");
     assert_eq!(v["docker_event"], "update", "{v}");
 }
