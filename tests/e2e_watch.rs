@@ -1098,6 +1098,18 @@ impl Cuttable {
     }
 }
 
+/// A watch of one outpost, Alpha, on the engine reached through `proxy`: once its first
+/// reconcile ended, with Alpha running.
+fn watching_alpha_through(c: &Case, proxy: &Cuttable) -> (Watch, Inspect) {
+    let mut m = manifest_with(c, &["Alpha"]);
+    m["integrations"]["local"] = json!({ "url": format!("http://127.0.0.1:{}", proxy.port) });
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    let a = c.wait_running(&w, "alpha", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+    (w, a)
+}
+
 /// A restart policy changed while the watch's event stream was broken (the engine out of
 /// reach) left no event: when the stream is back, the watch inspects that engine in full and
 /// puts the policy back.
@@ -1105,12 +1117,7 @@ impl Cuttable {
 fn a_restart_policy_changed_while_the_events_were_cut_is_put_back() {
     let c = Case::new("wresume");
     let proxy = Cuttable::start();
-    let mut m = manifest_with(&c, &["Alpha"]);
-    m["integrations"]["local"] = json!({ "url": format!("http://127.0.0.1:{}", proxy.port) });
-    c.save("m/outposts.yaml", &m);
-    let w = c.watch("m", &[]);
-    let a = c.wait_running(&w, "alpha", "applied at start");
-    w.wait_reconciled(0, "ending the first reconcile");
+    let (w, a) = watching_alpha_through(&c, &proxy);
     // The event stream is up once the watch logged nothing more for a moment.
     std::thread::sleep(Duration::from_secs(1));
 
@@ -1138,12 +1145,7 @@ fn a_restart_policy_changed_while_the_watch_subscribes_is_put_back() {
     let c = Case::new("wsubscribe");
     let proxy = Cuttable::start();
     proxy.set_hold_events(true);
-    let mut m = manifest_with(&c, &["Alpha"]);
-    m["integrations"]["local"] = json!({ "url": format!("http://127.0.0.1:{}", proxy.port) });
-    c.save("m/outposts.yaml", &m);
-    let w = c.watch("m", &[]);
-    let a = c.wait_running(&w, "alpha", "applied at start");
-    w.wait_reconciled(0, "ending the first reconcile");
+    let (w, a) = watching_alpha_through(&c, &proxy);
     proxy.wait_held();
 
     docker_ok(&["update", "--restart", "no", &a.name()]);
