@@ -196,11 +196,12 @@ impl Inspections {
 
     /// An integration whose events are not watched at its current address (new, back, or
     /// pointed at another engine) is inspected in full by the next plan.
-    fn forget_unwatched(&mut self, v: &Validated, watched: &BTreeMap<String, String>) {
+    /// `watched` tells the address an integration's events are watched at.
+    fn forget_unwatched<'a>(&mut self, v: &Validated, watched: impl Fn(&str) -> Option<&'a str>) {
         self.inspected.retain(|i| {
             v.integrations
                 .get(i)
-                .is_some_and(|d| watched.get(i) == Some(&d.url))
+                .is_some_and(|d| watched(i) == Some(d.url.as_str()))
         });
     }
 
@@ -264,11 +265,7 @@ struct State {
     muted: HashMap<String, (Instant, u32)>,
     /// What the next plan inspects, for what the list does not show.
     inspections: Inspections,
-    /// The engines whose events are being watched, by integration name -> url.
-    watched_engines: BTreeMap<String, String>,
-    /// When the last reconcile started: event subscriptions made after it replay from then.
-    reconciled_from: Instant,
-    /// Event subscriptions by integration: (url, task).
+    /// The engines whose events are being watched, by integration: (url, task).
     event_tasks: BTreeMap<String, (String, tokio::task::JoinHandle<()>)>,
     /// Where engine events and resumptions are sent.
     tx: mpsc::Sender<Trigger>,
@@ -362,8 +359,6 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         deaths: HashMap::new(),
         muted: HashMap::new(),
         inspections: Inspections::default(),
-        watched_engines: BTreeMap::new(),
-        reconciled_from: Instant::now(),
         event_tasks: BTreeMap::new(),
         tx: tx.clone(),
         watched_dirs: BTreeMap::new(),
@@ -517,7 +512,6 @@ impl State {
     /// One full validate -> plan -> apply; returns the valid set, if it was.
     async fn reconcile(&mut self, trigger: &Trigger) -> Option<Validated> {
         let started = Instant::now();
-        self.reconciled_from = started;
         let mut fields = vec![("trigger", trigger.name().to_string())];
         if let Trigger::Engine {
             integration,
@@ -554,8 +548,10 @@ impl State {
             self.metrics.reconcile_finished(false, started.elapsed());
             return None;
         };
-        self.inspections.forget_unwatched(&v, &self.watched_engines);
-        self.watch_engines(&v);
+        let tasks = &self.event_tasks;
+        self.inspections
+            .forget_unwatched(&v, |i| tasks.get(i).map(|(url, _)| url.as_str()));
+        self.watch_engines(&v, started);
         let engines = connect_all(&v).await;
         let mut plan = plan::build(&v, &engines, self.diff_options(&v)).await;
         let mut ok = true;
@@ -610,7 +606,6 @@ impl State {
             self.filter_actions(&mut plan, false);
         }
         let summary = crate::render::plan::summary_line(&plan.summary());
-        // Containers whose action failed: inspected again next time (see `diff_options`).
         // Outposts whose action failed, and those the backoff held back: their containers are
         // inspected again by the next plan.
         let mut again = self.deferred.clone();
@@ -779,9 +774,10 @@ impl State {
         self.watched_dirs = now;
     }
 
-    /// Watches the events of every engine of `v`, before the reconcile reads them: a
-    /// subscription already watched at the same address is kept, others are made anew.
-    fn watch_engines(&mut self, v: &Validated) {
+    /// Watches the events of every engine of `v`, before the reconcile that started at
+    /// `started` reads them: a subscription already watched at the same address is kept,
+    /// others are made anew and replay the engine's events since `started`.
+    fn watch_engines(&mut self, v: &Validated, started: Instant) {
         self.event_tasks.retain(|name, (url, task)| {
             let keep =
                 v.integrations.get(name).is_some_and(|d| d.url == *url) && !task.is_finished();
@@ -798,18 +794,13 @@ impl State {
                 name.clone(),
                 def.clone(),
                 v.project.clone(),
-                self.reconciled_from,
+                started,
                 self.tx.clone(),
                 self.log.clone(),
             ));
             self.event_tasks
                 .insert(name.clone(), (def.url.clone(), task));
         }
-        self.watched_engines = v
-            .integrations
-            .iter()
-            .map(|(k, d)| (k.clone(), d.url.clone()))
-            .collect();
     }
 }
 
@@ -1121,14 +1112,14 @@ mod tests {
         // (or not watched at all) is inspected in full.
         let url = |n: &str| v.integrations[n].url.clone();
         let mut w = BTreeMap::from([("a".to_string(), url("a")), ("b".to_string(), url("b"))]);
-        i.forget_unwatched(&v, &w);
+        i.forget_unwatched(&v, |n| w.get(n).map(String::as_str));
         assert_eq!(i.options(&v), crate::diff::Inspect::Nothing);
         w.insert("b".into(), "http://127.0.0.1:2376".into());
-        i.forget_unwatched(&v, &w);
+        i.forget_unwatched(&v, |n| w.get(n).map(String::as_str));
         assert_eq!(i.options(&v), only(&["b"], &[]));
         i.done(&second, &BTreeMap::new());
         w.remove("a");
-        i.forget_unwatched(&v, &w);
+        i.forget_unwatched(&v, |n| w.get(n).map(String::as_str));
         assert_eq!(i.options(&v), only(&["a", "b"], &[]));
     }
 

@@ -1136,9 +1136,10 @@ fn a_restart_policy_changed_while_the_events_were_cut_is_put_back() {
     assert_eq!(resumed["integration"], "local", "{resumed}");
 }
 
-/// A restart policy changed while the watch subscribes to the engine's events (after its
-/// first reconcile read the engine, before the subscription is up) is put back: the
-/// subscription asks the engine for the events since that reconcile. (Was the one gap left
+/// A restart policy changed while the watch subscribes to the engine's events (the
+/// subscription, asked for as the first reconcile starts, is held back here until after that
+/// reconcile read the engine) is put back: the subscription asks the engine for the events
+/// since that reconcile started. (Was the one gap left
 /// by 4b89178: the `update` event was missed and the interval's plans do not inspect.)
 #[test]
 fn a_restart_policy_changed_while_the_watch_subscribes_is_put_back() {
