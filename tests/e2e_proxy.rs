@@ -247,7 +247,8 @@ fn outpost_moved_between_integrations_on_one_engine() {
 }
 
 /// `local: true` follows DOCKER_HOST as the Docker CLI does, also without a port:
-/// `tcp://127.0.0.1` is port 2375 (here the socket proxy), and with DOCKER_TLS_VERIFY 2376.
+/// `tcp://127.0.0.1` is port 2375 (here the socket proxy). (With DOCKER_TLS_VERIFY, 2376:
+/// e2e_remote `tls_local_engine_from_docker_tls_environment`.)
 #[test]
 fn docker_host_without_a_port_gets_dockers_default_port() {
     require_socket_proxy();
@@ -270,19 +271,6 @@ fn docker_host_without_a_port_gets_dockers_default_port() {
     assert!(
         format!("{}{}", r.stdout, r.stderr).contains("127.0.0.2:2375"),
         "{}",
-        shown(&r)
-    );
-
-    env.set_env("DOCKER_TLS_VERIFY", "1");
-    env.set_env(
-        "DOCKER_CERT_PATH",
-        &env.dir().join("no-certs").display().to_string(),
-    );
-    let r = env.plan(&[]);
-    assert_eq!(r.code, 1, "{}", shown(&r));
-    assert!(
-        r.stderr.contains("no-certs/ca.pem") || r.stdout.contains("no-certs/ca.pem"),
-        "TLS is asked for, on port 2376, with the CA from DOCKER_CERT_PATH:\n{}",
         shown(&r)
     );
 }

@@ -651,6 +651,18 @@ fn tls_local_engine_from_docker_tls_environment() {
         &error_of(&plan, "local"),
         &["not signed by the trusted CA"],
     );
+
+    // Without a port, TLS is Docker's 2376 (nothing listens there on 127.0.0.2).
+    r.env
+        .set_env("DOCKER_CERT_PATH", &certs.display().to_string());
+    r.env.set_env("DOCKER_HOST", "tcp://127.0.0.2");
+    let (p, plan) = r.plan_json();
+    assert_eq!(p.code, 1, "{}", shown(&p));
+    assert_contains(
+        "the plan's error",
+        &error_of(&plan, "local"),
+        &["127.0.0.2:2376"],
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
