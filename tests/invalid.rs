@@ -224,6 +224,8 @@ committed_fixtures![
     // keys
     unknown_key_outpost,
     unknown_key_top_level,
+    misplaced_keys,
+    errors_beside_schema_errors,
     unknown_key_config,
     missing_required_token,
     missing_version,

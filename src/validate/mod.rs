@@ -139,6 +139,9 @@ struct Checker {
     /// A document failed the schema: what it defines is unknown, so cross-document checks
     /// (references, the project) would report mistakes that are not there.
     partial: bool,
+    /// Named entries (`("integrations", name)`, ...) that failed the schema in a document whose
+    /// other entries are checked: references to them are not reported as unknown.
+    failed_entries: BTreeSet<(&'static str, String)>,
     /// Image template errors already reported (one template set in `defaults:`, or authentik's
     /// default, is shared by many outposts: one error, not one per outpost).
     template_errors: BTreeSet<String>,
@@ -150,15 +153,29 @@ impl Checker {
         if self.first_origin.is_none() {
             self.first_origin = Some(doc.origin.clone());
         }
-        let errors = schema::check(doc);
-        let failed = !errors.is_empty();
-        self.diags.extend(errors);
+        let checked = schema::check(doc);
+        let failed = !checked.diagnostics.is_empty();
+        self.diags.extend(checked.diagnostics);
         self.ignored_keys(doc);
-        if failed {
-            self.partial = true;
-            return;
-        }
-        let parsed: model::Document = match serde_path_to_error::deserialize(&doc.value) {
+        let pruned;
+        let value = if failed {
+            // Entries that passed are still checked for meaning, so that one run reports
+            // every error; a failure outside a named entry leaves the document unknown.
+            match without_failed_entries(&doc.value, &checked.failed_at) {
+                Some((value, failed_entries)) => {
+                    self.failed_entries.extend(failed_entries);
+                    pruned = value;
+                    &pruned
+                }
+                None => {
+                    self.partial = true;
+                    return;
+                }
+            }
+        } else {
+            &doc.value
+        };
+        let parsed: model::Document = match serde_path_to_error::deserialize(value) {
             Ok(d) => d,
             Err(e) => {
                 let pointer = path_to_pointer(&e.path().to_string());
@@ -182,7 +199,7 @@ impl Checker {
                 None => self.project = Some((p, here)),
             }
         }
-        if let Some(obj) = doc.value.get("defaults").and_then(Value::as_object) {
+        if let Some(obj) = value.get("defaults").and_then(Value::as_object) {
             for (k, v) in obj {
                 let here = origin.child(&format!("/defaults/{}", escape(k)));
                 if let Some((_, first)) = self.defaults.get(k) {
@@ -263,6 +280,10 @@ impl Checker {
                     .hint("authentik's Kubernetes settings do not apply to Docker, and the outpost reads log_level and refresh_interval from authentik itself"),
             );
         }
+    }
+
+    fn failed_entry(&self, kind: &'static str, name: &str) -> bool {
+        self.failed_entries.contains(&(kind, name.to_string()))
     }
 
     fn finish(&mut self, files: Vec<Arc<SourceFile>>) -> Option<Validated> {
@@ -495,7 +516,7 @@ impl Checker {
     ) -> Option<(Option<String>, Option<Secret>)> {
         match keypairs.get(name) {
             Some(kp) => Some(kp.clone()),
-            None if self.partial => None,
+            None if self.partial || self.failed_entry("keypairs", name) => None,
             None => {
                 let hint = did_you_mean(name, keypairs.keys().map(String::as_str))
                     .unwrap_or_else(|| "define it under `keypairs:`".into());
@@ -864,7 +885,9 @@ impl Checker {
         let (defaults, default_origins) = defaults.unwrap_or(&empty);
         for (name, o, origin) in entries {
             let mut ok = true;
-            if !self.integrations.contains_key(&o.integration) && self.partial {
+            if !self.integrations.contains_key(&o.integration)
+                && (self.partial || self.failed_entry("integrations", &o.integration))
+            {
                 ok = false;
             } else if !self.integrations.contains_key(&o.integration) {
                 let hint =
@@ -1337,6 +1360,32 @@ impl Checker {
     }
 }
 
+/// The document without the keypairs, integrations and outposts that failed the schema, and
+/// their names; None when a failure lies outside such an entry (the root, `version`,
+/// `project`, `defaults`, or a section that is not a mapping).
+fn without_failed_entries(
+    doc: &Value,
+    failed_at: &BTreeSet<String>,
+) -> Option<(Value, BTreeSet<(&'static str, String)>)> {
+    const SECTIONS: [&str; 3] = ["keypairs", "integrations", "outposts"];
+    let mut entries = BTreeSet::new();
+    for pointer in failed_at {
+        let mut segments = pointer.split('/').skip(1);
+        let section = segments.next()?;
+        let kind = SECTIONS.into_iter().find(|s| *s == section)?;
+        let name = segments.next()?.replace("~1", "/").replace("~0", "~");
+        entries.insert((kind, name));
+    }
+    let mut value = doc.clone();
+    for (kind, name) in &entries {
+        value
+            .get_mut(*kind)
+            .and_then(Value::as_object_mut)?
+            .remove(name)?;
+    }
+    Some((value, entries))
+}
+
 fn field_of(o: &Origin) -> String {
     o.pointer.rsplit('/').next().unwrap_or_default().to_string()
 }
@@ -1470,4 +1519,51 @@ fn path_to_pointer(path: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(pointers: &[&str]) -> BTreeSet<String> {
+        pointers.iter().map(|p| p.to_string()).collect()
+    }
+
+    #[test]
+    fn failed_entries_are_cut_out_and_named() {
+        let doc = serde_json::json!({
+            "version": 1,
+            "integrations": { "a/b": { "url": 1 }, "ok": { "local": true } },
+            "outposts": { "X": { "type": "proxy", "bogus": 1 }, "Y": { "type": "ldap" } },
+        });
+        let (value, names) =
+            without_failed_entries(&doc, &failed(&["/integrations/a~1b/url", "/outposts/X"]))
+                .expect("every failure is inside a named entry");
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "version": 1,
+                "integrations": { "ok": { "local": true } },
+                "outposts": { "Y": { "type": "ldap" } },
+            })
+        );
+        assert_eq!(
+            names,
+            BTreeSet::from([
+                ("integrations", "a/b".to_string()),
+                ("outposts", "X".into())
+            ])
+        );
+    }
+
+    #[test]
+    fn a_failure_outside_named_entries_leaves_the_document_unknown() {
+        let doc = serde_json::json!({ "defaults": { "pull": 3 }, "outposts": [] });
+        for pointer in ["", "/version", "/defaults/pull", "/outposts", "/keypairs/x"] {
+            assert!(
+                without_failed_entries(&doc, &failed(&[pointer])).is_none(),
+                "{pointer}"
+            );
+        }
+    }
 }

@@ -4,6 +4,7 @@
 //! pointers; this module says what they mean for a manifest, points at the exact key or value,
 //! and adds a hint (did you mean, what the field is for) taken from the same schema editors use.
 
+use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
 use jsonschema::error::{TypeKind, ValidationErrorKind};
@@ -35,16 +36,29 @@ fn compiled() -> &'static Compiled {
     })
 }
 
-/// Validates one document; returns its diagnostics (empty when valid).
-pub fn check(doc: &LoadedDoc) -> Vec<Diagnostic> {
+/// What the schema says of one document.
+pub struct Checked {
+    /// Empty when the document is valid.
+    pub diagnostics: Vec<Diagnostic>,
+    /// The JSON pointers of the values that failed (one per schema error).
+    pub failed_at: BTreeSet<String>,
+}
+
+/// Validates one document.
+pub fn check(doc: &LoadedDoc) -> Checked {
     let c = compiled();
     let mut out = Vec::new();
+    let mut failed_at = BTreeSet::new();
     for err in c.validator.iter_errors(&doc.value) {
+        failed_at.insert(err.instance_path().as_str().to_string());
         translate(&err, doc, &c.schema, &mut out);
     }
     // jsonschema may report one mistake through two keywords; show it once.
     out.dedup_by(|a, b| a.message == b.message && a.headline() == b.headline());
-    out
+    Checked {
+        diagnostics: out,
+        failed_at,
+    }
 }
 
 fn translate(
@@ -66,7 +80,10 @@ fn translate(
                 let mut d = Diagnostic::error("unknown-key", format!("unknown key `{key}`"))
                     .at(child.key())
                     .label("not a known key here");
-                d = d.maybe_hint(unknown_key_hint(key, &pointer, &known));
+                d = d.maybe_hint(
+                    misplaced_key_hint(schema, key, &pointer)
+                        .or_else(|| unknown_key_hint(key, &pointer, &known)),
+                );
                 out.push(d);
             }
         }
@@ -400,6 +417,48 @@ fn first_sentence(node: &Value) -> Option<String> {
     let d = node.get("description")?.as_str()?.replace('\n', " ");
     let end = d.find(". ").map(|i| i + 1).unwrap_or(d.len());
     Some(d[..end].to_string())
+}
+
+/// A key that is valid one level up or down (an authentik setting written beside `config:`
+/// instead of inside it, a per-outpost key under `defaults:`, ...): where it goes.
+fn misplaced_key_hint(schema: &Value, key: &str, pointer: &str) -> Option<String> {
+    let keys_of = |def: &str| -> Vec<String> {
+        schema
+            .pointer(&format!("/$defs/{def}/properties"))
+            .and_then(Value::as_object)
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    let has = |def: &str| keys_of(def).iter().any(|k| k == key);
+    let segments: Vec<&str> = pointer.split('/').skip(1).collect();
+    let here = match segments.as_slice() {
+        [] => "root",
+        ["defaults"] => "defaults",
+        ["outposts", _] => "outpost",
+        ["outposts", _, "config"] => "config",
+        _ => return None,
+    };
+    let per_set_only = has("Defaults") && !has("OutpostConfig") && !has("Outpost");
+    let hint = match here {
+        "outpost" if has("OutpostConfig") => format!(
+            "`{key}` is one of authentik's outpost settings: put it under this outpost's `config:` (or under `defaults:` for every outpost)"
+        ),
+        "outpost" | "config" if per_set_only => {
+            format!("`{key}` is set once for the whole set, under `defaults:`")
+        }
+        "config" if has("Outpost") => {
+            format!("`{key}` belongs to the outpost itself, beside `config:`, not inside it")
+        }
+        "defaults" if has("Outpost") => {
+            format!("`{key}` is set per outpost, not under `defaults:`")
+        }
+        "root" if has("Defaults") => format!("`{key}` goes under `defaults:`"),
+        "root" if has("Outpost") => {
+            format!("`{key}` is set per outpost, under `outposts:` NAME")
+        }
+        _ => return None,
+    };
+    Some(hint)
 }
 
 fn unknown_key_hint(key: &str, pointer: &str, known: &[String]) -> Option<String> {
