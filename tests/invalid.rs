@@ -226,6 +226,7 @@ committed_fixtures![
     unknown_key_top_level,
     misplaced_keys,
     errors_beside_schema_errors,
+    same_engine_twice,
     unknown_key_config,
     missing_required_token,
     missing_version,
@@ -260,6 +261,7 @@ committed_fixtures![
     keypair_without_key_tls_auth,
     // outposts
     naming_template_type,
+    naming_template_in_defaults,
     image_template_build_hash,
     container_name_collision,
     host_port_collision,

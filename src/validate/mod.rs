@@ -51,6 +51,27 @@ pub enum Endpoint {
     },
 }
 
+impl Endpoint {
+    /// Equal for two endpoints that certainly reach the same engine (the same socket, the same
+    /// host and port whatever the scheme or user); different ones may still meet there.
+    pub fn engine_identity(&self) -> String {
+        match self {
+            Endpoint::Local => "local".into(),
+            Endpoint::Unix { path } => format!("unix {path}"),
+            Endpoint::Http { host, port } | Endpoint::Tls { host, port, .. } => {
+                format!("tcp {}:{port}", host.to_lowercase())
+            }
+            Endpoint::Ssh {
+                host, port, config, ..
+            } => format!(
+                "ssh {}:{} {config:?}",
+                host.to_lowercase(),
+                port.map_or("config".into(), |p| p.to_string())
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct IntegrationDef {
     pub name: String,
@@ -115,6 +136,9 @@ pub fn validate(paths: &[PathBuf]) -> Outcome {
         file_count,
     }
 }
+
+/// The integrations that reach one engine and their outposts' containers.
+type EngineUse<'a> = (Vec<&'a str>, Vec<&'a (ContainerSpec, Origin)>);
 
 /// A host IP bound by an outpost's container, for collision checks.
 type HostPortUse<'a> = (&'a str, &'a (ContainerSpec, Origin));
@@ -541,8 +565,23 @@ impl Checker {
             .iter()
             .map(|(k, n)| (k.clone(), n.value.clone(), n.origin.clone()))
             .collect();
+        let mut first_by_engine: HashMap<String, (String, Origin)> = HashMap::new();
         for (name, i, origin) in entries {
             if let Some(def) = self.integration(&name, &i, &origin, keypairs) {
+                let identity = def.endpoint.engine_identity();
+                if let Some((first, first_origin)) = first_by_engine.get(&identity) {
+                    self.diags.push(
+                        Diagnostic::warning(
+                            "same-engine",
+                            format!("integrations `{first}` and `{name}` reach the same engine"),
+                        )
+                        .at(origin.key())
+                        .related(first_origin.key(), "the other integration")
+                        .hint("each manages only its own outposts' containers, and names and host ports are checked across both; one integration per engine is simpler"),
+                    );
+                } else {
+                    first_by_engine.insert(identity, (name.clone(), origin.clone()));
+                }
                 out.insert(name, def);
             }
         }
@@ -1019,8 +1058,20 @@ impl Checker {
                 }
             }
         }
-        for (integration, specs) in &by_integration {
-            self.collisions(integration, specs);
+        // Names and host ports are unique per engine, and two integrations may reach one.
+        let mut by_engine: BTreeMap<String, EngineUse<'_>> = BTreeMap::new();
+        for (name, def) in integrations {
+            by_engine
+                .entry(def.endpoint.engine_identity())
+                .or_default()
+                .0
+                .push(name);
+        }
+        for (names, specs) in by_engine.values_mut() {
+            specs.extend(names.iter().flat_map(|n| by_integration.get(*n)).flatten());
+        }
+        for (names, specs) in by_engine.values() {
+            self.collisions(names, specs);
         }
         // An outpost that did not become a container must have said why: a valid set that
         // silently lost an outpost would make plan remove its container.
@@ -1040,17 +1091,30 @@ impl Checker {
             .collect()
     }
 
-    /// Container names and host ports must be unique per engine.
-    fn collisions(&mut self, integration: &str, specs: &[(ContainerSpec, Origin)]) {
+    /// Container names and host ports must be unique per engine; `integrations` are the names
+    /// of the integrations that reach it.
+    fn collisions(&mut self, integrations: &[&str], specs: &[&(ContainerSpec, Origin)]) {
         let mut names: HashMap<&str, &(ContainerSpec, Origin)> = HashMap::new();
         let mut ports: HashMap<(Proto, u16), Vec<HostPortUse<'_>>> = HashMap::new();
-        for entry in specs {
+        let integration = match integrations {
+            [one] => format!("integration `{one}`"),
+            [rest @ .., last] => {
+                let rest: Vec<String> = rest.iter().map(|n| format!("`{n}`")).collect();
+                let all = if rest.len() == 1 { "both" } else { "all" };
+                format!(
+                    "the engine that integrations {} and `{last}` {all} reach",
+                    rest.join(", ")
+                )
+            }
+            [] => return,
+        };
+        for &entry in specs {
             let (spec, origin) = entry;
             if let Some((first, first_origin)) = names.get(spec.name.as_str()) {
                 self.diags.push(
                     Diagnostic::error(
                         "name-collision",
-                        format!("outposts `{}` and `{}` would both be named `{}` on integration `{integration}`", first.outpost, spec.outpost, spec.name),
+                        format!("outposts `{}` and `{}` would both be named `{}` on {integration}", first.outpost, spec.outpost, spec.name),
                     )
                     .at(origin.key())
                     .related(first_origin.key(), "the other outpost")
@@ -1075,7 +1139,7 @@ impl Checker {
                     self.diags.push(
                         Diagnostic::error(
                             "port-collision",
-                            format!("host port {}/{} is published by both `{}` and `{}` on integration `{integration}`", p.host_port, p.proto.as_str(), first.outpost, spec.outpost),
+                            format!("host port {}/{} is published by both `{}` and `{}` on {integration}", p.host_port, p.proto.as_str(), first.outpost, spec.outpost),
                         )
                         .at(at)
                         .related(first_origin.key(), "the other outpost")
@@ -1209,12 +1273,22 @@ impl Checker {
             .or_else(|| dc.object_naming_template.clone())
             .unwrap_or_else(|| desired::DEFAULT_NAMING_TEMPLATE.into());
         if let Err(e) = desired::check_template(&naming_template, &["name", "uuid"]) {
-            self.diags.push(
-                Diagnostic::error("invalid-template", format!("object_naming_template: {e}"))
-                    .at(at("object_naming_template").value())
-                    .hint("the template knows `%(name)s` and `%(uuid)s`; write `%%` for a literal `%`"),
-            );
             ok = false;
+            // A template in `defaults:` is one mistake, however many outposts use it.
+            let here = at("object_naming_template").value();
+            let key = format!(
+                "naming|{}:{}:{}",
+                here.file.path.display(),
+                here.span.start.line,
+                here.span.start.col
+            );
+            if self.template_errors.insert(key) {
+                self.diags.push(
+                    Diagnostic::error("invalid-template", format!("object_naming_template: {e}"))
+                        .at(here)
+                        .hint("the template knows `%(name)s` and `%(uuid)s`; write `%%` for a literal `%`"),
+                );
+            }
         }
         let version = d.authentik_version.clone();
         let container_image = c
@@ -1565,5 +1639,36 @@ mod tests {
                 "{pointer}"
             );
         }
+    }
+
+    #[test]
+    fn engine_identity_is_the_same_only_for_the_same_engine() {
+        let tcp = |host: &str, port| Endpoint::Http {
+            host: host.into(),
+            port,
+        };
+        let ssh = |user: &str, host: &str, port| Endpoint::Ssh {
+            user: Some(user.into()),
+            host: host.into(),
+            port: Some(port),
+            key: None,
+            host_key: None,
+            config: None,
+        };
+        let tls = Endpoint::Tls {
+            host: "Docker.example.com".into(),
+            port: 2376,
+            ca_pem: None,
+            client: None,
+        };
+        let same = |a: &Endpoint, b: &Endpoint| a.engine_identity() == b.engine_identity();
+        assert!(same(&tcp("docker.example.com", 2376), &tls));
+        assert!(!same(&tcp("docker.example.com", 2375), &tls));
+        assert!(same(&ssh("a", "h", 22), &ssh("b", "H", 22)));
+        assert!(!same(&ssh("a", "h", 22), &ssh("a", "h", 2222)));
+        assert!(same(&Endpoint::Local, &Endpoint::Local));
+        let unix = |p: &str| Endpoint::Unix { path: p.into() };
+        assert!(!same(&unix("/a.sock"), &unix("/b.sock")));
+        assert!(!same(&Endpoint::Local, &unix("/var/run/docker.sock")));
     }
 }
