@@ -262,6 +262,7 @@ committed_fixtures![
     // outposts
     naming_template_type,
     naming_template_in_defaults,
+    reserved_label_in_defaults,
     image_template_build_hash,
     container_name_collision,
     host_port_collision,

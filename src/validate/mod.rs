@@ -129,6 +129,10 @@ pub fn validate(paths: &[PathBuf]) -> Outcome {
     let validated = v.finish(loaded.files);
     let mut diagnostics = v.diags;
     crate::diagnostics::sort(&mut diagnostics);
+    // A mistake in `defaults:` is found once per outpost that inherits it: show it once.
+    diagnostics.dedup_by(|a, b| {
+        a.code == b.code && a.severity == b.severity && a.headline() == b.headline()
+    });
     let has_errors = diagnostics.iter().any(Diagnostic::is_error);
     Outcome {
         validated: if has_errors { None } else { validated },
@@ -1273,22 +1277,12 @@ impl Checker {
             .or_else(|| dc.object_naming_template.clone())
             .unwrap_or_else(|| desired::DEFAULT_NAMING_TEMPLATE.into());
         if let Err(e) = desired::check_template(&naming_template, &["name", "uuid"]) {
-            ok = false;
-            // A template in `defaults:` is one mistake, however many outposts use it.
-            let here = at("object_naming_template").value();
-            let key = format!(
-                "naming|{}:{}:{}",
-                here.file.path.display(),
-                here.span.start.line,
-                here.span.start.col
+            self.diags.push(
+                Diagnostic::error("invalid-template", format!("object_naming_template: {e}"))
+                    .at(at("object_naming_template").value())
+                    .hint("the template knows `%(name)s` and `%(uuid)s`; write `%%` for a literal `%`"),
             );
-            if self.template_errors.insert(key) {
-                self.diags.push(
-                    Diagnostic::error("invalid-template", format!("object_naming_template: {e}"))
-                        .at(here)
-                        .hint("the template knows `%(name)s` and `%(uuid)s`; write `%%` for a literal `%`"),
-                );
-            }
+            ok = false;
         }
         let version = d.authentik_version.clone();
         let container_image = c
