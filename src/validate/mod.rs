@@ -320,7 +320,7 @@ impl Checker {
         }
         let project = match &self.project {
             Some((p, _)) => p.clone(),
-            None if self.partial => String::new(),
+            None if self.partial || self.failed_entry("project", "") => String::new(),
             None => {
                 let mut d = Diagnostic::error("missing-project", "no `project` is defined in the manifest set")
                     .hint("add `project: <name>` to one document; it scopes which containers outpostctl owns and may prune");
@@ -1429,8 +1429,9 @@ impl Checker {
 }
 
 /// The document without the keypairs, integrations and outposts that failed the schema, and
-/// their names; None when a failure lies outside such an entry (the root, `version`,
-/// `project`, `defaults`, or a section that is not a mapping).
+/// their names (and without a `project` that failed, named `("project", "")`); None when a
+/// failure lies elsewhere (the root, `version`, `defaults`, or a section that is not a
+/// mapping).
 fn without_failed_entries(
     doc: &Value,
     failed_at: &BTreeSet<String>,
@@ -1438,6 +1439,10 @@ fn without_failed_entries(
     const SECTIONS: [&str; 3] = ["keypairs", "integrations", "outposts"];
     let mut entries = BTreeSet::new();
     for pointer in failed_at {
+        if pointer == "/project" {
+            entries.insert(("project", String::new()));
+            continue;
+        }
         let mut segments = pointer.split('/').skip(1);
         let section = segments.next()?;
         let kind = SECTIONS.into_iter().find(|s| *s == section)?;
@@ -1446,10 +1451,14 @@ fn without_failed_entries(
     }
     let mut value = doc.clone();
     for (kind, name) in &entries {
-        value
-            .get_mut(*kind)
-            .and_then(Value::as_object_mut)?
-            .remove(name)?;
+        let map = value.as_object_mut()?;
+        if *kind == "project" {
+            map.remove("project");
+        } else {
+            map.get_mut(*kind)
+                .and_then(Value::as_object_mut)?
+                .remove(name)?;
+        }
     }
     Some((value, entries))
 }
@@ -1601,12 +1610,15 @@ mod tests {
     fn failed_entries_are_cut_out_and_named() {
         let doc = serde_json::json!({
             "version": 1,
+            "project": "Not Valid",
             "integrations": { "a/b": { "url": 1 }, "ok": { "local": true } },
             "outposts": { "X": { "type": "proxy", "bogus": 1 }, "Y": { "type": "ldap" } },
         });
-        let (value, names) =
-            without_failed_entries(&doc, &failed(&["/integrations/a~1b/url", "/outposts/X"]))
-                .expect("every failure is inside a named entry");
+        let (value, names) = without_failed_entries(
+            &doc,
+            &failed(&["/integrations/a~1b/url", "/outposts/X", "/project"]),
+        )
+        .expect("every failure is inside a named entry or the project");
         assert_eq!(
             value,
             serde_json::json!({
@@ -1619,7 +1631,8 @@ mod tests {
             names,
             BTreeSet::from([
                 ("integrations", "a/b".to_string()),
-                ("outposts", "X".into())
+                ("outposts", "X".into()),
+                ("project", String::new()),
             ])
         );
     }

@@ -69,7 +69,7 @@ fn translate(
 ) {
     let pointer = err.instance_path().as_str().to_string();
     let at = doc.origin.child(&pointer);
-    let field = field_name(&pointer);
+    let field = field_name(&doc.value, &pointer);
     let schema_path = err.schema_path().as_str().to_string();
     let instance = err.instance();
     match err.kind() {
@@ -311,10 +311,15 @@ fn is_source_field(field: &str) -> bool {
 }
 
 /// The last segment of a pointer, as a user reads it; `the document` for the root.
-fn field_name(pointer: &str) -> String {
-    match pointer.rsplit('/').next() {
-        Some(s) if !pointer.is_empty() => s.replace("~1", "/").replace("~0", "~"),
-        _ => "document".to_string(),
+/// The name of the value at `pointer` for a message: its key, or `list[i]` for a list item.
+fn field_name(doc: &Value, pointer: &str) -> String {
+    let Some((parent, last)) = pointer.rsplit_once('/') else {
+        return "document".to_string();
+    };
+    let last = last.replace("~1", "/").replace("~0", "~");
+    match doc.pointer(parent) {
+        Some(Value::Array(_)) => format!("{}[{last}]", field_name(doc, parent)),
+        _ => last,
     }
 }
 
