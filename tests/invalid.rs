@@ -226,6 +226,7 @@ committed_fixtures![
     unknown_key_top_level,
     misplaced_keys,
     errors_beside_schema_errors,
+    defaults_error_beside_others,
     same_engine_twice,
     unknown_key_config,
     missing_required_token,

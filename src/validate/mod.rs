@@ -1016,6 +1016,14 @@ impl Checker {
                 &origin.child("/token"),
                 true,
             );
+            if self
+                .failed_entries
+                .iter()
+                .any(|(kind, _)| *kind == "defaults")
+            {
+                // The outpost's settings are not known: what they would make of it, unsaid.
+                continue;
+            }
             let Some(settings) = self.settings(&name, &o, &origin, defaults, default_origins)
             else {
                 continue;
@@ -1429,9 +1437,9 @@ impl Checker {
 }
 
 /// The document without the keypairs, integrations and outposts that failed the schema, and
-/// their names (and without a `project` that failed, named `("project", "")`); None when a
-/// failure lies elsewhere (the root, `version`, `defaults`, or a section that is not a
-/// mapping).
+/// their names; without a `project` that failed (named `("project", "")`) and the defaults
+/// that failed (`("defaults", key)`, or `("defaults", "")` for the whole block). None when a
+/// failure lies elsewhere (the root, `version`, or a section that is not a mapping).
 fn without_failed_entries(
     doc: &Value,
     failed_at: &BTreeSet<String>,
@@ -1439,21 +1447,34 @@ fn without_failed_entries(
     const SECTIONS: [&str; 3] = ["keypairs", "integrations", "outposts"];
     let mut entries = BTreeSet::new();
     for pointer in failed_at {
-        if pointer == "/project" {
-            entries.insert(("project", String::new()));
+        if pointer == "/project" || pointer == "/defaults" {
+            entries.insert((
+                if pointer == "/project" {
+                    "project"
+                } else {
+                    "defaults"
+                },
+                String::new(),
+            ));
             continue;
         }
         let mut segments = pointer.split('/').skip(1);
         let section = segments.next()?;
-        let kind = SECTIONS.into_iter().find(|s| *s == section)?;
+        let kind = ["defaults"]
+            .into_iter()
+            .chain(SECTIONS)
+            .find(|s| *s == section)?;
         let name = segments.next()?.replace("~1", "/").replace("~0", "~");
         entries.insert((kind, name));
     }
     let mut value = doc.clone();
     for (kind, name) in &entries {
         let map = value.as_object_mut()?;
-        if *kind == "project" {
-            map.remove("project");
+        if name.is_empty() {
+            // The project, or a `defaults:` that failed as a whole.
+            map.remove(*kind);
+        } else if *kind == "defaults" && !map.get(*kind).is_some_and(Value::is_object) {
+            // Already removed as a whole.
         } else {
             map.get_mut(*kind)
                 .and_then(Value::as_object_mut)?
@@ -1611,18 +1632,25 @@ mod tests {
         let doc = serde_json::json!({
             "version": 1,
             "project": "Not Valid",
+            "defaults": { "pull": 3, "authentik_host": "https://a.example.com" },
             "integrations": { "a/b": { "url": 1 }, "ok": { "local": true } },
             "outposts": { "X": { "type": "proxy", "bogus": 1 }, "Y": { "type": "ldap" } },
         });
         let (value, names) = without_failed_entries(
             &doc,
-            &failed(&["/integrations/a~1b/url", "/outposts/X", "/project"]),
+            &failed(&[
+                "/integrations/a~1b/url",
+                "/outposts/X",
+                "/project",
+                "/defaults/pull",
+            ]),
         )
         .expect("every failure is inside a named entry or the project");
         assert_eq!(
             value,
             serde_json::json!({
                 "version": 1,
+                "defaults": { "authentik_host": "https://a.example.com" },
                 "integrations": { "ok": { "local": true } },
                 "outposts": { "Y": { "type": "ldap" } },
             })
@@ -1633,14 +1661,25 @@ mod tests {
                 ("integrations", "a/b".to_string()),
                 ("outposts", "X".into()),
                 ("project", String::new()),
+                ("defaults", "pull".into()),
             ])
         );
     }
 
     #[test]
-    fn a_failure_outside_named_entries_leaves_the_document_unknown() {
+    fn defaults_that_fail_as_a_whole_are_cut_out() {
+        let doc = serde_json::json!({ "version": 1, "defaults": { "pull": 3, "bogus": 1 } });
+        let (value, names) =
+            without_failed_entries(&doc, &failed(&["/defaults", "/defaults/pull"]))
+                .expect("defaults are cut out");
+        assert_eq!(value, serde_json::json!({ "version": 1 }));
+        assert!(names.contains(&("defaults", String::new())));
+    }
+
+    #[test]
+    fn a_failure_elsewhere_leaves_the_document_unknown() {
         let doc = serde_json::json!({ "defaults": { "pull": 3 }, "outposts": [] });
-        for pointer in ["", "/version", "/defaults/pull", "/outposts", "/keypairs/x"] {
+        for pointer in ["", "/version", "/outposts", "/keypairs/x"] {
             assert!(
                 without_failed_entries(&doc, &failed(&[pointer])).is_none(),
                 "{pointer}"
