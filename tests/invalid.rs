@@ -227,6 +227,8 @@ committed_fixtures![
     misplaced_keys,
     errors_beside_schema_errors,
     defaults_error_beside_others,
+    defaults_in_a_broken_document,
+    bad_name_beside_other_errors,
     same_engine_twice,
     unknown_key_config,
     missing_required_token,

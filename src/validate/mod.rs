@@ -52,8 +52,9 @@ pub enum Endpoint {
 }
 
 impl Endpoint {
-    /// Equal for two endpoints that certainly reach the same engine (the same socket, the same
-    /// host and port whatever the scheme or user); different ones may still meet there.
+    /// Equal for two endpoints that certainly reach the same engine (the same socket; the same
+    /// host and port whatever the scheme; over SSH, also the same user); different ones may
+    /// still meet there.
     pub fn engine_identity(&self) -> String {
         match self {
             Endpoint::Local => "local".into(),
@@ -61,10 +62,15 @@ impl Endpoint {
             Endpoint::Http { host, port } | Endpoint::Tls { host, port, .. } => {
                 format!("tcp {}:{port}", host.to_lowercase())
             }
+            // Each user may have an engine of their own (rootless Docker).
             Endpoint::Ssh {
-                host, port, config, ..
+                user,
+                host,
+                port,
+                config,
+                ..
             } => format!(
-                "ssh {}:{} {config:?}",
+                "ssh {user:?}@{}:{} {config:?}",
                 host.to_lowercase(),
                 port.map_or("config".into(), |p| p.to_string())
             ),
@@ -134,8 +140,12 @@ pub fn validate(paths: &[PathBuf]) -> Outcome {
         a.code == b.code && a.severity == b.severity && a.headline() == b.headline()
     });
     let has_errors = diagnostics.iter().any(Diagnostic::is_error);
+    let validated = validated.filter(|_| !has_errors).map(|mut v| {
+        v.warnings = diagnostics.clone();
+        v
+    });
     Outcome {
-        validated: if has_errors { None } else { validated },
+        validated,
         diagnostics,
         file_count,
     }
@@ -197,6 +207,10 @@ impl Checker {
                 }
                 None => {
                     self.partial = true;
+                    if doc.value.get("defaults").is_some() {
+                        // Defaults the set would have: what outposts inherit is not known.
+                        self.failed_entries.insert(("defaults", String::new()));
+                    }
                     return;
                 }
             }
@@ -335,12 +349,6 @@ impl Checker {
         let keypairs = self.resolve_keypairs();
         let integrations = self.resolve_integrations(&keypairs);
         let desired = self.outposts_to_specs(&project, defaults.as_ref(), &integrations);
-        let warnings = self
-            .diags
-            .iter()
-            .filter(|d| !d.is_error())
-            .cloned()
-            .collect();
         let outpost_origins = self
             .outposts
             .iter()
@@ -353,7 +361,8 @@ impl Checker {
             integrations,
             desired,
             outpost_origins,
-            warnings,
+            // Filled in by `validate`, from the sorted and deduplicated diagnostics.
+            warnings: Vec::new(),
         })
     }
 
@@ -1710,7 +1719,9 @@ mod tests {
         let same = |a: &Endpoint, b: &Endpoint| a.engine_identity() == b.engine_identity();
         assert!(same(&tcp("docker.example.com", 2376), &tls));
         assert!(!same(&tcp("docker.example.com", 2375), &tls));
-        assert!(same(&ssh("a", "h", 22), &ssh("b", "H", 22)));
+        assert!(same(&ssh("a", "h", 22), &ssh("a", "H", 22)));
+        // Rootless Docker: one engine per user.
+        assert!(!same(&ssh("a", "h", 22), &ssh("b", "h", 22)));
         assert!(!same(&ssh("a", "h", 22), &ssh("a", "h", 2222)));
         assert!(same(&Endpoint::Local, &Endpoint::Local));
         let unix = |p: &str| Endpoint::Unix { path: p.into() };

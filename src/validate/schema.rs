@@ -50,7 +50,17 @@ pub fn check(doc: &LoadedDoc) -> Checked {
     let mut out = Vec::new();
     let mut failed_at = BTreeSet::new();
     for err in c.validator.iter_errors(&doc.value) {
-        failed_at.insert(err.instance_path().as_str().to_string());
+        let pointer = err.instance_path().as_str().to_string();
+        // A bad name is reported at its section: the entry is what failed.
+        failed_at.insert(match err.kind() {
+            ValidationErrorKind::PropertyNames { error } => {
+                format!(
+                    "{pointer}/{}",
+                    escape(error.instance().as_str().unwrap_or_default())
+                )
+            }
+            _ => pointer,
+        });
         translate(&err, doc, &c.schema, &mut out);
     }
     // jsonschema may report one mistake through two keywords; show it once.
@@ -137,7 +147,11 @@ fn translate(
                 } else {
                     written
                 };
-                d = d.hint(format!("quote it: `{field}: \"{shown}\"`"));
+                d = d.hint(if field.ends_with(']') {
+                    format!("quote it: `- \"{shown}\"`")
+                } else {
+                    format!("quote it: `{field}: \"{shown}\"`")
+                });
             } else if let Some(w) = describe_at(schema, &schema_path) {
                 d = d.hint(format!("`{field}`: {w}"));
             }
@@ -454,9 +468,15 @@ fn misplaced_key_hint(schema: &Value, key: &str, pointer: &str) -> Option<String
         "config" if has("Outpost") => {
             format!("`{key}` belongs to the outpost itself, beside `config:`, not inside it")
         }
+        "defaults" if key == "config" => {
+            "`defaults:` takes authentik's outpost settings directly: move them up out of `config:`"
+                .to_string()
+        }
         "defaults" if has("Outpost") => {
             format!("`{key}` is set per outpost, not under `defaults:`")
         }
+        // A misspelt section (`integration:`) is a typo, not a misplaced key.
+        "root" if schema_top_level_close(schema, key) => return None,
         "root" if has("Defaults") => format!("`{key}` goes under `defaults:`"),
         "root" if has("Outpost") => {
             format!("`{key}` is set per outpost, under `outposts:` NAME")
@@ -464,6 +484,15 @@ fn misplaced_key_hint(schema: &Value, key: &str, pointer: &str) -> Option<String
         _ => return None,
     };
     Some(hint)
+}
+
+fn schema_top_level_close(schema: &Value, key: &str) -> bool {
+    let top = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .map(|p| p.keys().map(String::as_str).collect::<Vec<_>>())
+        .unwrap_or_default();
+    did_you_mean(key, top.into_iter()).is_some()
 }
 
 fn unknown_key_hint(key: &str, pointer: &str, known: &[String]) -> Option<String> {
