@@ -264,12 +264,26 @@ fn docker_host_without_a_port_gets_dockers_default_port() {
         "{}",
         shown(&plan)
     );
-    // Where nothing listens, the error names the address tried.
+    // Where nothing listens, the error names the address tried and says what happened
+    // (hyper alone says "client error (Connect)").
     env.set_env("DOCKER_HOST", "tcp://127.0.0.2");
     let r = env.plan(&[]);
     assert_eq!(r.code, 1, "{}", shown(&r));
     assert!(
-        format!("{}{}", r.stdout, r.stderr).contains("127.0.0.2:2375"),
+        format!("{}{}", r.stdout, r.stderr).contains(
+            "cannot reach the engine at http://127.0.0.2:2375: connection refused (is an engine or socket proxy listening there?)"
+        ),
+        "{}",
+        shown(&r)
+    );
+    // A socket that is not there.
+    env.set_env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    let r = env.plan(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        format!("{}{}", r.stdout, r.stderr).contains(
+            "there is no socket at /nonexistent/docker.sock (is the Docker engine running?)"
+        ),
         "{}",
         shown(&r)
     );

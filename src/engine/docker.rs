@@ -96,10 +96,17 @@ pub fn map_err(url: &str, what: &str, e: BError) -> EngineError {
                 401 | 403 => ErrorKind::Forbidden,
                 _ => ErrorKind::Api,
             };
-            let mut msg = format!(
-                "{what}: the engine at {url} answered {status_code}: {}",
-                message.trim()
-            );
+            let mut msg = if message.trim().is_empty() {
+                format!("{what}: the engine at {url} answered {status_code}, with no message")
+            } else {
+                format!(
+                    "{what}: the engine at {url} answered {status_code}: {}",
+                    message.trim()
+                )
+            };
+            if status_code == 404 && what == "connect" {
+                msg.push_str(" (is this the address of a Docker engine or socket proxy?)");
+            }
             if kind == ErrorKind::Forbidden {
                 msg.push_str(
                     " (a socket proxy must allow the containers, images and info API sections)",
@@ -130,6 +137,19 @@ pub fn map_err(url: &str, what: &str, e: BError) -> EngineError {
             ErrorKind::Unreachable,
             format!("{what}: cannot reach the engine at {url}: {err}"),
         ),
+        BError::SocketNotFoundError(path) => EngineError::new(
+            ErrorKind::Unreachable,
+            format!(
+                "{what}: cannot reach the engine at {url}: there is no socket at {path} (is the Docker engine running?)"
+            ),
+        ),
+        other if io_cause(&other).is_some() => {
+            let cause = io_cause(&other).unwrap_or_default();
+            EngineError::new(
+                ErrorKind::Unreachable,
+                format!("{what}: cannot reach the engine at {url}: {cause}"),
+            )
+        }
         other => {
             let text = other.to_string();
             let lower = text.to_lowercase();
@@ -144,6 +164,32 @@ pub fn map_err(url: &str, what: &str, e: BError) -> EngineError {
             EngineError::new(kind, format!("{what}: engine at {url}: {text}"))
         }
     }
+}
+
+/// What went wrong at the bottom of an error chain that ends in an I/O error (hyper's "client
+/// error (Connect)" says nothing), in words a person can act on.
+fn io_cause(err: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use std::io::ErrorKind as Io;
+    let mut deepest = None;
+    let mut source = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            deepest = Some(io);
+        }
+        source = e.source();
+    }
+    let io = deepest?;
+    Some(match io.kind() {
+        Io::ConnectionRefused => {
+            "connection refused (is an engine or socket proxy listening there?)".into()
+        }
+        Io::NotFound => "no such socket (is the Docker engine running?)".into(),
+        Io::PermissionDenied => {
+            "permission denied (may this user use the socket? e.g. the `docker` group)".into()
+        }
+        Io::TimedOut => "the connection timed out".into(),
+        _ => io.to_string(),
+    })
 }
 
 fn state_of(s: &str) -> State {
