@@ -125,6 +125,17 @@ fn unpullable_custom_image_falls_back_to_the_default_image() {
     );
     assert!(image_id(&missing).is_none());
     env.assert_converged();
+    // `status` says the outpost runs the fallback, which the plan (rightly) calls unchanged.
+    let status = env.run(&["status"]);
+    assert_eq!(status.code, 0, "{}", shown(&status));
+    assert!(
+        status.stdout.contains(&format!("{name}: running, "))
+            && status.stdout.contains(
+                ", on authentik's default image ghcr.io/goauthentik/ldap:2026.8.0 (its own could not be pulled"
+            ),
+        "{}",
+        shown(&status)
+    );
 }
 
 /// When the default image cannot be pulled either, the error stands: that outpost fails,

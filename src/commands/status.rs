@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{Exit, Printer, load_valid};
 use crate::cli::Format;
-use crate::desired::{LABEL_PROJECT, LABEL_UUID};
+use crate::desired::{LABEL_FALLBACK, LABEL_PROJECT, LABEL_UUID};
 use crate::engine::EngineInfo;
 use crate::engine::connect::connect_all;
 
@@ -32,6 +32,11 @@ pub struct OutpostStatus {
     pub health: Option<String>,
     /// Whether the container carries this project's label.
     pub managed: bool,
+    /// The container's image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The container runs authentik's default image because its own could not be pulled.
+    pub fallback_image: bool,
 }
 
 pub async fn run(p: &Printer, paths: &[std::path::PathBuf], format: Format) -> Exit {
@@ -84,6 +89,8 @@ pub async fn run(p: &Printer, paths: &[std::path::PathBuf], format: Format) -> E
                             health: c.and_then(|c| c.health).map(|h| h.as_str().to_string()),
                             managed: c
                                 .is_some_and(|c| c.label(LABEL_PROJECT) == Some(project.as_str())),
+                            image: c.map(|c| c.image.clone()),
+                            fallback_image: c.is_some_and(|c| c.label(LABEL_FALLBACK).is_some()),
                         });
                     }
                 }
@@ -136,7 +143,13 @@ pub async fn run(p: &Printer, paths: &[std::path::PathBuf], format: Format) -> E
                             } else {
                                 " (not managed by outpostctl)"
                             };
-                            format!("{c}: {state}{health}{owner}")
+                            let fallback = match (&o.image, o.fallback_image) {
+                                (Some(image), true) => format!(
+                                    ", on authentik's default image {image} (its own could not be pulled; a recreate tries it again)"
+                                ),
+                                _ => String::new(),
+                            };
+                            format!("{c}: {state}{health}{owner}{fallback}")
                         }
                         _ => "no container".to_string(),
                     };
