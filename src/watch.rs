@@ -391,6 +391,10 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next = Some(Trigger::Start);
     loop {
+        // Also before a reconcile: a signal may come while a burst of events is gathered.
+        if crate::signals::interrupted() {
+            break;
+        }
         if let Some(trigger) = next.take() {
             let valid = state.reconcile(&trigger).await;
             if let Some(v) = &valid {

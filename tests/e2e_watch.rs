@@ -960,6 +960,41 @@ fn containers_removed_or_stopped_by_hand_come_back() {
     c.assert_no_secret_in(&w);
 }
 
+/// A signal that comes while the watch gathers a burst of engine events (it waits 200 ms for
+/// more) ends the watch without starting the reconcile those events asked for.
+#[test]
+fn a_signal_during_an_event_burst_starts_no_reconcile() {
+    let (_c, mut w, a, _b) = watching_alpha_and_beta("wsigburst");
+    w.wait_quiet(Duration::from_millis(800));
+    let mark = w.mark();
+    // A `kill` event that changes nothing: the container ignores SIGWINCH and keeps running.
+    docker_ok(&["kill", "--signal", "WINCH", &a.name()]);
+    w.signal("TERM");
+    let (status, _) = w.wait_exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(0), "{}", w.text());
+    let logs = w.logs(mark);
+    let signalled = logs
+        .iter()
+        .position(|v| {
+            v["msg"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("signal received"))
+        })
+        .unwrap_or_else(|| panic!("no `signal received`:\n{}", w.text()));
+    assert!(
+        !logs[signalled..]
+            .iter()
+            .any(|v| v["msg"] == "reconcile started"),
+        "a reconcile started after the signal:\n{}",
+        w.text()
+    );
+    assert!(
+        logs.iter().any(|v| v["msg"] == "shut down cleanly"),
+        "{}",
+        w.text()
+    );
+}
+
 /// A restart policy changed by hand (`docker update --restart no`) is put back: the engine's
 /// `update` event makes the next plan inspect that container, which is recreated with the
 /// manifest's policy; the other outpost is not touched. One changed while no watch ran is put
