@@ -477,6 +477,11 @@ impl State {
         else {
             return true;
         };
+        // A container that turned healthy (or started its checks) needs nothing; only
+        // `health_status: unhealthy` may (a restart).
+        if action.starts_with("health_status") && !action.ends_with("unhealthy") {
+            return false;
+        }
         let now = Instant::now();
         let key = format!("{integration}/{container}");
         if let Some((until, _)) = self.muted.get(&key) {

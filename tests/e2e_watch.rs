@@ -960,6 +960,29 @@ fn containers_removed_or_stopped_by_hand_come_back() {
     c.assert_no_secret_in(&w);
 }
 
+/// A container turning healthy needs nothing: its `health_status: healthy` event starts no
+/// reconcile (each would list the engine and log two lines for nothing).
+#[test]
+fn a_container_turning_healthy_starts_no_reconcile() {
+    let (c, w, a, b) = watching_alpha_and_beta("whealthy");
+    for x in [&a, &b] {
+        assert_eq!(
+            c.env.wait_healthy(&x.name(), WAIT).as_deref(),
+            Some("healthy"),
+            "{}",
+            x.name()
+        );
+    }
+    w.wait_quiet(Duration::from_millis(800));
+    let health_reconciles = w.count(0, |v| {
+        v["msg"] == "reconcile started"
+            && v["docker_event"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("health_status"))
+    });
+    assert_eq!(health_reconciles, 0, "{}", w.text());
+}
+
 /// A signal that comes while the watch gathers a burst of engine events (it waits 200 ms for
 /// more) ends the watch without starting the reconcile those events asked for.
 #[test]
