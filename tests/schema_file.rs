@@ -102,3 +102,53 @@ fn examples_are_valid_and_start_with_a_working_modeline() {
         }
     }
 }
+
+/// Every diagnostic code outpostctl can print (`Diagnostic::error("code", ...)` and the like in
+/// src/) has a row in docs/manifest.md's table, so a user who meets one can look it up.
+#[test]
+fn every_diagnostic_code_is_documented() {
+    fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("read src").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                rust_files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut files = Vec::new();
+    rust_files(&root().join("src"), &mut files);
+    let mut codes = std::collections::BTreeSet::new();
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("read source");
+        for opener in ["Diagnostic::error(", "Diagnostic::warning(", " err("] {
+            for (at, _) in text.match_indices(opener) {
+                let rest = text[at + opener.len()..].trim_start();
+                let Some(rest) = rest.strip_prefix('"') else {
+                    continue;
+                };
+                let code: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+                    .collect();
+                if rest[code.len()..].starts_with('"') && !code.is_empty() {
+                    codes.insert(code);
+                }
+            }
+        }
+    }
+    // A sanity floor: the scan finds the codes (there are about 45).
+    assert!(codes.len() > 30, "found only {codes:?}");
+    let docs = std::fs::read_to_string(root().join("docs/manifest.md")).expect("read docs");
+    let missing: Vec<&String> = codes
+        .iter()
+        // Not a user's mistake: a bug report.
+        .filter(|c| *c != "internal")
+        .filter(|c| !docs.contains(&format!("| `{c}` |")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "diagnostic codes without a row in docs/manifest.md: {missing:?}"
+    );
+}
