@@ -36,7 +36,9 @@
 //! Arguments select sections: `apply`, `plan` (default both). Environment:
 //! `OUTPOSTCTL_BENCH_SIZES` (default `10,100,1000`), `OUTPOSTCTL_BENCH_ROUNDS` (apply rounds,
 //! default 3), `OUTPOSTCTL_BENCH_RUNS` (plan runs per size, default 15),
-//! `OUTPOSTCTL_BENCH_APPLY_MAX` (largest set created by `outpostctl apply`, default 100).
+//! `OUTPOSTCTL_BENCH_APPLY_MAX` (largest set created by `outpostctl apply`, default 100),
+//! `OUTPOSTCTL_BENCH_KEEP=DIR` (write the manifests under DIR and keep the plan projects'
+//! containers at the end, for profiling a plan by hand; the next run removes them).
 
 #[path = "../tests/remote_bench_support/mod.rs"]
 mod support;
@@ -792,6 +794,7 @@ fn main() {
     let apply_max = env_list("OUTPOSTCTL_BENCH_APPLY_MAX", &[100])[0];
 
     let tmp = tempfile::tempdir().expect("temp dir");
+    let keep = std::env::var_os("OUTPOSTCTL_BENCH_KEEP").map(PathBuf::from);
     if want("diff") {
         diff_section(
             tmp.path(),
@@ -826,7 +829,22 @@ fn main() {
         apply_section(&rt, tmp.path(), &projects, rounds);
     }
     if want("plan") {
-        plan_section(&rt, tmp.path(), &sizes, runs, apply_max);
+        plan_section(
+            &rt,
+            keep.as_deref().unwrap_or(tmp.path()),
+            &sizes,
+            runs,
+            apply_max,
+        );
+    }
+    if let Some(dir) = &keep {
+        println!(
+            "\nkept the plan projects' containers and their manifests in {} (OUTPOSTCTL_BENCH_KEEP); \
+             the next run of the benchmark removes them",
+            dir.display()
+        );
+        std::mem::forget(projects);
+        return;
     }
     println!("\nremoving the benchmark's containers...");
     let t = Instant::now();
