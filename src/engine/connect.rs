@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use bollard::{API_DEFAULT_VERSION, Docker};
-
-use super::docker::{DockerEngine, REQUEST_TIMEOUT_SECS, map_err};
+use super::docker::DockerEngine;
+use super::transport::Transport;
 use super::{Engine, EngineError, ErrorKind, ssh, tls};
 use crate::desired::Secret;
 use crate::plan::Engines;
@@ -27,10 +26,10 @@ pub async fn connect_all(v: &Validated) -> Engines {
 
 /// Connects to one engine and negotiates its API version.
 pub async fn connect(def: &IntegrationDef) -> Result<DockerEngine, EngineError> {
-    let (docker, url) = match &def.endpoint {
+    let transport = match &def.endpoint {
         Endpoint::Local => local()?,
-        Endpoint::Unix { path } => unix(path)?,
-        Endpoint::Http { host, port } => http(host, *port)?,
+        Endpoint::Unix { path } => Transport::unix(path)?,
+        Endpoint::Http { host, port } => Transport::http(host, *port),
         Endpoint::Tls {
             host,
             port,
@@ -56,21 +55,7 @@ pub async fn connect(def: &IntegrationDef) -> Result<DockerEngine, EngineError> 
             config: config.clone(),
         })?,
     };
-    DockerEngine::new(docker, url).await
-}
-
-fn unix(path: &str) -> Result<(Docker, String), EngineError> {
-    let url = format!("unix://{path}");
-    let d = Docker::connect_with_unix(path, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-        .map_err(|e| map_err(&url, "connect", e))?;
-    Ok((d, url))
-}
-
-fn http(host: &str, port: u16) -> Result<(Docker, String), EngineError> {
-    let url = format!("http://{host}:{port}");
-    let d = Docker::connect_with_http(&url, REQUEST_TIMEOUT_SECS, API_DEFAULT_VERSION)
-        .map_err(|e| map_err(&url, "connect", e))?;
-    Ok((d, url))
+    DockerEngine::new(transport).await
 }
 
 fn env(k: &str) -> Option<String> {
@@ -79,9 +64,9 @@ fn env(k: &str) -> Option<String> {
 
 /// `local: true`: DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH as the Docker CLI reads
 /// them, else the default socket.
-fn local() -> Result<(Docker, String), EngineError> {
+fn local() -> Result<Transport, EngineError> {
     let Some(h) = env("DOCKER_HOST") else {
-        return unix(DEFAULT_SOCKET);
+        return Transport::unix(DEFAULT_SOCKET);
     };
     let unreachable = |m: String| EngineError::new(ErrorKind::Unreachable, m);
     let host_port = |rest: &str, default: u16| -> Result<(String, u16), EngineError> {
@@ -95,12 +80,12 @@ fn local() -> Result<(Docker, String), EngineError> {
         }
     };
     if let Some(path) = h.strip_prefix("unix://") {
-        return unix(path);
+        return Transport::unix(path);
     }
     // Without a port, Docker's: 2376 for TLS, else 2375 (as the Docker CLI fills it in).
     if let Some(rest) = h.strip_prefix("http://") {
         let (host, port) = host_port(rest, 2375)?;
-        return http(&host, port);
+        return Ok(Transport::http(&host, port));
     }
     if let Some(rest) = h
         .strip_prefix("tcp://")
@@ -110,7 +95,7 @@ fn local() -> Result<(Docker, String), EngineError> {
             env("DOCKER_TLS_VERIFY").is_some_and(|v| v != "0") || h.starts_with("https://");
         let (host, port) = host_port(rest, if verify { 2376 } else { 2375 })?;
         if !verify {
-            return http(&host, port);
+            return Ok(Transport::http(&host, port));
         }
         let dir = env("DOCKER_CERT_PATH")
             .map(PathBuf::from)

@@ -5,7 +5,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bollard::Docker;
 use bollard::errors::Error as BError;
 use bollard::models::{
     ContainerCreateBody, HealthConfig, HostConfig, PortBinding as BPortBinding, RestartPolicy,
@@ -16,8 +15,10 @@ use bollard::query_parameters::{
     RemoveContainerOptions, RenameContainerOptions, RestartContainerOptions, StartContainerOptions,
     StopContainerOptions,
 };
+use bollard::{API_DEFAULT_VERSION, Docker};
 use futures_util::StreamExt;
 
+use super::transport::Transport;
 use super::{
     EngineError, EngineEvent, EngineInfo, ErrorKind, Health, Inspected, Observed, Result, State,
 };
@@ -25,7 +26,7 @@ use crate::desired::{ContainerSpec, HealthCheck, PortBinding, Proto};
 
 /// Seconds any one request may take before the engine counts as hung.
 pub const REQUEST_TIMEOUT_SECS: u64 = 120;
-/// Seconds the first request to an engine gets before it is tried once more (see
+/// Seconds the first request to an engine (the ping) gets before it is tried once more (see
 /// `DockerEngine::negotiated`); both together stay within `REQUEST_TIMEOUT_SECS`.
 const FIRST_ANSWER_SECS: u64 = 20;
 /// Seconds a container gets to stop before it is killed (outposts stop in well under one).
@@ -39,34 +40,47 @@ pub struct DockerEngine {
 }
 
 impl DockerEngine {
-    /// Wraps a connected client and negotiates the API version (Debian's 20.10 speaks 1.41).
-    pub async fn new(docker: Docker, url: String) -> Result<DockerEngine> {
-        Self::negotiated(docker, url, Duration::from_secs(FIRST_ANSWER_SECS)).await
+    /// Connects through `transport` and negotiates the API version (Debian's 20.10 speaks
+    /// 1.41).
+    pub async fn new(transport: Transport) -> Result<DockerEngine> {
+        Self::negotiated(transport, Duration::from_secs(FIRST_ANSWER_SECS)).await
     }
 
-    /// The version request gets `first` to answer, then one more try on a new connection
-    /// within what is left of the client's timeout. An engine answers it at once; a connection
-    /// that stays silent was lost on the way (seen once in thousands of TLS connections that
-    /// the engine's side rejected: no alert, no close ever reached the client), and waiting
-    /// out the whole timeout on it would only delay the real answer or error.
-    async fn negotiated(docker: Docker, url: String, first: Duration) -> Result<DockerEngine> {
-        let full = docker.timeout();
+    /// The API version is negotiated as the Docker CLI does it: from the `Api-Version` header
+    /// of `/_ping` (the lowest of it and bollard's), falling back to bollard's `/version` when
+    /// an answer has no such header. The ping gets `first` to answer, then one more try on a
+    /// new connection within what is left of the client's timeout. An engine answers it at
+    /// once; a connection that stays silent was lost on the way (seen once in thousands of TLS
+    /// connections that the engine's side rejected: no alert, no close ever reached the
+    /// client), and waiting out the whole timeout on it would only delay the real answer or
+    /// error.
+    async fn negotiated(transport: Transport, first: Duration) -> Result<DockerEngine> {
+        let url = transport.url.clone();
+        let full = transport.timeout;
         let first = first.min(full / 2);
         let mut requests = 1;
-        let answered = match docker.clone().with_timeout(first).negotiate_version().await {
+        let answered = match transport.ping(first).await {
             Err(BError::RequestTimeoutError) => {
                 requests += 1;
-                docker
-                    .clone()
-                    .with_timeout(full.saturating_sub(first))
-                    .negotiate_version()
-                    .await
+                transport.ping(full.saturating_sub(first)).await
             }
             other => other,
         };
-        let docker = answered
-            .map_err(|e| map_err(&url, "connect", e))?
-            .with_timeout(full);
+        let docker = match answered.map_err(|e| map_err(&url, "connect", e))? {
+            Some(server) => transport.docker(if server < *API_DEFAULT_VERSION {
+                &server
+            } else {
+                API_DEFAULT_VERSION
+            })?,
+            None => {
+                requests += 1;
+                transport
+                    .docker(API_DEFAULT_VERSION)?
+                    .negotiate_version()
+                    .await
+                    .map_err(|e| map_err(&url, "connect", e))?
+            }
+        };
         Ok(DockerEngine {
             docker,
             url,
@@ -871,11 +885,11 @@ mod first_answer {
     use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
     use std::time::{Duration, Instant};
 
-    use bollard::{API_DEFAULT_VERSION, Docker};
     use tokio::net::{TcpListener, TcpStream, UnixStream};
 
     use super::{DockerEngine, REQUEST_TIMEOUT_SECS};
     use crate::engine::connect::DEFAULT_SOCKET;
+    use crate::engine::transport::Transport;
     use crate::engine::{Engine, ErrorKind};
 
     /// `http://127.0.0.1:PORT` forwarding to the engine's socket, except the first `silent`
@@ -907,21 +921,23 @@ mod first_answer {
         (url, accepted)
     }
 
-    fn client(url: &str, timeout_secs: u64) -> Docker {
-        Docker::connect_with_http(url, timeout_secs, API_DEFAULT_VERSION).expect("client")
+    fn client(url: &str, timeout_secs: u64) -> Transport {
+        let (host, port) = url
+            .trim_start_matches("http://")
+            .rsplit_once(':')
+            .expect("host:port");
+        Transport::http(host, port.parse().expect("port"))
+            .with_timeout(Duration::from_secs(timeout_secs))
     }
 
     #[tokio::test]
     async fn a_silent_first_connection_is_tried_again_on_a_new_one() {
         let (url, accepted) = listener(1).await;
         let started = Instant::now();
-        let engine = DockerEngine::negotiated(
-            client(&url, REQUEST_TIMEOUT_SECS),
-            url,
-            Duration::from_secs(1),
-        )
-        .await
-        .expect("the second connection reaches the engine");
+        let engine =
+            DockerEngine::negotiated(client(&url, REQUEST_TIMEOUT_SECS), Duration::from_secs(1))
+                .await
+                .expect("the second connection reaches the engine");
         assert_eq!(accepted.load(SeqCst), 2, "one silent connection, one more");
         assert!(
             started.elapsed() < Duration::from_secs(REQUEST_TIMEOUT_SECS / 2),
@@ -930,14 +946,69 @@ mod first_answer {
         );
         let info = engine.info().await.expect("the engine answers on");
         assert!(!info.server_version.is_empty(), "{info:?}");
-        assert_eq!(engine.requests(), 3, "version twice, then info");
+        assert_eq!(engine.requests(), 3, "the ping twice, then info");
+    }
+
+    /// `http://127.0.0.1:PORT` answering `/_ping` without an `Api-Version` header (as a proxy
+    /// that drops headers would) and `/version` as Docker 20.10 does; and the paths asked.
+    async fn headerless_engine() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = asked.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 4096];
+                let n = tcp.read(&mut buf).await.unwrap_or(0);
+                let head = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                log.lock().expect("log").push(path.clone());
+                let body = if path.ends_with("/version") {
+                    r#"{"Version":"20.10.24","ApiVersion":"1.41","MinAPIVersion":"1.12"}"#
+                } else {
+                    "OK"
+                };
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tcp.write_all(answer.as_bytes()).await;
+            }
+        });
+        (url, asked)
+    }
+
+    #[tokio::test]
+    async fn the_api_version_comes_from_the_ping_or_else_from_version() {
+        // The real engine says its version in the ping's header: one request.
+        let (url, _) = listener(0).await;
+        let engine = DockerEngine::negotiated(client(&url, 10), Duration::from_secs(5))
+            .await
+            .expect("the engine answers");
+        assert_eq!(engine.requests(), 1, "the ping alone negotiates");
+        let info = engine.info().await.expect("info");
+        assert!(info.api_version.starts_with("1."), "{info:?}");
+        // Without the header, bollard's /version says it.
+        let (url, asked) = headerless_engine().await;
+        let engine = DockerEngine::negotiated(client(&url, 10), Duration::from_secs(5))
+            .await
+            .expect("negotiated through /version");
+        assert_eq!(engine.requests(), 2, "the ping, then /version");
+        assert_eq!(
+            asked.lock().expect("log").clone(),
+            ["/_ping", "/version"],
+            "what was asked"
+        );
+        let v = engine.docker.client_version();
+        assert_eq!((v.major_version, v.minor_version), (1, 41));
     }
 
     #[tokio::test]
     async fn an_engine_that_never_answers_times_out_within_the_client_timeout() {
         let (url, accepted) = listener(u64::MAX).await;
         let started = Instant::now();
-        let err = DockerEngine::negotiated(client(&url, 3), url, Duration::from_secs(1))
+        let err = DockerEngine::negotiated(client(&url, 3), Duration::from_secs(1))
             .await
             .err()
             .expect("nothing answers");

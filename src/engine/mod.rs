@@ -8,6 +8,7 @@ pub mod docker;
 pub mod fake;
 pub mod ssh;
 pub mod tls;
+pub mod transport;
 
 use std::collections::BTreeMap;
 use std::fmt;

@@ -19,14 +19,14 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use bollard::{API_DEFAULT_VERSION, BollardRequest, Docker};
+use bollard::BollardRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use super::docker::REQUEST_TIMEOUT_SECS;
+use super::transport::Transport;
 use super::{EngineError, ErrorKind};
 use crate::desired::Secret;
 
@@ -322,7 +322,7 @@ impl tower_service::Service<http::Uri> for Connector {
 }
 
 /// A client for the engine behind `target`.
-pub fn connect(target: &Target) -> Result<(Docker, String), EngineError> {
+pub fn connect(target: &Target) -> Result<Transport, EngineError> {
     let url = target.url();
     let session = Session::new(target).map_err(|e| {
         EngineError::new(
@@ -372,14 +372,7 @@ pub fn connect(target: &Target) -> Result<(Docker, String), EngineError> {
         }
     };
     // The URI bollard builds is never dialled: the connector always runs ssh.
-    let docker = Docker::connect_with_custom_transport(
-        transport,
-        Some("http://ssh.invalid"),
-        REQUEST_TIMEOUT_SECS,
-        API_DEFAULT_VERSION,
-    )
-    .map_err(|e| EngineError::new(ErrorKind::Unreachable, format!("{url}: {e}")))?;
-    Ok((docker, url))
+    Ok(Transport::new(transport, "http://ssh.invalid", url))
 }
 
 /// What went wrong, from ssh's own words.

@@ -8,14 +8,14 @@
 use std::error::Error as StdError;
 use std::sync::Arc;
 
-use bollard::{API_DEFAULT_VERSION, BollardRequest, Docker};
+use bollard::BollardRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConfig, RootCertStore};
 
-use super::docker::REQUEST_TIMEOUT_SECS;
+use super::transport::Transport;
 use super::{EngineError, ErrorKind};
 use crate::desired::Secret;
 
@@ -25,7 +25,7 @@ pub fn connect(
     port: u16,
     ca_pem: Option<&str>,
     client: Option<(&str, &Secret)>,
-) -> Result<(Docker, String), EngineError> {
+) -> Result<Transport, EngineError> {
     let url = format!("https://{host}:{port}");
     let config = client_config(&url, ca_pem, client)?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -46,14 +46,7 @@ pub fn connect(
                 })
         }
     };
-    let docker = Docker::connect_with_custom_transport(
-        transport,
-        Some(url.clone()),
-        REQUEST_TIMEOUT_SECS,
-        API_DEFAULT_VERSION,
-    )
-    .map_err(|e| EngineError::new(ErrorKind::Unreachable, format!("{url}: {e}")))?;
-    Ok((docker, url))
+    Ok(Transport::new(transport, url.clone(), url))
 }
 
 fn client_config(

@@ -1,0 +1,176 @@
+//! How requests reach one engine. Every kind of integration (unix socket, plain http, TLS,
+//! ssh) is a `Transport`: the function bollard is handed as its custom transport, kept by
+//! outpostctl as well, so that it can read what bollard does not give: the `Api-Version`
+//! header of `GET /_ping`. The API version is negotiated through it, as the Docker CLI does:
+//! one request the engine answers at once, where bollard's `/version` makes Docker 20.10 run
+//! `runc --version` and `docker-init --version` first (10-15 ms, before every command).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bollard::errors::Error as BError;
+use bollard::{BollardRequest, ClientVersion, Docker};
+use futures_util::future::BoxFuture;
+use http_body_util::BodyExt;
+use hyper::Response;
+use hyper::body::{Bytes, Incoming};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+
+use super::docker::{REQUEST_TIMEOUT_SECS, map_err};
+use super::{EngineError, ErrorKind};
+
+type Send = Arc<
+    dyn Fn(BollardRequest) -> BoxFuture<'static, Result<Response<Incoming>, BError>>
+        + std::marker::Send
+        + Sync,
+>;
+
+/// One engine's transport: how a request is sent, and the address bollard builds URIs on.
+#[derive(Clone)]
+pub struct Transport {
+    send: Send,
+    /// `scheme://address` before a request's path (for ssh and TLS the connector dials on its
+    /// own; for a unix socket the address is its hex-encoded path, as hyperlocal reads it).
+    base: String,
+    /// Where the engine is, for messages: `unix:///var/run/docker.sock`, `ssh://u@h:22`, ...
+    pub url: String,
+    /// How long a request may take (bollard's client timeout).
+    pub timeout: Duration,
+}
+
+impl Transport {
+    pub fn new<F, Fut>(send: F, base: impl Into<String>, url: impl Into<String>) -> Transport
+    where
+        F: Fn(BollardRequest) -> Fut + std::marker::Send + Sync + 'static,
+        Fut: Future<Output = Result<Response<Incoming>, BError>> + std::marker::Send + 'static,
+    {
+        Transport {
+            send: Arc::new(move |req| Box::pin(send(req))),
+            base: base.into(),
+            url: url.into(),
+            timeout: Duration::from_secs(REQUEST_TIMEOUT_SECS),
+        }
+    }
+
+    /// A unix socket, such as the local engine's. A missing socket is said at once.
+    pub fn unix(path: &str) -> Result<Transport, EngineError> {
+        let url = format!("unix://{path}");
+        if !std::path::Path::new(path).exists() {
+            return Err(map_err(
+                &url,
+                "connect",
+                BError::SocketNotFoundError(path.to_string()),
+            ));
+        }
+        // As bollard's own unix client: a new connection per request (the engine's socket
+        // costs nothing to connect to, and an engine restarted between two requests is met
+        // on a fresh connection).
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(hyperlocal::UnixConnector);
+        let send = move |req: BollardRequest| {
+            let client = client.clone();
+            async move { client.request(req).await.map_err(BError::from) }
+        };
+        Ok(Transport::new(
+            send,
+            format!("unix://{}", hex::encode(path.as_bytes())),
+            url,
+        ))
+    }
+
+    /// Plain http, such as a docker-socket-proxy.
+    pub fn http(host: &str, port: u16) -> Transport {
+        let url = format!("http://{host}:{port}");
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(HttpConnector::new());
+        let send = move |req: BollardRequest| {
+            let client = client.clone();
+            async move { client.request(req).await.map_err(BError::from) }
+        };
+        Transport::new(send, url.clone(), url)
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Transport {
+        self.timeout = timeout;
+        self
+    }
+
+    /// A bollard client on this transport that speaks `version`.
+    pub fn docker(&self, version: &ClientVersion) -> Result<Docker, EngineError> {
+        let send = Arc::clone(&self.send);
+        Docker::connect_with_custom_transport(
+            move |req| send(req),
+            Some(self.base.clone()),
+            self.timeout.as_secs().max(1),
+            version,
+        )
+        .map(|d| d.with_timeout(self.timeout))
+        .map_err(|e| EngineError::new(ErrorKind::Unreachable, format!("{}: {e}", self.url)))
+    }
+
+    /// `GET /_ping` within `timeout`: the engine's API version from its `Api-Version` header,
+    /// or None when the answer has none (a proxy that drops headers). An error answer is
+    /// turned into bollard's error for it, so that it is explained like any other request's.
+    pub async fn ping(&self, timeout: Duration) -> Result<Option<ClientVersion>, BError> {
+        let req = hyper::Request::get(format!("{}/_ping", self.base))
+            .body(bollard::body_full(Bytes::new()))
+            .map_err(|e| BError::IOError {
+                err: std::io::Error::other(e),
+            })?;
+        let asked = async {
+            let resp = (self.send)(req).await?;
+            let status = resp.status();
+            let version = resp
+                .headers()
+                .get("api-version")
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_version);
+            let body = resp.into_body().collect().await.map_err(BError::from)?;
+            if status.is_success() {
+                return Ok(version);
+            }
+            let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+            // Docker's errors are `{"message": "..."}`; a proxy's may be plain text.
+            let message = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v.get("message")?.as_str().map(str::to_string))
+                .unwrap_or(text);
+            Err(BError::DockerResponseServerError {
+                status_code: status.as_u16(),
+                message,
+            })
+        };
+        tokio::time::timeout(timeout, asked)
+            .await
+            .unwrap_or(Err(BError::RequestTimeoutError))
+    }
+}
+
+/// `1.41` -> 1.41; anything else -> None.
+fn parse_version(s: &str) -> Option<ClientVersion> {
+    let (major, minor) = s.trim().split_once('.')?;
+    Some(ClientVersion {
+        major_version: major.parse().ok()?,
+        minor_version: minor.parse().ok()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_version;
+
+    #[test]
+    fn the_api_version_header_is_read_as_major_and_minor() {
+        let v = parse_version("1.41").expect("a version");
+        assert_eq!((v.major_version, v.minor_version), (1, 41));
+        assert!(parse_version(" 1.52 ").is_some());
+        assert!(parse_version("1").is_none());
+        assert!(parse_version("one.two").is_none());
+        assert!(parse_version("").is_none());
+    }
+}
