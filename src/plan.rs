@@ -241,14 +241,29 @@ pub fn engine_fingerprint(
     hex::encode(h.finalize())
 }
 
+/// Each integration's list of containers, read ahead of `build` (`engine::connect::read_ahead`).
+pub type Listed = BTreeMap<String, Result<Vec<Observed>, EngineError>>;
+
 /// Computes the plan: one list per engine; an inspect for each container to be recreated
 /// (for its reasons) and for those `opts.inspect` covers (for their restart policy).
 /// Engines are read in parallel; one that fails does not stop the others.
 pub async fn build(v: &Validated, engines: &Engines, opts: DiffOptions) -> Plan {
+    build_listed(v, engines, opts, Listed::new()).await
+}
+
+/// `build`, with the lists of the integrations in `listed` already read; the others are
+/// listed here.
+pub async fn build_listed(
+    v: &Validated,
+    engines: &Engines,
+    opts: DiffOptions,
+    mut listed: Listed,
+) -> Plan {
     let inspected = opts.inspect == diff::Inspect::All;
     let futures = v.integrations.iter().map(|(name, def)| {
         let desired: &[ContainerSpec] = v.desired.get(name).map(Vec::as_slice).unwrap_or(&[]);
         let engine = engines.get(name);
+        let list = listed.remove(name);
         let opts = DiffOptions {
             integration: Some(name.clone()),
             integrations: v.integrations.keys().cloned().collect(),
@@ -260,7 +275,14 @@ pub async fn build(v: &Validated, engines: &Engines, opts: DiffOptions) -> Plan 
                 Some(Err(e)) => return failed(name, &def.url, e.to_string()),
                 None => return failed(name, &def.url, "not connected".into()),
             };
-            match plan_engine(&v.project, desired, engine.as_ref(), opts).await {
+            let planned = match list {
+                Some(observed) => match observed {
+                    Ok(o) => plan_listed(&v.project, desired, engine.as_ref(), opts, o).await,
+                    Err(e) => Err(e),
+                },
+                None => plan_engine(&v.project, desired, engine.as_ref(), opts).await,
+            };
+            match planned {
                 Ok((fingerprint, actions, spec_texts)) => EnginePlan {
                     name: name.clone(),
                     url: def.url.clone(),
@@ -310,6 +332,17 @@ pub async fn plan_engine(
     opts: DiffOptions,
 ) -> Result<EngineOutcome, EngineError> {
     let observed = engine.list().await?;
+    plan_listed(project, desired, engine, opts, observed).await
+}
+
+/// `plan_engine` on the engine's list, read already.
+async fn plan_listed(
+    project: &str,
+    desired: &[ContainerSpec],
+    engine: &dyn Engine,
+    opts: DiffOptions,
+    observed: Vec<Observed>,
+) -> Result<EngineOutcome, EngineError> {
     let fingerprint = engine_fingerprint(project, desired, &observed);
     let inspect = opts.inspect.clone();
     let integration = opts.integration.clone();

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use crate::diagnostics::Diagnostic;
 use crate::render::Style;
-use crate::validate::{Validated, validate};
+use crate::validate::{Outcome, Validated, validate, validate_with};
 
 /// Every write of a command goes through here, so output streams and styling are decided
 /// once.
@@ -86,7 +86,11 @@ impl Exit {
 /// nothing is returned (so nothing acts) unless the set is valid; an invalid set gives back
 /// its diagnostics (for a command that also reports them in its own format).
 pub fn load_valid(p: &Printer, paths: &[PathBuf]) -> Result<Validated, Vec<Diagnostic>> {
-    let outcome = validate(paths);
+    shown_valid(p, validate(paths))
+}
+
+/// `load_valid` on a validation's outcome.
+fn shown_valid(p: &Printer, outcome: Outcome) -> Result<Validated, Vec<Diagnostic>> {
     if !outcome.diagnostics.is_empty() {
         p.err(&crate::render::diagnostics::human(
             &outcome.diagnostics,
@@ -117,13 +121,47 @@ pub fn diff_options(adopt: bool, inspect: bool) -> crate::diff::DiffOptions {
 }
 
 /// What plan and apply start with: valid manifests, connected engines, and the plan.
+///
+/// The engines are connected to and listed as soon as the integrations are validated, while
+/// the outposts still are (on a large set most of the validation then hides behind the
+/// engine's list). Only reads happen before the whole set is known to be valid, and nothing
+/// read is used unless it is: an invalid set stops the reads and plans nothing.
 pub async fn plan_now(
     p: &Printer,
     paths: &[PathBuf],
     diff: crate::diff::DiffOptions,
 ) -> Result<(Validated, crate::plan::Engines, crate::plan::Plan), Vec<Diagnostic>> {
-    let v = load_valid(p, paths)?;
-    let engines = crate::engine::connect::connect_all(&v).await;
-    let plan = crate::plan::build(&v, &engines, diff).await;
+    let (ready, integrations) = tokio::sync::oneshot::channel();
+    let owned = paths.to_vec();
+    let validating = tokio::task::spawn_blocking(move || {
+        validate_with(&owned, |defs| {
+            let _ = ready.send(defs.clone());
+        })
+    });
+    let reading = tokio::spawn(async move {
+        match integrations.await {
+            Ok(defs) => Some(crate::engine::connect::read_ahead(&defs).await),
+            // The set had an error before its integrations were resolved.
+            Err(_) => None,
+        }
+    });
+    let outcome = match validating.await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            reading.abort();
+            std::panic::resume_unwind(e.into_panic())
+        }
+    };
+    let v = shown_valid(p, outcome).inspect_err(|_| reading.abort())?;
+    let (engines, listed) = match reading.await {
+        Ok(Some((engines, listed))) if engines.keys().eq(v.integrations.keys()) => {
+            (engines, listed)
+        }
+        _ => (
+            crate::engine::connect::connect_all(&v).await,
+            crate::plan::Listed::new(),
+        ),
+    };
+    let plan = crate::plan::build_listed(&v, &engines, diff, listed).await;
     Ok((v, engines, plan))
 }

@@ -1,5 +1,6 @@
 //! From an integration's endpoint to a connected `Engine`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -7,7 +8,7 @@ use super::docker::DockerEngine;
 use super::transport::Transport;
 use super::{Engine, EngineError, ErrorKind, ssh, tls};
 use crate::desired::Secret;
-use crate::plan::Engines;
+use crate::plan::{Engines, Listed};
 use crate::validate::{Endpoint, IntegrationDef, Validated};
 
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
@@ -22,6 +23,29 @@ pub async fn connect_all(v: &Validated) -> Engines {
         .await
         .into_iter()
         .collect()
+}
+
+/// Connects to every integration of `defs` and lists each engine that answered, all in
+/// parallel: what a plan reads first, started while the outposts are still being validated
+/// (`validate::validate_with`).
+pub async fn read_ahead(defs: &BTreeMap<String, IntegrationDef>) -> (Engines, Listed) {
+    let reads = defs.iter().map(|(name, def)| async move {
+        let engine = connect(def).await.map(|e| Arc::new(e) as Arc<dyn Engine>);
+        let list = match &engine {
+            Ok(e) => Some(e.list().await),
+            Err(_) => None,
+        };
+        (name.clone(), engine, list)
+    });
+    let mut engines = Engines::new();
+    let mut listed = Listed::new();
+    for (name, engine, list) in futures_util::future::join_all(reads).await {
+        if let Some(list) = list {
+            listed.insert(name.clone(), list);
+        }
+        engines.insert(name, engine);
+    }
+    (engines, listed)
 }
 
 /// Connects to one engine and negotiates its API version.

@@ -2,7 +2,8 @@
 //!
 //! The result is either a `Validated` set (typed, defaults applied, secrets resolved, one
 //! container spec per outpost) or the diagnostics that say why not. Nothing here contacts an
-//! engine; everything downstream acts only on a `Validated` set.
+//! engine; everything downstream acts only on a `Validated` set (`validate_with` lets a
+//! caller start reading engines early, see there).
 
 pub mod schema;
 
@@ -123,6 +124,17 @@ impl Outcome {
 
 /// Loads and validates the manifests under `paths`.
 pub fn validate(paths: &[PathBuf]) -> Outcome {
+    validate_with(paths, |_| {})
+}
+
+/// `validate`, handing the set's integrations to `integrations_ready` as soon as they are
+/// resolved with no error found so far, before the outposts are checked and their containers
+/// built (most of the work on a large set): `plan` and `apply` start reading the engines then,
+/// and use what they read only if the whole set turns out valid. Called at most once.
+pub fn validate_with(
+    paths: &[PathBuf],
+    integrations_ready: impl FnOnce(&BTreeMap<String, IntegrationDef>),
+) -> Outcome {
     let loaded = load::load(paths);
     let file_count = loaded.file_count;
     let mut v = Checker {
@@ -132,7 +144,7 @@ pub fn validate(paths: &[PathBuf]) -> Outcome {
     for doc in &loaded.docs {
         v.document(doc);
     }
-    let validated = v.finish(loaded.files);
+    let validated = v.finish(loaded.files, integrations_ready);
     let mut diagnostics = v.diags;
     crate::diagnostics::sort(&mut diagnostics);
     // A mistake in `defaults:` is found once per outpost that inherits it: show it once.
@@ -328,7 +340,11 @@ impl Checker {
         self.failed_entries.contains(&(kind, name.to_string()))
     }
 
-    fn finish(&mut self, files: Vec<Arc<SourceFile>>) -> Option<Validated> {
+    fn finish(
+        &mut self,
+        files: Vec<Arc<SourceFile>>,
+        integrations_ready: impl FnOnce(&BTreeMap<String, IntegrationDef>),
+    ) -> Option<Validated> {
         if !self.saw_document {
             return None;
         }
@@ -348,6 +364,9 @@ impl Checker {
         let defaults = self.merged_defaults();
         let keypairs = self.resolve_keypairs();
         let integrations = self.resolve_integrations(&keypairs);
+        if !self.diags.iter().any(Diagnostic::is_error) {
+            integrations_ready(&integrations);
+        }
         let desired = self.outposts_to_specs(&project, defaults.as_ref(), &integrations);
         let outpost_origins = self
             .outposts
@@ -1727,5 +1746,43 @@ mod tests {
         let unix = |p: &str| Endpoint::Unix { path: p.into() };
         assert!(!same(&unix("/a.sock"), &unix("/b.sock")));
         assert!(!same(&Endpoint::Local, &unix("/var/run/docker.sock")));
+    }
+
+    /// What `validate_with` hands over early, for `set` (a manifest beside a token file).
+    fn handed_early(set: &str) -> (Option<Vec<String>>, bool) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("token"), "t0ken\n").expect("token");
+        std::fs::write(dir.path().join("set.yaml"), set).expect("manifest");
+        let mut handed = None;
+        let outcome = validate_with(&[dir.path().to_path_buf()], |defs| {
+            handed = Some(defs.keys().cloned().collect());
+        });
+        (handed, outcome.validated.is_some())
+    }
+
+    #[test]
+    fn the_integrations_are_handed_early_only_while_no_error_is_known() {
+        let head = "version: 1\nproject: p\ndefaults: { authentik_host: https://a.example.com, authentik_version: \"2026.8.0\" }\n\
+                    integrations:\n  one: { local: true }\n  two: { url: http://127.0.0.1:2375 }\n";
+        let outpost = "outposts:\n  A: { type: ldap, integration: one, token: { file: token } }\n";
+        // Valid: handed over, and the set is valid.
+        let (handed, valid) = handed_early(&format!("{head}{outpost}"));
+        assert_eq!(handed, Some(vec!["one".to_string(), "two".to_string()]));
+        assert!(valid);
+        // An error in an outpost is found after the hand-over: the set is still refused, so
+        // what a caller read early is never used.
+        let bad_outpost =
+            "outposts:\n  A: { type: ldap, integration: three, token: { file: token } }\n";
+        let (handed, valid) = handed_early(&format!("{head}{bad_outpost}"));
+        assert!(handed.is_some());
+        assert!(!valid, "an unknown integration makes the set invalid");
+        // An error found before (here in an integration): nothing is handed over.
+        let bad_head = head.replace("http://127.0.0.1:2375", "ftp://127.0.0.1:2375");
+        let (handed, valid) = handed_early(&format!("{bad_head}{outpost}"));
+        assert_eq!(
+            handed, None,
+            "no engine is read for a set known to be invalid"
+        );
+        assert!(!valid);
     }
 }
