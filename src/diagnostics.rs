@@ -239,6 +239,44 @@ pub fn sort(diags: &mut [Diagnostic]) {
     });
 }
 
+/// Diagnostics whose message names their whole cause: an environment variable that is not
+/// set, a file that cannot be read or is readable by others. Many outposts commonly read
+/// their token from one of them.
+const ONE_CAUSE: [&str; 3] = ["missing-env", "unreadable-file", "key-permissions"];
+
+/// How many of a folded diagnostic's other places a person is shown (`--format json` lists
+/// them all).
+pub const PLACES_SHOWN: usize = 3;
+
+/// Folds each cause of `ONE_CAUSE` met at many places into one diagnostic at its first place,
+/// listing the others as related places: an unset variable that 1,000 outposts read their
+/// token from is one error, not 1,000 identical ones. Order is kept (sort first).
+pub fn fold_repeated_causes(diags: &mut Vec<Diagnostic>) {
+    let mut first: std::collections::HashMap<(&'static str, String), usize> =
+        std::collections::HashMap::new();
+    let mut out: Vec<Diagnostic> = Vec::with_capacity(diags.len());
+    for d in diags.drain(..) {
+        if ONE_CAUSE.contains(&d.code) {
+            let key = (d.code, d.message.clone());
+            if let Some(&i) = first.get(&key) {
+                if let Some(l) = d.location {
+                    out[i].related.push((l, "here too".into()));
+                }
+                continue;
+            }
+            first.insert(key, out.len());
+        }
+        out.push(d);
+    }
+    for &i in first.values() {
+        let places = out[i].related.len() + 1;
+        if places > 1 {
+            let _ = write!(out[i].message, " (referenced at {places} places)");
+        }
+    }
+    *diags = out;
+}
+
 /// Counts for a summary line: "2 errors, 1 warning".
 pub fn count_summary(diags: &[Diagnostic]) -> String {
     let errors = diags.iter().filter(|d| d.is_error()).count();

@@ -278,6 +278,7 @@ committed_fixtures![
     unknown_port_key,
     // secrets
     unset_env_var,
+    unset_env_var_many_outposts,
     token_file_missing,
     token_file_is_directory,
     inline_secret,
@@ -472,6 +473,37 @@ fn json_duplicate_names_across_files() {
         (related["line"].as_u64(), related["column"].as_u64()),
         (Some(10), Some(3))
     );
+}
+
+/// One unset variable that six outposts read their token from is one error at the first
+/// place, listing the five others (a person is shown three and told how many more).
+#[test]
+fn json_one_cause_at_many_places() {
+    let doc = json_of(&fixtures(), "unset_env_var_many_outposts.yaml");
+    let file = "unset_env_var_many_outposts.yaml".to_string();
+    assert_eq!(
+        positions_of(&doc),
+        vec![
+            ("missing-env".to_string(), file.clone(), 12, 59),
+            ("missing-env".to_string(), file.clone(), 18, 61),
+        ]
+    );
+    let first = &doc["diagnostics"][0];
+    assert_eq!(
+        first["message"],
+        "environment variable `OUTPOSTCTL_FIXTURE_UNSET` is not set (referenced at 6 places)"
+    );
+    let lines: Vec<u64> = first["related"]
+        .as_array()
+        .expect("related places")
+        .iter()
+        .map(|r| {
+            assert_eq!(r["file"], file.as_str(), "{r:#}");
+            r["line"].as_u64().expect("line")
+        })
+        .collect();
+    assert_eq!(lines, [13, 14, 15, 16, 17]);
+    assert!(doc["diagnostics"][1].get("related").is_none(), "{doc:#}");
 }
 
 #[test]

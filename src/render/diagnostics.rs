@@ -9,7 +9,7 @@ use miette::{
 };
 
 use super::{Style, md_code, md_escape};
-use crate::diagnostics::{Diagnostic, Location, Severity, SourceFile};
+use crate::diagnostics::{Diagnostic, Location, PLACES_SHOWN, Severity, SourceFile};
 
 /// A source file's text shared with miette without copying it.
 #[derive(Debug, Clone)]
@@ -102,26 +102,43 @@ struct Report<'a> {
     diag: &'a Diagnostic,
     /// Set for a related place: (location, what it says).
     related_place: Option<&'a (Location, String)>,
+    /// The hint, and how many related places are not shown (`PLACES_SHOWN` are).
+    help: Option<String>,
     source: Option<NamedSource<Text>>,
     related: Vec<Report<'a>>,
 }
 
 impl<'a> Report<'a> {
     fn new(diag: &'a Diagnostic) -> Report<'a> {
+        let hidden = diag.related.len().saturating_sub(PLACES_SHOWN);
+        let related: Vec<Report<'a>> = diag
+            .related
+            .iter()
+            .take(PLACES_SHOWN)
+            .map(|r| Report {
+                diag,
+                related_place: Some(r),
+                help: None,
+                source: Some(named(&r.0)),
+                related: Vec::new(),
+            })
+            .collect();
+        let more = (hidden > 0).then(|| {
+            format!(
+                "{hidden} more place{} not shown (`--format json` lists them all)",
+                if hidden == 1 { " is" } else { "s are" }
+            )
+        });
+        let help = match (&diag.hint, more) {
+            (Some(h), Some(m)) => Some(format!("{h}\n{m}")),
+            (h, m) => h.clone().or(m),
+        };
         Report {
             diag,
             related_place: None,
+            help,
             source: diag.location.as_ref().map(named),
-            related: diag
-                .related
-                .iter()
-                .map(|r| Report {
-                    diag,
-                    related_place: Some(r),
-                    source: Some(named(&r.0)),
-                    related: Vec::new(),
-                })
-                .collect(),
+            related,
         }
     }
 }
@@ -168,8 +185,7 @@ impl miette::Diagnostic for Report<'_> {
         if self.related_place.is_some() {
             return None;
         }
-        self.diag
-            .hint
+        self.help
             .as_ref()
             .map(|h| Box::new(h) as Box<dyn fmt::Display>)
     }
@@ -248,8 +264,16 @@ pub fn markdown(diags: &[Diagnostic]) -> String {
             ))
         };
         let mut problem = md_escape(&d.message);
-        for (l, label) in &d.related {
+        for (l, label) in d.related.iter().take(PLACES_SHOWN) {
             let _ = write!(problem, "<br>{}: {}", md_escape(label), at(l));
+        }
+        let hidden = d.related.len().saturating_sub(PLACES_SHOWN);
+        if hidden > 0 {
+            let _ = write!(
+                problem,
+                "<br>and {hidden} more place{}",
+                if hidden == 1 { "" } else { "s" }
+            );
         }
         let _ = writeln!(
             out,

@@ -151,6 +151,8 @@ pub fn validate_with(
     diagnostics.dedup_by(|a, b| {
         a.code == b.code && a.severity == b.severity && a.headline() == b.headline()
     });
+    // One unset variable read by many outposts is one error, listing where it is read.
+    crate::diagnostics::fold_repeated_causes(&mut diagnostics);
     let has_errors = diagnostics.iter().any(Diagnostic::is_error);
     let validated = validated.filter(|_| !has_errors).map(|mut v| {
         v.warnings = diagnostics.clone();
