@@ -34,18 +34,18 @@ fn main() {
         Command::Validate { paths, format } => commands::validate::run(&printer, &paths, format),
         // Interrupted, plan and status stop at once (dropping their engines removes any
         // temporary ssh key); apply finishes the actions in flight first.
-        Command::Plan(args) => runtime().block_on(async {
+        Command::Plan(args) => block_on(async {
             commands::install_reader_signal_handler();
             tokio::select! {
                 exit = commands::plan::run(&printer, &args) => exit,
                 _ = commands::until_interrupted() => commands::Exit::Failure,
             }
         }),
-        Command::Apply(args) => runtime().block_on(async {
+        Command::Apply(args) => block_on(async {
             commands::install_signal_handler();
             commands::apply::run(&printer, &args).await
         }),
-        Command::Status { paths, format } => runtime().block_on(async {
+        Command::Status { paths, format } => block_on(async {
             commands::install_reader_signal_handler();
             tokio::select! {
                 exit = commands::status::run(&printer, &paths, format) => exit,
@@ -72,6 +72,16 @@ fn terminal_width() -> usize {
         .ok()
         .and_then(|c| c.parse().ok())
         .unwrap_or(100)
+}
+
+/// Runs a one-shot command. What is still in flight when it returns (an engine being connected
+/// to for a set that turned out invalid, see `commands::plan_now`) is dropped within a bound,
+/// as for the watch: dropping an ssh engine closes its session and removes its key directory.
+fn block_on<F: std::future::Future>(command: F) -> F::Output {
+    let rt = runtime();
+    let out = rt.block_on(command);
+    rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    out
 }
 
 fn runtime() -> tokio::runtime::Runtime {

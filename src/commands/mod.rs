@@ -124,8 +124,9 @@ pub fn diff_options(adopt: bool, inspect: bool) -> crate::diff::DiffOptions {
 ///
 /// The engines are connected to and listed as soon as the integrations are validated, while
 /// the outposts still are (on a large set most of the validation then hides behind the
-/// engine's list). Only reads happen before the whole set is known to be valid, and nothing
-/// read is used unless it is: an invalid set stops the reads and plans nothing.
+/// engine's list); engines reached over ssh wait for the whole set (`read_ahead`). Only reads
+/// happen before the whole set is known to be valid, and nothing read is used unless it is:
+/// an invalid set stops the reads and plans nothing.
 pub async fn plan_now(
     p: &Printer,
     paths: &[PathBuf],
@@ -149,19 +150,25 @@ pub async fn plan_now(
         Ok(outcome) => outcome,
         Err(e) => {
             reading.abort();
-            std::panic::resume_unwind(e.into_panic())
+            match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => return Err(Vec::new()),
+            }
         }
     };
     let v = shown_valid(p, outcome).inspect_err(|_| reading.abort())?;
-    let (engines, listed) = match reading.await {
-        Ok(Some((engines, listed))) if engines.keys().eq(v.integrations.keys()) => {
-            (engines, listed)
-        }
-        _ => (
-            crate::engine::connect::connect_all(&v).await,
-            crate::plan::Listed::new(),
-        ),
+    let (mut engines, listed) = match reading.await {
+        Ok(Some(read)) => read,
+        _ => Default::default(),
     };
+    // Those not read ahead (ssh), connected now; the plan lists them.
+    let rest: std::collections::BTreeMap<_, _> = v
+        .integrations
+        .iter()
+        .filter(|(name, _)| !engines.contains_key(*name))
+        .map(|(name, def)| (name.clone(), def.clone()))
+        .collect();
+    engines.extend(crate::engine::connect::connect_each(&rest).await);
     let plan = crate::plan::build_listed(&v, &engines, diff, listed).await;
     Ok((v, engines, plan))
 }

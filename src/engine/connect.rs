@@ -15,7 +15,12 @@ pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 
 /// Connects to every integration of the set, in parallel; failures are kept per engine.
 pub async fn connect_all(v: &Validated) -> Engines {
-    let futures = v.integrations.iter().map(|(name, def)| async move {
+    connect_each(&v.integrations).await
+}
+
+/// Connects to each of `defs`, in parallel; failures are kept per engine.
+pub async fn connect_each(defs: &BTreeMap<String, IntegrationDef>) -> Engines {
+    let futures = defs.iter().map(|(name, def)| async move {
         let engine = connect(def).await.map(|e| Arc::new(e) as Arc<dyn Engine>);
         (name.clone(), engine)
     });
@@ -25,11 +30,15 @@ pub async fn connect_all(v: &Validated) -> Engines {
         .collect()
 }
 
-/// Connects to every integration of `defs` and lists each engine that answered, all in
+/// Connects to the integrations of `defs` and lists each engine that answered, all in
 /// parallel: what a plan reads first, started while the outposts are still being validated
-/// (`validate::validate_with`).
+/// (`validate::validate_with`). Engines reached over ssh are left out: a login to a host (a
+/// private key written, ssh run) is more than a read, and waits until the set is valid.
 pub async fn read_ahead(defs: &BTreeMap<String, IntegrationDef>) -> (Engines, Listed) {
-    let reads = defs.iter().map(|(name, def)| async move {
+    let early = defs
+        .iter()
+        .filter(|(_, def)| !matches!(def.endpoint, Endpoint::Ssh { .. }));
+    let reads = early.map(|(name, def)| async move {
         let engine = connect(def).await.map(|e| Arc::new(e) as Arc<dyn Engine>);
         let list = match &engine {
             Ok(e) => Some(e.list().await),

@@ -48,14 +48,16 @@ impl DockerEngine {
 
     /// The API version is negotiated as the Docker CLI does it: from the `Api-Version` header
     /// of `/_ping` (the lowest of it and bollard's), falling back to bollard's `/version` when
-    /// an answer has no such header. The ping gets `first` to answer, then one more try on a
-    /// new connection within what is left of the client's timeout. An engine answers it at
-    /// once; a connection that stays silent was lost on the way (seen once in thousands of TLS
-    /// connections that the engine's side rejected: no alert, no close ever reached the
-    /// client), and waiting out the whole timeout on it would only delay the real answer or
-    /// error.
+    /// the ping's answer has no such header or is an error (a socket proxy may allow only
+    /// `/version`; when it is the address that is wrong, `/version` says so as well). The ping
+    /// gets `first` to answer, then one more try on a new connection; everything stays within
+    /// the client's timeout. An engine answers the ping at once; a connection that stays
+    /// silent was lost on the way (seen once in thousands of TLS connections that the
+    /// engine's side rejected: no alert, no close ever reached the client), and waiting out
+    /// the whole timeout on it would only delay the real answer or error.
     async fn negotiated(transport: Transport, first: Duration) -> Result<DockerEngine> {
         let url = transport.url.clone();
+        let started = std::time::Instant::now();
         let full = transport.timeout;
         let first = first.min(full / 2);
         let mut requests = 1;
@@ -66,7 +68,12 @@ impl DockerEngine {
             }
             other => other,
         };
-        let docker = match answered.map_err(|e| map_err(&url, "connect", e))? {
+        let server = match answered {
+            Ok(version) => version,
+            Err(BError::DockerResponseServerError { .. }) => None,
+            Err(e) => return Err(map_err(&url, "connect", e)),
+        };
+        let docker = match server {
             Some(server) => transport.docker(if server < *API_DEFAULT_VERSION {
                 &server
             } else {
@@ -74,11 +81,15 @@ impl DockerEngine {
             })?,
             None => {
                 requests += 1;
+                let left = full.saturating_sub(started.elapsed());
                 transport
+                    .clone()
+                    .with_timeout(left)
                     .docker(API_DEFAULT_VERSION)?
                     .negotiate_version()
                     .await
                     .map_err(|e| map_err(&url, "connect", e))?
+                    .with_timeout(full)
             }
         };
         Ok(DockerEngine {
@@ -123,7 +134,7 @@ pub fn map_err(url: &str, what: &str, e: BError) -> EngineError {
             }
             if kind == ErrorKind::Forbidden {
                 msg.push_str(
-                    " (a socket proxy must allow the containers, images and info API sections)",
+                    " (a socket proxy must allow the containers, images and info API sections, and `/_ping` or `/version`)",
                 );
             }
             if message.contains("port is already allocated")
@@ -895,11 +906,16 @@ mod first_answer {
     /// `http://127.0.0.1:PORT` forwarding to the engine's socket, except the first `silent`
     /// connections; and how many connections it accepted.
     async fn listener(silent: u64) -> (String, Arc<AtomicU64>) {
+        listener_at("127.0.0.1:0", silent).await
+    }
+
+    /// `listener` on `address`.
+    async fn listener_at(address: &str, silent: u64) -> (String, Arc<AtomicU64>) {
         let socket = std::env::var("DOCKER_HOST")
             .ok()
             .and_then(|h| h.strip_prefix("unix://").map(str::to_string))
             .unwrap_or_else(|| DEFAULT_SOCKET.into());
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = TcpListener::bind(address).await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let accepted = Arc::new(AtomicU64::new(0));
         let count = accepted.clone();
@@ -926,6 +942,7 @@ mod first_answer {
             .trim_start_matches("http://")
             .rsplit_once(':')
             .expect("host:port");
+        let host = host.trim_start_matches('[').trim_end_matches(']');
         Transport::http(host, port.parse().expect("port"))
             .with_timeout(Duration::from_secs(timeout_secs))
     }
@@ -949,9 +966,12 @@ mod first_answer {
         assert_eq!(engine.requests(), 3, "the ping twice, then info");
     }
 
-    /// `http://127.0.0.1:PORT` answering `/_ping` without an `Api-Version` header (as a proxy
-    /// that drops headers would) and `/version` as Docker 20.10 does; and the paths asked.
-    async fn headerless_engine() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    /// `http://127.0.0.1:PORT` answering `/_ping` with `ping_status` and without an
+    /// `Api-Version` header (as a proxy that drops headers, or allows only `/version`, would)
+    /// and `/version` as Docker 20.10 does; and the paths asked.
+    async fn headerless_engine(
+        ping_status: &'static str,
+    ) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
@@ -964,13 +984,16 @@ mod first_answer {
                 let head = String::from_utf8_lossy(&buf[..n]).into_owned();
                 let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
                 log.lock().expect("log").push(path.clone());
-                let body = if path.ends_with("/version") {
-                    r#"{"Version":"20.10.24","ApiVersion":"1.41","MinAPIVersion":"1.12"}"#
+                let (status, body) = if path.ends_with("/version") {
+                    (
+                        "200 OK",
+                        r#"{"Version":"20.10.24","ApiVersion":"1.41","MinAPIVersion":"1.12"}"#,
+                    )
                 } else {
-                    "OK"
+                    (ping_status, "OK")
                 };
                 let answer = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = tcp.write_all(answer.as_bytes()).await;
@@ -989,19 +1012,47 @@ mod first_answer {
         assert_eq!(engine.requests(), 1, "the ping alone negotiates");
         let info = engine.info().await.expect("info");
         assert!(info.api_version.starts_with("1."), "{info:?}");
-        // Without the header, bollard's /version says it.
-        let (url, asked) = headerless_engine().await;
-        let engine = DockerEngine::negotiated(client(&url, 10), Duration::from_secs(5))
+        // Without the header, or refused by a proxy that allows only /version: bollard's
+        // /version says it.
+        for ping_status in ["200 OK", "403 Forbidden"] {
+            let (url, asked) = headerless_engine(ping_status).await;
+            let engine = DockerEngine::negotiated(client(&url, 10), Duration::from_secs(5))
+                .await
+                .expect("negotiated through /version");
+            assert_eq!(
+                engine.requests(),
+                2,
+                "{ping_status}: the ping, then /version"
+            );
+            assert_eq!(
+                asked.lock().expect("log").clone(),
+                ["/_ping", "/version"],
+                "{ping_status}: what was asked"
+            );
+            let v = engine.docker.client_version();
+            assert_eq!((v.major_version, v.minor_version), (1, 41));
+        }
+    }
+
+    /// `http://[::1]:PORT`: an IPv6 address is put in brackets in the URL.
+    #[tokio::test]
+    async fn an_engine_at_an_ipv6_address_is_reached() {
+        if std::net::TcpListener::bind("[::1]:0").is_err() {
+            eprintln!("no IPv6 loopback here; nothing to test");
+            return;
+        }
+        let (url, accepted) = listener_at("[::1]:0", 0).await;
+        let transport = client(&url, 10);
+        assert_eq!(transport.url, url, "the URL shown");
+        let engine = DockerEngine::negotiated(transport, Duration::from_secs(5))
             .await
-            .expect("negotiated through /version");
-        assert_eq!(engine.requests(), 2, "the ping, then /version");
+            .expect("the engine answers over IPv6");
+        engine.list().await.expect("the list over IPv6");
         assert_eq!(
-            asked.lock().expect("log").clone(),
-            ["/_ping", "/version"],
-            "what was asked"
+            accepted.load(SeqCst),
+            2,
+            "the ping and the list came through"
         );
-        let v = engine.docker.client_version();
-        assert_eq!((v.major_version, v.minor_version), (1, 41));
     }
 
     #[tokio::test]

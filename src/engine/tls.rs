@@ -26,7 +26,7 @@ pub fn connect(
     ca_pem: Option<&str>,
     client: Option<(&str, &Secret)>,
 ) -> Result<Transport, EngineError> {
-    let url = format!("https://{host}:{port}");
+    let url = format!("https://{}", super::transport::authority(host, port));
     let config = client_config(&url, ca_pem, client)?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)

@@ -84,7 +84,7 @@ impl Transport {
 
     /// Plain http, such as a docker-socket-proxy.
     pub fn http(host: &str, port: u16) -> Transport {
-        let url = format!("http://{host}:{port}");
+        let url = format!("http://{}", authority(host, port));
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(0)
             .build(HttpConnector::new());
@@ -95,8 +95,9 @@ impl Transport {
         Transport::new(send, url.clone(), url)
     }
 
+    /// At least a second: bollard keeps its timeout in whole seconds.
     pub fn with_timeout(mut self, timeout: Duration) -> Transport {
-        self.timeout = timeout;
+        self.timeout = timeout.max(Duration::from_secs(1));
         self
     }
 
@@ -106,10 +107,9 @@ impl Transport {
         Docker::connect_with_custom_transport(
             move |req| send(req),
             Some(self.base.clone()),
-            self.timeout.as_secs().max(1),
+            self.timeout.as_secs(),
             version,
         )
-        .map(|d| d.with_timeout(self.timeout))
         .map_err(|e| EngineError::new(ErrorKind::Unreachable, format!("{}: {e}", self.url)))
     }
 
@@ -148,6 +148,15 @@ impl Transport {
         tokio::time::timeout(timeout, asked)
             .await
             .unwrap_or(Err(BError::RequestTimeoutError))
+    }
+}
+
+/// `host:port`, with an IPv6 address in brackets (`[::1]:2375`).
+pub fn authority(host: &str, port: u16) -> String {
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
