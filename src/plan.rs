@@ -276,10 +276,8 @@ pub async fn build_listed(
                 None => return failed(name, &def.url, "not connected".into()),
             };
             let planned = match list {
-                Some(observed) => match observed {
-                    Ok(o) => plan_listed(&v.project, desired, engine.as_ref(), opts, o).await,
-                    Err(e) => Err(e),
-                },
+                Some(Ok(o)) => plan_listed(&v.project, desired, engine.as_ref(), opts, o).await,
+                Some(Err(e)) => Err(e),
                 None => plan_engine(&v.project, desired, engine.as_ref(), opts).await,
             };
             match planned {

@@ -20,10 +20,9 @@ pub async fn connect_all(v: &Validated) -> Engines {
 
 /// Connects to each of `defs`, in parallel; failures are kept per engine.
 pub async fn connect_each(defs: &BTreeMap<String, IntegrationDef>) -> Engines {
-    let futures = defs.iter().map(|(name, def)| async move {
-        let engine = connect(def).await.map(|e| Arc::new(e) as Arc<dyn Engine>);
-        (name.clone(), engine)
-    });
+    let futures = defs
+        .iter()
+        .map(|(name, def)| async move { (name.clone(), connect_shared(def).await) });
     futures_util::future::join_all(futures)
         .await
         .into_iter()
@@ -39,7 +38,7 @@ pub async fn read_ahead(defs: &BTreeMap<String, IntegrationDef>) -> (Engines, Li
         .iter()
         .filter(|(_, def)| !matches!(def.endpoint, Endpoint::Ssh { .. }));
     let reads = early.map(|(name, def)| async move {
-        let engine = connect(def).await.map(|e| Arc::new(e) as Arc<dyn Engine>);
+        let engine = connect_shared(def).await;
         let list = match &engine {
             Ok(e) => Some(e.list().await),
             Err(_) => None,
@@ -55,6 +54,11 @@ pub async fn read_ahead(defs: &BTreeMap<String, IntegrationDef>) -> (Engines, Li
         engines.insert(name, engine);
     }
     (engines, listed)
+}
+
+/// `connect`, as the shared engine a plan holds.
+async fn connect_shared(def: &IntegrationDef) -> Result<Arc<dyn Engine>, EngineError> {
+    connect(def).await.map(|e| Arc::new(e) as Arc<dyn Engine>)
 }
 
 /// Connects to one engine and negotiates its API version.

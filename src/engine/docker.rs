@@ -68,12 +68,7 @@ impl DockerEngine {
             }
             other => other,
         };
-        let server = match answered {
-            Ok(version) => version,
-            Err(BError::DockerResponseServerError { .. }) => None,
-            Err(e) => return Err(map_err(&url, "connect", e)),
-        };
-        let docker = match server {
+        let docker = match answered.map_err(|e| map_err(&url, "connect", e))? {
             Some(server) => transport.docker(if server < *API_DEFAULT_VERSION {
                 &server
             } else {
@@ -133,9 +128,11 @@ pub fn map_err(url: &str, what: &str, e: BError) -> EngineError {
                 msg.push_str(" (is this the address of a Docker engine or socket proxy?)");
             }
             if kind == ErrorKind::Forbidden {
-                msg.push_str(
-                    " (a socket proxy must allow the containers, images and info API sections, and `/_ping` or `/version`)",
-                );
+                msg.push_str(if what == "connect" {
+                    " (a socket proxy must allow `/_ping` or `/version`, and the containers, images and info API sections)"
+                } else {
+                    " (a socket proxy must allow the containers, images and info API sections)"
+                });
             }
             if message.contains("port is already allocated")
                 || message.contains("address already in use")
@@ -826,7 +823,7 @@ fn engine_time(t: &str) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{engine_time, missing_network, split_image};
+    use super::{BError, ErrorKind, engine_time, map_err, missing_network, split_image};
 
     #[test]
     fn the_engines_clock_is_read_in_its_own_time_zone() {
@@ -851,6 +848,28 @@ mod tests {
         ] {
             assert_eq!(engine_time(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_proxy_that_forbids_says_what_to_allow() {
+        let forbidden = || BError::DockerResponseServerError {
+            status_code: 403,
+            message: "Forbidden".into(),
+        };
+        let at_connect = map_err("http://p:2375", "connect", forbidden());
+        assert_eq!(at_connect.kind, ErrorKind::Forbidden);
+        assert!(
+            at_connect.message.contains("must allow `/_ping` or `/version`, and the containers, images and info API sections"),
+            "{at_connect:?}"
+        );
+        // Past the connect, the ping went through: only the sections are named.
+        let later = map_err("http://p:2375", "create container", forbidden());
+        assert!(
+            later.message.ends_with(
+                "(a socket proxy must allow the containers, images and info API sections)"
+            ),
+            "{later:?}"
+        );
     }
 
     #[test]

@@ -65,18 +65,8 @@ impl Transport {
                 BError::SocketNotFoundError(path.to_string()),
             ));
         }
-        // As bollard's own unix client: a new connection per request (the engine's socket
-        // costs nothing to connect to, and an engine restarted between two requests is met
-        // on a fresh connection).
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(hyperlocal::UnixConnector);
-        let send = move |req: BollardRequest| {
-            let client = client.clone();
-            async move { client.request(req).await.map_err(BError::from) }
-        };
         Ok(Transport::new(
-            send,
+            send_over(hyperlocal::UnixConnector),
             format!("unix://{}", hex::encode(path.as_bytes())),
             url,
         ))
@@ -85,14 +75,7 @@ impl Transport {
     /// Plain http, such as a docker-socket-proxy.
     pub fn http(host: &str, port: u16) -> Transport {
         let url = format!("http://{}", authority(host, port));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(HttpConnector::new());
-        let send = move |req: BollardRequest| {
-            let client = client.clone();
-            async move { client.request(req).await.map_err(BError::from) }
-        };
-        Transport::new(send, url.clone(), url)
+        Transport::new(send_over(HttpConnector::new()), url.clone(), url)
     }
 
     /// At least a second: bollard keeps its timeout in whole seconds.
@@ -114,8 +97,8 @@ impl Transport {
     }
 
     /// `GET /_ping` within `timeout`: the engine's API version from its `Api-Version` header,
-    /// or None when the answer has none (a proxy that drops headers). An error answer is
-    /// turned into bollard's error for it, so that it is explained like any other request's.
+    /// or None when the answer has none or is an error (a proxy that drops headers, or allows
+    /// only `/version`): `/version` is asked then, and its answer explains an error.
     pub async fn ping(&self, timeout: Duration) -> Result<Option<ClientVersion>, BError> {
         let req = hyper::Request::get(format!("{}/_ping", self.base))
             .body(bollard::body_full(Bytes::new()))
@@ -124,30 +107,40 @@ impl Transport {
             })?;
         let asked = async {
             let resp = (self.send)(req).await?;
-            let status = resp.status();
             let version = resp
-                .headers()
-                .get("api-version")
-                .and_then(|v| v.to_str().ok())
+                .status()
+                .is_success()
+                .then(|| resp.headers().get("api-version")?.to_str().ok())
+                .flatten()
                 .and_then(parse_version);
-            let body = resp.into_body().collect().await.map_err(BError::from)?;
-            if status.is_success() {
-                return Ok(version);
-            }
-            let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
-            // Docker's errors are `{"message": "..."}`; a proxy's may be plain text.
-            let message = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v.get("message")?.as_str().map(str::to_string))
-                .unwrap_or(text);
-            Err(BError::DockerResponseServerError {
-                status_code: status.as_u16(),
-                message,
-            })
+            // Read to the end, so that a kept-alive connection can serve the next request.
+            resp.into_body().collect().await.map_err(BError::from)?;
+            Ok(version)
         };
         tokio::time::timeout(timeout, asked)
             .await
             .unwrap_or(Err(BError::RequestTimeoutError))
+    }
+}
+
+/// A transport's send over a hyper client on `connector`, a new connection per request as
+/// bollard's own unix and http clients do (an engine restarted between two requests is met on
+/// a fresh connection).
+fn send_over<C>(
+    connector: C,
+) -> impl Fn(BollardRequest) -> BoxFuture<'static, Result<Response<Incoming>, BError>>
++ std::marker::Send
++ Sync
++ 'static
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + std::marker::Send + Sync + 'static,
+{
+    let client = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(connector);
+    move |req: BollardRequest| {
+        let client = client.clone();
+        Box::pin(async move { client.request(req).await.map_err(BError::from) })
     }
 }
 
