@@ -237,6 +237,7 @@ committed_fixtures![
     merge_key,
     // references and names across the set
     unknown_integration,
+    unknown_integration_of_a_failing_outpost,
     unknown_keypair,
     duplicate_names_across_files,
     missing_project,

@@ -194,6 +194,9 @@ struct Checker {
     /// Named entries (`("integrations", name)`, ...) that failed the schema in a document whose
     /// other entries are checked: references to them are not reported as unknown.
     failed_entries: BTreeSet<(&'static str, String)>,
+    /// Outposts that failed the schema, whose `integration` is a name all the same: the
+    /// reference is still checked, so that a typo there is reported in the same run.
+    failed_outpost_refs: Vec<(String, Origin)>,
     /// Image template errors already reported (one template set in `defaults:`, or authentik's
     /// default, is shared by many outposts: one error, not one per outpost).
     template_errors: BTreeSet<String>,
@@ -215,6 +218,11 @@ impl Checker {
             // every error; a failure outside a named entry leaves the document unknown.
             match without_failed_entries(&doc.value, &checked.failed_at) {
                 Some((value, failed_entries)) => {
+                    self.failed_outpost_refs.extend(integration_refs(
+                        doc,
+                        &failed_entries,
+                        &checked.failed_at,
+                    ));
                     self.failed_entries.extend(failed_entries);
                     pruned = value;
                     &pruned
@@ -941,6 +949,29 @@ impl Checker {
         Some((host, port))
     }
 
+    /// Whether the outpost at `origin` refers to a defined integration; reports an unknown
+    /// one (one that failed the schema, or a set only partly known, is not reported).
+    fn integration_ref(&mut self, integration: &str, origin: &Origin) -> bool {
+        if self.integrations.contains_key(integration) {
+            return true;
+        }
+        if self.partial || self.failed_entry("integrations", integration) {
+            return false;
+        }
+        let hint = did_you_mean(integration, self.integrations.keys().map(String::as_str))
+            .unwrap_or_else(|| "define it under `integrations:`".into());
+        self.diags.push(
+            Diagnostic::error(
+                "unknown-integration",
+                format!("unknown integration `{integration}`"),
+            )
+            .at(origin.child("/integration").value())
+            .label("no integration of this name")
+            .hint(hint),
+        );
+        false
+    }
+
     fn outposts_to_specs(
         &mut self,
         project: &str,
@@ -956,27 +987,11 @@ impl Checker {
             .collect();
         let empty = (Defaults::default(), BTreeMap::new());
         let (defaults, default_origins) = defaults.unwrap_or(&empty);
+        for (integration, origin) in std::mem::take(&mut self.failed_outpost_refs) {
+            self.integration_ref(&integration, &origin);
+        }
         for (name, o, origin) in entries {
-            let mut ok = true;
-            if !self.integrations.contains_key(&o.integration)
-                && (self.partial || self.failed_entry("integrations", &o.integration))
-            {
-                ok = false;
-            } else if !self.integrations.contains_key(&o.integration) {
-                let hint =
-                    did_you_mean(&o.integration, self.integrations.keys().map(String::as_str))
-                        .unwrap_or_else(|| "define it under `integrations:`".into());
-                self.diags.push(
-                    Diagnostic::error(
-                        "unknown-integration",
-                        format!("unknown integration `{}`", o.integration),
-                    )
-                    .at(origin.child("/integration").value())
-                    .label("no integration of this name")
-                    .hint(hint),
-                );
-                ok = false;
-            }
+            let mut ok = self.integration_ref(&o.integration, &origin);
             let uuid = match &o.uuid {
                 Some(u) => u.replace('-', "").to_lowercase(),
                 None => desired::derived_uuid(&name),
@@ -1512,6 +1527,28 @@ fn without_failed_entries(
         }
     }
     Some((value, entries))
+}
+
+/// The `integration` of each outpost in `failed` (entries cut out after failing the schema)
+/// whose failure is elsewhere than at its `integration`, with the outpost's origin.
+fn integration_refs(
+    doc: &LoadedDoc,
+    failed: &BTreeSet<(&'static str, String)>,
+    failed_at: &BTreeSet<String>,
+) -> Vec<(String, Origin)> {
+    failed
+        .iter()
+        .filter(|(kind, _)| *kind == "outposts")
+        .filter_map(|(_, name)| {
+            let base = format!("/outposts/{}", escape(name));
+            let field = format!("{base}/integration");
+            if failed_at.iter().any(|p| p.starts_with(&field)) {
+                return None;
+            }
+            let integration = doc.value.pointer(&field)?.as_str()?;
+            Some((integration.to_string(), doc.origin.child(&base)))
+        })
+        .collect()
 }
 
 fn field_of(o: &Origin) -> String {
