@@ -774,6 +774,16 @@ pub fn live_text(
     )
 }
 
+/// A value as plan texts show it: as is, unless that would be ambiguous on one line (empty,
+/// with a line break, or starting or ending with a space): then quoted, JSON-style.
+pub fn shown_value(v: &str) -> std::borrow::Cow<'_, str> {
+    if v.is_empty() || v.contains(['\n', '\r']) || v.trim() != v {
+        serde_json::to_string(v).map_or(v.into(), Into::into)
+    } else {
+        v.into()
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn text(
     name: &str,
@@ -791,11 +801,11 @@ fn text(
     let _ = writeln!(s, "image: {image}");
     let _ = writeln!(s, "env:");
     for (k, v) in env {
-        let _ = writeln!(s, "  {k}: {v}");
+        let _ = writeln!(s, "  {k}: {}", shown_value(v));
     }
     let _ = writeln!(s, "labels:");
     for (k, v) in labels {
-        let _ = writeln!(s, "  {k}: {v}");
+        let _ = writeln!(s, "  {k}: {}", shown_value(v));
     }
     let _ = writeln!(s, "ports:");
     let mut ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
@@ -827,6 +837,18 @@ fn text(
 mod tests {
     use super::*;
     use crate::engine::fake::{observed as container, validated};
+
+    #[test]
+    fn values_that_would_be_ambiguous_on_one_line_are_quoted() {
+        assert_eq!(
+            shown_value("https://auth.example.com"),
+            "https://auth.example.com"
+        );
+        assert_eq!(shown_value("two words"), "two words");
+        assert_eq!(shown_value(""), "\"\"");
+        assert_eq!(shown_value(" padded"), "\" padded\"");
+        assert_eq!(shown_value("a\nb"), "\"a\\nb\"");
+    }
 
     /// Outpost `X` on integration `b`; `a` reaches the same engine.
     fn spec_on_b() -> ContainerSpec {

@@ -105,7 +105,12 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
     }
     p.out(&render::plan::human(&plan, p.out_style(), args.diff));
     if !plan.has_changes() {
-        p.out("nothing to apply\n");
+        let left = render::plan::not_applied(&plan.summary());
+        if left.is_empty() {
+            p.out("nothing to apply\n");
+        } else {
+            p.out(&format!("nothing to apply; left alone: {left}\n"));
+        }
         return if plan.has_errors() {
             Exit::Failure
         } else {
@@ -173,7 +178,11 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
         apply::apply(&plan, &v, &engines, &Unattended).await
     };
     lock::release_all(locks).await;
-    p.out(&render::plan::report_human(&report, p.out_style()));
+    p.out(&render::plan::report_human(
+        &report,
+        &plan.summary(),
+        p.out_style(),
+    ));
     if report.failed() || plan.has_errors() {
         Exit::Failure
     } else {

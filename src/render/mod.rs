@@ -20,9 +20,13 @@ impl Style {
     }
 }
 
-/// A code span in a table cell: only the cell separator needs escaping there.
+/// A code span in a table cell: only the cell separator needs escaping there, and a line
+/// break (it would end the row) becomes a space.
 pub(crate) fn md_code(s: &str) -> String {
-    format!("`{}`", s.replace('`', "'").replace('|', "\\|"))
+    format!(
+        "`{}`",
+        s.replace('`', "'").replace('|', "\\|").replace('\n', " ")
+    )
 }
 
 /// Text in a Markdown table cell: no cell break, no HTML, one line.

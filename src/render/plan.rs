@@ -7,7 +7,7 @@ use anstyle::{AnsiColor, Style as AStyle};
 
 use super::{Style, md_code, md_escape};
 use crate::apply::Report;
-use crate::diff::{Action, ActionKind, Change};
+use crate::diff::{Action, ActionKind, Change, shown_value};
 use crate::plan::{Plan, Summary};
 
 fn paint(style: Style, color: AStyle, text: &str) -> String {
@@ -33,7 +33,11 @@ fn sigil(kind: ActionKind) -> (&'static str, AStyle) {
 }
 
 fn change_text(c: &Change) -> String {
-    match (&c.before, &c.after) {
+    let (before, after) = (
+        c.before.as_deref().map(shown_value),
+        c.after.as_deref().map(shown_value),
+    );
+    match (before, after) {
         (Some(b), Some(a)) => format!("{}: {b} -> {a}", c.field),
         (None, Some(a)) => format!("{}: (none) -> {a}", c.field),
         (Some(b), None) => format!("{}: {b} -> (removed)", c.field),
@@ -71,16 +75,9 @@ pub fn summary_line(s: &Summary) -> String {
     if s.unchanged > 0 {
         let _ = write!(line, ", {} unchanged", s.unchanged);
     }
-    if s.blocked > 0 {
-        let _ = write!(line, ", {} blocked", s.blocked);
-    }
-    if s.failed_engines > 0 {
-        let _ = write!(
-            line,
-            ", {} engine{} unreachable",
-            s.failed_engines,
-            if s.failed_engines == 1 { "" } else { "s" }
-        );
+    let left = not_applied(s);
+    if !left.is_empty() {
+        let _ = write!(line, ", {left}");
     }
     line
 }
@@ -230,10 +227,10 @@ pub fn markdown(plan: &Plan) -> String {
             }
             let _ = writeln!(
                 out,
-                "| {emoji} | {} | {} | `{}` | {} |",
+                "| {emoji} | {} | {} | {} | {} |",
                 a.action.as_str(),
                 md_escape(&a.outpost),
-                md_escape(&target(a)),
+                md_code(&target(a)),
                 details.join("<br>")
             );
         }
@@ -246,8 +243,25 @@ pub fn markdown(plan: &Plan) -> String {
     out
 }
 
-/// What apply did, for a person.
-pub fn report_human(report: &Report, style: Style) -> String {
+/// What a plan holds that apply leaves alone: "1 blocked, 1 engine unreachable", or "".
+pub fn not_applied(s: &Summary) -> String {
+    let mut parts = Vec::new();
+    if s.blocked > 0 {
+        parts.push(format!("{} blocked", s.blocked));
+    }
+    if s.failed_engines > 0 {
+        parts.push(format!(
+            "{} engine{} unreachable",
+            s.failed_engines,
+            if s.failed_engines == 1 { "" } else { "s" }
+        ));
+    }
+    parts.join(", ")
+}
+
+/// What apply did, for a person; `planned` is the summary of the plan it applied, whose
+/// blocked outposts and unreachable engines were left alone (and make the run fail).
+pub fn report_human(report: &Report, planned: &Summary, style: Style) -> String {
     let mut out = String::new();
     let (mut done, mut failed) = (0, 0);
     for o in &report.outcomes {
@@ -279,6 +293,11 @@ pub fn report_human(report: &Report, style: Style) -> String {
             paint(style, sigil(ActionKind::Blocked).1, "FAILED")
         );
     }
-    let _ = writeln!(out, "\napply: {done} done, {failed} failed");
+    let _ = write!(out, "\napply: {done} done, {failed} failed");
+    let left = not_applied(planned);
+    if !left.is_empty() {
+        let _ = write!(out, ", {left}");
+    }
+    out.push('\n');
     out
 }
