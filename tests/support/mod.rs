@@ -625,9 +625,11 @@ pub fn reason_fields(action: &Value) -> Vec<String> {
 pub struct Env {
     /// Short test tag (lowercase letters and digits).
     pub tag: String,
-    /// `e2e-<tag>-<pid>`.
+    /// `e2e-<tag>-<pid>`, the pid in 7 digits (as the prefix).
     pub project: String,
-    /// Container name prefix, `t<tag><pid>-`; the naming template is `<prefix>%(name)s`.
+    /// Container name prefix, `t<tag><pid>-`, the pid in 7 digits (Linux's largest) so that
+    /// its length is the same in every run (aligned output is snapshotted); the naming
+    /// template is `<prefix>%(name)s`.
     pub prefix: String,
     dir: tempfile::TempDir,
     ports: PortBlock,
@@ -658,8 +660,8 @@ impl Env {
         let ports = alloc_ports();
         Env {
             tag: tag.to_string(),
-            project: format!("e2e-{tag}-{pid}"),
-            prefix: format!("t{tag}{pid}-"),
+            project: format!("e2e-{tag}-{pid:07}"),
+            prefix: format!("t{tag}{pid:07}-"),
             dir: tempfile::Builder::new()
                 .prefix(&format!("outpostctl-e2e-{tag}-"))
                 .tempdir()

@@ -1,0 +1,175 @@
+//! Snapshots of what people and pull requests read, made on the real engine: the plan (human,
+//! `--diff`, Markdown, JSON) with every kind of action, the apply report and `status`. The
+//! other e2e tests check what the engine ends up with; these check the words a user sees.
+//!
+//! What changes from run to run is redacted before the comparison: the test's project, name
+//! prefix, directory and host ports, container and image ids, uuids, config hashes and times.
+//! Update with `INSTA_UPDATE=always cargo test --test e2e_output`, then read the snapshots.
+
+mod common;
+mod support;
+
+use std::time::Duration;
+
+use common::Run;
+use serde_json::json;
+use support::*;
+
+/// `text` with this test's project, name prefix and directory replaced; `FILTERS` do the rest.
+fn redacted(env: &Env, text: &str) -> String {
+    let dir = env.dir().to_string_lossy().into_owned();
+    text.replace(&dir, "[dir]")
+        .replace(&env.prefix, "[prefix]-")
+        .replace(&env.project, "[project]")
+}
+
+/// What else differs between runs, as insta filters (pattern, placeholder).
+const FILTERS: [(&str, &str); 8] = [
+    (
+        r"Docker \S+ \(API [0-9.]+\)",
+        "Docker [version] (API [api])",
+    ),
+    (r"sha256:[0-9a-f]{64}", "[image-id]"),
+    (r"\b[0-9a-f]{64}\b", "[hash]"),
+    (r"\b[0-9a-f]{32}\b", "[uuid]"),
+    (
+        r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b",
+        "[uuid]",
+    ),
+    (r"\b[0-9a-f]{12}\b", "[id]"),
+    (r"127\.0\.0\.1:\d{4,5}\b", "127.0.0.1:[port]"),
+    (
+        r"\b\d+(\.\d+)?\s?(ns|µs|us|ms|s|seconds?|minutes?)\b( ago)?",
+        "[time]",
+    ),
+];
+
+/// Snapshots `text` under `name` through `FILTERS`.
+fn assert_redacted(name: &str, text: &str) {
+    insta::with_settings!({ filters => FILTERS.to_vec() }, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+/// Asserts a run's exit code and snapshots its stdout and stderr, redacted.
+#[track_caller]
+fn snapshot(env: &Env, name: &str, run: &Run, code: i32) {
+    assert_eq!(run.code, code, "{name}:\n{}", shown(run));
+    let text = format!(
+        "exit: {}\n--- stdout\n{}--- stderr\n{}",
+        run.code,
+        redacted(env, &run.stdout),
+        redacted(env, &run.stderr)
+    );
+    assert_redacted(name, &text);
+}
+
+/// The tests here apply on the same engine: one at a time, so that neither waits for the
+/// other's lock (and says so in its output).
+static ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// One project through its life: created, changed in every way a plan can show (recreate with
+/// its reasons and a token shown only as changed, rename, start, remove, unchanged), applied,
+/// and its status.
+#[test]
+fn plan_apply_and_status_read_as_documented() {
+    let _one_at_a_time = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new("output");
+    let mut m = env.manifest();
+    m["outposts"]["Directory"] = env.outpost("ldap", "AK_DIRECTORY");
+    m["outposts"]["Desktop"] = env.outpost("rac", "AK_DESKTOP");
+    m["outposts"]["Radius"] = env.outpost("radius", "AK_RADIUS");
+    let mut web = env.outpost("proxy", "AK_WEB");
+    web["external_hosts"] = json!(["https://app.example.com"]);
+    m["outposts"]["Web"] = web;
+    m["outposts"]["Kept"] = env.outpost("rac", "AK_KEPT");
+    env.write(&m);
+
+    snapshot(&env, "create_plan", &env.plan(&["--detailed-exitcode"]), 2);
+    snapshot(
+        &env,
+        "create_plan_markdown",
+        &env.plan(&["--format", "markdown"]),
+        0,
+    );
+    snapshot(&env, "create_apply", &env.apply(&[]), 0);
+    snapshot(
+        &env,
+        "converged_plan",
+        &env.plan(&["--detailed-exitcode"]),
+        0,
+    );
+    snapshot(
+        &env,
+        "converged_plan_markdown",
+        &env.plan(&["--format", "markdown"]),
+        0,
+    );
+
+    // Every kind of change at once.
+    m["outposts"]["Directory"]["config"]["docker_labels"] = json!({"com.example.team": "infra"});
+    env.new_token("AK_DIRECTORY");
+    m["outposts"]["Desktop"]["config"]["object_naming_template"] =
+        json!(format!("{}renamed-%(name)s", env.prefix));
+    docker_ok(&["stop", "-t", "2", &env.name_of("radius")]);
+    m["outposts"]
+        .as_object_mut()
+        .expect("outposts")
+        .remove("Web");
+    env.write(&m);
+
+    snapshot(&env, "changes_plan", &env.plan(&["--detailed-exitcode"]), 2);
+    snapshot(
+        &env,
+        "changes_plan_diff",
+        &env.plan(&["--diff", "--detailed-exitcode"]),
+        2,
+    );
+    snapshot(
+        &env,
+        "changes_plan_markdown",
+        &env.plan(&["--format", "markdown"]),
+        0,
+    );
+    let json = env.plan(&["--format", "json"]);
+    assert_eq!(json.code, 0, "{}", shown(&json));
+    let value: serde_json::Value = serde_json::from_str(&json.stdout).expect("the plan is JSON");
+    let pretty = serde_json::to_string_pretty(&value).expect("JSON");
+    assert_redacted("changes_plan_json", &redacted(&env, &pretty));
+
+    snapshot(&env, "changes_apply", &env.apply(&[]), 0);
+    env.assert_converged();
+    for c in ["directory", "renamed-desktop", "radius", "kept"] {
+        let health = env.wait_healthy(&env.name_of(c), Duration::from_secs(60));
+        assert_eq!(health.as_deref(), Some("healthy"), "{c}");
+    }
+    snapshot(&env, "status", &env.run(&["status", "."]), 0);
+}
+
+/// A container in the way that this project did not create: the plan names it, says what to
+/// do, and exits 1; apply does the rest, leaves that outpost alone, says so and exits 1.
+#[test]
+fn a_container_in_the_way_reads_as_blocked() {
+    let _one_at_a_time = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new("outblocked");
+    let mut m = env.manifest();
+    m["outposts"]["Directory"] = env.outpost("ldap", "AK_DIRECTORY");
+    m["outposts"]["Desktop"] = env.outpost("rac", "AK_DESKTOP");
+    env.write(&m);
+    env.docker_container(
+        "create",
+        &env.name_of("directory"),
+        &["--network", "none", IMAGE_V1],
+    );
+
+    snapshot(&env, "blocked_plan", &env.plan(&[]), 1);
+    snapshot(
+        &env,
+        "blocked_plan_markdown",
+        &env.plan(&["--format", "markdown"]),
+        1,
+    );
+    snapshot(&env, "blocked_apply", &env.apply(&[]), 1);
+    // Only the blocked outpost is left: nothing to apply, and still a failure.
+    snapshot(&env, "blocked_apply_again", &env.apply(&[]), 1);
+}
