@@ -173,3 +173,49 @@ fn a_container_in_the_way_reads_as_blocked() {
     // Only the blocked outpost is left: nothing to apply, and still a failure.
     snapshot(&env, "blocked_apply_again", &env.apply(&[]), 1);
 }
+
+/// What a user reads when outpostctl refuses or cannot go on: apply without a terminal to ask
+/// on, a saved plan that went stale, and an engine that does not answer beside one that does.
+#[test]
+fn refusals_and_unreachable_engines_read_as_documented() {
+    let _one_at_a_time = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new("outrefuse");
+    let mut m = env.manifest();
+    m["outposts"]["Directory"] = env.outpost("ldap", "AK_DIRECTORY");
+    env.write(&m);
+
+    snapshot(&env, "saved_plan", &env.plan(&["--out", "plan.json"]), 0);
+    snapshot(
+        &env,
+        "apply_without_a_terminal",
+        &env.run(&["apply", "."]),
+        1,
+    );
+    env.apply_ok();
+    snapshot(
+        &env,
+        "apply_a_stale_plan",
+        &env.run(&["apply", "--plan", "plan.json", "."]),
+        1,
+    );
+
+    // Nothing listens on this port of the test's block.
+    let closed = env.port();
+    m["integrations"]["gone"] = json!({ "url": format!("http://127.0.0.1:{closed}") });
+    let mut far = env.outpost("rac", "AK_FAR");
+    far["integration"] = json!("gone");
+    m["outposts"]["Far"] = far;
+    env.write(&m);
+    snapshot(
+        &env,
+        "plan_with_an_unreachable_engine",
+        &env.plan(&["--detailed-exitcode"]),
+        1,
+    );
+    snapshot(
+        &env,
+        "plan_with_an_unreachable_engine_markdown",
+        &env.plan(&["--format", "markdown"]),
+        1,
+    );
+}

@@ -261,7 +261,7 @@ fn saved_plan_made_without_inspect_is_stale_when_inspecting_finds_a_changed_rest
     );
     assert!(
         r.stderr
-            .contains("help: run `outpostctl plan --inspect --out plan.json` again"),
+            .contains("help: run `outpostctl plan --inspect --out plan.json .` again"),
         "the help names the flag the plan needs:\n{}",
         shown(&r)
     );

@@ -95,10 +95,15 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
                 .filter(|(on, _)| *on)
                 .map(|(_, flag)| *flag)
                 .collect::<String>();
+            let paths: String = args
+                .paths
+                .iter()
+                .map(|p| format!(" {}", super::shell_word(&p.to_string_lossy())))
+                .collect();
             p.err(&format!(
-                "error: the saved plan `{}` is stale: {why}\n  help: run `outpostctl plan{flags} --out {}` again and review it\n",
+                "error: the saved plan `{}` is stale: {why}\n  help: run `outpostctl plan{flags} --out {}{paths}` again and review it\n",
                 file.display(),
-                file.display()
+                super::shell_word(&file.to_string_lossy()),
             ));
             return Exit::Failure;
         }

@@ -172,3 +172,28 @@ pub async fn plan_now(
     let plan = crate::plan::build_listed(&v, &engines, diff, listed).await;
     Ok((v, engines, plan))
 }
+
+/// `s` as one word for a POSIX shell: as is when it is plain, else single-quoted.
+pub(crate) fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@+,".contains(c));
+    if plain {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn paths_are_shown_as_one_shell_word() {
+        assert_eq!(shell_word("plans/pr-12.json"), "plans/pr-12.json");
+        assert_eq!(shell_word("my plan.json"), "'my plan.json'");
+        assert_eq!(shell_word("it's.json"), "'it'\\''s.json'");
+        assert_eq!(shell_word(""), "''");
+    }
+}

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{Exit, Printer, plan_now};
+use super::{Exit, Printer, plan_now, shell_word};
 use crate::cli::{PlanArgs, PlanFormat};
 use crate::plan::Plan;
 use crate::render;
@@ -37,6 +37,11 @@ pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
             ));
             return Exit::Failure;
         }
+        p.err(&format!(
+            "note: plan saved to `{}`; `{}` applies exactly this plan, or nothing if what it was made from changes first\n",
+            out.display(),
+            apply_command(args, out)
+        ));
     }
     match args.format {
         PlanFormat::Human => p.out(&render::plan::human(&plan, p.out_style(), args.diff)),
@@ -53,6 +58,18 @@ pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
     } else {
         Exit::Success
     }
+}
+
+/// The command that applies the plan saved at `out` (the flags and paths that change what a
+/// plan holds, repeated).
+fn apply_command(args: &PlanArgs, out: &Path) -> String {
+    let mut words = vec!["outpostctl".to_string(), "apply".into(), "--plan".into()];
+    words.push(shell_word(&out.to_string_lossy()));
+    if args.adopt {
+        words.push("--adopt".into());
+    }
+    words.extend(args.paths.iter().map(|p| shell_word(&p.to_string_lossy())));
+    words.join(" ")
 }
 
 /// Writes the plan file: the JSON format, which holds no secret values.
