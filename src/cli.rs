@@ -175,6 +175,11 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
+        /// Exit 0 when every outpost's container runs and is healthy (or has no health check),
+        /// 2 when one is missing, stopped, starting, unhealthy, not managed by outpostctl or on
+        /// authentik's fallback image, 1 when an engine could not be read.
+        #[arg(long)]
+        detailed_exitcode: bool,
     },
     /// Keep the engines converged: apply at start, on every change to the manifests or the
     /// files they reference, on engine events for managed containers, and every --interval.

@@ -45,10 +45,14 @@ fn main() {
             commands::install_signal_handler();
             commands::apply::run(&printer, &args).await
         }),
-        Command::Status { paths, format } => block_on(async {
+        Command::Status {
+            paths,
+            format,
+            detailed_exitcode,
+        } => block_on(async {
             commands::install_reader_signal_handler();
             tokio::select! {
-                exit = commands::status::run(&printer, &paths, format) => exit,
+                exit = commands::status::run(&printer, &paths, format, detailed_exitcode) => exit,
                 _ = commands::until_interrupted() => commands::Exit::Failure,
             }
         }),

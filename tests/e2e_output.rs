@@ -70,7 +70,7 @@ static ENGINE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// One project through its life: created, changed in every way a plan can show (recreate with
 /// its reasons and a token shown only as changed, rename, start, remove, unchanged), applied,
-/// and its status.
+/// and its status, healthy and then with an outpost stopped and one gone.
 #[test]
 fn plan_apply_and_status_read_as_documented() {
     let _one_at_a_time = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
@@ -143,7 +143,24 @@ fn plan_apply_and_status_read_as_documented() {
         let health = env.wait_healthy(&env.name_of(c), Duration::from_secs(60));
         assert_eq!(health.as_deref(), Some("healthy"), "{c}");
     }
-    snapshot(&env, "status", &env.run(&["status", "."]), 0);
+    snapshot(
+        &env,
+        "status",
+        &env.run(&["status", "--detailed-exitcode", "."]),
+        0,
+    );
+    // A stopped outpost and one whose container is gone: still read fine (exit 0), and
+    // `--detailed-exitcode` tells a monitoring check that something needs attention.
+    docker_ok(&["stop", "-t", "2", &env.name_of("kept")]);
+    docker_ok(&["rm", "-f", &env.name_of("radius")]);
+    snapshot(
+        &env,
+        "status_needs_attention",
+        &env.run(&["status", "."]),
+        0,
+    );
+    let r = env.run(&["status", "--detailed-exitcode", "."]);
+    assert_eq!(r.code, 2, "{}", shown(&r));
 }
 
 /// A container in the way that this project did not create: the plan names it, says what to

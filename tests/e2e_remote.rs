@@ -451,8 +451,8 @@ fn tls_status_shows_engine_and_api_version() {
         "status",
         &s.stdout,
         &[
-            &format!("integration edge ({url}): healthy, Docker {version} (API {api})"),
-            &format!("integration local (local): healthy, Docker {version} (API {api})"),
+            &format!("integration edge ({url}): reachable, Docker {version} (API {api})"),
+            &format!("integration local (local): reachable, Docker {version} (API {api})"),
             &format!("{}: running", r.env.name_of("radius")),
         ],
     );
@@ -544,7 +544,7 @@ fn tls_unreachable_engine_does_not_stop_the_others() {
         &s.stdout,
         &[
             &format!(
-                "integration edge (https://127.0.0.1:{}): healthy",
+                "integration edge (https://127.0.0.1:{}): reachable",
                 r.t().port
             ),
             &format!("integration down ({down}): unreachable"),
@@ -598,7 +598,7 @@ fn tls_socket_proxy_behind_tls() {
     assert_contains(
         "status",
         &s.stdout,
-        &[&format!("integration proxied ({url}): healthy")],
+        &[&format!("integration proxied ({url}): reachable")],
     );
     assert!(
         r.t().accepted("socket-proxy") >= proxy_before + 10,
@@ -704,7 +704,7 @@ fn ssh_full_plan_and_apply_with_pinned_host_key() {
         "status",
         &s.stdout,
         &[&format!(
-            "integration nas ({url}): healthy, Docker {version} (API {api})"
+            "integration nas ({url}): reachable, Docker {version} (API {api})"
         )],
     );
 }
@@ -895,7 +895,7 @@ fn ssh_config_port_and_user_apply_when_the_url_has_none() {
         "status",
         &s.stdout,
         &[&format!(
-            "integration nas (ssh://outpostctl-e2e-engine): healthy, Docker {version} (API {api})"
+            "integration nas (ssh://outpostctl-e2e-engine): reachable, Docker {version} (API {api})"
         )],
     );
     let _ = full_cycle(&r, &m, "nas", &[("LDAP", "ldap")]);

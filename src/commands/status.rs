@@ -39,7 +39,22 @@ pub struct OutpostStatus {
     pub fallback_image: bool,
 }
 
-pub async fn run(p: &Printer, paths: &[std::path::PathBuf], format: Format) -> Exit {
+impl OutpostStatus {
+    /// Running as outpostctl deployed it, and healthy or without a health check.
+    pub fn fine(&self) -> bool {
+        self.managed
+            && !self.fallback_image
+            && self.state.as_deref() == Some("running")
+            && matches!(self.health.as_deref(), None | Some("healthy"))
+    }
+}
+
+pub async fn run(
+    p: &Printer,
+    paths: &[std::path::PathBuf],
+    format: Format,
+    detailed_exitcode: bool,
+) -> Exit {
     let Ok(v) = load_valid(p, paths) else {
         return Exit::Failure;
     };
@@ -101,6 +116,10 @@ pub async fn run(p: &Printer, paths: &[std::path::PathBuf], format: Format) -> E
     });
     let statuses = futures_util::future::join_all(futures).await;
     let all_ok = statuses.iter().all(|s| s.reachable);
+    let all_fine = statuses
+        .iter()
+        .flat_map(|s| &s.outposts)
+        .all(OutpostStatus::fine);
     match format {
         Format::Json => {
             let doc = serde_json::json!({ "format_version": 1, "project": v.project, "integrations": statuses });
@@ -111,12 +130,19 @@ pub async fn run(p: &Printer, paths: &[std::path::PathBuf], format: Format) -> E
         }
         Format::Human => {
             let mut out = String::new();
+            let width = statuses
+                .iter()
+                .flat_map(|s| &s.outposts)
+                .map(|o| o.outpost.chars().count())
+                .max()
+                .unwrap_or(0)
+                .min(40);
             for s in &statuses {
                 match (&s.engine, &s.error) {
                     (Some(e), _) => {
                         let _ = writeln!(
                             out,
-                            "integration {} ({}): healthy, Docker {} (API {})",
+                            "integration {} ({}): reachable, Docker {} (API {})",
                             s.integration, s.url, e.server_version, e.api_version
                         );
                     }
@@ -153,11 +179,17 @@ pub async fn run(p: &Printer, paths: &[std::path::PathBuf], format: Format) -> E
                         }
                         _ => "no container".to_string(),
                     };
-                    let _ = writeln!(out, "  {:<24} {line}", o.outpost);
+                    let _ = writeln!(out, "  {:<width$}  {line}", o.outpost);
                 }
             }
             p.out(&out);
         }
     }
-    if all_ok { Exit::Success } else { Exit::Failure }
+    if !all_ok {
+        Exit::Failure
+    } else if detailed_exitcode && !all_fine {
+        Exit::Changes
+    } else {
+        Exit::Success
+    }
 }
