@@ -466,7 +466,12 @@ pub fn keep_what_another_keeps(plans: &mut [&mut Vec<Action>]) {
     let claimed: HashSet<String> = plans
         .iter()
         .flat_map(|actions| actions.iter())
-        .filter(|a| a.action != ActionKind::Blocked && !orphan_removal(a))
+        // A block by a container in the way leaves that container to whoever owns it; a
+        // blocked change to the outpost's own container (its reasons say what would change;
+        // its network is missing, say) keeps the container as it is.
+        .filter(|a| {
+            (a.action != ActionKind::Blocked || !a.reasons.is_empty()) && !orphan_removal(a)
+        })
         .filter_map(|a| a.container.as_ref().map(|c| c.id.clone()))
         .collect();
     if claimed.is_empty() {

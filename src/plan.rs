@@ -412,7 +412,61 @@ async fn plan_listed(
             }
         }
     }
+    block_missing_networks(desired, &observed, engine, &mut actions).await;
     Ok((fingerprint, actions, texts))
+}
+
+/// Networks every engine has.
+const BUILTIN_NETWORKS: [&str; 4] = ["bridge", "host", "none", "default"];
+
+/// A create or recreate onto a network the engine does not have would fail at apply (the
+/// container is made, then cannot start): it is blocked instead, naming the network. A
+/// network some listed container is on exists; the others take one request, only when an
+/// action needs them. An engine that does not answer it (a socket proxy that does not allow
+/// the network list) leaves the actions as they are: apply then reports the missing network.
+async fn block_missing_networks(
+    desired: &[ContainerSpec],
+    observed: &[Observed],
+    engine: &dyn Engine,
+    actions: &mut [Action],
+) {
+    let network_of = |a: &Action| -> Option<String> {
+        if !matches!(a.action, ActionKind::Create | ActionKind::Recreate) {
+            return None;
+        }
+        let n = desired
+            .iter()
+            .find(|d| d.outpost == a.outpost)?
+            .network
+            .clone()?;
+        let known = BUILTIN_NETWORKS.contains(&n.as_str())
+            || n.starts_with("container:")
+            || observed.iter().any(|o| o.networks.contains(&n));
+        (!known).then_some(n)
+    };
+    if !actions.iter().any(|a| network_of(a).is_some()) {
+        return;
+    }
+    let Ok(networks) = engine.networks().await else {
+        return;
+    };
+    // Docker finds a network by its name, its id, or a prefix of its id.
+    let exists = |n: &str| {
+        networks
+            .iter()
+            .any(|(id, name)| name == n || id.starts_with(n))
+    };
+    for a in actions.iter_mut() {
+        let Some(n) = network_of(a) else {
+            continue;
+        };
+        if !exists(&n) {
+            a.action = ActionKind::Blocked;
+            a.error = Some(format!(
+                "network `{n}` does not exist on this engine: create it first (`docker network create {n}`), or fix `docker_network`"
+            ));
+        }
+    }
 }
 
 /// What the list cannot show: the restart policy of the kept containers `inspect` covers,
@@ -531,5 +585,126 @@ mod tests {
         assert_eq!(actions.len(), 1, "{actions:?}");
         assert_eq!(actions[0].action, ActionKind::Recreate);
         assert_eq!(actions[0].reasons[0].field, "config-hash", "{actions:?}");
+    }
+
+    /// The set of `a_container_that_cannot_be_inspected...` with outpost A on `network`.
+    fn on_network(network: &str) -> ContainerSpec {
+        let v = validated(&format!(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\n  docker_network: {network}\nintegrations:\n  \
+             local: {{ local: true }}\noutposts:\n  A:\n    type: ldap\n    integration: local\n    \
+             token: {{ file: token }}\n"
+        ));
+        v.desired["local"][0].clone()
+    }
+
+    async fn actions_on(spec: &ContainerSpec, engine: &Fake) -> Vec<Action> {
+        match plan_engine(
+            "p",
+            std::slice::from_ref(spec),
+            engine,
+            DiffOptions::default(),
+        )
+        .await
+        {
+            Ok((_, actions, _)) => actions,
+            Err(e) => panic!("the engine's plan failed: {e}"),
+        }
+    }
+
+    /// A create onto a network the engine does not have is blocked, naming it; one that
+    /// exists (by name or id prefix) is not; the network list is read only when no listed
+    /// container shows the network, and an engine that refuses it leaves the create alone.
+    #[tokio::test]
+    async fn a_create_onto_a_missing_network_is_blocked() {
+        let spec = on_network("traefik");
+        let engine = |networks: Option<&[&str]>| Fake {
+            networks: networks.map(|n| n.iter().map(|s| s.to_string()).collect()),
+            ..Fake::default()
+        };
+        let missing = engine(Some(&["bridge", "host", "none"]));
+        let a = &actions_on(&spec, &missing).await[0];
+        assert_eq!(a.action, ActionKind::Blocked);
+        let error = a.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("network `traefik` does not exist")
+                && error.contains("docker network create traefik"),
+            "{error}"
+        );
+
+        let present = engine(Some(&["bridge", "traefik"]));
+        assert_eq!(
+            actions_on(&spec, &present).await[0].action,
+            ActionKind::Create
+        );
+        // The fake's ids are the names reversed: `kifeart` begins with `kif`.
+        let by_id = on_network("kif");
+        assert_eq!(
+            actions_on(&by_id, &present).await[0].action,
+            ActionKind::Create
+        );
+
+        let refused = engine(None);
+        assert_eq!(
+            actions_on(&spec, &refused).await[0].action,
+            ActionKind::Create
+        );
+
+        let mut seen = engine(Some(&[]));
+        let mut other = observed("0123456789abcdef", "web", State::Running, &[]);
+        other.networks = vec!["traefik".into()];
+        seen.listed = vec![other];
+        assert_eq!(actions_on(&spec, &seen).await[0].action, ActionKind::Create);
+        assert_eq!(
+            seen.network_reads
+                .load(std::sync::atomic::Ordering::Relaxed),
+            0,
+            "a network a listed container is on needs no request"
+        );
+        assert_eq!(
+            actions_on(&on_network("bridge"), &missing).await[0].action,
+            ActionKind::Create
+        );
+    }
+
+    /// A recreate onto a missing network is blocked with its reasons kept, and its container
+    /// stays claimed: another integration on the same engine does not remove it as an orphan.
+    #[tokio::test]
+    async fn a_recreate_onto_a_missing_network_keeps_its_container() {
+        let spec = on_network("traefik");
+        let mut live = observed(
+            "0123456789abcdef",
+            &spec.name,
+            State::Running,
+            &[
+                (LABEL_UUID, spec.uuid.as_str()),
+                (LABEL_PROJECT, "p"),
+                (LABEL_MANAGED_BY, "outpostctl"),
+                (LABEL_INTEGRATION, "local"),
+                (LABEL_CONFIG_HASH, "0ld"),
+            ],
+        );
+        live.networks = vec!["bridge".into()];
+        let engine = Fake {
+            listed: vec![live],
+            networks: Some(vec!["bridge".into()]),
+            ..Fake::default()
+        };
+        let mut actions = actions_on(&spec, &engine).await;
+        assert_eq!(actions[0].action, ActionKind::Blocked, "{actions:?}");
+        assert!(!actions[0].reasons.is_empty(), "{actions:?}");
+        let mut orphan = actions[0].clone();
+        orphan.action = ActionKind::Remove;
+        orphan.reasons = vec![Change::new(
+            "outpost",
+            Some("in the manifests".into()),
+            None,
+        )];
+        let mut other = vec![orphan];
+        diff::keep_what_another_keeps(&mut [&mut actions, &mut other]);
+        assert!(
+            other.is_empty(),
+            "the blocked outpost's container was removed: {other:?}"
+        );
     }
 }

@@ -201,6 +201,66 @@ fn network_change_recreates() {
     env.assert_converged();
 }
 
+/// A `docker_network` the engine does not have: the plan blocks the outpost and names the
+/// network (exit 1) and apply leaves it alone, instead of a container made that cannot start.
+/// Once the network exists the outpost is created on it; a change to another missing network
+/// is blocked too, and the running container is kept as it is.
+#[test]
+fn a_missing_network_blocks_until_it_exists() {
+    let env = Env::new("nonet");
+    let net = format!("{}net", env.prefix);
+    let mut m = env.manifest();
+    m["defaults"]["docker_network"] = json!(net);
+    m["outposts"]["A"] = env.outpost("rac", "AK_A");
+    env.write(&m);
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 1, "{}", shown(&plan));
+    assert!(
+        plan.stdout.contains("! blocked")
+            && plan
+                .stdout
+                .contains(&format!("network `{net}` does not exist on this engine"))
+            && plan.stdout.contains("plan: no changes, 1 blocked"),
+        "{}",
+        shown(&plan)
+    );
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stdout.contains("nothing to apply; left alone: 1 blocked"),
+        "{}",
+        shown(&r)
+    );
+    assert!(
+        env.project_containers().is_empty(),
+        "apply made a container"
+    );
+
+    assert_eq!(env.network("net"), net);
+    env.apply_ok();
+    let name = env.name_of("a");
+    let before = env.container(&name);
+    assert_eq!(before.networks(), [net.as_str()]);
+    env.assert_converged();
+
+    let gone = format!("{}gone", env.prefix);
+    m["defaults"]["docker_network"] = json!(gone);
+    env.write(&m);
+    let plan = env.plan_json_with(&[], true);
+    let a = action_of(&plan, "A");
+    assert_eq!(a["action"], "blocked", "{a:#}");
+    assert_eq!(
+        reason(&a, "network"),
+        Some(&json!({"field": "network", "before": net, "after": gone})),
+        "the blocked recreate keeps its reasons: {a:#}"
+    );
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    let after = env.container(&name);
+    assert_eq!(after.id(), before.id(), "the container was replaced");
+    assert!(after.running());
+}
+
 /// authentik never notices a network connected by hand; outpostctl does, because the network
 /// is part of the container spec.
 #[test]

@@ -288,3 +288,35 @@ fn docker_host_without_a_port_gets_dockers_default_port() {
         shown(&r)
     );
 }
+
+/// The proxy refuses the network list, so the plan cannot tell a missing `docker_network`: it
+/// plans the create, and apply fails that outpost naming the network, leaving no container.
+#[test]
+fn a_missing_network_through_the_proxy_fails_at_apply() {
+    require_socket_proxy();
+    let env = Env::new("proxynonet");
+    let net = format!("{}net", env.prefix);
+    let mut m = env.manifest();
+    m["integrations"] = json!({ "edge": { "url": SOCKET_PROXY } });
+    let mut o = env.outpost("rac", "AK_A");
+    o["integration"] = json!("edge");
+    o["config"]["docker_network"] = json!(net);
+    m["outposts"]["A"] = o;
+    env.write(&m);
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", shown(&plan));
+    assert!(
+        plan.stdout.contains("plan: 1 to create"),
+        "{}",
+        shown(&plan)
+    );
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stdout.contains(&format!("network {net} not found"))
+            && r.stdout.contains("apply: 0 done, 1 failed"),
+        "{}",
+        shown(&r)
+    );
+    assert!(env.project_containers().is_empty(), "a container was left");
+}

@@ -378,6 +378,19 @@ impl super::Engine for DockerEngine {
         })
     }
 
+    async fn networks(&self) -> Result<Vec<(String, String)>> {
+        self.count();
+        let list = self
+            .docker
+            .list_networks(None)
+            .await
+            .map_err(|e| self.err("list networks", e))?;
+        Ok(list
+            .into_iter()
+            .map(|n| (n.id.unwrap_or_default(), n.name.unwrap_or_default()))
+            .collect())
+    }
+
     async fn image_labels(&self, image: &str) -> Result<Option<BTreeMap<String, String>>> {
         self.count();
         match self.docker.inspect_image(image).await {

@@ -22,6 +22,10 @@ pub struct Fake {
     pub clock: i64,
     /// What `any_image` answers.
     pub image: Option<String>,
+    /// What `networks` answers (names; the id is the name reversed); None: refused.
+    pub networks: Option<Vec<String>>,
+    /// How many times `networks` was asked.
+    pub network_reads: std::sync::atomic::AtomicU64,
 }
 
 /// A listed container.
@@ -82,6 +86,17 @@ impl Engine for Fake {
             ErrorKind::NotFound,
             format!("no such container: {id}"),
         ))
+    }
+    async fn networks(&self) -> Result<Vec<(String, String)>> {
+        self.network_reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        match &self.networks {
+            Some(names) => Ok(names
+                .iter()
+                .map(|n| (n.chars().rev().collect(), n.clone()))
+                .collect()),
+            None => Err(EngineError::new(ErrorKind::Forbidden, "networks: 403")),
+        }
     }
     async fn image_labels(&self, _: &str) -> Result<Option<BTreeMap<String, String>>> {
         refused()

@@ -180,7 +180,9 @@ impl std::error::Error for EngineError {}
 pub type Result<T> = std::result::Result<T, EngineError>;
 
 /// Everything outpostctl asks of a Docker engine: the API sections of authentik's permission
-/// list (containers, images, info) and nothing else.
+/// list (containers, images, info) and, only to check that a network an outpost names exists
+/// before planning to create on it, the network list (which an engine or socket proxy may
+/// refuse: the check is then skipped).
 #[async_trait]
 pub trait Engine: Send + Sync {
     /// System/Info plus the negotiated API version.
@@ -188,6 +190,8 @@ pub trait Engine: Send + Sync {
     /// Every container, running or not: one request.
     async fn list(&self) -> Result<Vec<Observed>>;
     async fn inspect(&self, id: &str) -> Result<Inspected>;
+    /// Every network: (id, name). One request.
+    async fn networks(&self) -> Result<Vec<(String, String)>>;
     /// The image's labels, or None when the engine does not have the image.
     async fn image_labels(&self, image: &str) -> Result<Option<BTreeMap<String, String>>>;
     /// Pulls `image`; `progress` is told about layers as they come.
