@@ -877,9 +877,12 @@ fn unreachable_engine_fails_its_integration_only() {
     assert!(env.container(&env.name_of("here")).running());
 }
 
-/// A `docker_network` that does not exist fails that outpost, with a hint to create it.
+/// A `docker_network` that does not exist blocks that outpost, with a hint to create it; the
+/// others are applied. (Docker 20.10 accepts the create and fails the start with 404 "network
+/// NET not found": the plan finds it first. Where it cannot, through a socket proxy that
+/// refuses the network list, apply fails that outpost with the same hint: e2e_proxy.)
 #[test]
-fn missing_network_fails_that_outpost_with_a_hint() {
+fn missing_network_blocks_that_outpost_with_a_hint() {
     let env = Env::new("nonet");
     let net = env.name_of("no-such-net");
     let mut m = env.manifest();
@@ -891,38 +894,17 @@ fn missing_network_fails_that_outpost_with_a_hint() {
     let r = env.apply(&[]);
     assert_eq!(r.code, 1, "{}", shown(&r));
     assert!(
-        r.stdout.contains(&format!(
-            "FAILED create {} `Netless` on local",
-            env.name_of("netless")
-        )) && r.stdout.contains(&format!("network {net} not found")),
+        r.stdout
+            .contains(&format!("! blocked   {}  Netless", env.name_of("netless")))
+            && r.stdout.contains(&format!("`docker network create {net}`"))
+            && r.stdout.contains("apply: 1 done, 0 failed, 1 blocked"),
         "{}",
         shown(&r)
     );
     assert!(env.container(&env.name_of("fine")).running());
     assert!(
         inspect(&env.name_of("netless")).is_none(),
-        "a container that cannot start is removed again"
-    );
-}
-
-/// The failure of a missing network should say how to fix it. outpostctl adds
-/// "create the network first: `docker network create NET`" to a failed *create*, but
-/// Docker 20.10 accepts the create and fails the *start* (404 "network NET not found").
-#[test]
-fn missing_network_failure_says_how_to_create_it() {
-    let env = Env::new("nonethint");
-    let net = env.name_of("no-such-net");
-    let mut m = env.manifest();
-    let mut o = env.outpost("radius", "AK_N");
-    o["config"]["docker_network"] = json!(net);
-    m["outposts"]["Netless"] = o;
-    env.write(&m);
-    let r = env.apply(&[]);
-    assert_eq!(r.code, 1, "{}", shown(&r));
-    assert!(
-        r.stdout.contains(&format!("docker network create {net}")),
-        "{}",
-        shown(&r)
+        "a container was made for the blocked outpost"
     );
 }
 

@@ -290,7 +290,8 @@ fn docker_host_without_a_port_gets_dockers_default_port() {
 }
 
 /// The proxy refuses the network list, so the plan cannot tell a missing `docker_network`: it
-/// plans the create, and apply fails that outpost naming the network, leaving no container.
+/// plans the create, and apply fails that outpost naming the network and how to create it,
+/// leaving no container.
 #[test]
 fn a_missing_network_through_the_proxy_fails_at_apply() {
     require_socket_proxy();
@@ -314,6 +315,7 @@ fn a_missing_network_through_the_proxy_fails_at_apply() {
     assert_eq!(r.code, 1, "{}", shown(&r));
     assert!(
         r.stdout.contains(&format!("network {net} not found"))
+            && r.stdout.contains(&format!("docker network create {net}"))
             && r.stdout.contains("apply: 0 done, 1 failed"),
         "{}",
         shown(&r)
