@@ -316,7 +316,7 @@ async fn explain_port_conflict(engine: &dyn Engine, e: EngineError) -> EngineErr
     let holder = match engine.list().await {
         Ok(list) => list
             .into_iter()
-            .find(|c| c.host_ports.contains(&port))
+            .find(|c| c.host_ports.iter().any(|p| p.port == port))
             .map(|c| format!("container `{}` ({})", c.name, c.short_id())),
         Err(_) => None,
     };

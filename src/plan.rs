@@ -412,8 +412,82 @@ async fn plan_listed(
             }
         }
     }
+    block_taken_ports(project, desired, &observed, &mut actions);
     block_missing_networks(desired, &observed, engine, &mut actions).await;
     Ok((fingerprint, actions, texts))
+}
+
+/// A create, recreate or start that needs a host port a running container outside this
+/// project publishes would fail at apply: it is blocked instead, naming that container.
+/// Read from the list (no request). This project's own containers are left out: the set's
+/// outposts never share a port (validation), and one that left the manifests is removed first.
+/// A process outside Docker holding the port is not seen here; apply names it.
+fn block_taken_ports(
+    project: &str,
+    desired: &[ContainerSpec],
+    observed: &[Observed],
+    actions: &mut [Action],
+) {
+    // Containers the plan acts on (one authentik deployed, adopted with --adopt) are not
+    // in the way of their own outpost.
+    let acted_on: HashSet<&str> = actions
+        .iter()
+        .filter_map(|a| a.container.as_ref().map(|c| c.id.as_str()))
+        .collect();
+    let holders: Vec<&Observed> = observed
+        .iter()
+        .filter(|o| o.label(LABEL_PROJECT) != Some(project) && !acted_on.contains(o.id.as_str()))
+        .filter(|o| matches!(o.state, State::Running | State::Restarting | State::Paused))
+        .filter(|o| !o.host_ports.is_empty())
+        .collect();
+    if holders.is_empty() {
+        return;
+    }
+    for a in actions.iter_mut().filter(|a| {
+        matches!(
+            a.action,
+            ActionKind::Create | ActionKind::Recreate | ActionKind::Start
+        )
+    }) {
+        let Some(spec) = desired.iter().find(|d| d.outpost == a.outpost) else {
+            continue;
+        };
+        let taken = spec.ports.iter().find_map(|want| {
+            holders
+                .iter()
+                .find(|o| o.host_ports.iter().any(|held| port_overlaps(want, held)))
+                .map(|o| (want, o))
+        });
+        if let Some((want, o)) = taken {
+            let whose = match o.label(LABEL_PROJECT) {
+                Some(other) => format!("of outpostctl project `{other}`"),
+                None => "which outpostctl does not manage".into(),
+            };
+            a.action = ActionKind::Blocked;
+            a.error = Some(format!(
+                "host port {}/{} is taken by container `{}` ({}), {whose}: free it, or give this outpost another port with `ports:`",
+                want.host_port,
+                want.proto.as_str(),
+                o.name,
+                o.short_id()
+            ));
+        }
+    }
+}
+
+/// Whether binding `want` on the host conflicts with `held`: the same port and protocol, on
+/// the same address or where one of them is every address (of the same IP family, or of both
+/// when no address is given).
+fn port_overlaps(want: &crate::desired::PortBinding, held: &crate::engine::HostPort) -> bool {
+    if want.host_port != held.port || want.proto.as_str() != held.proto {
+        return false;
+    }
+    let v6 = |ip: &str| ip.contains(':');
+    let every = |ip: &str| ip.is_empty() || ip == "0.0.0.0" || ip == "::";
+    want.host_ip.is_empty()
+        || held.ip.is_empty()
+        || (v6(&want.host_ip) == v6(&held.ip)
+            && (every(&want.host_ip) || every(&held.ip) || want.host_ip == held.ip))
 }
 
 /// Networks every engine has.
@@ -521,7 +595,7 @@ fn short_hash(h: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::{LABEL_INTEGRATION, LABEL_MANAGED_BY};
+    use crate::desired::{LABEL_INTEGRATION, LABEL_MANAGED_BY, Proto};
     use crate::engine::fake::{Fake, observed, validated};
 
     /// A saved plan depends on the containers' states, except that a container flapping
@@ -706,5 +780,117 @@ mod tests {
             other.is_empty(),
             "the blocked outpost's container was removed: {other:?}"
         );
+    }
+
+    fn bound(ip: &str, port: u16, proto: &str) -> crate::engine::HostPort {
+        crate::engine::HostPort {
+            ip: ip.into(),
+            port,
+            proto: proto.into(),
+        }
+    }
+
+    #[test]
+    fn ports_overlap_on_the_same_address_or_every_address_of_its_family() {
+        let want = |ip: &str, port: u16, proto: Proto| crate::desired::PortBinding {
+            container_port: port,
+            proto,
+            host_ip: ip.into(),
+            host_port: port,
+        };
+        let tcp = Proto::Tcp;
+        assert!(port_overlaps(
+            &want("", 9000, tcp),
+            &bound("0.0.0.0", 9000, "tcp")
+        ));
+        assert!(port_overlaps(
+            &want("", 9000, tcp),
+            &bound("::1", 9000, "tcp")
+        ));
+        assert!(port_overlaps(
+            &want("127.0.0.1", 9000, tcp),
+            &bound("0.0.0.0", 9000, "tcp")
+        ));
+        assert!(port_overlaps(
+            &want("0.0.0.0", 9000, tcp),
+            &bound("127.0.0.1", 9000, "tcp")
+        ));
+        assert!(port_overlaps(
+            &want("127.0.0.1", 9000, tcp),
+            &bound("127.0.0.1", 9000, "tcp")
+        ));
+        assert!(!port_overlaps(
+            &want("127.0.0.1", 9000, tcp),
+            &bound("127.0.0.2", 9000, "tcp")
+        ));
+        assert!(!port_overlaps(
+            &want("127.0.0.1", 9000, tcp),
+            &bound("::", 9000, "tcp")
+        ));
+        assert!(!port_overlaps(
+            &want("", 9000, tcp),
+            &bound("0.0.0.0", 9001, "tcp")
+        ));
+        assert!(!port_overlaps(
+            &want("", 1812, Proto::Udp),
+            &bound("0.0.0.0", 1812, "tcp")
+        ));
+    }
+
+    /// A proxy outpost publishing 9000 and 9443 (authentik's default) beside a container that
+    /// holds 9443 (Portainer's port, say): the create is blocked, naming it; not when that
+    /// container is stopped, is this project's, or is the one adopted for the outpost.
+    #[tokio::test]
+    async fn a_create_onto_a_host_port_a_running_container_holds_is_blocked() {
+        let v = validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
+             outposts:\n  Web:\n    type: proxy\n    integration: local\n    token: { file: token }\n",
+        );
+        let spec = v.desired["local"][0].clone();
+        assert!(
+            !spec.ports.is_empty(),
+            "authentik maps the proxy's ports by default"
+        );
+        let holder = |state, labels: &[(&str, &str)]| {
+            let mut o = observed("0123456789abcdef", "portainer", state, labels);
+            o.host_ports = vec![bound("0.0.0.0", 9443, "tcp"), bound("::", 9443, "tcp")];
+            Fake {
+                listed: vec![o],
+                ..Fake::default()
+            }
+        };
+        let a = &actions_on(&spec, &holder(State::Running, &[])).await[0];
+        assert_eq!(a.action, ActionKind::Blocked, "{a:?}");
+        let error = a.error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("host port 9443/tcp is taken by container `portainer` (0123456789ab)")
+                && error.contains("which outpostctl does not manage"),
+            "{error}"
+        );
+        let other = &actions_on(&spec, &holder(State::Running, &[(LABEL_PROJECT, "q")])).await[0];
+        assert!(
+            other
+                .error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("of outpostctl project `q`"),
+            "{other:?}"
+        );
+        let stopped = &actions_on(&spec, &holder(State::Exited, &[])).await[0];
+        assert_eq!(stopped.action, ActionKind::Create);
+        let ours = &actions_on(&spec, &holder(State::Running, &[(LABEL_PROJECT, "p")])).await[0];
+        assert_ne!(ours.action, ActionKind::Blocked, "{ours:?}");
+
+        let adopted = holder(State::Running, &[(LABEL_UUID, spec.uuid.as_str())]);
+        let opts = DiffOptions {
+            adopt: true,
+            ..DiffOptions::default()
+        };
+        let planned = plan_engine("p", std::slice::from_ref(&spec), &adopted, opts).await;
+        let actions = planned.map(|(_, a, _)| a).unwrap_or_default();
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        assert_eq!(actions[0].action, ActionKind::Recreate, "{actions:?}");
+        assert!(actions[0].adopt);
     }
 }

@@ -562,9 +562,9 @@ fn outpost_removed_from_manifests_is_removed() {
     assert_eq!(env.project_containers().len(), 1);
 }
 
-/// A host port taken by another container makes that one outpost fail; the others are
-/// created, the summary names the failure and the exit code is 1. Once the port is free, a
-/// rerun converges.
+/// A host port held by a process outside Docker (the plan cannot see it) makes that one
+/// outpost fail at apply, naming the port and the process; the others are created, the
+/// summary names the failure and the exit code is 1. Once the port is free, a rerun converges.
 #[test]
 fn port_conflict_fails_one_outpost_not_the_others() {
     let env = Env::new("portclash");
@@ -581,12 +581,8 @@ fn port_conflict_fails_one_outpost_not_the_others() {
     m["outposts"]["Fine RADIUS"] = radius;
     env.write(&m);
 
-    let blocker = env.name_of("port-squatter");
-    env.docker_container(
-        "run",
-        &blocker,
-        &["-d", "-p", &format!("127.0.0.1:{taken}:9000"), IMAGE_V1],
-    );
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", taken))
+        .unwrap_or_else(|e| panic!("cannot take port {taken} for the test: {e}"));
 
     let r = env.apply(&[]);
     assert_eq!(r.code, 1, "{}", shown(&r));
@@ -598,8 +594,10 @@ fn port_conflict_fails_one_outpost_not_the_others() {
         shown(&r)
     );
     assert!(
-        r.stdout.contains(&taken.to_string()) && r.stdout.contains("port"),
-        "the failure names the port:\n{}",
+        r.stdout.contains(&format!(
+            "host port {taken} is already taken by a process outside Docker"
+        )),
+        "the failure names the port and what holds it:\n{}",
         shown(&r)
     );
     assert!(
@@ -611,14 +609,13 @@ fn port_conflict_fails_one_outpost_not_the_others() {
         let c = env.container(&env.name_of(n));
         assert!(c.running(), "{n} was not created and started");
     }
-    // The failed outpost leaves no half-made container behind; the squatter is untouched.
+    // The failed outpost leaves no half-made container behind.
     assert!(
         inspect(&n_proxy).is_none_or(|c| !c.running()),
         "{n_proxy} runs although its port is taken"
     );
-    assert!(env.container(&blocker).running());
 
-    docker_ok(&["rm", "-f", &blocker]);
+    drop(squatter);
     let again = env.apply_ok();
     assert!(
         again
@@ -628,6 +625,55 @@ fn port_conflict_fails_one_outpost_not_the_others() {
         shown(&again)
     );
     assert!(env.container(&n_proxy).running());
+    env.assert_converged();
+}
+
+/// A host port published by a running container this project does not manage: the plan
+/// blocks that outpost and names the container (exit 1); apply creates the others and leaves
+/// the squatter alone; once it is gone, a rerun converges.
+#[test]
+fn a_port_another_container_publishes_blocks_that_outpost() {
+    let env = Env::new("portsquat");
+    let mut m = env.manifest();
+    let mut proxy = env.outpost("proxy", "AK_P");
+    let taken = env.publish(&mut proxy)["9443/tcp"];
+    m["outposts"]["Web"] = proxy;
+    m["outposts"]["Fine"] = env.outpost("rac", "AK_F");
+    env.write(&m);
+    let blocker = env.name_of("port-squatter");
+    let blocker_id = env.docker_container(
+        "run",
+        &blocker,
+        &["-d", "-p", &format!("127.0.0.1:{taken}:9443"), IMAGE_V1],
+    );
+
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 1, "{}", shown(&plan));
+    assert!(
+        plan.stdout.contains(&format!(
+            "host port {taken}/tcp is taken by container `{blocker}` ({}), which outpostctl does not manage",
+            &blocker_id[..12]
+        )) && plan.stdout.contains("plan: 1 to create, 1 blocked"),
+        "{}",
+        shown(&plan)
+    );
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stdout.contains("apply: 1 done, 0 failed, 1 blocked"),
+        "{}",
+        shown(&r)
+    );
+    assert!(inspect(&env.name_of("web")).is_none());
+    assert!(env.container(&env.name_of("fine")).running());
+    assert!(
+        env.container(&blocker).running(),
+        "the squatter was touched"
+    );
+
+    docker_ok(&["rm", "-f", &blocker]);
+    env.apply_ok();
+    assert!(env.container(&env.name_of("web")).running());
     env.assert_converged();
 }
 
@@ -672,8 +718,9 @@ fn pull_never_with_missing_image_fails_that_outpost_only() {
     env.assert_converged();
 }
 
-/// A recreate whose new container cannot start (its new host port is taken) puts the old
-/// container back, under its name and running, and reports the error; freed, it converges.
+/// A recreate whose new container cannot start (its new host port is taken by a process) puts
+/// the old container back, under its name and running, and reports the error; freed, it
+/// converges.
 #[test]
 fn failed_recreate_puts_the_old_container_back() {
     let env = Env::new("putback");
@@ -689,12 +736,9 @@ fn failed_recreate_puts_the_old_container_back() {
     let taken = env.port();
     m["outposts"]["Phoenix"]["ports"]["9000/tcp"] = json!(format!("127.0.0.1:{taken}"));
     env.write(&m);
-    let blocker = env.name_of("squatter");
-    env.docker_container(
-        "run",
-        &blocker,
-        &["-d", "-p", &format!("127.0.0.1:{taken}:9000"), IMAGE_V1],
-    );
+    // A process holds the new port: the plan cannot see it, the new container cannot start.
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", taken))
+        .unwrap_or_else(|e| panic!("cannot take port {taken} for the test: {e}"));
     let r = env.apply(&[]);
     assert_eq!(r.code, 1, "{}", shown(&r));
     assert!(
@@ -717,7 +761,7 @@ fn failed_recreate_puts_the_old_container_back() {
     let plan = env.plan_json();
     assert_eq!(action_of(&plan, "Phoenix")["action"], "recreate");
 
-    docker_ok(&["rm", "-f", &blocker]);
+    drop(squatter);
     env.apply_ok();
     let new = env.container(&name);
     assert_ne!(new.id(), old.id());

@@ -20,7 +20,8 @@ use futures_util::StreamExt;
 
 use super::transport::Transport;
 use super::{
-    EngineError, EngineEvent, EngineInfo, ErrorKind, Health, Inspected, Observed, Result, State,
+    EngineError, EngineEvent, EngineInfo, ErrorKind, Health, HostPort, Inspected, Observed, Result,
+    State,
 };
 use crate::desired::{ContainerSpec, HealthCheck, PortBinding, Proto};
 
@@ -321,11 +322,21 @@ impl super::Engine for DockerEngine {
                     networks,
                     created: c.created.unwrap_or_default(),
                     host_ports: {
-                        let mut p: Vec<u16> = c
+                        let mut p: Vec<HostPort> = c
                             .ports
                             .unwrap_or_default()
-                            .iter()
-                            .filter_map(|p| p.public_port)
+                            .into_iter()
+                            .filter_map(|p| {
+                                Some(HostPort {
+                                    port: p.public_port?,
+                                    ip: p.ip.unwrap_or_default(),
+                                    proto: p
+                                        .typ
+                                        .map(|t| t.to_string())
+                                        .filter(|t| !t.is_empty())
+                                        .unwrap_or_else(|| "tcp".into()),
+                                })
+                            })
                             .collect();
                         p.sort_unstable();
                         p.dedup();

@@ -32,7 +32,17 @@ pub struct Observed {
     pub created: i64,
     /// Host ports the container publishes (running containers only).
     #[serde(default)]
-    pub host_ports: Vec<u16>,
+    pub host_ports: Vec<HostPort>,
+}
+
+/// A host port a container publishes, as the engine's list shows it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct HostPort {
+    /// The host address (`0.0.0.0`, `::`, `127.0.0.1`, ...); empty when not given.
+    pub ip: String,
+    pub port: u16,
+    /// `tcp`, `udp` or `sctp`.
+    pub proto: String,
 }
 
 impl Observed {
