@@ -2,7 +2,7 @@
 //! elsewhere). A saved plan carries fingerprints of the manifests and of the live objects it
 //! was computed from, so apply can refuse it when anything moved; it holds no secret values.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -163,6 +163,13 @@ impl Plan {
                 } else {
                     ""
                 };
+                if then.fingerprint == now.fingerprint && inspected.is_empty() {
+                    // The same containers, another plan: what it checks beside them moved.
+                    return Some(format!(
+                        "what the plan would do on integration `{}` changed since it was made (a network or host port it needs appeared or went away)",
+                        now.name
+                    ));
+                }
                 return Some(format!(
                     "the containers on integration `{}` changed since the plan was made{inspected}",
                     now.name
@@ -412,8 +419,11 @@ async fn plan_listed(
             }
         }
     }
-    block_taken_ports(project, desired, &observed, &mut actions);
-    block_missing_networks(desired, &observed, engine, &mut actions).await;
+    let mut blocked = block_taken_ports(project, desired, &observed, &mut actions);
+    blocked.extend(block_missing_networks(desired, &observed, engine, &mut actions).await);
+    // A blocked outpost is left as it is: its duplicates too (a previous container parked by
+    // an interrupted recreate stays until the outpost's own container can run).
+    actions.retain(|a| !(diff::is_duplicate_removal(a) && blocked.contains(&a.outpost)));
     Ok((fingerprint, actions, texts))
 }
 
@@ -427,7 +437,8 @@ fn block_taken_ports(
     desired: &[ContainerSpec],
     observed: &[Observed],
     actions: &mut [Action],
-) {
+) -> BTreeSet<String> {
+    let mut blocked = BTreeSet::new();
     // Containers the plan acts on (one authentik deployed, adopted with --adopt) are not
     // in the way of their own outpost.
     let acted_on: HashSet<&str> = actions
@@ -441,7 +452,7 @@ fn block_taken_ports(
         .filter(|o| !o.host_ports.is_empty())
         .collect();
     if holders.is_empty() {
-        return;
+        return blocked;
     }
     for a in actions.iter_mut().filter(|a| {
         matches!(
@@ -452,6 +463,14 @@ fn block_taken_ports(
         let Some(spec) = desired.iter().find(|d| d.outpost == a.outpost) else {
             continue;
         };
+        // Docker publishes no ports for a container on the host's network or on none.
+        if spec
+            .network
+            .as_deref()
+            .is_some_and(|n| n == "host" || n == "none" || n.starts_with("container:"))
+        {
+            continue;
+        }
         let taken = spec.ports.iter().find_map(|want| {
             holders
                 .iter()
@@ -463,6 +482,7 @@ fn block_taken_ports(
                 Some(other) => format!("of outpostctl project `{other}`"),
                 None => "which outpostctl does not manage".into(),
             };
+            blocked.insert(a.outpost.clone());
             a.action = ActionKind::Blocked;
             a.error = Some(format!(
                 "host port {}/{} is taken by container `{}` ({}), {whose}: free it, or give this outpost another port with `ports:`",
@@ -473,6 +493,7 @@ fn block_taken_ports(
             ));
         }
     }
+    blocked
 }
 
 /// Whether binding `want` on the host conflicts with `held`: the same port and protocol, on
@@ -503,7 +524,8 @@ async fn block_missing_networks(
     observed: &[Observed],
     engine: &dyn Engine,
     actions: &mut [Action],
-) {
+) -> BTreeSet<String> {
+    let mut blocked = BTreeSet::new();
     let network_of = |a: &Action| -> Option<String> {
         if !matches!(a.action, ActionKind::Create | ActionKind::Recreate) {
             return None;
@@ -519,10 +541,10 @@ async fn block_missing_networks(
         (!known).then_some(n)
     };
     if !actions.iter().any(|a| network_of(a).is_some()) {
-        return;
+        return blocked;
     }
     let Ok(networks) = engine.networks().await else {
-        return;
+        return blocked;
     };
     // Docker finds a network by its name, its id, or a prefix of its id.
     let exists = |n: &str| {
@@ -530,17 +552,29 @@ async fn block_missing_networks(
             .iter()
             .any(|(id, name)| name == n || id.starts_with(n))
     };
+    let missing: Vec<String> = actions
+        .iter()
+        .filter_map(network_of)
+        .filter(|n| !exists(n))
+        .collect();
+    // A Swarm worker creates containers on attachable overlay networks it does not list
+    // yet: asked only when a network is missing, and then not checked there.
+    if missing.is_empty() || engine.info().await.is_ok_and(|i| i.swarm_worker) {
+        return blocked;
+    }
     for a in actions.iter_mut() {
         let Some(n) = network_of(a) else {
             continue;
         };
-        if !exists(&n) {
+        if missing.contains(&n) {
+            blocked.insert(a.outpost.clone());
             a.action = ActionKind::Blocked;
             a.error = Some(format!(
                 "network `{n}` does not exist on this engine: create it first (`docker network create {n}`), or fix `docker_network`"
             ));
         }
     }
+    blocked
 }
 
 /// What the list cannot show: the restart policy of the kept containers `inspect` covers,
@@ -877,6 +911,11 @@ mod tests {
                 .contains("of outpostctl project `q`"),
             "{other:?}"
         );
+        // On the host's network Docker publishes nothing: no port of its own to clash.
+        let mut on_host = spec.clone();
+        on_host.network = Some("host".into());
+        let host = &actions_on(&on_host, &holder(State::Running, &[])).await[0];
+        assert_eq!(host.action, ActionKind::Create, "{host:?}");
         let stopped = &actions_on(&spec, &holder(State::Exited, &[])).await[0];
         assert_eq!(stopped.action, ActionKind::Create);
         let ours = &actions_on(&spec, &holder(State::Running, &[(LABEL_PROJECT, "p")])).await[0];
@@ -892,5 +931,61 @@ mod tests {
         assert_eq!(actions.len(), 1, "{actions:?}");
         assert_eq!(actions[0].action, ActionKind::Recreate, "{actions:?}");
         assert!(actions[0].adopt);
+    }
+
+    /// An interrupted recreate left the outpost's container stopped beside the parked previous
+    /// one; now its port is taken: the start is blocked and the previous container is kept
+    /// (not removed as a duplicate while the outpost has nothing else that could run).
+    #[tokio::test]
+    async fn a_blocked_outpost_keeps_its_parked_previous_container() {
+        let v = validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
+             outposts:\n  Web:\n    type: proxy\n    integration: local\n    token: { file: token }\n",
+        );
+        let spec = v.desired["local"][0].clone();
+        let ours = |id: &str, name: &str, created: i64| {
+            let mut o = observed(
+                id,
+                name,
+                State::Exited,
+                &[
+                    (LABEL_UUID, spec.uuid.as_str()),
+                    (LABEL_PROJECT, "p"),
+                    (LABEL_MANAGED_BY, "outpostctl"),
+                    (LABEL_INTEGRATION, "local"),
+                    (LABEL_CONFIG_HASH, spec.config_hash.as_str()),
+                ],
+            );
+            o.created = created;
+            o
+        };
+        let mut squatter = observed("fedcba9876543210", "portainer", State::Running, &[]);
+        squatter.host_ports = vec![bound("0.0.0.0", 9000, "tcp")];
+        let listed = vec![
+            ours("1111111111111111", &spec.name, 200),
+            ours(
+                "2222222222222222",
+                &format!("{}-outpostctl-old", spec.name),
+                100,
+            ),
+            squatter,
+        ];
+        let free = Fake {
+            listed: listed[..2].to_vec(),
+            ..Fake::default()
+        };
+        let unblocked = actions_on(&spec, &free).await;
+        assert!(
+            unblocked.iter().any(|a| a.action == ActionKind::Remove),
+            "the test needs a duplicate to remove: {unblocked:?}"
+        );
+        let taken = Fake {
+            listed,
+            ..Fake::default()
+        };
+        let actions = actions_on(&spec, &taken).await;
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        assert_eq!(actions[0].action, ActionKind::Blocked, "{actions:?}");
     }
 }

@@ -24,7 +24,12 @@ fn redacted(env: &Env, text: &str) -> String {
 }
 
 /// What else differs between runs, as insta filters (pattern, placeholder).
-const FILTERS: [(&str, &str); 8] = [
+const FILTERS: [(&str, &str); 9] = [
+    // Another outpostctl on the engine at the same time (not these tests': see `ENGINE`).
+    (
+        r"(?m)^integration `[^`]+`: waiting for the lock held by .*\n",
+        "",
+    ),
     (
         r"Docker \S+ \(API [0-9.]+\)",
         "Docker [version] (API [api])",

@@ -178,7 +178,10 @@ pub(crate) fn shell_word(s: &str) -> String {
     let plain = !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./=:@+,".contains(c));
-    if plain {
+    if plain && s.starts_with('-') {
+        // Not an option.
+        format!("./{s}")
+    } else if plain {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', "'\\''"))
@@ -195,5 +198,6 @@ mod tests {
         assert_eq!(shell_word("my plan.json"), "'my plan.json'");
         assert_eq!(shell_word("it's.json"), "'it'\\''s.json'");
         assert_eq!(shell_word(""), "''");
+        assert_eq!(shell_word("-plan.json"), "./-plan.json");
     }
 }

@@ -274,11 +274,16 @@ impl super::Engine for DockerEngine {
             .await
             .map_err(|e| self.err("read engine info", e))?;
         let v = self.docker.client_version();
+        let swarm_worker = info.swarm.as_ref().is_some_and(|s| {
+            s.local_node_state == Some(bollard::models::LocalNodeState::ACTIVE)
+                && s.control_available != Some(true)
+        });
         Ok(EngineInfo {
             id: info.id.unwrap_or_default(),
             server_version: info.server_version.unwrap_or_default(),
             api_version: format!("{}.{}", v.major_version, v.minor_version),
             os: info.operating_system.unwrap_or_default(),
+            swarm_worker,
         })
     }
 

@@ -144,6 +144,10 @@ pub struct EngineInfo {
     pub server_version: String,
     pub api_version: String,
     pub os: String,
+    /// A Swarm worker: it does not list the cluster's attachable overlay networks until a
+    /// container on it joins one, yet creates containers on them.
+    #[serde(skip)]
+    pub swarm_worker: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -260,7 +260,7 @@ pub fn not_applied(s: &Summary) -> String {
 }
 
 /// What apply did, for a person; `planned` is the summary of the plan it applied, whose
-/// blocked outposts and unreachable engines were left alone (and make the run fail).
+/// blocked outposts were left alone (and make the run fail).
 pub fn report_human(report: &Report, planned: &Summary, style: Style) -> String {
     let mut out = String::new();
     let (mut done, mut failed) = (0, 0);
@@ -293,10 +293,10 @@ pub fn report_human(report: &Report, planned: &Summary, style: Style) -> String 
             paint(style, sigil(ActionKind::Blocked).1, "FAILED")
         );
     }
+    // An engine in error is among the failures above (its lock, or the engine itself).
     let _ = write!(out, "\napply: {done} done, {failed} failed");
-    let left = not_applied(planned);
-    if !left.is_empty() {
-        let _ = write!(out, ", {left}");
+    if planned.blocked > 0 {
+        let _ = write!(out, ", {} blocked", planned.blocked);
     }
     out.push('\n');
     out

@@ -213,16 +213,13 @@ impl Checker {
         self.diags.extend(checked.diagnostics);
         self.ignored_keys(doc);
         let pruned;
+        let mut failed_refs = Vec::new();
         let value = if failed {
             // Entries that passed are still checked for meaning, so that one run reports
             // every error; a failure outside a named entry leaves the document unknown.
             match without_failed_entries(&doc.value, &checked.failed_at) {
                 Some((value, failed_entries)) => {
-                    self.failed_outpost_refs.extend(integration_refs(
-                        doc,
-                        &failed_entries,
-                        &checked.failed_at,
-                    ));
+                    failed_refs = integration_refs(doc, &failed_entries, &checked.failed_at);
                     self.failed_entries.extend(failed_entries);
                     pruned = value;
                     &pruned
@@ -250,6 +247,8 @@ impl Checker {
                 return;
             }
         };
+        // Only now that the document's integrations are known too.
+        self.failed_outpost_refs.extend(failed_refs);
         let origin = &doc.origin;
         if let Some(p) = parsed.project {
             let here = origin.child("/project");
