@@ -275,3 +275,37 @@ fn saved_plan_made_without_inspect_is_stale_when_inspecting_finds_a_changed_rest
     assert_eq!(r.code, 0, "{}", shown(&r));
     assert_eq!(env.container(&name).restart_policy(), "unless-stopped");
 }
+
+/// A saved plan that would now be blocked: a container this project does not manage took
+/// the outpost's host port after the plan was made. Its containers did not move, but what the
+/// plan would do did: the plan is refused as stale, saying so, and nothing is created.
+#[test]
+fn saved_plan_is_stale_when_a_port_it_needs_was_taken_since() {
+    let env = Env::new("savedport");
+    let mut m = env.manifest();
+    let mut web = env.outpost("proxy", "AK_WEB");
+    let taken = env.publish(&mut web)["9000/tcp"];
+    m["outposts"]["Web"] = web;
+    env.write(&m);
+    plan_out(&env, "plan.json");
+    assert_eq!(
+        action_of(&saved(&env, "plan.json"), "Web")["action"],
+        "create"
+    );
+
+    env.docker_container(
+        "run",
+        &env.name_of("squatter"),
+        &["-d", "-p", &format!("127.0.0.1:{taken}:9000"), IMAGE_V1],
+    );
+    let r = apply_plan(&env, "plan.json");
+    assert_stale(
+        &r,
+        "plan.json",
+        "what the plan would do on integration `local` changed since it was made (a network or host port it needs appeared or went away)",
+    );
+    assert!(
+        inspect(&env.name_of("web")).is_none(),
+        "a stale plan created the outpost"
+    );
+}
