@@ -624,3 +624,22 @@ fn special_files_are_refused() {
         );
     }
 }
+
+/// What a pull request's comment shows when its manifests are invalid: `plan --format
+/// markdown` prints the diagnostics as a table (exit 1, nothing planned). Code spans keep their
+/// text as written (`project: <name>`), the rest is escaped for the table.
+#[test]
+fn markdown_comment_of_invalid_manifests() {
+    for fixture in ["missing_project", "errors_beside_schema_errors"] {
+        let arg = format!("{fixture}.yaml");
+        let (run, _home) = outpostctl(&fixtures(), "plan", &["--format", "markdown", &arg]);
+        assert_eq!(run.code, 1, "{fixture}:\n{}{}", run.stderr, run.stdout);
+        let mut settings = insta::Settings::clone_current();
+        settings.set_snapshot_path(root().join("tests/snapshots"));
+        settings.set_description(format!("outpostctl plan --format markdown {arg}"));
+        settings.set_omit_expression(true);
+        settings.bind(|| {
+            insta::assert_snapshot!(format!("markdown_{fixture}"), run.stdout);
+        });
+    }
+}
