@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::desired::{ContainerSpec, LABEL_CONFIG_HASH, LABEL_PROJECT, LABEL_UUID};
 use crate::diff::{self, Action, ActionKind, Change, DiffOptions};
 use crate::engine::{Engine, EngineError, Inspected, Observed, State};
+use crate::manifest::model::PullPolicy;
 use crate::validate::Validated;
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -421,6 +422,7 @@ async fn plan_listed(
     }
     let mut blocked = block_taken_ports(project, desired, &observed, &mut actions);
     blocked.extend(block_missing_networks(desired, &observed, engine, &mut actions).await);
+    blocked.extend(block_missing_images(desired, engine, &mut actions).await);
     // A blocked outpost is left as it is: its duplicates too (a previous container parked by
     // an interrupted recreate stays until the outpost's own container can run).
     actions.retain(|a| !(diff::is_duplicate_removal(a) && blocked.contains(&a.outpost)));
@@ -509,6 +511,42 @@ fn port_overlaps(want: &crate::desired::PortBinding, held: &crate::engine::HostP
         || held.ip.is_empty()
         || (v6(&want.host_ip) == v6(&held.ip)
             && (every(&want.host_ip) || every(&held.ip) || want.host_ip == held.ip))
+}
+
+/// A create or recreate with `pull: never` whose image the engine does not have would fail at
+/// apply: it is blocked instead. One image inspect per such image, only for those actions; an
+/// engine that does not answer leaves the actions as they are (apply then reports it).
+async fn block_missing_images(
+    desired: &[ContainerSpec],
+    engine: &dyn Engine,
+    actions: &mut [Action],
+) -> BTreeSet<String> {
+    let mut blocked = BTreeSet::new();
+    let image_of = |a: &Action| -> Option<String> {
+        if !matches!(a.action, ActionKind::Create | ActionKind::Recreate) {
+            return None;
+        }
+        let spec = desired.iter().find(|d| d.outpost == a.outpost)?;
+        (spec.pull == PullPolicy::Never).then(|| spec.image.clone())
+    };
+    let images: BTreeSet<String> = actions.iter().filter_map(image_of).collect();
+    let mut missing = BTreeSet::new();
+    for image in images {
+        if let Ok(None) = engine.image_labels(&image).await {
+            missing.insert(image);
+        }
+    }
+    for a in actions.iter_mut() {
+        let Some(image) = image_of(a).filter(|i| missing.contains(i)) else {
+            continue;
+        };
+        blocked.insert(a.outpost.clone());
+        a.action = ActionKind::Blocked;
+        a.error = Some(format!(
+            "image `{image}` is not on this engine and `pull: never` forbids pulling it: load or pull it there first (`docker pull {image}`), or set `pull: missing`"
+        ));
+    }
+    blocked
 }
 
 /// Networks every engine has.

@@ -677,9 +677,10 @@ fn a_port_another_container_publishes_blocks_that_outpost() {
     env.assert_converged();
 }
 
-/// `pull: never` with an image the engine does not have fails that outpost only.
+/// `pull: never` with an image the engine does not have: the plan blocks that outpost only,
+/// naming the image and the policy; the others are applied.
 #[test]
-fn pull_never_with_missing_image_fails_that_outpost_only() {
+fn pull_never_with_missing_image_blocks_that_outpost_only() {
     let env = Env::new("never");
     let image = format!("outpostctl-test/outpost:absent-{}", std::process::id());
     let mut m = env.manifest();
@@ -695,14 +696,15 @@ fn pull_never_with_missing_image_fails_that_outpost_only() {
     let strict_name = env.name_of("strict");
     assert!(
         r.stdout
-            .contains(&format!("FAILED create {strict_name} `Strict` on local"))
-            && r.stdout.contains(&image)
-            && r.stdout.contains("pull: never"),
+            .contains(&format!("! blocked   {strict_name}  Strict"))
+            && r.stdout.contains(&format!(
+                "image `{image}` is not on this engine and `pull: never` forbids pulling it"
+            )),
         "{}",
         shown(&r)
     );
     assert!(
-        r.stdout.contains("apply: 1 done, 1 failed"),
+        r.stdout.contains("apply: 1 done, 0 failed, 1 blocked"),
         "{}",
         shown(&r)
     );
