@@ -24,7 +24,8 @@ fn redacted(env: &Env, text: &str) -> String {
 }
 
 /// What else differs between runs, as insta filters (pattern, placeholder).
-const FILTERS: [(&str, &str); 9] = [
+const FILTERS: [(&str, &str); 10] = [
+    (r"host port \d+/", "host port [port]/"),
     // Another outpostctl on the engine at the same time (not these tests': see `ENGINE`).
     (
         r"(?m)^integration `[^`]+`: waiting for the lock held by .*\n",
@@ -168,8 +169,10 @@ fn plan_apply_and_status_read_as_documented() {
     assert_eq!(r.code, 2, "{}", shown(&r));
 }
 
-/// A container in the way that this project did not create: the plan names it, says what to
-/// do, and exits 1; apply does the rest, leaves that outpost alone, says so and exits 1.
+/// Outposts blocked by a container in the way that this project did not create, a host port
+/// another container publishes, a missing network and a missing `pull: never` image: the plan
+/// names each cause, says what to do, and exits 1; apply does the rest, leaves those outposts
+/// alone, says so and exits 1.
 #[test]
 fn a_container_in_the_way_reads_as_blocked() {
     let _one_at_a_time = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
@@ -177,11 +180,29 @@ fn a_container_in_the_way_reads_as_blocked() {
     let mut m = env.manifest();
     m["outposts"]["Directory"] = env.outpost("ldap", "AK_DIRECTORY");
     m["outposts"]["Desktop"] = env.outpost("rac", "AK_DESKTOP");
+    // What apply would fail on is blocked too: a host port another container publishes, a
+    // network the engine lacks, an image `pull: never` may not fetch.
+    let mut web = env.outpost("proxy", "AK_WEB");
+    web["external_hosts"] = json!(["https://app.example.com"]);
+    let taken = env.publish(&mut web)["9443/tcp"];
+    m["outposts"]["Web"] = web;
+    let mut isolated = env.outpost("rac", "AK_ISOLATED");
+    isolated["config"]["docker_network"] = json!(env.name_of("nowhere"));
+    m["outposts"]["Isolated"] = isolated;
+    let mut strict = env.outpost("rac", "AK_STRICT");
+    strict["pull"] = json!("never");
+    strict["config"]["container_image"] = json!("outpostctl-test/outpost:not-on-this-engine");
+    m["outposts"]["Strict"] = strict;
     env.write(&m);
     env.docker_container(
         "create",
         &env.name_of("directory"),
         &["--network", "none", IMAGE_V1],
+    );
+    env.docker_container(
+        "run",
+        &env.name_of("squatter"),
+        &["-d", "-p", &format!("127.0.0.1:{taken}:9443"), IMAGE_V1],
     );
 
     snapshot(&env, "blocked_plan", &env.plan(&[]), 1);
