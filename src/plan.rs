@@ -350,16 +350,17 @@ async fn plan_listed(
     observed: Vec<Observed>,
 ) -> Result<EngineOutcome, EngineError> {
     let fingerprint = engine_fingerprint(project, desired, &observed);
+    let specs: Specs = desired.iter().map(|d| (d.outpost.as_str(), d)).collect();
     let inspect = opts.inspect.clone();
     let integration = opts.integration.clone();
     let mut actions = diff::diff(project, desired, &observed, opts);
     let covers = |id: &str| inspect.covers(integration.as_deref(), id);
     // Containers already inspected for their restart policy, kept for their reasons below.
-    let mut inspected = restart_policies(desired, engine, &covers, &mut actions).await;
+    let mut inspected = restart_policies(&specs, engine, &covers, &mut actions).await;
     let mut texts = BTreeMap::new();
     for a in &actions {
         if a.action == ActionKind::Create {
-            if let Some(spec) = desired.iter().find(|d| d.outpost == a.outpost) {
+            if let Some(spec) = specs.get(a.outpost.as_str()) {
                 texts.insert(a.outpost.clone(), (String::new(), diff::spec_text(spec)));
             }
         }
@@ -377,10 +378,7 @@ async fn plan_listed(
         .iter_mut()
         .filter(|a| a.action == ActionKind::Recreate)
     {
-        let (Some(spec), Some(c)) = (
-            desired.iter().find(|d| d.outpost == a.outpost),
-            &a.container,
-        ) else {
+        let (Some(spec), Some(c)) = (specs.get(a.outpost.as_str()).copied(), &a.container) else {
             continue;
         };
         // One container that cannot be read (removed since the list, say) loses its detailed
@@ -420,11 +418,16 @@ async fn plan_listed(
             }
         }
     }
-    let mut blocked = block_taken_ports(project, desired, &observed, &mut actions);
-    blocked.extend(block_missing_networks(desired, &observed, engine, &mut actions).await);
-    blocked.extend(block_missing_images(desired, engine, &mut actions).await);
+    block_taken_ports(project, &specs, &observed, &mut actions);
+    block_missing_networks(&specs, &observed, engine, &mut actions).await;
+    block_missing_images(&specs, engine, &mut actions).await;
     // A blocked outpost is left as it is: its duplicates too (a previous container parked by
     // an interrupted recreate stays until the outpost's own container can run).
+    let blocked: HashSet<String> = actions
+        .iter()
+        .filter(|a| a.action == ActionKind::Blocked)
+        .map(|a| a.outpost.clone())
+        .collect();
     actions.retain(|a| !(diff::is_duplicate_removal(a) && blocked.contains(&a.outpost)));
     Ok((fingerprint, actions, texts))
 }
@@ -436,11 +439,10 @@ async fn plan_listed(
 /// A process outside Docker holding the port is not seen here; apply names it.
 fn block_taken_ports(
     project: &str,
-    desired: &[ContainerSpec],
+    specs: &Specs<'_>,
     observed: &[Observed],
     actions: &mut [Action],
-) -> BTreeSet<String> {
-    let mut blocked = BTreeSet::new();
+) {
     // Containers the plan acts on (one authentik deployed, adopted with --adopt) are not
     // in the way of their own outpost.
     let acted_on: HashSet<&str> = actions
@@ -454,7 +456,7 @@ fn block_taken_ports(
         .filter(|o| !o.host_ports.is_empty())
         .collect();
     if holders.is_empty() {
-        return blocked;
+        return;
     }
     for a in actions.iter_mut().filter(|a| {
         matches!(
@@ -462,7 +464,7 @@ fn block_taken_ports(
             ActionKind::Create | ActionKind::Recreate | ActionKind::Start
         )
     }) {
-        let Some(spec) = desired.iter().find(|d| d.outpost == a.outpost) else {
+        let Some(spec) = specs.get(a.outpost.as_str()) else {
             continue;
         };
         // Docker publishes no ports for a container on the host's network or on none.
@@ -484,18 +486,34 @@ fn block_taken_ports(
                 Some(other) => format!("of outpostctl project `{other}`"),
                 None => "which outpostctl does not manage".into(),
             };
-            blocked.insert(a.outpost.clone());
-            a.action = ActionKind::Blocked;
-            a.error = Some(format!(
-                "host port {}/{} is taken by container `{}` ({}), {whose}: free it, or give this outpost another port with `ports:`",
-                want.host_port,
-                want.proto.as_str(),
-                o.name,
-                o.short_id()
-            ));
+            block(
+                a,
+                format!(
+                    "host port {}/{} is taken by container `{}` ({}), {whose}: free it, or give this outpost another port with `ports:`",
+                    want.host_port,
+                    want.proto.as_str(),
+                    o.name,
+                    o.short_id()
+                ),
+            );
         }
     }
-    blocked
+}
+
+/// The spec of each outpost, by name.
+type Specs<'a> = HashMap<&'a str, &'a ContainerSpec>;
+
+/// Marks `a` blocked, saying why: nothing is done for its outpost.
+fn block(a: &mut Action, why: String) {
+    a.action = ActionKind::Blocked;
+    a.error = Some(why);
+}
+
+/// The spec of `a` when it is a create or recreate: what the checks before one look at.
+fn creating<'a>(specs: &Specs<'a>, a: &Action) -> Option<&'a ContainerSpec> {
+    matches!(a.action, ActionKind::Create | ActionKind::Recreate)
+        .then(|| specs.get(a.outpost.as_str()).copied())
+        .flatten()
 }
 
 /// Whether binding `want` on the host conflicts with `held`: the same port and protocol, on
@@ -516,18 +534,11 @@ fn port_overlaps(want: &crate::desired::PortBinding, held: &crate::engine::HostP
 /// A create or recreate with `pull: never` whose image the engine does not have would fail at
 /// apply: it is blocked instead. One image inspect per such image, only for those actions; an
 /// engine that does not answer leaves the actions as they are (apply then reports it).
-async fn block_missing_images(
-    desired: &[ContainerSpec],
-    engine: &dyn Engine,
-    actions: &mut [Action],
-) -> BTreeSet<String> {
-    let mut blocked = BTreeSet::new();
-    let image_of = |a: &Action| -> Option<String> {
-        if !matches!(a.action, ActionKind::Create | ActionKind::Recreate) {
-            return None;
-        }
-        let spec = desired.iter().find(|d| d.outpost == a.outpost)?;
-        (spec.pull == PullPolicy::Never).then(|| spec.image.clone())
+async fn block_missing_images(specs: &Specs<'_>, engine: &dyn Engine, actions: &mut [Action]) {
+    let image_of = |a: &Action| {
+        creating(specs, a)
+            .filter(|spec| spec.pull == PullPolicy::Never)
+            .map(|spec| spec.image.clone())
     };
     let images: BTreeSet<String> = actions.iter().filter_map(image_of).collect();
     let mut missing = BTreeSet::new();
@@ -537,16 +548,15 @@ async fn block_missing_images(
         }
     }
     for a in actions.iter_mut() {
-        let Some(image) = image_of(a).filter(|i| missing.contains(i)) else {
-            continue;
-        };
-        blocked.insert(a.outpost.clone());
-        a.action = ActionKind::Blocked;
-        a.error = Some(format!(
-            "image `{image}` is not on this engine and `pull: never` forbids pulling it: load or pull it there first (`docker pull {image}`), or set `pull: missing`"
-        ));
+        if let Some(image) = image_of(a).filter(|i| missing.contains(i)) {
+            block(
+                a,
+                format!(
+                    "image `{image}` is not on this engine and `pull: never` forbids pulling it: load or pull it there first (`docker pull {image}`), or set `pull: missing`"
+                ),
+            );
+        }
     }
-    blocked
 }
 
 /// Networks every engine has.
@@ -558,61 +568,49 @@ const BUILTIN_NETWORKS: [&str; 4] = ["bridge", "host", "none", "default"];
 /// action needs them. An engine that does not answer it (a socket proxy that does not allow
 /// the network list) leaves the actions as they are: apply then reports the missing network.
 async fn block_missing_networks(
-    desired: &[ContainerSpec],
+    specs: &Specs<'_>,
     observed: &[Observed],
     engine: &dyn Engine,
     actions: &mut [Action],
-) -> BTreeSet<String> {
-    let mut blocked = BTreeSet::new();
-    let network_of = |a: &Action| -> Option<String> {
-        if !matches!(a.action, ActionKind::Create | ActionKind::Recreate) {
-            return None;
-        }
-        let n = desired
-            .iter()
-            .find(|d| d.outpost == a.outpost)?
-            .network
-            .clone()?;
+) {
+    let network_of = |a: &Action| {
+        let n = creating(specs, a)?.network.clone()?;
         let known = BUILTIN_NETWORKS.contains(&n.as_str())
             || n.starts_with("container:")
             || observed.iter().any(|o| o.networks.contains(&n));
         (!known).then_some(n)
     };
-    if !actions.iter().any(|a| network_of(a).is_some()) {
-        return blocked;
+    let unknown: BTreeSet<String> = actions.iter().filter_map(network_of).collect();
+    if unknown.is_empty() {
+        return;
     }
     let Ok(networks) = engine.networks().await else {
-        return blocked;
+        return;
     };
     // Docker finds a network by its name, its id, or a prefix of its id.
-    let exists = |n: &str| {
-        networks
-            .iter()
-            .any(|(id, name)| name == n || id.starts_with(n))
-    };
-    let missing: Vec<String> = actions
-        .iter()
-        .filter_map(network_of)
-        .filter(|n| !exists(n))
+    let missing: BTreeSet<String> = unknown
+        .into_iter()
+        .filter(|n| {
+            !networks
+                .iter()
+                .any(|(id, name)| name == n || id.starts_with(n.as_str()))
+        })
         .collect();
     // A Swarm worker creates containers on attachable overlay networks it does not list
     // yet: asked only when a network is missing, and then not checked there.
     if missing.is_empty() || engine.info().await.is_ok_and(|i| i.swarm_worker) {
-        return blocked;
+        return;
     }
     for a in actions.iter_mut() {
-        let Some(n) = network_of(a) else {
-            continue;
-        };
-        if missing.contains(&n) {
-            blocked.insert(a.outpost.clone());
-            a.action = ActionKind::Blocked;
-            a.error = Some(format!(
-                "network `{n}` does not exist on this engine: create it first (`docker network create {n}`), or fix `docker_network`"
-            ));
+        if let Some(n) = network_of(a).filter(|n| missing.contains(n)) {
+            block(
+                a,
+                format!(
+                    "network `{n}` does not exist on this engine: create it first (`docker network create {n}`), or fix `docker_network`"
+                ),
+            );
         }
     }
-    blocked
 }
 
 /// What the list cannot show: the restart policy of the kept containers `inspect` covers,
@@ -620,14 +618,14 @@ async fn block_missing_networks(
 /// makes the action a recreate, whose reasons the caller then completes from the inspect
 /// returned here (by container id). A container that cannot be inspected keeps its action.
 async fn restart_policies(
-    desired: &[ContainerSpec],
+    specs: &Specs<'_>,
     engine: &dyn Engine,
     covers: &(dyn Fn(&str) -> bool + Sync),
     actions: &mut [Action],
 ) -> HashMap<String, Inspected> {
     let checks = actions.iter().enumerate().filter_map(|(i, a)| {
         let c = a.container.as_ref()?;
-        let spec = desired.iter().find(|d| d.outpost == a.outpost)?;
+        let spec = *specs.get(a.outpost.as_str())?;
         (diff::keeps_container(a) && covers(&c.id)).then_some(async move {
             let live = engine.inspect(&c.id).await.ok()?;
             (live.restart_policy != spec.restart_policy).then(|| {
@@ -864,49 +862,48 @@ mod tests {
 
     #[test]
     fn ports_overlap_on_the_same_address_or_every_address_of_its_family() {
-        let want = |ip: &str, port: u16, proto: Proto| crate::desired::PortBinding {
-            container_port: port,
-            proto,
-            host_ip: ip.into(),
-            host_port: port,
-        };
-        let tcp = Proto::Tcp;
-        assert!(port_overlaps(
-            &want("", 9000, tcp),
-            &bound("0.0.0.0", 9000, "tcp")
-        ));
-        assert!(port_overlaps(
-            &want("", 9000, tcp),
-            &bound("::1", 9000, "tcp")
-        ));
-        assert!(port_overlaps(
-            &want("127.0.0.1", 9000, tcp),
-            &bound("0.0.0.0", 9000, "tcp")
-        ));
-        assert!(port_overlaps(
-            &want("0.0.0.0", 9000, tcp),
-            &bound("127.0.0.1", 9000, "tcp")
-        ));
-        assert!(port_overlaps(
-            &want("127.0.0.1", 9000, tcp),
-            &bound("127.0.0.1", 9000, "tcp")
-        ));
-        assert!(!port_overlaps(
-            &want("127.0.0.1", 9000, tcp),
-            &bound("127.0.0.2", 9000, "tcp")
-        ));
-        assert!(!port_overlaps(
-            &want("127.0.0.1", 9000, tcp),
-            &bound("::", 9000, "tcp")
-        ));
-        assert!(!port_overlaps(
-            &want("", 9000, tcp),
-            &bound("0.0.0.0", 9001, "tcp")
-        ));
-        assert!(!port_overlaps(
-            &want("", 1812, Proto::Udp),
-            &bound("0.0.0.0", 1812, "tcp")
-        ));
+        // (wanted address, port, protocol; held address, port, protocol; clash)
+        let cases = [
+            ("", 9000, Proto::Tcp, "0.0.0.0", 9000, "tcp", true),
+            ("", 9000, Proto::Tcp, "::1", 9000, "tcp", true),
+            ("127.0.0.1", 9000, Proto::Tcp, "0.0.0.0", 9000, "tcp", true),
+            ("0.0.0.0", 9000, Proto::Tcp, "127.0.0.1", 9000, "tcp", true),
+            (
+                "127.0.0.1",
+                9000,
+                Proto::Tcp,
+                "127.0.0.1",
+                9000,
+                "tcp",
+                true,
+            ),
+            (
+                "127.0.0.1",
+                9000,
+                Proto::Tcp,
+                "127.0.0.2",
+                9000,
+                "tcp",
+                false,
+            ),
+            ("127.0.0.1", 9000, Proto::Tcp, "::", 9000, "tcp", false),
+            ("", 9000, Proto::Tcp, "0.0.0.0", 9001, "tcp", false),
+            ("", 1812, Proto::Udp, "0.0.0.0", 1812, "tcp", false),
+        ];
+        for (ip, port, proto, held_ip, held_port, held_proto, clash) in cases {
+            let want = crate::desired::PortBinding {
+                container_port: port,
+                proto,
+                host_ip: ip.into(),
+                host_port: port,
+            };
+            assert_eq!(
+                port_overlaps(&want, &bound(held_ip, held_port, held_proto)),
+                clash,
+                "{ip}:{port}/{} against {held_ip}:{held_port}/{held_proto}",
+                proto.as_str()
+            );
+        }
     }
 
     /// A proxy outpost publishing 9000 and 9443 (authentik's default) beside a container that
