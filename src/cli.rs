@@ -182,7 +182,9 @@ pub enum Command {
         detailed_exitcode: bool,
     },
     /// Keep the engines converged: apply at start, on every change to the manifests or the
-    /// files they reference, on engine events for managed containers, and every --interval.
+    /// files they reference, on engine events for managed containers (and for what a blocked
+    /// outpost waits for: a port or name freed, its network created, its image arrived), and
+    /// every --interval.
     ///
     /// An invalid edit changes nothing (errors are logged); SIGINT or SIGTERM lets the action
     /// in flight finish and exits 0.

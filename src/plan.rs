@@ -52,6 +52,24 @@ pub struct EnginePlan {
     /// saved plan is compared by its actions and fingerprints only.
     #[serde(skip)]
     pub spec_texts: BTreeMap<String, (String, String)>,
+    /// What would let its blocked outposts go ahead (for the watch). Never saved.
+    #[serde(skip)]
+    pub unblocks: Vec<Unblock>,
+}
+
+/// Something on the engine that would let a blocked outpost go ahead: the watch reconciles
+/// when its event comes, instead of waiting for its interval.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Unblock {
+    /// This container (outside the project) dies, is removed or renamed: the host port,
+    /// name or uuid it holds is freed.
+    Container(String),
+    /// The container of this name is removed or renamed.
+    Name(String),
+    /// A network of this name is created.
+    Network(String),
+    /// This image arrives (pulled, loaded, tagged).
+    Image(String),
 }
 
 /// Counts by action, for the summary line.
@@ -289,14 +307,15 @@ pub async fn build_listed(
                 None => plan_engine(&v.project, desired, engine.as_ref(), opts).await,
             };
             match planned {
-                Ok((fingerprint, actions, spec_texts)) => EnginePlan {
+                Ok(o) => EnginePlan {
                     name: name.clone(),
                     url: def.url.clone(),
-                    fingerprint: Some(fingerprint),
+                    fingerprint: Some(o.fingerprint),
                     engine_id: None,
                     error: None,
-                    actions,
-                    spec_texts,
+                    actions: o.actions,
+                    spec_texts: o.spec_texts,
+                    unblocks: o.unblocks,
                 },
                 Err(e) => failed(name, &def.url, e.to_string()),
             }
@@ -324,11 +343,20 @@ fn failed(name: &str, url: &str, error: String) -> EnginePlan {
         error: Some(error),
         actions: Vec::new(),
         spec_texts: BTreeMap::new(),
+        unblocks: Vec::new(),
     }
 }
 
-/// A plan for one engine: its fingerprint, its actions, and the settings texts for `--diff`.
-pub type EngineOutcome = (String, Vec<Action>, BTreeMap<String, (String, String)>);
+/// A plan for one engine.
+#[derive(Debug)]
+pub struct EngineOutcome {
+    pub fingerprint: String,
+    pub actions: Vec<Action>,
+    /// The settings texts for `--diff`: (live, desired) by outpost.
+    pub spec_texts: BTreeMap<String, (String, String)>,
+    /// What would unblock its blocked outposts.
+    pub unblocks: Vec<Unblock>,
+}
 
 /// The live state of one engine and the actions it needs.
 pub async fn plan_engine(
@@ -418,9 +446,21 @@ async fn plan_listed(
             }
         }
     }
-    block_taken_ports(project, &specs, &observed, &mut actions);
-    block_missing_networks(&specs, &observed, engine, &mut actions).await;
-    block_missing_images(&specs, engine, &mut actions).await;
+    // Blocked by a container: one in the way of its name, or carrying its uuid.
+    let mut unblocks: Vec<Unblock> = actions
+        .iter()
+        .filter(|a| a.action == ActionKind::Blocked)
+        .flat_map(|a| {
+            let by = a
+                .container
+                .as_ref()
+                .map(|c| Unblock::Container(c.id.clone()));
+            by.into_iter().chain([Unblock::Name(a.name.clone())])
+        })
+        .collect();
+    block_taken_ports(project, &specs, &observed, &mut actions, &mut unblocks);
+    block_missing_networks(&specs, &observed, engine, &mut actions, &mut unblocks).await;
+    block_missing_images(&specs, engine, &mut actions, &mut unblocks).await;
     // A blocked outpost is left as it is: its duplicates too (a previous container parked by
     // an interrupted recreate stays until the outpost's own container can run).
     let blocked: HashSet<String> = actions
@@ -429,7 +469,14 @@ async fn plan_listed(
         .map(|a| a.outpost.clone())
         .collect();
     actions.retain(|a| !(diff::is_duplicate_removal(a) && blocked.contains(&a.outpost)));
-    Ok((fingerprint, actions, texts))
+    unblocks.sort();
+    unblocks.dedup();
+    Ok(EngineOutcome {
+        fingerprint,
+        actions,
+        spec_texts: texts,
+        unblocks,
+    })
 }
 
 /// A create, recreate or start that needs a host port a running container outside this
@@ -442,6 +489,7 @@ fn block_taken_ports(
     specs: &Specs<'_>,
     observed: &[Observed],
     actions: &mut [Action],
+    unblocks: &mut Vec<Unblock>,
 ) {
     // Containers the plan acts on (one authentik deployed, adopted with --adopt) are not
     // in the way of their own outpost.
@@ -496,6 +544,7 @@ fn block_taken_ports(
                     o.short_id()
                 ),
             );
+            unblocks.push(Unblock::Container(o.id.clone()));
         }
     }
 }
@@ -534,7 +583,12 @@ fn port_overlaps(want: &crate::desired::PortBinding, held: &crate::engine::HostP
 /// A create or recreate with `pull: never` whose image the engine does not have would fail at
 /// apply: it is blocked instead. One image inspect per such image, only for those actions; an
 /// engine that does not answer leaves the actions as they are (apply then reports it).
-async fn block_missing_images(specs: &Specs<'_>, engine: &dyn Engine, actions: &mut [Action]) {
+async fn block_missing_images(
+    specs: &Specs<'_>,
+    engine: &dyn Engine,
+    actions: &mut [Action],
+    unblocks: &mut Vec<Unblock>,
+) {
     let image_of = |a: &Action| {
         creating(specs, a)
             .filter(|spec| spec.pull == PullPolicy::Never)
@@ -555,6 +609,7 @@ async fn block_missing_images(specs: &Specs<'_>, engine: &dyn Engine, actions: &
                     "image `{image}` is not on this engine and `pull: never` forbids pulling it: load or pull it there first (`docker pull {image}`), or set `pull: missing`"
                 ),
             );
+            unblocks.push(Unblock::Image(image));
         }
     }
 }
@@ -572,6 +627,7 @@ async fn block_missing_networks(
     observed: &[Observed],
     engine: &dyn Engine,
     actions: &mut [Action],
+    unblocks: &mut Vec<Unblock>,
 ) {
     let network_of = |a: &Action| {
         let n = creating(specs, a)?.network.clone()?;
@@ -609,6 +665,7 @@ async fn block_missing_networks(
                     "network `{n}` does not exist on this engine: create it first (`docker network create {n}`), or fix `docker_network`"
                 ),
             );
+            unblocks.push(Unblock::Network(n));
         }
     }
 }
@@ -721,7 +778,7 @@ mod tests {
             DiffOptions::default(),
         )
         .await
-        .map(|(_, actions, _)| actions);
+        .map(|o| o.actions);
         let actions = match planned {
             Ok(a) => a,
             Err(e) => panic!("the engine's plan failed: {e}"),
@@ -751,7 +808,7 @@ mod tests {
         )
         .await
         {
-            Ok((_, actions, _)) => actions,
+            Ok(o) => o.actions,
             Err(e) => panic!("the engine's plan failed: {e}"),
         }
     }
@@ -962,7 +1019,7 @@ mod tests {
             ..DiffOptions::default()
         };
         let planned = plan_engine("p", std::slice::from_ref(&spec), &adopted, opts).await;
-        let actions = planned.map(|(_, a, _)| a).unwrap_or_default();
+        let actions = planned.map(|o| o.actions).unwrap_or_default();
         assert_eq!(actions.len(), 1, "{actions:?}");
         assert_eq!(actions[0].action, ActionKind::Recreate, "{actions:?}");
         assert!(actions[0].adopt);
@@ -1022,5 +1079,87 @@ mod tests {
         let actions = actions_on(&spec, &taken).await;
         assert_eq!(actions.len(), 1, "{actions:?}");
         assert_eq!(actions[0].action, ActionKind::Blocked, "{actions:?}");
+    }
+
+    /// Each blocked outpost says what would let it go ahead, for the watch: the container
+    /// holding its host port, the container (and name) in its way, its missing network, its
+    /// missing image. An outpost that is not blocked waits for nothing.
+    #[tokio::test]
+    async fn a_blocked_outpost_says_what_would_unblock_it() {
+        let v = validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
+             outposts:\n  Web:\n    type: proxy\n    integration: local\n    token: { file: token }\n  \
+             Netless:\n    type: ldap\n    integration: local\n    token: { file: token }\n    \
+             config: { docker_network: traefik }\n  \
+             Strict:\n    type: radius\n    integration: local\n    token: { file: token }\n    \
+             pull: never\n    config: { container_image: \"example/radius:absent\" }\n  \
+             Named:\n    type: rac\n    integration: local\n    token: { file: token }\n  \
+             Fine:\n    type: rac\n    integration: local\n    token: { file: token }\n    \
+             pull: never\n    config: { container_image: \"example/rac:here\" }\n",
+        );
+        let desired = &v.desired["local"];
+        let name_of = |outpost: &str| match desired.iter().find(|d| d.outpost == outpost) {
+            Some(d) => d.name.clone(),
+            None => panic!("no outpost {outpost}"),
+        };
+        let mut portainer = observed("0123456789abcdef", "portainer", State::Running, &[]);
+        portainer.host_ports = vec![bound("0.0.0.0", 9443, "tcp")];
+        let squatter = observed("fedcba9876543210", &name_of("Named"), State::Exited, &[]);
+        let engine = Fake {
+            listed: vec![portainer, squatter],
+            networks: Some(vec!["bridge".into(), "host".into(), "none".into()]),
+            images: Some(vec!["example/rac:here".into()]),
+            ..Fake::default()
+        };
+        let planned = match plan_engine("p", desired, &engine, DiffOptions::default()).await {
+            Ok(o) => o,
+            Err(e) => panic!("the engine's plan failed: {e}"),
+        };
+        let blocked: BTreeSet<&str> = planned
+            .actions
+            .iter()
+            .filter(|a| a.action == ActionKind::Blocked)
+            .map(|a| a.outpost.as_str())
+            .collect();
+        assert_eq!(
+            blocked,
+            BTreeSet::from(["Named", "Netless", "Strict", "Web"]),
+            "{:?}",
+            planned.actions
+        );
+        assert_eq!(
+            planned.unblocks,
+            vec![
+                Unblock::Container("0123456789abcdef".into()),
+                Unblock::Container("fedcba9876543210".into()),
+                Unblock::Name(name_of("Named")),
+                Unblock::Network("traefik".into()),
+                Unblock::Image("example/radius:absent".into()),
+            ]
+        );
+
+        // Nothing blocked, nothing to wait for.
+        let free = Fake {
+            networks: Some(vec!["traefik".into()]),
+            images: Some(vec![
+                "example/rac:here".into(),
+                "example/radius:absent".into(),
+            ]),
+            ..Fake::default()
+        };
+        let planned = match plan_engine("p", desired, &free, DiffOptions::default()).await {
+            Ok(o) => o,
+            Err(e) => panic!("the engine's plan failed: {e}"),
+        };
+        assert!(
+            planned
+                .actions
+                .iter()
+                .all(|a| a.action == ActionKind::Create),
+            "{:?}",
+            planned.actions
+        );
+        assert!(planned.unblocks.is_empty(), "{:?}", planned.unblocks);
     }
 }

@@ -17,9 +17,10 @@ use tokio::sync::mpsc;
 use crate::apply::{self, Outcome, Progress};
 use crate::diff::{Action, ActionKind, DiffOptions};
 use crate::engine::connect::connect_all;
+use crate::engine::{EngineEvent, EventSubject};
 use crate::log::Logger;
 use crate::metrics::Metrics;
-use crate::plan;
+use crate::plan::{self, Unblock};
 use crate::validate::{Validated, validate};
 
 #[derive(Debug, Clone)]
@@ -51,6 +52,13 @@ pub enum Trigger {
     EventsResumed {
         integration: String,
     },
+    /// Something outside the project that may let a blocked outpost go ahead: a container
+    /// that held its host port or name died, was removed or renamed; a network was created;
+    /// an image arrived. A reconcile runs only if it is what a blocked outpost waits for.
+    Unblocking {
+        integration: String,
+        event: EngineEvent,
+    },
 }
 
 impl Trigger {
@@ -60,7 +68,7 @@ impl Trigger {
             Trigger::Files => "files",
             Trigger::Interval => "interval",
             Trigger::Retry => "backoff-retry",
-            Trigger::Engine { .. } => "engine-event",
+            Trigger::Engine { .. } | Trigger::Unblocking { .. } => "engine-event",
             Trigger::EventsResumed { .. } => "engine-events-resumed",
         }
     }
@@ -72,6 +80,7 @@ impl Trigger {
                 | Trigger::Retry
                 | Trigger::Engine { .. }
                 | Trigger::EventsResumed { .. }
+                | Trigger::Unblocking { .. }
         )
     }
 }
@@ -272,6 +281,8 @@ struct State {
     /// Watched directories (recursive or not) and where they resolved to when watched: a
     /// symlink swapped to another target must be watched again.
     watched_dirs: BTreeMap<(PathBuf, bool), Option<PathBuf>>,
+    /// What the blocked outposts of the last reconcile wait for, by integration.
+    unblocks: BTreeMap<String, Vec<Unblock>>,
 }
 
 struct WatchProgress<'a> {
@@ -362,6 +373,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         event_tasks: BTreeMap::new(),
         tx: tx.clone(),
         watched_dirs: BTreeMap::new(),
+        unblocks: BTreeMap::new(),
         opts,
     };
     log.info(
@@ -468,14 +480,24 @@ impl State {
     /// so a container that died 3 times in 5 minutes is reported as dying and its events are
     /// ignored for a while (5 s, doubling to 5 min); the interval still reconciles.
     fn accept(&mut self, t: &Trigger) -> bool {
-        let Trigger::Engine {
-            integration,
-            container,
-            action,
-            ..
-        } = t
-        else {
-            return true;
+        let (integration, container, action) = match t {
+            Trigger::Engine {
+                integration,
+                container,
+                action,
+                ..
+            } => (integration, container, action),
+            Trigger::Unblocking { integration, event } => {
+                let waits = self
+                    .unblocks
+                    .get(integration)
+                    .map_or(&[][..], Vec::as_slice);
+                if !unblocks(waits, event) {
+                    return false;
+                }
+                (integration, &event.name, &event.action)
+            }
+            _ => return true,
         };
         // A container that turned healthy (or started its checks) needs nothing; only
         // `health_status: unhealthy` may (a restart).
@@ -536,6 +558,16 @@ impl State {
         if let Trigger::EventsResumed { integration } = trigger {
             fields.push(("integration", integration.clone()));
         }
+        if let Trigger::Unblocking { integration, event } = trigger {
+            fields.push(("integration", integration.clone()));
+            let what = match event.subject {
+                EventSubject::Network => "network",
+                EventSubject::Image => "image",
+                EventSubject::Managed | EventSubject::Container => "container",
+            };
+            fields.push((what, event.name.clone()));
+            fields.push(("docker_event", event.action.clone()));
+        }
         self.log.info("reconcile", "reconcile started", &fields);
         let outcome = validate(&self.opts.paths);
         for d in &outcome.diagnostics {
@@ -549,6 +581,7 @@ impl State {
         }
         let invalid = outcome.has_errors();
         let Some(v) = outcome.validated.filter(|_| !invalid) else {
+            self.unblocks.clear();
             self.log.error(
                 "reconcile",
                 "manifests are invalid: nothing applied; containers keep running as last applied",
@@ -634,6 +667,17 @@ impl State {
             ok &= report.engine_errors.is_empty();
         }
         crate::lock::release_all(locks).await;
+        // The plan made under the lock is the latest look at the engines it covers.
+        self.unblocks = planned
+            .integrations
+            .iter()
+            .map(|e| {
+                let latest = plan.integrations.iter().find(|l| l.name == e.name);
+                let waits = latest.filter(|l| l.error.is_none()).unwrap_or(e);
+                (e.name.clone(), waits.unblocks.clone())
+            })
+            .filter(|(_, w)| !w.is_empty())
+            .collect();
         let again: BTreeMap<String, String> = [&planned, &plan]
             .into_iter()
             .flat_map(|p| &p.integrations)
@@ -883,14 +927,20 @@ async fn watch_events(
                         Ok(ev) if !replay.admits(&ev.action, ev.time_nano) => {}
                         Ok(ev) => {
                             delay = Duration::from_secs(1);
-                            let _ = tx
-                                .send(Trigger::Engine {
-                                    integration: name.clone(),
+                            let integration = name.clone();
+                            let trigger = match ev.subject {
+                                EventSubject::Managed => Trigger::Engine {
+                                    integration,
                                     container: ev.name,
                                     id: ev.id,
                                     action: ev.action,
-                                })
-                                .await;
+                                },
+                                _ => Trigger::Unblocking {
+                                    integration,
+                                    event: ev,
+                                },
+                            };
+                            let _ = tx.send(trigger).await;
                         }
                         Err(e) => {
                             log.warn(
@@ -914,6 +964,23 @@ async fn watch_events(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(60));
     }
+}
+
+/// Whether `ev` (outside the project) brings what one of `waits` waits for: the container
+/// that held a host port, a name or an outpost's uuid dies, is removed or renamed; a container
+/// of the blocked name is removed or renamed; the missing network is created; an image arrives
+/// (any: a reference can be written several ways, and images seldom arrive).
+fn unblocks(waits: &[Unblock], ev: &EngineEvent) -> bool {
+    let gone = matches!(ev.action.as_str(), "destroy" | "rename");
+    waits.iter().any(|w| match (w, ev.subject) {
+        (Unblock::Container(id), EventSubject::Container) => *id == ev.id,
+        (Unblock::Name(n), EventSubject::Container) => {
+            gone && (ev.name == *n || ev.old_name.as_ref() == Some(n))
+        }
+        (Unblock::Network(n), EventSubject::Network) => ev.name == *n || ev.name.is_empty(),
+        (Unblock::Image(_), EventSubject::Image) => true,
+        _ => false,
+    })
 }
 
 fn dir_or_dot(p: &Path) -> PathBuf {
@@ -1047,6 +1114,7 @@ mod tests {
                     error: actions.is_none().then(|| "away".to_string()),
                     actions: actions.unwrap_or_default(),
                     spec_texts: BTreeMap::new(),
+                    unblocks: Vec::new(),
                 })
                 .collect(),
         }
@@ -1154,6 +1222,61 @@ mod tests {
             none.admits("die", Some(1)),
             "no clock, no replay: all passed"
         );
+    }
+
+    fn event(subject: EventSubject, id: &str, name: &str, action: &str) -> EngineEvent {
+        EngineEvent {
+            subject,
+            id: id.into(),
+            name: name.into(),
+            old_name: None,
+            action: action.into(),
+            time_nano: None,
+        }
+    }
+
+    /// An event outside the project starts a reconcile only when a blocked outpost waits for
+    /// it: the container holding its port dies or goes, the container in its way is removed
+    /// or renamed away, its network is created, an image arrives. Nothing else does.
+    #[test]
+    fn only_what_a_blocked_outpost_waits_for_unblocks_it() {
+        use EventSubject::{Container, Image, Managed, Network};
+        let waits = [
+            Unblock::Container("holder".into()),
+            Unblock::Name("ak-outpost-web".into()),
+            Unblock::Network("traefik".into()),
+        ];
+        let mut renamed = event(Container, "other", "elsewhere", "rename");
+        renamed.old_name = Some("ak-outpost-web".into());
+        let cases = [
+            (event(Container, "holder", "portainer", "die"), true),
+            (event(Container, "holder", "portainer", "destroy"), true),
+            (event(Container, "someone", "portainer2", "die"), false),
+            (event(Container, "other", "ak-outpost-web", "destroy"), true),
+            (event(Container, "other", "ak-outpost-web", "die"), false),
+            (renamed, true),
+            (event(Network, "n1", "traefik", "create"), true),
+            (event(Network, "n2", "other-net", "create"), false),
+            // An image arrives, but no outpost waits for one.
+            (
+                event(Image, "sha256:1", "example/radius:absent", "tag"),
+                false,
+            ),
+            // The project's own containers are not matched here (they always reconcile).
+            (event(Managed, "holder", "portainer", "die"), false),
+        ];
+        for (ev, want) in cases {
+            assert_eq!(unblocks(&waits, &ev), want, "{ev:?}");
+        }
+        let image = [Unblock::Image("example/radius:absent".into())];
+        assert!(unblocks(
+            &image,
+            &event(Image, "x", "example/radius:absent", "pull")
+        ));
+        assert!(!unblocks(
+            &[],
+            &event(Container, "holder", "portainer", "die")
+        ));
     }
 
     #[test]

@@ -15,7 +15,7 @@
 mod common;
 mod support;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -1231,6 +1231,118 @@ fn engine_triggered_reconciles_are_logged_as_reconcile_events() {
     docker_ok(&["rm", "-f", &a.name()]);
     let v = w.wait_started(mark, "engine-event");
     assert_eq!(v["event"], "reconcile", "{v}");
+}
+
+/// Blocked outposts go ahead as soon as what blocks them moves, not at the next interval (1 h
+/// here): the container holding a host port is removed, the container in the way of a name
+/// is removed, the missing network is created, the `pull: never` image arrives. Each starts
+/// one reconcile, logged with what moved; a container outside the project that blocks
+/// nothing comes and goes without a reconcile.
+#[test]
+fn a_blocked_outpost_goes_ahead_when_what_blocks_it_moves() {
+    let c = Case::new("wunblock");
+    let mut m = c.env.manifest();
+    let mut web = c.outpost("proxy", "AK_WEB");
+    let taken = c.env.publish(&mut web)["9443/tcp"];
+    m["outposts"]["Web"] = web;
+    let net = c.name("net");
+    let mut netless = c.outpost("ldap", "AK_NETLESS");
+    netless["config"]["docker_network"] = json!(net);
+    m["outposts"]["Netless"] = netless;
+    let image = format!("outpostctl-test/outpost:unblock-{}", std::process::id());
+    let mut strict = c.outpost("radius", "AK_STRICT");
+    strict["pull"] = json!("never");
+    strict["config"]["container_image"] = json!(image);
+    m["outposts"]["Strict"] = strict;
+    m["outposts"]["Named"] = c.outpost("rac", "AK_NAMED");
+    c.save("m/outposts.yaml", &m);
+    let holder = c.name("port-holder");
+    c.env.docker_container(
+        "run",
+        &holder,
+        &["-d", "-p", &format!("127.0.0.1:{taken}:9443"), IMAGE_V1],
+    );
+    let in_way = c.name("named");
+    c.env.docker_container("create", &in_way, &[IMAGE_V1]);
+    c.env.track_image_tag(&image);
+
+    let w = c.watch("m", &[]);
+    w.wait_reconciled(0, "ending the first reconcile");
+    let blocked: BTreeSet<String> = w
+        .logs(0)
+        .iter()
+        .filter(|v| v["event"] == "blocked")
+        .filter_map(|v| v["outpost"].as_str().map(String::from))
+        .collect();
+    assert_eq!(
+        blocked,
+        ["Named", "Netless", "Strict", "Web"]
+            .map(String::from)
+            .into(),
+        "{}",
+        w.text()
+    );
+    w.wait_quiet(Duration::from_millis(500));
+
+    // A container outside the project that blocks nothing: no reconcile.
+    let mark = w.mark();
+    let bystander = c.name("bystander");
+    c.env.docker_container("run", &bystander, &["-d", IMAGE_V1]);
+    docker_ok(&["rm", "-f", &bystander]);
+    w.wait_quiet(Duration::from_millis(800));
+    assert_eq!(
+        w.count(mark, |v| v["msg"] == "reconcile started"),
+        0,
+        "{}",
+        w.text()
+    );
+
+    // (outpost, what moves, its name, how)
+    type Step<'a> = (&'a str, &'a str, &'a str, Box<dyn Fn() + 'a>);
+    let steps: [Step; 4] = [
+        (
+            "web",
+            "container",
+            &holder,
+            Box::new(|| {
+                docker_ok(&["rm", "-f", &holder]);
+            }),
+        ),
+        (
+            "named",
+            "container",
+            &in_way,
+            Box::new(|| {
+                docker_ok(&["rm", &in_way]);
+            }),
+        ),
+        (
+            "netless",
+            "network",
+            &net,
+            Box::new(|| {
+                assert_eq!(c.env.network("net"), net);
+            }),
+        ),
+        (
+            "strict",
+            "image",
+            &image,
+            Box::new(|| {
+                docker_ok(&["tag", IMAGE_V1, &image]);
+            }),
+        ),
+    ];
+    for (slug, what, name, unblock) in steps {
+        let mark = w.mark();
+        unblock();
+        let started = w.wait_started(mark, "engine-event");
+        assert_eq!(started[what], name, "{started}");
+        c.wait_running(&w, slug, &format!("once its {what} `{name}` moved"));
+    }
+    w.wait_reconciled(w.mark().saturating_sub(1), "the last reconcile");
+    assert_eq!(c.env.project_containers().len(), 4);
+    c.assert_no_secret_in(&w);
 }
 
 /// A container removed by hand is put back without a failed action. (Was a bug until

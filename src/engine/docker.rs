@@ -20,8 +20,8 @@ use futures_util::StreamExt;
 
 use super::transport::Transport;
 use super::{
-    EngineError, EngineEvent, EngineInfo, ErrorKind, Health, HostPort, Inspected, Observed, Result,
-    State,
+    EngineError, EngineEvent, EngineInfo, ErrorKind, EventSubject, Health, HostPort, Inspected,
+    Observed, Result, State,
 };
 use crate::desired::{ContainerSpec, HealthCheck, PortBinding, Proto};
 
@@ -610,26 +610,17 @@ impl super::Engine for DockerEngine {
     ) -> futures_util::stream::BoxStream<'static, Result<EngineEvent>> {
         self.count();
         let filters = HashMap::from([
-            ("type".to_string(), vec!["container".to_string()]),
             (
-                "label".to_string(),
-                vec![format!("{}={project}", crate::desired::LABEL_PROJECT)],
+                "type".to_string(),
+                ["container", "network", "image"].map(String::from).to_vec(),
             ),
             (
                 "event".to_string(),
-                [
-                    "die",
-                    "destroy",
-                    "stop",
-                    "kill",
-                    "oom",
-                    "pause",
-                    "health_status",
-                    // `docker update`: the restart policy, which the list does not show.
-                    "update",
-                ]
-                .map(String::from)
-                .to_vec(),
+                MANAGED_EVENTS
+                    .iter()
+                    .chain(UNBLOCKING_EVENTS.iter())
+                    .map(|e| e.to_string())
+                    .collect(),
             ),
         ]);
         let opts = EventsOptions {
@@ -638,22 +629,15 @@ impl super::Engine for DockerEngine {
             ..Default::default()
         };
         let url = self.url.clone();
+        let project = project.to_string();
         self.docker
             .events(Some(opts))
-            .map(move |r| {
-                r.map(|m| {
-                    let actor = m.actor.unwrap_or_default();
-                    let attrs = actor.attributes.unwrap_or_default();
-                    EngineEvent {
-                        id: actor.id.unwrap_or_default(),
-                        name: attrs.get("name").cloned().unwrap_or_default(),
-                        action: m.action.unwrap_or_default(),
-                        time_nano: m
-                            .time_nano
-                            .or_else(|| m.time.and_then(|t| t.checked_mul(NANOS))),
-                    }
-                })
-                .map_err(|e| map_err(&url, "watch engine events", e))
+            .filter_map(move |r| {
+                let ev = match r {
+                    Ok(m) => event_of(&project, m).map(Ok),
+                    Err(e) => Some(Err(map_err(&url, "watch engine events", e))),
+                };
+                std::future::ready(ev)
             })
             .boxed()
     }
@@ -818,6 +802,65 @@ pub fn health_config(h: &crate::desired::HealthCheck) -> HealthConfig {
 
 const NANOS: i64 = 1_000_000_000;
 
+/// Events of this project's containers that can mean something to do.
+const MANAGED_EVENTS: [&str; 8] = [
+    "die",
+    "destroy",
+    "stop",
+    "kill",
+    "oom",
+    "pause",
+    "health_status",
+    // `docker update`: the restart policy, which the list does not show.
+    "update",
+];
+
+/// Besides those, events of the engine's other objects that can unblock an outpost: a
+/// container that held its host port or its name dies (above), is removed (above) or
+/// renamed; its network is created; its image arrives.
+const UNBLOCKING_EVENTS: [&str; 6] = ["rename", "create", "pull", "load", "tag", "import"];
+
+/// The event the watch cares about in `m`, if it does: any of `MANAGED_EVENTS` of a container
+/// of `project`; another container dying, removed or renamed; a network created; an image
+/// pulled, loaded, tagged or imported.
+fn event_of(project: &str, m: bollard::models::EventMessage) -> Option<EngineEvent> {
+    use bollard::models::EventMessageTypeEnum as T;
+    let action = m.action.unwrap_or_default();
+    // `health_status: healthy` and the like.
+    let base = action.split(':').next().unwrap_or_default().trim();
+    let actor = m.actor.unwrap_or_default();
+    let mut attrs = actor.attributes.unwrap_or_default();
+    let subject = match m.typ {
+        Some(T::CONTAINER)
+            if attrs.get(crate::desired::LABEL_PROJECT).map(String::as_str) == Some(project) =>
+        {
+            MANAGED_EVENTS
+                .contains(&base)
+                .then_some(EventSubject::Managed)
+        }
+        Some(T::CONTAINER) => {
+            matches!(base, "die" | "destroy" | "rename").then_some(EventSubject::Container)
+        }
+        Some(T::NETWORK) => (base == "create").then_some(EventSubject::Network),
+        Some(T::IMAGE) => {
+            matches!(base, "pull" | "load" | "tag" | "import").then_some(EventSubject::Image)
+        }
+        _ => None,
+    }?;
+    Some(EngineEvent {
+        subject,
+        id: actor.id.unwrap_or_default(),
+        name: attrs.remove("name").unwrap_or_default(),
+        old_name: attrs
+            .remove("oldName")
+            .map(|n| n.trim_start_matches('/').to_string()),
+        action,
+        time_nano: m
+            .time_nano
+            .or_else(|| m.time.and_then(|t| t.checked_mul(NANOS))),
+    })
+}
+
 /// The engine's `SystemTime` (RFC 3339 in the daemon's time zone, e.g.
 /// `2026-11-23T10:13:02.123456789+01:00`) as nanoseconds since the epoch.
 fn engine_time(t: &str) -> Option<i64> {
@@ -852,7 +895,96 @@ fn engine_time(t: &str) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
-    use super::{BError, ErrorKind, engine_time, map_err, missing_network, split_image};
+    use super::{
+        BError, ErrorKind, EventSubject, engine_time, event_of, map_err, missing_network,
+        split_image,
+    };
+
+    /// What the watch hears of the engine's events: every event of its project's containers
+    /// it reconciles on; of the others only what can unblock an outpost.
+    #[test]
+    fn events_are_sorted_into_the_projects_and_those_that_can_unblock() {
+        use bollard::models::{EventActor, EventMessage, EventMessageTypeEnum as T};
+        let msg = |typ, action: &str, attrs: &[(&str, &str)]| EventMessage {
+            typ: Some(typ),
+            action: Some(action.into()),
+            actor: Some(EventActor {
+                id: Some("abc".into()),
+                attributes: Some(
+                    attrs
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                ),
+            }),
+            time: Some(2),
+            ..Default::default()
+        };
+        let ours = [("name", "ak-a"), (crate::desired::LABEL_PROJECT, "p")];
+        let theirs = [("name", "portainer"), (crate::desired::LABEL_PROJECT, "q")];
+        let subject = |m| event_of("p", m).map(|e| e.subject);
+        let cases = [
+            (msg(T::CONTAINER, "die", &ours), Some(EventSubject::Managed)),
+            (
+                msg(T::CONTAINER, "update", &ours),
+                Some(EventSubject::Managed),
+            ),
+            (
+                msg(T::CONTAINER, "health_status: unhealthy", &ours),
+                Some(EventSubject::Managed),
+            ),
+            // Our own apply's creates and renames need no reconcile.
+            (msg(T::CONTAINER, "create", &ours), None),
+            (msg(T::CONTAINER, "rename", &ours), None),
+            (
+                msg(T::CONTAINER, "die", &theirs),
+                Some(EventSubject::Container),
+            ),
+            (
+                msg(T::CONTAINER, "destroy", &[]),
+                Some(EventSubject::Container),
+            ),
+            (
+                msg(T::CONTAINER, "rename", &theirs),
+                Some(EventSubject::Container),
+            ),
+            (msg(T::CONTAINER, "create", &theirs), None),
+            (msg(T::CONTAINER, "health_status: healthy", &theirs), None),
+            (msg(T::CONTAINER, "update", &theirs), None),
+            (
+                msg(T::NETWORK, "create", &[("name", "traefik")]),
+                Some(EventSubject::Network),
+            ),
+            (msg(T::NETWORK, "destroy", &[("name", "traefik")]), None),
+            (
+                msg(T::IMAGE, "pull", &[("name", "x:1")]),
+                Some(EventSubject::Image),
+            ),
+            (
+                msg(T::IMAGE, "tag", &[("name", "x:1")]),
+                Some(EventSubject::Image),
+            ),
+            (msg(T::IMAGE, "delete", &[("name", "x:1")]), None),
+            (msg(T::VOLUME, "create", &[]), None),
+        ];
+        for (m, want) in cases {
+            let shown = format!("{m:?}");
+            assert_eq!(subject(m), want, "{shown}");
+        }
+        let renamed = event_of(
+            "p",
+            msg(
+                T::CONTAINER,
+                "rename",
+                &[("name", "new"), ("oldName", "/old")],
+            ),
+        );
+        let renamed = renamed.map(|e| (e.name, e.old_name, e.time_nano));
+        assert_eq!(
+            renamed,
+            Some(("new".into(), Some("old".into()), Some(2_000_000_000)))
+        );
+    }
 
     #[test]
     fn the_engines_clock_is_read_in_its_own_time_zone() {

@@ -26,6 +26,8 @@ pub struct Fake {
     pub networks: Option<Vec<String>>,
     /// How many times `networks` was asked.
     pub network_reads: std::sync::atomic::AtomicU64,
+    /// The images `image_labels` finds (by reference); None: refused.
+    pub images: Option<Vec<String>>,
 }
 
 /// A listed container.
@@ -98,8 +100,11 @@ impl Engine for Fake {
             None => Err(EngineError::new(ErrorKind::Forbidden, "networks: 403")),
         }
     }
-    async fn image_labels(&self, _: &str) -> Result<Option<BTreeMap<String, String>>> {
-        refused()
+    async fn image_labels(&self, image: &str) -> Result<Option<BTreeMap<String, String>>> {
+        match &self.images {
+            Some(images) => Ok(images.iter().any(|i| i == image).then(BTreeMap::new)),
+            None => refused(),
+        }
     }
     async fn pull(&self, _: &str, _: &(dyn for<'s> Fn(&'s str) + Send + Sync)) -> Result<()> {
         refused()

@@ -126,14 +126,31 @@ pub struct Inspected {
     pub healthcheck: Option<HealthCheck>,
 }
 
-/// Something happened to a container: `action` is Docker's event name (`die`, `destroy`, ...).
+/// Something happened on an engine: `action` is Docker's event name (`die`, `destroy`, ...).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineEvent {
+    /// What it happened to.
+    pub subject: EventSubject,
+    /// The container's or network's id; an image's id or reference.
     pub id: String,
+    /// The container's, network's or image's name.
     pub name: String,
+    /// A renamed container's previous name.
+    pub old_name: Option<String>,
     pub action: String,
     /// When it happened, by the engine's clock (nanoseconds since the epoch), if it says.
     pub time_nano: Option<i64>,
+}
+
+/// What an engine event is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventSubject {
+    /// A container of the project the events were asked for.
+    Managed,
+    /// Any other container.
+    Container,
+    Network,
+    Image,
 }
 
 /// The engine's identity, from System/Info and the negotiated API version.
@@ -252,7 +269,9 @@ pub trait Engine: Send + Sync {
     ) -> Result<Option<(String, BTreeMap<String, String>, i64)>>;
     /// Moves a marker's expiry (its lease) forward.
     async fn renew_marker(&self, id: &str, expires: i64) -> Result<()>;
-    /// Lifecycle events (die, destroy, ...) of this project's containers, as they happen;
+    /// Lifecycle events (die, destroy, ...) of this project's containers, as they happen, and
+    /// those of the engine's other objects that can unblock an outpost (another container
+    /// dying, removed or renamed; a network created; an image pulled, loaded or tagged);
     /// with `since` (the engine's clock, as `clock`), those the engine still holds from that
     /// moment on first.
     fn events(
