@@ -446,21 +446,8 @@ async fn plan_listed(
             }
         }
     }
-    // Blocked by a container: one in the way of its name, or carrying its uuid.
-    let mut unblocks: Vec<Unblock> = actions
-        .iter()
-        .filter(|a| a.action == ActionKind::Blocked)
-        .flat_map(|a| {
-            let by = a
-                .container
-                .as_ref()
-                .map(|c| Unblock::Container(c.id.clone()));
-            by.into_iter().chain([Unblock::Name(a.name.clone())])
-        })
-        .collect();
-    block_taken_ports(project, &specs, &observed, &mut actions, &mut unblocks);
-    block_missing_networks(&specs, &observed, engine, &mut actions, &mut unblocks).await;
-    block_missing_images(&specs, engine, &mut actions, &mut unblocks).await;
+    let mut unblocks =
+        block_what_would_fail(project, &specs, &observed, engine, &mut actions).await;
     // A blocked outpost is left as it is: its duplicates too (a previous container parked by
     // an interrupted recreate stays until the outpost's own container can run).
     let blocked: HashSet<String> = actions
@@ -477,6 +464,53 @@ async fn plan_listed(
         spec_texts: texts,
         unblocks,
     })
+}
+
+/// Blocks the actions that would fail at apply (a host port another container publishes, a
+/// missing network, a missing `pull: never` image); returns what every blocked action,
+/// these and the diff's (a container in the way of its name, or carrying its uuid), waits for.
+async fn block_what_would_fail(
+    project: &str,
+    specs: &Specs<'_>,
+    observed: &[Observed],
+    engine: &dyn Engine,
+    actions: &mut [Action],
+) -> Vec<Unblock> {
+    let mut unblocks: Vec<Unblock> = actions
+        .iter()
+        .filter(|a| a.action == ActionKind::Blocked)
+        .flat_map(|a| {
+            let by = a
+                .container
+                .as_ref()
+                .map(|c| Unblock::Container(c.id.clone()));
+            by.into_iter().chain([Unblock::Name(a.name.clone())])
+        })
+        .collect();
+    block_taken_ports(project, specs, observed, actions, &mut unblocks);
+    block_missing_networks(specs, observed, engine, actions, &mut unblocks).await;
+    block_missing_images(specs, engine, actions, &mut unblocks).await;
+    unblocks
+}
+
+/// Why each blocked outpost of one engine is blocked, by outpost: what `plan` would say, from
+/// a list already read and without the inspects a plan makes to explain its recreates
+/// (`status`).
+pub async fn blocked(
+    project: &str,
+    desired: &[ContainerSpec],
+    engine: &dyn Engine,
+    observed: &[Observed],
+    opts: DiffOptions,
+) -> BTreeMap<String, String> {
+    let specs: Specs = desired.iter().map(|d| (d.outpost.as_str(), d)).collect();
+    let mut actions = diff::diff(project, desired, observed, opts);
+    block_what_would_fail(project, &specs, observed, engine, &mut actions).await;
+    actions
+        .into_iter()
+        .filter(|a| a.action == ActionKind::Blocked)
+        .filter_map(|a| Some((a.outpost, a.error?)))
+        .collect()
 }
 
 /// A create, recreate or start that needs a host port a running container outside this

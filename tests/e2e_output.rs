@@ -215,6 +215,15 @@ fn a_container_in_the_way_reads_as_blocked() {
     snapshot(&env, "blocked_apply", &env.apply(&[]), 1);
     // Only the blocked outpost is left: nothing to apply, and still a failure.
     snapshot(&env, "blocked_apply_again", &env.apply(&[]), 1);
+    // `status` says why those outposts have no container.
+    let health = env.wait_healthy(&env.name_of("desktop"), Duration::from_secs(60));
+    assert_eq!(health.as_deref(), Some("healthy"));
+    snapshot(
+        &env,
+        "blocked_status",
+        &env.run(&["status", "--detailed-exitcode", "."]),
+        2,
+    );
 }
 
 /// What a user reads when outpostctl refuses or cannot go on: apply without a terminal to ask

@@ -37,6 +37,10 @@ pub struct OutpostStatus {
     pub image: Option<String>,
     /// The container runs authentik's default image because its own could not be pulled.
     pub fallback_image: bool,
+    /// Why apply would leave this outpost alone (as `plan` says): a name or host port taken,
+    /// a missing network or image.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
 }
 
 impl OutpostStatus {
@@ -63,6 +67,11 @@ pub async fn run(
         let engine = engines.get(name);
         let desired = v.desired.get(name).cloned().unwrap_or_default();
         let project = v.project.clone();
+        let opts = crate::diff::DiffOptions {
+            integration: Some(name.clone()),
+            integrations: v.integrations.keys().cloned().collect(),
+            ..Default::default()
+        };
         async move {
             let mut s = EngineStatus {
                 integration: name.clone(),
@@ -85,6 +94,9 @@ pub async fn run(
                 (Ok(info), Ok(list)) => {
                     s.reachable = true;
                     s.engine = Some(info);
+                    let mut blocked =
+                        crate::plan::blocked(&project, &desired, engine.as_ref(), &list, opts)
+                            .await;
                     for spec in &desired {
                         let c = list
                             .iter()
@@ -106,6 +118,7 @@ pub async fn run(
                                 .is_some_and(|c| c.label(LABEL_PROJECT) == Some(project.as_str())),
                             image: c.map(|c| c.image.clone()),
                             fallback_image: c.is_some_and(|c| c.label(LABEL_FALLBACK).is_some()),
+                            blocked: blocked.remove(&spec.outpost),
                         });
                     }
                 }
@@ -178,6 +191,10 @@ pub async fn run(
                             format!("{c}: {state}{health}{owner}{fallback}")
                         }
                         _ => "no container".to_string(),
+                    };
+                    let line = match &o.blocked {
+                        Some(why) => format!("{line}; blocked: {why}"),
+                        None => line,
                     };
                     let _ = writeln!(out, "  {:<width$}  {line}", o.outpost);
                 }
