@@ -487,10 +487,26 @@ async fn block_what_would_fail(
             by.into_iter().chain([Unblock::Name(a.name.clone())])
         })
         .collect();
-    block_taken_ports(project, specs, observed, actions, &mut unblocks);
-    block_missing_networks(specs, observed, engine, actions, &mut unblocks).await;
-    block_missing_images(specs, engine, actions, &mut unblocks).await;
+    // Every reason an action would fail is found on the actions as the diff made them, so
+    // that an outpost blocked for several reasons shows them all at once.
+    let mut findings = taken_ports(project, specs, observed, actions);
+    findings.extend(missing_networks(specs, observed, engine, actions).await);
+    findings.extend(missing_images(specs, engine, actions).await);
+    for f in findings {
+        if let Some(a) = actions.get_mut(f.at) {
+            block(a, f.why);
+            unblocks.push(f.unblock);
+        }
+    }
     unblocks
+}
+
+/// A reason an action would fail at apply: the action's index, why, and what would let it
+/// go ahead.
+struct Finding {
+    at: usize,
+    why: String,
+    unblock: Unblock,
 }
 
 /// Why each blocked outpost of one engine is blocked, by outpost: what `plan` would say, from
@@ -518,13 +534,12 @@ pub async fn blocked(
 /// Read from the list (no request). This project's own containers are left out: the set's
 /// outposts never share a port (validation), and one that left the manifests is removed first.
 /// A process outside Docker holding the port is not seen here; apply names it.
-fn block_taken_ports(
+fn taken_ports(
     project: &str,
     specs: &Specs<'_>,
     observed: &[Observed],
-    actions: &mut [Action],
-    unblocks: &mut Vec<Unblock>,
-) {
+    actions: &[Action],
+) -> Vec<Finding> {
     // Containers the plan acts on (one authentik deployed, adopted with --adopt) are not
     // in the way of their own outpost.
     let acted_on: HashSet<&str> = actions
@@ -537,10 +552,11 @@ fn block_taken_ports(
         .filter(|o| matches!(o.state, State::Running | State::Restarting | State::Paused))
         .filter(|o| !o.host_ports.is_empty())
         .collect();
+    let mut findings = Vec::new();
     if holders.is_empty() {
-        return;
+        return findings;
     }
-    for a in actions.iter_mut().filter(|a| {
+    for (at, a) in actions.iter().enumerate().filter(|(_, a)| {
         matches!(
             a.action,
             ActionKind::Create | ActionKind::Recreate | ActionKind::Start
@@ -557,39 +573,63 @@ fn block_taken_ports(
         {
             continue;
         }
-        let taken = spec.ports.iter().find_map(|want| {
-            holders
+        // Each container in the way, with the ports it takes, in the outpost's order.
+        let mut taken: Vec<(&Observed, Vec<String>)> = Vec::new();
+        for want in &spec.ports {
+            let Some(o) = holders
                 .iter()
                 .find(|o| o.host_ports.iter().any(|held| port_overlaps(want, held)))
-                .map(|o| (want, o))
-        });
-        if let Some((want, o)) = taken {
+            else {
+                continue;
+            };
+            let port = format!("{}/{}", want.host_port, want.proto.as_str());
+            match taken.iter_mut().find(|(h, _)| h.id == o.id) {
+                Some((_, ports)) => ports.push(port),
+                None => taken.push((o, vec![port])),
+            }
+        }
+        for (o, ports) in taken {
             let whose = match o.label(LABEL_PROJECT) {
                 Some(other) => format!("of outpostctl project `{other}`"),
                 None => "which outpostctl does not manage".into(),
             };
-            block(
-                a,
-                format!(
-                    "host port {}/{} is taken by container `{}` ({}), {whose}: free it, or give this outpost another port with `ports:`",
-                    want.host_port,
-                    want.proto.as_str(),
+            let list = ports.join(", ");
+            let (taken, fix) = if ports.len() == 1 {
+                (
+                    format!("port {list} is"),
+                    "free it, or give this outpost another port",
+                )
+            } else {
+                (
+                    format!("ports {list} are"),
+                    "free them, or give this outpost other ports",
+                )
+            };
+            findings.push(Finding {
+                at,
+                why: format!(
+                    "host {taken} taken by container `{}` ({}), {whose}: {fix} with `ports:`",
                     o.name,
-                    o.short_id()
+                    o.short_id(),
                 ),
-            );
-            unblocks.push(Unblock::Container(o.id.clone()));
+                unblock: Unblock::Container(o.id.clone()),
+            });
         }
     }
+    findings
 }
 
 /// The spec of each outpost, by name.
 type Specs<'a> = HashMap<&'a str, &'a ContainerSpec>;
 
-/// Marks `a` blocked, saying why: nothing is done for its outpost.
+/// Marks `a` blocked, saying why (after the reasons it is already blocked for): nothing is
+/// done for its outpost.
 fn block(a: &mut Action, why: String) {
+    a.error = match (a.action, a.error.take()) {
+        (ActionKind::Blocked, Some(before)) => Some(format!("{before}; also, {why}")),
+        _ => Some(why),
+    };
     a.action = ActionKind::Blocked;
-    a.error = Some(why);
 }
 
 /// The spec of `a` when it is a create or recreate: what the checks before one look at.
@@ -617,12 +657,11 @@ fn port_overlaps(want: &crate::desired::PortBinding, held: &crate::engine::HostP
 /// A create or recreate with `pull: never` whose image the engine does not have would fail at
 /// apply: it is blocked instead. One image inspect per such image, only for those actions; an
 /// engine that does not answer leaves the actions as they are (apply then reports it).
-async fn block_missing_images(
+async fn missing_images(
     specs: &Specs<'_>,
     engine: &dyn Engine,
-    actions: &mut [Action],
-    unblocks: &mut Vec<Unblock>,
-) {
+    actions: &[Action],
+) -> Vec<Finding> {
     let image_of = |a: &Action| {
         creating(specs, a)
             .filter(|spec| spec.pull == PullPolicy::Never)
@@ -635,17 +674,17 @@ async fn block_missing_images(
             missing.insert(image);
         }
     }
-    for a in actions.iter_mut() {
-        if let Some(image) = image_of(a).filter(|i| missing.contains(i)) {
-            block(
-                a,
-                format!(
-                    "image `{image}` is not on this engine and `pull: never` forbids pulling it: load or pull it there first (`docker pull {image}`), or set `pull: missing`"
-                ),
-            );
-            unblocks.push(Unblock::Image(image));
-        }
-    }
+    let found = actions.iter().enumerate().filter_map(|(at, a)| {
+        let image = image_of(a).filter(|i| missing.contains(i))?;
+        Some(Finding {
+            at,
+            why: format!(
+                "image `{image}` is not on this engine and `pull: never` forbids pulling it: load or pull it there first (`docker pull {image}`), or set `pull: missing`"
+            ),
+            unblock: Unblock::Image(image),
+        })
+    });
+    found.collect()
 }
 
 /// Networks every engine has.
@@ -656,13 +695,12 @@ const BUILTIN_NETWORKS: [&str; 4] = ["bridge", "host", "none", "default"];
 /// network some listed container is on exists; the others take one request, only when an
 /// action needs them. An engine that does not answer it (a socket proxy that does not allow
 /// the network list) leaves the actions as they are: apply then reports the missing network.
-async fn block_missing_networks(
+async fn missing_networks(
     specs: &Specs<'_>,
     observed: &[Observed],
     engine: &dyn Engine,
-    actions: &mut [Action],
-    unblocks: &mut Vec<Unblock>,
-) {
+    actions: &[Action],
+) -> Vec<Finding> {
     let network_of = |a: &Action| {
         let n = creating(specs, a)?.network.clone()?;
         let known = BUILTIN_NETWORKS.contains(&n.as_str())
@@ -672,10 +710,10 @@ async fn block_missing_networks(
     };
     let unknown: BTreeSet<String> = actions.iter().filter_map(network_of).collect();
     if unknown.is_empty() {
-        return;
+        return Vec::new();
     }
     let Ok(networks) = engine.networks().await else {
-        return;
+        return Vec::new();
     };
     // Docker finds a network by its name, its id, or a prefix of its id.
     let missing: BTreeSet<String> = unknown
@@ -689,19 +727,19 @@ async fn block_missing_networks(
     // A Swarm worker creates containers on attachable overlay networks it does not list
     // yet: asked only when a network is missing, and then not checked there.
     if missing.is_empty() || engine.info().await.is_ok_and(|i| i.swarm_worker) {
-        return;
+        return Vec::new();
     }
-    for a in actions.iter_mut() {
-        if let Some(n) = network_of(a).filter(|n| missing.contains(n)) {
-            block(
-                a,
-                format!(
-                    "network `{n}` does not exist on this engine: create it first (`docker network create {n}`), or fix `docker_network`"
-                ),
-            );
-            unblocks.push(Unblock::Network(n));
-        }
-    }
+    let found = actions.iter().enumerate().filter_map(|(at, a)| {
+        let n = network_of(a).filter(|n| missing.contains(n))?;
+        Some(Finding {
+            at,
+            why: format!(
+                "network `{n}` does not exist on this engine: create it first (`docker network create {n}`), or fix `docker_network`"
+            ),
+            unblock: Unblock::Network(n),
+        })
+    });
+    found.collect()
 }
 
 /// What the list cannot show: the restart policy of the kept containers `inspect` covers,
@@ -1195,5 +1233,52 @@ mod tests {
             planned.actions
         );
         assert!(planned.unblocks.is_empty(), "{:?}", planned.unblocks);
+    }
+
+    /// An outpost blocked for several reasons shows them all at once (every port a container
+    /// takes, its missing network, its missing image), so that one round of fixes is enough;
+    /// and waits for any of them to move.
+    #[tokio::test]
+    async fn an_outpost_blocked_for_several_reasons_shows_them_all() {
+        let v = validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
+             outposts:\n  Web:\n    type: proxy\n    integration: local\n    token: { file: token }\n    \
+             pull: never\n    config: { docker_network: traefik, container_image: \"example/proxy:absent\" }\n",
+        );
+        let spec = v.desired["local"][0].clone();
+        let mut portainer = observed("0123456789abcdef", "portainer", State::Running, &[]);
+        portainer.host_ports = vec![bound("0.0.0.0", 9000, "tcp"), bound("0.0.0.0", 9443, "tcp")];
+        let engine = Fake {
+            listed: vec![portainer],
+            networks: Some(vec!["bridge".into()]),
+            images: Some(Vec::new()),
+            ..Fake::default()
+        };
+        let planned = match plan_engine("p", &[spec], &engine, DiffOptions::default()).await {
+            Ok(o) => o,
+            Err(e) => panic!("the engine's plan failed: {e}"),
+        };
+        let [a] = planned.actions.as_slice() else {
+            panic!("{:?}", planned.actions)
+        };
+        assert_eq!(a.action, ActionKind::Blocked);
+        assert_eq!(
+            a.error.as_deref().unwrap_or_default(),
+            "host ports 9000/tcp, 9443/tcp are taken by container `portainer` (0123456789ab), \
+             which outpostctl does not manage: free them, or give this outpost other ports with \
+             `ports:`; also, network `traefik` does not exist on this engine: create it first \
+             (`docker network create traefik`), or fix `docker_network`; also, image \
+             `example/proxy:absent` is not on this engine and `pull: never` forbids pulling it: \
+             load or pull it there first (`docker pull example/proxy:absent`), or set `pull: missing`"
+        );
+        assert_eq!(
+            planned.unblocks,
+            vec![
+                Unblock::Container("0123456789abcdef".into()),
+                Unblock::Network("traefik".into()),
+                Unblock::Image("example/proxy:absent".into()),
+            ]
+        );
     }
 }
