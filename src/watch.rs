@@ -5,9 +5,10 @@
 //! full validate, plan and apply of the whole set, so it is idempotent. An invalid set changes
 //! nothing; the containers keep running as last applied.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
@@ -59,6 +60,9 @@ pub enum Trigger {
         integration: String,
         event: EngineEvent,
     },
+    /// Events outside the project came faster than they were read while outposts were
+    /// blocked: some were dropped, and one may have been what they wait for.
+    OutsideEventsDropped,
 }
 
 impl Trigger {
@@ -69,6 +73,7 @@ impl Trigger {
             Trigger::Interval => "interval",
             Trigger::Retry => "backoff-retry",
             Trigger::Engine { .. } | Trigger::Unblocking { .. } => "engine-event",
+            Trigger::OutsideEventsDropped => "engine-events-dropped",
             Trigger::EventsResumed { .. } => "engine-events-resumed",
         }
     }
@@ -80,8 +85,46 @@ impl Trigger {
                 | Trigger::Retry
                 | Trigger::Engine { .. }
                 | Trigger::EventsResumed { .. }
-                | Trigger::Unblocking { .. }
         )
+    }
+}
+
+/// Events of the engines' other objects (`Trigger::Unblocking`), kept apart from the trigger
+/// channel: they matter only while an outpost is blocked, and many of them on a busy host (CI
+/// jobs' containers coming and going) must not fill the channel that carries the project's
+/// own events while a long reconcile runs. Read after each reconcile, against what its
+/// blocked outposts wait for.
+#[derive(Default)]
+struct Outside {
+    events: std::sync::Mutex<VecDeque<(String, EngineEvent)>>,
+    /// More than `OUTSIDE_MAX` came before they were read: the oldest were dropped.
+    overflowed: AtomicBool,
+    arrived: tokio::sync::Notify,
+}
+
+/// Events outside the project kept until read.
+const OUTSIDE_MAX: usize = 1024;
+
+impl Outside {
+    fn push(&self, integration: String, event: EngineEvent) {
+        if let Ok(mut q) = self.events.lock() {
+            if q.len() >= OUTSIDE_MAX {
+                q.pop_front();
+                self.overflowed.store(true, Ordering::Relaxed);
+            }
+            q.push_back((integration, event));
+        }
+        self.arrived.notify_one();
+    }
+
+    /// The events so far, and whether some were dropped.
+    fn take(&self) -> (Vec<(String, EngineEvent)>, bool) {
+        let events = self
+            .events
+            .lock()
+            .map(|mut q| q.drain(..).collect())
+            .unwrap_or_default();
+        (events, self.overflowed.swap(false, Ordering::Relaxed))
     }
 }
 
@@ -283,6 +326,8 @@ struct State {
     watched_dirs: BTreeMap<(PathBuf, bool), Option<PathBuf>>,
     /// What the blocked outposts of the last reconcile wait for, by integration.
     unblocks: BTreeMap<String, Vec<Unblock>>,
+    /// Events outside the project, as they come.
+    outside: Arc<Outside>,
 }
 
 struct WatchProgress<'a> {
@@ -374,6 +419,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         tx: tx.clone(),
         watched_dirs: BTreeMap::new(),
         unblocks: BTreeMap::new(),
+        outside: Arc::new(Outside::default()),
         opts,
     };
     log.info(
@@ -401,6 +447,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         state.opts.interval,
     );
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let outside = Arc::clone(&state.outside);
     let mut next = Some(Trigger::Start);
     loop {
         // Also before a reconcile: a signal may come while a burst of events is gathered.
@@ -428,17 +475,29 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
                 if !state.accept(&t) {
                     continue;
                 }
-                // Coalesce a burst (an editor's save, our own recreate's events) into one run.
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let mut t = t;
-                while let Ok(more) = rx.try_recv() {
-                    state.inspections.note(&more);
-                    if matches!(more, Trigger::Files) {
-                        t = more;
-                    }
-                }
                 next = Some(t);
             }
+            _ = outside.arrived.notified() => {
+                let Some(t) = state.unblocking() else { continue };
+                next = Some(t);
+            }
+        }
+        // Coalesce a burst (an editor's save, our own recreate's events) into one run.
+        if let Some(t) = next.take_if(|t| {
+            matches!(
+                t,
+                Trigger::Files | Trigger::Engine { .. } | Trigger::Unblocking { .. }
+            )
+        }) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let mut t = t;
+            while let Ok(more) = rx.try_recv() {
+                state.inspections.note(&more);
+                if matches!(more, Trigger::Files) {
+                    t = more;
+                }
+            }
+            next = Some(t);
         }
     }
     for (_, t) in state.event_tasks.values() {
@@ -457,6 +516,25 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 impl State {
+    /// The reconcile that the events outside the project read now call for, if one does: the
+    /// first that a blocked outpost waits for (`accept`), or, when some were dropped while
+    /// outposts wait, one in case a dropped one was.
+    fn unblocking(&mut self) -> Option<Trigger> {
+        let (events, dropped) = self.outside.take();
+        let mut first = None;
+        for (integration, event) in events {
+            let t = Trigger::Unblocking { integration, event };
+            // Every one is offered: `accept` counts the deaths of a crash-looping holder.
+            if self.accept(&t) && first.is_none() {
+                first = Some(t);
+            }
+        }
+        if first.is_none() && dropped && !self.unblocks.is_empty() {
+            first = Some(Trigger::OutsideEventsDropped);
+        }
+        first
+    }
+
     /// When the first put-back held back by the backoff may run.
     fn retry_at(&self) -> Option<Instant> {
         self.deferred
@@ -480,13 +558,13 @@ impl State {
     /// so a container that died 3 times in 5 minutes is reported as dying and its events are
     /// ignored for a while (5 s, doubling to 5 min); the interval still reconciles.
     fn accept(&mut self, t: &Trigger) -> bool {
-        let (integration, container, action) = match t {
+        let (integration, container, action, ours) = match t {
             Trigger::Engine {
                 integration,
                 container,
                 action,
                 ..
-            } => (integration, container, action),
+            } => (integration, container, action, true),
             Trigger::Unblocking { integration, event } => {
                 let waits = self
                     .unblocks
@@ -495,7 +573,12 @@ impl State {
                 if !unblocks(waits, event) {
                     return false;
                 }
-                (integration, &event.name, &event.action)
+                // Removed, renamed, created, arrived: final, whatever it did before. Only a
+                // container that keeps dying (restarted by its policy) is muted.
+                if event.action != "die" {
+                    return true;
+                }
+                (integration, &event.name, &event.action, false)
             }
             _ => return true,
         };
@@ -525,7 +608,9 @@ impl State {
                 .map_or(STRIKES_BEFORE_BACKOFF, |(_, s)| s + 1);
             let delay = backoff_delay(strikes, STRIKES_BEFORE_BACKOFF);
             self.muted.insert(key, (now + delay, strikes));
-            self.metrics.error();
+            if ours {
+                self.metrics.error();
+            }
             self.log.warn(
                 "backoff",
                 &format!(
@@ -849,6 +934,7 @@ impl State {
                 v.project.clone(),
                 started,
                 self.tx.clone(),
+                Arc::clone(&self.outside),
                 self.log.clone(),
             ));
             self.event_tasks
@@ -885,6 +971,7 @@ async fn watch_events(
     project: String,
     mut known: Instant,
     tx: mpsc::Sender<Trigger>,
+    outside: Arc<Outside>,
     log: Logger,
 ) {
     use crate::engine::Engine;
@@ -927,20 +1014,18 @@ async fn watch_events(
                         Ok(ev) if !replay.admits(&ev.action, ev.time_nano) => {}
                         Ok(ev) => {
                             delay = Duration::from_secs(1);
-                            let integration = name.clone();
-                            let trigger = match ev.subject {
-                                EventSubject::Managed => Trigger::Engine {
-                                    integration,
+                            if ev.subject != EventSubject::Managed {
+                                outside.push(name.clone(), ev);
+                                continue;
+                            }
+                            let _ = tx
+                                .send(Trigger::Engine {
+                                    integration: name.clone(),
                                     container: ev.name,
                                     id: ev.id,
                                     action: ev.action,
-                                },
-                                _ => Trigger::Unblocking {
-                                    integration,
-                                    event: ev,
-                                },
-                            };
-                            let _ = tx.send(trigger).await;
+                                })
+                                .await;
                         }
                         Err(e) => {
                             log.warn(
@@ -968,8 +1053,8 @@ async fn watch_events(
 
 /// Whether `ev` (outside the project) brings what one of `waits` waits for: the container
 /// that held a host port, a name or an outpost's uuid dies, is removed or renamed; a container
-/// of the blocked name is removed or renamed; the missing network is created; an image arrives
-/// (any: a reference can be written several ways, and images seldom arrive).
+/// of the blocked name is removed or renamed; the missing network is created; the image waited
+/// for arrives (pulled or tagged as that reference; loaded, imported or built, which name none).
 fn unblocks(waits: &[Unblock], ev: &EngineEvent) -> bool {
     let gone = matches!(ev.action.as_str(), "destroy" | "rename");
     waits.iter().any(|w| match (w, ev.subject) {
@@ -978,9 +1063,33 @@ fn unblocks(waits: &[Unblock], ev: &EngineEvent) -> bool {
             gone && (ev.name == *n || ev.old_name.as_ref() == Some(n))
         }
         (Unblock::Network(n), EventSubject::Network) => ev.name == *n || ev.name.is_empty(),
-        (Unblock::Image(_), EventSubject::Image) => true,
+        // A load, an import or a build names no reference: any may have brought it.
+        (Unblock::Image(image), EventSubject::Image) => {
+            matches!(ev.action.as_str(), "load" | "import" | "create")
+                || familiar(&ev.name) == familiar(image)
+        }
         _ => false,
     })
+}
+
+/// An image reference as Docker's events write it: without `docker.io/` and `library/`, and
+/// with `:latest` when it has neither tag nor digest.
+fn familiar(reference: &str) -> String {
+    let r = reference.trim();
+    let r = r
+        .strip_prefix("docker.io/")
+        .or_else(|| r.strip_prefix("index.docker.io/"))
+        .unwrap_or(r);
+    let r = match r.strip_prefix("library/") {
+        Some(rest) if !rest.contains('/') => rest,
+        _ => r,
+    };
+    let last = r.rsplit('/').next().unwrap_or(r);
+    if last.contains(':') || last.contains('@') {
+        r.to_string()
+    } else {
+        format!("{r}:latest")
+    }
 }
 
 fn dir_or_dot(p: &Path) -> PathBuf {
@@ -1273,10 +1382,45 @@ mod tests {
             &image,
             &event(Image, "x", "example/radius:absent", "pull")
         ));
+        // Another image pulled (our own apply's, say) does not; a load names no reference.
+        let other = event(Image, "x", "example/proxy:1", "pull");
+        assert!(!unblocks(&image, &other));
+        let loaded = event(Image, "sha256:2", "sha256:2", "load");
+        assert!(unblocks(&image, &loaded));
+        let hub = [Unblock::Image("docker.io/library/nginx".into())];
+        assert!(unblocks(
+            &hub,
+            &event(Image, "sha256:3", "nginx:latest", "tag")
+        ));
+        assert!(!unblocks(
+            &hub,
+            &event(Image, "sha256:3", "nginx:1.27", "tag")
+        ));
         assert!(!unblocks(
             &[],
             &event(Container, "holder", "portainer", "die")
         ));
+    }
+
+    #[test]
+    fn image_references_are_compared_as_events_write_them() {
+        for (written, familiar_form) in [
+            ("nginx", "nginx:latest"),
+            ("docker.io/library/nginx:1.27", "nginx:1.27"),
+            ("library/nginx", "nginx:latest"),
+            ("docker.io/goauthentik/server", "goauthentik/server:latest"),
+            (
+                "ghcr.io/goauthentik/proxy:2026.8.0",
+                "ghcr.io/goauthentik/proxy:2026.8.0",
+            ),
+            (
+                "127.0.0.1:5000/goauthentik/ldap",
+                "127.0.0.1:5000/goauthentik/ldap:latest",
+            ),
+            ("example/rac@sha256:abc", "example/rac@sha256:abc"),
+        ] {
+            assert_eq!(familiar(written), familiar_form, "{written}");
+        }
     }
 
     #[test]

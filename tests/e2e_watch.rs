@@ -960,6 +960,26 @@ fn containers_removed_or_stopped_by_hand_come_back() {
     c.assert_no_secret_in(&w);
 }
 
+/// A container renamed by hand (`docker rename`) is renamed back within seconds, the same
+/// container (not recreated), on its `rename` event.
+#[test]
+fn a_container_renamed_by_hand_is_renamed_back() {
+    let (c, w, a, _b) = watching_alpha_and_beta("wrename");
+    let mark = w.mark();
+    let elsewhere = c.name("elsewhere");
+    c.env.track_container(&elsewhere);
+    docker_ok(&["rename", &a.name(), &elsewhere]);
+    let started = w.wait_started(mark, "engine-event");
+    assert_eq!(started["docker_event"], "rename", "{started}");
+    let back = c.wait_running(&w, "alpha", "after docker rename");
+    assert_eq!(back.id(), a.id(), "renamed back, not recreated");
+    assert!(inspect(&elsewhere).is_none());
+    w.wait_log(mark, "`rename` of Alpha", WAIT, |v| {
+        is_ok_action(v, "rename", &a.name())
+    });
+    c.assert_no_secret_in(&w);
+}
+
 /// A container turning healthy needs nothing: its `health_status: healthy` event starts no
 /// reconcile (each would list the engine and log two lines for nothing).
 #[test]
@@ -1235,11 +1255,13 @@ fn engine_triggered_reconciles_are_logged_as_reconcile_events() {
 
 /// Blocked outposts go ahead as soon as what blocks them moves, not at the next interval (1 h
 /// here): the container holding a host port is removed, the container in the way of a name
-/// is removed, the missing network is created, the `pull: never` image arrives. Each starts
-/// one reconcile, logged with what moved; a container outside the project that blocks
-/// nothing comes and goes without a reconcile.
+/// is renamed, the missing network is created, the `pull: never` images arrive (one tagged,
+/// one pulled from the registry). Each starts one reconcile, logged with what moved; a
+/// container outside the project that blocks nothing comes and goes without a reconcile,
+/// and so does an image no outpost waits for.
 #[test]
 fn a_blocked_outpost_goes_ahead_when_what_blocks_it_moves() {
+    require_registry();
     let c = Case::new("wunblock");
     let mut m = c.env.manifest();
     let mut web = c.outpost("proxy", "AK_WEB");
@@ -1254,6 +1276,14 @@ fn a_blocked_outpost_goes_ahead_when_what_blocks_it_moves() {
     strict["pull"] = json!("never");
     strict["config"]["container_image"] = json!(image);
     m["outposts"]["Strict"] = strict;
+    // Only e2e_registry, another test binary, uses this image.
+    let pulled_image = format!("{REGISTRY}/outpostctl/outpost:2");
+    let _ = docker(&["rmi", &pulled_image]);
+    c.env.track_image_tag(&pulled_image);
+    let mut pulled = c.outpost("rac", "AK_PULLED");
+    pulled["pull"] = json!("never");
+    pulled["config"]["container_image"] = json!(pulled_image);
+    m["outposts"]["Pulled"] = pulled;
     m["outposts"]["Named"] = c.outpost("rac", "AK_NAMED");
     c.save("m/outposts.yaml", &m);
     let holder = c.name("port-holder");
@@ -1276,7 +1306,7 @@ fn a_blocked_outpost_goes_ahead_when_what_blocks_it_moves() {
         .collect();
     assert_eq!(
         blocked,
-        ["Named", "Netless", "Strict", "Web"]
+        ["Named", "Netless", "Pulled", "Strict", "Web"]
             .map(String::from)
             .into(),
         "{}",
@@ -1289,6 +1319,9 @@ fn a_blocked_outpost_goes_ahead_when_what_blocks_it_moves() {
     let bystander = c.name("bystander");
     c.env.docker_container("run", &bystander, &["-d", IMAGE_V1]);
     docker_ok(&["rm", "-f", &bystander]);
+    let unrelated = format!("outpostctl-test/outpost:unrelated-{}", std::process::id());
+    c.env.track_image_tag(&unrelated);
+    docker_ok(&["tag", IMAGE_V1, &unrelated]);
     w.wait_quiet(Duration::from_millis(800));
     assert_eq!(
         w.count(mark, |v| v["msg"] == "reconcile started"),
@@ -1297,9 +1330,11 @@ fn a_blocked_outpost_goes_ahead_when_what_blocks_it_moves() {
         w.text()
     );
 
+    let moved_away = c.name("moved-away");
+    c.env.track_container(&moved_away);
     // (outpost, what moves, its name, how)
     type Step<'a> = (&'a str, &'a str, &'a str, Box<dyn Fn() + 'a>);
-    let steps: [Step; 4] = [
+    let steps: [Step; 5] = [
         (
             "web",
             "container",
@@ -1311,9 +1346,9 @@ fn a_blocked_outpost_goes_ahead_when_what_blocks_it_moves() {
         (
             "named",
             "container",
-            &in_way,
+            &moved_away,
             Box::new(|| {
-                docker_ok(&["rm", &in_way]);
+                docker_ok(&["rename", &in_way, &moved_away]);
             }),
         ),
         (
@@ -1332,6 +1367,14 @@ fn a_blocked_outpost_goes_ahead_when_what_blocks_it_moves() {
                 docker_ok(&["tag", IMAGE_V1, &image]);
             }),
         ),
+        (
+            "pulled",
+            "image",
+            &pulled_image,
+            Box::new(|| {
+                docker_ok(&["pull", "-q", &pulled_image]);
+            }),
+        ),
     ];
     for (slug, what, name, unblock) in steps {
         let mark = w.mark();
@@ -1341,7 +1384,7 @@ fn a_blocked_outpost_goes_ahead_when_what_blocks_it_moves() {
         c.wait_running(&w, slug, &format!("once its {what} `{name}` moved"));
     }
     w.wait_reconciled(w.mark().saturating_sub(1), "the last reconcile");
-    assert_eq!(c.env.project_containers().len(), 4);
+    assert_eq!(c.env.project_containers().len(), 5);
     c.assert_no_secret_in(&w);
 }
 

@@ -803,7 +803,9 @@ pub fn health_config(h: &crate::desired::HealthCheck) -> HealthConfig {
 const NANOS: i64 = 1_000_000_000;
 
 /// Events of this project's containers that can mean something to do.
-const MANAGED_EVENTS: [&str; 8] = [
+const MANAGED_EVENTS: [&str; 9] = [
+    // Renamed by hand: the plan renames it back (and a name it held may be free now).
+    "rename",
     "die",
     "destroy",
     "stop",
@@ -816,13 +818,14 @@ const MANAGED_EVENTS: [&str; 8] = [
 ];
 
 /// Besides those, events of the engine's other objects that can unblock an outpost: a
-/// container that held its host port or its name dies (above), is removed (above) or
-/// renamed; its network is created; its image arrives.
-const UNBLOCKING_EVENTS: [&str; 6] = ["rename", "create", "pull", "load", "tag", "import"];
+/// container that held its host port or its name dies, is removed or renamed (above); its
+/// network is created; its image arrives (`create`: a build on Docker 27 and later).
+const UNBLOCKING_EVENTS: [&str; 5] = ["create", "pull", "load", "tag", "import"];
 
 /// The event the watch cares about in `m`, if it does: any of `MANAGED_EVENTS` of a container
 /// of `project`; another container dying, removed or renamed; a network created; an image
-/// pulled, loaded, tagged or imported.
+/// pulled, loaded, tagged, imported or built. An image's `name` is the reference it arrived
+/// as (a pull's or a tag's), or its id (a load, an import or a build).
 fn event_of(project: &str, m: bollard::models::EventMessage) -> Option<EngineEvent> {
     use bollard::models::EventMessageTypeEnum as T;
     let action = m.action.unwrap_or_default();
@@ -842,15 +845,20 @@ fn event_of(project: &str, m: bollard::models::EventMessage) -> Option<EngineEve
             matches!(base, "die" | "destroy" | "rename").then_some(EventSubject::Container)
         }
         Some(T::NETWORK) => (base == "create").then_some(EventSubject::Network),
-        Some(T::IMAGE) => {
-            matches!(base, "pull" | "load" | "tag" | "import").then_some(EventSubject::Image)
-        }
+        Some(T::IMAGE) => matches!(base, "pull" | "load" | "tag" | "import" | "create")
+            .then_some(EventSubject::Image),
         _ => None,
     }?;
+    let id = actor.id.unwrap_or_default();
+    let name = match (subject, base) {
+        // A pull's id is the reference pulled; its `name` lacks the tag.
+        (EventSubject::Image, "pull") => id.clone(),
+        _ => attrs.remove("name").unwrap_or_default(),
+    };
     Some(EngineEvent {
         subject,
-        id: actor.id.unwrap_or_default(),
-        name: attrs.remove("name").unwrap_or_default(),
+        id,
+        name,
         old_name: attrs
             .remove("oldName")
             .map(|n| n.trim_start_matches('/').to_string()),
@@ -933,9 +941,12 @@ mod tests {
                 msg(T::CONTAINER, "health_status: unhealthy", &ours),
                 Some(EventSubject::Managed),
             ),
-            // Our own apply's creates and renames need no reconcile.
+            // A rename by hand is drift; our own apply's creates need no reconcile.
+            (
+                msg(T::CONTAINER, "rename", &ours),
+                Some(EventSubject::Managed),
+            ),
             (msg(T::CONTAINER, "create", &ours), None),
-            (msg(T::CONTAINER, "rename", &ours), None),
             (
                 msg(T::CONTAINER, "die", &theirs),
                 Some(EventSubject::Container),
@@ -964,6 +975,7 @@ mod tests {
                 msg(T::IMAGE, "tag", &[("name", "x:1")]),
                 Some(EventSubject::Image),
             ),
+            (msg(T::IMAGE, "create", &[]), Some(EventSubject::Image)),
             (msg(T::IMAGE, "delete", &[("name", "x:1")]), None),
             (msg(T::VOLUME, "create", &[]), None),
         ];
@@ -983,6 +995,15 @@ mod tests {
         assert_eq!(
             renamed,
             Some(("new".into(), Some("old".into()), Some(2_000_000_000)))
+        );
+        // A pull names the reference pulled (its id), not the tagless `name` attribute.
+        let mut pulled = msg(T::IMAGE, "pull", &[("name", "example/radius")]);
+        if let Some(actor) = pulled.actor.as_mut() {
+            actor.id = Some("example/radius:1".into());
+        }
+        assert_eq!(
+            event_of("p", pulled).map(|e| e.name).as_deref(),
+            Some("example/radius:1")
         );
     }
 
