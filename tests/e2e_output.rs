@@ -224,6 +224,25 @@ fn a_container_in_the_way_reads_as_blocked() {
         &env.run(&["status", "--detailed-exitcode", "."]),
         2,
     );
+    let json = env.run(&["status", "--format", "json", "."]);
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).expect("status is JSON");
+    let blocked: Vec<(String, String)> = doc["integrations"][0]["outposts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| {
+            let why = o["blocked"].as_str()?;
+            Some((o["outpost"].as_str()?.to_string(), why.to_string()))
+        })
+        .collect();
+    let outposts: Vec<&str> = blocked.iter().map(|(o, _)| o.as_str()).collect();
+    assert_eq!(
+        outposts,
+        ["Directory", "Isolated", "Strict", "Web"],
+        "{}",
+        json.stdout
+    );
+    assert!(blocked[3].1.starts_with("host port"), "{blocked:?}");
 }
 
 /// What a user reads when outpostctl refuses or cannot go on: apply without a terminal to ask
