@@ -827,18 +827,7 @@ mod tests {
              outposts:\n  A:\n    type: ldap\n    integration: local\n    token: { file: token }\n",
         );
         let spec = v.desired["local"][0].clone();
-        let live = observed(
-            "0123456789abcdef",
-            &spec.name,
-            State::Running,
-            &[
-                (LABEL_UUID, spec.uuid.as_str()),
-                (LABEL_PROJECT, "p"),
-                (LABEL_MANAGED_BY, "outpostctl"),
-                (LABEL_INTEGRATION, "local"),
-                (LABEL_CONFIG_HASH, "0ld"),
-            ],
-        );
+        let live = outdated(&spec);
         let planned = plan_engine(
             "p",
             std::slice::from_ref(&spec),
@@ -871,18 +860,32 @@ mod tests {
         v.desired["local"][0].clone()
     }
 
-    async fn actions_on(spec: &ContainerSpec, engine: &Fake) -> Vec<Action> {
-        match plan_engine(
-            "p",
-            std::slice::from_ref(spec),
-            engine,
-            DiffOptions::default(),
+    /// This project's running container of `spec`, made from another config.
+    fn outdated(spec: &ContainerSpec) -> Observed {
+        observed(
+            "0123456789abcdef",
+            &spec.name,
+            State::Running,
+            &[
+                (LABEL_UUID, spec.uuid.as_str()),
+                (LABEL_PROJECT, "p"),
+                (LABEL_MANAGED_BY, "outpostctl"),
+                (LABEL_INTEGRATION, "local"),
+                (LABEL_CONFIG_HASH, "0ld"),
+            ],
         )
-        .await
-        {
-            Ok(o) => o.actions,
+    }
+
+    /// The plan of `desired` on `engine` (project `p`); panics if the engine's plan fails.
+    async fn outcome_on(desired: &[ContainerSpec], engine: &Fake) -> EngineOutcome {
+        match plan_engine("p", desired, engine, DiffOptions::default()).await {
+            Ok(o) => o,
             Err(e) => panic!("the engine's plan failed: {e}"),
         }
+    }
+
+    async fn actions_on(spec: &ContainerSpec, engine: &Fake) -> Vec<Action> {
+        outcome_on(std::slice::from_ref(spec), engine).await.actions
     }
 
     /// A create onto a network the engine does not have is blocked, naming it; one that
@@ -945,18 +948,7 @@ mod tests {
     #[tokio::test]
     async fn a_recreate_onto_a_missing_network_keeps_its_container() {
         let spec = on_network("traefik");
-        let mut live = observed(
-            "0123456789abcdef",
-            &spec.name,
-            State::Running,
-            &[
-                (LABEL_UUID, spec.uuid.as_str()),
-                (LABEL_PROJECT, "p"),
-                (LABEL_MANAGED_BY, "outpostctl"),
-                (LABEL_INTEGRATION, "local"),
-                (LABEL_CONFIG_HASH, "0ld"),
-            ],
-        );
+        let mut live = outdated(&spec);
         live.networks = vec!["bridge".into()];
         let engine = Fake {
             listed: vec![live],
@@ -1184,10 +1176,7 @@ mod tests {
             images: Some(vec!["example/rac:here".into()]),
             ..Fake::default()
         };
-        let planned = match plan_engine("p", desired, &engine, DiffOptions::default()).await {
-            Ok(o) => o,
-            Err(e) => panic!("the engine's plan failed: {e}"),
-        };
+        let planned = outcome_on(desired, &engine).await;
         let blocked: BTreeSet<&str> = planned
             .actions
             .iter()
@@ -1220,10 +1209,7 @@ mod tests {
             ]),
             ..Fake::default()
         };
-        let planned = match plan_engine("p", desired, &free, DiffOptions::default()).await {
-            Ok(o) => o,
-            Err(e) => panic!("the engine's plan failed: {e}"),
-        };
+        let planned = outcome_on(desired, &free).await;
         assert!(
             planned
                 .actions
@@ -1255,10 +1241,7 @@ mod tests {
             images: Some(Vec::new()),
             ..Fake::default()
         };
-        let planned = match plan_engine("p", &[spec], &engine, DiffOptions::default()).await {
-            Ok(o) => o,
-            Err(e) => panic!("the engine's plan failed: {e}"),
-        };
+        let planned = outcome_on(&[spec], &engine).await;
         let [a] = planned.actions.as_slice() else {
             panic!("{:?}", planned.actions)
         };
