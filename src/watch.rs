@@ -40,7 +40,8 @@ pub enum Trigger {
     Start,
     Files,
     Interval,
-    /// A put-back held back by the backoff is due.
+    /// A put-back held back by the backoff is due, or the retry after a reconcile in which
+    /// something failed.
     Retry,
     Engine {
         integration: String,
@@ -149,6 +150,8 @@ const ROW: Duration = Duration::from_secs(60);
 const STRIKES_BEFORE_BACKOFF: u32 = 3;
 const BACKOFF_BASE: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How long after a reconcile the events of its failed actions' containers are their echo.
+const ECHO: Duration = Duration::from_secs(2);
 /// A new event subscription asks the engine for the events since this long before the
 /// reconcile it precedes started (a `docker update` made while subscribing must not be
 /// missed; the margin covers reading the engine's clock).
@@ -328,6 +331,13 @@ struct State {
     unblocks: BTreeMap<String, Vec<Unblock>>,
     /// Events outside the project, as they come.
     outside: Arc<Outside>,
+    /// Reconciles in a row in which something failed, and when the next one is due.
+    failures: Option<(u32, Instant)>,
+    /// The outposts whose action failed in the last reconcile (integration, outpost).
+    failed: BTreeSet<(String, String)>,
+    /// The containers ("integration/name") of the actions that failed in the last reconcile,
+    /// and until when their events are their own failure's echo.
+    echoes: HashMap<String, Instant>,
 }
 
 struct WatchProgress<'a> {
@@ -420,6 +430,9 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         watched_dirs: BTreeMap::new(),
         unblocks: BTreeMap::new(),
         outside: Arc::new(Outside::default()),
+        failures: None,
+        failed: BTreeSet::new(),
+        echoes: HashMap::new(),
         opts,
     };
     log.info(
@@ -535,13 +548,26 @@ impl State {
         first
     }
 
-    /// When the first put-back held back by the backoff may run.
+    /// When the first put-back held back by the backoff may run, or the retry after a
+    /// reconcile in which something failed.
     fn retry_at(&self) -> Option<Instant> {
         self.deferred
             .iter()
             .filter_map(|k| self.backoff.get(k))
             .map(|b| b.ready)
+            .chain(self.failures.map(|(_, at)| at))
             .min()
+    }
+
+    /// After a reconcile: when something failed (an action, an engine, a lock), the next
+    /// one runs in 5 s, then 10 s, doubling to 5 min while failures go on (a port held by a
+    /// process outside Docker, an engine restarting, a registry away leave no event to wait
+    /// for); a reconcile without failure ends the row.
+    fn schedule_retry(&mut self, failed: bool) {
+        self.failures = failed.then(|| {
+            let n = self.failures.map_or(1, |(n, _)| n.saturating_add(1));
+            (n, Instant::now() + backoff_delay(n, 1))
+        });
     }
 
     /// The diff options of a reconcile: `--adopt`, and what to inspect.
@@ -593,6 +619,11 @@ impl State {
             if *until > now {
                 return false;
             }
+        }
+        // The echo of an action that just failed (its half-made container removed, the
+        // previous one put back): the retry scheduled for it runs it again.
+        if ours && self.echoes.get(&key).is_some_and(|until| *until > now) {
+            return false;
         }
         if action != "die" {
             return true;
@@ -666,7 +697,9 @@ impl State {
         }
         let invalid = outcome.has_errors();
         let Some(v) = outcome.validated.filter(|_| !invalid) else {
+            // Nothing to retry until a file changes (which starts a reconcile).
             self.unblocks.clear();
+            self.failures = None;
             self.log.error(
                 "reconcile",
                 "manifests are invalid: nothing applied; containers keep running as last applied",
@@ -682,10 +715,13 @@ impl State {
         let engines = connect_all(&v).await;
         let mut plan = plan::build(&v, &engines, self.diff_options(&v)).await;
         let mut ok = true;
+        // Something failed (not only blocked): a retry is scheduled.
+        let mut failed = false;
         for e in &plan.integrations {
             self.metrics.engine_up(&e.name, e.error.is_none());
             if let Some(err) = &e.error {
                 ok = false;
+                failed = true;
                 self.log
                     .error("engine", err, &[("integration", e.name.clone())]);
             }
@@ -724,6 +760,7 @@ impl State {
             locks = held;
             for e in plan.integrations.iter().filter(|e| e.error.is_some()) {
                 ok = false;
+                failed = true;
                 self.log.error(
                     "lock",
                     e.error.as_deref().unwrap_or_default(),
@@ -736,6 +773,7 @@ impl State {
         // Outposts whose action failed, and those the backoff held back: their containers are
         // inspected again by the next plan.
         let mut again = self.deferred.clone();
+        self.failed.clear();
         if plan.has_changes() {
             let progress = WatchProgress { log: &self.log };
             let report = apply::apply(&plan, &v, &engines, &progress).await;
@@ -745,11 +783,15 @@ impl State {
                         .change_applied(o.action.as_str(), trigger.is_drift());
                 } else {
                     ok = false;
+                    failed = true;
                     self.metrics.error();
                     again.insert((o.integration.clone(), o.outpost.clone()));
+                    self.failed
+                        .insert((o.integration.clone(), o.outpost.clone()));
                 }
             }
-            ok &= report.engine_errors.is_empty();
+            failed |= !report.engine_errors.is_empty();
+            ok &= !failed;
         }
         crate::lock::release_all(locks).await;
         // The plan made under the lock is the latest look at the engines it covers.
@@ -771,6 +813,23 @@ impl State {
             .filter_map(|(e, a)| a.container.as_ref().map(|c| (c.id.clone(), e.name.clone())))
             .collect();
         self.inspections.done(&plan, &again);
+        self.schedule_retry(failed);
+        // Events of the failed actions' containers that come in the next moments are their
+        // own echo (Docker reports them as they happen, within milliseconds).
+        let until = Instant::now() + ECHO;
+        self.echoes = plan
+            .integrations
+            .iter()
+            .flat_map(|e| e.actions.iter().map(move |a| (e, a)))
+            .filter(|(e, a)| self.failed.contains(&(e.name.clone(), a.outpost.clone())))
+            .flat_map(|(e, a)| {
+                let previous = a.container.as_ref().map(|c| c.name.clone());
+                [Some(a.name.clone()), previous]
+                    .into_iter()
+                    .flatten()
+                    .map(move |n| (format!("{}/{n}", e.name), until))
+            })
+            .collect();
         self.metrics.reconcile_finished(ok, started.elapsed());
         let ms = started.elapsed().as_millis().to_string();
         if ok {
@@ -802,7 +861,9 @@ impl State {
             let integration = e.name.clone();
             for a in e.actions.iter().filter(|_| count) {
                 let key = (integration.clone(), a.outpost.clone());
-                if is_put_back(a) {
+                // An outpost whose action failed is tried again by the failure retry, not
+                // counted as put back after someone else's change.
+                if is_put_back(a) && !self.failed.contains(&key) {
                     let mut entry = self.backoff.remove(&key);
                     let wait = Backoff::put_back(&mut entry, now);
                     let strikes = entry.map_or(0, |b| b.strikes);

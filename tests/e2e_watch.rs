@@ -1388,6 +1388,41 @@ fn a_blocked_outpost_goes_ahead_when_what_blocks_it_moves() {
     c.assert_no_secret_in(&w);
 }
 
+/// An action that fails for a reason no event reports (a host port held by a process outside
+/// Docker) is retried by itself, 5 s later, then less and less often: once the port is free
+/// the outpost runs, without a file change, an engine event or the interval (1 h here).
+#[test]
+fn a_failed_action_is_retried_with_a_backoff() {
+    let c = Case::new("wretry");
+    let mut m = c.env.manifest();
+    let mut web = c.outpost("proxy", "AK_WEB");
+    let taken = c.env.publish(&mut web)["9443/tcp"];
+    m["outposts"]["Web"] = web;
+    c.save("m/outposts.yaml", &m);
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", taken)).expect("bind the port");
+
+    let w = c.watch("m", &[]);
+    w.wait_log(0, "the failed create of Web", WAIT, |v| {
+        v["event"] == "action" && v["action"] == "create" && v["level"] == "error"
+    });
+    w.wait_reconciled(0, "ending the first reconcile");
+    // The first retry, 5 s later, fails again: the next waits 10 s.
+    let mark = w.mark();
+    w.wait_started(mark, "backoff-retry");
+    w.wait_reconciled(mark, "ending the first retry");
+    drop(squatter);
+    let mark = w.mark();
+    c.wait_container(&w, "web", "once the port is free", |_| true);
+    w.wait_started(mark, "backoff-retry");
+    assert_eq!(
+        w.count(0, |v| v["msg"] == "reconcile started"),
+        3,
+        "start, then two retries; log:\n{}",
+        w.text()
+    );
+    c.assert_no_secret_in(&w);
+}
+
 /// A container removed by hand is put back without a failed action. (Was a bug until
 /// bd90b23, a race lost in most rounds: the `kill` event of `docker rm -f` triggered a
 /// reconcile while the container was being removed, the plan said `start`, the engine answered
