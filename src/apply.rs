@@ -169,10 +169,22 @@ pub async fn apply(
             .buffer_unordered(PARALLEL_REMOVALS)
             .collect()
             .await;
-        let rest: Vec<Outcome> = futures_util::stream::iter(others.into_iter().map(&run))
+        // Then the recreates that move host ports: the ports their previous containers free
+        // may be another outpost's now (a port handed over in one change), whose create or
+        // start must come after. (The set's outposts never share a port: the others can run
+        // at once.)
+        let (movers, others): (Vec<&Action>, Vec<&Action>) = others
+            .into_iter()
+            .partition(|a| a.action == ActionKind::Recreate && a.reasons.iter().any(|r| r.field == crate::diff::PORTS_FIELD));
+        let mut rest: Vec<Outcome> = futures_util::stream::iter(movers.into_iter().map(&run))
             .buffer_unordered(PARALLEL_PER_ENGINE)
             .collect()
             .await;
+        let others: Vec<Outcome> = futures_util::stream::iter(others.into_iter().map(&run))
+            .buffer_unordered(PARALLEL_PER_ENGINE)
+            .collect()
+            .await;
+        rest.extend(others);
         for a in deferred {
             let kept_runs = rest
                 .iter()

@@ -7,9 +7,10 @@ use clap::{Parser, Subcommand, ValueEnum};
 pub const EXIT_CODES: &str = "\
 Exit codes:
   0   success; for `plan --detailed-exitcode`: success and no changes
-  1   invalid manifests, an engine could not be reached, an outpost is blocked, an action
-      failed, or `plan`/`status` was interrupted
-  2   `plan --detailed-exitcode` only: success, and there are changes
+  1   invalid manifests, an engine could not be reached, an outpost is blocked (plan,
+      apply), an action failed, or `plan`/`status` was interrupted
+  2   `plan --detailed-exitcode`: success, and there are changes; `status
+      --detailed-exitcode`: an outpost is not running and healthy as deployed, or blocked
   64  the command line itself is wrong (unknown option, missing value)
   130 interrupted twice (the first SIGINT/SIGTERM lets actions in flight finish)";
 

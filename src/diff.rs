@@ -424,6 +424,9 @@ fn blocked(spec: &ContainerSpec, o: &Observed, error: String) -> Action {
     }
 }
 
+/// The field of the reason that changes a container's published ports.
+pub const PORTS_FIELD: &str = "ports";
+
 /// The field of the reason that moves a container to another integration of the set.
 pub const MOVED_FIELD: &str = "labels.outpostctl.integration";
 
@@ -672,7 +675,7 @@ pub fn explain(
     want.sort();
     if live.ports != want {
         out.push(Change::new(
-            "ports",
+            PORTS_FIELD,
             Some(fmt_ports(&live.ports)),
             Some(fmt_ports(&want)),
         ));

@@ -954,6 +954,78 @@ fn missing_network_blocks_that_outpost_with_a_hint() {
     );
 }
 
+/// A host port handed from one outpost to another in one change (Old moves to other ports,
+/// New takes Old's): one apply converges, since the recreates that move ports run before
+/// the actions that may need the ports they free.
+#[test]
+fn a_host_port_handed_from_one_outpost_to_another_converges_in_one_apply() {
+    let env = Env::new("handoff");
+    let mut m = env.manifest();
+    let mut old = env.outpost("ldap", "AK_OLD");
+    let first = env.publish(&mut old);
+    m["outposts"]["Old"] = old;
+    env.write(&m);
+    env.apply_ok();
+
+    let mut moved = m["outposts"]["Old"].clone();
+    env.publish(&mut moved);
+    m["outposts"]["Old"] = moved;
+    let mut new = env.outpost("ldap", "AK_NEW");
+    for (port, host) in &first {
+        new["ports"][port] = json!(format!("127.0.0.1:{host}"));
+    }
+    new["config"]["docker_map_ports"] = json!(true);
+    m["outposts"]["New"] = new;
+    env.write(&m);
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    let bindings = env.container(&env.name_of("new")).port_bindings();
+    for host in first.values() {
+        assert!(
+            bindings
+                .values()
+                .flatten()
+                .any(|b| b.ends_with(&format!(":{host}"))),
+            "New does not publish {host}: {bindings:?}"
+        );
+    }
+    env.assert_converged();
+}
+
+/// A recreate blocked by a missing network leaves the previous container running, healthy;
+/// `status` says the outpost is blocked and why, and `--detailed-exitcode` flags it (2) for
+/// monitoring, although the container itself is fine.
+#[test]
+fn status_flags_an_outpost_whose_recreate_is_blocked() {
+    let env = Env::new("stblock");
+    let mut m = env.manifest();
+    m["outposts"]["Moving"] = env.outpost("rac", "AK_M");
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("moving");
+    assert_eq!(
+        env.wait_healthy(&name, Duration::from_secs(60)).as_deref(),
+        Some("healthy")
+    );
+    let fine = env.run(&["status", "--detailed-exitcode", "."]);
+    assert_eq!(fine.code, 0, "{}", shown(&fine));
+
+    let net = env.name_of("not-yet");
+    m["outposts"]["Moving"]["config"]["docker_network"] = json!(net);
+    env.write(&m);
+    let r = env.run(&["status", "--detailed-exitcode", "."]);
+    assert_eq!(r.code, 2, "{}", shown(&r));
+    assert!(
+        r.stdout.contains(&format!(
+            "{name}: running, healthy; blocked: network `{net}` does not exist on this engine"
+        )),
+        "{}",
+        shown(&r)
+    );
+    let plain = env.run(&["status", "."]);
+    assert_eq!(plain.code, 0, "status only reads: {}", shown(&plain));
+}
+
 /// A paused outpost must be brought back to running. The plan says `start`, but Docker
 /// refuses to start a paused container (409 "try unpause instead"), so apply fails.
 #[test]

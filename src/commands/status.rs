@@ -44,9 +44,11 @@ pub struct OutpostStatus {
 }
 
 impl OutpostStatus {
-    /// Running as outpostctl deployed it, and healthy or without a health check.
+    /// Running as outpostctl deployed it, and healthy or without a health check; not blocked
+    /// (a recreate apply cannot make, the previous container still running).
     pub fn fine(&self) -> bool {
-        self.managed
+        self.blocked.is_none()
+            && self.managed
             && !self.fallback_image
             && self.state.as_deref() == Some("running")
             && matches!(self.health.as_deref(), None | Some("healthy"))

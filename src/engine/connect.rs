@@ -102,6 +102,11 @@ fn env(k: &str) -> Option<String> {
 /// `local: true`: DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH as the Docker CLI reads
 /// them, else the default socket.
 fn local() -> Result<Transport, EngineError> {
+    local_with(&env)
+}
+
+/// `local`, with the environment read through `env`.
+fn local_with(env: &dyn Fn(&str) -> Option<String>) -> Result<Transport, EngineError> {
     let Some(h) = env("DOCKER_HOST") else {
         return Transport::unix(DEFAULT_SOCKET);
     };
@@ -128,8 +133,8 @@ fn local() -> Result<Transport, EngineError> {
         .strip_prefix("tcp://")
         .or_else(|| h.strip_prefix("https://"))
     {
-        let verify =
-            env("DOCKER_TLS_VERIFY").is_some_and(|v| v != "0") || h.starts_with("https://");
+        // Set to anything (even `0`), as the Docker CLI reads it.
+        let verify = env("DOCKER_TLS_VERIFY").is_some() || h.starts_with("https://");
         let (host, port) = host_port(rest, if verify { 2376 } else { 2375 })?;
         if !verify {
             return Ok(Transport::http(&host, port));
@@ -178,4 +183,31 @@ fn local() -> Result<Transport, EngineError> {
     Err(unreachable(format!(
         "DOCKER_HOST `{h}`: use unix://, tcp://, http://, https:// or ssh://"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::local_with;
+
+    /// `DOCKER_TLS_VERIFY` set to anything, `0` too, means TLS, as for the Docker CLI: here
+    /// the certificates it then needs are looked for (and reported missing).
+    #[test]
+    fn docker_tls_verify_set_to_anything_means_tls() {
+        for verify in ["1", "0", "false"] {
+            let env = |k: &str| match k {
+                "DOCKER_HOST" => Some("tcp://127.0.0.1".to_string()),
+                "DOCKER_TLS_VERIFY" => Some(verify.to_string()),
+                "DOCKER_CERT_PATH" => Some("/nonexistent-certs".to_string()),
+                _ => None,
+            };
+            let err = match local_with(&env) {
+                Ok(_) => panic!("DOCKER_TLS_VERIFY={verify}: connected without certificates"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                err.contains("DOCKER_TLS_VERIFY is set but `/nonexistent-certs/ca.pem`"),
+                "DOCKER_TLS_VERIFY={verify}: {err}"
+            );
+        }
+    }
 }

@@ -52,13 +52,26 @@ pub enum Endpoint {
     },
 }
 
+/// The engine identity of `local: true` under `DOCKER_HOST` (as `Endpoint::engine_identity`):
+/// the default socket when it is unset, the socket it names; any other value only equals
+/// itself.
+fn local_identity(docker_host: Option<&str>) -> String {
+    match docker_host.filter(|h| !h.is_empty()) {
+        None => format!("unix {}", crate::engine::connect::DEFAULT_SOCKET),
+        Some(h) => match h.strip_prefix("unix://") {
+            Some(path) => format!("unix {path}"),
+            None => format!("local {h}"),
+        },
+    }
+}
+
 impl Endpoint {
     /// Equal for two endpoints that certainly reach the same engine (the same socket; the same
     /// host and port whatever the scheme; over SSH, also the same user); different ones may
     /// still meet there.
     pub fn engine_identity(&self) -> String {
         match self {
-            Endpoint::Local => "local".into(),
+            Endpoint::Local => local_identity(std::env::var("DOCKER_HOST").ok().as_deref()),
             Endpoint::Unix { path } => format!("unix {path}"),
             Endpoint::Http { host, port } | Endpoint::Tls { host, port, .. } => {
                 format!("tcp {}:{port}", host.to_lowercase())
@@ -1783,7 +1796,21 @@ mod tests {
         assert!(same(&Endpoint::Local, &Endpoint::Local));
         let unix = |p: &str| Endpoint::Unix { path: p.into() };
         assert!(!same(&unix("/a.sock"), &unix("/b.sock")));
-        assert!(!same(&Endpoint::Local, &unix("/var/run/docker.sock")));
+        // `local: true` is the default socket, or the one DOCKER_HOST names.
+        assert_eq!(
+            local_identity(None),
+            unix("/var/run/docker.sock").engine_identity()
+        );
+        assert_eq!(local_identity(Some("")), local_identity(None));
+        assert_eq!(
+            local_identity(Some("unix:///run/user/1000/docker.sock")),
+            unix("/run/user/1000/docker.sock").engine_identity()
+        );
+        assert_ne!(
+            local_identity(Some("tcp://docker.example.com:2376")),
+            tls.engine_identity(),
+            "only certainly the same engine"
+        );
     }
 
     /// What `validate_with` hands over early, for `set` (a manifest beside a token file).
