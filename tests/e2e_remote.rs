@@ -822,6 +822,22 @@ fn ssh_pin_of_another_key_type_says_the_pin_does_not_match() {
     assert_engine_fails(&r, nas, &["does not match the pinned `ssh.host_key`"]);
 }
 
+/// A pinned `ssh-rsa` key (what `ssh-keyscan` prints for an RSA host key) connects to a
+/// current OpenSSH server, which signs with it as `rsa-sha2-512`/`rsa-sha2-256` only: the
+/// pin's type alone (`ssh-rsa`, SHA-1 signatures) would find no host key type in common.
+#[test]
+fn ssh_pin_of_an_rsa_host_key_connects() {
+    let r = Remote::ssh("sshrsa");
+    let mut nas = r.good_ssh();
+    assert!(r.s().rsa_host_key.starts_with("ssh-rsa "));
+    nas["ssh"]["host_key"] = json!(r.s().rsa_host_key);
+    let m = r.manifest(json!({ "nas": nas }), &[("Radius", "radius", "nas")]);
+    r.env.write(&m);
+    let a = r.apply(&[]);
+    assert_eq!(a.code, 0, "apply failed:\n{}", shown(&a));
+    assert_deployed(&r, "radius", "radius");
+}
+
 /// The ssh config for the custom-config tests: an alias for sshd, its key and known_hosts.
 fn write_ssh_config(r: &Remote, alias: &str, known_key: &str, with_port_and_user: bool) {
     let known = r.env.dir().join("known_hosts");

@@ -188,7 +188,7 @@ impl Session {
             opt("HostKeyAlias", PIN_ALIAS.into());
             opt("UserKnownHostsFile", path.display().to_string());
             opt("GlobalKnownHostsFile", "/dev/null".into());
-            opt("HostKeyAlgorithms", kind.to_string());
+            opt("HostKeyAlgorithms", host_key_algorithms(kind));
         }
         if let Some(key) = &target.key {
             let path = dir.join("key");
@@ -382,9 +382,16 @@ pub fn describe(url: &str, t: &Target, ssh_said: &str, fallback: &str) -> String
         let port = t.port.unwrap_or(22);
         let scanned = scan_host_key(&t.host, port);
         match scanned {
-            Some((line, fingerprint)) => format!(
-                "the host offers {fingerprint}; verify it out of band (e.g. `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the host), then pin it in the manifest:\n      ssh:\n        host_key: \"{line}\""
-            ),
+            Some((line, fingerprint)) => {
+                let file = match line.split_whitespace().next().unwrap_or_default() {
+                    "ssh-rsa" => "ssh_host_rsa_key.pub",
+                    k if k.starts_with("ecdsa-") => "ssh_host_ecdsa_key.pub",
+                    _ => "ssh_host_ed25519_key.pub",
+                };
+                format!(
+                    "the host offers {fingerprint}; verify it out of band (e.g. `ssh-keygen -lf /etc/ssh/{file}` on the host), then pin it in the manifest:\n      ssh:\n        host_key: \"{line}\""
+                )
+            }
             None => format!(
                 "add the host's key to known_hosts, or pin it with `ssh.host_key` (get it with `ssh-keyscan -p {} {}` and verify its fingerprint out of band)",
                 port, t.host
@@ -468,9 +475,18 @@ fn scan_host_key(host: &str, port: u16) -> Option<(String, String)> {
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
+    // ssh-keyscan prints the keys as they come: the strongest kind is shown.
+    let rank = |l: &&str| {
+        let kind = l.split_whitespace().nth(1).unwrap_or_default();
+        ["ssh-ed25519", "ecdsa-sha2-", "ssh-rsa"]
+            .iter()
+            .position(|k| kind.starts_with(k))
+            .unwrap_or(usize::MAX)
+    };
     let line = text
         .lines()
-        .find(|l| !l.starts_with('#') && l.split_whitespace().count() >= 3)?;
+        .filter(|l| !l.starts_with('#') && l.split_whitespace().count() >= 3)
+        .min_by_key(rank)?;
     let mut f = line.split_whitespace().skip(1);
     let key = format!("{} {}", f.next()?, f.next()?);
     let mut fp = std::process::Command::new("ssh-keygen")
@@ -492,4 +508,14 @@ fn scan_host_key(host: &str, port: u16) -> Option<(String, String)> {
         .unwrap_or_default()
         .to_string();
     Some((key, fingerprint))
+}
+
+/// The host key algorithms that verify a pinned key of type `kind`: an RSA key signs with
+/// SHA-2 (`rsa-sha2-512`, `rsa-sha2-256`) on OpenSSH 8.8 and later, where `ssh-rsa` alone
+/// (SHA-1 signatures) is no longer offered; older servers still sign with `ssh-rsa`.
+fn host_key_algorithms(kind: &str) -> String {
+    match kind {
+        "ssh-rsa" => "rsa-sha2-512,rsa-sha2-256,ssh-rsa".into(),
+        other => other.into(),
+    }
 }

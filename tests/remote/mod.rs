@@ -547,6 +547,9 @@ pub struct Ssh {
     pub other_host_key: String,
     /// An ECDSA host key, never served: a wrong pin of another type.
     pub ecdsa_host_key: String,
+    /// `ssh-rsa AAAA...`: the host's second key, served too (OpenSSH 8.8 and later sign with
+    /// it as `rsa-sha2-*` only).
+    pub rsa_host_key: String,
     /// The authorized client key (OpenSSH private key file, mode 0600).
     pub client_key: PathBuf,
     /// A client key that is not authorized.
@@ -581,6 +584,7 @@ impl Ssh {
         let host = keygen(&dir, "host_ed25519", "ed25519");
         let other = keygen(&dir, "other_host_ed25519", "ed25519").with_extension("pub");
         let ecdsa = keygen(&dir, "other_host_ecdsa", "ecdsa").with_extension("pub");
+        let rsa = keygen(&dir, "host_rsa", "rsa");
         let client_key = keygen(&dir, "client_ed25519", "ed25519");
         let stranger_key = keygen(&dir, "stranger_ed25519", "ed25519");
         fs::copy(dir.join("client_ed25519.pub"), dir.join("authorized_keys"))
@@ -592,11 +596,12 @@ impl Ssh {
         fs::create_dir_all("/run/sshd").expect("mkdir /run/sshd");
         let port = env.port();
         let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\n\
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nHostKey {}\nAuthorizedKeysFile {}\n\
              PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\nPidFile {}\n\
              LogLevel VERBOSE\n{}\n",
             host.display(),
+            rsa.display(),
             dir.join("authorized_keys").display(),
             dir.join("sshd.pid").display(),
             extra_config.join("\n"),
@@ -647,6 +652,7 @@ impl Ssh {
             fingerprint,
             other_host_key: pub_line(&other),
             ecdsa_host_key: pub_line(&ecdsa),
+            rsa_host_key: pub_line(&rsa.with_extension("pub")),
             client_key,
             stranger_key,
             log,
