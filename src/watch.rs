@@ -584,13 +584,13 @@ impl State {
     /// so a container that died 3 times in 5 minutes is reported as dying and its events are
     /// ignored for a while (5 s, doubling to 5 min); the interval still reconciles.
     fn accept(&mut self, t: &Trigger) -> bool {
-        let (integration, container, action, ours) = match t {
+        let (integration, container, id, action, ours) = match t {
             Trigger::Engine {
                 integration,
                 container,
+                id,
                 action,
-                ..
-            } => (integration, container, action, true),
+            } => (integration, container, id, action, true),
             Trigger::Unblocking { integration, event } => {
                 let waits = self
                     .unblocks
@@ -604,7 +604,7 @@ impl State {
                 if event.action != "die" {
                     return true;
                 }
-                (integration, &event.name, &event.action, false)
+                (integration, &event.name, &event.id, &event.action, false)
             }
             _ => return true,
         };
@@ -614,7 +614,9 @@ impl State {
             return false;
         }
         let now = Instant::now();
-        let key = format!("{integration}/{container}");
+        // A crash loop is one container restarted by its policy: counted by id (a container
+        // removed and put back again and again is not one; the put-back backoff sees that).
+        let key = format!("{integration}/{id}");
         if let Some((until, _)) = self.muted.get(&key) {
             if *until > now {
                 return false;
@@ -622,13 +624,19 @@ impl State {
         }
         // The echo of an action that just failed (its half-made container removed, the
         // previous one put back): the retry scheduled for it runs it again.
-        if ours && self.echoes.get(&key).is_some_and(|until| *until > now) {
+        let named = format!("{integration}/{container}");
+        if ours && self.echoes.get(&named).is_some_and(|until| *until > now) {
             return false;
         }
         if action != "die" {
             return true;
         }
         let window = Duration::from_secs(300);
+        // Forget containers that died long enough ago, and mutes that ended as long ago (a
+        // mute's strikes grow while its container keeps dying).
+        self.deaths
+            .retain(|_, d| d.last().is_some_and(|t| now.duration_since(*t) < window));
+        self.muted.retain(|_, (until, _)| *until + window > now);
         let deaths = self.deaths.entry(key.clone()).or_default();
         deaths.retain(|d| now.duration_since(*d) < window);
         deaths.push(now);
