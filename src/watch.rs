@@ -777,7 +777,14 @@ impl State {
             }
             self.filter_actions(&mut plan, false);
         }
-        let summary = crate::render::plan::summary_line(&plan.summary());
+        let mut summary = crate::render::plan::summary_line(&plan.summary());
+        if !self.deferred.is_empty() {
+            // Not "no changes": an outpost is down, its put-back waiting for its backoff.
+            summary.push_str(&format!(
+                ", {} held back by the put-back backoff",
+                self.deferred.len()
+            ));
+        }
         // Outposts whose action failed, and those the backoff held back: their containers are
         // inspected again by the next plan.
         let mut again = self.deferred.clone();

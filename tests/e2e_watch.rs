@@ -1472,6 +1472,12 @@ fn a_container_removed_by_hand_comes_back_without_errors() {
                 .as_str()
                 .is_some_and(|m| m.contains("`Alpha`") && m.contains("next attempt in"))
     });
+    // That reconcile does not read as "no changes": the outpost is down meanwhile.
+    w.wait_log(mark, "saying one put-back is held back", WAIT, |v| {
+        v["msg"].as_str().is_some_and(|m| {
+            m.starts_with("reconcile done") && m.ends_with("1 held back by the put-back backoff")
+        })
+    });
     c.wait_container(&w, "alpha", "put back after the backoff", |x| x.id() != old);
     w.wait_started(mark, "backoff-retry");
 }
