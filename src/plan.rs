@@ -622,11 +622,14 @@ fn taken_ports(
 /// The spec of each outpost, by name.
 type Specs<'a> = HashMap<&'a str, &'a ContainerSpec>;
 
+/// Between the reasons of an outpost blocked for several (the human plan shows one a line).
+pub const ALSO: &str = "; also, ";
+
 /// Marks `a` blocked, saying why (after the reasons it is already blocked for): nothing is
 /// done for its outpost.
 fn block(a: &mut Action, why: String) {
     a.error = match (a.action, a.error.take()) {
-        (ActionKind::Blocked, Some(before)) => Some(format!("{before}; also, {why}")),
+        (ActionKind::Blocked, Some(before)) => Some(format!("{before}{ALSO}{why}")),
         _ => Some(why),
     };
     a.action = ActionKind::Blocked;

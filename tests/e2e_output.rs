@@ -171,8 +171,8 @@ fn plan_apply_and_status_read_as_documented() {
 
 /// Outposts blocked by a container in the way that this project did not create, a host port
 /// another container publishes, a missing network and a missing `pull: never` image: the plan
-/// names each cause, says what to do, and exits 1; apply does the rest, leaves those outposts
-/// alone, says so and exits 1.
+/// names each cause (both for an outpost blocked twice over), says what to do, and exits 1;
+/// apply does the rest, leaves those outposts alone, says so and exits 1.
 #[test]
 fn a_container_in_the_way_reads_as_blocked() {
     let _one_at_a_time = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
@@ -185,6 +185,8 @@ fn a_container_in_the_way_reads_as_blocked() {
     let mut web = env.outpost("proxy", "AK_WEB");
     web["external_hosts"] = json!(["https://app.example.com"]);
     let taken = env.publish(&mut web)["9443/tcp"];
+    // Blocked twice over: both reasons are shown at once.
+    web["config"]["docker_network"] = json!(env.name_of("nowhere"));
     m["outposts"]["Web"] = web;
     let mut isolated = env.outpost("rac", "AK_ISOLATED");
     isolated["config"]["docker_network"] = json!(env.name_of("nowhere"));

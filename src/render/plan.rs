@@ -125,8 +125,9 @@ pub fn human(plan: &Plan, style: Style, show_diff: bool) -> String {
                 target(a),
                 a.outpost
             );
-            if let Some(err) = &a.error {
-                let _ = writeln!(out, "      {err}");
+            // An outpost blocked for several reasons: one line each.
+            for why in a.error.iter().flat_map(|e| e.split(crate::plan::ALSO)) {
+                let _ = writeln!(out, "      {why}");
             }
             for r in &a.reasons {
                 let _ = writeln!(out, "      {}", change_text(r));
