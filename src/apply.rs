@@ -20,6 +20,10 @@ use crate::plan::{Engines, Plan};
 use crate::validate::Validated;
 
 /// Outposts changed at once on one engine.
+/// What a recreate appends to the name of the container it replaces while it makes the new
+/// one (then, if that name is taken, the container's short id).
+pub const PARKED: &str = "-outpostctl-old";
+
 pub const PARALLEL_PER_ENGINE: usize = 4;
 /// Containers removed at once on one engine.
 pub const PARALLEL_REMOVALS: usize = 2;
@@ -357,7 +361,7 @@ async fn recreate(
     let image = ensure_image(engine, spec, integration, progress, messages).await?;
     // Stopping first frees the host ports the new container needs.
     engine.stop(old).await?;
-    let parked = format!("{}-outpostctl-old", spec.name);
+    let parked = format!("{}{PARKED}", spec.name);
     let renamed = old_name == spec.name;
     if renamed {
         let mut result = engine.rename(old, &parked).await;

@@ -916,7 +916,7 @@ mod tests {
         assert_eq!(b[0].reasons[0].field, MOVED_FIELD);
 
         // Interrupted after the create: `a`'s container parked and stopped, `b`'s created.
-        let parked = format!("{}-outpostctl-old", spec.name);
+        let parked = format!("{}{}", spec.name, crate::apply::PARKED);
         let old = container("c0ffee", &parked, State::Exited, &of_a);
         let mut of_b: Vec<(&str, &str)> = of_a
             .iter()

@@ -131,8 +131,8 @@ impl Outside {
 
 /// Put-backs of one outpost in a row (a container removed, stopped or unhealthy each time it
 /// is looked at): after `PUT_BACKS_BEFORE_BACKOFF` of them, each next one waits longer (5 s,
-/// doubling to 5 min), and a timer runs the retry. The row ends when the outpost is seen fine
-/// (a no-op) or when no put-back was needed for `ROW` after the last one could run.
+/// doubling to 5 min), and a timer runs the retry. The row ends when no put-back was needed
+/// for `ROW` after the last one could run.
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
     /// Put-backs in this row.
@@ -156,6 +156,23 @@ const ECHO: Duration = Duration::from_secs(2);
 /// reconcile it precedes started (a `docker update` made while subscribing must not be
 /// missed; the margin covers reading the engine's clock).
 const REPLAY_MARGIN: Duration = Duration::from_secs(1);
+
+/// What fails now, with the reconciles in a row each failed in (`before` counts the previous
+/// ones), and the wait before the retry: that of the newest failure.
+fn failure_row(
+    before: &BTreeMap<String, u32>,
+    failed: BTreeSet<String>,
+) -> (BTreeMap<String, u32>, Option<Duration>) {
+    let now: BTreeMap<String, u32> = failed
+        .into_iter()
+        .map(|what| {
+            let n = before.get(&what).map_or(1, |n| n.saturating_add(1));
+            (what, n)
+        })
+        .collect();
+    let wait = now.values().min().map(|n| backoff_delay(*n, 1));
+    (now, wait)
+}
 
 /// The wait after the `n`-th strike once `limit` strikes were reached: 5 s, doubling, capped.
 fn backoff_delay(n: u32, limit: u32) -> Duration {
@@ -331,8 +348,11 @@ struct State {
     unblocks: BTreeMap<String, Vec<Unblock>>,
     /// Events outside the project, as they come.
     outside: Arc<Outside>,
-    /// Reconciles in a row in which something failed, and when the next one is due.
-    failures: Option<(u32, Instant)>,
+    /// What failed in the last reconcile (an integration, or integration/outpost), with the
+    /// number of reconciles in a row it failed in.
+    failures: BTreeMap<String, u32>,
+    /// When the retry of what failed is due.
+    retry: Option<Instant>,
     /// The outposts whose action failed in the last reconcile (integration, outpost).
     failed: BTreeSet<(String, String)>,
     /// The containers ("integration/name") of the actions that failed in the last reconcile,
@@ -430,7 +450,8 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         watched_dirs: BTreeMap::new(),
         unblocks: BTreeMap::new(),
         outside: Arc::new(Outside::default()),
-        failures: None,
+        failures: BTreeMap::new(),
+        retry: None,
         failed: BTreeSet::new(),
         echoes: HashMap::new(),
         opts,
@@ -555,19 +576,32 @@ impl State {
             .iter()
             .filter_map(|k| self.backoff.get(k))
             .map(|b| b.ready)
-            .chain(self.failures.map(|(_, at)| at))
+            .chain(self.retry)
             .min()
     }
 
     /// After a reconcile: when something failed (an action, an engine, a lock), the next
-    /// one runs in 5 s, then 10 s, doubling to 5 min while failures go on (a port held by a
-    /// process outside Docker, an engine restarting, a registry away leave no event to wait
-    /// for); a reconcile without failure ends the row.
-    fn schedule_retry(&mut self, failed: bool) {
-        self.failures = failed.then(|| {
-            let n = self.failures.map_or(1, |(n, _)| n.saturating_add(1));
-            (n, Instant::now() + backoff_delay(n, 1))
-        });
+    /// one runs in 5 s, then 10 s, doubling to 5 min while that failure goes on (a port held
+    /// by a process outside Docker, an engine restarting, a registry away leave no event to
+    /// wait for). Each failure counts on its own: a new one is retried in 5 s even while an
+    /// engine has been away for an hour; one that did not fail again is forgotten.
+    fn schedule_retry(&mut self, failed: BTreeSet<String>) {
+        let (failures, wait) = failure_row(&self.failures, failed);
+        self.failures = failures;
+        self.retry = wait.map(|w| Instant::now() + w);
+    }
+
+    /// Whether an event of `container` is the echo of an action that just failed: one of its
+    /// containers, or the previous one parked by its recreate (renamed `<name>-outpostctl-old`,
+    /// maybe with its id after).
+    fn is_echo(&self, integration: &str, container: &str, now: Instant) -> bool {
+        let base = match container.find(crate::apply::PARKED) {
+            Some(at) => &container[..at],
+            None => container,
+        };
+        self.echoes
+            .get(&format!("{integration}/{base}"))
+            .is_some_and(|until| *until > now)
     }
 
     /// The diff options of a reconcile: `--adopt`, and what to inspect.
@@ -624,8 +658,7 @@ impl State {
         }
         // The echo of an action that just failed (its half-made container removed, the
         // previous one put back): the retry scheduled for it runs it again.
-        let named = format!("{integration}/{container}");
-        if ours && self.echoes.get(&named).is_some_and(|until| *until > now) {
+        if ours && self.is_echo(integration, container, now) {
             return false;
         }
         if action != "die" {
@@ -705,9 +738,13 @@ impl State {
         }
         let invalid = outcome.has_errors();
         let Some(v) = outcome.validated.filter(|_| !invalid) else {
-            // Nothing to retry until a file changes (which starts a reconcile).
+            // Nothing to retry until a file changes (which starts a reconcile): neither what
+            // failed nor a put-back held back (whose due time would pass and fire at once,
+            // again and again).
             self.unblocks.clear();
-            self.failures = None;
+            self.failures.clear();
+            self.retry = None;
+            self.deferred.clear();
             self.log.error(
                 "reconcile",
                 "manifests are invalid: nothing applied; containers keep running as last applied",
@@ -723,13 +760,14 @@ impl State {
         let engines = connect_all(&v).await;
         let mut plan = plan::build(&v, &engines, self.diff_options(&v)).await;
         let mut ok = true;
-        // Something failed (not only blocked): a retry is scheduled.
-        let mut failed = false;
+        // What failed (not only blocked), by integration or integration/outpost: a retry is
+        // scheduled.
+        let mut failed: BTreeSet<String> = BTreeSet::new();
         for e in &plan.integrations {
             self.metrics.engine_up(&e.name, e.error.is_none());
             if let Some(err) = &e.error {
                 ok = false;
-                failed = true;
+                failed.insert(e.name.clone());
                 self.log
                     .error("engine", err, &[("integration", e.name.clone())]);
             }
@@ -768,7 +806,7 @@ impl State {
             locks = held;
             for e in plan.integrations.iter().filter(|e| e.error.is_some()) {
                 ok = false;
-                failed = true;
+                failed.insert(e.name.clone());
                 self.log.error(
                     "lock",
                     e.error.as_deref().unwrap_or_default(),
@@ -798,15 +836,15 @@ impl State {
                         .change_applied(o.action.as_str(), trigger.is_drift());
                 } else {
                     ok = false;
-                    failed = true;
+                    failed.insert(format!("{}/{}", o.integration, o.outpost));
                     self.metrics.error();
                     again.insert((o.integration.clone(), o.outpost.clone()));
                     self.failed
                         .insert((o.integration.clone(), o.outpost.clone()));
                 }
             }
-            failed |= !report.engine_errors.is_empty();
-            ok &= !failed;
+            failed.extend(report.engine_errors.iter().map(|(name, _)| name.clone()));
+            ok &= failed.is_empty();
         }
         crate::lock::release_all(locks).await;
         // The plan made under the lock is the latest look at the engines it covers.
@@ -897,9 +935,11 @@ impl State {
                         );
                         self.deferred.insert(key);
                     }
-                } else if a.action == ActionKind::Noop {
-                    self.backoff.remove(&key);
                 }
+                // Seeing the container fine does not end the row: a plan started by the
+                // `kill` of a `docker rm -f` may still list it running, and another
+                // controller that keeps removing it lets it run in between. A quiet minute
+                // ends it (`ROW`).
             }
             let log = &self.log;
             let no_prune = self.opts.no_prune;
@@ -1497,6 +1537,31 @@ mod tests {
         ] {
             assert_eq!(familiar(written), familiar_form, "{written}");
         }
+    }
+
+    /// A failure that goes on is retried less and less often; a new one beside it in 5 s;
+    /// one that no longer fails is forgotten, and nothing failing means no retry.
+    #[test]
+    fn each_failure_is_retried_on_its_own_row() {
+        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let mut row = BTreeMap::new();
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            let (next, wait) = failure_row(&row, set(&["away"]));
+            row = next;
+            waits.push(wait.map(|w| w.as_secs()));
+        }
+        assert_eq!(waits, [Some(5), Some(10), Some(20), Some(40)]);
+        let (row, wait) = failure_row(&row, set(&["away", "local/Web"]));
+        assert_eq!(wait, Some(Duration::from_secs(5)), "{row:?}");
+        assert_eq!(row.get("away"), Some(&5));
+        let (row, wait) = failure_row(&row, set(&["local/Web"]));
+        assert_eq!(
+            (row.get("away"), wait),
+            (None, Some(Duration::from_secs(10)))
+        );
+        let (row, wait) = failure_row(&row, BTreeSet::new());
+        assert!(row.is_empty() && wait.is_none());
     }
 
     #[test]

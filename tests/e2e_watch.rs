@@ -1423,6 +1423,59 @@ fn a_failed_action_is_retried_with_a_backoff() {
     c.assert_no_secret_in(&w);
 }
 
+/// A recreate that fails (the outpost's new host port is held by a process) puts the running
+/// container back, and is retried by the backoff only: the events of its own stop, rename
+/// and put-back start no reconcile (each would stop the live outpost again). Once the port is
+/// free, the retry recreates it.
+#[test]
+fn a_failed_recreate_is_retried_by_the_backoff_only() {
+    let c = Case::new("wrecfail");
+    let mut m = c.env.manifest();
+    let mut web = c.outpost("proxy", "AK_WEB");
+    c.env.publish(&mut web);
+    m["outposts"]["Web"] = web;
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    let before = c.wait_running(&w, "web", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+    w.wait_quiet(Duration::from_millis(500));
+
+    let port = c.env.port();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind the port");
+    m["outposts"]["Web"]["ports"]["9443/tcp"] = json!(format!("127.0.0.1:{port}"));
+    let mark = w.mark();
+    c.save("m/outposts.yaml", &m);
+    w.wait_log(mark, "the failed recreate of Web", WAIT, |v| {
+        is_action(v, "recreate", &before.name()) && v["level"] == "error"
+    });
+    w.wait_reconciled(mark, "ending the failed reconcile");
+    let back = c.wait_running(&w, "web", "put back after the failed recreate");
+    assert_eq!(back.id(), before.id(), "the previous container is put back");
+    // The retry is 5 s away: nothing starts before it.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        w.count(mark, |v| v["msg"] == "reconcile started"),
+        1,
+        "only the reconcile of the saved file; log:\n{}",
+        w.text()
+    );
+    drop(squatter);
+    let after = c.wait_container(&w, "web", "recreated once the port is free", |x| {
+        x.id() != before.id()
+    });
+    w.wait_started(mark, "backoff-retry");
+    assert!(
+        after
+            .port_bindings()
+            .values()
+            .flatten()
+            .any(|b| b.ends_with(&format!(":{port}"))),
+        "{:?}",
+        after.port_bindings()
+    );
+    c.assert_no_secret_in(&w);
+}
+
 /// A container removed by hand is put back without a failed action. (Was a bug until
 /// bd90b23, a race lost in most rounds: the `kill` event of `docker rm -f` triggered a
 /// reconcile while the container was being removed, the plan said `start`, the engine answered
