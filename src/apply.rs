@@ -6,7 +6,7 @@
 //! an outpost without a container: the new one must start before the old one is removed, and
 //! if it cannot, the old one is put back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -176,14 +176,37 @@ pub async fn apply(
         // Then the recreates that move host ports: the ports their previous containers free
         // may be another outpost's now (a port handed over in one change), whose create or
         // start must come after. (The set's outposts never share a port: the others can run
-        // at once.)
-        let (movers, others): (Vec<&Action>, Vec<&Action>) = others
-            .into_iter()
-            .partition(|a| a.action == ActionKind::Recreate && a.reasons.iter().any(|r| r.field == crate::diff::PORTS_FIELD));
-        let mut rest: Vec<Outcome> = futures_util::stream::iter(movers.into_iter().map(&run))
-            .buffer_unordered(PARALLEL_PER_ENGINE)
-            .collect()
-            .await;
+        // at once.) Among themselves, one that takes a port another frees runs after it; those
+        // that swap ports (each needs the other's freed first) have their previous containers
+        // stopped before any of them starts its new one.
+        let (movers, others): (Vec<&Action>, Vec<&Action>) =
+            others.into_iter().partition(|a| moves_ports(a));
+        let (waves, swapping) = port_waves(movers);
+        let mut rest: Vec<Outcome> = Vec::new();
+        for wave in waves {
+            let done: Vec<Outcome> = futures_util::stream::iter(wave.into_iter().map(&run))
+                .buffer_unordered(PARALLEL_PER_ENGINE)
+                .collect()
+                .await;
+            rest.extend(done);
+        }
+        if !swapping.is_empty() && !progress.cancelled() {
+            for a in &swapping {
+                if let Some(c) = &a.container {
+                    // A failure here shows in the recreate, which stops it again.
+                    let _ = engine.stop(&c.id).await;
+                }
+            }
+            let done: Vec<Outcome> = futures_util::stream::iter(swapping.into_iter().map(&run))
+                .buffer_unordered(PARALLEL_PER_ENGINE)
+                .collect()
+                .await;
+            rest.extend(done);
+        } else {
+            for a in swapping {
+                rest.push(run(a).await);
+            }
+        }
         let others: Vec<Outcome> = futures_util::stream::iter(others.into_iter().map(&run))
             .buffer_unordered(PARALLEL_PER_ENGINE)
             .collect()
@@ -348,6 +371,75 @@ async fn explain_port_conflict(engine: &dyn Engine, e: EngineError) -> EngineErr
     )
 }
 
+/// A recreate whose published host ports change.
+fn moves_ports(a: &Action) -> bool {
+    a.action == ActionKind::Recreate
+        && a.reasons
+            .iter()
+            .any(|r| r.field == crate::diff::PORTS_FIELD)
+}
+
+/// Host ports as (port, protocol).
+type HostPorts = BTreeSet<(String, String)>;
+
+/// The host ports of a `ports` reason's value, as `PortBinding` writes them:
+/// `[ip:]host->container/proto`, joined by `, `.
+fn host_ports(value: Option<&str>) -> HostPorts {
+    value
+        .into_iter()
+        .flat_map(|v| v.split(", "))
+        .filter_map(|p| {
+            let (host, container) = p.split_once("->")?;
+            let port = host.rsplit(':').next()?.to_string();
+            let proto = container.split_once('/')?.1.to_string();
+            Some((port, proto))
+        })
+        .collect()
+}
+
+/// The order of the recreates that move host ports: waves in which none takes a port that a
+/// recreate still to run holds now; and those left, which swap ports in a cycle.
+fn port_waves(movers: Vec<&Action>) -> (Vec<Vec<&Action>>, Vec<&Action>) {
+    let ports = |a: &Action, live: bool| -> HostPorts {
+        a.reasons
+            .iter()
+            .filter(|r| r.field == crate::diff::PORTS_FIELD)
+            .flat_map(|r| {
+                host_ports(if live {
+                    r.before.as_deref()
+                } else {
+                    r.after.as_deref()
+                })
+            })
+            .collect()
+    };
+    let mut pending: Vec<(&Action, HostPorts, HostPorts)> = movers
+        .into_iter()
+        .map(|a| (a, ports(a, true), ports(a, false)))
+        .collect();
+    let mut waves = Vec::new();
+    while !pending.is_empty() {
+        let free = |i: usize| {
+            let (_, _, wants) = &pending[i];
+            pending
+                .iter()
+                .enumerate()
+                .all(|(j, (_, held, _))| j == i || held.is_disjoint(wants))
+        };
+        let ready: Vec<usize> = (0..pending.len()).filter(|i| free(*i)).collect();
+        if ready.is_empty() {
+            break;
+        }
+        let mut wave = Vec::new();
+        for i in ready.into_iter().rev() {
+            wave.push(pending.remove(i).0);
+        }
+        wave.reverse();
+        waves.push(wave);
+    }
+    (waves, pending.into_iter().map(|(a, _, _)| a).collect())
+}
+
 async fn recreate(
     engine: &dyn Engine,
     spec: &ContainerSpec,
@@ -478,5 +570,61 @@ mod tests {
             "Error starting userland proxy: listen tcp4 0.0.0.0:9443: bind: address already in use";
         assert_eq!(conflicting_port(by_process), Some(9443));
         assert_eq!(conflicting_port("something else"), None);
+    }
+}
+
+#[cfg(test)]
+mod port_order_tests {
+    use super::{host_ports, port_waves};
+    use crate::diff::{Action, ActionKind, Change, PORTS_FIELD};
+
+    fn mover(outpost: &str, before: &str, after: &str) -> Action {
+        Action {
+            outpost: outpost.into(),
+            action: ActionKind::Recreate,
+            name: outpost.to_lowercase(),
+            container: None,
+            reasons: vec![Change::new(
+                PORTS_FIELD,
+                Some(before.into()),
+                Some(after.into()),
+            )],
+            adopt: false,
+            error: None,
+        }
+    }
+
+    fn names(v: &[&Action]) -> Vec<String> {
+        v.iter().map(|a| a.outpost.clone()).collect()
+    }
+
+    #[test]
+    fn host_ports_are_read_as_written() {
+        let ports = host_ports(Some(
+            "127.0.0.1:9000->9000/tcp, [::1]:9443->9443/tcp, 1812->1812/udp",
+        ));
+        let want: Vec<(String, String)> = [("1812", "udp"), ("9000", "tcp"), ("9443", "tcp")]
+            .iter()
+            .map(|(p, q)| (p.to_string(), q.to_string()))
+            .collect();
+        assert_eq!(ports.into_iter().collect::<Vec<_>>(), want);
+        assert!(host_ports(Some("")).is_empty() && host_ports(None).is_empty());
+    }
+
+    /// A shift (A takes B's port, B takes C's, C a free one) runs C, then B, then A; a swap
+    /// (D and E trade ports) is left for the stop-all-first path; one that conflicts with
+    /// nobody runs in the first wave.
+    #[test]
+    fn recreates_that_move_ports_run_after_those_that_free_them() {
+        let a = mover("A", "127.0.0.1:9000->3389/tcp", "127.0.0.1:9001->3389/tcp");
+        let b = mover("B", "127.0.0.1:9001->3389/tcp", "127.0.0.1:9002->3389/tcp");
+        let c = mover("C", "127.0.0.1:9002->3389/tcp", "127.0.0.1:9003->3389/tcp");
+        let d = mover("D", "127.0.0.1:7000->3389/tcp", "127.0.0.1:7001->3389/tcp");
+        let e = mover("E", "127.0.0.1:7001->3389/tcp", "127.0.0.1:7000->3389/tcp");
+        let lone = mover("F", "127.0.0.1:8000->3389/tcp", "127.0.0.1:8001->3389/tcp");
+        let (waves, swapping) = port_waves(vec![&a, &b, &c, &d, &e, &lone]);
+        let waves: Vec<Vec<String>> = waves.iter().map(|w| names(w)).collect();
+        assert_eq!(waves, [vec!["C", "F"], vec!["B"], vec!["A"]]);
+        assert_eq!(names(&swapping), ["D", "E"]);
     }
 }

@@ -992,6 +992,45 @@ fn a_host_port_handed_from_one_outpost_to_another_converges_in_one_apply() {
     env.assert_converged();
 }
 
+/// Two outposts swapping host ports in one change (each needs the other's freed first): one
+/// apply converges, both previous containers stopped before either new one starts.
+#[test]
+fn host_ports_swapped_between_two_outposts_converge_in_one_apply() {
+    let env = Env::new("swap");
+    let mut m = env.manifest();
+    let mut left = env.outpost("ldap", "AK_LEFT");
+    let left_ports = env.publish(&mut left);
+    let mut right = env.outpost("ldap", "AK_RIGHT");
+    let right_ports = env.publish(&mut right);
+    m["outposts"]["Left"] = left;
+    m["outposts"]["Right"] = right;
+    env.write(&m);
+    env.apply_ok();
+
+    for (port, host) in &right_ports {
+        m["outposts"]["Left"]["ports"][port] = json!(format!("127.0.0.1:{host}"));
+    }
+    for (port, host) in &left_ports {
+        m["outposts"]["Right"]["ports"][port] = json!(format!("127.0.0.1:{host}"));
+    }
+    env.write(&m);
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    for (slug, want) in [("left", &right_ports), ("right", &left_ports)] {
+        let bindings = env.container(&env.name_of(slug)).port_bindings();
+        for host in want.values() {
+            assert!(
+                bindings
+                    .values()
+                    .flatten()
+                    .any(|b| b.ends_with(&format!(":{host}"))),
+                "{slug} does not publish {host}: {bindings:?}"
+            );
+        }
+    }
+    env.assert_converged();
+}
+
 /// A recreate blocked by a missing network leaves the previous container running, healthy;
 /// `status` says the outpost is blocked and why, and `--detailed-exitcode` flags it (2) for
 /// monitoring, although the container itself is fine.
