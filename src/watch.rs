@@ -157,13 +157,22 @@ const ECHO: Duration = Duration::from_secs(2);
 /// missed; the margin covers reading the engine's clock).
 const REPLAY_MARGIN: Duration = Duration::from_secs(1);
 
+/// What failed in a reconcile.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Failed {
+    /// An engine (or its lock), by integration.
+    Engine(String),
+    /// An outpost's action: (integration, outpost).
+    Outpost(String, String),
+}
+
 /// What fails now, with the reconciles in a row each failed in (`before` counts the previous
 /// ones), and the wait before the retry: that of the newest failure.
-fn failure_row(
-    before: &BTreeMap<String, u32>,
-    failed: BTreeSet<String>,
-) -> (BTreeMap<String, u32>, Option<Duration>) {
-    let now: BTreeMap<String, u32> = failed
+fn failure_row<K: Ord>(
+    before: &BTreeMap<K, u32>,
+    failed: BTreeSet<K>,
+) -> (BTreeMap<K, u32>, Option<Duration>) {
+    let now: BTreeMap<K, u32> = failed
         .into_iter()
         .map(|what| {
             let n = before.get(&what).map_or(1, |n| n.saturating_add(1));
@@ -348,13 +357,10 @@ struct State {
     unblocks: BTreeMap<String, Vec<Unblock>>,
     /// Events outside the project, as they come.
     outside: Arc<Outside>,
-    /// What failed in the last reconcile (an integration, or integration/outpost), with the
-    /// number of reconciles in a row it failed in.
-    failures: BTreeMap<String, u32>,
+    /// What failed in the last reconcile, with the number of reconciles in a row it failed in.
+    failures: BTreeMap<Failed, u32>,
     /// When the retry of what failed is due.
     retry: Option<Instant>,
-    /// The outposts whose action failed in the last reconcile (integration, outpost).
-    failed: BTreeSet<(String, String)>,
     /// The containers ("integration/name") of the actions that failed in the last reconcile,
     /// and until when their events are their own failure's echo.
     echoes: HashMap<String, Instant>,
@@ -452,7 +458,6 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         outside: Arc::new(Outside::default()),
         failures: BTreeMap::new(),
         retry: None,
-        failed: BTreeSet::new(),
         echoes: HashMap::new(),
         opts,
     };
@@ -585,7 +590,7 @@ impl State {
     /// by a process outside Docker, an engine restarting, a registry away leave no event to
     /// wait for). Each failure counts on its own: a new one is retried in 5 s even while an
     /// engine has been away for an hour; one that did not fail again is forgotten.
-    fn schedule_retry(&mut self, failed: BTreeSet<String>) {
+    fn schedule_retry(&mut self, failed: BTreeSet<Failed>) {
         let (failures, wait) = failure_row(&self.failures, failed);
         self.failures = failures;
         self.retry = wait.map(|w| Instant::now() + w);
@@ -762,12 +767,12 @@ impl State {
         let mut ok = true;
         // What failed (not only blocked), by integration or integration/outpost: a retry is
         // scheduled.
-        let mut failed: BTreeSet<String> = BTreeSet::new();
+        let mut failed: BTreeSet<Failed> = BTreeSet::new();
         for e in &plan.integrations {
             self.metrics.engine_up(&e.name, e.error.is_none());
             if let Some(err) = &e.error {
                 ok = false;
-                failed.insert(e.name.clone());
+                failed.insert(Failed::Engine(e.name.clone()));
                 self.log
                     .error("engine", err, &[("integration", e.name.clone())]);
             }
@@ -806,7 +811,7 @@ impl State {
             locks = held;
             for e in plan.integrations.iter().filter(|e| e.error.is_some()) {
                 ok = false;
-                failed.insert(e.name.clone());
+                failed.insert(Failed::Engine(e.name.clone()));
                 self.log.error(
                     "lock",
                     e.error.as_deref().unwrap_or_default(),
@@ -826,7 +831,6 @@ impl State {
         // Outposts whose action failed, and those the backoff held back: their containers are
         // inspected again by the next plan.
         let mut again = self.deferred.clone();
-        self.failed.clear();
         if plan.has_changes() {
             let progress = WatchProgress { log: &self.log };
             let report = apply::apply(&plan, &v, &engines, &progress).await;
@@ -836,14 +840,17 @@ impl State {
                         .change_applied(o.action.as_str(), trigger.is_drift());
                 } else {
                     ok = false;
-                    failed.insert(format!("{}/{}", o.integration, o.outpost));
+                    failed.insert(Failed::Outpost(o.integration.clone(), o.outpost.clone()));
                     self.metrics.error();
                     again.insert((o.integration.clone(), o.outpost.clone()));
-                    self.failed
-                        .insert((o.integration.clone(), o.outpost.clone()));
                 }
             }
-            failed.extend(report.engine_errors.iter().map(|(name, _)| name.clone()));
+            failed.extend(
+                report
+                    .engine_errors
+                    .iter()
+                    .map(|(name, _)| Failed::Engine(name.clone())),
+            );
             ok &= failed.is_empty();
         }
         crate::lock::release_all(locks).await;
@@ -874,7 +881,10 @@ impl State {
             .integrations
             .iter()
             .flat_map(|e| e.actions.iter().map(move |a| (e, a)))
-            .filter(|(e, a)| self.failed.contains(&(e.name.clone(), a.outpost.clone())))
+            .filter(|(e, a)| {
+                let failed = Failed::Outpost(e.name.clone(), a.outpost.clone());
+                self.failures.contains_key(&failed)
+            })
             .flat_map(|(e, a)| {
                 let previous = a.container.as_ref().map(|c| c.name.clone());
                 [Some(a.name.clone()), previous]
@@ -916,7 +926,8 @@ impl State {
                 let key = (integration.clone(), a.outpost.clone());
                 // An outpost whose action failed is tried again by the failure retry, not
                 // counted as put back after someone else's change.
-                if is_put_back(a) && !self.failed.contains(&key) {
+                let failed = Failed::Outpost(key.0.clone(), key.1.clone());
+                if is_put_back(a) && !self.failures.contains_key(&failed) {
                     let mut entry = self.backoff.remove(&key);
                     let wait = Backoff::put_back(&mut entry, now);
                     let strikes = entry.map_or(0, |b| b.strikes);
@@ -1543,21 +1554,22 @@ mod tests {
     /// one that no longer fails is forgotten, and nothing failing means no retry.
     #[test]
     fn each_failure_is_retried_on_its_own_row() {
-        let set = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>();
+        let away = || Failed::Engine("away".into());
+        let web = || Failed::Outpost("local".into(), "Web".into());
         let mut row = BTreeMap::new();
         let mut waits = Vec::new();
         for _ in 0..4 {
-            let (next, wait) = failure_row(&row, set(&["away"]));
+            let (next, wait) = failure_row(&row, BTreeSet::from([away()]));
             row = next;
             waits.push(wait.map(|w| w.as_secs()));
         }
         assert_eq!(waits, [Some(5), Some(10), Some(20), Some(40)]);
-        let (row, wait) = failure_row(&row, set(&["away", "local/Web"]));
+        let (row, wait) = failure_row(&row, BTreeSet::from([away(), web()]));
         assert_eq!(wait, Some(Duration::from_secs(5)), "{row:?}");
-        assert_eq!(row.get("away"), Some(&5));
-        let (row, wait) = failure_row(&row, set(&["local/Web"]));
+        assert_eq!(row.get(&away()), Some(&5));
+        let (row, wait) = failure_row(&row, BTreeSet::from([web()]));
         assert_eq!(
-            (row.get("away"), wait),
+            (row.get(&away()), wait),
             (None, Some(Duration::from_secs(10)))
         );
         let (row, wait) = failure_row(&row, BTreeSet::new());
