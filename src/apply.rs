@@ -168,11 +168,14 @@ pub async fn apply(
                 crate::diff::is_duplicate_removal(a)
                     && target(a).is_some_and(|name| name != a.name)
             });
+        // Each batch runs after the one before, its actions `parallel` at a time.
+        let run_all = |batch: Vec<_>, parallel: usize| {
+            futures_util::stream::iter(batch.into_iter().map(&run))
+                .buffer_unordered(parallel)
+                .collect::<Vec<Outcome>>()
+        };
         // Removals first: they free the names and ports the others may need.
-        let mut outcomes: Vec<Outcome> = futures_util::stream::iter(removals.into_iter().map(&run))
-            .buffer_unordered(PARALLEL_REMOVALS)
-            .collect()
-            .await;
+        let mut outcomes = run_all(removals, PARALLEL_REMOVALS).await;
         // Then the recreates that move host ports: the ports their previous containers free
         // may be another outpost's now (a port handed over in one change), whose create or
         // start must come after. (The set's outposts never share a port: the others can run
@@ -184,34 +187,16 @@ pub async fn apply(
         let (waves, swapping) = port_waves(movers);
         let mut rest: Vec<Outcome> = Vec::new();
         for wave in waves {
-            let done: Vec<Outcome> = futures_util::stream::iter(wave.into_iter().map(&run))
-                .buffer_unordered(PARALLEL_PER_ENGINE)
-                .collect()
-                .await;
-            rest.extend(done);
+            rest.extend(run_all(wave, PARALLEL_PER_ENGINE).await);
         }
-        if !swapping.is_empty() && !progress.cancelled() {
-            for a in &swapping {
-                if let Some(c) = &a.container {
-                    // A failure here shows in the recreate, which stops it again.
-                    let _ = engine.stop(&c.id).await;
-                }
-            }
-            let done: Vec<Outcome> = futures_util::stream::iter(swapping.into_iter().map(&run))
-                .buffer_unordered(PARALLEL_PER_ENGINE)
-                .collect()
-                .await;
-            rest.extend(done);
-        } else {
-            for a in swapping {
-                rest.push(run(a).await);
+        if !progress.cancelled() {
+            for c in swapping.iter().filter_map(|a| a.container.as_ref()) {
+                // A failure here shows in the recreate, which stops it again.
+                let _ = engine.stop(&c.id).await;
             }
         }
-        let others: Vec<Outcome> = futures_util::stream::iter(others.into_iter().map(&run))
-            .buffer_unordered(PARALLEL_PER_ENGINE)
-            .collect()
-            .await;
-        rest.extend(others);
+        rest.extend(run_all(swapping, PARALLEL_PER_ENGINE).await);
+        rest.extend(run_all(others, PARALLEL_PER_ENGINE).await);
         for a in deferred {
             let kept_runs = rest
                 .iter()
