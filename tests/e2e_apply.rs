@@ -979,14 +979,12 @@ fn a_host_port_handed_from_one_outpost_to_another_converges_in_one_apply() {
     env.write(&m);
     let r = env.apply(&[]);
     assert_eq!(r.code, 0, "{}", shown(&r));
-    let bindings = env.container(&env.name_of("new")).port_bindings();
+    let new = env.container(&env.name_of("new"));
     for host in first.values() {
         assert!(
-            bindings
-                .values()
-                .flatten()
-                .any(|b| b.ends_with(&format!(":{host}"))),
-            "New does not publish {host}: {bindings:?}"
+            new.publishes(*host),
+            "New does not publish {host}: {:?}",
+            new.port_bindings()
         );
     }
     env.assert_converged();
@@ -1017,14 +1015,12 @@ fn host_ports_swapped_between_two_outposts_converge_in_one_apply() {
     let r = env.apply(&[]);
     assert_eq!(r.code, 0, "{}", shown(&r));
     for (slug, want) in [("left", &right_ports), ("right", &left_ports)] {
-        let bindings = env.container(&env.name_of(slug)).port_bindings();
+        let c = env.container(&env.name_of(slug));
         for host in want.values() {
             assert!(
-                bindings
-                    .values()
-                    .flatten()
-                    .any(|b| b.ends_with(&format!(":{host}"))),
-                "{slug} does not publish {host}: {bindings:?}"
+                c.publishes(*host),
+                "{slug} does not publish {host}: {:?}",
+                c.port_bindings()
             );
         }
     }

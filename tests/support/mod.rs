@@ -548,6 +548,14 @@ impl Inspect {
         }
         out
     }
+    /// Whether the container publishes host port `port` (on any address).
+    pub fn publishes(&self, port: u16) -> bool {
+        self.port_bindings()
+            .values()
+            .flatten()
+            .any(|b| b.ends_with(&format!(":{port}")))
+    }
+
     pub fn healthcheck(&self) -> Value {
         self.0["Config"]["Healthcheck"].clone()
     }
