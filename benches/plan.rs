@@ -778,6 +778,7 @@ fn diff_section(dir: &Path, sizes: &[usize]) {
                 health: Some(outpostctl::engine::Health::Healthy),
                 labels: s.labels.clone(),
                 networks: s.network.iter().cloned().collect(),
+                network_mode: s.network.clone(),
                 created: 1_700_000_000 + i as i64,
                 host_ports: Vec::new(),
             })
@@ -791,6 +792,7 @@ fn diff_section(dir: &Path, sizes: &[usize]) {
                 health: None,
                 labels: Default::default(),
                 networks: vec!["bridge".into()],
+                network_mode: None,
                 created: 1_600_000_000,
                 host_ports: Vec::new(),
             });

@@ -389,6 +389,31 @@ pub fn diff(
     actions
 }
 
+/// Whether a container is on exactly the spec's network: one connected or disconnected by
+/// hand is a change. The list names networks; `docker_network` may also be written as Docker
+/// takes it: `default` (the bridge network), a network's id or id prefix (the list shows its
+/// name; the container's `NetworkMode` keeps what it was created with), `container:<name>`
+/// (the list shows no network, and `NetworkMode` the other container's id; which container
+/// is in the config hash).
+pub fn networks_match(network: Option<&str>, o: &Observed) -> bool {
+    match network {
+        None => o.networks.iter().all(|x| x == "bridge"),
+        Some("default") => !o.networks.is_empty() && o.networks.iter().all(|x| x == "bridge"),
+        Some(n) if n.starts_with("container:") => {
+            o.networks.is_empty()
+                && o.network_mode
+                    .as_deref()
+                    .is_none_or(|m| m.starts_with("container:"))
+        }
+        Some(n) => match o.networks.as_slice() {
+            [] => false,
+            // Created on `n` given by id: its one network is that one.
+            [_] if o.network_mode.as_deref() == Some(n) => true,
+            all => all.iter().all(|x| x == n),
+        },
+    }
+}
+
 /// The reason field of a duplicate's removal.
 const DUPLICATE: &str = "duplicate";
 
@@ -531,11 +556,7 @@ fn existing(
     let mut reasons = Vec::new();
     let mut kind = ActionKind::Noop;
     let hash_ok = o.label(LABEL_CONFIG_HASH) == Some(spec.config_hash.as_str());
-    // Exactly the spec's network: one connected or disconnected by hand is a change.
-    let networks_ok = match &spec.network {
-        Some(n) => !o.networks.is_empty() && o.networks.iter().all(|x| x == n),
-        None => o.networks.iter().all(|x| x == "bridge"),
-    };
+    let networks_ok = networks_match(spec.network.as_deref(), o);
     if adopt || !hash_ok || o.state == State::Dead {
         kind = ActionKind::Recreate;
         if adopt {
@@ -680,7 +701,16 @@ pub fn explain(
             Some(fmt_ports(&want)),
         ));
     }
-    if live.network != spec.network {
+    // The engine keeps `default` for the bridge network and `container:<id>` for a
+    // container's, which the spec names (the config hash tells them apart).
+    fn mode(n: Option<&str>) -> Option<&str> {
+        match n {
+            None | Some("" | "default" | "bridge") => None,
+            Some(c) if c.starts_with("container:") => Some("container:"),
+            Some(other) => Some(other),
+        }
+    }
+    if mode(live.network.as_deref()) != mode(spec.network.as_deref()) {
         out.push(Change::new(
             "network",
             Some(live.network.clone().unwrap_or_else(|| "bridge".into())),
@@ -845,6 +875,45 @@ fn text(
 mod tests {
     use super::*;
     use crate::engine::fake::{observed as container, validated};
+
+    #[test]
+    fn networks_match_what_docker_keeps_for_each_way_of_naming_one() {
+        let on = |networks: &[&str], mode: Option<&str>| {
+            let mut o = container("c1", "n", State::Running, &[]);
+            o.networks = networks.iter().map(|n| n.to_string()).collect();
+            o.network_mode = mode.map(str::to_string);
+            o
+        };
+        let yes = [
+            (None, on(&["bridge"], Some("default"))),
+            (None, on(&[], None)),
+            (Some("default"), on(&["bridge"], Some("default"))),
+            (Some("bridge"), on(&["bridge"], Some("bridge"))),
+            (Some("traefik"), on(&["traefik"], Some("traefik"))),
+            (Some("b70f111aad62"), on(&["traefik"], Some("b70f111aad62"))),
+            (Some("host"), on(&["host"], Some("host"))),
+            (Some("container:web"), on(&[], Some("container:0123abcd"))),
+        ];
+        for (n, o) in &yes {
+            assert!(networks_match(*n, o), "{n:?} {o:?}");
+        }
+        let no = [
+            (None, on(&["bridge", "extra"], Some("default"))),
+            (Some("default"), on(&["traefik"], Some("traefik"))),
+            (Some("traefik"), on(&["bridge"], Some("default"))),
+            (Some("traefik"), on(&[], Some("traefik"))),
+            // Given by id, with another network connected by hand.
+            (
+                Some("b70f111aad62"),
+                on(&["extra", "traefik"], Some("b70f111aad62")),
+            ),
+            (Some("b70f111aad62"), on(&["bridge"], Some("default"))),
+            (Some("container:web"), on(&["bridge"], Some("default"))),
+        ];
+        for (n, o) in &no {
+            assert!(!networks_match(*n, o), "{n:?} {o:?}");
+        }
+    }
 
     #[test]
     fn values_that_would_be_ambiguous_on_one_line_are_quoted() {

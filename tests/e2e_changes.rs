@@ -261,6 +261,68 @@ fn a_missing_network_blocks_until_it_exists() {
     assert!(after.running());
 }
 
+/// `docker_network` written as Docker takes it, not only as a network's name: `default` (the
+/// bridge network), `bridge`, a network's id prefix, and another container's network
+/// (`container:NAME`). The engine's list shows these differently (`bridge`, the network's
+/// name, no network at all); each converges, and a second plan has nothing to do instead of
+/// recreating the outposts again and again.
+#[test]
+fn docker_network_as_docker_takes_it_converges() {
+    let env = Env::new("netforms");
+    let net = env.network("byid");
+    let id = docker_ok(&["network", "inspect", "-f", "{{.Id}}", &net]);
+    let prefix = id.trim()[..12].to_string();
+    let host = format!("{}host", env.prefix);
+    env.docker_container("run", &host, &["-d", IMAGE_V1]);
+    let mut m = env.manifest();
+    for (outpost, network) in [
+        ("Default", "default".to_string()),
+        ("Bridge", "bridge".to_string()),
+        ("By Id", prefix.clone()),
+        ("Shares", format!("container:{host}")),
+    ] {
+        let mut o = env.outpost("ldap", &format!("AK_{}", outpost.replace(' ', "_")));
+        o["config"]["docker_network"] = json!(network);
+        m["outposts"][outpost] = o;
+    }
+    env.write(&m);
+    env.apply_ok();
+    env.assert_converged();
+    assert_eq!(
+        env.container(&env.name_of("default")).networks(),
+        ["bridge"]
+    );
+    assert_eq!(env.container(&env.name_of("bridge")).networks(), ["bridge"]);
+    assert_eq!(
+        env.container(&env.name_of("by-id")).networks(),
+        [net.as_str()]
+    );
+    let shares = env.container(&env.name_of("shares"));
+    assert!(shares.networks().is_empty(), "{:?}", shares.networks());
+    assert!(shares.network_mode().starts_with("container:"));
+
+    // A network connected by hand to the one given by id is still seen.
+    let extra = env.network("extra");
+    docker_ok(&["network", "connect", &extra, &env.name_of("by-id")]);
+    let plan = env.plan_json();
+    let a = action_of(&plan, "By Id");
+    assert_eq!(a["action"], "recreate", "{a:#}");
+    let r = reason(&a, "network").unwrap_or_else(|| panic!("no network reason: {a:#}"));
+    assert!(
+        r["before"].as_str().is_some_and(|b| b.contains(&extra)),
+        "{a:#}"
+    );
+    for other in ["Default", "Bridge", "Shares"] {
+        assert_eq!(action_of(&plan, other)["action"], "noop", "{plan:#}");
+    }
+    env.apply_ok();
+    assert_eq!(
+        env.container(&env.name_of("by-id")).networks(),
+        [net.as_str()]
+    );
+    env.assert_converged();
+}
+
 /// authentik never notices a network connected by hand; outpostctl does, because the network
 /// is part of the container spec.
 #[test]

@@ -325,6 +325,7 @@ impl super::Engine for DockerEngine {
                     health: c.status.as_deref().and_then(Health::from_status),
                     labels: c.labels.unwrap_or_default().into_iter().collect(),
                     networks,
+                    network_mode: c.host_config.and_then(|h| h.network_mode),
                     created: c.created.unwrap_or_default(),
                     host_ports: {
                         let mut p: Vec<HostPort> = c

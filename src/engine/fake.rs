@@ -43,6 +43,7 @@ pub fn observed(id: &str, name: &str, state: super::State, labels: &[(&str, &str
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect(),
         networks: vec!["bridge".into()],
+        network_mode: None,
         created: 0,
         host_ports: Vec::new(),
     }

@@ -28,6 +28,10 @@ pub struct Observed {
     pub health: Option<Health>,
     pub labels: BTreeMap<String, String>,
     pub networks: Vec<String>,
+    /// The network the container was created on, as given (`HostConfig.NetworkMode`: a
+    /// name, an id, `default`, `container:<id>`); None when the engine does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<String>,
     /// Creation time, seconds since the epoch.
     pub created: i64,
     /// Host ports the container publishes (running containers only).
@@ -297,6 +301,7 @@ mod tests {
             health: None,
             labels: BTreeMap::new(),
             networks: Vec::new(),
+            network_mode: None,
             created: 0,
             host_ports: Vec::new(),
         };

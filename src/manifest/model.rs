@@ -350,7 +350,9 @@ pub struct OutpostConfig {
 
     /// Docker network the container joins at creation. Unset or `null`: the network of
     /// `defaults`, else Docker's default bridge network; `""`: the default bridge network,
-    /// whatever `defaults` says. The network must exist on the engine.
+    /// whatever `defaults` says. The network must exist on the engine. Anything `docker run
+    /// --network` takes: a name, an id or id prefix, `default`, `host`, `none`,
+    /// `container:<name>` (the outpost shares that container's network).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(example = &"traefik")]
     pub docker_network: Option<String>,
