@@ -509,24 +509,20 @@ struct Finding {
     unblock: Unblock,
 }
 
-/// Why each blocked outpost of one engine is blocked, by outpost: what `plan` would say, from
-/// a list already read and without the inspects a plan makes to explain its recreates
-/// (`status`).
-pub async fn blocked(
+/// What `plan` would do on one engine, without the inspects a plan makes to explain its
+/// recreates: the diff of a list already read, with every action that would fail blocked
+/// (`status`: which container is each outpost's, and why an outpost is blocked).
+pub async fn checked(
     project: &str,
     desired: &[ContainerSpec],
     engine: &dyn Engine,
     observed: &[Observed],
     opts: DiffOptions,
-) -> BTreeMap<String, String> {
+) -> Vec<Action> {
     let specs: Specs = desired.iter().map(|d| (d.outpost.as_str(), d)).collect();
     let mut actions = diff::diff(project, desired, observed, opts);
     block_what_would_fail(project, &specs, observed, engine, &mut actions).await;
     actions
-        .into_iter()
-        .filter(|a| a.action == ActionKind::Blocked)
-        .filter_map(|a| Some((a.outpost, a.error?)))
-        .collect()
 }
 
 /// A create, recreate or start that needs a host port a running container outside this

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use super::{Exit, Printer, load_valid};
 use crate::cli::Format;
-use crate::desired::{LABEL_FALLBACK, LABEL_PROJECT, LABEL_UUID};
+use crate::desired::{LABEL_FALLBACK, LABEL_PROJECT};
+use crate::diff::ActionKind;
 use crate::engine::EngineInfo;
 use crate::engine::connect::connect_all;
 
@@ -96,21 +97,19 @@ pub async fn run(
                 (Ok(info), Ok(list)) => {
                     s.reachable = true;
                     s.engine = Some(info);
-                    let mut blocked =
-                        crate::plan::blocked(&project, &desired, engine.as_ref(), &list, opts)
+                    // The container the plan would act on for each outpost (its own, one
+                    // authentik deployed, or the one in the way of its name), and why it
+                    // is blocked: what `plan` says.
+                    let actions =
+                        crate::plan::checked(&project, &desired, engine.as_ref(), &list, opts)
                             .await;
                     for spec in &desired {
-                        let c = list
+                        let action = actions
                             .iter()
-                            .find(|o| {
-                                o.label(LABEL_UUID) == Some(spec.uuid.as_str())
-                                    && o.label(LABEL_PROJECT) == Some(project.as_str())
-                            })
-                            .or_else(|| {
-                                list.iter()
-                                    .find(|o| o.label(LABEL_UUID) == Some(spec.uuid.as_str()))
-                            })
-                            .or_else(|| list.iter().find(|o| o.name == spec.name));
+                            .find(|a| a.outpost == spec.outpost && a.action != ActionKind::Remove);
+                        let c = action
+                            .and_then(|a| a.container.as_ref())
+                            .and_then(|c| list.iter().find(|o| o.id == c.id));
                         s.outposts.push(OutpostStatus {
                             outpost: spec.outpost.clone(),
                             container: c.map(|c| c.name.clone()),
@@ -120,7 +119,9 @@ pub async fn run(
                                 .is_some_and(|c| c.label(LABEL_PROJECT) == Some(project.as_str())),
                             image: c.map(|c| c.image.clone()),
                             fallback_image: c.is_some_and(|c| c.label(LABEL_FALLBACK).is_some()),
-                            blocked: blocked.remove(&spec.outpost),
+                            blocked: action
+                                .filter(|a| a.action == ActionKind::Blocked)
+                                .and_then(|a| a.error.clone()),
                         });
                     }
                 }
