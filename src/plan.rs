@@ -733,7 +733,8 @@ async fn missing_networks(
         Some(Finding {
             at,
             why: format!(
-                "network `{n}` does not exist on this engine: create it first (`docker network create {n}`), or fix `docker_network`"
+                "network `{n}` does not exist on this engine: create it first (`docker network create {}`), or fix `docker_network`",
+                crate::commands::shell_word(&n)
             ),
             unblock: Unblock::Network(n),
         })

@@ -513,7 +513,7 @@ impl super::Engine for DockerEngine {
                 if err.message.contains("network") && err.message.contains("not found") {
                     err.message.push_str(&format!(
                         " (create the network first: `docker network create {}`)",
-                        spec.network.as_deref().unwrap_or_default()
+                        crate::commands::shell_word(spec.network.as_deref().unwrap_or_default())
                     ));
                 }
                 err
@@ -538,7 +538,10 @@ impl super::Engine for DockerEngine {
                 let mut err = self.err("start container", e);
                 // Docker 20.10 accepts a missing network at create and fails at start.
                 if let Some(net) = missing_network(&err.message) {
-                    err.message.push_str(&format!(" (create the network first: `docker network create {net}`, or fix `docker_network`)"));
+                    err.message.push_str(&format!(
+                        " (create the network first: `docker network create {}`, or fix `docker_network`)",
+                        crate::commands::shell_word(net)
+                    ));
                 }
                 err
             })
