@@ -30,7 +30,23 @@ pub struct SourceFile {
 }
 
 impl SourceFile {
+    /// A lone carriage return ends a line in YAML as `\n` and `\r\n` do: it is read as `\n`
+    /// (the same byte count, so every offset stays), so that the parser, the line index and
+    /// the rendered snippet count lines alike.
     pub fn new(path: PathBuf, text: String) -> Arc<SourceFile> {
+        let text = if text.contains('\r') {
+            let mut bytes = text.into_bytes();
+            for i in 0..bytes.len() {
+                if bytes[i] == b'\r' && bytes.get(i + 1) != Some(&b'\n') {
+                    bytes[i] = b'\n';
+                }
+            }
+            // Only an ASCII byte was replaced by another.
+            String::from_utf8(bytes)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        } else {
+            text
+        };
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
         Arc::new(SourceFile {
@@ -47,18 +63,22 @@ impl SourceFile {
             .saturating_sub(1)
     }
 
-    /// The byte range of line `line` (from 0), without its newline.
+    /// The byte range of line `line` (from 0), without its line break (`\n` or `\r\n`).
     pub fn line_range(&self, line: usize) -> (usize, usize) {
         let start = self
             .line_starts
             .get(line)
             .copied()
             .unwrap_or(self.text.len());
-        let end = self
+        let mut end = self
             .line_starts
             .get(line + 1)
-            .map_or(self.text.len(), |next| next.saturating_sub(1));
-        (start, end.max(start))
+            .map_or(self.text.len(), |next| next.saturating_sub(1))
+            .max(start);
+        if end > start && self.text.as_bytes().get(end - 1) == Some(&b'\r') {
+            end -= 1;
+        }
+        (start, end)
     }
 
     pub fn line_count(&self) -> usize {
@@ -71,8 +91,8 @@ impl SourceFile {
         let Some(&start) = self.line_starts.get(line.saturating_sub(1) as usize) else {
             return self.text.len();
         };
-        let rest = &self.text[start..];
-        let line_text = rest.split('\n').next().unwrap_or("");
+        let (_, end) = self.line_range(line.saturating_sub(1) as usize);
+        let line_text = self.text.get(start..end).unwrap_or("");
         let chars = col.saturating_sub(1) as usize;
         start
             + line_text

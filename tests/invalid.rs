@@ -332,6 +332,61 @@ fn huge_50mb() {
 }
 
 /// A path that does not exist: the error names the path, not a position.
+/// Windows line endings (`\r\n`) and old Mac ones (a lone `\r`): the error points at the
+/// right line and column, and the snippet shows the lines numbered as an editor does, with no
+/// stray carriage return. (Made here: git may change line endings of committed files.)
+#[test]
+fn crlf_and_cr_line_endings() {
+    for (name, eol) in [("crlf_line_endings", "\r\n"), ("cr_line_endings", "\r")] {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let text = [
+            "version: 1",
+            "project: Bad_Name",
+            "integrations:",
+            "  local: { local: true }",
+            "outposts: {}",
+            "",
+        ]
+        .join(eol);
+        std::fs::write(tmp.path().join("set.yaml"), text).expect("write");
+        let (run, _home) = validate(tmp.path(), &["set.yaml", "--format", "json"]);
+        let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+        assert_eq!(
+            positions_of(&doc),
+            vec![("invalid-value".to_string(), "set.yaml".to_string(), 2, 10)],
+            "{name}: {doc:#}"
+        );
+        let (run, _home) = validate(tmp.path(), &["set.yaml"]);
+        assert!(!run.stderr.contains('\r'), "{name}: {:?}", run.stderr);
+        check(name, tmp.path(), "set.yaml", Positions::All, &[tmp.path()]);
+    }
+}
+
+/// A FIFO named like a manifest in a directory is not read (it would block the run) and is
+/// said, like a dangling symlink: its outposts must not be planned for removal.
+#[test]
+fn a_fifo_among_the_manifests_is_an_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("set.yaml"),
+        "version: 1\nproject: p\nintegrations:\n  local: { local: true }\n",
+    )
+    .expect("write");
+    let made = Command::new("mkfifo")
+        .arg(dir.path().join("more.yaml"))
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success(), "mkfifo failed");
+    let (run, _home) = validate(dir.path(), &["."]);
+    assert_eq!(run.code, 1, "{}{}", run.stderr, run.stdout);
+    assert!(
+        run.stderr
+            .contains("cannot read `more.yaml`: not a regular file"),
+        "{}",
+        run.stderr
+    );
+}
+
 #[test]
 fn missing_path() {
     check(

@@ -192,6 +192,15 @@ fn walk(
                 )
                 .hint("a dangling symlink? fix or remove it"),
             ),
+            // Nor one that is no regular file (a FIFO would block the run, a device never
+            // end): it is not read, and said.
+            Ok(_) if manifest_name => diags.push(
+                Diagnostic::error(
+                    "unreadable-path",
+                    format!("cannot read `{}`: not a regular file", path.display()),
+                )
+                .hint("manifests are regular files: replace it with one, or remove it"),
+            ),
             _ => {}
         }
     }
