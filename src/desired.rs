@@ -283,7 +283,7 @@ pub fn placeholders(template: &str) -> Result<Vec<&str>, String> {
     Ok(out)
 }
 
-fn fill(template: &str, values: &[(&str, &str)]) -> String {
+pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
     let mut s = template.replace("%%", "\u{0}");
     for (k, v) in values {
         s = s.replace(&format!("%({k})s"), v);
@@ -396,6 +396,136 @@ pub fn image_tag(image: &str) -> Option<&str> {
     last.split_once(':').map(|(_, t)| t)
 }
 
+/// What is wrong with an image reference, by the grammar Docker parses it with
+/// (`[registry[:port]/]path[:tag][@digest]`, distribution's `reference` package), or None
+/// when the engine would take it. Checked at validation so a typo fails there, not at apply.
+pub fn reference_problem(reference: &str) -> Option<String> {
+    if reference.is_empty() {
+        return Some("it is empty".into());
+    }
+    if let Some(c) = reference
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control())
+    {
+        return Some(format!("it contains {c:?}"));
+    }
+    let (name, digest) = match reference.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (reference, None),
+    };
+    if let Some(d) = digest {
+        let ok = d.split_once(':').is_some_and(|(algo, hex)| {
+            algo.split(['-', '_', '+', '.']).all(|part| {
+                part.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && part.chars().all(|c| c.is_ascii_alphanumeric())
+            }) && hex.len() >= 32
+                && hex.chars().all(|c| c.is_ascii_hexdigit())
+        });
+        if !ok {
+            return Some(format!(
+                "`@{d}` is not a digest (`sha256:` and 64 hex digits)"
+            ));
+        }
+    }
+    // A tag follows the last `:` after the last `/` (an earlier `:` is a registry's port).
+    let slash = name.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match name[slash..].rfind(':') {
+        Some(i) => (&name[..slash + i], Some(&name[slash + i + 1..])),
+        None => (name, None),
+    };
+    if let Some(t) = tag {
+        let ok = t.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_')
+            && t.len() <= 128
+            && t.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !ok {
+            return Some(format!(
+                "the tag `{t}` is not valid (letters, digits, `_`, `.`, `-`; at most 128; not starting with `.` or `-`)"
+            ));
+        }
+    }
+    if name.len() > 255 {
+        return Some("the name is longer than 255 characters".into());
+    }
+    // The first component is a registry when it has a `.` or `:`, is `localhost`, or has
+    // capitals (as Docker splits it).
+    let (registry, path) = match name.split_once('/') {
+        Some((first, rest))
+            if first.contains(['.', ':'])
+                || first == "localhost"
+                || first.chars().any(|c| c.is_ascii_uppercase()) =>
+        {
+            (Some(first), rest)
+        }
+        _ => (None, name),
+    };
+    if let Some(r) = registry {
+        // `[v6]:port` or `host:port`.
+        let split_at = match r.find(']') {
+            Some(end) if r.starts_with('[') => r[end..].find(':').map(|i| end + i),
+            _ => r.find(':'),
+        };
+        let (host, port) = match split_at {
+            Some(i) => (&r[..i], Some(&r[i + 1..])),
+            None => (r, None),
+        };
+        let host_ok = if let Some(v6) = host.strip_prefix('[') {
+            v6.strip_suffix(']').is_some_and(|a| {
+                !a.is_empty() && a.chars().all(|c| c.is_ascii_hexdigit() || c == ':')
+            })
+        } else {
+            host.split('.').all(|part| {
+                !part.is_empty()
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+                    && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
+        };
+        let port_ok = port.is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
+        if !host_ok || !port_ok {
+            return Some(format!("`{r}` is not a registry host (`host[:port]`)"));
+        }
+    }
+    for component in path.split('/') {
+        if component.chars().any(|c| c.is_ascii_uppercase()) {
+            return Some(format!("repository names are lowercase: `{component}`"));
+        }
+        if !path_component_ok(component) {
+            return Some(format!(
+                "`{component}` is not a valid repository name component (lowercase letters and digits, separated by one `.` or `_`, two `_`, or dashes)"
+            ));
+        }
+    }
+    None
+}
+
+/// `[a-z0-9]+` runs separated by `.`, `_`, `__` or any number of `-`.
+fn path_component_ok(c: &str) -> bool {
+    let alnum = |ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit();
+    if !c.starts_with(alnum) || !c.ends_with(alnum) {
+        return false;
+    }
+    let mut sep = String::new();
+    for ch in c.chars() {
+        if alnum(ch) {
+            if !(sep.is_empty()
+                || sep == "."
+                || sep == "_"
+                || sep == "__"
+                || sep.chars().all(|s| s == '-'))
+            {
+                return false;
+            }
+            sep.clear();
+        } else if "._-".contains(ch) {
+            sep.push(ch);
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
 /// The health check command authentik's images answer to. Proxy images moved to the Rust
 /// `/authentik` entrypoint in 2026.8; which one applies follows the image tag's version, else
 /// the declared authentik version, else the newest.
@@ -486,6 +616,26 @@ pub fn container(input: &OutpostInput<'_>) -> Result<ContainerSpec, Vec<Problem>
                 }),
             }
         }
+    }
+    // Docker refuses to publish ports of a container on another's network namespace.
+    if !ports.is_empty()
+        && s.network
+            .as_deref()
+            .is_some_and(|n| n.starts_with("container:"))
+    {
+        problems.push(Problem::new(
+            "/config/docker_network",
+            format!(
+                "`docker_network: {}` shares another container's network, where Docker publishes no ports, but the outpost publishes {}",
+                s.network.as_deref().unwrap_or_default(),
+                ports
+                    .iter()
+                    .map(|p| format!("{}/{}", p.container_port, p.proto.as_str()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "set `docker_map_ports: false` (publish the ports on the container whose network it shares)",
+        ));
     }
 
     let check = |test: Vec<String>| HealthCheck {
@@ -622,6 +772,47 @@ pub fn secret_digest(project: &str, uuid: &str, secret: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn image_references_as_docker_parses_them() {
+        for ok in [
+            "ghcr.io/goauthentik/proxy:2026.8.0",
+            "proxy",
+            "library/ubuntu:22.04",
+            "localhost:5000/outpostctl-test/outpost:v1",
+            "127.0.0.1:5000/a/b",
+            "[::1]:5000/img:tag",
+            "[fe80::1]/img",
+            "Registry.Example.COM/team/img",
+            "my-registry:5000/a__b/c.d/e--f_g:Tag_1.0-rc",
+            "ghcr.io/goauthentik/ldap@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "img:v1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "outpostctl-test/outpost:latest",
+        ] {
+            assert_eq!(reference_problem(ok), None, "{ok}");
+        }
+        for (bad, why) in [
+            ("", "empty"),
+            (" ", "contains"),
+            ("ghcr.io/goauthentik/Proxy:2026.8.0", "lowercase: `Proxy`"),
+            ("Proxy:1", "lowercase"),
+            ("ghcr.io/goauthentik/proxy:", "tag ``"),
+            ("ghcr.io/goauthentik/proxy:-x", "tag `-x`"),
+            ("img@sha256:abc", "not a digest"),
+            ("a..b/c", "`a..b` is not a registry host"),
+            ("foo/-bar", "`-bar`"),
+            ("foo/bar./baz", "`bar.`"),
+            ("foo/b._r", "`b._r`"),
+            ("ghcr.io//proxy", "``"),
+            ("ghcr.io:port/x", "not a registry host"),
+        ] {
+            let got = reference_problem(bad);
+            assert!(
+                got.as_deref().is_some_and(|g| g.contains(why)),
+                "{bad:?}: {got:?}"
+            );
+        }
+    }
+
     use super::*;
 
     #[test]

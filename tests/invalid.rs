@@ -220,6 +220,11 @@ committed_fixtures![
     wrong_enum_type,
     empty_integrations,
     version_two,
+    version_decimal,
+    version_quoted,
+    empty_values,
+    invalid_image_reference,
+    network_of_a_container_with_ports,
     invalid_project_name,
     // keys
     unknown_key_outpost,

@@ -300,7 +300,7 @@ pub struct Outpost {
     /// it follows the image: `/authentik healthcheck proxy` for proxy images of authentik
     /// 2026.8 and later, `/<type> healthcheck` otherwise.
     #[serde(default)]
-    #[schemars(length(min = 1), example = vec!["/proxy", "healthcheck"])]
+    #[schemars(length(min = 1), inner(length(min = 1)), example = vec!["/proxy", "healthcheck"])]
     pub healthcheck: Option<Vec<String>>,
 
     /// authentik's outpost settings ("Advanced settings" in authentik): paste that block

@@ -253,10 +253,32 @@ impl Checker {
             Ok(d) => d,
             Err(e) => {
                 let pointer = path_to_pointer(&e.path().to_string());
+                let key = e.path().to_string();
+                let inner = e.inner().to_string();
+                // JSON Schema calls 1.0 an integer; the program's types do not.
+                let (message, hint) = if inner.contains("floating point") {
+                    let found = inner.split('`').nth(1).unwrap_or("a decimal number");
+                    (
+                        format!("`{key}` must be a whole number, found `{found}`"),
+                        "write it without a decimal point (`1`, not `1.0`)".to_string(),
+                    )
+                } else {
+                    (
+                        format!("`{key}`: {inner}"),
+                        "see `outpostctl schema` for what this key takes".to_string(),
+                    )
+                };
                 self.diags.push(
-                    Diagnostic::error("invalid-value", e.inner().to_string())
-                        .at(doc.origin.child(&pointer).value()),
+                    Diagnostic::error("invalid-value", message)
+                        .at(doc.origin.child(&pointer).value())
+                        .hint(hint),
                 );
+                // What the document defines is unknown: checks across the set must not
+                // report what it may hold (its project, integrations, defaults).
+                self.partial = true;
+                if doc.value.get("defaults").is_some() {
+                    self.failed_entries.insert(("defaults", String::new()));
+                }
                 return;
             }
         };
@@ -1426,7 +1448,39 @@ impl Checker {
                 );
                 ok = false;
             }
-            Ok(()) => {}
+            Ok(()) => {
+                let image = desired::fill(
+                    &template,
+                    &[
+                        ("type", o.kind.as_str()),
+                        ("version", version.as_deref().unwrap_or("")),
+                    ],
+                );
+                if let Some(why) = desired::reference_problem(&image)
+                    && first(&mut self.template_errors, &format!("invalid-image|{image}"))
+                {
+                    let shown = if image == template {
+                        format!("`{image}`")
+                    } else {
+                        format!("`{image}` (from `{template}`)")
+                    };
+                    self.diags.push(
+                        Diagnostic::error(
+                            "invalid-image",
+                            format!("{field}: {shown} is not an image reference Docker accepts: {why}"),
+                        )
+                        .at(if template_at.exists() {
+                            template_at.value()
+                        } else {
+                            template_at.key()
+                        })
+                        .hint("an image is `[registry/]repository[:tag][@digest]` with a lowercase repository, e.g. `ghcr.io/goauthentik/proxy:2026.8.0`"),
+                    );
+                    ok = false;
+                } else if desired::reference_problem(&image).is_some() {
+                    ok = false;
+                }
+            }
         }
         let authentik_host = c
             .authentik_host

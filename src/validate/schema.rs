@@ -49,8 +49,21 @@ pub fn check(doc: &LoadedDoc) -> Checked {
     let c = compiled();
     let mut out = Vec::new();
     let mut failed_at = BTreeSet::new();
-    for err in c.validator.iter_errors(&doc.value) {
+    let errors: Vec<_> = c.validator.iter_errors(&doc.value).collect();
+    // A value of the wrong type also fails its `const` (`version: "1"`): the type error
+    // says it better, and alone.
+    let mistyped: BTreeSet<String> = errors
+        .iter()
+        .filter(|e| matches!(e.kind(), ValidationErrorKind::Type { .. }))
+        .map(|e| e.instance_path().as_str().to_string())
+        .collect();
+    for err in errors {
         let pointer = err.instance_path().as_str().to_string();
+        if matches!(err.kind(), ValidationErrorKind::Constant { .. }) && mistyped.contains(&pointer)
+        {
+            failed_at.insert(pointer);
+            continue;
+        }
         // A bad name is reported at its section: the entry is what failed.
         failed_at.insert(match err.kind() {
             ValidationErrorKind::PropertyNames { error } => {
@@ -152,6 +165,18 @@ fn translate(
                 } else {
                     format!("quote it: `{field}: \"{shown}\"`")
                 });
+            } else if let Some(text) = instance.as_str().filter(|t| {
+                let t = t.trim();
+                ((expected.contains("integer") || expected.contains("number"))
+                    && t.parse::<f64>().is_ok())
+                    || (expected.contains("true or false") && matches!(t, "true" | "false"))
+            }) {
+                // A number or boolean written in quotes.
+                d = d.hint(if field.ends_with(']') {
+                    format!("remove the quotes: `- {}`", text.trim())
+                } else {
+                    format!("remove the quotes: `{field}: {}`", text.trim())
+                });
             } else if let Some(w) = describe_at(schema, &schema_path) {
                 d = d.hint(format!("`{field}`: {w}"));
             }
@@ -235,7 +260,13 @@ fn translate(
         ValidationErrorKind::MinLength { .. } => out.push(
             Diagnostic::error("invalid-value", format!("`{field}` must not be empty"))
                 .at(at.value())
-                .label("empty"),
+                .label("empty")
+                .hint(match field.as_str() {
+                    "env" => "name the environment variable that holds the value: `env: MY_VARIABLE`".to_string(),
+                    "file" => "give the path of the file that holds the value (relative to the manifest)".to_string(),
+                    f if f.starts_with("healthcheck[") => "each word of the command is one item: `healthcheck: [\"/ldap\", \"healthcheck\"]`".to_string(),
+                    _ => format!("give `{field}` a value, or remove the key"),
+                }),
         ),
         ValidationErrorKind::MinItems { limit } => out.push(
             Diagnostic::error(
@@ -243,7 +274,12 @@ fn translate(
                 format!("`{field}` needs at least {limit} item(s)"),
             )
             .at(at.value())
-            .label("too few items"),
+            .label("too few items")
+            .hint(if field == "healthcheck" {
+                "give the command, e.g. `healthcheck: [\"/ldap\", \"healthcheck\"]`, or remove the key for authentik's".to_string()
+            } else {
+                format!("give `{field}` at least {limit} item(s), or remove the key")
+            }),
         ),
         ValidationErrorKind::Minimum { limit } | ValidationErrorKind::Maximum { limit } => out
             .push(
