@@ -414,16 +414,22 @@ pub fn reference_problem(reference: &str) -> Option<String> {
         None => (reference, None),
     };
     if let Some(d) = digest {
+        // The algorithms Docker verifies, each with its length of lowercase hex.
         let ok = d.split_once(':').is_some_and(|(algo, hex)| {
-            algo.split(['-', '_', '+', '.']).all(|part| {
-                part.starts_with(|c: char| c.is_ascii_alphabetic())
-                    && part.chars().all(|c| c.is_ascii_alphanumeric())
-            }) && hex.len() >= 32
-                && hex.chars().all(|c| c.is_ascii_hexdigit())
+            let len = match algo {
+                "sha256" => 64,
+                "sha384" => 96,
+                "sha512" => 128,
+                _ => return false,
+            };
+            hex.len() == len
+                && hex
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
         });
         if !ok {
             return Some(format!(
-                "`@{d}` is not a digest (`sha256:` and 64 hex digits)"
+                "`@{d}` is not a digest (`sha256:` and 64 lowercase hex digits)"
             ));
         }
     }
@@ -444,12 +450,9 @@ pub fn reference_problem(reference: &str) -> Option<String> {
             ));
         }
     }
-    if name.len() > 255 {
-        return Some("the name is longer than 255 characters".into());
-    }
     // The first component is a registry when it has a `.` or `:`, is `localhost`, or has
     // capitals (as Docker splits it).
-    let (registry, path) = match name.split_once('/') {
+    let (registry, mut path) = match name.split_once('/') {
         Some((first, rest))
             if first.contains(['.', ':'])
                 || first == "localhost"
@@ -483,8 +486,20 @@ pub fn reference_problem(reference: &str) -> Option<String> {
         };
         let port_ok = port.is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()));
         if !host_ok || !port_ok {
-            return Some(format!("`{r}` is not a registry host (`host[:port]`)"));
+            // Not a host, but a valid path component (`my_registry.com`): Docker reads the
+            // whole name as a repository path on Docker Hub.
+            if !path_component_ok(r) {
+                return Some(format!("`{r}` is not a registry host (`host[:port]`)"));
+            }
+            path = name;
         }
+    }
+    // Only the repository path counts (distribution/reference since Docker 26), with the
+    // `library/` Docker Hub gives a one-part name.
+    let hub = registry.is_none_or(|r| r == "docker.io" || r == "index.docker.io");
+    let path_len = path.len() + if hub && !path.contains('/') { 8 } else { 0 };
+    if path_len > 255 {
+        return Some("the repository name is longer than 255 characters".into());
     }
     for component in path.split('/') {
         if component.chars().any(|c| c.is_ascii_uppercase()) {
@@ -774,6 +789,13 @@ pub fn secret_digest(project: &str, uuid: &str, secret: &str) -> String {
 mod tests {
     #[test]
     fn image_references_as_docker_parses_them() {
+        // Only the repository path counts toward 255, with `library/` for a Hub name.
+        assert_eq!(
+            reference_problem(&format!("ghcr.io/{}", "a".repeat(250))),
+            None
+        );
+        assert_eq!(reference_problem(&"a".repeat(247)), None);
+        assert!(reference_problem(&"a".repeat(248)).is_some());
         for ok in [
             "ghcr.io/goauthentik/proxy:2026.8.0",
             "proxy",
@@ -787,6 +809,9 @@ mod tests {
             "ghcr.io/goauthentik/ldap@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "img:v1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
             "outpostctl-test/outpost:latest",
+            "my_registry.com/x",
+            "a-b_c.d__e/x:1",
+            "img@sha512:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
         ] {
             assert_eq!(reference_problem(ok), None, "{ok}");
         }
@@ -798,6 +823,15 @@ mod tests {
             ("ghcr.io/goauthentik/proxy:", "tag ``"),
             ("ghcr.io/goauthentik/proxy:-x", "tag `-x`"),
             ("img@sha256:abc", "not a digest"),
+            (
+                "img@sha256:0123456789abcdef0123456789abcdef",
+                "not a digest",
+            ),
+            (
+                "img@sha256:0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",
+                "not a digest",
+            ),
+            ("img@md5:0123456789abcdef0123456789abcdef", "not a digest"),
             ("a..b/c", "`a..b` is not a registry host"),
             ("foo/-bar", "`-bar`"),
             ("foo/bar./baz", "`bar.`"),
