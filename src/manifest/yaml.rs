@@ -317,6 +317,8 @@ fn scan_error(span: Span, info: &str) -> YamlError {
         e = e.hint("the document nests too deeply; manifests are at most a few levels deep");
     } else if info.contains("mapping values are not allowed") {
         e = e.hint("a value that contains `: ` must be quoted");
+    } else if info.contains("simple key") {
+        e = e.hint("a key must be followed by `:` on its line, and YAML allows at most 1,024 characters before it; shorten the key or finish the line with `:`");
     } else if info.contains("did not find expected key") || info.contains("block mapping") {
         e = e.hint("check the indentation of this line against the lines above it");
     }
@@ -446,13 +448,38 @@ fn attach(
 fn check_tag(tag: Option<&Tag>, expected: &str, span: Span) -> Result<(), YamlError> {
     match tag {
         None => Ok(()),
-        Some(t) if t.is_yaml_core_schema() && t.suffix == expected => Ok(()),
+        Some(t) if core_tag(t) == Some(expected) => Ok(()),
         Some(t) => Err(unsupported_tag(t, span)),
     }
 }
 
+/// The name of a YAML core schema tag (`str` for `!!str`, or its verbatim form
+/// `!<tag:yaml.org,2002:str>`), None for any other tag.
+fn core_tag(t: &Tag) -> Option<&str> {
+    if t.is_yaml_core_schema() {
+        Some(t.suffix.as_str())
+    } else if t.handle.is_empty() || t.handle == "!" {
+        t.suffix.strip_prefix("tag:yaml.org,2002:")
+    } else {
+        None
+    }
+}
+
+/// A tag as it is written: `!!binary`, `!local`, `!<tag:example.com,2026:x>`.
+fn tag_text(t: &Tag) -> String {
+    if t.is_yaml_core_schema() {
+        format!("!!{}", t.suffix)
+    } else if t.handle == "!" {
+        format!("!{}", t.suffix)
+    } else if t.handle.is_empty() {
+        format!("!<{}>", t.suffix)
+    } else {
+        format!("{}{}", t.handle, t.suffix)
+    }
+}
+
 fn unsupported_tag(t: &Tag, span: Span) -> YamlError {
-    YamlError::new(span, format!("unsupported YAML tag `{t}`"), "tag").hint(
+    YamlError::new(span, format!("unsupported YAML tag `{}`", tag_text(t)), "tag").hint(
         "manifests use plain YAML values; remove the tag (only !!str, !!int, !!float, !!bool, !!null are understood)",
     )
 }
@@ -466,13 +493,13 @@ fn scalar(
     span: Span,
 ) -> Result<Value, YamlError> {
     if let Some(t) = tag {
-        if !t.is_yaml_core_schema() {
-            // `!` alone (non-specific tag) forces a string.
-            if t.handle == "!" && t.suffix.is_empty() {
-                return Ok(Value::String(text.to_string()));
-            }
-            return Err(unsupported_tag(t, span));
+        // `!` alone (non-specific tag) forces a string.
+        if (t.handle == "!" && t.suffix.is_empty()) || (t.handle.is_empty() && t.suffix == "!") {
+            return Ok(Value::String(text.to_string()));
         }
+        let Some(core) = core_tag(t) else {
+            return Err(unsupported_tag(t, span));
+        };
         let bad = |what: &str| {
             YamlError::new(
                 span,
@@ -480,7 +507,7 @@ fn scalar(
                 "tagged value",
             )
         };
-        return match t.suffix.as_str() {
+        return match core {
             "str" => Ok(Value::String(text.to_string())),
             "null" => Ok(Value::Null),
             "bool" => match plain(text) {
@@ -595,6 +622,23 @@ fn is_float(text: &str) -> bool {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn core_tags_in_either_form_and_others_named_as_written() {
+        let d = one("a: !!int 5\nb: !<tag:yaml.org,2002:int> 6\nc: !!str 7\nd: ! 8\n");
+        assert_eq!(d.value, json!({"a": 5, "b": 6, "c": "7", "d": "8"}));
+        for (text, shown) in [
+            ("a: !!binary aGk=\n", "`!!binary`"),
+            ("a: !local x\n", "`!local`"),
+            (
+                "a: !<tag:example.com,2026:x> y\n",
+                "`!<tag:example.com,2026:x>`",
+            ),
+        ] {
+            let e = parse(text, Limits::default()).unwrap_err();
+            assert!(e.message.contains(shown), "{text}: {}", e.message);
+        }
+    }
 
     fn one(text: &str) -> Document {
         let mut docs = parse(text, Limits::default()).expect("parses");

@@ -100,7 +100,7 @@ fn translate(
             let known = known_keys(schema, &schema_path);
             for key in unexpected {
                 let child = at.child(&format!("/{}", escape(key)));
-                let mut d = Diagnostic::error("unknown-key", format!("unknown key `{key}`"))
+                let mut d = Diagnostic::error("unknown-key", format!("unknown key `{}`", truncate(key)))
                     .at(child.key())
                     .label("not a known key here");
                 d = d.maybe_hint(
@@ -234,7 +234,7 @@ fn translate(
                 _ => ("a valid name", error.to_string()),
             };
             out.push(
-                Diagnostic::error("invalid-name", format!("`{key}` is not {what}"))
+                Diagnostic::error("invalid-name", format!("`{}` is not {what}", truncate(&key)))
                     .at(child.key())
                     .label(format!("expected {what}"))
                     .hint(hint),
