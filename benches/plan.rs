@@ -779,6 +779,7 @@ fn diff_section(dir: &Path, sizes: &[usize]) {
                 labels: s.labels.clone(),
                 networks: s.network.iter().cloned().collect(),
                 network_mode: s.network.clone(),
+                network_ids: Vec::new(),
                 created: 1_700_000_000 + i as i64,
                 host_ports: Vec::new(),
             })
@@ -793,6 +794,7 @@ fn diff_section(dir: &Path, sizes: &[usize]) {
                 labels: Default::default(),
                 networks: vec!["bridge".into()],
                 network_mode: None,
+                network_ids: Vec::new(),
                 created: 1_600_000_000,
                 host_ports: Vec::new(),
             });

@@ -407,11 +407,25 @@ pub fn networks_match(network: Option<&str>, o: &Observed) -> bool {
         }
         Some(n) => match o.networks.as_slice() {
             [] => false,
-            // Created on `n` given by id: its one network is that one.
-            [_] if o.network_mode.as_deref() == Some(n) => true,
+            // Created on `n` given by id: its one network is that network, unless one was
+            // swapped for it by hand (`NetworkMode` stays as created). A stopped container's
+            // network id is not listed: taken as that network until it runs.
+            [_] if o.network_mode.as_deref() == Some(n) && is_id(n) => {
+                match o.network_ids.first() {
+                    Some(id) if !id.is_empty() => id.starts_with(n),
+                    _ => true,
+                }
+            }
             all => all.iter().all(|x| x == n),
         },
     }
+}
+
+/// Whether a `docker_network` reads as a network id or id prefix (lowercase hex).
+fn is_id(n: &str) -> bool {
+    !n.is_empty()
+        && n.chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
 }
 
 /// The reason field of a duplicate's removal.
@@ -884,6 +898,10 @@ mod tests {
             o.network_mode = mode.map(str::to_string);
             o
         };
+        let with_id = |mut o: Observed, id: &str| {
+            o.network_ids = vec![id.to_string()];
+            o
+        };
         let yes = [
             (None, on(&["bridge"], Some("default"))),
             (None, on(&[], None)),
@@ -891,6 +909,10 @@ mod tests {
             (Some("bridge"), on(&["bridge"], Some("bridge"))),
             (Some("traefik"), on(&["traefik"], Some("traefik"))),
             (Some("b70f111aad62"), on(&["traefik"], Some("b70f111aad62"))),
+            (
+                Some("b70f111aad62"),
+                with_id(on(&["traefik"], Some("b70f111aad62")), "b70f111aad62ff"),
+            ),
             (Some("host"), on(&["host"], Some("host"))),
             (Some("container:web"), on(&[], Some("container:0123abcd"))),
         ];
@@ -908,6 +930,12 @@ mod tests {
                 on(&["extra", "traefik"], Some("b70f111aad62")),
             ),
             (Some("b70f111aad62"), on(&["bridge"], Some("default"))),
+            // The network it was created on swapped for another by hand: `NetworkMode` stays.
+            (Some("traefik"), on(&["other"], Some("traefik"))),
+            (
+                Some("b70f111aad62"),
+                with_id(on(&["other"], Some("b70f111aad62")), "0123abcd"),
+            ),
             (Some("container:web"), on(&["bridge"], Some("default"))),
         ];
         for (n, o) in &no {

@@ -280,6 +280,7 @@ fn docker_network_as_docker_takes_it_converges() {
         ("Bridge", "bridge".to_string()),
         ("By Id", prefix.clone()),
         ("Shares", format!("container:{host}")),
+        ("Named", net.clone()),
     ] {
         let mut o = env.outpost("ldap", &format!("AK_{}", outpost.replace(' ', "_")));
         o["config"]["docker_network"] = json!(network);
@@ -312,7 +313,7 @@ fn docker_network_as_docker_takes_it_converges() {
         r["before"].as_str().is_some_and(|b| b.contains(&extra)),
         "{a:#}"
     );
-    for other in ["Default", "Bridge", "Shares"] {
+    for other in ["Default", "Bridge", "Shares", "Named"] {
         assert_eq!(action_of(&plan, other)["action"], "noop", "{plan:#}");
     }
     env.apply_ok();
@@ -320,6 +321,27 @@ fn docker_network_as_docker_takes_it_converges() {
         env.container(&env.name_of("by-id")).networks(),
         [net.as_str()]
     );
+    env.assert_converged();
+
+    // Its network swapped for another by hand (Docker keeps the NetworkMode it was made
+    // with): seen, whether the manifest names the network by id or by name.
+    for outpost in ["by-id", "named"] {
+        let name = env.name_of(outpost);
+        docker_ok(&["network", "disconnect", &net, &name]);
+        docker_ok(&["network", "connect", &extra, &name]);
+    }
+    let plan = env.plan_json();
+    for outpost in ["By Id", "Named"] {
+        let a = action_of(&plan, outpost);
+        assert_eq!(a["action"], "recreate", "{a:#}");
+    }
+    env.apply_ok();
+    for outpost in ["by-id", "named"] {
+        assert_eq!(
+            env.container(&env.name_of(outpost)).networks(),
+            [net.as_str()]
+        );
+    }
     env.assert_converged();
 }
 

@@ -308,12 +308,18 @@ impl super::Engine for DockerEngine {
                     .next()
                     .map(|n| n.trim_start_matches('/').to_string())
                     .unwrap_or_default();
-                let mut networks: Vec<String> = c
+                let mut endpoints: Vec<(String, String)> = c
                     .network_settings
                     .and_then(|n| n.networks)
-                    .map(|n| n.into_keys().collect())
+                    .map(|n| {
+                        n.into_iter()
+                            .map(|(name, e)| (name, e.network_id.unwrap_or_default()))
+                            .collect()
+                    })
                     .unwrap_or_default();
-                networks.sort();
+                endpoints.sort();
+                let (networks, network_ids): (Vec<String>, Vec<String>) =
+                    endpoints.into_iter().unzip();
                 Observed {
                     id: c.id.unwrap_or_default(),
                     name,
@@ -326,6 +332,7 @@ impl super::Engine for DockerEngine {
                     labels: c.labels.unwrap_or_default().into_iter().collect(),
                     networks,
                     network_mode: c.host_config.and_then(|h| h.network_mode),
+                    network_ids,
                     created: c.created.unwrap_or_default(),
                     host_ports: {
                         let mut p: Vec<HostPort> = c

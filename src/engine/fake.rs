@@ -44,6 +44,7 @@ pub fn observed(id: &str, name: &str, state: super::State, labels: &[(&str, &str
             .collect(),
         networks: vec!["bridge".into()],
         network_mode: None,
+        network_ids: Vec::new(),
         created: 0,
         host_ports: Vec::new(),
     }

@@ -32,6 +32,10 @@ pub struct Observed {
     /// name, an id, `default`, `container:<id>`); None when the engine does not say.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_mode: Option<String>,
+    /// The id of each of `networks`, in the same order; empty when the engine does not say
+    /// (Docker fills it in for a running container only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_ids: Vec<String>,
     /// Creation time, seconds since the epoch.
     pub created: i64,
     /// Host ports the container publishes (running containers only).
@@ -302,6 +306,7 @@ mod tests {
             labels: BTreeMap::new(),
             networks: Vec::new(),
             network_mode: None,
+            network_ids: Vec::new(),
             created: 0,
             host_ports: Vec::new(),
         };
