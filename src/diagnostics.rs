@@ -122,9 +122,7 @@ impl Location {
     pub fn text(&self) -> String {
         let start = self.file.offset(self.span.start.line, self.span.start.col);
         let end = self.file.offset(self.span.end.line, self.span.end.col);
-        let line_end = self.file.text[start..]
-            .find('\n')
-            .map_or(self.file.text.len(), |i| start + i);
+        let line_end = self.file.line_range(self.file.line_of(start)).1.max(start);
         self.file
             .text
             .get(start..end.min(line_end).max(start))

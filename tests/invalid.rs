@@ -367,6 +367,53 @@ fn crlf_and_cr_line_endings() {
     }
 }
 
+/// A byte that is not UTF-8, or a NUL, after old Mac line endings (a lone `\r`) is placed on
+/// its line, counted as the YAML reader counts lines.
+#[test]
+fn a_bad_byte_after_lone_carriage_returns_is_placed_on_its_line() {
+    for (name, bad) in [("not-utf8", b'\xff'), ("binary-file", b'\0')] {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut text = b"version: 1\rproject: x\r".to_vec();
+        text.extend([bad, b'\r']);
+        std::fs::write(tmp.path().join("set.yaml"), text).expect("write");
+        let (run, _home) = validate(tmp.path(), &["set.yaml", "--format", "json"]);
+        let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+        assert_eq!(
+            positions_of(&doc),
+            vec![(name.to_string(), "set.yaml".to_string(), 3, 1)],
+            "{doc:#}"
+        );
+    }
+}
+
+/// "Remove the quotes" only where quotes were written and the value without them is what the
+/// key takes.
+#[test]
+fn remove_the_quotes_only_when_that_fixes_it() {
+    for (value, hinted) in [
+        ("\"1\"", true),
+        ("'1'", true),
+        ("\"1.0\"", false),
+        ("inf", false),
+        ("!!str 1", false),
+    ] {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        std::fs::write(
+            tmp.path().join("set.yaml"),
+            format!("version: {value}\nproject: p\nintegrations:\n  local: {{ local: true }}\n"),
+        )
+        .expect("write");
+        let (run, _home) = validate(tmp.path(), &["set.yaml"]);
+        assert_eq!(run.code, 1, "{value}: {}", run.stderr);
+        assert_eq!(
+            run.stderr.contains("remove the quotes: `version: 1`"),
+            hinted,
+            "{value}: {}",
+            run.stderr
+        );
+    }
+}
+
 /// A FIFO named like a manifest in a directory is not read (it would block the run) and is
 /// said, like a dangling symlink: its outposts must not be planned for removal.
 #[test]

@@ -206,6 +206,15 @@ fn walk(
     }
 }
 
+/// The position just past the end of `f`'s text (where a bad byte that ended it stood),
+/// counting lines as the YAML reader does (`\n`, `\r\n` or a lone `\r`).
+fn end_of(f: &SourceFile) -> Span {
+    let line = f.line_of(f.text.len());
+    let start = f.line_range(line).0;
+    let col = f.text.get(start..).map_or(0, |l| l.chars().count());
+    Span::at(line as u32 + 1, col as u32 + 1)
+}
+
 fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
     let canonical = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     if !seen.insert(canonical) {
@@ -245,12 +254,10 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
         Err(e) => {
             let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             let prefix = String::from_utf8_lossy(valid).into_owned();
-            let line = prefix.matches('\n').count() as u32 + 1;
-            let col = prefix.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
             let f = whole_file(&prefix);
             out.diagnostics.push(
                 Diagnostic::error("not-utf8", "file is not UTF-8 text")
-                    .at(Location::new(&f, Span::at(line, col)))
+                    .at(Location::new(&f, end_of(&f)))
                     .label("invalid byte here")
                     .hint("manifests are UTF-8 YAML; is this a binary file, or saved in another encoding?"),
             );
@@ -262,16 +269,13 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
         .map(str::to_string)
         .unwrap_or(text);
     if let Some(i) = text.find('\0') {
-        let prefix = &text[..i];
-        let line = prefix.matches('\n').count() as u32 + 1;
-        let col = prefix.rsplit('\n').next().map_or(0, |l| l.chars().count()) as u32 + 1;
-        let f = whole_file(prefix);
+        let f = whole_file(&text[..i]);
         out.diagnostics.push(
             Diagnostic::error(
                 "binary-file",
                 "file contains a NUL byte: it is not a text file",
             )
-            .at(Location::new(&f, Span::at(line, col)))
+            .at(Location::new(&f, end_of(&f)))
             .hint("remove the file, or point outpostctl at the manifests only"),
         );
         return;

@@ -86,10 +86,7 @@ fn source_span(l: &Location) -> SourceSpan {
     let mut end = l.file.offset(l.span.end.line, l.span.end.col);
     // A multi-line value is marked on its first line only, to keep the snippet short.
     if l.span.end.line != l.span.start.line || end <= start {
-        let line_end = l.file.text[start..]
-            .find('\n')
-            .map(|i| start + i)
-            .unwrap_or(l.file.text.len());
+        let line_end = l.file.line_range(l.file.line_of(start)).1.max(start);
         end = if end <= start { start } else { line_end };
     }
     // A mark longer than a window would outgrow a shortened line.

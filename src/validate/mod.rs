@@ -1456,8 +1456,9 @@ impl Checker {
                         ("version", version.as_deref().unwrap_or("")),
                     ],
                 );
+                // Once per template and place (the same mistake shows in every type's image).
                 if let Some(why) = desired::reference_problem(&image)
-                    && first(&mut self.template_errors, &format!("invalid-image|{image}"))
+                    && first(&mut self.template_errors, &format!("invalid-image|{why}"))
                 {
                     let shown = if image == template {
                         format!("`{image}`")

@@ -166,10 +166,17 @@ fn translate(
                     format!("quote it: `{field}: \"{shown}\"`")
                 });
             } else if let Some(text) = instance.as_str().filter(|t| {
+                // Written in quotes, and unquoted it would be what is expected.
+                let quoted = at.value().text().starts_with(['"', '\'']);
                 let t = t.trim();
-                ((expected.contains("integer") || expected.contains("number"))
-                    && t.parse::<f64>().is_ok())
-                    || (expected.contains("true or false") && matches!(t, "true" | "false"))
+                let number = !t.is_empty()
+                    && t.chars()
+                        .all(|c| c.is_ascii_digit() || "+-.eE".contains(c))
+                    && t.parse::<f64>().is_ok();
+                quoted
+                    && ((expected.contains("integer") && t.parse::<i64>().is_ok())
+                        || (expected.contains("number") && number)
+                        || (expected.contains("true or false") && matches!(t, "true" | "false")))
             }) {
                 // A number or boolean written in quotes.
                 d = d.hint(if field.ends_with(']') {
