@@ -349,7 +349,9 @@ fn crlf_and_cr_line_endings() {
             "project: Bad_Name",
             "integrations:",
             "  local: { local: true }",
-            "outposts: {}",
+            "outposts:",
+            "  - a",
+            "  - b",
             "",
         ]
         .join(eol);
@@ -358,7 +360,10 @@ fn crlf_and_cr_line_endings() {
         let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
         assert_eq!(
             positions_of(&doc),
-            vec![("invalid-value".to_string(), "set.yaml".to_string(), 2, 10)],
+            vec![
+                ("invalid-value".to_string(), "set.yaml".to_string(), 2, 10),
+                ("wrong-type".to_string(), "set.yaml".to_string(), 6, 3),
+            ],
             "{name}: {doc:#}"
         );
         let (run, _home) = validate(tmp.path(), &["set.yaml"]);
