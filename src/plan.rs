@@ -55,6 +55,10 @@ pub struct EnginePlan {
     /// What would let its blocked outposts go ahead (for the watch). Never saved.
     #[serde(skip)]
     pub unblocks: Vec<Unblock>,
+    /// What the plan could not check on this engine and apply may still trip on (a network
+    /// behind a socket proxy that refuses the network list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// Something on the engine that would let a blocked outpost go ahead: the watch reconciles
@@ -316,6 +320,7 @@ pub async fn build_listed(
                     actions: o.actions,
                     spec_texts: o.spec_texts,
                     unblocks: o.unblocks,
+                    notes: o.notes,
                 },
                 Err(e) => failed(name, &def.url, e.to_string()),
             }
@@ -344,6 +349,7 @@ fn failed(name: &str, url: &str, error: String) -> EnginePlan {
         actions: Vec::new(),
         spec_texts: BTreeMap::new(),
         unblocks: Vec::new(),
+        notes: Vec::new(),
     }
 }
 
@@ -356,6 +362,8 @@ pub struct EngineOutcome {
     pub spec_texts: BTreeMap<String, (String, String)>,
     /// What would unblock its blocked outposts.
     pub unblocks: Vec<Unblock>,
+    /// What could not be checked (`EnginePlan::notes`).
+    pub notes: Vec<String>,
 }
 
 /// The live state of one engine and the actions it needs.
@@ -446,8 +454,9 @@ async fn plan_listed(
             }
         }
     }
+    let mut notes = Vec::new();
     let mut unblocks =
-        block_what_would_fail(project, &specs, &observed, engine, &mut actions).await;
+        block_what_would_fail(project, &specs, &observed, engine, &mut actions, &mut notes).await;
     // A blocked outpost is left as it is: its duplicates too (a previous container parked by
     // an interrupted recreate stays until the outpost's own container can run).
     let blocked: HashSet<String> = actions
@@ -463,6 +472,7 @@ async fn plan_listed(
         actions,
         spec_texts: texts,
         unblocks,
+        notes,
     })
 }
 
@@ -475,6 +485,7 @@ async fn block_what_would_fail(
     observed: &[Observed],
     engine: &dyn Engine,
     actions: &mut [Action],
+    notes: &mut Vec<String>,
 ) -> Vec<Unblock> {
     let mut unblocks: Vec<Unblock> = actions
         .iter()
@@ -490,7 +501,7 @@ async fn block_what_would_fail(
     // Every reason an action would fail is found on the actions as the diff made them, so
     // that an outpost blocked for several reasons shows them all at once.
     let mut findings = taken_ports(project, specs, observed, actions);
-    findings.extend(missing_networks(specs, observed, engine, actions).await);
+    findings.extend(missing_networks(specs, observed, engine, actions, notes).await);
     findings.extend(missing_images(specs, engine, actions).await);
     for f in findings {
         if let Some(a) = actions.get_mut(f.at) {
@@ -521,7 +532,15 @@ pub async fn checked(
 ) -> Vec<Action> {
     let specs: Specs = desired.iter().map(|d| (d.outpost.as_str(), d)).collect();
     let mut actions = diff::diff(project, desired, observed, opts);
-    block_what_would_fail(project, &specs, observed, engine, &mut actions).await;
+    block_what_would_fail(
+        project,
+        &specs,
+        observed,
+        engine,
+        &mut actions,
+        &mut Vec::new(),
+    )
+    .await;
     actions
 }
 
@@ -699,6 +718,7 @@ async fn missing_networks(
     observed: &[Observed],
     engine: &dyn Engine,
     actions: &[Action],
+    notes: &mut Vec<String>,
 ) -> Vec<Finding> {
     let network_of = |a: &Action| {
         let n = creating(specs, a)?.network.clone()?;
@@ -711,8 +731,20 @@ async fn missing_networks(
     if unknown.is_empty() {
         return Vec::new();
     }
-    let Ok(networks) = engine.networks().await else {
-        return Vec::new();
+    let networks = match engine.networks().await {
+        Ok(n) => n,
+        Err(e) => {
+            let list = unknown
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            notes.push(format!(
+                "network {list} not checked: the engine refused the network list ({}); if it is missing, apply fails that outpost and keeps its previous container (a socket proxy needs NETWORKS=1 for the check)",
+                e.message
+            ));
+            return Vec::new();
+        }
     };
     // Docker finds a network by its name, its id, or a prefix of its id.
     let missing: BTreeSet<String> = unknown

@@ -1351,6 +1351,7 @@ mod tests {
                     actions: actions.unwrap_or_default(),
                     spec_texts: BTreeMap::new(),
                     unblocks: Vec::new(),
+                    notes: Vec::new(),
                 })
                 .collect(),
         }

@@ -290,8 +290,8 @@ fn docker_host_without_a_port_gets_dockers_default_port() {
 }
 
 /// The proxy refuses the network list, so the plan cannot tell a missing `docker_network`: it
-/// plans the create, and apply fails that outpost naming the network and how to create it,
-/// leaving no container.
+/// plans the create and says the network was not checked (in the human and the JSON plan),
+/// and apply fails that outpost naming the network and how to create it, leaving no container.
 #[test]
 fn a_missing_network_through_the_proxy_fails_at_apply() {
     require_socket_proxy();
@@ -307,10 +307,16 @@ fn a_missing_network_through_the_proxy_fails_at_apply() {
     let plan = env.plan(&["--detailed-exitcode"]);
     assert_eq!(plan.code, 2, "{}", shown(&plan));
     assert!(
-        plan.stdout.contains("plan: 1 to create"),
+        plan.stdout.contains("plan: 1 to create")
+            && plan.stdout.contains(&format!(
+                "note: network `{net}` not checked: the engine refused the network list"
+            )),
         "{}",
         shown(&plan)
     );
+    let json = env.plan_json();
+    let notes = json["integrations"][0]["notes"].to_string();
+    assert!(notes.contains("NETWORKS=1"), "{json:#}");
     let r = env.apply(&[]);
     assert_eq!(r.code, 1, "{}", shown(&r));
     assert!(

@@ -737,6 +737,31 @@ fn special_files_are_refused() {
     }
 }
 
+/// `plan --format json` on manifests that do not validate: the diagnostics as JSON on stdout,
+/// in `validate --format json`'s shape, instead of nothing (exit 1).
+#[test]
+fn json_plan_of_invalid_manifests_is_the_diagnostics() {
+    let (run, _home) = outpostctl(
+        &fixtures(),
+        "plan",
+        &["--format", "json", "missing_project.yaml"],
+    );
+    assert_eq!(run.code, 1, "{}{}", run.stderr, run.stdout);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON on stdout");
+    assert_eq!(doc["format_version"], 1, "{doc:#}");
+    assert_eq!(doc["valid"], false, "{doc:#}");
+    assert_eq!(
+        positions_of(&doc)
+            .into_iter()
+            .map(|(code, file, _, _)| (code, file))
+            .collect::<Vec<_>>(),
+        vec![(
+            "missing-project".to_string(),
+            "missing_project.yaml".to_string()
+        )]
+    );
+}
+
 /// What a pull request's comment shows when its manifests are invalid: `plan --format
 /// markdown` prints the diagnostics as a table (exit 1, nothing planned). Code spans keep their
 /// text as written (`project: <name>`), the rest is escaped for the table.

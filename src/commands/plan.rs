@@ -22,9 +22,22 @@ pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
             plan
         }
         Err(diagnostics) => {
-            // A pull-request comment made from stdout says why there is no plan.
-            if args.format == PlanFormat::Markdown {
-                p.out(&render::diagnostics::markdown(&diagnostics));
+            // A pull-request comment or a JSON consumer reading stdout learns why there is
+            // no plan.
+            match args.format {
+                PlanFormat::Markdown => p.out(&render::diagnostics::markdown(&diagnostics)),
+                PlanFormat::Json => {
+                    let doc = serde_json::json!({
+                        "format_version": 1,
+                        "valid": false,
+                        "diagnostics": render::diagnostics::json(&diagnostics),
+                    });
+                    p.out(&format!(
+                        "{}\n",
+                        serde_json::to_string_pretty(&doc).unwrap_or_default()
+                    ));
+                }
+                PlanFormat::Human => {}
             }
             return Exit::Failure;
         }

@@ -149,6 +149,13 @@ pub fn human(plan: &Plan, style: Style, show_diff: bool) -> String {
                 )
             );
         }
+        for note in &e.notes {
+            let _ = writeln!(
+                out,
+                "  {} {note}",
+                paint(style, AStyle::new().bold(), "note:")
+            );
+        }
     }
     let _ = writeln!(out, "\nplan: {}", summary_line(&plan.summary()));
     out
@@ -204,6 +211,9 @@ pub fn markdown(plan: &Plan) -> String {
             .iter()
             .filter(|a| a.action != ActionKind::Noop)
             .collect();
+        for note in &e.notes {
+            let _ = writeln!(out, "> **Note:** {}\n", md_escape(note));
+        }
         if changes.is_empty() {
             let _ = writeln!(out, "No changes ({} unchanged).\n", e.actions.len());
             continue;
