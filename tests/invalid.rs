@@ -762,6 +762,31 @@ fn json_plan_of_invalid_manifests_is_the_diagnostics() {
     );
 }
 
+/// A set with a project and no outposts is valid (the way to remove them all) but warned of:
+/// apply would remove every container of the project.
+#[test]
+fn an_empty_set_is_warned_of() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("set.yaml"),
+        "version: 1\nproject: homelab\nintegrations:\n  local: { local: true }\n",
+    )
+    .expect("write");
+    let (run, _home) = validate(dir.path(), &["set.yaml", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}{}", run.stderr, run.stdout);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(
+        positions_of(&doc),
+        vec![("no-outposts".to_string(), "set.yaml".to_string(), 2, 1)]
+    );
+    assert!(
+        doc["diagnostics"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("removes every container of project `homelab`")),
+        "{doc:#}"
+    );
+}
+
 /// What a pull request's comment shows when its manifests are invalid: `plan --format
 /// markdown` prints the diagnostics as a table (exit 1, nothing planned). Code spans keep their
 /// text as written (`project: <name>`), the rest is escaped for the table.

@@ -58,10 +58,28 @@ pub enum Endpoint {
 fn local_identity(docker_host: Option<&str>) -> String {
     match docker_host.filter(|h| !h.is_empty()) {
         None => format!("unix {}", crate::engine::connect::DEFAULT_SOCKET),
-        Some(h) => match h.strip_prefix("unix://") {
-            Some(path) => format!("unix {path}"),
-            None => format!("local {h}"),
-        },
+        Some(h) => {
+            if let Some(path) = h.strip_prefix("unix://") {
+                return format!("unix {path}");
+            }
+            // A TCP address: the same host and port as an `http://` or `https://` integration
+            // (without a port, Docker's: 2376 with TLS, else 2375).
+            let tls = std::env::var_os("DOCKER_TLS_VERIFY").is_some() || h.starts_with("https://");
+            match ["tcp://", "http://", "https://"]
+                .iter()
+                .find_map(|s| h.strip_prefix(s))
+                .map(|rest| rest.trim_end_matches('/'))
+            {
+                Some(rest) => {
+                    let (host, port) = match rest.rsplit_once(':') {
+                        Some((host, p)) if p.parse::<u16>().is_ok() => (host, p.to_string()),
+                        _ => (rest, if tls { "2376" } else { "2375" }.to_string()),
+                    };
+                    format!("tcp {}:{port}", host.to_lowercase())
+                }
+                None => format!("local {h}"),
+            }
+        }
     }
 }
 
@@ -412,6 +430,26 @@ impl Checker {
             integrations_ready(&integrations);
         }
         let desired = self.outposts_to_specs(&project, defaults.as_ref(), &integrations);
+        // An empty set is valid (the way to remove every outpost), but an easy accident: a
+        // directory left out of the paths, an `outposts:` key mistyped in a broken document.
+        if let Some((p, at)) = &self.project
+            && self.outposts.is_empty()
+            && !self.partial
+            && !self
+                .failed_entries
+                .iter()
+                .any(|(kind, _)| *kind == "outposts")
+            && !self.diags.iter().any(Diagnostic::is_error)
+        {
+            self.diags.push(
+                Diagnostic::warning(
+                    "no-outposts",
+                    format!("the set defines no outposts: `apply` removes every container of project `{p}` on its integrations"),
+                )
+                .at(at.key())
+                .hint("if that is not the intent, check the paths given to outpostctl: every file of the set must be read in one run"),
+            );
+        }
         let outpost_origins = self
             .outposts
             .iter()
@@ -1861,10 +1899,19 @@ mod tests {
             local_identity(Some("unix:///run/user/1000/docker.sock")),
             unix("/run/user/1000/docker.sock").engine_identity()
         );
-        assert_ne!(
-            local_identity(Some("tcp://docker.example.com:2376")),
+        // A TCP address is the host and port an `http://`/`https://` integration names.
+        assert_eq!(
+            local_identity(Some("tcp://Docker.example.com:2376")),
             tls.engine_identity(),
-            "only certainly the same engine"
+        );
+        assert_eq!(
+            local_identity(Some("tcp://127.0.0.1")),
+            tcp("127.0.0.1", 2375).engine_identity(),
+            "Docker's port without TLS"
+        );
+        assert_ne!(
+            local_identity(Some("tcp://docker.example.com:2375")),
+            tls.engine_identity()
         );
     }
 

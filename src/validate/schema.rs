@@ -148,7 +148,20 @@ fn translate(
             )
             .at(at.value())
             .label(format!("expected {expected}"));
-            if instance.is_null() && expected.contains("mapping") {
+            if matches!(field.as_str(), "token" | "key") && instance.is_string() && expected.contains("mapping") {
+                d = d.hint(format!(
+                    "a secret is never written into a manifest: name where it is, `{field}: {{ env: VARIABLE }}` or `{field}: {{ file: path }}`"
+                ));
+            } else if expected.contains("list") && instance.is_string() {
+                // One item written without the brackets.
+                let written = at.value().text();
+                let item = if written.is_empty() {
+                    scalar_text(instance)
+                } else {
+                    written
+                };
+                d = d.hint(format!("a list of one: `{field}: [{item}]`"));
+            } else if instance.is_null() && expected.contains("mapping") {
                 d = d.hint(format!(
                     "`{field}:` has no value; write `{field}: {{}}` or remove the line"
                 ));
@@ -218,7 +231,22 @@ fn translate(
             );
         }
         ValidationErrorKind::Pattern { pattern } => {
-            let (what, hint) = pattern_meaning(pattern);
+            let (what, mut hint) = pattern_meaning(pattern);
+            // A project name with capitals or spaces: the name it could be.
+            if pattern == model::PROJECT_PATTERN
+                && let Some(given) = instance.as_str()
+            {
+                let mut name: String = given
+                    .trim()
+                    .to_lowercase()
+                    .chars()
+                    .map(|c| if c.is_ascii_alphanumeric() || "._-".contains(c) { c } else { '-' })
+                    .collect();
+                name = name.trim_start_matches(['.', '_', '-']).chars().take(63).collect();
+                if !name.is_empty() && name != given {
+                    hint = format!("{hint}: `project: {name}`?");
+                }
+            }
             out.push(
                 Diagnostic::error(
                     "invalid-value",
@@ -234,6 +262,34 @@ fn translate(
             let key = error.instance().as_str().unwrap_or_default().to_string();
             let child = at.child(&format!("/{}", escape(&key)));
             let (what, hint) = match error.kind() {
+                // An outpost's `ports`: name the ports its type has.
+                ValidationErrorKind::Pattern { pattern }
+                    if pattern == model::CONTAINER_PORT_PATTERN =>
+                {
+                    let kind = pointer
+                        .strip_suffix("/ports")
+                        .and_then(|o| doc.value.pointer(&format!("{o}/type")))
+                        .and_then(|t| serde_json::from_value::<model::OutpostType>(t.clone()).ok());
+                    match kind {
+                        Some(k) if !crate::desired::default_ports(k).is_empty() => {
+                            let ports: Vec<String> = crate::desired::default_ports(k)
+                                .iter()
+                                .map(|(c, proto, _)| format!("`{c}/{}`", proto.as_str()))
+                                .collect();
+                            let (c, proto, _) = crate::desired::default_ports(k)[0];
+                            (
+                                "a container port",
+                                format!(
+                                    "the keys are the container ports of a {} outpost: {}; the value is the host side, e.g. `{c}/{}: 127.0.0.1:{c}`",
+                                    k.as_str(),
+                                    ports.join(", "),
+                                    proto.as_str()
+                                ),
+                            )
+                        }
+                        _ => pattern_meaning(pattern),
+                    }
+                }
                 ValidationErrorKind::Pattern { pattern } => pattern_meaning(pattern),
                 ValidationErrorKind::MinLength { .. } => {
                     ("a name", "names cannot be empty".to_string())
