@@ -281,6 +281,19 @@ fn tls_wrong_ca_is_refused() {
     assert_engine_fails(&r, r.tls_integration(&url, None, Some("client")), &needles);
 }
 
+/// `https://` to an engine that answers in plain HTTP (the socket proxy of the tests): said so,
+/// with the scheme to write instead, not rustls' "corrupt message of type InvalidContentType".
+#[test]
+fn tls_to_a_plain_http_engine_says_so() {
+    let r = Remote::tls("tlsplain");
+    let url = support::SOCKET_PROXY.replace("http://", "https://");
+    assert_engine_fails(
+        &r,
+        r.tls_integration(&url, Some("ca"), Some("client")),
+        &[url.as_str(), "did not answer with TLS", "write `http://`"],
+    );
+}
+
 /// No client certificate: the engine (stunnel, requireCert) refuses the handshake.
 #[test]
 fn tls_without_client_certificate_is_refused() {

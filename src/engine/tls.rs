@@ -158,6 +158,10 @@ pub fn describe(url: &str, err: &(dyn StdError + 'static)) -> String {
             ["Expired", "certificate expired"],
             rustls::Error::InvalidCertificate(rustls::CertificateError::Expired),
         ),
+        (
+            ["InvalidContentType", "InvalidContentType"],
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType),
+        ),
     ];
     for (needles, e) in by_text {
         if let Some(at) = needles.iter().find_map(|n| text.find(n)) {
@@ -205,6 +209,10 @@ fn tls_message(url: &str, e: &rustls::Error) -> String {
         ),
         E::AlertReceived(A::HandshakeFailure) => format!(
             "TLS to {url}: the handshake failed; the engine may require a client certificate (`tls_authentication`)"
+        ),
+        // A plain-HTTP server answering a TLS hello (a socket proxy, an engine without TLS).
+        E::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => format!(
+            "TLS to {url}: the engine did not answer with TLS (plain HTTP there?); `https://` and `tcp://` always use TLS: write `http://` for an engine or socket proxy without TLS"
         ),
         other => format!("TLS to {url}: {other}"),
     }
