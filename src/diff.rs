@@ -859,7 +859,11 @@ fn text(
     for (k, v) in labels {
         let _ = writeln!(s, "  {k}: {}", shown_value(v));
     }
-    let _ = writeln!(s, "ports:");
+    if ports.is_empty() {
+        let _ = writeln!(s, "ports: (none published)");
+    } else {
+        let _ = writeln!(s, "ports:");
+    }
     let mut ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
     ports.sort();
     for p in ports {
