@@ -69,7 +69,8 @@ pub struct PlanArgs {
     /// Save the plan to FILE (JSON, no secrets) for `apply --plan FILE`.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
-    /// Exit 0 when there is nothing to change, 2 when there are changes, 1 on error.
+    /// Exit 0 when there is nothing to change, 2 when there are changes, 1 on error (invalid
+    /// manifests, an engine that could not be read, an outpost blocked).
     #[arg(long)]
     pub detailed_exitcode: bool,
     /// Take over containers authentik deployed for the same outpost (same uuid label)
@@ -177,8 +178,9 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
         /// Exit 0 when every outpost's container runs and is healthy (or has no health check),
-        /// 2 when one is missing, stopped, starting, unhealthy, not managed by outpostctl or on
-        /// authentik's fallback image, 1 when an engine could not be read.
+        /// 2 when one is missing, stopped, starting, unhealthy, not managed by outpostctl, on
+        /// authentik's fallback image or blocked (apply could not make it as the manifests
+        /// say), 1 when an engine could not be read.
         #[arg(long)]
         detailed_exitcode: bool,
     },
