@@ -419,6 +419,38 @@ fn remove_the_quotes_only_when_that_fixes_it() {
     }
 }
 
+/// Hints that name the fix for the outpost at hand: its type's container ports for a `ports`
+/// key written as a bare number, the `{ env: ... }` form for a token written inline.
+#[test]
+fn hints_name_the_fix_for_this_outpost() {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        tmp.path().join("set.yaml"),
+        "version: 1\nproject: p\ndefaults:\n  authentik_host: https://a.example.com\n  authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\noutposts:\n  LDAP:\n    type: ldap\n    integration: local\n    token: abc\n    ports:\n      \"389\": 1389\n",
+    )
+    .expect("write");
+    let (run, _home) = validate(tmp.path(), &["set.yaml", "--format", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    let hints: Vec<String> = doc["diagnostics"]
+        .as_array()
+        .expect("diagnostics")
+        .iter()
+        .map(|d| d["hint"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        hints
+            .iter()
+            .any(|h| h.contains("`token: { env: VARIABLE }`")),
+        "{doc:#}"
+    );
+    assert!(
+        hints
+            .iter()
+            .any(|h| h.contains("container ports of its type (ldap): `3389/tcp`, `6636/tcp`")),
+        "{doc:#}"
+    );
+}
+
 /// A FIFO named like a manifest in a directory is not read (it would block the run) and is
 /// said, like a dangling symlink: its outposts must not be planned for removal.
 #[test]

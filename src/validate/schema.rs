@@ -280,7 +280,7 @@ fn translate(
                             (
                                 "a container port",
                                 format!(
-                                    "the keys are the container ports of a {} outpost: {}; the value is the host side, e.g. `{c}/{}: 127.0.0.1:{c}`",
+                                    "the keys are the container ports of its type ({}): {}; the value is the host side, e.g. `{c}/{}: 127.0.0.1:{c}`",
                                     k.as_str(),
                                     ports.join(", "),
                                     proto.as_str()
