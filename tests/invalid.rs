@@ -28,6 +28,17 @@ fn validate(dir: &Path, args: &[&str]) -> (Run, tempfile::TempDir) {
     outpostctl(dir, "validate", args)
 }
 
+/// Writes `text` as `set.yaml` in a new directory and runs `outpostctl validate --format json`
+/// on it: the run (kept with its directory) and the JSON it printed.
+fn validate_json(text: impl AsRef<[u8]>) -> (Run, serde_json::Value, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("set.yaml"), text).expect("write");
+    let (run, _home) = validate(dir.path(), &["set.yaml", "--format", "json"]);
+    let doc = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}{}", run.stdout, run.stderr));
+    (run, doc, dir)
+}
+
 /// Runs `outpostctl COMMAND ARGS` in `dir` with a cleared environment; an engine, if the
 /// command contacted one, would be a socket that does not exist.
 fn outpostctl(dir: &Path, command: &str, args: &[&str]) -> (Run, tempfile::TempDir) {
@@ -343,7 +354,6 @@ fn huge_50mb() {
 #[test]
 fn crlf_and_cr_line_endings() {
     for (name, eol) in [("crlf_line_endings", "\r\n"), ("cr_line_endings", "\r")] {
-        let tmp = tempfile::tempdir().expect("temp dir");
         let text = [
             "version: 1",
             "project: Bad_Name",
@@ -355,9 +365,7 @@ fn crlf_and_cr_line_endings() {
             "",
         ]
         .join(eol);
-        std::fs::write(tmp.path().join("set.yaml"), text).expect("write");
-        let (run, _home) = validate(tmp.path(), &["set.yaml", "--format", "json"]);
-        let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+        let (_, doc, tmp) = validate_json(&text);
         assert_eq!(
             positions_of(&doc),
             vec![
@@ -377,12 +385,9 @@ fn crlf_and_cr_line_endings() {
 #[test]
 fn a_bad_byte_after_lone_carriage_returns_is_placed_on_its_line() {
     for (name, bad) in [("not-utf8", b'\xff'), ("binary-file", b'\0')] {
-        let tmp = tempfile::tempdir().expect("temp dir");
         let mut text = b"version: 1\rproject: x\r".to_vec();
         text.extend([bad, b'\r']);
-        std::fs::write(tmp.path().join("set.yaml"), text).expect("write");
-        let (run, _home) = validate(tmp.path(), &["set.yaml", "--format", "json"]);
-        let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+        let (_, doc, _dir) = validate_json(text);
         assert_eq!(
             positions_of(&doc),
             vec![(name.to_string(), "set.yaml".to_string(), 3, 1)],
@@ -423,14 +428,9 @@ fn remove_the_quotes_only_when_that_fixes_it() {
 /// key written as a bare number, the `{ env: ... }` form for a token written inline.
 #[test]
 fn hints_name_the_fix_for_this_outpost() {
-    let tmp = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        tmp.path().join("set.yaml"),
+    let (_, doc, _dir) = validate_json(
         "version: 1\nproject: p\ndefaults:\n  authentik_host: https://a.example.com\n  authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\noutposts:\n  LDAP:\n    type: ldap\n    integration: local\n    token: abc\n    ports:\n      \"389\": 1389\n",
-    )
-    .expect("write");
-    let (run, _home) = validate(tmp.path(), &["set.yaml", "--format", "json"]);
-    let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    );
     let hints: Vec<String> = doc["diagnostics"]
         .as_array()
         .expect("diagnostics")
@@ -798,15 +798,9 @@ fn json_plan_of_invalid_manifests_is_the_diagnostics() {
 /// apply would remove every container of the project.
 #[test]
 fn an_empty_set_is_warned_of() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("set.yaml"),
-        "version: 1\nproject: homelab\nintegrations:\n  local: { local: true }\n",
-    )
-    .expect("write");
-    let (run, _home) = validate(dir.path(), &["set.yaml", "--format", "json"]);
+    let (run, doc, _dir) =
+        validate_json("version: 1\nproject: homelab\nintegrations:\n  local: { local: true }\n");
     assert_eq!(run.code, 0, "{}{}", run.stderr, run.stdout);
-    let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
     assert_eq!(
         positions_of(&doc),
         vec![("no-outposts".to_string(), "set.yaml".to_string(), 2, 1)]
