@@ -330,12 +330,100 @@ pub async fn build_listed(
     let mut actions: Vec<&mut Vec<crate::diff::Action>> =
         integrations.iter_mut().map(|e| &mut e.actions).collect();
     crate::diff::keep_what_another_keeps(&mut actions);
+    block_across_one_daemon(v, engines, &mut integrations).await;
     Plan {
         format_version: FORMAT_VERSION,
         project: v.project.clone(),
         manifest_fingerprint: manifest_fingerprint(v),
         inspected,
         integrations,
+    }
+}
+
+/// Integrations that turn out to reach one daemon through different addresses (the socket and
+/// a socket proxy to it): validation compares addresses, so only the plan can tell, by the
+/// daemon IDs. Container names and host ports must be unique across them all the same: a
+/// create, recreate, start or rename of a later integration (by name) that would take a name
+/// or host port an outpost of an earlier one has is blocked, naming both. Each engine is
+/// asked its ID only when the set has several integrations (one request each).
+async fn block_across_one_daemon(v: &Validated, engines: &Engines, plans: &mut [EnginePlan]) {
+    if plans.iter().filter(|e| e.error.is_none()).count() < 2 {
+        return;
+    }
+    let ids = futures_util::future::join_all(plans.iter().map(|e| async move {
+        match engines.get(&e.name) {
+            Some(Ok(engine)) if e.error.is_none() => engine
+                .info()
+                .await
+                .ok()
+                .map(|i| i.id)
+                .filter(|id| !id.is_empty()),
+            _ => None,
+        }
+    }))
+    .await;
+    let everywhere = |ip: &str| ip.is_empty() || ip == "0.0.0.0" || ip == "::";
+    for (i, id) in ids.iter().enumerate() {
+        let Some(id) = id else { continue };
+        // The integrations before this one (plans are sorted by name) on the same daemon.
+        let earlier: Vec<String> = (0..i)
+            .filter(|j| ids[*j].as_deref() == Some(id.as_str()))
+            .map(|j| plans[j].name.clone())
+            .collect();
+        if earlier.is_empty() {
+            continue;
+        }
+        let theirs: Vec<(&str, &ContainerSpec)> = earlier
+            .iter()
+            .flat_map(|n| {
+                v.desired
+                    .get(n)
+                    .into_iter()
+                    .flatten()
+                    .map(move |s| (n.as_str(), s))
+            })
+            .collect();
+        let mine = v.desired.get(&plans[i].name.clone());
+        let short = id.get(..12).unwrap_or(id);
+        for a in plans[i].actions.iter_mut().filter(|a| {
+            matches!(
+                a.action,
+                ActionKind::Create | ActionKind::Recreate | ActionKind::Start | ActionKind::Rename
+            )
+        }) {
+            let Some(spec) = mine.and_then(|m| m.iter().find(|s| s.outpost == a.outpost)) else {
+                continue;
+            };
+            let mut why = Vec::new();
+            if let Some((n, other)) = theirs.iter().find(|(_, o)| o.name == spec.name) {
+                why.push(format!(
+                    "the name `{}` is also outpost `{}`'s, of integration `{n}`, which reaches the same engine (daemon {short}): change `object_naming_template` or rename an outpost",
+                    spec.name, other.outpost
+                ));
+            }
+            for p in &spec.ports {
+                let taken = theirs.iter().find(|(_, o)| {
+                    o.ports.iter().any(|q| {
+                        q.proto == p.proto
+                            && q.host_port == p.host_port
+                            && (everywhere(&q.host_ip)
+                                || everywhere(&p.host_ip)
+                                || q.host_ip == p.host_ip)
+                    })
+                });
+                if let Some((n, other)) = taken {
+                    why.push(format!(
+                        "host port {}/{} is also outpost `{}`'s, of integration `{n}`, which reaches the same engine (daemon {short}): give one of them another port with `ports:`",
+                        p.host_port,
+                        p.proto.as_str(),
+                        other.outpost
+                    ));
+                }
+            }
+            for w in why {
+                block(a, w);
+            }
+        }
     }
 }
 

@@ -328,3 +328,38 @@ fn a_missing_network_through_the_proxy_fails_at_apply() {
     );
     assert!(env.project_containers().is_empty(), "a container was left");
 }
+
+/// The socket and a socket proxy to it are one engine reached at two addresses, which
+/// validation cannot know: the plan finds it by the daemon IDs and blocks the outpost of the
+/// second integration (by name) that would take a host port an outpost of the first has,
+/// instead of planning a create that fails at apply. The first is applied as usual.
+#[test]
+fn two_addresses_of_one_engine_share_its_host_ports() {
+    require_socket_proxy();
+    let env = Env::new("proxysameport");
+    let mut m = env.manifest();
+    m["integrations"] = json!({ "edge": { "url": SOCKET_PROXY }, "local": { "local": true } });
+    let mut a = env.outpost("ldap", "AK_A");
+    a["integration"] = json!("edge");
+    let ports = env.publish(&mut a);
+    let mut b = env.outpost("ldap", "AK_B");
+    b["ports"] = a["ports"].clone();
+    b["config"]["docker_map_ports"] = json!(true);
+    m["outposts"]["A"] = a;
+    m["outposts"]["B"] = b;
+    env.write(&m);
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 1, "{}", shown(&plan));
+    let port = ports["3389/tcp"];
+    assert!(
+        plan.stdout.contains(&format!(
+            "host port {port}/tcp is also outpost `A`'s, of integration `edge`, which reaches the same engine"
+        )) && plan.stdout.contains("plan: 1 to create, 1 blocked"),
+        "{}",
+        shown(&plan)
+    );
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(env.container(&env.name_of("a")).running());
+    assert_eq!(env.project_containers().len(), 1, "B was created");
+}
