@@ -130,18 +130,7 @@ impl Plan {
     /// Reads each planned engine's daemon ID (one `info` request per engine), for a plan that
     /// is saved or checked against a saved one. An engine that does not answer keeps none.
     pub async fn identify_engines(&mut self, engines: &Engines) {
-        let ids = futures_util::future::join_all(self.integrations.iter().map(|e| async move {
-            match engines.get(&e.name) {
-                Some(Ok(engine)) if e.error.is_none() => engine
-                    .info()
-                    .await
-                    .ok()
-                    .map(|i| i.id)
-                    .filter(|id| !id.is_empty()),
-                _ => None,
-            }
-        }))
-        .await;
+        let ids = daemon_ids(&self.integrations, engines).await;
         for (e, id) in self.integrations.iter_mut().zip(ids) {
             e.engine_id = id;
         }
@@ -340,17 +329,10 @@ pub async fn build_listed(
     }
 }
 
-/// Integrations that turn out to reach one daemon through different addresses (the socket and
-/// a socket proxy to it): validation compares addresses, so only the plan can tell, by the
-/// daemon IDs. Container names and host ports must be unique across them all the same: a
-/// create, recreate, start or rename of a later integration (by name) that would take a name
-/// or host port an outpost of an earlier one has is blocked, naming both. Each engine is
-/// asked its ID only when the set has several integrations (one request each).
-async fn block_across_one_daemon(v: &Validated, engines: &Engines, plans: &mut [EnginePlan]) {
-    if plans.iter().filter(|e| e.error.is_none()).count() < 2 {
-        return;
-    }
-    let ids = futures_util::future::join_all(plans.iter().map(|e| async move {
+/// Each planned engine's daemon ID (`docker info`), asked in parallel; None for an engine that
+/// failed or does not say.
+async fn daemon_ids(plans: &[EnginePlan], engines: &Engines) -> Vec<Option<String>> {
+    futures_util::future::join_all(plans.iter().map(|e| async move {
         match engines.get(&e.name) {
             Some(Ok(engine)) if e.error.is_none() => engine
                 .info()
@@ -361,7 +343,20 @@ async fn block_across_one_daemon(v: &Validated, engines: &Engines, plans: &mut [
             _ => None,
         }
     }))
-    .await;
+    .await
+}
+
+/// Integrations that turn out to reach one daemon through different addresses (the socket and
+/// a socket proxy to it): validation compares addresses, so only the plan can tell, by the
+/// daemon IDs. Container names and host ports must be unique across them all the same: a
+/// create, recreate, start or rename of a later integration (by name) that would take a name
+/// or host port an outpost of an earlier one has is blocked, naming both. Each engine is
+/// asked its ID only when the set has several integrations (one request each).
+async fn block_across_one_daemon(v: &Validated, engines: &Engines, plans: &mut [EnginePlan]) {
+    if plans.iter().filter(|e| e.error.is_none()).count() < 2 {
+        return;
+    }
+    let ids = daemon_ids(plans, engines).await;
     let everywhere = |ip: &str| ip.is_empty() || ip == "0.0.0.0" || ip == "::";
     for (i, id) in ids.iter().enumerate() {
         let Some(id) = id else { continue };
@@ -383,7 +378,7 @@ async fn block_across_one_daemon(v: &Validated, engines: &Engines, plans: &mut [
                     .map(move |s| (n.as_str(), s))
             })
             .collect();
-        let mine = v.desired.get(&plans[i].name.clone());
+        let mine = v.desired.get(&plans[i].name);
         let short = id.get(..12).unwrap_or(id);
         for a in plans[i].actions.iter_mut().filter(|a| {
             matches!(
