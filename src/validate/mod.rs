@@ -1495,7 +1495,9 @@ impl Checker {
                     ],
                 );
                 // Once per template and place (the same mistake shows in every type's image).
-                if let Some(why) = desired::reference_problem(&image)
+                let problem = desired::reference_problem(&image);
+                ok &= problem.is_none();
+                if let Some(why) = problem
                     && first(&mut self.template_errors, &format!("invalid-image|{why}"))
                 {
                     let shown = if image == template {
@@ -1515,9 +1517,6 @@ impl Checker {
                         })
                         .hint("an image is `[registry/]repository[:tag][@digest]` with a lowercase repository, e.g. `ghcr.io/goauthentik/proxy:2026.8.0`"),
                     );
-                    ok = false;
-                } else if desired::reference_problem(&image).is_some() {
-                    ok = false;
                 }
             }
         }
