@@ -59,6 +59,9 @@ pub struct EnginePlan {
     /// behind a socket proxy that refuses the network list).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// The outposts of an engine that could not be planned: not checked, left as they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unchecked: Vec<String>,
 }
 
 /// Something on the engine that would let a blocked outpost go ahead: the watch reconciles
@@ -88,6 +91,8 @@ pub struct Summary {
     pub unchanged: usize,
     pub blocked: usize,
     pub failed_engines: usize,
+    /// Outposts of the engines that could not be planned.
+    pub unchecked: usize,
 }
 
 impl Plan {
@@ -97,6 +102,7 @@ impl Plan {
             if e.error.is_some() {
                 s.failed_engines += 1;
             }
+            s.unchecked += e.unchecked.len();
             for a in &e.actions {
                 match a.action {
                     ActionKind::Create => s.create += 1,
@@ -291,8 +297,8 @@ pub async fn build_listed(
         async move {
             let engine = match engine {
                 Some(Ok(e)) => Arc::clone(e),
-                Some(Err(e)) => return failed(name, &def.url, e.to_string()),
-                None => return failed(name, &def.url, "not connected".into()),
+                Some(Err(e)) => return failed(name, &def.url, e.to_string(), desired),
+                None => return failed(name, &def.url, "not connected".into(), desired),
             };
             let planned = match list {
                 Some(Ok(o)) => plan_listed(&v.project, desired, engine.as_ref(), opts, o).await,
@@ -310,8 +316,9 @@ pub async fn build_listed(
                     spec_texts: o.spec_texts,
                     unblocks: o.unblocks,
                     notes: o.notes,
+                    unchecked: Vec::new(),
                 },
-                Err(e) => failed(name, &def.url, e.to_string()),
+                Err(e) => failed(name, &def.url, e.to_string(), desired),
             }
         }
     });
@@ -422,7 +429,7 @@ async fn block_across_one_daemon(v: &Validated, engines: &Engines, plans: &mut [
     }
 }
 
-fn failed(name: &str, url: &str, error: String) -> EnginePlan {
+fn failed(name: &str, url: &str, error: String, desired: &[ContainerSpec]) -> EnginePlan {
     EnginePlan {
         name: name.to_string(),
         url: url.to_string(),
@@ -433,6 +440,7 @@ fn failed(name: &str, url: &str, error: String) -> EnginePlan {
         spec_texts: BTreeMap::new(),
         unblocks: Vec::new(),
         notes: Vec::new(),
+        unchecked: desired.iter().map(|d| d.outpost.clone()).collect(),
     }
 }
 

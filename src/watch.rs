@@ -1352,6 +1352,7 @@ mod tests {
                     spec_texts: BTreeMap::new(),
                     unblocks: Vec::new(),
                     notes: Vec::new(),
+                    unchecked: Vec::new(),
                 })
                 .collect(),
         }

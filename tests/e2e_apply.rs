@@ -902,7 +902,10 @@ fn unreachable_engine_fails_its_integration_only() {
         plan.stdout
             .contains(&format!("integration down (http://127.0.0.1:{dead})"))
             && plan.stdout.contains("! error:")
-            && plan.stdout.contains("1 engine unreachable")
+            && plan
+                .stdout
+                .contains("1 engine unreachable (1 outpost not checked)")
+            && plan.stdout.contains("1 outpost not checked: Far")
             && plan
                 .stdout
                 .contains(&format!("+ create    {}", env.name_of("here"))),
@@ -911,6 +914,25 @@ fn unreachable_engine_fails_its_integration_only() {
     );
     let json = env.plan_json_with(&[], true);
     assert_eq!(json["summary"]["failed_engines"], 1, "{json:#}");
+    assert_eq!(json["summary"]["unchecked"], 1, "{json:#}");
+    let down = json["integrations"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["name"] == "down"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(down["unchecked"], json!(["Far"]), "{json:#}");
+    assert_eq!(down["actions"], json!([]), "{json:#}");
+
+    let status = env.run(&["status", "--format", "json", "."]);
+    assert_eq!(status.code, 1, "{}", shown(&status));
+    let status: serde_json::Value = serde_json::from_str(&status.stdout).unwrap_or_default();
+    let down = status["integrations"]
+        .as_array()
+        .and_then(|e| e.iter().find(|e| e["integration"] == "down"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(down["reachable"], false, "{status:#}");
+    assert_eq!(down["unchecked"], json!(["Far"]), "{status:#}");
 
     let r = env.apply(&[]);
     assert_eq!(r.code, 1, "{}", shown(&r));

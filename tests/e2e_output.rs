@@ -291,4 +291,10 @@ fn refusals_and_unreachable_engines_read_as_documented() {
         &env.plan(&["--format", "markdown"]),
         1,
     );
+    snapshot(
+        &env,
+        "status_with_an_unreachable_engine",
+        &env.run(&["status", "."]),
+        1,
+    );
 }

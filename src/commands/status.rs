@@ -22,6 +22,9 @@ pub struct EngineStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub outposts: Vec<OutpostStatus>,
+    /// The outposts of an unreachable engine: not checked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unchecked: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -83,6 +86,8 @@ pub async fn run(
                 engine: None,
                 error: None,
                 outposts: Vec::new(),
+                // Emptied once the engine has answered.
+                unchecked: desired.iter().map(|d| d.outpost.clone()).collect(),
             };
             let engine = match engine {
                 Some(Ok(e)) => e,
@@ -96,6 +101,7 @@ pub async fn run(
             match (info, list) {
                 (Ok(info), Ok(list)) => {
                     s.reachable = true;
+                    s.unchecked.clear();
                     s.engine = Some(info);
                     // The container the plan would act on for each outpost (its own, one
                     // authentik deployed, or the one in the way of its name), and why it
@@ -171,6 +177,9 @@ pub async fn run(
                             err.as_deref().unwrap_or("not connected")
                         );
                     }
+                }
+                if let Some(line) = crate::render::plan::unchecked_line(&s.unchecked) {
+                    let _ = writeln!(out, "  {line}");
                 }
                 for o in &s.outposts {
                     let line = match (&o.container, &o.state) {

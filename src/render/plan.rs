@@ -67,7 +67,10 @@ pub fn summary_line(s: &Summary) -> String {
             parts.push(format!("{n} {what}"));
         }
     }
-    let mut line = if parts.is_empty() {
+    let mut line = if parts.is_empty() && s.failed_engines > 0 {
+        // Not "no changes": the engines that could not be read may have some.
+        "no changes on the engines reached".to_string()
+    } else if parts.is_empty() {
         "no changes".to_string()
     } else {
         parts.join(", ")
@@ -107,6 +110,9 @@ pub fn human(plan: &Plan, style: Style, show_diff: bool) -> String {
                 "  {} {err}",
                 paint(style, sigil(ActionKind::Blocked).1, "! error:")
             );
+            if let Some(line) = unchecked_line(&e.unchecked) {
+                let _ = writeln!(out, "  {line}");
+            }
             continue;
         }
         let mut unchanged = 0;
@@ -204,6 +210,9 @@ pub fn markdown(plan: &Plan) -> String {
         );
         if let Some(err) = &e.error {
             let _ = writeln!(out, "> **Error:** {}\n", md_escape(err));
+            if let Some(line) = unchecked_line(&e.unchecked) {
+                let _ = writeln!(out, "{}\n", md_escape(&line));
+            }
             continue;
         }
         let changes: Vec<&Action> = e
@@ -254,6 +263,23 @@ pub fn markdown(plan: &Plan) -> String {
     out
 }
 
+/// "2 outposts not checked: Edge, LDAP" for an engine that could not be planned (the first
+/// ten named).
+pub fn unchecked_line(outposts: &[String]) -> Option<String> {
+    const SHOWN: usize = 10;
+    let n = outposts.len();
+    (n > 0).then(|| {
+        let mut names = outposts[..n.min(SHOWN)].join(", ");
+        if n > SHOWN {
+            let _ = write!(names, " and {} more", n - SHOWN);
+        }
+        format!(
+            "{n} outpost{} not checked: {names}",
+            if n == 1 { "" } else { "s" }
+        )
+    })
+}
+
 /// What a plan holds that apply leaves alone: "1 blocked, 1 engine unreachable", or "".
 pub fn not_applied(s: &Summary) -> String {
     let mut parts = Vec::new();
@@ -262,9 +288,11 @@ pub fn not_applied(s: &Summary) -> String {
     }
     if s.failed_engines > 0 {
         parts.push(format!(
-            "{} engine{} unreachable",
+            "{} engine{} unreachable ({} outpost{} not checked)",
             s.failed_engines,
-            if s.failed_engines == 1 { "" } else { "s" }
+            if s.failed_engines == 1 { "" } else { "s" },
+            s.unchecked,
+            if s.unchecked == 1 { "" } else { "s" }
         ));
     }
     parts.join(", ")
