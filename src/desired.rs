@@ -30,7 +30,8 @@ pub const MANAGED_BY: &str = "outpostctl";
 pub const DEFAULT_NAMING_TEMPLATE: &str = "ak-outpost-%(name)s";
 pub const DEFAULT_IMAGE_BASE: &str = "ghcr.io/goauthentik/%(type)s:%(version)s";
 pub const RESTART_POLICY: &str = "unless-stopped";
-/// The first authentik release whose proxy image runs `/authentik healthcheck proxy`.
+/// The first authentik release whose proxy image runs `/authentik healthcheck proxy` (its
+/// `/proxy` binary is gone: goauthentik/authentik#25352 and #25485, filed against 2026.8.0).
 pub const RUST_PROXY_SINCE: (u32, u32) = (2026, 8);
 
 /// A secret value: shown nowhere, serialized nowhere.
