@@ -92,13 +92,15 @@ pub async fn apply(
             .flatten()
             .map(|s| (s.outpost.as_str(), s))
             .collect();
-        let run = |a: &'_ Action| {
+        // An action; `pre` when its image was made sure of (and it was announced) already:
+        // then it is under way, and runs even once a shutdown was asked for.
+        let run_with = |a: &'_ Action, pre: Option<Prepared>| {
             let engine = Arc::clone(&engine);
             let spec = specs.get(a.outpost.as_str()).copied();
             let integration = ep.name.clone();
             let a = a.clone();
             async move {
-                if progress.cancelled() {
+                if pre.is_none() && progress.cancelled() {
                     let outcome = Outcome {
                         integration,
                         outpost: a.outpost.clone(),
@@ -110,12 +112,18 @@ pub async fn apply(
                     progress.finished(&outcome);
                     return outcome;
                 }
-                progress.started(&integration, &a);
-                let mut messages = Vec::new();
+                if pre.is_none() {
+                    progress.started(&integration, &a);
+                }
+                let (image, mut messages) = match pre {
+                    Some(p) => (Some(p.image), p.messages),
+                    None => (None, Vec::new()),
+                };
                 let result = run_action(
                     engine.as_ref(),
                     &a,
                     spec,
+                    image,
                     &integration,
                     progress,
                     &mut messages,
@@ -124,19 +132,12 @@ pub async fn apply(
                 if let Err(e) = result {
                     messages.push(e.to_string());
                 }
-                let outcome = Outcome {
-                    integration,
-                    outpost: a.outpost.clone(),
-                    action: a.action,
-                    name: a.name.clone(),
-                    ok: messages.is_empty()
-                        || !messages.iter().any(|m| !m.starts_with("warning: ")),
-                    messages,
-                };
+                let outcome = outcome_of(&integration, &a, messages);
                 progress.finished(&outcome);
                 outcome
             }
         };
+        let run = |a: &'_ Action| run_with(a, None);
         let (removals, others): (Vec<&Action>, Vec<&Action>) = ep
             .actions
             .iter()
@@ -189,13 +190,70 @@ pub async fn apply(
         for wave in waves {
             rest.extend(run_all(wave, PARALLEL_PER_ENGINE).await);
         }
-        if !progress.cancelled() {
-            for c in swapping.iter().filter_map(|a| a.container.as_ref()) {
-                // A failure here shows in the recreate, which stops it again.
-                let _ = engine.stop(&c.id).await;
+        if !swapping.is_empty() {
+            // Their images first, while the previous containers still serve: one whose image
+            // cannot be had fails here and is not stopped.
+            let mut ready = Vec::new();
+            for a in swapping {
+                if progress.cancelled() {
+                    rest.push(run(a).await);
+                    continue;
+                }
+                progress.started(&ep.name, a);
+                let mut messages = Vec::new();
+                let image = match specs.get(a.outpost.as_str()) {
+                    Some(spec) => {
+                        ensure_image(engine.as_ref(), spec, &ep.name, progress, &mut messages)
+                            .await
+                    }
+                    None => Err(missing_spec(a)),
+                };
+                match image {
+                    Ok(image) => ready.push((a, Prepared { image, messages })),
+                    Err(e) => {
+                        messages.push(e.to_string());
+                        let outcome = outcome_of(&ep.name, a, messages);
+                        progress.finished(&outcome);
+                        rest.push(outcome);
+                    }
+                }
+            }
+            // Then every previous container is stopped before any new one starts. A shutdown
+            // asked for meanwhile starts the stopped ones again and runs none.
+            let mut stopped = Vec::new();
+            for (a, _) in &ready {
+                if progress.cancelled() {
+                    break;
+                }
+                if let Some(c) = &a.container {
+                    // A failure here shows in the recreate, which stops it again.
+                    let _ = engine.stop(&c.id).await;
+                    stopped.push(c.id.clone());
+                }
+            }
+            if progress.cancelled() {
+                for id in &stopped {
+                    let _ = engine.start(id).await;
+                }
+                for (a, _) in ready {
+                    let outcome = outcome_of(
+                        &ep.name,
+                        a,
+                        vec!["not started: shutting down (the previous container runs as it was)".into()],
+                    );
+                    progress.finished(&outcome);
+                    rest.push(outcome);
+                }
+            } else {
+                let batch = ready.into_iter().map(|(a, pre)| run_with(a, Some(pre)));
+                rest.extend(
+                    futures_util::stream::iter(batch)
+                        .buffer_unordered(PARALLEL_PER_ENGINE)
+                        .collect::<Vec<Outcome>>()
+                        .await,
+                );
             }
         }
-        rest.extend(run_all(swapping, PARALLEL_PER_ENGINE).await);
         rest.extend(run_all(others, PARALLEL_PER_ENGINE).await);
         for a in deferred {
             let kept_runs = rest
@@ -237,44 +295,53 @@ pub async fn apply(
     report
 }
 
+/// An image made sure of ahead of its action, and what that said (a fallback's warning).
+struct Prepared {
+    image: String,
+    messages: Vec<String>,
+}
+
+/// The outcome of `a` from what it said: ok unless something other than a warning.
+fn outcome_of(integration: &str, a: &Action, messages: Vec<String>) -> Outcome {
+    Outcome {
+        integration: integration.to_string(),
+        outpost: a.outpost.clone(),
+        action: a.action,
+        name: a.name.clone(),
+        ok: !messages.iter().any(|m| !m.starts_with("warning: ")),
+        messages,
+    }
+}
+
+fn missing_spec(a: &Action) -> EngineError {
+    EngineError::new(
+        crate::engine::ErrorKind::Api,
+        format!("no desired container for outpost `{}`", a.outpost),
+    )
+}
+
+/// `image`: the image made sure of already (a recreate's, see `Prepared`).
 async fn run_action(
     engine: &dyn Engine,
     a: &Action,
     spec: Option<&ContainerSpec>,
+    image: Option<String>,
     integration: &str,
     progress: &dyn Progress,
     messages: &mut Vec<String>,
 ) -> Result<(), EngineError> {
     let id = a.container.as_ref().map(|c| c.id.as_str());
-    let missing_spec = || {
-        EngineError::new(
-            crate::engine::ErrorKind::Api,
-            format!("no desired container for outpost `{}`", a.outpost),
-        )
-    };
+    let missing_spec = || missing_spec(a);
     match (a.action, id) {
         (ActionKind::Create, _) => {
             let spec = spec.ok_or_else(missing_spec)?;
             let image = ensure_image(engine, spec, integration, progress, messages).await?;
             create_and_start(engine, spec, &image, &BTreeMap::new()).await?;
         }
-        (ActionKind::Recreate, Some(old)) => {
+        (ActionKind::Recreate, Some(_)) => {
             let spec = spec.ok_or_else(missing_spec)?;
-            let old_name = a
-                .container
-                .as_ref()
-                .map(|c| c.name.clone())
-                .unwrap_or_default();
-            recreate(
-                engine,
-                spec,
-                old,
-                &old_name,
-                integration,
-                progress,
-                messages,
-            )
-            .await?;
+            let old = a.container.as_ref().ok_or_else(missing_spec)?;
+            recreate(engine, spec, old, image, integration, progress, messages).await?;
         }
         (ActionKind::Rename, Some(id)) => {
             engine.rename(id, &a.name).await?;
@@ -428,14 +495,18 @@ fn port_waves(movers: Vec<&Action>) -> (Vec<Vec<&Action>>, Vec<&Action>) {
 async fn recreate(
     engine: &dyn Engine,
     spec: &ContainerSpec,
-    old: &str,
-    old_name: &str,
+    old: &crate::diff::ContainerRef,
+    image: Option<String>,
     integration: &str,
     progress: &dyn Progress,
     messages: &mut Vec<String>,
 ) -> Result<(), EngineError> {
     // Pull while the old container still serves.
-    let image = ensure_image(engine, spec, integration, progress, messages).await?;
+    let image = match image {
+        Some(image) => image,
+        None => ensure_image(engine, spec, integration, progress, messages).await?,
+    };
+    let (old, old_name) = (old.id.as_str(), old.name.as_str());
     // Stopping first frees the host ports the new container needs.
     engine.stop(old).await?;
     let parked = format!("{}{PARKED}", spec.name);
@@ -555,6 +626,96 @@ mod tests {
             "Error starting userland proxy: listen tcp4 0.0.0.0:9443: bind: address already in use";
         assert_eq!(conflicting_port(by_process), Some(9443));
         assert_eq!(conflicting_port("something else"), None);
+    }
+}
+
+#[cfg(test)]
+mod swap_tests {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use super::{Progress, apply};
+    use crate::diff::{Action, ActionKind, Change, ContainerRef, PORTS_FIELD};
+    use crate::engine::fake::{Fake, validated};
+    use crate::plan::{EnginePlan, Plan};
+
+    /// Asks to shut down once the engine was told to stop something.
+    struct StopsThenCancels(Arc<Fake>);
+    impl Progress for StopsThenCancels {
+        fn cancelled(&self) -> bool {
+            self.0.recorded().iter().any(|c| c.starts_with("stop "))
+        }
+    }
+
+    fn swap(outpost: &str, id: &str, before: &str, after: &str) -> Action {
+        Action {
+            outpost: outpost.into(),
+            action: ActionKind::Recreate,
+            name: format!("ak-outpost-{}", outpost.to_lowercase()),
+            container: Some(ContainerRef {
+                id: id.into(),
+                name: format!("ak-outpost-{}", outpost.to_lowercase()),
+            }),
+            reasons: vec![Change::new(
+                PORTS_FIELD,
+                Some(before.into()),
+                Some(after.into()),
+            )],
+            adopt: false,
+            error: None,
+        }
+    }
+
+    /// Two outposts swapping host ports: a shutdown asked for after the first previous
+    /// container was stopped starts it again, and neither recreate goes on.
+    #[tokio::test]
+    async fn a_shutdown_amid_a_port_swap_starts_the_stopped_containers_again() {
+        let v = validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\n  docker_map_ports: false\nintegrations:\n  local: { local: true }\n\
+             outposts:\n  A: { type: ldap, integration: local, token: { file: token } }\n  \
+             B: { type: ldap, integration: local, token: { file: token } }\n",
+        );
+        let fake = Arc::new(Fake {
+            images: Some(vec!["ghcr.io/goauthentik/ldap:2026.8.0".into()]),
+            calls: Some(Mutex::new(Vec::new())),
+            ..Fake::default()
+        });
+        let engines: crate::plan::Engines = BTreeMap::from([(
+            "local".to_string(),
+            Ok(Arc::clone(&fake) as Arc<dyn crate::engine::Engine>),
+        )]);
+        let plan = Plan {
+            format_version: crate::plan::FORMAT_VERSION,
+            project: "p".into(),
+            manifest_fingerprint: String::new(),
+            inspected: false,
+            integrations: vec![EnginePlan {
+                name: "local".into(),
+                url: "local".into(),
+                fingerprint: None,
+                engine_id: None,
+                error: None,
+                actions: vec![
+                    swap("A", "c1", "7000->3389/tcp", "7001->3389/tcp"),
+                    swap("B", "c2", "7001->3389/tcp", "7000->3389/tcp"),
+                ],
+                spec_texts: BTreeMap::new(),
+                unblocks: Vec::new(),
+                notes: Vec::new(),
+                unchecked: Vec::new(),
+            }],
+        };
+        let report = apply(&plan, &v, &engines, &StopsThenCancels(Arc::clone(&fake))).await;
+        assert_eq!(fake.recorded(), ["stop c1", "start c1"]);
+        assert_eq!(report.outcomes.len(), 2);
+        for o in &report.outcomes {
+            assert!(!o.ok, "{o:?}");
+            assert_eq!(
+                o.messages,
+                ["not started: shutting down (the previous container runs as it was)"]
+            );
+        }
     }
 }
 

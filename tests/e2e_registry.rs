@@ -248,3 +248,68 @@ fn image_pinned_by_digest_is_pulled_by_digest() {
     assert!(c.running(), "{}", c.status());
     env.assert_converged();
 }
+
+/// Two outposts swapping host ports (each previous container is stopped before either new one
+/// starts) where one's new image cannot be had: its image is tried first, while both still
+/// run, so neither is left stopped. The one that failed keeps its container running; the
+/// other, whose new container cannot take the port still held, gets its previous one back.
+#[test]
+fn a_port_swap_whose_image_cannot_be_pulled_leaves_both_running() {
+    require_registry();
+    let env = Env::new("swapnopull");
+    let mut m = env.manifest();
+    // No default image of this version is on the engine, and ghcr.io cannot be reached: the
+    // fallback fails too. Both run the local test image, named explicitly.
+    m["defaults"]["authentik_version"] = json!("2026.9.0");
+    let present = format!("ghcr.io/goauthentik/ldap:{AK_VERSION}");
+    let mut left = env.outpost("ldap", "AK_LEFT");
+    left["config"]["container_image"] = json!(present);
+    let left_ports = env.publish(&mut left);
+    let mut right = env.outpost("ldap", "AK_RIGHT");
+    right["config"]["container_image"] = json!(present);
+    let right_ports = env.publish(&mut right);
+    m["outposts"]["Left"] = left;
+    m["outposts"]["Right"] = right;
+    env.write(&m);
+    env.apply_ok();
+    let (left_name, right_name) = (env.name_of("left"), env.name_of("right"));
+    let (left_id, right_id) = (
+        env.container(&left_name).id(),
+        env.container(&right_name).id(),
+    );
+
+    for (port, host) in &right_ports {
+        m["outposts"]["Left"]["ports"][port] = json!(format!("127.0.0.1:{host}"));
+    }
+    for (port, host) in &left_ports {
+        m["outposts"]["Right"]["ports"][port] = json!(format!("127.0.0.1:{host}"));
+    }
+    let missing = format!("{REGISTRY}/outpostctl/nonexistent:1");
+    m["outposts"]["Left"]["config"]["container_image"] = json!(missing);
+    env.write(&m);
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stdout
+            .contains(&format!("FAILED recreate {left_name} `Left` on local"))
+            && r.stdout.contains("could not be pulled either")
+            && r.stdout
+                .contains(&format!("FAILED recreate {right_name} `Right` on local"))
+            && r.stdout
+                .contains("the previous container was started again")
+            && r.stdout.contains("apply: 0 done, 2 failed"),
+        "{}",
+        shown(&r)
+    );
+    for (name, id, ports) in [
+        (&left_name, &left_id, &left_ports),
+        (&right_name, &right_id, &right_ports),
+    ] {
+        let c = env.container(name);
+        assert_eq!(&c.id(), id, "{name} was replaced");
+        assert!(c.running(), "{name} was left stopped");
+        for host in ports.values() {
+            assert!(c.publishes(*host), "{name} lost port {host}");
+        }
+    }
+}

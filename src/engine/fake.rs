@@ -28,6 +28,8 @@ pub struct Fake {
     pub network_reads: std::sync::atomic::AtomicU64,
     /// The images `image_labels` finds (by reference); None: refused.
     pub images: Option<Vec<String>>,
+    /// When set, `stop` and `start` succeed and are recorded here ("stop ID", "start ID").
+    pub calls: Option<std::sync::Mutex<Vec<String>>>,
 }
 
 /// A listed container.
@@ -66,6 +68,30 @@ pub fn validated(set_yaml: &str) -> crate::validate::Validated {
 pub const CREATED_MARKER: &str = "c4eated";
 
 impl Fake {
+    /// The calls recorded (see `calls`).
+    pub fn recorded(&self) -> Vec<String> {
+        self.calls
+            .as_ref()
+            .map(|c| {
+                c.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone()
+            })
+            .unwrap_or_default()
+    }
+
+    fn record(&self, call: String) -> Result<()> {
+        match &self.calls {
+            Some(c) => {
+                c.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(call);
+                Ok(())
+            }
+            None => refused(),
+        }
+    }
+
     fn marker(&self) -> std::sync::MutexGuard<'_, Option<Marker>> {
         self.marker
             .lock()
@@ -119,11 +145,11 @@ impl Engine for Fake {
     ) -> Result<String> {
         refused()
     }
-    async fn start(&self, _: &str) -> Result<()> {
-        refused()
+    async fn start(&self, id: &str) -> Result<()> {
+        self.record(format!("start {id}"))
     }
-    async fn stop(&self, _: &str) -> Result<()> {
-        refused()
+    async fn stop(&self, id: &str) -> Result<()> {
+        self.record(format!("stop {id}"))
     }
     async fn unpause(&self, _: &str) -> Result<()> {
         refused()
