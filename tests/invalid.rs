@@ -831,3 +831,57 @@ fn markdown_comment_of_invalid_manifests() {
         });
     }
 }
+
+/// A token or private key written into a manifest (refused) is not repeated anywhere: not in
+/// the snippet of the human output (masked, its lines and columns kept), not in a message of
+/// the JSON, the Markdown or the plan.
+#[test]
+fn secrets_written_inline_are_not_repeated() {
+    let text = "version: 1\nproject: p\ndefaults:\n  authentik_host: https://auth.example.com\n  \
+        authentik_version: \"2026.8.0\"\nkeypairs:\n  k: { key: \"-----BEGIN OPENSSH PRIVATE KEY-----abc\" }\n  \
+        k2:\n    key: |\n      -----BEGIN OPENSSH PRIVATE KEY-----\n      s3cretline\n      \
+        -----END OPENSSH PRIVATE KEY-----\nintegrations:\n  local: { local: true }\noutposts:\n  \
+        Proxy:\n    type: ldap\n    integration: local\n    token: ak-sekrit-0123456789\n  \
+        Other:\n    type: ldap\n    integration: local\n    ports: { \"3389/tcp\": 1389, \"6636/tcp\": 1636 }\n    \
+        token: { value: \"ak-other-sekrit\" }\n";
+    let secrets = [
+        "abc",
+        "s3cretline",
+        "ak-sekrit-0123456789",
+        "ak-other-sekrit",
+    ];
+    let (run, doc, dir) = validate_json(text);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let codes: Vec<&str> = doc["diagnostics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|d| d["code"].as_str())
+        .collect();
+    assert_eq!(
+        codes,
+        ["wrong-type", "wrong-type", "wrong-type", "unknown-key"],
+        "{doc:#}"
+    );
+    let (human, _home) = validate(dir.path(), &["set.yaml"]);
+    let (markdown, _home) = outpostctl(dir.path(), "plan", &["set.yaml", "--format", "markdown"]);
+    for (what, out) in [
+        ("validate --format json", &run.stdout),
+        ("validate", &human.stderr),
+        ("validate (stdout)", &human.stdout),
+        ("plan --format markdown", &markdown.stdout),
+    ] {
+        for secret in secrets {
+            assert!(!out.contains(secret), "{what} shows `{secret}`:\n{out}");
+        }
+    }
+    // The snippet still marks where: the token's line, masked to its width.
+    assert!(
+        human
+            .stderr
+            .contains("set.yaml:19:12: `token` must be a mapping, found a string")
+            && human.stderr.contains("    token: ********************\n"),
+        "{}",
+        human.stderr
+    );
+}

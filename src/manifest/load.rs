@@ -281,8 +281,14 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
         return;
     }
     let file = SourceFile::new(path.to_path_buf(), text);
+    let parsed = yaml::parse(&file.text, Limits::default());
+    // A secret written inline (refused by validation) is not shown in any snippet.
+    let file = match &parsed {
+        Ok(docs) => mask_secrets(&file, docs),
+        Err(_) => file,
+    };
     out.files.push(Arc::clone(&file));
-    match yaml::parse(&file.text, Limits::default()) {
+    match parsed {
         Err(e) => {
             let mut d = Diagnostic::error("yaml", e.message)
                 .at(Location::new(&file, e.span))
@@ -312,4 +318,56 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
             }
         }
     }
+}
+
+/// Whether the value at `pointer` is a secret when written inline: an outpost's `token`, a
+/// keypair's `key`, or any source key of theirs other than `env` and `file`.
+fn secret_pointer(pointer: &str) -> bool {
+    let parts: Vec<&str> = pointer.split('/').skip(1).collect();
+    match parts.as_slice() {
+        ["outposts", _, "token"] | ["keypairs", _, "key"] => true,
+        ["outposts", _, "token", source] | ["keypairs", _, "key", source] => {
+            !matches!(*source, "env" | "file")
+        }
+        _ => false,
+    }
+}
+
+/// `file` with every secret scalar written inline in `docs` masked by characters of the same
+/// width in bytes (so that every line, column and offset stays); `file` itself when none is.
+fn mask_secrets(file: &Arc<SourceFile>, docs: &[yaml::Document]) -> Arc<SourceFile> {
+    let mut ranges = Vec::new();
+    for doc in docs {
+        for (pointer, at) in &doc.positions {
+            let scalar = doc
+                .value
+                .pointer(pointer)
+                .is_some_and(|v| v.is_string() || v.is_number());
+            if scalar && secret_pointer(pointer) {
+                let span = at.value;
+                ranges.push((
+                    file.offset(span.start.line, span.start.col),
+                    file.offset(span.end.line, span.end.col),
+                ));
+            }
+        }
+    }
+    if ranges.is_empty() {
+        return Arc::clone(file);
+    }
+    let mut text = String::with_capacity(file.text.len());
+    for (i, c) in file.text.char_indices() {
+        let masked = !c.is_whitespace() && ranges.iter().any(|(a, b)| (*a..*b).contains(&i));
+        text.push(if !masked {
+            c
+        } else {
+            match c.len_utf8() {
+                1 => '*',
+                2 => '\u{b7}',
+                3 => '\u{2022}',
+                _ => '\u{1d7ce}',
+            }
+        });
+    }
+    SourceFile::new(file.path.clone(), text)
 }

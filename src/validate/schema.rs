@@ -141,7 +141,14 @@ fn translate(
                     names.join(" or ")
                 }
             };
-            let found = found(instance);
+            // A secret written inline is not repeated (validate's JSON shows no snippet).
+            let found = if matches!(field.as_str(), "token" | "key")
+                && (instance.is_string() || instance.is_number())
+            {
+                "a string (not shown: it would be a secret)".to_string()
+            } else {
+                found(instance)
+            };
             let mut d = Diagnostic::error(
                 "wrong-type",
                 format!("`{field}` must be {expected}, found {found}"),
