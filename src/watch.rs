@@ -346,8 +346,16 @@ struct State {
     muted: HashMap<String, (Instant, u32)>,
     /// What the next plan inspects, for what the list does not show.
     inspections: Inspections,
-    /// The engines whose events are being watched, by integration: (url, task).
-    event_tasks: BTreeMap<String, (String, tokio::task::JoinHandle<()>)>,
+    /// The engines whose events are being watched, by integration: (url, endpoint with its
+    /// keys, task). A task connects with the keys it was given: it is replaced when they change.
+    event_tasks: BTreeMap<
+        String,
+        (
+            String,
+            crate::validate::Endpoint,
+            tokio::task::JoinHandle<()>,
+        ),
+    >,
     /// Where engine events and resumptions are sent.
     tx: mpsc::Sender<Trigger>,
     /// Watched directories (recursive or not) and where they resolved to when watched: a
@@ -539,7 +547,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
             next = Some(t);
         }
     }
-    for (_, t) in state.event_tasks.values() {
+    for (_, _, t) in state.event_tasks.values() {
         t.abort();
     }
     log.info("stop", "shut down cleanly", &[]);
@@ -760,7 +768,7 @@ impl State {
         };
         let tasks = &self.event_tasks;
         self.inspections
-            .forget_unwatched(&v, |i| tasks.get(i).map(|(url, _)| url.as_str()));
+            .forget_unwatched(&v, |i| tasks.get(i).map(|(url, _, _)| url.as_str()));
         self.watch_engines(&v, started);
         let engines = connect_all(&v).await;
         let mut plan = plan::build(&v, &engines, self.diff_options(&v)).await;
@@ -1043,9 +1051,13 @@ impl State {
     /// `started` reads them: a subscription already watched at the same address is kept,
     /// others are made anew and replay the engine's events since `started`.
     fn watch_engines(&mut self, v: &Validated, started: Instant) {
-        self.event_tasks.retain(|name, (url, task)| {
-            let keep =
-                v.integrations.get(name).is_some_and(|d| d.url == *url) && !task.is_finished();
+        self.event_tasks.retain(|name, (url, endpoint, task)| {
+            // Same address and same keys, CA and pinned host key (a rotated key is used).
+            let keep = v
+                .integrations
+                .get(name)
+                .is_some_and(|d| d.url == *url && d.endpoint == *endpoint)
+                && !task.is_finished();
             if !keep {
                 task.abort();
             }
@@ -1065,7 +1077,7 @@ impl State {
                 self.log.clone(),
             ));
             self.event_tasks
-                .insert(name.clone(), (def.url.clone(), task));
+                .insert(name.clone(), (def.url.clone(), def.endpoint.clone(), task));
         }
     }
 }

@@ -1338,3 +1338,55 @@ fn ssh_key_file_is_removed_when_watch_stops() {
     assert_eq!(status, Some(0), "watch stops cleanly on SIGTERM");
     r.assert_nothing_left("watch stopped by SIGTERM");
 }
+
+/// A watch whose manifests change an engine's keys or pinned host key, its address kept,
+/// watches that engine's events with the new ones: with a pin the host does not match, the
+/// event stream is refused as the plan is (it had kept the connection made with the old pin).
+#[test]
+fn a_changed_host_key_pin_applies_to_the_watchs_event_stream() {
+    let r = Remote::ssh("sshwatchpin");
+    let mut m = r.manifest(
+        json!({ "nas": r.good_ssh() }),
+        &[("Radius", "radius", "nas")],
+    );
+    r.env.write(&m);
+    let log_dir = tempfile::tempdir().expect("temp dir");
+    let log_path = log_dir.path().join("watch.log");
+    let log = fs::File::create(&log_path).expect("log file");
+    let mut cmd = r.env.command(&["watch", "--interval", "1h", "."]);
+    cmd.env("TMPDIR", &r.tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    let mut child = cmd.spawn().expect("outpostctl starts");
+    let deployed = wait_until(Duration::from_secs(60), || {
+        names(&r) == vec![r.env.name_of("radius")]
+    });
+    // Let the event stream over ssh start too.
+    std::thread::sleep(Duration::from_secs(2));
+    let refused = |text: &str| {
+        text.lines()
+            .any(|l| l.contains("cannot watch events") && l.contains("does not match the pinned"))
+    };
+    let before = fs::read_to_string(&log_path).unwrap_or_default();
+    m["integrations"]["nas"]["ssh"]["host_key"] = json!(r.s().other_host_key);
+    r.env.write(&m);
+    let seen = deployed
+        && !refused(&before)
+        && wait_until(Duration::from_secs(30), || {
+            refused(&fs::read_to_string(&log_path).unwrap_or_default())
+        });
+    signal(child.id(), "TERM");
+    let status = wait_child(&mut child, Duration::from_secs(30));
+    let text = fs::read_to_string(&log_path).unwrap_or_default();
+    assert!(
+        deployed,
+        "watch did not deploy the outpost over ssh:\n{text}"
+    );
+    assert!(
+        seen,
+        "the event stream did not reconnect with the new pin:\n{text}"
+    );
+    assert_eq!(status, Some(0), "watch stops cleanly on SIGTERM:\n{text}");
+    r.assert_nothing_left("watch stopped by SIGTERM");
+}
