@@ -1390,3 +1390,33 @@ fn a_changed_host_key_pin_applies_to_the_watchs_event_stream() {
     assert_eq!(status, Some(0), "watch stops cleanly on SIGTERM:\n{text}");
     r.assert_nothing_left("watch stopped by SIGTERM");
 }
+
+/// A pinned host key is the only one accepted, whatever else an `ssh.config` names as a source
+/// of host keys: here a `KnownHostsCommand` that vouches for any host's real key, with a pin
+/// the host does not match. Refused before logging in.
+#[test]
+fn ssh_pin_is_not_bypassed_by_a_known_hosts_command() {
+    use std::os::unix::fs::PermissionsExt;
+    let r = Remote::ssh("sshpincmd");
+    write_ssh_config(&r, "outpostctl-e2e-engine", &r.s().other_host_key, true);
+    let script = r.env.dir().join("vouch.sh");
+    fs::write(&script, format!("#!/bin/sh\necho '* {}'\n", r.s().host_key)).expect("write");
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let config = r.env.dir().join("ssh.config");
+    let text = fs::read_to_string(&config).expect("read ssh.config");
+    fs::write(
+        &config,
+        format!("{text}  KnownHostsCommand {}\n", script.display()),
+    )
+    .expect("write ssh.config");
+    let url = format!("ssh://root@outpostctl-e2e-engine:{}", r.s().port);
+    assert_engine_fails(
+        &r,
+        json!({ "url": url, "ssh": { "config": "ssh.config", "host_key": r.s().other_host_key } }),
+        &[
+            &url,
+            "does not match the pinned `ssh.host_key`: refusing to connect",
+        ],
+    );
+    assert_eq!(r.s().logins(), 0, "logged in despite a wrong pin");
+}

@@ -74,6 +74,12 @@ impl Drop for Session {
     fn drop(&mut self) {
         // Close the shared session, then remove the key.
         let _ = std::process::Command::new("ssh")
+            .args(
+                self.target
+                    .config
+                    .iter()
+                    .flat_map(|c| [OsString::from("-F"), c.clone().into_os_string()]),
+            )
             .args([
                 "-o",
                 &format!("ControlPath={}", self.dir.join("cm").display()),
@@ -188,6 +194,11 @@ impl Session {
             opt("HostKeyAlias", PIN_ALIAS.into());
             opt("UserKnownHostsFile", path.display().to_string());
             opt("GlobalKnownHostsFile", "/dev/null".into());
+            // Nor any other source of host keys an ssh config may name: a command, or DNS
+            // (SSHFP records). OpenSSH before 8.5 does not know KnownHostsCommand.
+            opt("VerifyHostKeyDNS", "no".into());
+            opt("IgnoreUnknown", "KnownHostsCommand".into());
+            opt("KnownHostsCommand", "none".into());
             opt("HostKeyAlgorithms", host_key_algorithms(kind));
         }
         if let Some(key) = &target.key {
