@@ -358,9 +358,13 @@ struct State {
     >,
     /// Where engine events and resumptions are sent.
     tx: mpsc::Sender<Trigger>,
-    /// Watched directories (recursive or not) and where they resolved to when watched: a
-    /// symlink swapped to another target must be watched again.
-    watched_dirs: BTreeMap<(PathBuf, bool), Option<PathBuf>>,
+    /// Watched directories (recursive or not) and what they were when watched (where they
+    /// resolved to, and their device and inode): a symlink swapped to another target, or a
+    /// directory removed and made anew, must be watched again.
+    watched_dirs: BTreeMap<(PathBuf, bool), DirIdentity>,
+    /// The files the manifests were read from and the files they reference, as last seen
+    /// (an invalid set adds its own: the fix may be a file it names that is not there yet).
+    files_seen: Vec<PathBuf>,
     /// What the blocked outposts of the last reconcile wait for, by integration.
     unblocks: BTreeMap<String, Vec<Unblock>>,
     /// Events outside the project, as they come.
@@ -426,7 +430,10 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         opts.debounce,
         None,
         move |res: notify_debouncer_full::DebounceEventResult| {
+            // An error of the watcher, or events lost (the kernel's queue overflowed): what
+            // changed is not known, so the set is read again.
             let Ok(events) = res else {
+                let _ = file_tx.try_send(Trigger::Files);
                 return;
             };
             let Ok(filter) = cb_filter.lock() else {
@@ -435,8 +442,9 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
             // Reads change nothing, and only manifests, what they reference and the watched
             // paths themselves matter (not a log file written next to them).
             let relevant = events.iter().any(|e| {
-                !matches!(e.event.kind, notify::EventKind::Access(_))
-                    && e.event.paths.iter().any(|p| filter.relevant(p))
+                e.event.need_rescan()
+                    || (!matches!(e.event.kind, notify::EventKind::Access(_))
+                        && e.event.paths.iter().any(|p| filter.relevant(p)))
             });
             if relevant {
                 let _ = file_tx.try_send(Trigger::Files);
@@ -462,6 +470,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         event_tasks: BTreeMap::new(),
         tx: tx.clone(),
         watched_dirs: BTreeMap::new(),
+        files_seen: Vec::new(),
         unblocks: BTreeMap::new(),
         outside: Arc::new(Outside::default()),
         failures: BTreeMap::new(),
@@ -502,12 +511,8 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
             break;
         }
         if let Some(trigger) = next.take() {
-            let valid = state.reconcile(&trigger).await;
-            if let Some(v) = &valid {
-                state.watch_files(&mut debouncer, v);
-            } else {
-                state.watch_paths_only(&mut debouncer);
-            }
+            state.reconcile(&trigger).await;
+            state.watch_files(&mut debouncer);
         }
         if crate::signals::interrupted() {
             break;
@@ -710,8 +715,8 @@ impl State {
         true
     }
 
-    /// One full validate -> plan -> apply; returns the valid set, if it was.
-    async fn reconcile(&mut self, trigger: &Trigger) -> Option<Validated> {
+    /// One full validate -> plan -> apply.
+    async fn reconcile(&mut self, trigger: &Trigger) {
         let started = Instant::now();
         let mut fields = vec![("trigger", trigger.name().to_string())];
         if let Trigger::Engine {
@@ -750,6 +755,13 @@ impl State {
             }
         }
         let invalid = outcome.has_errors();
+        if invalid {
+            self.files_seen.extend(outcome.files.iter().cloned());
+            self.files_seen.sort();
+            self.files_seen.dedup();
+        } else {
+            self.files_seen = outcome.files.clone();
+        }
         let Some(v) = outcome.validated.filter(|_| !invalid) else {
             // Nothing to retry until a file changes (which starts a reconcile): neither what
             // failed nor a put-back held back (whose due time would pass and fire at once,
@@ -764,7 +776,7 @@ impl State {
                 &[],
             );
             self.metrics.reconcile_finished(false, started.elapsed());
-            return None;
+            return;
         };
         let tasks = &self.event_tasks;
         self.inspections
@@ -916,7 +928,6 @@ impl State {
                 &[("duration_ms", ms)],
             );
         }
-        Some(v)
     }
 
     /// Drops what must not happen now: removals with --no-prune (kept as pending), and
@@ -983,31 +994,16 @@ impl State {
         }
     }
 
-    /// Watches the manifest paths and every directory holding a referenced file.
+    /// Watches the manifest paths and every directory holding a file the manifests were read
+    /// from or reference (where it is, and where its symlinks lead).
     fn watch_files<W: notify::Watcher, C: notify_debouncer_full::FileIdCache>(
         &mut self,
         d: &mut notify_debouncer_full::Debouncer<W, C>,
-        v: &Validated,
     ) {
         if let Ok(mut f) = self.filter.lock() {
-            *f = FileFilter::new(&self.opts.paths, &v.referenced_files);
+            *f = FileFilter::new(&self.opts.paths, &self.files_seen);
         }
-        let mut want = watch_targets(&self.opts.paths);
-        for f in &v.referenced_files {
-            if let Some(parent) = f.parent() {
-                want.insert((dir_or_dot(parent), false));
-            }
-        }
-        self.apply_watches(d, want);
-    }
-
-    fn watch_paths_only<W: notify::Watcher, C: notify_debouncer_full::FileIdCache>(
-        &mut self,
-        d: &mut notify_debouncer_full::Debouncer<W, C>,
-    ) {
-        // Keep what is watched: an invalid edit must not stop us from seeing the fix.
-        let mut want = watch_targets(&self.opts.paths);
-        want.extend(self.watched_dirs.keys().cloned());
+        let want = watch_targets(&self.opts.paths, &self.files_seen);
         self.apply_watches(d, want);
     }
 
@@ -1017,12 +1013,11 @@ impl State {
         want: BTreeSet<(PathBuf, bool)>,
     ) {
         let mut now = BTreeMap::new();
-        for (key, target) in &self.watched_dirs {
-            let resolved = std::fs::canonicalize(&key.0).ok();
-            if !want.contains(key) || resolved != *target {
+        for (key, was) in &self.watched_dirs {
+            if !want.contains(key) || DirIdentity::of(&key.0) != *was {
                 let _ = d.unwatch(&key.0);
             } else {
-                now.insert(key.clone(), target.clone());
+                now.insert(key.clone(), was.clone());
             }
         }
         for (dir, recursive) in want {
@@ -1034,15 +1029,18 @@ impl State {
             } else {
                 RecursiveMode::NonRecursive
             };
-            if let Err(e) = d.watch(&dir, mode) {
-                self.log.warn(
+            match d.watch(&dir, mode) {
+                Ok(()) => {
+                    let identity = DirIdentity::of(&dir);
+                    now.insert((dir, recursive), identity);
+                }
+                // Not recorded: tried again at the next reconcile.
+                Err(e) => self.log.warn(
                     "watch",
                     &format!("cannot watch {}: {e}", dir.display()),
                     &[],
-                );
+                ),
             }
-            let resolved = std::fs::canonicalize(&dir).ok();
-            now.insert((dir, recursive), resolved);
         }
         self.watched_dirs = now;
     }
@@ -1273,29 +1271,89 @@ impl FileFilter {
             .unwrap_or_default();
         let swap_internal = name.starts_with("..");
         let manifest_like = path.extension().is_none_or(|e| e == "yaml" || e == "yml");
+        let sibling = |r: &PathBuf| r.parent().is_some_and(|d| path.parent() == Some(d));
         self.roots.iter().any(|r| {
-            path == r || (path.starts_with(r) && (manifest_like || swap_internal)) || false
+            path == r
+                || (path.starts_with(r) && (manifest_like || swap_internal))
+                || (swap_internal && sibling(r))
         }) || self.referenced.iter().any(|f| {
             path == f || (swap_internal && f.parent().is_some_and(|d| path.parent() == Some(d)))
         })
     }
 }
 
-/// Directories to watch for the given manifest paths: a directory recursively, plus its
-/// parent (a symlink swap replaces the directory itself); a file's directory.
-fn watch_targets(paths: &[PathBuf]) -> BTreeSet<(PathBuf, bool)> {
+/// Directories to watch: each manifest directory recursively, plus its parent (a symlink
+/// swap replaces the directory itself); a manifest file's directory; and the directory of each
+/// of `files` (read or referenced), and of where its symlinks lead. A directory a recursive
+/// watch covers is not watched again (a second watch of one directory would replace the
+/// first, and removing it would remove both).
+fn watch_targets(paths: &[PathBuf], files: &[PathBuf]) -> BTreeSet<(PathBuf, bool)> {
     let mut out = BTreeSet::new();
-    for p in paths {
-        if p.is_dir() {
-            out.insert((p.clone(), true));
-            if let Some(parent) = p.parent() {
-                out.insert((dir_or_dot(parent), false));
-            }
-        } else if let Some(parent) = p.parent() {
+    let mut shallow = |p: &Path| {
+        if let Some(parent) = p.parent() {
             out.insert((dir_or_dot(parent), false));
+        }
+    };
+    for p in paths {
+        shallow(p);
+        if let Ok(real) = std::fs::canonicalize(p) {
+            if !p.is_dir() {
+                shallow(&real);
+            }
+        }
+    }
+    for f in files {
+        shallow(f);
+        if let Ok(real) = std::fs::canonicalize(f) {
+            shallow(&real);
+        }
+    }
+    let roots: Vec<PathBuf> = paths
+        .iter()
+        .filter(|p| p.is_dir())
+        .map(|p| dir_or_dot(p))
+        .collect();
+    // Compared where they lead (`m/../secrets` is not under `m`).
+    let resolved = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| lexical(p));
+    let covering: Vec<PathBuf> = roots.iter().map(|r| resolved(r)).collect();
+    out.retain(|(d, _)| {
+        let d = resolved(d);
+        !covering.iter().any(|r| d.starts_with(r))
+    });
+    out.extend(roots.into_iter().map(|r| (r, true)));
+    out
+}
+
+/// `p` with `.` and `..` taken away as written (for a path that does not exist).
+fn lexical(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
         }
     }
     out
+}
+
+/// What a watched directory was: where it resolved to, its device and inode. None when it
+/// could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct DirIdentity(Option<(PathBuf, u64, u64)>);
+
+impl DirIdentity {
+    fn of(dir: &Path) -> DirIdentity {
+        use std::os::unix::fs::MetadataExt;
+        DirIdentity(std::fs::canonicalize(dir).ok().and_then(|real| {
+            std::fs::metadata(&real)
+                .ok()
+                .map(|m| (real, m.dev(), m.ino()))
+        }))
+    }
 }
 
 /// Seconds since the epoch, for metrics.

@@ -725,6 +725,104 @@ fn a_changed_token_file_is_applied() {
     c.assert_no_secret_in(&w);
 }
 
+/// A token file that an edit names before it exists: the edit is invalid (nothing applied);
+/// once the file is written, in a directory the manifests did not reference before, the
+/// outpost is created without waiting for the interval.
+#[test]
+fn a_token_file_named_before_it_exists_is_applied_when_written() {
+    let c = Case::new("wtokenlater");
+    let secrets = c.env.dir().join("secrets");
+    fs::create_dir_all(&secrets).unwrap();
+    let mut m = manifest_with(&c, &["Alpha"]);
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    c.wait_running(&w, "alpha", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+
+    let mark = w.mark();
+    let t = format!("s3cr3t-later-{}", c.env.project);
+    c.env.set_token("UNUSED_LATER_TOKEN", &t);
+    m["outposts"]["Beta"] = json!({
+        "type": "rac",
+        "uuid": c.env.uuid("Beta"),
+        "integration": "local",
+        "token": { "file": "../secrets/beta.token" },
+    });
+    c.save("m/outposts.yaml", &m);
+    w.wait_log(mark, "saying nothing is applied", WAIT, |v| {
+        v["event"] == "reconcile"
+            && v["level"] == "error"
+            && v["msg"].as_str().unwrap().contains("nothing applied")
+    });
+
+    let tok = secrets.join("beta.token");
+    save_text(&tok, &format!("{t}\n"));
+    fs::set_permissions(&tok, fs::Permissions::from_mode(0o600)).unwrap();
+    let b = c.wait_running(&w, "beta", "after the token file was written");
+    assert_eq!(b.env().get("AUTHENTIK_TOKEN"), Some(&t));
+    c.assert_no_secret_in(&w);
+}
+
+/// A manifest that is a symlink to a file in another directory (`m/outposts.yaml ->
+/// ../shared/outposts.yaml`): an edit saved to the target is applied.
+#[test]
+fn an_edit_to_a_symlinked_manifests_target_is_seen() {
+    let c = Case::new("wlinktarget");
+    let shared = c.env.dir().join("shared");
+    fs::create_dir_all(&shared).unwrap();
+    let mut m = manifest_with(&c, &["Alpha"]);
+    c.save("shared/outposts.yaml", &m);
+    symlink("../shared/outposts.yaml", &c.mdir().join("outposts.yaml"));
+    let w = c.watch("m", &[]);
+    let a = c.wait_running(&w, "alpha", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+
+    m["outposts"]["Alpha"]["config"] = json!({ "docker_labels": { "e2e.version": "v2" } });
+    c.save("shared/outposts.yaml", &m);
+    let a2 = c.wait_container(&w, "alpha", "after the target was edited", |x| {
+        has_version(x, "v2")
+    });
+    assert_ne!(a2.id(), a.id());
+    c.assert_no_secret_in(&w);
+}
+
+/// The manifest directory moved away and made anew (`mv m m.old && mkdir m`, an unpacked
+/// bundle): its content is applied, and so is a later edit inside the new directory.
+#[test]
+fn a_manifest_directory_made_anew_is_still_watched() {
+    let c = Case::new("wdiranew");
+    let mut m = manifest_with(&c, &["Alpha"]);
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    c.wait_running(&w, "alpha", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+
+    fs::rename(c.mdir(), c.env.dir().join("m.old")).unwrap();
+    let staged = c.env.dir().join("m.new");
+    fs::create_dir_all(&staged).unwrap();
+    m["outposts"]["Alpha"]["config"] = json!({ "docker_labels": { "e2e.version": "v2" } });
+    save_text(&staged.join("outposts.yaml"), &to_yaml(&m));
+    fs::rename(&staged, c.mdir()).unwrap();
+    let a2 = c.wait_container(&w, "alpha", "after the new directory", |x| {
+        has_version(x, "v2")
+    });
+    c.env.wait_healthy(&a2.name(), WAIT);
+    w.wait_quiet(Duration::from_millis(1500));
+
+    m["outposts"]["Alpha"]["config"] = json!({ "docker_labels": { "e2e.version": "v3" } });
+    c.save("m/outposts.yaml", &m);
+    let name = c.name("alpha");
+    let seen = wait_until(Duration::from_secs(10), || {
+        inspect(&name).is_some_and(|x| has_version(&x, "v3"))
+    });
+    assert!(
+        seen,
+        "an edit in the new directory was not applied within 10 s; log:\n{}",
+        w.text()
+    );
+    c.assert_no_secret_in(&w);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Symlink swaps
 
@@ -808,7 +906,18 @@ fn an_edit_after_a_symlink_swap_is_seen() {
 /// the old one. Both of two swaps in a row are seen.
 #[test]
 fn a_kubernetes_data_swap_is_seen() {
-    let c = Case::new("wk8sdata");
+    kubernetes_data_swaps("wk8sdata", "cm");
+}
+
+/// The same, watching the ConfigMap's file (`watch cm/outposts.yaml`) rather than its
+/// directory: the swap happens beside the file, not under it.
+#[test]
+fn a_kubernetes_data_swap_is_seen_when_the_file_is_watched() {
+    kubernetes_data_swaps("wk8sfile", "cm/outposts.yaml");
+}
+
+fn kubernetes_data_swaps(tag: &str, watched: &str) {
+    let c = Case::new(tag);
     let cm = c.env.dir().join("cm");
     fs::create_dir_all(&cm).unwrap();
     let m = manifest_with(&c, &["Alpha"]);
@@ -822,7 +931,7 @@ fn a_kubernetes_data_swap_is_seen() {
     write_version("..2026_01_01_00_00_00.000000001", "v1");
     symlink("..2026_01_01_00_00_00.000000001", &cm.join("..data"));
     symlink("..data/outposts.yaml", &cm.join("outposts.yaml"));
-    let w = c.watch("cm", &[]);
+    let w = c.watch(watched, &[]);
     let a = c.wait_container(&w, "alpha", "applied at start", |x| has_version(x, "v1"));
     w.wait_reconciled(0, "ending the first reconcile");
 

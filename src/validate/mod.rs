@@ -145,6 +145,9 @@ pub struct Outcome {
     pub validated: Option<Validated>,
     pub diagnostics: Vec<Diagnostic>,
     pub file_count: usize,
+    /// The files the manifests were read from and those they reference (read or not), valid
+    /// or not: what watch mode watches.
+    pub files: Vec<PathBuf>,
 }
 
 impl Outcome {
@@ -175,7 +178,14 @@ pub fn validate_with(
     for doc in &loaded.docs {
         v.document(doc);
     }
+    let mut files: Vec<PathBuf> = loaded.files.iter().map(|f| f.path.clone()).collect();
     let validated = v.finish(loaded.files, integrations_ready);
+    files.extend(match &validated {
+        Some(v) => v.referenced_files.clone(),
+        None => v.referenced_files.clone(),
+    });
+    files.sort();
+    files.dedup();
     let mut diagnostics = v.diags;
     crate::diagnostics::sort(&mut diagnostics);
     // A mistake in `defaults:` is found once per outpost that inherits it: show it once.
@@ -193,6 +203,7 @@ pub fn validate_with(
         validated,
         diagnostics,
         file_count,
+        files,
     }
 }
 
