@@ -6,7 +6,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
 ensure_pkgs "${ENGINE_PKGS[@]}" docker-registry openssh-server haproxy stunnel4 busybox-static \
-  openssl curl
+  openssl curl iproute2
 command -v npm >/dev/null 2>&1 || ensure_pkgs nodejs npm
 
 # yaml-language-server for the editor tests, pinned by tests/editor/package-lock.json.

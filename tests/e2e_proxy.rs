@@ -363,3 +363,48 @@ fn two_addresses_of_one_engine_share_its_host_ports() {
     assert!(env.container(&env.name_of("a")).running());
     assert_eq!(env.project_containers().len(), 1, "B was created");
 }
+
+/// A watch's connections to a `http://` engine probe a silent peer (TCP keepalive): an engine
+/// host that went away, or a NAT that dropped the idle event stream, ends the stream in about
+/// a minute and the watch subscribes again, instead of waiting on it forever. What `ss`
+/// shows on the engine's port for the watch process: a keepalive timer.
+#[test]
+fn a_watchs_event_stream_through_the_proxy_has_tcp_keepalive() {
+    require_socket_proxy();
+    let env = Env::new("keepalive");
+    let mut m = env.manifest();
+    m["integrations"] = json!({ "edge": { "url": SOCKET_PROXY } });
+    m["outposts"] = json!({});
+    env.write(&m);
+    let mut child = env
+        .command(&["watch", ".", "--interval", "1h"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("outpostctl watch starts");
+    let pid = child.id();
+    let port = SOCKET_PROXY
+        .rsplit(':')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let mut seen = String::new();
+    let ok = wait_until(std::time::Duration::from_secs(20), || {
+        let out = std::process::Command::new("ss")
+            .args(["-tnop", "state", "established"])
+            .arg(format!("( dport = :{port} )"))
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        seen = out.clone();
+        out.lines()
+            .any(|l| l.contains(&format!("pid={pid},")) && l.contains("timer:(keepalive"))
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        ok,
+        "no connection of the watch with a keepalive timer:\n{seen}"
+    );
+}

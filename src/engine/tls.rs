@@ -28,11 +28,13 @@ pub fn connect(
 ) -> Result<Transport, EngineError> {
     let url = format!("https://{}", super::transport::authority(host, port));
     let config = client_config(&url, ca_pem, client)?;
+    let mut tcp = super::transport::tcp_connector();
+    tcp.enforce_http(false);
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(config)
         .https_only()
         .enable_http1()
-        .build();
+        .wrap_connector(tcp);
     let http = Client::builder(TokioExecutor::new()).build(connector);
     let shown = url.clone();
     let transport = move |req: BollardRequest| {

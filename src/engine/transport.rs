@@ -75,7 +75,7 @@ impl Transport {
     /// Plain http, such as a docker-socket-proxy.
     pub fn http(host: &str, port: u16) -> Transport {
         let url = format!("http://{}", authority(host, port));
-        Transport::new(send_over(HttpConnector::new()), url.clone(), url)
+        Transport::new(send_over(tcp_connector()), url.clone(), url)
     }
 
     /// At least a second: bollard keeps its timeout in whole seconds.
@@ -160,6 +160,18 @@ fn parse_version(s: &str) -> Option<ClientVersion> {
         major_version: major.parse().ok()?,
         minor_version: minor.parse().ok()?,
     })
+}
+
+/// A TCP connector whose connections probe a silent peer: an engine's host that went away
+/// (powered off, or a NAT or firewall that dropped the idle connection) ends a watch's event
+/// stream, or a response stuck half-read, in about a minute instead of never (Docker sends
+/// nothing on an idle event stream, and bollard's timeout ends when the headers arrive).
+pub fn tcp_connector() -> HttpConnector {
+    let mut c = HttpConnector::new();
+    c.set_keepalive(Some(Duration::from_secs(30)));
+    c.set_keepalive_interval(Some(Duration::from_secs(10)));
+    c.set_keepalive_retries(Some(3));
+    c
 }
 
 #[cfg(test)]
