@@ -235,7 +235,18 @@ pub async fn acquire(
             ));
             told = true;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A shutdown asked for ends the wait (a service manager's stop grace is seconds,
+        // not --lock-timeout).
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = crate::signals::until_interrupted() => {}
+        }
+        if crate::signals::interrupted() {
+            return Err(EngineError::new(
+                ErrorKind::Conflict,
+                format!("stopped waiting for the lock held by {who} since {since}: shutting down"),
+            ));
+        }
     }
 }
 

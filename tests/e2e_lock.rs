@@ -808,3 +808,41 @@ fn fresh_plan_attempt(attempt: usize) -> Option<String> {
     assert_fleet_converged(&env, 3);
     None
 }
+
+/// A run waiting for the lock (held here by hand, with a long lease) stops waiting at once on
+/// SIGTERM, as a service manager stops it, instead of after --lock-timeout; it changes
+/// nothing and says why.
+#[test]
+fn sigterm_ends_the_wait_for_the_lock() {
+    let _serial = serial();
+    let env = Env::new("locksigterm");
+    let t = token(&env);
+    fleet(&env, 1, None, 0);
+    let holder = "ci@runner-9 pid 4243 (outpostctl apply)";
+    let id = hand_made_lock(&env, holder, now_secs(), now_secs() + 600);
+    let mut p = Bg::apply(&env, &t, &["--lock-timeout", "10m"]);
+    let waiting = wait_until(Duration::from_secs(30), || {
+        p.stderr().contains("waiting for the lock")
+    });
+    let asked = Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &p.pid.to_string()])
+        .status();
+    let code = p.wait();
+    let took = asked.elapsed();
+    let _ = docker(&["rm", "-f", &id]);
+    assert!(waiting, "never waited for the lock:\n{}", p.output());
+    assert_eq!(code, 1, "{}", p.output());
+    assert!(
+        took < Duration::from_secs(5),
+        "took {took:?} to stop after SIGTERM:\n{}",
+        p.output()
+    );
+    assert!(
+        p.stderr()
+            .contains(&format!("stopped waiting for the lock held by {holder}")),
+        "{}",
+        p.output()
+    );
+    assert!(env.project_containers().is_empty(), "something was applied");
+}
