@@ -345,8 +345,10 @@ async fn run_action(
         }
         (ActionKind::Rename, Some(id)) => {
             engine.rename(id, &a.name).await?;
-            if a.reasons.iter().any(|r| r.field == "state") {
-                engine.start(id).await?;
+            match a.reasons.iter().find(|r| r.field == "state") {
+                Some(r) if r.before.as_deref() == Some("paused") => engine.unpause(id).await?,
+                Some(_) => engine.start(id).await?,
+                None => {}
             }
         }
         (ActionKind::Start, Some(id)) => engine.start(id).await?,

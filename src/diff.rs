@@ -602,8 +602,9 @@ fn existing(
             Some(o.name.clone()),
             Some(spec.name.clone()),
         ));
-        // A container parked by an interrupted run is also stopped: one apply finishes both.
-        if !matches!(o.state, State::Running | State::Restarting | State::Paused) {
+        // A container parked by an interrupted run is also stopped (or paused by hand): one
+        // apply finishes both.
+        if !matches!(o.state, State::Running | State::Restarting) {
             reasons.push(Change::new(
                 "state",
                 Some(o.state.as_str().into()),

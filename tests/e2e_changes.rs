@@ -615,6 +615,8 @@ fn naming_template_change_renames_or_recreates_proxies() {
     let dir = env.container(&old("dir"));
     let web = env.container(&old("web"));
     let bare = env.container(&old("bare"));
+    // A paused container renamed is also unpaused: one apply converges.
+    docker_ok(&["pause", &old("bare")]);
 
     m["defaults"]["object_naming_template"] = json!(format!("{}R-%(name)s", env.prefix));
     env.write(&m);
@@ -657,6 +659,9 @@ fn naming_template_change_renames_or_recreates_proxies() {
     assert!(inspect(&old("dir")).is_none());
     let bare2 = env.container(&new("bare"));
     assert_eq!(bare2.id(), bare.id(), "no Traefik labels: renamed in place");
+    assert_eq!(bare2.status(), "running", "renamed and unpaused");
+    // Its health checks failed while it was paused: the next one, 5 s on, passes.
+    env.wait_healthy(&new("bare"), std::time::Duration::from_secs(30));
     let web2 = env.container(&new("web"));
     assert_ne!(web2.id(), web.id(), "the proxy was recreated");
     assert_eq!(
