@@ -692,6 +692,7 @@ mod swap_tests {
             project: "p".into(),
             manifest_fingerprint: String::new(),
             inspected: false,
+            adopted: false,
             integrations: vec![EnginePlan {
                 name: "local".into(),
                 url: "local".into(),

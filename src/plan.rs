@@ -30,6 +30,10 @@ pub struct Plan {
     /// to compare can show the same restart-policy recreates.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub inspected: bool,
+    /// Made with `--adopt`: `apply --plan` adopts the same way (the saved actions say which
+    /// containers; a plan that no longer would is stale).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
     pub integrations: Vec<EnginePlan>,
 }
 
@@ -163,7 +167,19 @@ impl Plan {
             let Some(then) = saved.integrations.iter().find(|e| e.name == now.name) else {
                 return Some(format!("integration `{}` is not in the plan", now.name));
             };
+            if let Some(err) = &now.error {
+                return Some(format!(
+                    "integration `{}` cannot be planned now: {err}",
+                    now.name
+                ));
+            }
             if let Some(then_id) = &then.engine_id {
+                if now.engine_id.is_none() {
+                    return Some(format!(
+                        "the engine ID of integration `{}` (docker info) could not be read to check that it is the engine the plan was made against",
+                        now.name
+                    ));
+                }
                 if now.engine_id.as_ref() != Some(then_id) {
                     return Some(format!(
                         "integration `{}` reaches another Docker engine than when the plan was made (engine ID {} then, {} now)",
@@ -285,6 +301,7 @@ pub async fn build_listed(
     mut listed: Listed,
 ) -> Plan {
     let inspected = opts.inspect == diff::Inspect::All;
+    let adopted = opts.adopt;
     let futures = v.integrations.iter().map(|(name, def)| {
         let desired: &[ContainerSpec] = v.desired.get(name).map(Vec::as_slice).unwrap_or(&[]);
         let engine = engines.get(name);
@@ -332,6 +349,7 @@ pub async fn build_listed(
         project: v.project.clone(),
         manifest_fingerprint: manifest_fingerprint(v),
         inspected,
+        adopted,
         integrations,
     }
 }

@@ -1410,6 +1410,7 @@ mod tests {
             project: "p".into(),
             manifest_fingerprint: String::new(),
             inspected: false,
+            adopted: false,
             integrations: engines
                 .into_iter()
                 .map(|(name, actions)| plan::EnginePlan {

@@ -309,3 +309,67 @@ fn saved_plan_is_stale_when_a_port_it_needs_was_taken_since() {
         "a stale plan created the outpost"
     );
 }
+
+/// A plan saved with `--adopt` applies as saved (`apply --plan` adopts as the plan did, no
+/// flag to repeat): the container authentik deployed is taken over. The file says so.
+#[test]
+fn saved_plan_made_with_adopt_adopts() {
+    let env = Env::new("savedadopt");
+    let mut m = env.manifest();
+    let uuid = env.uuid("dir");
+    let mut dir = env.outpost("ldap", "AK_DIR");
+    dir["uuid"] = json!(uuid);
+    m["outposts"]["Dir"] = dir;
+    env.write(&m);
+    // As authentik deploys it: its uuid label, none of ours.
+    let name = env.name_of("dir");
+    env.track_container(&name);
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--label",
+        &format!("{LABEL_UUID}={uuid}"),
+        "--restart",
+        "unless-stopped",
+        &format!("ghcr.io/goauthentik/ldap:{AK_VERSION}"),
+    ]);
+    let r = env.plan(&["--adopt", "--out", "plan.json"]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    assert_eq!(saved(&env, "plan.json")["adopted"], json!(true));
+
+    let r = apply_plan(&env, "plan.json");
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    let c = env.container(&name);
+    assert_eq!(c.label(LABEL_PROJECT), Some(env.project.clone()), "adopted");
+    env.assert_converged();
+}
+
+/// A saved plan whose engine cannot be reached at apply time is refused for that reason
+/// (not as "another engine" or "the containers changed").
+#[test]
+fn saved_plan_is_stale_when_its_engine_cannot_be_reached() {
+    let env = Env::new("staledown");
+    let mut m = env.manifest();
+    m["outposts"]["A"] = env.outpost("ldap", "AK_A");
+    env.write(&m);
+    plan_out(&env, "plan.json");
+    let r = env
+        .command(&["apply", "--plan", "plan.json", "--auto-approve", "."])
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .expect("outpostctl runs");
+    let r = common::Run {
+        code: r.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&r.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+    };
+    assert_stale(
+        &r,
+        "plan.json",
+        "integration `local` cannot be planned now:",
+    );
+    assert!(!r.stderr.contains("another Docker engine"), "{}", shown(&r));
+    assert!(env.project_containers().is_empty());
+}

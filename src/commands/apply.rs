@@ -80,9 +80,10 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
             return Exit::Failure;
         }
     };
-    // A plan saved with --inspect is compared with one made the same way.
+    // A plan saved with --inspect or --adopt is compared with one made the same way.
     let inspect = args.inspect || saved.as_ref().is_some_and(|s| s.inspected);
-    let diff = super::diff_options(args.adopt, inspect);
+    let adopt = args.adopt || saved.as_ref().is_some_and(|s| s.adopted);
+    let diff = super::diff_options(adopt, inspect);
     let Ok((v, engines, mut plan)) = plan_now(p, &args.paths, diff.clone()).await else {
         return Exit::Failure;
     };
@@ -90,7 +91,7 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
         plan.identify_engines(&engines).await;
         if let Some(why) = plan.staleness(saved) {
             // The help repeats the flags that change what a plan shows.
-            let flags = [(args.adopt, " --adopt"), (inspect, " --inspect")]
+            let flags = [(adopt, " --adopt"), (inspect, " --inspect")]
                 .iter()
                 .filter(|(on, _)| *on)
                 .map(|(_, flag)| *flag)
