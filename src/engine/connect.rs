@@ -112,14 +112,8 @@ fn local_with(env: &dyn Fn(&str) -> Option<String>) -> Result<Transport, EngineE
     };
     let unreachable = |m: String| EngineError::new(ErrorKind::Unreachable, m);
     let host_port = |rest: &str, default: u16| -> Result<(String, u16), EngineError> {
-        let rest = rest.trim_end_matches('/');
-        match rest.rsplit_once(':') {
-            Some((host, p)) => p
-                .parse()
-                .map(|p| (host.to_string(), p))
-                .map_err(|_| unreachable(format!("DOCKER_HOST `{h}`: `{p}` is not a port"))),
-            None => Ok((rest.to_string(), default)),
-        }
+        let (host, port) = split_host_port(&h, rest)?;
+        Ok((host, port.unwrap_or(default)))
     };
     if let Some(path) = h.strip_prefix("unix://") {
         return Transport::unix(path);
@@ -139,10 +133,17 @@ fn local_with(env: &dyn Fn(&str) -> Option<String>) -> Result<Transport, EngineE
         if !verify {
             return Ok(Transport::http(&host, port));
         }
+        // Where the Docker CLI looks: DOCKER_CERT_PATH, else the Docker config directory
+        // (DOCKER_CONFIG, else ~/.docker); never the working directory.
         let dir = env("DOCKER_CERT_PATH")
+            .or_else(|| env("DOCKER_CONFIG"))
             .map(PathBuf::from)
             .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".docker")))
-            .unwrap_or_default();
+            .ok_or_else(|| {
+                unreachable(
+                    "DOCKER_TLS_VERIFY is set but neither DOCKER_CERT_PATH nor HOME says where its certificates are: set DOCKER_CERT_PATH".into(),
+                )
+            })?;
         let read = |f: &str| {
             let p = dir.join(f);
             std::fs::read_to_string(&p).map_err(|e| {
@@ -153,9 +154,12 @@ fn local_with(env: &dyn Fn(&str) -> Option<String>) -> Result<Transport, EngineE
             })
         };
         let ca = read("ca.pem")?;
-        let client = match (read("cert.pem"), read("key.pem")) {
-            (Ok(c), Ok(k)) => Some((c, Secret::new(k))),
-            _ => None,
+        // No client certificate when neither file is there; one without the other, or one
+        // that cannot be read, is an error.
+        let client = if !dir.join("cert.pem").exists() && !dir.join("key.pem").exists() {
+            None
+        } else {
+            Some((read("cert.pem")?, Secret::new(read("key.pem")?)))
         };
         return tls::connect(
             &host,
@@ -165,29 +169,135 @@ fn local_with(env: &dyn Fn(&str) -> Option<String>) -> Result<Transport, EngineE
         );
     }
     if let Some(rest) = h.strip_prefix("ssh://") {
-        let (user, hostport) = match rest.split_once('@') {
-            Some((u, hp)) => (u.to_string(), hp),
-            None => (env("USER").unwrap_or_else(|| "root".into()), rest),
-        };
-        let (host, port) = host_port(hostport, 22)?;
-        let target = ssh::Target {
-            user: Some(user),
-            host,
-            port: Some(port),
-            key: None,
-            host_key: None,
-            config: None,
-        };
-        return ssh::connect(&target);
+        return ssh::connect(&docker_host_ssh(&h, rest)?);
     }
     Err(unreachable(format!(
         "DOCKER_HOST `{h}`: use unix://, tcp://, http://, https:// or ssh://"
     )))
 }
 
+/// DOCKER_HOST `ssh://[user@]host[:port]` as the Docker CLI takes it: the user and port only
+/// when the address has them, else ssh's own (its config's `User` and `Port`, else the login
+/// name and 22).
+fn docker_host_ssh(h: &str, rest: &str) -> Result<ssh::Target, EngineError> {
+    let (user, hostport) = match rest.split_once('@') {
+        Some((u, hp)) => (Some(u.to_string()), hp),
+        None => (None, rest),
+    };
+    let (host, port) = split_host_port(h, hostport)?;
+    Ok(ssh::Target {
+        user,
+        host,
+        port,
+        key: None,
+        host_key: None,
+        config: None,
+    })
+}
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port` of DOCKER_HOST `h`: the host without brackets, and
+/// the port.
+fn split_host_port(h: &str, rest: &str) -> Result<(String, Option<u16>), EngineError> {
+    let unreachable = |m: String| EngineError::new(ErrorKind::Unreachable, m);
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((host, "")) => (host, None),
+            Some((host, tail)) => match tail.strip_prefix(':') {
+                Some(p) => (host, Some(p)),
+                None => {
+                    return Err(unreachable(format!(
+                        "DOCKER_HOST `{h}`: `{tail}` after the address"
+                    )));
+                }
+            },
+            None => return Err(unreachable(format!("DOCKER_HOST `{h}`: no `]`"))),
+        },
+        None => match rest.rsplit_once(':') {
+            Some((host, p)) => (host, Some(p)),
+            None => (rest, None),
+        },
+    };
+    let port = port
+        .map(|p| {
+            p.parse::<u16>()
+                .map_err(|_| unreachable(format!("DOCKER_HOST `{h}`: `{p}` is not a port")))
+        })
+        .transpose()?;
+    Ok((host.to_string(), port))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::local_with;
+    use super::{docker_host_ssh, local_with, split_host_port};
+
+    fn error_of(vars: &[(&str, &str)]) -> String {
+        let env = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        };
+        match local_with(&env) {
+            Ok(_) => panic!("{vars:?}: connected"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// DOCKER_HOST=ssh:// without user or port leaves both to ssh (its config, the login
+    /// name, 22), as the Docker CLI does; an IPv6 address loses its brackets.
+    #[test]
+    fn docker_host_ssh_leaves_what_it_omits_to_ssh() {
+        let t = docker_host_ssh("ssh://eng", "eng").expect("target");
+        assert_eq!((t.user, t.host.as_str(), t.port), (None, "eng", None));
+        let t = docker_host_ssh("", "deploy@[::1]:2222").expect("target");
+        assert_eq!(
+            (t.user.as_deref(), t.host.as_str(), t.port),
+            (Some("deploy"), "::1", Some(2222))
+        );
+        assert_eq!(
+            split_host_port("", "[fd00::1]").expect("split"),
+            ("fd00::1".to_string(), None)
+        );
+        assert!(split_host_port("h", "host:x").is_err());
+        assert!(split_host_port("h", "[::1").is_err());
+    }
+
+    /// The certificates come from DOCKER_CERT_PATH, else DOCKER_CONFIG, else ~/.docker; with
+    /// none of them set there is no directory to read (never the working directory). A
+    /// client certificate without its key is an error, not "no client certificate".
+    #[test]
+    fn docker_tls_certificates_are_looked_for_as_the_cli_does() {
+        let tls = [("DOCKER_HOST", "tcp://[::1]"), ("DOCKER_TLS_VERIFY", "1")];
+        let with = |more: &[(&'static str, &'static str)]| {
+            let mut v = tls.to_vec();
+            v.extend_from_slice(more);
+            error_of(&v)
+        };
+        assert!(
+            with(&[("DOCKER_CONFIG", "/nonexistent-config")])
+                .contains("`/nonexistent-config/ca.pem`")
+        );
+        assert!(
+            with(&[("HOME", "/nonexistent-home")]).contains("`/nonexistent-home/.docker/ca.pem`")
+        );
+        assert!(with(&[]).contains("set DOCKER_CERT_PATH"));
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("ca.pem"), "x").expect("write");
+        std::fs::write(dir.path().join("cert.pem"), "x").expect("write");
+        let path = dir.path().display().to_string();
+        let env = |k: &str| match k {
+            "DOCKER_HOST" => Some("tcp://127.0.0.1".to_string()),
+            "DOCKER_TLS_VERIFY" => Some("1".to_string()),
+            "DOCKER_CERT_PATH" => Some(path.clone()),
+            _ => None,
+        };
+        let err = match local_with(&env) {
+            Ok(_) => panic!("connected with a certificate and no key"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("key.pem` cannot be read"), "{err}");
+    }
 
     /// `DOCKER_TLS_VERIFY` set to anything, `0` too, means TLS, as for the Docker CLI: here
     /// the certificates it then needs are looked for (and reported missing).
