@@ -301,28 +301,34 @@ pub async fn plan_under_lock(
         .iter()
         .filter(|e| e.error.is_none() && e.actions.iter().any(|a| a.action.is_change()))
         .collect();
-    let attempts = wanted.iter().filter_map(|e| {
+    // The engines are locked one after the other, in the order of their daemon IDs (the
+    // same for every run, whatever its integrations are called): two runs that both need two
+    // engines never hold one each while waiting for the other's.
+    let keyed = wanted.iter().filter_map(|e| {
         let engine = match engines.get(&e.name) {
             Some(Ok(engine)) => Arc::clone(engine),
             _ => return None,
         };
+        Some(async move {
+            let key = match engine.info().await {
+                Ok(info) if !info.id.is_empty() => info.id,
+                _ => format!("~{}", e.url),
+            };
+            (key, e.name.clone(), engine)
+        })
+    });
+    let mut order = futures_util::future::join_all(keyed).await;
+    order.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let mut locks = Vec::new();
+    let mut errors = BTreeMap::new();
+    for (_, name, engine) in order {
         let mut opts = opts.clone();
         opts.seed_image = v
             .desired
-            .get(&e.name)
+            .get(&name)
             .and_then(|s| s.first())
             .map(|s| s.image.clone());
-        Some(async move {
-            (
-                e.name.clone(),
-                acquire(engine, &e.name, &opts, waiting).await,
-            )
-        })
-    });
-    let mut locks = Vec::new();
-    let mut errors = BTreeMap::new();
-    for (name, r) in futures_util::future::join_all(attempts).await {
-        match r {
+        match acquire(engine, &name, &opts, waiting).await {
             Ok(l) => locks.push(l),
             Err(e) => {
                 errors.insert(name, e.to_string());
@@ -450,5 +456,85 @@ mod tests {
         assert_eq!(when(253_402_300_800), "253402300800 (seconds since 1970)");
         assert_eq!(when(i64::MAX), format!("{} (seconds since 1970)", i64::MAX));
         assert_eq!(when(-5), "-5 (seconds since 1970)");
+    }
+
+    /// Two engines to lock, the first (by daemon ID) held by another run: nothing is taken
+    /// on the second while waiting for the first (two runs needing both could otherwise hold
+    /// one each and wait for the other until their timeouts); once the wait ends, the second
+    /// is locked as before.
+    #[tokio::test]
+    async fn engines_are_locked_one_at_a_time_in_daemon_id_order() {
+        let v = crate::engine::fake::validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  a: { local: true }\n  \
+             b: { url: \"http://127.0.0.1:2375\" }\noutposts:\n  \
+             A: { type: rac, integration: a, token: { env: HOME } }\n  \
+             B: { type: rac, integration: b, token: { env: HOME } }\n",
+        );
+        let held = BTreeMap::from([
+            (LABEL_LOCK.to_string(), "engine".to_string()),
+            (
+                LABEL_HOLDER.to_string(),
+                "ci@elsewhere pid 1 (outpostctl apply)".to_string(),
+            ),
+            (LABEL_RUN.to_string(), "another-run".to_string()),
+        ]);
+        // `b` comes first by daemon ID, and another run holds it.
+        let first = Arc::new(Fake {
+            daemon_id: Some("AAAA".into()),
+            networks: Some(vec!["bridge".into()]),
+            images: Some(vec!["ghcr.io/goauthentik/rac:2026.8.0".into()]),
+            marker: std::sync::Mutex::new(Some(("0ther".into(), held, 1_000_000))),
+            clock: 1_010,
+            image: Some("img".into()),
+            ..Fake::default()
+        });
+        let second = Arc::new(Fake {
+            daemon_id: Some("ZZZZ".into()),
+            networks: Some(vec!["bridge".into()]),
+            images: Some(vec!["ghcr.io/goauthentik/rac:2026.8.0".into()]),
+            clock: 1_010,
+            image: Some("img".into()),
+            ..Fake::default()
+        });
+        let engines: crate::plan::Engines = BTreeMap::from([
+            ("a".to_string(), Ok(Arc::clone(&second) as Arc<dyn Engine>)),
+            ("b".to_string(), Ok(Arc::clone(&first) as Arc<dyn Engine>)),
+        ]);
+        let shown = crate::plan::build(&v, &engines, Default::default()).await;
+        assert!(shown.has_changes(), "{shown:?}");
+        let mut opts = opts();
+        opts.timeout = Duration::from_millis(1500);
+        let locking = plan_under_lock(
+            &v,
+            &engines,
+            &shown,
+            Default::default(),
+            true,
+            &opts,
+            &|_| {},
+        );
+        let meanwhile = async {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            second.marker().is_none()
+        };
+        let ((plan, locks), untouched) = tokio::join!(locking, meanwhile);
+        assert!(
+            untouched,
+            "locked the second engine while waiting for the first"
+        );
+        let error = |name: &str| {
+            plan.integrations
+                .iter()
+                .find(|e| e.name == name)
+                .and_then(|e| e.error.clone())
+        };
+        assert!(
+            error("b").is_some_and(|e| e.contains("gave up after")),
+            "{plan:?}"
+        );
+        assert_eq!(error("a"), None, "{plan:?}");
+        assert_eq!(locks.len(), 1);
+        release_all(locks).await;
     }
 }

@@ -30,6 +30,8 @@ pub struct Fake {
     pub images: Option<Vec<String>>,
     /// When set, `stop` and `start` succeed and are recorded here ("stop ID", "start ID").
     pub calls: Option<std::sync::Mutex<Vec<String>>>,
+    /// The daemon ID `info` answers; None: refused.
+    pub daemon_id: Option<String>,
 }
 
 /// A listed container.
@@ -92,7 +94,7 @@ impl Fake {
         }
     }
 
-    fn marker(&self) -> std::sync::MutexGuard<'_, Option<Marker>> {
+    pub fn marker(&self) -> std::sync::MutexGuard<'_, Option<Marker>> {
         self.marker
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -106,7 +108,16 @@ fn refused<T>() -> Result<T> {
 #[async_trait]
 impl Engine for Fake {
     async fn info(&self) -> Result<EngineInfo> {
-        refused()
+        match &self.daemon_id {
+            Some(id) => Ok(EngineInfo {
+                id: id.clone(),
+                server_version: "20.10.24".into(),
+                api_version: "1.41".into(),
+                os: "fake".into(),
+                swarm_worker: false,
+            }),
+            None => refused(),
+        }
     }
     async fn list(&self) -> Result<Vec<Observed>> {
         Ok(self.listed.clone())
