@@ -267,12 +267,16 @@ impl AsyncWrite for SshStream {
     }
 }
 
+/// What ssh processes said on stderr, newest last (at most `SAID_LINES`), with when.
+type Said = Arc<Mutex<std::collections::VecDeque<(std::time::Instant, String)>>>;
+const SAID_LINES: usize = 200;
+
 /// Opens an `ssh` process per HTTP connection; what ssh says on stderr is kept to explain
 /// failures.
 #[derive(Clone)]
 struct Connector {
     session: Arc<Session>,
-    stderr: Arc<Mutex<String>>,
+    stderr: Said,
     spawned: Arc<std::sync::atomic::AtomicU64>,
     /// ssh processes whose stderr has been read to the end.
     finished: Arc<std::sync::atomic::AtomicU64>,
@@ -314,10 +318,10 @@ impl tower_service::Service<http::Uri> for Connector {
                     let mut lines = BufReader::new(err).lines();
                     while let Ok(Some(line)) = lines.next_line().await {
                         if let Ok(mut s) = stderr.lock() {
-                            if s.len() < 16 * 1024 {
-                                s.push_str(&line);
-                                s.push('\n');
+                            if s.len() >= SAID_LINES {
+                                s.pop_front();
                             }
+                            s.push_back((std::time::Instant::now(), line));
                         }
                     }
                     finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -343,7 +347,7 @@ pub fn connect(target: &Target) -> Result<Transport, EngineError> {
     })?;
     let connector = Connector {
         session: Arc::new(session),
-        stderr: Arc::new(Mutex::new(String::new())),
+        stderr: Arc::new(Mutex::new(std::collections::VecDeque::new())),
         spawned: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         finished: Arc::new(std::sync::atomic::AtomicU64::new(0)),
     };
@@ -362,6 +366,7 @@ pub fn connect(target: &Target) -> Result<Transport, EngineError> {
         let shown = shown.clone();
         let t = t.clone();
         async move {
+            let asked = std::time::Instant::now();
             match http.request(req).await {
                 Ok(r) => Ok(r),
                 Err(e) => {
@@ -374,7 +379,21 @@ pub fn connect(target: &Target) -> Result<Transport, EngineError> {
                         }
                         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     }
-                    let said = stderr.lock().map(|s| s.clone()).unwrap_or_default();
+                    // What ssh said for this request: not an earlier failure's words (a
+                    // long-lived event stream's old "Permission denied" read as the cause of
+                    // a later network error).
+                    let since = asked
+                        .checked_sub(std::time::Duration::from_secs(1))
+                        .unwrap_or(asked);
+                    let said = stderr
+                        .lock()
+                        .map(|s| {
+                            s.iter()
+                                .filter(|(at, _)| *at >= since)
+                                .map(|(_, line)| format!("{line}\n"))
+                                .collect::<String>()
+                        })
+                        .unwrap_or_default();
                     Err(bollard::errors::Error::IOError {
                         err: io::Error::other(describe(&shown, &t, &said, &e.to_string())),
                     })
