@@ -1420,3 +1420,59 @@ fn ssh_pin_is_not_bypassed_by_a_known_hosts_command() {
     );
     assert_eq!(r.s().logins(), 0, "logged in despite a wrong pin");
 }
+
+/// Session directories of other runs in TMPDIR: one whose `lock` another process holds (a run
+/// in another pid namespace sharing /tmp: its pid means nothing here) is left alone; one whose
+/// lock nobody holds, and an old one without a lock file whose pid is gone (killed runs), are
+/// swept with their keys.
+#[test]
+fn ssh_session_directories_of_other_runs_are_swept_only_when_dead() {
+    use std::os::unix::fs::PermissionsExt;
+    let r = Remote::ssh("sshsweep");
+    let m = r.manifest(json!({ "nas": r.good_ssh() }), &[]);
+    r.env.write(&m);
+    let dir = |name: &str| {
+        let d = r.tmp.join(name);
+        fs::create_dir_all(&d).expect("mkdir");
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).expect("chmod");
+        fs::write(d.join("key"), "not a real key").expect("write");
+        d
+    };
+    // No process 4000000 exists here (pid_max is at most 4194304, and it is not running).
+    let live = dir("outpostctl-ssh-4000000-live-0");
+    fs::write(live.join("lock"), "").expect("write");
+    let mut holder = std::process::Command::new("flock")
+        .args(["-x"])
+        .arg(live.join("lock"))
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("flock runs");
+    let dead = dir("outpostctl-ssh-4000001-dead-0");
+    fs::write(dead.join("lock"), "").expect("write");
+    let legacy = dir("outpostctl-ssh-4000002-legacy-0");
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    fs::File::open(&legacy)
+        .and_then(|f| f.set_modified(old))
+        .expect("age the directory");
+    std::thread::sleep(Duration::from_millis(300));
+
+    let out = r
+        .env
+        .command(&["status", "."])
+        .env("TMPDIR", &r.tmp)
+        .output()
+        .expect("outpostctl runs");
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(live.join("key").exists(), "swept a directory in use");
+    assert!(!dead.exists(), "left a dead run's directory");
+    assert!(!legacy.exists(), "left an old directory of a gone pid");
+    let _ = fs::remove_dir_all(&live);
+    r.assert_nothing_left("the sweep test");
+}

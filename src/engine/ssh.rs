@@ -66,6 +66,8 @@ impl Target {
 #[derive(Debug)]
 struct Session {
     dir: PathBuf,
+    /// `dir/lock`, locked while the session lives: the directory is in use (see `sweep_stale`).
+    _lock: std::fs::File,
     args: Vec<OsString>,
     target: Target,
 }
@@ -96,8 +98,8 @@ impl Drop for Session {
     }
 }
 
-fn private_dir() -> io::Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
+fn private_dir() -> io::Result<(PathBuf, std::fs::File)> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     // The control socket lives here, and a Unix socket path has at most 108 bytes.
     let tmp = std::env::temp_dir();
     let base = if tmp.as_os_str().len() > 40 {
@@ -116,7 +118,18 @@ fn private_dir() -> io::Result<PathBuf> {
             std::process::id()
         ));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
-            Ok(()) => return Ok(dir),
+            Ok(()) => {
+                // Locked before it gets its name, so a sweep never finds it unlocked.
+                let tmp = dir.join("lock.tmp");
+                let lock = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
+                lock.lock()?;
+                std::fs::rename(&tmp, dir.join("lock"))?;
+                return Ok((dir, lock));
+            }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
         }
@@ -126,8 +139,11 @@ fn private_dir() -> io::Result<PathBuf> {
     ))
 }
 
-/// Removes session directories of runs that were killed before they could clean up (their
-/// pid is gone), so a private key never outlives its run for long.
+/// Removes session directories of runs that were killed before they could clean up, so a
+/// private key never outlives its run for long. A directory is in use while its `lock` file
+/// is locked (by the run, whatever its pid namespace or system); one without a lock file (in
+/// the making, or of an older outpostctl) is left alone unless its pid is gone and it is older
+/// than a minute.
 fn sweep_stale(base: &Path) {
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
@@ -143,7 +159,24 @@ fn sweep_stale(base: &Path) {
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
-        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+        if pid == std::process::id() {
+            continue;
+        }
+        let stale = match std::fs::File::open(e.path().join("lock")) {
+            Ok(lock) => lock.try_lock().is_ok(),
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                let old = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .ok()
+                    .and_then(|t| t.elapsed().ok())
+                    .is_some_and(|age| age > std::time::Duration::from_secs(60));
+                old && Path::new("/proc/self").exists()
+                    && !Path::new(&format!("/proc/{pid}")).exists()
+            }
+            Err(_) => false,
+        };
+        if stale {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
@@ -166,7 +199,7 @@ fn write_private(path: &Path, content: &str) -> io::Result<()> {
 
 impl Session {
     fn new(target: &Target) -> io::Result<Session> {
-        let dir = private_dir()?;
+        let (dir, lock) = private_dir()?;
         let mut args: Vec<OsString> = Vec::new();
         let mut opt = |k: &str, v: String| {
             args.push("-o".into());
@@ -222,6 +255,7 @@ impl Session {
         args.extend(["docker", "system", "dial-stdio"].map(OsString::from));
         Ok(Session {
             dir,
+            _lock: lock,
             args,
             target: target.clone(),
         })
