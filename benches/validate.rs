@@ -83,7 +83,7 @@ fn outpost_yaml(i: usize) -> String {
         "  Outpost {i:04}:\n    type: {kind}\n    integration: {}\n    token: {{ env: AK_BENCH_TOKEN_{i} }}\n",
         integration_name(i)
     );
-    if i % 3 == 0 {
+    if i.is_multiple_of(3) {
         let _ = writeln!(s, "    uuid: 5c5e0e3c-4d4f-4b6c-9a0e-{i:012x}");
     }
     match kind {
@@ -110,7 +110,7 @@ fn outpost_yaml(i: usize) -> String {
         }
         _ => {}
     }
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         s.push_str(
             "    config:\n      object_naming_template: \"ak-outpost-%(name)s\"\n      \
              docker_labels: { com.example.team: infra }\n",

@@ -253,10 +253,10 @@ pub async fn acquire(
 /// The image to create the lock container from: the outposts' own image when the engine has
 /// it (it stays, as containers use it), else any image, else the outposts' image pulled.
 async fn lock_image(engine: &dyn Engine, opts: &LockOptions) -> Result<String, EngineError> {
-    if let Some(seed) = &opts.seed_image {
-        if engine.image_labels(seed).await?.is_some() {
-            return Ok(seed.clone());
-        }
+    if let Some(seed) = &opts.seed_image
+        && engine.image_labels(seed).await?.is_some()
+    {
+        return Ok(seed.clone());
     }
     if let Some(any) = engine.any_image().await? {
         return Ok(any);

@@ -504,10 +504,10 @@ async fn plan_listed(
     let mut inspected = restart_policies(&specs, engine, &covers, &mut actions).await;
     let mut texts = BTreeMap::new();
     for a in &actions {
-        if a.action == ActionKind::Create {
-            if let Some(spec) = specs.get(a.outpost.as_str()) {
-                texts.insert(a.outpost.clone(), (String::new(), diff::spec_text(spec)));
-            }
+        if a.action == ActionKind::Create
+            && let Some(spec) = specs.get(a.outpost.as_str())
+        {
+            texts.insert(a.outpost.clone(), (String::new(), diff::spec_text(spec)));
         }
     }
     // When no field explains a recreate: the config hash, live and desired.

@@ -669,10 +669,10 @@ impl State {
         // A crash loop is one container restarted by its policy: counted by id (a container
         // removed and put back again and again is not one; the put-back backoff sees that).
         let key = format!("{integration}/{id}");
-        if let Some((until, _)) = self.muted.get(&key) {
-            if *until > now {
-                return false;
-            }
+        if let Some((until, _)) = self.muted.get(&key)
+            && *until > now
+        {
+            return false;
         }
         // The echo of an action that just failed (its half-made container removed, the
         // previous one put back): the retry scheduled for it runs it again.
@@ -1296,10 +1296,10 @@ fn watch_targets(paths: &[PathBuf], files: &[PathBuf]) -> BTreeSet<(PathBuf, boo
     };
     for p in paths {
         shallow(p);
-        if let Ok(real) = std::fs::canonicalize(p) {
-            if !p.is_dir() {
-                shallow(&real);
-            }
+        if let Ok(real) = std::fs::canonicalize(p)
+            && !p.is_dir()
+        {
+            shallow(&real);
         }
     }
     for f in files {

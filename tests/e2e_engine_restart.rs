@@ -38,10 +38,10 @@ fn is_dockerd(pid: &str) -> bool {
 
 /// The running dockerd: the pid file's, else the one process named dockerd.
 fn dockerd_pid() -> String {
-    if let Ok(p) = fs::read_to_string("/var/run/docker.pid") {
-        if is_dockerd(p.trim()) {
-            return p.trim().to_string();
-        }
+    if let Ok(p) = fs::read_to_string("/var/run/docker.pid")
+        && is_dockerd(p.trim())
+    {
+        return p.trim().to_string();
     }
     let found: Vec<String> = fs::read_dir("/proc")
         .expect("/proc")

@@ -450,15 +450,15 @@ fn read_message(reader: &mut impl BufRead) -> Result<Option<Value>, String> {
         if line.is_empty() {
             break;
         }
-        if let Some((name, value)) = line.split_once(':') {
-            if name.eq_ignore_ascii_case("content-length") {
-                length = Some(
-                    value
-                        .trim()
-                        .parse::<usize>()
-                        .map_err(|e| format!("bad Content-Length {value:?}: {e}"))?,
-                );
-            }
+        if let Some((name, value)) = line.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = Some(
+                value
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|e| format!("bad Content-Length {value:?}: {e}"))?,
+            );
         }
     }
     let length = length.ok_or("a message without Content-Length")?;

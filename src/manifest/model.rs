@@ -442,10 +442,10 @@ pub fn schema() -> serde_json::Value {
     let schema = generator.into_root_schema_for::<Document>();
     let mut value = schema.to_value();
     // Defaults flattens OutpostConfig; make sure the merged object keeps the closed shape.
-    if let Some(defs) = value.get_mut("$defs").and_then(|d| d.as_object_mut()) {
-        if let Some(d) = defs.get_mut("Defaults").and_then(|d| d.as_object_mut()) {
-            d.insert("additionalProperties".into(), false.into());
-        }
+    if let Some(defs) = value.get_mut("$defs").and_then(|d| d.as_object_mut())
+        && let Some(d) = defs.get_mut("Defaults").and_then(|d| d.as_object_mut())
+    {
+        d.insert("additionalProperties".into(), false.into());
     }
     polish(&mut value);
     value

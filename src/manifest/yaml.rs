@@ -547,12 +547,11 @@ fn plain(text: &str) -> Value {
     if let Some(n) = int(text) {
         return Value::Number(n);
     }
-    if is_float(text) {
-        if let Ok(f) = text.parse::<f64>() {
-            if let Some(n) = Number::from_f64(f) {
-                return Value::Number(n);
-            }
-        }
+    if is_float(text)
+        && let Ok(f) = text.parse::<f64>()
+        && let Some(n) = Number::from_f64(f)
+    {
+        return Value::Number(n);
     }
     // .inf / .nan have no JSON form; they stay strings and the schema says what was expected.
     Value::String(text.to_string())

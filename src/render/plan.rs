@@ -138,10 +138,8 @@ pub fn human(plan: &Plan, style: Style, show_diff: bool) -> String {
             for r in &a.reasons {
                 let _ = writeln!(out, "      {}", change_text(r));
             }
-            if show_diff {
-                if let Some((before, after)) = e.spec_texts.get(&a.outpost) {
-                    out.push_str(&unified(before, after, style, "      "));
-                }
+            if show_diff && let Some((before, after)) = e.spec_texts.get(&a.outpost) {
+                out.push_str(&unified(before, after, style, "      "));
             }
         }
         if unchanged > 0 {

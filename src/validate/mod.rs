@@ -1737,10 +1737,10 @@ fn read_small_file(path: &Path) -> std::io::Result<String> {
 
 /// `~` expands to $HOME; relative paths are relative to `base`.
 pub fn resolve_path(p: &str, base: &Path) -> PathBuf {
-    if let Some(rest) = p.strip_prefix("~/") {
-        if let Some(home) = std::env::var_os("HOME") {
-            return PathBuf::from(home).join(rest);
-        }
+    if let Some(rest) = p.strip_prefix("~/")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return PathBuf::from(home).join(rest);
     }
     let path = PathBuf::from(p);
     if path.is_absolute() {

@@ -279,10 +279,11 @@ fn sweep_stale() {
                 .as_str()
                 .and_then(created_secs_ago)
                 .is_some_and(|s| s > STALE_AFTER.as_secs());
-            if ours && old {
-                if let Some(id) = c["Id"].as_str() {
-                    stale.push(id.to_string());
-                }
+            if ours
+                && old
+                && let Some(id) = c["Id"].as_str()
+            {
+                stale.push(id.to_string());
             }
         }
     }
