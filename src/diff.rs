@@ -129,6 +129,10 @@ pub struct DiffOptions {
     pub integrations: BTreeSet<String>,
     /// Which of its containers the plan also inspects, for what the list does not show.
     pub inspect: Inspect,
+    /// The integration each outpost uuid of the set is on: a container of this project whose
+    /// outpost is wanted on another integration is removed here only if that one takes it
+    /// over (see `keep_what_another_keeps` and `keep_for_failed`).
+    pub placed: std::sync::Arc<HashMap<String, String>>,
 }
 
 /// Containers a plan inspects although the list shows nothing to change: the list does not
@@ -251,7 +255,26 @@ pub fn diff(
             .find(|o| sibling(o) && o.state != State::Removing);
         let (mine, foreign): (Vec<&Observed>, Vec<&Observed>) =
             same_uuid.into_iter().partition(|o| ours(o));
-        let action = if let Some(current) = mine.first() {
+        // Several of this integration's containers for one outpost are the leftovers of an
+        // interrupted recreate only when each replaced another (`outpostctl.replaces`): any
+        // other is a copy made by hand (Portainer's duplicate, `docker commit` and `run`,
+        // which keep the labels), and outpostctl does not choose between them.
+        let unlinked = mine.first().map(|first| unlinked_copies(first, &mine));
+        let action = if let Some(copies) = unlinked.filter(|c| !c.is_empty()) {
+            let current = mine[0];
+            let names: Vec<String> = std::iter::once(current)
+                .chain(copies)
+                .map(|o| format!("`{}` ({})", o.name, o.short_id()))
+                .collect();
+            blocked(
+                spec,
+                current,
+                format!(
+                    "containers {} all carry this outpost's uuid and this project's labels, and none replaced the others: a copy made by hand? outpostctl changes none of them: remove the ones that are not the outpost's",
+                    names.join(", ")
+                ),
+            )
+        } else if let Some(current) = mine.first() {
             // Leftovers of an interrupted recreate: one container per outpost.
             for extra in &mine[1..] {
                 actions.push(duplicate(spec, extra, format!("kept {}", current.name)));
@@ -364,6 +387,12 @@ pub fn diff(
             && o.label(LABEL_UUID)
                 .is_none_or(|u| !desired_uuids.contains(u))
         {
+            // Wanted on another integration of the set (moved there, or its integration
+            // renamed): that one takes it over, or it stays (`keep_for_failed`).
+            let gone = match o.label(LABEL_UUID).and_then(|u| opts.placed.get(u)) {
+                Some(there) => format!("{MOVED_TO}`{there}`"),
+                None => "removed from the manifests".into(),
+            };
             actions.push(Action {
                 outpost: o.label(LABEL_OUTPOST).unwrap_or(&o.name).to_string(),
                 action: ActionKind::Remove,
@@ -372,7 +401,7 @@ pub fn diff(
                 reasons: vec![Change::new(
                     "outpost",
                     Some("in the manifests".into()),
-                    Some("removed from the manifests".into()),
+                    Some(gone),
                 )],
                 adopt: false,
                 error: None,
@@ -493,6 +522,39 @@ fn moved_in(spec: &ContainerSpec, o: &Observed, taken_by: Option<&Observed>) -> 
 }
 
 /// The removal of a container whose outpost left the manifests (not of a duplicate).
+/// What an orphan's removal says when its outpost is wanted on another integration.
+const MOVED_TO: &str = "wanted on integration ";
+
+/// The containers of `mine` not linked to `first` by a chain of `outpostctl.replaces`.
+fn unlinked_copies<'a>(first: &'a Observed, mine: &[&'a Observed]) -> Vec<&'a Observed> {
+    let linked = |a: &Observed, b: &Observed| {
+        a.label(LABEL_REPLACES) == Some(b.id.as_str())
+            || b.label(LABEL_REPLACES) == Some(a.id.as_str())
+    };
+    let mut group: Vec<&Observed> = vec![first];
+    let mut rest: Vec<&Observed> = mine.iter().copied().filter(|o| o.id != first.id).collect();
+    while let Some(i) = rest.iter().position(|o| group.iter().any(|g| linked(g, o))) {
+        group.push(rest.remove(i));
+    }
+    rest
+}
+
+/// An integration that could not be planned keeps what it would have taken over: another
+/// integration of the set (on the same engine) does not remove, as an orphan, a container
+/// whose outpost is wanted on a failed one.
+pub fn keep_for_failed(plans: &mut [&mut Vec<Action>], failed: &BTreeSet<String>) {
+    for actions in plans.iter_mut() {
+        actions.retain(|a| {
+            !orphan_removal(a)
+                || !a.reasons.iter().any(|r| {
+                    r.after.as_deref().is_some_and(|after| {
+                        failed.iter().any(|f| after == format!("{MOVED_TO}`{f}`"))
+                    })
+                })
+        });
+    }
+}
+
 fn orphan_removal(a: &Action) -> bool {
     a.action == ActionKind::Remove && a.reasons.iter().any(|r| r.field == "outpost")
 }
@@ -516,15 +578,14 @@ pub fn keep_what_another_keeps(plans: &mut [&mut Vec<Action>]) {
         })
         .filter_map(|a| a.container.as_ref().map(|c| c.id.clone()))
         .collect();
-    if claimed.is_empty() {
-        return;
-    }
+    // One removal per container, however many integrations see it as an orphan.
+    let mut removing: HashSet<String> = HashSet::new();
     for actions in plans.iter_mut() {
         actions.retain(|a| {
-            !orphan_removal(a)
-                || a.container
-                    .as_ref()
-                    .is_none_or(|c| !claimed.contains(&c.id))
+            let Some(c) = a.container.as_ref().filter(|_| orphan_removal(a)) else {
+                return true;
+            };
+            !claimed.contains(&c.id) && removing.insert(c.id.clone())
         });
     }
 }
@@ -556,7 +617,9 @@ fn existing(
             }
             _ => "it is not managed by outpostctl, which leaves it alone".to_string(),
         };
-        return blocked(
+        // With its reason: a blocked change to the outpost's own container, which keeps it
+        // (no other integration removes it).
+        let mut a = blocked(
             spec,
             o,
             format!(
@@ -566,6 +629,12 @@ fn existing(
                 in_way.short_id()
             ),
         );
+        a.reasons.push(Change::new(
+            "name",
+            Some(o.name.clone()),
+            Some(spec.name.clone()),
+        ));
+        return a;
     }
     let mut reasons = Vec::new();
     let mut kind = ActionKind::Noop;
@@ -1043,5 +1112,34 @@ mod tests {
             "{b:?}"
         );
         assert!(is_duplicate_removal(&b[1]), "{b:?}");
+    }
+
+    /// A container of an integration that left the set, seen as an orphan by the two that
+    /// remain on its engine, is removed once, not by both.
+    #[test]
+    fn an_orphan_two_integrations_see_is_removed_once() {
+        let stray = container(
+            "5eed",
+            "ak-outpost-gone",
+            State::Running,
+            &[
+                (LABEL_UUID, "0123456789abcdef0123456789abcdef"),
+                (LABEL_PROJECT, "p"),
+                (LABEL_INTEGRATION, "dropped"),
+                (LABEL_OUTPOST, "Gone"),
+            ],
+        );
+        let opts = |i: &str| DiffOptions {
+            integration: Some(i.into()),
+            integrations: ["a".to_string(), "b".to_string()].into(),
+            ..DiffOptions::default()
+        };
+        let observed = std::slice::from_ref(&stray);
+        let mut a = diff("p", &[], observed, opts("a"));
+        let mut b = diff("p", &[], observed, opts("b"));
+        assert_eq!(kinds(&a), vec![(ActionKind::Remove, Some("5eed".into()))]);
+        assert_eq!(kinds(&b), kinds(&a));
+        keep_what_another_keeps(&mut [&mut a, &mut b]);
+        assert_eq!(a.len() + b.len(), 1, "{a:?} {b:?}");
     }
 }

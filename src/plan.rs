@@ -302,6 +302,12 @@ pub async fn build_listed(
 ) -> Plan {
     let inspected = opts.inspect == diff::Inspect::All;
     let adopted = opts.adopt;
+    let placed: Arc<std::collections::HashMap<String, String>> = Arc::new(
+        v.desired
+            .iter()
+            .flat_map(|(i, specs)| specs.iter().map(move |s| (s.uuid.clone(), i.clone())))
+            .collect(),
+    );
     let futures = v.integrations.iter().map(|(name, def)| {
         let desired: &[ContainerSpec] = v.desired.get(name).map(Vec::as_slice).unwrap_or(&[]);
         let engine = engines.get(name);
@@ -309,6 +315,7 @@ pub async fn build_listed(
         let opts = DiffOptions {
             integration: Some(name.clone()),
             integrations: v.integrations.keys().cloned().collect(),
+            placed: Arc::clone(&placed),
             ..opts.clone()
         };
         async move {
@@ -343,6 +350,14 @@ pub async fn build_listed(
     let mut actions: Vec<&mut Vec<crate::diff::Action>> =
         integrations.iter_mut().map(|e| &mut e.actions).collect();
     crate::diff::keep_what_another_keeps(&mut actions);
+    let failed: std::collections::BTreeSet<String> = integrations
+        .iter()
+        .filter(|e| e.error.is_some())
+        .map(|e| e.name.clone())
+        .collect();
+    let mut actions: Vec<&mut Vec<crate::diff::Action>> =
+        integrations.iter_mut().map(|e| &mut e.actions).collect();
+    crate::diff::keep_for_failed(&mut actions, &failed);
     block_across_one_daemon(v, engines, &mut integrations).await;
     Plan {
         format_version: FORMAT_VERSION,
@@ -1259,8 +1274,14 @@ mod tests {
         };
         let mut squatter = observed("fedcba9876543210", "portainer", State::Running, &[]);
         squatter.host_ports = vec![bound("0.0.0.0", 9000, "tcp")];
+        // The new container names the one it replaces, as a recreate makes it.
+        let mut new = ours("1111111111111111", &spec.name, 200);
+        new.labels.insert(
+            crate::desired::LABEL_REPLACES.to_string(),
+            "2222222222222222".to_string(),
+        );
         let listed = vec![
-            ours("1111111111111111", &spec.name, 200),
+            new,
             ours(
                 "2222222222222222",
                 &format!("{}-outpostctl-old", spec.name),

@@ -1117,7 +1117,9 @@ fn paused_outpost_is_resumed() {
 }
 
 /// Leftovers of an interrupted recreate (a second container of ours for the same outpost,
-/// parked under `<name>-outpostctl-old`) are removed; the right one is kept.
+/// parked under `<name>-outpostctl-old`, linked to the other by `outpostctl.replaces`: here
+/// a recreate to other settings, interrupted, whose manifests then went back) are removed;
+/// the right one is kept.
 #[test]
 fn leftover_of_an_interrupted_recreate_is_removed() {
     let env = Env::new("leftover");
@@ -1138,6 +1140,10 @@ fn leftover_of_an_interrupted_recreate_is_removed() {
         };
         args.extend(["--label".into(), format!("{k}={v}")]);
     }
+    args.extend([
+        "--label".into(),
+        format!("outpostctl.replaces={}", ours.id()),
+    ]);
     args.push(ours.image());
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let parked_id = docker_ok(&args);

@@ -402,3 +402,54 @@ fn numeric_uuid_hint_quotes_what_was_written() {
         shown(&r)
     );
 }
+
+/// A copy of an outpost's container made by hand (`docker commit` then `docker run`, as
+/// Portainer's "duplicate" does, keeps every label): outpostctl does not take one for the
+/// leftover of an interrupted recreate and remove the other. The outpost is blocked, naming
+/// both, and neither is touched.
+#[test]
+fn a_copy_of_an_outposts_container_is_not_taken_for_a_leftover() {
+    let env = Env::new("copied");
+    let mut m = env.manifest();
+    m["outposts"]["Dir"] = env.outpost("ldap", "AK_DIR");
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("dir");
+    let original = env.container(&name).id();
+
+    let image = format!("outpostctl-e2e-copy:{}", env.project);
+    env.track_image_tag(&image);
+    docker_ok(&["commit", &name, &image]);
+    let copy = format!("{}-debug", name);
+    env.track_container(&copy);
+    let copy_id = docker_ok(&["run", "-d", "--name", &copy, &image]);
+    assert_eq!(
+        env.container(&copy).label(LABEL_PROJECT),
+        Some(env.project.clone()),
+        "the copy carries the project's label"
+    );
+
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 1, "{}", shown(&plan));
+    assert!(
+        plan.stdout.contains("! blocked")
+            && plan.stdout.contains(&format!("`{name}`"))
+            && plan.stdout.contains(&format!("`{copy}`"))
+            && plan.stdout.contains("none replaced the others"),
+        "{}",
+        shown(&plan)
+    );
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert_eq!(
+        env.container(&name).id(),
+        original,
+        "the original was touched"
+    );
+    assert_eq!(
+        env.container(&copy).id(),
+        copy_id.trim(),
+        "the copy was touched"
+    );
+    assert!(env.container(&name).running() && env.container(&copy).running());
+}

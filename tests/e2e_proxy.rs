@@ -408,3 +408,71 @@ fn a_watchs_event_stream_through_the_proxy_has_tcp_keepalive() {
         "no connection of the watch with a keepalive timer:\n{seen}"
     );
 }
+
+/// An outpost moved to another integration on the same engine whose plan fails this time (its
+/// address unreachable): the integration it left does not remove its container (nothing would
+/// take it over), and once the new integration answers, the move completes.
+#[test]
+fn an_outpost_moved_to_an_integration_that_fails_keeps_its_container() {
+    require_socket_proxy();
+    let env = Env::new("movefail");
+    let mut m = env.manifest();
+    m["integrations"]["edge"] = json!({ "url": SOCKET_PROXY });
+    m["outposts"]["Mover"] = env.outpost("ldap", "AK_M");
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("mover");
+    let before = env.container(&name).id();
+
+    // Moved to `edge`, which points at a closed port for now.
+    let closed = env.port();
+    m["integrations"]["edge"] = json!({ "url": format!("http://127.0.0.1:{closed}") });
+    m["outposts"]["Mover"]["integration"] = json!("edge");
+    env.write(&m);
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(!r.stdout.contains("remove"), "{}", shown(&r));
+    let c = env.container(&name);
+    assert_eq!(c.id(), before, "the container was removed or replaced");
+    assert!(c.running());
+
+    m["integrations"]["edge"] = json!({ "url": SOCKET_PROXY });
+    env.write(&m);
+    env.apply_ok();
+    assert_eq!(env.project_containers().len(), 1);
+    env.assert_converged();
+}
+
+/// An outpost moved to another integration on the same engine, under a new name that a
+/// container outside the project holds: it is blocked there, and the integration it left
+/// keeps its container (the plan says nothing is done for it, and nothing is).
+#[test]
+fn a_blocked_move_keeps_the_outposts_container() {
+    require_socket_proxy();
+    let env = Env::new("moveblock");
+    let mut m = env.manifest();
+    m["integrations"]["edge"] = json!({ "url": SOCKET_PROXY });
+    m["outposts"]["Mover"] = env.outpost("ldap", "AK_M");
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("mover");
+    let before = env.container(&name).id();
+
+    let taken = format!("{}edge-mover", env.prefix);
+    env.track_container(&taken);
+    docker_ok(&["create", "--name", &taken, IMAGE_V1]);
+    m["outposts"]["Mover"]["integration"] = json!("edge");
+    m["outposts"]["Mover"]["config"]["object_naming_template"] =
+        json!(format!("{}edge-%(name)s", env.prefix));
+    env.write(&m);
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(r.stdout.contains("! blocked"), "{}", shown(&r));
+    let c = env.container(&name);
+    assert_eq!(
+        c.id(),
+        before,
+        "the blocked outpost's container was removed"
+    );
+    assert!(c.running());
+}
