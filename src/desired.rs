@@ -238,7 +238,9 @@ pub fn slugify(name: &str) -> String {
             }
             pending_dash = false;
             out.push(c);
-        } else if c == '-' || c.is_ascii_whitespace() {
+        } else if c == '-' || c.is_ascii_whitespace() || matches!(c, '\x0b' | '\x1c'..='\x1f') {
+            // Python's `\s`, which Django's slugify uses, also takes the vertical tab and the
+            // four ASCII separators.
             pending_dash = true;
         }
     }
@@ -856,6 +858,8 @@ mod tests {
         assert_eq!(slugify("  Café -- LDAP_1! "), "cafe-ldap_1");
         assert_eq!(slugify("__x__"), "x");
         assert_eq!(slugify("日本"), "");
+        // Python's `\s`: the vertical tab and the ASCII separators too.
+        assert_eq!(slugify("Edge\x0bProxy\x1fOne"), "edge-proxy-one");
     }
 
     #[test]

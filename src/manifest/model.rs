@@ -341,7 +341,8 @@ pub struct OutpostConfig {
 
     /// Image of the outpost container, used as given. `%(type)s` and `%(version)s` are
     /// filled in (authentik itself does not). Unset or `null`: the `container_image` of
-    /// `defaults`, else `defaults.container_image_base`. If a
+    /// `defaults`, else `defaults.container_image_base`. Empty (`""`):
+    /// `defaults.container_image_base`, the default image authentik ends up with. If a
     /// custom image cannot be pulled, authentik's default image for the type and version is
     /// used instead, with a warning.
     #[serde(default, skip_serializing_if = "Option::is_none")]

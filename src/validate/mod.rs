@@ -1421,10 +1421,13 @@ impl Checker {
             ok = false;
         }
         let version = d.authentik_version.clone();
-        let container_image = c
-            .container_image
-            .clone()
-            .or_else(|| dc.container_image.clone());
+        // An empty `container_image` is authentik's default image (authentik pulls "",
+        // fails, and falls back to it): the base template here.
+        let container_image = match c.container_image.as_deref() {
+            Some("") => None,
+            Some(_) => c.container_image.clone(),
+            None => dc.container_image.clone().filter(|s| !s.is_empty()),
+        };
         let image_base = d
             .container_image_base
             .clone()
@@ -1961,5 +1964,33 @@ mod tests {
             "no engine is read for a set known to be invalid"
         );
         assert!(!valid);
+    }
+
+    /// An empty `container_image` is authentik's default image (what authentik ends up with,
+    /// after its pull of "" fails), also over `defaults.container_image`.
+    #[test]
+    fn an_empty_container_image_is_the_default_image() {
+        let v = crate::engine::fake::validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\n  docker_map_ports: false\n  \
+             container_image: registry.example.com/ak/%(type)s:1\n\
+             integrations:\n  local: { local: true }\noutposts:\n  \
+             A: { type: ldap, integration: local, token: { file: token }, config: { container_image: \"\" } }\n  \
+             B: { type: ldap, integration: local, token: { file: token } }\n",
+        );
+        let image = |o: &str| {
+            v.desired["local"]
+                .iter()
+                .find(|s| s.outpost == o)
+                .map(|s| s.image.clone())
+        };
+        assert_eq!(
+            image("A").as_deref(),
+            Some("ghcr.io/goauthentik/ldap:2026.8.0")
+        );
+        assert_eq!(
+            image("B").as_deref(),
+            Some("registry.example.com/ak/ldap:1")
+        );
     }
 }
