@@ -637,7 +637,7 @@ mod swap_tests {
     use std::sync::{Arc, Mutex};
 
     use super::{Progress, apply};
-    use crate::diff::{Action, ActionKind, Change, ContainerRef, PORTS_FIELD};
+    use crate::diff::{Action, ContainerRef};
     use crate::engine::fake::{Fake, validated};
     use crate::plan::{EnginePlan, Plan};
 
@@ -650,22 +650,13 @@ mod swap_tests {
     }
 
     fn swap(outpost: &str, id: &str, before: &str, after: &str) -> Action {
-        Action {
-            outpost: outpost.into(),
-            action: ActionKind::Recreate,
-            name: format!("ak-outpost-{}", outpost.to_lowercase()),
-            container: Some(ContainerRef {
-                id: id.into(),
-                name: format!("ak-outpost-{}", outpost.to_lowercase()),
-            }),
-            reasons: vec![Change::new(
-                PORTS_FIELD,
-                Some(before.into()),
-                Some(after.into()),
-            )],
-            adopt: false,
-            error: None,
-        }
+        let mut a = super::port_order_tests::mover(outpost, before, after);
+        a.name = format!("ak-outpost-{}", a.name);
+        a.container = Some(ContainerRef {
+            id: id.into(),
+            name: a.name.clone(),
+        });
+        a
     }
 
     /// Two outposts swapping host ports: a shutdown asked for after the first previous
@@ -727,7 +718,7 @@ mod port_order_tests {
     use super::{host_ports, port_waves};
     use crate::diff::{Action, ActionKind, Change, PORTS_FIELD};
 
-    fn mover(outpost: &str, before: &str, after: &str) -> Action {
+    pub(super) fn mover(outpost: &str, before: &str, after: &str) -> Action {
         Action {
             outpost: outpost.into(),
             action: ActionKind::Recreate,

@@ -876,18 +876,7 @@ fn adopted_recreate_interrupted(tag: &str, started: bool) {
         .expect("our container has the uuid label");
 
     // authentik's container for the outpost: the uuid label, no label of outpostctl's.
-    let theirs = docker_ok(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--label",
-        &format!("{LABEL_UUID}={uuid}"),
-        "--restart",
-        "unless-stopped",
-        &ours.image(),
-    ]);
-    env.track_container(&theirs);
+    let theirs = env.authentik_container(&name, &uuid, &ours.image());
     // The recreate that adopts it, up to the create of ours.
     docker_ok(&["stop", &theirs]);
     let parked = format!("{name}-outpostctl-old");

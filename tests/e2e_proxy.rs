@@ -148,6 +148,20 @@ fn two_integrations_on_one_engine_do_not_prune_each_other() {
     env.assert_converged();
 }
 
+/// Outpost `Mover` on the local socket, applied, with integration `edge` (the socket proxy to
+/// the same engine) in the set: the env, the manifest and the container's name.
+fn mover_applied(tag: &str) -> (Env, serde_json::Value, String) {
+    require_socket_proxy();
+    let env = Env::new(tag);
+    let mut m = env.manifest();
+    m["integrations"]["edge"] = json!({ "url": SOCKET_PROXY });
+    m["outposts"]["Mover"] = env.outpost("ldap", "AK_M");
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("mover");
+    (env, m, name)
+}
+
 /// An outpost moved from one integration to another that reaches the same engine: the new
 /// integration takes its container over with one recreate (relabelled as its own) and the old
 /// one leaves it alone, so one apply moves it. Another outpost (another uuid) wanting the name
@@ -155,14 +169,7 @@ fn two_integrations_on_one_engine_do_not_prune_each_other() {
 /// says so truthfully (not "not managed by outpostctl"), the next apply creates it.
 #[test]
 fn outpost_moved_between_integrations_on_one_engine() {
-    require_socket_proxy();
-    let env = Env::new("moveinteg");
-    let mut m = env.manifest();
-    m["integrations"]["edge"] = json!({ "url": SOCKET_PROXY });
-    m["outposts"]["Mover"] = env.outpost("ldap", "AK_M");
-    env.write(&m);
-    env.apply_ok();
-    let name = env.name_of("mover");
+    let (env, mut m, name) = mover_applied("moveinteg");
     let before = env.container(&name);
 
     m["outposts"]["Mover"]["integration"] = json!("edge");
@@ -414,14 +421,7 @@ fn a_watchs_event_stream_through_the_proxy_has_tcp_keepalive() {
 /// take it over), and once the new integration answers, the move completes.
 #[test]
 fn an_outpost_moved_to_an_integration_that_fails_keeps_its_container() {
-    require_socket_proxy();
-    let env = Env::new("movefail");
-    let mut m = env.manifest();
-    m["integrations"]["edge"] = json!({ "url": SOCKET_PROXY });
-    m["outposts"]["Mover"] = env.outpost("ldap", "AK_M");
-    env.write(&m);
-    env.apply_ok();
-    let name = env.name_of("mover");
+    let (env, mut m, name) = mover_applied("movefail");
     let before = env.container(&name).id();
 
     // Moved to `edge`, which points at a closed port for now.
@@ -448,14 +448,7 @@ fn an_outpost_moved_to_an_integration_that_fails_keeps_its_container() {
 /// keeps its container (the plan says nothing is done for it, and nothing is).
 #[test]
 fn a_blocked_move_keeps_the_outposts_container() {
-    require_socket_proxy();
-    let env = Env::new("moveblock");
-    let mut m = env.manifest();
-    m["integrations"]["edge"] = json!({ "url": SOCKET_PROXY });
-    m["outposts"]["Mover"] = env.outpost("ldap", "AK_M");
-    env.write(&m);
-    env.apply_ok();
-    let name = env.name_of("mover");
+    let (env, mut m, name) = mover_applied("moveblock");
     let before = env.container(&name).id();
 
     let taken = format!("{}edge-mover", env.prefix);

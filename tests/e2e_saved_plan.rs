@@ -323,18 +323,11 @@ fn saved_plan_made_with_adopt_adopts() {
     env.write(&m);
     // As authentik deploys it: its uuid label, none of ours.
     let name = env.name_of("dir");
-    env.track_container(&name);
-    docker_ok(&[
-        "run",
-        "-d",
-        "--name",
+    env.authentik_container(
         &name,
-        "--label",
-        &format!("{LABEL_UUID}={uuid}"),
-        "--restart",
-        "unless-stopped",
+        &uuid,
         &format!("ghcr.io/goauthentik/ldap:{AK_VERSION}"),
-    ]);
+    );
     let r = env.plan(&["--adopt", "--out", "plan.json"]);
     assert_eq!(r.code, 0, "{}", shown(&r));
     assert_eq!(saved(&env, "plan.json")["adopted"], json!(true));

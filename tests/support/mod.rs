@@ -1041,6 +1041,25 @@ impl Env {
         self.containers.lock().unwrap().push(name_or_id.to_string());
     }
 
+    /// A running container as authentik's Docker integration deploys outpost `uuid`: its uuid
+    /// label and restart policy, no label of outpostctl's (removed at the end). Its id.
+    pub fn authentik_container(&self, name: &str, uuid: &str, image: &str) -> String {
+        self.track_container(name);
+        let id = docker_ok(&[
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--label",
+            &format!("{LABEL_UUID}={uuid}"),
+            "--restart",
+            "unless-stopped",
+            image,
+        ]);
+        self.track_container(&id);
+        id
+    }
+
     /// `docker run -d` (or `create`) of an unmanaged container, labelled for cleanup.
     pub fn docker_container(&self, verb: &str, name: &str, args: &[&str]) -> String {
         self.track_container(name);
