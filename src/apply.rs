@@ -100,14 +100,14 @@ pub async fn apply(
             let integration = ep.name.clone();
             let a = a.clone();
             async move {
-                if pre.is_none() && progress.cancelled() {
+                if let Some(why) = stop_reason(progress).filter(|_| pre.is_none()) {
                     let outcome = Outcome {
                         integration,
                         outpost: a.outpost.clone(),
                         action: a.action,
                         name: a.name.clone(),
                         ok: false,
-                        messages: vec!["not started: shutting down".into()],
+                        messages: vec![format!("not started: {why}")],
                     };
                     progress.finished(&outcome);
                     return outcome;
@@ -293,6 +293,15 @@ pub async fn apply(
         (&a.integration, &a.outpost, &a.name).cmp(&(&b.integration, &b.outpost, &b.name))
     });
     report
+}
+
+/// Why no new action may start: a shutdown was asked for, or an engine lock was lost.
+fn stop_reason(progress: &dyn Progress) -> Option<String> {
+    if progress.cancelled() {
+        Some("shutting down".into())
+    } else {
+        crate::lock::lost()
+    }
 }
 
 /// An image made sure of ahead of its action, and what that said (a fallback's warning).

@@ -72,6 +72,7 @@ impl Lock {
         if let Some(h) = self.heartbeat.take() {
             h.abort();
             renewed(|ids| ids.remove(&self.id));
+            lost_locks(|l| l.remove(&self.id));
             let _ = self.engine.remove(&self.id).await;
         }
     }
@@ -97,6 +98,22 @@ fn renewed<T>(f: impl FnOnce(&mut std::collections::BTreeSet<String>) -> T) -> T
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     f(&mut ids)
+}
+
+/// The locks of this run whose lease was lost (removed by someone, or not renewed in time), by
+/// id, with why: another writer may take the engine over, so no new action starts.
+fn lost_locks<T>(f: impl FnOnce(&mut BTreeMap<String, String>) -> T) -> T {
+    static LOST: std::sync::Mutex<BTreeMap<String, String>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let mut lost = LOST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    f(&mut lost)
+}
+
+/// Why no new engine action may start: a lock of this run was lost. None while all are held.
+pub fn lost() -> Option<String> {
+    lost_locks(|l| l.values().next().cloned())
 }
 
 /// This run's id, the same for every engine it locks (two integrations may reach one engine).
@@ -271,14 +288,42 @@ async fn lock_image(engine: &dyn Engine, opts: &LockOptions) -> Result<String, E
     ))
 }
 
-/// Renews the lease three times per lease period.
+/// Renews the lease three times per lease period. When the lock container is gone, or no
+/// renewal succeeded for two thirds of the lease (another writer may take the lock over once it
+/// runs out), the lock is lost (`lost`): no new action starts.
 async fn renew(engine: Arc<dyn Engine>, id: String, lease: i64) {
     let every = Duration::from_secs((lease / 3).max(1) as u64);
+    let patience = Duration::from_secs((lease - lease / 3).max(1) as u64);
+    let mut renewed_at = Instant::now();
     loop {
         tokio::time::sleep(every).await;
-        if let Ok(now) = engine.now().await {
-            let _ = engine.renew_marker(&id, now.saturating_add(lease)).await;
-        }
+        let result = match engine.now().await {
+            Ok(now) => engine.renew_marker(&id, now.saturating_add(lease)).await,
+            Err(e) => Err(e),
+        };
+        let why = match result {
+            Ok(()) => {
+                renewed_at = Instant::now();
+                continue;
+            }
+            Err(e) if e.is_not_found() => "its lock container was removed".to_string(),
+            Err(e) if renewed_at.elapsed() >= patience => {
+                format!(
+                    "its lease could not be renewed for {}s ({e})",
+                    renewed_at.elapsed().as_secs()
+                )
+            }
+            Err(_) => continue,
+        };
+        lost_locks(|l| {
+            l.insert(
+                id.clone(),
+                format!(
+                    "the engine's lock was lost ({why}); another writer may be at work: run again"
+                ),
+            )
+        });
+        return;
     }
 }
 

@@ -846,3 +846,34 @@ fn sigterm_ends_the_wait_for_the_lock() {
     );
     assert!(env.project_containers().is_empty(), "something was applied");
 }
+
+/// The lock container removed while an apply works (by hand, or by another run that took an
+/// expired lease over): the apply learns it at its next renewal, starts no new action, says
+/// why, and fails; a second apply finishes the work.
+#[test]
+fn an_apply_whose_lock_is_taken_away_starts_nothing_more() {
+    let _serial = serial();
+    let env = Env::new("locklost");
+    let t = token(&env);
+    fleet(&env, 50, None, 0);
+    wait_lock_free();
+    let mut p = Bg::apply(&env, &t, &[]);
+    let lock = wait_for_holder(p.pid, &mut p);
+    docker_ok(&["rm", "-f", &lock.id]);
+    let code = p.wait();
+    let out = format!("{}{}", p.stdout(), p.stderr());
+    assert_eq!(code, 1, "{}", p.output());
+    assert!(
+        out.contains("not started: the engine's lock was lost (its lock container was removed)"),
+        "{}",
+        p.output()
+    );
+    assert!(
+        env.project_containers().len() < 50,
+        "every outpost was applied after the lock was gone:\n{}",
+        p.output()
+    );
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    assert_fleet_converged(&env, 50);
+}
