@@ -90,6 +90,7 @@ pub async fn connect(def: &IntegrationDef) -> Result<DockerEngine, EngineError> 
             key: key.clone(),
             host_key: host_key.clone(),
             config: config.clone(),
+            from_docker_host: false,
         })?,
     };
     DockerEngine::new(transport).await
@@ -192,6 +193,7 @@ fn docker_host_ssh(h: &str, rest: &str) -> Result<ssh::Target, EngineError> {
         key: None,
         host_key: None,
         config: None,
+        from_docker_host: true,
     })
 }
 
@@ -260,6 +262,31 @@ mod tests {
         );
         assert!(split_host_port("h", "host:x").is_err());
         assert!(split_host_port("h", "[::1").is_err());
+    }
+
+    /// An unknown host key behind DOCKER_HOST=ssh:// is explained with known_hosts, not with
+    /// `ssh.host_key`, which `local: true` cannot take.
+    #[test]
+    fn an_unknown_host_key_behind_docker_host_points_at_known_hosts() {
+        let t = docker_host_ssh("ssh://127.0.0.1:1", "127.0.0.1:1").expect("target");
+        let said = crate::engine::ssh::describe(
+            "ssh://127.0.0.1:1",
+            &t,
+            "No ED25519 host key is known for [127.0.0.1]:1 and you have requested strict checking.\nHost key verification failed.",
+            "",
+        );
+        assert!(
+            said.contains("host's key is unknown")
+                && said.contains("known_hosts")
+                && said.contains("ssh-keyscan -p 1 127.0.0.1"),
+            "{said}"
+        );
+        assert!(
+            said.contains("DOCKER_HOST")
+                && !said.contains("pin it with")
+                && !said.contains("host_key: \""),
+            "{said}"
+        );
     }
 
     /// The certificates come from DOCKER_CERT_PATH, else DOCKER_CONFIG, else ~/.docker; with

@@ -47,6 +47,8 @@ pub struct Target {
     pub key: Option<Secret>,
     pub host_key: Option<String>,
     pub config: Option<PathBuf>,
+    /// From DOCKER_HOST (`local: true`): there is no manifest entry to pin a host key in.
+    pub from_docker_host: bool,
 }
 
 impl Target {
@@ -444,6 +446,13 @@ pub fn describe(url: &str, t: &Target, ssh_said: &str, fallback: &str) -> String
     let said = ssh_said.trim();
     let pin_hint = || {
         let port = t.port.unwrap_or(22);
+        if t.from_docker_host {
+            // `local: true` takes ssh's own configuration: its known_hosts is the place.
+            return format!(
+                "DOCKER_HOST is read as ssh reads it: add the host's key to your known_hosts (`ssh-keyscan -p {port} {} >> ~/.ssh/known_hosts`, then verify its fingerprint out of band), or use an `ssh://` integration with a pinned `ssh.host_key`",
+                t.host
+            );
+        }
         let scanned = scan_host_key(&t.host, port);
         match scanned {
             Some((line, fingerprint)) => {
