@@ -195,7 +195,7 @@ pub async fn apply(
             // cannot be had fails here and is not stopped.
             let mut ready = Vec::new();
             for a in swapping {
-                if progress.cancelled() {
+                if stop_reason(progress).is_some() {
                     rest.push(run(a).await);
                     continue;
                 }
@@ -219,10 +219,10 @@ pub async fn apply(
                 }
             }
             // Then every previous container is stopped before any new one starts. A shutdown
-            // asked for meanwhile starts the stopped ones again and runs none.
+            // asked for (or the lock lost) meanwhile starts the stopped ones again and runs none.
             let mut stopped = Vec::new();
             for (a, _) in &ready {
-                if progress.cancelled() {
+                if stop_reason(progress).is_some() {
                     break;
                 }
                 if let Some(c) = &a.container {
@@ -231,7 +231,7 @@ pub async fn apply(
                     stopped.push(c.id.clone());
                 }
             }
-            if progress.cancelled() {
+            if let Some(why) = stop_reason(progress) {
                 for id in &stopped {
                     let _ = engine.start(id).await;
                 }
@@ -239,7 +239,9 @@ pub async fn apply(
                     let outcome = outcome_of(
                         &ep.name,
                         a,
-                        vec!["not started: shutting down (the previous container runs as it was)".into()],
+                        vec![format!(
+                            "not started: {why} (the previous container runs as it was)"
+                        )],
                     );
                     progress.finished(&outcome);
                     rest.push(outcome);

@@ -131,7 +131,7 @@ pub struct DiffOptions {
     pub inspect: Inspect,
     /// The integration each outpost uuid of the set is on: a container of this project whose
     /// outpost is wanted on another integration is removed here only if that one takes it
-    /// over (see `keep_what_another_keeps` and `keep_for_failed`).
+    /// over, or has failed this time (see `keep_what_another_keeps`).
     pub placed: std::sync::Arc<HashMap<String, String>>,
 }
 
@@ -388,7 +388,7 @@ pub fn diff(
                 .is_none_or(|u| !desired_uuids.contains(u))
         {
             // Wanted on another integration of the set (moved there, or its integration
-            // renamed): that one takes it over, or it stays (`keep_for_failed`).
+            // renamed): that one takes it over, or it stays (`keep_what_another_keeps`).
             let gone = match o.label(LABEL_UUID).and_then(|u| opts.placed.get(u)) {
                 Some(there) => format!("{MOVED_TO}`{there}`"),
                 None => "removed from the manifests".into(),
@@ -521,7 +521,6 @@ fn moved_in(spec: &ContainerSpec, o: &Observed, taken_by: Option<&Observed>) -> 
     a
 }
 
-/// The removal of a container whose outpost left the manifests (not of a duplicate).
 /// What an orphan's removal says when its outpost is wanted on another integration.
 const MOVED_TO: &str = "wanted on integration ";
 
@@ -539,22 +538,18 @@ fn unlinked_copies<'a>(first: &'a Observed, mine: &[&'a Observed]) -> Vec<&'a Ob
     rest
 }
 
-/// An integration that could not be planned keeps what it would have taken over: another
-/// integration of the set (on the same engine) does not remove, as an orphan, a container
-/// whose outpost is wanted on a failed one.
-pub fn keep_for_failed(plans: &mut [&mut Vec<Action>], failed: &BTreeSet<String>) {
-    for actions in plans.iter_mut() {
-        actions.retain(|a| {
-            !orphan_removal(a)
-                || !a.reasons.iter().any(|r| {
-                    r.after.as_deref().is_some_and(|after| {
-                        failed.iter().any(|f| after == format!("{MOVED_TO}`{f}`"))
-                    })
-                })
-        });
-    }
+/// The integration an orphan's removal says its outpost is wanted on (see `MOVED_TO`).
+fn wanted_on(a: &Action) -> Option<&str> {
+    a.reasons.iter().find_map(|r| {
+        r.after
+            .as_deref()?
+            .strip_prefix(MOVED_TO)?
+            .strip_prefix('`')?
+            .strip_suffix('`')
+    })
 }
 
+/// The removal of a container whose outpost left the manifests (not of a duplicate).
 fn orphan_removal(a: &Action) -> bool {
     a.action == ActionKind::Remove && a.reasons.iter().any(|r| r.field == "outpost")
 }
@@ -566,7 +561,10 @@ fn orphan_removal(a: &Action) -> bool {
 /// left sees the container as its own and no longer wanted, while the one it joined takes it
 /// over. Container ids are unique across engines, so integrations on different engines never
 /// meet here.
-pub fn keep_what_another_keeps(plans: &mut [&mut Vec<Action>]) {
+///
+/// An integration that could not be planned (`failed`) keeps what it would have taken over:
+/// a container whose outpost is wanted on a failed integration is not removed as an orphan.
+pub fn keep_what_another_keeps(plans: &mut [&mut Vec<Action>], failed: &BTreeSet<String>) {
     let claimed: HashSet<String> = plans
         .iter()
         .flat_map(|actions| actions.iter())
@@ -585,7 +583,9 @@ pub fn keep_what_another_keeps(plans: &mut [&mut Vec<Action>]) {
             let Some(c) = a.container.as_ref().filter(|_| orphan_removal(a)) else {
                 return true;
             };
-            !claimed.contains(&c.id) && removing.insert(c.id.clone())
+            !claimed.contains(&c.id)
+                && !wanted_on(a).is_some_and(|i| failed.contains(i))
+                && removing.insert(c.id.clone())
         });
     }
 }
@@ -1051,7 +1051,7 @@ mod tests {
         };
         let mut a = diff("p", &[], observed, opts("a"));
         let mut b = diff("p", std::slice::from_ref(spec), observed, opts("b"));
-        keep_what_another_keeps(&mut [&mut a, &mut b]);
+        keep_what_another_keeps(&mut [&mut a, &mut b], &BTreeSet::new());
         (a, b)
     }
 
@@ -1139,7 +1139,7 @@ mod tests {
         let mut b = diff("p", &[], observed, opts("b"));
         assert_eq!(kinds(&a), vec![(ActionKind::Remove, Some("5eed".into()))]);
         assert_eq!(kinds(&b), kinds(&a));
-        keep_what_another_keeps(&mut [&mut a, &mut b]);
+        keep_what_another_keeps(&mut [&mut a, &mut b], &BTreeSet::new());
         assert_eq!(a.len() + b.len(), 1, "{a:?} {b:?}");
     }
 }

@@ -71,8 +71,7 @@ impl Lock {
     pub async fn release(mut self) {
         if let Some(h) = self.heartbeat.take() {
             h.abort();
-            renewed(|ids| ids.remove(&self.id));
-            lost_locks(|l| l.remove(&self.id));
+            held(|h| h.remove(&self.id));
             let _ = self.engine.remove(&self.id).await;
         }
     }
@@ -83,37 +82,28 @@ impl Drop for Lock {
         // Without `release` (a panic, an early return), the lease runs out by itself.
         if let Some(h) = &self.heartbeat {
             h.abort();
-            renewed(|ids| ids.remove(&self.id));
+            held(|h| h.remove(&self.id));
         }
     }
 }
 
-/// The lock containers this process renews, by id. A lock with this run's id that is not
-/// among them was left by a release that failed (the engine was away for a moment, in a watch)
-/// and is renewed by nobody: it is removed and taken anew, not shared.
-fn renewed<T>(f: impl FnOnce(&mut std::collections::BTreeSet<String>) -> T) -> T {
-    static IDS: std::sync::Mutex<std::collections::BTreeSet<String>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
-    let mut ids = IDS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    f(&mut ids)
-}
-
-/// The locks of this run whose lease was lost (removed by someone, or not renewed in time), by
-/// id, with why: another writer may take the engine over, so no new action starts.
-fn lost_locks<T>(f: impl FnOnce(&mut BTreeMap<String, String>) -> T) -> T {
-    static LOST: std::sync::Mutex<BTreeMap<String, String>> =
+/// The lock containers this process holds, by id: None while renewed, else why the lease was
+/// lost (the container removed by someone, or not renewed in time: another writer may take the
+/// engine over, so no new action starts). A lock with this run's id that is not renewed here
+/// was left by a release that failed (the engine was away for a moment, in a watch), or was
+/// lost: it is removed and taken anew, not shared.
+fn held<T>(f: impl FnOnce(&mut BTreeMap<String, Option<String>>) -> T) -> T {
+    static HELD: std::sync::Mutex<BTreeMap<String, Option<String>>> =
         std::sync::Mutex::new(BTreeMap::new());
-    let mut lost = LOST
+    let mut held = HELD
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    f(&mut lost)
+    f(&mut held)
 }
 
 /// Why no new engine action may start: a lock of this run was lost. None while all are held.
 pub fn lost() -> Option<String> {
-    lost_locks(|l| l.values().next().cloned())
+    held(|h| h.values().flatten().next().cloned())
 }
 
 /// This run's id, the same for every engine it locks (two integrations may reach one engine).
@@ -183,7 +173,7 @@ pub async fn acquire(
             other => other?,
         };
         if let Some(id) = created {
-            renewed(|ids| ids.insert(id.clone()));
+            held(|h| h.insert(id.clone(), None));
             let heartbeat = Some(tokio::spawn(renew(Arc::clone(&engine), id.clone(), lease)));
             return Ok(Lock {
                 engine,
@@ -209,7 +199,7 @@ pub async fn acquire(
             .cloned()
             .unwrap_or_else(|| "an unknown holder".into());
         if labels.get(LABEL_RUN).map(String::as_str) == Some(run_id()) {
-            if !renewed(|ids| ids.contains(&id)) {
+            if held(|h| h.get(&id) != Some(&None)) {
                 // This run's, but nobody renews it any more: take it anew.
                 engine.remove(&id).await?;
                 continue;
@@ -315,13 +305,13 @@ async fn renew(engine: Arc<dyn Engine>, id: String, lease: i64) {
             }
             Err(_) => continue,
         };
-        lost_locks(|l| {
-            l.insert(
-                id.clone(),
-                format!(
+        held(|h| {
+            // Unless released meanwhile.
+            if let Some(state) = h.get_mut(&id) {
+                *state = Some(format!(
                     "the engine's lock was lost ({why}); another writer may be at work: run again"
-                ),
-            )
+                ));
+            }
         });
         return;
     }
@@ -470,9 +460,9 @@ mod tests {
     /// The same run reaching one engine through two integrations holds its lock once.
     #[tokio::test]
     async fn this_runs_own_lock_is_recognised() {
-        renewed(|ids| ids.insert("beef".to_string()));
+        held(|h| h.insert("beef".to_string(), None));
         let got = acquire(locked_by("beef", Some(run_id())), "local", &opts(), &|_| {}).await;
-        renewed(|ids| ids.remove("beef"));
+        held(|h| h.remove("beef"));
         match got {
             Ok(lock) => assert!(lock.heartbeat.is_none(), "renewed twice"),
             Err(e) => panic!("waited for its own lock: {e}"),

@@ -347,9 +347,6 @@ pub async fn build_listed(
         }
     });
     let mut integrations = futures_util::future::join_all(futures).await;
-    let mut actions: Vec<&mut Vec<crate::diff::Action>> =
-        integrations.iter_mut().map(|e| &mut e.actions).collect();
-    crate::diff::keep_what_another_keeps(&mut actions);
     let failed: std::collections::BTreeSet<String> = integrations
         .iter()
         .filter(|e| e.error.is_some())
@@ -357,7 +354,7 @@ pub async fn build_listed(
         .collect();
     let mut actions: Vec<&mut Vec<crate::diff::Action>> =
         integrations.iter_mut().map(|e| &mut e.actions).collect();
-    crate::diff::keep_for_failed(&mut actions, &failed);
+    crate::diff::keep_what_another_keeps(&mut actions, &failed);
     block_across_one_daemon(v, engines, &mut integrations).await;
     Plan {
         format_version: FORMAT_VERSION,
@@ -1122,7 +1119,7 @@ mod tests {
             None,
         )];
         let mut other = vec![orphan];
-        diff::keep_what_another_keeps(&mut [&mut actions, &mut other]);
+        diff::keep_what_another_keeps(&mut [&mut actions, &mut other], &Default::default());
         assert!(
             other.is_empty(),
             "the blocked outpost's container was removed: {other:?}"
