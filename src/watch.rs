@@ -365,6 +365,8 @@ struct State {
     /// The files the manifests were read from and the files they reference, as last seen
     /// (an invalid set adds its own: the fix may be a file it names that is not there yet).
     files_seen: Vec<PathBuf>,
+    /// Of those, the ones that did not exist at the last validation.
+    missing: Vec<PathBuf>,
     /// What the blocked outposts of the last reconcile wait for, by integration.
     unblocks: BTreeMap<String, Vec<Unblock>>,
     /// Events outside the project, as they come.
@@ -471,6 +473,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         tx: tx.clone(),
         watched_dirs: BTreeMap::new(),
         files_seen: Vec::new(),
+        missing: Vec::new(),
         unblocks: BTreeMap::new(),
         outside: Arc::new(Outside::default()),
         failures: BTreeMap::new(),
@@ -755,6 +758,14 @@ impl State {
             }
         }
         let invalid = outcome.has_errors();
+        // Files the set names that are not there (yet): one written before its directory is
+        // watched sends no event (`watch_files` looks again).
+        self.missing = outcome
+            .files
+            .iter()
+            .filter(|f| !f.exists())
+            .cloned()
+            .collect();
         if invalid {
             self.files_seen.extend(outcome.files.iter().cloned());
             self.files_seen.sort();
@@ -1005,6 +1016,11 @@ impl State {
         }
         let want = watch_targets(&self.opts.paths, &self.files_seen);
         self.apply_watches(d, want);
+        // A missing file that appeared between the validation and the watch: read again.
+        if self.missing.iter().any(|f| f.exists()) {
+            self.missing.clear();
+            let _ = self.tx.try_send(Trigger::Files);
+        }
     }
 
     fn apply_watches<W: notify::Watcher, C: notify_debouncer_full::FileIdCache>(
