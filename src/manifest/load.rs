@@ -323,14 +323,15 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
 /// Whether the value at `pointer` is a secret when written inline: an outpost's `token`, a
 /// keypair's `key`, or any source key of theirs other than `env` and `file`.
 fn secret_pointer(pointer: &str) -> bool {
-    let parts: Vec<&str> = pointer.split('/').skip(1).collect();
-    match parts.as_slice() {
-        ["outposts", _, "token"] | ["keypairs", _, "key"] => true,
-        ["outposts", _, "token", source] | ["keypairs", _, "key", source] => {
-            !matches!(*source, "env" | "file")
-        }
-        _ => false,
-    }
+    // Called for every node of every file: no allocation.
+    let mut parts = pointer.split('/').skip(1);
+    let (Some(kind), Some(_), Some(field)) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    let source = parts.next();
+    parts.next().is_none()
+        && matches!((kind, field), ("outposts", "token") | ("keypairs", "key"))
+        && source.is_none_or(|s| !matches!(s, "env" | "file"))
 }
 
 /// `file` with every secret scalar written inline in `docs` masked by characters of the same
@@ -339,11 +340,13 @@ fn mask_secrets(file: &Arc<SourceFile>, docs: &[yaml::Document]) -> Arc<SourceFi
     let mut ranges = Vec::new();
     for doc in docs {
         for (pointer, at) in &doc.positions {
-            let scalar = doc
-                .value
-                .pointer(pointer)
-                .is_some_and(|v| v.is_string() || v.is_number());
-            if scalar && secret_pointer(pointer) {
+            // The pointer's shape first: looking the value up costs a walk of the document.
+            let secret = secret_pointer(pointer)
+                && doc
+                    .value
+                    .pointer(pointer)
+                    .is_some_and(|v| v.is_string() || v.is_number());
+            if secret {
                 let span = at.value;
                 ranges.push((
                     file.offset(span.start.line, span.start.col),
