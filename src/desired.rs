@@ -258,14 +258,37 @@ pub fn derived_uuid(name: &str) -> String {
         .to_string()
 }
 
-/// `%(key)s` placeholders of a Python %-template, in order; `%%` is a literal percent.
-/// Errors name the first thing that is not a `%(key)s` placeholder.
-pub fn placeholders(template: &str) -> Result<Vec<&str>, String> {
+/// One piece of a Python %-template: text, `%%`, or a `%(key)s` conversion with the flags,
+/// width and precision Python's `%` operator applies to a string (`%(uuid).8s` is the
+/// first 8 characters, `%(name)-20s` pads on the right).
+enum Piece<'a> {
+    Text(&'a str),
+    Percent,
+    Field {
+        key: &'a str,
+        left: bool,
+        width: usize,
+        precision: Option<usize>,
+    },
+}
+
+/// The widest field a template may ask for: padding only adds spaces, which no container
+/// name or image reference takes, so a wider one can only be a mistake.
+const MAX_WIDTH: usize = 253;
+
+/// Parses a template as Python's `%` operator does with a mapping: `%(key)` then flags
+/// (`-`, `0`, ` `, `+`, `#`), width, `.precision`, an optional length modifier (`h`, `l`,
+/// `L`, ignored) and the conversion, which must be `s` (authentik fills text values).
+fn pieces(template: &str) -> Result<Vec<Piece<'_>>, String> {
     let mut out = Vec::new();
     let mut rest = template;
     while let Some(i) = rest.find('%') {
+        if i > 0 {
+            out.push(Piece::Text(&rest[..i]));
+        }
         let after = &rest[i + 1..];
         if let Some(stripped) = after.strip_prefix('%') {
+            out.push(Piece::Percent);
             rest = stripped;
             continue;
         }
@@ -277,21 +300,123 @@ pub fn placeholders(template: &str) -> Result<Vec<&str>, String> {
             return Err("`%(` is not closed".into());
         };
         let key = &inner[..close];
-        if !inner[close + 1..].starts_with('s') {
-            return Err(format!("`%({key})` must be followed by `s`"));
+        let spec = &inner[close + 1..];
+        let flags = spec
+            .find(|c: char| !matches!(c, '-' | '0' | ' ' | '+' | '#'))
+            .unwrap_or(spec.len());
+        let left = spec[..flags].contains('-');
+        let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let after_flags = &spec[flags..];
+        let w = digits(after_flags);
+        let number = |s: &str| -> Result<usize, String> {
+            match s.parse::<usize>() {
+                Ok(n) if n <= MAX_WIDTH => Ok(n),
+                _ => Err(format!(
+                    "`%({key})` asks for {s} characters; at most {MAX_WIDTH} make sense"
+                )),
+            }
+        };
+        let width = if w == 0 {
+            0
+        } else {
+            number(&after_flags[..w])?
+        };
+        let mut conv = &after_flags[w..];
+        let mut precision = None;
+        if let Some(p) = conv.strip_prefix('.') {
+            let n = digits(p);
+            // Python reads `.` alone as precision 0; a long precision only cuts nothing.
+            precision = Some(if n == 0 {
+                0
+            } else {
+                p[..n].parse::<usize>().unwrap_or(usize::MAX)
+            });
+            conv = &p[n..];
         }
-        out.push(key);
-        rest = &inner[close + 2..];
+        conv = conv.strip_prefix(['h', 'l', 'L']).unwrap_or(conv);
+        match conv.chars().next() {
+            Some('s') => {}
+            Some('*') => {
+                return Err(format!(
+                    "`%({key})` takes no `*`: a template has no separate width value"
+                ));
+            }
+            Some(c) => {
+                return Err(format!(
+                    "`%({key}){}` is not a text conversion; write `%({key})s`",
+                    &spec[..spec.len() - conv.len() + c.len_utf8()]
+                ));
+            }
+            None => return Err(format!("`%({key})` must be followed by `s`")),
+        }
+        out.push(Piece::Field {
+            key,
+            left,
+            width,
+            precision,
+        });
+        rest = &conv[1..];
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Text(rest));
     }
     Ok(out)
 }
 
+/// `%(key)s` placeholders of a Python %-template, in order; `%%` is a literal percent.
+/// Errors name the first thing that is not a placeholder Python would fill with text.
+pub fn placeholders(template: &str) -> Result<Vec<&str>, String> {
+    Ok(pieces(template)?
+        .into_iter()
+        .filter_map(|p| match p {
+            Piece::Field { key, .. } => Some(key),
+            _ => None,
+        })
+        .collect())
+}
+
+/// Whether a (valid) template uses `key`, in any form (`%(version)s`, `%(version).3s`).
+pub fn uses(template: &str, key: &str) -> bool {
+    placeholders(template).is_ok_and(|p| p.contains(&key))
+}
+
+/// Fills a template as Python's `template % values` does. A template that does not parse
+/// (validation refuses it first) is returned as written; a key without a value (validation
+/// refuses unknown keys first) gives "".
 pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
-    let mut s = template.replace("%%", "\u{0}");
-    for (k, v) in values {
-        s = s.replace(&format!("%({k})s"), v);
+    let Ok(pieces) = pieces(template) else {
+        return template.to_string();
+    };
+    let mut out = String::with_capacity(template.len() + 32);
+    for p in pieces {
+        match p {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Percent => out.push('%'),
+            Piece::Field {
+                key,
+                left,
+                width,
+                precision,
+            } => {
+                let Some((_, v)) = values.iter().find(|(k, _)| *k == key) else {
+                    continue;
+                };
+                let v = match precision {
+                    Some(n) => v.char_indices().nth(n).map_or(*v, |(i, _)| &v[..i]),
+                    None => v,
+                };
+                let pad = width.saturating_sub(v.chars().count());
+                if left {
+                    out.push_str(v);
+                }
+                out.extend(std::iter::repeat_n(' ', pad));
+                if !left {
+                    out.push_str(v);
+                }
+            }
+        }
     }
-    s.replace('\u{0}', "%")
+    out
 }
 
 /// Checks a template's placeholders against the allowed ones.
@@ -881,6 +1006,29 @@ mod tests {
         );
         assert!(check_template("ak-%s", &["name"]).is_err());
         assert!(!valid_container_name("ak-outpost-100%"));
+    }
+
+    #[test]
+    fn templates_take_python_widths_and_precisions() {
+        // Each expected value is what Python's `template % values` gives.
+        let uuid = "5c5e0e3c4d4f4b6c9a0e1f2a3b4c5d6e";
+        assert_eq!(container_name("ak-%(uuid).8s", "x", uuid), "ak-5c5e0e3c");
+        let v = [("name", "abc")];
+        assert_eq!(fill("ak-%(name)-6s|", &v), "ak-abc   |");
+        assert_eq!(fill("ak-%(name)06s|", &v), "ak-   abc|");
+        assert_eq!(fill("ak-%(name).s|", &v), "ak-|");
+        assert_eq!(fill("ak-%(name)ls|", &v), "ak-abc|");
+        assert_eq!(fill("ak-%(name)#+ 2.2s|", &v), "ak-ab|");
+        assert_eq!(fill("%(name).99s", &[("name", "é-x")]), "é-x");
+        assert_eq!(fill("%(name).1s", &[("name", "é-x")]), "é");
+        assert!(uses("reg/ak:%(version).4s", "version"));
+        assert!(!uses("reg/ak:1", "version"));
+        let err = |t: &str| check_template(t, &["name"]).unwrap_err();
+        assert!(err("ak-%(name)d").contains("`%(name)d` is not a text conversion"));
+        assert!(err("ak-%(name)-5r").contains("`%(name)-5r`"));
+        assert!(err("ak-%(name)*s").contains("no `*`"));
+        assert!(err("ak-%(name)999999999999999999999s").contains("at most 253"));
+        assert!(err("ak-%(name)").contains("must be followed by `s`"));
     }
 
     #[test]

@@ -332,7 +332,8 @@ pub struct OutpostConfig {
     pub authentik_host_browser: Option<String>,
 
     /// Container name template. Placeholders: `%(name)s` (the outpost name, slugified as
-    /// authentik does) and `%(uuid)s` (the outpost UUID, hex). The result is lowercased.
+    /// authentik does) and `%(uuid)s` (the outpost UUID, hex), with Python's precision
+    /// (`%(uuid).8s`: the first 8 digits). The result is lowercased.
     /// Changing it renames the container, or recreates it for proxy outposts (their Traefik
     /// labels contain the name).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1479,13 +1479,13 @@ impl Checker {
                 ok = false;
             }
             Ok(())
-                if template.contains("%(version)s")
+                if desired::uses(&template, "version")
                     && version.is_none()
                     && !first(&mut self.template_errors, "missing-version") =>
             {
                 ok = false;
             }
-            Ok(()) if template.contains("%(version)s") && version.is_none() => {
+            Ok(()) if desired::uses(&template, "version") && version.is_none() => {
                 let whose = if written {
                     format!("the image `{template}`")
                 } else {
