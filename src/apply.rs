@@ -100,7 +100,7 @@ pub async fn apply(
             let integration = ep.name.clone();
             let a = a.clone();
             async move {
-                if let Some(why) = stop_reason(progress).filter(|_| pre.is_none()) {
+                if let Some(why) = stop_reason(progress, &integration).filter(|_| pre.is_none()) {
                     let outcome = Outcome {
                         integration,
                         outpost: a.outpost.clone(),
@@ -195,7 +195,7 @@ pub async fn apply(
             // cannot be had fails here and is not stopped.
             let mut ready = Vec::new();
             for a in swapping {
-                if stop_reason(progress).is_some() {
+                if stop_reason(progress, &ep.name).is_some() {
                     rest.push(run(a).await);
                     continue;
                 }
@@ -222,7 +222,7 @@ pub async fn apply(
             // asked for (or the lock lost) meanwhile starts the stopped ones again and runs none.
             let mut stopped = Vec::new();
             for (a, _) in &ready {
-                if stop_reason(progress).is_some() {
+                if stop_reason(progress, &ep.name).is_some() {
                     break;
                 }
                 if let Some(c) = &a.container {
@@ -231,7 +231,7 @@ pub async fn apply(
                     stopped.push(c.id.clone());
                 }
             }
-            if let Some(why) = stop_reason(progress) {
+            if let Some(why) = stop_reason(progress, &ep.name) {
                 for id in &stopped {
                     let _ = engine.start(id).await;
                 }
@@ -297,12 +297,13 @@ pub async fn apply(
     report
 }
 
-/// Why no new action may start: a shutdown was asked for, or an engine lock was lost.
-fn stop_reason(progress: &dyn Progress) -> Option<String> {
+/// Why no new action may start on `integration`'s engine: a shutdown was asked for, or that
+/// engine's lock was lost.
+fn stop_reason(progress: &dyn Progress, integration: &str) -> Option<String> {
     if progress.cancelled() {
         Some("shutting down".into())
     } else {
-        crate::lock::lost()
+        crate::lock::lost_on(integration)
     }
 }
 

@@ -8,7 +8,7 @@
 //! retry count, which the update call can change) is renewed while the holder works, so a
 //! holder that dies loses the lock when the lease runs out.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -87,23 +87,36 @@ impl Drop for Lock {
     }
 }
 
-/// The lock containers this process holds, by id: None while renewed, else why the lease was
-/// lost (the container removed by someone, or not renewed in time: another writer may take the
-/// engine over, so no new action starts). A lock with this run's id that is not renewed here
-/// was left by a release that failed (the engine was away for a moment, in a watch), or was
-/// lost: it is removed and taken anew, not shared.
-fn held<T>(f: impl FnOnce(&mut BTreeMap<String, Option<String>>) -> T) -> T {
-    static HELD: std::sync::Mutex<BTreeMap<String, Option<String>>> =
-        std::sync::Mutex::new(BTreeMap::new());
+/// One lock container this process holds.
+#[derive(Debug, Default)]
+struct Held {
+    /// None while renewed, else why the lease was lost (the container removed by someone, or
+    /// not renewed in time: another writer may take the engine over, so no new action starts
+    /// there).
+    lost: Option<String>,
+    /// The integrations it covers (two may reach one engine).
+    integrations: BTreeSet<String>,
+}
+
+/// The lock containers this process holds, by id. A lock with this run's id that is not
+/// renewed here was left by a release that failed (the engine was away for a moment, in a
+/// watch), or was lost: it is removed and taken anew, not shared.
+fn held<T>(f: impl FnOnce(&mut BTreeMap<String, Held>) -> T) -> T {
+    static HELD: std::sync::Mutex<BTreeMap<String, Held>> = std::sync::Mutex::new(BTreeMap::new());
     let mut held = HELD
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     f(&mut held)
 }
 
-/// Why no new engine action may start: a lock of this run was lost. None while all are held.
-pub fn lost() -> Option<String> {
-    held(|h| h.values().flatten().next().cloned())
+/// Why no new action may start on `integration`'s engine: its lock was lost. None while it is
+/// held (the other engines' actions go on when one engine's lock is lost).
+pub fn lost_on(integration: &str) -> Option<String> {
+    held(|h| {
+        h.values()
+            .find(|l| l.integrations.contains(integration))
+            .and_then(|l| l.lost.clone())
+    })
 }
 
 /// This run's id, the same for every engine it locks (two integrations may reach one engine).
@@ -173,7 +186,15 @@ pub async fn acquire(
             other => other?,
         };
         if let Some(id) = created {
-            held(|h| h.insert(id.clone(), None));
+            held(|h| {
+                h.insert(
+                    id.clone(),
+                    Held {
+                        lost: None,
+                        integrations: BTreeSet::from([integration.to_string()]),
+                    },
+                )
+            });
             let heartbeat = Some(tokio::spawn(renew(Arc::clone(&engine), id.clone(), lease)));
             return Ok(Lock {
                 engine,
@@ -199,7 +220,11 @@ pub async fn acquire(
             .cloned()
             .unwrap_or_else(|| "an unknown holder".into());
         if labels.get(LABEL_RUN).map(String::as_str) == Some(run_id()) {
-            if held(|h| h.get(&id) != Some(&None)) {
+            let shared = held(|h| match h.get_mut(&id) {
+                Some(l) if l.lost.is_none() => l.integrations.insert(integration.to_string()),
+                _ => false,
+            });
+            if !shared {
                 // This run's, but nobody renews it any more: take it anew.
                 engine.remove(&id).await?;
                 continue;
@@ -308,7 +333,7 @@ async fn renew(engine: Arc<dyn Engine>, id: String, lease: i64) {
         held(|h| {
             // Unless released meanwhile.
             if let Some(state) = h.get_mut(&id) {
-                *state = Some(format!(
+                state.lost = Some(format!(
                     "the engine's lock was lost ({why}); another writer may be at work: run again"
                 ));
             }
@@ -457,10 +482,29 @@ mod tests {
         }
     }
 
+    /// A lost lock stops new actions on its own engine's integrations only.
+    #[test]
+    fn a_lost_lock_stops_its_engine_only() {
+        held(|h| {
+            h.insert(
+                "lost-test".to_string(),
+                Held {
+                    lost: Some("the engine's lock was lost".into()),
+                    integrations: BTreeSet::from(["lost-a".into(), "lost-b".into()]),
+                },
+            )
+        });
+        let (a, b, c) = (lost_on("lost-a"), lost_on("lost-b"), lost_on("lost-c"));
+        held(|h| h.remove("lost-test"));
+        assert_eq!(a.as_deref(), Some("the engine's lock was lost"));
+        assert_eq!(b, a);
+        assert_eq!(c, None);
+    }
+
     /// The same run reaching one engine through two integrations holds its lock once.
     #[tokio::test]
     async fn this_runs_own_lock_is_recognised() {
-        held(|h| h.insert("beef".to_string(), None));
+        held(|h| h.insert("beef".to_string(), Held::default()));
         let got = acquire(locked_by("beef", Some(run_id())), "local", &opts(), &|_| {}).await;
         held(|h| h.remove("beef"));
         match got {
