@@ -102,6 +102,18 @@ impl DockerEngine {
     fn err(&self, what: &str, e: BError) -> EngineError {
         map_err(&self.url, what, e)
     }
+
+    /// A request answered in one body (not a stream), bounded as a whole by the client's
+    /// timeout: bollard's own ends when the headers arrive, and an engine (or a proxy before
+    /// it) that stalls in the middle of a body would hold the run forever.
+    async fn call<T>(
+        &self,
+        request: impl std::future::Future<Output = std::result::Result<T, BError>>,
+    ) -> std::result::Result<T, BError> {
+        tokio::time::timeout(self.docker.timeout(), request)
+            .await
+            .unwrap_or(Err(BError::RequestTimeoutError))
+    }
 }
 
 /// Turns bollard's errors into ones a person can act on.
@@ -269,8 +281,7 @@ impl super::Engine for DockerEngine {
     async fn info(&self) -> Result<EngineInfo> {
         self.count();
         let info = self
-            .docker
-            .info()
+            .call(self.docker.info())
             .await
             .map_err(|e| self.err("read engine info", e))?;
         let v = self.docker.client_version();
@@ -294,8 +305,7 @@ impl super::Engine for DockerEngine {
             ..Default::default()
         };
         let list = self
-            .docker
-            .list_containers(Some(opts))
+            .call(self.docker.list_containers(Some(opts)))
             .await
             .map_err(|e| self.err("list containers", e))?;
         Ok(list
@@ -363,8 +373,7 @@ impl super::Engine for DockerEngine {
     async fn inspect(&self, id: &str) -> Result<Inspected> {
         self.count();
         let c = self
-            .docker
-            .inspect_container(id, None)
+            .call(self.docker.inspect_container(id, None))
             .await
             .map_err(|e| self.err("inspect container", e))?;
         let config = c.config.unwrap_or_default();
@@ -405,8 +414,7 @@ impl super::Engine for DockerEngine {
     async fn networks(&self) -> Result<Vec<(String, String)>> {
         self.count();
         let list = self
-            .docker
-            .list_networks(None)
+            .call(self.docker.list_networks(None))
             .await
             .map_err(|e| self.err("list networks", e))?;
         Ok(list
@@ -417,7 +425,7 @@ impl super::Engine for DockerEngine {
 
     async fn image_labels(&self, image: &str) -> Result<Option<BTreeMap<String, String>>> {
         self.count();
-        match self.docker.inspect_image(image).await {
+        match self.call(self.docker.inspect_image(image)).await {
             Ok(i) => Ok(Some(
                 i.config
                     .and_then(|c| c.labels)
@@ -512,11 +520,16 @@ impl super::Engine for DockerEngine {
             ..Default::default()
         };
         let r = self
-            .docker
-            .create_container(Some(opts), body)
+            .call(self.docker.create_container(Some(opts), body))
             .await
             .map_err(|e| {
                 let mut err = self.err(&format!("create container {}", spec.name), e);
+                // An engine, proxy or plugin that echoes the request would show the token.
+                for v in spec.env.values().filter(|v| v.is_secret()) {
+                    if !v.expose().is_empty() {
+                        err.message = err.message.replace(v.expose(), v.shown());
+                    }
+                }
                 if err.message.contains("network") && err.message.contains("not found") {
                     err.message.push_str(&format!(
                         " (create the network first: `docker network create {}`)",
@@ -531,8 +544,10 @@ impl super::Engine for DockerEngine {
     async fn start(&self, id: &str) -> Result<()> {
         self.count();
         let started = self
-            .docker
-            .start_container(id, None::<StartContainerOptions>)
+            .call(
+                self.docker
+                    .start_container(id, None::<StartContainerOptions>),
+            )
             .await;
         // 304: already running.
         if let Err(BError::DockerResponseServerError {
@@ -556,8 +571,7 @@ impl super::Engine for DockerEngine {
 
     async fn unpause(&self, id: &str) -> Result<()> {
         self.count();
-        self.docker
-            .unpause_container(id)
+        self.call(self.docker.unpause_container(id))
             .await
             .map_err(|e| self.err("unpause container", e))
     }
@@ -568,7 +582,7 @@ impl super::Engine for DockerEngine {
             t: Some(STOP_TIMEOUT_SECS),
             ..Default::default()
         };
-        match self.docker.stop_container(id, Some(opts)).await {
+        match self.call(self.docker.stop_container(id, Some(opts))).await {
             // 304: already stopped.
             Err(BError::DockerResponseServerError {
                 status_code: 304, ..
@@ -583,8 +597,7 @@ impl super::Engine for DockerEngine {
             t: Some(STOP_TIMEOUT_SECS),
             ..Default::default()
         };
-        self.docker
-            .restart_container(id, Some(opts))
+        self.call(self.docker.restart_container(id, Some(opts)))
             .await
             .map_err(|e| self.err("restart container", e))
     }
@@ -594,8 +607,7 @@ impl super::Engine for DockerEngine {
         let opts = RenameContainerOptions {
             name: name.to_string(),
         };
-        self.docker
-            .rename_container(id, opts)
+        self.call(self.docker.rename_container(id, opts))
             .await
             .map_err(|e| self.err(&format!("rename container to {name}"), e))
     }
@@ -606,7 +618,10 @@ impl super::Engine for DockerEngine {
             force: true,
             ..Default::default()
         };
-        match self.docker.remove_container(id, Some(opts)).await {
+        match self
+            .call(self.docker.remove_container(id, Some(opts)))
+            .await
+        {
             Err(BError::DockerResponseServerError {
                 status_code: 404, ..
             }) => Ok(()),
@@ -668,8 +683,7 @@ impl super::Engine for DockerEngine {
     async fn clock(&self) -> Result<Option<i64>> {
         self.count();
         let info = self
-            .docker
-            .info()
+            .call(self.docker.info())
             .await
             .map_err(|e| self.err("read the engine's clock", e))?;
         Ok(info.system_time.as_deref().and_then(engine_time))
@@ -678,8 +692,10 @@ impl super::Engine for DockerEngine {
     async fn any_image(&self) -> Result<Option<String>> {
         self.count();
         let images = self
-            .docker
-            .list_images(None::<bollard::query_parameters::ListImagesOptions>)
+            .call(
+                self.docker
+                    .list_images(None::<bollard::query_parameters::ListImagesOptions>),
+            )
             .await
             .map_err(|e| self.err("list images", e))?;
         // The smallest, to keep the marker cheap; an id works when an image has no tag.
@@ -718,7 +734,10 @@ impl super::Engine for DockerEngine {
             name: Some(name.to_string()),
             ..Default::default()
         };
-        match self.docker.create_container(Some(opts), body).await {
+        match self
+            .call(self.docker.create_container(Some(opts), body))
+            .await
+        {
             Ok(r) => Ok(Some(r.id)),
             Err(BError::DockerResponseServerError {
                 status_code: 409, ..
@@ -732,7 +751,7 @@ impl super::Engine for DockerEngine {
         name: &str,
     ) -> Result<Option<(String, BTreeMap<String, String>, i64)>> {
         self.count();
-        match self.docker.inspect_container(name, None).await {
+        match self.call(self.docker.inspect_container(name, None)).await {
             Ok(c) => {
                 let expires = c
                     .host_config
@@ -763,8 +782,7 @@ impl super::Engine for DockerEngine {
             }),
             ..Default::default()
         };
-        self.docker
-            .update_container(id, body)
+        self.call(self.docker.update_container(id, body))
             .await
             .map_err(|e| self.err("renew the lock", e))
     }
@@ -1264,6 +1282,120 @@ mod first_answer {
             accepted.load(SeqCst),
             2,
             "the ping and the list came through"
+        );
+    }
+
+    /// `http://127.0.0.1:PORT` answering `/_ping` as Docker 20.10 does and every other
+    /// request with `answer(request head and body)`, then keeping the connection open.
+    async fn scripted_engine(answer: fn(&str) -> String) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                // The whole request: the head, then as many bytes as its Content-Length says.
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 65536];
+                loop {
+                    let n = tcp.read(&mut buf).await.unwrap_or(0);
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got);
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        if n == 0 {
+                            break;
+                        }
+                        continue;
+                    };
+                    let length = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if n == 0 || body.len() >= length {
+                        break;
+                    }
+                }
+                let request = String::from_utf8_lossy(&got).into_owned();
+                let reply = if request.contains("/_ping") {
+                    "HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK".to_string()
+                } else {
+                    answer(&request)
+                };
+                let _ = tcp.write_all(reply.as_bytes()).await;
+                held.push(tcp);
+            }
+        });
+        url
+    }
+
+    /// An engine (or a socket proxy, or an authorization plugin) that echoes the create
+    /// request in its error: the outpost's token is not repeated in the error shown.
+    #[tokio::test]
+    async fn a_create_error_echoing_the_request_does_not_show_the_token() {
+        let url = scripted_engine(|request| {
+            let echoed = request.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+            let body = serde_json::json!({ "message": format!("denied: {echoed}") }).to_string();
+            format!(
+                "HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        })
+        .await;
+        let v = crate::engine::fake::validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
+             outposts:\n  A: { type: ldap, integration: local, token: { file: token } }\n",
+        );
+        let spec = &v.desired["local"][0];
+        let engine = DockerEngine::negotiated(client(&url, 10), Duration::from_secs(5))
+            .await
+            .expect("the ping is answered");
+        let err = engine
+            .create(
+                spec,
+                "ghcr.io/goauthentik/ldap:2026.8.0",
+                &Default::default(),
+            )
+            .await
+            .expect_err("the create is refused");
+        assert_eq!(err.kind, ErrorKind::Forbidden, "{err:?}");
+        // The echo came through (so the token was in it), masked.
+        assert!(
+            err.message.contains("AUTHENTIK_TOKEN=(secret)"),
+            "{}",
+            err.message
+        );
+        assert!(!err.message.contains("t0ken"), "{}", err.message);
+    }
+
+    /// An engine (or a proxy before it) that sends the headers of its answer and then stalls
+    /// in the middle of the body: the request ends with the client's timeout, not never.
+    #[tokio::test]
+    async fn an_answer_that_stalls_mid_body_times_out_within_the_client_timeout() {
+        // A list promised 1000 bytes long, of which one comes.
+        let url = scripted_engine(|_| {
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n["
+                .to_string()
+        })
+        .await;
+        let engine = DockerEngine::negotiated(client(&url, 2), Duration::from_secs(1))
+            .await
+            .expect("the ping is answered");
+        let started = Instant::now();
+        let err = tokio::time::timeout(Duration::from_secs(30), engine.list())
+            .await
+            .expect("the list ended within 30 s")
+            .expect_err("a body that never ends is an error");
+        let took = started.elapsed();
+        assert_eq!(err.kind, ErrorKind::Timeout, "{err:?}");
+        assert!(err.message.contains("list containers"), "{err:?}");
+        assert!(
+            took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+            "the list took {took:?}, not the client's 2 s"
         );
     }
 
