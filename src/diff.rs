@@ -165,6 +165,9 @@ impl Inspect {
     }
 }
 
+/// The label Docker puts on a Swarm service's task containers.
+const LABEL_SWARM_SERVICE: &str = "com.docker.swarm.service.name";
+
 /// The reason of a recreate for a restart policy changed by hand.
 pub const RESTART_POLICY_FIELD: &str = "restart_policy";
 
@@ -235,7 +238,7 @@ pub fn diff(
             (
                 o.label(LABEL_CONFIG_HASH) != Some(spec.config_hash.as_str()),
                 o.state != State::Running,
-                -o.created,
+                std::cmp::Reverse(o.created),
             )
         });
         // Another container holding the name this outpost's container must get (not one
@@ -321,6 +324,17 @@ pub fn diff(
                         "container `{}` ({}) carries this outpost's uuid but belongs to outpostctl project `{other}`; outpostctl never changes another project's containers",
                         theirs.name,
                         theirs.short_id()
+                    ),
+                ),
+                // A Swarm task: the service would start a new task for every one taken away.
+                None if theirs.label(LABEL_SWARM_SERVICE).is_some() => blocked(
+                    spec,
+                    theirs,
+                    format!(
+                        "container `{}` ({}) carries this outpost's uuid but is a task of Swarm service `{}`, which would start it again if outpostctl replaced it; outpostctl does not take over Swarm services: remove the service (`docker service rm`) or the outpost's uuid label from it",
+                        theirs.name,
+                        theirs.short_id(),
+                        theirs.label(LABEL_SWARM_SERVICE).unwrap_or_default()
                     ),
                 ),
                 None if opts.adopt => existing(spec, theirs, true, taken(theirs, &[])),
@@ -1027,6 +1041,44 @@ mod tests {
         assert_eq!(shown_value(""), "\"\"");
         assert_eq!(shown_value(" padded"), "\" padded\"");
         assert_eq!(shown_value("a\nb"), "\"a\\nb\"");
+    }
+
+    /// A Swarm task carrying an outpost's uuid is not adopted: its service would start
+    /// another task for the one taken away.
+    #[test]
+    fn a_swarm_task_is_not_adopted() {
+        let spec = spec_on_b();
+        let authentiks = |extra: &[(&str, &str)]| {
+            let mut labels = vec![(LABEL_UUID, spec.uuid.as_str())];
+            labels.extend_from_slice(extra);
+            container("c1", "ak-outpost-x", State::Running, &labels)
+        };
+        let opts = DiffOptions {
+            adopt: true,
+            integration: Some("b".into()),
+            ..DiffOptions::default()
+        };
+        let plain = diff(
+            "p",
+            std::slice::from_ref(&spec),
+            &[authentiks(&[])],
+            opts.clone(),
+        );
+        assert_eq!(plain[0].action, ActionKind::Recreate, "{plain:?}");
+        assert!(plain[0].adopt, "{plain:?}");
+        let task = authentiks(&[
+            (LABEL_SWARM_SERVICE, "outposts_ldap"),
+            ("com.docker.swarm.task.id", "q1w2e3"),
+        ]);
+        let actions = diff("p", std::slice::from_ref(&spec), &[task], opts);
+        assert_eq!(actions.len(), 1, "{actions:?}");
+        assert_eq!(actions[0].action, ActionKind::Blocked, "{actions:?}");
+        let error = actions[0].error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("a task of Swarm service `outposts_ldap`"),
+            "{error}"
+        );
+        assert!(!error.contains("--adopt"), "{error}");
     }
 
     /// Outpost `X` on integration `b`; `a` reaches the same engine.
