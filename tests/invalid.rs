@@ -885,3 +885,71 @@ fn secrets_written_inline_are_not_repeated() {
         human.stderr
     );
 }
+
+/// A token written inline in the wrong place (mis-indented under `outposts`, under
+/// `defaults`, tagged as a number), or next to a YAML syntax error that stops the parse: the
+/// snippets still mask it, and no message repeats it.
+#[test]
+fn secrets_written_in_the_wrong_place_are_not_repeated() {
+    let head = "version: 1\nproject: p\ndefaults:\n  authentik_host: https://auth.example.com\n  \
+        authentik_version: \"2026.8.0\"\n";
+    let valid_rest = "integrations:\n  local: { local: true }\noutposts:\n  \
+        Edge:\n    type: ldap\n    integration: local\n    token: { env: AK_TOKEN }\n";
+    let cases = [
+        (
+            "mis-indented",
+            format!("{head}{valid_rest}  token: ak-misplaced-sekrit\n"),
+            "ak-misplaced-sekrit",
+        ),
+        (
+            "under defaults",
+            format!("{head}  token: ak-defaults-sekrit\n{valid_rest}"),
+            "ak-defaults-sekrit",
+        ),
+        (
+            "tagged",
+            format!(
+                "{head}{valid_rest}  Other:\n    type: ldap\n    integration: local\n    token: !!int ak-tagged-sekrit\n"
+            ),
+            "ak-tagged-sekrit",
+        ),
+        (
+            "beside a syntax error",
+            format!(
+                "{head}{valid_rest}  Other:\n    type: ldap\n    token: ak-unparsed-sekrit\n\tintegration: local\n"
+            ),
+            "ak-unparsed-sekrit",
+        ),
+        (
+            "a key in a block beside a syntax error",
+            format!(
+                "{head}keypairs:\n  k:\n    key: |\n      -----BEGIN KEY-----\n      s3cret-block-line\n\
+                 \tcertificate: {{ file: c.pem }}\n{valid_rest}"
+            ),
+            "s3cret-block-line",
+        ),
+    ];
+    // (A tab where YAML wants indentation stops the parse at the next line: its snippet
+    // shows the secret's line.)
+    for (case, text, secret) in cases {
+        let (run, doc, dir) = validate_json(&text);
+        assert_eq!(run.code, 1, "{case}: {}{}", run.stdout, run.stderr);
+        assert!(
+            !run.stdout.contains(secret),
+            "{case}: the JSON shows it:\n{doc:#}"
+        );
+        let (human, _home) = validate(dir.path(), &["set.yaml"]);
+        assert_eq!(human.code, 1, "{case}");
+        assert!(
+            !human.stderr.contains(secret) && !human.stdout.contains(secret),
+            "{case}: the human output shows it:\n{}",
+            human.stderr
+        );
+        // The snippet still marks the line, masked to the secret's width.
+        assert!(
+            human.stderr.contains(&"*".repeat(secret.len())),
+            "{case}: no masked snippet:\n{}",
+            human.stderr
+        );
+    }
+}

@@ -282,10 +282,11 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
     }
     let file = SourceFile::new(path.to_path_buf(), text);
     let parsed = yaml::parse(&file.text, Limits::default());
-    // A secret written inline (refused by validation) is not shown in any snippet.
+    // A secret written inline (refused by validation) is not shown in any snippet: found by
+    // its place in the documents, or in a file that does not parse, by its line's look.
     let file = match &parsed {
         Ok(docs) => mask_secrets(&file, docs),
-        Err(_) => file,
+        Err(_) => mask_secret_lines(&file),
     };
     out.files.push(Arc::clone(&file));
     match parsed {
@@ -320,18 +321,17 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
     }
 }
 
-/// Whether the value at `pointer` is a secret when written inline: an outpost's `token`, a
-/// keypair's `key`, or any source key of theirs other than `env` and `file`.
+/// Whether the value at `pointer` is a secret when written inline: one under a `token` or
+/// `key` key (an outpost's token, a keypair's key, or either written in the wrong place), or
+/// under a source of theirs other than `env` and `file`.
 fn secret_pointer(pointer: &str) -> bool {
     // Called for every node of every file: no allocation.
-    let mut parts = pointer.split('/').skip(1);
-    let (Some(kind), Some(_), Some(field)) = (parts.next(), parts.next(), parts.next()) else {
+    let mut back = pointer.rsplit('/');
+    let (Some(last), parent) = (back.next(), back.next()) else {
         return false;
     };
-    let source = parts.next();
-    parts.next().is_none()
-        && matches!((kind, field), ("outposts", "token") | ("keypairs", "key"))
-        && source.is_none_or(|s| !matches!(s, "env" | "file"))
+    let secret_key = |k: &str| matches!(k, "token" | "key");
+    secret_key(last) || (parent.is_some_and(secret_key) && !matches!(last, "env" | "file"))
 }
 
 /// `file` with every secret scalar written inline in `docs` masked by characters of the same
@@ -355,6 +355,71 @@ fn mask_secrets(file: &Arc<SourceFile>, docs: &[yaml::Document]) -> Arc<SourceFi
             }
         }
     }
+    masked(file, &ranges)
+}
+
+/// For a file that does not parse (no documents to find secrets in): the value of every line
+/// that reads `token: VALUE` or `key: VALUE` (also as a list item or with its key quoted), and
+/// the lines of a block or multi-line value under such a key, masked as `mask_secrets` does.
+/// A `{ env: ... }` or `{ file: ... }` reference, and `env:`/`file:` lines under the key,
+/// are shown.
+fn mask_secret_lines(file: &Arc<SourceFile>) -> Arc<SourceFile> {
+    let mut ranges = Vec::new();
+    // The indentation of a `token:`/`key:` whose value continues on the lines below.
+    let mut under: Option<usize> = None;
+    let mut offset = 0;
+    for line in file.text.split_inclusive('\n') {
+        let content = line.trim_end_matches(['\n', '\r']);
+        let start = offset;
+        offset += line.len();
+        let body = content.trim_start_matches([' ', '\t']);
+        let indent = content.len() - body.len();
+        if let Some(key_indent) = under {
+            if body.is_empty() || body.starts_with('#') {
+                continue;
+            }
+            if indent > key_indent {
+                if !(body.starts_with("env:") || body.starts_with("file:")) {
+                    ranges.push((start + indent, start + content.len()));
+                }
+                continue;
+            }
+            under = None;
+        }
+        let item = body.trim_start_matches(['-', ' ']);
+        let key_indent = content.len() - item.len();
+        let unquoted = item.trim_start_matches(['"', '\'']);
+        let Some(after) = ["token", "key"]
+            .iter()
+            .find_map(|k| unquoted.strip_prefix(k))
+            .map(|a| {
+                a.trim_start_matches(['"', '\''])
+                    .trim_start_matches([' ', '\t'])
+            })
+            .and_then(|a| a.strip_prefix(':'))
+            .filter(|a| a.is_empty() || a.starts_with([' ', '\t']))
+        else {
+            continue;
+        };
+        let value = after.trim_start_matches([' ', '\t']);
+        let value_at = start + content.len() - value.len();
+        let reference = value
+            .strip_prefix('{')
+            .map(|v| v.trim_start())
+            .is_some_and(|v| v.starts_with("env:") || v.starts_with("file:"));
+        if value.is_empty() || value.starts_with('#') || value.starts_with(['|', '>']) {
+            under = Some(key_indent);
+        } else if !reference {
+            let end = value.find(" #").unwrap_or(value.len());
+            ranges.push((value_at, value_at + end));
+        }
+    }
+    masked(file, &ranges)
+}
+
+/// `file` with the bytes in `ranges` (but whitespace) replaced by characters of the same width
+/// in bytes; `file` itself when there are none.
+fn masked(file: &Arc<SourceFile>, ranges: &[(usize, usize)]) -> Arc<SourceFile> {
     if ranges.is_empty() {
         return Arc::clone(file);
     }
@@ -373,4 +438,49 @@ fn mask_secrets(file: &Arc<SourceFile>, docs: &[yaml::Document]) -> Arc<SourceFi
         });
     }
     SourceFile::new(file.path.clone(), text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_masked_by_the_look_of_their_lines_in_a_file_that_does_not_parse() {
+        let text = "outposts:\n  A:\n    token: ak-sekrit # note\n    \"token\": 'q'\n    \
+             token: { env: AK_A }\n  - key: abc\n  k:\n    key: |\n      -----BEGIN-----\n\n      \
+             line2\n    certificate: c\n    token:\n      file: t\n      value: v2\n    \
+             host_key: ssh-ed25519 AAAA\n    tokens: x\n";
+        let file = SourceFile::new(PathBuf::from("set.yaml"), text.to_string());
+        let out = mask_secret_lines(&file);
+        assert_eq!(
+            out.text,
+            "outposts:\n  A:\n    token: ********* # note\n    \"token\": ***\n    \
+             token: { env: AK_A }\n  - key: ***\n  k:\n    key: |\n      ***************\n\n      \
+             *****\n    certificate: c\n    token:\n      file: t\n      ****** **\n    \
+             host_key: ssh-ed25519 AAAA\n    tokens: x\n"
+        );
+        assert_eq!(out.text.len(), text.len(), "offsets kept");
+    }
+
+    #[test]
+    fn secret_pointers_are_any_token_or_key_and_their_inline_sources() {
+        for p in [
+            "/outposts/A/token",
+            "/outposts/token",
+            "/defaults/token",
+            "/keypairs/k/key",
+            "/outposts/A/token/value",
+        ] {
+            assert!(secret_pointer(p), "{p}");
+        }
+        for p in [
+            "",
+            "/outposts/A/token/env",
+            "/keypairs/k/key/file",
+            "/integrations/x/ssh/host_key",
+            "/keypairs/k/certificate",
+        ] {
+            assert!(!secret_pointer(p), "{p}");
+        }
+    }
 }

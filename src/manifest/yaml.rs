@@ -503,7 +503,9 @@ fn scalar(
         let bad = |what: &str| {
             YamlError::new(
                 span,
-                format!("`{text}` is not a valid {what}"),
+                // Not repeated: it may be a secret written in the wrong place (the snippet
+                // shows it, masked then).
+                format!("the tagged value is not a valid {what}"),
                 "tagged value",
             )
         };
