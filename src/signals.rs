@@ -1,6 +1,6 @@
 //! SIGINT and SIGTERM for every long-running command: the first asks for a clean stop (no new
 //! engine action starts, what runs finishes, temporary keys are removed on the way out); a
-//! second one exits at once.
+//! second one exits at once (removing the temporary keys first).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -26,6 +26,8 @@ pub fn install(on_first: impl Fn() + Send + 'static) {
                 INTERRUPTED.store(true, Ordering::SeqCst);
                 on_first();
             } else {
+                // No destructor runs past this point: the ssh sessions' keys go first.
+                crate::engine::ssh::remove_private_dirs();
                 std::process::exit(130);
             }
         }

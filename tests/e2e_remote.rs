@@ -743,6 +743,65 @@ fn ssh_key_from_environment_variable() {
     assert_eq!(p.code, 0, "{}", shown(&p));
 }
 
+/// The secrets outpostctl reads from its environment (the ssh key, the outposts' tokens) are
+/// not in the environment of the ssh it runs, whose config's `SendEnv` would pass them to the
+/// host. An `ssh` first in PATH records its environment, then runs the real one.
+#[test]
+fn ssh_runs_without_the_secrets_of_the_environment() {
+    let r = Remote::ssh("sshnoenv");
+    let real = std::process::Command::new("sh")
+        .args(["-c", "command -v ssh"])
+        .output()
+        .expect("sh runs");
+    let real = String::from_utf8_lossy(&real.stdout).trim().to_string();
+    assert!(!real.is_empty(), "no ssh in PATH");
+    let bin = tempfile::tempdir().expect("temp dir");
+    let dumps = tempfile::tempdir().expect("temp dir");
+    let wrapper = bin.path().join("ssh");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nenv > '{}'/$$.env\nexec '{real}' \"$@\"\n",
+            dumps.path().display()
+        ),
+    )
+    .expect("write the wrapper");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    r.env
+        .set_env("PATH", &format!("{}:{path}", bin.path().display()));
+    r.env
+        .set_env("E2E_SSH_PRIVATE_KEY", &r.s().client_key_text());
+    let mut m = r.manifest(
+        json!({ "nas": r.good_ssh() }),
+        &[("Radius", "radius", "nas")],
+    );
+    m["keypairs"]["env-key"] = json!({ "key": { "env": "E2E_SSH_PRIVATE_KEY" } });
+    m["integrations"]["nas"]["tls_authentication"] = json!("env-key");
+    r.env.write(&m);
+    let a = r.apply(&[]);
+    assert_eq!(a.code, 0, "apply failed:\n{}", shown(&a));
+    assert_deployed(&r, "radius", "radius");
+    let envs: Vec<String> = fs::read_dir(dumps.path())
+        .expect("the dumps")
+        .flatten()
+        .map(|e| fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(!envs.is_empty(), "outpostctl ran no ssh through PATH");
+    for env in &envs {
+        assert!(env.contains("PATH="), "not an environment:\n{env}");
+        for secret in ["E2E_SSH_PRIVATE_KEY=", "AK_RADIUS="] {
+            assert!(
+                !env.lines().any(|l| l.starts_with(secret)),
+                "ssh got `{secret}` in its environment"
+            );
+        }
+    }
+}
+
 /// No pin and a host the user's known_hosts does not know: refused before logging in, with
 /// the host key's fingerprint and the `host_key:` line to pin; that line, pinned, works.
 /// known_hosts is never written.

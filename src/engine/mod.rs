@@ -122,8 +122,8 @@ impl Health {
 }
 
 /// A container's settings as inspect shows them, in the shape of `ContainerSpec`, to explain
-/// a recreate field by field.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// a recreate field by field. Its env holds the live token: Debug shows env names only.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Inspected {
     pub image: String,
     pub env: BTreeMap<String, String>,
@@ -132,6 +132,20 @@ pub struct Inspected {
     pub network: Option<String>,
     pub restart_policy: String,
     pub healthcheck: Option<HealthCheck>,
+}
+
+impl std::fmt::Debug for Inspected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inspected")
+            .field("image", &self.image)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .field("labels", &self.labels)
+            .field("ports", &self.ports)
+            .field("network", &self.network)
+            .field("restart_policy", &self.restart_policy)
+            .field("healthcheck", &self.healthcheck)
+            .finish()
+    }
 }
 
 /// Something happened on an engine: `action` is Docker's event name (`die`, `destroy`, ...).

@@ -77,7 +77,11 @@ struct Session {
 impl Drop for Session {
     fn drop(&mut self) {
         // Close the shared session, then remove the key.
-        let _ = std::process::Command::new("ssh")
+        let mut ssh = std::process::Command::new("ssh");
+        for name in crate::validate::secret_env_names() {
+            ssh.env_remove(name);
+        }
+        let _ = ssh
             .args(
                 self.target
                     .config
@@ -97,9 +101,31 @@ impl Drop for Session {
             .stderr(Stdio::null())
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
+        live(|l| l.remove(&self.dir));
     }
 }
 
+/// The private directories of this process's sessions, by path, while they exist.
+fn live<T>(f: impl FnOnce(&mut std::collections::BTreeSet<PathBuf>) -> T) -> T {
+    static LIVE: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    f(&mut LIVE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+/// Removes every private directory (and the key in it) of this process's sessions: for an
+/// exit that runs no destructor (a second SIGINT or SIGTERM).
+pub fn remove_private_dirs() {
+    live(|l| {
+        for dir in std::mem::take(l) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    });
+}
+
+/// A new private directory (mode 0700) for one session, locked (see `sweep_stale`) and known
+/// to `remove_private_dirs`.
 fn private_dir() -> io::Result<(PathBuf, std::fs::File)> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     // The control socket lives here, and a Unix socket path has at most 108 bytes.
@@ -121,16 +147,26 @@ fn private_dir() -> io::Result<(PathBuf, std::fs::File)> {
         ));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {
+                live(|l| l.insert(dir.clone()));
                 // Locked before it gets its name, so a sweep never finds it unlocked.
-                let tmp = dir.join("lock.tmp");
-                let lock = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                lock.lock()?;
-                std::fs::rename(&tmp, dir.join("lock"))?;
-                return Ok((dir, lock));
+                let locked = (|| {
+                    let tmp = dir.join("lock.tmp");
+                    let lock = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&tmp)?;
+                    lock.lock()?;
+                    std::fs::rename(&tmp, dir.join("lock"))?;
+                    Ok(lock)
+                })();
+                return match locked {
+                    Ok(lock) => Ok((dir, lock)),
+                    Err(e) => {
+                        forget_dir(&dir);
+                        Err(e)
+                    }
+                };
             }
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
             Err(e) => return Err(e),
@@ -199,9 +235,32 @@ fn write_private(path: &Path, content: &str) -> io::Result<()> {
     Ok(())
 }
 
+/// Removes a private directory that no session came to own.
+fn forget_dir(dir: &std::path::Path) {
+    let _ = std::fs::remove_dir_all(dir);
+    live(|l| l.remove(dir));
+}
+
 impl Session {
     fn new(target: &Target) -> io::Result<Session> {
         let (dir, lock) = private_dir()?;
+        match Self::args(target, &dir) {
+            Ok(args) => Ok(Session {
+                dir,
+                _lock: lock,
+                args,
+                target: target.clone(),
+            }),
+            Err(e) => {
+                // The pin or the key could not be written: nothing of them is left behind.
+                forget_dir(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// ssh's arguments for `target`, writing its pin and key into `dir`.
+    fn args(target: &Target, dir: &std::path::Path) -> io::Result<Vec<OsString>> {
         let mut args: Vec<OsString> = Vec::new();
         let mut opt = |k: &str, v: String| {
             args.push("-o".into());
@@ -255,12 +314,7 @@ impl Session {
         args.push("--".into());
         args.push(target.host.clone().into());
         args.extend(["docker", "system", "dial-stdio"].map(OsString::from));
-        Ok(Session {
-            dir,
-            _lock: lock,
-            args,
-            target: target.clone(),
-        })
+        Ok(args)
     }
 }
 
@@ -334,7 +388,13 @@ impl tower_service::Service<http::Uri> for Connector {
         self.spawned
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Box::pin(async move {
-            let mut child = Command::new("ssh")
+            let mut ssh = Command::new("ssh");
+            // The secrets read from the environment stay out of ssh's: an ssh config's
+            // `SendEnv` would pass them to the host.
+            for name in crate::validate::secret_env_names() {
+                ssh.env_remove(name);
+            }
+            let mut child = ssh
                 .args(&session.args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -590,5 +650,37 @@ fn host_key_algorithms(kind: &str) -> String {
     match kind {
         "ssh-rsa" => "rsa-sha2-512,rsa-sha2-256,ssh-rsa".into(),
         other => other.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A second signal exits at once, running no destructor: `remove_private_dirs` removes the
+    /// key of every session still open (then a session dropped later finds nothing to do).
+    #[test]
+    fn an_exit_without_destructors_leaves_no_key_behind() {
+        let target = Target {
+            user: None,
+            host: "127.0.0.1".into(),
+            port: Some(1),
+            key: Some(crate::desired::Secret::new(
+                "-----BEGIN OPENSSH PRIVATE KEY-----",
+            )),
+            host_key: Some("ssh-ed25519 AAAA".into()),
+            config: None,
+            from_docker_host: false,
+        };
+        let session = Session::new(&target).expect("a session directory");
+        let key = session.dir.join("key");
+        assert!(key.exists(), "the key is written for ssh");
+        remove_private_dirs();
+        assert!(!key.exists(), "the key is still there");
+        assert!(
+            !session.dir.exists(),
+            "the session directory is still there"
+        );
+        drop(session);
     }
 }

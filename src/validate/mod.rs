@@ -508,6 +508,9 @@ impl Checker {
             return Some(v.to_string());
         }
         if let Some(name) = env {
+            if secret {
+                remember_secret_env(name);
+            }
             return match std::env::var(name) {
                 Ok(v) if !v.is_empty() => Some(v),
                 Ok(_) => {
@@ -1736,6 +1739,24 @@ fn read_small_file(path: &Path) -> std::io::Result<String> {
             }
         })?;
     Ok(text)
+}
+
+/// The environment variables this process read a secret from (a token, a key), by name.
+fn secret_env<T>(f: impl FnOnce(&mut BTreeSet<String>) -> T) -> T {
+    static NAMES: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+    f(&mut NAMES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+fn remember_secret_env(name: &str) {
+    secret_env(|n| n.insert(name.to_string()));
+}
+
+/// The environment variables secrets were read from, to keep out of the processes outpostctl
+/// starts (ssh passes on what an ssh config's `SendEnv` names).
+pub fn secret_env_names() -> Vec<String> {
+    secret_env(|n| n.iter().cloned().collect())
 }
 
 /// `~` expands to $HOME; relative paths are relative to `base`.
