@@ -1045,6 +1045,12 @@ mod tests {
             "(Host(`a.example.com`) || Host(`b.example.com:8443`)) && PathPrefix(`/outpost.goauthentik.io`)"
         );
         assert!(traefik_labels("ak-p", &[]).is_empty());
+        // User info is no part of a host name (authentik would put it in the rule).
+        let l = traefik_labels("ak-p", &["https://user:pass@a.example.com/x".into()]);
+        assert_eq!(
+            l["traefik.http.routers.ak-p-router.rule"],
+            "(Host(`a.example.com`)) && PathPrefix(`/outpost.goauthentik.io`)"
+        );
     }
 
     #[test]

@@ -71,11 +71,13 @@ fn main() {
     std::process::exit(exit.code());
 }
 
+/// The width diagnostics are laid out for: `COLUMNS`, within what miette can indent into.
 fn terminal_width() -> usize {
     std::env::var("COLUMNS")
         .ok()
-        .and_then(|c| c.parse().ok())
+        .and_then(|c| c.trim().parse::<usize>().ok())
         .unwrap_or(100)
+        .clamp(40, 1000)
 }
 
 /// Runs a one-shot command. What is still in flight when it returns (an engine being connected

@@ -366,3 +366,24 @@ fn saved_plan_is_stale_when_its_engine_cannot_be_reached() {
     assert!(!r.stderr.contains("another Docker engine"), "{}", shown(&r));
     assert!(env.project_containers().is_empty());
 }
+
+/// A wrong path given as the plan: a device that never ends, a directory. Each is refused at
+/// once, naming the path, and nothing is created.
+#[test]
+fn a_plan_path_that_is_not_a_plan_file_is_refused_at_once() {
+    let env = Env::new("notaplan");
+    let mut m = env.manifest();
+    m["outposts"]["A"] = env.outpost("ldap", "AK_A");
+    env.write(&m);
+    for path in ["/dev/zero", "."] {
+        let r = apply_plan(&env, path);
+        assert_eq!(r.code, 1, "{}", shown(&r));
+        assert!(
+            r.stderr
+                .contains(&format!("cannot read `{path}`: not a regular file")),
+            "{}",
+            shown(&r)
+        );
+    }
+    assert!(env.project_containers().is_empty());
+}

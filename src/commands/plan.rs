@@ -91,9 +91,12 @@ pub fn save(plan: &Plan, path: &Path) -> std::io::Result<()> {
     std::fs::write(path, text + "\n")
 }
 
+/// The largest plan file read, far above any real plan: a bound for a wrong path given.
+const MAX_PLAN_BYTES: u64 = 64 * 1024 * 1024;
+
 /// Reads a plan file written by `save`.
 pub fn load(path: &Path) -> Result<Plan, String> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::validate::read_text_file(path, MAX_PLAN_BYTES, "a plan file")
         .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     serde_json::from_str(&text)
         .map_err(|e| format!("`{}` is not an outpostctl plan: {e}", path.display()))

@@ -147,7 +147,7 @@ fn local_with(env: &dyn Fn(&str) -> Option<String>) -> Result<Transport, EngineE
             })?;
         let read = |f: &str| {
             let p = dir.join(f);
-            std::fs::read_to_string(&p).map_err(|e| {
+            crate::validate::read_small_file(&p).map_err(|e| {
                 unreachable(format!(
                     "DOCKER_TLS_VERIFY is set but `{}` cannot be read: {e}",
                     p.display()

@@ -1473,7 +1473,7 @@ impl Checker {
                         } else {
                             template_at.key()
                         })
-                        .hint(if template.contains("%(build_hash)s") {
+                        .hint(if template.contains("%(build_hash)") {
                             "image templates know `%(type)s` and `%(version)s`; authentik fills `%(build_hash)s` with its own build's commit (beta images), which outpostctl cannot know: write the tag out"
                         } else {
                             "image templates know `%(type)s` and `%(version)s`"
@@ -1715,21 +1715,27 @@ pub const MAX_SOURCE_BYTES: u64 = 1024 * 1024;
 
 /// Reads a referenced file: a regular file of at most `MAX_SOURCE_BYTES` (never a device,
 /// FIFO or directory, which could hang or exhaust memory).
-fn read_small_file(path: &Path) -> std::io::Result<String> {
+pub fn read_small_file(path: &Path) -> std::io::Result<String> {
+    read_text_file(path, MAX_SOURCE_BYTES, "a token, key or certificate file")
+}
+
+/// Reads a regular file of UTF-8 text of at most `max` bytes (`what` says what such a file
+/// is, for the error): a device, a FIFO or a huge file is an error, not a hang or an abort.
+pub fn read_text_file(path: &Path, max: u64, what: &str) -> std::io::Result<String> {
     use std::io::Read;
     let meta = std::fs::metadata(path)?;
     if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
-    if meta.len() > MAX_SOURCE_BYTES {
+    if meta.len() > max {
         return Err(std::io::Error::other(format!(
-            "{} bytes; a token, key or certificate file is at most {MAX_SOURCE_BYTES}",
+            "{} bytes; {what} is at most {max}",
             meta.len()
         )));
     }
     let mut text = String::new();
     std::fs::File::open(path)?
-        .take(MAX_SOURCE_BYTES + 1)
+        .take(max + 1)
         .read_to_string(&mut text)
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::InvalidData {
@@ -1814,8 +1820,8 @@ fn path_to_pointer(path: &str) -> String {
             rest = &rest[i..];
             while let Some(end) = rest.find(']') {
                 out.push('/');
-                out.push_str(&rest[1..end]);
-                rest = &rest[end + 1..];
+                out.push_str(rest.get(1..end).unwrap_or_default());
+                rest = rest.get(end + 1..).unwrap_or_default();
             }
         } else {
             out.push('/');
