@@ -242,9 +242,24 @@ struct Checker {
     /// Image template errors already reported (one template set in `defaults:`, or authentik's
     /// default, is shared by many outposts: one error, not one per outpost).
     template_errors: BTreeSet<String>,
+    /// The environment's UTF-8 variables, read once on the first `{ env: ... }` (a lookup in
+    /// the process environment is a linear search: a set of 1,000 tokens from the environment
+    /// made a million string comparisons).
+    env: Option<HashMap<String, String>>,
 }
 
 impl Checker {
+    /// The variable `name` of the environment: None when it is not set (or not UTF-8).
+    fn env_var(&mut self, name: &str) -> Option<&String> {
+        self.env
+            .get_or_insert_with(|| {
+                std::env::vars_os()
+                    .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+                    .collect()
+            })
+            .get(name)
+    }
+
     fn document(&mut self, doc: &LoadedDoc) {
         self.saw_document = true;
         if self.first_origin.is_none() {
@@ -511,9 +526,9 @@ impl Checker {
             if secret {
                 remember_secret_env(name);
             }
-            return match std::env::var(name) {
-                Ok(v) if !v.is_empty() => Some(v),
-                Ok(_) => {
+            return match self.env_var(name).cloned() {
+                Some(v) if !v.is_empty() => Some(v),
+                Some(_) => {
                     self.diags.push(
                         Diagnostic::error(
                             "missing-env",
@@ -525,7 +540,7 @@ impl Checker {
                     );
                     None
                 }
-                Err(_) => {
+                None => {
                     self.diags.push(
                         Diagnostic::error("missing-env", format!("environment variable `{name}` is not set"))
                             .at(at.child("/env").value())
