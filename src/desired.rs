@@ -443,11 +443,11 @@ pub fn container_name(template: &str, outpost_name: &str, uuid: &str) -> String 
     .to_lowercase()
 }
 
-/// Docker's rule for container names.
+/// Docker's rule for container names (it sets no upper length: a 300-character name is
+/// created, as authentik would create it).
 pub fn valid_container_name(name: &str) -> bool {
     let b = name.as_bytes();
     b.len() >= 2
-        && b.len() <= 253
         && b[0].is_ascii_alphanumeric()
         && b[1..]
             .iter()
@@ -1006,6 +1006,9 @@ mod tests {
         );
         assert!(check_template("ak-%s", &["name"]).is_err());
         assert!(!valid_container_name("ak-outpost-100%"));
+        assert!(valid_container_name(&"a".repeat(300)));
+        assert!(!valid_container_name("a"));
+        assert!(!valid_container_name("-ak"));
     }
 
     #[test]
