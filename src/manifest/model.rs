@@ -314,9 +314,10 @@ pub struct Outpost {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[schemars(transform = authentik_config_transform)]
 pub struct OutpostConfig {
-    /// URL of authentik as the outpost reaches it; becomes `AUTHENTIK_HOST` (lowercased).
+    /// URL of authentik as the outpost reaches it; becomes `AUTHENTIK_HOST` (lowercased, as
+    /// authentik does: `HTTPS://Auth.Example.com` is accepted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^(https?://.+)?$"), example = &"https://auth.example.com")]
+    #[schemars(pattern(r"^([hH][tT][tT][pP][sS]?://.+)?$"), example = &"https://auth.example.com")]
     pub authentik_host: Option<String>,
 
     /// Skip TLS verification of `authentik_host` inside the outpost; becomes
@@ -328,7 +329,7 @@ pub struct OutpostConfig {
     /// URL of authentik as browsers reach it, when it differs from `authentik_host`; becomes
     /// `AUTHENTIK_HOST_BROWSER`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(r"^(https?://.+)?$"), extend("default" = ""))]
+    #[schemars(pattern(r"^([hH][tT][tT][pP][sS]?://.+)?$"), extend("default" = ""))]
     pub authentik_host_browser: Option<String>,
 
     /// Container name template. Placeholders: `%(name)s` (the outpost name, slugified as

@@ -2035,4 +2035,22 @@ mod tests {
             Some("registry.example.com/ak/ldap:1")
         );
     }
+
+    /// authentik lowercases `authentik_host`, so an upper-case scheme works there: accepted
+    /// here too, and lowercased the same way.
+    #[test]
+    fn an_upper_case_authentik_host_is_lowercased() {
+        let v = crate::engine::fake::validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: HTTPS://AK.Example.com\n  \
+             authentik_host_browser: HTTPS://Login.Example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
+             outposts:\n  A: { type: ldap, integration: local, token: { file: token } }\n",
+        );
+        let env = &v.desired["local"][0].env;
+        assert_eq!(env["AUTHENTIK_HOST"].expose(), "https://ak.example.com");
+        assert_eq!(
+            env["AUTHENTIK_HOST_BROWSER"].expose(),
+            "HTTPS://Login.Example.com"
+        );
+    }
 }

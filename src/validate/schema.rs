@@ -676,7 +676,7 @@ fn pattern_meaning(pattern: &str) -> (&'static str, String) {
             "an SSH public key",
             "paste the key as `ssh-keyscan HOST` prints it, without the host name: `ssh-ed25519 AAAA...`".into(),
         ),
-        p if p.starts_with("^(https?://.+)?$") => (
+        p if p.starts_with("^([hH][tT][tT][pP][sS]?://.+)?$") => (
             "an http(s) URL",
             "write the full URL, e.g. `https://auth.example.com`".into(),
         ),
