@@ -722,11 +722,9 @@ fn ssh_full_plan_and_apply_with_pinned_host_key() {
     );
 }
 
-/// The private key from an environment variable (as CI passes secrets) works the same; the
-/// file ssh needs exists only while the run lasts.
-#[test]
-fn ssh_key_from_environment_variable() {
-    let r = Remote::ssh("sshenvkey");
+/// A radius outpost applied over ssh, the private key from `E2E_SSH_PRIVATE_KEY` (as CI
+/// passes secrets), the token from `AK_RADIUS`.
+fn apply_with_the_key_from_the_environment(r: &Remote) {
     r.env
         .set_env("E2E_SSH_PRIVATE_KEY", &r.s().client_key_text());
     let mut m = r.manifest(
@@ -738,7 +736,15 @@ fn ssh_key_from_environment_variable() {
     r.env.write(&m);
     let a = r.apply(&[]);
     assert_eq!(a.code, 0, "apply failed:\n{}", shown(&a));
-    assert_deployed(&r, "radius", "radius");
+    assert_deployed(r, "radius", "radius");
+}
+
+/// The private key from an environment variable (as CI passes secrets) works the same; the
+/// file ssh needs exists only while the run lasts.
+#[test]
+fn ssh_key_from_environment_variable() {
+    let r = Remote::ssh("sshenvkey");
+    apply_with_the_key_from_the_environment(&r);
     let p = r.plan(&["--detailed-exitcode"]);
     assert_eq!(p.code, 0, "{}", shown(&p));
 }
@@ -773,18 +779,7 @@ fn ssh_runs_without_the_secrets_of_the_environment() {
     let path = std::env::var("PATH").unwrap_or_default();
     r.env
         .set_env("PATH", &format!("{}:{path}", bin.path().display()));
-    r.env
-        .set_env("E2E_SSH_PRIVATE_KEY", &r.s().client_key_text());
-    let mut m = r.manifest(
-        json!({ "nas": r.good_ssh() }),
-        &[("Radius", "radius", "nas")],
-    );
-    m["keypairs"]["env-key"] = json!({ "key": { "env": "E2E_SSH_PRIVATE_KEY" } });
-    m["integrations"]["nas"]["tls_authentication"] = json!("env-key");
-    r.env.write(&m);
-    let a = r.apply(&[]);
-    assert_eq!(a.code, 0, "apply failed:\n{}", shown(&a));
-    assert_deployed(&r, "radius", "radius");
+    apply_with_the_key_from_the_environment(&r);
     let envs: Vec<String> = fs::read_dir(dumps.path())
         .expect("the dumps")
         .flatten()
