@@ -928,9 +928,24 @@ fn secrets_written_in_the_wrong_place_are_not_repeated() {
             ),
             "s3cret-block-line",
         ),
+        (
+            "in a one-line mapping beside a syntax error",
+            format!(
+                "{head}{valid_rest}  Other: {{ type: ldap, token: ak-flow-sekrit }}\n\tintegration: local\n"
+            ),
+            "ak-flow-sekrit",
+        ),
     ];
     // (A tab where YAML wants indentation stops the parse at the next line: its snippet
     // shows the secret's line.)
+    // A file that is not UTF-8: what is shown of it, up to the bad byte, is masked as well.
+    let mut latin1 =
+        format!("{head}{valid_rest}  Other:\n    token: ak-latin1-sekrit # caf").into_bytes();
+    latin1.extend_from_slice(b"\xe9\n");
+    let cases = cases
+        .into_iter()
+        .map(|(case, text, secret)| (case, text.into_bytes(), secret))
+        .chain([("not UTF-8", latin1, "ak-latin1-sekrit")]);
     for (case, text, secret) in cases {
         let (run, doc, dir) = validate_json(&text);
         assert_eq!(run.code, 1, "{case}: {}{}", run.stdout, run.stderr);

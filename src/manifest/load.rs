@@ -221,7 +221,10 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
         return;
     }
     out.file_count += 1;
-    let whole_file = |text: &str| SourceFile::new(path.to_path_buf(), text.to_string());
+    // What is shown of a file that is not text goes through the same masking as one that does
+    // not parse.
+    let whole_file =
+        |text: &str| mask_secret_lines(&SourceFile::new(path.to_path_buf(), text.to_string()));
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     if size > MAX_FILE_BYTES {
         let f = whole_file("");
@@ -323,15 +326,20 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
 
 /// Whether the value at `pointer` is a secret when written inline: one under a `token` or
 /// `key` key (an outpost's token, a keypair's key, or either written in the wrong place), or
-/// under a source of theirs other than `env` and `file`.
+/// under a source of theirs other than `env` and `file`. An entry merely *named* `token` or
+/// `key` (`outposts: { token: ... }`) keeps its settings shown, as do labels named `key`.
 fn secret_pointer(pointer: &str) -> bool {
     // Called for every node of every file: no allocation.
     let mut back = pointer.rsplit('/');
-    let (Some(last), parent) = (back.next(), back.next()) else {
+    let (Some(last), parent, grandparent) = (back.next(), back.next(), back.next()) else {
         return false;
     };
     let secret_key = |k: &str| matches!(k, "token" | "key");
-    secret_key(last) || (parent.is_some_and(secret_key) && !matches!(last, "env" | "file"))
+    let entries = |k: Option<&str>| matches!(k, Some("outposts" | "keypairs" | "integrations"));
+    (secret_key(last) && parent != Some("docker_labels"))
+        || (parent.is_some_and(secret_key)
+            && !entries(grandparent)
+            && !matches!(last, "env" | "file"))
 }
 
 /// `file` with every secret scalar written inline in `docs` masked by characters of the same
@@ -358,14 +366,15 @@ fn mask_secrets(file: &Arc<SourceFile>, docs: &[yaml::Document]) -> Arc<SourceFi
     masked(file, &ranges)
 }
 
-/// For a file that does not parse (no documents to find secrets in): the value of every line
-/// that reads `token: VALUE` or `key: VALUE` (also as a list item or with its key quoted), and
-/// the lines of a block or multi-line value under such a key, masked as `mask_secrets` does.
-/// A `{ env: ... }` or `{ file: ... }` reference, and `env:`/`file:` lines under the key,
-/// are shown.
+/// For a file that does not parse (no documents to find secrets in): every value written
+/// after a `token:` or `key:` key on a line (a block key, a list item, a key in a `{ ... }`
+/// mapping, quoted or not), and the lines of a block or multi-line value under a block key,
+/// masked as `mask_secrets` does. A `{ env: ... }` or `{ file: ... }` reference, and
+/// `env:`/`file:` lines under the key, are shown. A line indented with a tab counts as deeper
+/// than the key above it (tabs are a likely reason the file does not parse).
 fn mask_secret_lines(file: &Arc<SourceFile>) -> Arc<SourceFile> {
     let mut ranges = Vec::new();
-    // The indentation of a `token:`/`key:` whose value continues on the lines below.
+    // The indentation of a block `token:`/`key:` whose value may go on below.
     let mut under: Option<usize> = None;
     let mut offset = 0;
     for line in file.text.split_inclusive('\n') {
@@ -378,7 +387,7 @@ fn mask_secret_lines(file: &Arc<SourceFile>) -> Arc<SourceFile> {
             if body.is_empty() || body.starts_with('#') {
                 continue;
             }
-            if indent > key_indent {
+            if indent > key_indent || content[..indent].contains('\t') {
                 if !(body.starts_with("env:") || body.starts_with("file:")) {
                     ranges.push((start + indent, start + content.len()));
                 }
@@ -386,35 +395,72 @@ fn mask_secret_lines(file: &Arc<SourceFile>) -> Arc<SourceFile> {
             }
             under = None;
         }
-        let item = body.trim_start_matches(['-', ' ']);
-        let key_indent = content.len() - item.len();
-        let unquoted = item.trim_start_matches(['"', '\'']);
-        let Some(after) = ["token", "key"]
-            .iter()
-            .find_map(|k| unquoted.strip_prefix(k))
-            .map(|a| {
-                a.trim_start_matches(['"', '\''])
-                    .trim_start_matches([' ', '\t'])
-            })
-            .and_then(|a| a.strip_prefix(':'))
-            .filter(|a| a.is_empty() || a.starts_with([' ', '\t']))
-        else {
-            continue;
-        };
-        let value = after.trim_start_matches([' ', '\t']);
-        let value_at = start + content.len() - value.len();
-        let reference = value
-            .strip_prefix('{')
-            .map(|v| v.trim_start())
-            .is_some_and(|v| v.starts_with("env:") || v.starts_with("file:"));
-        if value.is_empty() || value.starts_with('#') || value.starts_with(['|', '>']) {
-            under = Some(key_indent);
-        } else if !reference {
-            let end = value.find(" #").unwrap_or(value.len());
-            ranges.push((value_at, value_at + end));
+        let mut from = 0;
+        while let Some((key_at, value_at)) = secret_key_at(content, from) {
+            from = value_at.max(key_at + 1);
+            let value = &content[value_at..];
+            let in_flow = content[..key_at].contains(['{', '[']);
+            if value
+                .strip_prefix('{')
+                .map(str::trim_start)
+                .is_some_and(|v| v.starts_with("env:") || v.starts_with("file:"))
+            {
+                continue;
+            }
+            if value.is_empty() || value.starts_with('#') || value.starts_with(['|', '>']) {
+                under = (!in_flow).then_some(key_at);
+                continue;
+            }
+            let end = match value.chars().next() {
+                Some(q @ ('"' | '\'')) => value[1..].find(q).map_or(value.len(), |i| i + 2),
+                _ if in_flow => value.find([',', '}', ']']).unwrap_or(value.len()),
+                _ => value.find(" #").unwrap_or(value.len()),
+            };
+            ranges.push((start + value_at, start + value_at + end));
+            if !in_flow {
+                // A plain or quoted value may go on, more indented, on the lines below.
+                under = Some(key_at);
+            }
+            from = value_at + end;
         }
     }
     masked(file, &ranges)
+}
+
+/// In `line` from byte `from`: the next `token` or `key` written as a key (at the line's
+/// start, after a list's `-`, a `{`, `[` or `,`, maybe quoted, then `:` and a space or the
+/// line's end), as (where the key starts, where its value starts).
+fn secret_key_at(line: &str, from: usize) -> Option<(usize, usize)> {
+    let bytes = line.as_bytes();
+    let mut i = from;
+    while i < bytes.len() {
+        let rest = &line[i..];
+        let quote = rest.starts_with(['"', '\'']) as usize;
+        let name = ["token", "key"]
+            .into_iter()
+            .find(|k| rest[quote..].starts_with(k));
+        let before = line[..i].trim_end_matches([' ', '\t']);
+        // A list item's `-` stands alone (`foo-key:` is another key).
+        let item = before
+            .strip_suffix('-')
+            .is_some_and(|b| b.is_empty() || b.ends_with([' ', '\t']));
+        let starts_key = before.is_empty() || before.ends_with(['{', '[', ',']) || item;
+        if let (Some(name), true) = (name, starts_key) {
+            let after = &rest[quote + name.len()..];
+            let after = if quote == 1 {
+                after.strip_prefix(['"', '\'']).unwrap_or("\u{0}")
+            } else {
+                after
+            };
+            let after_colon = after.trim_start_matches([' ', '\t']).strip_prefix(':');
+            if let Some(v) = after_colon.filter(|v| v.is_empty() || v.starts_with([' ', '\t'])) {
+                let value = v.trim_start_matches([' ', '\t']);
+                return Some((i, line.len() - value.len()));
+            }
+        }
+        i += rest.chars().next().map_or(1, char::len_utf8);
+    }
+    None
 }
 
 /// `file` with the bytes in `ranges` (but whitespace) replaced by characters of the same width
@@ -449,7 +495,9 @@ mod tests {
         let text = "outposts:\n  A:\n    token: ak-sekrit # note\n    \"token\": 'q'\n    \
              token: { env: AK_A }\n  - key: abc\n  k:\n    key: |\n      -----BEGIN-----\n\n      \
              line2\n    certificate: c\n    token:\n      file: t\n      value: v2\n    \
-             host_key: ssh-ed25519 AAAA\n    tokens: x\n";
+             host_key: ssh-ed25519 AAAA\n    tokens: x\n  B: { type: ldap, token: flow-sekrit }\n  \
+             C: { token: { env: AK_C } }\n    foo-key: shown\n    token: \"a #b\"\n  k2:\n    key: |\n\t\
+             tabbed-line\n";
         let file = SourceFile::new(PathBuf::from("set.yaml"), text.to_string());
         let out = mask_secret_lines(&file);
         assert_eq!(
@@ -457,7 +505,9 @@ mod tests {
             "outposts:\n  A:\n    token: ********* # note\n    \"token\": ***\n    \
              token: { env: AK_A }\n  - key: ***\n  k:\n    key: |\n      ***************\n\n      \
              *****\n    certificate: c\n    token:\n      file: t\n      ****** **\n    \
-             host_key: ssh-ed25519 AAAA\n    tokens: x\n"
+             host_key: ssh-ed25519 AAAA\n    tokens: x\n  B: { type: ldap, token: *********** }\n  \
+             C: { token: { env: AK_C } }\n    foo-key: shown\n    token: ** ***\n  k2:\n    key: |\n\t\
+             ***********\n"
         );
         assert_eq!(out.text.len(), text.len(), "offsets kept");
     }
@@ -470,6 +520,7 @@ mod tests {
             "/defaults/token",
             "/keypairs/k/key",
             "/outposts/A/token/value",
+            "/outposts/token",
         ] {
             assert!(secret_pointer(p), "{p}");
         }
@@ -479,6 +530,10 @@ mod tests {
             "/keypairs/k/key/file",
             "/integrations/x/ssh/host_key",
             "/keypairs/k/certificate",
+            // Entries named `token` or `key`, and a label named `key`.
+            "/outposts/token/integration",
+            "/keypairs/key/certificate",
+            "/outposts/A/config/docker_labels/key",
         ] {
             assert!(!secret_pointer(p), "{p}");
         }
