@@ -367,23 +367,41 @@ fn saved_plan_is_stale_when_its_engine_cannot_be_reached() {
     assert!(env.project_containers().is_empty());
 }
 
-/// A wrong path given as the plan: a device that never ends, a directory. Each is refused at
-/// once, naming the path, and nothing is created.
+/// A wrong path given as the plan (a device that never ends, a directory) is refused at once,
+/// naming the path, and nothing is created; a plan read from a pipe (`--plan /dev/stdin`) is
+/// applied.
 #[test]
-fn a_plan_path_that_is_not_a_plan_file_is_refused_at_once() {
+fn a_plan_from_a_pipe_is_read_and_a_wrong_path_refused() {
     let env = Env::new("notaplan");
     let mut m = env.manifest();
     m["outposts"]["A"] = env.outpost("ldap", "AK_A");
     env.write(&m);
-    for path in ["/dev/zero", "."] {
+    for (path, why) in [
+        ("/dev/zero", "bytes; a plan file is at most"),
+        (".", "not a regular file"),
+    ] {
         let r = apply_plan(&env, path);
         assert_eq!(r.code, 1, "{}", shown(&r));
         assert!(
-            r.stderr
-                .contains(&format!("cannot read `{path}`: not a regular file")),
+            r.stderr.contains(&format!("cannot read `{path}`: ")) && r.stderr.contains(why),
             "{}",
             shown(&r)
         );
     }
     assert!(env.project_containers().is_empty());
+
+    plan_out(&env, "plan.json");
+    let file = std::fs::File::open(env.dir().join("plan.json")).expect("the plan file");
+    let out = env
+        .command(&["apply", "--plan", "/dev/stdin", "--auto-approve", "."])
+        .stdin(file)
+        .output()
+        .expect("outpostctl runs");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(env.project_containers().len(), 1);
 }

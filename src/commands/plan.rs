@@ -96,7 +96,7 @@ const MAX_PLAN_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Reads a plan file written by `save`.
 pub fn load(path: &Path) -> Result<Plan, String> {
-    let text = crate::validate::read_text_file(path, MAX_PLAN_BYTES, "a plan file")
+    let text = crate::validate::read_text_file(path, MAX_PLAN_BYTES, "a plan file", true)
         .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
     serde_json::from_str(&text)
         .map_err(|e| format!("`{}` is not an outpostctl plan: {e}", path.display()))

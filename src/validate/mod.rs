@@ -1731,22 +1731,29 @@ pub const MAX_SOURCE_BYTES: u64 = 1024 * 1024;
 /// Reads a referenced file: a regular file of at most `MAX_SOURCE_BYTES` (never a device,
 /// FIFO or directory, which could hang or exhaust memory).
 pub fn read_small_file(path: &Path) -> std::io::Result<String> {
-    read_text_file(path, MAX_SOURCE_BYTES, "a token, key or certificate file")
+    read_text_file(
+        path,
+        MAX_SOURCE_BYTES,
+        "a token, key or certificate file",
+        false,
+    )
 }
 
-/// Reads a regular file of UTF-8 text of at most `max` bytes (`what` says what such a file
-/// is, for the error): a device, a FIFO or a huge file is an error, not a hang or an abort.
-pub fn read_text_file(path: &Path, max: u64, what: &str) -> std::io::Result<String> {
+/// Reads a file of UTF-8 text of at most `max` bytes (`what` says what such a file is, for the
+/// error): a regular file, or with `streams` also a pipe or device (`/dev/stdin`, `<(...)`),
+/// read up to `max` bytes. A huge file, or a device that never ends, is an error, not an
+/// abort; a device or FIFO where `streams` is false is refused before any read (a FIFO
+/// nobody writes to would hang the run).
+pub fn read_text_file(path: &Path, max: u64, what: &str, streams: bool) -> std::io::Result<String> {
     use std::io::Read;
     let meta = std::fs::metadata(path)?;
-    if !meta.is_file() {
+    if meta.is_dir() || !(meta.is_file() || streams) {
         return Err(std::io::Error::other("not a regular file"));
     }
-    if meta.len() > max {
-        return Err(std::io::Error::other(format!(
-            "{} bytes; {what} is at most {max}",
-            meta.len()
-        )));
+    let too_big =
+        |size: &str| std::io::Error::other(format!("{size} bytes; {what} is at most {max}"));
+    if meta.is_file() && meta.len() > max {
+        return Err(too_big(&meta.len().to_string()));
     }
     let mut text = String::new();
     std::fs::File::open(path)?
@@ -1759,6 +1766,10 @@ pub fn read_text_file(path: &Path, max: u64, what: &str) -> std::io::Result<Stri
                 e
             }
         })?;
+    // A file that grew since it was measured, or a stream.
+    if text.len() as u64 > max {
+        return Err(too_big(&format!("more than {max}")));
+    }
     Ok(text)
 }
 
