@@ -272,9 +272,10 @@ enum Piece<'a> {
     },
 }
 
-/// The widest field a template may ask for: padding only adds spaces, which no container
-/// name or image reference takes, so a wider one can only be a mistake.
-const MAX_WIDTH: usize = 253;
+/// The most spaces a field's width adds. Padding only adds spaces, which no container name or
+/// image reference takes: a result with any is refused all the same, and a width of two
+/// billion must not allocate two gigabytes to say so.
+const MAX_PAD: usize = 256;
 
 /// Parses a template as Python's `%` operator does with a mapping: `%(key)` then flags
 /// (`-`, `0`, ` `, `+`, `#`), width, `.precision`, an optional length modifier (`h`, `l`,
@@ -308,28 +309,28 @@ fn pieces(template: &str) -> Result<Vec<Piece<'_>>, String> {
         let digits = |s: &str| s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let after_flags = &spec[flags..];
         let w = digits(after_flags);
-        let number = |s: &str| -> Result<usize, String> {
-            match s.parse::<usize>() {
-                Ok(n) if n <= MAX_WIDTH => Ok(n),
-                _ => Err(format!(
-                    "`%({key})` asks for {s} characters; at most {MAX_WIDTH} make sense"
-                )),
+        // Python keeps a width in a Py_ssize_t and a precision in a C int: beyond, "width
+        // too big" or "precision too big".
+        let number = |s: &str, what: &str, max: u64| -> Result<usize, String> {
+            match s.parse::<u64>() {
+                Ok(n) if n <= max => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+                _ => Err(format!("`%({key})`: the {what} {s} is too big")),
             }
         };
         let width = if w == 0 {
             0
         } else {
-            number(&after_flags[..w])?
+            number(&after_flags[..w], "width", i64::MAX as u64)?
         };
         let mut conv = &after_flags[w..];
         let mut precision = None;
         if let Some(p) = conv.strip_prefix('.') {
             let n = digits(p);
-            // Python reads `.` alone as precision 0; a long precision only cuts nothing.
+            // Python reads `.` alone as precision 0.
             precision = Some(if n == 0 {
                 0
             } else {
-                p[..n].parse::<usize>().unwrap_or(usize::MAX)
+                number(&p[..n], "precision", i32::MAX as u64)?
             });
             conv = &p[n..];
         }
@@ -405,7 +406,7 @@ pub fn fill(template: &str, values: &[(&str, &str)]) -> String {
                     Some(n) => v.char_indices().nth(n).map_or(*v, |(i, _)| &v[..i]),
                     None => v,
                 };
-                let pad = width.saturating_sub(v.chars().count());
+                let pad = width.saturating_sub(v.chars().count()).min(MAX_PAD);
                 if left {
                     out.push_str(v);
                 }
@@ -1030,7 +1031,14 @@ mod tests {
         assert!(err("ak-%(name)d").contains("`%(name)d` is not a text conversion"));
         assert!(err("ak-%(name)-5r").contains("`%(name)-5r`"));
         assert!(err("ak-%(name)*s").contains("no `*`"));
-        assert!(err("ak-%(name)999999999999999999999s").contains("at most 253"));
+        assert!(
+            err("ak-%(name)9223372036854775808s")
+                .contains("the width 9223372036854775808 is too big")
+        );
+        assert!(err("ak-%(name).2147483648s").contains("the precision 2147483648 is too big"));
+        // Python accepts any width in a Py_ssize_t: one shorter than the value pads nothing.
+        assert_eq!(fill("%(name)2147483648.3s", &v).len(), 3 + MAX_PAD);
+        assert_eq!(fill("ak-%(name)2s", &v), "ak-abc");
         assert!(err("ak-%(name)").contains("must be followed by `s`"));
     }
 

@@ -221,7 +221,10 @@ pub async fn acquire(
             .unwrap_or_else(|| "an unknown holder".into());
         if labels.get(LABEL_RUN).map(String::as_str) == Some(run_id()) {
             let shared = held(|h| match h.get_mut(&id) {
-                Some(l) if l.lost.is_none() => l.integrations.insert(integration.to_string()),
+                Some(l) if l.lost.is_none() => {
+                    l.integrations.insert(integration.to_string());
+                    true
+                }
                 _ => false,
             });
             if !shared {
@@ -305,7 +308,7 @@ async fn lock_image(engine: &dyn Engine, opts: &LockOptions) -> Result<String, E
 
 /// Renews the lease three times per lease period. When the lock container is gone, or no
 /// renewal succeeded for two thirds of the lease (another writer may take the lock over once it
-/// runs out), the lock is lost (`lost`): no new action starts.
+/// runs out), the lock is lost (`lost_on`): no new action starts on its engine.
 async fn renew(engine: Arc<dyn Engine>, id: String, lease: i64) {
     let every = Duration::from_secs((lease / 3).max(1) as u64);
     let patience = Duration::from_secs((lease - lease / 3).max(1) as u64);
@@ -504,13 +507,26 @@ mod tests {
     /// The same run reaching one engine through two integrations holds its lock once.
     #[tokio::test]
     async fn this_runs_own_lock_is_recognised() {
-        held(|h| h.insert("beef".to_string(), Held::default()));
+        held(|h| {
+            h.insert(
+                "beef".to_string(),
+                Held {
+                    lost: None,
+                    integrations: BTreeSet::from(["proxy".to_string()]),
+                },
+            )
+        });
         let got = acquire(locked_by("beef", Some(run_id())), "local", &opts(), &|_| {}).await;
-        held(|h| h.remove("beef"));
+        let covered = held(|h| h.remove("beef")).map(|l| l.integrations);
         match got {
             Ok(lock) => assert!(lock.heartbeat.is_none(), "renewed twice"),
             Err(e) => panic!("waited for its own lock: {e}"),
         }
+        // A loss of that lock stops both integrations' actions.
+        assert_eq!(
+            covered,
+            Some(BTreeSet::from(["local".to_string(), "proxy".to_string()]))
+        );
     }
 
     /// A lock of this run that nobody renews (its release failed while the engine was away, in

@@ -63,6 +63,8 @@ fn main() {
             // close ssh sessions and remove the private key directory (`exit` runs no
             // destructors). Bounded, so a stuck session cannot keep the process alive.
             rt.shutdown_timeout(std::time::Duration::from_secs(10));
+            // A session still not dropped then leaves no key behind.
+            outpostctl::engine::ssh::remove_private_dirs();
             std::process::exit(code)
         }
         Command::Schema => commands::schema::run(&printer),
@@ -87,6 +89,8 @@ fn block_on<F: std::future::Future>(command: F) -> F::Output {
     let rt = runtime();
     let out = rt.block_on(command);
     rt.shutdown_timeout(std::time::Duration::from_secs(10));
+    // A session still not dropped then leaves no key behind (`exit` runs no destructor).
+    outpostctl::engine::ssh::remove_private_dirs();
     out
 }
 

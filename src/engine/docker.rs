@@ -116,6 +116,25 @@ impl DockerEngine {
     }
 }
 
+/// `message` with every secret value of `env` masked: as written, and as JSON writes it (an
+/// error that echoes the create request has a token with `"` or `\` escaped).
+fn without_secrets(message: &str, env: &BTreeMap<String, crate::desired::EnvValue>) -> String {
+    let mut out = message.to_string();
+    for v in env.values().filter(|v| v.is_secret()) {
+        let json = serde_json::to_string(v.expose()).unwrap_or_default();
+        let escaped = json
+            .strip_prefix('"')
+            .and_then(|j| j.strip_suffix('"'))
+            .unwrap_or_default();
+        for form in [v.expose(), escaped] {
+            if !form.is_empty() {
+                out = out.replace(form, v.shown());
+            }
+        }
+    }
+    out
+}
+
 /// Turns bollard's errors into ones a person can act on.
 pub fn map_err(url: &str, what: &str, e: BError) -> EngineError {
     match e {
@@ -525,11 +544,7 @@ impl super::Engine for DockerEngine {
             .map_err(|e| {
                 let mut err = self.err(&format!("create container {}", spec.name), e);
                 // An engine, proxy or plugin that echoes the request would show the token.
-                for v in spec.env.values().filter(|v| v.is_secret()) {
-                    if !v.expose().is_empty() {
-                        err.message = err.message.replace(v.expose(), v.shown());
-                    }
-                }
+                err.message = without_secrets(&err.message, &spec.env);
                 if err.message.contains("network") && err.message.contains("not found") {
                     err.message.push_str(&format!(
                         " (create the network first: `docker network create {}`)",
@@ -1414,6 +1429,32 @@ mod first_answer {
         assert!(
             took >= Duration::from_secs(3) && took < Duration::from_secs(6),
             "the two tries took {took:?}, not the client's 3 s"
+        );
+    }
+}
+
+#[cfg(test)]
+mod masking {
+    use std::collections::BTreeMap;
+
+    use crate::desired::{EnvValue, Secret};
+
+    #[test]
+    fn secrets_are_masked_as_written_and_as_json_escapes_them() {
+        let env = BTreeMap::from([
+            (
+                "AUTHENTIK_TOKEN".to_string(),
+                EnvValue::Secret(Secret::new(r#"ab"c\d"#)),
+            ),
+            (
+                "AUTHENTIK_HOST".to_string(),
+                EnvValue::Plain("https://ak".into()),
+            ),
+        ]);
+        let echoed = r#"denied: {"Env":["AUTHENTIK_TOKEN=ab\"c\\d","AUTHENTIK_HOST=https://ak"]} raw ab"c\d"#;
+        assert_eq!(
+            super::without_secrets(echoed, &env),
+            r#"denied: {"Env":["AUTHENTIK_TOKEN=(secret)","AUTHENTIK_HOST=https://ak"]} raw (secret)"#
         );
     }
 }
