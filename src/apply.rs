@@ -363,12 +363,64 @@ async fn run_action(
                 None => {}
             }
         }
-        (ActionKind::Start, Some(id)) => engine.start(id).await?,
+        (ActionKind::Start, Some(id)) => match engine.start(id).await {
+            Err(e) if spec.is_some() && runtime_state_left_behind(&e) => {
+                let spec = spec.ok_or_else(missing_spec)?;
+                made_anew(engine, spec, id, e, integration, progress, messages).await?;
+            }
+            other => other?,
+        },
         (ActionKind::Restart, Some(id)) => engine.restart(id).await?,
         (ActionKind::Unpause, Some(id)) => engine.unpause(id).await?,
         (ActionKind::Remove, Some(id)) => engine.remove(id).await?,
         _ => {}
     }
+    Ok(())
+}
+
+/// Whether a start failed because the engine's runtime still holds a task or container of
+/// that id: Docker's state after an unclean restart of the engine in the middle of a start
+/// (moby#36145, docker/for-linux#211). Starting it again fails the same way for good.
+fn runtime_state_left_behind(e: &EngineError) -> bool {
+    e.message.contains(": already exists") || e.message.contains("container with id exists")
+}
+
+/// An outpost's container that cannot be started for the runtime state an engine restart
+/// left behind is made anew: removed (it is not running: nothing is lost) and created again
+/// from its spec, keeping the link (`outpostctl.replaces`) of an interrupted recreate to the
+/// container it replaces. Said as a warning.
+async fn made_anew(
+    engine: &dyn Engine,
+    spec: &ContainerSpec,
+    id: &str,
+    why: EngineError,
+    integration: &str,
+    progress: &dyn Progress,
+    messages: &mut Vec<String>,
+) -> Result<(), EngineError> {
+    let replaces = engine
+        .inspect(id)
+        .await
+        .ok()
+        .and_then(|i| i.labels.get(LABEL_REPLACES).cloned());
+    let image = ensure_image(engine, spec, integration, progress, messages).await?;
+    engine.remove(id).await.map_err(|r| {
+        EngineError::new(
+            why.kind,
+            format!(
+                "{} (the engine's runtime kept its state across a restart); removing the container to make it anew failed too: {}",
+                why.message, r.message
+            ),
+        )
+    })?;
+    let extra = replaces
+        .map(|r| BTreeMap::from([(LABEL_REPLACES.to_string(), r)]))
+        .unwrap_or_default();
+    create_and_start(engine, spec, &image, &extra).await?;
+    messages.push(format!(
+        "warning: the container could not be started ({}: the engine's runtime kept its state across a restart), so it was made anew",
+        why.message
+    ));
     Ok(())
 }
 
@@ -671,6 +723,87 @@ mod swap_tests {
         a
     }
 
+    /// A plan of `actions` on integration `local`.
+    fn on_local(actions: Vec<Action>) -> Plan {
+        Plan {
+            format_version: crate::plan::FORMAT_VERSION,
+            project: "p".into(),
+            manifest_fingerprint: String::new(),
+            inspected: false,
+            adopted: false,
+            integrations: vec![EnginePlan {
+                name: "local".into(),
+                url: "local".into(),
+                fingerprint: None,
+                engine_id: None,
+                error: None,
+                actions,
+                spec_texts: BTreeMap::new(),
+                unblocks: Vec::new(),
+                notes: Vec::new(),
+                unchecked: Vec::new(),
+            }],
+        }
+    }
+
+    /// An outpost's container left half-started by an engine restart (Docker's runtime kept
+    /// its task: every start fails with "already exists") is made anew from its spec, still
+    /// linked to the container its interrupted recreate replaces; said as a warning.
+    #[tokio::test]
+    async fn a_container_whose_task_outlived_an_engine_restart_is_made_anew() {
+        let v = validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
+             outposts:\n  A: { type: ldap, integration: local, token: { file: token } }\n",
+        );
+        let fake = Arc::new(Fake {
+            images: Some(vec!["ghcr.io/goauthentik/ldap:2026.8.0".into()]),
+            calls: Some(Mutex::new(Vec::new())),
+            stuck: Some("c1".into()),
+            writable: true,
+            inspected_labels: BTreeMap::from([(
+                "c1".to_string(),
+                BTreeMap::from([(
+                    crate::desired::LABEL_REPLACES.to_string(),
+                    "old1".to_string(),
+                )]),
+            )]),
+            ..Fake::default()
+        });
+        let engines: crate::plan::Engines = BTreeMap::from([(
+            "local".to_string(),
+            Ok(Arc::clone(&fake) as Arc<dyn crate::engine::Engine>),
+        )]);
+        let start = Action {
+            outpost: "A".into(),
+            action: crate::diff::ActionKind::Start,
+            name: "ak-outpost-a".into(),
+            container: Some(ContainerRef {
+                id: "c1".into(),
+                name: "ak-outpost-a".into(),
+            }),
+            reasons: Vec::new(),
+            adopt: false,
+            error: None,
+        };
+        let report = apply(&on_local(vec![start]), &v, &engines, &super::Quiet).await;
+        assert_eq!(
+            fake.recorded(),
+            [
+                "remove c1",
+                "create ak-outpost-a replaces=old1",
+                "start new-1"
+            ]
+        );
+        let o = &report.outcomes[0];
+        assert!(o.ok, "{o:?}");
+        assert!(
+            o.messages[0].starts_with("warning: the container could not be started (")
+                && o.messages[0].contains("already exists"),
+            "{o:?}"
+        );
+    }
+
     /// Two outposts swapping host ports: a shutdown asked for after the first previous
     /// container was stopped starts it again, and neither recreate goes on.
     #[tokio::test]
@@ -690,28 +823,10 @@ mod swap_tests {
             "local".to_string(),
             Ok(Arc::clone(&fake) as Arc<dyn crate::engine::Engine>),
         )]);
-        let plan = Plan {
-            format_version: crate::plan::FORMAT_VERSION,
-            project: "p".into(),
-            manifest_fingerprint: String::new(),
-            inspected: false,
-            adopted: false,
-            integrations: vec![EnginePlan {
-                name: "local".into(),
-                url: "local".into(),
-                fingerprint: None,
-                engine_id: None,
-                error: None,
-                actions: vec![
-                    swap("A", "c1", "7000->3389/tcp", "7001->3389/tcp"),
-                    swap("B", "c2", "7001->3389/tcp", "7000->3389/tcp"),
-                ],
-                spec_texts: BTreeMap::new(),
-                unblocks: Vec::new(),
-                notes: Vec::new(),
-                unchecked: Vec::new(),
-            }],
-        };
+        let plan = on_local(vec![
+            swap("A", "c1", "7000->3389/tcp", "7001->3389/tcp"),
+            swap("B", "c2", "7001->3389/tcp", "7000->3389/tcp"),
+        ]);
         let report = apply(&plan, &v, &engines, &StopsThenCancels(Arc::clone(&fake))).await;
         assert_eq!(fake.recorded(), ["stop c1", "start c1"]);
         assert_eq!(report.outcomes.len(), 2);

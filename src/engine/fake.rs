@@ -32,6 +32,14 @@ pub struct Fake {
     pub calls: Option<std::sync::Mutex<Vec<String>>>,
     /// The daemon ID `info` answers; None: refused.
     pub daemon_id: Option<String>,
+    /// A container whose `start` fails as Docker's does for a container whose runtime task
+    /// outlived an unclean engine restart ("task ID: already exists").
+    pub stuck: Option<String>,
+    /// With `calls`: `create` succeeds (ids `new-1`, ...) and is recorded as "create NAME
+    /// replaces=ID" (or "-"), `remove` of any container as "remove ID".
+    pub writable: bool,
+    /// The labels `inspect` shows, by container id (other fields empty); others not found.
+    pub inspected_labels: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// A listed container.
@@ -123,10 +131,21 @@ impl Engine for Fake {
         Ok(self.listed.clone())
     }
     async fn inspect(&self, id: &str) -> Result<Inspected> {
-        Err(EngineError::new(
-            ErrorKind::NotFound,
-            format!("no such container: {id}"),
-        ))
+        match self.inspected_labels.get(id) {
+            Some(labels) => Ok(Inspected {
+                image: String::new(),
+                env: BTreeMap::new(),
+                labels: labels.clone(),
+                ports: Vec::new(),
+                network: None,
+                restart_policy: String::new(),
+                healthcheck: None,
+            }),
+            None => Err(EngineError::new(
+                ErrorKind::NotFound,
+                format!("no such container: {id}"),
+            )),
+        }
     }
     async fn networks(&self) -> Result<Vec<(String, String)>> {
         self.network_reads
@@ -150,13 +169,33 @@ impl Engine for Fake {
     }
     async fn create(
         &self,
-        _: &ContainerSpec,
+        spec: &ContainerSpec,
         _: &str,
-        _: &BTreeMap<String, String>,
+        extra: &BTreeMap<String, String>,
     ) -> Result<String> {
-        refused()
+        if !self.writable {
+            return refused();
+        }
+        let replaces = extra
+            .get(crate::desired::LABEL_REPLACES)
+            .map_or("-", String::as_str);
+        self.record(format!("create {} replaces={replaces}", spec.name))?;
+        let n = self
+            .recorded()
+            .iter()
+            .filter(|c| c.starts_with("create "))
+            .count();
+        Ok(format!("new-{n}"))
     }
     async fn start(&self, id: &str) -> Result<()> {
+        if self.stuck.as_deref() == Some(id) {
+            return Err(EngineError::new(
+                ErrorKind::Api,
+                format!(
+                    "start container: the engine at unix:///var/run/docker.sock answered 500: task {id}: already exists"
+                ),
+            ));
+        }
         self.record(format!("start {id}"))
     }
     async fn stop(&self, id: &str) -> Result<()> {
@@ -172,6 +211,9 @@ impl Engine for Fake {
         refused()
     }
     async fn remove(&self, id: &str) -> Result<()> {
+        if self.writable {
+            return self.record(format!("remove {id}"));
+        }
         let mut marker = self.marker();
         match &*marker {
             Some((held, _, _)) if held == id => {
