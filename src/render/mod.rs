@@ -20,20 +20,43 @@ impl Style {
     }
 }
 
-/// A code span in a table cell: only the cell separator needs escaping there, and a line
-/// break (it would end the row) becomes a space.
+/// A code span in a table cell: only the cell separator (and a backslash, which would escape
+/// it) needs escaping there; a backtick would end the span and becomes `'`; a line break (it
+/// would end the row) becomes a space.
 pub(crate) fn md_code(s: &str) -> String {
-    format!(
-        "`{}`",
-        s.replace('`', "'").replace('|', "\\|").replace('\n', " ")
-    )
+    format!("`{}`", code_text(&s.replace('`', "'")))
 }
 
-/// Text in a Markdown table cell: no cell break, no HTML, one line. Inside its code spans
-/// (between backticks, as in `project: <name>`) Markdown shows `&lt;` literally, so there
-/// only the cell separator is escaped, and a line break becomes a space.
+/// The inside of a code span in a table cell.
+fn code_text(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace("\r\n", " ")
+        .replace(['\r', '\n'], " ")
+}
+
+/// Text in a Markdown table cell or quote: no cell break, no HTML, no link, no mention, one
+/// line. Inside its code spans (between single backticks, as in `project: <name>`) Markdown
+/// shows `&lt;` literally, so there only the cell separator is escaped. Runs of two or more
+/// backticks (which Markdown pairs only with runs of the same length) become quotes, so that
+/// spans are where this function takes them to be.
 pub(crate) fn md_escape(s: &str) -> String {
-    let parts: Vec<&str> = s.split('`').collect();
+    let mut single = String::with_capacity(s.len());
+    let mut run = 0;
+    for c in s.chars().map(Some).chain([None]) {
+        if c == Some('`') {
+            run += 1;
+            continue;
+        }
+        if run == 1 {
+            single.push('`');
+        } else {
+            single.extend(std::iter::repeat_n('\'', run));
+        }
+        run = 0;
+        single.extend(c);
+    }
+    let parts: Vec<&str> = single.split('`').collect();
     // An odd backtick opens no span: the text after it is plain.
     let last_code = if parts.len() % 2 == 1 {
         parts.len()
@@ -46,14 +69,20 @@ pub(crate) fn md_escape(s: &str) -> String {
             out.push('`');
         }
         if i % 2 == 1 && i < last_code {
-            out.push_str(&part.replace('|', "\\|").replace('\n', " "));
+            out.push_str(&code_text(part));
         } else {
             out.push_str(
                 &part
+                    .replace('&', "&amp;")
+                    .replace('\\', "\\\\")
                     .replace('|', "\\|")
                     .replace('<', "&lt;")
                     .replace('>', "&gt;")
-                    .replace('\n', "<br>"),
+                    .replace('[', "\\[")
+                    .replace(']', "\\]")
+                    .replace('@', "&#64;")
+                    .replace("\r\n", "<br>")
+                    .replace(['\r', '\n'], "<br>"),
             );
         }
     }
@@ -73,5 +102,19 @@ mod tests {
         assert_eq!(md_escape("`a|b` | c"), "`a\\|b` \\| c");
         assert_eq!(md_escape("odd ` <x>"), "odd ` &lt;x&gt;");
         assert_eq!(md_escape("two\nlines `x\ny`"), "two<br>lines `x y`");
+        // A run of backticks pairs only with one as long in Markdown: made quotes, the text
+        // around stays escaped.
+        assert_eq!(
+            md_escape("```<img src=x>` and ``<b>``"),
+            "'''&lt;img src=x&gt;` and ''&lt;b&gt;''"
+        );
+        // A carriage return ends a row as a line feed does; a backslash cannot eat the `|`
+        // escape; links, entities and mentions stay text.
+        assert_eq!(md_escape("a\rb \\| c"), "a<br>b \\\\\\| c");
+        assert_eq!(
+            md_escape("![x](https://e) &#124; @org/team"),
+            "!\\[x\\](https://e) &amp;#124; &#64;org/team"
+        );
+        assert_eq!(super::md_code("a`b\\|c\rd"), "`a'b\\\\\\|c d`");
     }
 }
