@@ -595,7 +595,7 @@ impl Checker {
                     Diagnostic::warning(
                         "key-permissions",
                         format!(
-                            "`{}` is readable by others (mode {:o})",
+                            "`{}` can be read or written by group or others (mode {:o})",
                             path.display(),
                             mode & 0o777
                         ),
