@@ -173,6 +173,14 @@ impl Plan {
                     now.name
                 ));
             }
+            if then.engine_id.is_none() && then.error.is_none() {
+                // Printed with `--format json`, not saved with `--out`: which engine it was
+                // made against is unknown.
+                return Some(format!(
+                    "it holds no engine ID for integration `{}`, so it cannot be checked against the engine it was made for: save plans with `plan --out FILE` (not `--format json`)",
+                    now.name
+                ));
+            }
             if let Some(then_id) = &then.engine_id {
                 if now.engine_id.is_none() {
                     return Some(format!(

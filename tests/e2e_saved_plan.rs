@@ -405,3 +405,20 @@ fn a_plan_from_a_pipe_is_read_and_a_wrong_path_refused() {
     );
     assert_eq!(env.project_containers().len(), 1);
 }
+
+/// A plan printed with `--format json` (same format, but without the engines' IDs, which
+/// only `--out` asks for) is refused by `apply --plan`: it cannot be checked against the
+/// engine it was made for.
+#[test]
+fn a_plan_printed_as_json_is_refused_for_lack_of_engine_ids() {
+    let env = Env::new("jsonplan");
+    let mut m = env.manifest();
+    m["outposts"]["A"] = env.outpost("ldap", "AK_A");
+    env.write(&m);
+    let r = env.plan(&["--format", "json"]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    std::fs::write(env.dir().join("printed.json"), &r.stdout).expect("write");
+    let r = apply_plan(&env, "printed.json");
+    assert_stale(&r, "printed.json", "holds no engine ID for integration `local`");
+    assert!(env.project_containers().is_empty());
+}
