@@ -68,9 +68,9 @@ impl Metrics {
         });
     }
 
-    /// Whether the last reconcile succeeded (false before the first one finished).
-    pub fn healthy(&self) -> bool {
-        self.with(|m| m.last_ok == Some(true))
+    /// Whether the last reconcile succeeded (None before the first one finished).
+    pub fn last_ok(&self) -> Option<bool> {
+        self.with(|m| m.last_ok)
     }
 
     /// The Prometheus text exposition.
@@ -141,12 +141,10 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             let head = String::from_utf8_lossy(&buf[..len]);
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let (status, body, ctype) = match path {
-                "/healthz" if metrics.healthy() => ("200 OK", "ok\n".to_string(), "text/plain"),
-                "/healthz" => (
-                    "503 Service Unavailable",
-                    "the last reconcile failed\n".to_string(),
-                    "text/plain",
-                ),
+                "/healthz" => {
+                    let (status, body) = health(metrics.last_ok());
+                    (status, body.to_string(), "text/plain")
+                }
                 "/metrics" => ("200 OK", metrics.render(), "text/plain; version=0.0.4"),
                 _ => ("404 Not Found", "not found\n".to_string(), "text/plain"),
             };
@@ -157,5 +155,37 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             let _ = conn.write_all(resp.as_bytes()).await;
             let _ = conn.shutdown().await;
         });
+    }
+}
+
+/// `/healthz`'s status and body for the last reconcile's result (None: none finished yet).
+fn health(last_ok: Option<bool>) -> (&'static str, &'static str) {
+    match last_ok {
+        Some(true) => ("200 OK", "ok\n"),
+        Some(false) => ("503 Service Unavailable", "the last reconcile failed\n"),
+        None => (
+            "503 Service Unavailable",
+            "the first reconcile has not finished yet\n",
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Metrics, health};
+
+    #[test]
+    fn health_says_whether_a_reconcile_has_finished_yet() {
+        let m = Metrics::default();
+        assert_eq!(m.last_ok(), None);
+        assert_eq!(
+            health(m.last_ok()),
+            (
+                "503 Service Unavailable",
+                "the first reconcile has not finished yet\n"
+            )
+        );
+        assert_eq!(health(Some(false)).1, "the last reconcile failed\n");
+        assert_eq!(health(Some(true)), ("200 OK", "ok\n"));
     }
 }
