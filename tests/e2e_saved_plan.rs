@@ -419,6 +419,10 @@ fn a_plan_printed_as_json_is_refused_for_lack_of_engine_ids() {
     assert_eq!(r.code, 0, "{}", shown(&r));
     std::fs::write(env.dir().join("printed.json"), &r.stdout).expect("write");
     let r = apply_plan(&env, "printed.json");
-    assert_stale(&r, "printed.json", "holds no engine ID for integration `local`");
+    assert_stale(
+        &r,
+        "printed.json",
+        "holds no engine ID for integration `local`",
+    );
     assert!(env.project_containers().is_empty());
 }
