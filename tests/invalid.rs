@@ -769,13 +769,20 @@ fn special_files_are_refused() {
     }
 }
 
-/// `plan --format json` on manifests that do not validate: the diagnostics as JSON on stdout,
-/// in `validate --format json`'s shape, instead of nothing (exit 1).
+/// `plan --format json` and `status --format json` on manifests that do not validate: the
+/// diagnostics as JSON on stdout, in `validate --format json`'s shape, instead of nothing
+/// (exit 1).
 #[test]
-fn json_plan_of_invalid_manifests_is_the_diagnostics() {
+fn json_plan_and_status_of_invalid_manifests_are_the_diagnostics() {
+    for command in ["plan", "status"] {
+        json_of_invalid_manifests_is_the_diagnostics(command);
+    }
+}
+
+fn json_of_invalid_manifests_is_the_diagnostics(command: &str) {
     let (run, _home) = outpostctl(
         &fixtures(),
-        "plan",
+        command,
         &["--format", "json", "missing_project.yaml"],
     );
     assert_eq!(run.code, 1, "{}{}", run.stderr, run.stdout);

@@ -89,6 +89,20 @@ pub fn load_valid(p: &Printer, paths: &[PathBuf]) -> Result<Validated, Vec<Diagn
     shown_valid(p, validate(paths))
 }
 
+/// What `plan` and `status` print with `--format json` on manifests that do not validate: a
+/// consumer reading stdout learns why there is nothing else.
+pub fn invalid_json(p: &Printer, diagnostics: &[Diagnostic]) {
+    let doc = serde_json::json!({
+        "format_version": 1,
+        "valid": false,
+        "diagnostics": crate::render::diagnostics::json(diagnostics),
+    });
+    p.out(&format!(
+        "{}\n",
+        serde_json::to_string_pretty(&doc).unwrap_or_default()
+    ));
+}
+
 /// `load_valid` on a validation's outcome.
 fn shown_valid(p: &Printer, outcome: Outcome) -> Result<Validated, Vec<Diagnostic>> {
     if !outcome.diagnostics.is_empty() {

@@ -26,17 +26,7 @@ pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
             // no plan.
             match args.format {
                 PlanFormat::Markdown => p.out(&render::diagnostics::markdown(&diagnostics)),
-                PlanFormat::Json => {
-                    let doc = serde_json::json!({
-                        "format_version": 1,
-                        "valid": false,
-                        "diagnostics": render::diagnostics::json(&diagnostics),
-                    });
-                    p.out(&format!(
-                        "{}\n",
-                        serde_json::to_string_pretty(&doc).unwrap_or_default()
-                    ));
-                }
+                PlanFormat::Json => super::invalid_json(p, &diagnostics),
                 PlanFormat::Human => {}
             }
             return Exit::Failure;

@@ -65,10 +65,17 @@ pub async fn run(
     format: Format,
     detailed_exitcode: bool,
 ) -> Exit {
-    let Ok(v) = load_valid(p, paths) else {
-        return Exit::Failure;
+    let v = match load_valid(p, paths) {
+        Ok(v) => v,
+        Err(diagnostics) => {
+            if format == Format::Json {
+                super::invalid_json(p, &diagnostics);
+            }
+            return Exit::Failure;
+        }
     };
     let engines = connect_all(&v).await;
+    let placed = crate::plan::placed(&v);
     let futures = v.integrations.iter().map(|(name, def)| {
         let engine = engines.get(name);
         let desired = v.desired.get(name).cloned().unwrap_or_default();
