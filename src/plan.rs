@@ -310,12 +310,7 @@ pub async fn build_listed(
 ) -> Plan {
     let inspected = opts.inspect == diff::Inspect::All;
     let adopted = opts.adopt;
-    let placed: Arc<std::collections::HashMap<String, String>> = Arc::new(
-        v.desired
-            .iter()
-            .flat_map(|(i, specs)| specs.iter().map(move |s| (s.uuid.clone(), i.clone())))
-            .collect(),
-    );
+    let placed = placed(v);
     let futures = v.integrations.iter().map(|(name, def)| {
         let desired: &[ContainerSpec] = v.desired.get(name).map(Vec::as_slice).unwrap_or(&[]);
         let engine = engines.get(name);
@@ -355,15 +350,7 @@ pub async fn build_listed(
         }
     });
     let mut integrations = futures_util::future::join_all(futures).await;
-    let failed: std::collections::BTreeSet<String> = integrations
-        .iter()
-        .filter(|e| e.error.is_some())
-        .map(|e| e.name.clone())
-        .collect();
-    let mut actions: Vec<&mut Vec<crate::diff::Action>> =
-        integrations.iter_mut().map(|e| &mut e.actions).collect();
-    crate::diff::keep_what_another_keeps(&mut actions, &failed);
-    block_across_one_daemon(v, engines, &mut integrations).await;
+    across_integrations(v, engines, &mut integrations).await;
     Plan {
         format_version: FORMAT_VERSION,
         project: v.project.clone(),
@@ -389,6 +376,32 @@ async fn daemon_ids(plans: &[EnginePlan], engines: &Engines) -> Vec<Option<Strin
         }
     }))
     .await
+}
+
+/// The integration each outpost uuid of the set is on (`DiffOptions::placed`).
+pub fn placed(v: &Validated) -> Arc<std::collections::HashMap<String, String>> {
+    Arc::new(
+        v.desired
+            .iter()
+            .flat_map(|(i, specs)| specs.iter().map(move |s| (s.uuid.clone(), i.clone())))
+            .collect(),
+    )
+}
+
+/// What the integrations' plans decide together, after each was made on its own: an outpost
+/// moving between two integrations of one engine is kept by the one it left until the other
+/// takes it over (`keep_what_another_keeps`), and two integrations reaching one daemon do not
+/// take each other's names or ports (`block_across_one_daemon`). `plans` sorted by name.
+pub async fn across_integrations(v: &Validated, engines: &Engines, plans: &mut [EnginePlan]) {
+    let failed: std::collections::BTreeSet<String> = plans
+        .iter()
+        .filter(|e| e.error.is_some())
+        .map(|e| e.name.clone())
+        .collect();
+    let mut actions: Vec<&mut Vec<crate::diff::Action>> =
+        plans.iter_mut().map(|e| &mut e.actions).collect();
+    crate::diff::keep_what_another_keeps(&mut actions, &failed);
+    block_across_one_daemon(v, engines, plans).await;
 }
 
 /// Integrations that turn out to reach one daemon through different addresses (the socket and

@@ -369,6 +369,16 @@ fn two_addresses_of_one_engine_share_its_host_ports() {
     assert_eq!(r.code, 1, "{}", shown(&r));
     assert!(env.container(&env.name_of("a")).running());
     assert_eq!(env.project_containers().len(), 1, "B was created");
+    // `status` says B is blocked, and why, as the plan does (exit 2: not as wanted).
+    let status = env.run(&["status", "--detailed-exitcode", "."]);
+    assert_eq!(status.code, 2, "{}", shown(&status));
+    assert!(
+        status.stdout.contains(&format!(
+            "host port {port}/tcp is also outpost `A`'s, of integration `edge`, which reaches the same engine"
+        )),
+        "{}",
+        shown(&status)
+    );
 }
 
 /// A watch's connections to a `http://` engine probe a silent peer (TCP keepalive): an engine

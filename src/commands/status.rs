@@ -83,6 +83,7 @@ pub async fn run(
         let opts = crate::diff::DiffOptions {
             integration: Some(name.clone()),
             integrations: v.integrations.keys().cloned().collect(),
+            placed: std::sync::Arc::clone(&placed),
             ..Default::default()
         };
         async move {
@@ -100,9 +101,9 @@ pub async fn run(
                 Some(Ok(e)) => e,
                 Some(Err(e)) => {
                     s.error = Some(e.to_string());
-                    return s;
+                    return (s, None);
                 }
-                None => return s,
+                None => return (s, None),
             };
             let (info, list) = futures_util::join!(engine.info(), engine.list());
             match (info, list) {
@@ -112,38 +113,67 @@ pub async fn run(
                     s.engine = Some(info);
                     // The container the plan would act on for each outpost (its own, one
                     // authentik deployed, or the one in the way of its name), and why it
-                    // is blocked: what `plan` says.
+                    // is blocked: what `plan` says (with what the integrations decide
+                    // together, below).
                     let actions =
                         crate::plan::checked(&project, &desired, engine.as_ref(), &list, opts)
                             .await;
-                    for spec in &desired {
-                        let action = actions
-                            .iter()
-                            .find(|a| a.outpost == spec.outpost && a.action != ActionKind::Remove);
-                        let c = action
-                            .and_then(|a| a.container.as_ref())
-                            .and_then(|c| list.iter().find(|o| o.id == c.id));
-                        s.outposts.push(OutpostStatus {
-                            outpost: spec.outpost.clone(),
-                            container: c.map(|c| c.name.clone()),
-                            state: c.map(|c| c.state.as_str().to_string()),
-                            health: c.and_then(|c| c.health).map(|h| h.as_str().to_string()),
-                            managed: c
-                                .is_some_and(|c| c.label(LABEL_PROJECT) == Some(project.as_str())),
-                            image: c.map(|c| c.image.clone()),
-                            fallback_image: c.is_some_and(|c| c.label(LABEL_FALLBACK).is_some()),
-                            blocked: action
-                                .filter(|a| a.action == ActionKind::Blocked)
-                                .and_then(|a| a.error.clone()),
-                        });
-                    }
+                    (s, Some((actions, list)))
                 }
-                (Err(e), _) | (_, Err(e)) => s.error = Some(e.to_string()),
+                (Err(e), _) | (_, Err(e)) => {
+                    s.error = Some(e.to_string());
+                    (s, None)
+                }
             }
-            s
         }
     });
-    let statuses = futures_util::future::join_all(futures).await;
+    let checked = futures_util::future::join_all(futures).await;
+    let mut plans: Vec<crate::plan::EnginePlan> = checked
+        .iter()
+        .map(|(s, c)| crate::plan::EnginePlan {
+            name: s.integration.clone(),
+            url: s.url.clone(),
+            fingerprint: None,
+            engine_id: None,
+            error: c.is_none().then(|| s.error.clone().unwrap_or_default()),
+            actions: c.as_ref().map(|(a, _)| a.clone()).unwrap_or_default(),
+            spec_texts: Default::default(),
+            unblocks: Vec::new(),
+            notes: Vec::new(),
+            unchecked: Vec::new(),
+        })
+        .collect();
+    crate::plan::across_integrations(&v, &engines, &mut plans).await;
+    let mut statuses = Vec::new();
+    for ((mut s, c), plan) in checked.into_iter().zip(&plans) {
+        let Some((_, list)) = c else {
+            statuses.push(s);
+            continue;
+        };
+        let project = &v.project;
+        for spec in v.desired.get(&s.integration).into_iter().flatten() {
+            let action = plan
+                .actions
+                .iter()
+                .find(|a| a.outpost == spec.outpost && a.action != ActionKind::Remove);
+            let c = action
+                .and_then(|a| a.container.as_ref())
+                .and_then(|c| list.iter().find(|o| o.id == c.id));
+            s.outposts.push(OutpostStatus {
+                outpost: spec.outpost.clone(),
+                container: c.map(|c| c.name.clone()),
+                state: c.map(|c| c.state.as_str().to_string()),
+                health: c.and_then(|c| c.health).map(|h| h.as_str().to_string()),
+                managed: c.is_some_and(|c| c.label(LABEL_PROJECT) == Some(project.as_str())),
+                image: c.map(|c| c.image.clone()),
+                fallback_image: c.is_some_and(|c| c.label(LABEL_FALLBACK).is_some()),
+                blocked: action
+                    .filter(|a| a.action == ActionKind::Blocked)
+                    .and_then(|a| a.error.clone()),
+            });
+        }
+        statuses.push(s);
+    }
     let all_ok = statuses.iter().all(|s| s.reachable);
     let all_fine = statuses
         .iter()
