@@ -382,7 +382,11 @@ async fn run_action(
 /// that id: Docker's state after an unclean restart of the engine in the middle of a start
 /// (moby#36145, docker/for-linux#211). Starting it again fails the same way for good.
 fn runtime_state_left_behind(e: &EngineError) -> bool {
-    e.message.contains(": already exists") || e.message.contains("container with id exists")
+    let m = &e.message;
+    // containerd's `task ID: already exists` and `container "ID": already exists`, runc's
+    // `container with id exists` (not a network endpoint's "... already exists in network").
+    (m.contains(": already exists") && (m.contains("task ") || m.contains("container \"")))
+        || m.contains("container with id exists")
 }
 
 /// An outpost's container that cannot be started for the runtime state an engine restart
@@ -802,6 +806,27 @@ mod swap_tests {
                 && o.messages[0].contains("already exists"),
             "{o:?}"
         );
+    }
+
+    /// Only the runtime's own leftovers are made anew, not any start error that says
+    /// "already exists".
+    #[test]
+    fn runtime_leftovers_are_told_from_other_conflicts() {
+        let e =
+            |m: &str| crate::engine::EngineError::new(crate::engine::ErrorKind::Api, m.to_string());
+        for m in [
+            "start container: the engine at unix:///var/run/docker.sock answered 500: task 3e95: already exists",
+            "start container: ... answered 500: container \"120e84\": already exists",
+            "start container: ... OCI runtime create failed: container with id exists: 4911e3",
+        ] {
+            assert!(super::runtime_state_left_behind(&e(m)), "{m}");
+        }
+        for m in [
+            "start container: ... answered 403: endpoint with name ak-outpost-a already exists in network traefik",
+            "start container: ... answered 409: Conflict. The container name \"/x\" is already in use",
+        ] {
+            assert!(!super::runtime_state_left_behind(&e(m)), "{m}");
+        }
     }
 
     /// Two outposts swapping host ports: a shutdown asked for after the first previous

@@ -165,8 +165,10 @@ pub enum Command {
     Plan(PlanArgs),
     /// Plan, confirm, and change the engines to match the manifests.
     ///
-    /// On a terminal it shows the plan and asks; elsewhere it needs --auto-approve. A failure
-    /// in one outpost does not stop the others; the exit code is 1 if anything failed.
+    /// On a terminal it shows the plan and asks (an answer other than `yes` cancels, exit 1);
+    /// elsewhere it needs --auto-approve. A saved plan (--plan) was reviewed: it is applied
+    /// without asking. A failure in one outpost does not stop the others; the exit code is 1
+    /// if anything failed.
     Apply(ApplyArgs),
     /// Show each engine's state (reachable, Docker and API version) and each outpost's
     /// container (state and health).

@@ -128,11 +128,13 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
             p.err("error: refusing to apply without confirmation: there is no terminal to ask on\n  help: review the plan and pass --auto-approve (as CI does), or apply a saved plan with --plan FILE\n");
             return Exit::Failure;
         }
-        p.out("\nApply these changes? Only `yes` is accepted: ");
+        // On stderr: with stdout sent to a file (`apply > log`), the question still reaches
+        // the person at the terminal.
+        p.err("\nApply these changes? Only `yes` is accepted: ");
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);
         if answer.trim() != "yes" {
-            p.out("apply cancelled; nothing was changed\n");
+            p.err("apply cancelled; nothing was changed\n");
             return Exit::Failure;
         }
     }
