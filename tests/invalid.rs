@@ -975,3 +975,32 @@ fn secrets_written_in_the_wrong_place_are_not_repeated() {
         );
     }
 }
+
+/// An outpost name with a control character (a tab, a terminal escape) is refused at its key,
+/// and shown escaped: it would otherwise reach terminals, logs and pull-request comments as
+/// it is.
+#[test]
+fn an_outpost_name_with_control_characters_is_refused() {
+    let text = "version: 1\nproject: p\ndefaults:\n  authentik_host: https://auth.example.com\n  \
+        authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\noutposts:\n  \
+        \"Edge\\tProxy\\e[2K\": { type: ldap, integration: local, token: { env: AK_TOKEN } }\n";
+    let (run, doc, dir) = validate_json(text);
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert_eq!(
+        positions_of(&doc)
+            .into_iter()
+            .map(|(code, _, line, column)| (code, line, column))
+            .collect::<Vec<_>>(),
+        vec![("invalid-name".to_string(), 9, 3)],
+        "{doc:#}"
+    );
+    let (human, _home) = validate(dir.path(), &["set.yaml"]);
+    assert!(
+        human
+            .stderr
+            .contains("`Edge\\tProxy\\u{1b}[2K` is not an outpost name")
+            && !human.stderr.contains('\u{1b}'),
+        "{}",
+        human.stderr
+    );
+}

@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 
 /// Names of keypairs and integrations: what references use.
 pub const REF_NAME_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$";
+/// An outpost's name: any text but control characters (a tab, a line break, a terminal escape
+/// would reach terminals, logs and pull-request comments as they are).
+pub const OUTPOST_NAME_PATTERN: &str = r"^[^\x00-\x1f\x7f]*$";
 /// `project`: also a Docker label value, kept short and plain.
 pub const PROJECT_PATTERN: &str = r"^[a-z0-9][a-z0-9_.-]{0,62}$";
 /// An outpost UUID: 32 hex digits, dashes accepted.
@@ -77,7 +80,7 @@ pub struct Document {
     /// Outposts, by their name in authentik. Each becomes one container on its integration,
     /// the same container authentik's own Docker integration would deploy.
     #[serde(default)]
-    #[schemars(extend("propertyNames" = {"minLength": 1}))]
+    #[schemars(extend("propertyNames" = {"minLength": 1, "pattern": OUTPOST_NAME_PATTERN}))]
     pub outposts: BTreeMap<String, Outpost>,
 }
 

@@ -304,7 +304,11 @@ fn translate(
                 _ => ("a valid name", error.to_string()),
             };
             out.push(
-                Diagnostic::error("invalid-name", format!("`{}` is not {what}", truncate(&key)))
+                // Control characters shown escaped (`\t`, `\u{1b}`), not sent to the terminal.
+                Diagnostic::error(
+                    "invalid-name",
+                    format!("`{}` is not {what}", truncate(&key.escape_debug().to_string())),
+                )
                     .at(child.key())
                     .label(format!("expected {what}"))
                     .hint(hint),
@@ -643,6 +647,10 @@ fn pattern_meaning(pattern: &str) -> (&'static str, String) {
         p if p == model::UUID_PATTERN => (
             "a UUID",
             "32 hex digits, dashes allowed: the outpost's UUID in authentik".into(),
+        ),
+        p if p == model::OUTPOST_NAME_PATTERN => (
+            "an outpost name",
+            "write the name without control characters (tabs, line breaks, escapes), as authentik shows it".into(),
         ),
         p if p == model::REF_NAME_PATTERN => (
             "a valid name",
