@@ -27,16 +27,17 @@ pub(crate) fn md_code(s: &str) -> String {
     format!("`{}`", code_text(&s.replace('`', "'")))
 }
 
-/// The inside of a code span in a table cell.
+/// The inside of a code span in a table cell. A backslash is shown as it is there (GFM's
+/// cell scanner takes a `|` after one as escaped all the same, then drops the one backslash
+/// before each `|`).
 fn code_text(s: &str) -> String {
-    s.replace('\\', "\\\\")
-        .replace('|', "\\|")
+    s.replace('|', "\\|")
         .replace("\r\n", " ")
         .replace(['\r', '\n'], " ")
 }
 
-/// Text in a Markdown table cell or quote: no cell break, no HTML, no link, no mention, one
-/// line. Inside its code spans (between single backticks, as in `project: <name>`) Markdown
+/// Text in a Markdown table cell or quote: no cell break, no HTML, no link syntax, no
+/// mention, one line (bare URLs may still be autolinked, and emphasis stays). Inside its code spans (between single backticks, as in `project: <name>`) Markdown
 /// shows `&lt;` literally, so there only the cell separator is escaped. Runs of two or more
 /// backticks (which Markdown pairs only with runs of the same length) become quotes, so that
 /// spans are where this function takes them to be.
@@ -66,7 +67,13 @@ pub(crate) fn md_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for (i, part) in parts.iter().enumerate() {
         if i > 0 {
-            out.push('`');
+            // A backtick left without its pair would pair with a code span that follows in
+            // the same cell: a quote instead.
+            out.push(if i % 2 == 1 && i >= last_code {
+                '\''
+            } else {
+                '`'
+            });
         }
         if i % 2 == 1 && i < last_code {
             out.push_str(&code_text(part));
@@ -80,7 +87,9 @@ pub(crate) fn md_escape(s: &str) -> String {
                     .replace('>', "&gt;")
                     .replace('[', "\\[")
                     .replace(']', "\\]")
-                    .replace('@', "&#64;")
+                    // GitHub finds mentions in the rendered text (an entity is `@` by then):
+                    // a zero-width space after `@` keeps `@org/team` from pinging anyone.
+                    .replace('@', "@&#8203;")
                     .replace("\r\n", "<br>")
                     .replace(['\r', '\n'], "<br>"),
             );
@@ -100,21 +109,31 @@ mod tests {
             "add `project: <name>` to &lt;one&gt; doc"
         );
         assert_eq!(md_escape("`a|b` | c"), "`a\\|b` \\| c");
-        assert_eq!(md_escape("odd ` <x>"), "odd ` &lt;x&gt;");
+        assert_eq!(md_escape("odd ` <x>"), "odd ' &lt;x&gt;");
+        // A message with an odd number of backticks followed by a code span in one cell: the
+        // stray one cannot pair with the span's.
+        let cell = format!(
+            "{}<br>{}",
+            md_escape("outposts `Bob`s proxy` and `Edge`"),
+            super::md_code("set.yaml:3:1")
+        );
+        assert_eq!(cell, "outposts `Bob`s proxy` and `Edge'<br>`set.yaml:3:1`");
         assert_eq!(md_escape("two\nlines `x\ny`"), "two<br>lines `x y`");
         // A run of backticks pairs only with one as long in Markdown: made quotes, the text
         // around stays escaped.
         assert_eq!(
             md_escape("```<img src=x>` and ``<b>``"),
-            "'''&lt;img src=x&gt;` and ''&lt;b&gt;''"
+            "'''&lt;img src=x&gt;' and ''&lt;b&gt;''"
         );
         // A carriage return ends a row as a line feed does; a backslash cannot eat the `|`
         // escape; links, entities and mentions stay text.
         assert_eq!(md_escape("a\rb \\| c"), "a<br>b \\\\\\| c");
         assert_eq!(
             md_escape("![x](https://e) &#124; @org/team"),
-            "!\\[x\\](https://e) &amp;#124; &#64;org/team"
+            "!\\[x\\](https://e) &amp;#124; @&#8203;org/team"
         );
-        assert_eq!(super::md_code("a`b\\|c\rd"), "`a'b\\\\\\|c d`");
+        // In code, a backslash stays one; `|` is escaped.
+        assert_eq!(super::md_code("a`b\\|c\rd"), "`a'b\\\\|c d`");
+        assert_eq!(md_escape("`C:\\x|y`"), "`C:\\x\\|y`");
     }
 }
