@@ -364,7 +364,7 @@ async fn run_action(
             }
         }
         (ActionKind::Start, Some(id)) => match engine.start(id).await {
-            Err(e) if spec.is_some() && runtime_state_left_behind(&e) => {
+            Err(e) if spec.is_some() && runtime_state_left_behind(&e, id) => {
                 let spec = spec.ok_or_else(missing_spec)?;
                 made_anew(engine, spec, id, e, integration, progress, messages).await?;
             }
@@ -381,12 +381,14 @@ async fn run_action(
 /// Whether a start failed because the engine's runtime still holds a task or container of
 /// that id: Docker's state after an unclean restart of the engine in the middle of a start
 /// (moby#36145, docker/for-linux#211). Starting it again fails the same way for good.
-fn runtime_state_left_behind(e: &EngineError) -> bool {
+fn runtime_state_left_behind(e: &EngineError, id: &str) -> bool {
     let m = &e.message;
     // containerd's `task ID: already exists` and `container "ID": already exists`, runc's
-    // `container with id exists` (not a network endpoint's "... already exists in network").
-    (m.contains(": already exists") && (m.contains("task ") || m.contains("container \"")))
-        || m.contains("container with id exists")
+    // `container with id exists: ID`, for this very container (not a network endpoint's
+    // "... already exists in network", nor another object's).
+    m.contains(&format!("task {id}: already exists"))
+        || m.contains(&format!("container \"{id}\": already exists"))
+        || m.contains(&format!("container with id exists: {id}"))
 }
 
 /// An outpost's container that cannot be started for the runtime state an engine restart
@@ -402,27 +404,38 @@ async fn made_anew(
     progress: &dyn Progress,
     messages: &mut Vec<String>,
 ) -> Result<(), EngineError> {
-    let replaces = engine
-        .inspect(id)
-        .await
-        .ok()
-        .and_then(|i| i.labels.get(LABEL_REPLACES).cloned());
-    let image = ensure_image(engine, spec, integration, progress, messages).await?;
-    engine.remove(id).await.map_err(|r| {
+    // Its link to the container an interrupted recreate replaces, which must not be lost.
+    let replaces = match engine.inspect(id).await {
+        Ok(i) => i.labels.get(LABEL_REPLACES).cloned(),
+        Err(_) => return Err(why),
+    };
+    let left = "the engine's runtime kept its state across a restart";
+    let context = |e: EngineError, what: &str| {
         EngineError::new(
-            why.kind,
-            format!(
-                "{} (the engine's runtime kept its state across a restart); removing the container to make it anew failed too: {}",
-                why.message, r.message
-            ),
+            e.kind,
+            format!("{} ({left}); {what}: {}", why.message, e.message),
         )
-    })?;
+    };
+    let image = ensure_image(engine, spec, integration, progress, messages)
+        .await
+        .map_err(|e| context(e, "to make it anew, its image is needed"))?;
+    engine
+        .remove(id)
+        .await
+        .map_err(|e| context(e, "removing the container to make it anew failed too"))?;
     let extra = replaces
         .map(|r| BTreeMap::from([(LABEL_REPLACES.to_string(), r)]))
         .unwrap_or_default();
-    create_and_start(engine, spec, &image, &extra).await?;
+    create_and_start(engine, spec, &image, &extra)
+        .await
+        .map_err(|e| {
+            context(
+                e,
+                "the container was removed to be made anew, and that failed (the next apply creates it)",
+            )
+        })?;
     messages.push(format!(
-        "warning: the container could not be started ({}: the engine's runtime kept its state across a restart), so it was made anew",
+        "warning: the container could not be started ({}: {left}), so it was made anew",
         why.message
     ));
     Ok(())
@@ -816,16 +829,18 @@ mod swap_tests {
             |m: &str| crate::engine::EngineError::new(crate::engine::ErrorKind::Api, m.to_string());
         for m in [
             "start container: the engine at unix:///var/run/docker.sock answered 500: task 3e95: already exists",
-            "start container: ... answered 500: container \"120e84\": already exists",
-            "start container: ... OCI runtime create failed: container with id exists: 4911e3",
+            "start container: ... answered 500: container \"3e95\": already exists",
+            "start container: ... OCI runtime create failed: container with id exists: 3e95",
         ] {
-            assert!(super::runtime_state_left_behind(&e(m)), "{m}");
+            assert!(super::runtime_state_left_behind(&e(m), "3e95"), "{m}");
         }
         for m in [
             "start container: ... answered 403: endpoint with name ak-outpost-a already exists in network traefik",
             "start container: ... answered 409: Conflict. The container name \"/x\" is already in use",
+            // Docker 23+ words every runtime failure so: another object's leftover.
+            "start container: ... failed to create task for container: task 77aa: already exists",
         ] {
-            assert!(!super::runtime_state_left_behind(&e(m)), "{m}");
+            assert!(!super::runtime_state_left_behind(&e(m), "3e95"), "{m}");
         }
     }
 
