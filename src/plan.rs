@@ -146,6 +146,15 @@ impl Plan {
         }
     }
 
+    /// The integrations planned without an error whose engine ID is not known.
+    pub fn unidentified(&self) -> Vec<&str> {
+        self.integrations
+            .iter()
+            .filter(|e| e.error.is_none() && e.engine_id.is_none())
+            .map(|e| e.name.as_str())
+            .collect()
+    }
+
     /// Why `saved` may not be applied now that `self` was computed fresh; None when it may.
     pub fn staleness(&self, saved: &Plan) -> Option<String> {
         if saved.format_version != FORMAT_VERSION {
@@ -970,6 +979,50 @@ mod tests {
     use super::*;
     use crate::desired::{LABEL_INTEGRATION, LABEL_MANAGED_BY, Proto};
     use crate::engine::fake::{Fake, observed, validated};
+
+    /// A plan is saved only when every engine planned gave its daemon ID (`apply --plan`
+    /// checks it): one whose `info` fails is named; one that could not be planned is not.
+    #[tokio::test]
+    async fn an_engine_without_its_id_is_named_before_a_plan_is_saved() {
+        let plan_of = |name: &str, error: Option<&str>| EnginePlan {
+            name: name.into(),
+            url: name.into(),
+            fingerprint: None,
+            engine_id: None,
+            error: error.map(str::to_string),
+            actions: Vec::new(),
+            spec_texts: BTreeMap::new(),
+            unblocks: Vec::new(),
+            notes: Vec::new(),
+            unchecked: Vec::new(),
+        };
+        let mut plan = Plan {
+            format_version: FORMAT_VERSION,
+            project: "p".into(),
+            manifest_fingerprint: String::new(),
+            inspected: false,
+            adopted: false,
+            integrations: vec![
+                plan_of("a", None),
+                plan_of("b", None),
+                plan_of("c", Some("unreachable")),
+            ],
+        };
+        let engine = |id: Option<&str>| -> Result<Arc<dyn Engine>, crate::engine::EngineError> {
+            Ok(Arc::new(Fake {
+                daemon_id: id.map(str::to_string),
+                ..Fake::default()
+            }))
+        };
+        let engines: Engines = BTreeMap::from([
+            ("a".to_string(), engine(Some("ID-A"))),
+            ("b".to_string(), engine(None)),
+            ("c".to_string(), engine(Some("ID-C"))),
+        ]);
+        plan.identify_engines(&engines).await;
+        assert_eq!(plan.integrations[0].engine_id.as_deref(), Some("ID-A"));
+        assert_eq!(plan.unidentified(), ["b"]);
+    }
 
     /// A saved plan depends on the containers' states, except that a container flapping
     /// between running and restarting (a crash loop under Docker's restart policy) is the

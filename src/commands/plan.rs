@@ -33,6 +33,20 @@ pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
         }
     };
     if let Some(out) = &args.out {
+        // `apply --plan` checks each engine against the one the plan was made for: a plan
+        // without an engine's ID would be refused there, so it is not saved.
+        let unidentified = plan.unidentified();
+        if !unidentified.is_empty() {
+            p.err(&format!(
+                "error: the plan was not saved: the engine ID (docker info) of integration {} could not be read, and apply --plan checks it\n  help: a socket proxy must allow `info` (INFO=1); try again when the engine answers\n",
+                unidentified
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            return Exit::Failure;
+        }
         if let Err(e) = save(&plan, out) {
             p.err(&format!(
                 "error: cannot write the plan to `{}`: {e}\n",
