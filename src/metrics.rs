@@ -1,5 +1,6 @@
 //! Watch mode's health and metrics, served over plain HTTP on `--listen`: `/healthz` fails
-//! when the last reconcile failed; `/metrics` is Prometheus' text format.
+//! until the first reconcile has finished and when the last one failed; `/metrics` is
+//! Prometheus' text format.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 pub const REF_NAME_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$";
 /// An outpost's name: any text but control characters (a tab, a line break, a terminal escape
 /// would reach terminals, logs and pull-request comments as they are).
-pub const OUTPOST_NAME_PATTERN: &str = r"^[^\x00-\x1f\x7f]*$";
+pub const OUTPOST_NAME_PATTERN: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
 /// `project`: also a Docker label value, kept short and plain.
 pub const PROJECT_PATTERN: &str = r"^[a-z0-9][a-z0-9_.-]{0,62}$";
 /// An outpost UUID: 32 hex digits, dashes accepted.

@@ -595,7 +595,7 @@ impl Checker {
                     Diagnostic::warning(
                         "key-permissions",
                         format!(
-                            "`{}` can be read or written by group or others (mode {:o})",
+                            "`{}` is accessible to group or others (mode {:o})",
                             path.display(),
                             mode & 0o777
                         ),

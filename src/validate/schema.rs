@@ -304,11 +304,7 @@ fn translate(
                 _ => ("a valid name", error.to_string()),
             };
             out.push(
-                // Control characters shown escaped (`\t`, `\u{1b}`), not sent to the terminal.
-                Diagnostic::error(
-                    "invalid-name",
-                    format!("`{}` is not {what}", truncate(&key.escape_debug().to_string())),
-                )
+                Diagnostic::error("invalid-name", format!("`{}` is not {what}", truncate(&key)))
                     .at(child.key())
                     .label(format!("expected {what}"))
                     .hint(hint),
@@ -478,12 +474,21 @@ fn scalar_text(v: &Value) -> String {
     }
 }
 
+/// User text for a message: at most 60 characters, control characters escaped (`\t`,
+/// `\u{1b}`) so that none reaches a terminal, a log or a pull-request comment as it is.
 fn truncate(s: &str) -> String {
-    if s.chars().count() > 60 {
-        format!("{}…", s.chars().take(60).collect::<String>())
-    } else {
-        s.to_string()
+    let mut out = String::with_capacity(s.len().min(256));
+    for c in s.chars().take(60) {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
     }
+    if s.chars().count() > 60 {
+        out.push('…');
+    }
+    out
 }
 
 /// The schema object a keyword failed in: the schema path minus its last segment, following
