@@ -374,6 +374,10 @@ pub async fn build_listed(
 /// failed or does not say.
 async fn daemon_ids(plans: &[EnginePlan], engines: &Engines) -> Vec<Option<String>> {
     futures_util::future::join_all(plans.iter().map(|e| async move {
+        if e.engine_id.is_some() {
+            // Read already (status asks each engine's info for its report).
+            return e.engine_id.clone();
+        }
         match engines.get(&e.name) {
             Some(Ok(engine)) if e.error.is_none() => engine
                 .info()
@@ -1022,6 +1026,10 @@ mod tests {
         plan.identify_engines(&engines).await;
         assert_eq!(plan.integrations[0].engine_id.as_deref(), Some("ID-A"));
         assert_eq!(plan.unidentified(), ["b"]);
+        // An ID known already is not asked again (`b`'s engine still refuses `info`).
+        plan.integrations[1].engine_id = Some("ID-B".into());
+        plan.identify_engines(&engines).await;
+        assert_eq!(plan.integrations[1].engine_id.as_deref(), Some("ID-B"));
     }
 
     /// A saved plan depends on the containers' states, except that a container flapping

@@ -134,7 +134,12 @@ pub async fn run(
             name: s.integration.clone(),
             url: s.url.clone(),
             fingerprint: None,
-            engine_id: None,
+            // Its daemon ID, read above: the cross-integration step does not ask it again.
+            engine_id: s
+                .engine
+                .as_ref()
+                .map(|e| e.id.clone())
+                .filter(|id| !id.is_empty()),
             error: c.is_none().then(|| s.error.clone().unwrap_or_default()),
             actions: c.as_ref().map(|(a, _)| a.clone()).unwrap_or_default(),
             spec_texts: Default::default(),
