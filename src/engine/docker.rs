@@ -25,11 +25,32 @@ use super::{
 };
 use crate::desired::{ContainerSpec, HealthCheck, PortBinding, Proto};
 
-/// Seconds any one request may take before the engine counts as hung.
+/// Seconds any one request may take before the engine counts as hung, unless
+/// `OUTPOSTCTL_ENGINE_TIMEOUT` says otherwise (`request_timeout`).
 pub const REQUEST_TIMEOUT_SECS: u64 = 120;
+/// `OUTPOSTCTL_ENGINE_TIMEOUT` is held to this range (seconds): the first answer gets half of
+/// it, and bollard keeps whole seconds.
+const MIN_TIMEOUT_SECS: u64 = 2;
+const MAX_TIMEOUT_SECS: u64 = 3600;
 /// Seconds the first request to an engine (the ping) gets before it is tried once more (see
-/// `DockerEngine::negotiated`); both together stay within `REQUEST_TIMEOUT_SECS`.
+/// `DockerEngine::negotiated`); both together stay within the request timeout.
 const FIRST_ANSWER_SECS: u64 = 20;
+/// How long any one request may take: `OUTPOSTCTL_ENGINE_TIMEOUT` seconds (within 2 to 3600;
+/// a value that is not a number is ignored), 120 s without it. An engine that is down behind
+/// a firewall dropping packets costs a run this long.
+pub fn request_timeout() -> Duration {
+    static TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+    *TIMEOUT.get_or_init(|| {
+        let secs = std::env::var("OUTPOSTCTL_ENGINE_TIMEOUT")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map_or(REQUEST_TIMEOUT_SECS, |s| {
+                s.clamp(MIN_TIMEOUT_SECS, MAX_TIMEOUT_SECS)
+            });
+        Duration::from_secs(secs)
+    })
+}
+
 /// Seconds a container gets to stop before it is killed (outposts stop in well under one).
 pub const STOP_TIMEOUT_SECS: i32 = 10;
 
@@ -181,7 +202,10 @@ pub fn map_err(url: &str, what: &str, e: BError) -> EngineError {
         }
         BError::RequestTimeoutError => EngineError::new(
             ErrorKind::Timeout,
-            format!("{what}: the engine at {url} did not answer within {REQUEST_TIMEOUT_SECS} s"),
+            format!(
+                "{what}: the engine at {url} did not answer within {} s",
+                request_timeout().as_secs()
+            ),
         ),
         // Our transports (TLS, ssh) already say which engine and what went wrong.
         BError::IOError { err } if err.to_string().contains(url) => {

@@ -19,7 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
-use super::docker::{REQUEST_TIMEOUT_SECS, map_err};
+use super::docker::{map_err, request_timeout};
 use super::{EngineError, ErrorKind};
 
 type Send = Arc<
@@ -51,7 +51,7 @@ impl Transport {
             send: Arc::new(move |req| Box::pin(send(req))),
             base: base.into(),
             url: url.into(),
-            timeout: Duration::from_secs(REQUEST_TIMEOUT_SECS),
+            timeout: request_timeout(),
         }
     }
 
