@@ -17,7 +17,6 @@ use tokio::sync::mpsc;
 
 use crate::apply::{self, Outcome, Progress};
 use crate::diff::{Action, ActionKind, DiffOptions};
-use crate::engine::connect::connect_all;
 use crate::engine::{EngineEvent, EventSubject};
 use crate::log::Logger;
 use crate::metrics::Metrics;
@@ -156,6 +155,56 @@ const ECHO: Duration = Duration::from_secs(2);
 /// reconcile it precedes started (a `docker update` made while subscribing must not be
 /// missed; the margin covers reading the engine's clock).
 const REPLAY_MARGIN: Duration = Duration::from_secs(1);
+
+/// An engine the last reconcile that tried could not connect to. Later reconciles do not
+/// wait on it again (a host down behind a firewall that drops its packets costs each try the
+/// whole request timeout, and the other engines' reconciles would wait as long) until its
+/// event subscription, which keeps trying in the background, reaches it: that sends
+/// `EventsResumed`, whose reconcile connects to it.
+struct Down {
+    /// Where it was, with its keys: a changed address or key is tried at once.
+    url: String,
+    endpoint: crate::validate::Endpoint,
+    /// When a reconcile first failed to connect, and when one last tried.
+    since: Instant,
+    tried: Instant,
+    error: String,
+}
+
+/// Whether an engine's event subscription reaches it: connected now, or when it last did.
+#[derive(Default)]
+struct Reach {
+    connected: AtomicBool,
+    answered: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Reach {
+    fn connected(&self, yes: bool) {
+        self.connected.store(yes, Ordering::SeqCst);
+        if yes && let Ok(mut at) = self.answered.lock() {
+            *at = Some(Instant::now());
+        }
+    }
+    /// Whether the engine answered the subscription after `at`, or its stream is open now.
+    fn since(&self, at: Instant) -> bool {
+        self.connected.load(Ordering::SeqCst)
+            || self
+                .answered
+                .lock()
+                .ok()
+                .and_then(|a| *a)
+                .is_some_and(|a| a > at)
+    }
+}
+
+/// One engine's event subscription.
+struct EventTask {
+    /// Where it connects, with the keys it was given: replaced when they change.
+    url: String,
+    endpoint: crate::validate::Endpoint,
+    task: tokio::task::JoinHandle<()>,
+    reach: Arc<Reach>,
+}
 
 /// What failed in a reconcile.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -346,16 +395,10 @@ struct State {
     muted: HashMap<String, (Instant, u32)>,
     /// What the next plan inspects, for what the list does not show.
     inspections: Inspections,
-    /// The engines whose events are being watched, by integration: (url, endpoint with its
-    /// keys, task). A task connects with the keys it was given: it is replaced when they change.
-    event_tasks: BTreeMap<
-        String,
-        (
-            String,
-            crate::validate::Endpoint,
-            tokio::task::JoinHandle<()>,
-        ),
-    >,
+    /// The engines whose events are being watched, by integration.
+    event_tasks: BTreeMap<String, EventTask>,
+    /// The engines a reconcile could not connect to, by integration.
+    down: BTreeMap<String, Down>,
     /// Where engine events and resumptions are sent.
     tx: mpsc::Sender<Trigger>,
     /// Watched directories (recursive or not) and what they were when watched (where they
@@ -470,6 +513,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         muted: HashMap::new(),
         inspections: Inspections::default(),
         event_tasks: BTreeMap::new(),
+        down: BTreeMap::new(),
         tx: tx.clone(),
         watched_dirs: BTreeMap::new(),
         files_seen: Vec::new(),
@@ -555,8 +599,8 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
             next = Some(t);
         }
     }
-    for (_, _, t) in state.event_tasks.values() {
-        t.abort();
+    for t in state.event_tasks.values() {
+        t.task.abort();
     }
     log.info("stop", "shut down cleanly", &[]);
     0
@@ -791,9 +835,9 @@ impl State {
         };
         let tasks = &self.event_tasks;
         self.inspections
-            .forget_unwatched(&v, |i| tasks.get(i).map(|(url, _, _)| url.as_str()));
+            .forget_unwatched(&v, |i| tasks.get(i).map(|t| t.url.as_str()));
         self.watch_engines(&v, started);
-        let engines = connect_all(&v).await;
+        let engines = self.connect(&v).await;
         let mut plan = plan::build(&v, &engines, self.diff_options(&v)).await;
         let mut ok = true;
         // What failed (not only blocked), by integration or integration/outpost: a retry is
@@ -1061,19 +1105,82 @@ impl State {
         self.watched_dirs = now;
     }
 
+    /// Connects to the engines of `v`, in parallel, but not to one that is down (see `Down`):
+    /// that one counts as failed again, saying since when, without a wait.
+    async fn connect(&mut self, v: &Validated) -> plan::Engines {
+        self.down.retain(|name, d| {
+            v.integrations
+                .get(name)
+                .is_some_and(|def| def.url == d.url && def.endpoint == d.endpoint)
+        });
+        let mut skipped = Vec::new();
+        let mut tried = BTreeMap::new();
+        for (name, def) in &v.integrations {
+            let reached = |d: &Down| {
+                self.event_tasks
+                    .get(name)
+                    .is_none_or(|t| t.reach.since(d.tried))
+            };
+            match self.down.get(name) {
+                Some(d) if !reached(d) => skipped.push((name.clone(), d)),
+                _ => {
+                    tried.insert(name.clone(), def.clone());
+                }
+            }
+        }
+        let skipped: Vec<(String, crate::engine::EngineError)> = skipped
+            .into_iter()
+            .map(|(name, d)| {
+                let down_for = Duration::from_secs(d.since.elapsed().as_secs());
+                let message = format!(
+                    "{} (unreachable for {}: not tried again until its event subscription, which keeps trying, reaches it)",
+                    d.error,
+                    humantime::format_duration(down_for)
+                );
+                let kind = crate::engine::ErrorKind::Unreachable;
+                (name, crate::engine::EngineError::new(kind, message))
+            })
+            .collect();
+        let now = Instant::now();
+        let mut engines = crate::engine::connect::connect_each(&tried).await;
+        for (name, result) in &engines {
+            let Some(def) = tried.get(name) else { continue };
+            match result {
+                Ok(_) => {
+                    self.down.remove(name);
+                }
+                Err(e) => {
+                    let since = self.down.get(name).map_or(now, |d| d.since);
+                    let down = Down {
+                        url: def.url.clone(),
+                        endpoint: def.endpoint.clone(),
+                        since,
+                        tried: now,
+                        error: e.to_string(),
+                    };
+                    self.down.insert(name.clone(), down);
+                }
+            }
+        }
+        for (name, e) in skipped {
+            engines.insert(name, Err(e));
+        }
+        engines
+    }
+
     /// Watches the events of every engine of `v`, before the reconcile that started at
     /// `started` reads them: a subscription already watched at the same address is kept,
     /// others are made anew and replay the engine's events since `started`.
     fn watch_engines(&mut self, v: &Validated, started: Instant) {
-        self.event_tasks.retain(|name, (url, endpoint, task)| {
+        self.event_tasks.retain(|name, t| {
             // Same address and same keys, CA and pinned host key (a rotated key is used).
             let keep = v
                 .integrations
                 .get(name)
-                .is_some_and(|d| d.url == *url && d.endpoint == *endpoint)
-                && !task.is_finished();
+                .is_some_and(|d| d.url == t.url && d.endpoint == t.endpoint)
+                && !t.task.is_finished();
             if !keep {
-                task.abort();
+                t.task.abort();
             }
             keep
         });
@@ -1081,17 +1188,26 @@ impl State {
             if self.event_tasks.contains_key(name) {
                 continue;
             }
+            let reach = Arc::new(Reach::default());
             let task = tokio::spawn(watch_events(
                 name.clone(),
                 def.clone(),
                 v.project.clone(),
                 started,
-                self.tx.clone(),
-                Arc::clone(&self.outside),
-                self.log.clone(),
+                Subscriber {
+                    tx: self.tx.clone(),
+                    outside: Arc::clone(&self.outside),
+                    reach: Arc::clone(&reach),
+                    log: self.log.clone(),
+                },
             ));
-            self.event_tasks
-                .insert(name.clone(), (def.url.clone(), def.endpoint.clone(), task));
+            let task = EventTask {
+                url: def.url.clone(),
+                endpoint: def.endpoint.clone(),
+                task,
+                reach,
+            };
+            self.event_tasks.insert(name.clone(), task);
         }
     }
 }
@@ -1115,6 +1231,14 @@ impl Replay {
     }
 }
 
+/// Where an event subscription sends what it reads, and says whether it reaches its engine.
+struct Subscriber {
+    tx: mpsc::Sender<Trigger>,
+    outside: Arc<Outside>,
+    reach: Arc<Reach>,
+    log: Logger,
+}
+
 /// Forwards one engine's events as triggers, subscribing again after a break. What the
 /// engine did before `known` is known: the reconcile that started then reads the engine
 /// after this subscription was asked for.
@@ -1123,10 +1247,14 @@ async fn watch_events(
     def: crate::validate::IntegrationDef,
     project: String,
     mut known: Instant,
-    tx: mpsc::Sender<Trigger>,
-    outside: Arc<Outside>,
-    log: Logger,
+    to: Subscriber,
 ) {
+    let Subscriber {
+        tx,
+        outside,
+        reach,
+        log,
+    } = to;
     use crate::engine::Engine;
     let mut delay = Duration::from_secs(1);
     // After a break, what happened meanwhile left no event: the next plan inspects this
@@ -1135,6 +1263,7 @@ async fn watch_events(
     loop {
         match crate::engine::connect::connect(&def).await {
             Ok(engine) => {
+                reach.connected(true);
                 // The engine replays the events it holds since a moment before `known`, by its
                 // own clock: a `docker update` made while subscribing is not missed. Replayed
                 // events from before `known` other than `update` are dropped: the reconcile's
@@ -1197,6 +1326,7 @@ async fn watch_events(
                 &[("integration", name.clone())],
             ),
         }
+        reach.connected(false);
         broken = true;
         known = Instant::now();
         tokio::time::sleep(delay).await;

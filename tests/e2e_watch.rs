@@ -85,9 +85,15 @@ impl Case {
     /// `outpostctl watch PATH --interval 1h --debounce 200ms --log-format json --listen ...`
     /// in the test directory, with the tokens in its environment.
     fn watch(&self, path: &str, extra: &[&str]) -> Watch {
+        self.watch_with(path, extra, &[])
+    }
+
+    /// `watch`, with `vars` added to its environment.
+    fn watch_with(&self, path: &str, extra: &[&str], vars: &[(&str, &str)]) -> Watch {
         let port = self.env.port();
         let addr = format!("127.0.0.1:{port}");
         let mut cmd = self.watch_cmd(path, &addr, extra);
+        cmd.envs(vars.iter().copied());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -1176,11 +1182,16 @@ fn a_restart_policy_changed_by_hand_is_put_back() {
 
 /// `http://127.0.0.1:PORT` in front of the engine's socket that the test can cut: while cut,
 /// its connections are closed and new ones are closed at once (a network outage between a
-/// watch and its engine). While events are held, a request for the engine's events waits
-/// in it before it reaches the engine (a subscription that is slow to come up).
+/// watch and its engine). While it is a black hole, new connections are taken and never
+/// answered (a host down behind a firewall that drops packets). While events are held, a
+/// request for the engine's events waits in it before it reaches the engine (a subscription
+/// that is slow to come up).
 struct Cuttable {
     port: u16,
     cut: Arc<std::sync::atomic::AtomicBool>,
+    black_hole: Arc<std::sync::atomic::AtomicBool>,
+    /// The connections the black hole took.
+    swallowed: Arc<Mutex<Vec<std::net::TcpStream>>>,
     open: Arc<Mutex<Vec<std::net::TcpStream>>>,
     hold_events: Arc<std::sync::atomic::AtomicBool>,
     /// Event requests that were held so far.
@@ -1221,16 +1232,23 @@ impl Cuttable {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("address").port();
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let black_hole: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let swallowed: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
         let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
         let hold_events: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let held: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let socket = engine_socket();
         let (c, o) = (cut.clone(), open.clone());
+        let (hole, taken) = (black_hole.clone(), swallowed.clone());
         let (hold, count) = (hold_events.clone(), held.clone());
         std::thread::spawn(move || {
             for tcp in listener.incoming().flatten() {
                 if c.load(std::sync::atomic::Ordering::SeqCst) {
                     continue; // dropped: closed at once
+                }
+                if hole.load(std::sync::atomic::Ordering::SeqCst) {
+                    taken.lock().unwrap().push(tcp);
+                    continue;
                 }
                 let Ok(mut unix) = UnixStream::connect(&socket) else {
                     continue;
@@ -1252,6 +1270,8 @@ impl Cuttable {
         Cuttable {
             port,
             cut,
+            black_hole,
+            swallowed,
             open,
             hold_events,
             held,
@@ -1275,6 +1295,17 @@ impl Cuttable {
         }
     }
 
+    /// A black hole, or no more: then the connections it took are closed.
+    fn set_black_hole(&self, on: bool) {
+        self.black_hole
+            .store(on, std::sync::atomic::Ordering::SeqCst);
+        if !on {
+            for c in self.swallowed.lock().unwrap().drain(..) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+        }
+    }
+
     fn set_cut(&self, cut: bool) {
         self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
         if cut {
@@ -1295,6 +1326,84 @@ fn watching_alpha_through(c: &Case, proxy: &Cuttable) -> (Watch, Inspect) {
     let a = c.wait_running(&w, "alpha", "applied at start");
     w.wait_reconciled(0, "ending the first reconcile");
     (w, a)
+}
+
+/// An engine down behind a firewall (its connections taken, never answered) costs the first
+/// reconcile the request timeout (8 s here); the reconciles after it do not wait on it again:
+/// a container removed by hand on the other engine is back at once, its reconcile saying the
+/// engine is not tried. When the engine answers again, its event subscription (which kept
+/// trying) reaches it, and its outpost is applied.
+#[test]
+fn an_engine_down_behind_a_firewall_does_not_delay_the_others() {
+    let c = Case::new("wdown");
+    let proxy = Cuttable::start();
+    proxy.set_black_hole(true);
+    let mut m = manifest_with(&c, &["Alpha", "Beta"]);
+    m["integrations"]["away"] = json!({ "url": format!("http://127.0.0.1:{}", proxy.port) });
+    m["outposts"]["Beta"]["integration"] = json!("away");
+    c.save("m/outposts.yaml", &m);
+    let timeout = 8;
+    let w = c.watch_with(
+        "m",
+        &[],
+        &[("OUTPOSTCTL_ENGINE_TIMEOUT", &timeout.to_string())],
+    );
+    let a = c.wait_running(&w, "alpha", "applied at start, the other engine down");
+    let done = w.wait_reconciled(0, "ending the first reconcile");
+    assert!(
+        done["msg"].as_str().unwrap().contains("with errors"),
+        "{done}"
+    );
+    let away_errors = |from: usize| -> Vec<String> {
+        w.logs(from)
+            .iter()
+            .filter(|v| {
+                v["event"] == "engine" && v["integration"] == "away" && v["level"] == "error"
+            })
+            .map(|v| v["msg"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let first = away_errors(0);
+    assert!(
+        first
+            .first()
+            .is_some_and(|e| e.contains(&format!("did not answer within {timeout} s"))),
+        "the first reconcile waited for the engine and said so: {first:?}\n{}",
+        w.text()
+    );
+    assert!(inspect(&c.name("beta")).is_none());
+
+    let mark = w.mark();
+    docker_ok(&["rm", "-f", &a.name()]);
+    c.wait_container(&w, "alpha", "after docker rm -f", |x| x.id() != a.id());
+    let started = w.wait_started(mark, "engine-event");
+    let done = w.wait_reconciled(mark, "ending the put-back's reconcile");
+    let took = done["duration_ms"]
+        .as_str()
+        .and_then(|d| d.parse::<u64>().ok());
+    assert!(
+        took.is_some_and(|ms| ms < timeout * 1000),
+        "the put-back's reconcile ({started}) waited for the engine that is down: {done}"
+    );
+    let later = away_errors(mark);
+    assert!(
+        !later.is_empty() && later.iter().all(|e| e.contains("not tried again")),
+        "reconciles after the first try the engine again: {later:?}\n{}",
+        w.text()
+    );
+
+    let mark = w.mark();
+    proxy.set_black_hole(false);
+    let beta = c.name("beta");
+    assert!(
+        wait_until(Duration::from_secs(90), || inspect(&beta)
+            .is_some_and(|x| x.running())),
+        "Beta is not applied once its engine answers; watch log:\n{}",
+        w.text()
+    );
+    let resumed = w.wait_started(mark, "engine-events-resumed");
+    assert_eq!(resumed["integration"], "away", "{resumed}");
+    c.assert_no_secret_in(&w);
 }
 
 /// A restart policy changed while the watch's event stream was broken (the engine out of
