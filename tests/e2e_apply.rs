@@ -6,6 +6,7 @@ mod common;
 mod support;
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -809,6 +810,35 @@ fn apply_on_a_terminal_asks_first() {
     );
     assert!(env.container(&name).running());
     env.assert_converged();
+}
+
+/// `apply > log` on a terminal: the question is asked on the terminal with the plan it is
+/// about (not only in the file), and the file has the plan as well.
+#[test]
+fn apply_with_its_output_in_a_file_asks_with_the_plan_on_the_terminal() {
+    let env = Env::new("confirmlog");
+    let mut m = env.manifest();
+    m["outposts"]["Asked"] = env.outpost("ldap", "AK_A");
+    env.write(&m);
+    let name = env.name_of("asked");
+    let log = env.dir().join("apply.log");
+
+    let r = env.run_on_terminal_to(&["apply", "."], "no", Some(&log));
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    let create = format!("+ create    {name}");
+    let terminal = &r.stdout;
+    let (plan, question) = (
+        terminal.find(&create),
+        terminal.find("Apply these changes? Only `yes` is accepted:"),
+    );
+    assert!(
+        plan.zip(question).is_some_and(|(p, q)| p < q),
+        "the terminal does not show the plan before the question:\n{terminal}"
+    );
+    let written = fs::read_to_string(&log).expect("the log file");
+    assert!(written.contains(&create), "the log file:\n{written}");
+    env.assert_no_secret("the log file", &written);
+    assert!(env.project_containers().is_empty());
 }
 
 /// A running container that fails its health check is restarted (same container), as

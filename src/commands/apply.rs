@@ -129,7 +129,10 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
             return Exit::Failure;
         }
         // On stderr: with stdout sent to a file (`apply > log`), the question still reaches
-        // the person at the terminal.
+        // the person at the terminal, after the plan it is about.
+        if !std::io::stdout().is_terminal() {
+            p.err(&render::plan::human(&plan, p.style, args.diff));
+        }
         p.err("\nApply these changes? Only `yes` is accepted: ");
         let mut answer = String::new();
         let _ = std::io::stdin().lock().read_line(&mut answer);

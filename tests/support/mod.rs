@@ -832,12 +832,22 @@ impl Env {
     /// Runs outpostctl on a pseudo-terminal (util-linux `script`), typing `answer` and a
     /// newline once it had time to ask.
     pub fn run_on_terminal(&self, args: &[&str], answer: &str) -> Run {
+        self.run_on_terminal_to(args, answer, None)
+    }
+
+    /// `run_on_terminal`, with stdout sent to the file `stdout` when given (`apply > log`):
+    /// stdin and stderr stay on the terminal.
+    pub fn run_on_terminal_to(&self, args: &[&str], answer: &str, stdout: Option<&Path>) -> Run {
         let bin = common::bin();
-        let line = std::iter::once(bin.to_string_lossy().into_owned())
+        let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
+        let mut line = std::iter::once(bin.to_string_lossy().into_owned())
             .chain(args.iter().map(|a| a.to_string()))
-            .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+            .map(|a| quote(&a))
             .collect::<Vec<_>>()
             .join(" ");
+        if let Some(file) = stdout {
+            line.push_str(&format!(" > {}", quote(&file.to_string_lossy())));
+        }
         let script =
             format!("(sleep 2; printf '%s\\n' '{answer}') | script -qec \"{line}\" /dev/null");
         let mut cmd = Command::new("sh");
