@@ -288,6 +288,7 @@ outposts:
     assert_eq!(e["AUTHENTIK_INSECURE"], "false");
     assert_eq!(e["AUTHENTIK_TOKEN"], tok_radius);
     assert_eq!(e["AUTHENTIK_HOST_BROWSER"], "https://login.example.com");
+    assert_eq!(e.len(), 6, "env of {n_radius}: {e:?}");
     let want = map(&[
         (LABEL_UUID, &u_radius),
         ("com.example.team", "infra"),
@@ -612,8 +613,8 @@ fn port_conflict_fails_one_outpost_not_the_others() {
     }
     // The failed outpost leaves no half-made container behind.
     assert!(
-        inspect(&n_proxy).is_none_or(|c| !c.running()),
-        "{n_proxy} runs although its port is taken"
+        inspect(&n_proxy).is_none(),
+        "{n_proxy} was left behind although its port is taken"
     );
 
     drop(squatter);
@@ -1113,8 +1114,8 @@ fn status_flags_an_outpost_whose_recreate_is_blocked() {
     assert_eq!(plain.code, 0, "status only reads: {}", shown(&plain));
 }
 
-/// A paused outpost must be brought back to running. The plan says `start`, but Docker
-/// refuses to start a paused container (409 "try unpause instead"), so apply fails.
+/// A paused outpost is brought back to running: Docker refuses to start a paused container
+/// (409 "try unpause instead"), so apply unpauses it: the same container, running.
 #[test]
 fn paused_outpost_is_resumed() {
     let env = Env::new("paused");

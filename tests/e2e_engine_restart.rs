@@ -7,7 +7,8 @@
 //!
 //! Three times: an apply that recreates all 50 outposts is started, the engine is restarted
 //! at a seeded random moment of it (`OUTPOSTCTL_FAULT_SEED`, printed; failures name the seed
-//! and the delay), the interrupted apply must end by itself with an error, and the next apply
+//! and the delay), the interrupted apply must end by itself (with an error that says so when
+//! the restart hit it in flight; it may also have finished before), and the next apply
 //! must converge: exactly one running container per outpost (containers with restart policy
 //! `unless-stopped` come back with the engine), nothing parked as `*-outpostctl-old`, and the
 //! containers outpostctl does not own still there with the same id and state. Needs

@@ -582,8 +582,8 @@ fn fifty_outposts_survive_applies_killed_at_random_moments() {
     eprintln!("OUTPOSTCTL_FAULT_SEED={seed}");
     let mut rng = Rng::new(seed);
     let mut f = Fleet::new("faultkill", "rac", 50);
-    let t = kill_trials(&mut f, &mut rng, seed, 20);
-    assert!(t.kills_landed >= 20);
+    // Each trial asserts the convergence and the audit; it fails when too few kills land.
+    kill_trials(&mut f, &mut rng, seed, 20);
 }
 
 /// The same with four proxy outposts publishing host ports on loopback: a recreate must stop
@@ -595,8 +595,7 @@ fn proxies_with_host_ports_survive_applies_killed_at_random_moments() {
     eprintln!("OUTPOSTCTL_FAULT_SEED={seed}");
     let mut rng = Rng::new(seed ^ 0x5EED_F900);
     let mut f = Fleet::new("faultport", "proxy", 4);
-    let t = kill_trials(&mut f, &mut rng, seed, 10);
-    assert!(t.kills_landed >= 10);
+    kill_trials(&mut f, &mut rng, seed, 10);
 }
 
 // ---------------------------------------------------------------------------------------------

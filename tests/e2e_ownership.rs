@@ -216,10 +216,12 @@ fn adopt_takes_over_what_authentik_deployed() {
     assert_eq!(ldap.label(LABEL_PROJECT), Some(env.project.clone()));
     assert_eq!(ldap.label(LABEL_MANAGED_BY).as_deref(), Some("outpostctl"));
     assert_eq!(ldap.label(LABEL_OUTPOST), Some(legacy.clone()));
-    assert_ne!(ldap.env()["AUTHENTIK_TOKEN"], old_token);
+    assert_eq!(ldap.env()["AUTHENTIK_TOKEN"], env.token_of("AK_LEGACY"));
     let proxy = env.container(&new_web);
+    assert!(proxy.running());
     assert_eq!(proxy.label(LABEL_UUID), Some(u_web));
     assert_eq!(proxy.label(LABEL_PROJECT), Some(env.project.clone()));
+    assert_eq!(proxy.env()["AUTHENTIK_TOKEN"], env.token_of("AK_WEB"));
     assert_eq!(env.project_containers().len(), 2);
     // Once ours, no --adopt is needed.
     env.assert_converged();

@@ -27,6 +27,10 @@ fn full_lifecycle_through_the_socket_proxy() {
     let pulled = format!("{REGISTRY}/goauthentik/rac:{AK_VERSION}");
     env.track_image_tag(&pulled);
     let _ = docker(&["rmi", &pulled]);
+    assert!(
+        image_id(&pulled).is_none(),
+        "{pulled} is still on the engine"
+    );
 
     let mut m = env.manifest();
     m["integrations"] = json!({ "edge": { "url": SOCKET_PROXY } });
@@ -61,7 +65,7 @@ fn full_lifecycle_through_the_socket_proxy() {
     );
     let r = env.apply_ok();
     assert!(
-        r.stdout.contains("apply: 4 done, 0 failed"),
+        r.stdout.contains("apply: 4 done, 0 failed") && !shown(&r).contains("could not pull"),
         "{}",
         shown(&r)
     );

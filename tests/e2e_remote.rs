@@ -157,7 +157,7 @@ fn full_cycle(r: &Remote, m: &Value, integration_name: &str, outposts: &[(&str, 
     m
 }
 
-/// The words of two known races, each proven by an ignored test:
+/// The words of two known races, each proven by a test of its own:
 /// - TLS (`tls_client_certificate_rejection_is_always_explained`): the engine's rejection of
 ///   a client certificate sometimes surfaces as a canceled request;
 /// - ssh (`ssh_failures_are_always_explained`): the error is described before ssh's stderr
@@ -338,6 +338,7 @@ fn tls_client_certificate_rejection_is_always_explained() {
     );
     r.env.write(&m);
     let mut bad = Vec::new();
+    let mut seen = 0;
     for _round in 0..10 {
         let outputs: Vec<String> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..24)
@@ -350,12 +351,14 @@ fn tls_client_certificate_rejection_is_always_explained() {
         });
         for out in outputs {
             for line in out.lines().filter(|l| l.starts_with("integration ")) {
+                seen += 1;
                 if !line.contains("the engine rejected the client certificate") {
                     bad.push(line.to_string());
                 }
             }
         }
     }
+    assert_eq!(seen, 480, "not every run reported both integrations");
     assert!(
         bad.is_empty(),
         "{} of 480 rejections were not explained, e.g.:\n{}",
@@ -1062,6 +1065,7 @@ fn ssh_failures_are_always_explained() {
     let m = r.manifest(json!({ "nas": nas }), &[]);
     r.env.write(&m);
     let mut bad = Vec::new();
+    let mut seen = 0;
     for _round in 0..10 {
         let outputs: Vec<String> = std::thread::scope(|s| {
             let handles: Vec<_> = (0..12)
@@ -1074,12 +1078,14 @@ fn ssh_failures_are_always_explained() {
         });
         for out in outputs {
             for line in out.lines().filter(|l| l.starts_with("integration ")) {
+                seen += 1;
                 if !line.contains("authentication refused for user `root`") {
                     bad.push(line.to_string());
                 }
             }
         }
     }
+    assert_eq!(seen, 120, "not every run reported its integration");
     assert!(
         bad.is_empty(),
         "{} of 120 refused logins were not explained, e.g.:\n{}",
@@ -1508,7 +1514,16 @@ fn ssh_session_directories_of_other_runs_are_swept_only_when_dead() {
     fs::File::open(&legacy)
         .and_then(|f| f.set_modified(old))
         .expect("age the directory");
-    std::thread::sleep(Duration::from_millis(300));
+    // Until the holder has the lock (`flock -n` fails while it is held).
+    let held = wait_until(Duration::from_secs(10), || {
+        !std::process::Command::new("flock")
+            .arg("-n")
+            .arg(live.join("lock"))
+            .arg("true")
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    assert!(held, "flock did not take the lock");
 
     let out = r
         .env

@@ -323,7 +323,7 @@ fn saved_plan_made_with_adopt_adopts() {
     env.write(&m);
     // As authentik deploys it: its uuid label, none of ours.
     let name = env.name_of("dir");
-    env.authentik_container(
+    let authentiks = env.authentik_container(
         &name,
         &uuid,
         &format!("ghcr.io/goauthentik/ldap:{AK_VERSION}"),
@@ -336,6 +336,13 @@ fn saved_plan_made_with_adopt_adopts() {
     assert_eq!(r.code, 0, "{}", shown(&r));
     let c = env.container(&name);
     assert_eq!(c.label(LABEL_PROJECT), Some(env.project.clone()), "adopted");
+    assert!(c.running());
+    assert_eq!(c.label(LABEL_UUID), Some(uuid));
+    assert_eq!(c.env()["AUTHENTIK_TOKEN"], env.token_of("AK_DIR"));
+    assert!(
+        inspect(&authentiks).is_none(),
+        "authentik's container remains beside the adopted one"
+    );
     env.assert_converged();
 }
 

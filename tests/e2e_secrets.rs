@@ -564,7 +564,9 @@ fn secrets_appear_nowhere_but_in_the_containers_token() {
     for chunk in ids.chunks(100) {
         let mut args = vec!["container", "inspect"];
         args.extend(chunk);
-        let list: Vec<Value> = serde_json::from_str(&docker(&args).stdout).unwrap_or_default();
+        let out = docker(&args).stdout;
+        let list: Vec<Value> = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("docker container inspect is not JSON ({e}):\n{out}"));
         for v in list {
             let i = Inspect(v);
             c.guard.check(
@@ -574,6 +576,10 @@ fn secrets_appear_nowhere_but_in_the_containers_token() {
             labelled += 1;
         }
     }
+    assert!(
+        labelled >= 3,
+        "the labels of {labelled} containers were read"
+    );
     let mut allowed: Vec<String> = c.tokens.values().cloned().collect();
     allowed.push(
         fs::read_to_string(&c.token_file)

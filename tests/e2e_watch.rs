@@ -208,12 +208,14 @@ impl Case {
         out
     }
 
-    /// No token value in what the watch printed or serves; call at the end of each test.
+    /// No token value in what the watch printed or serves; call at the end of each test
+    /// (and before `terminate`, for `/metrics`: a watch that runs must serve it).
     fn assert_no_secret_in(&self, w: &Watch) {
         self.env.assert_no_secret("the watch log", &w.text());
         self.env
             .assert_no_secret("the watch's stdout", &w.stdout.lock().unwrap());
-        if let Some((_, body)) = http_get(&w.addr, "/metrics") {
+        if w.child.is_some() {
+            let (_, body) = w.http("/metrics");
             self.env.assert_no_secret("/metrics", &body);
         }
     }
@@ -982,7 +984,7 @@ fn a_log_file_next_to_the_manifest_directory_does_not_loop() {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(fs::File::create(&log).unwrap()));
-    let w = Watch {
+    let mut w = Watch {
         child: Some(cmd.spawn().expect("outpostctl watch starts")),
         lines: Arc::new(Mutex::new(Vec::new())),
         stdout: Arc::new(Mutex::new(String::new())),
@@ -1005,6 +1007,16 @@ fn a_log_file_next_to_the_manifest_directory_does_not_loop() {
         !looped,
         "{} reconciles after one edit; log:\n{}",
         started(&read()),
+        read()
+    );
+    // And the edit was applied, by a watch that still runs.
+    c.wait_container(&w, "alpha", "after the edit", |x| {
+        x.label("e2e.watch").as_deref() == Some("v2")
+    });
+    let child = w.child.as_mut().expect("the watch runs");
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the watch exited; log:\n{}",
         read()
     );
     drop(w);
@@ -1777,6 +1789,7 @@ fn sigterm_during_recreates(tag: &str) -> (Case, Watch, usize, BTreeMap<String, 
     w.wait_log(mark, "of the first recreate", WAIT, |v| {
         v["event"] == "action"
     });
+    c.assert_no_secret_in(&w);
     let took = w.terminate(Duration::from_secs(60));
     (c, w, mark, before, took)
 }
@@ -2315,6 +2328,7 @@ fn bench_watch_idle_500() {
     let unhealthy = health.lines().filter(|l| !l.contains("(healthy)")).count();
     println!("containers not healthy at the end of the idle period: {unhealthy}");
     println!("idle over {idle}");
+    c.assert_no_secret_in(&w);
     let took = w.terminate(Duration::from_secs(60));
     println!("SIGTERM -> exit: {} ms", took.as_millis());
     c.assert_no_secret_in(&w);
@@ -2366,6 +2380,7 @@ fn bench_watch_idle_500_engine_down() {
     );
     w.wait_quiet(Duration::from_secs(3));
     println!("idle over {}, engine down", idle_for_30s(&w));
+    c.assert_no_secret_in(&w);
     w.terminate(Duration::from_secs(30));
     c.assert_no_secret_in(&w);
 }

@@ -518,8 +518,9 @@ fn dangling_symlink_argument() {
     );
 }
 
-/// A dangling `*.yaml` symlink inside a directory is skipped without a word today, and the
-/// set validates (exit 0): a manifest that was meant to be read is silently missing.
+/// A dangling `*.yaml` symlink inside a directory is an error naming it (exit 1): a manifest
+/// that was meant to be read is not silently missing. (It was skipped without a word, and
+/// the set validated.)
 #[cfg(unix)]
 #[test]
 fn dangling_symlink_in_directory() {

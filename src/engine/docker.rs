@@ -1306,8 +1306,12 @@ mod first_answer {
     /// `http://[::1]:PORT`: an IPv6 address is put in brackets in the URL.
     #[tokio::test]
     async fn an_engine_at_an_ipv6_address_is_reached() {
+        // The address in brackets, as a URL has it (also where no IPv6 loopback exists).
+        let url = Transport::http("::1", 2375).url;
+        assert_eq!(url, "http://[::1]:2375");
+        assert_eq!(Transport::http("[::1]", 2375).url, url);
         if std::net::TcpListener::bind("[::1]:0").is_err() {
-            eprintln!("no IPv6 loopback here; nothing to test");
+            eprintln!("no IPv6 loopback here: the connection is not tried");
             return;
         }
         let (url, accepted) = listener_at("[::1]:0", 0).await;

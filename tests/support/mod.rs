@@ -720,6 +720,15 @@ impl Env {
         value
     }
 
+    /// The value of the token environment variable `var` (set by `outpost` or `new_token`).
+    pub fn token_of(&self, var: &str) -> String {
+        let tokens = self.tokens.lock().unwrap();
+        tokens
+            .get(var)
+            .cloned()
+            .unwrap_or_else(|| panic!("no token {var}"))
+    }
+
     /// Sets the token environment variable `var` for every later run.
     pub fn set_token(&self, var: &str, value: &str) {
         self.tokens
