@@ -308,20 +308,36 @@ async fn lock_image(engine: &dyn Engine, opts: &LockOptions) -> Result<String, E
 
 /// Renews the lease three times per lease period. When the lock container is gone, or no
 /// renewal succeeded for two thirds of the lease (another writer may take the lock over once it
-/// runs out), the lock is lost (`lost_on`): no new action starts on its engine.
+/// runs out), the lock is lost (`lost_on`): no new action starts on its engine. A renewal
+/// that hangs (an engine or network that stopped answering) counts as failed when those two
+/// thirds are over, not when the request times out (after the lease could have run out), and a
+/// renewal counts from when it was asked for (the lease runs from the engine's clock then).
 async fn renew(engine: Arc<dyn Engine>, id: String, lease: i64) {
     let every = Duration::from_secs((lease / 3).max(1) as u64);
     let patience = Duration::from_secs((lease - lease / 3).max(1) as u64);
     let mut renewed_at = Instant::now();
+    let mut asked = renewed_at;
     loop {
-        tokio::time::sleep(every).await;
-        let result = match engine.now().await {
-            Ok(now) => engine.renew_marker(&id, now.saturating_add(lease)).await,
-            Err(e) => Err(e),
+        // Every third of the lease from the last try (not from its answer, which may be
+        // slow): a renewal that answers in time leaves the next one a third of the lease.
+        tokio::time::sleep_until((asked + every).into()).await;
+        asked = Instant::now();
+        let attempt = async {
+            let now = engine.now().await?;
+            engine.renew_marker(&id, now.saturating_add(lease)).await
         };
+        let left = (renewed_at + patience).saturating_duration_since(asked);
+        let result = tokio::time::timeout(left, attempt)
+            .await
+            .unwrap_or_else(|_| {
+                Err(EngineError::new(
+                    ErrorKind::Timeout,
+                    "the engine did not answer the renewal",
+                ))
+            });
         let why = match result {
             Ok(()) => {
-                renewed_at = Instant::now();
+                renewed_at = asked;
                 continue;
             }
             Err(e) if e.is_not_found() => "its lock container was removed".to_string(),
@@ -483,6 +499,43 @@ mod tests {
                 ),
             }
         }
+    }
+
+    /// A renewal that hangs (the engine stopped answering) loses the lock when two thirds of
+    /// the lease are over, before another writer may take it over: not when the request
+    /// would time out (120 s, after a 60 s lease ran out).
+    #[tokio::test]
+    async fn a_renewal_that_hangs_loses_the_lock_before_the_lease_runs_out() {
+        let engine = Arc::new(Fake {
+            renewals_hang: true,
+            ..Fake::default()
+        });
+        held(|h| {
+            h.insert(
+                "hung".to_string(),
+                Held {
+                    lost: None,
+                    integrations: BTreeSet::from(["hung-a".to_string()]),
+                },
+            )
+        });
+        // A lease of 3 s: renewed every second, lost after 2 s without a renewal.
+        let started = Instant::now();
+        let renewing = tokio::spawn(renew(engine, "hung".into(), 3));
+        let lost = tokio::time::timeout(Duration::from_secs(10), renewing).await;
+        let why = lost_on("hung-a");
+        held(|h| h.remove("hung"));
+        assert!(lost.is_ok(), "still renewing after 10 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "lost after {:?}, when the lease had run out",
+            started.elapsed()
+        );
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("did not answer the renewal")),
+            "{why:?}"
+        );
     }
 
     /// A lost lock stops new actions on its own engine's integrations only.

@@ -40,6 +40,8 @@ pub struct Fake {
     pub writable: bool,
     /// The labels `inspect` shows, by container id (other fields empty); others not found.
     pub inspected_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// `renew_marker` never answers (an engine that stopped answering).
+    pub renewals_hang: bool,
 }
 
 /// A listed container.
@@ -253,6 +255,9 @@ impl Engine for Fake {
         Ok(self.marker().clone())
     }
     async fn renew_marker(&self, _: &str, _: i64) -> Result<()> {
+        if self.renewals_hang {
+            std::future::pending::<()>().await;
+        }
         Ok(())
     }
     fn events(
