@@ -455,8 +455,15 @@ async fn create_and_start(
     }
     let id = engine.create(spec, image, &extra).await?;
     if let Err(e) = engine.start(&id).await {
-        let _ = engine.remove(&id).await;
-        return Err(explain_port_conflict(engine, e).await);
+        let removed = engine.remove(&id).await;
+        let e = explain_port_conflict(engine, e).await;
+        return Err(match removed {
+            Ok(()) => e,
+            Err(r) => EngineError::new(
+                e.kind,
+                format!("{e}; the new container could not be removed: {r}"),
+            ),
+        });
     }
     Ok(id)
 }
@@ -587,13 +594,35 @@ async fn recreate(
     // Pull while the old container still serves.
     let image = match image {
         Some(image) => image,
-        None => ensure_image(engine, spec, integration, progress, messages).await?,
+        None => {
+            let image = ensure_image(engine, spec, integration, progress, messages).await?;
+            // A pull may take minutes: a shutdown or a lost lock that came meanwhile leaves
+            // the old container as it is.
+            if let Some(why) = stop_reason(progress, integration) {
+                return Err(EngineError::new(
+                    crate::engine::ErrorKind::Api,
+                    format!("not started: {why} (the previous container runs as it was)"),
+                ));
+            }
+            image
+        }
     };
     let (old, old_name) = (old.id.as_str(), old.name.as_str());
     // Stopping first frees the host ports the new container needs.
-    engine.stop(old).await?;
+    if let Err(e) = engine.stop(old).await {
+        // The stop may have happened although its answer was lost (a timeout, a dropped
+        // connection): the old container is started again (nothing, when it runs).
+        let again = match engine.start(old).await {
+            Ok(()) => "the previous container runs".to_string(),
+            Err(s) => format!("the previous container could not be started again: {s}"),
+        };
+        return Err(EngineError::new(e.kind, format!("{e}; {again}")));
+    }
     let parked = format!("{}{PARKED}", spec.name);
     let renamed = old_name == spec.name;
+    // Parked by an earlier recreate that was interrupted: put back, it gets the outpost's
+    // name again.
+    let was_parked = old_name.starts_with(&parked);
     if renamed {
         let mut result = engine.rename(old, &parked).await;
         if result
@@ -615,24 +644,50 @@ async fn recreate(
     match create_and_start(engine, spec, &image, &extra).await {
         Ok(_) => engine.remove(old).await,
         Err(e) => {
-            // Put the old container back as it was.
-            let back = if renamed {
-                engine.rename(old, old_name).await
+            // Put the old container back as it was, under the outpost's name.
+            let back = if renamed || was_parked {
+                name_back(engine, old, &spec.name).await
             } else {
                 Ok(())
             };
-            let outcome = match (back, engine.start(old).await) {
-                (Ok(()), Ok(())) => "the previous container was started again".to_string(),
-                (Err(r), _) => {
-                    format!("the previous container could not get its name `{old_name}` back: {r}")
-                }
-                (Ok(()), Err(s)) => {
-                    format!("the previous container was kept but could not be started again: {s}")
-                }
+            // Not started under another name: it would hold the outpost's host ports against
+            // the container that has its name (the next plan sorts the two out).
+            let outcome = match back {
+                Ok(()) => match engine.start(old).await {
+                    Ok(()) => "the previous container was started again".to_string(),
+                    Err(s) => format!(
+                        "the previous container was kept but could not be started again: {s}"
+                    ),
+                },
+                Err(r) => format!(
+                    "the previous container is kept, stopped, as `{}`: it could not get its name `{}` back: {r}",
+                    if renamed { parked.as_str() } else { old_name },
+                    spec.name
+                ),
             };
             Err(EngineError::new(e.kind, format!("{e}; {outcome}")))
         }
     }
+}
+
+/// Renames the previous container `old` back to `name`. When the name is taken by the new
+/// container meant to replace it (`outpostctl.replaces` names `old`: its create answered too
+/// late, or its removal after a failed start failed), that one is removed first.
+async fn name_back(engine: &dyn Engine, old: &str, name: &str) -> Result<(), EngineError> {
+    let first = engine.rename(old, name).await;
+    let Err(e) = first else { return Ok(()) };
+    if e.kind != crate::engine::ErrorKind::Conflict {
+        return Err(e);
+    }
+    let replacement = match engine.inspect(name).await {
+        Ok(holder) => holder.labels.get(LABEL_REPLACES).map(String::as_str) == Some(old),
+        Err(_) => false,
+    };
+    if !replacement {
+        return Err(e);
+    }
+    engine.remove(name).await?;
+    engine.rename(old, name).await
 }
 
 /// Makes sure the engine has the image, by the pull policy; falls back to authentik's default
@@ -817,6 +872,187 @@ mod swap_tests {
         assert!(
             o.messages[0].starts_with("warning: the container could not be started (")
                 && o.messages[0].contains("already exists"),
+            "{o:?}"
+        );
+    }
+
+    fn ldap_a() -> crate::validate::Validated {
+        validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
+             outposts:\n  A: { type: ldap, integration: local, token: { file: token } }\n",
+        )
+    }
+
+    /// A fake engine for `ldap_a` that records the calls and accepts writes; `image`: the
+    /// outpost's image is there (else it is pulled).
+    fn writable(image: bool) -> Arc<Fake> {
+        Arc::new(Fake {
+            images: Some(if image {
+                vec!["ghcr.io/goauthentik/ldap:2026.8.0".into()]
+            } else {
+                Vec::new()
+            }),
+            calls: Some(Mutex::new(Vec::new())),
+            writable: true,
+            ..Fake::default()
+        })
+    }
+
+    /// A recreate of A's container `c1`, named `name`.
+    fn recreate_of(name: &str) -> Action {
+        Action {
+            outpost: "A".into(),
+            action: crate::diff::ActionKind::Recreate,
+            name: "ak-outpost-a".into(),
+            container: Some(ContainerRef {
+                id: "c1".into(),
+                name: name.into(),
+            }),
+            reasons: Vec::new(),
+            adopt: false,
+            error: None,
+        }
+    }
+
+    async fn apply_on(fake: &Arc<Fake>, a: Action, progress: &dyn Progress) -> super::Outcome {
+        let engines: crate::plan::Engines = BTreeMap::from([(
+            "local".to_string(),
+            Ok(Arc::clone(fake) as Arc<dyn crate::engine::Engine>),
+        )]);
+        let report = apply(&on_local(vec![a]), &ldap_a(), &engines, progress).await;
+        report.outcomes.into_iter().next().expect("an outcome")
+    }
+
+    /// Asks to shut down once an image was pulled.
+    struct CancelsDuringThePull(Arc<Fake>);
+    impl Progress for CancelsDuringThePull {
+        fn cancelled(&self) -> bool {
+            self.0.recorded().iter().any(|c| c.starts_with("pull "))
+        }
+    }
+
+    /// A shutdown (or a lost lock) that comes while a recreate pulls its image: the old
+    /// container is not stopped; nothing is changed.
+    #[tokio::test]
+    async fn a_shutdown_during_a_recreates_pull_leaves_the_old_container_running() {
+        let fake = writable(false);
+        let progress = CancelsDuringThePull(Arc::clone(&fake));
+        let o = apply_on(&fake, recreate_of("ak-outpost-a"), &progress).await;
+        assert_eq!(fake.recorded(), ["pull ghcr.io/goauthentik/ldap:2026.8.0"]);
+        assert!(!o.ok, "{o:?}");
+        assert_eq!(
+            o.messages,
+            ["not started: shutting down (the previous container runs as it was)"]
+        );
+    }
+
+    /// A stop whose answer was lost (it may have stopped the container): the old container
+    /// is started again, and the recreate fails saying so.
+    #[tokio::test]
+    async fn a_failed_stop_starts_the_old_container_again() {
+        let fake = writable(true);
+        fake.fail_once("stop c1", crate::engine::ErrorKind::Timeout);
+        let o = apply_on(&fake, recreate_of("ak-outpost-a"), &super::Quiet).await;
+        assert_eq!(fake.recorded(), ["stop c1", "start c1"]);
+        assert!(!o.ok, "{o:?}");
+        assert!(
+            o.messages[0].ends_with("; the previous container runs"),
+            "{o:?}"
+        );
+    }
+
+    /// A create that failed although the engine made the container (its answer was lost):
+    /// the new container holds the outpost's name, so the old one's rename back fails; the
+    /// new one, which names the old one as the one it replaces, is removed, and the old one
+    /// gets its name back and runs (not started under its parked name, where it would hold
+    /// the outpost's host ports against the container with its name, for good).
+    #[tokio::test]
+    async fn a_create_whose_answer_was_lost_is_undone_and_the_old_container_named_back() {
+        let mut fake = Fake {
+            images: Some(vec!["ghcr.io/goauthentik/ldap:2026.8.0".into()]),
+            calls: Some(Mutex::new(Vec::new())),
+            writable: true,
+            ..Fake::default()
+        };
+        fake.inspected_labels.insert(
+            "ak-outpost-a".into(),
+            BTreeMap::from([(crate::desired::LABEL_REPLACES.to_string(), "c1".to_string())]),
+        );
+        let fake = Arc::new(fake);
+        let kind = crate::engine::ErrorKind::Timeout;
+        fake.fail_once("create ak-outpost-a replaces=c1", kind);
+        fake.fail_once("rename c1 ak-outpost-a", crate::engine::ErrorKind::Conflict);
+        let o = apply_on(&fake, recreate_of("ak-outpost-a"), &super::Quiet).await;
+        assert_eq!(
+            fake.recorded(),
+            [
+                "stop c1",
+                "rename c1 ak-outpost-a-outpostctl-old",
+                "create ak-outpost-a replaces=c1",
+                "rename c1 ak-outpost-a",
+                "remove ak-outpost-a",
+                "rename c1 ak-outpost-a",
+                "start c1"
+            ]
+        );
+        assert!(!o.ok, "{o:?}");
+        assert!(
+            o.messages[0].ends_with("; the previous container was started again"),
+            "{o:?}"
+        );
+    }
+
+    /// The name is held by something else: the old container is not started under its
+    /// parked name, and the message says where it is.
+    #[tokio::test]
+    async fn an_old_container_that_cannot_get_its_name_back_stays_stopped() {
+        let fake = writable(true);
+        fake.fail_once(
+            "create ak-outpost-a replaces=c1",
+            crate::engine::ErrorKind::Api,
+        );
+        fake.fail_once("rename c1 ak-outpost-a", crate::engine::ErrorKind::Conflict);
+        let o = apply_on(&fake, recreate_of("ak-outpost-a"), &super::Quiet).await;
+        assert_eq!(
+            fake.recorded(),
+            [
+                "stop c1",
+                "rename c1 ak-outpost-a-outpostctl-old",
+                "create ak-outpost-a replaces=c1",
+                "rename c1 ak-outpost-a",
+            ]
+        );
+        assert!(
+            o.messages[0].contains(
+                "the previous container is kept, stopped, as `ak-outpost-a-outpostctl-old`"
+            ),
+            "{o:?}"
+        );
+    }
+
+    /// The old container of an interrupted recreate, parked already: when the new one fails,
+    /// it is put back under the outpost's name (not started as `*-outpostctl-old`).
+    #[tokio::test]
+    async fn a_parked_old_container_is_put_back_under_the_outposts_name() {
+        let fake = writable(true);
+        fake.fail_once(
+            "create ak-outpost-a replaces=c1",
+            crate::engine::ErrorKind::Api,
+        );
+        let parked = recreate_of("ak-outpost-a-outpostctl-old");
+        let o = apply_on(&fake, parked, &super::Quiet).await;
+        assert_eq!(
+            fake.recorded(),
+            [
+                "stop c1",
+                "create ak-outpost-a replaces=c1",
+                "rename c1 ak-outpost-a",
+                "start c1"
+            ]
+        );
+        assert!(
+            o.messages[0].ends_with("; the previous container was started again"),
             "{o:?}"
         );
     }

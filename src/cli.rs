@@ -129,7 +129,8 @@ pub struct WatchArgs {
     /// How long file changes settle before a reconcile.
     #[arg(long, default_value = "500ms", value_parser = debounce)]
     pub debounce: std::time::Duration,
-    /// Never remove containers; removals are logged as pending.
+    /// Never remove the containers of outposts that left the manifests; those removals are
+    /// logged as pending (the second container an interrupted recreate left is still removed).
     #[arg(long)]
     pub no_prune: bool,
     /// Take over containers authentik deployed for the same outpost (same uuid label).

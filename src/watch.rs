@@ -284,6 +284,13 @@ fn not_inspected(a: &Action) -> bool {
     matches!(a.action, ActionKind::Unpause | ActionKind::Noop) && !crate::diff::keeps_container(a)
 }
 
+/// A removal `--no-prune` keeps pending: of an outpost that left the manifests, not the
+/// second container an interrupted recreate left (removing it finishes that recreate; kept,
+/// it would hold the outpost's name against its own container for good).
+fn kept_by_no_prune(a: &Action, no_prune: bool) -> bool {
+    no_prune && a.action == ActionKind::Remove && !crate::diff::is_duplicate_removal(a)
+}
+
 /// What waits while its outpost backs off: its put-back, and the removal of a duplicate left
 /// by an interrupted recreate (the previous container, removed only once the outpost's own
 /// container runs again, which the held-back put-back would do).
@@ -1030,7 +1037,7 @@ impl State {
             let no_prune = self.opts.no_prune;
             let deferred = &self.deferred;
             e.actions.retain(|a| {
-                if a.action == ActionKind::Remove && no_prune {
+                if kept_by_no_prune(a, no_prune) {
                     if count {
                         log.warn(
                             "pending",
@@ -1533,6 +1540,20 @@ mod tests {
         // A restart policy put back is a put-back too: one that keeps changing backs off.
         let policy = action(ActionKind::Recreate, crate::diff::RESTART_POLICY_FIELD);
         assert!(waits_for_backoff(&policy));
+        // --no-prune keeps the removal of an outpost that left the manifests pending, not
+        // that of an interrupted recreate's second container.
+        assert!(kept_by_no_prune(
+            &action(ActionKind::Remove, "outpost"),
+            true
+        ));
+        assert!(!kept_by_no_prune(
+            &action(ActionKind::Remove, "outpost"),
+            false
+        ));
+        assert!(!kept_by_no_prune(
+            &action(ActionKind::Remove, "duplicate"),
+            true
+        ));
     }
 
     fn on(id: &str, kind: ActionKind) -> Action {

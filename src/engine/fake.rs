@@ -36,12 +36,16 @@ pub struct Fake {
     /// outlived an unclean engine restart ("task ID: already exists").
     pub stuck: Option<String>,
     /// With `calls`: `create` succeeds (ids `new-1`, ...) and is recorded as "create NAME
-    /// replaces=ID" (or "-"), `remove` of any container as "remove ID".
+    /// replaces=ID" (or "-"), `remove` of any container as "remove ID", `rename` as "rename
+    /// ID NAME", `pull` as "pull IMAGE".
     pub writable: bool,
     /// The labels `inspect` shows, by container id (other fields empty); others not found.
     pub inspected_labels: BTreeMap<String, BTreeMap<String, String>>,
     /// `renew_marker` never answers (an engine that stopped answering).
     pub renewals_hang: bool,
+    /// Recorded calls that fail, once each, with this kind of error (after being recorded:
+    /// the engine may have done it, the answer was lost).
+    pub fails: std::sync::Mutex<Vec<(String, ErrorKind)>>,
 }
 
 /// A listed container.
@@ -93,15 +97,34 @@ impl Fake {
     }
 
     fn record(&self, call: String) -> Result<()> {
-        match &self.calls {
-            Some(c) => {
-                c.lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push(call);
-                Ok(())
+        let Some(c) = &self.calls else {
+            return refused();
+        };
+        c.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(call.clone());
+        let mut fails = self
+            .fails
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match fails.iter().position(|(f, _)| *f == call) {
+            Some(i) => {
+                let (_, kind) = fails.remove(i);
+                Err(EngineError::new(
+                    kind,
+                    format!("{call}: failed in this test"),
+                ))
             }
-            None => refused(),
+            None => Ok(()),
         }
+    }
+
+    /// Makes `call` fail once with an error of `kind`.
+    pub fn fail_once(&self, call: &str, kind: ErrorKind) {
+        self.fails
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push((call.to_string(), kind));
     }
 
     pub fn marker(&self) -> std::sync::MutexGuard<'_, Option<Marker>> {
@@ -166,8 +189,17 @@ impl Engine for Fake {
             None => refused(),
         }
     }
-    async fn pull(&self, _: &str, _: &(dyn for<'s> Fn(&'s str) + Send + Sync)) -> Result<()> {
-        refused()
+    async fn pull(
+        &self,
+        image: &str,
+        report: &(dyn for<'s> Fn(&'s str) + Send + Sync),
+    ) -> Result<()> {
+        if !self.writable {
+            return refused();
+        }
+        self.record(format!("pull {image}"))?;
+        report("Downloaded newer image");
+        Ok(())
     }
     async fn create(
         &self,
@@ -209,8 +241,11 @@ impl Engine for Fake {
     async fn restart(&self, _: &str) -> Result<()> {
         refused()
     }
-    async fn rename(&self, _: &str, _: &str) -> Result<()> {
-        refused()
+    async fn rename(&self, id: &str, name: &str) -> Result<()> {
+        if !self.writable {
+            return refused();
+        }
+        self.record(format!("rename {id} {name}"))
     }
     async fn remove(&self, id: &str) -> Result<()> {
         if self.writable {
