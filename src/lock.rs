@@ -166,6 +166,8 @@ pub async fn acquire(
     let mut image_retries = 0;
     let mut told = false;
     loop {
+        // The lease runs from the engine's clock as read now: its renewals count from here.
+        let asked = tokio::time::Instant::now();
         let now = engine.now().await?;
         let labels = BTreeMap::from([
             (LABEL_LOCK.to_string(), "engine".to_string()),
@@ -195,7 +197,8 @@ pub async fn acquire(
                     },
                 )
             });
-            let heartbeat = Some(tokio::spawn(renew(Arc::clone(&engine), id.clone(), lease)));
+            let renewing = renew(Arc::clone(&engine), id.clone(), lease, asked);
+            let heartbeat = Some(tokio::spawn(renewing));
             return Ok(Lock {
                 engine,
                 id,
@@ -306,38 +309,47 @@ async fn lock_image(engine: &dyn Engine, opts: &LockOptions) -> Result<String, E
     ))
 }
 
-/// Renews the lease three times per lease period. When the lock container is gone, or no
-/// renewal succeeded for two thirds of the lease (another writer may take the lock over once it
-/// runs out), the lock is lost (`lost_on`): no new action starts on its engine. A renewal
-/// that hangs (an engine or network that stopped answering) counts as failed when those two
-/// thirds are over, not when the request times out (after the lease could have run out), and a
-/// renewal counts from when it was asked for (the lease runs from the engine's clock then).
-async fn renew(engine: Arc<dyn Engine>, id: String, lease: i64) {
+/// Renews the lease three times per lease period, from `since` (taken before the engine's
+/// clock was read for the lease being renewed). When the lock container is gone, or no
+/// renewal succeeded for two thirds of the lease (another writer may take the lock over once
+/// it runs out; the engine's clock is read in whole seconds, and a lease is at least 3 s), the
+/// lock is lost (`lost_on`): no new action starts on its engine. A renewal counts from when it
+/// was asked for, and a renewal that hangs (an engine or network that stopped answering)
+/// counts as failed when those two thirds are over, not when its request times out (after
+/// the lease could have run out). After a failed renewal the next one comes sooner.
+async fn renew(engine: Arc<dyn Engine>, id: String, lease: i64, since: tokio::time::Instant) {
     let every = Duration::from_secs((lease / 3).max(1) as u64);
     let patience = Duration::from_secs((lease - lease / 3).max(1) as u64);
-    let mut renewed_at = Instant::now();
-    let mut asked = renewed_at;
+    let again = (every / 4).max(Duration::from_secs(1)).min(every);
+    let mut renewed_at = since;
+    let mut next = since + every;
+    let mut failed: Option<EngineError> = None;
+    let in_time = || {
+        EngineError::new(
+            ErrorKind::Timeout,
+            "the engine did not answer the renewal in time",
+        )
+    };
     loop {
-        // Every third of the lease from the last try (not from its answer, which may be
-        // slow): a renewal that answers in time leaves the next one a third of the lease.
-        tokio::time::sleep_until((asked + every).into()).await;
-        asked = Instant::now();
-        let attempt = async {
-            let now = engine.now().await?;
-            engine.renew_marker(&id, now.saturating_add(lease)).await
-        };
+        tokio::time::sleep_until(next).await;
+        let asked = tokio::time::Instant::now();
         let left = (renewed_at + patience).saturating_duration_since(asked);
-        let result = tokio::time::timeout(left, attempt)
-            .await
-            .unwrap_or_else(|_| {
-                Err(EngineError::new(
-                    ErrorKind::Timeout,
-                    "the engine did not answer the renewal",
-                ))
-            });
+        let result = if left.is_zero() {
+            Err(failed.take().unwrap_or_else(in_time))
+        } else {
+            let attempt = async {
+                let now = engine.now().await?;
+                engine.renew_marker(&id, now.saturating_add(lease)).await
+            };
+            tokio::time::timeout(left, attempt)
+                .await
+                .unwrap_or_else(|_| Err(in_time()))
+        };
         let why = match result {
             Ok(()) => {
                 renewed_at = asked;
+                next = asked + every;
+                failed = None;
                 continue;
             }
             Err(e) if e.is_not_found() => "its lock container was removed".to_string(),
@@ -347,7 +359,11 @@ async fn renew(engine: Arc<dyn Engine>, id: String, lease: i64) {
                     renewed_at.elapsed().as_secs()
                 )
             }
-            Err(_) => continue,
+            Err(e) => {
+                failed = Some(e);
+                next = (tokio::time::Instant::now() + again).min(renewed_at + patience);
+                continue;
+            }
         };
         held(|h| {
             // Unless released meanwhile.
@@ -504,7 +520,7 @@ mod tests {
     /// A renewal that hangs (the engine stopped answering) loses the lock when two thirds of
     /// the lease are over, before another writer may take it over: not when the request
     /// would time out (120 s, after a 60 s lease ran out).
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_renewal_that_hangs_loses_the_lock_before_the_lease_runs_out() {
         let engine = Arc::new(Fake {
             renewals_hang: true,
@@ -520,20 +536,81 @@ mod tests {
             )
         });
         // A lease of 3 s: renewed every second, lost after 2 s without a renewal.
-        let started = Instant::now();
-        let renewing = tokio::spawn(renew(engine, "hung".into(), 3));
+        let started = tokio::time::Instant::now();
+        let renewing = tokio::spawn(renew(engine, "hung".into(), 3, started));
         let lost = tokio::time::timeout(Duration::from_secs(10), renewing).await;
         let why = lost_on("hung-a");
         held(|h| h.remove("hung"));
         assert!(lost.is_ok(), "still renewing after 10 s");
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "lost after {:?}, when the lease had run out",
-            started.elapsed()
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_secs(2),
+            "lost when two thirds of the lease were over"
         );
         assert!(
             why.as_deref()
-                .is_some_and(|w| w.contains("did not answer the renewal")),
+                .is_some_and(|w| w.contains("did not answer the renewal in time")),
+            "{why:?}"
+        );
+    }
+
+    /// One renewal that fails at once (a reset connection, a proxy's 502) is tried again
+    /// soon, within the lease: the lock is kept. Renewals that keep failing lose it when two
+    /// thirds of the lease are over, saying why.
+    #[tokio::test(start_paused = true)]
+    async fn a_renewal_that_fails_once_is_tried_again_in_time() {
+        let engine = Arc::new(Fake {
+            calls: Some(std::sync::Mutex::new(Vec::new())),
+            ..Fake::default()
+        });
+        engine.fail_once("renew flaky", ErrorKind::Api);
+        held(|h| h.insert("flaky".to_string(), Held::default()));
+        let started = tokio::time::Instant::now();
+        // A lease of 60 s: renewed every 20 s, again 5 s after a failure.
+        let renewing = tokio::spawn(renew(
+            Arc::clone(&engine) as Arc<dyn Engine>,
+            "flaky".into(),
+            60,
+            started,
+        ));
+        tokio::time::sleep(Duration::from_secs(130)).await;
+        let kept = held(|h| h.get("flaky").map(|l| l.lost.clone()));
+        renewing.abort();
+        held(|h| h.remove("flaky"));
+        assert_eq!(kept, Some(None), "the lock was lost");
+        // Failed at 20 s, renewed at 25 s, then every 20 s.
+        assert_eq!(
+            engine.recorded(),
+            [
+                "renew flaky",
+                "renew flaky",
+                "renew flaky",
+                "renew flaky",
+                "renew flaky",
+                "renew flaky",
+                "renew flaky"
+            ]
+        );
+
+        for _ in 0..20 {
+            engine.fail_once("renew broken", ErrorKind::Api);
+        }
+        held(|h| h.insert("broken".to_string(), Held::default()));
+        let started = tokio::time::Instant::now();
+        let renewing = tokio::spawn(renew(
+            Arc::clone(&engine) as Arc<dyn Engine>,
+            "broken".into(),
+            60,
+            started,
+        ));
+        let lost = tokio::time::timeout(Duration::from_secs(120), renewing).await;
+        let why = held(|h| h.remove("broken")).and_then(|l| l.lost);
+        assert!(lost.is_ok(), "still renewing");
+        assert_eq!(started.elapsed(), Duration::from_secs(40));
+        assert!(
+            why.as_deref()
+                .is_some_and(|w| w.contains("could not be renewed for 40s")
+                    && w.contains("renew broken: failed in this test")),
             "{why:?}"
         );
     }

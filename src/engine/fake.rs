@@ -289,9 +289,12 @@ impl Engine for Fake {
     async fn read_marker(&self, _: &str) -> Result<Option<Marker>> {
         Ok(self.marker().clone())
     }
-    async fn renew_marker(&self, _: &str, _: i64) -> Result<()> {
+    async fn renew_marker(&self, id: &str, _: i64) -> Result<()> {
         if self.renewals_hang {
             std::future::pending::<()>().await;
+        }
+        if self.calls.is_some() {
+            self.record(format!("renew {id}"))?;
         }
         Ok(())
     }
