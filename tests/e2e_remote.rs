@@ -1206,6 +1206,39 @@ fn ssh_key_file_is_removed_when_the_run_is_interrupted() {
     }
 }
 
+/// A second SIGTERM (a stop that cannot wait for the action in flight: here a pull from a
+/// registry that never answers) during an apply over ssh: the run exits at once (130), and
+/// leaves neither its key nor its shared ssh session (the ControlMaster, logged in to the
+/// host for up to a minute more) behind.
+#[test]
+fn a_second_signal_leaves_no_ssh_session_behind() {
+    let r = Remote::ssh("sshsecond");
+    let port = r.env.port();
+    let registry = Silent::start(port);
+    let mut m = r.manifest(
+        json!({ "nas": r.good_ssh() }),
+        &[("Radius", "radius", "nas")],
+    );
+    m["outposts"]["Radius"]["config"]["container_image"] =
+        json!(format!("127.0.0.1:{port}/stalls/radius:1"));
+    r.env.write(&m);
+    let mut child = spawn_outpostctl(&r, &["apply", "--auto-approve", "."]);
+    let pulling = wait_until(Duration::from_secs(60), || registry.accepted() > 0);
+    if !pulling {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the engine did not start pulling from the silent registry");
+    }
+    signal(child.id(), "TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    signal(child.id(), "TERM");
+    let code = wait_child(&mut child, Duration::from_secs(30));
+    assert_eq!(code, Some(130), "a second SIGTERM exits at once");
+    r.assert_nothing_left("apply stopped by a second SIGTERM");
+    r.assert_no_ssh_session("apply stopped by a second SIGTERM");
+    assert!(names(&r).is_empty(), "nothing was created: {:?}", names(&r));
+}
+
 /// Starts outpostctl with the test's environment, without waiting.
 fn spawn_outpostctl(r: &Remote, args: &[&str]) -> std::process::Child {
     let mut cmd = r.env.command(args);

@@ -10,6 +10,7 @@
 //! HTTP connections are pooled: sequential requests reuse one `ssh` process; parallel ones
 //! share one SSH session through ControlMaster.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::future::Future;
 use std::io;
@@ -77,51 +78,65 @@ struct Session {
 impl Drop for Session {
     fn drop(&mut self) {
         // Close the shared session, then remove the key.
-        let mut ssh = std::process::Command::new("ssh");
-        for name in crate::validate::secret_env_names() {
-            ssh.env_remove(name);
-        }
-        let _ = ssh
-            .args(
-                self.target
-                    .config
-                    .iter()
-                    .flat_map(|c| [OsString::from("-F"), c.clone().into_os_string()]),
-            )
-            .args([
-                "-o",
-                &format!("ControlPath={}", self.dir.join("cm").display()),
-                "-O",
-                "exit",
-                "--",
-                &self.target.host,
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        close_master(&self.dir, &self.target);
         let _ = std::fs::remove_dir_all(&self.dir);
         live(|l| l.remove(&self.dir));
     }
 }
 
-/// The private directories of this process's sessions, by path, while they exist.
-fn live<T>(f: impl FnOnce(&mut std::collections::BTreeSet<PathBuf>) -> T) -> T {
-    static LIVE: std::sync::Mutex<std::collections::BTreeSet<PathBuf>> =
-        std::sync::Mutex::new(std::collections::BTreeSet::new());
+/// Ends the shared ssh session (the ControlMaster, logged in to `target`) whose control
+/// socket is in `dir`, if one runs.
+fn close_master(dir: &std::path::Path, target: &Target) {
+    let socket = dir.join("cm");
+    if !socket.exists() {
+        return;
+    }
+    let mut ssh = std::process::Command::new("ssh");
+    for name in crate::validate::secret_env_names() {
+        ssh.env_remove(name);
+    }
+    let _ = ssh
+        .args(
+            target
+                .config
+                .iter()
+                .flat_map(|c| [OsString::from("-F"), c.clone().into_os_string()]),
+        )
+        .args([
+            "-o",
+            &format!("ControlPath={}", socket.display()),
+            "-O",
+            "exit",
+            "--",
+            &target.host,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The private directories of this process's sessions, by path, with the target of each one's
+/// session once it has one, while they exist.
+fn live<T>(f: impl FnOnce(&mut BTreeMap<PathBuf, Option<Target>>) -> T) -> T {
+    static LIVE: std::sync::Mutex<BTreeMap<PathBuf, Option<Target>>> =
+        std::sync::Mutex::new(BTreeMap::new());
     f(&mut LIVE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
-/// Removes every private directory (and the key in it) of this process's sessions: for an
-/// exit that runs no destructor (a second SIGINT or SIGTERM).
+/// Ends every shared ssh session of this process and removes every private directory (and the
+/// key in it): for an exit that runs no destructor (a second SIGINT or SIGTERM). Without it,
+/// a session's ControlMaster would stay logged in to its host for up to `ControlPersist`.
 pub fn remove_private_dirs() {
-    live(|l| {
-        for dir in std::mem::take(l) {
-            let _ = std::fs::remove_dir_all(dir);
+    let dirs = live(std::mem::take);
+    for (dir, target) in dirs {
+        if let Some(target) = target {
+            close_master(&dir, &target);
         }
-    });
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
 
 /// A new private directory (mode 0700) for one session, locked (see `sweep_stale`) and known
@@ -147,7 +162,7 @@ fn private_dir() -> io::Result<(PathBuf, std::fs::File)> {
         ));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {
-                live(|l| l.insert(dir.clone()));
+                live(|l| l.insert(dir.clone(), None));
                 // Locked before it gets its name, so a sweep never finds it unlocked.
                 let locked = (|| {
                     let tmp = dir.join("lock.tmp");
@@ -245,12 +260,15 @@ impl Session {
     fn new(target: &Target) -> io::Result<Session> {
         let (dir, lock) = private_dir()?;
         match Self::args(target, &dir) {
-            Ok(args) => Ok(Session {
-                dir,
-                _lock: lock,
-                args,
-                target: target.clone(),
-            }),
+            Ok(args) => {
+                live(|l| l.insert(dir.clone(), Some(target.clone())));
+                Ok(Session {
+                    dir,
+                    _lock: lock,
+                    args,
+                    target: target.clone(),
+                })
+            }
             Err(e) => {
                 // The pin or the key could not be written: nothing of them is left behind.
                 forget_dir(&dir);

@@ -981,6 +981,7 @@ pub fn user_exists(name: &str) -> bool {
 /// that hangs before its banner), until dropped: then every connection is closed.
 pub struct Silent {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -992,21 +993,32 @@ impl Silent {
         listener.set_nonblocking(true).expect("non-blocking");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = std::sync::Arc::clone(&stop);
+        let accepted: std::sync::Arc<std::sync::atomic::AtomicUsize> = Default::default();
+        let count = std::sync::Arc::clone(&accepted);
         let thread = std::thread::spawn(move || {
             let mut held = Vec::new();
             let start = std::time::Instant::now();
             // Bounded: never outlives the test by much.
             while !flag.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(120) {
                 match listener.accept() {
-                    Ok((s, _)) => held.push(s),
+                    Ok((s, _)) => {
+                        held.push(s);
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
                     Err(_) => std::thread::sleep(Duration::from_millis(20)),
                 }
             }
         });
         Silent {
             stop,
+            accepted,
             thread: Some(thread),
         }
+    }
+
+    /// The connections it took so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
