@@ -87,6 +87,10 @@ pub(crate) fn md_escape(s: &str) -> String {
                     .replace('>', "&gt;")
                     .replace('[', "\\[")
                     .replace(']', "\\]")
+                    // Emphasis and strikethrough stay text.
+                    .replace('*', "\\*")
+                    .replace('_', "\\_")
+                    .replace('~', "\\~")
                     // GitHub finds mentions in the rendered text (an entity is `@` by then):
                     // a zero-width space after `@` keeps `@org/team` from pinging anyone.
                     .replace('@', "@&#8203;")
@@ -131,6 +135,11 @@ mod tests {
         assert_eq!(
             md_escape("![x](https://e) &#124; @org/team"),
             "!\\[x\\](https://e) &amp;#124; @&#8203;org/team"
+        );
+        // Emphasis and strikethrough too; in code they are text already.
+        assert_eq!(
+            md_escape("*Edge* _ldap_ ~~old~~ `a_b*`"),
+            "\\*Edge\\* \\_ldap\\_ \\~\\~old\\~\\~ `a_b*`"
         );
         // In code, a backslash stays one; `|` is escaped.
         assert_eq!(super::md_code("a`b\\|c\rd"), "`a'b\\\\|c d`");
