@@ -4,7 +4,8 @@
 //! with a smaller one: Docker 20.10 can deadlock when many running containers are removed at
 //! once). A failure in one outpost is recorded and the others go on. A recreate never leaves
 //! an outpost without a container: the new one must start before the old one is removed, and
-//! if it cannot, the old one is put back.
+//! if it cannot, the old one is put back (or, when its name cannot be had back, kept stopped
+//! under its parked name, and the failure says so).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -623,7 +624,10 @@ async fn recreate(
     // Parked by an earlier recreate that was interrupted: put back, it gets the outpost's
     // name again.
     let was_parked = old_name.starts_with(&parked);
+    // Where the old container is while the new one is made.
+    let mut parked_as = old_name.to_string();
     if renamed {
+        parked_as = parked.clone();
         let mut result = engine.rename(old, &parked).await;
         if result
             .as_ref()
@@ -634,6 +638,7 @@ async fn recreate(
             // of its own; later plans find parked containers by uuid, not by name.
             let own = format!("{parked}-{}", old.get(..12).unwrap_or(old));
             result = engine.rename(old, &own).await;
+            parked_as = own;
         }
         if let Err(e) = result {
             let _ = engine.start(old).await;
@@ -660,8 +665,7 @@ async fn recreate(
                     ),
                 },
                 Err(r) => format!(
-                    "the previous container is kept, stopped, as `{}`: it could not get its name `{}` back: {r}",
-                    if renamed { parked.as_str() } else { old_name },
+                    "the previous container is kept, stopped, as `{parked_as}`: it could not get its name `{}` back: {r}",
                     spec.name
                 ),
             };
@@ -679,14 +683,17 @@ async fn name_back(engine: &dyn Engine, old: &str, name: &str) -> Result<(), Eng
     if e.kind != crate::engine::ErrorKind::Conflict {
         return Err(e);
     }
+    // By id: whatever holds the name by the time of the removal is not removed unchecked.
     let replacement = match engine.inspect(name).await {
-        Ok(holder) => holder.labels.get(LABEL_REPLACES).map(String::as_str) == Some(old),
-        Err(_) => false,
+        Ok(holder)
+            if !holder.id.is_empty()
+                && holder.labels.get(LABEL_REPLACES).map(String::as_str) == Some(old) =>
+        {
+            holder.id
+        }
+        _ => return Err(e),
     };
-    if !replacement {
-        return Err(e);
-    }
-    engine.remove(name).await?;
+    engine.remove(&replacement).await?;
     engine.rename(old, name).await
 }
 
@@ -991,7 +998,7 @@ mod swap_tests {
                 "rename c1 ak-outpost-a-outpostctl-old",
                 "create ak-outpost-a replaces=c1",
                 "rename c1 ak-outpost-a",
-                "remove ak-outpost-a",
+                "remove id-of-ak-outpost-a",
                 "rename c1 ak-outpost-a",
                 "start c1"
             ]
@@ -1026,6 +1033,29 @@ mod swap_tests {
         assert!(
             o.messages[0].contains(
                 "the previous container is kept, stopped, as `ak-outpost-a-outpostctl-old`"
+            ),
+            "{o:?}"
+        );
+    }
+
+    /// The parked name is taken (by an earlier interrupted recreate's container): the old
+    /// container is parked under a name of its own, and the message names that one.
+    #[tokio::test]
+    async fn the_message_names_where_the_old_container_was_parked() {
+        let fake = writable(true);
+        fake.fail_once(
+            "rename c1 ak-outpost-a-outpostctl-old",
+            crate::engine::ErrorKind::Conflict,
+        );
+        fake.fail_once(
+            "create ak-outpost-a replaces=c1",
+            crate::engine::ErrorKind::Api,
+        );
+        fake.fail_once("rename c1 ak-outpost-a", crate::engine::ErrorKind::Conflict);
+        let o = apply_on(&fake, recreate_of("ak-outpost-a"), &super::Quiet).await;
+        assert!(
+            o.messages[0].contains(
+                "the previous container is kept, stopped, as `ak-outpost-a-outpostctl-old-c1`"
             ),
             "{o:?}"
         );

@@ -130,7 +130,7 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
         }
         // On stderr: with stdout sent to a file (`apply > log`), the question still reaches
         // the person at the terminal, after the plan it is about.
-        if !std::io::stdout().is_terminal() {
+        if !std::io::stdout().is_terminal() && std::io::stderr().is_terminal() {
             p.err(&render::plan::human(&plan, p.style, args.diff));
         }
         p.err("\nApply these changes? Only `yes` is accepted: ");

@@ -135,6 +135,16 @@ impl DockerEngine {
             .await
             .unwrap_or(Err(BError::RequestTimeoutError))
     }
+
+    /// A client whose requests may take the grace a stop gives a container on top of the
+    /// timeout: the engine answers a stop (or restart) once the container stopped, up to
+    /// `STOP_TIMEOUT_SECS` later, whatever the timeout is set to.
+    fn stopping(&self) -> Docker {
+        let grace = Duration::from_secs(STOP_TIMEOUT_SECS.unsigned_abs().into());
+        self.docker
+            .clone()
+            .with_timeout(self.docker.timeout() + grace)
+    }
 }
 
 /// `message` with every secret value of `env` masked: as written, and as JSON writes it (an
@@ -440,6 +450,7 @@ impl super::Engine for DockerEngine {
             start_period_ns: h.start_period.unwrap_or_default(),
         });
         Ok(Inspected {
+            id: c.id.unwrap_or_default(),
             image: config.image.unwrap_or_default(),
             env,
             labels: config.labels.unwrap_or_default().into_iter().collect(),
@@ -621,7 +632,9 @@ impl super::Engine for DockerEngine {
             t: Some(STOP_TIMEOUT_SECS),
             ..Default::default()
         };
-        match self.call(self.docker.stop_container(id, Some(opts))).await {
+        let docker = self.stopping();
+        let stopped = tokio::time::timeout(docker.timeout(), docker.stop_container(id, Some(opts)));
+        match stopped.await.unwrap_or(Err(BError::RequestTimeoutError)) {
             // 304: already stopped.
             Err(BError::DockerResponseServerError {
                 status_code: 304, ..
@@ -636,8 +649,11 @@ impl super::Engine for DockerEngine {
             t: Some(STOP_TIMEOUT_SECS),
             ..Default::default()
         };
-        self.call(self.docker.restart_container(id, Some(opts)))
+        let docker = self.stopping();
+        let restarted = docker.restart_container(id, Some(opts));
+        tokio::time::timeout(docker.timeout(), restarted)
             .await
+            .unwrap_or(Err(BError::RequestTimeoutError))
             .map_err(|e| self.err("restart container", e))
     }
 

@@ -158,6 +158,7 @@ impl Engine for Fake {
     async fn inspect(&self, id: &str) -> Result<Inspected> {
         match self.inspected_labels.get(id) {
             Some(labels) => Ok(Inspected {
+                id: format!("id-of-{id}"),
                 image: String::new(),
                 env: BTreeMap::new(),
                 labels: labels.clone(),

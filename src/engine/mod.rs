@@ -125,6 +125,8 @@ impl Health {
 /// a recreate field by field. Its env holds the live token: Debug shows env names only.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Inspected {
+    /// The full id (a container inspected by name is then acted on by id).
+    pub id: String,
     pub image: String,
     pub env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
@@ -137,6 +139,7 @@ pub struct Inspected {
 impl std::fmt::Debug for Inspected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inspected")
+            .field("id", &self.id)
             .field("image", &self.image)
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("labels", &self.labels)
