@@ -906,6 +906,15 @@ mod swap_tests {
         })
     }
 
+    /// `writable(true)` whose `calls` fail once each, in order, with their kind of error.
+    fn failing(calls: &[(&str, crate::engine::ErrorKind)]) -> Arc<Fake> {
+        let fake = writable(true);
+        for (call, kind) in calls {
+            fake.fail_once(call, *kind);
+        }
+        fake
+    }
+
     /// A recreate of A's container `c1`, named `name`.
     fn recreate_of(name: &str) -> Action {
         Action {
@@ -1014,12 +1023,11 @@ mod swap_tests {
     /// parked name, and the message says where it is.
     #[tokio::test]
     async fn an_old_container_that_cannot_get_its_name_back_stays_stopped() {
-        let fake = writable(true);
-        fake.fail_once(
-            "create ak-outpost-a replaces=c1",
-            crate::engine::ErrorKind::Api,
-        );
-        fake.fail_once("rename c1 ak-outpost-a", crate::engine::ErrorKind::Conflict);
+        use crate::engine::ErrorKind::{Api, Conflict};
+        let fake = failing(&[
+            ("create ak-outpost-a replaces=c1", Api),
+            ("rename c1 ak-outpost-a", Conflict),
+        ]);
         let o = apply_on(&fake, recreate_of("ak-outpost-a"), &super::Quiet).await;
         assert_eq!(
             fake.recorded(),
@@ -1042,16 +1050,12 @@ mod swap_tests {
     /// container is parked under a name of its own, and the message names that one.
     #[tokio::test]
     async fn the_message_names_where_the_old_container_was_parked() {
-        let fake = writable(true);
-        fake.fail_once(
-            "rename c1 ak-outpost-a-outpostctl-old",
-            crate::engine::ErrorKind::Conflict,
-        );
-        fake.fail_once(
-            "create ak-outpost-a replaces=c1",
-            crate::engine::ErrorKind::Api,
-        );
-        fake.fail_once("rename c1 ak-outpost-a", crate::engine::ErrorKind::Conflict);
+        use crate::engine::ErrorKind::{Api, Conflict};
+        let fake = failing(&[
+            ("rename c1 ak-outpost-a-outpostctl-old", Conflict),
+            ("create ak-outpost-a replaces=c1", Api),
+            ("rename c1 ak-outpost-a", Conflict),
+        ]);
         let o = apply_on(&fake, recreate_of("ak-outpost-a"), &super::Quiet).await;
         assert!(
             o.messages[0].contains(
@@ -1065,11 +1069,10 @@ mod swap_tests {
     /// it is put back under the outpost's name (not started as `*-outpostctl-old`).
     #[tokio::test]
     async fn a_parked_old_container_is_put_back_under_the_outposts_name() {
-        let fake = writable(true);
-        fake.fail_once(
+        let fake = failing(&[(
             "create ak-outpost-a replaces=c1",
             crate::engine::ErrorKind::Api,
-        );
+        )]);
         let parked = recreate_of("ak-outpost-a-outpostctl-old");
         let o = apply_on(&fake, parked, &super::Quiet).await;
         assert_eq!(

@@ -12,7 +12,13 @@ Exit codes:
   2   `plan --detailed-exitcode`: success, and there are changes; `status
       --detailed-exitcode`: an outpost is not running and healthy as deployed, or blocked
   64  the command line itself is wrong (unknown option, missing value)
-  130 interrupted twice (the first SIGINT/SIGTERM lets actions in flight finish)";
+  130 interrupted twice (the first SIGINT/SIGTERM lets actions in flight finish; the second
+      exits at once, after releasing the engine locks and closing ssh sessions)
+
+Environment:
+  OUTPOSTCTL_ENGINE_TIMEOUT  seconds one engine request may take (default 120; 2 to 3600)
+  OUTPOSTCTL_LOCK_LEASE      seconds of the engine lock's lease (default 60; 3 to 86400)
+  NO_COLOR                   no colour (--color always|never overrides)";
 
 /// Deploy authentik outposts on Docker from manifests kept in git.
 ///
@@ -166,8 +172,8 @@ pub enum Command {
     Plan(PlanArgs),
     /// Plan, confirm, and change the engines to match the manifests.
     ///
-    /// On a terminal it shows the plan and asks (an answer other than `yes` cancels, exit 1);
-    /// elsewhere it needs --auto-approve. A saved plan (--plan) was reviewed: it is applied
+    /// When stdin is a terminal it shows the plan and asks on stderr (an answer other than
+    /// `yes` cancels, exit 1); elsewhere it needs --auto-approve. A saved plan (--plan) was reviewed: it is applied
     /// without asking. A failure in one outpost does not stop the others; the exit code is 1
     /// if anything failed.
     Apply(ApplyArgs),

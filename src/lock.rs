@@ -45,7 +45,7 @@ impl LockOptions {
     pub fn new(timeout: Duration, purpose: &str) -> LockOptions {
         let lease = std::env::var("OUTPOSTCTL_LOCK_LEASE")
             .ok()
-            .and_then(|s| s.parse::<u64>().ok())
+            .and_then(|s| s.trim().parse::<u64>().ok())
             .map(|s| Duration::from_secs(s.clamp(MIN_LEASE_SECS, MAX_LEASE_SECS)))
             .unwrap_or(DEFAULT_LEASE);
         LockOptions {
@@ -72,6 +72,7 @@ impl Lock {
         if let Some(h) = self.heartbeat.take() {
             h.abort();
             held(|h| h.remove(&self.id));
+            on_exit(|e| e.remove(&self.id));
             let _ = self.engine.remove(&self.id).await;
         }
     }
@@ -83,8 +84,29 @@ impl Drop for Lock {
         if let Some(h) = &self.heartbeat {
             h.abort();
             held(|h| h.remove(&self.id));
+            on_exit(|e| e.remove(&self.id));
         }
     }
+}
+
+/// The engine of each lock container this process holds, by id: for `release_on_exit`.
+fn on_exit<T>(f: impl FnOnce(&mut BTreeMap<String, Arc<dyn Engine>>) -> T) -> T {
+    static ENGINES: std::sync::Mutex<BTreeMap<String, Arc<dyn Engine>>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    f(&mut ENGINES
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner))
+}
+
+/// Removes every lock container this process holds, in parallel: for an exit that runs no
+/// destructor (a second SIGINT or SIGTERM), so that the next run does not wait for the lease
+/// to run out. The caller bounds it (an engine that hangs is why some stop at once).
+pub async fn release_on_exit() {
+    let locks = on_exit(std::mem::take);
+    let removals = locks
+        .iter()
+        .map(|(id, engine)| async move { engine.remove(id).await });
+    futures_util::future::join_all(removals).await;
 }
 
 /// One lock container this process holds.
@@ -197,6 +219,7 @@ pub async fn acquire(
                     },
                 )
             });
+            on_exit(|e| e.insert(id.clone(), Arc::clone(&engine)));
             let renewing = renew(Arc::clone(&engine), id.clone(), lease, asked);
             let heartbeat = Some(tokio::spawn(renewing));
             return Ok(Lock {

@@ -1207,9 +1207,10 @@ fn ssh_key_file_is_removed_when_the_run_is_interrupted() {
 }
 
 /// A second SIGTERM (a stop that cannot wait for the action in flight: here a pull from a
-/// registry that never answers) during an apply over ssh: the run exits at once (130), and
-/// leaves neither its key nor its shared ssh session (the ControlMaster, logged in to the
-/// host for up to a minute more) behind.
+/// registry that never answers) during an apply over ssh: the run exits at once (130),
+/// releases its engine lock (other runs would wait a minute for its lease), and leaves
+/// neither its key nor its shared ssh session (the ControlMaster, logged in to the host for
+/// up to a minute more) behind.
 #[test]
 fn a_second_signal_leaves_no_ssh_session_behind() {
     let r = Remote::ssh("sshsecond");
@@ -1232,8 +1233,21 @@ fn a_second_signal_leaves_no_ssh_session_behind() {
     signal(child.id(), "TERM");
     std::thread::sleep(Duration::from_millis(300));
     signal(child.id(), "TERM");
+    let pid = child.id();
     let code = wait_child(&mut child, Duration::from_secs(30));
     assert_eq!(code, Some(130), "a second SIGTERM exits at once");
+    // Its engine lock is released, not left for its lease to run out (other runs would wait).
+    let holder = docker(&[
+        "inspect",
+        "--format",
+        "{{index .Config.Labels \"outpostctl.lock.holder\"}}",
+        "outpostctl-lock",
+    ])
+    .stdout;
+    assert!(
+        !holder.contains(&format!("pid {pid} ")),
+        "the engine lock is still held by the stopped run: {holder}"
+    );
     r.assert_nothing_left("apply stopped by a second SIGTERM");
     r.assert_no_ssh_session("apply stopped by a second SIGTERM");
     assert!(names(&r).is_empty(), "nothing was created: {:?}", names(&r));

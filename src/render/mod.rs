@@ -37,7 +37,7 @@ fn code_text(s: &str) -> String {
 }
 
 /// Text in a Markdown table cell or quote: no cell break, no HTML, no link syntax, no
-/// mention, one line (bare URLs may still be autolinked, and emphasis stays). Inside its code spans (between single backticks, as in `project: <name>`) Markdown
+/// mention, no emphasis or strikethrough, one line (bare URLs may still be autolinked). Inside its code spans (between single backticks, as in `project: <name>`) Markdown
 /// shows `&lt;` literally, so there only the cell separator is escaped. Runs of two or more
 /// backticks (which Markdown pairs only with runs of the same length) become quotes, so that
 /// spans are where this function takes them to be.
