@@ -2,7 +2,7 @@
 //! until the first reconcile has finished and when the last one failed; `/metrics` is
 //! Prometheus' text format.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -69,6 +69,15 @@ impl Metrics {
         });
     }
 
+    /// Forgets the engines of integrations no longer in the manifests (a series left at 0
+    /// would keep an alert firing).
+    pub fn keep_engines(&self, integrations: &BTreeSet<&str>) {
+        self.with(|m| {
+            m.engines
+                .retain(|name, _| integrations.contains(name.as_str()))
+        });
+    }
+
     /// Whether the last reconcile succeeded (None before the first one finished).
     pub fn last_ok(&self) -> Option<bool> {
         self.with(|m| m.last_ok)
@@ -85,7 +94,7 @@ impl Metrics {
             let _ = writeln!(s, "outpostctl_reconciles_total{{result=\"failure\"}} {}", m.reconciles_failed);
             let _ = writeln!(s, "# HELP outpostctl_changes_applied_total Changes applied, by action.");
             let _ = writeln!(s, "# TYPE outpostctl_changes_applied_total counter");
-            for action in ["create", "recreate", "rename", "start", "restart", "remove"] {
+            for action in ["create", "recreate", "rename", "start", "unpause", "restart", "remove"] {
                 let n = m.changes.get(action).copied().unwrap_or(0);
                 let _ = writeln!(s, "outpostctl_changes_applied_total{{action=\"{action}\"}} {n}");
             }
@@ -115,6 +124,8 @@ impl Metrics {
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     loop {
         let Ok((mut conn, _)) = listener.accept().await else {
+            // Out of file descriptors, say: not a tight loop while it lasts.
+            tokio::time::sleep(Duration::from_millis(200)).await;
             continue;
         };
         let metrics = Arc::clone(&metrics);
@@ -188,5 +199,22 @@ mod tests {
         );
         assert_eq!(health(Some(false)).1, "the last reconcile failed\n");
         assert_eq!(health(Some(true)), ("200 OK", "ok\n"));
+    }
+
+    /// Every applied action has its series; an integration that left the manifests has none.
+    #[test]
+    fn metrics_show_unpauses_and_only_current_engines() {
+        let m = Metrics::default();
+        m.change_applied("unpause", true);
+        m.engine_up("gone", false);
+        m.engine_up("here", true);
+        m.keep_engines(&["here"].into_iter().collect());
+        let text = m.render();
+        assert!(
+            text.contains("outpostctl_changes_applied_total{action=\"unpause\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("outpostctl_engine_up{integration=\"here\"} 1\n"));
+        assert!(!text.contains("integration=\"gone\""), "{text}");
     }
 }

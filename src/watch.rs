@@ -510,28 +510,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
             return 1;
         }
     };
-    let mut state = State {
-        log: log.clone(),
-        metrics,
-        backoff: HashMap::new(),
-        deferred: BTreeSet::new(),
-        filter,
-        deaths: HashMap::new(),
-        muted: HashMap::new(),
-        inspections: Inspections::default(),
-        event_tasks: BTreeMap::new(),
-        down: BTreeMap::new(),
-        tx: tx.clone(),
-        watched_dirs: BTreeMap::new(),
-        files_seen: Vec::new(),
-        missing: Vec::new(),
-        unblocks: BTreeMap::new(),
-        outside: Arc::new(Outside::default()),
-        failures: BTreeMap::new(),
-        retry: None,
-        echoes: HashMap::new(),
-        opts,
-    };
+    let mut state = State::new(opts, log.clone(), metrics, tx.clone(), filter);
     log.info(
         "start",
         "watching",
@@ -622,6 +601,37 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 impl State {
+    fn new(
+        opts: Options,
+        log: Logger,
+        metrics: Arc<Metrics>,
+        tx: mpsc::Sender<Trigger>,
+        filter: Arc<std::sync::Mutex<FileFilter>>,
+    ) -> State {
+        State {
+            log,
+            metrics,
+            backoff: HashMap::new(),
+            deferred: BTreeSet::new(),
+            filter,
+            deaths: HashMap::new(),
+            muted: HashMap::new(),
+            inspections: Inspections::default(),
+            event_tasks: BTreeMap::new(),
+            down: BTreeMap::new(),
+            tx,
+            watched_dirs: BTreeMap::new(),
+            files_seen: Vec::new(),
+            missing: Vec::new(),
+            unblocks: BTreeMap::new(),
+            outside: Arc::new(Outside::default()),
+            failures: BTreeMap::new(),
+            retry: None,
+            echoes: HashMap::new(),
+            opts,
+        }
+    }
+
     /// The reconcile that the events outside the project read now call for, if one does: the
     /// first that a blocked outpost waits for (`accept`), or, when some were dropped while
     /// outposts wait, one in case a dropped one was.
@@ -723,8 +733,12 @@ impl State {
         // A crash loop is one container restarted by its policy: counted by id (a container
         // removed and put back again and again is not one; the put-back backoff sees that).
         let key = format!("{integration}/{id}");
+        // Removed, renamed, updated or paused by someone: no part of a crash loop, even for
+        // a container that keeps dying (nothing else would put it back before the interval).
+        let by_hand = matches!(action.as_str(), "destroy" | "rename" | "update" | "pause");
         if let Some((until, _)) = self.muted.get(&key)
             && *until > now
+            && !by_hand
         {
             return false;
         }
@@ -850,6 +864,8 @@ impl State {
         // What failed (not only blocked), by integration or integration/outpost: a retry is
         // scheduled.
         let mut failed: BTreeSet<Failed> = BTreeSet::new();
+        self.metrics
+            .keep_engines(&v.integrations.keys().map(String::as_str).collect());
         for e in &plan.integrations {
             self.metrics.engine_up(&e.name, e.error.is_none());
             if let Some(err) = &e.error {
@@ -1006,9 +1022,14 @@ impl State {
             for a in e.actions.iter().filter(|_| count) {
                 let key = (integration.clone(), a.outpost.clone());
                 // An outpost whose action failed is tried again by the failure retry, not
-                // counted as put back after someone else's change.
+                // counted as put back after someone else's change; nor is one whose engine
+                // failed (its lock held by another writer, say): its put-back never ran.
                 let failed = Failed::Outpost(key.0.clone(), key.1.clone());
-                if is_put_back(a) && !self.failures.contains_key(&failed) {
+                let engine_failed = Failed::Engine(key.0.clone());
+                if is_put_back(a)
+                    && !self.failures.contains_key(&failed)
+                    && !self.failures.contains_key(&engine_failed)
+                {
                     let mut entry = self.backoff.remove(&key);
                     let wait = Backoff::put_back(&mut entry, now);
                     let strikes = entry.map_or(0, |b| b.strikes);
@@ -1554,6 +1575,40 @@ mod tests {
             &action(ActionKind::Remove, "duplicate"),
             true
         ));
+    }
+
+    /// A put-back whose engine failed in the last reconcile (its lock held by another writer)
+    /// never ran: it is not counted, and after more such reconciles than the backoff allows
+    /// it is neither held back nor blamed on another controller.
+    #[tokio::test]
+    async fn put_backs_on_an_engine_that_failed_are_not_counted() {
+        let (tx, _rx) = mpsc::channel(1);
+        let opts = Options {
+            paths: Vec::new(),
+            interval: Duration::from_secs(300),
+            debounce: Duration::from_millis(200),
+            no_prune: false,
+            adopt: false,
+            lock_timeout: Duration::from_secs(1),
+        };
+        let filter = Arc::new(std::sync::Mutex::new(FileFilter::new(&[], &[])));
+        let log = Logger {
+            format: crate::log::LogFormat::Json,
+        };
+        let mut state = State::new(opts, log, Arc::default(), tx, filter);
+        state.failures.insert(Failed::Engine("local".into()), 1);
+        for _ in 0..PUT_BACKS_BEFORE_BACKOFF + 3 {
+            let mut plan = plan_of(vec![("local", Some(vec![on("c1", ActionKind::Start)]))]);
+            state.filter_actions(&mut plan, true);
+            assert_eq!(plan.integrations[0].actions.len(), 1, "held back");
+        }
+        assert!(state.deferred.is_empty());
+        assert!(state.backoff.is_empty(), "counted: {:?}", state.backoff);
+        // Once the engine is back, put-backs count again.
+        state.failures.clear();
+        let mut plan = plan_of(vec![("local", Some(vec![on("c1", ActionKind::Start)]))]);
+        state.filter_actions(&mut plan, true);
+        assert_eq!(state.backoff.len(), 1);
     }
 
     fn on(id: &str, kind: ActionKind) -> Action {

@@ -2051,15 +2051,28 @@ fn a_crashing_container_does_not_make_it_loop() {
 /// The log must say when a container keeps dying (issue 5: "put back with exponential
 /// backoff ... and the log says so"). (Was a bug until bd90b23: Docker's restart policy puts a
 /// crashing container back, the plan saw `restarting` as fine, and a no-op reset the strike
-/// count, so no "keeps dying" line was ever written.)
+/// count, so no "keeps dying" line was ever written.) While its events are ignored, one that
+/// says it was removed by hand is not: the outpost is put back at once. (Was a bug: the
+/// removal waited for the interval.)
 #[test]
 fn a_crashing_container_is_reported_as_keeps_dying() {
-    let (_c, w) = crashing_case("wcrashlog");
+    let (c, w) = crashing_case("wcrashlog");
     w.wait_log(
         0,
         "saying the container keeps dying",
         Duration::from_secs(40),
         |v| v["event"] == "backoff" || v["msg"].as_str().is_some_and(|m| m.contains("keeps dying")),
+    );
+    let name = c.name("alpha");
+    let muted = c.env.container(&name);
+    docker_ok(&["rm", "-f", &name]);
+    let back = wait_until(WAIT, || {
+        inspect(&name).is_some_and(|x| x.id() != muted.id())
+    });
+    assert!(
+        back,
+        "not put back while its events were ignored:\n{}",
+        w.text()
     );
 }
 
