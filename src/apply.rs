@@ -821,6 +821,7 @@ mod swap_tests {
                 unblocks: Vec::new(),
                 notes: Vec::new(),
                 unchecked: Vec::new(),
+                uninspected: Vec::new(),
             }],
         }
     }

@@ -66,6 +66,10 @@ pub struct EnginePlan {
     /// The outposts of an engine that could not be planned: not checked, left as they are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unchecked: Vec<String>,
+    /// Containers the plan was to inspect and could not (for the watch: the next plan tries
+    /// again). Never saved.
+    #[serde(skip)]
+    pub uninspected: Vec<String>,
 }
 
 /// Something on the engine that would let a blocked outpost go ahead: the watch reconciles
@@ -352,6 +356,7 @@ pub async fn build_listed(
                     spec_texts: o.spec_texts,
                     unblocks: o.unblocks,
                     notes: o.notes,
+                    uninspected: o.uninspected,
                     unchecked: Vec::new(),
                 },
                 Err(e) => failed(name, &def.url, e.to_string(), desired),
@@ -505,6 +510,7 @@ fn failed(name: &str, url: &str, error: String, desired: &[ContainerSpec]) -> En
         unblocks: Vec::new(),
         notes: Vec::new(),
         unchecked: desired.iter().map(|d| d.outpost.clone()).collect(),
+        uninspected: Vec::new(),
     }
 }
 
@@ -519,6 +525,8 @@ pub struct EngineOutcome {
     pub unblocks: Vec<Unblock>,
     /// What could not be checked (`EnginePlan::notes`).
     pub notes: Vec<String>,
+    /// Containers it could not inspect (`EnginePlan::uninspected`).
+    pub uninspected: Vec<String>,
 }
 
 /// The live state of one engine and the actions it needs.
@@ -547,7 +555,7 @@ async fn plan_listed(
     let mut actions = diff::diff(project, desired, &observed, opts);
     let covers = |id: &str| inspect.covers(integration.as_deref(), id);
     // Containers already inspected for their restart policy, kept for their reasons below.
-    let mut inspected = restart_policies(&specs, engine, &covers, &mut actions).await;
+    let (mut inspected, unread) = restart_policies(&specs, engine, &covers, &mut actions).await;
     let mut texts = BTreeMap::new();
     for a in &actions {
         if a.action == ActionKind::Create
@@ -609,7 +617,13 @@ async fn plan_listed(
             }
         }
     }
-    let mut notes = Vec::new();
+    let mut notes: Vec<String> = unread
+        .iter()
+        .map(|(_, name, e)| {
+            format!("container `{name}` could not be inspected, so its restart policy was not checked: {e}")
+        })
+        .collect();
+    let uninspected = unread.into_iter().map(|(id, _, _)| id).collect();
     let mut unblocks =
         block_what_would_fail(project, &specs, &observed, engine, &mut actions, &mut notes).await;
     // A blocked outpost is left as it is: its duplicates too (a previous container parked by
@@ -628,6 +642,7 @@ async fn plan_listed(
         spec_texts: texts,
         unblocks,
         notes,
+        uninspected,
     })
 }
 
@@ -929,36 +944,48 @@ async fn missing_networks(
     found.collect()
 }
 
+/// A container that could not be inspected: (id, name, error).
+type Unread = (String, String, String);
+
 /// What the list cannot show: the restart policy of the kept containers `inspect` covers,
 /// read by one inspect each (in parallel). One changed by hand (`docker update --restart`)
 /// makes the action a recreate, whose reasons the caller then completes from the inspect
-/// returned here (by container id). A container that cannot be inspected keeps its action.
+/// returned here (by container id). A container that cannot be inspected keeps its action,
+/// and is returned as `Unread` (one removed since the list is not: it is gone).
 async fn restart_policies(
     specs: &Specs<'_>,
     engine: &dyn Engine,
     covers: &(dyn Fn(&str) -> bool + Sync),
     actions: &mut [Action],
-) -> HashMap<String, Inspected> {
+) -> (HashMap<String, Inspected>, Vec<Unread>) {
     let checks = actions.iter().enumerate().filter_map(|(i, a)| {
         let c = a.container.as_ref()?;
         let spec = *specs.get(a.outpost.as_str())?;
         (diff::keeps_container(a) && covers(&c.id)).then_some(async move {
-            let live = engine.inspect(&c.id).await.ok()?;
+            let live = match engine.inspect(&c.id).await {
+                Ok(live) => live,
+                Err(e) if e.is_not_found() => return None,
+                Err(e) => return Some(Err((c.id.clone(), c.name.clone(), e.to_string()))),
+            };
             (live.restart_policy != spec.restart_policy).then(|| {
                 let change = Change::new(
                     diff::RESTART_POLICY_FIELD,
                     Some(live.restart_policy.clone()),
                     Some(spec.restart_policy.clone()),
                 );
-                (i, change, live)
+                Ok((i, change, live))
             })
         })
     });
-    let changed: Vec<(usize, Change, Inspected)> = futures_util::stream::iter(checks)
+    let read: Vec<Result<(usize, Change, Inspected), Unread>> = futures_util::stream::iter(checks)
         .buffer_unordered(INSPECTS_AT_ONCE)
         .filter_map(std::future::ready)
         .collect()
         .await;
+    let (changed, mut unread): (Vec<_>, Vec<_>) = read.into_iter().partition(Result::is_ok);
+    let changed = changed.into_iter().filter_map(Result::ok);
+    let mut unread: Vec<Unread> = unread.drain(..).filter_map(Result::err).collect();
+    unread.sort();
     let mut inspected = HashMap::new();
     for (i, change, live) in changed {
         let a = &mut actions[i];
@@ -968,7 +995,7 @@ async fn restart_policies(
             inspected.insert(c.id.clone(), live);
         }
     }
-    inspected
+    (inspected, unread)
 }
 
 /// Inspects in flight at once for `--inspect` (the engine serves them on one core or two).
@@ -999,6 +1026,7 @@ mod tests {
             unblocks: Vec::new(),
             notes: Vec::new(),
             unchecked: Vec::new(),
+            uninspected: Vec::new(),
         };
         let mut plan = Plan {
             format_version: FORMAT_VERSION,
@@ -1082,6 +1110,46 @@ mod tests {
         assert_eq!(actions.len(), 1, "{actions:?}");
         assert_eq!(actions[0].action, ActionKind::Recreate);
         assert_eq!(actions[0].reasons[0].field, "config-hash", "{actions:?}");
+    }
+
+    /// A container the plan was asked to inspect (its restart policy) that could not be read
+    /// keeps its action, and the plan says so: in a note, and to the watch, which inspects it
+    /// again (a `docker update` it had is not forgotten).
+    #[tokio::test]
+    async fn a_container_whose_inspect_failed_is_noted_and_kept_for_the_next_plan() {
+        let v = validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
+             outposts:\n  A:\n    type: ldap\n    integration: local\n    token: { file: token }\n",
+        );
+        let spec = v.desired["local"][0].clone();
+        let mut current = outdated(&spec);
+        current
+            .labels
+            .insert(LABEL_CONFIG_HASH.to_string(), spec.config_hash.clone());
+        let engine = Fake {
+            listed: vec![current],
+            inspect_fails: Some(crate::engine::ErrorKind::Timeout),
+            ..Fake::default()
+        };
+        let opts = DiffOptions {
+            inspect: diff::Inspect::All,
+            ..DiffOptions::default()
+        };
+        let o = match plan_engine("p", std::slice::from_ref(&spec), &engine, opts).await {
+            Ok(o) => o,
+            Err(e) => panic!("the engine's plan failed: {e}"),
+        };
+        assert_eq!(o.actions[0].action, ActionKind::Noop, "{:?}", o.actions);
+        assert_eq!(o.uninspected, ["0123456789abcdef"]);
+        assert!(
+            o.notes[0].starts_with(&format!(
+                "container `{}` could not be inspected, so its restart policy was not checked",
+                spec.name
+            )),
+            "{:?}",
+            o.notes
+        );
     }
 
     /// The set of `a_container_that_cannot_be_inspected...` with outpost A on `network`.

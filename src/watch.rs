@@ -366,11 +366,14 @@ impl Inspections {
     fn done(&mut self, plan: &plan::Plan, again: &BTreeMap<String, String>) {
         for e in plan.integrations.iter().filter(|e| e.error.is_none()) {
             let full = self.inspected.insert(e.name.clone());
+            // Kept as they are without an inspect, or whose inspect failed (a timeout, a proxy
+            // refusing one request): a `docker update` they had stays to be seen.
             let skipped: BTreeSet<&str> = e
                 .actions
                 .iter()
                 .filter(|a| not_inspected(a))
                 .filter_map(|a| a.container.as_ref().map(|c| c.id.as_str()))
+                .chain(e.uninspected.iter().map(String::as_str))
                 .collect();
             self.updated
                 .retain(|id, integration| *integration != e.name || skipped.contains(id.as_str()));
@@ -1646,6 +1649,7 @@ mod tests {
                     unblocks: Vec::new(),
                     notes: Vec::new(),
                     unchecked: Vec::new(),
+                    uninspected: Vec::new(),
                 })
                 .collect(),
         }
@@ -1706,6 +1710,16 @@ mod tests {
         i.done(&second, &again);
         assert_eq!(i.options(&v), only(&[], &["c3"]));
 
+        i.done(&second, &BTreeMap::new());
+        assert_eq!(i.options(&v), crate::diff::Inspect::Nothing);
+
+        // An update whose inspect failed (a timeout) is inspected again by the next plan,
+        // until one could read it.
+        i.note(&update("c1"));
+        let mut failed = second.clone();
+        failed.integrations[0].uninspected = vec!["c1".into()];
+        i.done(&failed, &BTreeMap::new());
+        assert_eq!(i.options(&v), only(&[], &["c1"]));
         i.done(&second, &BTreeMap::new());
         assert_eq!(i.options(&v), crate::diff::Inspect::Nothing);
 

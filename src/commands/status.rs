@@ -146,6 +146,7 @@ pub async fn run(
             unblocks: Vec::new(),
             notes: Vec::new(),
             unchecked: Vec::new(),
+            uninspected: Vec::new(),
         })
         .collect();
     crate::plan::across_integrations(&v, &engines, &mut plans).await;

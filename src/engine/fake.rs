@@ -41,6 +41,8 @@ pub struct Fake {
     pub writable: bool,
     /// The labels `inspect` shows, by container id (other fields empty); others not found.
     pub inspected_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// What every `inspect` fails with, when set (an engine that timed out, say).
+    pub inspect_fails: Option<ErrorKind>,
     /// `renew_marker` never answers (an engine that stopped answering).
     pub renewals_hang: bool,
     /// Recorded calls that fail, once each, with this kind of error (after being recorded:
@@ -156,6 +158,12 @@ impl Engine for Fake {
         Ok(self.listed.clone())
     }
     async fn inspect(&self, id: &str) -> Result<Inspected> {
+        if let Some(kind) = self.inspect_fails {
+            return Err(EngineError::new(
+                kind,
+                format!("inspect {id}: failed in this test"),
+            ));
+        }
         match self.inspected_labels.get(id) {
             Some(labels) => Ok(Inspected {
                 id: format!("id-of-{id}"),
