@@ -547,8 +547,7 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
             break;
         }
         if let Some(trigger) = next.take() {
-            state.reconcile(&trigger).await;
-            state.watch_files(&mut debouncer);
+            state.reconcile(&trigger, &mut debouncer).await;
         }
         if crate::signals::interrupted() {
             break;
@@ -786,8 +785,14 @@ impl State {
         true
     }
 
-    /// One full validate -> plan -> apply.
-    async fn reconcile(&mut self, trigger: &Trigger) {
+    /// One full validate -> plan -> apply. The files it read are watched right after the
+    /// validation: an edit made while it plans and applies (minutes, with image pulls or a
+    /// lock held elsewhere) starts the next one.
+    async fn reconcile<W: notify::Watcher, C: notify_debouncer_full::FileIdCache>(
+        &mut self,
+        trigger: &Trigger,
+        debouncer: &mut notify_debouncer_full::Debouncer<W, C>,
+    ) {
         let started = Instant::now();
         let mut fields = vec![("trigger", trigger.name().to_string())];
         if let Trigger::Engine {
@@ -841,6 +846,7 @@ impl State {
         } else {
             self.files_seen = outcome.files.clone();
         }
+        self.watch_files(debouncer);
         let Some(v) = outcome.validated.filter(|_| !invalid) else {
             // Nothing to retry until a file changes (which starts a reconcile): neither what
             // failed nor a put-back held back (whose due time would pass and fire at once,

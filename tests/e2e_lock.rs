@@ -877,3 +877,57 @@ fn an_apply_whose_lock_is_taken_away_starts_nothing_more() {
     assert_eq!(r.code, 0, "{}", shown(&r));
     assert_fleet_converged(&env, 50);
 }
+
+/// A watch whose first reconcile waits for the engine's lock (held by hand here, for a few
+/// seconds) sees an edit made meanwhile: the files it read are watched right after their
+/// validation, not once the reconcile ended (the edit was missed until the interval).
+#[test]
+fn an_edit_made_while_a_watch_waits_for_the_lock_is_applied() {
+    let _serial = serial();
+    let env = Env::new("lockwatchedit");
+    let t = token(&env);
+    fleet(&env, 1, None, 1);
+    let holder = "ci@runner-7 pid 4242 (outpostctl apply)";
+    hand_made_lock(&env, holder, now_secs(), now_secs() + 6);
+    let args = [
+        "watch",
+        "--interval",
+        "1h",
+        "--debounce",
+        "200ms",
+        "--lock-timeout",
+        "60s",
+        ".",
+    ];
+    let mut w = Bg::spawn(&env, &t, &args);
+    let waiting = wait_until(Duration::from_secs(20), || {
+        w.stderr().contains("waiting for the lock held by")
+    });
+    assert!(
+        waiting,
+        "the watch does not wait for the lock:\n{}",
+        w.output()
+    );
+    fleet(&env, 1, None, 2);
+    let generation = |want: &str| {
+        let all = env.project_containers();
+        all.len() == 1
+            && all
+                .iter()
+                .all(|(_, c)| c.running() && c.label("lock.generation").as_deref() == Some(want))
+    };
+    let edited = wait_until(Duration::from_secs(60), || generation("2"));
+    signal_term(w.pid);
+    w.wait();
+    assert!(
+        edited,
+        "the edit made during the first reconcile was not applied:\n{}",
+        w.output()
+    );
+}
+
+fn signal_term(pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+}
