@@ -151,6 +151,8 @@ const BACKOFF_BASE: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// How long after a reconcile the events of its failed actions' containers are their echo.
 const ECHO: Duration = Duration::from_secs(2);
+/// How long after this watch restarted a container its `die` is the restart's.
+const RESTART_ECHO: Duration = Duration::from_secs(30);
 /// A new event subscription asks the engine for the events since this long before the
 /// reconcile it precedes started (a `docker update` made while subscribing must not be
 /// missed; the margin covers reading the engine's clock).
@@ -431,6 +433,9 @@ struct State {
     /// The containers ("integration/name") of the actions that failed in the last reconcile,
     /// and until when their events are their own failure's echo.
     echoes: HashMap<String, Instant>,
+    /// The containers ("integration/id") this watch restarted (unhealthy), and when: their
+    /// `die` is the restart's, not a crash.
+    restarted: HashMap<String, Instant>,
 }
 
 struct WatchProgress<'a> {
@@ -630,6 +635,7 @@ impl State {
             failures: BTreeMap::new(),
             retry: None,
             echoes: HashMap::new(),
+            restarted: HashMap::new(),
             opts,
         }
     }
@@ -751,6 +757,14 @@ impl State {
         }
         if action != "die" {
             return true;
+        }
+        // The watch's own restart (of an unhealthy container): no crash, nothing to do.
+        if self
+            .restarted
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < RESTART_ECHO)
+        {
+            return false;
         }
         let window = Duration::from_secs(300);
         // Forget containers that died long enough ago, and mutes that ended as long ago (a
@@ -941,7 +955,23 @@ impl State {
         if plan.has_changes() {
             let progress = WatchProgress { log: &self.log };
             let report = apply::apply(&plan, &v, &engines, &progress).await;
+            let now = Instant::now();
+            self.restarted
+                .retain(|_, at| now.duration_since(*at) < RESTART_ECHO);
             for o in &report.outcomes {
+                if o.ok && o.action == ActionKind::Restart {
+                    let restarted = plan
+                        .integrations
+                        .iter()
+                        .filter(|e| e.name == o.integration)
+                        .flat_map(|e| &e.actions)
+                        .find(|a| a.outpost == o.outpost && a.action == ActionKind::Restart)
+                        .and_then(|a| a.container.as_ref());
+                    if let Some(c) = restarted {
+                        self.restarted
+                            .insert(format!("{}/{}", o.integration, c.id), now);
+                    }
+                }
                 if o.ok {
                     self.metrics
                         .change_applied(o.action.as_str(), trigger.is_drift());
@@ -1586,11 +1616,8 @@ mod tests {
         ));
     }
 
-    /// A put-back whose engine failed in the last reconcile (its lock held by another writer)
-    /// never ran: it is not counted, and after more such reconciles than the backoff allows
-    /// it is neither held back nor blamed on another controller.
-    #[tokio::test]
-    async fn put_backs_on_an_engine_that_failed_are_not_counted() {
+    /// A watch's state before its first reconcile (no paths, its triggers dropped).
+    fn state() -> State {
         let (tx, _rx) = mpsc::channel(1);
         let opts = Options {
             paths: Vec::new(),
@@ -1604,7 +1631,15 @@ mod tests {
         let log = Logger {
             format: crate::log::LogFormat::Json,
         };
-        let mut state = State::new(opts, log, Arc::default(), tx, filter);
+        State::new(opts, log, Arc::default(), tx, filter)
+    }
+
+    /// A put-back whose engine failed in the last reconcile (its lock held by another writer)
+    /// never ran: it is not counted, and after more such reconciles than the backoff allows
+    /// it is neither held back nor blamed on another controller.
+    #[tokio::test]
+    async fn put_backs_on_an_engine_that_failed_are_not_counted() {
+        let mut state = state();
         state.failures.insert(Failed::Engine("local".into()), 1);
         for _ in 0..PUT_BACKS_BEFORE_BACKOFF + 3 {
             let mut plan = plan_of(vec![("local", Some(vec![on("c1", ActionKind::Start)]))]);
@@ -1618,6 +1653,30 @@ mod tests {
         let mut plan = plan_of(vec![("local", Some(vec![on("c1", ActionKind::Start)]))]);
         state.filter_actions(&mut plan, true);
         assert_eq!(state.backoff.len(), 1);
+    }
+
+    /// The `die` of a container this watch just restarted (it was unhealthy) is the
+    /// restart's: not counted as a crash, so a container restarted often is not muted (its
+    /// next `unhealthy` would be ignored) nor reported as dying.
+    #[tokio::test]
+    async fn the_watchs_own_restarts_are_not_crashes() {
+        let mut state = state();
+        let die = |id: &str| Trigger::Engine {
+            integration: "local".into(),
+            container: "ak-outpost-x".into(),
+            id: id.into(),
+            action: "die".into(),
+        };
+        state.restarted.insert("local/c1".into(), Instant::now());
+        for _ in 0..STRIKES_BEFORE_BACKOFF + 2 {
+            assert!(!state.accept(&die("c1")));
+        }
+        assert!(state.muted.is_empty() && state.deaths.is_empty());
+        // Another container's deaths still count.
+        for _ in 0..STRIKES_BEFORE_BACKOFF {
+            state.accept(&die("c2"));
+        }
+        assert!(state.muted.contains_key("local/c2"));
     }
 
     fn on(id: &str, kind: ActionKind) -> Action {
