@@ -1,6 +1,7 @@
 //! Watch mode's health and metrics, served over plain HTTP on `--listen`: `/healthz` fails
-//! until the first reconcile has finished and when the last one failed; `/metrics` is
-//! Prometheus' text format.
+//! until the first reconcile has finished, when the last one failed, and while one has run for
+//! longer than a reconcile can take (stuck on an engine or a pull that stopped answering);
+//! `/metrics` is Prometheus' text format.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -21,6 +22,10 @@ struct Inner {
     last_ok: Option<bool>,
     last_duration: f64,
     engines: BTreeMap<String, bool>,
+    /// When the reconcile in progress started.
+    running_since: Option<std::time::Instant>,
+    /// How long a reconcile may run before `/healthz` calls the watch stuck (None: no bound).
+    stuck_after: Option<Duration>,
 }
 
 /// Counters and gauges of the watch loop.
@@ -36,8 +41,28 @@ impl Metrics {
         f(&mut g)
     }
 
+    /// Sets how long a reconcile may run before `/healthz` fails.
+    pub fn set_stuck_after(&self, bound: Duration) {
+        self.with(|m| m.stuck_after = Some(bound));
+    }
+
+    pub fn reconcile_started(&self) {
+        self.with(|m| m.running_since = Some(std::time::Instant::now()));
+    }
+
+    /// How long the reconcile in progress has run (None: none runs).
+    fn running_for(m: &Inner) -> Option<Duration> {
+        m.running_since.map(|t| t.elapsed())
+    }
+
+    /// `/healthz`'s status and body.
+    pub fn health(&self) -> (&'static str, String) {
+        self.with(|m| health(m.last_ok, Self::running_for(m), m.stuck_after))
+    }
+
     pub fn reconcile_finished(&self, ok: bool, took: Duration) {
         self.with(|m| {
+            m.running_since = None;
             if ok {
                 m.reconciles_ok += 1;
                 m.last_success = Some(crate::watch::now_seconds());
@@ -111,6 +136,10 @@ impl Metrics {
             let _ = writeln!(s, "# TYPE outpostctl_last_reconcile_duration_seconds gauge");
             let _ = writeln!(s, "outpostctl_last_reconcile_duration_seconds {}", m.last_duration);
             let _ = writeln!(s, "# HELP outpostctl_engine_up Whether the integration's engine answered the last reconcile.");
+            let _ = writeln!(s, "# HELP outpostctl_reconcile_running_seconds How long the reconcile in progress has run (0: none runs).");
+            let _ = writeln!(s, "# TYPE outpostctl_reconcile_running_seconds gauge");
+            let running = Self::running_for(m).map_or(0.0, |d| d.as_secs_f64());
+            let _ = writeln!(s, "outpostctl_reconcile_running_seconds {running:.3}");
             let _ = writeln!(s, "# TYPE outpostctl_engine_up gauge");
             for (name, up) in &m.engines {
                 let _ = writeln!(s, "outpostctl_engine_up{{integration=\"{}\"}} {}", esc(name), u8::from(*up));
@@ -154,8 +183,8 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             let path = head.split_whitespace().nth(1).unwrap_or("/");
             let (status, body, ctype) = match path {
                 "/healthz" => {
-                    let (status, body) = health(metrics.last_ok());
-                    (status, body.to_string(), "text/plain")
+                    let (status, body) = metrics.health();
+                    (status, body, "text/plain")
                 }
                 "/metrics" => ("200 OK", metrics.render(), "text/plain; version=0.0.4"),
                 _ => ("404 Not Found", "not found\n".to_string(), "text/plain"),
@@ -170,20 +199,36 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
-/// `/healthz`'s status and body for the last reconcile's result (None: none finished yet).
-fn health(last_ok: Option<bool>) -> (&'static str, &'static str) {
+/// `/healthz`'s status and body for the last reconcile's result (None: none finished yet),
+/// unless the one in progress has run for longer than `stuck_after`.
+fn health(
+    last_ok: Option<bool>,
+    running_for: Option<Duration>,
+    stuck_after: Option<Duration>,
+) -> (&'static str, String) {
+    const DOWN: &str = "503 Service Unavailable";
+    if let (Some(running), Some(bound)) = (running_for, stuck_after)
+        && running > bound
+    {
+        return (
+            DOWN,
+            format!(
+                "a reconcile has been running for {} s, longer than any should (an engine or an image pull that stopped answering?)\n",
+                running.as_secs()
+            ),
+        );
+    }
     match last_ok {
-        Some(true) => ("200 OK", "ok\n"),
-        Some(false) => ("503 Service Unavailable", "the last reconcile failed\n"),
-        None => (
-            "503 Service Unavailable",
-            "the first reconcile has not finished yet\n",
-        ),
+        Some(true) => ("200 OK", "ok\n".into()),
+        Some(false) => (DOWN, "the last reconcile failed\n".into()),
+        None => (DOWN, "the first reconcile has not finished yet\n".into()),
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::{Metrics, health};
 
     #[test]
@@ -191,14 +236,46 @@ mod tests {
         let m = Metrics::default();
         assert_eq!(m.last_ok(), None);
         assert_eq!(
-            health(m.last_ok()),
+            m.health(),
             (
                 "503 Service Unavailable",
-                "the first reconcile has not finished yet\n"
+                "the first reconcile has not finished yet\n".to_string()
             )
         );
-        assert_eq!(health(Some(false)).1, "the last reconcile failed\n");
-        assert_eq!(health(Some(true)), ("200 OK", "ok\n"));
+        assert_eq!(
+            health(Some(false), None, None).1,
+            "the last reconcile failed\n"
+        );
+        assert_eq!(
+            health(Some(true), None, None),
+            ("200 OK", "ok\n".to_string())
+        );
+    }
+
+    /// A reconcile that runs for longer than the bound fails /healthz, whatever the last one
+    /// did; one within it does not.
+    #[test]
+    fn health_fails_while_a_reconcile_is_stuck() {
+        let bound = Some(Duration::from_secs(600));
+        let within = health(Some(true), Some(Duration::from_secs(30)), bound);
+        assert_eq!(within, ("200 OK", "ok\n".to_string()));
+        let (status, body) = health(Some(true), Some(Duration::from_secs(601)), bound);
+        assert_eq!(status, "503 Service Unavailable");
+        assert!(
+            body.starts_with("a reconcile has been running for 601 s"),
+            "{body}"
+        );
+        let m = Metrics::default();
+        m.reconcile_started();
+        assert!(
+            m.render()
+                .contains("outpostctl_reconcile_running_seconds 0.")
+        );
+        m.reconcile_finished(true, Duration::from_secs(1));
+        assert!(
+            m.render()
+                .contains("outpostctl_reconcile_running_seconds 0.000\n")
+        );
     }
 
     /// Every applied action has its series; an integration that left the manifests has none.

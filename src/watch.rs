@@ -472,6 +472,13 @@ impl Progress for WatchProgress<'_> {
     }
 }
 
+/// How long a reconcile may run before `/healthz` calls the watch stuck: longer than a
+/// reconcile can take with its waits (the lock's, and pulls of large images over a slow
+/// link): twice the interval, at least 15 minutes, plus the lock timeout.
+pub fn stuck_after(interval: Duration, lock_timeout: Duration) -> Duration {
+    (interval * 2).max(Duration::from_secs(900)) + lock_timeout
+}
+
 /// Runs until SIGINT or SIGTERM; returns the exit code.
 pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
     let (tx, mut rx) = mpsc::channel::<Trigger>(256);
@@ -834,6 +841,7 @@ impl State {
             fields.push(("docker_event", event.action.clone()));
         }
         self.log.info("reconcile", "reconcile started", &fields);
+        self.metrics.reconcile_started();
         let outcome = validate(&self.opts.paths);
         for d in &outcome.diagnostics {
             let line = d.headline();
