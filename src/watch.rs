@@ -1466,6 +1466,8 @@ fn dir_or_dot(p: &Path) -> PathBuf {
 struct FileFilter {
     roots: Vec<PathBuf>,
     referenced: Vec<PathBuf>,
+    /// Directories of referenced files that are not there yet: their creation matters.
+    pending: Vec<PathBuf>,
 }
 
 impl FileFilter {
@@ -1479,9 +1481,18 @@ impl FileFilter {
                 .iter()
                 .filter_map(|p| std::fs::canonicalize(p).ok()),
         );
+        let mut pending = Vec::new();
+        for f in &refs {
+            let mut dir = f.parent();
+            while let Some(d) = dir.filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+                pending.push(d.to_path_buf());
+                dir = d.parent();
+            }
+        }
         FileFilter {
             roots,
             referenced: refs,
+            pending,
         }
     }
 
@@ -1499,20 +1510,30 @@ impl FileFilter {
                 || (swap_internal && sibling(r))
         }) || self.referenced.iter().any(|f| {
             path == f || (swap_internal && f.parent().is_some_and(|d| path.parent() == Some(d)))
-        })
+        }) || self.pending.iter().any(|d| path == d)
     }
 }
 
 /// Directories to watch: each manifest directory recursively, plus its parent (a symlink
 /// swap replaces the directory itself); a manifest file's directory; and the directory of each
-/// of `files` (read or referenced), and of where its symlinks lead. A directory a recursive
+/// of `files` (read or referenced; its nearest existing ancestor while it is not there), and
+/// of where its symlinks lead. A directory a recursive
 /// watch covers is not watched again (a second watch of one directory would replace the
 /// first, and removing it would remove both).
 fn watch_targets(paths: &[PathBuf], files: &[PathBuf]) -> BTreeSet<(PathBuf, bool)> {
     let mut out = BTreeSet::new();
     let mut shallow = |p: &Path| {
         if let Some(parent) = p.parent() {
-            out.insert((dir_or_dot(parent), false));
+            // A directory that is not there yet: its nearest ancestor that is, for its
+            // creation (`FileFilter::pending`).
+            let mut dir = dir_or_dot(parent);
+            while !dir.exists() {
+                match dir.parent() {
+                    Some(up) => dir = dir_or_dot(up),
+                    None => break,
+                }
+            }
+            out.insert((dir, false));
         }
     };
     for p in paths {

@@ -738,9 +738,23 @@ fn a_changed_token_file_is_applied() {
 /// outpost is created without waiting for the interval.
 #[test]
 fn a_token_file_named_before_it_exists_is_applied_when_written() {
-    let c = Case::new("wtokenlater");
-    let secrets = c.env.dir().join("secrets");
-    fs::create_dir_all(&secrets).unwrap();
+    token_file_written_later("wtokenlater", "secrets", false);
+}
+
+/// The same when the token file's directory (two levels of it) does not exist either until
+/// the file is written: its nearest existing ancestor is watched meanwhile. (Was a bug: the
+/// watch of the missing directory failed, and the outpost waited for the interval.)
+#[test]
+fn a_token_file_in_a_directory_made_later_is_applied_when_written() {
+    token_file_written_later("wtokendir", "secrets/later", true);
+}
+
+fn token_file_written_later(tag: &str, dir: &str, made_later: bool) {
+    let c = Case::new(tag);
+    let secrets = c.env.dir().join(dir);
+    if !made_later {
+        fs::create_dir_all(&secrets).unwrap();
+    }
     let mut m = manifest_with(&c, &["Alpha"]);
     c.save("m/outposts.yaml", &m);
     let w = c.watch("m", &[]);
@@ -754,7 +768,7 @@ fn a_token_file_named_before_it_exists_is_applied_when_written() {
         "type": "rac",
         "uuid": c.env.uuid("Beta"),
         "integration": "local",
-        "token": { "file": "../secrets/beta.token" },
+        "token": { "file": format!("../{dir}/beta.token") },
     });
     c.save("m/outposts.yaml", &m);
     w.wait_log(mark, "saying nothing is applied", WAIT, |v| {
@@ -764,6 +778,7 @@ fn a_token_file_named_before_it_exists_is_applied_when_written() {
     });
 
     let tok = secrets.join("beta.token");
+    fs::create_dir_all(&secrets).unwrap();
     save_text(&tok, &format!("{t}\n"));
     fs::set_permissions(&tok, fs::Permissions::from_mode(0o600)).unwrap();
     let b = c.wait_running(&w, "beta", "after the token file was written");
