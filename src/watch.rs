@@ -438,6 +438,14 @@ struct State {
     restarted: HashMap<String, Instant>,
 }
 
+/// An action a shutdown kept from starting: logged as such, not as a failure.
+fn held_back_by_shutdown(o: &Outcome) -> bool {
+    !o.messages.is_empty()
+        && o.messages
+            .iter()
+            .all(|m| m.starts_with("not started: shutting down"))
+}
+
 struct WatchProgress<'a> {
     log: &'a Logger,
 }
@@ -457,6 +465,17 @@ impl Progress for WatchProgress<'_> {
             self.log.info(
                 "action",
                 &format!("{} {}", o.action.as_str(), o.name),
+                &fields,
+            );
+        } else if held_back_by_shutdown(o) {
+            // Asked for: no failure.
+            self.log.warn(
+                "action",
+                &format!(
+                    "{} {} not started: shutting down",
+                    o.action.as_str(),
+                    o.name
+                ),
                 &fields,
             );
         } else {
@@ -986,7 +1005,9 @@ impl State {
                 } else {
                     ok = false;
                     failed.insert(Failed::Outpost(o.integration.clone(), o.outpost.clone()));
-                    self.metrics.error();
+                    if !held_back_by_shutdown(o) {
+                        self.metrics.error();
+                    }
                     again.insert((o.integration.clone(), o.outpost.clone()));
                 }
             }
