@@ -894,8 +894,8 @@ mod swap_tests {
 
     /// A fake engine for `ldap_a` that records the calls and accepts writes; `image`: the
     /// outpost's image is there (else it is pulled).
-    fn writable(image: bool) -> Arc<Fake> {
-        Arc::new(Fake {
+    fn writable_fake(image: bool) -> Fake {
+        Fake {
             images: Some(if image {
                 vec!["ghcr.io/goauthentik/ldap:2026.8.0".into()]
             } else {
@@ -904,16 +904,24 @@ mod swap_tests {
             calls: Some(Mutex::new(Vec::new())),
             writable: true,
             ..Fake::default()
-        })
+        }
     }
 
-    /// `writable(true)` whose `calls` fail once each, in order, with their kind of error.
-    fn failing(calls: &[(&str, crate::engine::ErrorKind)]) -> Arc<Fake> {
-        let fake = writable(true);
+    fn writable(image: bool) -> Arc<Fake> {
+        Arc::new(writable_fake(image))
+    }
+
+    /// `fake` (with the outpost's image) whose `calls` fail once each, in order, with their
+    /// kind of error.
+    fn failing_on(fake: Fake, calls: &[(&str, crate::engine::ErrorKind)]) -> Arc<Fake> {
         for (call, kind) in calls {
             fake.fail_once(call, *kind);
         }
-        fake
+        Arc::new(fake)
+    }
+
+    fn failing(calls: &[(&str, crate::engine::ErrorKind)]) -> Arc<Fake> {
+        failing_on(writable_fake(true), calls)
     }
 
     /// A recreate of A's container `c1`, named `name`.
@@ -968,8 +976,7 @@ mod swap_tests {
     /// is started again, and the recreate fails saying so.
     #[tokio::test]
     async fn a_failed_stop_starts_the_old_container_again() {
-        let fake = writable(true);
-        fake.fail_once("stop c1", crate::engine::ErrorKind::Timeout);
+        let fake = failing(&[("stop c1", crate::engine::ErrorKind::Timeout)]);
         let o = apply_on(&fake, recreate_of("ak-outpost-a"), &super::Quiet).await;
         assert_eq!(fake.recorded(), ["stop c1", "start c1"]);
         assert!(!o.ok, "{o:?}");
@@ -986,20 +993,19 @@ mod swap_tests {
     /// the outpost's host ports against the container with its name, for good).
     #[tokio::test]
     async fn a_create_whose_answer_was_lost_is_undone_and_the_old_container_named_back() {
-        let mut fake = Fake {
-            images: Some(vec!["ghcr.io/goauthentik/ldap:2026.8.0".into()]),
-            calls: Some(Mutex::new(Vec::new())),
-            writable: true,
-            ..Fake::default()
-        };
+        use crate::engine::ErrorKind::{Conflict, Timeout};
+        let mut fake = writable_fake(true);
         fake.inspected_labels.insert(
             "ak-outpost-a".into(),
             BTreeMap::from([(crate::desired::LABEL_REPLACES.to_string(), "c1".to_string())]),
         );
-        let fake = Arc::new(fake);
-        let kind = crate::engine::ErrorKind::Timeout;
-        fake.fail_once("create ak-outpost-a replaces=c1", kind);
-        fake.fail_once("rename c1 ak-outpost-a", crate::engine::ErrorKind::Conflict);
+        let fake = failing_on(
+            fake,
+            &[
+                ("create ak-outpost-a replaces=c1", Timeout),
+                ("rename c1 ak-outpost-a", Conflict),
+            ],
+        );
         let o = apply_on(&fake, recreate_of("ak-outpost-a"), &super::Quiet).await;
         assert_eq!(
             fake.recorded(),

@@ -1084,12 +1084,7 @@ mod tests {
     /// recreate planned (with the config hash as the reason); the engine's plan does not fail.
     #[tokio::test]
     async fn a_container_that_cannot_be_inspected_does_not_fail_the_engine() {
-        let v = validated(
-            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
-             authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
-             outposts:\n  A:\n    type: ldap\n    integration: local\n    token: { file: token }\n",
-        );
-        let spec = v.desired["local"][0].clone();
+        let spec = ldap_a();
         let live = outdated(&spec);
         let planned = plan_engine(
             "p",
@@ -1117,12 +1112,7 @@ mod tests {
     /// again (a `docker update` it had is not forgotten).
     #[tokio::test]
     async fn a_container_whose_inspect_failed_is_noted_and_kept_for_the_next_plan() {
-        let v = validated(
-            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
-             authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
-             outposts:\n  A:\n    type: ldap\n    integration: local\n    token: { file: token }\n",
-        );
-        let spec = v.desired["local"][0].clone();
+        let spec = ldap_a();
         let mut current = outdated(&spec);
         current
             .labels
@@ -1152,7 +1142,17 @@ mod tests {
         );
     }
 
-    /// The set of `a_container_that_cannot_be_inspected...` with outpost A on `network`.
+    /// Outpost A (ldap) on the local engine, project `p`.
+    fn ldap_a() -> ContainerSpec {
+        let v = validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
+             outposts:\n  A:\n    type: ldap\n    integration: local\n    token: { file: token }\n",
+        );
+        v.desired["local"][0].clone()
+    }
+
+    /// `ldap_a` on `network`.
     fn on_network(network: &str) -> ContainerSpec {
         let v = validated(&format!(
             "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
