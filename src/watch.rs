@@ -293,6 +293,18 @@ fn kept_by_no_prune(a: &Action, no_prune: bool) -> bool {
     no_prune && a.action == ActionKind::Remove && !crate::diff::is_duplicate_removal(a)
 }
 
+/// A recreate back to the config this watch last made the outpost's container with, the
+/// manifests unchanged: someone else changed the container (another writer with other
+/// manifests, say), and it is put back.
+fn remakes(
+    a: &Action,
+    key: &(String, String),
+    made: &HashMap<(String, String), String>,
+    wanted: &HashMap<(String, String), String>,
+) -> bool {
+    a.action == ActionKind::Recreate && made.get(key).is_some_and(|h| wanted.get(key) == Some(h))
+}
+
 /// What waits while its outpost backs off: its put-back, and the removal of a duplicate left
 /// by an interrupted recreate (the previous container, removed only once the outpost's own
 /// container runs again, which the held-back put-back would do).
@@ -436,6 +448,12 @@ struct State {
     /// The containers ("integration/id") this watch restarted (unhealthy), and when: their
     /// `die` is the restart's, not a crash.
     restarted: HashMap<String, Instant>,
+    /// The config hash of each outpost's container as this watch last made it, by
+    /// (integration, outpost), and as the manifests want it now: a recreate back to what it
+    /// made, the manifests unchanged, puts back someone else's change (another writer with
+    /// other manifests: a fight is backed off like any other put-back).
+    made: HashMap<(String, String), String>,
+    wanted: HashMap<(String, String), String>,
 }
 
 /// An action a shutdown kept from starting: logged as such, not as a failure.
@@ -662,6 +680,8 @@ impl State {
             retry: None,
             echoes: HashMap::new(),
             restarted: HashMap::new(),
+            made: HashMap::new(),
+            wanted: HashMap::new(),
             opts,
         }
     }
@@ -936,6 +956,17 @@ impl State {
                 );
             }
         }
+        self.wanted = v
+            .desired
+            .iter()
+            .flat_map(|(i, specs)| {
+                specs
+                    .iter()
+                    .map(move |s| ((i.clone(), s.outpost.clone()), s.config_hash.clone()))
+            })
+            .collect();
+        let wanted = &self.wanted;
+        self.made.retain(|key, _| wanted.contains_key(key));
         // As planned, before the backoff held some actions back (see `Inspections::done`).
         let planned = plan.clone();
         self.filter_actions(&mut plan, true);
@@ -986,6 +1017,13 @@ impl State {
             self.restarted
                 .retain(|_, at| now.duration_since(*at) < RESTART_ECHO);
             for o in &report.outcomes {
+                let key = (o.integration.clone(), o.outpost.clone());
+                if o.ok
+                    && matches!(o.action, ActionKind::Create | ActionKind::Recreate)
+                    && let Some(hash) = self.wanted.get(&key)
+                {
+                    self.made.insert(key, hash.clone());
+                }
                 if o.ok && o.action == ActionKind::Restart {
                     let restarted = plan
                         .integrations
@@ -1094,7 +1132,7 @@ impl State {
                 // failed (its lock held by another writer, say): its put-back never ran.
                 let failed = Failed::Outpost(key.0.clone(), key.1.clone());
                 let engine_failed = Failed::Engine(key.0.clone());
-                if is_put_back(a)
+                if (is_put_back(a) || remakes(a, &key, &self.made, &self.wanted))
                     && !self.failures.contains_key(&failed)
                     && !self.failures.contains_key(&engine_failed)
                 {
@@ -1125,6 +1163,7 @@ impl State {
             let log = &self.log;
             let no_prune = self.opts.no_prune;
             let deferred = &self.deferred;
+            let (made, wanted) = (&self.made, &self.wanted);
             e.actions.retain(|a| {
                 if kept_by_no_prune(a, no_prune) {
                     if count {
@@ -1139,8 +1178,9 @@ impl State {
                     }
                     return false;
                 }
-                !(waits_for_backoff(a)
-                    && deferred.contains(&(integration.clone(), a.outpost.clone())))
+                let key = (integration.clone(), a.outpost.clone());
+                !((waits_for_backoff(a) || remakes(a, &key, made, wanted))
+                    && deferred.contains(&key))
             });
         }
     }
@@ -1703,6 +1743,38 @@ mod tests {
         let mut plan = plan_of(vec![("local", Some(vec![on("c1", ActionKind::Start)]))]);
         state.filter_actions(&mut plan, true);
         assert_eq!(state.backoff.len(), 1);
+    }
+
+    /// Two writers with different manifests recreating one outpost back and forth: each of
+    /// this watch's recreates back to the config it made (its manifests unchanged) is a
+    /// put-back, so the fight is backed off and reported like a container that keeps being
+    /// removed; a recreate the manifests ask for (a new config) is not counted.
+    #[tokio::test]
+    async fn a_fight_over_an_outposts_config_is_backed_off() {
+        let mut state = state();
+        let key = ("local".to_string(), "outpost of c1".to_string());
+        state.wanted.insert(key.clone(), "h1".into());
+        state.made.insert(key.clone(), "h1".into());
+        let recreate = || plan_of(vec![("local", Some(vec![on("c1", ActionKind::Recreate)]))]);
+        for _ in 0..PUT_BACKS_BEFORE_BACKOFF {
+            let mut plan = recreate();
+            state.filter_actions(&mut plan, true);
+            assert_eq!(plan.integrations[0].actions.len(), 1);
+        }
+        let mut plan = recreate();
+        state.filter_actions(&mut plan, true);
+        assert!(plan.integrations[0].actions.is_empty(), "not held back");
+        assert!(state.deferred.contains(&key));
+        // The manifests changed: a new config is applied, not counted.
+        let mut state2 = super::tests::state();
+        state2.wanted.insert(key.clone(), "h2".into());
+        state2.made.insert(key.clone(), "h1".into());
+        for _ in 0..PUT_BACKS_BEFORE_BACKOFF + 1 {
+            let mut plan = recreate();
+            state2.filter_actions(&mut plan, true);
+            assert_eq!(plan.integrations[0].actions.len(), 1);
+        }
+        assert!(state2.backoff.is_empty());
     }
 
     /// The `die` of a container this watch just restarted (it was unhealthy) is the
