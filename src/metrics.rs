@@ -103,11 +103,6 @@ impl Metrics {
         });
     }
 
-    /// Whether the last reconcile succeeded (None before the first one finished).
-    pub fn last_ok(&self) -> Option<bool> {
-        self.with(|m| m.last_ok)
-    }
-
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         self.with(|m| {
@@ -135,11 +130,11 @@ impl Metrics {
             let _ = writeln!(s, "# HELP outpostctl_last_reconcile_duration_seconds How long the last reconcile took.");
             let _ = writeln!(s, "# TYPE outpostctl_last_reconcile_duration_seconds gauge");
             let _ = writeln!(s, "outpostctl_last_reconcile_duration_seconds {}", m.last_duration);
-            let _ = writeln!(s, "# HELP outpostctl_engine_up Whether the integration's engine answered the last reconcile.");
             let _ = writeln!(s, "# HELP outpostctl_reconcile_running_seconds How long the reconcile in progress has run (0: none runs).");
             let _ = writeln!(s, "# TYPE outpostctl_reconcile_running_seconds gauge");
             let running = Self::running_for(m).map_or(0.0, |d| d.as_secs_f64());
             let _ = writeln!(s, "outpostctl_reconcile_running_seconds {running:.3}");
+            let _ = writeln!(s, "# HELP outpostctl_engine_up Whether the integration's engine answered the last reconcile.");
             let _ = writeln!(s, "# TYPE outpostctl_engine_up gauge");
             for (name, up) in &m.engines {
                 let _ = writeln!(s, "outpostctl_engine_up{{integration=\"{}\"}} {}", esc(name), u8::from(*up));
@@ -234,7 +229,6 @@ mod tests {
     #[test]
     fn health_says_whether_a_reconcile_has_finished_yet() {
         let m = Metrics::default();
-        assert_eq!(m.last_ok(), None);
         assert_eq!(
             m.health(),
             (
@@ -293,5 +287,13 @@ mod tests {
         );
         assert!(text.contains("outpostctl_engine_up{integration=\"here\"} 1\n"));
         assert!(!text.contains("integration=\"gone\""), "{text}");
+        // Each family's HELP comes right before its TYPE (a family's lines stay together).
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, l) in lines.iter().enumerate() {
+            if let Some(name) = l.strip_prefix("# TYPE ").and_then(|t| t.split(' ').next()) {
+                let help = format!("# HELP {name} ");
+                assert!(i > 0 && lines[i - 1].starts_with(&help), "{text}");
+            }
+        }
     }
 }
