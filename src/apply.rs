@@ -108,7 +108,7 @@ pub async fn apply(
                         action: a.action,
                         name: a.name.clone(),
                         ok: false,
-                        messages: vec![format!("not started: {why}")],
+                        messages: vec![not_started(&why, false)],
                     };
                     progress.finished(&outcome);
                     return outcome;
@@ -240,9 +240,7 @@ pub async fn apply(
                     let outcome = outcome_of(
                         &ep.name,
                         a,
-                        vec![format!(
-                            "not started: {why} (the previous container runs as it was)"
-                        )],
+                        vec![not_started(&why, true)],
                     );
                     progress.finished(&outcome);
                     rest.push(outcome);
@@ -302,10 +300,30 @@ pub async fn apply(
 /// engine's lock was lost.
 fn stop_reason(progress: &dyn Progress, integration: &str) -> Option<String> {
     if progress.cancelled() {
-        Some("shutting down".into())
+        Some(SHUTTING_DOWN.into())
     } else {
         crate::lock::lost_on(integration)
     }
+}
+
+/// The `stop_reason` of a shutdown.
+const SHUTTING_DOWN: &str = "shutting down";
+
+/// What an action that was not started for `why` says; `kept`: it had a previous container,
+/// left running as it was.
+fn not_started(why: &str, kept: bool) -> String {
+    let kept = if kept {
+        " (the previous container runs as it was)"
+    } else {
+        ""
+    };
+    format!("not started: {why}{kept}")
+}
+
+/// Whether `o` is an action a shutdown kept from starting: asked for, not a failure.
+pub fn held_back_by_shutdown(o: &Outcome) -> bool {
+    let said = not_started(SHUTTING_DOWN, false);
+    !o.messages.is_empty() && o.messages.iter().all(|m| m.starts_with(&said))
 }
 
 /// An image made sure of ahead of its action, and what that said (a fallback's warning).
@@ -602,7 +620,7 @@ async fn recreate(
             if let Some(why) = stop_reason(progress, integration) {
                 return Err(EngineError::new(
                     crate::engine::ErrorKind::Api,
-                    format!("not started: {why} (the previous container runs as it was)"),
+                    not_started(&why, true),
                 ));
             }
             image

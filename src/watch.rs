@@ -456,14 +456,6 @@ struct State {
     wanted: HashMap<(String, String), String>,
 }
 
-/// An action a shutdown kept from starting: logged as such, not as a failure.
-fn held_back_by_shutdown(o: &Outcome) -> bool {
-    !o.messages.is_empty()
-        && o.messages
-            .iter()
-            .all(|m| m.starts_with("not started: shutting down"))
-}
-
 struct WatchProgress<'a> {
     log: &'a Logger,
 }
@@ -485,7 +477,7 @@ impl Progress for WatchProgress<'_> {
                 &format!("{} {}", o.action.as_str(), o.name),
                 &fields,
             );
-        } else if held_back_by_shutdown(o) {
+        } else if apply::held_back_by_shutdown(o) {
             // Asked for: no failure.
             self.log.warn(
                 "action",
@@ -1043,7 +1035,7 @@ impl State {
                 } else {
                     ok = false;
                     failed.insert(Failed::Outpost(o.integration.clone(), o.outpost.clone()));
-                    if !held_back_by_shutdown(o) {
+                    if !apply::held_back_by_shutdown(o) {
                         self.metrics.error();
                     }
                     again.insert((o.integration.clone(), o.outpost.clone()));
