@@ -296,12 +296,7 @@ fn kept_by_no_prune(a: &Action, no_prune: bool) -> bool {
 /// A recreate back to the config this watch last made the outpost's container with, the
 /// manifests unchanged: someone else changed the container (another writer with other
 /// manifests, say), and it is put back.
-fn remakes(
-    a: &Action,
-    key: &(String, String),
-    made: &HashMap<(String, String), String>,
-    wanted: &HashMap<(String, String), String>,
-) -> bool {
+fn remakes(a: &Action, key: &(String, String), made: &Hashes, wanted: &Hashes) -> bool {
     a.action == ActionKind::Recreate && made.get(key).is_some_and(|h| wanted.get(key) == Some(h))
 }
 
@@ -449,11 +444,25 @@ struct State {
     /// `die` is the restart's, not a crash.
     restarted: HashMap<String, Instant>,
     /// The config hash of each outpost's container as this watch last made it, by
-    /// (integration, outpost), and as the manifests want it now: a recreate back to what it
-    /// made, the manifests unchanged, puts back someone else's change (another writer with
-    /// other manifests: a fight is backed off like any other put-back).
-    made: HashMap<(String, String), String>,
-    wanted: HashMap<(String, String), String>,
+    /// (integration, outpost): a recreate back to it, the manifests unchanged (`wanted`),
+    /// puts back someone else's change (another writer with other manifests: a fight is
+    /// backed off like any other put-back).
+    made: Hashes,
+}
+
+/// Config hashes by (integration, outpost).
+type Hashes = HashMap<(String, String), String>;
+
+/// The config hash the manifests want for each outpost.
+fn wanted(v: &Validated) -> Hashes {
+    v.desired
+        .iter()
+        .flat_map(|(i, specs)| {
+            specs
+                .iter()
+                .map(move |s| ((i.clone(), s.outpost.clone()), s.config_hash.clone()))
+        })
+        .collect()
 }
 
 struct WatchProgress<'a> {
@@ -673,7 +682,6 @@ impl State {
             echoes: HashMap::new(),
             restarted: HashMap::new(),
             made: HashMap::new(),
-            wanted: HashMap::new(),
             opts,
         }
     }
@@ -948,20 +956,11 @@ impl State {
                 );
             }
         }
-        self.wanted = v
-            .desired
-            .iter()
-            .flat_map(|(i, specs)| {
-                specs
-                    .iter()
-                    .map(move |s| ((i.clone(), s.outpost.clone()), s.config_hash.clone()))
-            })
-            .collect();
-        let wanted = &self.wanted;
+        let wanted = wanted(&v);
         self.made.retain(|key, _| wanted.contains_key(key));
         // As planned, before the backoff held some actions back (see `Inspections::done`).
         let planned = plan.clone();
-        self.filter_actions(&mut plan, true);
+        self.filter_actions(&mut plan, true, &wanted);
         let mut locks = Vec::new();
         if plan.has_changes() {
             // One writer per engine: lock the engines with changes and plan them again.
@@ -989,7 +988,7 @@ impl State {
                     &[("integration", e.name.clone())],
                 );
             }
-            self.filter_actions(&mut plan, false);
+            self.filter_actions(&mut plan, false, &wanted);
         }
         let mut summary = crate::render::plan::summary_line(&plan.summary());
         if !self.deferred.is_empty() {
@@ -1012,7 +1011,7 @@ impl State {
                 let key = (o.integration.clone(), o.outpost.clone());
                 if o.ok
                     && matches!(o.action, ActionKind::Create | ActionKind::Recreate)
-                    && let Some(hash) = self.wanted.get(&key)
+                    && let Some(hash) = wanted.get(&key)
                 {
                     self.made.insert(key, hash.clone());
                 }
@@ -1110,7 +1109,8 @@ impl State {
     /// put-backs of outposts that are backing off (a retry is scheduled for them).
     /// `count` is set for the first look at a reconcile's plan: put-backs are counted and
     /// held back there, and the look at the plan made under the lock holds back the same.
-    fn filter_actions(&mut self, plan: &mut plan::Plan, count: bool) {
+    /// `wanted`: the config hashes the manifests want (see `made`).
+    fn filter_actions(&mut self, plan: &mut plan::Plan, count: bool, wanted: &Hashes) {
         let now = Instant::now();
         if count {
             self.deferred.clear();
@@ -1124,7 +1124,7 @@ impl State {
                 // failed (its lock held by another writer, say): its put-back never ran.
                 let failed = Failed::Outpost(key.0.clone(), key.1.clone());
                 let engine_failed = Failed::Engine(key.0.clone());
-                if (is_put_back(a) || remakes(a, &key, &self.made, &self.wanted))
+                if (is_put_back(a) || remakes(a, &key, &self.made, wanted))
                     && !self.failures.contains_key(&failed)
                     && !self.failures.contains_key(&engine_failed)
                 {
@@ -1155,7 +1155,7 @@ impl State {
             let log = &self.log;
             let no_prune = self.opts.no_prune;
             let deferred = &self.deferred;
-            let (made, wanted) = (&self.made, &self.wanted);
+            let made = &self.made;
             e.actions.retain(|a| {
                 if kept_by_no_prune(a, no_prune) {
                     if count {
@@ -1722,10 +1722,11 @@ mod tests {
     #[tokio::test]
     async fn put_backs_on_an_engine_that_failed_are_not_counted() {
         let mut state = state();
+        let wanted = Hashes::new();
         state.failures.insert(Failed::Engine("local".into()), 1);
         for _ in 0..PUT_BACKS_BEFORE_BACKOFF + 3 {
             let mut plan = plan_of(vec![("local", Some(vec![on("c1", ActionKind::Start)]))]);
-            state.filter_actions(&mut plan, true);
+            state.filter_actions(&mut plan, true, &wanted);
             assert_eq!(plan.integrations[0].actions.len(), 1, "held back");
         }
         assert!(state.deferred.is_empty());
@@ -1733,7 +1734,7 @@ mod tests {
         // Once the engine is back, put-backs count again.
         state.failures.clear();
         let mut plan = plan_of(vec![("local", Some(vec![on("c1", ActionKind::Start)]))]);
-        state.filter_actions(&mut plan, true);
+        state.filter_actions(&mut plan, true, &wanted);
         assert_eq!(state.backoff.len(), 1);
     }
 
@@ -1745,25 +1746,25 @@ mod tests {
     async fn a_fight_over_an_outposts_config_is_backed_off() {
         let mut state = state();
         let key = ("local".to_string(), "outpost of c1".to_string());
-        state.wanted.insert(key.clone(), "h1".into());
+        let wanted = Hashes::from([(key.clone(), "h1".to_string())]);
         state.made.insert(key.clone(), "h1".into());
         let recreate = || plan_of(vec![("local", Some(vec![on("c1", ActionKind::Recreate)]))]);
         for _ in 0..PUT_BACKS_BEFORE_BACKOFF {
             let mut plan = recreate();
-            state.filter_actions(&mut plan, true);
+            state.filter_actions(&mut plan, true, &wanted);
             assert_eq!(plan.integrations[0].actions.len(), 1);
         }
         let mut plan = recreate();
-        state.filter_actions(&mut plan, true);
+        state.filter_actions(&mut plan, true, &wanted);
         assert!(plan.integrations[0].actions.is_empty(), "not held back");
         assert!(state.deferred.contains(&key));
         // The manifests changed: a new config is applied, not counted.
         let mut state2 = super::tests::state();
-        state2.wanted.insert(key.clone(), "h2".into());
+        let wanted2 = Hashes::from([(key.clone(), "h2".to_string())]);
         state2.made.insert(key.clone(), "h1".into());
         for _ in 0..PUT_BACKS_BEFORE_BACKOFF + 1 {
             let mut plan = recreate();
-            state2.filter_actions(&mut plan, true);
+            state2.filter_actions(&mut plan, true, &wanted2);
             assert_eq!(plan.integrations[0].actions.len(), 1);
         }
         assert!(state2.backoff.is_empty());
