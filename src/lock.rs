@@ -72,7 +72,6 @@ impl Lock {
         if let Some(h) = self.heartbeat.take() {
             h.abort();
             held(|h| h.remove(&self.id));
-            on_exit(|e| e.remove(&self.id));
             let _ = self.engine.remove(&self.id).await;
         }
     }
@@ -84,25 +83,19 @@ impl Drop for Lock {
         if let Some(h) = &self.heartbeat {
             h.abort();
             held(|h| h.remove(&self.id));
-            on_exit(|e| e.remove(&self.id));
         }
     }
-}
-
-/// The engine of each lock container this process holds, by id: for `release_on_exit`.
-fn on_exit<T>(f: impl FnOnce(&mut BTreeMap<String, Arc<dyn Engine>>) -> T) -> T {
-    static ENGINES: std::sync::Mutex<BTreeMap<String, Arc<dyn Engine>>> =
-        std::sync::Mutex::new(BTreeMap::new());
-    f(&mut ENGINES
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner))
 }
 
 /// Removes every lock container this process holds, in parallel: for an exit that runs no
 /// destructor (a second SIGINT or SIGTERM), so that the next run does not wait for the lease
 /// to run out. The caller bounds it (an engine that hangs is why some stop at once).
 pub async fn release_on_exit() {
-    let locks = on_exit(std::mem::take);
+    let locks: Vec<(String, Arc<dyn Engine>)> = held(|h| {
+        h.iter_mut()
+            .filter_map(|(id, l)| l.engine.take().map(|e| (id.clone(), e)))
+            .collect()
+    });
     let removals = locks
         .iter()
         .map(|(id, engine)| async move { engine.remove(id).await });
@@ -110,7 +103,7 @@ pub async fn release_on_exit() {
 }
 
 /// One lock container this process holds.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Held {
     /// None while renewed, else why the lease was lost (the container removed by someone, or
     /// not renewed in time: another writer may take the engine over, so no new action starts
@@ -118,6 +111,9 @@ struct Held {
     lost: Option<String>,
     /// The integrations it covers (two may reach one engine).
     integrations: BTreeSet<String>,
+    /// Its engine, to release it on the way out of an exit that runs no destructor
+    /// (`release_on_exit`); None where only a test made it.
+    engine: Option<Arc<dyn Engine>>,
 }
 
 /// The lock containers this process holds, by id. A lock with this run's id that is not
@@ -216,10 +212,10 @@ pub async fn acquire(
                     Held {
                         lost: None,
                         integrations: BTreeSet::from([integration.to_string()]),
+                        engine: Some(Arc::clone(&engine)),
                     },
                 )
             });
-            on_exit(|e| e.insert(id.clone(), Arc::clone(&engine)));
             let renewing = renew(Arc::clone(&engine), id.clone(), lease, asked);
             let heartbeat = Some(tokio::spawn(renewing));
             return Ok(Lock {
@@ -555,6 +551,7 @@ mod tests {
                 Held {
                     lost: None,
                     integrations: BTreeSet::from(["hung-a".to_string()]),
+                    engine: None,
                 },
             )
         });
@@ -647,6 +644,7 @@ mod tests {
                 Held {
                     lost: Some("the engine's lock was lost".into()),
                     integrations: BTreeSet::from(["lost-a".into(), "lost-b".into()]),
+                    engine: None,
                 },
             )
         });
@@ -666,6 +664,7 @@ mod tests {
                 Held {
                     lost: None,
                     integrations: BTreeSet::from(["proxy".to_string()]),
+                    engine: None,
                 },
             )
         });
