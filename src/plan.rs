@@ -904,11 +904,7 @@ async fn missing_networks(
     let networks = match engine.networks().await {
         Ok(n) => n,
         Err(e) => {
-            let list = unknown
-                .iter()
-                .map(|n| format!("`{n}`"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = crate::render::code_list(&unknown);
             notes.push(format!(
                 "network {list} not checked: the engine refused the network list ({}); if it is missing, apply fails that outpost and keeps its previous container (a socket proxy needs NETWORKS=1 for the check)",
                 e.message

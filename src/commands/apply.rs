@@ -167,11 +167,7 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
     if !moved.is_empty() {
         p.err(&format!(
             "note: the containers on {} changed while waiting for the lock; applying the plan made under the lock instead:\n",
-            moved
-                .iter()
-                .map(|n| format!("`{n}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            render::code_list(&moved)
         ));
         p.out(&render::plan::human(&locked, p.out_style(), args.diff));
     }

@@ -39,11 +39,7 @@ pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
         if !unidentified.is_empty() {
             p.err(&format!(
                 "error: the plan was not saved: the engine ID (docker info) of integration {} could not be read, and apply --plan checks it\n  help: a socket proxy must allow `info` (INFO=1); try again when the engine answers\n",
-                unidentified
-                    .iter()
-                    .map(|n| format!("`{n}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                render::code_list(&unidentified)
             ));
             return Exit::Failure;
         }

@@ -102,6 +102,15 @@ pub(crate) fn md_escape(s: &str) -> String {
     out
 }
 
+/// Names in backticks, comma-separated, for messages: `` `a`, `b` ``.
+pub fn code_list<T: std::fmt::Display>(items: impl IntoIterator<Item = T>) -> String {
+    items
+        .into_iter()
+        .map(|n| format!("`{n}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::md_escape;

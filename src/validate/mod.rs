@@ -409,11 +409,7 @@ impl Checker {
             let Some(first) = ignored.first() else {
                 continue;
             };
-            let list = ignored
-                .iter()
-                .map(|k| format!("`{k}`"))
-                .collect::<Vec<_>>()
-                .join(", ");
+            let list = crate::render::code_list(&ignored);
             let verb = if ignored.len() == 1 { "has" } else { "have" };
             self.diags.push(
                 Diagnostic::warning("ignored-key", format!("{list} {verb} no effect on Docker"))
@@ -1257,11 +1253,10 @@ impl Checker {
         let integration = match integrations {
             [one] => format!("integration `{one}`"),
             [rest @ .., last] => {
-                let rest: Vec<String> = rest.iter().map(|n| format!("`{n}`")).collect();
                 let all = if rest.len() == 1 { "both" } else { "all" };
                 format!(
                     "the engine that integrations {} and `{last}` {all} reach",
-                    rest.join(", ")
+                    crate::render::code_list(rest)
                 )
             }
             [] => return,

@@ -407,11 +407,7 @@ fn translate(
 }
 
 fn enum_error(field: &str, instance: &Value, opts: &[String], at: &Origin) -> Diagnostic {
-    let list = opts
-        .iter()
-        .map(|o| format!("`{o}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = crate::render::code_list(opts);
     let given = scalar_text(instance);
     Diagnostic::error(
         "invalid-value",
@@ -623,16 +619,7 @@ fn unknown_key_hint(key: &str, pointer: &str, known: &[String]) -> Option<String
         return None;
     }
     did_you_mean(key, known.iter().map(String::as_str)).or_else(|| {
-        (!known.is_empty()).then(|| {
-            format!(
-                "known keys here: {}",
-                known
-                    .iter()
-                    .map(|k| format!("`{k}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })
+        (!known.is_empty()).then(|| format!("known keys here: {}", crate::render::code_list(known)))
     })
 }
 
