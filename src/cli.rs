@@ -16,7 +16,8 @@ Exit codes:
       exits at once, after releasing the engine locks and closing ssh sessions)
 
 Environment:
-  OUTPOSTCTL_ENGINE_TIMEOUT  seconds one engine request may take (default 120; 2 to 3600)
+  OUTPOSTCTL_ENGINE_TIMEOUT  seconds one engine request may take, and an image pull go
+                             without progress (default 120; 2 to 3600)
   OUTPOSTCTL_LOCK_LEASE      seconds of the engine lock's lease (default 60; 3 to 86400)
   NO_COLOR                   no colour (--color always|never overrides)";
 

@@ -313,3 +313,51 @@ fn a_port_swap_whose_image_cannot_be_pulled_leaves_both_running() {
         }
     }
 }
+
+/// A pull that stalls half-way (the registry served the manifest, then never sends a layer)
+/// is given up after `OUTPOSTCTL_ENGINE_TIMEOUT` seconds without progress, instead of holding
+/// the apply for good; the custom image then falls back to authentik's default image, as
+/// authentik does when its pull fails, and the other outpost is deployed meanwhile.
+#[test]
+fn a_pull_that_stalls_half_way_is_given_up_and_falls_back() {
+    let env = Env::new("pullstall");
+    let port = env.port();
+    let registry = stall::StallingRegistry::start(port);
+    let stalls = format!("127.0.0.1:{port}/stalls/ldap:1");
+    env.set_env("OUTPOSTCTL_ENGINE_TIMEOUT", "3");
+    let mut m = env.manifest();
+    m["defaults"]["authentik_version"] = json!(AK_VERSION);
+    let mut o = env.outpost("ldap", "AK_S");
+    o["config"]["container_image"] = json!(stalls);
+    m["outposts"]["Stalls"] = o;
+    m["outposts"]["Other"] = env.outpost("radius", "AK_O");
+    env.write(&m);
+
+    let r = env.apply(&[]);
+    assert!(
+        registry.blob_requests() > 0,
+        "the engine did not get as far as the layers: {}",
+        shown(&r)
+    );
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    let name = env.name_of("stalls");
+    assert!(
+        r.stdout
+            .contains(&format!("ok create {name} `Stalls` on local"))
+            && r.stdout.contains(&format!(
+                "warning: could not pull `{stalls}` (pull {stalls}: no progress for 3 s"
+            ))
+            && r.stdout.contains(&format!(
+                "using authentik's default image `ghcr.io/goauthentik/ldap:{AK_VERSION}`"
+            ))
+            && r.stdout.contains("apply: 2 done, 0 failed"),
+        "{}",
+        shown(&r)
+    );
+    let c = env.container(&name);
+    assert!(c.running(), "{}", c.status());
+    assert_eq!(c.image(), format!("ghcr.io/goauthentik/ldap:{AK_VERSION}"));
+    assert!(env.container(&env.name_of("other")).running());
+    assert!(image_id(&stalls).is_none());
+    env.assert_converged();
+}

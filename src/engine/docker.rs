@@ -507,7 +507,24 @@ impl super::Engine for DockerEngine {
             ..Default::default()
         };
         let mut stream = self.docker.create_image(Some(opts), None, None);
-        while let Some(item) = stream.next().await {
+        // The request timeout bounds the wait for the engine's first answer only (bollard's
+        // own); a registry that stops sending half-way would hold the pull, and the run or
+        // the watch's reconcile with it, for good. Docker reports progress while it downloads
+        // or extracts, so a pull that says nothing for as long is given up (the engine then
+        // cancels it): a custom image falls back as when its pull fails.
+        let silence = self.docker.timeout();
+        loop {
+            let Ok(next) = tokio::time::timeout(silence, stream.next()).await else {
+                return Err(EngineError::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "pull {image}: no progress for {} s (the registry stopped answering?); \
+                         given up (`OUTPOSTCTL_ENGINE_TIMEOUT` sets how long a pull may stall)",
+                        silence.as_secs()
+                    ),
+                ));
+            };
+            let Some(item) = next else { break };
             match item {
                 Ok(info) => {
                     if let Some(e) = info.error_detail.and_then(|d| d.message) {

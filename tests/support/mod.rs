@@ -25,6 +25,8 @@ use sha2::{Digest, Sha256};
 
 use crate::common::{self, Run};
 
+pub mod stall;
+
 /// The fake outpost image, version 1 (the same image as `ghcr.io/goauthentik/*:2026.8.0`).
 pub const IMAGE_V1: &str = "outpostctl-test/outpost:latest";
 /// The fake outpost image, version 2 (another image id).
