@@ -37,7 +37,8 @@ fn code_text(s: &str) -> String {
 }
 
 /// Text in a Markdown table cell or quote: no cell break, no HTML, no link syntax, no
-/// mention, no emphasis or strikethrough, one line (bare URLs may still be autolinked). Inside its code spans (between single backticks, as in `project: <name>`) Markdown
+/// mention, no emphasis or strikethrough, one line; addresses in code spans (`unlinked`). Inside
+/// its code spans (between single backticks, as in `project: <name>`) Markdown
 /// shows `&lt;` literally, so there only the cell separator is escaped. Runs of two or more
 /// backticks (which Markdown pairs only with runs of the same length) become quotes, so that
 /// spans are where this function takes them to be.
@@ -78,28 +79,71 @@ pub(crate) fn md_escape(s: &str) -> String {
         if i % 2 == 1 && i < last_code {
             out.push_str(&code_text(part));
         } else {
-            out.push_str(
-                &part
-                    .replace('&', "&amp;")
-                    .replace('\\', "\\\\")
-                    .replace('|', "\\|")
-                    .replace('<', "&lt;")
-                    .replace('>', "&gt;")
-                    .replace('[', "\\[")
-                    .replace(']', "\\]")
-                    // Emphasis and strikethrough stay text.
-                    .replace('*', "\\*")
-                    .replace('_', "\\_")
-                    .replace('~', "\\~")
-                    // GitHub finds mentions in the rendered text (an entity is `@` by then):
-                    // a zero-width space after `@` keeps `@org/team` from pinging anyone.
-                    .replace('@', "@&#8203;")
-                    .replace("\r\n", "<br>")
-                    .replace(['\r', '\n'], "<br>"),
-            );
+            out.push_str(&unlinked(part, i > 0, i + 1 < parts.len()));
         }
     }
     out
+}
+
+/// Plain text of a cell, escaped, with each address GitHub would make a link of (`http://`,
+/// `https://`, `www.`) in a code span: an engine's or registry's address is rarely one a
+/// reader of the pull request can open, and a span shows it as it is. `after_tick` and
+/// `before_tick`: a backtick is right before or after `text` (an address touching one is
+/// left as it is: two backticks in a row would be read as another span's delimiter).
+fn unlinked(text: &str, after_tick: bool, before_tick: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = link_start(rest) {
+        let tail = &rest[start..];
+        let len = tail.find(char::is_whitespace).unwrap_or(tail.len());
+        // Punctuation that ends a sentence or a parenthesis stays outside the span.
+        let url = tail[..len].trim_end_matches(['.', ',', ';', ':', ')', '!', '?', '\'', '"']);
+        let touches = (after_tick && out.is_empty() && start == 0)
+            || (before_tick && url.len() == tail.len());
+        if touches || url.is_empty() {
+            break;
+        }
+        out.push_str(&plain(&rest[..start]));
+        out.push('`');
+        out.push_str(&code_text(url));
+        out.push('`');
+        rest = &tail[url.len()..];
+    }
+    out.push_str(&plain(rest));
+    out
+}
+
+/// Where the first address GitHub would link starts, at the start of a word.
+fn link_start(text: &str) -> Option<usize> {
+    text.char_indices()
+        .filter(|&(i, _)| i == 0 || !text[..i].ends_with(|c: char| c.is_alphanumeric()))
+        .map(|(i, _)| i)
+        .find(|&i| {
+            let t = &text.as_bytes()[i..];
+            ["http://", "https://", "www."]
+                .iter()
+                .any(|p| t.len() > p.len() && t[..p.len()].eq_ignore_ascii_case(p.as_bytes()))
+        })
+}
+
+/// Plain text of a cell, escaped (`md_escape`).
+fn plain(part: &str) -> String {
+    part.replace('&', "&amp;")
+        .replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('[', "\\[")
+        .replace(']', "\\]")
+        // Emphasis and strikethrough stay text.
+        .replace('*', "\\*")
+        .replace('_', "\\_")
+        .replace('~', "\\~")
+        // GitHub finds mentions in the rendered text (an entity is `@` by then):
+        // a zero-width space after `@` keeps `@org/team` from pinging anyone.
+        .replace('@', "@&#8203;")
+        .replace("\r\n", "<br>")
+        .replace(['\r', '\n'], "<br>")
 }
 
 /// Names in backticks, comma-separated, for messages: `` `a`, `b` ``.
@@ -143,7 +187,7 @@ mod tests {
         assert_eq!(md_escape("a\rb \\| c"), "a<br>b \\\\\\| c");
         assert_eq!(
             md_escape("![x](https://e) &#124; @org/team"),
-            "!\\[x\\](https://e) &amp;#124; @&#8203;org/team"
+            "!\\[x\\](`https://e`) &amp;#124; @&#8203;org/team"
         );
         // Emphasis and strikethrough too; in code they are text already.
         assert_eq!(
@@ -153,5 +197,27 @@ mod tests {
         // In code, a backslash stays one; `|` is escaped.
         assert_eq!(super::md_code("a`b\\|c\rd"), "`a'b\\\\|c d`");
         assert_eq!(md_escape("`C:\\x|y`"), "`C:\\x\\|y`");
+    }
+
+    /// Addresses GitHub would make links of are shown in code spans (an engine's address is
+    /// rarely one a reader can open); punctuation after one stays outside, and one touching
+    /// a code span is left as text (two backticks in a row would end that span elsewhere).
+    #[test]
+    fn addresses_in_markdown_cells_are_code_not_links() {
+        assert_eq!(
+            md_escape("connect to http://127.0.0.1:2375: refused"),
+            "connect to `http://127.0.0.1:2375`: refused"
+        );
+        assert_eq!(
+            md_escape("(see https://x.example/a_b*c) or www.example.com."),
+            "(see `https://x.example/a_b*c`) or `www.example.com`."
+        );
+        assert_eq!(
+            md_escape("HTTPS://A|B, and `code` http://c"),
+            "`HTTPS://A\\|B`, and `code` `http://c`"
+        );
+        assert_eq!(md_escape("`code`http://x"), "`code`http://x");
+        assert_eq!(md_escape("http://x`code`"), "http://x`code`");
+        assert_eq!(md_escape("xhttp://y or www."), "xhttp://y or www.");
     }
 }
