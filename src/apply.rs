@@ -831,15 +831,8 @@ mod swap_tests {
             integrations: vec![EnginePlan {
                 name: "local".into(),
                 url: "local".into(),
-                fingerprint: None,
-                engine_id: None,
-                error: None,
                 actions,
-                spec_texts: BTreeMap::new(),
-                unblocks: Vec::new(),
-                notes: Vec::new(),
-                unchecked: Vec::new(),
-                uninspected: Vec::new(),
+                ..Default::default()
             }],
         }
     }

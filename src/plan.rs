@@ -37,7 +37,7 @@ pub struct Plan {
     pub integrations: Vec<EnginePlan>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnginePlan {
     pub name: String,
     pub url: String,
@@ -350,14 +350,12 @@ pub async fn build_listed(
                     name: name.clone(),
                     url: def.url.clone(),
                     fingerprint: Some(o.fingerprint),
-                    engine_id: None,
-                    error: None,
                     actions: o.actions,
                     spec_texts: o.spec_texts,
                     unblocks: o.unblocks,
                     notes: o.notes,
                     uninspected: o.uninspected,
-                    unchecked: Vec::new(),
+                    ..Default::default()
                 },
                 Err(e) => failed(name, &def.url, e.to_string(), desired),
             }
@@ -502,15 +500,9 @@ fn failed(name: &str, url: &str, error: String, desired: &[ContainerSpec]) -> En
     EnginePlan {
         name: name.to_string(),
         url: url.to_string(),
-        fingerprint: None,
-        engine_id: None,
         error: Some(error),
-        actions: Vec::new(),
-        spec_texts: BTreeMap::new(),
-        unblocks: Vec::new(),
-        notes: Vec::new(),
         unchecked: desired.iter().map(|d| d.outpost.clone()).collect(),
-        uninspected: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -978,12 +970,16 @@ async fn restart_policies(
         .filter_map(std::future::ready)
         .collect()
         .await;
-    let (changed, mut unread): (Vec<_>, Vec<_>) = read.into_iter().partition(Result::is_ok);
-    let changed = changed.into_iter().filter_map(Result::ok);
-    let mut unread: Vec<Unread> = unread.drain(..).filter_map(Result::err).collect();
-    unread.sort();
     let mut inspected = HashMap::new();
-    for (i, change, live) in changed {
+    let mut unread = Vec::new();
+    for r in read {
+        let (i, change, live) = match r {
+            Ok(changed) => changed,
+            Err(u) => {
+                unread.push(u);
+                continue;
+            }
+        };
         let a = &mut actions[i];
         a.action = ActionKind::Recreate;
         a.reasons.push(change);
@@ -991,6 +987,7 @@ async fn restart_policies(
             inspected.insert(c.id.clone(), live);
         }
     }
+    unread.sort();
     (inspected, unread)
 }
 
@@ -1014,15 +1011,8 @@ mod tests {
         let plan_of = |name: &str, error: Option<&str>| EnginePlan {
             name: name.into(),
             url: name.into(),
-            fingerprint: None,
-            engine_id: None,
             error: error.map(str::to_string),
-            actions: Vec::new(),
-            spec_texts: BTreeMap::new(),
-            unblocks: Vec::new(),
-            notes: Vec::new(),
-            unchecked: Vec::new(),
-            uninspected: Vec::new(),
+            ..Default::default()
         };
         let mut plan = Plan {
             format_version: FORMAT_VERSION,

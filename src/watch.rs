@@ -1821,15 +1821,9 @@ mod tests {
                 .map(|(name, actions)| plan::EnginePlan {
                     name: name.into(),
                     url: String::new(),
-                    fingerprint: None,
-                    engine_id: None,
                     error: actions.is_none().then(|| "away".to_string()),
                     actions: actions.unwrap_or_default(),
-                    spec_texts: BTreeMap::new(),
-                    unblocks: Vec::new(),
-                    notes: Vec::new(),
-                    unchecked: Vec::new(),
-                    uninspected: Vec::new(),
+                    ..Default::default()
                 })
                 .collect(),
         }

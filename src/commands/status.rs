@@ -133,7 +133,6 @@ pub async fn run(
         .map(|(s, c)| crate::plan::EnginePlan {
             name: s.integration.clone(),
             url: s.url.clone(),
-            fingerprint: None,
             // Its daemon ID, read above: the cross-integration step does not ask it again.
             engine_id: s
                 .engine
@@ -142,11 +141,7 @@ pub async fn run(
                 .filter(|id| !id.is_empty()),
             error: c.is_none().then(|| s.error.clone().unwrap_or_default()),
             actions: c.as_ref().map(|(a, _)| a.clone()).unwrap_or_default(),
-            spec_texts: Default::default(),
-            unblocks: Vec::new(),
-            notes: Vec::new(),
-            unchecked: Vec::new(),
-            uninspected: Vec::new(),
+            ..Default::default()
         })
         .collect();
     crate::plan::across_integrations(&v, &engines, &mut plans).await;
