@@ -214,11 +214,28 @@ pub struct EngineError {
 }
 
 impl EngineError {
+    /// An error whose message may carry what an engine, proxy or registry said: control
+    /// characters in it but line feeds (which outpostctl's own hints use) are written as
+    /// escapes (`\u{1b}`, `\r`), so that an answer cannot move the cursor, colour or clear
+    /// a terminal, nor overwrite a line of the output.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> EngineError {
-        EngineError {
-            kind,
-            message: message.into(),
-        }
+        let message: String = message.into();
+        let escaped = |c: char| c.is_control() && c != '\n';
+        let message = if message.chars().any(escaped) {
+            message
+                .chars()
+                .map(|c| {
+                    if escaped(c) {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect()
+        } else {
+            message
+        };
+        EngineError { kind, message }
     }
     pub fn is_not_found(&self) -> bool {
         self.kind == ErrorKind::NotFound
@@ -311,6 +328,16 @@ pub trait Engine: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What an engine or proxy answers is shown as text: an escape sequence in a 403's body
+    /// does not reach the terminal, nor a carriage return that would overwrite the line.
+    #[test]
+    fn engine_messages_carry_no_control_characters() {
+        let e = EngineError::new(ErrorKind::Forbidden, "403: \u{1b}[31mno\u{1b}[0m\rdone\tx");
+        assert_eq!(e.to_string(), "403: \\u{1b}[31mno\\u{1b}[0m\\rdone\\tx");
+        let hint = "pin it:\n  ssh:\n    host_key: x";
+        assert_eq!(EngineError::new(ErrorKind::Api, hint).to_string(), hint);
+    }
 
     #[test]
     fn short_ids_never_split_a_character() {
