@@ -10,7 +10,8 @@ Exit codes:
   1   invalid manifests, an engine could not be reached, an outpost is blocked (plan,
       apply), an action failed, or `plan`/`status` was interrupted
   2   `plan --detailed-exitcode`: success, and there are changes; `status
-      --detailed-exitcode`: an outpost is not running and healthy as deployed, or blocked
+      --detailed-exitcode`: an outpost is not running and healthy as deployed, or
+      blocked, or a container apply would remove is left
   64  the command line itself is wrong (unknown option, missing value)
   130 interrupted twice (the first SIGINT/SIGTERM lets actions in flight finish; the second
       exits at once, after releasing the engine locks and closing ssh sessions)
@@ -188,9 +189,10 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Format::Human)]
         format: Format,
         /// Exit 0 when every outpost's container runs and is healthy (or has no health check),
-        /// 2 when one is missing, stopped, starting, unhealthy, not managed by outpostctl, on
-        /// authentik's fallback image or blocked (apply could not make it as the manifests
-        /// say), 1 when an engine could not be read.
+        /// 2 when one is missing, not running, starting, unhealthy, not managed by this
+        /// project, on authentik's fallback image or blocked (apply could not make it as the
+        /// manifests say), or a container apply would remove is left; 1 when the manifests
+        /// are invalid, an engine could not be read, or the run was interrupted.
         #[arg(long)]
         detailed_exitcode: bool,
     },

@@ -677,9 +677,16 @@ fn lock_container_is_never_planned_or_pruned() {
     assert_eq!(removals[0]["name"], json!(env.name_of("o02")));
     for format in ["human", "json"] {
         let r = env.run(&["status", "--format", format, "."]);
+        assert_eq!(r.code, 0, "status ({format}):\n{}", shown(&r));
         assert!(
             !r.stdout.contains(LOCK_NAME) && !r.stdout.contains(short),
             "status ({format}) shows the lock:\n{}",
+            r.stdout
+        );
+        // The outpost's container apply is about to remove is shown; the lock is not.
+        assert!(
+            r.stdout.contains(&env.name_of("o02")),
+            "status ({format}) does not show the leftover:\n{}",
             r.stdout
         );
     }

@@ -157,10 +157,16 @@ fn plan_apply_and_status_read_as_documented() {
         &env.run(&["status", "--detailed-exitcode", "."]),
         0,
     );
-    // A stopped outpost and one whose container is gone: still read fine (exit 0), and
+    // A stopped outpost, one whose container is gone and one that left the manifests (its
+    // container still runs until the next apply): still read fine (exit 0), and
     // `--detailed-exitcode` tells a monitoring check that something needs attention.
     docker_ok(&["stop", "-t", "2", &env.name_of("kept")]);
     docker_ok(&["rm", "-f", &env.name_of("radius")]);
+    m["outposts"]
+        .as_object_mut()
+        .expect("outposts")
+        .remove("Directory");
+    env.write(&m);
     snapshot(
         &env,
         "status_needs_attention",
@@ -169,6 +175,39 @@ fn plan_apply_and_status_read_as_documented() {
     );
     let r = env.run(&["status", "--detailed-exitcode", "."]);
     assert_eq!(r.code, 2, "{}", shown(&r));
+    let json = env.run(&["status", "--format", "json", "."]);
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).expect("status is JSON");
+    let leftovers = &doc["integrations"][0]["leftovers"];
+    assert_eq!(
+        (
+            &leftovers[0]["outpost"],
+            &leftovers[0]["container"],
+            &leftovers[0]["state"]
+        ),
+        (
+            &json!("Directory"),
+            &json!(env.name_of("directory")),
+            &json!("running")
+        ),
+        "{}",
+        json.stdout
+    );
+    assert_eq!(
+        leftovers.as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        json.stdout
+    );
+    // Gone from the engine once applied: nothing left over.
+    env.apply_ok();
+    docker_ok(&["start", &env.name_of("kept")]);
+    let json = env.run(&["status", "--format", "json", "."]);
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).expect("status is JSON");
+    assert!(
+        doc["integrations"][0].get("leftovers").is_none(),
+        "{}",
+        json.stdout
+    );
 }
 
 /// Outposts blocked by a container in the way that this project did not create, a host port

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::{Exit, Printer, load_valid};
 use crate::cli::Format;
-use crate::desired::{LABEL_FALLBACK, LABEL_PROJECT};
+use crate::desired::{LABEL_FALLBACK, LABEL_PROJECT, LABEL_UUID};
 use crate::diff::ActionKind;
 use crate::engine::EngineInfo;
 use crate::engine::connect::connect_all;
@@ -16,12 +16,24 @@ use crate::engine::connect::connect_all;
 pub struct EngineStatus {
     pub integration: String,
     pub url: String,
+    /// The engine answered (its ping): a refused list (a socket proxy's 403) is an `error` of
+    /// a reachable engine, not an unreachable one.
     pub reachable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub engine: Option<EngineInfo>,
+    /// Why its version could not be read (`docker info`; a socket proxy may refuse it) while
+    /// its containers could: not a failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub info_error: Option<String>,
+    /// Why it could not be reached or its containers could not be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     pub outposts: Vec<OutpostStatus>,
+    /// Containers of this project that apply would remove: their outpost left the manifests
+    /// or moved to another integration, or a second container of an outpost left by an
+    /// interrupted recreate.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leftovers: Vec<Leftover>,
     /// The outposts of an unreachable engine: not checked.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unchecked: Vec<String>,
@@ -36,6 +48,9 @@ pub struct OutpostStatus {
     pub health: Option<String>,
     /// Whether the container carries this project's label.
     pub managed: bool,
+    /// The outpostctl project whose label the container carries, when not this one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other_project: Option<String>,
     /// The container's image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
@@ -45,6 +60,18 @@ pub struct OutpostStatus {
     /// a missing network or image.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+}
+
+/// A container apply would remove (`EngineStatus::leftovers`).
+#[derive(Debug, Serialize)]
+pub struct Leftover {
+    /// The outpost it was made for.
+    pub outpost: String,
+    pub container: String,
+    pub state: String,
+    pub health: Option<String>,
+    /// Why apply removes it, as the plan says it.
+    pub reasons: Vec<String>,
 }
 
 impl OutpostStatus {
@@ -92,8 +119,10 @@ pub async fn run(
                 url: def.url.clone(),
                 reachable: false,
                 engine: None,
+                info_error: None,
                 error: None,
                 outposts: Vec::new(),
+                leftovers: Vec::new(),
                 // Emptied once the engine has answered.
                 unchecked: desired.iter().map(|d| d.outpost.clone()).collect(),
             };
@@ -106,11 +135,15 @@ pub async fn run(
                 None => return (s, None),
             };
             let (info, list) = futures_util::join!(engine.info(), engine.list());
-            match (info, list) {
-                (Ok(info), Ok(list)) => {
-                    s.reachable = true;
+            // Connected: the engine answered its ping.
+            s.reachable = true;
+            match info {
+                Ok(info) => s.engine = Some(info),
+                Err(e) => s.info_error = Some(e.to_string()),
+            }
+            match list {
+                Ok(list) => {
                     s.unchecked.clear();
-                    s.engine = Some(info);
                     // The container the plan would act on for each outpost (its own, one
                     // authentik deployed, or the one in the way of its name), and why it
                     // is blocked: what `plan` says (with what the integrations decide
@@ -120,7 +153,7 @@ pub async fn run(
                             .await;
                     (s, Some((actions, list)))
                 }
-                (Err(e), _) | (_, Err(e)) => {
+                Err(e) => {
                     s.error = Some(e.to_string());
                     (s, None)
                 }
@@ -157,15 +190,20 @@ pub async fn run(
                 .actions
                 .iter()
                 .find(|a| a.outpost == spec.outpost && a.action != ActionKind::Remove);
+            // The container the action is on, if it is the outpost's (a blocked create's is
+            // the one in the way of its name: the outpost has none, `blocked` says why).
             let c = action
                 .and_then(|a| a.container.as_ref())
-                .and_then(|c| list.iter().find(|o| o.id == c.id));
+                .and_then(|c| list.iter().find(|o| o.id == c.id))
+                .filter(|c| c.label(LABEL_UUID) == Some(spec.uuid.as_str()));
+            let label = c.and_then(|c| c.label(LABEL_PROJECT));
             s.outposts.push(OutpostStatus {
                 outpost: spec.outpost.clone(),
                 container: c.map(|c| c.name.clone()),
                 state: c.map(|c| c.state.as_str().to_string()),
                 health: c.and_then(|c| c.health).map(|h| h.as_str().to_string()),
-                managed: c.is_some_and(|c| c.label(LABEL_PROJECT) == Some(project.as_str())),
+                managed: label == Some(project.as_str()),
+                other_project: label.filter(|l| *l != project).map(str::to_string),
                 image: c.map(|c| c.image.clone()),
                 fallback_image: c.is_some_and(|c| c.label(LABEL_FALLBACK).is_some()),
                 blocked: action
@@ -173,13 +211,38 @@ pub async fn run(
                     .and_then(|a| a.error.clone()),
             });
         }
+        for a in plan
+            .actions
+            .iter()
+            .filter(|a| a.action == ActionKind::Remove)
+        {
+            let Some(c) = a
+                .container
+                .as_ref()
+                .and_then(|c| list.iter().find(|o| o.id == c.id))
+            else {
+                continue;
+            };
+            s.leftovers.push(Leftover {
+                outpost: a.outpost.clone(),
+                container: c.name.clone(),
+                state: c.state.as_str().to_string(),
+                health: c.health.map(|h| h.as_str().to_string()),
+                reasons: a
+                    .reasons
+                    .iter()
+                    .map(crate::render::plan::change_text)
+                    .collect(),
+            });
+        }
         statuses.push(s);
     }
-    let all_ok = statuses.iter().all(|s| s.reachable);
-    let all_fine = statuses
-        .iter()
-        .flat_map(|s| &s.outposts)
-        .all(OutpostStatus::fine);
+    let all_ok = statuses.iter().all(|s| s.reachable && s.error.is_none());
+    let all_fine = statuses.iter().all(|s| s.leftovers.is_empty())
+        && statuses
+            .iter()
+            .flat_map(|s| &s.outposts)
+            .all(OutpostStatus::fine);
     match format {
         Format::Json => {
             let doc = serde_json::json!({ "format_version": 1, "project": v.project, "integrations": statuses });
@@ -192,30 +255,22 @@ pub async fn run(
             let mut out = String::new();
             let width = statuses
                 .iter()
-                .flat_map(|s| &s.outposts)
-                .map(|o| o.outpost.chars().count())
+                .flat_map(|s| {
+                    let leftovers = s.leftovers.iter().map(|l| &l.outpost);
+                    s.outposts.iter().map(|o| &o.outpost).chain(leftovers)
+                })
+                .map(|o| o.chars().count())
                 .max()
                 .unwrap_or(0)
                 .min(40);
             for s in &statuses {
-                match (&s.engine, &s.error) {
-                    (Some(e), _) => {
-                        let _ = writeln!(
-                            out,
-                            "integration {} ({}): reachable, Docker {} (API {})",
-                            s.integration, s.url, e.server_version, e.api_version
-                        );
-                    }
-                    (None, err) => {
-                        let _ = writeln!(
-                            out,
-                            "integration {} ({}): unreachable: {}",
-                            s.integration,
-                            s.url,
-                            err.as_deref().unwrap_or("not connected")
-                        );
-                    }
-                }
+                let _ = writeln!(
+                    out,
+                    "integration {} ({}): {}",
+                    s.integration,
+                    s.url,
+                    engine_line(s)
+                );
                 if let Some(line) = crate::render::plan::unchecked_line(&s.unchecked) {
                     let _ = writeln!(out, "  {line}");
                 }
@@ -227,10 +282,10 @@ pub async fn run(
                                 .as_deref()
                                 .map(|h| format!(", {h}"))
                                 .unwrap_or_default();
-                            let owner = if o.managed {
-                                ""
-                            } else {
-                                " (not managed by outpostctl)"
+                            let owner = match (&o.other_project, o.managed) {
+                                (_, true) => String::new(),
+                                (Some(other), _) => format!(" (of outpostctl project `{other}`)"),
+                                (None, false) => " (not managed by outpostctl)".to_string(),
                             };
                             let fallback = match (&o.image, o.fallback_image) {
                                 (Some(image), true) => format!(
@@ -248,6 +303,18 @@ pub async fn run(
                     };
                     let _ = writeln!(out, "  {:<width$}  {line}", o.outpost);
                 }
+                for l in &s.leftovers {
+                    let health = l.health.as_deref().map(|h| format!(", {h}"));
+                    let _ = writeln!(
+                        out,
+                        "  {:<width$}  {}: {}{}; apply removes it ({})",
+                        l.outpost,
+                        l.container,
+                        l.state,
+                        health.unwrap_or_default(),
+                        l.reasons.join("; ")
+                    );
+                }
             }
             p.out(&out);
         }
@@ -258,5 +325,112 @@ pub async fn run(
         Exit::Changes
     } else {
         Exit::Success
+    }
+}
+
+/// What an integration's heading says of its engine: reachable and its version, or why not.
+fn engine_line(s: &EngineStatus) -> String {
+    if !s.reachable {
+        let why = s.error.as_deref().unwrap_or("not connected");
+        return format!("unreachable: {why}");
+    }
+    let mut line = match (&s.engine, &s.info_error) {
+        (Some(e), _) => format!(
+            "reachable, Docker {} (API {})",
+            e.server_version, e.api_version
+        ),
+        (None, Some(why)) => format!("reachable (its version could not be read: {why})"),
+        (None, None) => "reachable".to_string(),
+    };
+    if let Some(why) = &s.error {
+        let _ = write!(line, "; its containers could not be read: {why}");
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{EngineStatus, OutpostStatus, engine_line};
+    use crate::engine::EngineInfo;
+
+    /// An engine that answered but refused a read (a socket proxy's 403 on the container
+    /// list, or on `info`) is said to be reachable, with what it refused; only one that did
+    /// not answer is "unreachable".
+    #[test]
+    fn an_engine_that_refuses_a_read_is_reachable() {
+        let mut s = EngineStatus {
+            integration: "nas".into(),
+            url: "http://nas:2375".into(),
+            reachable: false,
+            engine: None,
+            info_error: None,
+            error: Some("connect: connection refused".into()),
+            outposts: Vec::new(),
+            leftovers: Vec::new(),
+            unchecked: Vec::new(),
+        };
+        assert_eq!(engine_line(&s), "unreachable: connect: connection refused");
+        s.reachable = true;
+        s.error = Some("list containers: 403".into());
+        s.info_error = Some("info: 403".into());
+        assert_eq!(
+            engine_line(&s),
+            "reachable (its version could not be read: info: 403); its containers could not be read: list containers: 403"
+        );
+        s.error = None;
+        s.info_error = None;
+        s.engine = Some(EngineInfo {
+            id: "X".into(),
+            server_version: "20.10.24".into(),
+            api_version: "1.41".into(),
+            os: "linux".into(),
+            swarm_worker: false,
+        });
+        assert_eq!(engine_line(&s), "reachable, Docker 20.10.24 (API 1.41)");
+    }
+
+    fn outpost(state: Option<&str>, health: Option<&str>) -> OutpostStatus {
+        OutpostStatus {
+            outpost: "Edge".into(),
+            container: state.map(|_| "ak-outpost-edge".into()),
+            state: state.map(str::to_string),
+            health: health.map(str::to_string),
+            managed: state.is_some(),
+            other_project: None,
+            image: None,
+            fallback_image: false,
+            blocked: None,
+        }
+    }
+
+    /// `status --detailed-exitcode` exits 0 only for outposts running as deployed, healthy or
+    /// without a health check; every other state a container can be in is worth a look.
+    #[test]
+    fn only_a_running_healthy_managed_outpost_is_fine() {
+        assert!(outpost(Some("running"), Some("healthy")).fine());
+        assert!(outpost(Some("running"), None).fine());
+        for (state, health) in [
+            (Some("running"), Some("starting")),
+            (Some("running"), Some("unhealthy")),
+            (Some("paused"), Some("healthy")),
+            (Some("restarting"), None),
+            (Some("exited"), None),
+            (Some("created"), None),
+            (Some("dead"), None),
+            (Some("removing"), None),
+            (None, None),
+        ] {
+            assert!(!outpost(state, health).fine(), "{state:?} {health:?}");
+        }
+        let mut theirs = outpost(Some("running"), Some("healthy"));
+        theirs.managed = false;
+        theirs.other_project = Some("other".into());
+        assert!(!theirs.fine(), "another project's container");
+        let mut fallback = outpost(Some("running"), Some("healthy"));
+        fallback.fallback_image = true;
+        assert!(!fallback.fine(), "on authentik's fallback image");
+        let mut blocked = outpost(Some("running"), Some("healthy"));
+        blocked.blocked = Some("host port 9443 is published by x".into());
+        assert!(!blocked.fine(), "blocked");
     }
 }

@@ -32,7 +32,7 @@ fn sigil(kind: ActionKind) -> (&'static str, AStyle) {
     }
 }
 
-fn change_text(c: &Change) -> String {
+pub fn change_text(c: &Change) -> String {
     let (before, after) = (
         c.before.as_deref().map(shown_value),
         c.after.as_deref().map(shown_value),
