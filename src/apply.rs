@@ -488,8 +488,22 @@ async fn create_and_start(
 }
 
 /// The host port in Docker's "Bind for 0.0.0.0:9000 failed: port is already allocated" or
-/// "listen tcp4 0.0.0.0:9000: bind: address already in use".
+/// "listen tcp4 0.0.0.0:9000: bind: address already in use", or Docker 28's "failed to bind
+/// host port 0.0.0.0:9000/tcp: ..." and "failed to bind host port for
+/// 0.0.0.0:9000:172.17.0.2:9000/tcp: ...".
 pub fn conflicting_port(message: &str) -> Option<u16> {
+    const BIND_HOST_PORT: &str = "failed to bind host port ";
+    if let Some(i) = message.find(BIND_HOST_PORT) {
+        let rest = &message[i + BIND_HOST_PORT.len()..];
+        let rest = rest.strip_prefix("for ").unwrap_or(rest);
+        let addr = rest.split_whitespace().next()?.split('/').next()?;
+        // The host port follows the host address (`[::]` bracketed, as Docker writes it).
+        let after_host = match addr.strip_prefix('[') {
+            Some(v6) => v6.split_once("]:")?.1,
+            None => addr.split_once(':')?.1,
+        };
+        return after_host.split(':').next()?.parse().ok();
+    }
     let addr = if let Some(i) = message.find("Bind for ") {
         message[i + 9..].split_whitespace().next()?
     } else if let Some(i) = message.find("listen tcp") {
@@ -789,6 +803,13 @@ mod tests {
             "Error starting userland proxy: listen tcp4 0.0.0.0:9443: bind: address already in use";
         assert_eq!(conflicting_port(by_process), Some(9443));
         assert_eq!(conflicting_port("something else"), None);
+        // Docker 28 words it otherwise, with and without the container's side.
+        let v28 = "failed to set up container networking: failed to bind host port 0.0.0.0:53/tcp: address already in use";
+        assert_eq!(conflicting_port(v28), Some(53));
+        let v28_for = "driver failed programming external connectivity on endpoint app (f8a3): failed to bind host port for 0.0.0.0:8000:172.31.0.2:8000/tcp: address already in use";
+        assert_eq!(conflicting_port(v28_for), Some(8000));
+        let v6 = "failed to bind host port [::]:8443/tcp: address already in use";
+        assert_eq!(conflicting_port(v6), Some(8443));
     }
 }
 
