@@ -147,6 +147,26 @@ impl DockerEngine {
     }
 }
 
+/// A listed container's health: the list's `Health` field where the engine sends it (API
+/// 1.52 and later; for a running container only: a stopped one keeps its last status), else
+/// the status text's "(healthy)", "(unhealthy)" or "(health: starting)", which Docker shows
+/// for a running container with a health check.
+fn health_of(
+    state: State,
+    field: Option<bollard::models::ContainerSummaryHealth>,
+    status: Option<&str>,
+) -> Option<Health> {
+    use bollard::models::ContainerSummaryHealthStatusEnum as H;
+    match field.and_then(|h| h.status) {
+        Some(_) if state != State::Running => None,
+        Some(H::HEALTHY) => Some(Health::Healthy),
+        Some(H::UNHEALTHY) => Some(Health::Unhealthy),
+        Some(H::STARTING) => Some(Health::Starting),
+        Some(H::NONE | H::EMPTY) => None,
+        None => status.and_then(Health::from_status),
+    }
+}
+
 /// `message` with every secret value of `env` masked: as written, and as JSON writes it (an
 /// error that echoes the create request has a token with `"` or `\` escaped).
 fn without_secrets(message: &str, env: &BTreeMap<String, crate::desired::EnvValue>) -> String {
@@ -383,15 +403,16 @@ impl super::Engine for DockerEngine {
                 endpoints.sort();
                 let (networks, network_ids): (Vec<String>, Vec<String>) =
                     endpoints.into_iter().unzip();
+                let state = c
+                    .state
+                    .map(|s| state_of(s.as_ref()))
+                    .unwrap_or(State::Unknown);
                 Observed {
                     id: c.id.unwrap_or_default(),
                     name,
                     image: c.image.unwrap_or_default(),
-                    state: c
-                        .state
-                        .map(|s| state_of(s.as_ref()))
-                        .unwrap_or(State::Unknown),
-                    health: c.status.as_deref().and_then(Health::from_status),
+                    health: health_of(state, c.health, c.status.as_deref()),
+                    state,
                     labels: c.labels.unwrap_or_default().into_iter().collect(),
                     networks,
                     network_mode: c.host_config.and_then(|h| h.network_mode),
@@ -1203,7 +1224,7 @@ mod first_answer {
     use super::{DockerEngine, REQUEST_TIMEOUT_SECS};
     use crate::engine::connect::DEFAULT_SOCKET;
     use crate::engine::transport::Transport;
-    use crate::engine::{Engine, ErrorKind};
+    use crate::engine::{Engine, ErrorKind, Health};
 
     /// `http://127.0.0.1:PORT` forwarding to the engine's socket, except the first `silent`
     /// connections; and how many connections it accepted.
@@ -1446,6 +1467,54 @@ mod first_answer {
             err.message
         );
         assert!(!err.message.contains("t0ken"), "{}", err.message);
+    }
+
+    /// A newer engine's list says a container's health in its `Health` field (API 1.52; the
+    /// status text may not say it, as Podman's does not): read from there, for running
+    /// containers only; an older engine's status text still counts.
+    #[tokio::test]
+    async fn health_is_read_from_the_lists_health_field_or_its_status_text() {
+        let url = scripted_engine(|_| {
+            let container = |id: &str, state: &str, status: &str, health: Option<&str>| {
+                let mut c = serde_json::json!({
+                    "Id": id, "Names": [format!("/{id}")], "Image": "x", "State": state,
+                    "Status": status, "Labels": {},
+                });
+                if let Some(h) = health {
+                    c["Health"] = serde_json::json!({ "Status": h, "FailingStreak": 0 });
+                }
+                c
+            };
+            let body = serde_json::json!([
+                container("a", "running", "Up 4 days", Some("unhealthy")),
+                container("b", "running", "Up 4 days", Some("healthy")),
+                container("c", "exited", "Exited (0) 1 hour ago", Some("healthy")),
+                container("d", "running", "Up 2 seconds (health: starting)", None),
+                container("e", "running", "Up 4 days", Some("none")),
+            ])
+            .to_string();
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        })
+        .await;
+        let engine = DockerEngine::negotiated(client(&url, 10), Duration::from_secs(5))
+            .await
+            .expect("the ping is answered");
+        let list = engine.list().await.expect("the list is read");
+        let health: Vec<(String, Option<Health>)> =
+            list.into_iter().map(|o| (o.id, o.health)).collect();
+        assert_eq!(
+            health,
+            vec![
+                ("a".to_string(), Some(Health::Unhealthy)),
+                ("b".to_string(), Some(Health::Healthy)),
+                ("c".to_string(), None),
+                ("d".to_string(), Some(Health::Starting)),
+                ("e".to_string(), None),
+            ]
+        );
     }
 
     /// An engine (or a proxy before it) that sends the headers of its answer and then stalls
