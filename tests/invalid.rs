@@ -256,6 +256,7 @@ committed_fixtures![
     unknown_integration_of_a_failing_outpost,
     unknown_keypair,
     duplicate_names_across_files,
+    parse_error_beside_other_files,
     missing_project,
     project_twice,
     // YAML and file level

@@ -175,6 +175,12 @@ pub fn validate_with(
         diags: loaded.diagnostics,
         ..Checker::default()
     };
+    if content_unknown(&v.diags) {
+        // A file that could not be read or parsed may define the project, defaults,
+        // integrations and keypairs the others use: nothing may be called missing.
+        v.partial = true;
+        v.failed_entries.insert(("defaults", String::new()));
+    }
     for doc in &loaded.docs {
         v.document(doc);
     }
@@ -205,6 +211,15 @@ pub fn validate_with(
         file_count,
         files,
     }
+}
+
+/// Whether one of the loader's `diagnostics` says a file's content is unknown (it could not be
+/// read or parsed), rather than known to be empty (a file with no document, a directory with
+/// no manifest).
+fn content_unknown(diagnostics: &[Diagnostic]) -> bool {
+    diagnostics
+        .iter()
+        .any(|d| d.is_error() && !matches!(d.code, "empty-file" | "no-manifests"))
 }
 
 /// The integrations that reach one engine and their outposts' containers.
