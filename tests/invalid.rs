@@ -294,6 +294,7 @@ committed_fixtures![
     version_placeholder_many_outposts,
     reserved_label,
     unknown_port_key,
+    unknown_port_key_beside_settings_errors,
     // secrets
     unset_env_var,
     unset_env_var_many_outposts,

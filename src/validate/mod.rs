@@ -228,6 +228,25 @@ type EngineUse<'a> = (Vec<&'a str>, Vec<&'a (ContainerSpec, Origin)>);
 /// A host IP bound by an outpost's container, for collision checks.
 type HostPortUse<'a> = (&'a str, &'a (ContainerSpec, Origin));
 
+/// The keys of `defaults:` whose values are not known (they failed the schema): what the
+/// outposts inherit there is not checked.
+#[derive(Default)]
+struct UnknownDefaults {
+    /// Every key: `defaults:` failed as a whole, or a file or document was not read.
+    all: bool,
+    keys: BTreeSet<String>,
+}
+
+impl UnknownDefaults {
+    fn contains(&self, key: &str) -> bool {
+        self.all || self.keys.contains(key)
+    }
+
+    fn any(&self) -> bool {
+        self.all || !self.keys.is_empty()
+    }
+}
+
 struct Named<T> {
     value: T,
     origin: Origin,
@@ -1099,6 +1118,7 @@ impl Checker {
             .collect();
         let empty = (Defaults::default(), BTreeMap::new());
         let (defaults, default_origins) = defaults.unwrap_or(&empty);
+        let unknown_defaults = self.unknown_defaults();
         for (integration, origin) in std::mem::take(&mut self.failed_outpost_refs) {
             self.integration_ref(&integration, &origin);
         }
@@ -1173,11 +1193,15 @@ impl Checker {
                 &origin.child("/token"),
                 true,
             );
-            if self
-                .failed_entries
-                .iter()
-                .any(|(kind, _)| *kind == "defaults")
-            {
+            // Its `ports` keys and values do not depend on the rest of its settings: checked
+            // whatever they hold, `docker_map_ports` only when it is known.
+            let map_ports = match o.config.docker_map_ports {
+                Some(own) => Some(own),
+                None if unknown_defaults.contains("docker_map_ports") => None,
+                None => Some(defaults.config.docker_map_ports.unwrap_or(true)),
+            };
+            let overrides = self.port_overrides(&o, &origin, map_ports);
+            if unknown_defaults.any() {
                 // The outpost's settings are not known: what they would make of it, unsaid.
                 continue;
             }
@@ -1185,7 +1209,6 @@ impl Checker {
             else {
                 continue;
             };
-            let overrides = self.port_overrides(&o, &origin, settings.map_ports);
             let (Some(token), true, Some(overrides)) = (token, ok, overrides) else {
                 continue;
             };
@@ -1323,18 +1346,34 @@ impl Checker {
         }
     }
 
+    /// The keys of `defaults:` whose values are not known: those that failed the schema, or
+    /// all of them (a `defaults:` that failed as a whole, a document or file not read).
+    fn unknown_defaults(&self) -> UnknownDefaults {
+        let mut out = UnknownDefaults::default();
+        for (kind, key) in &self.failed_entries {
+            if *kind == "defaults" {
+                if key.is_empty() {
+                    out.all = true;
+                } else {
+                    out.keys.insert(key.clone());
+                }
+            }
+        }
+        out
+    }
+
     /// The outpost's `ports`, checked; `map_ports` is its `docker_map_ports` (own or from
-    /// `defaults`).
+    /// `defaults`), None when that is not known.
     fn port_overrides(
         &mut self,
         o: &Outpost,
         origin: &Origin,
-        map_ports: bool,
+        map_ports: Option<bool>,
     ) -> Option<desired::PortOverrides> {
         let mut out = BTreeMap::new();
         let mut ok = true;
         let known = desired::default_ports(o.kind);
-        if !o.ports.is_empty() && !map_ports {
+        if !o.ports.is_empty() && map_ports == Some(false) {
             self.diags.push(
                 Diagnostic::warning(
                     "ports-unused",
@@ -1369,7 +1408,15 @@ impl Checker {
                 self.diags.push(
                     Diagnostic::error(
                         "unknown-port",
-                        format!("a {} outpost has no port `{key}`", o.kind.as_str()),
+                        format!(
+                            "{} {} outpost has no port `{key}`",
+                            if o.kind == OutpostType::Ldap {
+                                "an"
+                            } else {
+                                "a"
+                            },
+                            o.kind.as_str()
+                        ),
                     )
                     .at(at.key())
                     .hint(format!("its ports are: {list}")),
