@@ -287,6 +287,7 @@ committed_fixtures![
     image_template_build_hash,
     container_name_collision,
     host_port_collision,
+    collisions_beside_an_unset_token,
     duplicate_uuid,
     malformed_uuid,
     external_hosts_on_ldap,

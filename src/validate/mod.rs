@@ -223,10 +223,25 @@ fn content_unknown(diagnostics: &[Diagnostic]) -> bool {
 }
 
 /// The integrations that reach one engine and their outposts' containers.
-type EngineUse<'a> = (Vec<&'a str>, Vec<&'a (ContainerSpec, Origin)>);
+type EngineUse<'a> = (Vec<&'a str>, Vec<&'a Built>);
 
 /// A host IP bound by an outpost's container, for collision checks.
-type HostPortUse<'a> = (&'a str, &'a (ContainerSpec, Origin));
+type HostPortUse<'a> = (&'a str, &'a Built);
+
+/// An outpost's container as far as it is known, for the checks across outposts (names and
+/// host ports per engine). One with an error of its own (an unset token, a `ports` value
+/// that is not a binding) is built all the same, so that its collisions are found in the
+/// same run; only a `complete` one is ever handed on.
+struct Built {
+    spec: ContainerSpec,
+    origin: Origin,
+    /// Whether its name is what it will be (its naming template is known).
+    name_known: bool,
+    /// Whether its host ports are what they will be (`docker_map_ports` and `ports` known).
+    ports_known: bool,
+    /// Built from the outpost's own values only, no placeholder: the container to deploy.
+    complete: bool,
+}
 
 /// The keys of `defaults:` whose values are not known (they failed the schema): what the
 /// outposts inherit there is not checked.
@@ -1109,7 +1124,7 @@ impl Checker {
         defaults: Option<&(Defaults, BTreeMap<String, Origin>)>,
         integrations: &BTreeMap<String, IntegrationDef>,
     ) -> BTreeMap<String, Vec<ContainerSpec>> {
-        let mut by_integration: BTreeMap<String, Vec<(ContainerSpec, Origin)>> = BTreeMap::new();
+        let mut by_integration: BTreeMap<String, Vec<Built>> = BTreeMap::new();
         let mut uuids: HashMap<String, (String, Origin)> = HashMap::new();
         let entries: Vec<(String, Outpost, Origin)> = self
             .outposts
@@ -1209,19 +1224,23 @@ impl Checker {
             else {
                 continue;
             };
-            let (Some(token), true, Some(overrides)) = (token, ok, overrides) else {
+            if !ok {
                 continue;
-            };
+            }
+            // An unset token (reported) does not change the container's name or ports: an
+            // empty one stands in for it, in a container that is never handed on.
+            let complete = token.is_some() && overrides.is_some();
+            let ports_known = overrides.is_some();
             let input = desired::OutpostInput {
                 project,
                 integration: &o.integration,
                 name: &name,
                 kind: o.kind,
                 uuid,
-                token: Secret::new(token.trim().to_string()),
+                token: Secret::new(token.as_deref().map(str::trim).unwrap_or_default()),
                 external_hosts: &o.external_hosts,
                 settings: &settings,
-                port_overrides: &overrides,
+                port_overrides: &overrides.unwrap_or_default(),
                 healthcheck: o.healthcheck.as_deref(),
             };
             match desired::container(&input) {
@@ -1230,11 +1249,21 @@ impl Checker {
                         by_integration
                             .entry(o.integration.clone())
                             .or_default()
-                            .push((spec, origin));
+                            .push(Built {
+                                spec,
+                                origin,
+                                name_known: true,
+                                ports_known,
+                                complete,
+                            });
                     }
                 }
                 Err(problems) => {
                     for p in problems {
+                        // Ports from a `ports` that is wrong (reported) are not the outpost's.
+                        if p.field == "/config/docker_network" && !ports_known {
+                            continue;
+                        }
                         let at = origin.child(p.field);
                         let at = if at.exists() {
                             at.value()
@@ -1267,7 +1296,11 @@ impl Checker {
         }
         // An outpost that did not become a container must have said why: a valid set that
         // silently lost an outpost would make plan remove its container.
-        let built: usize = by_integration.values().map(Vec::len).sum();
+        let built: usize = by_integration
+            .values()
+            .flatten()
+            .filter(|b| b.complete)
+            .count();
         if built != self.outposts.len() && !self.diags.iter().any(Diagnostic::is_error) {
             self.diags.push(Diagnostic::error(
                 "internal",
@@ -1279,14 +1312,18 @@ impl Checker {
         }
         by_integration
             .into_iter()
-            .map(|(k, v)| (k, v.into_iter().map(|(s, _)| s).collect()))
+            .map(|(k, v)| {
+                let specs = v.into_iter().filter(|b| b.complete).map(|b| b.spec);
+                (k, specs.collect::<Vec<_>>())
+            })
+            .filter(|(_, specs)| !specs.is_empty())
             .collect()
     }
 
     /// Container names and host ports must be unique per engine; `integrations` are the names
     /// of the integrations that reach it.
-    fn collisions(&mut self, integrations: &[&str], specs: &[&(ContainerSpec, Origin)]) {
-        let mut names: HashMap<&str, &(ContainerSpec, Origin)> = HashMap::new();
+    fn collisions(&mut self, integrations: &[&str], specs: &[&Built]) {
+        let mut names: HashMap<&str, &Built> = HashMap::new();
         let mut ports: HashMap<(Proto, u16), Vec<HostPortUse<'_>>> = HashMap::new();
         let integration = match integrations {
             [one] => format!("integration `{one}`"),
@@ -1300,27 +1337,41 @@ impl Checker {
             [] => return,
         };
         for &entry in specs {
-            let (spec, origin) = entry;
-            if let Some((first, first_origin)) = names.get(spec.name.as_str()) {
+            let Built {
+                spec,
+                origin,
+                name_known,
+                ports_known,
+                ..
+            } = entry;
+            // A name or ports not known yet (their settings are wrong) are checked once fixed.
+            let first_named = match names.get(spec.name.as_str()) {
+                _ if !name_known => None,
+                Some(first) => Some(*first),
+                None => {
+                    names.insert(&spec.name, entry);
+                    None
+                }
+            };
+            if let Some(first) = first_named {
                 self.diags.push(
                     Diagnostic::error(
                         "name-collision",
-                        format!("outposts `{}` and `{}` would both be named `{}` on {integration}", first.outpost, spec.outpost, spec.name),
+                        format!("outposts `{}` and `{}` would both be named `{}` on {integration}", first.spec.outpost, spec.outpost, spec.name),
                     )
                     .at(origin.key())
-                    .related(first_origin.key(), "the other outpost")
+                    .related(first.origin.key(), "the other outpost")
                     .hint("change `object_naming_template` (e.g. add `%(uuid)s`) or rename an outpost"),
                 );
-            } else {
-                names.insert(&spec.name, entry);
             }
-            for p in &spec.ports {
+            let published = if *ports_known { &spec.ports[..] } else { &[] };
+            for p in published {
                 let clash = ports.get(&(p.proto, p.host_port)).and_then(|taken| {
                     taken.iter().find(|(ip, _)| {
                         all_interfaces(ip) || all_interfaces(&p.host_ip) || *ip == p.host_ip
                     })
                 });
-                if let Some((_, (first, first_origin))) = clash {
+                if let Some((_, first)) = clash {
                     let at = origin.child(&format!(
                         "/ports/{}~1{}",
                         p.container_port,
@@ -1330,10 +1381,10 @@ impl Checker {
                     self.diags.push(
                         Diagnostic::error(
                             "port-collision",
-                            format!("host port {}/{} is published by both `{}` and `{}` on {integration}", p.host_port, p.proto.as_str(), first.outpost, spec.outpost),
+                            format!("host port {}/{} is published by both `{}` and `{}` on {integration}", p.host_port, p.proto.as_str(), first.spec.outpost, spec.outpost),
                         )
                         .at(at)
-                        .related(first_origin.key(), "the other outpost")
+                        .related(first.origin.key(), "the other outpost")
                         .hint(format!("give one of them another host port: `ports: {{ \"{}/{}\": \"<port>\" }}`, or set `docker_map_ports: false`", p.container_port, p.proto.as_str())),
                     );
                 } else {
