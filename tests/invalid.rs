@@ -243,6 +243,7 @@ committed_fixtures![
     misplaced_keys,
     errors_beside_schema_errors,
     defaults_error_beside_others,
+    checks_beside_a_failed_default,
     defaults_in_a_broken_document,
     bad_name_beside_other_errors,
     same_engine_twice,

@@ -262,6 +262,16 @@ impl UnknownDefaults {
     }
 }
 
+/// What an outpost's `Settings` are worth.
+struct SettingsKnown {
+    /// All its own, and without error: the container to deploy.
+    valid: bool,
+    /// Its naming template is known and valid: the container name is what it will be.
+    name: bool,
+    /// Its `docker_map_ports` is known: whether ports are published is.
+    ports: bool,
+}
+
 struct Named<T> {
     value: T,
     origin: Origin,
@@ -1216,21 +1226,24 @@ impl Checker {
                 None => Some(defaults.config.docker_map_ports.unwrap_or(true)),
             };
             let overrides = self.port_overrides(&o, &origin, map_ports);
-            if unknown_defaults.any() {
-                // The outpost's settings are not known: what they would make of it, unsaid.
-                continue;
-            }
-            let Some(settings) = self.settings(&name, &o, &origin, defaults, default_origins)
-            else {
-                continue;
-            };
+            // What depends on a setting that is wrong or unknown is left unsaid; the rest is
+            // checked.
+            let (settings, known) = self.settings(
+                &name,
+                &o,
+                &origin,
+                defaults,
+                default_origins,
+                &unknown_defaults,
+            );
             if !ok {
                 continue;
             }
             // An unset token (reported) does not change the container's name or ports: an
-            // empty one stands in for it, in a container that is never handed on.
-            let complete = token.is_some() && overrides.is_some();
-            let ports_known = overrides.is_some();
+            // empty one stands in for it, in a container that is never handed on; so do
+            // settings that are wrong, for the name and ports when they are known.
+            let complete = token.is_some() && overrides.is_some() && known.valid;
+            let ports_known = overrides.is_some() && known.ports;
             let input = desired::OutpostInput {
                 project,
                 integration: &o.integration,
@@ -1252,7 +1265,7 @@ impl Checker {
                             .push(Built {
                                 spec,
                                 origin,
-                                name_known: true,
+                                name_known: known.name,
                                 ports_known,
                                 complete,
                             });
@@ -1260,8 +1273,11 @@ impl Checker {
                 }
                 Err(problems) => {
                     for p in problems {
-                        // Ports from a `ports` that is wrong (reported) are not the outpost's.
-                        if p.field == "/config/docker_network" && !ports_known {
+                        // Ports from a `ports` that is wrong (reported) are not the outpost's,
+                        // nor a name from a template that is wrong or unknown.
+                        if (p.field == "/config/docker_network" && !ports_known)
+                            || (p.field == "/config/object_naming_template" && !known.name)
+                        {
                             continue;
                         }
                         let at = origin.child(p.field);
@@ -1517,9 +1533,26 @@ impl Checker {
         origin: &Origin,
         d: &Defaults,
         default_origins: &BTreeMap<String, Origin>,
-    ) -> Option<Settings> {
+        unknown: &UnknownDefaults,
+    ) -> (Settings, SettingsKnown) {
         let c = &o.config;
         let dc = &d.config;
+        // A setting the outpost takes from a default that failed the schema (reported) is not
+        // known: what depends on it is checked once it is fixed.
+        let inherited_unknown = |own: bool, key: &str| !own && unknown.contains(key);
+        let name_known =
+            !inherited_unknown(c.object_naming_template.is_some(), "object_naming_template");
+        let host_known = !inherited_unknown(c.authentik_host.is_some(), "authentik_host");
+        let network_known = !inherited_unknown(c.docker_network.is_some(), "docker_network");
+        let map_ports_known = !inherited_unknown(c.docker_map_ports.is_some(), "docker_map_ports");
+        let version_known = !unknown.contains("authentik_version");
+        let base_known = !unknown.contains("container_image_base");
+        let template_known = match c.container_image.as_deref() {
+            Some("") => base_known,
+            Some(_) => true,
+            None if unknown.contains("container_image") => false,
+            None => dc.container_image.as_deref().is_some_and(|i| !i.is_empty()) || base_known,
+        };
         // Where a setting came from, to point at it.
         let at = |key: &str| -> Origin {
             let own = origin.child(&format!("/config/{key}"));
@@ -1538,14 +1571,19 @@ impl Checker {
             .clone()
             .or_else(|| dc.object_naming_template.clone())
             .unwrap_or_else(|| desired::DEFAULT_NAMING_TEMPLATE.into());
-        if let Err(e) = desired::check_template(&naming_template, &["name", "uuid"]) {
-            self.diags.push(
-                Diagnostic::error("invalid-template", format!("object_naming_template: {e}"))
-                    .at(at("object_naming_template").value())
-                    .hint("the template knows `%(name)s` and `%(uuid)s`; write `%%` for a literal `%`"),
-            );
-            ok = false;
-        }
+        let naming_ok = !name_known
+            || match desired::check_template(&naming_template, &["name", "uuid"]) {
+                Ok(()) => true,
+                Err(e) => {
+                    self.diags.push(
+                        Diagnostic::error("invalid-template", format!("object_naming_template: {e}"))
+                            .at(at("object_naming_template").value())
+                            .hint("the template knows `%(name)s` and `%(uuid)s`; write `%%` for a literal `%`"),
+                    );
+                    false
+                }
+            };
+        ok &= naming_ok;
         let version = d.authentik_version.clone();
         // An empty `container_image` is authentik's default image (authentik pulls "",
         // fails, and falls back to it): the base template here.
@@ -1587,6 +1625,8 @@ impl Checker {
             set.insert(format!("{code}|{template}|{template_place}"))
         };
         match desired::check_template(&template, &["type", "version"]) {
+            _ if !template_known => {}
+            Ok(()) if desired::uses(&template, "version") && !version_known => {}
             Err(_) if !first(&mut self.template_errors, "invalid-template") => ok = false,
             Err(e) => {
                 self.diags.push(
@@ -1665,7 +1705,7 @@ impl Checker {
             .clone()
             .or_else(|| dc.authentik_host.clone())
             .unwrap_or_default();
-        if authentik_host.is_empty() {
+        if authentik_host.is_empty() && host_known {
             self.diags.push(
                 Diagnostic::error("missing-authentik-host", format!("outpost `{name}` has no `authentik_host`"))
                     .at(origin.key())
@@ -1674,7 +1714,12 @@ impl Checker {
             ok = false;
         }
         let mut labels = BTreeMap::new();
-        for (labels_src, base) in [(&dc.docker_labels, None), (&c.docker_labels, Some(origin))] {
+        let default_labels = if unknown.contains("docker_labels") {
+            &None
+        } else {
+            &dc.docker_labels
+        };
+        for (labels_src, base) in [(default_labels, None), (&c.docker_labels, Some(origin))] {
             for (k, v) in labels_src.iter().flatten() {
                 if k.starts_with("outpostctl.") || k == desired::LABEL_UUID {
                     let at = match base {
@@ -1698,7 +1743,7 @@ impl Checker {
                 labels.insert(k.clone(), v);
             }
         }
-        ok.then(|| Settings {
+        let settings = Settings {
             authentik_host,
             authentik_host_insecure: c
                 .authentik_host_insecure
@@ -1713,15 +1758,23 @@ impl Checker {
             container_image,
             image_base,
             version,
+            // Unknown: none, and no ports, so that nothing is claimed of them.
             network: c
                 .docker_network
                 .clone()
                 .or_else(|| dc.docker_network.clone())
-                .filter(|n| !n.is_empty()),
-            map_ports: c.docker_map_ports.or(dc.docker_map_ports).unwrap_or(true),
+                .filter(|n| !n.is_empty() && network_known),
+            map_ports: map_ports_known
+                && c.docker_map_ports.or(dc.docker_map_ports).unwrap_or(true),
             labels,
             pull: o.pull.or(d.pull).unwrap_or_default(),
-        })
+        };
+        let known = SettingsKnown {
+            valid: ok && !unknown.any(),
+            name: name_known && naming_ok,
+            ports: map_ports_known,
+        };
+        (settings, known)
     }
 }
 

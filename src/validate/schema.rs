@@ -64,16 +64,7 @@ pub fn check(doc: &LoadedDoc) -> Checked {
             failed_at.insert(pointer);
             continue;
         }
-        // A bad name is reported at its section: the entry is what failed.
-        failed_at.insert(match err.kind() {
-            ValidationErrorKind::PropertyNames { error } => {
-                format!(
-                    "{pointer}/{}",
-                    escape(error.instance().as_str().unwrap_or_default())
-                )
-            }
-            _ => pointer,
-        });
+        failed_at.extend(failure_points(&err));
         translate(&err, doc, &c.schema, &mut out);
     }
     // jsonschema may report one mistake through two keywords; show it once.
@@ -82,6 +73,36 @@ pub fn check(doc: &LoadedDoc) -> Checked {
         diagnostics: out,
         failed_at,
     }
+}
+
+/// The JSON pointers of the values that `err` is about: its own, or for an optional value
+/// (`anyOf [T, null]`) that fails as a `T`, those of `T`'s errors (a wrong key of `defaults:`
+/// is that key, not the whole block).
+fn failure_points(err: &ValidationError<'_>) -> Vec<String> {
+    let pointer = err.instance_path().as_str().to_string();
+    match err.kind() {
+        // A bad name is reported at its section: the entry is what failed.
+        ValidationErrorKind::PropertyNames { error } => vec![format!(
+            "{pointer}/{}",
+            escape(error.instance().as_str().unwrap_or_default())
+        )],
+        ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+            let branches: Vec<&Vec<ValidationError<'static>>> = context
+                .iter()
+                .filter(|errs| !errs.iter().all(is_not_null))
+                .collect();
+            match branches.as_slice() {
+                [one] if !one.is_empty() => one.iter().flat_map(failure_points).collect(),
+                _ => vec![pointer],
+            }
+        }
+        _ => vec![pointer],
+    }
+}
+
+/// Whether `e` says only that a value is not null (the other branch of an optional value).
+fn is_not_null(e: &ValidationError<'_>) -> bool {
+    matches!(e.kind(), ValidationErrorKind::Type { kind: TypeKind::Single(t) } if t.to_string() == "null")
 }
 
 fn translate(
@@ -373,11 +394,7 @@ fn translate(
             // about null, which says what was expected.
             let branches: Vec<&Vec<ValidationError<'static>>> = context
                 .iter()
-                .filter(|errs| {
-                    !errs.iter().all(|e| {
-                        matches!(e.kind(), ValidationErrorKind::Type { kind: TypeKind::Single(t) } if t.to_string() == "null")
-                    })
-                })
+                .filter(|errs| !errs.iter().all(is_not_null))
                 .collect();
             // An enum whose values carry descriptions is a `oneOf` of constants.
             let constants: Option<Vec<String>> = context
