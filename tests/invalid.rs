@@ -250,6 +250,7 @@ committed_fixtures![
     unknown_key_config,
     missing_required_token,
     missing_version,
+    missing_version_in_a_second_document,
     duplicate_keys,
     merge_key,
     // references and names across the set

@@ -352,6 +352,17 @@ impl Checker {
         } else {
             &doc.value
         };
+        // A document without `version` (reported) is read as version 1.
+        let versioned;
+        let value = match value.as_object() {
+            Some(map) if !map.contains_key("version") => {
+                let mut map = map.clone();
+                map.insert("version".into(), 1.into());
+                versioned = Value::Object(map);
+                &versioned
+            }
+            _ => value,
+        };
         let parsed: model::Document = match serde_path_to_error::deserialize(value) {
             Ok(d) => d,
             Err(e) => {

@@ -81,6 +81,13 @@ pub fn check(doc: &LoadedDoc) -> Checked {
 fn failure_points(err: &ValidationError<'_>) -> Vec<String> {
     let pointer = err.instance_path().as_str().to_string();
     match err.kind() {
+        // A document without `version` is read as version 1 (the only one), so that the rest
+        // of it is checked in the same run.
+        ValidationErrorKind::Required { property }
+            if pointer.is_empty() && property.as_str() == Some("version") =>
+        {
+            Vec::new()
+        }
         // A bad name is reported at its section: the entry is what failed.
         ValidationErrorKind::PropertyNames { error } => vec![format!(
             "{pointer}/{}",
@@ -133,7 +140,11 @@ fn translate(
         }
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
-            let what = describe(schema, &schema_path, name);
+            let what = if pointer.is_empty() && name == "version" {
+                Some("every file, and every document after a `---`, starts with `version: 1`".to_string())
+            } else {
+                describe(schema, &schema_path, name).map(|w| format!("`{name}`: {w}"))
+            };
             let place = if pointer.is_empty() {
                 "the document".to_string()
             } else {
@@ -146,7 +157,7 @@ fn translate(
                 )
                 .at(at.key())
                 .label(format!("`{name}` is missing here"))
-                .maybe_hint(what.map(|w| format!("`{name}`: {w}"))),
+                .maybe_hint(what),
             );
         }
         ValidationErrorKind::Type { kind } => {
