@@ -297,6 +297,7 @@ committed_fixtures![
     version_placeholder_many_outposts,
     reserved_label,
     unknown_port_key,
+    healthcheck_forms,
     unknown_port_key_beside_settings_errors,
     // secrets
     unset_env_var,

@@ -299,11 +299,13 @@ pub struct Outpost {
     )]
     pub ports: BTreeMap<String, serde_json::Value>,
 
-    /// Health check command, run inside the container (exec form, without `CMD`). By default
-    /// it follows the image: `/authentik healthcheck proxy` for proxy images of authentik
-    /// 2026.8 and later, `/<type> healthcheck` otherwise.
+    /// Health check command, run inside the container: exec form, one item per word, without
+    /// Docker's `CMD` (outpostctl adds it; a first item `CMD`, `CMD-SHELL` or `NONE` is an
+    /// error, and a first item with a space in it a warning: it names a program with a space
+    /// in its path). By default it follows the image: `/authentik healthcheck proxy` for
+    /// proxy images of authentik 2026.8 and later, `/<type> healthcheck` otherwise.
     #[serde(default)]
-    #[schemars(length(min = 1), inner(length(min = 1)), example = vec!["/proxy", "healthcheck"])]
+    #[schemars(length(min = 1), inner(length(min = 1)), example = vec!["/ldap", "healthcheck"])]
     pub healthcheck: Option<Vec<String>>,
 
     /// authentik's outpost settings ("Advanced settings" in authentik): paste that block

@@ -1214,6 +1214,9 @@ impl Checker {
                     ok = false;
                 }
             }
+            if let Some(cmd) = &o.healthcheck {
+                self.healthcheck(cmd, &origin.child("/healthcheck"));
+            }
             if o.kind == OutpostType::Proxy && o.external_hosts.is_empty() {
                 self.diags.push(
                     Diagnostic::warning("no-external-hosts", "proxy outpost without `external_hosts`: no Traefik router is declared for it")
@@ -1421,6 +1424,71 @@ impl Checker {
                         .push((&p.host_ip, entry));
                 }
             }
+        }
+    }
+
+    /// An outpost's `healthcheck`: a command in exec form, which Docker runs as `CMD` + its
+    /// items. Docker's own forms (`CMD`, `CMD-SHELL`, `NONE` first) would become `CMD CMD ...`,
+    /// a check that can never pass: an error. A first item with a space names a program with
+    /// a space in its path, almost always a command written as one item: a warning.
+    fn healthcheck(&mut self, cmd: &[String], at: &Origin) {
+        let Some(first) = cmd.first() else {
+            return;
+        };
+        let rest = &cmd[1..];
+        let default = "remove `healthcheck` for authentik's own, which follows the image";
+        let hint = match first.as_str() {
+            "CMD" | "CMD-SHELL" if rest.is_empty() => Some(default.to_string()),
+            "CMD" => Some(format!(
+                "outpostctl adds `CMD` itself; write the command alone: `healthcheck: {}`",
+                exec_form(rest)
+            )),
+            "CMD-SHELL" => {
+                let line = rest.join(" ");
+                Some(
+                    if line.contains(['|', '&', ';', '$', '>', '<', '`', '*', '"', '\'']) {
+                        format!(
+                            "the command runs in exec form, without a shell; if the image has one, `healthcheck: {}`",
+                            exec_form(&["/bin/sh".into(), "-c".into(), line])
+                        )
+                    } else {
+                        format!(
+                            "the command runs in exec form, without a shell: one item per word, `healthcheck: {}`",
+                            exec_form(&words(&line))
+                        )
+                    },
+                )
+            }
+            "NONE" => Some(format!(
+                "an outpost's container always has a health check, as authentik deploys it; {default}"
+            )),
+            _ => None,
+        };
+        if let Some(hint) = hint {
+            self.diags.push(
+                Diagnostic::error(
+                    "invalid-healthcheck",
+                    format!("`healthcheck` is the command alone, without Docker's `{first}`: this one would never pass"),
+                )
+                .at(at.child("/0").value())
+                .label("not a command")
+                .hint(hint),
+            );
+        } else if first.contains(char::is_whitespace) {
+            let mut split = words(first);
+            split.extend(rest.iter().cloned());
+            self.diags.push(
+                Diagnostic::warning(
+                    "healthcheck-spaces",
+                    format!("`healthcheck` runs a program named `{first}`, spaces included"),
+                )
+                .at(at.child("/0").value())
+                .label("one item: the program's path")
+                .hint(format!(
+                    "each word of the command is one item: `healthcheck: {}`",
+                    exec_form(&split)
+                )),
+            );
         }
     }
 
@@ -1976,6 +2044,20 @@ pub fn resolve_path(p: &str, base: &Path) -> PathBuf {
     } else {
         base.join(path)
     }
+}
+
+/// The words of a command line, split on whitespace.
+fn words(line: &str) -> Vec<String> {
+    line.split_whitespace().map(str::to_string).collect()
+}
+
+/// A command as a YAML flow list of quoted items: `["/ldap", "healthcheck"]`.
+fn exec_form(items: &[String]) -> String {
+    let quoted: Vec<String> = items
+        .iter()
+        .map(|i| serde_json::Value::from(i.as_str()).to_string())
+        .collect();
+    format!("[{}]", quoted.join(", "))
 }
 
 /// A host address that binds every interface (of its family).

@@ -191,6 +191,18 @@ fn translate(
                 d = d.hint(format!(
                     "a secret is never written into a manifest: name where it is, `{field}: {{ env: VARIABLE }}` or `{field}: {{ file: path }}`"
                 ));
+            } else if field == "healthcheck"
+                && let Some(line) = instance.as_str().filter(|l| !l.trim().is_empty())
+            {
+                // A command line written as one string: one item per word.
+                let items: Vec<String> = line
+                    .split_whitespace()
+                    .map(|w| Value::from(w).to_string())
+                    .collect();
+                d = d.hint(format!(
+                    "one item per word of the command: `healthcheck: [{}]`",
+                    items.join(", ")
+                ));
             } else if expected.contains("list") && instance.is_string() {
                 // One item written without the brackets.
                 let written = at.value().text();
