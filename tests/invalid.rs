@@ -301,6 +301,7 @@ committed_fixtures![
     unknown_port_key_beside_settings_errors,
     // secrets
     unset_env_var,
+    env_name_with_dollar,
     unset_env_var_many_outposts,
     token_file_missing,
     token_file_is_directory,

@@ -31,6 +31,8 @@ pub const HOST_PORT_PATTERN: &str =
 pub const ENGINE_URL_PATTERN: &str = r"^(unix|http|https|tcp|ssh)://";
 /// authentik versions: `2026.8.0`, `2026.8`, `2026.8.0-rc1`.
 pub const VERSION_PATTERN: &str = r"^[0-9]{4}\.[0-9]{1,2}(\.[0-9]+)?(-rc[0-9]+)?$";
+/// The name of an environment variable, as a shell writes it in `export NAME=...`.
+pub const ENV_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*$";
 /// An OpenSSH public key line.
 pub const HOST_KEY_PATTERN: &str = r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( .*)?$";
 
@@ -110,9 +112,10 @@ pub struct PublicSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "String", length(min = 1), example = &"certs/ca.pem")]
     pub file: Option<String>,
-    /// Name of an environment variable of the outpostctl process.
+    /// Name of an environment variable of the outpostctl process, without `$` or braces:
+    /// letters, digits and `_`, not starting with a digit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", length(min = 1), example = &"DOCKER_CA_PEM")]
+    #[schemars(with = "String", length(min = 1), pattern(ENV_NAME_PATTERN), example = &"DOCKER_CA_PEM")]
     pub env: Option<String>,
     /// The PEM text itself. Allowed only for public material such as certificates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -131,9 +134,10 @@ pub struct SecretSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "String", length(min = 1), example = &"secrets/edge-proxy.token")]
     pub file: Option<String>,
-    /// Name of an environment variable of the outpostctl process.
+    /// Name of an environment variable of the outpostctl process, without `$` or braces:
+    /// letters, digits and `_`, not starting with a digit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(with = "String", length(min = 1), example = &"AK_EDGE_PROXY_TOKEN")]
+    #[schemars(with = "String", length(min = 1), pattern(ENV_NAME_PATTERN), example = &"AK_EDGE_PROXY_TOKEN")]
     pub env: Option<String>,
 }
 

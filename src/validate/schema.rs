@@ -57,9 +57,18 @@ pub fn check(doc: &LoadedDoc) -> Checked {
         .filter(|e| matches!(e.kind(), ValidationErrorKind::Type { .. }))
         .map(|e| e.instance_path().as_str().to_string())
         .collect();
+    // An empty value also fails its pattern (an `env` name): "must not be empty" says it alone.
+    let empty: BTreeSet<String> = errors
+        .iter()
+        .filter(|e| matches!(e.kind(), ValidationErrorKind::MinLength { .. }))
+        .map(|e| e.instance_path().as_str().to_string())
+        .collect();
     for err in errors {
         let pointer = err.instance_path().as_str().to_string();
-        if matches!(err.kind(), ValidationErrorKind::Constant { .. }) && mistyped.contains(&pointer)
+        if (matches!(err.kind(), ValidationErrorKind::Constant { .. })
+            && mistyped.contains(&pointer))
+            || (matches!(err.kind(), ValidationErrorKind::Pattern { .. })
+                && empty.contains(&pointer))
         {
             failed_at.insert(pointer);
             continue;
@@ -283,6 +292,21 @@ fn translate(
         }
         ValidationErrorKind::Pattern { pattern } => {
             let (what, mut hint) = pattern_meaning(pattern);
+            // `${AK_TOKEN}` or `$AK_TOKEN`: the name it holds.
+            if pattern == model::ENV_NAME_PATTERN
+                && let Some(given) = instance.as_str()
+            {
+                let name = given
+                    .trim()
+                    .trim_start_matches('$')
+                    .trim_start_matches('{')
+                    .trim_end_matches('}');
+                let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if given.contains(['$', '{', '}']) && valid {
+                    hint = format!("write the name without `$` and braces: `env: {name}`");
+                }
+            }
             // A project name with capitals or spaces: the name it could be.
             if pattern == model::PROJECT_PATTERN
                 && let Some(given) = instance.as_str()
@@ -711,6 +735,10 @@ fn pattern_meaning(pattern: &str) -> (&'static str, String) {
         p if p == model::VERSION_PATTERN => (
             "an authentik version",
             "write the version of your authentik server, e.g. `2026.8.0`".into(),
+        ),
+        p if p == model::ENV_NAME_PATTERN => (
+            "an environment variable name",
+            "a variable name uses letters, digits and `_`, and does not start with a digit".into(),
         ),
         p if p == model::HOST_KEY_PATTERN => (
             "an SSH public key",
