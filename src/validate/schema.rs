@@ -594,11 +594,28 @@ fn known_keys(schema: &Value, schema_path: &str) -> Vec<String> {
 }
 
 /// The first sentence of a property's description, for a hint.
+/// What `property` of the object at `schema_path` is for: its own description (that of the
+/// type it refers to only when it has none), with the values it takes when it is an enum.
 fn describe(schema: &Value, schema_path: &str, property: &str) -> Option<String> {
     let prop = schema_at(schema, schema_path)?
         .get("properties")?
         .get(property)?;
-    first_sentence(deref(schema, prop))
+    let target = deref(schema, prop);
+    let text = first_sentence(prop).or_else(|| first_sentence(target))?;
+    let values: Vec<&str> = target
+        .get("enum")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    Some(if values.is_empty() {
+        text
+    } else {
+        format!(
+            "{}: one of {}.",
+            text.trim_end_matches('.'),
+            crate::render::code_list(values)
+        )
+    })
 }
 
 fn describe_at(schema: &Value, schema_path: &str) -> Option<String> {
