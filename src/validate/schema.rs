@@ -200,6 +200,12 @@ fn translate(
                 d = d.hint(format!(
                     "a secret is never written into a manifest: name where it is, `{field}: {{ env: VARIABLE }}` or `{field}: {{ file: path }}`"
                 ));
+            } else if expected.contains("true or false")
+                && let Some((word, value)) = instance.as_str().and_then(yaml11_boolean)
+            {
+                d = d.hint(format!(
+                    "YAML 1.2 reads `{word}` as text; write `{value}`: `{field}: {value}`"
+                ));
             } else if field == "healthcheck"
                 && let Some(line) = instance.as_str().filter(|l| !l.trim().is_empty())
             {
@@ -467,6 +473,16 @@ fn translate(
             }
         }
         _ => out.push(generic(err, &at)),
+    }
+}
+
+/// A word YAML 1.1 read as a boolean (`yes`, `No`, `ON`, `y`, ...), which YAML 1.2 reads
+/// as text: the word as written and the boolean it meant.
+fn yaml11_boolean(text: &str) -> Option<(&str, bool)> {
+    match text.to_ascii_lowercase().as_str() {
+        "yes" | "y" | "on" => Some((text, true)),
+        "no" | "n" | "off" => Some((text, false)),
+        _ => None,
     }
 }
 
