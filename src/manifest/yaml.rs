@@ -231,7 +231,7 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                 if stack.len() >= limits.max_depth {
                     return Err(depth_error(yspan, limits));
                 }
-                let pointer = child_pointer(&stack)?;
+                let pointer = child_pointer(&stack, yspan)?;
                 stack.push(Frame::Seq {
                     items: Vec::new(),
                     pointer,
@@ -246,7 +246,7 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                 if stack.len() >= limits.max_depth {
                     return Err(depth_error(yspan, limits));
                 }
-                let pointer = child_pointer(&stack)?;
+                let pointer = child_pointer(&stack, yspan)?;
                 stack.push(Frame::Map {
                     map: Map::new(),
                     pointer,
@@ -325,28 +325,31 @@ fn scan_error(span: Span, info: &str) -> YamlError {
     e
 }
 
-/// The pointer of the node about to start, from its parent on the stack.
-fn child_pointer(stack: &[Frame]) -> Result<String, YamlError> {
+/// The pointer of the node about to start at `start`, from its parent on the stack.
+fn child_pointer(stack: &[Frame], start: YSpan) -> Result<String, YamlError> {
     Ok(match stack.last() {
         None => String::new(),
         Some(Frame::Seq { items, pointer, .. }) => format!("{pointer}/{}", items.len()),
         Some(Frame::Map {
             pointer,
             pending_key,
-            span,
             ..
         }) => match pending_key {
             Some((k, _)) => format!("{pointer}/{}", escape(k)),
-            None => {
-                return Err(YamlError::new(
-                    Span::from_yaml(*span),
-                    "a mapping or sequence cannot be used as a key",
-                    "complex key",
-                )
-                .hint("keys are plain names; quote the key if it contains special characters"));
-            }
+            // The node starting here is a key: point at it, not at the mapping it is in.
+            None => return Err(complex_key(Span::from_yaml(start))),
         },
     })
+}
+
+/// A mapping or sequence (or an alias to one) written where a key goes, at `span`.
+fn complex_key(span: Span) -> YamlError {
+    YamlError::new(
+        span,
+        "a mapping or sequence cannot be used as a key",
+        "complex key",
+    )
+    .hint("keys are plain names; quote the key if it contains special characters")
 }
 
 /// Escapes a key for use in a JSON pointer (RFC 6901).
@@ -408,13 +411,7 @@ fn attach(
                     Value::Null => "null".to_string(),
                     Value::Bool(b) => b.to_string(),
                     Value::Number(n) => n.to_string(),
-                    _ => {
-                        return Err(YamlError::new(
-                            span,
-                            "a mapping or sequence cannot be used as a key",
-                            "complex key",
-                        ));
-                    }
+                    _ => return Err(complex_key(span)),
                 };
                 if let Some(first) = key_spans.get(&key) {
                     let mut e = YamlError::new(
@@ -674,6 +671,20 @@ mod tests {
         assert_eq!(e.message, "duplicate key `a`");
         assert_eq!(e.span.start, Pos { line: 3, col: 1 });
         assert_eq!(e.related.map(|r| r.0.start), Some(Pos { line: 1, col: 1 }));
+    }
+
+    #[test]
+    fn a_complex_key_is_pointed_at_itself() {
+        for (text, line, col) in [
+            ("a: 1\n[x, y]: 2\n", 2, 1),
+            ("outposts:\n  A: 1\n  ? { b: 1 }\n  : 2\n", 3, 5),
+            ("a: { b: 1, [c]: 2 }\n", 1, 12),
+            ("x: &l [1]\na: 1\n? *l\n: 2\n", 3, 3),
+        ] {
+            let e = parse(text, Limits::default()).unwrap_err();
+            assert_eq!(e.message, "a mapping or sequence cannot be used as a key");
+            assert_eq!(e.span.start, Pos { line, col }, "{text:?}");
+        }
     }
 
     #[test]
