@@ -750,6 +750,68 @@ fn flags_unknown_keys() {
     }
 }
 
+/// An integration that is neither `local: true` nor has a `url`, or is both, and a keypair
+/// with neither `certificate` nor `key`, are flagged at their line, as `validate` refuses
+/// them; `local: true` alone, a `url` alone (also beside `local: false`) and a keypair with a
+/// key are not; and hovering a key of an integration still shows its description.
+#[test]
+fn flags_integrations_and_keypairs_of_the_wrong_shape() {
+    let schema = schema();
+    let doc = format!(
+        "{MODELINE}\nversion: 1\nkeypairs:\n  nothing: {{}}\n  ssh: {{ key: {{ env: SSH_KEY }} }}\n\
+         integrations:\n  empty: {{}}\n  both:\n    local: true\n    url: http://proxy:2375\n  \
+         off: {{ local: false }}\n  here: {{ local: true }}\n  proxy:\n    url: http://proxy:2375\n  \
+         remote: {{ local: false, url: \"ssh://deploy@host\" }}\n"
+    );
+    let mut s = Server::start();
+    s.begin("diagnostics of integrations and keypairs of the wrong shape");
+    let uri = s.open(&test_doc("shapes.yaml", &doc), &doc);
+    let diags = s.diagnostics_of(&uri);
+    // yaml-language-server flags a block mapping that matches both branches at its first key.
+    let flagged = [
+        line_of(&doc, "  nothing:"),
+        line_of(&doc, "  empty:"),
+        line_of(&doc, "    local: true"),
+        line_of(&doc, "  off:"),
+    ];
+    for line in flagged {
+        if !diags
+            .iter()
+            .any(|d| d["severity"] == json!(1) && d["range"]["start"]["line"] == json!(line))
+        {
+            s.fail(&format!(
+                "line {line} is not flagged; diagnostics:\n{}",
+                summary(&diags)
+            ));
+        }
+    }
+    for key in ["  ssh:", "  here:", "  proxy:", "    url:", "  remote:"] {
+        let line = line_of(&doc, key);
+        if flagged.contains(&line) {
+            continue;
+        }
+        if !diagnostics_on_line(&diags, line).is_empty() {
+            s.fail(&format!(
+                "`{key}` (line {line}) is flagged; diagnostics:\n{}",
+                summary(&diags)
+            ));
+        }
+    }
+    s.begin("hover on an integration's `url`");
+    let want = normalized(
+        schema_at(&schema, "/$defs/Integration/properties/url/description")
+            .as_str()
+            .expect("a description"),
+    );
+    let (line, col) = position_of(&doc, "    url: http", 6);
+    let hover = s.hover(&uri, line, col);
+    if !rendered(&hover).contains(&want) {
+        s.fail(&format!(
+            "hover on `url` lacks its description {want:?}; it shows {hover:?}"
+        ));
+    }
+}
+
 /// Every example, opened with its real URI and content, is clean; hovering `version` proves
 /// the relative modeline attached the schema.
 #[test]

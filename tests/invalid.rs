@@ -280,6 +280,7 @@ committed_fixtures![
     https_url_without_port,
     ssh_url_with_path,
     local_and_url,
+    integration_and_keypair_shapes,
     tls_on_plain_http,
     keypair_without_key_tls_auth,
     // outposts

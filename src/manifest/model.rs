@@ -144,6 +144,7 @@ pub struct SecretSource {
 /// A certificate, a private key, or both (authentik's certificate-keypair).
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("anyOf" = [{"required": ["certificate"]}, {"required": ["key"]}]))]
 pub struct Keypair {
     /// PEM certificate. As `tls_verification`, the CA that must have signed the engine's
     /// certificate; as `tls_authentication`, the client certificate.
@@ -159,6 +160,10 @@ pub struct Keypair {
 /// `url`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(extend("oneOf" = [
+    {"required": ["url"]},
+    {"required": ["local"], "properties": {"local": {"const": true}}}
+]))]
 pub struct Integration {
     /// The engine of this machine: `DOCKER_HOST` (with `DOCKER_TLS_VERIFY` and
     /// `DOCKER_CERT_PATH`) when set, else `unix:///var/run/docker.sock`.

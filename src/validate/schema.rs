@@ -63,8 +63,19 @@ pub fn check(doc: &LoadedDoc) -> Checked {
         .filter(|e| matches!(e.kind(), ValidationErrorKind::MinLength { .. }))
         .map(|e| e.instance_path().as_str().to_string())
         .collect();
+    // Where errors are: an entry that fails inside says so, not also that its shape is wrong.
+    let inner: Vec<String> = errors
+        .iter()
+        .map(|e| e.instance_path().as_str().to_string())
+        .collect();
     for err in errors {
         let pointer = err.instance_path().as_str().to_string();
+        if entry_shape(&err).is_some()
+            && inner.iter().any(|p| p.starts_with(&format!("{pointer}/")))
+        {
+            failed_at.insert(pointer);
+            continue;
+        }
         if (matches!(err.kind(), ValidationErrorKind::Constant { .. })
             && mistyped.contains(&pointer))
             || (matches!(err.kind(), ValidationErrorKind::Pattern { .. })
@@ -121,6 +132,34 @@ fn is_not_null(e: &ValidationError<'_>) -> bool {
     matches!(e.kind(), ValidationErrorKind::Type { kind: TypeKind::Single(t) } if t.to_string() == "null")
 }
 
+/// The shape an integration or keypair must have, when `err` says it lacks it: an
+/// integration is `local: true` or has a `url`, not both; a keypair has a `certificate`, a
+/// `key` or both.
+enum Shape {
+    IntegrationNeither,
+    IntegrationBoth,
+    KeypairEmpty,
+}
+
+fn entry_shape(err: &ValidationError<'_>) -> Option<Shape> {
+    let pointer = err.instance_path().as_str();
+    let section = pointer.split('/').nth(1)?;
+    if pointer.split('/').count() != 3 || !err.instance().is_object() {
+        return None;
+    }
+    let keyword = err.schema_path().as_str().rsplit('/').next()?;
+    match (section, keyword, err.kind()) {
+        ("integrations", "oneOf", ValidationErrorKind::OneOfNotValid { .. }) => {
+            Some(Shape::IntegrationNeither)
+        }
+        ("integrations", "oneOf", ValidationErrorKind::OneOfMultipleValid { .. }) => {
+            Some(Shape::IntegrationBoth)
+        }
+        ("keypairs", "anyOf", ValidationErrorKind::AnyOf { .. }) => Some(Shape::KeypairEmpty),
+        _ => None,
+    }
+}
+
 fn translate(
     err: &ValidationError<'_>,
     doc: &LoadedDoc,
@@ -132,6 +171,29 @@ fn translate(
     let field = field_name(&doc.value, &pointer);
     let schema_path = err.schema_path().as_str().to_string();
     let instance = err.instance();
+    if let Some(shape) = entry_shape(err) {
+        out.push(match shape {
+            Shape::IntegrationNeither => Diagnostic::error(
+                "integration-kind",
+                format!("integration `{field}` needs `local: true` or a `url`"),
+            )
+            .at(at.key())
+            .hint("for example `url: \"ssh://authentik@host:22\"` or `local: true`"),
+            Shape::IntegrationBoth => Diagnostic::error(
+                "integration-kind",
+                format!("integration `{field}` sets both `local: true` and `url`"),
+            )
+            .at(at.child("/url").key())
+            .hint("use `local: true` for this machine's engine, or a `url`, not both"),
+            Shape::KeypairEmpty => Diagnostic::error(
+                "empty-keypair",
+                format!("keypair `{field}` has neither `certificate` nor `key`"),
+            )
+            .at(at.key())
+            .hint("give it a `certificate` (a CA for tls_verification), a `key`, or both"),
+        });
+        return;
+    }
     match err.kind() {
         ValidationErrorKind::AdditionalProperties { unexpected } => {
             let known = known_keys(schema, &schema_path);
