@@ -752,15 +752,16 @@ fn flags_unknown_keys() {
 
 /// An integration that is neither `local: true` nor has a `url`, or is both, and a keypair
 /// with neither `certificate` nor `key`, are flagged at their line, as `validate` refuses
-/// them; `local: true` alone, a `url` alone (also beside `local: false`) and a keypair with a
-/// key are not; and hovering a key of an integration still shows its description.
+/// them; `local: true` alone (also beside a `url` left empty), a `url` alone (also beside
+/// `local: false`) and a keypair with a key are not; and hovering a key of an integration still shows its description.
 #[test]
 fn flags_integrations_and_keypairs_of_the_wrong_shape() {
     let schema = schema();
     let doc = format!(
         "{MODELINE}\nversion: 1\nkeypairs:\n  nothing: {{}}\n  ssh: {{ key: {{ env: SSH_KEY }} }}\n\
          integrations:\n  empty: {{}}\n  both:\n    local: true\n    url: http://proxy:2375\n  \
-         off: {{ local: false }}\n  here: {{ local: true }}\n  proxy:\n    url: http://proxy:2375\n  \
+         off: {{ local: false }}\n  here: {{ local: true }}\n  blank: {{ local: true, url: ~ }}\n  \
+         proxy:\n    url: http://other-proxy:2375\n  \
          remote: {{ local: false, url: \"ssh://deploy@host\" }}\n"
     );
     let mut s = Server::start();
@@ -785,7 +786,14 @@ fn flags_integrations_and_keypairs_of_the_wrong_shape() {
             ));
         }
     }
-    for key in ["  ssh:", "  here:", "  proxy:", "    url:", "  remote:"] {
+    for key in [
+        "  ssh:",
+        "  here:",
+        "  blank:",
+        "  proxy:",
+        "    url: http://other-proxy",
+        "  remote:",
+    ] {
         let line = line_of(&doc, key);
         if flagged.contains(&line) {
             continue;

@@ -161,7 +161,7 @@ pub struct Keypair {
 #[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(extend("oneOf" = [
-    {"required": ["url"]},
+    {"required": ["url"], "properties": {"url": {"type": "string"}}},
     {"required": ["local"], "properties": {"local": {"const": true}}}
 ]))]
 pub struct Integration {
