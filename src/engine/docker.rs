@@ -177,7 +177,9 @@ fn without_secrets(message: &str, env: &BTreeMap<String, crate::desired::EnvValu
             .strip_prefix('"')
             .and_then(|j| j.strip_suffix('"'))
             .unwrap_or_default();
-        for form in [v.expose(), escaped] {
+        // As written, as JSON writes it, and as an error shows it (control characters escaped).
+        let shown = super::printable(v.expose());
+        for form in [v.expose(), escaped, shown.as_str()] {
             if !form.is_empty() {
                 out = out.replace(form, v.shown());
             }
@@ -1586,5 +1588,21 @@ mod masking {
             super::without_secrets(echoed, &env),
             r#"denied: {"Env":["AUTHENTIK_TOKEN=(secret)","AUTHENTIK_HOST=https://ak"]} raw (secret)"#
         );
+    }
+
+    /// A token with control characters inside, echoed raw by an engine: the error shows
+    /// them escaped (`EngineError::new`), and the token is masked in that form too.
+    #[test]
+    fn secrets_with_control_characters_are_masked_as_the_error_shows_them() {
+        let env = BTreeMap::from([(
+            "AUTHENTIK_TOKEN".to_string(),
+            EnvValue::Secret(Secret::new("ab\r\ncd\u{1b}ef")),
+        )]);
+        let err = crate::engine::EngineError::new(
+            crate::engine::ErrorKind::Forbidden,
+            "denied: AUTHENTIK_TOKEN=ab\r\ncd\u{1b}ef",
+        );
+        let shown = super::without_secrets(&err.message, &env);
+        assert_eq!(shown, "denied: AUTHENTIK_TOKEN=(secret)");
     }
 }

@@ -219,27 +219,33 @@ impl EngineError {
     /// escapes (`\u{1b}`, `\r`), so that an answer cannot move the cursor, colour or clear
     /// a terminal, nor overwrite a line of the output.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> EngineError {
-        let message: String = message.into();
-        let escaped = |c: char| c.is_control() && c != '\n';
-        let message = if message.chars().any(escaped) {
-            message
-                .chars()
-                .map(|c| {
-                    if escaped(c) {
-                        c.escape_default().to_string()
-                    } else {
-                        c.to_string()
-                    }
-                })
-                .collect()
-        } else {
-            message
-        };
-        EngineError { kind, message }
+        EngineError {
+            kind,
+            message: printable(message.into()),
+        }
     }
     pub fn is_not_found(&self) -> bool {
         self.kind == ErrorKind::NotFound
     }
+}
+
+/// `text` with its control characters but line feeds written as escapes (`\u{1b}`, `\r`,
+/// `\t`): text an engine, a proxy or a container's labels hold, made safe to print.
+pub fn printable(text: impl Into<String>) -> String {
+    let text: String = text.into();
+    let escaped = |c: char| c.is_control() && c != '\n';
+    if !text.chars().any(escaped) {
+        return text;
+    }
+    text.chars()
+        .map(|c| {
+            if escaped(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 impl fmt::Display for EngineError {
