@@ -316,7 +316,7 @@ pub fn diff(
             // brings the parked old container back.
             existing(spec, current, false, taken(current, &removed))
         } else if let Some(theirs) = foreign.first() {
-            match theirs.label(LABEL_PROJECT) {
+            match theirs.label(LABEL_PROJECT).map(crate::engine::printable) {
                 Some(other) => blocked(
                     spec,
                     theirs,
@@ -360,7 +360,7 @@ pub fn diff(
                     "the name `{}` is taken by container {} of outpost `{}`",
                     spec.name,
                     in_way.short_id(),
-                    in_way.label(LABEL_OUTPOST).unwrap_or("?")
+                    shown_label(in_way, LABEL_OUTPOST)
                 )
             } else if sibling(in_way) {
                 // This project's container of another outpost, managed by another integration
@@ -370,8 +370,8 @@ pub fn diff(
                     "the name `{}` is taken by container {} of outpost `{}`, managed by integration `{}` on the same engine; if that outpost left the manifests, that integration removes the container in this apply: apply again to create this one",
                     spec.name,
                     in_way.short_id(),
-                    in_way.label(LABEL_OUTPOST).unwrap_or("?"),
-                    in_way.label(LABEL_INTEGRATION).unwrap_or("?")
+                    shown_label(in_way, LABEL_OUTPOST),
+                    shown_label(in_way, LABEL_INTEGRATION)
                 )
             } else {
                 format!(
@@ -408,7 +408,7 @@ pub fn diff(
                 None => "removed from the manifests".into(),
             };
             actions.push(Action {
-                outpost: o.label(LABEL_OUTPOST).unwrap_or(&o.name).to_string(),
+                outpost: crate::engine::printable(o.label(LABEL_OUTPOST).unwrap_or(&o.name)),
                 action: ActionKind::Remove,
                 name: o.name.clone(),
                 container: Some(ContainerRef::of(o)),
@@ -473,6 +473,12 @@ fn is_id(n: &str) -> bool {
 
 /// The reason field of a duplicate's removal.
 const DUPLICATE: &str = "duplicate";
+
+/// A container's label as a message shows it ("?" when it has none): another writer's label
+/// may hold anything, control characters included.
+fn shown_label(o: &Observed, key: &str) -> String {
+    crate::engine::printable(o.label(key).unwrap_or("?"))
+}
 
 /// Whether `a` removes a second container of its outpost (left by an interrupted recreate):
 /// the apply removes it only once the kept container is up, and a watch holds it back with
@@ -627,6 +633,7 @@ fn existing(
     if let Some(in_way) = taken_by.filter(|_| o.name != spec.name) {
         let whose = match in_way.label(LABEL_OUTPOST) {
             Some(outpost) if in_way.label(LABEL_PROJECT).is_some() => {
+                let outpost = crate::engine::printable(outpost);
                 format!("it belongs to outpost `{outpost}`")
             }
             _ => "it is not managed by outpostctl, which leaves it alone".to_string(),
@@ -1193,5 +1200,29 @@ mod tests {
         assert_eq!(kinds(&b), kinds(&a));
         keep_what_another_keeps(&mut [&mut a, &mut b], &BTreeSet::new());
         assert_eq!(a.len() + b.len(), 1, "{a:?} {b:?}");
+    }
+
+    /// A label is another writer's text: an outpost name with an escape sequence in it (on a
+    /// container this plan removes) is shown escaped, and cannot colour or clear a terminal.
+    #[test]
+    fn label_text_in_actions_is_printable() {
+        let stray = container(
+            "5eed",
+            "ak-outpost-gone",
+            State::Running,
+            &[
+                (LABEL_UUID, "0123456789abcdef0123456789abcdef"),
+                (LABEL_PROJECT, "p"),
+                (LABEL_OUTPOST, "Gone\u{1b}[2J"),
+            ],
+        );
+        let a = diff(
+            "p",
+            &[],
+            std::slice::from_ref(&stray),
+            DiffOptions::default(),
+        );
+        assert_eq!(kinds(&a), vec![(ActionKind::Remove, Some("5eed".into()))]);
+        assert_eq!(a[0].outpost, "Gone\\u{1b}[2J");
     }
 }

@@ -203,7 +203,9 @@ pub async fn run(
                 state: c.map(|c| c.state.as_str().to_string()),
                 health: c.and_then(|c| c.health).map(|h| h.as_str().to_string()),
                 managed: label == Some(project.as_str()),
-                other_project: label.filter(|l| *l != project).map(str::to_string),
+                other_project: label
+                    .filter(|l| *l != project)
+                    .map(crate::engine::printable),
                 image: c.map(|c| c.image.clone()),
                 fallback_image: c.is_some_and(|c| c.label(LABEL_FALLBACK).is_some()),
                 blocked: action
