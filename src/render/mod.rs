@@ -93,17 +93,24 @@ pub(crate) fn md_escape(s: &str) -> String {
 fn unlinked(text: &str, after_tick: bool, before_tick: bool) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
+    let mut first = true;
     while let Some(start) = link_start(rest) {
         let tail = &rest[start..];
         let len = tail.find(char::is_whitespace).unwrap_or(tail.len());
         // Punctuation that ends a sentence or a parenthesis stays outside the span.
         let url = tail[..len].trim_end_matches(['.', ',', ';', ':', ')', '!', '?', '\'', '"']);
-        let touches = (after_tick && out.is_empty() && start == 0)
-            || (before_tick && url.len() == tail.len());
-        if touches || url.is_empty() {
-            break;
-        }
+        let touches =
+            (after_tick && first && start == 0) || (before_tick && url.len() == tail.len());
+        first = false;
         out.push_str(&plain(&rest[..start]));
+        // One that touches a span, or has a `|` (which a span outside a table would show as
+        // `\|`), stays text; the scan goes on after it.
+        if touches || url.is_empty() || url.contains('|') {
+            let word = &tail[..len.max(1)];
+            out.push_str(&plain(word));
+            rest = &tail[word.len()..];
+            continue;
+        }
         out.push('`');
         out.push_str(&code_text(url));
         out.push('`');
@@ -214,9 +221,14 @@ mod tests {
         );
         assert_eq!(
             md_escape("HTTPS://A|B, and `code` http://c"),
-            "`HTTPS://A\\|B`, and `code` `http://c`"
+            "HTTPS://A\\|B, and `code` `http://c`"
         );
         assert_eq!(md_escape("`code`http://x"), "`code`http://x");
+        // One left as text does not end the scan: the next is still a span.
+        assert_eq!(
+            md_escape("`c`http://x and http://y"),
+            "`c`http://x and `http://y`"
+        );
         assert_eq!(md_escape("http://x`code`"), "http://x`code`");
         assert_eq!(md_escape("xhttp://y or www."), "xhttp://y or www.");
     }
