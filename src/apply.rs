@@ -492,17 +492,8 @@ async fn create_and_start(
 /// host port 0.0.0.0:9000/tcp: ..." and "failed to bind host port for
 /// 0.0.0.0:9000:172.17.0.2:9000/tcp: ...".
 pub fn conflicting_port(message: &str) -> Option<u16> {
-    const BIND_HOST_PORT: &str = "failed to bind host port ";
-    if let Some(i) = message.find(BIND_HOST_PORT) {
-        let rest = &message[i + BIND_HOST_PORT.len()..];
-        let rest = rest.strip_prefix("for ").unwrap_or(rest);
-        let addr = rest.split_whitespace().next()?.split('/').next()?;
-        // The host port follows the host address (`[::]` bracketed, as Docker writes it).
-        let after_host = match addr.strip_prefix('[') {
-            Some(v6) => v6.split_once("]:")?.1,
-            None => addr.split_once(':')?.1,
-        };
-        return after_host.split(':').next()?.parse().ok();
+    if let Some(port) = bind_host_port(message) {
+        return Some(port);
     }
     let addr = if let Some(i) = message.find("Bind for ") {
         message[i + 9..].split_whitespace().next()?
@@ -520,6 +511,21 @@ pub fn conflicting_port(message: &str) -> Option<u16> {
         return None;
     };
     addr.rsplit(':').next()?.parse().ok()
+}
+
+/// The host port in Docker 28's "failed to bind host port [for] IP:PORT[:...]/PROTO".
+fn bind_host_port(message: &str) -> Option<u16> {
+    const BIND_HOST_PORT: &str = "failed to bind host port ";
+    let i = message.find(BIND_HOST_PORT)?;
+    let rest = &message[i + BIND_HOST_PORT.len()..];
+    let rest = rest.strip_prefix("for ").unwrap_or(rest);
+    let addr = rest.split_whitespace().next()?.split('/').next()?;
+    // The host port follows the host address (`[::]` bracketed, as Docker writes it).
+    let after_host = match addr.strip_prefix('[') {
+        Some(v6) => v6.split_once("]:")?.1,
+        None => addr.split_once(':')?.1,
+    };
+    after_host.split(':').next()?.parse().ok()
 }
 
 /// Names what holds a host port the new container needs: another container, or a process.
