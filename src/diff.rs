@@ -1173,21 +1173,23 @@ mod tests {
         assert!(is_duplicate_removal(&b[1]), "{b:?}");
     }
 
+    /// A running container of project `p` for `outpost`, which the manifests no longer hold,
+    /// with `more` labels.
+    fn stray(outpost: &str, more: &[(&str, &str)]) -> Observed {
+        let mut labels = vec![
+            (LABEL_UUID, "0123456789abcdef0123456789abcdef"),
+            (LABEL_PROJECT, "p"),
+            (LABEL_OUTPOST, outpost),
+        ];
+        labels.extend_from_slice(more);
+        container("5eed", "ak-outpost-gone", State::Running, &labels)
+    }
+
     /// A container of an integration that left the set, seen as an orphan by the two that
     /// remain on its engine, is removed once, not by both.
     #[test]
     fn an_orphan_two_integrations_see_is_removed_once() {
-        let stray = container(
-            "5eed",
-            "ak-outpost-gone",
-            State::Running,
-            &[
-                (LABEL_UUID, "0123456789abcdef0123456789abcdef"),
-                (LABEL_PROJECT, "p"),
-                (LABEL_INTEGRATION, "dropped"),
-                (LABEL_OUTPOST, "Gone"),
-            ],
-        );
+        let stray = stray("Gone", &[(LABEL_INTEGRATION, "dropped")]);
         let opts = |i: &str| DiffOptions {
             integration: Some(i.into()),
             integrations: ["a".to_string(), "b".to_string()].into(),
@@ -1206,16 +1208,7 @@ mod tests {
     /// container this plan removes) is shown escaped, and cannot colour or clear a terminal.
     #[test]
     fn label_text_in_actions_is_printable() {
-        let stray = container(
-            "5eed",
-            "ak-outpost-gone",
-            State::Running,
-            &[
-                (LABEL_UUID, "0123456789abcdef0123456789abcdef"),
-                (LABEL_PROJECT, "p"),
-                (LABEL_OUTPOST, "Gone\u{1b}[2J"),
-            ],
-        );
+        let stray = stray("Gone\u{1b}[2J", &[]);
         let a = diff(
             "p",
             &[],
