@@ -39,6 +39,9 @@ pub struct LockOptions {
     pub purpose: String,
     /// An image to pull when the engine has none to create the lock container from.
     pub seed_image: Option<String>,
+    /// When the wait ends, if earlier than `timeout` from the start: several engines locked
+    /// one after the other share one `--lock-timeout` (`plan_under_lock`).
+    pub deadline: Option<Instant>,
 }
 
 impl LockOptions {
@@ -53,6 +56,7 @@ impl LockOptions {
             lease,
             purpose: purpose.to_string(),
             seed_image: None,
+            deadline: None,
         }
     }
 }
@@ -177,7 +181,9 @@ pub async fn acquire(
     opts: &LockOptions,
     waiting: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<Lock, EngineError> {
-    let started = Instant::now();
+    let until = opts
+        .deadline
+        .unwrap_or_else(|| Instant::now() + opts.timeout);
     let lease = opts.lease.as_secs().clamp(MIN_LEASE_SECS, MAX_LEASE_SECS) as i64;
     let me = holder(&opts.purpose);
     let mut image = lock_image(engine.as_ref(), opts).await?;
@@ -266,17 +272,27 @@ pub async fn acquire(
             .and_then(|s| s.parse::<i64>().ok())
             .map(when)
             .unwrap_or_else(|| "?".into());
-        if expires <= now {
+        // Strictly after: the expiry was written from a clock read in whole seconds (up to
+        // one late), and the holder gives up two thirds into the lease; this keeps a second
+        // between the two at the smallest lease.
+        if expires < now {
             // The holder stopped renewing: it died. Remove that lock (by id, so a lock someone
             // else just took is never removed) and try again.
-            waiting(&format!(
-                "taking over the lock of {who} (since {since}): its lease ran out at {}",
-                when(expires)
-            ));
-            engine.remove(&id).await?;
+            match engine.remove(&id).await {
+                Ok(()) => waiting(&format!(
+                    "taking over the lock of {who} (since {since}): its lease ran out at {}",
+                    when(expires)
+                )),
+                // Another run is removing it at the same moment (to take it over, or its
+                // holder releasing it): try again in a moment, as when it is held.
+                Err(e) if e.kind == ErrorKind::Conflict => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e),
+            }
             continue;
         }
-        if started.elapsed() >= opts.timeout {
+        if Instant::now() >= until {
             return Err(EngineError::new(
                 ErrorKind::Conflict,
                 format!(
@@ -336,8 +352,14 @@ async fn lock_image(engine: &dyn Engine, opts: &LockOptions) -> Result<String, E
 /// was asked for, and a renewal that hangs (an engine or network that stopped answering)
 /// counts as failed when those two thirds are over, not when its request times out (after
 /// the lease could have run out). After a failed renewal the next one comes sooner.
+/// The longest time between two renewals of a held lock (`renew`).
+const RENEW_AT_MOST_EVERY: Duration = Duration::from_secs(10);
+
 async fn renew(engine: Arc<dyn Engine>, id: String, lease: i64, since: tokio::time::Instant) {
-    let every = Duration::from_secs((lease / 3).max(1) as u64);
+    // A third of the lease, and at most `RENEW_AT_MOST_EVERY`: a lock container removed
+    // under the run (`docker container prune` takes it: it is never started) is noticed
+    // within that, whatever the lease.
+    let every = Duration::from_secs((lease / 3).max(1) as u64).min(RENEW_AT_MOST_EVERY);
     let patience = Duration::from_secs((lease - lease / 3).max(1) as u64);
     let again = (every / 4).max(Duration::from_secs(1)).min(every);
     let mut renewed_at = since;
@@ -435,8 +457,12 @@ pub async fn plan_under_lock(
     order.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     let mut locks = Vec::new();
     let mut errors = BTreeMap::new();
+    // One --lock-timeout for them all: each engine waits for what is left of it (engines
+    // busy one after the other, or two integrations of one busy engine, do not add up).
+    let deadline = Instant::now() + opts.timeout;
     for (_, name, engine) in order {
         let mut opts = opts.clone();
+        opts.deadline = Some(deadline);
         opts.seed_image = v
             .desired
             .get(&name)
@@ -517,6 +543,7 @@ mod tests {
             lease: DEFAULT_LEASE,
             purpose: "apply".into(),
             seed_image: None,
+            deadline: None,
         }
     }
 
@@ -586,19 +613,19 @@ mod tests {
         engine.fail_once("renew flaky", ErrorKind::Api);
         held(|h| h.insert("flaky".to_string(), Held::default()));
         let started = tokio::time::Instant::now();
-        // A lease of 60 s: renewed every 20 s, again 5 s after a failure.
+        // A lease of 30 s: renewed every 10 s, again 2.5 s after a failure.
         let renewing = tokio::spawn(renew(
             Arc::clone(&engine) as Arc<dyn Engine>,
             "flaky".into(),
-            60,
+            30,
             started,
         ));
-        tokio::time::sleep(Duration::from_secs(130)).await;
+        tokio::time::sleep(Duration::from_secs(65)).await;
         let kept = held(|h| h.get("flaky").map(|l| l.lost.clone()));
         renewing.abort();
         held(|h| h.remove("flaky"));
         assert_eq!(kept, Some(None), "the lock was lost");
-        // Failed at 20 s, renewed at 25 s, then every 20 s.
+        // Failed at 10 s, renewed at 12.5 s, then every 10 s.
         assert_eq!(
             engine.recorded(),
             [
@@ -633,6 +660,77 @@ mod tests {
                     && w.contains("renew broken: failed in this test")),
             "{why:?}"
         );
+    }
+
+    /// However long the lease, a held lock is renewed at least every 10 s: a lock container
+    /// removed under the run (`docker container prune`) is noticed that soon.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_lease_is_renewed_at_least_every_ten_seconds() {
+        let engine = Arc::new(Fake {
+            calls: Some(std::sync::Mutex::new(Vec::new())),
+            ..Fake::default()
+        });
+        held(|h| h.insert("long".to_string(), Held::default()));
+        let started = tokio::time::Instant::now();
+        let renewing = tokio::spawn(renew(
+            Arc::clone(&engine) as Arc<dyn Engine>,
+            "long".into(),
+            86_400,
+            started,
+        ));
+        tokio::time::sleep(Duration::from_secs(35)).await;
+        renewing.abort();
+        held(|h| h.remove("long"));
+        assert_eq!(
+            engine.recorded(),
+            ["renew long", "renew long", "renew long"]
+        );
+    }
+
+    /// Two runs taking over one expired lock at once: the one whose removal the engine
+    /// refuses (the other's is in progress) tries again, as when the lock is held, and takes
+    /// the lock once it is free; it does not fail.
+    #[tokio::test]
+    async fn a_takeover_that_meets_another_goes_on_waiting() {
+        let labels = BTreeMap::from([
+            (LABEL_LOCK.to_string(), "engine".to_string()),
+            (LABEL_HOLDER.to_string(), "ci@elsewhere pid 1".to_string()),
+            (LABEL_RUN.to_string(), "a-dead-run".to_string()),
+        ]);
+        let engine = Arc::new(Fake {
+            calls: Some(std::sync::Mutex::new(Vec::new())),
+            marker: std::sync::Mutex::new(Some(("0ld".into(), labels, 1_000))),
+            clock: 1_010,
+            image: Some("img".into()),
+            ..Fake::default()
+        });
+        engine.fail_once("remove 0ld", ErrorKind::Conflict);
+        let mut opts = opts();
+        opts.timeout = Duration::from_secs(5);
+        let said = std::sync::Mutex::new(Vec::new());
+        let lock = acquire(
+            Arc::clone(&engine) as Arc<dyn Engine>,
+            "local",
+            &opts,
+            &|m: &str| {
+                said.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(m.to_string())
+            },
+        )
+        .await
+        .expect("the lock is taken");
+        assert_eq!(engine.recorded(), ["remove 0ld", "remove 0ld"]);
+        let said = said.into_inner().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].starts_with("taking over the lock of ci@elsewhere pid 1"),
+            "{said:?}"
+        );
+        held(|h| h.remove(&lock.id));
+        if let Some(h) = &lock.heartbeat {
+            h.abort();
+        }
     }
 
     /// A lost lock stops new actions on its own engine's integrations only.
@@ -783,5 +881,67 @@ mod tests {
         assert_eq!(error("a"), None, "{plan:?}");
         assert_eq!(locks.len(), 1);
         release_all(locks).await;
+    }
+
+    /// Engines that another run holds, locked one after the other, share one
+    /// `--lock-timeout`: the second does not wait a whole one more after the first gave up.
+    #[tokio::test]
+    async fn engines_held_elsewhere_share_one_lock_timeout() {
+        let v = crate::engine::fake::validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  a: { local: true }\n  \
+             b: { url: \"http://127.0.0.1:2375\" }\noutposts:\n  \
+             A: { type: rac, integration: a, token: { env: HOME } }\n  \
+             B: { type: rac, integration: b, token: { env: HOME } }\n",
+        );
+        let held = || {
+            let labels = BTreeMap::from([
+                (LABEL_LOCK.to_string(), "engine".to_string()),
+                (LABEL_HOLDER.to_string(), "ci@elsewhere pid 1".to_string()),
+                (LABEL_RUN.to_string(), "another-run".to_string()),
+            ]);
+            Some(("0ther".to_string(), labels, 1_000_000))
+        };
+        let busy = |id: &str| {
+            Arc::new(Fake {
+                daemon_id: Some(id.into()),
+                networks: Some(vec!["bridge".into()]),
+                images: Some(vec!["ghcr.io/goauthentik/rac:2026.8.0".into()]),
+                marker: std::sync::Mutex::new(held()),
+                clock: 1_010,
+                image: Some("img".into()),
+                ..Fake::default()
+            })
+        };
+        let engines: crate::plan::Engines = BTreeMap::from([
+            ("a".to_string(), Ok(busy("AAAA") as Arc<dyn Engine>)),
+            ("b".to_string(), Ok(busy("ZZZZ") as Arc<dyn Engine>)),
+        ]);
+        let shown = crate::plan::build(&v, &engines, Default::default()).await;
+        let mut opts = opts();
+        opts.timeout = Duration::from_secs(1);
+        let started = Instant::now();
+        let (plan, locks) = plan_under_lock(
+            &v,
+            &engines,
+            &shown,
+            Default::default(),
+            true,
+            &opts,
+            &|_| {},
+        )
+        .await;
+        let took = started.elapsed();
+        assert!(locks.is_empty());
+        for e in &plan.integrations {
+            assert!(
+                e.error
+                    .as_deref()
+                    .is_some_and(|m| m.contains("gave up after 1s")),
+                "{plan:?}"
+            );
+        }
+        // One timeout (with the wait's half-second steps), not one per engine.
+        assert!(took < Duration::from_millis(1900), "waited {took:?} in all");
     }
 }

@@ -763,16 +763,19 @@ impl super::Engine for DockerEngine {
             .boxed()
     }
 
+    /// The engine's time, for the lock's lease: never this machine's (two runs on machines
+    /// whose clocks disagree would judge a lease each their own way).
     async fn now(&self) -> Result<i64> {
-        let local = || {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as i64)
-        };
-        Ok(self
-            .clock()
-            .await?
-            .map_or_else(local, |nanos| nanos.div_euclid(NANOS)))
+        match self.clock().await? {
+            Some(nanos) => Ok(nanos.div_euclid(NANOS)),
+            None => Err(EngineError::new(
+                ErrorKind::Api,
+                format!(
+                    "read the engine's clock: the engine at {} does not say its time (`SystemTime` in `docker info`), which the engine lock's lease is judged by",
+                    self.url
+                ),
+            )),
+        }
     }
 
     async fn clock(&self) -> Result<Option<i64>> {
@@ -1469,6 +1472,26 @@ mod first_answer {
             err.message
         );
         assert!(!err.message.contains("t0ken"), "{}", err.message);
+    }
+
+    /// The lock's lease is judged by the engine's clock only: an engine whose `info` does not
+    /// say its time is an error, not this machine's clock (which another run's may disagree
+    /// with by more than a lease).
+    #[tokio::test]
+    async fn an_engine_that_does_not_say_its_time_has_no_lease_clock() {
+        let url = scripted_engine(|_| {
+            let body = r#"{"ID":"X","ServerVersion":"20.10.24","OSType":"linux"}"#;
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        })
+        .await;
+        let engine = DockerEngine::negotiated(client(&url, 10), Duration::from_secs(5))
+            .await
+            .expect("the ping is answered");
+        let err = engine.now().await.expect_err("no time, no clock");
+        assert!(err.message.contains("does not say its time"), "{err:?}");
     }
 
     /// A newer engine's list says a container's health in its `Health` field (API 1.52; the

@@ -260,6 +260,9 @@ impl Engine for Fake {
         if self.writable {
             return self.record(format!("remove {id}"));
         }
+        if self.calls.is_some() {
+            self.record(format!("remove {id}"))?;
+        }
         let mut marker = self.marker();
         match &*marker {
             Some((held, _, _)) if held == id => {
