@@ -367,6 +367,14 @@ async fn run_action(
         (ActionKind::Create, _) => {
             let spec = spec.ok_or_else(missing_spec)?;
             let image = ensure_image(engine, spec, integration, progress, messages).await?;
+            // A pull takes its time: the lock may have been lost (another writer may be at
+            // work on this outpost) or a shutdown asked for meanwhile.
+            if let Some(why) = stop_reason(progress, integration) {
+                return Err(EngineError::new(
+                    crate::engine::ErrorKind::Api,
+                    not_started(&why, false),
+                ));
+            }
             create_and_start(engine, spec, &image, &BTreeMap::new()).await?;
         }
         (ActionKind::Recreate, Some(_)) => {
@@ -438,6 +446,12 @@ async fn made_anew(
     let image = ensure_image(engine, spec, integration, progress, messages)
         .await
         .map_err(|e| context(e, "to make it anew, its image is needed"))?;
+    if let Some(why) = stop_reason(progress, integration) {
+        return Err(context(
+            EngineError::new(crate::engine::ErrorKind::Api, why),
+            "it was not made anew",
+        ));
+    }
     engine
         .remove(id)
         .await
@@ -1008,6 +1022,23 @@ mod swap_tests {
             o.messages,
             ["not started: shutting down (the previous container runs as it was)"]
         );
+    }
+
+    /// The same during a create's pull: nothing is created (another writer that took the
+    /// lost lock may be removing that outpost).
+    #[tokio::test]
+    async fn a_shutdown_during_a_creates_pull_creates_nothing() {
+        let fake = writable(false);
+        let progress = CancelsDuringThePull(Arc::clone(&fake));
+        let create = Action {
+            action: crate::diff::ActionKind::Create,
+            container: None,
+            ..recreate_of("ak-outpost-a")
+        };
+        let o = apply_on(&fake, create, &progress).await;
+        assert_eq!(fake.recorded(), ["pull ghcr.io/goauthentik/ldap:2026.8.0"]);
+        assert!(!o.ok, "{o:?}");
+        assert_eq!(o.messages, ["not started: shutting down"]);
     }
 
     /// A stop whose answer was lost (it may have stopped the container): the old container
