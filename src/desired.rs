@@ -708,6 +708,12 @@ pub fn container(input: &OutpostInput<'_>) -> Result<ContainerSpec, Vec<Problem>
             format!("the container name `{name}` is not one Docker accepts"),
             "names start with a letter or digit and use letters, digits, `_`, `.` and `-` (at least 2 characters)",
         ));
+    } else if name == crate::lock::LOCK_NAME {
+        problems.push(Problem::new(
+            "/config/object_naming_template",
+            format!("the container name `{name}` is the engine lock's, which outpostctl keeps for itself"),
+            "give the outpost another name, or use a naming template that adds to it, such as the default `ak-outpost-%(name)s`",
+        ));
     }
     let image = image(input.kind, s);
     let default_image = s

@@ -246,6 +246,7 @@ committed_fixtures![
     checks_beside_a_failed_default,
     defaults_in_a_broken_document,
     bad_name_beside_other_errors,
+    lock_name_taken,
     same_engine_twice,
     unknown_key_config,
     missing_required_token,
