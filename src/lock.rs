@@ -601,25 +601,34 @@ mod tests {
         );
     }
 
+    /// A fake engine that records its calls.
+    fn recording() -> Arc<Fake> {
+        Arc::new(Fake {
+            calls: Some(std::sync::Mutex::new(Vec::new())),
+            ..Fake::default()
+        })
+    }
+
+    /// Holds lock `id` and renews it on `engine` with a lease of `lease` seconds, from now.
+    fn renewing(engine: &Arc<Fake>, id: &str, lease: i64) -> tokio::task::JoinHandle<()> {
+        held(|h| h.insert(id.to_string(), Held::default()));
+        tokio::spawn(renew(
+            Arc::clone(engine) as Arc<dyn Engine>,
+            id.into(),
+            lease,
+            tokio::time::Instant::now(),
+        ))
+    }
+
     /// One renewal that fails at once (a reset connection, a proxy's 502) is tried again
     /// soon, within the lease: the lock is kept. Renewals that keep failing lose it when two
     /// thirds of the lease are over, saying why.
     #[tokio::test(start_paused = true)]
     async fn a_renewal_that_fails_once_is_tried_again_in_time() {
-        let engine = Arc::new(Fake {
-            calls: Some(std::sync::Mutex::new(Vec::new())),
-            ..Fake::default()
-        });
+        let engine = recording();
         engine.fail_once("renew flaky", ErrorKind::Api);
-        held(|h| h.insert("flaky".to_string(), Held::default()));
-        let started = tokio::time::Instant::now();
         // A lease of 30 s: renewed every 10 s, again 2.5 s after a failure.
-        let renewing = tokio::spawn(renew(
-            Arc::clone(&engine) as Arc<dyn Engine>,
-            "flaky".into(),
-            30,
-            started,
-        ));
+        let renewing = renewing(&engine, "flaky", 30);
         tokio::time::sleep(Duration::from_secs(65)).await;
         let kept = held(|h| h.get("flaky").map(|l| l.lost.clone()));
         renewing.abort();
@@ -666,18 +675,8 @@ mod tests {
     /// removed under the run (`docker container prune`) is noticed that soon.
     #[tokio::test(start_paused = true)]
     async fn a_long_lease_is_renewed_at_least_every_ten_seconds() {
-        let engine = Arc::new(Fake {
-            calls: Some(std::sync::Mutex::new(Vec::new())),
-            ..Fake::default()
-        });
-        held(|h| h.insert("long".to_string(), Held::default()));
-        let started = tokio::time::Instant::now();
-        let renewing = tokio::spawn(renew(
-            Arc::clone(&engine) as Arc<dyn Engine>,
-            "long".into(),
-            86_400,
-            started,
-        ));
+        let engine = recording();
+        let renewing = renewing(&engine, "long", 86_400);
         tokio::time::sleep(Duration::from_secs(35)).await;
         renewing.abort();
         held(|h| h.remove("long"));

@@ -1474,22 +1474,31 @@ mod first_answer {
         assert!(!err.message.contains("t0ken"), "{}", err.message);
     }
 
+    /// A 200 answer with `body` as JSON.
+    fn json_answer(body: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// The engine at `url` (a `scripted_engine`), its ping answered.
+    async fn answering(url: &str) -> DockerEngine {
+        DockerEngine::negotiated(client(url, 10), Duration::from_secs(5))
+            .await
+            .expect("the ping is answered")
+    }
+
     /// The lock's lease is judged by the engine's clock only: an engine whose `info` does not
     /// say its time is an error, not this machine's clock (which another run's may disagree
     /// with by more than a lease).
     #[tokio::test]
     async fn an_engine_that_does_not_say_its_time_has_no_lease_clock() {
         let url = scripted_engine(|_| {
-            let body = r#"{"ID":"X","ServerVersion":"20.10.24","OSType":"linux"}"#;
-            format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
+            json_answer(r#"{"ID":"X","ServerVersion":"20.10.24","OSType":"linux"}"#)
         })
         .await;
-        let engine = DockerEngine::negotiated(client(&url, 10), Duration::from_secs(5))
-            .await
-            .expect("the ping is answered");
+        let engine = answering(&url).await;
         let err = engine.now().await.expect_err("no time, no clock");
         assert!(err.message.contains("does not say its time"), "{err:?}");
     }
@@ -1518,15 +1527,10 @@ mod first_answer {
                 container("e", "running", "Up 4 days", Some("none")),
             ])
             .to_string();
-            format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
+            json_answer(&body)
         })
         .await;
-        let engine = DockerEngine::negotiated(client(&url, 10), Duration::from_secs(5))
-            .await
-            .expect("the ping is answered");
+        let engine = answering(&url).await;
         let list = engine.list().await.expect("the list is read");
         let health: Vec<(String, Option<Health>)> =
             list.into_iter().map(|o| (o.id, o.health)).collect();
