@@ -802,19 +802,36 @@ mod tests {
         assert_eq!(when(-5), "-5 (seconds since 1970)");
     }
 
+    /// `plan_under_lock` of a shown plan (strict), waiting up to `timeout` in all.
+    async fn under_lock(
+        v: &crate::validate::Validated,
+        engines: &crate::plan::Engines,
+        shown: &crate::plan::Plan,
+        timeout: Duration,
+    ) -> (crate::plan::Plan, Vec<Lock>) {
+        let mut opts = opts();
+        opts.timeout = timeout;
+        plan_under_lock(v, engines, shown, Default::default(), true, &opts, &|_| {}).await
+    }
+
+    /// A set of two integrations, `a` and `b`, one outpost on each.
+    fn two_engines() -> crate::validate::Validated {
+        crate::engine::fake::validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  a: { local: true }\n  \
+             b: { url: \"http://127.0.0.1:2375\" }\noutposts:\n  \
+             A: { type: rac, integration: a, token: { env: HOME } }\n  \
+             B: { type: rac, integration: b, token: { env: HOME } }\n",
+        )
+    }
+
     /// Two engines to lock, the first (by daemon ID) held by another run: nothing is taken
     /// on the second while waiting for the first (two runs needing both could otherwise hold
     /// one each and wait for the other until their timeouts); once the wait ends, the second
     /// is locked as before.
     #[tokio::test]
     async fn engines_are_locked_one_at_a_time_in_daemon_id_order() {
-        let v = crate::engine::fake::validated(
-            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
-             authentik_version: \"2026.8.0\"\nintegrations:\n  a: { local: true }\n  \
-             b: { url: \"http://127.0.0.1:2375\" }\noutposts:\n  \
-             A: { type: rac, integration: a, token: { env: HOME } }\n  \
-             B: { type: rac, integration: b, token: { env: HOME } }\n",
-        );
+        let v = two_engines();
         let held = BTreeMap::from([
             (LABEL_LOCK.to_string(), "engine".to_string()),
             (
@@ -847,17 +864,7 @@ mod tests {
         ]);
         let shown = crate::plan::build(&v, &engines, Default::default()).await;
         assert!(shown.has_changes(), "{shown:?}");
-        let mut opts = opts();
-        opts.timeout = Duration::from_millis(1500);
-        let locking = plan_under_lock(
-            &v,
-            &engines,
-            &shown,
-            Default::default(),
-            true,
-            &opts,
-            &|_| {},
-        );
+        let locking = under_lock(&v, &engines, &shown, Duration::from_millis(1500));
         let meanwhile = async {
             tokio::time::sleep(Duration::from_millis(700)).await;
             second.marker().is_none()
@@ -886,13 +893,7 @@ mod tests {
     /// `--lock-timeout`: the second does not wait a whole one more after the first gave up.
     #[tokio::test]
     async fn engines_held_elsewhere_share_one_lock_timeout() {
-        let v = crate::engine::fake::validated(
-            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
-             authentik_version: \"2026.8.0\"\nintegrations:\n  a: { local: true }\n  \
-             b: { url: \"http://127.0.0.1:2375\" }\noutposts:\n  \
-             A: { type: rac, integration: a, token: { env: HOME } }\n  \
-             B: { type: rac, integration: b, token: { env: HOME } }\n",
-        );
+        let v = two_engines();
         let held = || {
             let labels = BTreeMap::from([
                 (LABEL_LOCK.to_string(), "engine".to_string()),
@@ -917,19 +918,8 @@ mod tests {
             ("b".to_string(), Ok(busy("ZZZZ") as Arc<dyn Engine>)),
         ]);
         let shown = crate::plan::build(&v, &engines, Default::default()).await;
-        let mut opts = opts();
-        opts.timeout = Duration::from_secs(1);
         let started = Instant::now();
-        let (plan, locks) = plan_under_lock(
-            &v,
-            &engines,
-            &shown,
-            Default::default(),
-            true,
-            &opts,
-            &|_| {},
-        )
-        .await;
+        let (plan, locks) = under_lock(&v, &engines, &shown, Duration::from_secs(1)).await;
         let took = started.elapsed();
         assert!(locks.is_empty());
         for e in &plan.integrations {
