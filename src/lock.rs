@@ -75,8 +75,9 @@ impl Lock {
     pub async fn release(mut self) {
         if let Some(h) = self.heartbeat.take() {
             h.abort();
-            held(|h| h.remove(&self.id));
+            // Forgotten once removed: a second signal meanwhile removes it too.
             let _ = self.engine.remove(&self.id).await;
+            held(|h| h.remove(&self.id));
         }
     }
 }
@@ -103,7 +104,58 @@ pub async fn release_on_exit() {
     let removals = locks
         .iter()
         .map(|(id, engine)| async move { engine.remove(id).await });
+    // Engines whose lock was being taken: one this run created (its answer still on the
+    // way) is removed too.
+    let pending: Vec<Arc<dyn Engine>> = acquiring(|a| a.values().cloned().collect());
+    let ids: Vec<String> = locks.iter().map(|(id, _)| id.clone()).collect();
+    futures_util::future::join(
+        futures_util::future::join_all(removals),
+        remove_unfinished(&pending, &ids),
+    )
+    .await;
+}
+
+/// Removes the lock container of each of `engines` that this run created, unless it is one
+/// of `released` (removed already); another run's is left alone.
+async fn remove_unfinished(engines: &[Arc<dyn Engine>], released: &[String]) {
+    let removals = engines.iter().map(|engine| async move {
+        if let Ok(Some((id, labels, _))) = engine.read_marker(LOCK_NAME).await
+            && labels.get(LABEL_RUN).map(String::as_str) == Some(run_id())
+            && !released.contains(&id)
+        {
+            let _ = engine.remove(&id).await;
+        }
+    });
     futures_util::future::join_all(removals).await;
+}
+
+/// The engines whose lock this process is taking (`acquire` in progress), by a number of
+/// their own: a second signal may come between the lock's creation and its answer.
+fn acquiring<T>(f: impl FnOnce(&mut BTreeMap<u64, Arc<dyn Engine>>) -> T) -> T {
+    static ACQUIRING: std::sync::Mutex<BTreeMap<u64, Arc<dyn Engine>>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let mut a = ACQUIRING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    f(&mut a)
+}
+
+/// An `acquiring` entry, dropped when `acquire` returns (or is cancelled).
+struct Acquiring(u64);
+
+impl Acquiring {
+    fn new(engine: &Arc<dyn Engine>) -> Acquiring {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        acquiring(|a| a.insert(n, Arc::clone(engine)));
+        Acquiring(n)
+    }
+}
+
+impl Drop for Acquiring {
+    fn drop(&mut self) {
+        acquiring(|a| a.remove(&self.0));
+    }
 }
 
 /// One lock container this process holds.
@@ -184,6 +236,7 @@ pub async fn acquire(
     let until = opts
         .deadline
         .unwrap_or_else(|| Instant::now() + opts.timeout);
+    let _acquiring = Acquiring::new(&engine);
     let lease = opts.lease.as_secs().clamp(MIN_LEASE_SECS, MAX_LEASE_SECS) as i64;
     let me = holder(&opts.purpose);
     let mut image = lock_image(engine.as_ref(), opts).await?;
@@ -730,6 +783,46 @@ mod tests {
         if let Some(h) = &lock.heartbeat {
             h.abort();
         }
+    }
+
+    /// A second signal that comes while a lock is being taken (created, its answer not yet
+    /// back): the lock this run created is removed on the way out, another run's is not.
+    #[tokio::test]
+    async fn a_lock_being_taken_is_released_on_exit_if_it_is_this_runs() {
+        let marker = |run: &str| {
+            let labels = BTreeMap::from([
+                (LABEL_LOCK.to_string(), "engine".to_string()),
+                (LABEL_RUN.to_string(), run.to_string()),
+            ]);
+            std::sync::Mutex::new(Some(("m1".to_string(), labels, 2_000)))
+        };
+        let ours = Arc::new(Fake {
+            marker: marker(run_id()),
+            ..Fake::default()
+        });
+        let theirs = Arc::new(Fake {
+            marker: marker("another-run"),
+            ..Fake::default()
+        });
+        let ours = Arc::clone(&ours) as Arc<dyn Engine>;
+        let taking = Acquiring::new(&ours);
+        let pending = acquiring(|a| a.get(&taking.0).cloned());
+        assert!(
+            pending.is_some_and(|e| Arc::ptr_eq(&e, &ours)),
+            "not registered"
+        );
+        drop(taking);
+        assert!(acquiring(|a| a.values().all(|e| !Arc::ptr_eq(e, &ours))));
+        remove_unfinished(
+            &[Arc::clone(&ours), Arc::clone(&theirs) as Arc<dyn Engine>],
+            &[],
+        )
+        .await;
+        assert!(
+            ours.read_marker(LOCK_NAME).await.ok().flatten().is_none(),
+            "this run's lock is left behind"
+        );
+        assert!(theirs.marker().is_some(), "another run's lock was removed");
     }
 
     /// A lost lock stops new actions on its own engine's integrations only.
