@@ -306,6 +306,19 @@ fn stop_reason(progress: &dyn Progress, integration: &str) -> Option<String> {
     }
 }
 
+/// After a pull (which takes its time), whether the action may still go on: not when the
+/// lock was lost meanwhile (another writer may be at work on this outpost) or a shutdown
+/// asked for. `kept`: a previous container runs as it was.
+fn still_go(progress: &dyn Progress, integration: &str, kept: bool) -> Result<(), EngineError> {
+    match stop_reason(progress, integration) {
+        Some(why) => Err(EngineError::new(
+            crate::engine::ErrorKind::Api,
+            not_started(&why, kept),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The `stop_reason` of a shutdown.
 const SHUTTING_DOWN: &str = "shutting down";
 
@@ -367,14 +380,7 @@ async fn run_action(
         (ActionKind::Create, _) => {
             let spec = spec.ok_or_else(missing_spec)?;
             let image = ensure_image(engine, spec, integration, progress, messages).await?;
-            // A pull takes its time: the lock may have been lost (another writer may be at
-            // work on this outpost) or a shutdown asked for meanwhile.
-            if let Some(why) = stop_reason(progress, integration) {
-                return Err(EngineError::new(
-                    crate::engine::ErrorKind::Api,
-                    not_started(&why, false),
-                ));
-            }
+            still_go(progress, integration, false)?;
             create_and_start(engine, spec, &image, &BTreeMap::new()).await?;
         }
         (ActionKind::Recreate, Some(_)) => {
@@ -651,12 +657,7 @@ async fn recreate(
             let image = ensure_image(engine, spec, integration, progress, messages).await?;
             // A pull may take minutes: a shutdown or a lost lock that came meanwhile leaves
             // the old container as it is.
-            if let Some(why) = stop_reason(progress, integration) {
-                return Err(EngineError::new(
-                    crate::engine::ErrorKind::Api,
-                    not_started(&why, true),
-                ));
-            }
+            still_go(progress, integration, true)?;
             image
         }
     };
