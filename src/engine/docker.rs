@@ -1334,9 +1334,7 @@ mod first_answer {
     async fn the_api_version_comes_from_the_ping_or_else_from_version() {
         // The real engine says its version in the ping's header: one request.
         let (url, _) = listener(0).await;
-        let engine = DockerEngine::negotiated(client(&url, 10), Duration::from_secs(5))
-            .await
-            .expect("the engine answers");
+        let engine = answering(&url).await;
         assert_eq!(engine.requests(), 1, "the ping alone negotiates");
         let info = engine.info().await.expect("info");
         assert!(info.api_version.starts_with("1."), "{info:?}");
@@ -1453,9 +1451,7 @@ mod first_answer {
              outposts:\n  A: { type: ldap, integration: local, token: { file: token } }\n",
         );
         let spec = &v.desired["local"][0];
-        let engine = DockerEngine::negotiated(client(&url, 10), Duration::from_secs(5))
-            .await
-            .expect("the ping is answered");
+        let engine = answering(&url).await;
         let err = engine
             .create(
                 spec,
