@@ -244,6 +244,7 @@ committed_fixtures![
     errors_beside_schema_errors,
     defaults_error_beside_others,
     checks_beside_a_failed_default,
+    misspelt_default_key,
     defaults_in_a_broken_document,
     bad_name_beside_other_errors,
     lock_name_taken,

@@ -1894,8 +1894,12 @@ fn without_failed_entries(
         if name.is_empty() {
             // The project, or a `defaults:` that failed as a whole.
             map.remove(*kind);
-        } else if *kind == "defaults" && !map.get(*kind).is_some_and(Value::is_object) {
-            // Already removed as a whole.
+        } else if *kind == "defaults" {
+            // A key not there is one an unknown key was probably meant to be; a block
+            // already removed as a whole has none.
+            if let Some(block) = map.get_mut(*kind).and_then(Value::as_object_mut) {
+                block.remove(name);
+            }
         } else {
             map.get_mut(*kind)
                 .and_then(Value::as_object_mut)?

@@ -84,7 +84,7 @@ pub fn check(doc: &LoadedDoc) -> Checked {
             failed_at.insert(pointer);
             continue;
         }
-        failed_at.extend(failure_points(&err));
+        failed_at.extend(failure_points(&err, &c.schema));
         translate(&err, doc, &c.schema, &mut out);
     }
     // jsonschema may report one mistake through two keywords; show it once.
@@ -97,8 +97,9 @@ pub fn check(doc: &LoadedDoc) -> Checked {
 
 /// The JSON pointers of the values that `err` is about: its own, or for an optional value
 /// (`anyOf [T, null]`) that fails as a `T`, those of `T`'s errors (a wrong key of `defaults:`
-/// is that key, not the whole block).
-fn failure_points(err: &ValidationError<'_>) -> Vec<String> {
+/// is that key, not the whole block; an unknown key there is that key and the known key it
+/// was probably meant to be, whose value is then not known either).
+fn failure_points(err: &ValidationError<'_>, schema: &Value) -> Vec<String> {
     let pointer = err.instance_path().as_str().to_string();
     match err.kind() {
         // A document without `version` is read as version 1 (the only one), so that the rest
@@ -107,6 +108,19 @@ fn failure_points(err: &ValidationError<'_>) -> Vec<String> {
             if pointer.is_empty() && property.as_str() == Some("version") =>
         {
             Vec::new()
+        }
+        ValidationErrorKind::AdditionalProperties { unexpected } if pointer == "/defaults" => {
+            let known = known_keys(schema, err.schema_path().as_str());
+            unexpected
+                .iter()
+                .flat_map(|key| {
+                    let meant = closest(key, known.iter().map(String::as_str));
+                    std::iter::once(key.as_str())
+                        .chain(meant)
+                        .map(|k| format!("{pointer}/{}", escape(k)))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
         }
         // A bad name is reported at its section: the entry is what failed.
         ValidationErrorKind::PropertyNames { error } => vec![format!(
@@ -119,7 +133,9 @@ fn failure_points(err: &ValidationError<'_>) -> Vec<String> {
                 .filter(|errs| !errs.iter().all(is_not_null))
                 .collect();
             match branches.as_slice() {
-                [one] if !one.is_empty() => one.iter().flat_map(failure_points).collect(),
+                [one] if !one.is_empty() => {
+                    one.iter().flat_map(|e| failure_points(e, schema)).collect()
+                }
                 _ => vec![pointer],
             }
         }
@@ -784,12 +800,17 @@ fn unknown_key_hint(key: &str, pointer: &str, known: &[String]) -> Option<String
 
 /// "did you mean `x`?" for the closest candidate, when one is close.
 pub fn did_you_mean<'a>(given: &str, candidates: impl Iterator<Item = &'a str>) -> Option<String> {
+    closest(given, candidates).map(|c| format!("did you mean `{c}`?"))
+}
+
+/// The candidate closest to `given`, when one is close.
+fn closest<'a>(given: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
     let given_l = given.to_lowercase();
     candidates
         .map(|c| (strsim::jaro_winkler(&given_l, &c.to_lowercase()), c))
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| format!("did you mean `{c}`?"))
+        .map(|(_, c)| c)
 }
 
 /// What a pattern from the model means, and how to write a good value.
