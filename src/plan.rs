@@ -337,8 +337,8 @@ pub async fn build_listed(
         async move {
             let engine = match engine {
                 Some(Ok(e)) => Arc::clone(e),
-                Some(Err(e)) => return failed(name, &def.url, e.to_string(), desired),
-                None => return failed(name, &def.url, "not connected".into(), desired),
+                Some(Err(e)) => return failed(name, &def.address(), e.to_string(), desired),
+                None => return failed(name, &def.address(), "not connected".into(), desired),
             };
             let planned = match list {
                 Some(Ok(o)) => plan_listed(&v.project, desired, engine.as_ref(), opts, o).await,
@@ -348,7 +348,7 @@ pub async fn build_listed(
             match planned {
                 Ok(o) => EnginePlan {
                     name: name.clone(),
-                    url: def.url.clone(),
+                    url: def.address(),
                     fingerprint: Some(o.fingerprint),
                     actions: o.actions,
                     spec_texts: o.spec_texts,
@@ -357,7 +357,7 @@ pub async fn build_listed(
                     uninspected: o.uninspected,
                     ..Default::default()
                 },
-                Err(e) => failed(name, &def.url, e.to_string(), desired),
+                Err(e) => failed(name, &def.address(), e.to_string(), desired),
             }
         }
     });

@@ -275,6 +275,13 @@ fn docker_host_without_a_port_gets_dockers_default_port() {
         "{}",
         shown(&plan)
     );
+    // The plan says which engine `local: true` reached.
+    assert!(
+        plan.stdout
+            .contains("integration local (DOCKER_HOST=tcp://127.0.0.1)"),
+        "{}",
+        shown(&plan)
+    );
     // Where nothing listens, the error names the address tried and says what happened
     // (hyper alone says "client error (Connect)").
     env.set_env("DOCKER_HOST", "tcp://127.0.0.2");

@@ -116,7 +116,7 @@ pub async fn run(
         async move {
             let mut s = EngineStatus {
                 integration: name.clone(),
-                url: def.url.clone(),
+                url: def.address(),
                 reachable: false,
                 engine: None,
                 info_error: None,

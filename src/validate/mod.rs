@@ -119,6 +119,28 @@ pub struct IntegrationDef {
     pub origin: Origin,
 }
 
+impl IntegrationDef {
+    /// Where the engine is, to show: the URL as written, or for `local: true` the
+    /// `DOCKER_HOST` it follows (the default socket when that is unset).
+    pub fn address(&self) -> String {
+        match self.endpoint {
+            Endpoint::Local => local_address(std::env::var("DOCKER_HOST").ok().as_deref()),
+            _ => self.url.clone(),
+        }
+    }
+}
+
+/// The engine `local: true` reaches under `docker_host` (DOCKER_HOST), to show.
+fn local_address(docker_host: Option<&str>) -> String {
+    match docker_host.filter(|h| !h.is_empty()) {
+        None => format!("unix://{}", crate::engine::connect::DEFAULT_SOCKET),
+        Some(h) => format!(
+            "DOCKER_HOST={}",
+            crate::engine::printable(h).replace('\n', "\\n")
+        ),
+    }
+}
+
 /// A manifest set that passed validation.
 #[derive(Debug, Clone)]
 pub struct Validated {
@@ -2159,6 +2181,20 @@ mod tests {
                 ("project", String::new()),
                 ("defaults", "pull".into()),
             ])
+        );
+    }
+
+    #[test]
+    fn a_local_engine_is_shown_where_docker_host_points() {
+        assert_eq!(local_address(None), "unix:///var/run/docker.sock");
+        assert_eq!(local_address(Some("")), "unix:///var/run/docker.sock");
+        assert_eq!(
+            local_address(Some("tcp://10.0.0.5:2376")),
+            "DOCKER_HOST=tcp://10.0.0.5:2376"
+        );
+        assert_eq!(
+            local_address(Some("ssh://a@b\u{1b}[31m\n")),
+            "DOCKER_HOST=ssh://a@b\\u{1b}[31m\\n"
         );
     }
 
