@@ -98,6 +98,9 @@ fn plan_apply_and_status_read_as_documented() {
     web["external_hosts"] = json!(["https://app.example.com"]);
     m["outposts"]["Web"] = web;
     m["outposts"]["Kept"] = env.outpost("rac", "AK_KEPT");
+    let mut portal = env.outpost("proxy", "AK_PORTAL");
+    portal["external_hosts"] = json!(["https://portal.example.com"]);
+    m["outposts"]["Portal"] = portal;
     env.write(&m);
 
     snapshot(&env, "create_plan", &env.plan(&["--detailed-exitcode"]), 2);
@@ -131,6 +134,8 @@ fn plan_apply_and_status_read_as_documented() {
         .as_object_mut()
         .expect("outposts")
         .remove("Web");
+    // A new host: Traefik's rules (with their backticks) are among the reasons.
+    m["outposts"]["Portal"]["external_hosts"] = json!(["https://portal2.example.com"]);
     env.write(&m);
 
     snapshot(&env, "changes_plan", &env.plan(&["--detailed-exitcode"]), 2);
@@ -154,7 +159,7 @@ fn plan_apply_and_status_read_as_documented() {
 
     snapshot(&env, "changes_apply", &env.apply(&[]), 0);
     env.assert_converged();
-    for c in ["directory", "renamed-desktop", "radius", "kept"] {
+    for c in ["directory", "renamed-desktop", "radius", "kept", "portal"] {
         let health = env.wait_healthy(&env.name_of(c), Duration::from_secs(60));
         assert_eq!(health.as_deref(), Some("healthy"), "{c}");
     }

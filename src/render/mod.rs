@@ -20,11 +20,28 @@ impl Style {
     }
 }
 
-/// A code span in a table cell: only the cell separator (and a backslash, which would escape
-/// it) needs escaping there; a backtick would end the span and becomes `'`; a line break (it
-/// would end the row) becomes a space.
+/// A code span in a table cell that shows `s` as it is (a Traefik rule's backticks too): its
+/// fence is one backtick longer than the longest run inside, padded with a space where the
+/// text starts or ends with a backtick (or with a space at both ends, which Markdown would
+/// strip); only the cell separator needs escaping there; a line break (it would end the row)
+/// becomes a space.
 pub(crate) fn md_code(s: &str) -> String {
-    format!("`{}`", code_text(&s.replace('`', "'")))
+    let text = code_text(s);
+    if text.is_empty() {
+        return "` `".into();
+    }
+    let mut longest = 0;
+    let mut run = 0;
+    for c in text.chars() {
+        run = if c == '`' { run + 1 } else { 0 };
+        longest = longest.max(run);
+    }
+    let fence = "`".repeat(longest + 1);
+    let pad = text.starts_with('`')
+        || text.ends_with('`')
+        || (text.starts_with(' ') && text.ends_with(' ') && !text.trim().is_empty());
+    let space = if pad { " " } else { "" };
+    format!("{fence}{space}{text}{space}{fence}")
 }
 
 /// The inside of a code span in a table cell. A backslash is shown as it is there (GFM's
@@ -202,7 +219,15 @@ mod tests {
             "\\*Edge\\* \\_ldap\\_ \\~\\~old\\~\\~ `a_b*`"
         );
         // In code, a backslash stays one; `|` is escaped.
-        assert_eq!(super::md_code("a`b\\|c\rd"), "`a'b\\\\|c d`");
+        assert_eq!(super::md_code("a`b\\|c\rd"), "``a`b\\\\|c d``");
+        // A Traefik rule is shown as it is deployed, backticks and all.
+        assert_eq!(
+            super::md_code("Host(`a.example.com`) && PathPrefix(`/x`)"),
+            "``Host(`a.example.com`) && PathPrefix(`/x`)``"
+        );
+        assert_eq!(super::md_code("`a``"), "``` `a`` ```");
+        assert_eq!(super::md_code(" a "), "`  a  `");
+        assert_eq!(super::md_code(""), "` `");
         assert_eq!(md_escape("`C:\\x|y`"), "`C:\\x\\|y`");
     }
 
