@@ -433,3 +433,64 @@ fn a_plan_printed_as_json_is_refused_for_lack_of_engine_ids() {
     );
     assert!(env.project_containers().is_empty());
 }
+
+/// A plan file of another format version (a newer outpostctl's, with an action this one does
+/// not know) is refused for its version, before any engine is asked: here none could be.
+#[test]
+fn a_plan_of_another_format_version_is_refused_for_its_version() {
+    let env = Env::new("planv2");
+    let mut m = env.manifest();
+    m["outposts"]["A"] = env.outpost("ldap", "AK_A");
+    env.write(&m);
+    plan_out(&env, "plan.json");
+    let mut p = saved(&env, "plan.json");
+    p["format_version"] = json!(2);
+    p["integrations"][0]["actions"][0]["action"] = json!("frobnicate");
+    std::fs::write(env.dir().join("v2.json"), p.to_string()).expect("write");
+    env.set_env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    let r = apply_plan(&env, "v2.json");
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stderr
+            .contains("`v2.json` is a plan of format version 2; this outpostctl reads version 1")
+            && !r.stderr.contains("frobnicate")
+            && !r.stderr.contains("nonexistent"),
+        "{}",
+        shown(&r)
+    );
+    assert!(env.project_containers().is_empty());
+}
+
+/// A plan that cannot be saved is still shown (the pull-request comment or the JSON consumer
+/// gets it), the run fails, and no partial file is left where it was to be.
+#[test]
+fn a_plan_that_cannot_be_saved_is_still_shown() {
+    let env = Env::new("planunsaved");
+    let mut m = env.manifest();
+    m["outposts"]["A"] = env.outpost("ldap", "AK_A");
+    env.write(&m);
+    let r = env.plan(&["--format", "json", "--out", "missing/dir/plan.json"]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    let shown_plan: Value = serde_json::from_str(&r.stdout).expect("the plan is on stdout");
+    assert_eq!(
+        shown_plan["integrations"][0]["actions"][0]["action"],
+        "create",
+        "{}",
+        shown(&r)
+    );
+    assert!(
+        r.stderr
+            .contains("error: cannot write the plan to `missing/dir/plan.json`: "),
+        "{}",
+        shown(&r)
+    );
+    // A directory where the file should go: refused, nothing left beside it.
+    std::fs::create_dir(env.dir().join("plan.json")).expect("mkdir");
+    let r = env.plan(&["--format", "markdown", "--out", "plan.json"]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(r.stdout.contains("| create | A |"), "{}", shown(&r));
+    assert!(
+        !env.dir().join("plan.json.partial").exists(),
+        "a partial file is left"
+    );
+}

@@ -32,6 +32,17 @@ pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
             return Exit::Failure;
         }
     };
+    match args.format {
+        PlanFormat::Human => p.out(&render::plan::human(&plan, p.out_style(), args.diff)),
+        PlanFormat::Json => p.out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&render::plan::json(&plan)).unwrap_or_default()
+        )),
+        PlanFormat::Markdown => p.out(&render::plan::markdown(&plan)),
+    }
+    // The plan is shown whether or not it can be saved: a pull-request comment or a JSON
+    // consumer still gets it.
+    let mut saved = true;
     if let Some(out) = &args.out {
         // `apply --plan` checks each engine against the one the plan was made for: a plan
         // without an engine's ID would be refused there, so it is not saved.
@@ -41,30 +52,22 @@ pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
                 "error: the plan was not saved: the engine ID (docker info) of integration {} could not be read, and apply --plan checks it\n  help: a socket proxy must allow `info` (INFO=1); try again when the engine answers\n",
                 render::code_list(&unidentified)
             ));
-            return Exit::Failure;
-        }
-        if let Err(e) = save(&plan, out) {
+            saved = false;
+        } else if let Err(e) = save(&plan, out) {
             p.err(&format!(
                 "error: cannot write the plan to `{}`: {e}\n",
                 out.display()
             ));
-            return Exit::Failure;
+            saved = false;
+        } else {
+            p.err(&format!(
+                "note: plan saved to `{}`; `{}` applies exactly this plan, or nothing if what it was made from changes first\n",
+                out.display(),
+                apply_command(args, out)
+            ));
         }
-        p.err(&format!(
-            "note: plan saved to `{}`; `{}` applies exactly this plan, or nothing if what it was made from changes first\n",
-            out.display(),
-            apply_command(args, out)
-        ));
     }
-    match args.format {
-        PlanFormat::Human => p.out(&render::plan::human(&plan, p.out_style(), args.diff)),
-        PlanFormat::Json => p.out(&format!(
-            "{}\n",
-            serde_json::to_string_pretty(&render::plan::json(&plan)).unwrap_or_default()
-        )),
-        PlanFormat::Markdown => p.out(&render::plan::markdown(&plan)),
-    }
-    if plan.has_errors() {
+    if plan.has_errors() || !saved {
         Exit::Failure
     } else if args.detailed_exitcode && plan.has_changes() {
         Exit::Changes
@@ -85,10 +88,19 @@ fn apply_command(args: &PlanArgs, out: &Path) -> String {
     words.join(" ")
 }
 
-/// Writes the plan file: the JSON format, which holds no secret values.
+/// Writes the plan file: the JSON format, which holds no secret values. It is written beside
+/// its place and renamed there: an interrupted run leaves the previous file or none, never
+/// half of one.
 pub fn save(plan: &Plan, path: &Path) -> std::io::Result<()> {
     let text = serde_json::to_string_pretty(&render::plan::json(plan)).unwrap_or_default();
-    std::fs::write(path, text + "\n")
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
+    std::fs::write(&partial, text + "\n")
+        .and_then(|()| std::fs::rename(&partial, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&partial);
+        })
 }
 
 /// The largest plan file read, far above any real plan: a bound for a wrong path given.
@@ -98,6 +110,28 @@ const MAX_PLAN_BYTES: u64 = 64 * 1024 * 1024;
 pub fn load(path: &Path) -> Result<Plan, String> {
     let text = crate::validate::read_text_file(path, MAX_PLAN_BYTES, "a plan file", true)
         .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
-    serde_json::from_str(&text)
+    // The version first: a newer format may hold what this outpostctl cannot read.
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| format!("`{}` is not an outpostctl plan: {e}", path.display()))?;
+    match value
+        .get("format_version")
+        .and_then(serde_json::Value::as_u64)
+    {
+        Some(v) if v == u64::from(crate::plan::FORMAT_VERSION) => {}
+        Some(v) => {
+            return Err(format!(
+                "`{}` is a plan of format version {v}; this outpostctl reads version {}: make and apply the plan with the same outpostctl version",
+                path.display(),
+                crate::plan::FORMAT_VERSION
+            ));
+        }
+        None => {
+            return Err(format!(
+                "`{}` is not an outpostctl plan: it has no `format_version` (write it with `outpostctl plan --out`)",
+                path.display()
+            ));
+        }
+    }
+    serde_json::from_value(value)
         .map_err(|e| format!("`{}` is not an outpostctl plan: {e}", path.display()))
 }
