@@ -935,7 +935,7 @@ fn unreachable_engine_fails_its_integration_only() {
             && plan.stdout.contains("! error:")
             && plan
                 .stdout
-                .contains("1 engine unreachable (1 outpost not checked)")
+                .contains("1 engine could not be read (1 outpost not checked)")
             && plan.stdout.contains("1 outpost not checked: Far")
             && plan
                 .stdout

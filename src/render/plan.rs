@@ -278,7 +278,9 @@ pub fn unchecked_line(outposts: &[String]) -> Option<String> {
     })
 }
 
-/// What a plan holds that apply leaves alone: "1 blocked, 1 engine unreachable", or "".
+/// What a plan holds that apply leaves alone: "1 blocked, 1 engine could not be read (2
+/// outposts not checked)", or "". (Not "unreachable": an engine that answered may have
+/// refused its container list.)
 pub fn not_applied(s: &Summary) -> String {
     let mut parts = Vec::new();
     if s.blocked > 0 {
@@ -286,7 +288,7 @@ pub fn not_applied(s: &Summary) -> String {
     }
     if s.failed_engines > 0 {
         parts.push(format!(
-            "{} engine{} unreachable ({} outpost{} not checked)",
+            "{} engine{} could not be read ({} outpost{} not checked)",
             s.failed_engines,
             if s.failed_engines == 1 { "" } else { "s" },
             s.unchecked,
