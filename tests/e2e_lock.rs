@@ -54,6 +54,15 @@ fn epoch(ts: &str) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// When the first of `env`'s containers was created (the engine's clock, Unix seconds): an
+/// apply creates nothing before it holds the lock.
+fn first_created(env: &Env) -> f64 {
+    env.project_containers()
+        .values()
+        .map(|c| epoch(c.0["Created"].as_str().unwrap_or_default()))
+        .fold(f64::INFINITY, f64::min)
+}
+
 /// The engine's lock as `docker inspect` shows it.
 #[derive(Debug, Clone)]
 struct LockInfo {
@@ -513,9 +522,10 @@ fn hand_made_lock_attempt(attempt: usize) -> Option<String> {
         ));
     }
     assert_eq!(err.matches("waiting for the lock").count(), 1, "{err}");
+    let created = first_created(&env);
     assert!(
-        now_secs() >= expires,
-        "the lock was taken before its lease ran out"
+        created >= expires as f64,
+        "a container was created at {created}, before the lease ran out at {expires}"
     );
     assert_fleet_converged(&env, 2);
     assert_no_lock_left(&[holder.to_string(), holder_of(p.pid)]);
@@ -575,6 +585,12 @@ fn killed_holder_attempt(attempt: usize) -> Option<String> {
         ));
     }
     assert_fleet_converged(&b, 2);
+    let created = first_created(&b);
+    assert!(
+        created >= lock.expires as f64,
+        "a container was created at {created}, before the dead holder's lease ran out at {}",
+        lock.expires
+    );
     // The killed run's work is finished by the next apply.
     let r = a.apply(&[]);
     assert_eq!(r.code, 0, "{}", shown(&r));
