@@ -143,6 +143,25 @@ pub struct Diagnostic {
     pub hint: Option<String>,
     /// A second place that explains the first (the other definition of a duplicate name).
     pub related: Vec<(Location, String)>,
+    /// A failure to read that may pass by itself (too many open files, an I/O error), not
+    /// one the files say: `watch` tries again rather than waiting for a file to change.
+    pub transient: bool,
+}
+
+/// Whether reading failed for a reason that may pass by itself: not a path that is missing,
+/// forbidden or of the wrong kind, which only a change on disk (that `watch` sees) mends.
+pub fn transient_io(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    !matches!(
+        e.kind(),
+        K::NotFound
+            | K::PermissionDenied
+            | K::NotADirectory
+            | K::IsADirectory
+            | K::InvalidData
+            | K::InvalidInput
+            | K::FileTooLarge
+    )
 }
 
 impl Diagnostic {
@@ -155,7 +174,14 @@ impl Diagnostic {
             label: None,
             hint: None,
             related: Vec::new(),
+            transient: false,
         }
+    }
+
+    /// Marks a read failure that may pass by itself (`transient_io`).
+    pub fn transient(mut self, e: &std::io::Error) -> Self {
+        self.transient = transient_io(e);
+        self
     }
 
     pub fn warning(code: &'static str, message: impl Into<String>) -> Diagnostic {
@@ -311,4 +337,24 @@ pub fn count_summary(diags: &[Diagnostic]) -> String {
         let _ = write!(s, "{}", plural(warnings, "warning"));
     }
     s
+}
+
+#[cfg(test)]
+mod transient_tests {
+    use std::io::{Error, ErrorKind};
+
+    /// What a file change mends is not retried; what may pass by itself is.
+    #[test]
+    fn only_reads_that_may_pass_by_themselves_are_transient() {
+        for kind in [ErrorKind::NotFound, ErrorKind::PermissionDenied] {
+            assert!(!super::transient_io(&Error::from(kind)), "{kind:?}");
+        }
+        // EMFILE (too many open files) and EIO.
+        for errno in [24, 5] {
+            assert!(
+                super::transient_io(&Error::from_raw_os_error(errno)),
+                "{errno}"
+            );
+        }
+    }
 }

@@ -215,6 +215,9 @@ enum Failed {
     Engine(String),
     /// An outpost's action: (integration, outpost).
     Outpost(String, String),
+    /// The manifests (or a file they name) could not be read for a reason that may pass by
+    /// itself (too many open files, an I/O error).
+    Read,
 }
 
 /// What fails now, with the reconciles in a row each failed in (`before` counts the previous
@@ -911,16 +914,34 @@ impl State {
         let Some(v) = outcome.validated.filter(|_| !invalid) else {
             // Nothing to retry until a file changes (which starts a reconcile): neither what
             // failed nor a put-back held back (whose due time would pass and fire at once,
-            // again and again).
+            // again and again). Unless reading failed for a reason no file change would
+            // tell of (too many open files, an I/O error): then the reconcile is tried
+            // again, backed off as a failed action is.
             self.unblocks.clear();
-            self.failures.clear();
-            self.retry = None;
             self.deferred.clear();
-            self.log.error(
-                "reconcile",
-                "manifests are invalid: nothing applied; containers keep running as last applied",
-                &[],
-            );
+            let unreadable = outcome
+                .diagnostics
+                .iter()
+                .any(|d| d.is_error() && d.transient);
+            if unreadable {
+                self.schedule_retry(BTreeSet::from([Failed::Read]));
+                let wait = self.retry.map_or(0.0, |at| {
+                    at.saturating_duration_since(Instant::now()).as_secs_f64()
+                });
+                self.log.error(
+                    "reconcile",
+                    &format!("the manifests could not be read: nothing applied; containers keep running as last applied; trying again in {wait:.0}s"),
+                    &[],
+                );
+            } else {
+                self.failures.clear();
+                self.retry = None;
+                self.log.error(
+                    "reconcile",
+                    "manifests are invalid: nothing applied; containers keep running as last applied",
+                    &[],
+                );
+            }
             self.metrics.reconcile_finished(false, started.elapsed());
             return;
         };

@@ -693,6 +693,41 @@ fn an_invalid_edit_changes_nothing_and_the_fix_is_applied() {
     c.assert_no_secret_in(&w);
 }
 
+/// A manifest that cannot be read for a reason no file change tells of (in life too many
+/// open files or an I/O error; here a symlink loop outside the watched directory) is read
+/// again with the backoff, not left until a file changes; once it reads, it is applied.
+#[test]
+fn a_manifest_that_cannot_be_read_is_tried_again() {
+    let c = Case::new("wunread");
+    let outside = c.env.dir().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    symlink("b.yaml", &outside.join("a.yaml"));
+    symlink("a.yaml", &outside.join("b.yaml"));
+    symlink("../outside/a.yaml", &c.mdir().join("outposts.yaml"));
+    // Its token is in the watch's environment from the start.
+    let m = manifest_with(&c, &["Alpha"]);
+    let w = c.watch("m", &[]);
+    w.wait_log(0, "the read failure", WAIT, |v| {
+        v["event"] == "reconcile"
+            && v["msg"].as_str().is_some_and(|m| {
+                m.contains("the manifests could not be read") && m.contains("trying again in 5s")
+            })
+    });
+    let mark = w.mark();
+    w.wait_started(mark, "backoff-retry");
+    assert_eq!(w.http("/healthz").0, 503);
+
+    fs::remove_file(outside.join("b.yaml")).unwrap();
+    c.save("outside/b.yaml", &m);
+    c.wait_running(&w, "alpha", "applied once the manifest reads");
+    assert!(
+        wait_until(WAIT, || w.http("/healthz").0 == 200),
+        "/healthz stays failed; log:\n{}",
+        w.text()
+    );
+    c.assert_no_secret_in(&w);
+}
+
 /// A token read from a file in another directory: changing the file recreates the outpost
 /// with the new token (a referenced file is watched, not only the manifests).
 #[test]

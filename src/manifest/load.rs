@@ -96,7 +96,9 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
     for path in paths {
         let before = out.files.len() + out.diagnostics.len();
         match std::fs::metadata(path) {
-            Err(e) => out.diagnostics.push(unreadable(path, &io_reason(&e))),
+            Err(e) => out
+                .diagnostics
+                .push(unreadable(path, &io_reason(&e)).transient(&e)),
             Ok(m) if m.is_dir() => {
                 let mut files = Vec::new();
                 walk(
@@ -153,14 +155,17 @@ fn walk(
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            diags.push(Diagnostic::error(
-                "unreadable-path",
-                format!(
-                    "cannot read directory `{}`: {}",
-                    dir.display(),
-                    io_reason(&e)
-                ),
-            ));
+            diags.push(
+                Diagnostic::error(
+                    "unreadable-path",
+                    format!(
+                        "cannot read directory `{}`: {}",
+                        dir.display(),
+                        io_reason(&e)
+                    ),
+                )
+                .transient(&e),
+            );
             return;
         }
     };
@@ -190,7 +195,8 @@ fn walk(
                     "unreadable-path",
                     format!("cannot read `{}`: {}", path.display(), io_reason(&e)),
                 )
-                .hint("a dangling symlink? fix or remove it"),
+                .hint("a dangling symlink? fix or remove it")
+                .transient(&e),
             ),
             // Nor one that is no regular file (a FIFO would block the run, a device never
             // end): it is not read, and said.
@@ -245,10 +251,13 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {
-            out.diagnostics.push(Diagnostic::error(
-                "unreadable-path",
-                format!("cannot read `{}`: {}", path.display(), io_reason(&e)),
-            ));
+            out.diagnostics.push(
+                Diagnostic::error(
+                    "unreadable-path",
+                    format!("cannot read `{}`: {}", path.display(), io_reason(&e)),
+                )
+                .transient(&e),
+            );
             return;
         }
     };

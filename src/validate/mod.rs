@@ -666,7 +666,8 @@ impl Checker {
                     Diagnostic::error("unreadable-file", format!("cannot read `{}`: {reason}", path.display()))
                         .at(at.child("/file").value())
                         .label("referenced here")
-                        .hint("paths are relative to the manifest file that names them; `~` is your home directory"),
+                        .hint("paths are relative to the manifest file that names them; `~` is your home directory")
+                        .transient(&e),
                 );
                 None
             }
