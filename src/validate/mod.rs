@@ -2060,10 +2060,12 @@ pub fn secret_env_names() -> Vec<String> {
 
 /// `~` expands to $HOME; relative paths are relative to `base`.
 pub fn resolve_path(p: &str, base: &Path) -> PathBuf {
+    // `HOME`, else the user's home in the password database (a system service without
+    // `User=` has no HOME).
     if let Some(rest) = p.strip_prefix("~/")
-        && let Some(home) = std::env::var_os("HOME")
+        && let Some(home) = std::env::home_dir().filter(|h| !h.as_os_str().is_empty())
     {
-        return PathBuf::from(home).join(rest);
+        return home.join(rest);
     }
     let path = PathBuf::from(p);
     if path.is_absolute() {
