@@ -77,16 +77,6 @@ impl Trigger {
             Trigger::EventsResumed { .. } => "engine-events-resumed",
         }
     }
-    /// Drift: the engine moved while the manifests did not.
-    fn is_drift(&self) -> bool {
-        matches!(
-            self,
-            Trigger::Interval
-                | Trigger::Retry
-                | Trigger::Engine { .. }
-                | Trigger::EventsResumed { .. }
-        )
-    }
 }
 
 /// Events of the engines' other objects (`Trigger::Unblocking`), kept apart from the trigger
@@ -303,6 +293,21 @@ fn remakes(a: &Action, key: &(String, String), made: &Hashes, wanted: &Hashes) -
     a.action == ActionKind::Recreate && made.get(key).is_some_and(|h| wanted.get(key) == Some(h))
 }
 
+/// Whether an action corrects drift (the engine moved, not the manifests), whatever started
+/// the reconcile: a container stopped, paused or unhealthy, a restart policy changed by hand,
+/// or one `seen` with the config the manifests still want (up to date, or made so) that is
+/// gone, renamed or changed since. A new outpost, a changed one and a removal are the
+/// manifests' doing; so is what a watch that just started finds, but for the first kinds.
+fn corrects_drift(a: &Action, key: &(String, String), seen: &Hashes, wanted: &Hashes) -> bool {
+    let made_as_wanted = seen.get(key).is_some_and(|h| wanted.get(key) == Some(h));
+    match a.action {
+        ActionKind::Start | ActionKind::Unpause | ActionKind::Restart => true,
+        ActionKind::Recreate => made_as_wanted || is_put_back(a),
+        ActionKind::Create | ActionKind::Rename => made_as_wanted,
+        ActionKind::Remove | ActionKind::Noop | ActionKind::Blocked => false,
+    }
+}
+
 /// What waits while its outpost backs off: its put-back, and the removal of a duplicate left
 /// by an interrupted recreate (the previous container, removed only once the outpost's own
 /// container runs again, which the held-back put-back would do).
@@ -451,6 +456,10 @@ struct State {
     /// puts back someone else's change (another writer with other manifests: a fight is
     /// backed off like any other put-back).
     made: Hashes,
+    /// The config hash each outpost's container was last seen with, up to date (planned as
+    /// nothing to do) or made so by this watch: an action on it, the manifests unchanged,
+    /// corrects drift (`corrects_drift`).
+    seen: Hashes,
 }
 
 /// Config hashes by (integration, outpost).
@@ -685,6 +694,7 @@ impl State {
             echoes: HashMap::new(),
             restarted: HashMap::new(),
             made: HashMap::new(),
+            seen: HashMap::new(),
             opts,
         }
     }
@@ -979,8 +989,17 @@ impl State {
         }
         let wanted = wanted(&v);
         self.made.retain(|key, _| wanted.contains_key(key));
+        self.seen.retain(|key, _| wanted.contains_key(key));
         // As planned, before the backoff held some actions back (see `Inspections::done`).
         let planned = plan.clone();
+        for e in planned.integrations.iter().filter(|e| e.error.is_none()) {
+            for a in e.actions.iter().filter(|a| a.action == ActionKind::Noop) {
+                let key = (e.name.clone(), a.outpost.clone());
+                if let Some(hash) = wanted.get(&key) {
+                    self.seen.insert(key, hash.clone());
+                }
+            }
+        }
         self.filter_actions(&mut plan, true, &wanted);
         let mut locks = Vec::new();
         if plan.has_changes() {
@@ -1030,11 +1049,25 @@ impl State {
                 .retain(|_, at| now.duration_since(*at) < RESTART_ECHO);
             for o in &report.outcomes {
                 let key = (o.integration.clone(), o.outpost.clone());
+                // Judged against what this watch had made before this apply.
+                let drift = plan
+                    .integrations
+                    .iter()
+                    .filter(|e| e.name == o.integration)
+                    .flat_map(|e| &e.actions)
+                    .find(|a| a.outpost == o.outpost && a.action == o.action)
+                    .is_some_and(|a| corrects_drift(a, &key, &self.seen, &wanted));
                 if o.ok
                     && matches!(o.action, ActionKind::Create | ActionKind::Recreate)
                     && let Some(hash) = wanted.get(&key)
                 {
-                    self.made.insert(key, hash.clone());
+                    self.made.insert(key.clone(), hash.clone());
+                }
+                if o.ok
+                    && o.action != ActionKind::Remove
+                    && let Some(hash) = wanted.get(&key)
+                {
+                    self.seen.insert(key, hash.clone());
                 }
                 if o.ok && o.action == ActionKind::Restart {
                     let restarted = plan
@@ -1050,8 +1083,7 @@ impl State {
                     }
                 }
                 if o.ok {
-                    self.metrics
-                        .change_applied(o.action.as_str(), trigger.is_drift());
+                    self.metrics.change_applied(o.action.as_str(), drift);
                 } else {
                     ok = false;
                     failed.insert(Failed::Outpost(o.integration.clone(), o.outpost.clone()));
@@ -1717,6 +1749,46 @@ mod tests {
             &action(ActionKind::Remove, "duplicate"),
             true
         ));
+    }
+
+    /// Drift is what the engine did, whatever started the reconcile: a manifest edit
+    /// applied by a retry is no drift; a container this watch made, gone or changed since,
+    /// is.
+    #[test]
+    fn drift_is_judged_by_the_action_not_the_trigger() {
+        let key = ("local".to_string(), "X".to_string());
+        let act = |kind: ActionKind, field: &str| Action {
+            outpost: "X".into(),
+            action: kind,
+            name: "ak-outpost-x".into(),
+            container: None,
+            reasons: vec![crate::diff::Change::new(field, None, None)],
+            adopt: false,
+            error: None,
+        };
+        let hashes = |h: &str| Hashes::from([(key.clone(), h.to_string())]);
+        let (none, wanted) = (Hashes::new(), hashes("new"));
+        let (seen_as_wanted, seen_before_the_edit) = (hashes("new"), hashes("old"));
+        let drift =
+            |kind, field, seen: &Hashes| corrects_drift(&act(kind, field), &key, seen, &wanted);
+        for kind in [ActionKind::Start, ActionKind::Unpause, ActionKind::Restart] {
+            assert!(drift(kind, "state", &none), "{kind:?}");
+        }
+        // A container removed, renamed or changed after it was seen (or made) as wanted.
+        for kind in [ActionKind::Create, ActionKind::Rename, ActionKind::Recreate] {
+            assert!(drift(kind, "image", &seen_as_wanted), "{kind:?}");
+            // The manifests changed since (an edit whose first apply failed, retried).
+            assert!(!drift(kind, "image", &seen_before_the_edit), "{kind:?}");
+            // A new outpost, or one found as the watch starts.
+            assert!(!drift(kind, "image", &none), "{kind:?}");
+        }
+        // `docker update --restart`: only ever the engine's doing.
+        assert!(drift(
+            ActionKind::Recreate,
+            crate::diff::RESTART_POLICY_FIELD,
+            &none
+        ));
+        assert!(!drift(ActionKind::Remove, "outpost", &seen_as_wanted));
     }
 
     /// A watch's state before its first reconcile (no paths, its triggers dropped).

@@ -1700,6 +1700,13 @@ fn a_failed_action_is_retried_with_a_backoff() {
         "start, then two retries; log:\n{}",
         w.text()
     );
+    // The retry created a new outpost: the manifests' doing, not drift.
+    w.wait_reconciled(mark, "ending the retry that created it");
+    assert_eq!(w.metric("outpostctl_drift_corrections_total"), Some(0.0));
+    assert_eq!(
+        w.metric("outpostctl_changes_applied_total{action=\"create\"}"),
+        Some(1.0)
+    );
     c.assert_no_secret_in(&w);
 }
 
