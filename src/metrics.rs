@@ -18,6 +18,10 @@ struct Inner {
     changes: BTreeMap<String, u64>,
     drift_corrections: u64,
     errors: u64,
+    /// Failed actions, by action.
+    action_failures: BTreeMap<String, u64>,
+    /// Why the last reconcile failed (empty when it did not).
+    last_causes: Vec<String>,
     last_success: Option<f64>,
     last_ok: Option<bool>,
     last_duration: f64,
@@ -57,12 +61,20 @@ impl Metrics {
 
     /// `/healthz`'s status and body.
     pub fn health(&self) -> (&'static str, String) {
-        self.with(|m| health(m.last_ok, Self::running_for(m), m.stuck_after))
+        self.with(|m| {
+            let (status, mut body) = health(m.last_ok, Self::running_for(m), m.stuck_after);
+            if m.last_ok == Some(false) && status != "200 OK" {
+                body.push_str(&causes_text(&m.last_causes));
+            }
+            (status, body)
+        })
     }
 
-    pub fn reconcile_finished(&self, ok: bool, took: Duration) {
+    /// Counts a reconcile that ended; `causes` says why it failed (none when `ok`).
+    pub fn reconcile_finished(&self, ok: bool, took: Duration, causes: Vec<String>) {
         self.with(|m| {
             m.running_since = None;
+            m.last_causes = causes;
             if ok {
                 m.reconciles_ok += 1;
                 m.last_success = Some(crate::watch::now_seconds());
@@ -84,8 +96,16 @@ impl Metrics {
         });
     }
 
+    /// A container found crash-looping.
     pub fn error(&self) {
         self.with(|m| m.errors += 1);
+    }
+
+    pub fn action_failed(&self, action: &str) {
+        self.with(|m| {
+            m.errors += 1;
+            *m.action_failures.entry(action.to_string()).or_default() += 1;
+        });
     }
 
     pub fn engine_up(&self, integration: &str, up: bool) {
@@ -121,7 +141,13 @@ impl Metrics {
             let _ = writeln!(s, "# HELP outpostctl_drift_corrections_total Changes applied because the engine drifted (not the manifests).");
             let _ = writeln!(s, "# TYPE outpostctl_drift_corrections_total counter");
             let _ = writeln!(s, "outpostctl_drift_corrections_total {}", m.drift_corrections);
-            let _ = writeln!(s, "# HELP outpostctl_errors_total Failed reconciles and failed actions.");
+            let _ = writeln!(s, "# HELP outpostctl_action_failures_total Actions that failed, by action.");
+            let _ = writeln!(s, "# TYPE outpostctl_action_failures_total counter");
+            for action in ["create", "recreate", "rename", "start", "unpause", "restart", "remove"] {
+                let n = m.action_failures.get(action).copied().unwrap_or(0);
+                let _ = writeln!(s, "outpostctl_action_failures_total{{action=\"{action}\"}} {n}");
+            }
+            let _ = writeln!(s, "# HELP outpostctl_errors_total Failed reconciles, failed actions and containers found crash-looping, each counted once.");
             let _ = writeln!(s, "# TYPE outpostctl_errors_total counter");
             let _ = writeln!(s, "outpostctl_errors_total {}", m.errors);
             let _ = writeln!(s, "# HELP outpostctl_last_success_timestamp_seconds When the last reconcile succeeded.");
@@ -194,6 +220,20 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     }
 }
 
+/// The causes of a failed reconcile as lines of `/healthz`'s body: at most 20, each one line.
+fn causes_text(causes: &[String]) -> String {
+    const MAX: usize = 20;
+    let mut out = String::new();
+    for c in causes.iter().take(MAX) {
+        let line = c.lines().next().unwrap_or_default();
+        let _ = writeln!(out, "- {}", crate::engine::printable(line));
+    }
+    if causes.len() > MAX {
+        let _ = writeln!(out, "- and {} more (see the log)", causes.len() - MAX);
+    }
+    out
+}
+
 /// `/healthz`'s status and body for the last reconcile's result (None: none finished yet),
 /// unless the one in progress has run for longer than `stuck_after`.
 fn health(
@@ -215,7 +255,7 @@ fn health(
     }
     match last_ok {
         Some(true) => ("200 OK", "ok\n".into()),
-        Some(false) => (DOWN, "the last reconcile failed\n".into()),
+        Some(false) => (DOWN, "the last reconcile failed:\n".into()),
         None => (DOWN, "the first reconcile has not finished yet\n".into()),
     }
 }
@@ -238,12 +278,39 @@ mod tests {
         );
         assert_eq!(
             health(Some(false), None, None).1,
-            "the last reconcile failed\n"
+            "the last reconcile failed:\n"
         );
         assert_eq!(
             health(Some(true), None, None),
             ("200 OK", "ok\n".to_string())
         );
+    }
+
+    /// A failed reconcile's /healthz names its causes, one line each, at most 20; a later
+    /// success forgets them. A failed action counts under its action.
+    #[test]
+    fn health_names_what_failed() {
+        let m = Metrics::default();
+        let causes: Vec<String> = (0..22)
+            .map(|i| format!("outpost `O{i}` (integration `local`) is blocked: x\ny\u{1b}"))
+            .collect();
+        m.action_failed("recreate");
+        m.reconcile_finished(false, Duration::from_secs(1), causes);
+        let (status, body) = m.health();
+        assert_eq!(status, "503 Service Unavailable");
+        let lines: Vec<&str> = body.lines().collect();
+        assert_eq!(lines[0], "the last reconcile failed:");
+        assert_eq!(
+            lines[1],
+            "- outpost `O0` (integration `local`) is blocked: x"
+        );
+        assert_eq!(lines.len(), 22, "{body}");
+        assert_eq!(lines[21], "- and 2 more (see the log)");
+        let text = m.render();
+        assert!(text.contains("outpostctl_action_failures_total{action=\"recreate\"} 1\n"));
+        assert!(text.contains("outpostctl_errors_total 2\n"), "{text}");
+        m.reconcile_finished(true, Duration::from_secs(1), Vec::new());
+        assert_eq!(m.health(), ("200 OK", "ok\n".to_string()));
     }
 
     /// A reconcile that runs for longer than the bound fails /healthz, whatever the last one
@@ -265,7 +332,7 @@ mod tests {
             m.render()
                 .contains("outpostctl_reconcile_running_seconds 0.")
         );
-        m.reconcile_finished(true, Duration::from_secs(1));
+        m.reconcile_finished(true, Duration::from_secs(1), Vec::new());
         assert!(
             m.render()
                 .contains("outpostctl_reconcile_running_seconds 0.000\n")

@@ -894,6 +894,8 @@ impl State {
         }
         self.log.info("reconcile", "reconcile started", &fields);
         self.metrics.reconcile_started();
+        // Why the reconcile failed, for /healthz.
+        let mut causes: Vec<String> = Vec::new();
         let outcome = validate(&self.opts.paths);
         for d in &outcome.diagnostics {
             let line = d.headline();
@@ -943,6 +945,14 @@ impl State {
                     &format!("the manifests could not be read: nothing applied; containers keep running as last applied; trying again in {wait:.0}s"),
                     &[],
                 );
+                let first = outcome
+                    .diagnostics
+                    .iter()
+                    .find(|d| d.is_error() && d.transient);
+                causes.push(format!(
+                    "the manifests could not be read: {}",
+                    first.map(|d| d.headline()).unwrap_or_default()
+                ));
             } else {
                 self.failures.clear();
                 self.retry = None;
@@ -951,8 +961,14 @@ impl State {
                     "manifests are invalid: nothing applied; containers keep running as last applied",
                     &[],
                 );
+                let n = outcome.diagnostics.iter().filter(|d| d.is_error()).count();
+                causes.push(format!(
+                    "the manifests are invalid ({n} error{}; see the log)",
+                    if n == 1 { "" } else { "s" }
+                ));
             }
-            self.metrics.reconcile_finished(false, started.elapsed());
+            self.metrics
+                .reconcile_finished(false, started.elapsed(), causes);
             return;
         };
         let tasks = &self.event_tasks;
@@ -974,9 +990,16 @@ impl State {
                 failed.insert(Failed::Engine(e.name.clone()));
                 self.log
                     .error("engine", err, &[("integration", e.name.clone())]);
+                causes.push(format!("integration `{}`: {err}", e.name));
             }
             for a in e.actions.iter().filter(|a| a.action == ActionKind::Blocked) {
                 ok = false;
+                causes.push(format!(
+                    "outpost `{}` (integration `{}`) is blocked: {}",
+                    a.outpost,
+                    e.name,
+                    a.error.as_deref().unwrap_or("blocked")
+                ));
                 self.log.error(
                     "blocked",
                     a.error.as_deref().unwrap_or("blocked"),
@@ -1022,6 +1045,12 @@ impl State {
             for e in plan.integrations.iter().filter(|e| e.error.is_some()) {
                 ok = false;
                 failed.insert(Failed::Engine(e.name.clone()));
+                self.metrics.engine_up(&e.name, false);
+                causes.push(format!(
+                    "integration `{}`: {}",
+                    e.name,
+                    e.error.as_deref().unwrap_or_default()
+                ));
                 self.log.error(
                     "lock",
                     e.error.as_deref().unwrap_or_default(),
@@ -1088,10 +1117,21 @@ impl State {
                     ok = false;
                     failed.insert(Failed::Outpost(o.integration.clone(), o.outpost.clone()));
                     if !apply::held_back_by_shutdown(o) {
-                        self.metrics.error();
+                        self.metrics.action_failed(o.action.as_str());
+                        causes.push(format!(
+                            "outpost `{}` (integration `{}`): {} failed: {}",
+                            o.outpost,
+                            o.integration,
+                            o.action.as_str(),
+                            o.messages.first().map_or("", String::as_str)
+                        ));
                     }
                     again.insert((o.integration.clone(), o.outpost.clone()));
                 }
+            }
+            for (name, err) in &report.engine_errors {
+                self.metrics.engine_up(name, false);
+                causes.push(format!("integration `{name}`: {err}"));
             }
             failed.extend(
                 report
@@ -1141,7 +1181,14 @@ impl State {
                     .map(move |n| (format!("{}/{n}", e.name), until))
             })
             .collect();
-        self.metrics.reconcile_finished(ok, started.elapsed());
+        if !ok && causes.is_empty() {
+            causes.push("see the log".into());
+        }
+        if ok {
+            causes.clear();
+        }
+        self.metrics
+            .reconcile_finished(ok, started.elapsed(), causes);
         let ms = started.elapsed().as_millis().to_string();
         if ok {
             self.log.info(

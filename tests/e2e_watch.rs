@@ -2029,6 +2029,11 @@ fn healthz_and_metrics_answer() {
         "{}",
         w.text()
     );
+    let (_, body) = w.http("/healthz");
+    assert_eq!(
+        body, "the last reconcile failed:\n- the manifests are invalid (1 error; see the log)\n",
+        "/healthz says why"
+    );
     assert!(
         w.metric("outpostctl_reconciles_total{result=\"failure\"}")
             .is_some_and(|n| n >= 1.0)
@@ -2038,6 +2043,21 @@ fn healthz_and_metrics_answer() {
     c.save("m/outposts.yaml", &m);
     w.wait_reconciled(mark, "ending the reconcile of the fix");
     assert!(wait_until(WAIT, || w.http("/healthz").0 == 200));
+
+    // A blocked outpost (its `pull: never` image is not there) is named by /healthz.
+    m["outposts"]["Beta"]["pull"] = json!("never");
+    m["outposts"]["Beta"]["config"]["container_image"] = json!("outpostctl-e2e/absent:1");
+    let mark = w.mark();
+    c.save("m/outposts.yaml", &m);
+    w.wait_reconciled(mark, "ending the reconcile of the blocked outpost");
+    let (code, body) = w.http("/healthz");
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.starts_with(
+            "the last reconcile failed:\n- outpost `Beta` (integration `local`) is blocked: "
+        ) && body.contains("outpostctl-e2e/absent:1"),
+        "{body}"
+    );
     c.assert_no_secret_in(&w);
 
     let took = w.terminate(Duration::from_secs(20));
