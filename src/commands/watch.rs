@@ -21,7 +21,7 @@ pub async fn run(args: &WatchArgs) -> i32 {
             Ok(l) => {
                 log.info(
                     "start",
-                    &format!("serving /healthz and /metrics on http://{addr}"),
+                    &format!("serving /healthz, /livez and /metrics on http://{addr}"),
                     &[],
                 );
                 tokio::spawn(metrics::serve(l, Arc::clone(&metrics)));
