@@ -2058,6 +2058,9 @@ fn healthz_and_metrics_answer() {
         ) && body.contains("outpostctl-e2e/absent:1"),
         "{body}"
     );
+    // Alive all the same: nothing to restart the watch for.
+    let (code, body) = w.http("/livez");
+    assert_eq!((code, body.as_str()), (200, "ok\n"));
     c.assert_no_secret_in(&w);
 
     let took = w.terminate(Duration::from_secs(20));
