@@ -61,6 +61,36 @@ pub struct DockerEngine {
     requests: AtomicU64,
 }
 
+/// A client whose requests name the API version it negotiated, as the Docker CLI's do.
+/// bollard 0.21 builds each path as `/vX.Y/path` and then joins the path onto it, which drops
+/// the version (bollard#736): the engine would answer in its own newest version, whatever was
+/// negotiated.
+fn versioned(docker: Docker) -> Docker {
+    let v = docker.client_version();
+    let prefix = format!("/v{}.{}", v.major_version, v.minor_version);
+    docker.with_request_modifier(move |mut req| {
+        if let Some(uri) = with_version(req.uri(), &prefix) {
+            *req.uri_mut() = uri;
+        }
+        req
+    })
+}
+
+/// `uri` with `prefix` (`/v1.41`) before its path, unless its path names a version already.
+fn with_version(uri: &http::Uri, prefix: &str) -> Option<http::Uri> {
+    let pq = uri.path_and_query()?;
+    let named = pq
+        .path()
+        .strip_prefix("/v")
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()));
+    if named {
+        return None;
+    }
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(format!("{prefix}{pq}").parse().ok()?);
+    http::Uri::from_parts(parts).ok()
+}
+
 impl DockerEngine {
     /// Connects through `transport` and negotiates the API version (Debian's 20.10 speaks
     /// 1.41).
@@ -110,7 +140,7 @@ impl DockerEngine {
             }
         };
         Ok(DockerEngine {
-            docker,
+            docker: versioned(docker),
             url,
             requests: AtomicU64::new(requests),
         })
@@ -1037,6 +1067,24 @@ mod tests {
 
     /// What the watch hears of the engine's events: every event of its project's containers
     /// it reconciles on; of the others only what can unblock an outpost.
+    #[test]
+    fn requests_name_the_negotiated_api_version() {
+        let uri = |s: &str| s.parse::<http::Uri>().expect("a URI");
+        assert_eq!(
+            super::with_version(&uri("unix://2f7661/containers/json?all=true"), "/v1.41"),
+            Some(uri("unix://2f7661/v1.41/containers/json?all=true"))
+        );
+        assert_eq!(
+            super::with_version(&uri("http://127.0.0.1:2375/version"), "/v1.41"),
+            Some(uri("http://127.0.0.1:2375/v1.41/version"))
+        );
+        // A path that names one already (a bollard that mends its join) is left alone.
+        assert_eq!(
+            super::with_version(&uri("http://h/v1.44/containers/json"), "/v1.41"),
+            None
+        );
+    }
+
     #[test]
     fn events_are_sorted_into_the_projects_and_those_that_can_unblock() {
         use bollard::models::{EventActor, EventMessage, EventMessageTypeEnum as T};
