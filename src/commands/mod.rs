@@ -138,7 +138,8 @@ pub fn diff_options(adopt: bool, inspect: bool) -> crate::diff::DiffOptions {
 ///
 /// The engines are connected to and listed as soon as the integrations are validated, while
 /// the outposts still are (on a large set most of the validation then hides behind the
-/// engine's list); engines reached over ssh wait for the whole set (`read_ahead`). Only reads
+/// engine's list), the local one from the start (`LocalRead`); engines reached over ssh wait
+/// for the whole set (`read_ahead`). Only reads
 /// happen before the whole set is known to be valid, and nothing read is used unless it is:
 /// an invalid set stops the reads and plans nothing.
 pub async fn plan_now(
@@ -146,6 +147,7 @@ pub async fn plan_now(
     paths: &[PathBuf],
     diff: crate::diff::DiffOptions,
 ) -> Result<(Validated, crate::plan::Engines, crate::plan::Plan), Vec<Diagnostic>> {
+    let local = crate::engine::connect::LocalRead::start();
     let (ready, integrations) = tokio::sync::oneshot::channel();
     let owned = paths.to_vec();
     let validating = tokio::task::spawn_blocking(move || {
@@ -155,7 +157,7 @@ pub async fn plan_now(
     });
     let reading = tokio::spawn(async move {
         match integrations.await {
-            Ok(defs) => Some(crate::engine::connect::read_ahead(&defs).await),
+            Ok(defs) => Some(crate::engine::connect::read_ahead(&defs, local).await),
             // The set had an error before its integrations were resolved.
             Err(_) => None,
         }

@@ -15,7 +15,11 @@ pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
     )
     .await
     {
-        Ok((_, engines, mut plan)) => {
+        Ok((v, engines, mut plan)) => {
+            // Only `main` calls this, and the process exits right after: the set is not
+            // given back to the allocator spec by spec (the engines are dropped: that ends
+            // ssh sessions and removes their keys).
+            std::mem::forget(v);
             if args.out.is_some() {
                 plan.identify_engines(&engines).await;
             }
@@ -67,13 +71,15 @@ pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
             ));
         }
     }
-    if plan.has_errors() || !saved {
+    let exit = if plan.has_errors() || !saved {
         Exit::Failure
     } else if args.detailed_exitcode && plan.has_changes() {
         Exit::Changes
     } else {
         Exit::Success
-    }
+    };
+    std::mem::forget(plan);
+    exit
 }
 
 /// The command that applies the plan saved at `out` (the flags and paths that change what a

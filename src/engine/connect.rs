@@ -33,17 +33,29 @@ pub async fn connect_each(defs: &BTreeMap<String, IntegrationDef>) -> Engines {
 /// parallel: what a plan reads first, started while the outposts are still being validated
 /// (`validate::validate_with`). Engines reached over ssh are left out: a login to a host (a
 /// private key written, ssh run) is more than a read, and waits until the set is valid.
-pub async fn read_ahead(defs: &BTreeMap<String, IntegrationDef>) -> (Engines, Listed) {
+///
+/// `local`, the local engine's read started as the process did (`LocalRead::start`), is
+/// used for the integration with `local: true`, if there is one.
+pub async fn read_ahead(
+    defs: &BTreeMap<String, IntegrationDef>,
+    local: Option<LocalRead>,
+) -> (Engines, Listed) {
+    let mut local = local;
     let early = defs
         .iter()
         .filter(|(_, def)| !matches!(def.endpoint, Endpoint::Ssh { .. }));
-    let reads = early.map(|(name, def)| async move {
-        let engine = connect_shared(def).await;
-        let list = match &engine {
-            Ok(e) => Some(e.list().await),
-            Err(_) => None,
+    let reads = early.map(|(name, def)| {
+        let started = match def.endpoint {
+            Endpoint::Local => local.take(),
+            _ => None,
         };
-        (name.clone(), engine, list)
+        async move {
+            let (engine, list) = match started {
+                Some(read) => read.finish().await,
+                None => connect_and_list(def.endpoint.clone()).await,
+            };
+            (name.clone(), engine, list)
+        }
     });
     let mut engines = Engines::new();
     let mut listed = Listed::new();
@@ -56,6 +68,53 @@ pub async fn read_ahead(defs: &BTreeMap<String, IntegrationDef>) -> (Engines, Li
     (engines, listed)
 }
 
+/// An engine connected to (or why not) and its containers listed (None: not connected).
+type Read = (
+    Result<Arc<dyn Engine>, EngineError>,
+    Option<Result<Vec<super::Observed>, EngineError>>,
+);
+
+async fn connect_and_list(endpoint: Endpoint) -> Read {
+    let engine = connect_endpoint(&endpoint)
+        .await
+        .map(|e| Arc::new(e) as Arc<dyn Engine>);
+    let list = match &engine {
+        Ok(e) => Some(e.list().await),
+        Err(_) => None,
+    };
+    (engine, list)
+}
+
+/// The local engine (`local: true`) connected to and listed from the start of a plan, before
+/// the manifests are read (which on a large set takes longer than a connection): only reads,
+/// used only if the set, once valid, has a `local: true` integration, and stopped when
+/// dropped unused. Only for a unix socket (DOCKER_HOST unset or `unix://`): never an ssh
+/// login nor a connection over the network for a set that may not name that engine.
+pub struct LocalRead(tokio::task::JoinHandle<Read>);
+
+impl LocalRead {
+    pub fn start() -> Option<LocalRead> {
+        if env("DOCKER_HOST").is_some_and(|h| !h.starts_with("unix://")) {
+            return None;
+        }
+        Some(LocalRead(tokio::spawn(connect_and_list(Endpoint::Local))))
+    }
+
+    async fn finish(mut self) -> Read {
+        match (&mut self.0).await {
+            Ok(read) => read,
+            // It panicked: read again, as without it.
+            Err(_) => connect_and_list(Endpoint::Local).await,
+        }
+    }
+}
+
+impl Drop for LocalRead {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// `connect`, as the shared engine a plan holds.
 async fn connect_shared(def: &IntegrationDef) -> Result<Arc<dyn Engine>, EngineError> {
     connect(def).await.map(|e| Arc::new(e) as Arc<dyn Engine>)
@@ -63,7 +122,12 @@ async fn connect_shared(def: &IntegrationDef) -> Result<Arc<dyn Engine>, EngineE
 
 /// Connects to one engine and negotiates its API version.
 pub async fn connect(def: &IntegrationDef) -> Result<DockerEngine, EngineError> {
-    let transport = match &def.endpoint {
+    connect_endpoint(&def.endpoint).await
+}
+
+/// `connect`, to an endpoint.
+async fn connect_endpoint(endpoint: &Endpoint) -> Result<DockerEngine, EngineError> {
+    let transport = match endpoint {
         Endpoint::Local => local()?,
         Endpoint::Unix { path } => Transport::unix(path)?,
         Endpoint::Http { host, port } => Transport::http(host, *port),
