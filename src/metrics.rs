@@ -29,6 +29,9 @@ struct Inner {
     engines: BTreeMap<String, bool>,
     /// When the reconcile in progress started.
     running_since: Option<std::time::Instant>,
+    /// When the reconcile in progress last moved on (started, an action started or ended, a
+    /// pull reported progress).
+    progress_at: Option<std::time::Instant>,
     /// How long a reconcile may run before `/healthz` calls the watch stuck (None: no bound).
     stuck_after: Option<Duration>,
 }
@@ -52,7 +55,20 @@ impl Metrics {
     }
 
     pub fn reconcile_started(&self) {
-        self.with(|m| m.running_since = Some(std::time::Instant::now()));
+        self.with(|m| {
+            let now = std::time::Instant::now();
+            m.running_since = Some(now);
+            m.progress_at = Some(now);
+        });
+    }
+
+    /// The reconcile in progress moved on: an action started or ended, a pull progressed.
+    pub fn progressed(&self) {
+        self.with(|m| {
+            if m.running_since.is_some() {
+                m.progress_at = Some(std::time::Instant::now());
+            }
+        });
     }
 
     /// How long the reconcile in progress has run (None: none runs).
@@ -60,10 +76,17 @@ impl Metrics {
         m.running_since.map(|t| t.elapsed())
     }
 
+    /// How long the reconcile in progress has not moved on (None: none runs).
+    fn stalled_for(m: &Inner) -> Option<Duration> {
+        m.progress_at
+            .filter(|_| m.running_since.is_some())
+            .map(|t| t.elapsed())
+    }
+
     /// `/healthz`'s status and body.
     pub fn health(&self) -> (&'static str, String) {
         self.with(|m| {
-            let (status, mut body) = health(m.last_ok, Self::running_for(m), m.stuck_after);
+            let (status, mut body) = health(m.last_ok, Self::stalled_for(m), m.stuck_after);
             if m.last_ok == Some(false) && status != "200 OK" {
                 body.push_str(&causes_text(&m.last_causes));
             }
@@ -74,13 +97,14 @@ impl Metrics {
     /// `/livez`: alive unless a reconcile is stuck (a failed reconcile is no reason to
     /// restart the watch).
     pub fn liveness(&self) -> (&'static str, String) {
-        self.with(|m| health(Some(true), Self::running_for(m), m.stuck_after))
+        self.with(|m| health(Some(true), Self::stalled_for(m), m.stuck_after))
     }
 
     /// Counts a reconcile that ended; `causes` says why it failed (none when `ok`).
     pub fn reconcile_finished(&self, ok: bool, took: Duration, causes: Vec<String>) {
         self.with(|m| {
             m.running_since = None;
+            m.progress_at = None;
             m.last_causes = causes;
             if ok {
                 m.reconciles_ok += 1;
@@ -441,21 +465,21 @@ fn response(
 }
 
 /// `/healthz`'s status and body for the last reconcile's result (None: none finished yet),
-/// unless the one in progress has run for longer than `stuck_after`.
+/// unless the one in progress has not moved on for longer than `stuck_after`.
 fn health(
     last_ok: Option<bool>,
-    running_for: Option<Duration>,
+    stalled_for: Option<Duration>,
     stuck_after: Option<Duration>,
 ) -> (&'static str, String) {
     const DOWN: &str = "503 Service Unavailable";
-    if let (Some(running), Some(bound)) = (running_for, stuck_after)
-        && running > bound
+    if let (Some(stalled), Some(bound)) = (stalled_for, stuck_after)
+        && stalled > bound
     {
         return (
             DOWN,
             format!(
-                "a reconcile has been running for {} s, longer than any should (an engine or an image pull that stopped answering?)\n",
-                running.as_secs()
+                "a reconcile has not moved on for {} s, longer than any wait should last (an engine or an image pull that stopped answering?)\n",
+                stalled.as_secs()
             ),
         );
     }
@@ -519,6 +543,26 @@ mod tests {
         assert_eq!(m.health(), ("200 OK", "ok\n".to_string()));
     }
 
+    /// A reconcile is stuck when it has not moved on for the bound, however long it runs:
+    /// an action or a pull's progress sets the clock back.
+    #[test]
+    fn progress_keeps_a_long_reconcile_from_counting_as_stuck() {
+        let m = Metrics::default();
+        m.reconcile_finished(true, Duration::ZERO, Vec::new());
+        m.set_stuck_after(Duration::from_millis(200));
+        m.reconcile_started();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(m.liveness().0, "503 Service Unavailable");
+        m.progressed();
+        assert_eq!(m.liveness(), ("200 OK", "ok\n".to_string()));
+        assert_eq!(m.health().0, "200 OK");
+        // Progress outside a reconcile starts no clock.
+        m.reconcile_finished(true, Duration::ZERO, Vec::new());
+        m.progressed();
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(m.liveness().0, "200 OK");
+    }
+
     /// A reconcile that runs for longer than the bound fails /healthz, whatever the last one
     /// did; one within it does not.
     #[test]
@@ -529,7 +573,7 @@ mod tests {
         let (status, body) = health(Some(true), Some(Duration::from_secs(601)), bound);
         assert_eq!(status, "503 Service Unavailable");
         assert!(
-            body.starts_with("a reconcile has been running for 601 s"),
+            body.starts_with("a reconcile has not moved on for 601 s"),
             "{body}"
         );
         let m = Metrics::default();
@@ -773,7 +817,7 @@ mod serve_tests {
         let (status, _, body) = parse(&respond(b"GET /livez HTTP/1.1\r\n\r\n", &m));
         assert_eq!(status, "HTTP/1.1 503 Service Unavailable");
         assert!(
-            String::from_utf8_lossy(&body).starts_with("a reconcile has been running for"),
+            String::from_utf8_lossy(&body).starts_with("a reconcile has not moved on for"),
             "{body:?}"
         );
         m.reconcile_finished(true, Duration::from_secs(1), Vec::new());

@@ -479,10 +479,20 @@ fn wanted(v: &Validated) -> Hashes {
 
 struct WatchProgress<'a> {
     log: &'a Logger,
+    metrics: &'a Metrics,
 }
 
 impl Progress for WatchProgress<'_> {
+    fn started(&self, _integration: &str, _action: &Action) {
+        self.metrics.progressed();
+    }
+
+    fn pulling(&self, _integration: &str, _outpost: &str, _image: &str, _status: &str) {
+        self.metrics.progressed();
+    }
+
     fn finished(&self, o: &Outcome) {
+        self.metrics.progressed();
         let mut fields = vec![
             ("integration", o.integration.clone()),
             ("outpost", o.outpost.clone()),
@@ -522,11 +532,14 @@ impl Progress for WatchProgress<'_> {
     }
 }
 
-/// How long a reconcile may run before `/healthz` calls the watch stuck: longer than a
-/// reconcile can take with its waits (the lock's, and pulls of large images over a slow
-/// link): twice the interval, at least 15 minutes, plus the lock timeout.
-pub fn stuck_after(interval: Duration, lock_timeout: Duration) -> Duration {
-    (interval * 2).max(Duration::from_secs(900)) + lock_timeout
+/// How long a reconcile may go without moving on (no action started or ended, no pull
+/// progress) before `/healthz` and `/livez` call the watch stuck: longer than any one wait
+/// can last (a request within the engine timeout and a stop's grace, the engine lock): 15
+/// minutes (or the engine timeout, if longer) plus the lock timeout. Its whole length does
+/// not matter: a long pull that progresses is not stuck.
+pub fn stuck_after(lock_timeout: Duration) -> Duration {
+    let one_request = crate::engine::docker::request_timeout() + Duration::from_secs(10);
+    Duration::from_secs(900).max(one_request) + lock_timeout
 }
 
 /// Runs until SIGINT or SIGTERM; returns the exit code.
@@ -1071,7 +1084,10 @@ impl State {
         // inspected again by the next plan.
         let mut again = self.deferred.clone();
         if plan.has_changes() {
-            let progress = WatchProgress { log: &self.log };
+            let progress = WatchProgress {
+                log: &self.log,
+                metrics: &self.metrics,
+            };
             let report = apply::apply(&plan, &v, &engines, &progress).await;
             let now = Instant::now();
             self.restarted

@@ -15,7 +15,7 @@ pub async fn run(args: &WatchArgs) -> i32 {
         },
     };
     let metrics = Arc::new(Metrics::default());
-    metrics.set_stuck_after(watch::stuck_after(args.interval, args.lock_timeout));
+    metrics.set_stuck_after(watch::stuck_after(args.lock_timeout));
     if let Some(addr) = args.listen {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
