@@ -163,21 +163,11 @@ impl Metrics {
             let _ = writeln!(s, "# TYPE outpostctl_reconciles_total counter");
             let _ = writeln!(s, "outpostctl_reconciles_total{{result=\"success\"}} {}", m.reconciles_ok);
             let _ = writeln!(s, "outpostctl_reconciles_total{{result=\"failure\"}} {}", m.reconciles_failed);
-            let _ = writeln!(s, "# HELP outpostctl_changes_applied_total Changes applied, by action.");
-            let _ = writeln!(s, "# TYPE outpostctl_changes_applied_total counter");
-            for action in ["create", "recreate", "rename", "start", "unpause", "restart", "remove"] {
-                let n = m.changes.get(action).copied().unwrap_or(0);
-                let _ = writeln!(s, "outpostctl_changes_applied_total{{action=\"{action}\"}} {n}");
-            }
+            by_action(&mut s, "outpostctl_changes_applied_total", "Changes applied, by action.", &m.changes);
             let _ = writeln!(s, "# HELP outpostctl_drift_corrections_total Changes applied because the engine drifted (not the manifests).");
             let _ = writeln!(s, "# TYPE outpostctl_drift_corrections_total counter");
             let _ = writeln!(s, "outpostctl_drift_corrections_total {}", m.drift_corrections);
-            let _ = writeln!(s, "# HELP outpostctl_action_failures_total Actions that failed, by action.");
-            let _ = writeln!(s, "# TYPE outpostctl_action_failures_total counter");
-            for action in ["create", "recreate", "rename", "start", "unpause", "restart", "remove"] {
-                let n = m.action_failures.get(action).copied().unwrap_or(0);
-                let _ = writeln!(s, "outpostctl_action_failures_total{{action=\"{action}\"}} {n}");
-            }
+            by_action(&mut s, "outpostctl_action_failures_total", "Actions that failed, by action.", &m.action_failures);
             let _ = writeln!(s, "# HELP outpostctl_errors_total Failed reconciles, failed actions and containers found crash-looping, each counted once.");
             let _ = writeln!(s, "# TYPE outpostctl_errors_total counter");
             let _ = writeln!(s, "outpostctl_errors_total {}", m.errors);
@@ -237,6 +227,18 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             serve_connection(conn, &metrics).await;
             drop(permit);
         });
+    }
+}
+
+/// A counter by action, every action listed (0 for those not counted yet).
+fn by_action(s: &mut String, name: &str, help: &str, counts: &BTreeMap<String, u64>) {
+    let _ = writeln!(s, "# HELP {name} {help}");
+    let _ = writeln!(s, "# TYPE {name} counter");
+    for action in [
+        "create", "recreate", "rename", "start", "unpause", "restart", "remove",
+    ] {
+        let n = counts.get(action).copied().unwrap_or(0);
+        let _ = writeln!(s, "{name}{{action=\"{action}\"}} {n}");
     }
 }
 

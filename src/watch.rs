@@ -1779,9 +1779,9 @@ pub fn now_seconds() -> f64 {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_duplicates_removal_waits_with_its_outposts_put_back() {
-        let action = |kind: ActionKind, field: &str| Action {
+    /// An action of outpost `X` with one reason, on `field`.
+    fn action(kind: ActionKind, field: &str) -> Action {
+        Action {
             outpost: "X".into(),
             action: kind,
             name: "ak-outpost-x".into(),
@@ -1789,7 +1789,11 @@ mod tests {
             reasons: vec![crate::diff::Change::new(field, None, None)],
             adopt: false,
             error: None,
-        };
+        }
+    }
+
+    #[test]
+    fn a_duplicates_removal_waits_with_its_outposts_put_back() {
         assert!(waits_for_backoff(&action(ActionKind::Start, "state")));
         assert!(waits_for_backoff(&action(ActionKind::Remove, "duplicate")));
         // An outpost removed from the manifests has no put-back to wait for.
@@ -1820,20 +1824,11 @@ mod tests {
     #[test]
     fn drift_is_judged_by_the_action_not_the_trigger() {
         let key = ("local".to_string(), "X".to_string());
-        let act = |kind: ActionKind, field: &str| Action {
-            outpost: "X".into(),
-            action: kind,
-            name: "ak-outpost-x".into(),
-            container: None,
-            reasons: vec![crate::diff::Change::new(field, None, None)],
-            adopt: false,
-            error: None,
-        };
         let hashes = |h: &str| Hashes::from([(key.clone(), h.to_string())]);
         let (none, wanted) = (Hashes::new(), hashes("new"));
         let (seen_as_wanted, seen_before_the_edit) = (hashes("new"), hashes("old"));
         let drift =
-            |kind, field, seen: &Hashes| corrects_drift(&act(kind, field), &key, seen, &wanted);
+            |kind, field, seen: &Hashes| corrects_drift(&action(kind, field), &key, seen, &wanted);
         for kind in [ActionKind::Start, ActionKind::Unpause, ActionKind::Restart] {
             assert!(drift(kind, "state", &none), "{kind:?}");
         }
