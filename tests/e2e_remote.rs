@@ -461,6 +461,11 @@ fn tls_status_shows_engine_and_api_version() {
     assert_eq!(a.code, 0, "apply failed:\n{}", shown(&a));
 
     let (version, api) = engine_versions();
+    // `local: true` is shown where it points.
+    let local = match std::env::var("DOCKER_HOST") {
+        Ok(h) if !h.is_empty() => format!("DOCKER_HOST={h}"),
+        _ => "unix:///var/run/docker.sock".to_string(),
+    };
     let s = r.status(&[]);
     assert_eq!(s.code, 0, "status failed:\n{}", shown(&s));
     assert_contains(
@@ -468,7 +473,7 @@ fn tls_status_shows_engine_and_api_version() {
         &s.stdout,
         &[
             &format!("integration edge ({url}): reachable, Docker {version} (API {api})"),
-            &format!("integration local (local): reachable, Docker {version} (API {api})"),
+            &format!("integration local ({local}): reachable, Docker {version} (API {api})"),
             &format!("{}: running", r.env.name_of("radius")),
         ],
     );
