@@ -813,6 +813,37 @@ fn apply_on_a_terminal_asks_first() {
     env.assert_converged();
 }
 
+/// Ctrl-C at the question cancels the apply at once (the read of the answer does not hold
+/// the process), and nothing is changed.
+#[test]
+fn ctrl_c_at_the_question_cancels_at_once() {
+    let env = Env::new("confirmint");
+    let mut m = env.manifest();
+    m["outposts"]["Asked"] = env.outpost("ldap", "AK_A");
+    env.write(&m);
+    let started = std::time::Instant::now();
+    // ^C on the terminal, 2 s in; then a key that ends no line (NUL) every 0.1 s for 10 s,
+    // until the terminal is gone.
+    let typing = "sleep 2; printf '\\003'; i=0; \
+        while [ $i -lt 100 ] && printf '\\000' 2>/dev/null; do sleep 0.1; i=$((i+1)); done";
+    let r = env.run_on_terminal_typing(&["apply", "."], typing, None);
+    let took = started.elapsed();
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stdout
+            .contains("Apply these changes? Only `yes` is accepted:")
+            && r.stdout
+                .contains("apply cancelled (interrupted); nothing was changed"),
+        "{}",
+        shown(&r)
+    );
+    assert!(
+        took < Duration::from_secs(9),
+        "the apply waited for the keyboard after Ctrl-C: {took:?}"
+    );
+    assert!(env.project_containers().is_empty());
+}
+
 /// `apply > log` on a terminal: the question is asked on the terminal with the plan it is
 /// about (not only in the file), and the file has the plan as well.
 #[test]

@@ -134,8 +134,22 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
             p.err(&render::plan::human(&plan, p.style, args.diff));
         }
         p.err("\nApply these changes? Only `yes` is accepted: ");
-        let mut answer = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut answer);
+        // Read on a thread of its own, so that Ctrl-C (or SIGTERM) at the question cancels
+        // it at once: a blocking read cannot be interrupted, and the process exits with the
+        // thread still waiting on the terminal.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut answer = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut answer);
+            let _ = tx.send(answer);
+        });
+        let answer = tokio::select! {
+            answer = rx => answer.unwrap_or_default(),
+            _ = crate::signals::until_interrupted() => {
+                p.err("\napply cancelled (interrupted); nothing was changed\n");
+                return Exit::Failure;
+            }
+        };
         if answer.trim() != "yes" {
             p.err("apply cancelled; nothing was changed\n");
             return Exit::Failure;

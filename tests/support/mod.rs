@@ -849,6 +849,17 @@ impl Env {
     /// `run_on_terminal`, with stdout sent to the file `stdout` when given (`apply > log`):
     /// stdin and stderr stay on the terminal.
     pub fn run_on_terminal_to(&self, args: &[&str], answer: &str, stdout: Option<&Path>) -> Run {
+        self.run_on_terminal_typing(args, &format!("sleep 2; printf '%s\\n' '{answer}'"), stdout)
+    }
+
+    /// `args` run on a terminal (`script`), whose keys come from the shell commands `typing`
+    /// (`sleep 2; printf '\\003'` is a Ctrl-C after 2 s).
+    pub fn run_on_terminal_typing(
+        &self,
+        args: &[&str],
+        typing: &str,
+        stdout: Option<&Path>,
+    ) -> Run {
         let bin = common::bin();
         let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
         let mut line = std::iter::once(bin.to_string_lossy().into_owned())
@@ -859,8 +870,7 @@ impl Env {
         if let Some(file) = stdout {
             line.push_str(&format!(" > {}", quote(&file.to_string_lossy())));
         }
-        let script =
-            format!("(sleep 2; printf '%s\\n' '{answer}') | script -qec \"{line}\" /dev/null");
+        let script = format!("({typing}) | script -qec \"{line}\" /dev/null");
         let mut cmd = Command::new("sh");
         cmd.current_dir(self.dir())
             .args(["-c", &script])
