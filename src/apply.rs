@@ -704,7 +704,7 @@ async fn recreate(
         Err(e) => {
             // Put the old container back as it was, under the outpost's name.
             let back = if renamed || was_parked {
-                name_back(engine, old, &spec.name).await
+                name_back(engine, old, spec).await
             } else {
                 Ok(())
             };
@@ -727,10 +727,17 @@ async fn recreate(
     }
 }
 
-/// Renames the previous container `old` back to `name`. When the name is taken by the new
-/// container meant to replace it (`outpostctl.replaces` names `old`: its create answered too
-/// late, or its removal after a failed start failed), that one is removed first.
-async fn name_back(engine: &dyn Engine, old: &str, name: &str) -> Result<(), EngineError> {
+/// Renames the previous container `old` back to the name of `spec`. When the name is taken
+/// by the new container meant to replace it (`outpostctl.replaces` names `old`, and it is
+/// this project's: its create answered too late, or its removal after a failed start
+/// failed), that one is removed first.
+async fn name_back(
+    engine: &dyn Engine,
+    old: &str,
+    spec: &ContainerSpec,
+) -> Result<(), EngineError> {
+    let name = spec.name.as_str();
+    let project = spec.labels.get(crate::desired::LABEL_PROJECT);
     let first = engine.rename(old, name).await;
     let Err(e) = first else { return Ok(()) };
     if e.kind != crate::engine::ErrorKind::Conflict {
@@ -740,7 +747,9 @@ async fn name_back(engine: &dyn Engine, old: &str, name: &str) -> Result<(), Eng
     let replacement = match engine.inspect(name).await {
         Ok(holder)
             if !holder.id.is_empty()
-                && holder.labels.get(LABEL_REPLACES).map(String::as_str) == Some(old) =>
+                && holder.labels.get(LABEL_REPLACES).map(String::as_str) == Some(old)
+                && project.is_some()
+                && holder.labels.get(crate::desired::LABEL_PROJECT) == project =>
         {
             holder.id
         }
@@ -1067,7 +1076,10 @@ mod swap_tests {
         let mut fake = writable_fake(true);
         fake.inspected_labels.insert(
             "ak-outpost-a".into(),
-            BTreeMap::from([(crate::desired::LABEL_REPLACES.to_string(), "c1".to_string())]),
+            BTreeMap::from([
+                (crate::desired::LABEL_REPLACES.to_string(), "c1".to_string()),
+                (crate::desired::LABEL_PROJECT.to_string(), "p".to_string()),
+            ]),
         );
         let fake = failing_on(
             fake,
@@ -1094,6 +1106,38 @@ mod swap_tests {
             o.messages[0].ends_with("; the previous container was started again"),
             "{o:?}"
         );
+    }
+
+    /// A container of another project that holds the name, even one saying it replaces the
+    /// old container, is not removed to make room.
+    #[tokio::test]
+    async fn a_name_held_by_another_projects_container_is_not_freed() {
+        use crate::engine::ErrorKind::{Conflict, Timeout};
+        let mut fake = writable_fake(true);
+        fake.inspected_labels.insert(
+            "ak-outpost-a".into(),
+            BTreeMap::from([
+                (crate::desired::LABEL_REPLACES.to_string(), "c1".to_string()),
+                (
+                    crate::desired::LABEL_PROJECT.to_string(),
+                    "other".to_string(),
+                ),
+            ]),
+        );
+        let fake = failing_on(
+            fake,
+            &[
+                ("create ak-outpost-a replaces=c1", Timeout),
+                ("rename c1 ak-outpost-a", Conflict),
+            ],
+        );
+        let o = apply_on(&fake, recreate_of("ak-outpost-a"), &super::Quiet).await;
+        assert!(
+            !fake.recorded().iter().any(|c| c.starts_with("remove ")),
+            "{:?}",
+            fake.recorded()
+        );
+        assert!(!o.ok, "{o:?}");
     }
 
     /// The name is held by something else: the old container is not started under its
