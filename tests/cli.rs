@@ -1,0 +1,43 @@
+//! The command line itself, no engine needed: a wrong one exits 64 with clap's message (never
+//! 2, which `plan --detailed-exitcode` keeps for "changes present"); help and version exit 0.
+
+use std::process::Command;
+
+fn outpostctl(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("outpostctl runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_wrong_command_line_exits_64_never_2() {
+    let wrong: [&[&str]; 5] = [
+        &["plan", "--frobnicate"],
+        &["apply", "--lock-timeout"],
+        &["plan", "--format", "nope"],
+        &["frobnicate"],
+        &["validate", "--format"],
+    ];
+    for args in wrong {
+        let (code, _, err) = outpostctl(args);
+        assert_eq!(code, Some(64), "{args:?}:\n{err}");
+        assert!(err.contains("error:"), "{args:?} says why:\n{err}");
+    }
+}
+
+#[test]
+fn help_and_version_exit_0() {
+    let asked: [&[&str]; 3] = [&["--help"], &["--version"], &["plan", "--help"]];
+    for args in asked {
+        let (code, out, err) = outpostctl(args);
+        assert_eq!(code, Some(0), "{args:?}:\n{err}");
+        assert!(out.contains("outpostctl"), "{args:?}:\n{out}");
+    }
+}
