@@ -100,8 +100,9 @@ impl Metrics {
         self.with(|m| health(Some(true), Self::stalled_for(m), m.stuck_after))
     }
 
-    /// Counts a reconcile that ended; `causes` says why it failed (none when `ok`).
-    pub fn reconcile_finished(&self, ok: bool, took: Duration, causes: Vec<String>) {
+    /// Counts a reconcile that ended: it failed when `causes` says why.
+    pub fn reconcile_finished(&self, took: Duration, causes: Vec<String>) {
+        let ok = causes.is_empty();
         self.with(|m| {
             m.running_since = None;
             m.progress_at = None;
@@ -527,7 +528,7 @@ mod tests {
             .map(|i| format!("outpost `O{i}` (integration `local`) is blocked: x\ny\u{1b}"))
             .collect();
         m.action_failed("recreate");
-        m.reconcile_finished(false, Duration::from_secs(1), causes);
+        m.reconcile_finished(Duration::from_secs(1), causes);
         let (status, body) = m.health();
         assert_eq!(status, "503 Service Unavailable");
         let lines: Vec<&str> = body.lines().collect();
@@ -541,7 +542,7 @@ mod tests {
         let text = m.render();
         assert!(text.contains("outpostctl_action_failures_total{action=\"recreate\"} 1\n"));
         assert!(text.contains("outpostctl_errors_total 2\n"), "{text}");
-        m.reconcile_finished(true, Duration::from_secs(1), Vec::new());
+        m.reconcile_finished(Duration::from_secs(1), Vec::new());
         assert_eq!(m.health(), ("200 OK", "ok\n".to_string()));
     }
 
@@ -550,7 +551,7 @@ mod tests {
     #[test]
     fn progress_keeps_a_long_reconcile_from_counting_as_stuck() {
         let m = Metrics::default();
-        m.reconcile_finished(true, Duration::ZERO, Vec::new());
+        m.reconcile_finished(Duration::ZERO, Vec::new());
         m.set_stuck_after(Duration::from_millis(200));
         m.reconcile_started();
         std::thread::sleep(Duration::from_millis(300));
@@ -559,7 +560,7 @@ mod tests {
         assert_eq!(m.liveness(), ("200 OK", "ok\n".to_string()));
         assert_eq!(m.health().0, "200 OK");
         // Progress outside a reconcile starts no clock.
-        m.reconcile_finished(true, Duration::ZERO, Vec::new());
+        m.reconcile_finished(Duration::ZERO, Vec::new());
         m.progressed();
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(m.liveness().0, "200 OK");
@@ -584,7 +585,7 @@ mod tests {
             m.render()
                 .contains("outpostctl_reconcile_running_seconds 0.")
         );
-        m.reconcile_finished(true, Duration::from_secs(1), Vec::new());
+        m.reconcile_finished(Duration::from_secs(1), Vec::new());
         assert!(
             m.render()
                 .contains("outpostctl_reconcile_running_seconds 0.000\n")
@@ -655,7 +656,7 @@ mod serve_tests {
 
     fn healthy() -> Metrics {
         let m = Metrics::default();
-        m.reconcile_finished(true, Duration::from_secs(1), Vec::new());
+        m.reconcile_finished(Duration::from_secs(1), Vec::new());
         m
     }
 
@@ -810,7 +811,7 @@ mod serve_tests {
         let get = |path: &str| status_of(&format!("GET {path} HTTP/1.1\r\n\r\n"), &m);
         assert_eq!(get("/livez"), "HTTP/1.1 200 OK");
         assert_eq!(get("/healthz"), "HTTP/1.1 503 Service Unavailable");
-        m.reconcile_finished(false, Duration::from_secs(1), Vec::new());
+        m.reconcile_finished(Duration::from_secs(1), vec!["an engine away".into()]);
         assert_eq!(get("/livez"), "HTTP/1.1 200 OK");
         assert_eq!(get("/healthz"), "HTTP/1.1 503 Service Unavailable");
         m.set_stuck_after(Duration::ZERO);
@@ -822,7 +823,7 @@ mod serve_tests {
             String::from_utf8_lossy(&body).starts_with("a reconcile has not moved on for"),
             "{body:?}"
         );
-        m.reconcile_finished(true, Duration::from_secs(1), Vec::new());
+        m.reconcile_finished(Duration::from_secs(1), Vec::new());
         assert_eq!(get("/livez"), "HTTP/1.1 200 OK");
     }
 

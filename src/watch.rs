@@ -907,7 +907,7 @@ impl State {
         }
         self.log.info("reconcile", "reconcile started", &fields);
         self.metrics.reconcile_started();
-        // Why the reconcile failed, for /healthz.
+        // Why the reconcile failed (for /healthz): it succeeded when there is none.
         let mut causes: Vec<String> = Vec::new();
         let outcome = validate(&self.opts.paths);
         for d in &outcome.diagnostics {
@@ -980,8 +980,7 @@ impl State {
                     if n == 1 { "" } else { "s" }
                 ));
             }
-            self.metrics
-                .reconcile_finished(false, started.elapsed(), causes);
+            self.metrics.reconcile_finished(started.elapsed(), causes);
             return;
         };
         let tasks = &self.event_tasks;
@@ -990,7 +989,6 @@ impl State {
         self.watch_engines(&v, started);
         let engines = self.connect(&v).await;
         let mut plan = plan::build(&v, &engines, self.diff_options(&v)).await;
-        let mut ok = true;
         // What failed (not only blocked), by integration or integration/outpost: a retry is
         // scheduled.
         let mut failed: BTreeSet<Failed> = BTreeSet::new();
@@ -999,14 +997,12 @@ impl State {
         for e in &plan.integrations {
             self.metrics.engine_up(&e.name, e.error.is_none());
             if let Some(err) = &e.error {
-                ok = false;
                 failed.insert(Failed::Engine(e.name.clone()));
                 self.log
                     .error("engine", err, &[("integration", e.name.clone())]);
                 causes.push(format!("integration `{}`: {err}", e.name));
             }
             for a in e.actions.iter().filter(|a| a.action == ActionKind::Blocked) {
-                ok = false;
                 causes.push(format!(
                     "outpost `{}` (integration `{}`) is blocked: {}",
                     a.outpost,
@@ -1056,7 +1052,6 @@ impl State {
             plan = locked;
             locks = held;
             for e in plan.integrations.iter().filter(|e| e.error.is_some()) {
-                ok = false;
                 failed.insert(Failed::Engine(e.name.clone()));
                 self.metrics.engine_up(&e.name, false);
                 causes.push(format!(
@@ -1130,18 +1125,21 @@ impl State {
                 if o.ok {
                     self.metrics.change_applied(o.action.as_str(), drift);
                 } else {
-                    ok = false;
                     failed.insert(Failed::Outpost(o.integration.clone(), o.outpost.clone()));
-                    if !apply::held_back_by_shutdown(o) {
+                    let said = o.messages.first().map_or("", String::as_str);
+                    // Held back by a shutdown: asked for, not counted as an action's failure.
+                    let what = if apply::held_back_by_shutdown(o) {
+                        said.to_string()
+                    } else {
                         self.metrics.action_failed(o.action.as_str());
-                        causes.push(format!(
-                            "outpost `{}` (integration `{}`): {} failed: {}",
-                            o.outpost,
-                            o.integration,
-                            o.action.as_str(),
-                            o.messages.first().map_or("", String::as_str)
-                        ));
-                    }
+                        format!("failed: {said}")
+                    };
+                    causes.push(format!(
+                        "outpost `{}` (integration `{}`): {} {what}",
+                        o.outpost,
+                        o.integration,
+                        o.action.as_str(),
+                    ));
                     again.insert((o.integration.clone(), o.outpost.clone()));
                 }
             }
@@ -1155,7 +1153,6 @@ impl State {
                     .iter()
                     .map(|(name, _)| Failed::Engine(name.clone())),
             );
-            ok &= failed.is_empty();
         }
         crate::lock::release_all(locks).await;
         // The plan made under the lock is the latest look at the engines it covers.
@@ -1197,14 +1194,8 @@ impl State {
                     .map(move |n| (format!("{}/{n}", e.name), until))
             })
             .collect();
-        if !ok && causes.is_empty() {
-            causes.push("see the log".into());
-        }
-        if ok {
-            causes.clear();
-        }
-        self.metrics
-            .reconcile_finished(ok, started.elapsed(), causes);
+        let ok = causes.is_empty();
+        self.metrics.reconcile_finished(started.elapsed(), causes);
         let ms = started.elapsed().as_millis().to_string();
         if ok {
             self.log.info(
