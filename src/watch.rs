@@ -286,11 +286,17 @@ fn kept_by_no_prune(a: &Action, no_prune: bool) -> bool {
     no_prune && a.action == ActionKind::Remove && !crate::diff::is_duplicate_removal(a)
 }
 
-/// A recreate back to the config this watch last made the outpost's container with, the
-/// manifests unchanged: someone else changed the container (another writer with other
-/// manifests, say), and it is put back.
-fn remakes(a: &Action, key: &(String, String), made: &Hashes, wanted: &Hashes) -> bool {
-    a.action == ActionKind::Recreate && made.get(key).is_some_and(|h| wanted.get(key) == Some(h))
+/// Whether the outpost's container was last seen (up to date, or made so by this watch) with
+/// the config the manifests still want.
+fn seen_as_wanted(key: &(String, String), seen: &Hashes, wanted: &Hashes) -> bool {
+    seen.get(key).is_some_and(|h| wanted.get(key) == Some(h))
+}
+
+/// A recreate back to the config the outpost's container was last seen with, the manifests
+/// unchanged: someone else changed the container (another writer with other manifests, say),
+/// and it is put back.
+fn remakes(a: &Action, key: &(String, String), seen: &Hashes, wanted: &Hashes) -> bool {
+    a.action == ActionKind::Recreate && seen_as_wanted(key, seen, wanted)
 }
 
 /// Whether an action corrects drift (the engine moved, not the manifests), whatever started
@@ -299,11 +305,10 @@ fn remakes(a: &Action, key: &(String, String), made: &Hashes, wanted: &Hashes) -
 /// gone, renamed or changed since. A new outpost, a changed one and a removal are the
 /// manifests' doing; so is what a watch that just started finds, but for the first kinds.
 fn corrects_drift(a: &Action, key: &(String, String), seen: &Hashes, wanted: &Hashes) -> bool {
-    let made_as_wanted = seen.get(key).is_some_and(|h| wanted.get(key) == Some(h));
     match a.action {
         ActionKind::Start | ActionKind::Unpause | ActionKind::Restart => true,
-        ActionKind::Recreate => made_as_wanted || is_put_back(a),
-        ActionKind::Create | ActionKind::Rename => made_as_wanted,
+        ActionKind::Recreate => is_put_back(a) || remakes(a, key, seen, wanted),
+        ActionKind::Create | ActionKind::Rename => seen_as_wanted(key, seen, wanted),
         ActionKind::Remove | ActionKind::Noop | ActionKind::Blocked => false,
     }
 }
@@ -451,14 +456,11 @@ struct State {
     /// The containers ("integration/id") this watch restarted (unhealthy), and when: their
     /// `die` is the restart's, not a crash.
     restarted: HashMap<String, Instant>,
-    /// The config hash of each outpost's container as this watch last made it, by
-    /// (integration, outpost): a recreate back to it, the manifests unchanged (`wanted`),
-    /// puts back someone else's change (another writer with other manifests: a fight is
-    /// backed off like any other put-back).
-    made: Hashes,
     /// The config hash each outpost's container was last seen with, up to date (planned as
-    /// nothing to do) or made so by this watch: an action on it, the manifests unchanged,
-    /// corrects drift (`corrects_drift`).
+    /// nothing to do) or made so by this watch, by (integration, outpost). An action on it,
+    /// the manifests unchanged (`wanted`), corrects drift (`corrects_drift`); a recreate back
+    /// to it puts back someone else's change (another writer with other manifests: a fight
+    /// is backed off like any other put-back, `remakes`).
     seen: Hashes,
 }
 
@@ -706,7 +708,6 @@ impl State {
             retry: None,
             echoes: HashMap::new(),
             restarted: HashMap::new(),
-            made: HashMap::new(),
             seen: HashMap::new(),
             opts,
         }
@@ -1020,7 +1021,6 @@ impl State {
             }
         }
         let wanted = wanted(&v);
-        self.made.retain(|key, _| wanted.contains_key(key));
         self.seen.retain(|key, _| wanted.contains_key(key));
         // As planned, before the backoff held some actions back (see `Inspections::done`).
         let planned = plan.clone();
@@ -1089,7 +1089,7 @@ impl State {
                 .retain(|_, at| now.duration_since(*at) < RESTART_ECHO);
             for o in &report.outcomes {
                 let key = (o.integration.clone(), o.outpost.clone());
-                // Judged against what this watch had made before this apply.
+                // Judged against what was seen before this apply.
                 let drift = plan
                     .integrations
                     .iter()
@@ -1097,12 +1097,6 @@ impl State {
                     .flat_map(|e| &e.actions)
                     .find(|a| a.outpost == o.outpost && a.action == o.action)
                     .is_some_and(|a| corrects_drift(a, &key, &self.seen, &wanted));
-                if o.ok
-                    && matches!(o.action, ActionKind::Create | ActionKind::Recreate)
-                    && let Some(hash) = wanted.get(&key)
-                {
-                    self.made.insert(key.clone(), hash.clone());
-                }
                 if o.ok
                     && o.action != ActionKind::Remove
                     && let Some(hash) = wanted.get(&key)
@@ -1216,7 +1210,7 @@ impl State {
     /// put-backs of outposts that are backing off (a retry is scheduled for them).
     /// `count` is set for the first look at a reconcile's plan: put-backs are counted and
     /// held back there, and the look at the plan made under the lock holds back the same.
-    /// `wanted`: the config hashes the manifests want (see `made`).
+    /// `wanted`: the config hashes the manifests want (see `seen`).
     fn filter_actions(&mut self, plan: &mut plan::Plan, count: bool, wanted: &Hashes) {
         let now = Instant::now();
         if count {
@@ -1231,7 +1225,7 @@ impl State {
                 // failed (its lock held by another writer, say): its put-back never ran.
                 let failed = Failed::Outpost(key.0.clone(), key.1.clone());
                 let engine_failed = Failed::Engine(key.0.clone());
-                if (is_put_back(a) || remakes(a, &key, &self.made, wanted))
+                if (is_put_back(a) || remakes(a, &key, &self.seen, wanted))
                     && !self.failures.contains_key(&failed)
                     && !self.failures.contains_key(&engine_failed)
                 {
@@ -1262,7 +1256,7 @@ impl State {
             let log = &self.log;
             let no_prune = self.opts.no_prune;
             let deferred = &self.deferred;
-            let made = &self.made;
+            let seen = &self.seen;
             e.actions.retain(|a| {
                 if kept_by_no_prune(a, no_prune) {
                     if count {
@@ -1278,7 +1272,7 @@ impl State {
                     return false;
                 }
                 let key = (integration.clone(), a.outpost.clone());
-                !((waits_for_backoff(a) || remakes(a, &key, made, wanted))
+                !((waits_for_backoff(a) || remakes(a, &key, seen, wanted))
                     && deferred.contains(&key))
             });
         }
@@ -1810,8 +1804,8 @@ mod tests {
     }
 
     /// Drift is what the engine did, whatever started the reconcile: a manifest edit
-    /// applied by a retry is no drift; a container this watch made, gone or changed since,
-    /// is.
+    /// applied by a retry is no drift; a container seen (or made) as wanted, gone or changed
+    /// since, is.
     #[test]
     fn drift_is_judged_by_the_action_not_the_trigger() {
         let key = ("local".to_string(), "X".to_string());
@@ -1881,7 +1875,7 @@ mod tests {
     }
 
     /// Two writers with different manifests recreating one outpost back and forth: each of
-    /// this watch's recreates back to the config it made (its manifests unchanged) is a
+    /// this watch's recreates back to the config it last saw (its manifests unchanged) is a
     /// put-back, so the fight is backed off and reported like a container that keeps being
     /// removed; a recreate the manifests ask for (a new config) is not counted.
     #[tokio::test]
@@ -1889,7 +1883,7 @@ mod tests {
         let mut state = state();
         let key = ("local".to_string(), "outpost of c1".to_string());
         let wanted = Hashes::from([(key.clone(), "h1".to_string())]);
-        state.made.insert(key.clone(), "h1".into());
+        state.seen.insert(key.clone(), "h1".into());
         let recreate = || plan_of(vec![("local", Some(vec![on("c1", ActionKind::Recreate)]))]);
         for _ in 0..PUT_BACKS_BEFORE_BACKOFF {
             let mut plan = recreate();
@@ -1903,7 +1897,7 @@ mod tests {
         // The manifests changed: a new config is applied, not counted.
         let mut state2 = super::tests::state();
         let wanted2 = Hashes::from([(key.clone(), "h2".to_string())]);
-        state2.made.insert(key.clone(), "h1".into());
+        state2.seen.insert(key.clone(), "h1".into());
         for _ in 0..PUT_BACKS_BEFORE_BACKOFF + 1 {
             let mut plan = recreate();
             state2.filter_actions(&mut plan, true, &wanted2);
