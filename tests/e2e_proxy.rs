@@ -490,3 +490,28 @@ fn a_blocked_move_keeps_the_outposts_container() {
     );
     assert!(c.running());
 }
+
+/// An integration naming the engine's socket by its path (`unix://...`) plans and applies
+/// like `local: true` (the read started for the local engine serves it), and converges.
+#[test]
+fn an_integration_naming_the_socket_by_its_path_applies() {
+    let env = Env::new("sockurl");
+    let mut m = env.manifest();
+    m["integrations"] = json!({ "sock": { "url": format!("unix://{}", engine_socket()) } });
+    let mut dir = env.outpost("ldap", "AK_DIR");
+    dir["integration"] = json!("sock");
+    m["outposts"]["Dir"] = dir;
+    env.write(&m);
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{}", shown(&plan));
+    assert!(
+        plan.stdout
+            .contains(&format!("integration sock (unix://{})", engine_socket()))
+            && plan.stdout.contains("plan: 1 to create"),
+        "{}",
+        shown(&plan)
+    );
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    env.assert_converged();
+}

@@ -45,8 +45,12 @@ pub async fn read_ahead(
         .iter()
         .filter(|(_, def)| !matches!(def.endpoint, Endpoint::Ssh { .. }));
     let reads = early.map(|(name, def)| {
-        let started = match def.endpoint {
+        let started = match &def.endpoint {
             Endpoint::Local => local.take(),
+            // The same socket named by its path: read once.
+            Endpoint::Unix { path } if local.as_ref().is_some_and(|l| l.socket == *path) => {
+                local.take()
+            }
             _ => None,
         };
         async move {
@@ -90,18 +94,26 @@ async fn connect_and_list(endpoint: Endpoint) -> Read {
 /// used only if the set, once valid, has a `local: true` integration, and stopped when
 /// dropped unused. Only for a unix socket (DOCKER_HOST unset or `unix://`): never an ssh
 /// login nor a connection over the network for a set that may not name that engine.
-pub struct LocalRead(tokio::task::JoinHandle<Read>);
+pub struct LocalRead {
+    read: tokio::task::JoinHandle<Read>,
+    /// The socket it reads.
+    socket: String,
+}
 
 impl LocalRead {
     pub fn start() -> Option<LocalRead> {
-        if env("DOCKER_HOST").is_some_and(|h| !h.starts_with("unix://")) {
-            return None;
-        }
-        Some(LocalRead(tokio::spawn(connect_and_list(Endpoint::Local))))
+        let socket = match env("DOCKER_HOST") {
+            None => DEFAULT_SOCKET.to_string(),
+            Some(h) => h.strip_prefix("unix://")?.to_string(),
+        };
+        Some(LocalRead {
+            read: tokio::spawn(connect_and_list(Endpoint::Local)),
+            socket,
+        })
     }
 
     async fn finish(mut self) -> Read {
-        match (&mut self.0).await {
+        match (&mut self.read).await {
             Ok(read) => read,
             // It panicked: read again, as without it.
             Err(_) => connect_and_list(Endpoint::Local).await,
@@ -111,7 +123,7 @@ impl LocalRead {
 
 impl Drop for LocalRead {
     fn drop(&mut self) {
-        self.0.abort();
+        self.read.abort();
     }
 }
 
