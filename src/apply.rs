@@ -1065,20 +1065,20 @@ mod swap_tests {
         );
     }
 
-    /// A create that failed although the engine made the container (its answer was lost):
-    /// the new container holds the outpost's name, so the old one's rename back fails; the
-    /// new one, which names the old one as the one it replaces, is removed, and the old one
-    /// gets its name back and runs (not started under its parked name, where it would hold
-    /// the outpost's host ports against the container with its name, for good).
-    #[tokio::test]
-    async fn a_create_whose_answer_was_lost_is_undone_and_the_old_container_named_back() {
+    /// A recreate of `ak-outpost-a` (project `p`) whose create failed although the engine
+    /// made a container of that name, of project `holder`, saying it replaces `c1`: what the
+    /// engine was asked, and the outcome.
+    async fn recreate_whose_create_answer_was_lost(holder: &str) -> (Arc<Fake>, super::Outcome) {
         use crate::engine::ErrorKind::{Conflict, Timeout};
         let mut fake = writable_fake(true);
         fake.inspected_labels.insert(
             "ak-outpost-a".into(),
             BTreeMap::from([
                 (crate::desired::LABEL_REPLACES.to_string(), "c1".to_string()),
-                (crate::desired::LABEL_PROJECT.to_string(), "p".to_string()),
+                (
+                    crate::desired::LABEL_PROJECT.to_string(),
+                    holder.to_string(),
+                ),
             ]),
         );
         let fake = failing_on(
@@ -1089,6 +1089,17 @@ mod swap_tests {
             ],
         );
         let o = apply_on(&fake, recreate_of("ak-outpost-a"), &super::Quiet).await;
+        (fake, o)
+    }
+
+    /// A create that failed although the engine made the container (its answer was lost):
+    /// the new container holds the outpost's name, so the old one's rename back fails; the
+    /// new one, which names the old one as the one it replaces, is removed, and the old one
+    /// gets its name back and runs (not started under its parked name, where it would hold
+    /// the outpost's host ports against the container with its name, for good).
+    #[tokio::test]
+    async fn a_create_whose_answer_was_lost_is_undone_and_the_old_container_named_back() {
+        let (fake, o) = recreate_whose_create_answer_was_lost("p").await;
         assert_eq!(
             fake.recorded(),
             [
@@ -1112,26 +1123,7 @@ mod swap_tests {
     /// old container, is not removed to make room.
     #[tokio::test]
     async fn a_name_held_by_another_projects_container_is_not_freed() {
-        use crate::engine::ErrorKind::{Conflict, Timeout};
-        let mut fake = writable_fake(true);
-        fake.inspected_labels.insert(
-            "ak-outpost-a".into(),
-            BTreeMap::from([
-                (crate::desired::LABEL_REPLACES.to_string(), "c1".to_string()),
-                (
-                    crate::desired::LABEL_PROJECT.to_string(),
-                    "other".to_string(),
-                ),
-            ]),
-        );
-        let fake = failing_on(
-            fake,
-            &[
-                ("create ak-outpost-a replaces=c1", Timeout),
-                ("rename c1 ak-outpost-a", Conflict),
-            ],
-        );
-        let o = apply_on(&fake, recreate_of("ak-outpost-a"), &super::Quiet).await;
+        let (fake, o) = recreate_whose_create_answer_was_lost("other").await;
         assert!(
             !fake.recorded().iter().any(|c| c.starts_with("remove ")),
             "{:?}",
