@@ -195,7 +195,11 @@ fn walk(
                     "unreadable-path",
                     format!("cannot read `{}`: {}", path.display(), io_reason(&e)),
                 )
-                .hint("a dangling symlink? fix or remove it")
+                .hint(if e.kind() == std::io::ErrorKind::NotFound {
+                    "a dangling symlink? fix or remove it"
+                } else {
+                    "a symlink loop, or a file the system cannot read now? fix or remove it"
+                })
                 .transient(&e),
             ),
             // Nor one that is no regular file (a FIFO would block the run, a device never
