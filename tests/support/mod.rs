@@ -870,7 +870,10 @@ impl Env {
         if let Some(file) = stdout {
             line.push_str(&format!(" > {}", quote(&file.to_string_lossy())));
         }
-        let script = format!("({typing}) | script -qec \"{line}\" /dev/null");
+        // `exec`: the shell `script` starts ($SHELL, or dash when unset, as in CI) must not
+        // stay in the terminal's process group, or a ^C kills it and `script` exits 130
+        // whatever outpostctl does with the signal.
+        let script = format!("({typing}) | script -qec \"exec {line}\" /dev/null");
         let mut cmd = Command::new("sh");
         cmd.current_dir(self.dir())
             .args(["-c", &script])
