@@ -408,13 +408,18 @@ async fn lock_image(engine: &dyn Engine, opts: &LockOptions) -> Result<String, E
 /// The longest time between two renewals of a held lock (`renew`).
 const RENEW_AT_MOST_EVERY: Duration = Duration::from_secs(10);
 
+/// The shortest wait before a failed renewal is tried again (`renew`).
+const RETRY_AT_LEAST_AFTER: Duration = Duration::from_millis(250);
+
 async fn renew(engine: Arc<dyn Engine>, id: String, lease: i64, since: tokio::time::Instant) {
     // A third of the lease, and at most `RENEW_AT_MOST_EVERY`: a lock container removed
     // under the run (`docker container prune` takes it: it is never started) is noticed
     // within that, whatever the lease.
     let every = Duration::from_secs((lease / 3).max(1) as u64).min(RENEW_AT_MOST_EVERY);
     let patience = Duration::from_secs((lease - lease / 3).max(1) as u64);
-    let again = (every / 4).max(Duration::from_secs(1)).min(every);
+    // After a failed renewal: a quarter of the period, at least 250 ms. A floor of a second
+    // left the shortest lease (3 s: lost 2 s after its last renewal) a single retry.
+    let again = (every / 4).max(RETRY_AT_LEAST_AFTER).min(every);
     let mut renewed_at = since;
     let mut next = since + every;
     let mut failed: Option<EngineError> = None;
@@ -722,6 +727,24 @@ mod tests {
                     && w.contains("renew broken: failed in this test")),
             "{why:?}"
         );
+    }
+
+    /// With the shortest lease (3 s: renewed every second, lost 2 s after the last renewal),
+    /// two renewals failing at once in a row (an engine restarting) do not lose the lock:
+    /// a failed renewal is tried again 250 ms later.
+    #[tokio::test(start_paused = true)]
+    async fn the_shortest_lease_survives_two_failed_renewals() {
+        let engine = recording();
+        engine.fail_once("renew short", ErrorKind::Api);
+        engine.fail_once("renew short", ErrorKind::Api);
+        let renewing = renewing(&engine, "short", 3);
+        tokio::time::sleep(Duration::from_millis(3_900)).await;
+        let kept = held(|h| h.get("short").map(|l| l.lost.clone()));
+        renewing.abort();
+        held(|h| h.remove("short"));
+        assert_eq!(kept, Some(None), "the lock was lost");
+        // Failed at 1 s and 1.25 s, renewed at 1.5 s, then at 2.5 s and 3.5 s.
+        assert_eq!(engine.recorded(), ["renew short"; 5]);
     }
 
     /// However long the lease, a held lock is renewed at least every 10 s: a lock container
