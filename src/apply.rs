@@ -333,6 +333,24 @@ fn not_started(why: &str, kept: bool) -> String {
     format!("not started: {why}{kept}")
 }
 
+/// The integrations of `plan` whose lock was lost once their last action had started, with
+/// why: every action there ran (none failed, so none was stopped by the loss), but what ran
+/// may have crossed another writer's work. A failure of the run; an integration with a
+/// failed action said so at that action already.
+pub fn lock_lost_after_start(plan: &Plan, report: &Report) -> Vec<(String, String)> {
+    plan.integrations
+        .iter()
+        .filter(|e| e.error.is_none() && e.actions.iter().any(|a| a.action.is_change()))
+        .filter(|e| {
+            !report
+                .outcomes
+                .iter()
+                .any(|o| o.integration == e.name && !o.ok)
+        })
+        .filter_map(|e| crate::lock::lost_on(&e.name).map(|why| (e.name.clone(), why)))
+        .collect()
+}
+
 /// Whether `o` is an action a shutdown kept from starting: asked for, not a failure.
 pub fn held_back_by_shutdown(o: &Outcome) -> bool {
     let said = not_started(SHUTTING_DOWN, false);
@@ -944,6 +962,74 @@ mod swap_tests {
                 && o.messages[0].contains("already exists"),
             "{o:?}"
         );
+    }
+
+    /// Loses the lock of integration `local` once an action there is done.
+    struct LosesTheLockAtTheEnd;
+    impl Progress for LosesTheLockAtTheEnd {
+        fn finished(&self, _outcome: &super::Outcome) {
+            crate::lock::lose_for_test("lost-mid-apply", "its lock container was removed");
+        }
+    }
+
+    /// A lock lost once the last action had started (here: once it was done, before the run
+    /// ends): the run is told the integration and why, to fail with; with the lock kept,
+    /// nothing is said.
+    #[tokio::test]
+    async fn a_lock_lost_after_the_last_action_started_is_reported() {
+        let v = ldap_a();
+        let fake = writable(true);
+        let engines: crate::plan::Engines = BTreeMap::from([(
+            "local".to_string(),
+            Ok(Arc::clone(&fake) as Arc<dyn crate::engine::Engine>),
+        )]);
+        let create = Action {
+            outpost: "A".into(),
+            action: crate::diff::ActionKind::Create,
+            name: "ak-outpost-a".into(),
+            container: None,
+            reasons: Vec::new(),
+            adopt: false,
+            error: None,
+        };
+        let plan = on_local(vec![create]);
+        crate::lock::hold_for_test("lost-mid-apply", &["local"]);
+        let report = apply(&plan, &v, &engines, &LosesTheLockAtTheEnd).await;
+        let lost = super::lock_lost_after_start(&plan, &report);
+        crate::lock::forget_for_test("lost-mid-apply");
+        assert!(
+            report.outcomes.iter().all(|o| o.ok),
+            "{:?}",
+            report.outcomes
+        );
+        assert_eq!(
+            fake.recorded(),
+            ["create ak-outpost-a replaces=-", "start new-1"]
+        );
+        assert_eq!(
+            lost,
+            [(
+                "local".to_string(),
+                "its lock container was removed".to_string()
+            )]
+        );
+
+        // The same run with the lock kept: nothing to say.
+        crate::lock::hold_for_test("kept-mid-apply", &["local"]);
+        let fake = writable(true);
+        let engines: crate::plan::Engines = BTreeMap::from([(
+            "local".to_string(),
+            Ok(Arc::clone(&fake) as Arc<dyn crate::engine::Engine>),
+        )]);
+        let report = apply(&plan, &v, &engines, &super::Quiet).await;
+        let lost = super::lock_lost_after_start(&plan, &report);
+        crate::lock::forget_for_test("kept-mid-apply");
+        assert!(
+            report.outcomes.iter().all(|o| o.ok),
+            "{:?}",
+            report.outcomes
+        );
+        assert!(lost.is_empty(), "{lost:?}");
     }
 
     fn ldap_a() -> crate::validate::Validated {

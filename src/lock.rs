@@ -567,6 +567,36 @@ pub async fn release_all(locks: Vec<Lock>) {
     futures_util::future::join_all(locks.into_iter().map(Lock::release)).await;
 }
 
+/// Makes this process hold a lock `id` for `integrations` (for tests elsewhere).
+#[cfg(test)]
+pub(crate) fn hold_for_test(id: &str, integrations: &[&str]) {
+    held(|h| {
+        h.insert(
+            id.to_string(),
+            Held {
+                integrations: integrations.iter().map(|i| i.to_string()).collect(),
+                ..Held::default()
+            },
+        )
+    });
+}
+
+/// Loses lock `id` for `why`, as a failed renewal does (for tests elsewhere).
+#[cfg(test)]
+pub(crate) fn lose_for_test(id: &str, why: &str) {
+    held(|h| {
+        if let Some(state) = h.get_mut(id) {
+            state.lost = Some(why.to_string());
+        }
+    });
+}
+
+/// Forgets lock `id` (for tests elsewhere).
+#[cfg(test)]
+pub(crate) fn forget_for_test(id: &str) {
+    held(|h| h.remove(id));
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

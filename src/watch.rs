@@ -1147,6 +1147,15 @@ impl State {
                     .iter()
                     .map(|(name, _)| Failed::Engine(name.clone())),
             );
+            // A lock lost once the last action had started: a failed reconcile, tried again.
+            for (name, why) in apply::lock_lost_after_start(&plan, &report) {
+                let why = format!("{why} (after its actions had started; they finished)");
+                self.log
+                    .error("lock", &why, &[("integration", name.clone())]);
+                self.metrics.engine_up(&name, false);
+                causes.push(format!("integration `{name}`: {why}"));
+                failed.insert(Failed::Engine(name));
+            }
         }
         crate::lock::release_all(locks).await;
         // The plan made under the lock is the latest look at the engines it covers.

@@ -198,20 +198,9 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
     } else {
         apply::apply(&plan, &v, &engines, &Unattended).await
     };
-    // A lock lost once the last action had started: what ran may have crossed another
-    // writer's work. Said, and a failure, as when it stops an action (said there already).
-    let lost: Vec<(String, String)> = plan
-        .integrations
-        .iter()
-        .filter(|e| e.error.is_none() && e.actions.iter().any(|a| a.action.is_change()))
-        .filter(|e| {
-            !report
-                .outcomes
-                .iter()
-                .any(|o| o.integration == e.name && !o.ok)
-        })
-        .filter_map(|e| lock::lost_on(&e.name).map(|why| (e.name.clone(), why)))
-        .collect();
+    // A lock lost once the last action had started: said, and a failure, as when it stops
+    // an action (said there already).
+    let lost = apply::lock_lost_after_start(&plan, &report);
     lock::release_all(locks).await;
     p.out(&render::plan::report_human(
         &report,
