@@ -27,6 +27,9 @@ struct Inner {
     last_ok: Option<bool>,
     last_duration: f64,
     engines: BTreeMap<String, bool>,
+    /// Engine events received (those about the project's containers and those that may
+    /// unblock an outpost), by integration.
+    events: BTreeMap<String, u64>,
     /// When the reconcile in progress started.
     running_since: Option<std::time::Instant>,
     /// When the reconcile in progress last moved on (started, an action started or ended, a
@@ -146,12 +149,19 @@ impl Metrics {
         });
     }
 
+    /// An engine event came in from `integration`'s engine.
+    pub fn event_received(&self, integration: &str) {
+        self.with(|m| *m.events.entry(integration.to_string()).or_default() += 1);
+    }
+
     /// Forgets the engines of integrations no longer in the manifests (a series left at 0
     /// would keep an alert firing).
     pub fn keep_engines(&self, integrations: &BTreeSet<&str>) {
         self.with(|m| {
             m.engines
-                .retain(|name, _| integrations.contains(name.as_str()))
+                .retain(|name, _| integrations.contains(name.as_str()));
+            m.events
+                .retain(|name, _| integrations.contains(name.as_str()));
         });
     }
 
@@ -186,6 +196,11 @@ impl Metrics {
             let _ = writeln!(s, "# TYPE outpostctl_engine_up gauge");
             for (name, up) in &m.engines {
                 let _ = writeln!(s, "outpostctl_engine_up{{integration=\"{}\"}} {}", esc(name), u8::from(*up));
+            }
+            let _ = writeln!(s, "# HELP outpostctl_engine_events_total Engine events received, by integration (a stream that stopped counting may be broken).");
+            let _ = writeln!(s, "# TYPE outpostctl_engine_events_total counter");
+            for (name, n) in &m.events {
+                let _ = writeln!(s, "outpostctl_engine_events_total{{integration=\"{}\"}} {n}", esc(name));
             }
             s
         })
@@ -599,8 +614,15 @@ mod tests {
         m.change_applied("unpause", true);
         m.engine_up("gone", false);
         m.engine_up("here", true);
+        m.event_received("gone");
+        m.event_received("here");
+        m.event_received("here");
         m.keep_engines(&["here"].into_iter().collect());
         let text = m.render();
+        assert!(
+            text.contains("outpostctl_engine_events_total{integration=\"here\"} 2\n"),
+            "{text}"
+        );
         assert!(
             text.contains("outpostctl_changes_applied_total{action=\"unpause\"} 1\n"),
             "{text}"

@@ -1437,6 +1437,7 @@ impl State {
                     outside: Arc::clone(&self.outside),
                     reach: Arc::clone(&reach),
                     log: self.log.clone(),
+                    metrics: Arc::clone(&self.metrics),
                 },
             ));
             let task = EventTask {
@@ -1475,6 +1476,7 @@ struct Subscriber {
     outside: Arc<Outside>,
     reach: Arc<Reach>,
     log: Logger,
+    metrics: Arc<Metrics>,
 }
 
 /// Forwards one engine's events as triggers, subscribing again after a break. What the
@@ -1492,6 +1494,7 @@ async fn watch_events(
         outside,
         reach,
         log,
+        metrics,
     } = to;
     use crate::engine::Engine;
     let mut delay = Duration::from_secs(1);
@@ -1534,6 +1537,7 @@ async fn watch_events(
                         Ok(ev) if !replay.admits(&ev.action, ev.time_nano) => {}
                         Ok(ev) => {
                             delay = Duration::from_secs(1);
+                            metrics.event_received(&name);
                             if ev.subject != EventSubject::Managed {
                                 outside.push(name.clone(), ev);
                                 continue;
