@@ -832,6 +832,84 @@ fn fresh_plan_attempt(attempt: usize) -> Option<String> {
     None
 }
 
+/// A saved plan (the one reviewed on a pull request) is applied as shown or not at all: when
+/// the engine changes while `apply --plan` waits for the lock (here a container stopped by
+/// hand), the run refuses, says nothing was done there, and changes nothing.
+#[test]
+fn a_saved_plan_whose_engine_changed_while_waiting_for_the_lock_is_refused() {
+    let _serial = serial();
+    up_to_three_attempts("the hand-made lock", saved_plan_attempt);
+}
+
+fn saved_plan_attempt(attempt: usize) -> Option<String> {
+    let env = Env::new(&format!("locksaved{attempt}"));
+    let t = token(&env);
+    fleet(&env, 2, None, 0);
+    let mut first = Bg::apply(&env, &t, &[]);
+    assert_eq!(first.wait(), 0, "{}", first.output());
+    // A third outpost, planned and saved for review.
+    fleet(&env, 3, None, 0);
+    let mut saving = Bg::spawn(&env, &t, &["plan", "--out", "reviewed.plan", "."]);
+    assert_eq!(saving.wait(), 0, "{}", saving.output());
+    assert!(
+        saving.stdout().contains("1 to create"),
+        "{}",
+        saving.output()
+    );
+    let holder = "ci@runner-9 pid 4545 (outpostctl apply)";
+    hand_made_lock(&env, holder, now_secs() - 10, now_secs() + 6);
+    let mut p = Bg::spawn(
+        &env,
+        &t,
+        &[
+            "apply",
+            "--plan",
+            "reviewed.plan",
+            "--auto-approve",
+            "--lock-timeout",
+            "60s",
+            ".",
+        ],
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || p
+            .stderr()
+            .contains("waiting for the lock")
+            || p.exited()),
+        "the apply does not wait for the lock:\n{}",
+        p.output()
+    );
+    if p.exited() {
+        return Some(format!("the apply did not wait:\n{}", p.output()));
+    }
+    // While it waits, one outpost's container is stopped by hand.
+    let stopped = env.name_of("o00");
+    docker_ok(&["stop", "-t", "1", &stopped]);
+    assert_eq!(p.wait(), 1, "{}", p.output());
+    let err = p.stderr();
+    if !err.contains(&format!("taking over the lock of {holder}")) {
+        return Some(format!("another run took the lock over:\n{}", p.output()));
+    }
+    assert!(
+        err.contains(
+            "error: integration local: the containers changed since the plan was made (another writer?); nothing was done there: run again"
+        ),
+        "{}",
+        p.output()
+    );
+    let names: Vec<String> = env.project_containers().into_keys().collect();
+    assert_eq!(
+        names,
+        [env.name_of("o00"), env.name_of("o01")],
+        "the saved plan's create was run"
+    );
+    assert!(
+        !env.container(&stopped).running(),
+        "the container stopped by hand was started"
+    );
+    None
+}
+
 /// A run waiting for the lock (held here by hand, with a long lease) stops waiting at once on
 /// SIGTERM, as a service manager stops it, instead of after --lock-timeout; it changes
 /// nothing and says why.
@@ -891,12 +969,87 @@ fn an_apply_whose_lock_is_taken_away_starts_nothing_more() {
         "{}",
         p.output()
     );
+    assert_stopped_between_actions(&env, &p.stdout(), 50, "the engine's lock was lost");
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    assert_fleet_converged(&env, 50);
+}
+
+/// An apply of `n` creates stopped halfway (`why`), from its report `out`: every outpost is
+/// accounted for, each either created (its container there and running: an action in flight
+/// finished) or not started for `why` (no container); some of each.
+fn assert_stopped_between_actions(env: &Env, out: &str, n: usize, why: &str) {
+    let done: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("ok create "))
+        .collect();
+    let not_started = out
+        .lines()
+        .filter(|l| l.trim_start().starts_with(&format!("not started: {why}")))
+        .count();
+    assert_eq!(
+        done.len() + not_started,
+        n,
+        "every outpost is done or not started:\n{out}"
+    );
     assert!(
-        env.project_containers().len() < 50,
-        "every outpost was applied after the lock was gone:\n{}",
+        !done.is_empty() && not_started > 0,
+        "stopped before the first or after the last action:\n{out}"
+    );
+    let all = env.project_containers();
+    assert_eq!(
+        all.len(),
+        done.len(),
+        "{:?}\n{out}",
+        all.keys().collect::<Vec<_>>()
+    );
+    for (name, c) in &all {
+        assert!(
+            done.iter()
+                .any(|l| l.starts_with(&format!("ok create {name} "))),
+            "{name} exists, not reported done:\n{out}"
+        );
+        assert!(c.running(), "{name} is {}: left half-made", c.status());
+    }
+}
+
+/// One SIGINT (Ctrl-C) during an apply: no new action starts, the ones in flight finish
+/// (no container is left created and not started), the run says so and fails, its lock is
+/// released at once (the next apply does not wait for the lease), and the next apply
+/// finishes the work.
+#[test]
+fn one_sigint_during_an_apply_finishes_what_is_in_flight() {
+    let _serial = serial();
+    let env = Env::new("locksigint");
+    let t = token(&env);
+    fleet(&env, 50, None, 0);
+    wait_lock_free();
+    let mut p = Bg::apply(&env, &t, &[]);
+    let lock = wait_for_holder(p.pid, &mut p);
+    assert!(
+        wait_until(Duration::from_secs(60), || !env
+            .project_containers()
+            .is_empty()
+            || p.exited()),
+        "no container was created:\n{}",
         p.output()
     );
-    let r = env.apply(&[]);
+    let _ = Command::new("kill")
+        .args(["-INT", &p.pid.to_string()])
+        .status();
+    assert_eq!(p.wait(), 1, "{}", p.output());
+    assert!(
+        p.stderr()
+            .contains("interrupted: finishing what is in flight"),
+        "{}",
+        p.output()
+    );
+    assert_stopped_between_actions(&env, &p.stdout(), 50, "shutting down");
+    assert!(
+        inspect(&lock.id).is_none(),
+        "the lock was left for its lease to run out"
+    );
+    let r = env.apply(&["--lock-timeout", "1s"]);
     assert_eq!(r.code, 0, "{}", shown(&r));
     assert_fleet_converged(&env, 50);
 }
