@@ -617,7 +617,12 @@ enum CrashPoint {
 
 /// A one-outpost fleet at generation B whose container is inspected, then the state the
 /// recreate A -> B leaves at `point`, built with the Docker CLI. The manifests say `now`.
-fn interrupted_recreate(tag: &str, point: CrashPoint, now_b: bool) -> Fleet {
+/// Also the ids of the previous container (A) and of the new one (B), once created.
+fn interrupted_recreate(
+    tag: &str,
+    point: CrashPoint,
+    now_b: bool,
+) -> (Fleet, String, Option<String>) {
     let mut f = Fleet::new(tag, "rac", 1);
     f.add_bystanders();
     let name = f.container_name(0);
@@ -634,19 +639,19 @@ fn interrupted_recreate(tag: &str, point: CrashPoint, now_b: bool) -> Fleet {
     let old = f.env.container(&name).id();
     docker_ok(&["stop", &old]);
     if matches!(point, CrashPoint::Stopped) {
-        return finish(f, now_b);
+        return (finish(f, now_b), old, None);
     }
     let parked = format!("{name}-outpostctl-old");
     docker_ok(&["rename", &old, &parked]);
     if matches!(point, CrashPoint::Parked) {
-        return finish(f, now_b);
+        return (finish(f, now_b), old, None);
     }
     // The new container, as outpostctl creates it: B's settings plus the replaces label.
     let new = create_replacement(&name, &old, &b, &["--network".into(), "none".into()]);
     if matches!(point, CrashPoint::Started) {
         docker_ok(&["start", &new]);
     }
-    finish(f, now_b)
+    (finish(f, now_b), old, Some(new))
 }
 
 /// The replacement container a recreate creates (not started), built with the Docker CLI: the
@@ -676,7 +681,7 @@ fn finish(mut f: Fleet, now_b: bool) -> Fleet {
 
 fn recovers(tag: &str, point: CrashPoint, now_b: bool) {
     let _serial = serial();
-    let f = interrupted_recreate(tag, point, now_b);
+    let (f, old, new) = interrupted_recreate(tag, point, now_b);
     let ctx = format!(
         "recreate interrupted {point:?}, manifests now at {}",
         if now_b {
@@ -694,6 +699,15 @@ fn recovers(tag: &str, point: CrashPoint, now_b: bool) {
     f.apply_timed(&ctx);
     f.assert_plan_empty(&ctx);
     f.audit(&ctx);
+    // Which container is kept: reverted, the previous one is put back (not made anew);
+    // forward, the new one once it exists (not a third).
+    // (Forward before the new one was created: one is made; the audit checked its settings.)
+    let kept = f.env.container(&f.container_name(0)).id();
+    match (now_b, new) {
+        (false, _) => assert_eq!(kept, old, "{ctx}: the previous container was not kept"),
+        (true, Some(new)) => assert_eq!(kept, new, "{ctx}: the new container was not kept"),
+        (true, None) => {}
+    }
 }
 
 #[test]
