@@ -256,6 +256,14 @@ fn engine_restarted_mid_apply_then_the_next_apply_converges() {
                 "{ctx}: the interrupted apply failed without saying so"
             );
         }
+        // A success only when every recreate was done (the engine went away between or
+        // after them, or every request in its way was answered once it was back).
+        if status.success() {
+            assert!(
+                killed_out.contains(&format!("apply: {OUTPOSTS} done, 0 failed")),
+                "{ctx}: the interrupted apply succeeded without doing every recreate"
+            );
+        }
         eprintln!(
             "restart {trial}: after {delay} ms ({}), engine away {away:?}, interrupted apply: {status}",
             if in_flight {
