@@ -887,39 +887,7 @@ fn unhealthy_outpost_is_restarted() {
     let ours = env.container(&name);
     docker_ok(&["rm", "-f", &name]);
 
-    let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
-    for (k, v) in ours.own_labels() {
-        args.extend(["--label".into(), format!("{k}={v}")]);
-    }
-    for (k, v) in ours.env() {
-        if k.starts_with("AUTHENTIK_") {
-            args.extend(["-e".into(), format!("{k}={v}")]);
-        }
-    }
-    args.extend(
-        [
-            "-e",
-            "OUTPOSTCTL_TEST_UNHEALTHY=1",
-            "--health-cmd",
-            "/ldap healthcheck",
-            "--health-interval",
-            "1s",
-            "--health-retries",
-            "1",
-            "--restart",
-            "unless-stopped",
-            &ours.image(),
-        ]
-        .map(String::from),
-    );
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let id = docker_ok(&args);
-    assert!(
-        wait_until(Duration::from_secs(30), || {
-            inspect(&id).and_then(|c| c.health()).as_deref() == Some("unhealthy")
-        }),
-        "the copy never became unhealthy"
-    );
+    let id = unhealthy_copy(&name, &ours, "/ldap healthcheck");
     let started = env.container(&id).0["State"]["StartedAt"].clone();
 
     let plan = env.plan(&["--detailed-exitcode"]);

@@ -125,12 +125,16 @@ impl Case {
 
     fn watch_cmd(&self, path: &str, addr: &str, extra: &[&str]) -> Command {
         let mut cmd = Command::new(common::bin());
+        // An hour between the reconciles of the interval, unless `extra` says.
+        let interval = if extra.contains(&"--interval") {
+            &[][..]
+        } else {
+            &["--interval", "1h"][..]
+        };
         cmd.current_dir(self.env.dir())
+            .args(["watch", path])
+            .args(interval)
             .args([
-                "watch",
-                path,
-                "--interval",
-                "1h",
                 "--debounce",
                 DEBOUNCE,
                 "--log-format",
@@ -1135,6 +1139,86 @@ fn containers_removed_or_stopped_by_hand_come_back() {
     );
     assert_eq!(c.env.project_containers().len(), 2);
     c.assert_no_secret_in(&w);
+}
+
+/// `--interval` reconciles on its own, with no event and no edit: here every 2 s, each a full
+/// plan that finds nothing to change, counted in `/metrics`.
+#[test]
+fn the_interval_reconciles_without_an_event() {
+    let c = Case::new("winterval");
+    let m = manifest_with(&c, &["Alpha"]);
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &["--interval", "2s"]);
+    let a = c.wait_running(&w, "alpha", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+    let mark = w.mark();
+    let t = Instant::now();
+    let first = w.wait_started(mark, "interval");
+    let second = w.wait_log(
+        mark,
+        "a second `reconcile started trigger=interval`",
+        WAIT,
+        |v| is_start(v, "interval") && v["ts"] != first["ts"],
+    );
+    let took = t.elapsed();
+    let gap = epoch(second["ts"].as_str().unwrap_or_default())
+        - epoch(first["ts"].as_str().unwrap_or_default());
+    assert!(
+        (1.5..=4.0).contains(&gap),
+        "interval reconciles {gap:.2} s apart, not 2 s:\n{}",
+        w.text()
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        w.logs(mark)
+            .iter()
+            .all(|v| v["msg"] != "reconcile started" || v["trigger"] == "interval"),
+        "a reconcile of another trigger:\n{}",
+        w.text()
+    );
+    assert!(
+        wait_until(WAIT, || w
+            .metric("outpostctl_reconciles_total{result=\"success\"}")
+            .is_some_and(|n| n >= 3.0)),
+        "{}",
+        w.http("/metrics").1
+    );
+    assert_eq!(c.env.container(&a.name()).id(), a.id(), "Alpha untouched");
+}
+
+/// A container that turns unhealthy is restarted by the watch (the same container, not a new
+/// one), as authentik does. The unhealthy container is a copy of ours with a quick health
+/// check (`unhealthy_copy`), swapped in while the watch is paused (SIGSTOP): once it goes
+/// on, the engine's events of the swap start the reconcile that finds it unhealthy.
+#[test]
+fn an_unhealthy_container_is_restarted() {
+    let (c, w, a, b) = watching_alpha_and_beta("wunhealthy");
+    w.signal("STOP");
+    docker_ok(&["rm", "-f", &a.name()]);
+    let sick = unhealthy_copy(&a.name(), &a, "/rac healthcheck");
+    let started = c.env.container(&sick).0["State"]["StartedAt"].clone();
+    let mark = w.mark();
+    w.signal("CONT");
+    w.wait_started(mark, "engine-event");
+    w.wait_log(mark, "`restart` of Alpha", WAIT, |v| {
+        is_ok_action(v, "restart", &a.name())
+    });
+    let after = c.env.container(&a.name());
+    assert_eq!(after.id(), sick, "recreated, not restarted");
+    assert_ne!(
+        after.0["State"]["StartedAt"],
+        started,
+        "not restarted:\n{}",
+        w.text()
+    );
+    assert!(
+        wait_until(WAIT, || w
+            .metric("outpostctl_drift_corrections_total")
+            .is_some_and(|n| n >= 1.0)),
+        "{}",
+        w.http("/metrics").1
+    );
+    assert_eq!(c.env.container(&b.name()).id(), b.id(), "Beta untouched");
 }
 
 /// A container renamed by hand (`docker rename`) is renamed back within seconds, the same

@@ -572,6 +572,47 @@ fn str_map(v: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// A copy of outpost container `ours` (removed already) run by hand as `name` that fails its
+/// health check: its labels and authentik settings, the test image's switch to fail
+/// (`OUTPOSTCTL_TEST_UNHEALTHY`), and a quick health check (`cmd`, every second, one retry)
+/// instead of authentik's 100 s. Returns its id once the engine calls it unhealthy.
+pub fn unhealthy_copy(name: &str, ours: &Inspect, cmd: &str) -> String {
+    let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.into()];
+    for (k, v) in ours.own_labels() {
+        args.extend(["--label".into(), format!("{k}={v}")]);
+    }
+    for (k, v) in ours.env() {
+        if k.starts_with("AUTHENTIK_") {
+            args.extend(["-e".into(), format!("{k}={v}")]);
+        }
+    }
+    args.extend(
+        [
+            "-e",
+            "OUTPOSTCTL_TEST_UNHEALTHY=1",
+            "--health-cmd",
+            cmd,
+            "--health-interval",
+            "1s",
+            "--health-retries",
+            "1",
+            "--restart",
+            "unless-stopped",
+            &ours.image(),
+        ]
+        .map(String::from),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let id = docker_ok(&args);
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            inspect(&id).and_then(|c| c.health()).as_deref() == Some("unhealthy")
+        }),
+        "the copy never became unhealthy"
+    );
+    id
+}
+
 /// `docker inspect` of a container, or None when there is none by that name or id.
 pub fn inspect(name_or_id: &str) -> Option<Inspect> {
     let r = docker(&["container", "inspect", name_or_id]);
