@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the least-privilege docker-socket-proxy (haproxy, tests/proxy/haproxy.cfg) on
-# 127.0.0.1:2375 in front of /var/run/docker.sock. Idempotent: leaves a running proxy with the
+# 127.0.0.1:2375 in front of /var/run/docker.sock, and the same without `info` on
+# 127.0.0.1:2385. Idempotent: leaves a running proxy with the
 # same config alone, restarts it when the config changed.
 # Use it as DOCKER_HOST=tcp://127.0.0.1:2375 (docker CLI) or http://127.0.0.1:2375 (outpostctl).
 set -euo pipefail
@@ -25,9 +26,11 @@ if pid_alive "$PIDFILE" haproxy; then
   log "socket proxy config changed or proxy not answering; restarting it"
   stop_pidfile "$PIDFILE" haproxy
 fi
-if (exec 3<>/dev/tcp/127.0.0.1/2375) 2>/dev/null; then
-  die "127.0.0.1:2375 is taken by a process this script did not start; stop it first"
-fi
+for port in 2375 2385; do
+  if (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+    die "127.0.0.1:$port is taken by a process this script did not start; stop it first"
+  fi
+done
 out=$(haproxy -c -f "$CONFIG" 2>&1) || die "invalid $CONFIG:
 $out"
 log "starting haproxy socket proxy on 127.0.0.1:2375 (log: $LOG)"
@@ -42,4 +45,6 @@ pid_alive "$PIDFILE" haproxy || die "haproxy exited after it started; see $LOG"
 # The proxy must refuse what is not on the list.
 code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "$URL/v1.41/networks")
 [ "$code" = 403 ] || die "socket proxy allowed GET /networks (HTTP $code)"
-log "socket proxy ready on 127.0.0.1:2375"
+code=$(curl -s -m 5 -o /dev/null -w '%{http_code}' "http://127.0.0.1:2385/v1.41/info")
+[ "$code" = 403 ] || die "socket proxy on 127.0.0.1:2385 allowed GET /info (HTTP $code)"
+log "socket proxy ready on 127.0.0.1:2375 (and without info on 127.0.0.1:2385)"

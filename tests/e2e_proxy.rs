@@ -515,3 +515,60 @@ fn an_integration_naming_the_socket_by_its_path_applies() {
     assert_eq!(r.code, 0, "{}", shown(&r));
     env.assert_converged();
 }
+
+/// Through a socket proxy that refuses `info` (docker-socket-proxy's INFO=0): plan and apply
+/// work (the engine lock's lease is judged by the `Date` of the engine's answer to a ping);
+/// a plan cannot be saved (`apply --plan` checks the engine's ID, which only `info` gives),
+/// which is said with the plan still shown; the proxy's 403 page is said as text.
+#[test]
+fn through_a_proxy_that_refuses_info_apply_works_and_a_plan_is_not_saved() {
+    require_socket_proxy();
+    let proxy_addr = SOCKET_PROXY_NO_INFO.trim_start_matches("http://");
+    assert_eq!(
+        http_get(proxy_addr, "/v1.41/info").map(|(s, _)| s),
+        Some(403),
+        "the socket proxy on {SOCKET_PROXY_NO_INFO} allows /info; rerun scripts/test-deps.sh"
+    );
+    let env = Env::new("noinfo");
+    let mut m = env.manifest();
+    m["integrations"] = json!({ "edge": { "url": SOCKET_PROXY_NO_INFO } });
+    let mut o = env.outpost("rac", "AK_NOINFO");
+    o["integration"] = json!("edge");
+    m["outposts"]["Remote"] = o;
+    env.write(&m);
+    let name = env.name_of("remote");
+
+    let r = env.plan(&["--out", "reviewed.plan"]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stdout.contains(&format!("+ create    {name}"))
+            && r.stdout.contains("plan: 1 to create")
+            && r.stderr.contains(
+                "error: the plan was not saved: the engine ID (docker info) of integration `edge` could not be read"
+            ),
+        "{}",
+        shown(&r)
+    );
+    assert!(!env.dir().join("reviewed.plan").exists());
+
+    let r = env.apply_ok();
+    assert!(
+        r.stdout
+            .contains(&format!("ok create {name} `Remote` on edge")),
+        "{}",
+        shown(&r)
+    );
+    assert!(env.container(&name).running());
+    env.assert_converged();
+    let r = env.run(&["status", "."]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    let status = &r.stdout;
+    assert!(
+        status.contains("its version could not be read")
+            && status
+                .contains("answered 403: 403 Forbidden Request forbidden by administrative rules.")
+            && status.contains("docker-socket-proxy's INFO=1")
+            && !status.contains("<html>"),
+        "{status}"
+    );
+}

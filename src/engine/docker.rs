@@ -56,6 +56,8 @@ pub const STOP_TIMEOUT_SECS: i32 = 10;
 
 pub struct DockerEngine {
     docker: Docker,
+    /// How requests reach the engine, for what bollard does not read (the ping's `Date`).
+    transport: super::transport::Transport,
     /// Where the engine is, for messages.
     url: String,
     requests: AtomicU64,
@@ -141,6 +143,7 @@ impl DockerEngine {
         };
         Ok(DockerEngine {
             docker: versioned(docker),
+            transport,
             url,
             requests: AtomicU64::new(requests),
         })
@@ -219,6 +222,49 @@ fn without_secrets(message: &str, env: &BTreeMap<String, crate::desired::EnvValu
 }
 
 /// Turns bollard's errors into ones a person can act on.
+/// An error body as one line of text, whitespace runs made one space: a proxy's HTML page
+/// (haproxy's and nginx's 403) without its tags. The engine's own messages are text, which
+/// may have a `<` of its own (`<none>:<none>`): only a body that starts with a tag and
+/// closes one is read as HTML.
+fn plain_text(message: &str) -> String {
+    let html = message.trim_start().starts_with('<') && message.contains("</");
+    if !html {
+        return message.split_whitespace().collect::<Vec<_>>().join(" ");
+    }
+    let mut text = String::with_capacity(message.len());
+    let mut in_tag = false;
+    for c in message.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' if in_tag => {
+                in_tag = false;
+                text.push(' ');
+            }
+            _ if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The API section (as docker-socket-proxy names its switches) a request described by `what`
+/// (as given to `map_err`) belongs to, where it is one of those outpostctl uses.
+fn section_of(what: &str) -> Option<&'static str> {
+    [
+        ("info", "info"),
+        ("clock", "info"),
+        ("events", "events"),
+        ("network", "networks"),
+        ("image", "images"),
+        ("pull", "images"),
+        ("container", "containers"),
+        ("lock", "containers"),
+    ]
+    .into_iter()
+    .find(|(word, _)| what.contains(word))
+    .map(|(_, section)| section)
+}
+
 pub fn map_err(url: &str, what: &str, e: BError) -> EngineError {
     match e {
         BError::DockerResponseServerError {
@@ -231,23 +277,30 @@ pub fn map_err(url: &str, what: &str, e: BError) -> EngineError {
                 401 | 403 => ErrorKind::Forbidden,
                 _ => ErrorKind::Api,
             };
-            let mut msg = if message.trim().is_empty() {
+            let text = plain_text(&message);
+            let mut msg = if text.is_empty() {
                 format!("{what}: the engine at {url} answered {status_code}, with no message")
             } else {
-                format!(
-                    "{what}: the engine at {url} answered {status_code}: {}",
-                    message.trim()
-                )
+                format!("{what}: the engine at {url} answered {status_code}: {text}")
             };
             if status_code == 404 && what == "connect" {
                 msg.push_str(" (is this the address of a Docker engine or socket proxy?)");
             }
             if kind == ErrorKind::Forbidden {
-                msg.push_str(if what == "connect" {
-                    " (a socket proxy must allow `/_ping` or `/version`, and the containers, images and info API sections)"
+                if what == "connect" {
+                    msg.push_str(" (a socket proxy must allow `/_ping` or `/version`, and the containers, images and info API sections)");
                 } else {
-                    " (a socket proxy must allow the containers, images and info API sections)"
-                });
+                    msg.push_str(
+                        " (a socket proxy must allow the containers, images and info API sections",
+                    );
+                    if let Some(section) = section_of(what) {
+                        msg.push_str(&format!(
+                            "; this request is in `{section}`, docker-socket-proxy's {}=1",
+                            section.to_uppercase()
+                        ));
+                    }
+                    msg.push(')');
+                }
             }
             if message.contains("port is already allocated")
                 || message.contains("address already in use")
@@ -808,13 +861,24 @@ impl super::Engine for DockerEngine {
         }
     }
 
+    /// From `docker info`; where a socket proxy refuses `info`, from the `Date` of the
+    /// engine's answer to a ping (whole seconds, rounded down: a lease then looks a moment
+    /// longer, never shorter; events are replayed from a moment earlier).
     async fn clock(&self) -> Result<Option<i64>> {
         self.count();
-        let info = self
-            .call(self.docker.info())
-            .await
-            .map_err(|e| self.err("read the engine's clock", e))?;
-        Ok(info.system_time.as_deref().and_then(engine_time))
+        let info = match self.call(self.docker.info()).await {
+            Ok(info) => return Ok(info.system_time.as_deref().and_then(engine_time)),
+            Err(e) => self.err("read the engine's clock", e),
+        };
+        if info.kind != ErrorKind::Forbidden {
+            return Err(info);
+        }
+        self.count();
+        match self.transport.date().await {
+            Ok(Some(nanos)) => Ok(Some(nanos)),
+            // Said as the refusal of `info`, the way to the engine's own clock.
+            Ok(None) | Err(_) => Err(info),
+        }
     }
 
     async fn any_image(&self) -> Result<Option<String>> {
@@ -1062,7 +1126,7 @@ fn engine_time(t: &str) -> Option<i64> {
 mod tests {
     use super::{
         BError, ErrorKind, EventSubject, engine_time, event_of, map_err, missing_network,
-        split_image,
+        plain_text, section_of, split_image,
     };
 
     /// What the watch hears of the engine's events: every event of its project's containers
@@ -1219,14 +1283,48 @@ mod tests {
             at_connect.message.contains("must allow `/_ping` or `/version`, and the containers, images and info API sections"),
             "{at_connect:?}"
         );
-        // Past the connect, the ping went through: only the sections are named.
+        // Past the connect, the ping went through: the sections are named, and the one the
+        // request is in.
         let later = map_err("http://p:2375", "create container", forbidden());
         assert!(
             later.message.ends_with(
-                "(a socket proxy must allow the containers, images and info API sections)"
+                "(a socket proxy must allow the containers, images and info API sections; this request is in `containers`, docker-socket-proxy's CONTAINERS=1)"
             ),
             "{later:?}"
         );
+        // haproxy's 403 page, as a line of text.
+        let page = BError::DockerResponseServerError {
+            status_code: 403,
+            message: "<html><body><h1>403 Forbidden</h1>\nRequest forbidden by administrative rules.\n</body></html>\n".into(),
+        };
+        let clock = map_err("http://p:2385", "read the engine's clock", page);
+        assert_eq!(
+            clock.message,
+            "read the engine's clock: the engine at http://p:2385 answered 403: 403 Forbidden Request forbidden by administrative rules. (a socket proxy must allow the containers, images and info API sections; this request is in `info`, docker-socket-proxy's INFO=1)"
+        );
+        assert_eq!(
+            section_of("pull ghcr.io/goauthentik/ldap:2026.8.0"),
+            Some("images")
+        );
+        assert_eq!(section_of("list networks"), Some("networks"));
+        assert_eq!(section_of("renew the lock"), Some("containers"));
+    }
+
+    /// An engine's own error messages are plain text and keep every word (`<none>:<none>`
+    /// included); an HTML page loses its tags.
+    #[test]
+    fn error_bodies_are_made_one_line_of_text() {
+        assert_eq!(
+            plain_text("Conflict. The container name \"/x\" is already in use"),
+            "Conflict. The container name \"/x\" is already in use"
+        );
+        assert_eq!(plain_text("  a\n\n  b \t c\n"), "a b c");
+        assert_eq!(plain_text("<p>Forbidden</p>"), "Forbidden");
+        assert_eq!(
+            plain_text("No such image: <none>:<none>"),
+            "No such image: <none>:<none>"
+        );
+        assert_eq!(plain_text(""), "");
     }
 
     #[test]

@@ -121,6 +121,39 @@ impl Transport {
             .await
             .unwrap_or(Err(BError::RequestTimeoutError))
     }
+
+    /// The engine's clock in nanoseconds since the epoch, from the `Date` header of its answer
+    /// to `GET /_ping` (whole seconds, rounded down): for a socket proxy that refuses `info`
+    /// (docker-socket-proxy's default) but passes the ping. None when the answer has no
+    /// readable `Date` or is an error.
+    pub async fn date(&self) -> Result<Option<i64>, BError> {
+        let req = hyper::Request::get(format!("{}/_ping", self.base))
+            .body(bollard::body_full(Bytes::new()))
+            .map_err(|e| BError::IOError {
+                err: std::io::Error::other(e),
+            })?;
+        let asked = async {
+            let resp = (self.send)(req).await?;
+            let date = resp
+                .status()
+                .is_success()
+                .then(|| resp.headers().get(hyper::header::DATE)?.to_str().ok())
+                .flatten()
+                .and_then(http_date_nanos);
+            resp.into_body().collect().await.map_err(BError::from)?;
+            Ok(date)
+        };
+        tokio::time::timeout(self.timeout, asked)
+            .await
+            .unwrap_or(Err(BError::RequestTimeoutError))
+    }
+}
+
+/// An HTTP `Date` (`Fri, 04 Dec 2026 20:08:11 GMT`) in nanoseconds since the epoch.
+fn http_date_nanos(date: &str) -> Option<i64> {
+    let at = httpdate::parse_http_date(date).ok()?;
+    let since = at.duration_since(std::time::UNIX_EPOCH).ok()?;
+    i64::try_from(since.as_nanos()).ok()
 }
 
 /// A transport's send over a hyper client on `connector`, a new connection per request as
@@ -177,6 +210,16 @@ pub fn tcp_connector() -> HttpConnector {
 #[cfg(test)]
 mod tests {
     use super::parse_version;
+
+    #[test]
+    fn the_date_header_is_read_in_nanoseconds() {
+        assert_eq!(
+            super::http_date_nanos("Fri, 04 Dec 2026 20:08:11 GMT"),
+            Some(1_796_414_891_000_000_000)
+        );
+        assert_eq!(super::http_date_nanos("yesterday"), None);
+        assert_eq!(super::http_date_nanos(""), None);
+    }
 
     #[test]
     fn the_api_version_header_is_read_as_major_and_minor() {

@@ -37,6 +37,8 @@ pub const AK_HOST: &str = "https://auth.example.com";
 pub const REGISTRY: &str = "127.0.0.1:5000";
 /// The least-privilege socket proxy (scripts/socket-proxy-up.sh).
 pub const SOCKET_PROXY: &str = "http://127.0.0.1:2375";
+/// The same socket proxy without `info` (docker-socket-proxy's INFO=0).
+pub const SOCKET_PROXY_NO_INFO: &str = "http://127.0.0.1:2385";
 
 pub const LABEL_UUID: &str = "io.goauthentik.outpost-uuid";
 pub const LABEL_PROJECT: &str = "outpostctl.project";
