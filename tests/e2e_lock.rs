@@ -779,8 +779,8 @@ fn a_foreign_container_named_like_the_lock_is_left_alone() {
 
 /// `apply --auto-approve` applies no reviewed plan: when the engine changes while it waits for
 /// the lock (here a container stopped by hand), it applies the plan made under the lock, says
-/// so and shows it, instead of refusing; the run converges. (A plan confirmed by a person, or
-/// a saved one, is applied as shown or not at all: e2e_saved_plan.)
+/// so and shows it, instead of refusing; the run converges. (A saved plan is applied as shown
+/// or not at all: the next test.)
 #[test]
 fn auto_approved_apply_applies_the_plan_made_under_the_lock() {
     let _serial = serial();
@@ -795,29 +795,16 @@ fn fresh_plan_attempt(attempt: usize) -> Option<String> {
     assert_eq!(first.wait(), 0, "{}", first.output());
     // A third outpost: the next apply has a change, so it needs the lock.
     fleet(&env, 3, None, 0);
-    let holder = "ci@runner-9 pid 4343 (outpostctl apply)";
-    let since = now_secs() - 10;
-    let expires = now_secs() + 6;
-    hand_made_lock(&env, holder, since, expires);
-    let mut p = Bg::apply(&env, &t, &["--lock-timeout", "60s"]);
-    assert!(
-        wait_until(Duration::from_secs(30), || p
-            .stderr()
-            .contains("waiting for the lock")
-            || p.exited()),
-        "the apply does not wait for the lock:\n{}",
-        p.output()
-    );
-    if p.exited() {
-        return Some(format!("the apply did not wait:\n{}", p.output()));
-    }
-    // While it waits, one outpost's container is stopped by hand.
-    docker_ok(&["stop", "-t", "1", &env.name_of("o00")]);
+    let mut p = match changed_while_waiting(
+        &env,
+        &t,
+        &["apply", "--auto-approve", "--lock-timeout", "60s", "."],
+    ) {
+        Ok(p) => p,
+        Err(note) => return Some(note),
+    };
     assert_eq!(p.wait(), 0, "{}", p.output());
     let err = p.stderr();
-    if !err.contains(&format!("taking over the lock of {holder}")) {
-        return Some(format!("another run took the lock over:\n{}", p.output()));
-    }
     assert!(
         err.contains("changed while waiting for the lock; applying the plan made under the lock"),
         "{}",
@@ -830,6 +817,36 @@ fn fresh_plan_attempt(attempt: usize) -> Option<String> {
     );
     assert_fleet_converged(&env, 3);
     None
+}
+
+/// Runs outpostctl `args` in the background behind a lock made by hand (its lease runs out in
+/// 6 s) and, once it waits, stops the container of outpost `o00` by hand; returns the run
+/// once it took the lock over. Err (to try again) when the run did not wait, or when another
+/// run took the lock over first.
+fn changed_while_waiting(env: &Env, token: &str, args: &[&str]) -> Result<Bg, String> {
+    let holder = "ci@runner-9 pid 4343 (outpostctl apply)";
+    hand_made_lock(env, holder, now_secs() - 10, now_secs() + 6);
+    let mut p = Bg::spawn(env, token, args);
+    assert!(
+        wait_until(Duration::from_secs(30), || p
+            .stderr()
+            .contains("waiting for the lock")
+            || p.exited()),
+        "the run does not wait for the lock:\n{}",
+        p.output()
+    );
+    if p.exited() {
+        return Err(format!("the run did not wait:\n{}", p.output()));
+    }
+    docker_ok(&["stop", "-t", "1", &env.name_of("o00")]);
+    p.wait();
+    if !p
+        .stderr()
+        .contains(&format!("taking over the lock of {holder}"))
+    {
+        return Err(format!("another run took the lock over:\n{}", p.output()));
+    }
+    Ok(p)
 }
 
 /// A saved plan (the one reviewed on a pull request) is applied as shown or not at all: when
@@ -856,40 +873,22 @@ fn saved_plan_attempt(attempt: usize) -> Option<String> {
         "{}",
         saving.output()
     );
-    let holder = "ci@runner-9 pid 4545 (outpostctl apply)";
-    hand_made_lock(&env, holder, now_secs() - 10, now_secs() + 6);
-    let mut p = Bg::spawn(
-        &env,
-        &t,
-        &[
-            "apply",
-            "--plan",
-            "reviewed.plan",
-            "--auto-approve",
-            "--lock-timeout",
-            "60s",
-            ".",
-        ],
-    );
-    assert!(
-        wait_until(Duration::from_secs(30), || p
-            .stderr()
-            .contains("waiting for the lock")
-            || p.exited()),
-        "the apply does not wait for the lock:\n{}",
-        p.output()
-    );
-    if p.exited() {
-        return Some(format!("the apply did not wait:\n{}", p.output()));
-    }
-    // While it waits, one outpost's container is stopped by hand.
-    let stopped = env.name_of("o00");
-    docker_ok(&["stop", "-t", "1", &stopped]);
+    let args = [
+        "apply",
+        "--plan",
+        "reviewed.plan",
+        "--auto-approve",
+        "--lock-timeout",
+        "60s",
+        ".",
+    ];
+    let mut p = match changed_while_waiting(&env, &t, &args) {
+        Ok(p) => p,
+        Err(note) => return Some(note),
+    };
     assert_eq!(p.wait(), 1, "{}", p.output());
     let err = p.stderr();
-    if !err.contains(&format!("taking over the lock of {holder}")) {
-        return Some(format!("another run took the lock over:\n{}", p.output()));
-    }
+    let stopped = env.name_of("o00");
     assert!(
         err.contains(
             "error: integration local: the containers changed since the plan was made (another writer?); nothing was done there: run again"

@@ -367,6 +367,15 @@ impl Watch {
             .unwrap_or_else(|| panic!("nothing answers on {}{path}", self.addr))
     }
 
+    /// Waits (bounded) until metric `series` is at least `n`.
+    fn wait_metric_at_least(&self, series: &str, n: f64) {
+        assert!(
+            wait_until(WAIT, || self.metric(series).is_some_and(|v| v >= n)),
+            "{series} never reached {n}:\n{}",
+            self.http("/metrics").1
+        );
+    }
+
     /// A metric's value (the line starting with `series `), or None.
     fn metric(&self, series: &str) -> Option<f64> {
         let (code, body) = self.http("/metrics");
@@ -1109,13 +1118,7 @@ fn containers_removed_or_stopped_by_hand_come_back() {
         is_ok_action(v, "create", &a.name())
     });
     assert_eq!(a2.label(LABEL_UUID), a.label(LABEL_UUID));
-    assert!(
-        wait_until(WAIT, || w
-            .metric("outpostctl_drift_corrections_total")
-            .is_some_and(|n| n >= 1.0)),
-        "{}",
-        w.http("/metrics").1
-    );
+    w.wait_metric_at_least("outpostctl_drift_corrections_total", 1.0);
 
     let mark = w.mark();
     let t = Instant::now();
@@ -1130,13 +1133,7 @@ fn containers_removed_or_stopped_by_hand_come_back() {
     w.wait_log(mark, "`start` of Beta", WAIT, |v| {
         is_ok_action(v, "start", &b.name())
     });
-    assert!(
-        wait_until(WAIT, || w
-            .metric("outpostctl_drift_corrections_total")
-            .is_some_and(|n| n >= 2.0)),
-        "{}",
-        w.http("/metrics").1
-    );
+    w.wait_metric_at_least("outpostctl_drift_corrections_total", 2.0);
     assert_eq!(c.env.project_containers().len(), 2);
     c.assert_no_secret_in(&w);
 }
@@ -1176,13 +1173,7 @@ fn the_interval_reconciles_without_an_event() {
         "a reconcile of another trigger:\n{}",
         w.text()
     );
-    assert!(
-        wait_until(WAIT, || w
-            .metric("outpostctl_reconciles_total{result=\"success\"}")
-            .is_some_and(|n| n >= 3.0)),
-        "{}",
-        w.http("/metrics").1
-    );
+    w.wait_metric_at_least("outpostctl_reconciles_total{result=\"success\"}", 3.0);
     assert_eq!(c.env.container(&a.name()).id(), a.id(), "Alpha untouched");
 }
 
@@ -1211,13 +1202,7 @@ fn an_unhealthy_container_is_restarted() {
         "not restarted:\n{}",
         w.text()
     );
-    assert!(
-        wait_until(WAIT, || w
-            .metric("outpostctl_drift_corrections_total")
-            .is_some_and(|n| n >= 1.0)),
-        "{}",
-        w.http("/metrics").1
-    );
+    w.wait_metric_at_least("outpostctl_drift_corrections_total", 1.0);
     assert_eq!(c.env.container(&b.name()).id(), b.id(), "Beta untouched");
 }
 

@@ -100,26 +100,14 @@ impl Transport {
     /// or None when the answer has none or is an error (a proxy that drops headers, or allows
     /// only `/version`): `/version` is asked then, and its answer explains an error.
     pub async fn ping(&self, timeout: Duration) -> Result<Option<ClientVersion>, BError> {
-        let req = hyper::Request::get(format!("{}/_ping", self.base))
-            .body(bollard::body_full(Bytes::new()))
-            .map_err(|e| BError::IOError {
-                err: std::io::Error::other(e),
-            })?;
-        let asked = async {
-            let resp = (self.send)(req).await?;
-            let version = resp
-                .status()
-                .is_success()
-                .then(|| resp.headers().get("api-version")?.to_str().ok())
-                .flatten()
-                .and_then(parse_version);
-            // Read to the end, so that a kept-alive connection can serve the next request.
-            resp.into_body().collect().await.map_err(BError::from)?;
-            Ok(version)
-        };
-        tokio::time::timeout(timeout, asked)
-            .await
-            .unwrap_or(Err(BError::RequestTimeoutError))
+        self.ping_reading(timeout, |resp| {
+            resp.headers()
+                .get("api-version")?
+                .to_str()
+                .ok()
+                .and_then(parse_version)
+        })
+        .await
     }
 
     /// The engine's clock in nanoseconds since the epoch, from the `Date` header of its answer
@@ -127,6 +115,18 @@ impl Transport {
     /// (docker-socket-proxy's default) but passes the ping. None when the answer has no
     /// readable `Date` or is an error.
     pub async fn date(&self) -> Result<Option<i64>, BError> {
+        self.ping_reading(self.timeout, |resp| {
+            http_date_nanos(resp.headers().get(hyper::header::DATE)?.to_str().ok()?)
+        })
+        .await
+    }
+
+    /// `GET /_ping` within `timeout`, and what `read` finds in a successful answer's head.
+    async fn ping_reading<T>(
+        &self,
+        timeout: Duration,
+        read: impl FnOnce(&Response<Incoming>) -> Option<T>,
+    ) -> Result<Option<T>, BError> {
         let req = hyper::Request::get(format!("{}/_ping", self.base))
             .body(bollard::body_full(Bytes::new()))
             .map_err(|e| BError::IOError {
@@ -134,16 +134,16 @@ impl Transport {
             })?;
         let asked = async {
             let resp = (self.send)(req).await?;
-            let date = resp
-                .status()
-                .is_success()
-                .then(|| resp.headers().get(hyper::header::DATE)?.to_str().ok())
-                .flatten()
-                .and_then(http_date_nanos);
+            let found = if resp.status().is_success() {
+                read(&resp)
+            } else {
+                None
+            };
+            // Read to the end, so that a kept-alive connection can serve the next request.
             resp.into_body().collect().await.map_err(BError::from)?;
-            Ok(date)
+            Ok(found)
         };
-        tokio::time::timeout(self.timeout, asked)
+        tokio::time::timeout(timeout, asked)
             .await
             .unwrap_or(Err(BError::RequestTimeoutError))
     }
