@@ -221,7 +221,6 @@ fn without_secrets(message: &str, env: &BTreeMap<String, crate::desired::EnvValu
     out
 }
 
-/// Turns bollard's errors into ones a person can act on.
 /// An error body as one line of text, whitespace runs made one space: a proxy's HTML page
 /// (haproxy's and nginx's 403) without its tags. The engine's own messages are text, which
 /// may have a `<` of its own (`<none>:<none>`): only a body that starts with a tag and
@@ -248,23 +247,25 @@ fn plain_text(message: &str) -> String {
 }
 
 /// The API section (as docker-socket-proxy names its switches) a request described by `what`
-/// (as given to `map_err`) belongs to, where it is one of those outpostctl uses.
-fn section_of(what: &str) -> Option<&'static str> {
+/// (as given to `map_err`) belongs to. Told by how `what` starts, never by the names in it (a
+/// container may be called `ak-outpost-info`); every request not named here is about a
+/// container, the lock's own included.
+fn section_of(what: &str) -> &'static str {
     [
-        ("info", "info"),
-        ("clock", "info"),
-        ("events", "events"),
-        ("network", "networks"),
-        ("image", "images"),
-        ("pull", "images"),
-        ("container", "containers"),
-        ("lock", "containers"),
+        ("read engine info", "info"),
+        ("read the engine's clock", "info"),
+        ("watch engine events", "events"),
+        ("list networks", "networks"),
+        ("list images", "images"),
+        ("inspect image ", "images"),
+        ("pull ", "images"),
     ]
     .into_iter()
-    .find(|(word, _)| what.contains(word))
-    .map(|(_, section)| section)
+    .find(|(start, _)| what.starts_with(start))
+    .map_or("containers", |(_, section)| section)
 }
 
+/// Turns bollard's errors into ones a person can act on.
 pub fn map_err(url: &str, what: &str, e: BError) -> EngineError {
     match e {
         BError::DockerResponseServerError {
@@ -293,13 +294,11 @@ pub fn map_err(url: &str, what: &str, e: BError) -> EngineError {
                     msg.push_str(
                         " (a socket proxy must allow the containers, images and info API sections",
                     );
-                    if let Some(section) = section_of(what) {
-                        msg.push_str(&format!(
-                            "; this request is in `{section}`, docker-socket-proxy's {}=1",
-                            section.to_uppercase()
-                        ));
-                    }
-                    msg.push(')');
+                    let section = section_of(what);
+                    msg.push_str(&format!(
+                        "; this request is in `{section}`, docker-socket-proxy's {}=1)",
+                        section.to_uppercase()
+                    ));
                 }
             }
             if message.contains("port is already allocated")
@@ -1304,10 +1303,20 @@ mod tests {
         );
         assert_eq!(
             section_of("pull ghcr.io/goauthentik/ldap:2026.8.0"),
-            Some("images")
+            "images"
         );
-        assert_eq!(section_of("list networks"), Some("networks"));
-        assert_eq!(section_of("renew the lock"), Some("containers"));
+        assert_eq!(section_of("list networks"), "networks");
+        assert_eq!(section_of("renew the lock"), "containers");
+        assert_eq!(section_of("watch engine events"), "events");
+        // Names in the description do not count.
+        assert_eq!(
+            section_of("create container ak-outpost-info-image"),
+            "containers"
+        );
+        assert_eq!(
+            section_of("rename container to ak-outpost-events"),
+            "containers"
+        );
     }
 
     /// An engine's own error messages are plain text and keep every word (`<none>:<none>`
