@@ -66,11 +66,10 @@ mod support;
 mod proxy;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use bollard::Docker;
@@ -652,49 +651,9 @@ struct ProxiedRun {
 }
 
 /// Runs `cmd` (stdin closed, output captured, killed after `OUTPOSTCTL_TIMEOUT`): what it
-/// said, when it was spawned and when it exited (a thread blocked in `wait`, not polling).
-fn spawn_timed(mut cmd: Command) -> (Out, Instant, Instant) {
-    let shown = format!("{cmd:?}");
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| fail(&format!("cannot run {shown}: {e}")));
-    let pid = child.id();
-    let read_all = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut b = Vec::new();
-            let _ = r.read_to_end(&mut b);
-            String::from_utf8_lossy(&b).into_owned()
-        })
-    };
-    let t_out = read_all(Box::new(child.stdout.take().expect("piped stdout")));
-    let t_err = read_all(Box::new(child.stderr.take().expect("piped stderr")));
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let status = child.wait();
-        let _ = tx.send((status, Instant::now()));
-    });
-    let (status, exit) = match rx.recv_timeout(OUTPOSTCTL_TIMEOUT) {
-        Ok((Ok(status), at)) => (status, at),
-        Ok((Err(e), _)) => fail(&format!("waiting for {shown}: {e}")),
-        Err(_) => {
-            kill_pids(&[pid]);
-            fail(&format!(
-                "{shown} did not finish within {} s (a hung Docker engine? restart dockerd)",
-                OUTPOSTCTL_TIMEOUT.as_secs()
-            ))
-        }
-    };
-    let out = Out {
-        code: status.code().unwrap_or(-1),
-        stdout: t_out.join().unwrap_or_default(),
-        stderr: t_err.join().unwrap_or_default(),
-        wall: exit - start,
-    };
-    (out, start, exit)
+/// said, when it was spawned and when it exited.
+fn spawn_timed(cmd: Command) -> (Out, Instant, Instant) {
+    support::run_timed(cmd, OUTPOSTCTL_TIMEOUT).unwrap_or_else(|e| fail(&e))
 }
 
 /// `outpostctl plan --detailed-exitcode DIR` with DOCKER_HOST at the proxy; must say "no

@@ -65,7 +65,13 @@ fn tail(s: &str, lines: usize) -> String {
 
 /// Runs `cmd` with stdin closed, killing it after `timeout`; `Err` when it cannot start or
 /// runs out of time.
-pub fn run(mut cmd: Command, timeout: Duration) -> Result<Out, String> {
+pub fn run(cmd: Command, timeout: Duration) -> Result<Out, String> {
+    run_timed(cmd, timeout).map(|(out, _, _)| out)
+}
+
+/// `run`, with when the process was spawned and when it exited: taken by a thread blocked in
+/// `wait` (not by polling), so the exit is timed as it happens.
+pub fn run_timed(mut cmd: Command, timeout: Duration) -> Result<(Out, Instant, Instant), String> {
     let shown = format!("{cmd:?}");
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -74,40 +80,39 @@ pub fn run(mut cmd: Command, timeout: Duration) -> Result<Out, String> {
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot run {shown}: {e}"))?;
-    let mut out = child.stdout.take().expect("piped stdout");
-    let mut err = child.stderr.take().expect("piped stderr");
-    let t_out = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = out.read_to_end(&mut b);
-        b
+    let pid = child.id();
+    let read_all = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            let _ = r.read_to_end(&mut b);
+            String::from_utf8_lossy(&b).into_owned()
+        })
+    };
+    let t_out = read_all(Box::new(child.stdout.take().expect("piped stdout")));
+    let t_err = read_all(Box::new(child.stderr.take().expect("piped stderr")));
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send((status, Instant::now()));
     });
-    let t_err = std::thread::spawn(move || {
-        let mut b = Vec::new();
-        let _ = err.read_to_end(&mut b);
-        b
-    });
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break s,
-            Ok(None) if start.elapsed() > timeout => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!(
-                    "{shown} did not finish within {} s (a hung Docker engine? restart dockerd)",
-                    timeout.as_secs()
-                ));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_micros(500)),
-            Err(e) => return Err(format!("waiting for {shown}: {e}")),
+    let (status, exit) = match rx.recv_timeout(timeout) {
+        Ok((Ok(status), at)) => (status, at),
+        Ok((Err(e), _)) => return Err(format!("waiting for {shown}: {e}")),
+        Err(_) => {
+            kill_pids(&[pid]);
+            return Err(format!(
+                "{shown} did not finish within {} s (a hung Docker engine? restart dockerd)",
+                timeout.as_secs()
+            ));
         }
     };
-    let wall = start.elapsed();
-    Ok(Out {
+    let out = Out {
         code: status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&t_out.join().unwrap_or_default()).into_owned(),
-        stderr: String::from_utf8_lossy(&t_err.join().unwrap_or_default()).into_owned(),
-        wall,
-    })
+        stdout: t_out.join().unwrap_or_default(),
+        stderr: t_err.join().unwrap_or_default(),
+        wall: exit - start,
+    };
+    Ok((out, start, exit))
 }
 
 /// `docker ARGS` (DOCKER_HOST if set, else the default socket).
