@@ -1089,32 +1089,27 @@ impl State {
                 .retain(|_, at| now.duration_since(*at) < RESTART_ECHO);
             for o in &report.outcomes {
                 let key = (o.integration.clone(), o.outpost.clone());
-                // Judged against what was seen before this apply.
-                let drift = plan
+                // The planned action this outcome is of.
+                let action = plan
                     .integrations
                     .iter()
                     .filter(|e| e.name == o.integration)
                     .flat_map(|e| &e.actions)
-                    .find(|a| a.outpost == o.outpost && a.action == o.action)
-                    .is_some_and(|a| corrects_drift(a, &key, &self.seen, &wanted));
+                    .find(|a| a.outpost == o.outpost && a.action == o.action);
+                // Judged against what was seen before this apply.
+                let drift = action.is_some_and(|a| corrects_drift(a, &key, &self.seen, &wanted));
                 if o.ok
                     && o.action != ActionKind::Remove
                     && let Some(hash) = wanted.get(&key)
                 {
                     self.seen.insert(key, hash.clone());
                 }
-                if o.ok && o.action == ActionKind::Restart {
-                    let restarted = plan
-                        .integrations
-                        .iter()
-                        .filter(|e| e.name == o.integration)
-                        .flat_map(|e| &e.actions)
-                        .find(|a| a.outpost == o.outpost && a.action == ActionKind::Restart)
-                        .and_then(|a| a.container.as_ref());
-                    if let Some(c) = restarted {
-                        self.restarted
-                            .insert(format!("{}/{}", o.integration, c.id), now);
-                    }
+                if o.ok
+                    && o.action == ActionKind::Restart
+                    && let Some(c) = action.and_then(|a| a.container.as_ref())
+                {
+                    self.restarted
+                        .insert(format!("{}/{}", o.integration, c.id), now);
                 }
                 if o.ok {
                     self.metrics.change_applied(o.action.as_str(), drift);
