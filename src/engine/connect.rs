@@ -41,9 +41,10 @@ pub async fn read_ahead(
     local: Option<LocalRead>,
 ) -> (Engines, Listed) {
     let mut local = local;
+    let local_host = DockerHost::of_process();
     let early = defs
         .iter()
-        .filter(|(_, def)| !matches!(def.endpoint, Endpoint::Ssh { .. }));
+        .filter(|(_, def)| !logs_in(&def.endpoint, &local_host));
     let reads = early.map(|(name, def)| {
         let started = match &def.endpoint {
             Endpoint::Local => local.take(),
@@ -70,6 +71,16 @@ pub async fn read_ahead(
         engines.insert(name, engine);
     }
     (engines, listed)
+}
+
+/// Whether reaching `endpoint` is a login over ssh: an `ssh://` integration, or `local: true`
+/// under DOCKER_HOST=ssh:// (`local_host`).
+fn logs_in(endpoint: &Endpoint, local_host: &Result<DockerHost, EngineError>) -> bool {
+    match endpoint {
+        Endpoint::Ssh { .. } => true,
+        Endpoint::Local => matches!(local_host, Ok(DockerHost::Ssh { .. })),
+        _ => false,
+    }
 }
 
 /// An engine connected to (or why not) and its containers listed (None: not connected).
@@ -102,9 +113,8 @@ pub struct LocalRead {
 
 impl LocalRead {
     pub fn start() -> Option<LocalRead> {
-        let socket = match env("DOCKER_HOST") {
-            None => DEFAULT_SOCKET.to_string(),
-            Some(h) => h.strip_prefix("unix://")?.to_string(),
+        let Ok(DockerHost::Unix(socket)) = DockerHost::of_process() else {
+            return None;
         };
         Some(LocalRead {
             read: tokio::spawn(connect_and_list(Endpoint::Local)),
@@ -176,6 +186,107 @@ fn env(k: &str) -> Option<String> {
     std::env::var(k).ok().filter(|v| !v.is_empty())
 }
 
+/// What `local: true` reaches: DOCKER_HOST (with DOCKER_TLS_VERIFY) read once, as the Docker
+/// CLI reads them, for connecting, for the engine identity validation compares, and for the
+/// reads started before the set is valid (never a login over ssh).
+#[derive(Debug, Clone, PartialEq)]
+pub enum DockerHost {
+    /// DOCKER_HOST unset or empty (the default socket), or `unix://`.
+    Unix(String),
+    /// `http://`, or `tcp://` without DOCKER_TLS_VERIFY.
+    Http { host: String, port: u16 },
+    /// `tcp://` with DOCKER_TLS_VERIFY set (to anything, as the Docker CLI reads it), or
+    /// `https://`; `verify`: DOCKER_TLS_VERIFY is set, so the CA must come from the
+    /// certificate directory (for `https://` without it: that directory's `ca.pem` if there
+    /// is one, else the system roots, as an `https://` integration).
+    Tls {
+        host: String,
+        port: u16,
+        verify: bool,
+    },
+    /// `ssh://[user@]host[:port]`: what it omits is left to ssh (its config, the login name,
+    /// 22), as the Docker CLI does.
+    Ssh {
+        user: Option<String>,
+        host: String,
+        port: Option<u16>,
+    },
+}
+
+impl DockerHost {
+    /// `local: true` under the environment read through `env`.
+    pub fn read(env: &dyn Fn(&str) -> Option<String>) -> Result<DockerHost, EngineError> {
+        let Some(h) = env("DOCKER_HOST") else {
+            return Ok(DockerHost::Unix(DEFAULT_SOCKET.into()));
+        };
+        let host_port = |rest: &str, default: u16| -> Result<(String, u16), EngineError> {
+            let (host, port) = split_host_port(&h, rest)?;
+            Ok((host, port.unwrap_or(default)))
+        };
+        if let Some(path) = h.strip_prefix("unix://") {
+            return Ok(DockerHost::Unix(path.into()));
+        }
+        // Without a port, Docker's: 2376 for TLS, else 2375 (as the Docker CLI fills it in).
+        if let Some(rest) = h.strip_prefix("http://") {
+            let (host, port) = host_port(rest, 2375)?;
+            return Ok(DockerHost::Http { host, port });
+        }
+        let verify = env("DOCKER_TLS_VERIFY").is_some();
+        if let Some(rest) = h.strip_prefix("https://") {
+            let (host, port) = host_port(rest, 2376)?;
+            return Ok(DockerHost::Tls { host, port, verify });
+        }
+        if let Some(rest) = h.strip_prefix("tcp://") {
+            let (host, port) = host_port(rest, if verify { 2376 } else { 2375 })?;
+            return Ok(if verify {
+                DockerHost::Tls { host, port, verify }
+            } else {
+                DockerHost::Http { host, port }
+            });
+        }
+        if let Some(rest) = h.strip_prefix("ssh://") {
+            let (user, hostport) = match rest.split_once('@') {
+                Some((u, hp)) => (Some(u.to_string()), hp),
+                None => (None, rest),
+            };
+            let (host, port) = split_host_port(&h, hostport)?;
+            return Ok(DockerHost::Ssh { user, host, port });
+        }
+        Err(EngineError::new(
+            ErrorKind::Unreachable,
+            format!("DOCKER_HOST `{h}`: use unix://, tcp://, http://, https:// or ssh://"),
+        ))
+    }
+
+    /// `local: true` under this process's environment.
+    pub fn of_process() -> Result<DockerHost, EngineError> {
+        DockerHost::read(&env)
+    }
+
+    /// The endpoint an integration would name for the same engine, without its keys: for
+    /// `Endpoint::engine_identity`.
+    pub fn endpoint(&self) -> Endpoint {
+        match self.clone() {
+            DockerHost::Unix(path) => Endpoint::Unix { path },
+            DockerHost::Http { host, port } => Endpoint::Http { host, port },
+            DockerHost::Tls { host, port, .. } => Endpoint::Tls {
+                host,
+                port,
+                ca_pem: None,
+                client: None,
+            },
+            DockerHost::Ssh { user, host, port } => Endpoint::Ssh {
+                user,
+                host,
+                port,
+                key: None,
+                host_key: None,
+                config: None,
+            },
+        }
+    }
+}
+
 /// `local: true`: DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH as the Docker CLI reads
 /// them, else the default socket.
 fn local() -> Result<Transport, EngineError> {
@@ -184,93 +295,77 @@ fn local() -> Result<Transport, EngineError> {
 
 /// `local`, with the environment read through `env`.
 fn local_with(env: &dyn Fn(&str) -> Option<String>) -> Result<Transport, EngineError> {
-    let Some(h) = env("DOCKER_HOST") else {
-        return Transport::unix(DEFAULT_SOCKET);
-    };
-    let unreachable = |m: String| EngineError::new(ErrorKind::Unreachable, m);
-    let host_port = |rest: &str, default: u16| -> Result<(String, u16), EngineError> {
-        let (host, port) = split_host_port(&h, rest)?;
-        Ok((host, port.unwrap_or(default)))
-    };
-    if let Some(path) = h.strip_prefix("unix://") {
-        return Transport::unix(path);
-    }
-    // Without a port, Docker's: 2376 for TLS, else 2375 (as the Docker CLI fills it in).
-    if let Some(rest) = h.strip_prefix("http://") {
-        let (host, port) = host_port(rest, 2375)?;
-        return Ok(Transport::http(&host, port));
-    }
-    if let Some(rest) = h
-        .strip_prefix("tcp://")
-        .or_else(|| h.strip_prefix("https://"))
-    {
-        // Set to anything (even `0`), as the Docker CLI reads it.
-        let verify = env("DOCKER_TLS_VERIFY").is_some() || h.starts_with("https://");
-        let (host, port) = host_port(rest, if verify { 2376 } else { 2375 })?;
-        if !verify {
-            return Ok(Transport::http(&host, port));
+    match DockerHost::read(env)? {
+        DockerHost::Unix(path) => Transport::unix(&path),
+        DockerHost::Http { host, port } => Ok(Transport::http(&host, port)),
+        DockerHost::Tls { host, port, verify } => {
+            let (ca, client) = docker_certs(env, verify)?;
+            tls::connect(
+                &host,
+                port,
+                ca.as_deref(),
+                client.as_ref().map(|(c, k)| (c.as_str(), k)),
+            )
         }
-        // Where the Docker CLI looks: DOCKER_CERT_PATH, else the Docker config directory
-        // (DOCKER_CONFIG, else ~/.docker); never the working directory.
-        let dir = env("DOCKER_CERT_PATH")
-            .or_else(|| env("DOCKER_CONFIG"))
-            .map(PathBuf::from)
-            .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".docker")))
-            .ok_or_else(|| {
-                unreachable(
-                    "DOCKER_TLS_VERIFY is set but neither DOCKER_CERT_PATH nor HOME says where its certificates are: set DOCKER_CERT_PATH".into(),
-                )
-            })?;
-        let read = |f: &str| {
-            let p = dir.join(f);
-            crate::validate::read_small_file(&p).map_err(|e| {
-                unreachable(format!(
-                    "DOCKER_TLS_VERIFY is set but `{}` cannot be read: {e}",
-                    p.display()
-                ))
-            })
-        };
-        let ca = read("ca.pem")?;
-        // No client certificate when neither file is there; one without the other, or one
-        // that cannot be read, is an error.
-        let client = if !dir.join("cert.pem").exists() && !dir.join("key.pem").exists() {
-            None
-        } else {
-            Some((read("cert.pem")?, Secret::new(read("key.pem")?)))
-        };
-        return tls::connect(
-            &host,
+        DockerHost::Ssh { user, host, port } => ssh::connect(&ssh::Target {
+            user,
+            host,
             port,
-            Some(&ca),
-            client.as_ref().map(|(c, k)| (c.as_str(), k)),
-        );
+            key: None,
+            host_key: None,
+            config: None,
+            from_docker_host: true,
+        }),
     }
-    if let Some(rest) = h.strip_prefix("ssh://") {
-        return ssh::connect(&docker_host_ssh(&h, rest)?);
-    }
-    Err(unreachable(format!(
-        "DOCKER_HOST `{h}`: use unix://, tcp://, http://, https:// or ssh://"
-    )))
 }
 
-/// DOCKER_HOST `ssh://[user@]host[:port]` as the Docker CLI takes it: the user and port only
-/// when the address has them, else ssh's own (its config's `User` and `Port`, else the login
-/// name and 22).
-fn docker_host_ssh(h: &str, rest: &str) -> Result<ssh::Target, EngineError> {
-    let (user, hostport) = match rest.split_once('@') {
-        Some((u, hp)) => (Some(u.to_string()), hp),
-        None => (None, rest),
+/// A client certificate: its PEM and its key's.
+type ClientCert = (String, Secret);
+
+/// The CA and client certificate of a TLS DOCKER_HOST, where the Docker CLI looks:
+/// DOCKER_CERT_PATH, else the Docker config directory (DOCKER_CONFIG, else ~/.docker); never
+/// the working directory. With DOCKER_TLS_VERIFY (`verify`) the CA must be there; for
+/// `https://` without it, no `ca.pem` there means the system roots.
+fn docker_certs(
+    env: &dyn Fn(&str) -> Option<String>,
+    verify: bool,
+) -> Result<(Option<String>, Option<ClientCert>), EngineError> {
+    let unreachable = |m: String| EngineError::new(ErrorKind::Unreachable, m);
+    let why = if verify {
+        "DOCKER_TLS_VERIFY is set"
+    } else {
+        "DOCKER_HOST is https://"
     };
-    let (host, port) = split_host_port(h, hostport)?;
-    Ok(ssh::Target {
-        user,
-        host,
-        port,
-        key: None,
-        host_key: None,
-        config: None,
-        from_docker_host: true,
-    })
+    let dir = env("DOCKER_CERT_PATH")
+        .or_else(|| env("DOCKER_CONFIG"))
+        .map(PathBuf::from)
+        .or_else(|| env("HOME").map(|home| PathBuf::from(home).join(".docker")));
+    let Some(dir) = dir else {
+        if !verify {
+            return Ok((None, None));
+        }
+        return Err(unreachable(format!(
+            "{why} but neither DOCKER_CERT_PATH nor HOME says where its certificates are: set DOCKER_CERT_PATH"
+        )));
+    };
+    let read = |f: &str| {
+        let p = dir.join(f);
+        crate::validate::read_small_file(&p)
+            .map_err(|e| unreachable(format!("{why} but `{}` cannot be read: {e}", p.display())))
+    };
+    let ca = if verify || dir.join("ca.pem").exists() {
+        Some(read("ca.pem")?)
+    } else {
+        None
+    };
+    // No client certificate when neither file is there; one without the other, or one that
+    // cannot be read, is an error.
+    let client = if !dir.join("cert.pem").exists() && !dir.join("key.pem").exists() {
+        None
+    } else {
+        Some((read("cert.pem")?, Secret::new(read("key.pem")?)))
+    };
+    Ok((ca, client))
 }
 
 /// `host`, `host:port`, `[v6]`, `[v6]:port` of DOCKER_HOST `h`: the host without brackets, and
@@ -307,7 +402,9 @@ fn split_host_port(h: &str, rest: &str) -> Result<(String, Option<u16>), EngineE
 
 #[cfg(test)]
 mod tests {
-    use super::{docker_host_ssh, local_with, split_host_port};
+    use super::{DockerHost, docker_certs, local_with, logs_in, split_host_port};
+    use crate::engine::{EngineError, ErrorKind};
+    use crate::validate::Endpoint;
 
     fn error_of(vars: &[(&str, &str)]) -> String {
         let env = |k: &str| {
@@ -321,16 +418,32 @@ mod tests {
         }
     }
 
+    fn host_of(vars: &[(&str, &str)]) -> Result<DockerHost, String> {
+        let env = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+                .filter(|v| !v.is_empty())
+        };
+        DockerHost::read(&env).map_err(|e| e.to_string())
+    }
+
     /// DOCKER_HOST=ssh:// without user or port leaves both to ssh (its config, the login
     /// name, 22), as the Docker CLI does; an IPv6 address loses its brackets.
     #[test]
     fn docker_host_ssh_leaves_what_it_omits_to_ssh() {
-        let t = docker_host_ssh("ssh://eng", "eng").expect("target");
-        assert_eq!((t.user, t.host.as_str(), t.port), (None, "eng", None));
-        let t = docker_host_ssh("", "deploy@[::1]:2222").expect("target");
+        let ssh = |user: Option<&str>, host: &str, port| DockerHost::Ssh {
+            user: user.map(String::from),
+            host: host.into(),
+            port,
+        };
         assert_eq!(
-            (t.user.as_deref(), t.host.as_str(), t.port),
-            (Some("deploy"), "::1", Some(2222))
+            host_of(&[("DOCKER_HOST", "ssh://eng")]),
+            Ok(ssh(None, "eng", None))
+        );
+        assert_eq!(
+            host_of(&[("DOCKER_HOST", "ssh://deploy@[::1]:2222")]),
+            Ok(ssh(Some("deploy"), "::1", Some(2222)))
         );
         assert_eq!(
             split_host_port("", "[fd00::1]").expect("split"),
@@ -340,11 +453,128 @@ mod tests {
         assert!(split_host_port("h", "[::1").is_err());
     }
 
+    /// DOCKER_HOST is read as the Docker CLI reads it, the same way for connecting and for
+    /// the engine identity: an empty variable is unset; `http://` is plain whatever
+    /// DOCKER_TLS_VERIFY says; `tcp://` is TLS only with DOCKER_TLS_VERIFY (and then 2376 by
+    /// default); an IPv6 host loses its brackets, as in an integration's URL.
+    #[test]
+    fn docker_host_is_read_as_the_cli_reads_it() {
+        let http = |host: &str, port| DockerHost::Http {
+            host: host.into(),
+            port,
+        };
+        let tls = |host: &str, port, verify| DockerHost::Tls {
+            host: host.into(),
+            port,
+            verify,
+        };
+        assert_eq!(
+            host_of(&[]),
+            Ok(DockerHost::Unix("/var/run/docker.sock".into()))
+        );
+        assert_eq!(
+            host_of(&[("DOCKER_HOST", "")]),
+            Ok(DockerHost::Unix("/var/run/docker.sock".into()))
+        );
+        assert_eq!(
+            host_of(&[("DOCKER_HOST", "tcp://10.0.0.5"), ("DOCKER_TLS_VERIFY", "")]),
+            Ok(http("10.0.0.5", 2375))
+        );
+        assert_eq!(
+            host_of(&[
+                ("DOCKER_HOST", "tcp://10.0.0.5"),
+                ("DOCKER_TLS_VERIFY", "0")
+            ]),
+            Ok(tls("10.0.0.5", 2376, true))
+        );
+        assert_eq!(
+            host_of(&[("DOCKER_HOST", "http://proxy"), ("DOCKER_TLS_VERIFY", "1")]),
+            Ok(http("proxy", 2375))
+        );
+        assert_eq!(
+            host_of(&[("DOCKER_HOST", "https://docker.example.com")]),
+            Ok(tls("docker.example.com", 2376, false))
+        );
+        assert_eq!(
+            host_of(&[("DOCKER_HOST", "tcp://[fd00::5]:2375/")]),
+            Ok(http("fd00::5", 2375))
+        );
+        let wrong = host_of(&[("DOCKER_HOST", "npipe:////./pipe/docker_engine")]);
+        assert!(
+            wrong.as_ref().is_err_and(|e| e.contains("use unix://")),
+            "{wrong:?}"
+        );
+    }
+
+    /// Nothing logs in over ssh before the set is valid: neither an `ssh://` integration nor
+    /// `local: true` under DOCKER_HOST=ssh:// is read early.
+    #[test]
+    fn an_ssh_docker_host_is_not_read_before_the_set_is_valid() {
+        let host = |h: &str| {
+            host_of(&[("DOCKER_HOST", h)]).map_err(|e| EngineError::new(ErrorKind::Unreachable, e))
+        };
+        assert!(logs_in(&Endpoint::Local, &host("ssh://deploy@eng")));
+        assert!(!logs_in(&Endpoint::Local, &host("unix:///run/docker.sock")));
+        assert!(!logs_in(&Endpoint::Local, &host("tcp://10.0.0.5")));
+        assert!(!logs_in(&Endpoint::Local, &host("bogus://x")));
+        let ssh = Endpoint::Ssh {
+            user: Some("a".into()),
+            host: "h".into(),
+            port: None,
+            key: None,
+            host_key: None,
+            config: None,
+        };
+        assert!(logs_in(&ssh, &host("unix:///run/docker.sock")));
+        let http = Endpoint::Http {
+            host: "h".into(),
+            port: 2375,
+        };
+        assert!(!logs_in(&http, &host("ssh://deploy@eng")));
+    }
+
+    /// `https://` without DOCKER_TLS_VERIFY trusts the system roots when the certificate
+    /// directory has no `ca.pem` (as an `https://` integration does), and a `ca.pem` there
+    /// when it has one; what cannot be read is reported for what asked for TLS.
+    #[test]
+    fn https_docker_host_without_a_ca_file_trusts_the_system_roots() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().display().to_string();
+        let env = |k: &str| match k {
+            "DOCKER_CERT_PATH" => Some(path.clone()),
+            _ => None,
+        };
+        let (ca, client) = docker_certs(&env, false).expect("no CA file: the system roots");
+        assert!(ca.is_none() && client.is_none());
+        let no_where = |_: &str| None;
+        assert!(matches!(docker_certs(&no_where, false), Ok((None, None))));
+        std::fs::write(dir.path().join("ca.pem"), "PEM").expect("write");
+        let (ca, _) = docker_certs(&env, false).expect("a CA file");
+        assert_eq!(ca.as_deref(), Some("PEM"));
+        std::fs::write(dir.path().join("key.pem"), "KEY").expect("write");
+        let err = docker_certs(&env, false)
+            .map(|_| ())
+            .expect_err("a key without its cert");
+        assert!(
+            err.to_string().contains("DOCKER_HOST is https:// but")
+                && err.to_string().contains("cert.pem` cannot be read"),
+            "{err}"
+        );
+    }
+
     /// An unknown host key behind DOCKER_HOST=ssh:// is explained with known_hosts, not with
     /// `ssh.host_key`, which `local: true` cannot take.
     #[test]
     fn an_unknown_host_key_behind_docker_host_points_at_known_hosts() {
-        let t = docker_host_ssh("ssh://127.0.0.1:1", "127.0.0.1:1").expect("target");
+        let t = crate::engine::ssh::Target {
+            user: None,
+            host: "127.0.0.1".into(),
+            port: Some(1),
+            key: None,
+            host_key: None,
+            config: None,
+            from_docker_host: true,
+        };
         let said = crate::engine::ssh::describe(
             "ssh://127.0.0.1:1",
             &t,

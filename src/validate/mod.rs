@@ -52,34 +52,14 @@ pub enum Endpoint {
     },
 }
 
-/// The engine identity of `local: true` under `DOCKER_HOST` (as `Endpoint::engine_identity`):
-/// the default socket when it is unset, the socket it names; any other value only equals
-/// itself.
-fn local_identity(docker_host: Option<&str>) -> String {
-    match docker_host.filter(|h| !h.is_empty()) {
-        None => format!("unix {}", crate::engine::connect::DEFAULT_SOCKET),
-        Some(h) => {
-            if let Some(path) = h.strip_prefix("unix://") {
-                return format!("unix {path}");
-            }
-            // A TCP address: the same host and port as an `http://` or `https://` integration
-            // (without a port, Docker's: 2376 with TLS, else 2375).
-            let tls = std::env::var_os("DOCKER_TLS_VERIFY").is_some() || h.starts_with("https://");
-            match ["tcp://", "http://", "https://"]
-                .iter()
-                .find_map(|s| h.strip_prefix(s))
-                .map(|rest| rest.trim_end_matches('/'))
-            {
-                Some(rest) => {
-                    let (host, port) = match rest.rsplit_once(':') {
-                        Some((host, p)) if p.parse::<u16>().is_ok() => (host, p.to_string()),
-                        _ => (rest, if tls { "2376" } else { "2375" }.to_string()),
-                    };
-                    format!("tcp {}:{port}", host.to_lowercase())
-                }
-                None => format!("local {h}"),
-            }
-        }
+/// The engine identity of `local: true` under `docker_host` (as `Endpoint::engine_identity`),
+/// DOCKER_HOST read as connecting reads it: the default socket when it is unset, the socket
+/// it names, the host and port (and user) an integration would name; a value that cannot be
+/// read only equals itself.
+fn local_identity(docker_host: Result<crate::engine::connect::DockerHost, String>) -> String {
+    match docker_host {
+        Ok(h) => h.endpoint().engine_identity(),
+        Err(e) => format!("local {e}"),
     }
 }
 
@@ -89,7 +69,9 @@ impl Endpoint {
     /// still meet there.
     pub fn engine_identity(&self) -> String {
         match self {
-            Endpoint::Local => local_identity(std::env::var("DOCKER_HOST").ok().as_deref()),
+            Endpoint::Local => local_identity(
+                crate::engine::connect::DockerHost::of_process().map_err(|e| e.to_string()),
+            ),
             Endpoint::Unix { path } => format!("unix {path}"),
             Endpoint::Http { host, port } | Endpoint::Tls { host, port, .. } => {
                 format!("tcp {}:{port}", host.to_lowercase())
@@ -2252,30 +2234,59 @@ mod tests {
         assert!(same(&Endpoint::Local, &Endpoint::Local));
         let unix = |p: &str| Endpoint::Unix { path: p.into() };
         assert!(!same(&unix("/a.sock"), &unix("/b.sock")));
-        // `local: true` is the default socket, or the one DOCKER_HOST names.
+        // `local: true` is the default socket, or the one DOCKER_HOST names, read as
+        // connecting reads it (`DockerHost::read`).
+        let local = |vars: &[(&str, &str)]| {
+            let env = |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+                    .filter(|v| !v.is_empty())
+            };
+            local_identity(
+                crate::engine::connect::DockerHost::read(&env).map_err(|e| e.to_string()),
+            )
+        };
+        let host = |h: &str| local(&[("DOCKER_HOST", h)]);
+        assert_eq!(local(&[]), unix("/var/run/docker.sock").engine_identity());
+        assert_eq!(host(""), local(&[]));
         assert_eq!(
-            local_identity(None),
-            unix("/var/run/docker.sock").engine_identity()
-        );
-        assert_eq!(local_identity(Some("")), local_identity(None));
-        assert_eq!(
-            local_identity(Some("unix:///run/user/1000/docker.sock")),
+            host("unix:///run/user/1000/docker.sock"),
             unix("/run/user/1000/docker.sock").engine_identity()
         );
         // A TCP address is the host and port an `http://`/`https://` integration names.
+        assert_eq!(host("tcp://Docker.example.com:2376"), tls.engine_identity());
         assert_eq!(
-            local_identity(Some("tcp://Docker.example.com:2376")),
-            tls.engine_identity(),
-        );
-        assert_eq!(
-            local_identity(Some("tcp://127.0.0.1")),
+            host("tcp://127.0.0.1"),
             tcp("127.0.0.1", 2375).engine_identity(),
             "Docker's port without TLS"
         );
-        assert_ne!(
-            local_identity(Some("tcp://docker.example.com:2375")),
-            tls.engine_identity()
+        assert_eq!(
+            local(&[
+                ("DOCKER_HOST", "tcp://docker.example.com"),
+                ("DOCKER_TLS_VERIFY", "1")
+            ]),
+            tls.engine_identity(),
+            "Docker's port with TLS"
         );
+        assert_eq!(
+            local(&[("DOCKER_HOST", "tcp://10.0.0.5"), ("DOCKER_TLS_VERIFY", "")]),
+            tcp("10.0.0.5", 2375).engine_identity(),
+            "an empty DOCKER_TLS_VERIFY is unset"
+        );
+        assert_eq!(
+            local(&[("DOCKER_HOST", "http://proxy"), ("DOCKER_TLS_VERIFY", "1")]),
+            tcp("proxy", 2375).engine_identity(),
+            "http:// is plain"
+        );
+        assert_eq!(
+            host("tcp://[fd00::5]:2375"),
+            tcp("fd00::5", 2375).engine_identity(),
+            "an IPv6 host without its brackets, as in an integration's URL"
+        );
+        assert_eq!(host("ssh://a@h:22"), ssh("a", "h", 22).engine_identity());
+        assert_ne!(host("tcp://docker.example.com:2375"), tls.engine_identity());
+        assert_ne!(host("bogus://x"), host("bogus://y"));
     }
 
     /// What `validate_with` hands over early, for `set` (a manifest beside a token file).
