@@ -452,12 +452,15 @@ pub fn networks_match(network: Option<&str>, o: &Observed) -> bool {
             [] => false,
             // Created on `n` given by id: its one network is that network, unless one was
             // swapped for it by hand (`NetworkMode` stays as created). A stopped container's
-            // network id is not listed: taken as that network until it runs.
-            [_] if o.network_mode.as_deref() == Some(n) && is_id(n) => {
-                match o.network_ids.first() {
-                    Some(id) if !id.is_empty() => id.starts_with(n),
-                    _ => true,
-                }
+            // network id is not listed: taken as that network until it runs. Docker looks a
+            // network up by name first, so a network named like hex (`db`, `cafe`) is `n`
+            // by its name.
+            [one] if o.network_mode.as_deref() == Some(n) && is_id(n) => {
+                one == n
+                    || match o.network_ids.first() {
+                        Some(id) if !id.is_empty() => id.starts_with(n),
+                        _ => true,
+                    }
             }
             all => all.iter().all(|x| x == n),
         },
@@ -1010,6 +1013,8 @@ mod tests {
             ),
             (Some("host"), on(&["host"], Some("host"))),
             (Some("container:web"), on(&[], Some("container:0123abcd"))),
+            // A network named like an id, joined by its name (its id is another).
+            (Some("db"), with_id(on(&["db"], Some("db")), "7f3a0c")),
         ];
         for (n, o) in &yes {
             assert!(networks_match(*n, o), "{n:?} {o:?}");
@@ -1032,6 +1037,7 @@ mod tests {
                 with_id(on(&["other"], Some("b70f111aad62")), "0123abcd"),
             ),
             (Some("container:web"), on(&["bridge"], Some("default"))),
+            (Some("db"), with_id(on(&["other"], Some("db")), "7f3a0c")),
         ];
         for (n, o) in &no {
             assert!(!networks_match(*n, o), "{n:?} {o:?}");

@@ -262,8 +262,8 @@ fn a_missing_network_blocks_until_it_exists() {
 }
 
 /// `docker_network` written as Docker takes it, not only as a network's name: `default` (the
-/// bridge network), `bridge`, a network's id prefix, and another container's network
-/// (`container:NAME`). The engine's list shows these differently (`bridge`, the network's
+/// bridge network), `bridge`, a network's id prefix, another container's network
+/// (`container:NAME`), and a network whose name looks like an id (`<hex>dead`). The engine's list shows these differently (`bridge`, the network's
 /// name, no network at all); each converges, and a second plan has nothing to do instead of
 /// recreating the outposts again and again.
 #[test]
@@ -272,6 +272,8 @@ fn docker_network_as_docker_takes_it_converges() {
     let net = env.network("byid");
     let id = docker_ok(&["network", "inspect", "-f", "{{.Id}}", &net]);
     let prefix = id.trim()[..12].to_string();
+    // Named in hex only, as an id could be: Docker joins it by its name.
+    let hex_named = env.network_named(&format!("{:x}dead", std::process::id()));
     let host = format!("{}host", env.prefix);
     env.docker_container("run", &host, &["-d", IMAGE_V1]);
     let mut m = env.manifest();
@@ -281,6 +283,7 @@ fn docker_network_as_docker_takes_it_converges() {
         ("By Id", prefix.clone()),
         ("Shares", format!("container:{host}")),
         ("Named", net.clone()),
+        ("Hex Named", hex_named.clone()),
     ] {
         let mut o = env.outpost("ldap", &format!("AK_{}", outpost.replace(' ', "_")));
         o["config"]["docker_network"] = json!(network);
@@ -298,6 +301,10 @@ fn docker_network_as_docker_takes_it_converges() {
         env.container(&env.name_of("by-id")).networks(),
         [net.as_str()]
     );
+    assert_eq!(
+        env.container(&env.name_of("hex-named")).networks(),
+        [hex_named.as_str()]
+    );
     let shares = env.container(&env.name_of("shares"));
     assert!(shares.networks().is_empty(), "{:?}", shares.networks());
     assert!(shares.network_mode().starts_with("container:"));
@@ -313,7 +320,7 @@ fn docker_network_as_docker_takes_it_converges() {
         r["before"].as_str().is_some_and(|b| b.contains(&extra)),
         "{a:#}"
     );
-    for other in ["Default", "Bridge", "Shares", "Named"] {
+    for other in ["Default", "Bridge", "Shares", "Named", "Hex Named"] {
         assert_eq!(action_of(&plan, other)["action"], "noop", "{plan:#}");
     }
     env.apply_ok();

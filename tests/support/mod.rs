@@ -1148,7 +1148,12 @@ impl Env {
 
     /// Creates a network for this test; removed at the end.
     pub fn network(&self, suffix: &str) -> String {
-        let name = format!("{}{suffix}", self.prefix);
+        self.network_named(&format!("{}{suffix}", self.prefix))
+    }
+
+    /// `network`, named `name` exactly (removed at the end all the same).
+    pub fn network_named(&self, name: &str) -> String {
+        let name = name.to_string();
         self.networks.lock().unwrap().push(name.clone());
         let label = format!("{LABEL_TEST}={}", self.project);
         docker_ok(&["network", "create", "--label", &label, &name]);
