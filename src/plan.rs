@@ -718,9 +718,11 @@ fn taken_ports(
     actions: &[Action],
 ) -> Vec<Finding> {
     // Containers the plan acts on (one authentik deployed, adopted with --adopt) are not
-    // in the way of their own outpost.
+    // in the way of their own outpost. One it only blocks (authentik's without --adopt,
+    // another project's, one in the way of a name) stays as it is, with its ports.
     let acted_on: HashSet<&str> = actions
         .iter()
+        .filter(|a| a.action != ActionKind::Blocked)
         .filter_map(|a| a.container.as_ref().map(|c| c.id.as_str()))
         .collect();
     let holders: Vec<&Observed> = observed

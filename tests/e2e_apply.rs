@@ -679,6 +679,66 @@ fn a_port_another_container_publishes_blocks_that_outpost() {
     env.assert_converged();
 }
 
+/// A container the plan only blocks stays where it is, with its ports: authentik's own
+/// container of an outpost, not adopted (no `--adopt`), still publishes its port, so another
+/// outpost that wants that port is blocked too, naming it, instead of a create that fails at
+/// apply with "port is already allocated". Neither is touched.
+#[test]
+fn a_port_held_by_a_container_the_plan_only_blocks_blocks_the_outpost_that_wants_it() {
+    let env = Env::new("blockedport");
+    let uuid = env.uuid("migrating");
+    let mut m = env.manifest();
+    let mut migrating = env.outpost("radius", "AK_M");
+    migrating["uuid"] = json!(uuid);
+    m["outposts"]["Migrating"] = migrating;
+    let mut web = env.outpost("proxy", "AK_W");
+    let taken = env.publish(&mut web)["9443/tcp"];
+    m["outposts"]["Web"] = web;
+    env.write(&m);
+    // authentik's container of `Migrating`, still running, on the port `Web` wants.
+    let theirs_name = env.name_of("authentik-migrating");
+    let theirs = env.docker_container(
+        "run",
+        &theirs_name,
+        &[
+            "-d",
+            "--label",
+            &format!("{LABEL_UUID}={uuid}"),
+            "-p",
+            &format!("127.0.0.1:{taken}:9443"),
+            IMAGE_V1,
+        ],
+    );
+
+    let plan = env.plan_json_with(&[], true);
+    assert_eq!(
+        action_of(&plan, "Migrating")["action"],
+        "blocked",
+        "{plan:#}"
+    );
+    let a = action_of(&plan, "Web");
+    assert_eq!(a["action"], "blocked", "{a:#}");
+    assert!(
+        a["error"].as_str().is_some_and(|e| e.contains(&format!(
+            "host port {taken}/tcp is taken by container `{theirs_name}`"
+        ))),
+        "{a:#}"
+    );
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stdout.contains("nothing to apply; left alone: 2 blocked"),
+        "{}",
+        shown(&r)
+    );
+    assert!(inspect(&env.name_of("web")).is_none());
+    let after = env.container(&theirs_name);
+    assert!(
+        after.running() && after.id() == theirs,
+        "authentik's container was touched"
+    );
+}
+
 /// `pull: never` with an image the engine does not have: the plan blocks that outpost only,
 /// naming the image and the policy; the others are applied.
 #[test]
