@@ -131,12 +131,15 @@ impl DockerEngine {
             None => {
                 requests += 1;
                 let left = full.saturating_sub(started.elapsed());
-                transport
+                // bollard's timeout ends at the answer's head; its body is read after it.
+                let asked = transport
                     .clone()
                     .with_timeout(left)
                     .docker(API_DEFAULT_VERSION)?
-                    .negotiate_version()
+                    .negotiate_version();
+                tokio::time::timeout(left, asked)
                     .await
+                    .unwrap_or(Err(BError::RequestTimeoutError))
                     .map_err(|e| map_err(&url, "connect", e))?
                     .with_timeout(full)
             }
@@ -446,11 +449,13 @@ impl super::Engine for DockerEngine {
             s.local_node_state == Some(bollard::models::LocalNodeState::ACTIVE)
                 && s.control_available != Some(true)
         });
+        // What the engine says is shown on the operator's terminal: its control characters
+        // escaped (an engine, or whatever answers in its place, could send escape sequences).
         Ok(EngineInfo {
-            id: info.id.unwrap_or_default(),
-            server_version: info.server_version.unwrap_or_default(),
+            id: super::printable(info.id.unwrap_or_default()),
+            server_version: super::printable(info.server_version.unwrap_or_default()),
             api_version: format!("{}.{}", v.major_version, v.minor_version),
-            os: info.operating_system.unwrap_or_default(),
+            os: super::printable(info.operating_system.unwrap_or_default()),
             swarm_worker,
         })
     }
@@ -639,7 +644,7 @@ impl super::Engine for DockerEngine {
                         ));
                     }
                     if let Some(status) = info.status {
-                        progress(&status);
+                        progress(&super::printable(status));
                     }
                 }
                 Err(e) => return Err(self.err(&format!("pull {image}"), e)),
@@ -1543,6 +1548,11 @@ mod first_answer {
     /// `http://127.0.0.1:PORT` answering `/_ping` as Docker 20.10 does and every other
     /// request with `answer(request head and body)`, then keeping the connection open.
     async fn scripted_engine(answer: fn(&str) -> String) -> String {
+        scripted(answer, false).await
+    }
+
+    /// `scripted_engine`; with `ping_too`, `answer` answers `/_ping` as well.
+    async fn scripted(answer: fn(&str) -> String, ping_too: bool) -> String {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("address"));
@@ -1575,7 +1585,7 @@ mod first_answer {
                     }
                 }
                 let request = String::from_utf8_lossy(&got).into_owned();
-                let reply = if request.contains("/_ping") {
+                let reply = if request.contains("/_ping") && !ping_too {
                     "HTTP/1.1 200 OK\r\nApi-Version: 1.41\r\nContent-Length: 2\r\nConnection: close\r\n\r\nOK".to_string()
                 } else {
                     answer(&request)
@@ -1623,6 +1633,79 @@ mod first_answer {
             err.message
         );
         assert!(!err.message.contains("t0ken"), "{}", err.message);
+    }
+
+    /// A `/version` answer that stalls after its head (the ping said no API version) fails
+    /// within the client's timeout: the timeout of bollard's request ends at the head.
+    #[tokio::test]
+    async fn a_version_answer_that_stalls_after_its_head_times_out() {
+        let url = scripted(
+            |request| {
+                if request.contains("/_ping") {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
+                } else {
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"Api".into()
+                }
+            },
+            true,
+        )
+        .await;
+        let started = Instant::now();
+        let connected = tokio::time::timeout(
+            Duration::from_secs(30),
+            DockerEngine::negotiated(client(&url, 2), Duration::from_secs(1)),
+        )
+        .await
+        .expect("connect gave up by itself, within its timeout");
+        let Err(err) = connected else {
+            panic!("connected to an engine that never said its version");
+        };
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(err.message.contains("connect"), "{err:?}");
+    }
+
+    /// What the engine (or a registry through it) says and outpostctl shows on a terminal has
+    /// its control characters escaped: the engine's version and OS in `status`, a pull's
+    /// progress.
+    #[tokio::test]
+    async fn escape_sequences_from_the_engine_do_not_reach_the_terminal() {
+        let url = scripted_engine(|request| {
+            if request.contains("/images/create") {
+                json_answer("{\"status\":\"Pulling \\u001b]0;owned\\u0007\"}\n")
+            } else {
+                json_answer(
+                    r#"{"ID":"X\u001b[2J","ServerVersion":"20.10.24\u001b[31m","OperatingSystem":"Debian\u001b[0m"}"#,
+                )
+            }
+        })
+        .await;
+        let engine = answering(&url).await;
+        let info = engine.info().await.expect("info");
+        for shown in [&info.id, &info.server_version, &info.os] {
+            assert!(
+                !shown.contains('\u{1b}') && shown.contains("\\u{1b}"),
+                "{shown:?}"
+            );
+        }
+        let said = std::sync::Mutex::new(Vec::new());
+        engine
+            .pull("example/radius:1", &|s| {
+                said.lock().expect("lock").push(s.to_string())
+            })
+            .await
+            .expect("pulled");
+        let said = said.into_inner().expect("lock");
+        assert!(
+            !said.is_empty()
+                && said
+                    .iter()
+                    .all(|s| !s.contains('\u{1b}') && !s.contains('\u{7}')),
+            "{said:?}"
+        );
     }
 
     /// A 200 answer with `body` as JSON.
