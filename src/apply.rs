@@ -266,16 +266,22 @@ pub async fn apply(
             }
             // Not started again: with the same host ports it would keep the kept container
             // from starting on the next apply. It stays, stopped, for that apply to retry.
+            // When a shutdown (or the lost lock) kept the outpost's own action from starting,
+            // that is what this one says too.
+            let said = match stop_reason(progress, &ep.name) {
+                Some(why) => not_started(&why, false),
+                None => format!(
+                    "kept `{}`: the outpost's own container is not up (its action above failed); the next apply tries again",
+                    a.name
+                ),
+            };
             let outcome = Outcome {
                 integration: ep.name.clone(),
                 outpost: a.outpost.clone(),
                 action: a.action,
                 name: a.name.clone(),
                 ok: false,
-                messages: vec![format!(
-                    "kept `{}`: the outpost's own container is not up (its action above failed); the next apply tries again",
-                    a.name
-                )],
+                messages: vec![said],
             };
             progress.finished(&outcome);
             outcomes.push(outcome);
@@ -351,10 +357,27 @@ pub fn lock_lost_after_start(plan: &Plan, report: &Report) -> Vec<(String, Strin
         .collect()
 }
 
-/// Whether `o` is an action a shutdown kept from starting: asked for, not a failure.
+/// Whether `o` is an action a shutdown kept from starting: asked for, not a failure (a
+/// warning it said before, a fallback image's, does not change that).
 pub fn held_back_by_shutdown(o: &Outcome) -> bool {
     let said = not_started(SHUTTING_DOWN, false);
-    !o.messages.is_empty() && o.messages.iter().all(|m| m.starts_with(&said))
+    let mut errors = o.messages.iter().filter(|m| !is_warning(m)).peekable();
+    errors.peek().is_some() && errors.all(|m| m.starts_with(&said))
+}
+
+/// Whether an outcome's message is a warning (the action may still have gone well).
+fn is_warning(message: &str) -> bool {
+    message.starts_with("warning: ")
+}
+
+impl Outcome {
+    /// Why the action failed: its first message that is not a warning.
+    pub fn failure(&self) -> Option<&str> {
+        self.messages
+            .iter()
+            .map(String::as_str)
+            .find(|m| !is_warning(m))
+    }
 }
 
 /// An image made sure of ahead of its action, and what that said (a fallback's warning).
@@ -370,7 +393,7 @@ fn outcome_of(integration: &str, a: &Action, messages: Vec<String>) -> Outcome {
         outpost: a.outpost.clone(),
         action: a.action,
         name: a.name.clone(),
-        ok: !messages.iter().any(|m| !m.starts_with("warning: ")),
+        ok: messages.iter().all(|m| is_warning(m)),
         messages,
     }
 }
@@ -1135,6 +1158,84 @@ mod swap_tests {
         assert_eq!(fake.recorded(), ["pull ghcr.io/goauthentik/ldap:2026.8.0"]);
         assert!(!o.ok, "{o:?}");
         assert_eq!(o.messages, ["not started: shutting down"]);
+    }
+
+    /// Asks to shut down from the start.
+    struct ShuttingDown;
+    impl Progress for ShuttingDown {
+        fn cancelled(&self) -> bool {
+            true
+        }
+    }
+
+    /// A duplicate kept because a shutdown kept its outpost's own action from starting says
+    /// so as that action does (a shutdown's, not a failure), not "its action above failed".
+    #[tokio::test]
+    async fn a_duplicate_kept_by_a_shutdown_says_it_was_not_started() {
+        let fake = writable(true);
+        let engines: crate::plan::Engines = BTreeMap::from([(
+            "local".to_string(),
+            Ok(Arc::clone(&fake) as Arc<dyn crate::engine::Engine>),
+        )]);
+        let start = Action {
+            action: crate::diff::ActionKind::Start,
+            ..recreate_of("ak-outpost-a")
+        };
+        let duplicate = Action {
+            action: crate::diff::ActionKind::Remove,
+            name: "ak-outpost-a-outpostctl-old".into(),
+            container: Some(ContainerRef {
+                id: "c2".into(),
+                name: "ak-outpost-a-outpostctl-old".into(),
+            }),
+            reasons: vec![crate::diff::Change::new("duplicate", None, None)],
+            ..recreate_of("ak-outpost-a")
+        };
+        assert!(crate::diff::is_duplicate_removal(&duplicate));
+        let report = apply(
+            &on_local(vec![start, duplicate]),
+            &ldap_a(),
+            &engines,
+            &ShuttingDown,
+        )
+        .await;
+        assert!(fake.recorded().is_empty(), "{:?}", fake.recorded());
+        assert_eq!(report.outcomes.len(), 2, "{report:?}");
+        for o in &report.outcomes {
+            assert!(!o.ok && super::held_back_by_shutdown(o), "{o:?}");
+        }
+    }
+
+    /// A warning said before (a fallback image's) is not why an action failed, and does not
+    /// make an action a shutdown held back count as a failure.
+    #[test]
+    fn a_warning_is_not_the_failure() {
+        let o = |messages: &[&str]| super::Outcome {
+            integration: "local".into(),
+            outpost: "A".into(),
+            action: crate::diff::ActionKind::Create,
+            name: "ak-outpost-a".into(),
+            ok: false,
+            messages: messages.iter().map(|m| m.to_string()).collect(),
+        };
+        let warned = "warning: could not pull `example/ldap:1`; using the copy the engine has";
+        assert_eq!(
+            o(&[warned, "port is already allocated"]).failure(),
+            Some("port is already allocated")
+        );
+        assert_eq!(o(&[warned]).failure(), None);
+        assert!(super::held_back_by_shutdown(&o(&[
+            warned,
+            "not started: shutting down"
+        ])));
+        assert!(!super::held_back_by_shutdown(&o(&[warned])));
+        assert!(!super::held_back_by_shutdown(&o(&[
+            "not started: shutting down",
+            "port is already allocated"
+        ])));
+        assert!(!super::held_back_by_shutdown(&o(&[
+            "not started: the engine lock was lost"
+        ])));
     }
 
     /// A stop whose answer was lost (it may have stopped the container): the old container

@@ -1115,7 +1115,7 @@ impl State {
                     self.metrics.change_applied(o.action.as_str(), drift);
                 } else {
                     failed.insert(Failed::Outpost(o.integration.clone(), o.outpost.clone()));
-                    let said = o.messages.first().map_or("", String::as_str);
+                    let said = o.failure().unwrap_or_default();
                     // Held back by a shutdown: asked for, not counted as an action's failure.
                     let what = if apply::held_back_by_shutdown(o) {
                         said.to_string()
