@@ -508,8 +508,16 @@ pub fn connect(target: &Target) -> Result<Transport, EngineError> {
                                 .collect::<String>()
                         })
                         .unwrap_or_default();
+                    // Off the runtime's threads: explaining an unknown host key runs
+                    // `ssh-keyscan` (up to 5 s), which would stall every other engine's
+                    // requests polled on this thread meanwhile.
+                    let fallback = e.to_string();
+                    let described =
+                        tokio::task::spawn_blocking(move || describe(&shown, &t, &said, &fallback))
+                            .await
+                            .unwrap_or_else(|_| format!("ssh failed: {e}"));
                     Err(bollard::errors::Error::IOError {
-                        err: io::Error::other(describe(&shown, &t, &said, &e.to_string())),
+                        err: io::Error::other(described),
                     })
                 }
             }
@@ -529,6 +537,15 @@ pub fn describe(url: &str, t: &Target, ssh_said: &str, fallback: &str) -> String
             return format!(
                 "DOCKER_HOST is read as ssh reads it: add the host's key to your known_hosts (`ssh-keyscan -p {port} {} >> ~/.ssh/known_hosts`, then verify its fingerprint out of band), or use an `ssh://` integration with a pinned `ssh.host_key`",
                 t.host
+            );
+        }
+        // With an ssh config, `host` may be an alias (`HostName`, `ProxyJump`): scanning it
+        // from here could offer another machine's key to pin.
+        if let Some(config) = &t.config {
+            return format!(
+                "add the host's key to known_hosts, or pin it with `ssh.host_key` (with this ssh config, find the address and port it reaches with `ssh -G -F {} {} | grep -Ei '^(hostname|port) '`, get the key there with `ssh-keyscan`, and verify its fingerprint out of band)",
+                crate::commands::shell_word(&config.display().to_string()),
+                crate::commands::shell_word(&t.host)
             );
         }
         let scanned = scan_host_key(&t.host, port);
@@ -674,6 +691,36 @@ fn host_key_algorithms(kind: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With an ssh config the host may be an alias: an unknown host key is explained without
+    /// scanning the alias from here (which could offer another machine's key to pin), by how
+    /// to find the address the config reaches.
+    #[test]
+    fn an_unknown_host_key_behind_an_ssh_config_is_not_scanned_from_here() {
+        let t = Target {
+            user: None,
+            host: "eng".into(),
+            port: None,
+            key: None,
+            host_key: None,
+            config: Some(PathBuf::from("/etc/outpostctl/ssh config")),
+            from_docker_host: false,
+        };
+        let started = std::time::Instant::now();
+        let said = describe(
+            "ssh://eng",
+            &t,
+            "No ED25519 host key is known for eng and you have requested strict checking.\nHost key verification failed.",
+            "",
+        );
+        assert!(
+            said.contains("the host's key is unknown")
+                && said.contains("ssh -G -F '/etc/outpostctl/ssh config' eng")
+                && !said.contains("the host offers"),
+            "{said}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
 
     /// A second signal exits at once, running no destructor: `remove_private_dirs` removes the
     /// key of every session still open (then a session dropped later finds nothing to do).
