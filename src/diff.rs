@@ -133,6 +133,10 @@ pub struct DiffOptions {
     /// outpost is wanted on another integration is removed here only if that one takes it
     /// over, or has failed this time (see `keep_what_another_keeps`).
     pub placed: std::sync::Arc<HashMap<String, String>>,
+    /// `watch --no-prune`: the removals of containers of outposts that left the manifests are
+    /// held back (still planned, then dropped), so those containers keep their names and host
+    /// ports: an outpost that needs one is blocked, saying so, instead of a create that fails.
+    pub keep_orphans: bool,
 }
 
 /// Containers a plan inspects although the list shows nothing to change: the list does not
@@ -204,14 +208,15 @@ pub fn diff(
     let ours = |o: &Observed| o.label(LABEL_PROJECT) == Some(project) && opts.in_scope(o);
     // This project's containers that another integration of the set manages.
     let sibling = |o: &Observed| o.label(LABEL_PROJECT) == Some(project) && !opts.in_scope(o);
-    // Names that a removal or rename in this plan frees.
+    // Names that a removal or rename in this plan frees (none when removals are held back).
+    let orphan = |o: &Observed| {
+        ours(o)
+            && o.label(LABEL_UUID)
+                .is_none_or(|u| !desired_uuids.contains(u))
+    };
     let freed: HashSet<&str> = observed
         .iter()
-        .filter(|o| {
-            ours(o)
-                && o.label(LABEL_UUID)
-                    .is_none_or(|u| !desired_uuids.contains(u))
-        })
+        .filter(|o| orphan(o) && !opts.keep_orphans)
         .map(|o| o.name.as_str())
         .collect();
     // Indexes, so that a plan of n outposts over m containers is O(n + m), not O(n * m).
@@ -355,7 +360,15 @@ pub fn diff(
             .copied()
             .find(|o| !freed.contains(o.name.as_str()))
         {
-            let msg = if ours(in_way) {
+            let msg = if orphan(in_way) && opts.keep_orphans {
+                format!(
+                    "the name `{}` is taken by container {} of outpost `{}`, which left the manifests; its removal is pending (--no-prune): remove it (`docker rm -f {}`), or run without --no-prune",
+                    spec.name,
+                    in_way.short_id(),
+                    shown_label(in_way, LABEL_OUTPOST),
+                    crate::commands::shell_word(&in_way.name)
+                )
+            } else if ours(in_way) {
                 format!(
                     "the name `{}` is taken by container {} of outpost `{}`",
                     spec.name,

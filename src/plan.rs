@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::desired::{ContainerSpec, LABEL_CONFIG_HASH, LABEL_PROJECT, LABEL_UUID};
+use crate::desired::{ContainerSpec, LABEL_CONFIG_HASH, LABEL_OUTPOST, LABEL_PROJECT, LABEL_UUID};
 use crate::diff::{self, Action, ActionKind, Change, DiffOptions};
 use crate::engine::{Engine, EngineError, Inspected, Observed, State};
 use crate::manifest::model::PullPolicy;
@@ -544,6 +544,7 @@ async fn plan_listed(
     let specs: Specs = desired.iter().map(|d| (d.outpost.as_str(), d)).collect();
     let inspect = opts.inspect.clone();
     let integration = opts.integration.clone();
+    let keep = opts.keep_orphans;
     let mut actions = diff::diff(project, desired, &observed, opts);
     let covers = |id: &str| inspect.covers(integration.as_deref(), id);
     // Containers already inspected for their restart policy, kept for their reasons below.
@@ -616,8 +617,16 @@ async fn plan_listed(
         })
         .collect();
     let uninspected = unread.into_iter().map(|(id, _, _)| id).collect();
-    let mut unblocks =
-        block_what_would_fail(project, &specs, &observed, engine, &mut actions, &mut notes).await;
+    let mut unblocks = block_what_would_fail(
+        project,
+        &specs,
+        &observed,
+        engine,
+        &mut actions,
+        &mut notes,
+        keep,
+    )
+    .await;
     // A blocked outpost is left as it is: its duplicates too (a previous container parked by
     // an interrupted recreate stays until the outpost's own container can run).
     let blocked: HashSet<String> = actions
@@ -648,6 +657,7 @@ async fn block_what_would_fail(
     engine: &dyn Engine,
     actions: &mut [Action],
     notes: &mut Vec<String>,
+    keep_orphans: bool,
 ) -> Vec<Unblock> {
     let mut unblocks: Vec<Unblock> = actions
         .iter()
@@ -662,7 +672,7 @@ async fn block_what_would_fail(
         .collect();
     // Every reason an action would fail is found on the actions as the diff made them, so
     // that an outpost blocked for several reasons shows them all at once.
-    let mut findings = taken_ports(project, specs, observed, actions);
+    let mut findings = taken_ports(project, specs, observed, actions, keep_orphans);
     findings.extend(missing_networks(specs, observed, engine, actions, notes).await);
     findings.extend(missing_images(specs, engine, actions).await);
     for f in findings {
@@ -693,6 +703,7 @@ pub async fn checked(
     opts: DiffOptions,
 ) -> Vec<Action> {
     let specs: Specs = desired.iter().map(|d| (d.outpost.as_str(), d)).collect();
+    let keep = opts.keep_orphans;
     let mut actions = diff::diff(project, desired, observed, opts);
     block_what_would_fail(
         project,
@@ -701,6 +712,7 @@ pub async fn checked(
         engine,
         &mut actions,
         &mut Vec::new(),
+        keep,
     )
     .await;
     actions
@@ -709,14 +721,23 @@ pub async fn checked(
 /// A create, recreate or start that needs a host port a running container outside this
 /// project publishes would fail at apply: it is blocked instead, naming that container.
 /// Read from the list (no request). This project's own containers are left out: the set's
-/// outposts never share a port (validation), and one that left the manifests is removed first.
+/// outposts never share a port (validation), and one that left the manifests is removed first
+/// (unless `keep_orphans`, `watch --no-prune`: then it stays, and holds its ports).
 /// A process outside Docker holding the port is not seen here; apply names it.
 fn taken_ports(
     project: &str,
     specs: &Specs<'_>,
     observed: &[Observed],
     actions: &[Action],
+    keep_orphans: bool,
 ) -> Vec<Finding> {
+    // The removals that are held back: their containers stay.
+    let pending: HashSet<&str> = actions
+        .iter()
+        .filter(|a| keep_orphans && a.action == ActionKind::Remove)
+        .filter(|a| !diff::is_duplicate_removal(a))
+        .filter_map(|a| a.container.as_ref().map(|c| c.id.as_str()))
+        .collect();
     // Containers the plan acts on (one authentik deployed, adopted with --adopt) are not
     // in the way of their own outpost. One it only blocks (authentik's without --adopt,
     // another project's, one in the way of a name) stays as it is, with its ports.
@@ -724,10 +745,14 @@ fn taken_ports(
         .iter()
         .filter(|a| a.action != ActionKind::Blocked)
         .filter_map(|a| a.container.as_ref().map(|c| c.id.as_str()))
+        .filter(|id| !pending.contains(id))
         .collect();
     let holders: Vec<&Observed> = observed
         .iter()
-        .filter(|o| o.label(LABEL_PROJECT) != Some(project) && !acted_on.contains(o.id.as_str()))
+        .filter(|o| {
+            (o.label(LABEL_PROJECT) != Some(project) || pending.contains(o.id.as_str()))
+                && !acted_on.contains(o.id.as_str())
+        })
         .filter(|o| matches!(o.state, State::Running | State::Restarting | State::Paused))
         .filter(|o| !o.host_ports.is_empty())
         .collect();
@@ -769,6 +794,10 @@ fn taken_ports(
         }
         for (o, ports) in taken {
             let whose = match o.label(LABEL_PROJECT) {
+                Some(_) if pending.contains(o.id.as_str()) => format!(
+                    "of outpost `{}`, which left the manifests and whose removal is pending (--no-prune)",
+                    crate::engine::printable(o.label(LABEL_OUTPOST).unwrap_or(&o.name))
+                ),
                 Some(other) => format!("of outpostctl project `{other}`"),
                 None => "which outpostctl does not manage".into(),
             };
@@ -1378,6 +1407,77 @@ mod tests {
         assert_eq!(actions.len(), 1, "{actions:?}");
         assert_eq!(actions[0].action, ActionKind::Recreate, "{actions:?}");
         assert!(actions[0].adopt);
+    }
+
+    /// `watch --no-prune` holds back the removal of a container whose outpost left the
+    /// manifests: it keeps its name and its host ports, so an outpost that needs either is
+    /// blocked, saying the removal is pending, instead of a create that fails at apply. The
+    /// removal is still planned (the watch reports it pending).
+    #[tokio::test]
+    async fn held_back_removals_keep_their_names_and_ports() {
+        let v = validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
+             outposts:\n  Web:\n    type: proxy\n    integration: local\n    token: { file: token }\n",
+        );
+        let spec = v.desired["local"][0].clone();
+        let orphan = |name: &str, ports: bool| {
+            let mut o = observed(
+                "0123456789abcdef",
+                name,
+                State::Running,
+                &[
+                    (LABEL_UUID, "0000000000000000000000000000000a"),
+                    (LABEL_PROJECT, "p"),
+                    (LABEL_MANAGED_BY, "outpostctl"),
+                    (LABEL_INTEGRATION, "local"),
+                    (LABEL_OUTPOST, "Old Web"),
+                ],
+            );
+            if ports {
+                o.host_ports = vec![bound("0.0.0.0", 9443, "tcp")];
+            }
+            Fake {
+                listed: vec![o],
+                ..Fake::default()
+            }
+        };
+        let plan = |engine: Fake, keep_orphans: bool| {
+            let spec = spec.clone();
+            async move {
+                let opts = DiffOptions {
+                    keep_orphans,
+                    ..DiffOptions::default()
+                };
+                let planned = plan_engine("p", std::slice::from_ref(&spec), &engine, opts).await;
+                planned.map(|o| o.actions).unwrap_or_default()
+            }
+        };
+        let kinds = |actions: &[Action]| actions.iter().map(|a| a.action).collect::<Vec<_>>();
+
+        // Its host port.
+        let pruned = plan(orphan("ak-outpost-old-web", true), false).await;
+        assert_eq!(kinds(&pruned), [ActionKind::Create, ActionKind::Remove]);
+        let kept = plan(orphan("ak-outpost-old-web", true), true).await;
+        assert_eq!(kinds(&kept), [ActionKind::Blocked, ActionKind::Remove]);
+        let error = kept[0].error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains("host port 9443/tcp is taken by container `ak-outpost-old-web`")
+                && error.contains("of outpost `Old Web`, which left the manifests and whose removal is pending (--no-prune)"),
+            "{error}"
+        );
+
+        // Its name.
+        let pruned = plan(orphan(&spec.name, false), false).await;
+        assert_eq!(kinds(&pruned), [ActionKind::Create, ActionKind::Remove]);
+        let kept = plan(orphan(&spec.name, false), true).await;
+        assert_eq!(kinds(&kept), [ActionKind::Blocked, ActionKind::Remove]);
+        let error = kept[0].error.as_deref().unwrap_or_default();
+        assert!(
+            error.contains(&format!("the name `{}` is taken", spec.name))
+                && error.contains("its removal is pending (--no-prune)"),
+            "{error}"
+        );
     }
 
     /// An interrupted recreate left the outpost's container stopped beside the parked previous

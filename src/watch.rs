@@ -772,6 +772,7 @@ impl State {
         DiffOptions {
             adopt: self.opts.adopt,
             inspect: self.inspections.options(v),
+            keep_orphans: self.opts.no_prune,
             ..Default::default()
         }
     }

@@ -640,6 +640,32 @@ fn no_prune_keeps_a_deleted_outpost_pending() {
         "nothing was done:\n{}",
         w.text()
     );
+
+    // A new outpost whose container takes the kept one's name (`beta`, another outpost: its
+    // own uuid) is blocked, saying the removal is pending, not tried and failed again and
+    // again.
+    let mark = w.mark();
+    let mut new_beta = c.outpost("rac", "AK_BETA");
+    new_beta["uuid"] = json!(c.env.uuid("another beta"));
+    m["outposts"]["beta"] = new_beta;
+    c.save("m/outposts.yaml", &m);
+    let blocked = w.wait_log(mark, "blocking the new outpost", WAIT, |v| {
+        v["event"] == "blocked" && v["outpost"] == "beta"
+    });
+    assert!(
+        blocked["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains(&beta) && m.contains("its removal is pending (--no-prune)")),
+        "{blocked}"
+    );
+    w.wait_reconciled(mark, "ending the reconcile");
+    assert_eq!(
+        w.count(mark, |v| v["event"] == "action"),
+        0,
+        "nothing was tried:\n{}",
+        w.text()
+    );
+    assert_eq!(c.env.container(&beta).id(), b.id(), "Beta is kept");
     c.assert_no_secret_in(&w);
 }
 
