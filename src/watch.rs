@@ -1052,8 +1052,11 @@ impl State {
             .await;
             plan = locked;
             locks = held;
+            // What failed there now: not an engine whose failure was reported above already.
             for e in plan.integrations.iter().filter(|e| e.error.is_some()) {
-                failed.insert(Failed::Engine(e.name.clone()));
+                if !failed.insert(Failed::Engine(e.name.clone())) {
+                    continue;
+                }
                 self.metrics.engine_up(&e.name, false);
                 causes.push(format!(
                     "integration `{}`: {}",
@@ -1133,16 +1136,13 @@ impl State {
                     again.insert((o.integration.clone(), o.outpost.clone()));
                 }
             }
+            // Apply gives each engine that could not be planned as an error again: said once.
             for (name, err) in &report.engine_errors {
-                self.metrics.engine_up(name, false);
-                causes.push(format!("integration `{name}`: {err}"));
+                if failed.insert(Failed::Engine(name.clone())) {
+                    self.metrics.engine_up(name, false);
+                    causes.push(format!("integration `{name}`: {err}"));
+                }
             }
-            failed.extend(
-                report
-                    .engine_errors
-                    .iter()
-                    .map(|(name, _)| Failed::Engine(name.clone())),
-            );
             // A lock lost once the last action had started: a failed reconcile, tried again.
             for (name, why) in apply::lock_lost_after_start(&plan, &report) {
                 let why = format!("{why} (after its actions had started; they finished)");

@@ -1588,6 +1588,19 @@ fn an_engine_down_behind_a_firewall_does_not_delay_the_others() {
         "reconciles after the first try the engine again: {later:?}\n{}",
         w.text()
     );
+    // Said once, as what it is: not again as a lock's failure, nor twice in /healthz.
+    assert_eq!(
+        w.count(mark, |v| v["event"] == "lock" && v["integration"] == "away"),
+        0,
+        "{}",
+        w.text()
+    );
+    let (_, health) = w.http("/healthz");
+    assert_eq!(
+        health.matches("integration `away`").count(),
+        1,
+        "/healthz:\n{health}"
+    );
 
     let mark = w.mark();
     proxy.set_black_hole(false);
