@@ -497,7 +497,9 @@ pub async fn plan_under_lock(
         .collect();
     // The engines are locked one after the other, in the order of their daemon IDs (the
     // same for every run, whatever its integrations are called): two runs that both need two
-    // engines never hold one each while waiting for the other's.
+    // engines never hold one each while waiting for the other's. An engine that refuses
+    // `info` has no ID to go by and comes last, by its address: two runs that reach two such
+    // engines by different addresses can wait for each other until the lock timeout (README).
     let keyed = wanted.iter().filter_map(|e| {
         let engine = match engines.get(&e.name) {
             Some(Ok(engine)) => Arc::clone(engine),
