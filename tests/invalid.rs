@@ -53,6 +53,7 @@ fn outpostctl(dir: &Path, command: &str, args: &[&str]) -> (Run, tempfile::TempD
         .env("COLUMNS", "100")
         .env("HOME", home.path())
         .env("AK_TOKEN", "fixture-token")
+        .env("AK_BLANK", "   ")
         .output()
         .expect("outpostctl runs");
     (Run::from(out), home)
@@ -308,6 +309,7 @@ committed_fixtures![
     unset_env_var_many_outposts,
     token_file_missing,
     token_file_is_directory,
+    empty_token,
     inline_secret,
 ];
 

@@ -1230,13 +1230,39 @@ impl Checker {
                 );
             }
             let token = o.token.clone();
-            let token = self.read_source(
+            let read = self.read_source(
                 token.file.as_deref(),
                 token.env.as_deref(),
                 None,
                 &origin.child("/token"),
                 true,
             );
+            // A blank token would be deployed as `AUTHENTIK_TOKEN=` (an unfilled secret file in
+            // CI, say): the outpost could not connect, and its working container would be
+            // recreated without its token.
+            let token = match read {
+                Some(t) if t.trim().is_empty() => {
+                    let (what, at) = match (&token.file, &token.env) {
+                        (Some(f), _) => (
+                            format!("the token file `{f}` is empty or only whitespace"),
+                            "/token/file",
+                        ),
+                        (None, Some(e)) => (
+                            format!("environment variable `{e}` holds only whitespace"),
+                            "/token/env",
+                        ),
+                        (None, None) => ("the token is empty".to_string(), "/token"),
+                    };
+                    self.diags.push(
+                        Diagnostic::error("empty-token", what)
+                            .at(origin.child(at).value())
+                            .label("empty")
+                            .hint("put the outpost's token there (authentik shows it in the outpost's deployment info)"),
+                    );
+                    None
+                }
+                other => other,
+            };
             // Its `ports` keys and values do not depend on the rest of its settings: checked
             // whatever they hold, `docker_map_ports` only when it is known.
             let map_ports = match o.config.docker_map_ports {
