@@ -223,7 +223,20 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
             }
             Event::Scalar(text, style, anchor, tag) => {
                 let span = Span::from_yaml(yspan);
-                let value = scalar(&text, style, tag.as_deref(), span)?;
+                // A key is a name (of an outpost, an integration, a port): it keeps its text
+                // as written, so that `1e3:` or `007:` is not renamed `1000.0` or `7`.
+                let key = matches!(
+                    stack.last(),
+                    Some(Frame::Map {
+                        pending_key: None,
+                        ..
+                    })
+                );
+                let value = if key && tag.is_none() {
+                    Value::String(text.to_string())
+                } else {
+                    scalar(&text, style, tag.as_deref(), span)?
+                };
                 Some((value, yspan, anchor, 1, 1))
             }
             Event::SequenceStart(anchor, tag) => {
@@ -663,6 +676,22 @@ mod tests {
         assert_eq!(p.value.start, Pos { line: 3, col: 11 });
         // a pointer below a leaf falls back to the leaf
         assert_eq!(d.lookup("/outposts/Edge/type/x").value.start.line, 3);
+    }
+
+    /// A key keeps its text as written: it names an outpost or an integration, and `1e3:`,
+    /// `007:`, `0x10:` or `~:` read as numbers or null would rename it (`1000.0`, `7`, `16`,
+    /// `null`); a duplicate is told by that text too.
+    #[test]
+    fn keys_keep_their_text() {
+        let d = one("1e3: 1\n007: 2\n0x10: 3\n~: 4\ntrue: 5\n\"q\": 6\n!!int 12: 7\n");
+        assert_eq!(
+            d.value,
+            json!({"1e3": 1, "007": 2, "0x10": 3, "~": 4, "true": 5, "q": 6, "12": 7})
+        );
+        let e = parse("007: 1\n007: 2\n", Limits::default()).unwrap_err();
+        assert_eq!(e.message, "duplicate key `007`");
+        // `7` and `007` are two names.
+        assert!(parse("7: 1\n007: 2\n", Limits::default()).is_ok());
     }
 
     #[test]
