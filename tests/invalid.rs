@@ -311,7 +311,28 @@ committed_fixtures![
     token_file_is_directory,
     empty_token,
     inline_secret,
+    secrets_in_the_wrong_shape,
 ];
+
+/// A secret written where outpostctl does not read it (as a key of the source, under a
+/// misspelt key) is not repeated: not in the messages, not in the snippets, not in the JSON.
+#[test]
+fn secrets_in_the_wrong_shape_are_not_repeated() {
+    let dir = fixtures();
+    for args in [
+        &["secrets_in_the_wrong_shape.yaml"][..],
+        &["secrets_in_the_wrong_shape.yaml", "--format", "json"][..],
+    ] {
+        let (run, _home) = validate(&dir, args);
+        assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+        let all = format!("{}{}", run.stdout, run.stderr);
+        assert!(all.contains("unknown key"), "{all}");
+        assert!(
+            !all.contains("SEKRIT"),
+            "{args:?}: a secret is shown:\n{all}"
+        );
+    }
+}
 
 /// Every fixture on disk has a test, and every test its fixture.
 #[test]

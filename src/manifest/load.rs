@@ -344,15 +344,40 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
 fn secret_pointer(pointer: &str) -> bool {
     // Called for every node of every file: no allocation.
     let mut back = pointer.rsplit('/');
+    let (Some(last), parent) = (back.next(), back.next()) else {
+        return false;
+    };
+    (secret_key(last) && parent != Some("docker_labels")) || inside_secret(pointer)
+}
+
+/// Whether `key` names a secret: `token` or `key` as the manifest spells them, or as a
+/// slip of the hand would (`Token`, `KEY`, `tokens`, `token_value`, `secret`, `password`):
+/// a value under a misspelt key is masked all the same.
+fn secret_key(key: &str) -> bool {
+    ["token", "key", "secret", "password", "private_key"]
+        .iter()
+        .any(|k| key.eq_ignore_ascii_case(k))
+        || key
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("token"))
+}
+
+/// Whether the key at `pointer` may be a secret itself: a key inside a secret's source other
+/// than `env`, `file` and `value` (`token: { ak-s3cr3t }`, what `envsubst` makes of
+/// `token: { ${AK_TOKEN} }`).
+pub(crate) fn secret_as_key(pointer: &str) -> bool {
+    inside_secret(pointer) && !pointer.ends_with("/value")
+}
+
+/// Whether the node at `pointer` is inside a secret's source other than its `env` or `file`
+/// (`token: { value: ... }`, or `token: { ak-s3cr3t }`, whose key is the secret itself).
+fn inside_secret(pointer: &str) -> bool {
+    let mut back = pointer.rsplit('/');
     let (Some(last), parent, grandparent) = (back.next(), back.next(), back.next()) else {
         return false;
     };
-    let secret_key = |k: &str| matches!(k, "token" | "key");
     let entries = |k: Option<&str>| matches!(k, Some("outposts" | "keypairs" | "integrations"));
-    (secret_key(last) && parent != Some("docker_labels"))
-        || (parent.is_some_and(secret_key)
-            && !entries(grandparent)
-            && !matches!(last, "env" | "file"))
+    parent.is_some_and(secret_key) && !entries(grandparent) && !matches!(last, "env" | "file")
 }
 
 /// `file` with every secret scalar written inline in `docs` masked by characters of the same
@@ -369,6 +394,13 @@ fn mask_secrets(file: &Arc<SourceFile>, docs: &[yaml::Document]) -> Arc<SourceFi
                     .is_some_and(|v| v.is_string() || v.is_number());
             if secret {
                 let span = at.value;
+                ranges.push((
+                    file.offset(span.start.line, span.start.col),
+                    file.offset(span.end.line, span.end.col),
+                ));
+            }
+            // A key inside a secret's source may be the secret itself: `token: { ak-s3cr3t }`.
+            if let Some(span) = at.key.filter(|_| secret_as_key(pointer)) {
                 ranges.push((
                     file.offset(span.start.line, span.start.col),
                     file.offset(span.end.line, span.end.col),
@@ -449,9 +481,12 @@ fn secret_key_at(line: &str, from: usize) -> Option<(usize, usize)> {
     while i < bytes.len() {
         let rest = &line[i..];
         let quote = rest.starts_with(['"', '\'']) as usize;
-        let name = ["token", "key"]
-            .into_iter()
-            .find(|k| rest[quote..].starts_with(k));
+        // Any case: `Token:` is a slip of the hand, and its value a secret all the same.
+        let name = ["token", "key"].into_iter().find(|k| {
+            rest[quote..]
+                .get(..k.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(k))
+        });
         let before = line[..i].trim_end_matches([' ', '\t']);
         // A list item's `-` stands alone (`foo-key:` is another key).
         let item = before
@@ -510,7 +545,7 @@ mod tests {
              line2\n    certificate: c\n    token:\n      file: t\n      value: v2\n    \
              host_key: ssh-ed25519 AAAA\n    tokens: x\n  B: { type: ldap, token: flow-sekrit }\n  \
              C: { token: { env: AK_C } }\n    foo-key: shown\n    token: \"a #b\"\n  k2:\n    key: |\n\t\
-             tabbed-line\n";
+             tabbed-line\n    Token: capital\n";
         let file = SourceFile::new(PathBuf::from("set.yaml"), text.to_string());
         let out = mask_secret_lines(&file);
         assert_eq!(
@@ -520,7 +555,7 @@ mod tests {
              *****\n    certificate: c\n    token:\n      file: t\n      ****** **\n    \
              host_key: ssh-ed25519 AAAA\n    tokens: x\n  B: { type: ldap, token: *********** }\n  \
              C: { token: { env: AK_C } }\n    foo-key: shown\n    token: ** ***\n  k2:\n    key: |\n\t\
-             ***********\n"
+             ***********\n    Token: *******\n"
         );
         assert_eq!(out.text.len(), text.len(), "offsets kept");
     }
@@ -534,6 +569,13 @@ mod tests {
             "/keypairs/k/key",
             "/outposts/A/token/value",
             "/outposts/token",
+            // Misspelt, or the secret written as a key.
+            "/outposts/A/Token",
+            "/outposts/A/TOKEN",
+            "/outposts/A/tokens",
+            "/keypairs/k/Key",
+            "/outposts/A/password",
+            "/outposts/A/token/ak-s3cr3t",
         ] {
             assert!(secret_pointer(p), "{p}");
         }

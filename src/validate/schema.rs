@@ -214,7 +214,22 @@ fn translate(
         ValidationErrorKind::AdditionalProperties { unexpected } => {
             let known = known_keys(schema, &schema_path);
             for key in unexpected {
+                let child_pointer = format!("{pointer}/{}", escape(key));
                 let child = at.child(&format!("/{}", escape(key)));
+                // A key inside a secret's source may be the secret itself (`token: { ak-... }`,
+                // what `envsubst` makes of `token: { ${AK_TOKEN} }`): not repeated.
+                if crate::manifest::load::secret_as_key(&child_pointer) {
+                    out.push(
+                        Diagnostic::error(
+                            "unknown-key",
+                            "unknown key in a secret's source (not repeated: it may be the secret itself)",
+                        )
+                        .at(child.key())
+                        .label("not a known key here")
+                        .hint("a secret is read from `{ env: VARIABLE }` or `{ file: path }`, never written in the manifest"),
+                    );
+                    continue;
+                }
                 let mut d = Diagnostic::error("unknown-key", format!("unknown key `{}`", truncate(key)))
                     .at(child.key())
                     .label("not a known key here");
