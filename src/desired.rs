@@ -473,6 +473,53 @@ pub fn url_host(url: &str) -> Option<&str> {
     (!host.is_empty()).then_some(host)
 }
 
+/// Whether `authority` (what `url_host` gives) is a host, with a port or not, as Traefik's
+/// `Host()` matches it: a DNS name (labels of letters, digits, `-` and `_`; non-ASCII letters
+/// for a name written in Unicode), an IPv4 address, or an IPv6 one in brackets; a port from 1
+/// to 65535. Nothing that could end the rule's backquoted string or change the rule.
+pub fn is_host_and_port(authority: &str) -> bool {
+    let (host_ok, port) = match authority.strip_prefix('[') {
+        Some(rest) => {
+            let Some((v6, after)) = rest.split_once(']') else {
+                return false;
+            };
+            let port = match after {
+                "" => None,
+                a => match a.strip_prefix(':') {
+                    Some(p) => Some(p),
+                    None => return false,
+                },
+            };
+            (v6.parse::<std::net::Ipv6Addr>().is_ok(), port)
+        }
+        None => {
+            let (host, port) = match authority.rsplit_once(':') {
+                Some((h, p)) => (h, Some(p)),
+                None => (authority, None),
+            };
+            let label = |l: &str| {
+                !l.is_empty()
+                    && l.chars().count() <= 63
+                    && l.chars()
+                        .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+            };
+            let name = host.strip_suffix('.').unwrap_or(host);
+            (
+                !name.is_empty() && name.len() <= 253 && name.split('.').all(label),
+                port,
+            )
+        }
+    };
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok_and(|n| n > 0)
+    });
+    host_ok && port_ok
+}
+
 /// authentik's Traefik labels for a proxy outpost. With no external hosts there is no valid
 /// rule, so no router is declared (authentik would emit the broken rule `() && ...`).
 pub fn traefik_labels(name: &str, external_hosts: &[String]) -> BTreeMap<String, String> {
@@ -1046,6 +1093,41 @@ mod tests {
         assert_eq!(fill("%(name)2147483648.3s", &v).len(), 3 + MAX_PAD);
         assert_eq!(fill("ak-%(name)2s", &v), "ak-abc");
         assert!(err("ak-%(name)").contains("must be followed by `s`"));
+    }
+
+    #[test]
+    fn external_hosts_are_hosts_traefik_can_match() {
+        for ok in [
+            "app.example.com",
+            "app.example.com:8443",
+            "localhost",
+            "10.0.0.5:443",
+            "[fd00::1]",
+            "[fd00::1]:443",
+            "bücher.example",
+            "a_b.example.com.",
+        ] {
+            assert!(is_host_and_port(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            ":443",
+            "a.example.com:99999",
+            "a.example.com:0",
+            "a.example.com:",
+            "a.example.com:+443",
+            "a.example.com)||Host(x",
+            "a.example.com`",
+            "a.example.com\u{1b}[2J",
+            "-a.example.com",
+            "a..example.com",
+            "[fd00::1",
+            "[fd00::1]x",
+            "[not-v6]",
+            "*.example.com",
+        ] {
+            assert!(!is_host_and_port(bad), "{bad:?}");
+        }
     }
 
     #[test]

@@ -165,11 +165,13 @@ pub fn transient_io(e: &std::io::Error) -> bool {
 }
 
 impl Diagnostic {
+    /// An error saying `message`. Control characters in it (from a key, a path or a value of
+    /// the manifest) are escaped: they never reach the terminal.
     pub fn error(code: &'static str, message: impl Into<String>) -> Diagnostic {
         Diagnostic {
             severity: Severity::Error,
             code,
-            message: message.into(),
+            message: crate::engine::printable(message),
             location: None,
             label: None,
             hint: None,
@@ -202,13 +204,13 @@ impl Diagnostic {
     }
 
     pub fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
+        self.hint = Some(crate::engine::printable(hint));
         self
     }
 
     pub fn maybe_hint(mut self, hint: Option<String>) -> Self {
-        if hint.is_some() {
-            self.hint = hint;
+        if let Some(h) = hint {
+            self.hint = Some(crate::engine::printable(h));
         }
         self
     }
@@ -356,5 +358,23 @@ mod transient_tests {
                 "{errno}"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod escape_tests {
+    use super::Diagnostic;
+
+    /// What a manifest puts in a message or a hint (a duplicate key, a file name, a value) has
+    /// its control characters escaped: an escape sequence never reaches the terminal.
+    #[test]
+    fn control_characters_in_messages_are_escaped() {
+        let d = Diagnostic::error("yaml", "duplicate key `x\u{1b}[31mRED`")
+            .hint("remove `x\u{1b}[31mRED`");
+        assert_eq!(d.message, "duplicate key `x\\u{1b}[31mRED`");
+        assert_eq!(d.hint.as_deref(), Some("remove `x\\u{1b}[31mRED`"));
+        let w = Diagnostic::warning("w", "a\u{7}b").maybe_hint(Some("c\u{9b}d".into()));
+        assert_eq!(w.message, "a\\u{7}b");
+        assert_eq!(w.hint.as_deref(), Some("c\\u{9b}d"));
     }
 }

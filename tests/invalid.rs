@@ -297,6 +297,7 @@ committed_fixtures![
     duplicate_uuid,
     malformed_uuid,
     external_hosts_on_ldap,
+    external_hosts_without_a_host,
     version_placeholder_without_version,
     version_placeholder_many_outposts,
     reserved_label,

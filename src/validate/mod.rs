@@ -1207,12 +1207,13 @@ impl Checker {
                 ok = false;
             }
             for (i, h) in o.external_hosts.iter().enumerate() {
-                if desired::url_host(h).is_none()
+                if !desired::url_host(h).is_some_and(desired::is_host_and_port)
                     || h.contains(char::is_whitespace)
+                    || h.contains(char::is_control)
                     || h.contains('`')
                 {
                     self.diags.push(
-                        Diagnostic::error("invalid-url", format!("`{h}` is not a URL with a host"))
+                        Diagnostic::error("invalid-url", format!("`{h}` is not a URL with a host (`host` or `host:port`, the port 1 to 65535)"))
                             .at(origin.child(&format!("/external_hosts/{i}")).value())
                             .hint("write the provider's external host, e.g. `https://app.example.com`"),
                     );
