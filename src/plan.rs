@@ -249,6 +249,7 @@ pub fn manifest_fingerprint(v: &Validated) -> String {
     h.update(v.project.as_bytes());
     for (name, def) in &v.integrations {
         h.update(format!("\0integration\0{name}\0{}", def.url).as_bytes());
+        h.update(&endpoint_digest(&def.endpoint));
         for spec in v.desired.get(name).into_iter().flatten() {
             h.update(
                 format!(
@@ -260,6 +261,43 @@ pub fn manifest_fingerprint(v: &Validated) -> String {
         }
     }
     hex::encode(h.finalize())
+}
+
+/// How an integration reaches its engine beyond its URL, as a digest for the manifest
+/// fingerprint: the CA it trusts, its client certificate and key, its ssh key, pinned host key
+/// and ssh config (the file's path and what it says). A saved plan is stale when any of them
+/// changed: it was reviewed for an engine reached that way. Key material enters only through
+/// its own SHA-256. (`local: true` follows this machine's environment, which the daemon ID
+/// the plan saved stands in for.)
+fn endpoint_digest(endpoint: &crate::validate::Endpoint) -> [u8; 32] {
+    use crate::validate::Endpoint;
+    let digest = |bytes: &[u8]| hex::encode(Sha256::digest(bytes));
+    let text = match endpoint {
+        Endpoint::Local | Endpoint::Unix { .. } | Endpoint::Http { .. } => String::new(),
+        Endpoint::Tls { ca_pem, client, .. } => format!(
+            "tls\0{:?}\0{:?}",
+            ca_pem.as_deref().map(|c| digest(c.as_bytes())),
+            client
+                .as_ref()
+                .map(|(cert, key)| (digest(cert.as_bytes()), digest(key.expose().as_bytes())))
+        ),
+        Endpoint::Ssh {
+            user,
+            port,
+            key,
+            host_key,
+            config,
+            ..
+        } => format!(
+            "ssh\0{user:?}\0{port:?}\0{:?}\0{host_key:?}\0{:?}",
+            key.as_ref().map(|k| digest(k.expose().as_bytes())),
+            config.as_ref().map(|c| (
+                c.display().to_string(),
+                std::fs::read(c).map(|b| digest(&b)).unwrap_or_default()
+            ))
+        ),
+    };
+    Sha256::digest(text.as_bytes()).into()
 }
 
 /// The fingerprint of the live containers a plan for `desired` depends on: ours, those with
@@ -1034,6 +1072,45 @@ mod tests {
     use super::*;
     use crate::desired::{LABEL_INTEGRATION, LABEL_MANAGED_BY, Proto};
     use crate::engine::fake::{Fake, observed, validated};
+
+    /// A saved plan was reviewed for engines reached in a certain way: a change to an
+    /// integration's trusted CA, its pinned ssh host key or its ssh key makes it stale, though
+    /// no URL and no outpost changed; the same set gives the same fingerprint.
+    #[test]
+    fn the_manifest_fingerprint_covers_how_engines_are_reached() {
+        let set = |ca: &str, host_key: &str, key: &str| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let key_path = dir.path().join("id");
+            std::fs::write(
+                &key_path,
+                format!("-----BEGIN OPENSSH PRIVATE KEY-----\n{key}\n"),
+            )
+            .expect("key");
+            std::fs::set_permissions(
+                &key_path,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .expect("mode");
+            validated(&format!(
+                "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+                 authentik_version: \"2026.8.0\"\nkeypairs:\n  ca: {{ certificate: {{ value: \"-----BEGIN CERTIFICATE-----\\n{ca}\\n-----END CERTIFICATE-----\" }} }}\n  \
+                 nas-ssh: {{ key: {{ file: {} }} }}\nintegrations:\n  \
+                 edge: {{ url: \"https://edge.example.com:2376\", tls_verification: ca }}\n  \
+                 nas: {{ url: \"ssh://u@nas:22\", tls_authentication: nas-ssh, ssh: {{ host_key: \"ssh-ed25519 {host_key}\" }} }}\n\
+                 outposts:\n  A: {{ type: ldap, integration: edge, token: {{ file: token }} }}\n",
+                key_path.display()
+            ))
+        };
+        let base = manifest_fingerprint(&set("CA1", "AAAA1", "K1"));
+        assert_eq!(base, manifest_fingerprint(&set("CA1", "AAAA1", "K1")));
+        for (what, other) in [
+            ("the trusted CA", set("CA2", "AAAA1", "K1")),
+            ("the pinned host key", set("CA1", "AAAA2", "K1")),
+            ("the ssh key", set("CA1", "AAAA1", "K2")),
+        ] {
+            assert_ne!(base, manifest_fingerprint(&other), "{what} changed");
+        }
+    }
 
     /// A plan is saved only when every engine planned gave its daemon ID (`apply --plan`
     /// checks it): one whose `info` fails is named; one that could not be planned is not.
