@@ -249,7 +249,7 @@ pub fn manifest_fingerprint(v: &Validated) -> String {
     h.update(v.project.as_bytes());
     for (name, def) in &v.integrations {
         h.update(format!("\0integration\0{name}\0{}", def.url).as_bytes());
-        h.update(&endpoint_digest(&def.endpoint));
+        h.update(endpoint_digest(&def.endpoint));
         for spec in v.desired.get(name).into_iter().flatten() {
             h.update(
                 format!(
