@@ -302,6 +302,7 @@ committed_fixtures![
     version_placeholder_many_outposts,
     reserved_label,
     unknown_port_key,
+    port_key_spelt_otherwise,
     healthcheck_forms,
     unknown_port_key_beside_settings_errors,
     // secrets

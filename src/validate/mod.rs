@@ -1563,13 +1563,16 @@ impl Checker {
         }
         for (key, value) in &o.ports {
             let at = origin.child(&format!("/ports/{}", escape(key)));
+            // Written as Docker writes it, `9000/tcp`: `09000/tcp` or `9000/TCP` would be a
+            // second key for the same port (the later one winning, unseen).
             let parsed = key.split_once('/').and_then(|(p, proto)| {
-                let proto = if proto == "udp" {
-                    Proto::Udp
-                } else {
-                    Proto::Tcp
+                let proto = match proto {
+                    "tcp" => Proto::Tcp,
+                    "udp" => Proto::Udp,
+                    _ => return None,
                 };
-                p.parse::<u16>().ok().map(|p| (p, proto))
+                let port = p.parse::<u16>().ok()?;
+                (port.to_string() == p).then_some((port, proto))
             });
             let Some((cport, proto)) =
                 parsed.filter(|(p, pr)| known.iter().any(|(kp, kpr, _)| kp == p && kpr == pr))
