@@ -465,6 +465,16 @@ pub fn default_ports(kind: OutpostType) -> &'static [(u16, Proto, u16)] {
     }
 }
 
+/// The ports an outpost's container listens on itself: its type's, and the metrics port
+/// (never published, but on the host's network it is the host's).
+pub fn listening_ports(kind: OutpostType) -> Vec<(u16, Proto)> {
+    default_ports(kind)
+        .iter()
+        .map(|(p, proto, _)| (*p, *proto))
+        .chain([(9300, Proto::Tcp)])
+        .collect()
+}
+
 /// The host part (with port) of an external host URL, as Traefik's `Host()` wants it.
 pub fn url_host(url: &str) -> Option<&str> {
     let rest = url.split_once("://")?.1;
@@ -813,6 +823,22 @@ pub fn container(input: &OutpostInput<'_>) -> Result<ContainerSpec, Vec<Problem>
                 }),
             }
         }
+    }
+    // On the host's network Docker publishes nothing (it drops the bindings with a warning):
+    // the outpost listens on the host's ports itself, on every address, whatever `ports` says.
+    if !ports.is_empty() && s.network.as_deref() == Some("host") {
+        let published = ports
+            .iter()
+            .map(|p| format!("{}/{}", p.container_port, p.proto.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        problems.push(Problem::new(
+            "/config/docker_network",
+            format!(
+                "`docker_network: host` uses the host's network, where Docker publishes no ports, but the outpost publishes {published}: it would listen on the host's {published} itself, on every address, whatever its host ports say"
+            ),
+            "set `docker_map_ports: false` (on the host's network, its ports are the container's own)",
+        ));
     }
     // Docker refuses to publish ports of a container on another's network namespace.
     if !ports.is_empty()

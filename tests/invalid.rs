@@ -237,6 +237,7 @@ committed_fixtures![
     empty_values,
     invalid_image_reference,
     network_of_a_container_with_ports,
+    host_network,
     invalid_project_name,
     // keys
     unknown_key_outpost,

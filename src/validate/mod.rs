@@ -7,7 +7,7 @@
 
 pub mod schema;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -1387,6 +1387,7 @@ impl Checker {
     fn collisions(&mut self, integrations: &[&str], specs: &[&Built]) {
         let mut names: HashMap<&str, &Built> = HashMap::new();
         let mut ports: HashMap<(Proto, u16), Vec<HostPortUse<'_>>> = HashMap::new();
+        let mut clashed: HashSet<(String, String)> = HashSet::new();
         let integration = match integrations {
             [one] => format!("integration `{one}`"),
             [rest @ .., last] => {
@@ -1426,34 +1427,71 @@ impl Checker {
                     .hint("change `object_naming_template` (e.g. add `%(uuid)s`) or rename an outpost"),
                 );
             }
-            let published = if *ports_known { &spec.ports[..] } else { &[] };
-            for p in published {
-                let clash = ports.get(&(p.proto, p.host_port)).and_then(|taken| {
+            // On the host's network an outpost publishes nothing: it listens on the host's
+            // ports itself (its type's and metrics' 9300), on every address.
+            let on_host = spec.network.as_deref() == Some("host");
+            // (container port, protocol, host address, host port)
+            let taken_here: Vec<(u16, Proto, &str, u16)> = if on_host {
+                desired::listening_ports(spec.kind)
+                    .into_iter()
+                    .map(|(port, proto)| (port, proto, "", port))
+                    .collect()
+            } else if *ports_known {
+                spec.ports
+                    .iter()
+                    .map(|p| (p.container_port, p.proto, p.host_ip.as_str(), p.host_port))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            for (container_port, proto, host_ip, host_port) in taken_here {
+                let clash = ports.get(&(proto, host_port)).and_then(|taken| {
                     taken.iter().find(|(ip, _)| {
-                        all_interfaces(ip) || all_interfaces(&p.host_ip) || *ip == p.host_ip
+                        all_interfaces(ip) || all_interfaces(host_ip) || *ip == host_ip
                     })
                 });
                 if let Some((_, first)) = clash {
-                    let at = origin.child(&format!(
-                        "/ports/{}~1{}",
-                        p.container_port,
-                        p.proto.as_str()
-                    ));
+                    let at =
+                        origin.child(&format!("/ports/{}~1{}", container_port, proto.as_str()));
                     let at = if at.exists() { at.key() } else { origin.key() };
+                    let host_network = |b: &Built| b.spec.network.as_deref() == Some("host");
+                    if on_host || host_network(first) {
+                        // One error for the two, not one per port they share.
+                        if !clashed.insert((first.spec.outpost.clone(), spec.outpost.clone())) {
+                            continue;
+                        }
+                        let on_it = |b: &Built| {
+                            if host_network(b) {
+                                format!("`{}` (on the host's network)", b.spec.outpost)
+                            } else {
+                                format!("`{}`", b.spec.outpost)
+                            }
+                        };
+                        self.diags.push(
+                            Diagnostic::error(
+                                "port-collision",
+                                format!("host port {}/{} is taken by both {} and {} on {integration}", host_port, proto.as_str(), on_it(first), on_it(entry)),
+                            )
+                            .at(origin.key())
+                            .related(first.origin.key(), "the other outpost")
+                            .hint("on the host's network an outpost listens on its own ports (and 9300 for metrics): give at most one outpost per engine `docker_network: host`, or put them on a bridge network"),
+                        );
+                        continue;
+                    }
                     self.diags.push(
                         Diagnostic::error(
                             "port-collision",
-                            format!("host port {}/{} is published by both `{}` and `{}` on {integration}", p.host_port, p.proto.as_str(), first.spec.outpost, spec.outpost),
+                            format!("host port {}/{} is published by both `{}` and `{}` on {integration}", host_port, proto.as_str(), first.spec.outpost, spec.outpost),
                         )
                         .at(at)
                         .related(first.origin.key(), "the other outpost")
-                        .hint(format!("give one of them another host port: `ports: {{ \"{}/{}\": \"<port>\" }}`, or set `docker_map_ports: false`", p.container_port, p.proto.as_str())),
+                        .hint(format!("give one of them another host port: `ports: {{ \"{}/{}\": \"<port>\" }}`, or set `docker_map_ports: false`", container_port, proto.as_str())),
                     );
                 } else {
                     ports
-                        .entry((p.proto, p.host_port))
+                        .entry((proto, host_port))
                         .or_default()
-                        .push((&p.host_ip, entry));
+                        .push((host_ip, entry));
                 }
             }
         }
