@@ -168,6 +168,9 @@ fn plain(part: &str) -> String {
         .replace('@', "@&#8203;")
         .replace("\r\n", "<br>")
         .replace(['\r', '\n'], "<br>")
+        // GitHub links any `scheme://` it finds, even inside a word (`2https://...`, `ftp://`):
+        // the colon as an entity shows the same and is never a link.
+        .replace("://", "&#58;//")
 }
 
 /// Names in backticks, comma-separated, for messages: `` `a`, `b` ``.
@@ -246,15 +249,20 @@ mod tests {
         );
         assert_eq!(
             md_escape("HTTPS://A|B, and `code` http://c"),
-            "HTTPS://A\\|B, and `code` `http://c`"
+            "HTTPS&#58;//A\\|B, and `code` `http://c`"
         );
-        assert_eq!(md_escape("`code`http://x"), "`code`http://x");
+        assert_eq!(md_escape("`code`http://x"), "`code`http&#58;//x");
         // One left as text does not end the scan: the next is still a span.
         assert_eq!(
             md_escape("`c`http://x and http://y"),
-            "`c`http://x and `http://y`"
+            "`c`http&#58;//x and `http://y`"
         );
-        assert_eq!(md_escape("http://x`code`"), "http://x`code`");
-        assert_eq!(md_escape("xhttp://y or www."), "xhttp://y or www.");
+        assert_eq!(md_escape("http://x`code`"), "http&#58;//x`code`");
+        // GitHub would link these inside a word, or of another scheme: never a `://` it sees.
+        assert_eq!(md_escape("xhttp://y or www."), "xhttp&#58;//y or www.");
+        assert_eq!(
+            md_escape("Edge 2https://evil.example/login ftp://f"),
+            "Edge 2https&#58;//evil.example/login ftp&#58;//f"
+        );
     }
 }
