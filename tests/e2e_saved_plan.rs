@@ -489,8 +489,37 @@ fn a_plan_that_cannot_be_saved_is_still_shown() {
     let r = env.plan(&["--format", "markdown", "--out", "plan.json"]);
     assert_eq!(r.code, 1, "{}", shown(&r));
     assert!(r.stdout.contains("| create | A |"), "{}", shown(&r));
+    let partials = |dir: &std::path::Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .expect("read dir")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".partial"))
+            .collect()
+    };
     assert!(
-        !env.dir().join("plan.json.partial").exists(),
-        "a partial file is left"
+        partials(env.dir()).is_empty(),
+        "a partial file is left: {:?}",
+        partials(env.dir())
+    );
+
+    // A symlink put in the way beside the plan file (by another user of a shared directory)
+    // is not written through: the file it points to stays as it was.
+    std::fs::remove_dir(env.dir().join("plan.json")).expect("rmdir");
+    let victim = env.dir().join("victim.txt");
+    std::fs::write(&victim, "untouched\n").expect("victim");
+    std::os::unix::fs::symlink(&victim, env.dir().join("plan.json.partial")).expect("symlink");
+    let r = env.plan(&["--out", "plan.json"]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    assert_eq!(
+        std::fs::read_to_string(&victim).expect("victim"),
+        "untouched\n"
+    );
+    let saved = std::fs::read_to_string(env.dir().join("plan.json")).expect("the plan file");
+    assert!(saved.contains("\"format_version\""), "{saved}");
+    assert!(
+        std::fs::symlink_metadata(env.dir().join("plan.json"))
+            .is_ok_and(|m| m.file_type().is_file()),
+        "the plan file is a file of its own"
     );
 }

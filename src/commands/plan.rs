@@ -98,15 +98,34 @@ fn apply_command(args: &PlanArgs, out: &Path) -> String {
 /// its place and renamed there: an interrupted run leaves the previous file or none, never
 /// half of one.
 pub fn save(plan: &Plan, path: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
     let text = serde_json::to_string_pretty(&render::plan::json(plan)).unwrap_or_default();
+    // A name of this run's own, made anew (`create_new`: never through a file or a symlink
+    // already there, which another user of a shared directory could have put in its way).
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
+    partial.push(format!(".{}-{nanos}.partial", std::process::id()));
     let partial = std::path::PathBuf::from(partial);
-    std::fs::write(&partial, text + "\n")
-        .and_then(|()| std::fs::rename(&partial, path))
-        .inspect_err(|_| {
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&partial)
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.write_all(b"\n")?;
+            f.sync_all()
+        });
+    if let Err(e) = written {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
             let _ = std::fs::remove_file(&partial);
-        })
+        }
+        return Err(e);
+    }
+    std::fs::rename(&partial, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&partial);
+    })
 }
 
 /// The largest plan file read, far above any real plan: a bound for a wrong path given.
