@@ -2,13 +2,18 @@
 
 use std::io::IsTerminal;
 
-use clap::Parser;
 use outpostctl::cli::{Cli, ColorChoice, Command};
 use outpostctl::commands::{self, Printer};
 use outpostctl::render::Style;
 
 fn main() {
-    let cli = match Cli::try_parse() {
+    use clap::{CommandFactory, FromArgMatches};
+    // clap's own errors and help follow `--color` too, read before the rest is parsed.
+    let cli = match Cli::command()
+        .color(clap_color(std::env::args()))
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { 64 } else { 0 };
@@ -104,5 +109,27 @@ fn runtime() -> tokio::runtime::Runtime {
             eprintln!("error: cannot start the async runtime: {e}");
             std::process::exit(1);
         }
+    }
+}
+
+/// The colour choice `--color` makes on the command line (its last one), for clap's own output
+/// (errors, help): read from the raw arguments, as it must apply before they are parsed.
+fn clap_color(args: impl Iterator<Item = String>) -> clap::ColorChoice {
+    let args: Vec<String> = args.collect();
+    let mut said = None;
+    for (i, a) in args.iter().enumerate() {
+        if a == "--" {
+            break;
+        }
+        if let Some(v) = a.strip_prefix("--color=") {
+            said = Some(v.to_string());
+        } else if a == "--color" {
+            said = args.get(i + 1).cloned();
+        }
+    }
+    match said.as_deref() {
+        Some("always") => clap::ColorChoice::Always,
+        Some("never") => clap::ColorChoice::Never,
+        _ => clap::ColorChoice::Auto,
     }
 }

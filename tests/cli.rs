@@ -41,3 +41,15 @@ fn help_and_version_exit_0() {
         assert!(out.contains("outpostctl"), "{args:?}:\n{out}");
     }
 }
+
+/// `--color always|never` applies to clap's own errors and help as to the rest: asked for on
+/// a pipe (and over NO_COLOR), a wrong command line's error is coloured; `never` is plain.
+#[test]
+fn color_applies_to_command_line_errors() {
+    let (code, _, stderr) = outpostctl(&["--color", "always", "plan", "--bogus"]);
+    assert_eq!(code, Some(64));
+    assert!(stderr.contains('\u{1b}'), "{stderr:?}");
+    let (code, _, stderr) = outpostctl(&["--color=never", "plan", "--bogus"]);
+    assert_eq!(code, Some(64));
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}
