@@ -283,6 +283,7 @@ committed_fixtures![
     http_url_without_port,
     https_url_without_port,
     ssh_url_with_path,
+    urls_written_otherwise,
     local_and_url,
     integration_and_keypair_shapes,
     tls_on_plain_http,
@@ -322,18 +323,22 @@ committed_fixtures![
 #[test]
 fn secrets_in_the_wrong_shape_are_not_repeated() {
     let dir = fixtures();
-    for args in [
-        &["secrets_in_the_wrong_shape.yaml"][..],
-        &["secrets_in_the_wrong_shape.yaml", "--format", "json"][..],
+    for (fixture, said, secret) in [
+        ("secrets_in_the_wrong_shape.yaml", "unknown key", "SEKRIT"),
+        ("urls_written_otherwise.yaml", "holds a password", "hunter2"),
     ] {
-        let (run, _home) = validate(&dir, args);
-        assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
-        let all = format!("{}{}", run.stdout, run.stderr);
-        assert!(all.contains("unknown key"), "{all}");
-        assert!(
-            !all.contains("SEKRIT"),
-            "{args:?}: a secret is shown:\n{all}"
-        );
+        for json in [false, true] {
+            let args: &[&str] = if json {
+                &[fixture, "--format", "json"]
+            } else {
+                &[fixture]
+            };
+            let (run, _home) = validate(&dir, args);
+            assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+            let all = format!("{}{}", run.stdout, run.stderr);
+            assert!(all.contains(said), "{all}");
+            assert!(!all.contains(secret), "{args:?}: a secret is shown:\n{all}");
+        }
     }
 }
 

@@ -350,6 +350,17 @@ fn secret_pointer(pointer: &str) -> bool {
     (secret_key(last) && parent != Some("docker_labels")) || inside_secret(pointer)
 }
 
+/// The password of a URL's `user:password@`, if it has one.
+fn url_password(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let userinfo = authority.rsplit_once('@')?.0;
+    userinfo
+        .split_once(':')
+        .map(|(_, p)| p)
+        .filter(|p| !p.is_empty())
+}
+
 /// Whether `key` names a secret: `token` or `key` as the manifest spells them, or as a
 /// slip of the hand would (`Token`, `KEY`, `tokens`, `token_value`, `secret`, `password`):
 /// a value under a misspelt key is masked all the same.
@@ -398,6 +409,21 @@ fn mask_secrets(file: &Arc<SourceFile>, docs: &[yaml::Document]) -> Arc<SourceFi
                     file.offset(span.start.line, span.start.col),
                     file.offset(span.end.line, span.end.col),
                 ));
+            }
+            // A password in an engine URL (`ssh://user:pw@host`, refused by validation): the
+            // password only, where it is written.
+            if pointer.ends_with("/url")
+                && let Some(url) = doc.value.pointer(pointer).and_then(|v| v.as_str())
+                && let Some(password) = url_password(url)
+            {
+                let (from, to) = (
+                    file.offset(at.value.start.line, at.value.start.col),
+                    file.offset(at.value.end.line, at.value.end.col),
+                );
+                let needle = format!(":{password}@");
+                if let Some(i) = file.text.get(from..to).and_then(|t| t.find(&needle)) {
+                    ranges.push((from + i + 1, from + i + 1 + password.len()));
+                }
             }
             // A key inside a secret's source may be the secret itself: `token: { ak-s3cr3t }`.
             if let Some(span) = at.key.filter(|_| secret_as_key(pointer)) {

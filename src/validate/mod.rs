@@ -858,6 +858,29 @@ impl Checker {
         let Some((scheme, rest)) = url.split_once("://") else {
             return None; // the schema's pattern already reported it
         };
+        // A user (and a password) before the host: ssh:// takes a user, nothing takes a
+        // password (a secret written into the manifest; not repeated).
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some((userinfo, _)) = rest[..authority_end].rsplit_once('@') {
+            let refused = if userinfo.contains(':') {
+                Some((
+                    format!("the {scheme}:// URL holds a password (not repeated here)"),
+                    "remove it: a password is never written into a manifest; ssh logs in with the `tls_authentication` key, TLS with its client certificate",
+                ))
+            } else if scheme != "ssh" {
+                Some((
+                    format!("{scheme}:// URLs take no user name"),
+                    "remove `USER@`: only ssh:// URLs name a user",
+                ))
+            } else {
+                None
+            };
+            if let Some((message, hint)) = refused {
+                self.diags
+                    .push(err("invalid-url", message).at(url_at.value()).hint(hint));
+                return None;
+            }
+        }
         let tls_v = origin.child("/tls_verification");
         let tls_a = origin.child("/tls_authentication");
         let ssh_at = origin.child("/ssh");
@@ -968,8 +991,9 @@ impl Checker {
                         .hint("pin the host key with `ssh.host_key` instead"),
                     );
                 }
-                let (userinfo, hostport) = match rest.split_once('@') {
-                    Some((u, h)) => (Some(u), h),
+                // The user is before the host, not in a path (`ssh://h:22/x@y`).
+                let (userinfo, hostport) = match rest[..authority_end].rsplit_once('@') {
+                    Some((u, _)) => (Some(u), &rest[u.len() + 1..]),
                     None => (None, rest),
                 };
                 let (host, port) = self.host_port(&url, hostport, &url_at, Some(22))?;
@@ -1069,31 +1093,46 @@ impl Checker {
             );
             return None;
         }
+        let no_host = |hint: &str| {
+            Diagnostic::error("invalid-url", format!("`{url}` has no valid host"))
+                .at(at.value())
+                .hint(hint)
+        };
         let (host, port) = if let Some(h) = authority.strip_prefix('[') {
             match h.split_once(']') {
-                Some((ip, p)) => (ip.to_string(), p.strip_prefix(':')),
-                None => (String::new(), None),
+                Some((ip, "")) => (ip.to_string(), None),
+                Some((ip, p)) if p.starts_with(':') => (ip.to_string(), p.strip_prefix(':')),
+                _ => {
+                    self.diags.push(no_host(
+                        "write an IPv6 address in brackets, the port after them: `scheme://[fd00::1]:2376`",
+                    ));
+                    return None;
+                }
             }
         } else {
             match authority.rsplit_once(':') {
+                Some((h, _)) if h.contains(':') => {
+                    self.diags.push(no_host(
+                        "write an IPv6 address in brackets, the port after them: `scheme://[fd00::1]:2376`",
+                    ));
+                    return None;
+                }
                 Some((h, p)) => (h.to_string(), Some(p)),
                 None => (authority.to_string(), None),
             }
         };
         if host.is_empty()
             || host.starts_with('-')
-            || host.chars().any(|c| c.is_whitespace() || c == '@')
+            || host
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '@')
         {
-            self.diags.push(
-                Diagnostic::error("invalid-url", format!("`{url}` has no valid host"))
-                    .at(at.value())
-                    .hint("write `scheme://host:port`"),
-            );
+            self.diags.push(no_host("write `scheme://host:port`"));
             return None;
         }
         let port = match (port, default_port) {
             (Some(p), _) => match p.parse::<u16>() {
-                Ok(p) if p > 0 => p,
+                Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => n,
                 _ => {
                     self.diags.push(
                         Diagnostic::error("invalid-url", format!("`{p}` is not a port"))
@@ -1112,7 +1151,8 @@ impl Checker {
                         .at(at.value())
                         .label("no port")
                         .hint(format!(
-                            "{scheme}:// URLs need an explicit port, e.g. `{url}:{example}`"
+                            "{scheme}:// URLs need an explicit port, e.g. `{}:{example}`",
+                            url.trim_end_matches('/')
                         )),
                 );
                 return None;
