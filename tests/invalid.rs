@@ -291,6 +291,7 @@ committed_fixtures![
     // outposts
     naming_template_type,
     naming_template_in_defaults,
+    setting_through_an_alias,
     reserved_label_in_defaults,
     image_template_build_hash,
     container_name_collision,

@@ -1745,17 +1745,30 @@ impl Checker {
             None if unknown.contains("container_image") => false,
             None => dc.container_image.as_deref().is_some_and(|i| !i.is_empty()) || base_known,
         };
-        // Where a setting came from, to point at it.
+        // Where a setting came from, to point at it: the outpost's own, or where its `config`
+        // is written when that is an alias (`config: *shared`, whose keys have no place of
+        // their own here); else the default it inherits.
+        let own_keys: BTreeSet<String> = serde_json::to_value(c)
+            .ok()
+            .and_then(|v| v.as_object().map(|m| m.keys().cloned().collect()))
+            .unwrap_or_default();
         let at = |key: &str| -> Origin {
             let own = origin.child(&format!("/config/{key}"));
             if own.exists() {
-                own
-            } else {
-                default_origins
-                    .get(key)
-                    .cloned()
-                    .unwrap_or_else(|| origin.clone())
+                return own;
             }
+            if own_keys.contains(key) {
+                let config = origin.child("/config");
+                return if config.exists() {
+                    config
+                } else {
+                    origin.clone()
+                };
+            }
+            default_origins
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| origin.clone())
         };
         let mut ok = true;
         let naming_template = c
