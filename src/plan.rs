@@ -1424,17 +1424,22 @@ mod tests {
         }
     }
 
-    /// A proxy outpost publishing 9000 and 9443 (authentik's default) beside a container that
-    /// holds 9443 (Portainer's port, say): the create is blocked, naming it; not when that
-    /// container is stopped, is this project's, or is the one adopted for the outpost.
-    #[tokio::test]
-    async fn a_create_onto_a_host_port_a_running_container_holds_is_blocked() {
+    /// The container of a proxy outpost `Web` on `local` (authentik's ports 9000 and 9443).
+    fn web_proxy() -> ContainerSpec {
         let v = validated(
             "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
              authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
              outposts:\n  Web:\n    type: proxy\n    integration: local\n    token: { file: token }\n",
         );
-        let spec = v.desired["local"][0].clone();
+        v.desired["local"][0].clone()
+    }
+
+    /// A proxy outpost publishing 9000 and 9443 (authentik's default) beside a container that
+    /// holds 9443 (Portainer's port, say): the create is blocked, naming it; not when that
+    /// container is stopped, is this project's, or is the one adopted for the outpost.
+    #[tokio::test]
+    async fn a_create_onto_a_host_port_a_running_container_holds_is_blocked() {
+        let spec = web_proxy();
         assert!(
             !spec.ports.is_empty(),
             "authentik maps the proxy's ports by default"
@@ -1492,12 +1497,7 @@ mod tests {
     /// removal is still planned (the watch reports it pending).
     #[tokio::test]
     async fn held_back_removals_keep_their_names_and_ports() {
-        let v = validated(
-            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
-             authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
-             outposts:\n  Web:\n    type: proxy\n    integration: local\n    token: { file: token }\n",
-        );
-        let spec = v.desired["local"][0].clone();
+        let spec = web_proxy();
         let orphan = |name: &str, ports: bool| {
             let mut o = observed(
                 "0123456789abcdef",
@@ -1562,12 +1562,7 @@ mod tests {
     /// (not removed as a duplicate while the outpost has nothing else that could run).
     #[tokio::test]
     async fn a_blocked_outpost_keeps_its_parked_previous_container() {
-        let v = validated(
-            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
-             authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
-             outposts:\n  Web:\n    type: proxy\n    integration: local\n    token: { file: token }\n",
-        );
-        let spec = v.desired["local"][0].clone();
+        let spec = web_proxy();
         let ours = |id: &str, name: &str, created: i64| {
             let mut o = observed(
                 id,
