@@ -144,7 +144,7 @@ pub struct WatchArgs {
     /// Take over containers authentik deployed for the same outpost (same uuid label).
     #[arg(long)]
     pub adopt: bool,
-    /// Serve /healthz and /metrics (Prometheus) on this address, e.g. 127.0.0.1:9810.
+    /// Serve /healthz, /livez and /metrics (Prometheus) on this address, e.g. 127.0.0.1:9810.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<std::net::SocketAddr>,
     /// Log line format.

@@ -118,7 +118,7 @@ fn a_failed_plan_with_endless_diagnostics_keeps_its_note_and_closes_its_block() 
     let err: String = (0..5000)
         .map(|i| format!("  × m.yaml:{i}:1: environment variable `AK_{i}` is not set ```\n"))
         .collect();
-    let comment = comment_for("### outpostctl: the manifests are invalid\n", &err, 1);
+    let comment = comment_for("### outpostctl plan: the manifests are invalid\n", &err, 1);
     assert!(
         comment.chars().count() <= 65_536,
         "{} characters",
