@@ -1773,6 +1773,35 @@ pub fn now_seconds() -> f64 {
 mod tests {
     use super::*;
 
+    /// Events outside the project are kept up to 1,024 between two reads: the newest, in
+    /// order, and the read says that older ones were dropped (the watch then reconciles in
+    /// case a dropped one was what a blocked outpost waited for); the next read starts afresh.
+    #[test]
+    fn events_outside_the_project_are_capped_newest_kept() {
+        let outside = Outside::default();
+        let event = |i: usize| EngineEvent {
+            subject: EventSubject::Container,
+            id: format!("c{i}"),
+            name: format!("web-{i}"),
+            old_name: None,
+            action: "die".into(),
+            time_nano: None,
+        };
+        for i in 0..1100 {
+            outside.push("local".into(), event(i));
+        }
+        let (events, dropped) = outside.take();
+        assert!(dropped);
+        assert_eq!(events.len(), OUTSIDE_MAX);
+        assert_eq!(events[0].1.id, "c76");
+        assert_eq!(events[OUTSIDE_MAX - 1].1.id, "c1099");
+        outside.push("local".into(), event(0));
+        let (events, dropped) = outside.take();
+        assert!(!dropped);
+        assert_eq!(events.len(), 1);
+        assert_eq!(outside.take().0.len(), 0);
+    }
+
     /// An action of outpost `X` with one reason, on `field`.
     fn action(kind: ActionKind, field: &str) -> Action {
         Action {

@@ -53,3 +53,45 @@ fn color_applies_to_command_line_errors() {
     assert_eq!(code, Some(64));
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }
+
+/// `completions SHELL` prints a script each shell takes as its own (the line that registers
+/// it), offering every command; bash loads it and then completes `outpostctl`.
+#[test]
+fn completions_are_printed_for_every_shell() {
+    for (shell, registers) in [
+        ("bash", "complete -F _outpostctl"),
+        ("zsh", "#compdef outpostctl"),
+        ("fish", "complete -c outpostctl"),
+        ("elvish", "edit:completion:arg-completer[outpostctl]"),
+        ("powershell", "Register-ArgumentCompleter"),
+    ] {
+        let (code, stdout, stderr) = outpostctl(&["completions", shell]);
+        assert_eq!(code, Some(0), "{shell}: {stderr}");
+        assert!(stdout.contains(registers), "{shell}: no `{registers}`");
+        for command in [
+            "validate",
+            "plan",
+            "apply",
+            "status",
+            "watch",
+            "schema",
+            "completions",
+        ] {
+            assert!(
+                stdout.contains(command),
+                "{shell}: `{command}` is not offered"
+            );
+        }
+    }
+    let (_, script, _) = outpostctl(&["completions", "bash"]);
+    let out = Command::new("bash")
+        .args(["-c", "eval \"$SCRIPT\" && complete -p outpostctl"])
+        .env("SCRIPT", &script)
+        .output()
+        .expect("bash runs");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("-F _outpostctl"),
+        "bash did not take it: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
