@@ -882,11 +882,13 @@ fn ctrl_c_at_the_question_cancels_at_once() {
     m["outposts"]["Asked"] = env.outpost("ldap", "AK_A");
     env.write(&m);
     let started = std::time::Instant::now();
-    // ^C on the terminal, 2 s in; then a key that ends no line (NUL) every 0.1 s for 10 s,
-    // until the terminal is gone.
-    let typing = "sleep 2; printf '\\003'; i=0; \
-        while [ $i -lt 100 ] && printf '\\000' 2>/dev/null; do sleep 0.1; i=$((i+1)); done";
-    let r = env.run_on_terminal_typing(&["apply", "."], typing, None);
+    // ^C on the terminal once the question is asked; then a key that ends no line (NUL)
+    // every 0.1 s for 10 s, until the terminal is gone.
+    let typing = format!(
+        "{WAIT_FOR_THE_QUESTION}; printf '\\003'; i=0; \
+        while [ $i -lt 100 ] && printf '\\000' 2>/dev/null; do sleep 0.1; i=$((i+1)); done"
+    );
+    let r = env.run_on_terminal_typing(&["apply", "."], &typing, None);
     let took = started.elapsed();
     assert_eq!(r.code, 1, "{}", shown(&r));
     assert!(

@@ -39,6 +39,11 @@ pub const REGISTRY: &str = "127.0.0.1:5000";
 pub const SOCKET_PROXY: &str = "http://127.0.0.1:2375";
 /// The same socket proxy without `info` (docker-socket-proxy's INFO=0).
 pub const SOCKET_PROXY_NO_INFO: &str = "http://127.0.0.1:2385";
+/// Shell commands for `run_on_terminal_typing` that wait (up to 60 s) until apply's question
+/// is on the terminal, so that what is typed next answers it.
+pub const WAIT_FOR_THE_QUESTION: &str = "i=0; until grep -qF 'Only `yes` is accepted' \"$TERMINAL_LOG\" 2>/dev/null || [ $i -ge 600 ]; do sleep 0.1; i=$((i+1)); done";
+/// Numbers the terminal logs of `run_on_terminal_typing`.
+static TERMINALS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 pub const LABEL_UUID: &str = "io.goauthentik.outpost-uuid";
 pub const LABEL_PROJECT: &str = "outpostctl.project";
@@ -892,11 +897,16 @@ impl Env {
     /// `run_on_terminal`, with stdout sent to the file `stdout` when given (`apply > log`):
     /// stdin and stderr stay on the terminal.
     pub fn run_on_terminal_to(&self, args: &[&str], answer: &str, stdout: Option<&Path>) -> Run {
-        self.run_on_terminal_typing(args, &format!("sleep 2; printf '%s\\n' '{answer}'"), stdout)
+        self.run_on_terminal_typing(
+            args,
+            &format!("{WAIT_FOR_THE_QUESTION}; printf '%s\\n' '{answer}'"),
+            stdout,
+        )
     }
 
     /// `args` run on a terminal (`script`), whose keys come from the shell commands `typing`
-    /// (`sleep 2; printf '\\003'` is a Ctrl-C after 2 s).
+    /// (`{WAIT_FOR_THE_QUESTION}; printf '\\003'` is a Ctrl-C at apply's question). What the
+    /// terminal shows is also written to the file `$TERMINAL_LOG`, for `typing` to wait on.
     pub fn run_on_terminal_typing(
         &self,
         args: &[&str],
@@ -916,10 +926,18 @@ impl Env {
         // `exec`: the shell `script` starts ($SHELL, or dash when unset, as in CI) must not
         // stay in the terminal's process group, or a ^C kills it and `script` exits 130
         // whatever outpostctl does with the signal.
-        let script = format!("({typing}) | script -qec \"exec {line}\" /dev/null");
+        let log = self.dir().join(format!(
+            ".terminal-{}.log",
+            TERMINALS.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        ));
+        let script = format!(
+            "({typing}) | script -qefc \"exec {line}\" {}",
+            quote(&log.to_string_lossy())
+        );
         let mut cmd = Command::new("sh");
         cmd.current_dir(self.dir())
             .args(["-c", &script])
+            .env("TERMINAL_LOG", &log)
             .env("NO_COLOR", "1")
             .env("COLUMNS", "100");
         for (k, v) in self.tokens.lock().unwrap().iter() {
