@@ -1259,6 +1259,21 @@ fn a_second_signal_leaves_no_ssh_session_behind() {
 }
 
 /// Starts outpostctl with the test's environment, without waiting.
+/// Whether the watch serving /metrics on `listen` receives events of `integration` through
+/// its stream (bounded): one is made by signalling `container` (SIGWINCH, which it ignores)
+/// until `outpostctl_engine_events_total` counts one.
+fn events_flow(listen: &str, integration: &str, container: &str) -> bool {
+    let series = format!("outpostctl_engine_events_total{{integration=\"{integration}\"}} ");
+    wait_until(Duration::from_secs(60), || {
+        let _ = docker(&["kill", "--signal", "WINCH", container]);
+        http_get(listen, "/metrics").is_some_and(|(_, body)| {
+            body.lines()
+                .filter_map(|l| l.strip_prefix(&series))
+                .any(|n| n.trim().parse::<u64>().is_ok_and(|n| n >= 1))
+        })
+    })
+}
+
 fn spawn_outpostctl(r: &Remote, args: &[&str]) -> std::process::Child {
     let mut cmd = r.env.command(args);
     cmd.env("TMPDIR", &r.tmp)
@@ -1434,17 +1449,20 @@ fn ssh_key_file_is_removed_when_watch_stops() {
         &[("Radius", "radius", "nas")],
     );
     r.env.write(&m);
-    let mut child = spawn_outpostctl(&r, &["watch", "--interval", "1h", "."]);
+    let listen = format!("127.0.0.1:{}", r.env.port());
+    let mut child = spawn_outpostctl(&r, &["watch", "--interval", "1h", "--listen", &listen, "."]);
     let deployed = wait_until(Duration::from_secs(60), || {
         names(&r) == vec![r.env.name_of("radius")]
     });
-    if !deployed {
+    // The event stream over ssh runs too: an event came through it.
+    let streaming = deployed && events_flow(&listen, "nas", &r.env.name_of("radius"));
+    if !streaming {
         let _ = child.kill();
         let _ = child.wait();
-        panic!("watch did not deploy the outpost over ssh");
+        panic!(
+            "watch did not deploy the outpost over ssh (deployed: {deployed}), or its event stream did not start"
+        );
     }
-    // Let the event stream over ssh start too.
-    std::thread::sleep(Duration::from_secs(2));
     signal(child.id(), "TERM");
     let status = wait_child(&mut child, Duration::from_secs(30));
     assert_eq!(status, Some(0), "watch stops cleanly on SIGTERM");
@@ -1465,7 +1483,10 @@ fn a_changed_host_key_pin_applies_to_the_watchs_event_stream() {
     let log_dir = tempfile::tempdir().expect("temp dir");
     let log_path = log_dir.path().join("watch.log");
     let log = fs::File::create(&log_path).expect("log file");
-    let mut cmd = r.env.command(&["watch", "--interval", "1h", "."]);
+    let listen = format!("127.0.0.1:{}", r.env.port());
+    let mut cmd = r
+        .env
+        .command(&["watch", "--interval", "1h", "--listen", &listen, "."]);
     cmd.env("TMPDIR", &r.tmp)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -1473,9 +1494,7 @@ fn a_changed_host_key_pin_applies_to_the_watchs_event_stream() {
     let mut child = cmd.spawn().expect("outpostctl starts");
     let deployed = wait_until(Duration::from_secs(60), || {
         names(&r) == vec![r.env.name_of("radius")]
-    });
-    // Let the event stream over ssh start too.
-    std::thread::sleep(Duration::from_secs(2));
+    }) && events_flow(&listen, "nas", &r.env.name_of("radius"));
     let refused = |text: &str| {
         text.lines()
             .any(|l| l.contains("cannot watch events") && l.contains("does not match the pinned"))
