@@ -1393,6 +1393,8 @@ struct Cuttable {
     hold_events: Arc<std::sync::atomic::AtomicBool>,
     /// Event requests that were held so far.
     held: Arc<std::sync::atomic::AtomicUsize>,
+    /// Event requests passed on to the engine so far.
+    subscribed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// Copies a client's requests to the engine; one for `/events` waits while `hold` is set.
@@ -1401,6 +1403,7 @@ fn forward_requests(
     mut to: std::os::unix::net::UnixStream,
     hold: &std::sync::atomic::AtomicBool,
     held: &std::sync::atomic::AtomicUsize,
+    subscribed: &std::sync::atomic::AtomicUsize,
 ) {
     use std::sync::atomic::Ordering::SeqCst;
     let mut buf = [0u8; 16 * 1024];
@@ -1410,7 +1413,8 @@ fn forward_requests(
             Ok(n) => n,
         };
         let chunk = &buf[..n];
-        if chunk.windows(8).any(|w| w == b"/events?") && hold.load(SeqCst) {
+        let events = chunk.windows(8).any(|w| w == b"/events?");
+        if events && hold.load(SeqCst) {
             held.fetch_add(1, SeqCst);
             while hold.load(SeqCst) {
                 std::thread::sleep(Duration::from_millis(20));
@@ -1418,6 +1422,9 @@ fn forward_requests(
         }
         if to.write_all(chunk).is_err() {
             break;
+        }
+        if events {
+            subscribed.fetch_add(1, SeqCst);
         }
     }
     let _ = to.shutdown(std::net::Shutdown::Both);
@@ -1434,10 +1441,11 @@ impl Cuttable {
         let open: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
         let hold_events: Arc<std::sync::atomic::AtomicBool> = Arc::default();
         let held: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let subscribed: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let socket = engine_socket();
         let (c, o) = (cut.clone(), open.clone());
         let (hole, taken) = (black_hole.clone(), swallowed.clone());
-        let (hold, count) = (hold_events.clone(), held.clone());
+        let (hold, count, asked) = (hold_events.clone(), held.clone(), subscribed.clone());
         std::thread::spawn(move || {
             for tcp in listener.incoming().flatten() {
                 if c.load(std::sync::atomic::Ordering::SeqCst) {
@@ -1456,8 +1464,8 @@ impl Cuttable {
                     continue;
                 };
                 o.lock().unwrap().push(kept);
-                let (hold, count) = (hold.clone(), count.clone());
-                std::thread::spawn(move || forward_requests(tcp, unix_w, &hold, &count));
+                let (hold, count, asked) = (hold.clone(), count.clone(), asked.clone());
+                std::thread::spawn(move || forward_requests(tcp, unix_w, &hold, &count, &asked));
                 std::thread::spawn(move || {
                     let _ = std::io::copy(&mut unix, &mut tcp_w);
                     let _ = tcp_w.shutdown(std::net::Shutdown::Both);
@@ -1472,7 +1480,19 @@ impl Cuttable {
             open,
             hold_events,
             held,
+            subscribed,
         }
+    }
+
+    /// Waits until a request for the engine's events went through to the engine.
+    fn wait_subscribed(&self) {
+        assert!(
+            wait_until(WAIT, || self
+                .subscribed
+                .load(std::sync::atomic::Ordering::SeqCst)
+                > 0),
+            "no request for the engine's events went through within {WAIT:?}"
+        );
     }
 
     fn set_hold_events(&self, hold: bool) {
@@ -1624,16 +1644,16 @@ fn a_restart_policy_changed_while_the_events_were_cut_is_put_back() {
     let c = Case::new("wresume");
     let proxy = Cuttable::start();
     let (w, a) = watching_alpha_through(&c, &proxy);
-    // The event stream is up once the watch logged nothing more for a moment.
-    std::thread::sleep(Duration::from_secs(1));
+    proxy.wait_subscribed();
 
     let mark = w.mark();
     proxy.set_cut(true);
+    // The stream that was up breaks (not a subscription that never came up).
     w.wait_log(mark, "the event stream's break", WAIT, |v| {
         v["event"] == "engine"
             && v["msg"]
                 .as_str()
-                .is_some_and(|m| m.contains("event stream") || m.contains("cannot watch"))
+                .is_some_and(|m| m.starts_with("event stream:"))
     });
     docker_ok(&["update", "--restart", "no", &a.name()]);
     proxy.set_cut(false);
