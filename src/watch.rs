@@ -544,6 +544,24 @@ pub fn stuck_after(lock_timeout: Duration) -> Duration {
     Duration::from_secs(900).max(one_request) + lock_timeout
 }
 
+/// Whether what the file watcher reports calls for reading the set again: an error of the
+/// watcher, or events lost (the kernel's queue overflowed, a rescan asked for), since what
+/// changed is then not known; else a change (reads change nothing) to a manifest, a file
+/// they reference or a watched path itself (not a log file written next to them).
+fn files_may_have_changed(
+    res: &notify_debouncer_full::DebounceEventResult,
+    filter: &FileFilter,
+) -> bool {
+    let Ok(events) = res else {
+        return true;
+    };
+    events.iter().any(|e| {
+        e.event.need_rescan()
+            || (!matches!(e.event.kind, notify::EventKind::Access(_))
+                && e.event.paths.iter().any(|p| filter.relevant(p)))
+    })
+}
+
 /// Runs until SIGINT or SIGTERM; returns the exit code.
 pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
     let (tx, mut rx) = mpsc::channel::<Trigger>(256);
@@ -562,23 +580,10 @@ pub async fn run(opts: Options, log: Logger, metrics: Arc<Metrics>) -> i32 {
         opts.debounce,
         None,
         move |res: notify_debouncer_full::DebounceEventResult| {
-            // An error of the watcher, or events lost (the kernel's queue overflowed): what
-            // changed is not known, so the set is read again.
-            let Ok(events) = res else {
-                let _ = file_tx.try_send(Trigger::Files);
-                return;
-            };
             let Ok(filter) = cb_filter.lock() else {
                 return;
             };
-            // Reads change nothing, and only manifests, what they reference and the watched
-            // paths themselves matter (not a log file written next to them).
-            let relevant = events.iter().any(|e| {
-                e.event.need_rescan()
-                    || (!matches!(e.event.kind, notify::EventKind::Access(_))
-                        && e.event.paths.iter().any(|p| filter.relevant(p)))
-            });
-            if relevant {
+            if files_may_have_changed(&res, &filter) {
                 let _ = file_tx.try_send(Trigger::Files);
             }
         },
@@ -1772,6 +1777,46 @@ pub fn now_seconds() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// File events: an error of the watcher or a rescan (events lost) reads the set again,
+    /// whatever the paths; reads and files that are not the set's do not.
+    #[test]
+    fn lost_file_events_read_the_set_again() {
+        use notify::event::{AccessKind, Flag, ModifyKind};
+        use notify::{Event, EventKind};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let manifest = dir.path().join("set.yaml");
+        std::fs::write(&manifest, "version: 1\n").expect("manifest");
+        let filter = FileFilter::new(&[dir.path().to_path_buf()], &[]);
+        let at = |kind: EventKind, path: &Path| {
+            notify_debouncer_full::DebouncedEvent::new(
+                Event::new(kind).add_path(path.to_path_buf()),
+                std::time::Instant::now(),
+            )
+        };
+        let modify = EventKind::Modify(ModifyKind::Any);
+        let read = EventKind::Access(AccessKind::Any);
+        let log = dir.path().join("watch.log");
+        assert!(files_may_have_changed(
+            &Ok(vec![at(modify, &manifest)]),
+            &filter
+        ));
+        assert!(!files_may_have_changed(
+            &Ok(vec![at(read, &manifest)]),
+            &filter
+        ));
+        assert!(!files_may_have_changed(
+            &Ok(vec![at(modify, &log)]),
+            &filter
+        ));
+        let mut rescan = at(EventKind::Other, &log);
+        rescan.event = rescan.event.clone().set_flag(Flag::Rescan);
+        assert!(files_may_have_changed(&Ok(vec![rescan]), &filter));
+        assert!(files_may_have_changed(
+            &Err(vec![notify::Error::generic("inotify queue overflow")]),
+            &filter
+        ));
+    }
 
     /// Events outside the project are kept up to 1,024 between two reads: the newest, in
     /// order, and the read says that older ones were dropped (the watch then reconciles in
