@@ -1258,7 +1258,6 @@ fn a_second_signal_leaves_no_ssh_session_behind() {
     assert!(names(&r).is_empty(), "nothing was created: {:?}", names(&r));
 }
 
-/// Starts outpostctl with the test's environment, without waiting.
 /// Whether the watch serving /metrics on `listen` receives events of `integration` through
 /// its stream (bounded): one is made by signalling `container` (SIGWINCH, which it ignores)
 /// until `outpostctl_engine_events_total` counts one.
@@ -1274,6 +1273,53 @@ fn events_flow(listen: &str, integration: &str, container: &str) -> bool {
     })
 }
 
+/// One signal to outpostctl's whole process group, as a terminal's Ctrl-C or systemd's stop
+/// sends it, during an apply over ssh: the request in flight (a pull from a registry that
+/// never answers) is not broken by ssh dying of the signal too; it runs until it is given up,
+/// then the outpost is not started (shutting down), and nothing is left behind.
+#[test]
+fn a_signal_to_the_process_group_leaves_ssh_to_finish_what_is_in_flight() {
+    let r = Remote::ssh("sshgroup");
+    let port = r.env.port();
+    let registry = Silent::start(port);
+    r.env.set_env("OUTPOSTCTL_ENGINE_TIMEOUT", "6");
+    let mut m = r.manifest(
+        json!({ "nas": r.good_ssh() }),
+        &[("Radius", "radius", "nas")],
+    );
+    m["outposts"]["Radius"]["config"]["container_image"] =
+        json!(format!("127.0.0.1:{port}/stalls/radius:1"));
+    r.env.write(&m);
+    let mut cmd = r.env.command(&["apply", "--auto-approve", "."]);
+    let out = r.env.dir().join("group.out");
+    cmd.env("TMPDIR", &r.tmp)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).expect("output file"))
+        .stderr(Stdio::null());
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd.spawn().expect("outpostctl starts");
+    let pulling = wait_until(Duration::from_secs(60), || registry.accepted() > 0);
+    if !pulling {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the engine did not start pulling from the silent registry");
+    }
+    signal_group(child.id(), "INT");
+    let code = wait_child(&mut child, Duration::from_secs(60));
+    let said = std::fs::read_to_string(&out).unwrap_or_default();
+    assert_eq!(code, Some(1), "{said}");
+    assert!(
+        said.contains("not started: shutting down")
+            && said.contains("did not answer within 6 s")
+            && !said.contains("client error"),
+        "the pull in flight was broken by the signal:\n{said}"
+    );
+    r.assert_nothing_left("apply stopped by a signal to its process group");
+    r.assert_no_ssh_session("apply stopped by a signal to its process group");
+    assert!(names(&r).is_empty(), "nothing was created: {:?}", names(&r));
+}
+
+/// Starts outpostctl with the test's environment, without waiting.
 fn spawn_outpostctl(r: &Remote, args: &[&str]) -> std::process::Child {
     let mut cmd = r.env.command(args);
     cmd.env("TMPDIR", &r.tmp)

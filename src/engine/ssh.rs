@@ -412,11 +412,15 @@ impl tower_service::Service<http::Uri> for Connector {
             for name in crate::validate::secret_env_names() {
                 ssh.env_remove(name);
             }
+            // A process group of its own: a Ctrl-C on the terminal (or a stop that signals
+            // the whole group) is outpostctl's to handle, finishing what is in flight over this
+            // connection; ssh dying of the same signal would break it. outpostctl ends it.
             let mut child = ssh
                 .args(&session.args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
+                .process_group(0)
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| {

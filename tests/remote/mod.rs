@@ -356,6 +356,15 @@ pub fn signal(pid: u32, signal: &str) {
     assert!(st.success(), "kill -{signal} {pid} failed");
 }
 
+/// Sends `signal` to every process of the process group `pgid`, as a terminal's Ctrl-C does.
+pub fn signal_group(pgid: u32, signal: &str) {
+    let st = Command::new("kill")
+        .args([&format!("-{signal}"), "--", &format!("-{pgid}")])
+        .status()
+        .expect("kill runs");
+    assert!(st.success(), "kill -{signal} -- -{pgid} failed");
+}
+
 /// A background daemon this test started; killed with all its descendants on drop.
 pub struct Daemon {
     what: String,
