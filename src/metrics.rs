@@ -91,6 +91,11 @@ impl Metrics {
         self.with(|m| {
             let (status, mut body) = health(m.last_ok, Self::stalled_for(m), m.stuck_after);
             if m.last_ok == Some(false) && status != "200 OK" {
+                // Under a stuck reconcile, the last one's causes are said as its own: they
+                // are not why this one does not move on.
+                if !body.starts_with("the last reconcile failed") {
+                    body.push_str("the last reconcile before it failed:\n");
+                }
                 body.push_str(&causes_text(&m.last_causes));
             }
             (status, body)
@@ -319,8 +324,8 @@ async fn serve_connection(mut conn: tokio::net::TcpStream, metrics: &Metrics) {
     let mut buf = vec![0u8; HEAD_MAX];
     let answer = match read_head(&mut conn, &mut buf).await {
         Head::Read(len) => respond(&buf[..len], metrics),
-        Head::TooLarge => error_response("431 Request Header Fields Too Large"),
-        Head::TimedOut => error_response("408 Request Timeout"),
+        Head::TooLarge => error_response("431 Request Header Fields Too Large", true),
+        Head::TimedOut => error_response("408 Request Timeout", true),
         Head::Nothing => return,
     };
     let written = tokio::time::timeout(WRITE_TIMEOUT, async {
@@ -374,13 +379,15 @@ fn respond(head: &[u8], metrics: &Metrics) -> Vec<u8> {
         .find(|l| !l.is_empty())
         .unwrap_or_default();
     let Some((method, target, major)) = request_line(line) else {
-        return error_response("400 Bad Request");
+        return error_response("400 Bad Request", true);
     };
+    // An answer to HEAD has no body, an error's neither.
+    let head_only = method == "HEAD";
     if major != b'1' {
-        return error_response("505 HTTP Version Not Supported");
+        return error_response("505 HTTP Version Not Supported", !head_only);
     }
     let Some(path) = target_path(target) else {
-        return error_response("400 Bad Request");
+        return error_response("400 Bad Request", !head_only);
     };
     let with_body = match method {
         "GET" => true,
@@ -452,14 +459,14 @@ fn target_path(target: &str) -> Option<&str> {
 }
 
 /// The answer to a request that could not be read or understood.
-fn error_response(status: &'static str) -> Vec<u8> {
+fn error_response(status: &'static str, with_body: bool) -> Vec<u8> {
     let reason = status.split_once(' ').map_or(status, |(_, reason)| reason);
     response(
         status,
         TEXT,
         "",
         &format!("{}\n", reason.to_lowercase()),
-        true,
+        with_body,
     )
 }
 
@@ -579,6 +586,26 @@ mod tests {
         m.progressed();
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(m.liveness().0, "200 OK");
+    }
+
+    /// Under a stuck reconcile, what made the one before it fail is said as that one's, not
+    /// as why this one does not move on.
+    #[test]
+    fn a_stuck_reconcile_does_not_take_the_last_ones_causes() {
+        let m = Metrics::default();
+        m.reconcile_finished(Duration::ZERO, vec!["integration `nas`: refused".into()]);
+        m.set_stuck_after(Duration::from_millis(50));
+        m.reconcile_started();
+        std::thread::sleep(Duration::from_millis(120));
+        let (status, body) = m.health();
+        assert_eq!(status, "503 Service Unavailable");
+        let stuck = body.find("has not moved on");
+        let before = body.find("the last reconcile before it failed:");
+        let cause = body.find("- integration `nas`: refused");
+        assert!(
+            stuck < before && before < cause && stuck.is_some(),
+            "{body}"
+        );
     }
 
     /// A reconcile that runs for longer than the bound fails /healthz, whatever the last one
@@ -818,6 +845,19 @@ mod serve_tests {
             status_of("GET /metrics HTTP/2.0\r\n\r\n", &m),
             "HTTP/1.1 505 HTTP Version Not Supported"
         );
+        // An error's answer to HEAD has no body either.
+        for head in [
+            "HEAD /metrics HTTP/2.0\r\n\r\n",
+            "HEAD metrics HTTP/1.1\r\n\r\n",
+        ] {
+            let (status, _, body) = parse(&respond(head.as_bytes(), &m));
+            assert!(status.starts_with("HTTP/1.1 50") || status.starts_with("HTTP/1.1 400"));
+            assert!(
+                body.is_empty(),
+                "{head:?}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
         // Bare LFs and an empty line before the request line are tolerated (RFC 9112, 2.2).
         assert_eq!(
             status_of("\r\nGET /livez HTTP/1.0\nHost: x\n\n", &m),
