@@ -8,16 +8,23 @@ use std::time::Duration;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// Installs the handler (inside a tokio runtime); `on_first` says what happens next.
+/// Installs the handler (inside a tokio runtime); `on_first` says what happens next. The
+/// signals are caught from this call on (not from when the task first runs): one that comes
+/// right after it is a clean stop, not the default death.
 pub fn install(on_first: impl Fn() + Send + 'static) {
-    tokio::spawn(async move {
-        use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(term), Ok(int)) => (term, int),
+        (Err(e), _) | (_, Err(e)) => {
+            // Then the default stands: a signal ends the process at once.
+            eprintln!("warning: cannot handle SIGINT and SIGTERM ({e}): a signal stops outpostctl at once");
             return;
-        };
+        }
+    };
+    tokio::spawn(async move {
         for n in 0.. {
             tokio::select! {
                 _ = term.recv() => {}
