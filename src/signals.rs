@@ -20,7 +20,9 @@ pub fn install(on_first: impl Fn() + Send + 'static) {
         (Ok(term), Ok(int)) => (term, int),
         (Err(e), _) | (_, Err(e)) => {
             // Then the default stands: a signal ends the process at once.
-            eprintln!("warning: cannot handle SIGINT and SIGTERM ({e}): a signal stops outpostctl at once");
+            eprintln!(
+                "warning: cannot handle SIGINT and SIGTERM ({e}): a signal stops outpostctl at once"
+            );
             return;
         }
     };

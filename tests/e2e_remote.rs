@@ -1219,22 +1219,9 @@ fn ssh_key_file_is_removed_when_the_run_is_interrupted() {
 #[test]
 fn a_second_signal_leaves_no_ssh_session_behind() {
     let r = Remote::ssh("sshsecond");
-    let port = r.env.port();
-    let registry = Silent::start(port);
-    let mut m = r.manifest(
-        json!({ "nas": r.good_ssh() }),
-        &[("Radius", "radius", "nas")],
-    );
-    m["outposts"]["Radius"]["config"]["container_image"] =
-        json!(format!("127.0.0.1:{port}/stalls/radius:1"));
-    r.env.write(&m);
+    let registry = pulling_from_a_silent_registry(&r);
     let mut child = spawn_outpostctl(&r, &["apply", "--auto-approve", "."]);
-    let pulling = wait_until(Duration::from_secs(60), || registry.accepted() > 0);
-    if !pulling {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the engine did not start pulling from the silent registry");
-    }
+    wait_pulling(&registry, &mut child);
     signal(child.id(), "TERM");
     std::thread::sleep(Duration::from_millis(300));
     signal(child.id(), "TERM");
@@ -1280,16 +1267,8 @@ fn events_flow(listen: &str, integration: &str, container: &str) -> bool {
 #[test]
 fn a_signal_to_the_process_group_leaves_ssh_to_finish_what_is_in_flight() {
     let r = Remote::ssh("sshgroup");
-    let port = r.env.port();
-    let registry = Silent::start(port);
     r.env.set_env("OUTPOSTCTL_ENGINE_TIMEOUT", "6");
-    let mut m = r.manifest(
-        json!({ "nas": r.good_ssh() }),
-        &[("Radius", "radius", "nas")],
-    );
-    m["outposts"]["Radius"]["config"]["container_image"] =
-        json!(format!("127.0.0.1:{port}/stalls/radius:1"));
-    r.env.write(&m);
+    let registry = pulling_from_a_silent_registry(&r);
     let mut cmd = r.env.command(&["apply", "--auto-approve", "."]);
     let out = r.env.dir().join("group.out");
     cmd.env("TMPDIR", &r.tmp)
@@ -1298,12 +1277,7 @@ fn a_signal_to_the_process_group_leaves_ssh_to_finish_what_is_in_flight() {
         .stderr(Stdio::null());
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd.spawn().expect("outpostctl starts");
-    let pulling = wait_until(Duration::from_secs(60), || registry.accepted() > 0);
-    if !pulling {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the engine did not start pulling from the silent registry");
-    }
+    wait_pulling(&registry, &mut child);
     signal_group(child.id(), "INT");
     let code = wait_child(&mut child, Duration::from_secs(60));
     let said = std::fs::read_to_string(&out).unwrap_or_default();
@@ -1317,6 +1291,30 @@ fn a_signal_to_the_process_group_leaves_ssh_to_finish_what_is_in_flight() {
     r.assert_nothing_left("apply stopped by a signal to its process group");
     r.assert_no_ssh_session("apply stopped by a signal to its process group");
     assert!(names(&r).is_empty(), "nothing was created: {:?}", names(&r));
+}
+
+/// The manifest of one radius outpost on the ssh engine whose image comes from a registry
+/// that never answers (its pull stays in flight); the registry.
+fn pulling_from_a_silent_registry(r: &Remote) -> Silent {
+    let port = r.env.port();
+    let registry = Silent::start(port);
+    let mut m = r.manifest(
+        json!({ "nas": r.good_ssh() }),
+        &[("Radius", "radius", "nas")],
+    );
+    m["outposts"]["Radius"]["config"]["container_image"] =
+        json!(format!("127.0.0.1:{port}/stalls/radius:1"));
+    r.env.write(&m);
+    registry
+}
+
+/// Waits until the engine asks `registry` for the image (bounded); else ends `child` and fails.
+fn wait_pulling(registry: &Silent, child: &mut std::process::Child) {
+    if !wait_until(Duration::from_secs(60), || registry.accepted() > 0) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the engine did not start pulling from the silent registry");
+    }
 }
 
 /// Starts outpostctl with the test's environment, without waiting.
