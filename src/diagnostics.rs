@@ -373,7 +373,7 @@ mod escape_tests {
             .hint("remove `x\u{1b}[31mRED`");
         assert_eq!(d.message, "duplicate key `x\\u{1b}[31mRED`");
         assert_eq!(d.hint.as_deref(), Some("remove `x\\u{1b}[31mRED`"));
-        let w = Diagnostic::warning("w", "a\u{7}b").maybe_hint(Some("c\u{9b}d".into()));
+        let w = Diagnostic::warning("ignored-key", "a\u{7}b").maybe_hint(Some("c\u{9b}d".into()));
         assert_eq!(w.message, "a\\u{7}b");
         assert_eq!(w.hint.as_deref(), Some("c\\u{9b}d"));
     }
