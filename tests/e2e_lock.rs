@@ -26,6 +26,9 @@ const LABEL_LOCK: &str = "outpostctl.lock";
 const LABEL_HOLDER: &str = "outpostctl.lock.holder";
 const LABEL_SINCE: &str = "outpostctl.lock.since";
 const LEASE: &str = "3";
+/// The lease of runs whose test is not about the lease running out: long enough that a renewal
+/// the engine answers late (busy with another run's creates on 2 cores) never loses a live lock.
+const LIVE_LEASE: &str = "8";
 /// The user the background applies run as (the holder label says `USER@HOST pid N`).
 const USER: &str = "locktester";
 
@@ -203,6 +206,10 @@ struct Bg {
 
 impl Bg {
     fn spawn(env: &Env, token: &str, args: &[&str]) -> Bg {
+        Bg::spawn_leased(env, token, args, LEASE)
+    }
+
+    fn spawn_leased(env: &Env, token: &str, args: &[&str], lease: &str) -> Bg {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let out = env.dir().join(format!(".bg-{n}.out"));
@@ -214,7 +221,7 @@ impl Bg {
             .env("COLUMNS", "100")
             .env("USER", USER)
             .env("AK_LOCK_TOKEN", token)
-            .env("OUTPOSTCTL_LOCK_LEASE", LEASE)
+            .env("OUTPOSTCTL_LOCK_LEASE", lease)
             .stdin(Stdio::null())
             .stdout(File::create(&out).expect("output file"))
             .stderr(File::create(&err).expect("error file"))
@@ -232,10 +239,14 @@ impl Bg {
     }
 
     fn apply(env: &Env, token: &str, extra: &[&str]) -> Bg {
+        Bg::apply_leased(env, token, extra, LEASE)
+    }
+
+    fn apply_leased(env: &Env, token: &str, extra: &[&str], lease: &str) -> Bg {
         let mut args = vec!["apply", "--auto-approve"];
         args.extend(extra);
         args.push(".");
-        Bg::spawn(env, token, &args)
+        Bg::spawn_leased(env, token, &args, lease)
     }
 
     fn exited(&mut self) -> bool {
@@ -343,8 +354,8 @@ fn two_applies_started_together_never_interleave() {
         fleet(&a, n, None, round);
         fleet(&b, n, None, round);
         wait_lock_free();
-        let mut pa = Bg::apply(&a, &ta, &[]);
-        let mut pb = Bg::apply(&b, &tb, &[]);
+        let mut pa = Bg::apply_leased(&a, &ta, &[], LIVE_LEASE);
+        let mut pb = Bg::apply_leased(&b, &tb, &[], LIVE_LEASE);
         let (ca, cb) = (pa.wait(), pb.wait());
         assert_eq!(ca, 0, "round {round}, first apply:\n{}", pa.output());
         assert_eq!(cb, 0, "round {round}, second apply:\n{}", pb.output());
@@ -392,7 +403,7 @@ fn two_applies_started_together_never_interleave() {
             "round {round}: the waiting message names `{named}`, not {first_holder}:\n{}",
             waiter.output()
         );
-        // The holder renews its lease (3 s) while it works: never taken over.
+        // The holder renews its lease while it works: never taken over.
         assert!(
             !err.contains(&format!("taking over the lock of {first_holder}")),
             "round {round}: a live holder's lock was taken over:\n{}",
@@ -415,7 +426,7 @@ fn lock_timeout_names_the_running_holder_and_since_when() {
     fleet(&a, 50, None, 0);
     fleet(&b, 2, None, 0);
     wait_lock_free();
-    let mut pa = Bg::apply(&a, &ta, &[]);
+    let mut pa = Bg::apply_leased(&a, &ta, &[], LIVE_LEASE);
     let lock = wait_for_holder(pa.pid, &mut pa);
     let mut pb = Bg::apply(&b, &tb, &["--lock-timeout", "2s"]);
     let code = pb.wait();
@@ -1025,7 +1036,7 @@ fn one_sigint_during_an_apply_finishes_what_is_in_flight() {
     let t = token(&env);
     fleet(&env, 50, None, 0);
     wait_lock_free();
-    let mut p = Bg::apply(&env, &t, &[]);
+    let mut p = Bg::apply_leased(&env, &t, &[], LIVE_LEASE);
     let lock = wait_for_holder(p.pid, &mut p);
     assert!(
         wait_until(Duration::from_secs(60), || !env
