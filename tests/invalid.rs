@@ -810,6 +810,70 @@ outposts:
     );
 }
 
+/// A token file that group or others can read is warned of at the `file:` that names it, with
+/// its mode and the `chmod 600` to run; the set stays valid (exit 0). Once it is 0600, no
+/// warning.
+#[test]
+fn a_token_file_readable_by_others_is_warned_of() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("set.yaml"),
+        r#"version: 1
+project: modes
+defaults:
+  authentik_host: https://auth.example.com
+  authentik_version: "2026.8.0"
+integrations:
+  local: { local: true }
+outposts:
+  Shared:
+    type: rac
+    integration: local
+    token: { file: rac.token }
+"#,
+    )
+    .expect("write");
+    let token = dir.path().join("rac.token");
+    std::fs::write(&token, "a-token-of-the-test\n").expect("write token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    let (run, _home) = validate(dir.path(), &["set.yaml", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}{}", run.stderr, run.stdout);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(doc["valid"], true, "{doc:#}");
+    assert_eq!(
+        positions_of(&doc),
+        vec![(
+            "key-permissions".to_string(),
+            "set.yaml".to_string(),
+            12,
+            20
+        )],
+        "{doc:#}"
+    );
+    let (run, _home) = validate(dir.path(), &["set.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stderr, run.stdout);
+    assert!(
+        run.stderr
+            .contains("`rac.token` is accessible to group or others (mode 640)")
+            && run
+                .stderr
+                .contains("help: restrict it: `chmod 600 rac.token`"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("a-token-of-the-test"),
+        "{}",
+        run.stderr
+    );
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (run, _home) = validate(dir.path(), &["set.yaml", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}{}", run.stderr, run.stdout);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(positions_of(&doc), vec![], "{doc:#}");
+}
+
 /// A path that is neither a file nor a directory (a FIFO, a device) is an error at once: a FIFO
 /// would block the run and `/dev/zero` would never end.
 #[test]
