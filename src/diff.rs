@@ -453,8 +453,10 @@ pub fn diff(
 /// is in the config hash).
 pub fn networks_match(network: Option<&str>, o: &Observed) -> bool {
     match network {
-        None => o.networks.iter().all(|x| x == "bridge"),
-        Some("default") => !o.networks.is_empty() && o.networks.iter().all(|x| x == "bridge"),
+        // Docker lists a container on no network (disconnected from bridge by hand) with none.
+        None | Some("default") => {
+            !o.networks.is_empty() && o.networks.iter().all(|x| x == "bridge")
+        }
         Some(n) if n.starts_with("container:") => {
             o.networks.is_empty()
                 && o.network_mode
@@ -698,7 +700,7 @@ fn existing(
         kind = ActionKind::Recreate;
         reasons.push(Change::new(
             "network",
-            Some(o.networks.join(", ")),
+            Some(o.networks.join(", ")).filter(|n| !n.is_empty()),
             Some(spec.network.clone().unwrap_or_else(|| "bridge".into())),
         ));
     } else if o.name != spec.name {
@@ -1015,7 +1017,6 @@ mod tests {
         };
         let yes = [
             (None, on(&["bridge"], Some("default"))),
-            (None, on(&[], None)),
             (Some("default"), on(&["bridge"], Some("default"))),
             (Some("bridge"), on(&["bridge"], Some("bridge"))),
             (Some("traefik"), on(&["traefik"], Some("traefik"))),
@@ -1034,6 +1035,8 @@ mod tests {
         }
         let no = [
             (None, on(&["bridge", "extra"], Some("default"))),
+            // Disconnected from bridge by hand: on no network, its ports published nowhere.
+            (None, on(&[], Some("default"))),
             (Some("default"), on(&["traefik"], Some("traefik"))),
             (Some("traefik"), on(&["bridge"], Some("default"))),
             (Some("traefik"), on(&[], Some("traefik"))),

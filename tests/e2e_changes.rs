@@ -382,6 +382,40 @@ fn network_connected_by_hand_is_planned_as_recreate() {
     env.assert_converged();
 }
 
+/// An outpost without `docker_network` disconnected from the bridge network by hand (on no
+/// network, its ports published nowhere) is planned as a recreate from no network to
+/// `bridge`, and the recreate puts it back.
+#[test]
+fn outpost_disconnected_from_bridge_by_hand_is_planned_as_recreate() {
+    let env = Env::new("netunplugged");
+    let mut m = env.manifest();
+    m["outposts"]["Unplugged"] = env.outpost("ldap", "AK_U");
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("unplugged");
+    let before = env.container(&name);
+    docker_ok(&["network", "disconnect", "bridge", &name]);
+    assert!(env.container(&name).networks().is_empty());
+
+    let plan = env.plan_json();
+    let a = action_of(&plan, "Unplugged");
+    assert_eq!(a["action"], "recreate", "{a:#}");
+    let r = reason(&a, "network").unwrap_or_else(|| panic!("no network reason: {a:#}"));
+    assert_eq!(r["before"], Value::Null, "{a:#}");
+    assert_eq!(r["after"], "bridge", "{a:#}");
+    let text = env.plan(&[]);
+    assert!(
+        text.stdout.contains("network: (none) -> bridge"),
+        "{}",
+        shown(&text)
+    );
+    env.apply_ok();
+    let after = env.container(&name);
+    assert_ne!(after.id(), before.id());
+    assert_eq!(after.networks(), ["bridge"]);
+    env.assert_converged();
+}
+
 /// The same with the outpost on a network of its own (`docker_network`): a second network
 /// connected by hand is a change too, and the recreate leaves only the outpost's network.
 #[test]
