@@ -628,6 +628,20 @@ pub fn keep_what_another_keeps(plans: &mut [&mut Vec<Action>], failed: &BTreeSet
     }
 }
 
+/// A container on authentik's default image (its own could not be pulled) made for another
+/// `authentik_version`: the config hash holds the outpost's own image, which has no version
+/// in it, so only the image the list shows tells. Recreated, it tries its own image again and
+/// falls back to the default of this version. An image listed by id (its tag moved since)
+/// says nothing of the version: images are pinned by reference.
+fn on_an_old_fallback(spec: &ContainerSpec, o: &Observed) -> bool {
+    o.label(LABEL_FALLBACK).is_some()
+        && !o.image.starts_with("sha256:")
+        && spec
+            .fallback_image
+            .as_deref()
+            .is_some_and(|fallback| fallback != o.image)
+}
+
 /// The action for an outpost whose container exists (ours, or adopted).
 fn existing(
     spec: &ContainerSpec,
@@ -679,7 +693,7 @@ fn existing(
     let mut kind = ActionKind::Noop;
     let hash_ok = o.label(LABEL_CONFIG_HASH) == Some(spec.config_hash.as_str());
     let networks_ok = networks_match(spec.network.as_deref(), o);
-    if adopt || !hash_ok || o.state == State::Dead {
+    if adopt || !hash_ok || o.state == State::Dead || on_an_old_fallback(spec, o) {
         kind = ActionKind::Recreate;
         if adopt {
             reasons.push(Change::new(
@@ -1108,6 +1122,52 @@ mod tests {
             "{error}"
         );
         assert!(!error.contains("--adopt"), "{error}");
+    }
+
+    /// A container that fell back to authentik's default image is up to date while that
+    /// default is the manifests' version's; after a new `authentik_version` (which leaves the
+    /// config hash of a custom image without `%(version)s` as it was) it is recreated. Listed
+    /// by image id (the tag moved since), it says nothing of the version: left as it is.
+    #[test]
+    fn a_container_on_an_old_fallback_image_is_recreated() {
+        let mut spec = spec_on_b();
+        spec.image = "registry.example.com/custom/ldap:mine".into();
+        spec.fallback_image = Some("ghcr.io/goauthentik/ldap:2026.9.0".into());
+        let on = |image: &str| {
+            let mut o = container(
+                "c1",
+                &spec.name,
+                State::Running,
+                &[
+                    (LABEL_UUID, spec.uuid.as_str()),
+                    (LABEL_PROJECT, "p"),
+                    (LABEL_INTEGRATION, "b"),
+                    (LABEL_OUTPOST, "X"),
+                    (LABEL_CONFIG_HASH, spec.config_hash.as_str()),
+                    (LABEL_FALLBACK, "true"),
+                ],
+            );
+            o.image = image.into();
+            o
+        };
+        let opts = DiffOptions {
+            integration: Some("b".into()),
+            ..DiffOptions::default()
+        };
+        let plan = |o: Observed| diff("p", std::slice::from_ref(&spec), &[o], opts.clone());
+        let old = plan(on("ghcr.io/goauthentik/ldap:2026.8.0"));
+        assert_eq!(old[0].action, ActionKind::Recreate, "{old:?}");
+        let current = plan(on("ghcr.io/goauthentik/ldap:2026.9.0"));
+        assert_eq!(current[0].action, ActionKind::Noop, "{current:?}");
+        let by_id = plan(on(
+            "sha256:5000ec1a8b8190506718916e6c9b74cfdc89307f9fee88952cc2db0971f7f7c5",
+        ));
+        assert_eq!(by_id[0].action, ActionKind::Noop, "{by_id:?}");
+        // Not on the fallback (no label): its image is the config hash's business.
+        let mut own = on("ghcr.io/goauthentik/ldap:2026.8.0");
+        own.labels.remove(LABEL_FALLBACK);
+        let own = plan(own);
+        assert_eq!(own[0].action, ActionKind::Noop, "{own:?}");
     }
 
     /// Outpost `X` on integration `b`; `a` reaches the same engine.

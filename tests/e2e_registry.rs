@@ -136,6 +136,35 @@ fn unpullable_custom_image_falls_back_to_the_default_image() {
         "{}",
         shown(&status)
     );
+
+    // A new authentik_version moves it to that version's default (the config hash, which
+    // holds the custom image without a version, stays the same): planned as a recreate, and
+    // the apply tries the custom image again and falls back to the new default.
+    let newer = "ghcr.io/goauthentik/ldap:2026.8.1";
+    env.track_image_tag(newer);
+    docker_ok(&["tag", IMAGE_V2, newer]);
+    m["defaults"]["authentik_version"] = json!("2026.8.1");
+    env.write(&m);
+    let plan = env.plan_json();
+    let a = action_of(&plan, "Fallback");
+    assert_eq!(a["action"], "recreate", "{a:#}");
+    let r = reason(&a, "image").unwrap_or_else(|| panic!("no image reason: {a:#}"));
+    assert_eq!(r["before"], "ghcr.io/goauthentik/ldap:2026.8.0", "{a:#}");
+    assert_eq!(r["after"], missing.as_str(), "{a:#}");
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    assert!(
+        r.stdout
+            .contains(&format!("ok recreate {name} `Fallback` on local"))
+            && r.stdout
+                .contains(&format!("using authentik's default image `{newer}`")),
+        "{}",
+        shown(&r)
+    );
+    let c = env.container(&name);
+    assert!(c.running());
+    assert_eq!(c.image(), newer);
+    env.assert_converged();
 }
 
 /// When the default image cannot be pulled either, the error stands: that outpost fails,
