@@ -350,6 +350,18 @@ fn secret_pointer(pointer: &str) -> bool {
     (secret_key(last) && parent != Some("docker_labels")) || inside_secret(pointer)
 }
 
+/// Where the password of `user:password@` is in a URL as written in the file (quoted, maybe
+/// with escapes such as `\"` or `\x52` that the parsed password does not have): from the
+/// first `:` after the user to the authority's last `@`.
+fn written_password(written: &str) -> Option<(usize, usize)> {
+    let start = written.find("://")? + 3;
+    let rest = &written[start..];
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    let at = authority.rfind('@')?;
+    let colon = authority[..at].find(':')?;
+    Some((start + colon + 1, start + at))
+}
+
 /// The password of a URL's `user:password@`, if it has one.
 fn url_password(url: &str) -> Option<&str> {
     let rest = url.split_once("://")?.1;
@@ -362,15 +374,15 @@ fn url_password(url: &str) -> Option<&str> {
 }
 
 /// Whether `key` names a secret: `token` or `key` as the manifest spells them, or as a
-/// slip of the hand would (`Token`, `KEY`, `tokens`, `token_value`, `secret`, `password`):
-/// a value under a misspelt key is masked all the same.
+/// slip of the hand would (`Token`, `KEY`, `tokens`, `token_value`, `secret`, `password`,
+/// and typos validation answers with "did you mean `token`?": `tokne`, `tken`, `kye`): a
+/// value under a misspelt key is masked all the same. No key of the schema is that close.
 fn secret_key(key: &str) -> bool {
-    ["token", "key", "secret", "password", "private_key"]
-        .iter()
-        .any(|k| key.eq_ignore_ascii_case(k))
-        || key
-            .get(..5)
-            .is_some_and(|p| p.eq_ignore_ascii_case("token"))
+    let lower = key.to_ascii_lowercase();
+    ["token", "key", "secret", "password", "private_key"].contains(&lower.as_str())
+        || lower.starts_with("token")
+        || (lower.len() >= 3 && strsim::damerau_levenshtein(&lower, "token") <= 2)
+        || (lower.len() >= 2 && strsim::damerau_levenshtein(&lower, "key") <= 1)
 }
 
 /// Whether the key at `pointer` may be a secret itself: a key inside a secret's source other
@@ -414,15 +426,17 @@ fn mask_secrets(file: &Arc<SourceFile>, docs: &[yaml::Document]) -> Arc<SourceFi
             // password only, where it is written.
             if pointer.ends_with("/url")
                 && let Some(url) = doc.value.pointer(pointer).and_then(|v| v.as_str())
-                && let Some(password) = url_password(url)
+                && url_password(url).is_some()
             {
                 let (from, to) = (
                     file.offset(at.value.start.line, at.value.start.col),
                     file.offset(at.value.end.line, at.value.end.col),
                 );
-                let needle = format!(":{password}@");
-                if let Some(i) = file.text.get(from..to).and_then(|t| t.find(&needle)) {
-                    ranges.push((from + i + 1, from + i + 1 + password.len()));
+                let written = file.text.get(from..to).unwrap_or_default();
+                match written_password(written) {
+                    Some((a, b)) => ranges.push((from + a, from + b)),
+                    // Not found as written (it cannot be, as the URL parsed): the whole URL.
+                    None => ranges.push((from, to)),
                 }
             }
             // A key inside a secret's source may be the secret itself: `token: { ak-s3cr3t }`.
@@ -445,8 +459,9 @@ fn mask_secrets(file: &Arc<SourceFile>, docs: &[yaml::Document]) -> Arc<SourceFi
 /// than the key above it (tabs are a likely reason the file does not parse).
 fn mask_secret_lines(file: &Arc<SourceFile>) -> Arc<SourceFile> {
     let mut ranges = Vec::new();
-    // The indentation of a block `token:`/`key:` whose value may go on below.
-    let mut under: Option<usize> = None;
+    // The indentation of a block `token:`/`key:` whose value may go on below, and whether it
+    // was written bare (`token:`) with nothing below it yet.
+    let mut under: Option<(usize, bool)> = None;
     let mut offset = 0;
     for line in file.text.split_inclusive('\n') {
         let content = line.trim_end_matches(['\n', '\r']);
@@ -454,7 +469,7 @@ fn mask_secret_lines(file: &Arc<SourceFile>) -> Arc<SourceFile> {
         offset += line.len();
         let body = content.trim_start_matches([' ', '\t']);
         let indent = content.len() - body.len();
-        if let Some(key_indent) = under {
+        if let Some((key_indent, bare)) = under {
             if body.is_empty() || body.starts_with('#') {
                 continue;
             }
@@ -462,9 +477,16 @@ fn mask_secret_lines(file: &Arc<SourceFile>) -> Arc<SourceFile> {
                 if !(body.starts_with("env:") || body.starts_with("file:")) {
                     ranges.push((start + indent, start + content.len()));
                 }
+                under = Some((key_indent, false));
                 continue;
             }
             under = None;
+            // The line right below a bare `token:`, not indented under it (a likely reason the
+            // file does not parse): its value all the same, unless it is a key of its own.
+            if bare && !looks_like_a_key(body) {
+                ranges.push((start + indent, start + content.len()));
+                continue;
+            }
         }
         let mut from = 0;
         while let Some((key_at, value_at)) = secret_key_at(content, from) {
@@ -479,7 +501,8 @@ fn mask_secret_lines(file: &Arc<SourceFile>) -> Arc<SourceFile> {
                 continue;
             }
             if value.is_empty() || value.starts_with('#') || value.starts_with(['|', '>']) {
-                under = (!in_flow).then_some(key_at);
+                let bare = value.is_empty() || value.starts_with('#');
+                under = (!in_flow).then_some((key_at, bare));
                 continue;
             }
             let end = match value.chars().next() {
@@ -490,7 +513,7 @@ fn mask_secret_lines(file: &Arc<SourceFile>) -> Arc<SourceFile> {
             ranges.push((start + value_at, start + value_at + end));
             if !in_flow {
                 // A plain or quoted value may go on, more indented, on the lines below.
-                under = Some(key_at);
+                under = Some((key_at, false));
             }
             from = value_at + end;
         }
@@ -498,29 +521,43 @@ fn mask_secret_lines(file: &Arc<SourceFile>) -> Arc<SourceFile> {
     masked(file, &ranges)
 }
 
-/// In `line` from byte `from`: the next `token` or `key` written as a key (at the line's
-/// start, after a list's `-`, a `{`, `[` or `,`, maybe quoted, then `:` and a space or the
-/// line's end), as (where the key starts, where its value starts).
+/// Whether a line's text (indentation removed) is a mapping key of its own (`name:`,
+/// `- name: x`, `"quoted name": x`), not a value.
+fn looks_like_a_key(body: &str) -> bool {
+    let body = body.strip_prefix("- ").unwrap_or(body).trim_start();
+    let key_end = match body.chars().next() {
+        Some(q @ ('"' | '\'')) => body[1..].find(q).map(|i| i + 2),
+        _ => body.find(':'),
+    };
+    key_end.is_some_and(|end| {
+        body[end..]
+            .strip_prefix(':')
+            .is_some_and(|v| v.is_empty() || v.starts_with([' ', '\t']))
+    })
+}
+
+/// In `line` from byte `from`: the next key that names a secret (`token`, `key`, or a slip of
+/// the hand for one: `secret_key`) written as a key (at the line's start, after a list's `-`,
+/// a `{`, `[` or `,`, maybe quoted, then `:` and a space or the line's end), as (where the
+/// key starts, where its value starts).
 fn secret_key_at(line: &str, from: usize) -> Option<(usize, usize)> {
     let bytes = line.as_bytes();
     let mut i = from;
     while i < bytes.len() {
         let rest = &line[i..];
         let quote = rest.starts_with(['"', '\'']) as usize;
-        // Any case: `Token:` is a slip of the hand, and its value a secret all the same.
-        let name = ["token", "key"].into_iter().find(|k| {
-            rest[quote..]
-                .get(..k.len())
-                .is_some_and(|p| p.eq_ignore_ascii_case(k))
-        });
         let before = line[..i].trim_end_matches([' ', '\t']);
         // A list item's `-` stands alone (`foo-key:` is another key).
         let item = before
             .strip_suffix('-')
             .is_some_and(|b| b.is_empty() || b.ends_with([' ', '\t']));
         let starts_key = before.is_empty() || before.ends_with(['{', '[', ',']) || item;
-        if let (Some(name), true) = (name, starts_key) {
-            let after = &rest[quote + name.len()..];
+        let name_len = rest[quote..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+            .unwrap_or(rest.len() - quote);
+        let name = &rest[quote..quote + name_len];
+        if starts_key && !name.is_empty() && secret_key(name) {
+            let after = &rest[quote + name_len..];
             let after = if quote == 1 {
                 after.strip_prefix(['"', '\'']).unwrap_or("\u{0}")
             } else {
@@ -579,11 +616,69 @@ mod tests {
             "outposts:\n  A:\n    token: ********* # note\n    \"token\": ***\n    \
              token: { env: AK_A }\n  - key: ***\n  k:\n    key: |\n      ***************\n\n      \
              *****\n    certificate: c\n    token:\n      file: t\n      ****** **\n    \
-             host_key: ssh-ed25519 AAAA\n    tokens: x\n  B: { type: ldap, token: *********** }\n  \
+             host_key: ssh-ed25519 AAAA\n    tokens: *\n  B: { type: ldap, token: *********** }\n  \
              C: { token: { env: AK_C } }\n    foo-key: shown\n    token: ** ***\n  k2:\n    key: |\n\t\
              ***********\n    Token: *******\n"
         );
         assert_eq!(out.text.len(), text.len(), "offsets kept");
+    }
+
+    /// Keys that name a secret the way a slip of the hand does, and a bare `token:` whose
+    /// value went on the next line without being indented under it: masked in a file that
+    /// does not parse as in one that does; keys of their own below a bare `token:` are shown.
+    #[test]
+    fn misspelt_and_misplaced_secrets_are_masked_in_a_file_that_does_not_parse() {
+        let text = "a:\n  tokne: s1\n  password: s2\n  private_key: s3\n  secret: s4\n  \
+             kye: s5\n  type: shown\n  token:\n  s6-under\n  token:\n  integration: shown\n  \
+             token:\ns7\n- token:\n  - s8\n";
+        let file = SourceFile::new(PathBuf::from("set.yaml"), text.to_string());
+        let out = mask_secret_lines(&file);
+        assert_eq!(
+            out.text,
+            "a:\n  tokne: **\n  password: **\n  private_key: **\n  secret: **\n  \
+             kye: **\n  type: shown\n  token:\n  ********\n  token:\n  integration: shown\n  \
+             token:\n**\n- token:\n  * **\n"
+        );
+        for key in [
+            "tokne", "toekn", "tocken", "tken", "oken", "tooken", "kye", "Kei",
+        ] {
+            assert!(secret_key(key), "{key}");
+        }
+        for key in [
+            "type",
+            "uuid",
+            "env",
+            "file",
+            "value",
+            "url",
+            "host_key",
+            "ports",
+            "config",
+            "keypairs",
+            "integration",
+            "integrations",
+            "local",
+            "ssh",
+            "pull",
+            "version",
+        ] {
+            assert!(!secret_key(key), "{key}");
+        }
+    }
+
+    /// An engine URL's password is masked where it is written, escapes and all.
+    #[test]
+    fn a_url_password_is_found_as_written() {
+        for (written, password) in [
+            ("\"https://deploy:SEK\\\"RIT@edge:2376\"", "SEK\\\"RIT"),
+            ("\"ssh://deploy:SEK\\x52IT@edge\"", "SEK\\x52IT"),
+            ("'ssh://u:it''s@h/path@x'", "it''s"),
+            ("ssh://u:p@h", "p"),
+        ] {
+            let (a, b) = written_password(written).unwrap_or_else(|| panic!("{written}"));
+            assert_eq!(&written[a..b], password, "{written}");
+        }
+        assert_eq!(written_password("ssh://u@h"), None);
     }
 
     #[test]
