@@ -1131,3 +1131,121 @@ fn an_outpost_name_with_control_characters_is_refused() {
         human.stderr
     );
 }
+
+/// An entry named `""` is refused at its name, and only it is cut out: the other entries of
+/// its section are still checked and still defined, so a reference to one is not called
+/// unknown, and another outpost's mistakes are still reported in the same run.
+#[test]
+fn an_empty_name_leaves_the_rest_of_its_section_checked() {
+    let head = "version: 1\nproject: p\ndefaults:\n  authentik_host: https://auth.example.com\n  \
+        authentik_version: \"2026.8.0\"\n";
+    let cert = r#"{ certificate: { value: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" } }"#;
+    let codes = |doc: &serde_json::Value| {
+        positions_of(doc)
+            .into_iter()
+            .map(|(code, _, line, column)| (code, line, column))
+            .collect::<Vec<_>>()
+    };
+
+    // keypairs: `ca` is defined beside `""`.
+    let (run, doc, _dir) = validate_json(format!(
+        "{head}keypairs:\n  \"\": {cert}\n  ca: {cert}\nintegrations:\n  \
+         edge: {{ url: \"https://edge.example.com:2376\", tls_verification: ca }}\n"
+    ));
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert_eq!(
+        codes(&doc),
+        vec![("invalid-name".to_string(), 7, 3)],
+        "{doc:#}"
+    );
+
+    // integrations: `local` is defined beside `""`.
+    let (run, doc, _dir) = validate_json(format!(
+        "{head}integrations:\n  \"\": {{ local: true }}\n  local: {{ local: true }}\noutposts:\n  \
+         A: {{ type: ldap, integration: local, token: {{ env: AK_TOKEN }} }}\n"
+    ));
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    assert_eq!(
+        codes(&doc),
+        vec![("invalid-name".to_string(), 7, 3)],
+        "{doc:#}"
+    );
+
+    // outposts: `A`'s unknown integration and `B`'s unset variable are still reported.
+    let (run, doc, _dir) = validate_json(format!(
+        "{head}integrations:\n  local: {{ local: true }}\noutposts:\n  \
+         \"\": {{ type: ldap, integration: local, token: {{ env: AK_TOKEN }} }}\n  \
+         A: {{ type: ldap, integration: locl, token: {{ env: AK_TOKEN }} }}\n  \
+         B: {{ type: ldap, integration: local, token: {{ env: OUTPOSTCTL_FIXTURE_UNSET }} }}\n"
+    ));
+    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+    let found = codes(&doc);
+    assert_eq!(found.len(), 3, "{doc:#}");
+    assert_eq!(found[0].1, 9, "the empty name first: {doc:#}");
+    assert!(
+        found
+            .iter()
+            .any(|(code, line, _)| code == "unknown-integration" && *line == 10),
+        "{doc:#}"
+    );
+    assert!(
+        found.iter().any(|(_, line, _)| *line == 11),
+        "B's unset variable: {doc:#}"
+    );
+}
+
+/// The `chmod 600` of the permissions warning is a command to run as shown: a path with a
+/// space (or a quote) is quoted for the shell, so that it is one path, the right one.
+#[test]
+fn the_chmod_hint_quotes_a_path_with_a_space() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir(dir.path().join("perm dir")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("set.yaml"),
+        r#"version: 1
+project: modes
+defaults:
+  authentik_host: https://auth.example.com
+  authentik_version: "2026.8.0"
+integrations:
+  local: { local: true }
+outposts:
+  Shared:
+    type: rac
+    integration: local
+    token: { file: "perm dir/it's.token" }
+"#,
+    )
+    .expect("write");
+    let token = dir.path().join("perm dir/it's.token");
+    std::fs::write(&token, "a-token-of-the-test\n").expect("write token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let (run, _home) = validate(dir.path(), &["set.yaml"]);
+    assert_eq!(run.code, 0, "{}{}", run.stderr, run.stdout);
+    assert!(
+        run.stderr
+            .contains(r"help: restrict it: `chmod 600 'perm dir/it'\''s.token'`"),
+        "{}",
+        run.stderr
+    );
+    // Run as shown, from the directory the path is relative to, it restricts that file.
+    let hint = run
+        .stderr
+        .split("`chmod 600 ")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .expect("a chmod hint");
+    let status = Command::new("sh")
+        .current_dir(dir.path())
+        .arg("-c")
+        .arg(format!("chmod 600 {hint}"))
+        .status()
+        .expect("sh runs");
+    assert!(status.success());
+    let mode = std::fs::metadata(&token)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}

@@ -183,7 +183,7 @@ pub fn validate_with(
         // A file that could not be read or parsed may define the project, defaults,
         // integrations and keypairs the others use: nothing may be called missing.
         v.partial = true;
-        v.failed_entries.insert(("defaults", String::new()));
+        v.failed_entries.insert(("defaults", None));
     }
     for doc in &loaded.docs {
         v.document(doc);
@@ -225,6 +225,33 @@ fn content_unknown(diagnostics: &[Diagnostic]) -> bool {
         .iter()
         .any(|d| d.is_error() && !matches!(d.code, "empty-file" | "no-manifests"))
 }
+
+/// `chmod 600 PATH`, with PATH quoted for a POSIX shell when it holds more than
+/// `[A-Za-z0-9_./@%+=:,-]` (a space would make it two paths), so that the hint runs as shown.
+#[cfg(unix)]
+fn chmod_600(path: &Path) -> String {
+    let path = path.display().to_string();
+    // A path starting with `-` would be read as an option.
+    let end_of_options = if path.starts_with('-') { "-- " } else { "" };
+    format!("chmod 600 {end_of_options}{}", shell_quote(&path))
+}
+
+/// `s` as one word for a POSIX shell: as it is when every character is one of
+/// `[A-Za-z0-9_./@%+=:,-]`, else in single quotes, a `'` written as `'\''`.
+#[cfg(unix)]
+fn shell_quote(s: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_./@%+=:,-".contains(c);
+    if !s.is_empty() && s.chars().all(plain) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// An entry that failed the schema: its section and its name (which may be empty: `"":` is
+/// an entry, named by the pointer `/outposts/`), or None for the whole of `project` or
+/// `defaults:`.
+type FailedEntry = (&'static str, Option<String>);
 
 /// The integrations that reach one engine and their outposts' containers.
 type EngineUse<'a> = (Vec<&'a str>, Vec<&'a Built>);
@@ -296,9 +323,9 @@ struct Checker {
     /// A document failed the schema: what it defines is unknown, so cross-document checks
     /// (references, the project) would report mistakes that are not there.
     partial: bool,
-    /// Named entries (`("integrations", name)`, ...) that failed the schema in a document whose
-    /// other entries are checked: references to them are not reported as unknown.
-    failed_entries: BTreeSet<(&'static str, String)>,
+    /// Named entries (`("integrations", Some(name))`, ...) that failed the schema in a document
+    /// whose other entries are checked: references to them are not reported as unknown.
+    failed_entries: BTreeSet<FailedEntry>,
     /// Outposts that failed the schema, whose `integration` is a name all the same: the
     /// reference is still checked, so that a typo there is reported in the same run.
     failed_outpost_refs: Vec<(String, Origin)>,
@@ -348,7 +375,7 @@ impl Checker {
                     self.partial = true;
                     if doc.value.get("defaults").is_some() {
                         // Defaults the set would have: what outposts inherit is not known.
-                        self.failed_entries.insert(("defaults", String::new()));
+                        self.failed_entries.insert(("defaults", None));
                     }
                     return;
                 }
@@ -395,7 +422,7 @@ impl Checker {
                 // report what it may hold (its project, integrations, defaults).
                 self.partial = true;
                 if doc.value.get("defaults").is_some() {
-                    self.failed_entries.insert(("defaults", String::new()));
+                    self.failed_entries.insert(("defaults", None));
                 }
                 return;
             }
@@ -495,7 +522,13 @@ impl Checker {
     }
 
     fn failed_entry(&self, kind: &'static str, name: &str) -> bool {
-        self.failed_entries.contains(&(kind, name.to_string()))
+        self.failed_entries
+            .contains(&(kind, Some(name.to_string())))
+    }
+
+    /// Whether the whole of `kind` (`project`, `defaults`) failed.
+    fn failed_whole(&self, kind: &'static str) -> bool {
+        self.failed_entries.contains(&(kind, None))
     }
 
     fn finish(
@@ -508,7 +541,7 @@ impl Checker {
         }
         let project = match &self.project {
             Some((p, _)) => p.clone(),
-            None if self.partial || self.failed_entry("project", "") => String::new(),
+            None if self.partial || self.failed_whole("project") => String::new(),
             None => {
                 let mut d = Diagnostic::error("missing-project", "no `project` is defined in the manifest set")
                     .hint("add `project: <name>` to one document; it scopes which containers outpostctl owns and may prune");
@@ -673,7 +706,7 @@ impl Checker {
                     )
                     .at(at.child("/file").value())
                     .label("secret file")
-                    .hint(format!("restrict it: `chmod 600 {}`", path.display())),
+                    .hint(format!("restrict it: `{}`", chmod_600(path))),
                 );
             }
         }
@@ -1608,10 +1641,11 @@ impl Checker {
         let mut out = UnknownDefaults::default();
         for (kind, key) in &self.failed_entries {
             if *kind == "defaults" {
-                if key.is_empty() {
-                    out.all = true;
-                } else {
-                    out.keys.insert(key.clone());
+                match key {
+                    None => out.all = true,
+                    Some(key) => {
+                        out.keys.insert(key.clone());
+                    }
                 }
             }
         }
@@ -1984,13 +2018,16 @@ impl Checker {
 }
 
 /// The document without the keypairs, integrations and outposts that failed the schema, and
-/// their names; without a `project` that failed (named `("project", "")`) and the defaults
-/// that failed (`("defaults", key)`, or `("defaults", "")` for the whole block). None when a
-/// failure lies elsewhere (the root, `version`, or a section that is not a mapping).
+/// their names; without a `project` that failed (named `("project", None)`) and the defaults
+/// that failed (`("defaults", Some(key))`, or `("defaults", None)` for the whole block). None
+/// when a failure lies elsewhere (the root, `version`, or a section that is not a mapping).
+///
+/// The pointers are JSON pointers: `/outposts/` names the outpost whose name is empty (`"":`),
+/// not the section, which is `/outposts`.
 fn without_failed_entries(
     doc: &Value,
     failed_at: &BTreeSet<String>,
-) -> Option<(Value, BTreeSet<(&'static str, String)>)> {
+) -> Option<(Value, BTreeSet<FailedEntry>)> {
     const SECTIONS: [&str; 3] = ["keypairs", "integrations", "outposts"];
     let mut entries = BTreeSet::new();
     for pointer in failed_at {
@@ -2001,7 +2038,7 @@ fn without_failed_entries(
                 } else {
                     "defaults"
                 },
-                String::new(),
+                None,
             ));
             continue;
         }
@@ -2012,15 +2049,17 @@ fn without_failed_entries(
             .chain(SECTIONS)
             .find(|s| *s == section)?;
         let name = segments.next()?.replace("~1", "/").replace("~0", "~");
-        entries.insert((kind, name));
+        entries.insert((kind, Some(name)));
     }
     let mut value = doc.clone();
     for (kind, name) in &entries {
         let map = value.as_object_mut()?;
-        if name.is_empty() {
+        let Some(name) = name else {
             // The project, or a `defaults:` that failed as a whole.
             map.remove(*kind);
-        } else if *kind == "defaults" {
+            continue;
+        };
+        if *kind == "defaults" {
             // A key not there is one an unknown key was probably meant to be; a block
             // already removed as a whole has none.
             if let Some(block) = map.get_mut(*kind).and_then(Value::as_object_mut) {
@@ -2039,16 +2078,20 @@ fn without_failed_entries(
 /// whose failure is elsewhere than at its `integration`, with the outpost's origin.
 fn integration_refs(
     doc: &LoadedDoc,
-    failed: &BTreeSet<(&'static str, String)>,
+    failed: &BTreeSet<FailedEntry>,
     failed_at: &BTreeSet<String>,
 ) -> Vec<(String, Origin)> {
     failed
         .iter()
         .filter(|(kind, _)| *kind == "outposts")
         .filter_map(|(_, name)| {
+            let name = name.as_ref()?;
             let base = format!("/outposts/{}", escape(name));
             let field = format!("{base}/integration");
-            if failed_at.iter().any(|p| p.starts_with(&field)) {
+            if failed_at.iter().any(|p| {
+                p.strip_prefix(&field)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }) {
                 return None;
             }
             let integration = doc.value.pointer(&field)?.as_str()?;
@@ -2282,10 +2325,65 @@ mod tests {
         assert_eq!(
             names,
             BTreeSet::from([
-                ("integrations", "a/b".to_string()),
-                ("outposts", "X".into()),
-                ("project", String::new()),
-                ("defaults", "pull".into()),
+                ("integrations", Some("a/b".to_string())),
+                ("outposts", Some("X".into())),
+                ("project", None),
+                ("defaults", Some("pull".into())),
+            ])
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn paths_are_quoted_for_the_shell_only_when_they_need_it() {
+        assert_eq!(shell_quote("rac.token"), "rac.token");
+        assert_eq!(
+            shell_quote("a/b-c_d@e%f+g=h:i,j.token"),
+            "a/b-c_d@e%f+g=h:i,j.token"
+        );
+        assert_eq!(shell_quote("perm dir/tok"), "'perm dir/tok'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote("$HOME/`x`;*"), "'$HOME/`x`;*'");
+        assert_eq!(shell_quote("a\nb"), "'a\nb'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(
+            chmod_600(Path::new("perm dir/tok")),
+            "chmod 600 'perm dir/tok'"
+        );
+        assert_eq!(chmod_600(Path::new("-x.token")), "chmod 600 -- -x.token");
+    }
+
+    #[test]
+    fn an_empty_name_is_an_entry_not_its_section() {
+        let doc = serde_json::json!({
+            "version": 1,
+            "defaults": { "": 1, "pull": "always" },
+            "keypairs": { "": {}, "ca": {} },
+            "integrations": { "": { "local": true }, "edge": { "local": true } },
+            "outposts": { "": { "type": "ldap" }, "a": { "type": "proxy" } },
+        });
+        let (value, names) = without_failed_entries(
+            &doc,
+            &failed(&["/defaults/", "/keypairs/", "/integrations/", "/outposts/"]),
+        )
+        .expect("every failure is inside a named entry");
+        assert_eq!(
+            value,
+            serde_json::json!({
+                "version": 1,
+                "defaults": { "pull": "always" },
+                "keypairs": { "ca": {} },
+                "integrations": { "edge": { "local": true } },
+                "outposts": { "a": { "type": "proxy" } },
+            })
+        );
+        assert_eq!(
+            names,
+            BTreeSet::from([
+                ("defaults", Some(String::new())),
+                ("keypairs", Some(String::new())),
+                ("integrations", Some(String::new())),
+                ("outposts", Some(String::new())),
             ])
         );
     }
@@ -2311,7 +2409,7 @@ mod tests {
             without_failed_entries(&doc, &failed(&["/defaults", "/defaults/pull"]))
                 .expect("defaults are cut out");
         assert_eq!(value, serde_json::json!({ "version": 1 }));
-        assert!(names.contains(&("defaults", String::new())));
+        assert!(names.contains(&("defaults", None)));
     }
 
     #[test]
