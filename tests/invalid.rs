@@ -287,6 +287,8 @@ committed_fixtures![
     project_twice,
     // YAML and file level
     tabs,
+    tab_indented_line,
+    tab_after_colon,
     non_utf8,
     nul_byte,
     binary_garbage,

@@ -175,8 +175,15 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
     for item in &mut parser {
         let (event, yspan) = item.map_err(|e| {
             let m = e.marker();
-            let span = Span::at(m.line() as u32, m.col() as u32 + 1);
-            scan_error(span, e.info())
+            let (mut line, mut col) = (m.line(), m.col() + 1);
+            // The scanner stops where the scalar it was reading began or ended; the tab it
+            // complains of is at or after that, often at the start of the next line.
+            if e.info().contains("found a tab")
+                && let Some(at) = tab_from(text, line, col)
+            {
+                (line, col) = at;
+            }
+            scan_error(Span::at(line as u32, col as u32), e.info())
         })?;
         // A finished node (scalar, alias, or closed collection) to attach to its parent.
         let finished: Option<(Value, YSpan, usize, usize, usize)> = match event {
@@ -322,9 +329,28 @@ fn depth_error(yspan: YSpan, limits: Limits) -> YamlError {
     .hint("manifests are at most a few levels deep; check the indentation and brackets")
 }
 
+/// The first tab at or after line `line`, column `col` (both from 1, the column in
+/// characters), within that line and the next two: (line, column).
+fn tab_from(text: &str, line: usize, col: usize) -> Option<(usize, usize)> {
+    text.lines()
+        .enumerate()
+        .skip(line.checked_sub(1)?)
+        .take(3)
+        .find_map(|(i, l)| {
+            let skip = if i + 1 == line { col - 1 } else { 0 };
+            l.chars()
+                .enumerate()
+                .skip(skip)
+                .find(|(_, c)| *c == '\t')
+                .map(|(c, _)| (i + 1, c + 1))
+        })
+}
+
 fn scan_error(span: Span, info: &str) -> YamlError {
     let mut e = YamlError::new(span, format!("invalid YAML: {info}"), "here");
-    if info.contains("tab") {
+    if info.contains("must be followed by a valid YAML whitespace") {
+        e = e.hint("write a space after `:` (a tab or another character there is not accepted)");
+    } else if info.contains("tab") {
         e = e.hint("YAML does not allow tabs for indentation; indent with spaces");
     } else if info.contains("recursion limit") {
         e = e.hint("the document nests too deeply; manifests are at most a few levels deep");
