@@ -1071,6 +1071,39 @@ fn secrets_written_in_the_wrong_place_are_not_repeated() {
             ),
             "ak-flow-sekrit",
         ),
+        (
+            "under a misspelt token",
+            format!(
+                "{head}{valid_rest}  Other:\n    type: ldap\n    integration: local\n    tokne: ak-typo-sekrit\n"
+            ),
+            "ak-typo-sekrit",
+        ),
+        (
+            "under a misspelt key",
+            format!("{head}keypairs:\n  k:\n    kye: kye-typo-sekrit\n{valid_rest}"),
+            "kye-typo-sekrit",
+        ),
+        (
+            "under password beside a syntax error",
+            format!(
+                "{head}{valid_rest}  Other:\n    type: ldap\n    password: pw-unparsed-sekrit\n\tintegration: local\n"
+            ),
+            "pw-unparsed-sekrit",
+        ),
+        (
+            "below a bare token, not indented under it",
+            format!(
+                "{head}{valid_rest}  Other:\n    integration: local\n        token:\n      ak-below-sekrit\n"
+            ),
+            "ak-below-sekrit",
+        ),
+        (
+            "an engine URL's password with an escape in it",
+            format!(
+                "{head}integrations:\n  edge: {{ url: \"https://deploy:url\\\"escaped-sekrit@edge.example.com:2376\" }}\n"
+            ),
+            "url\\\"escaped-sekrit",
+        ),
     ];
     // (A tab where YAML wants indentation stops the parse at the next line: its snippet
     // shows the secret's line.)
