@@ -374,13 +374,15 @@ fn url_password(url: &str) -> Option<&str> {
 }
 
 /// Whether `key` names a secret: `token` or `key` as the manifest spells them, or as a
-/// slip of the hand would (`Token`, `KEY`, `tokens`, `token_value`, `secret`, `password`,
-/// and typos validation answers with "did you mean `token`?": `tokne`, `tken`, `kye`): a
-/// value under a misspelt key is masked all the same. No key of the schema is that close.
+/// slip of the hand would (`Token`, `KEY`, `tokens`, `token_value`, `authentik_token`,
+/// `secret`, `password`, and typos validation answers with "did you mean `token`?":
+/// `tokne`, `tken`, `kye`): a value under a misspelt key is masked all the same. No key of
+/// the schema is that close.
 fn secret_key(key: &str) -> bool {
     let lower = key.to_ascii_lowercase();
     ["token", "key", "secret", "password", "private_key"].contains(&lower.as_str())
         || lower.starts_with("token")
+        || lower.ends_with("token")
         || (lower.len() >= 3 && strsim::damerau_levenshtein(&lower, "token") <= 2)
         || (lower.len() >= 2 && strsim::damerau_levenshtein(&lower, "key") <= 1)
 }
@@ -640,7 +642,16 @@ mod tests {
              token:\n**\n- token:\n  * **\n"
         );
         for key in [
-            "tokne", "toekn", "tocken", "tken", "oken", "tooken", "kye", "Kei",
+            "tokne",
+            "toekn",
+            "tocken",
+            "tken",
+            "oken",
+            "tooken",
+            "kye",
+            "Kei",
+            "AUTHENTIK_TOKEN",
+            "authentik_token",
         ] {
             assert!(secret_key(key), "{key}");
         }
