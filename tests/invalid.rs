@@ -812,6 +812,16 @@ outposts:
     );
 }
 
+/// `set.yaml` in `dir`: one rac outpost whose token is read from `file` (as written in YAML).
+fn write_rac_with_token_file(dir: &Path, file: &str) {
+    let text = format!(
+        "version: 1\nproject: modes\ndefaults:\n  authentik_host: https://auth.example.com\n  \
+         authentik_version: \"2026.8.0\"\nintegrations:\n  local: {{ local: true }}\noutposts:\n  \
+         Shared:\n    type: rac\n    integration: local\n    token: {{ file: {file} }}\n"
+    );
+    std::fs::write(dir.join("set.yaml"), text).expect("write");
+}
+
 /// A token file that group or others can read is warned of at the `file:` that names it, with
 /// its mode and the `chmod 600` to run; the set stays valid (exit 0). Once it is 0600, no
 /// warning.
@@ -819,23 +829,7 @@ outposts:
 fn a_token_file_readable_by_others_is_warned_of() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("set.yaml"),
-        r#"version: 1
-project: modes
-defaults:
-  authentik_host: https://auth.example.com
-  authentik_version: "2026.8.0"
-integrations:
-  local: { local: true }
-outposts:
-  Shared:
-    type: rac
-    integration: local
-    token: { file: rac.token }
-"#,
-    )
-    .expect("write");
+    write_rac_with_token_file(dir.path(), "rac.token");
     let token = dir.path().join("rac.token");
     std::fs::write(&token, "a-token-of-the-test\n").expect("write token");
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).expect("chmod");
@@ -1236,23 +1230,7 @@ fn the_chmod_hint_quotes_a_path_with_a_space() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = tempfile::tempdir().expect("temp dir");
     std::fs::create_dir(dir.path().join("perm dir")).expect("mkdir");
-    std::fs::write(
-        dir.path().join("set.yaml"),
-        r#"version: 1
-project: modes
-defaults:
-  authentik_host: https://auth.example.com
-  authentik_version: "2026.8.0"
-integrations:
-  local: { local: true }
-outposts:
-  Shared:
-    type: rac
-    integration: local
-    token: { file: "perm dir/it's.token" }
-"#,
-    )
-    .expect("write");
+    write_rac_with_token_file(dir.path(), r#""perm dir/it's.token""#);
     let token = dir.path().join("perm dir/it's.token");
     std::fs::write(&token, "a-token-of-the-test\n").expect("write token");
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
