@@ -289,6 +289,7 @@ committed_fixtures![
     tabs,
     tab_indented_line,
     tab_after_colon,
+    token_where_its_name_goes,
     non_utf8,
     nul_byte,
     binary_garbage,
@@ -349,6 +350,11 @@ fn secrets_in_the_wrong_shape_are_not_repeated() {
     for (fixture, said, secret) in [
         ("secrets_in_the_wrong_shape.yaml", "unknown key", "SEKRIT"),
         ("urls_written_otherwise.yaml", "holds a password", "hunter2"),
+        (
+            "token_where_its_name_goes.yaml",
+            "look like a token",
+            "Qx7kP2mZ9vL4nR8tY3wB6cD1fG5hJ0sA",
+        ),
     ] {
         for json in [false, true] {
             let args: &[&str] = if json {

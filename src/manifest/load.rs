@@ -373,6 +373,17 @@ fn url_password(url: &str) -> Option<&str> {
         .filter(|p| !p.is_empty())
 }
 
+/// Whether a variable name or file name looks like a token pasted where the name goes
+/// (`token: { env: <the token> }`): 32 characters or more, letters and digits only, with
+/// lowercase, uppercase and digits all in it, as authentik's tokens are and names are not.
+pub(crate) fn looks_like_a_token(name: &str) -> bool {
+    name.len() >= 32
+        && name.chars().all(|c| c.is_ascii_alphanumeric())
+        && name.chars().any(|c| c.is_ascii_lowercase())
+        && name.chars().any(|c| c.is_ascii_uppercase())
+        && name.chars().any(|c| c.is_ascii_digit())
+}
+
 /// Whether `key` names a secret: `token` or `key` as the manifest spells them, or as a
 /// slip of the hand would (`Token`, `KEY`, `tokens`, `token_value`, `authentik_token`,
 /// `secret`, `password`, and typos validation answers with "did you mean `token`?":
@@ -385,6 +396,12 @@ fn secret_key(key: &str) -> bool {
         || lower.ends_with("token")
         || (lower.len() >= 3 && strsim::damerau_levenshtein(&lower, "token") <= 2)
         || (lower.len() >= 2 && strsim::damerau_levenshtein(&lower, "key") <= 1)
+}
+
+/// Whether `pointer` is the `env` or `file` of a secret's source (`/outposts/A/token/env`).
+fn reference_of_a_secret(pointer: &str) -> bool {
+    let mut back = pointer.rsplit('/');
+    matches!(back.next(), Some("env" | "file")) && back.next().is_some_and(secret_key)
 }
 
 /// Whether the key at `pointer` may be a secret itself: a key inside a secret's source other
@@ -412,11 +429,17 @@ fn mask_secrets(file: &Arc<SourceFile>, docs: &[yaml::Document]) -> Arc<SourceFi
     for doc in docs {
         for (pointer, at) in &doc.positions {
             // The pointer's shape first: looking the value up costs a walk of the document.
-            let secret = secret_pointer(pointer)
+            let secret = (secret_pointer(pointer)
                 && doc
                     .value
                     .pointer(pointer)
-                    .is_some_and(|v| v.is_string() || v.is_number());
+                    .is_some_and(|v| v.is_string() || v.is_number()))
+                || (reference_of_a_secret(pointer)
+                    && doc
+                        .value
+                        .pointer(pointer)
+                        .and_then(|v| v.as_str())
+                        .is_some_and(looks_like_a_token));
             if secret {
                 let span = at.value;
                 ranges.push((
@@ -674,6 +697,21 @@ mod tests {
             "version",
         ] {
             assert!(!secret_key(key), "{key}");
+        }
+    }
+
+    /// A token pasted where a variable's or file's name goes looks like one; names do not.
+    #[test]
+    fn tokens_pasted_as_names_are_told_from_names() {
+        assert!(looks_like_a_token("Qx7kP2mZ9vL4nR8tY3wB6cD1fG5hJ0sA"));
+        for name in [
+            "AK_EDGE_PROXY_TOKEN",
+            "AKEDGEPROXYTOKEN0123456789ABCDEFGHIJ",
+            "tokens/edge.token",
+            "5c5e0e3c4d4f4b6c9a0e1f2a3b4c5d6e",
+            "Qx7kP2mZ9vL4nR8tY3wB6cD1fG5hJ0s",
+        ] {
+            assert!(!looks_like_a_token(name), "{name}");
         }
     }
 

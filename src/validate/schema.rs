@@ -424,7 +424,14 @@ fn translate(
             out.push(
                 Diagnostic::error(
                     "invalid-value",
-                    format!("`{field}` is not {what}: `{}`", scalar_text(instance)),
+                    match instance.as_str() {
+                        // A token pasted where a variable's name goes: not repeated.
+                        Some(s) if crate::manifest::load::looks_like_a_token(s) => format!(
+                            "`{field}` is not {what}: it holds {} characters that look like a token (not repeated here)",
+                            s.len()
+                        ),
+                        _ => format!("`{field}` is not {what}: `{}`", scalar_text(instance)),
+                    },
                 )
                 .at(at.value())
                 .label(format!("expected {what}"))
