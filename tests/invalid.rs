@@ -39,6 +39,16 @@ fn validate_json(text: impl AsRef<[u8]>) -> (Run, serde_json::Value, tempfile::T
     (run, doc, dir)
 }
 
+/// `validate --format json` of `set.yaml` in `dir`, which must pass (exit 0, `valid: true`):
+/// the JSON, warnings and all.
+fn valid_json(dir: &Path) -> serde_json::Value {
+    let (run, _home) = validate(dir, &["set.yaml", "--format", "json"]);
+    assert_eq!(run.code, 0, "{}{}", run.stderr, run.stdout);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(doc["valid"], true, "{doc:#}");
+    doc
+}
+
 /// Runs `outpostctl COMMAND ARGS` in `dir` with a cleared environment; an engine, if the
 /// command contacted one, would be a socket that does not exist.
 fn outpostctl(dir: &Path, command: &str, args: &[&str]) -> (Run, tempfile::TempDir) {
@@ -805,10 +815,7 @@ outposts:
 "#,
     )
     .expect("write");
-    let (run, _home) = validate(dir.path(), &["set.yaml", "--format", "json"]);
-    assert_eq!(run.code, 0, "{}{}", run.stderr, run.stdout);
-    let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
-    assert_eq!(doc["valid"], true, "{doc:#}");
+    let doc = valid_json(dir.path());
     assert_eq!(
         positions_of(&doc),
         vec![
@@ -839,10 +846,7 @@ fn a_token_file_readable_by_others_is_warned_of() {
     let token = dir.path().join("rac.token");
     std::fs::write(&token, "a-token-of-the-test\n").expect("write token");
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o640)).expect("chmod");
-    let (run, _home) = validate(dir.path(), &["set.yaml", "--format", "json"]);
-    assert_eq!(run.code, 0, "{}{}", run.stderr, run.stdout);
-    let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
-    assert_eq!(doc["valid"], true, "{doc:#}");
+    let doc = valid_json(dir.path());
     assert_eq!(
         positions_of(&doc),
         vec![(
@@ -870,9 +874,7 @@ fn a_token_file_readable_by_others_is_warned_of() {
         run.stderr
     );
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    let (run, _home) = validate(dir.path(), &["set.yaml", "--format", "json"]);
-    assert_eq!(run.code, 0, "{}{}", run.stderr, run.stdout);
-    let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    let doc = valid_json(dir.path());
     assert_eq!(positions_of(&doc), vec![], "{doc:#}");
 }
 
@@ -1182,29 +1184,25 @@ fn an_empty_name_leaves_the_rest_of_its_section_checked() {
             .collect::<Vec<_>>()
     };
 
-    // keypairs: `ca` is defined beside `""`.
-    let (run, doc, _dir) = validate_json(format!(
-        "{head}keypairs:\n  \"\": {cert}\n  ca: {cert}\nintegrations:\n  \
-         edge: {{ url: \"https://edge.example.com:2376\", tls_verification: ca }}\n"
-    ));
-    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
-    assert_eq!(
-        codes(&doc),
-        vec![("invalid-name".to_string(), 7, 3)],
-        "{doc:#}"
-    );
-
-    // integrations: `local` is defined beside `""`.
-    let (run, doc, _dir) = validate_json(format!(
-        "{head}integrations:\n  \"\": {{ local: true }}\n  local: {{ local: true }}\noutposts:\n  \
-         A: {{ type: ldap, integration: local, token: {{ env: AK_TOKEN }} }}\n"
-    ));
-    assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
-    assert_eq!(
-        codes(&doc),
-        vec![("invalid-name".to_string(), 7, 3)],
-        "{doc:#}"
-    );
+    // keypairs: `ca` is defined beside `""`; integrations: `local` is defined beside `""`.
+    for text in [
+        format!(
+            "{head}keypairs:\n  \"\": {cert}\n  ca: {cert}\nintegrations:\n  \
+             edge: {{ url: \"https://edge.example.com:2376\", tls_verification: ca }}\n"
+        ),
+        format!(
+            "{head}integrations:\n  \"\": {{ local: true }}\n  local: {{ local: true }}\noutposts:\n  \
+             A: {{ type: ldap, integration: local, token: {{ env: AK_TOKEN }} }}\n"
+        ),
+    ] {
+        let (run, doc, _dir) = validate_json(&text);
+        assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+        assert_eq!(
+            codes(&doc),
+            vec![("invalid-name".to_string(), 7, 3)],
+            "{text}\n{doc:#}"
+        );
+    }
 
     // outposts: `A`'s unknown integration and `B`'s unset variable are still reported.
     let (run, doc, _dir) = validate_json(format!(

@@ -625,30 +625,37 @@ impl Checker {
         if let Some(v) = value {
             return Some(v.to_string());
         }
-        if let Some(name) = env.filter(|n| secret && crate::manifest::load::looks_like_a_token(n)) {
-            self.diags.push(
-                Diagnostic::error(
-                    "missing-env",
-                    format!("`env` holds what looks like a token ({} characters, not repeated here), not a variable's name", name.len()),
-                )
-                .at(at.child("/env").value())
-                .label("the token itself?")
-                .hint("write the name of the variable that holds the token (`env: AK_TOKEN`) and set that variable; a token never goes into a manifest"),
-            );
-            return None;
-        }
-        if let Some(file) = file.filter(|f| secret && crate::manifest::load::looks_like_a_token(f))
-        {
-            self.diags.push(
-                Diagnostic::error(
-                    "unreadable-file",
-                    format!("`file` holds what looks like a token ({} characters, not repeated here), not a file's path", file.len()),
-                )
-                .at(at.child("/file").value())
-                .label("the token itself?")
-                .hint("write the path of the file that holds the token (`file: tokens/edge.token`); a token never goes into a manifest"),
-            );
-            return None;
+        // The token itself pasted where the name of its variable or file goes.
+        for (field, given, code, what, hint) in [
+            (
+                "env",
+                env,
+                "missing-env",
+                "a variable's name",
+                "write the name of the variable that holds the token (`env: AK_TOKEN`) and set that variable; a token never goes into a manifest",
+            ),
+            (
+                "file",
+                file,
+                "unreadable-file",
+                "a file's path",
+                "write the path of the file that holds the token (`file: tokens/edge.token`); a token never goes into a manifest",
+            ),
+        ] {
+            if let Some(given) =
+                given.filter(|g| secret && crate::manifest::load::looks_like_a_token(g))
+            {
+                self.diags.push(
+                    Diagnostic::error(
+                        code,
+                        format!("`{field}` holds what looks like a token ({} characters, not repeated here), not {what}", given.len()),
+                    )
+                    .at(at.child(&format!("/{field}")).value())
+                    .label("the token itself?")
+                    .hint(hint),
+                );
+                return None;
+            }
         }
         if let Some(name) = env {
             if secret {
