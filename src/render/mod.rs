@@ -152,25 +152,54 @@ fn link_start(text: &str) -> Option<usize> {
 
 /// Plain text of a cell, escaped (`md_escape`).
 fn plain(part: &str) -> String {
-    part.replace('&', "&amp;")
-        .replace('\\', "\\\\")
-        .replace('|', "\\|")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('[', "\\[")
-        .replace(']', "\\]")
-        // Emphasis and strikethrough stay text.
-        .replace('*', "\\*")
-        .replace('_', "\\_")
-        .replace('~', "\\~")
-        // GitHub finds mentions in the rendered text (an entity is `@` by then):
-        // a zero-width space after `@` keeps `@org/team` from pinging anyone.
-        .replace('@', "@&#8203;")
-        .replace("\r\n", "<br>")
-        .replace(['\r', '\n'], "<br>")
-        // GitHub links any `scheme://` it finds, even inside a word (`2https://...`, `ftp://`):
-        // the colon as an entity shows the same and is never a link.
-        .replace("://", "&#58;//")
+    let mut out = String::with_capacity(part.len() + 16);
+    let mut chars = part.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            // Emphasis and strikethrough stay text.
+            '\\' | '|' | '[' | ']' | '*' | '_' | '~' => {
+                out.push('\\');
+                out.push(c);
+            }
+            // GitHub finds mentions and references in the rendered text (an entity is `@` by
+            // then): a zero-width space after `@` keeps `@org/team` from pinging anyone, and
+            // after `#` keeps `#1` and `org/repo#1` from linking an issue (and telling it it
+            // was mentioned, in another repository too).
+            '@' | '#' => {
+                out.push(c);
+                out.push_str("&#8203;");
+            }
+            // `$...$` is inline maths on GitHub: a dollar as an entity is never a delimiter.
+            '$' => out.push_str("&#36;"),
+            '\r' if chars.peek() == Some(&'\n') => {}
+            '\r' | '\n' => out.push_str("<br>"),
+            _ => out.push(c),
+        }
+    }
+    // GitHub links any `scheme://` it finds, even inside a word (`2https://...`, `ftp://`):
+    // the colon as an entity shows the same and is never a link.
+    unreferenced(&out.replace("://", "&#58;//"))
+}
+
+/// `text` with a zero-width space after each `GH-` (in any case) that a digit follows: GitHub
+/// links `GH-1` to an issue as it does `#1`.
+fn unreferenced(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest
+        .as_bytes()
+        .windows(4)
+        .position(|w| w[..3].eq_ignore_ascii_case(b"gh-") && w[3].is_ascii_digit())
+    {
+        out.push_str(&rest[..i + 3]);
+        out.push_str("&#8203;");
+        rest = &rest[i + 3..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Names in backticks, comma-separated, for messages: `` `a`, `b` ``.
@@ -214,7 +243,13 @@ mod tests {
         assert_eq!(md_escape("a\rb \\| c"), "a<br>b \\\\\\| c");
         assert_eq!(
             md_escape("![x](https://e) &#124; @org/team"),
-            "!\\[x\\](`https://e`) &amp;#124; @&#8203;org/team"
+            "!\\[x\\](`https://e`) &amp;#&#8203;124; @&#8203;org/team"
+        );
+        // Issue references and inline maths stay text; a reference in a code span is text.
+        assert_eq!(
+            md_escape("fixes #1, org/repo#2, GH-3 and gh-4 (not GH-x) $\\Huge x$ `#5`"),
+            "fixes #&#8203;1, org/repo#&#8203;2, GH-&#8203;3 and gh-&#8203;4 (not GH-x) \
+             &#36;\\\\Huge x&#36; `#5`"
         );
         // Emphasis and strikethrough too; in code they are text already.
         assert_eq!(
