@@ -421,7 +421,7 @@ pub fn diff(
                 None => "removed from the manifests".into(),
             };
             actions.push(Action {
-                outpost: crate::engine::printable(o.label(LABEL_OUTPOST).unwrap_or(&o.name)),
+                outpost: crate::engine::printable_line(o.label(LABEL_OUTPOST).unwrap_or(&o.name)),
                 action: ActionKind::Remove,
                 name: o.name.clone(),
                 container: Some(ContainerRef::of(o)),
@@ -495,7 +495,7 @@ const DUPLICATE: &str = "duplicate";
 /// A container's label as a message shows it ("?" when it has none): another writer's label
 /// may hold anything, control characters included.
 fn shown_label(o: &Observed, key: &str) -> String {
-    crate::engine::printable(o.label(key).unwrap_or("?"))
+    crate::engine::printable_line(o.label(key).unwrap_or("?"))
 }
 
 /// Whether `a` removes a second container of its outpost (left by an interrupted recreate):
@@ -665,7 +665,7 @@ fn existing(
     if let Some(in_way) = taken_by.filter(|_| o.name != spec.name) {
         let whose = match in_way.label(LABEL_OUTPOST) {
             Some(outpost) if in_way.label(LABEL_PROJECT).is_some() => {
-                let outpost = crate::engine::printable(outpost);
+                let outpost = crate::engine::printable_line(outpost);
                 format!("it belongs to outpost `{outpost}`")
             }
             _ => "it is not managed by outpostctl, which leaves it alone".to_string(),
@@ -950,10 +950,12 @@ pub fn live_text(
 }
 
 /// A value as plan texts show it: as is, unless that would be ambiguous on one line (empty,
-/// with a line break, or starting or ending with a space): then quoted, JSON-style.
+/// with a line break, or starting or ending with a space) or unsafe on a terminal (a control
+/// character: a label another writer set may hold an escape sequence): then quoted,
+/// JSON-style, with what JSON leaves as is (DEL, C1 controls) escaped too.
 pub fn shown_value(v: &str) -> std::borrow::Cow<'_, str> {
-    if v.is_empty() || v.contains(['\n', '\r']) || v.trim() != v {
-        serde_json::to_string(v).map_or(v.into(), Into::into)
+    if v.is_empty() || v.contains(char::is_control) || v.trim() != v {
+        crate::engine::printable_line(serde_json::to_string(v).unwrap_or_default()).into()
     } else {
         v.into()
     }
@@ -980,6 +982,8 @@ fn text(
     }
     let _ = writeln!(s, "labels:");
     for (k, v) in labels {
+        // A label's key is another writer's text too.
+        let k = crate::engine::printable_line(k.as_str());
         let _ = writeln!(s, "  {k}: {}", shown_value(v));
     }
     if ports.is_empty() {
@@ -1084,6 +1088,9 @@ mod tests {
         assert_eq!(shown_value(""), "\"\"");
         assert_eq!(shown_value(" padded"), "\" padded\"");
         assert_eq!(shown_value("a\nb"), "\"a\\nb\"");
+        // Control characters cannot reach a terminal, those JSON keeps as they are included.
+        assert_eq!(shown_value("\u{1b}[2J"), "\"\\u001b[2J\"");
+        assert_eq!(shown_value("a\u{9b}2Jb\u{7f}"), "\"a\\u{9b}2Jb\\u{7f}\"");
     }
 
     /// A Swarm task carrying an outpost's uuid is not adopted: its service would start

@@ -834,9 +834,12 @@ fn taken_ports(
             let whose = match o.label(LABEL_PROJECT) {
                 Some(_) if pending.contains(o.id.as_str()) => format!(
                     "of outpost `{}`, which left the manifests and whose removal is pending (--no-prune)",
-                    crate::engine::printable(o.label(LABEL_OUTPOST).unwrap_or(&o.name))
+                    crate::engine::printable_line(o.label(LABEL_OUTPOST).unwrap_or(&o.name))
                 ),
-                Some(other) => format!("of outpostctl project `{other}`"),
+                Some(other) => format!(
+                    "of outpostctl project `{}`",
+                    crate::engine::printable_line(other)
+                ),
                 None => "which outpostctl does not manage".into(),
             };
             let list = ports.join(", ");

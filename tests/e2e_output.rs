@@ -359,3 +359,107 @@ fn refusals_and_unreachable_engines_read_as_documented() {
         1,
     );
 }
+
+/// Labels are any writer's text: a container of this project's made by hand with escape
+/// sequences and line breaks in its labels is planned with them escaped, so the plan can
+/// neither clear nor recolour the terminal, nor forge a line of its own (`plan: no changes`);
+/// and a duplicate's removal does not repeat the recreate's settings diff under it.
+#[test]
+fn labels_set_by_hand_are_shown_escaped() {
+    let _one_at_a_time = ENGINE.lock().unwrap_or_else(|e| e.into_inner());
+    let env = Env::new("outlabels");
+    let mut m = env.manifest();
+    let mut directory = env.outpost("ldap", "AK_DIRECTORY");
+    directory["config"]["docker_labels"] = json!({ "x.y": "plain" });
+    m["outposts"]["Directory"] = directory;
+    env.write(&m);
+    let ours = |uuid: &str, more: &[String]| -> Vec<String> {
+        let mut labels = vec![
+            format!("{LABEL_UUID}={uuid}"),
+            format!("{LABEL_PROJECT}={}", env.project),
+            format!("{LABEL_MANAGED_BY}=outpostctl"),
+            format!("{LABEL_CONFIG_HASH}=deadbeef"),
+            "outpostctl.integration=local".to_string(),
+        ];
+        labels.extend(more.iter().cloned());
+        labels
+            .iter()
+            .flat_map(|l| ["--label".to_string(), l.clone()])
+            .collect()
+    };
+    let create = |name: &str, labels: Vec<String>| {
+        let mut args: Vec<&str> = labels.iter().map(String::as_str).collect();
+        args.push(IMAGE_V1);
+        env.docker_container("create", &env.name_of(name), &args)
+    };
+    let uuid = env.uuid("AK_DIRECTORY");
+    let first = create("by-hand", ours(&uuid, &[]));
+    // Its copy, as a recreate cut short leaves one: the copy is kept (and recreated, its
+    // labels shown), `first` removed.
+    create(
+        "copy",
+        ours(
+            &uuid,
+            &[
+                format!("outpostctl.replaces={}", first.trim()),
+                "x.y=\u{1b}[2J\u{1b}[31mRED".into(),
+                "\u{1b}]0;title\u{7}=v".into(),
+            ],
+        ),
+    );
+    // An outpost that left the manifests, whose name label holds a line of its own.
+    create(
+        "gone",
+        ours(
+            &env.uuid("gone"),
+            &[format!("{LABEL_OUTPOST}=Gone\nplan: no changes\u{1b}[8m")],
+        ),
+    );
+
+    let human = env.plan(&["--diff", "--color", "never"]);
+    let markdown = env.plan(&["--format", "markdown"]);
+    let status = env.run(&["status", "."]);
+    for (what, run) in [
+        ("plan", &human),
+        ("markdown", &markdown),
+        ("status", &status),
+    ] {
+        let out = format!("{}{}", run.stdout, run.stderr);
+        assert!(
+            !out.contains(|c: char| c.is_control() && c != '\n'),
+            "{what} prints a control character:\n{}",
+            shown(run)
+        );
+        assert!(
+            !out.lines()
+                .any(|l| l.trim().starts_with("plan: no changes")),
+            "{what} prints a line a label forged:\n{}",
+            shown(run)
+        );
+    }
+    assert_eq!(human.code, 0, "{}", shown(&human));
+    for line in [
+        r#"labels.x.y: "\u001b[2J\u001b[31mRED" -> plain"#,
+        r"labels.\u{1b}]0;title\u{7}: v -> (removed)",
+        r#"- remove    "#,
+        r"Gone\nplan: no changes\u{1b}[8m",
+    ] {
+        assert!(
+            human.stdout.contains(line),
+            "no `{line}` in:\n{}",
+            shown(&human)
+        );
+    }
+    assert!(
+        status.stdout.contains(r"Gone\nplan: no changes\u{1b}[8m"),
+        "{}",
+        shown(&status)
+    );
+    // The settings diff is shown once: under the recreate of the copy, not under the removal.
+    assert_eq!(
+        human.stdout.matches("+ name: ").count(),
+        1,
+        "{}",
+        shown(&human)
+    );
+}

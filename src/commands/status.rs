@@ -205,7 +205,7 @@ pub async fn run(
                 managed: label == Some(project.as_str()),
                 other_project: label
                     .filter(|l| *l != project)
-                    .map(crate::engine::printable),
+                    .map(crate::engine::printable_line),
                 image: c.map(|c| c.image.clone()),
                 fallback_image: c.is_some_and(|c| c.label(LABEL_FALLBACK).is_some()),
                 blocked: action

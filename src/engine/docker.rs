@@ -452,10 +452,10 @@ impl super::Engine for DockerEngine {
         // What the engine says is shown on the operator's terminal: its control characters
         // escaped (an engine, or whatever answers in its place, could send escape sequences).
         Ok(EngineInfo {
-            id: super::printable(info.id.unwrap_or_default()),
-            server_version: super::printable(info.server_version.unwrap_or_default()),
+            id: super::printable_line(info.id.unwrap_or_default()),
+            server_version: super::printable_line(info.server_version.unwrap_or_default()),
             api_version: format!("{}.{}", v.major_version, v.minor_version),
-            os: super::printable(info.operating_system.unwrap_or_default()),
+            os: super::printable_line(info.operating_system.unwrap_or_default()),
             swarm_worker,
         })
     }
@@ -644,7 +644,7 @@ impl super::Engine for DockerEngine {
                         ));
                     }
                     if let Some(status) = info.status {
-                        progress(&super::printable(status));
+                        progress(&super::printable_line(status));
                     }
                 }
                 Err(e) => return Err(self.err(&format!("pull {image}"), e)),

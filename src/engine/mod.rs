@@ -248,6 +248,13 @@ pub fn printable(text: impl Into<String>) -> String {
         .collect()
 }
 
+/// `text` with every control character written as an escape, line feeds included: a value
+/// another writer put in a label or an engine sent, shown on one line of outpostctl's output
+/// (where a line feed would let it forge a line of its own).
+pub fn printable_line(text: impl Into<String>) -> String {
+    printable(text).replace('\n', "\\n")
+}
+
 impl fmt::Display for EngineError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)

@@ -37,11 +37,13 @@ pub fn change_text(c: &Change) -> String {
         c.before.as_deref().map(shown_value),
         c.after.as_deref().map(shown_value),
     );
+    // The field names a label another writer may have set: its key is escaped like a value.
+    let field = crate::engine::printable_line(c.field.as_str());
     match (before, after) {
-        (Some(b), Some(a)) => format!("{}: {b} -> {a}", c.field),
-        (None, Some(a)) => format!("{}: (none) -> {a}", c.field),
-        (Some(b), None) => format!("{}: {b} -> (removed)", c.field),
-        (None, None) => c.field.clone(),
+        (Some(b), Some(a)) => format!("{field}: {b} -> {a}"),
+        (None, Some(a)) => format!("{field}: (none) -> {a}"),
+        (Some(b), None) => format!("{field}: {b} -> (removed)"),
+        (None, None) => field,
     }
 }
 
@@ -138,7 +140,11 @@ pub fn human(plan: &Plan, style: Style, show_diff: bool) -> String {
             for r in &a.reasons {
                 let _ = writeln!(out, "      {}", change_text(r));
             }
-            if show_diff && let Some((before, after)) = e.spec_texts.get(&a.outpost) {
+            // The settings diff is the outpost's create or recreate, not a duplicate's removal.
+            if show_diff
+                && a.action != ActionKind::Remove
+                && let Some((before, after)) = e.spec_texts.get(&a.outpost)
+            {
                 out.push_str(&unified(before, after, style, "      "));
             }
         }

@@ -116,10 +116,7 @@ impl IntegrationDef {
 fn local_address(docker_host: Option<&str>) -> String {
     match docker_host.filter(|h| !h.is_empty()) {
         None => format!("unix://{}", crate::engine::connect::DEFAULT_SOCKET),
-        Some(h) => format!(
-            "DOCKER_HOST={}",
-            crate::engine::printable(h).replace('\n', "\\n")
-        ),
+        Some(h) => format!("DOCKER_HOST={}", crate::engine::printable_line(h)),
     }
 }
 
