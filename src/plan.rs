@@ -150,6 +150,15 @@ impl Plan {
         }
     }
 
+    /// The integrations that could not be planned (their engine did not answer).
+    pub fn unplanned(&self) -> Vec<&str> {
+        self.integrations
+            .iter()
+            .filter(|e| e.error.is_some())
+            .map(|e| e.name.as_str())
+            .collect()
+    }
+
     /// The integrations planned without an error whose engine ID is not known.
     pub fn unidentified(&self) -> Vec<&str> {
         self.integrations
@@ -186,7 +195,13 @@ impl Plan {
                     now.name
                 ));
             }
-            if then.engine_id.is_none() && then.error.is_none() {
+            if let Some(err) = &then.error {
+                return Some(format!(
+                    "integration `{}` could not be planned when the plan was made ({err}): make a new plan",
+                    now.name
+                ));
+            }
+            if then.engine_id.is_none() {
                 // Printed with `--format json`, not saved with `--out`: which engine it was
                 // made against is unknown.
                 return Some(format!(

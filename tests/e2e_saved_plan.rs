@@ -374,6 +374,39 @@ fn saved_plan_is_stale_when_its_engine_cannot_be_reached() {
     assert!(env.project_containers().is_empty());
 }
 
+/// A plan made while an engine did not answer is saved (to be read), says it cannot be
+/// applied, and `apply --plan` refuses it for that reason once the engine answers again
+/// (not as "the containers changed"): nothing is created.
+#[test]
+fn saved_plan_made_while_its_engine_was_down_is_refused_for_that() {
+    let env = Env::new("plandown");
+    let mut m = env.manifest();
+    m["outposts"]["A"] = env.outpost("ldap", "AK_A");
+    // Nothing listens on this port of the test's block until the engine "comes back".
+    let port = env.port();
+    m["integrations"]["far"] = json!({ "url": format!("http://127.0.0.1:{port}") });
+    m["outposts"]["A"]["integration"] = json!("far");
+    env.write(&m);
+    let r = env.plan(&["--out", "plan.json"]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stderr.contains(
+            "note: plan saved to `plan.json`, but it cannot be applied: integration `far` could not be planned"
+        ) && !r.stderr.contains("applies exactly this plan"),
+        "{}",
+        shown(&r)
+    );
+    saved(&env, "plan.json");
+    forward_to_engine(port);
+    let r = apply_plan(&env, "plan.json");
+    assert_stale(
+        &r,
+        "plan.json",
+        "integration `far` could not be planned when the plan was made (",
+    );
+    assert!(env.project_containers().is_empty());
+}
+
 /// A wrong path given as the plan (a device that never ends, a directory) is refused at once,
 /// naming the path, and nothing is created; a plan read from a pipe (`--plan /dev/stdin`) is
 /// applied.

@@ -63,6 +63,13 @@ pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
                 out.display()
             ));
             saved = false;
+        } else if !plan.unplanned().is_empty() {
+            // Kept to be read, but `apply --plan` refuses it: part of it is unknown.
+            p.err(&format!(
+                "note: plan saved to `{}`, but it cannot be applied: integration {} could not be planned; make a new plan when its engine answers\n",
+                out.display(),
+                render::code_list(plan.unplanned())
+            ));
         } else {
             p.err(&format!(
                 "note: plan saved to `{}`; `{}` applies exactly this plan, or nothing if what it was made from changes first\n",

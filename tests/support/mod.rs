@@ -132,6 +132,32 @@ pub fn engine_socket() -> String {
         .unwrap_or_else(|| "/var/run/docker.sock".into())
 }
 
+/// The engine's API on `127.0.0.1:port` (plain `http://`), bytes copied both ways, from now
+/// until the test process ends: an engine that starts answering where nothing did.
+pub fn forward_to_engine(port: u16) {
+    let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind the engine's new port");
+    let socket = engine_socket();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming().flatten() {
+            let Ok(unix) = std::os::unix::net::UnixStream::connect(&socket) else {
+                continue;
+            };
+            let (Ok(mut tcp_r), Ok(mut unix_w)) = (tcp.try_clone(), unix.try_clone()) else {
+                continue;
+            };
+            let (mut tcp_w, mut unix_r) = (tcp, unix);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut tcp_r, &mut unix_w);
+                let _ = unix_w.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut unix_r, &mut tcp_w);
+                let _ = tcp_w.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+}
+
 /// `docker ARGS` on the engine the tests use (DOCKER_HOST if set, else the unix socket).
 pub fn docker(args: &[&str]) -> Run {
     let mut cmd = Command::new("docker");
