@@ -134,7 +134,7 @@ pub struct WatchArgs {
     /// Reconcile at least this often, to correct drift (humantime: 30s, 5m, 1h).
     #[arg(long, default_value = "5m", value_parser = interval)]
     pub interval: std::time::Duration,
-    /// How long file changes settle before a reconcile.
+    /// How long file changes settle before a reconcile (10ms to 10m).
     #[arg(long, default_value = "500ms", value_parser = debounce)]
     pub debounce: std::time::Duration,
     /// Never remove the containers of outposts that left the manifests; those removals are
@@ -237,8 +237,10 @@ fn interval(s: &str) -> Result<std::time::Duration, String> {
     duration_within(s, SECOND, 30 * DAY)
 }
 
+/// At least 10 ms: the file watcher checks for settled changes a quarter of this often, and
+/// with none at all it would spin a core for as long as the watch runs.
 fn debounce(s: &str) -> Result<std::time::Duration, String> {
-    duration_within(s, std::time::Duration::ZERO, 10 * 60 * SECOND)
+    duration_within(s, std::time::Duration::from_millis(10), 10 * 60 * SECOND)
 }
 
 fn lock_timeout(s: &str) -> Result<std::time::Duration, String> {
@@ -254,7 +256,11 @@ mod tests {
         assert!(interval("0").is_err(), "a zero interval would spin");
         assert!(interval("10000000000000000000s").is_err());
         assert_eq!(interval("5m"), Ok(std::time::Duration::from_secs(300)));
-        assert_eq!(debounce("0s"), Ok(std::time::Duration::ZERO));
+        assert!(
+            debounce("0s").is_err(),
+            "a zero debounce would spin the file watcher"
+        );
+        assert_eq!(debounce("10ms"), Ok(std::time::Duration::from_millis(10)));
         assert!(debounce("1h").is_err());
         assert!(lock_timeout("99999999999999s").is_err());
         assert_eq!(lock_timeout("2m"), Ok(std::time::Duration::from_secs(120)));
