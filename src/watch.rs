@@ -1670,14 +1670,20 @@ impl FileFilter {
             .and_then(|n| n.to_str())
             .unwrap_or_default();
         let swap_internal = name.starts_with("..");
-        let manifest_like = path.extension().is_none_or(|e| e == "yaml" || e == "yml");
+        // A directory is one whatever its name (`conf.d`): moved or copied in, its files may
+        // send no event of their own.
+        let manifest_like =
+            path.extension().is_none_or(|e| e == "yaml" || e == "yml") || path.is_dir();
         let sibling = |r: &PathBuf| r.parent().is_some_and(|d| path.parent() == Some(d));
         self.roots.iter().any(|r| {
             path == r
                 || (path.starts_with(r) && (manifest_like || swap_internal))
                 || (swap_internal && sibling(r))
         }) || self.referenced.iter().any(|f| {
-            path == f || (swap_internal && f.parent().is_some_and(|d| path.parent() == Some(d)))
+            // A file of the set, or a directory holding some (removed or moved away as a
+            // whole, `conf.d` included: no event comes for the files in it).
+            f.starts_with(path)
+                || (swap_internal && f.parent().is_some_and(|d| path.parent() == Some(d)))
         }) || self.pending.iter().any(|d| path == d)
     }
 }
@@ -1808,6 +1814,29 @@ mod tests {
         assert!(!files_may_have_changed(
             &Ok(vec![at(modify, &log)]),
             &filter
+        ));
+        // A directory named like a file (`conf.d`), moved in or away as a whole: its files
+        // send no event of their own.
+        let conf_d = dir.path().join("conf.d");
+        std::fs::create_dir(&conf_d).expect("conf.d");
+        let moved = EventKind::Modify(ModifyKind::Name(notify::event::RenameMode::Any));
+        assert!(files_may_have_changed(
+            &Ok(vec![at(moved, &conf_d)]),
+            &filter
+        ));
+        let inside = conf_d.join("more.yaml");
+        std::fs::write(&inside, "version: 1\n").expect("manifest in conf.d");
+        let read_it = FileFilter::new(&[dir.path().to_path_buf()], &[inside]);
+        std::fs::remove_dir_all(&conf_d).expect("remove conf.d");
+        let removed = EventKind::Remove(notify::event::RemoveKind::Any);
+        assert!(files_may_have_changed(
+            &Ok(vec![at(removed, &conf_d)]),
+            &read_it
+        ));
+        // One that held none of the set's files changes nothing.
+        assert!(!files_may_have_changed(
+            &Ok(vec![at(removed, &dir.path().join("logs.d"))]),
+            &read_it
         ));
         let mut rescan = at(EventKind::Other, &log);
         rescan.event = rescan.event.clone().set_flag(Flag::Rescan);

@@ -577,6 +577,48 @@ fn a_new_file_is_applied() {
     c.assert_no_secret_in(&w);
 }
 
+/// A directory of manifests moved into the watched one as a whole is applied at once, even
+/// named like a file (`conf.d`: its files send no event of their own); moved away again, its
+/// outpost is removed.
+#[test]
+fn a_directory_moved_in_and_away_is_applied() {
+    let c = Case::new("wmovedir");
+    let m = manifest_with(&c, &["Alpha"]);
+    c.save("m/outposts.yaml", &m);
+    c.token("AK_GAMMA");
+    let more = json!({
+        "version": 1,
+        "outposts": { "Gamma": c.outpost("radius", "AK_GAMMA") },
+    });
+    std::fs::create_dir_all(c.env.dir().join("stage/conf.d")).expect("stage/conf.d");
+    c.save("stage/conf.d/more.yml", &more);
+    let w = c.watch("m", &[]);
+    let a = c.wait_running(&w, "alpha", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+
+    let (staged, inside) = (c.env.dir().join("stage/conf.d"), c.mdir().join("conf.d"));
+    let mark = w.mark();
+    std::fs::rename(&staged, &inside).expect("move conf.d in");
+    c.wait_running(&w, "gamma", "after moving conf.d in");
+    w.wait_log(mark, "`create` of Gamma", WAIT, |v| {
+        is_ok_action(v, "create", &c.name("gamma"))
+    });
+
+    let mark = w.mark();
+    std::fs::rename(&inside, &staged).expect("move conf.d away");
+    let gamma = c.name("gamma");
+    assert!(
+        wait_until(WAIT, || inspect(&gamma).is_none()),
+        "`{gamma}` was not removed after conf.d moved away; log:\n{}",
+        w.text()
+    );
+    w.wait_log(mark, "`remove` of Gamma", WAIT, |v| {
+        is_ok_action(v, "remove", &gamma)
+    });
+    assert_eq!(c.env.container(&c.name("alpha")).id(), a.id());
+    c.assert_no_secret_in(&w);
+}
+
 /// An outpost deleted from the manifest is removed; the others stay.
 #[test]
 fn a_deleted_outpost_is_removed() {
