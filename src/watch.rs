@@ -194,6 +194,8 @@ struct EventTask {
     /// Where it connects, with the keys it was given: replaced when they change.
     url: String,
     endpoint: crate::validate::Endpoint,
+    /// The project whose containers' events it passes on: replaced when `project:` changes.
+    project: String,
     task: tokio::task::JoinHandle<()>,
     reach: Arc<Reach>,
 }
@@ -991,8 +993,13 @@ impl State {
             return;
         };
         let tasks = &self.event_tasks;
-        self.inspections
-            .forget_unwatched(&v, |i| tasks.get(i).map(|t| t.url.as_str()));
+        // A subscription for another project (`project:` changed) watches none of this one's.
+        self.inspections.forget_unwatched(&v, |i| {
+            tasks
+                .get(i)
+                .filter(|t| t.project == v.project)
+                .map(|t| t.url.as_str())
+        });
         self.watch_engines(&v, started);
         let engines = self.connect(&v).await;
         let mut plan = plan::build(&v, &engines, self.diff_options(&v)).await;
@@ -1412,11 +1419,13 @@ impl State {
     /// others are made anew and replay the engine's events since `started`.
     fn watch_engines(&mut self, v: &Validated, started: Instant) {
         self.event_tasks.retain(|name, t| {
-            // Same address and same keys, CA and pinned host key (a rotated key is used).
+            // Same address and same keys, CA and pinned host key (a rotated key is used), for
+            // the same project (its events are filtered by the project's label).
             let keep = v
                 .integrations
                 .get(name)
                 .is_some_and(|d| d.url == t.url && d.endpoint == t.endpoint)
+                && t.project == v.project
                 && !t.task.is_finished();
             if !keep {
                 t.task.abort();
@@ -1444,6 +1453,7 @@ impl State {
             let task = EventTask {
                 url: def.url.clone(),
                 endpoint: def.endpoint.clone(),
+                project: v.project.clone(),
                 task,
                 reach,
             };

@@ -1206,6 +1206,41 @@ fn containers_removed_or_stopped_by_hand_come_back() {
     c.assert_no_secret_in(&w);
 }
 
+/// `project:` changed while the watch runs: the new project's containers are the ones whose
+/// events count from then on, so one removed by hand comes back within seconds (not at the
+/// interval, an hour here); the old project's container is left alone.
+#[test]
+fn a_changed_project_is_watched_for_events() {
+    let c = Case::new("wproject");
+    let mut m = manifest_with(&c, &["Alpha"]);
+    c.save("m/outposts.yaml", &m);
+    let w = c.watch("m", &[]);
+    let old = c.wait_running(&w, "alpha", "applied at start");
+    w.wait_reconciled(0, "ending the first reconcile");
+
+    let renamed = c.name("renamed-alpha");
+    c.env.track_container(&renamed);
+    m["project"] = json!(format!("{}-renamed", c.env.project));
+    m["defaults"]["object_naming_template"] = json!(format!("{}renamed-%(name)s", c.env.prefix));
+    m["outposts"]["Alpha"]["uuid"] = json!(c.env.uuid("renamed alpha"));
+    let mark = w.mark();
+    c.save("m/outposts.yaml", &m);
+    let first = c.wait_running(&w, "renamed-alpha", "after the project changed");
+    w.wait_reconciled(mark, "ending the reconcile of the new project");
+
+    let mark = w.mark();
+    let t = Instant::now();
+    docker_ok(&["rm", "-f", &renamed]);
+    c.wait_container(&w, "renamed-alpha", "after docker rm -f", |x| {
+        x.id() != first.id()
+    });
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(10), "back after {took:?}");
+    w.wait_started(mark, "engine-event");
+    assert_eq!(c.env.container(&old.name()).id(), old.id(), "left alone");
+    c.assert_no_secret_in(&w);
+}
+
 /// `--interval` reconciles on its own, with no event and no edit: here every 2 s, each a full
 /// plan that finds nothing to change, counted in `/metrics`.
 #[test]
