@@ -907,7 +907,7 @@ impl State {
         if let Trigger::Unblocking { integration, event } = trigger {
             fields.push(("integration", integration.clone()));
             let what = match event.subject {
-                EventSubject::Network => "network",
+                EventSubject::Network | EventSubject::Detached => "network",
                 EventSubject::Image => "image",
                 EventSubject::Managed | EventSubject::Container => "container",
             };
@@ -1549,6 +1549,12 @@ async fn watch_events(
                         Ok(ev) => {
                             delay = Duration::from_secs(1);
                             metrics.event_received(&name);
+                            if ev.subject == EventSubject::Detached {
+                                if let Some(t) = detached(&engine, &name, &project, ev).await {
+                                    let _ = tx.send(t).await;
+                                }
+                                continue;
+                            }
                             if ev.subject != EventSubject::Managed {
                                 outside.push(name.clone(), ev);
                                 continue;
@@ -1585,6 +1591,32 @@ async fn watch_events(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(60));
     }
+}
+
+/// A container taken off a network: a reconcile when it is a running container of `project`,
+/// taken off by hand (`docker network disconnect`); the disconnect of a container's own stop
+/// or removal finds it stopped or gone (the engine answers the inspect once the stop is done).
+async fn detached<E: crate::engine::Engine + ?Sized>(
+    engine: &E,
+    integration: &str,
+    project: &str,
+    ev: EngineEvent,
+) -> Option<Trigger> {
+    if ev.id.is_empty() {
+        return None;
+    }
+    let c = engine.inspect(&ev.id).await.ok()?;
+    let ours = c
+        .labels
+        .get(crate::desired::LABEL_PROJECT)
+        .map(String::as_str)
+        == Some(project);
+    (c.running && ours).then(|| Trigger::Engine {
+        integration: integration.to_string(),
+        container: c.name,
+        id: c.id,
+        action: ev.action,
+    })
 }
 
 /// Whether `ev` (outside the project) brings what one of `waits` waits for: the container

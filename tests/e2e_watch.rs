@@ -1241,6 +1241,39 @@ fn a_changed_project_is_watched_for_events() {
     c.assert_no_secret_in(&w);
 }
 
+/// A container taken off its network by hand (`docker network disconnect`: still running,
+/// reachable by nobody) is recreated on its network within seconds, not at the interval;
+/// the other outpost is left as it is.
+#[test]
+fn a_container_disconnected_from_its_network_by_hand_is_recreated() {
+    let (c, w, a, b) = watching_alpha_and_beta("wdetach");
+    let mark = w.mark();
+    let t = Instant::now();
+    docker_ok(&["network", "disconnect", "bridge", &a.name()]);
+    let a2 = c.wait_running(&w, "alpha", "after docker network disconnect");
+    let a2 = if a2.id() == a.id() {
+        c.wait_container(&w, "alpha", "recreated after the disconnect", |x| {
+            x.id() != a.id()
+        })
+    } else {
+        a2
+    };
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(10), "recreated after {took:?}");
+    assert!(
+        a2.0["NetworkSettings"]["Networks"]["bridge"].is_object(),
+        "back on bridge: {}",
+        a2.0["NetworkSettings"]["Networks"]
+    );
+    let started = w.wait_started(mark, "engine-event");
+    assert_eq!(started["docker_event"], "disconnect", "{started}");
+    w.wait_log(mark, "`recreate` of Alpha", WAIT, |v| {
+        is_ok_action(v, "recreate", &a.name())
+    });
+    assert_eq!(c.env.container(&b.name()).id(), b.id(), "Beta untouched");
+    c.assert_no_secret_in(&w);
+}
+
 /// `--interval` reconciles on its own, with no event and no edit: here every 2 s, each a full
 /// plan that finds nothing to change, counted in `/metrics`.
 #[test]

@@ -561,6 +561,15 @@ impl super::Engine for DockerEngine {
         });
         Ok(Inspected {
             id: c.id.unwrap_or_default(),
+            name: c
+                .name
+                .unwrap_or_default()
+                .trim_start_matches('/')
+                .to_string(),
+            running: c
+                .state
+                .and_then(|s| s.status)
+                .is_some_and(|s| s == bollard::models::ContainerStateStatusEnum::RUNNING),
             image: config.image.unwrap_or_default(),
             env,
             labels: config.labels.unwrap_or_default().into_iter().collect(),
@@ -827,6 +836,7 @@ impl super::Engine for DockerEngine {
                 MANAGED_EVENTS
                     .iter()
                     .chain(UNBLOCKING_EVENTS.iter())
+                    .chain(DETACHING_EVENTS.iter())
                     .map(|e| e.to_string())
                     .collect(),
             ),
@@ -1047,6 +1057,10 @@ const MANAGED_EVENTS: [&str; 9] = [
 /// network is created; its image arrives (`create`: a build on Docker 27 and later).
 const UNBLOCKING_EVENTS: [&str; 5] = ["create", "pull", "load", "tag", "import"];
 
+/// A network's event that can mean drift: a container taken off it (`docker network
+/// disconnect` by hand, or a container's own stop or removal).
+const DETACHING_EVENTS: [&str; 1] = ["disconnect"];
+
 /// The event the watch cares about in `m`, if it does: any of `MANAGED_EVENTS` of a container
 /// of `project`; another container dying, removed or renamed; a network created; an image
 /// pulled, loaded, tagged, imported or built. An image's `name` is the reference it arrived
@@ -1069,12 +1083,17 @@ fn event_of(project: &str, m: bollard::models::EventMessage) -> Option<EngineEve
         Some(T::CONTAINER) => {
             matches!(base, "die" | "destroy" | "rename").then_some(EventSubject::Container)
         }
-        Some(T::NETWORK) => (base == "create").then_some(EventSubject::Network),
+        Some(T::NETWORK) if base == "create" => Some(EventSubject::Network),
+        Some(T::NETWORK) if DETACHING_EVENTS.contains(&base) => Some(EventSubject::Detached),
         Some(T::IMAGE) => matches!(base, "pull" | "load" | "tag" | "import" | "create")
             .then_some(EventSubject::Image),
         _ => None,
     }?;
-    let id = actor.id.unwrap_or_default();
+    let id = match subject {
+        // The container taken off the network (the actor is the network).
+        EventSubject::Detached => attrs.remove("container").unwrap_or_default(),
+        _ => actor.id.unwrap_or_default(),
+    };
     let name = match (subject, base) {
         // A pull's id is the reference pulled; its `name` lacks the tag.
         (EventSubject::Image, "pull") => id.clone(),
@@ -1211,6 +1230,22 @@ mod tests {
             ),
             (msg(T::NETWORK, "destroy", &[("name", "traefik")]), None),
             (
+                msg(
+                    T::NETWORK,
+                    "disconnect",
+                    &[("name", "bridge"), ("container", "c1")],
+                ),
+                Some(EventSubject::Detached),
+            ),
+            (
+                msg(
+                    T::NETWORK,
+                    "connect",
+                    &[("name", "bridge"), ("container", "c1")],
+                ),
+                None,
+            ),
+            (
                 msg(T::IMAGE, "pull", &[("name", "x:1")]),
                 Some(EventSubject::Image),
             ),
@@ -1226,6 +1261,19 @@ mod tests {
             let shown = format!("{m:?}");
             assert_eq!(subject(m), want, "{shown}");
         }
+        // A disconnect names the container taken off the network, not the network.
+        let detached = event_of(
+            "p",
+            msg(
+                T::NETWORK,
+                "disconnect",
+                &[("name", "bridge"), ("container", "c1")],
+            ),
+        );
+        assert_eq!(
+            detached.map(|e| (e.id, e.name)),
+            Some(("c1".to_string(), "bridge".to_string()))
+        );
         let renamed = event_of(
             "p",
             msg(

@@ -167,6 +167,8 @@ impl Engine for Fake {
         match self.inspected_labels.get(id) {
             Some(labels) => Ok(Inspected {
                 id: format!("id-of-{id}"),
+                name: id.to_string(),
+                running: true,
                 image: String::new(),
                 env: BTreeMap::new(),
                 labels: labels.clone(),

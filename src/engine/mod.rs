@@ -127,6 +127,10 @@ impl Health {
 pub struct Inspected {
     /// The full id (a container inspected by name is then acted on by id).
     pub id: String,
+    /// Its name, without the leading `/`.
+    pub name: String,
+    /// Whether it runs (`running`, not restarting, paused or stopped).
+    pub running: bool,
     pub image: String,
     pub env: BTreeMap<String, String>,
     pub labels: BTreeMap<String, String>,
@@ -140,6 +144,8 @@ impl std::fmt::Debug for Inspected {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inspected")
             .field("id", &self.id)
+            .field("name", &self.name)
+            .field("running", &self.running)
             .field("image", &self.image)
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .field("labels", &self.labels)
@@ -176,6 +182,9 @@ pub enum EventSubject {
     Container,
     Network,
     Image,
+    /// A container taken off a network (`disconnect`): the event's id is the container's,
+    /// its name the network's. The engine's events do not say whose container it is.
+    Detached,
 }
 
 /// The engine's identity, from System/Info and the negotiated API version.
