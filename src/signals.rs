@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// Wakes whoever waits in `until_interrupted` (no polling while nothing happens).
+static STOP: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Installs the handler (inside a tokio runtime); `on_first` says what happens next. The
 /// signals are caught from this call on (not from when the task first runs): one that comes
@@ -34,6 +36,7 @@ pub fn install(on_first: impl Fn() + Send + 'static) {
             }
             if n == 0 {
                 INTERRUPTED.store(true, Ordering::SeqCst);
+                STOP.notify_waiters();
                 on_first();
             } else {
                 // No destructor runs past this point. The engine locks are released (for 2 s
@@ -56,7 +59,12 @@ pub fn interrupted() -> bool {
 
 /// Resolves once a stop was asked for.
 pub async fn until_interrupted() {
-    while !interrupted() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    loop {
+        // Made before the check: a stop asked for in between still wakes it.
+        let stop = STOP.notified();
+        if interrupted() {
+            return;
+        }
+        stop.await;
     }
 }
