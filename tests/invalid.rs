@@ -316,6 +316,7 @@ committed_fixtures![
     http_url_without_port,
     https_url_without_port,
     ssh_url_with_path,
+    ssh_host_with_shell_characters,
     urls_written_otherwise,
     local_and_url,
     integration_and_keypair_shapes,

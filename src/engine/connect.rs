@@ -219,6 +219,23 @@ impl DockerHost {
         let Some(h) = env("DOCKER_HOST") else {
             return Ok(DockerHost::Unix(DEFAULT_SOCKET.into()));
         };
+        // A password in it (`ssh://user:secret@host`) is refused without being repeated: ssh
+        // would get it in `-l` (seen in `ps`), and every message would show it.
+        let authority = h.split_once("://").map_or(h.as_str(), |(_, r)| r);
+        let authority = authority.split('/').next().unwrap_or_default();
+        if let Some((userinfo, _)) = authority.rsplit_once('@')
+            && (userinfo.contains(':')
+                || userinfo.is_empty()
+                || userinfo.starts_with('-')
+                || !userinfo
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+        {
+            return Err(EngineError::new(
+                ErrorKind::Unreachable,
+                "DOCKER_HOST: the part before `@` must be a user name (letters, digits, `.`, `_`, `-`); a password is not taken: log in with a key",
+            ));
+        }
         let host_port = |rest: &str, default: u16| -> Result<(String, u16), EngineError> {
             let (host, port) = split_host_port(&h, rest)?;
             Ok((host, port.unwrap_or(default)))
@@ -391,6 +408,11 @@ fn split_host_port(h: &str, rest: &str) -> Result<(String, Option<u16>), EngineE
             None => (rest, None),
         },
     };
+    if !crate::validate::valid_host(host, rest.starts_with('[')) {
+        return Err(unreachable(format!(
+            "DOCKER_HOST `{h}`: `{host}` is not a DNS name (letters, digits, `.`, `-`, `_`) or an IP address"
+        )));
+    }
     let port = port
         .map(|p| {
             p.parse::<u16>()
@@ -426,6 +448,30 @@ mod tests {
                 .filter(|v| !v.is_empty())
         };
         DockerHost::read(&env).map_err(|e| e.to_string())
+    }
+
+    /// A password in DOCKER_HOST is refused and never repeated (ssh would show it in `ps`); a
+    /// host a shell or ssh could read as more than a name is refused.
+    #[test]
+    fn docker_host_takes_no_password_and_only_a_plain_host() {
+        for h in [
+            "ssh://deploy:s3cretPW@eng:22",
+            "http://u:s3cretPW@127.0.0.1:2375",
+            "ssh://-oProxyCommand=x@eng",
+        ] {
+            let e = host_of(&[("DOCKER_HOST", h)]).expect_err(h);
+            assert!(e.contains("a password is not taken"), "{e}");
+            assert!(!e.contains("s3cret") && !e.contains("Proxy"), "{e}");
+        }
+        for h in [
+            "ssh://deploy@eng;id>x;true:22",
+            "tcp://a$(id):2375",
+            "ssh://[::1;x]:22",
+        ] {
+            let e = host_of(&[("DOCKER_HOST", h)]).expect_err(h);
+            assert!(e.contains("is not a DNS name"), "{e}");
+        }
+        assert!(host_of(&[("DOCKER_HOST", "tcp://docker_1.internal-x:2375")]).is_ok());
     }
 
     /// DOCKER_HOST=ssh:// without user or port leaves both to ssh (its config, the login

@@ -113,10 +113,41 @@ impl IntegrationDef {
 }
 
 /// The engine `local: true` reaches under `docker_host` (DOCKER_HOST), to show.
+/// An engine address with the password of its `user:password@` (if any) written as `***`.
+pub(crate) fn without_password(address: &str) -> String {
+    let (scheme, rest) = address.split_once("://").unwrap_or(("", address));
+    let end = rest.find('/').unwrap_or(rest.len());
+    match rest[..end].rsplit_once('@') {
+        Some((userinfo, _)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            let sep = if scheme.is_empty() { "" } else { "://" };
+            format!("{scheme}{sep}{user}:***{}", &rest[userinfo.len()..])
+        }
+        _ => address.to_string(),
+    }
+}
+
+/// Whether `host` is a DNS name or an IP address: nothing a shell or ssh could read as more
+/// (`ssh` expands the host into a config's `ProxyCommand`, and hints print it in commands).
+/// `bracketed`: written as `[...]`, an IPv6 address.
+pub(crate) fn valid_host(host: &str, bracketed: bool) -> bool {
+    if bracketed {
+        return host.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !host.is_empty()
+        && !host.starts_with(['-', '.'])
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
 fn local_address(docker_host: Option<&str>) -> String {
     match docker_host.filter(|h| !h.is_empty()) {
         None => format!("unix://{}", crate::engine::connect::DEFAULT_SOCKET),
-        Some(h) => format!("DOCKER_HOST={}", crate::engine::printable_line(h)),
+        Some(h) => format!(
+            "DOCKER_HOST={}",
+            crate::engine::printable_line(without_password(h))
+        ),
     }
 }
 
@@ -1183,13 +1214,10 @@ impl Checker {
                 None => (authority.to_string(), None),
             }
         };
-        if host.is_empty()
-            || host.starts_with('-')
-            || host
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control() || c == '@')
-        {
-            self.diags.push(no_host("write `scheme://host:port`"));
+        if !valid_host(&host, authority.starts_with('[')) {
+            self.diags.push(no_host(
+                "write `scheme://host:port`: the host is a DNS name (letters, digits, `.`, `-`, `_`), an IPv4 address or an IPv6 address in brackets",
+            ));
             return None;
         }
         let port = match (port, default_port) {
@@ -2327,6 +2355,34 @@ fn path_to_pointer(path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn engine_hosts_are_names_or_addresses() {
+        for ok in ["docker.example.com", "10.0.0.7", "docker_1", "a-b.c"] {
+            assert!(valid_host(ok, false), "{ok}");
+        }
+        for bad in [
+            "",
+            "-oX",
+            ".x",
+            "a;id",
+            "a b",
+            "a$(id)",
+            "a`x`",
+            "é.example",
+            "a%41",
+        ] {
+            assert!(!valid_host(bad, false), "{bad}");
+        }
+        assert!(valid_host("::1", true) && valid_host("fd00::7", true));
+        assert!(!valid_host("::1;id", true) && !valid_host("zz", true));
+        assert_eq!(
+            without_password("ssh://deploy:s3cret@eng:22/x"),
+            "ssh://deploy:***@eng:22/x"
+        );
+        assert_eq!(without_password("ssh://deploy@eng"), "ssh://deploy@eng");
+        assert_eq!(without_password("unix:///a@b:c"), "unix:///a@b:c");
+    }
 
     fn failed(pointers: &[&str]) -> BTreeSet<String> {
         pointers.iter().map(|p| p.to_string()).collect()
