@@ -1,4 +1,5 @@
-//! SIGINT and SIGTERM for every long-running command: the first asks for a clean stop (no new
+//! SIGINT and SIGTERM (and SIGHUP, SIGQUIT: a closed terminal or session must not leave an ssh
+//! key or session behind) for every long-running command: the first asks for a clean stop (no new
 //! engine action starts, what runs finishes, temporary keys are removed on the way out); a
 //! second one exits at once (releasing the engine locks within a moment, then closing the ssh
 //! sessions and removing their keys).
@@ -15,15 +16,17 @@ static STOP: tokio::sync::Notify = tokio::sync::Notify::const_new();
 /// right after it is a clean stop, not the default death.
 pub fn install(on_first: impl Fn() + Send + 'static) {
     use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int) = match (
+    let (mut term, mut int, mut hup, mut quit) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+        signal(SignalKind::quit()),
     ) {
-        (Ok(term), Ok(int)) => (term, int),
-        (Err(e), _) | (_, Err(e)) => {
+        (Ok(term), Ok(int), Ok(hup), Ok(quit)) => (term, int, hup, quit),
+        (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
             // Then the default stands: a signal ends the process at once.
             eprintln!(
-                "warning: cannot handle SIGINT and SIGTERM ({e}): a signal stops outpostctl at once"
+                "warning: cannot handle SIGINT, SIGTERM, SIGHUP and SIGQUIT ({e}): a signal stops outpostctl at once"
             );
             return;
         }
@@ -33,6 +36,8 @@ pub fn install(on_first: impl Fn() + Send + 'static) {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = int.recv() => {}
+                _ = hup.recv() => {}
+                _ = quit.recv() => {}
             }
             if n == 0 {
                 INTERRUPTED.store(true, Ordering::SeqCst);

@@ -1171,8 +1171,8 @@ fn ssh_key_file_is_private_and_removed_after_the_run() {
     r.assert_nothing_left("plan against a host that hung up");
 }
 
-/// Interrupted (Ctrl-C, or a cancelled CI job's SIGTERM) while connecting, `plan` stops at
-/// once, says so, exits 1, and leaves no private key in TMPDIR nor ssh child behind (the
+/// Interrupted (Ctrl-C, a cancelled CI job's SIGTERM, a closed terminal's SIGHUP, SIGQUIT)
+/// while connecting, `plan` stops at once, says so, exits 1, and leaves no private key in TMPDIR nor ssh child behind (the
 /// cleanup is `Drop for Session`, src/engine/ssh.rs, which the signal handler lets run).
 #[test]
 fn ssh_key_file_is_removed_when_the_run_is_interrupted() {
@@ -1183,7 +1183,7 @@ fn ssh_key_file_is_removed_when_the_run_is_interrupted() {
     nas["url"] = json!(format!("ssh://root@127.0.0.1:{port}"));
     let m = r.manifest(json!({ "nas": nas }), &[]);
     r.env.write(&m);
-    for sig in ["INT", "TERM"] {
+    for sig in ["INT", "TERM", "HUP", "QUIT"] {
         // Its stderr is a pipe, read once it ended (a few lines).
         let mut child = r
             .env

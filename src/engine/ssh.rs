@@ -198,6 +198,7 @@ fn private_dir() -> io::Result<(PathBuf, std::fs::File)> {
 /// the making, or of an older outpostctl) is left alone unless its pid is gone and it is older
 /// than a minute.
 fn sweep_stale(base: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
@@ -215,7 +216,18 @@ fn sweep_stale(base: &Path) {
         if pid == std::process::id() {
             continue;
         }
-        let stale = match std::fs::File::open(e.path().join("lock")) {
+        // A shared temp directory holds anyone's files: only a real directory is looked into,
+        // and its lock is opened without following a link or waiting (a FIFO put there would
+        // block the open for ever), and must be a plain file.
+        if !e.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(e.path().join("lock"));
+        let stale = match opened {
+            Ok(lock) if !lock.metadata().is_ok_and(|m| m.is_file()) => false,
             Ok(lock) => lock.try_lock().is_ok(),
             Err(err) if err.kind() == io::ErrorKind::NotFound => {
                 let old = e
@@ -724,6 +736,42 @@ mod tests {
             "{said}"
         );
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    }
+
+    /// What anyone may leave in a shared temp directory cannot stop the sweep: a FIFO named
+    /// `lock` (which a plain open would wait on for ever) or a link to one, and a directory
+    /// that is a link, are passed over; a stale session's directory is still removed.
+    #[test]
+    fn the_sweep_of_stale_sessions_cannot_be_made_to_hang() {
+        let base = tempfile::tempdir().expect("temp dir");
+        let trap = base.path().join("outpostctl-ssh-1-trap-0");
+        std::fs::create_dir(&trap).expect("trap dir");
+        let fifo = trap.join("lock");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        let linked = base.path().join("outpostctl-ssh-2-link-0");
+        std::fs::create_dir(&linked).expect("dir");
+        std::os::unix::fs::symlink(&fifo, linked.join("lock")).expect("link to the fifo");
+        std::os::unix::fs::symlink(&trap, base.path().join("outpostctl-ssh-3-dirlink-0"))
+            .expect("link to the dir");
+        let stale = base.path().join("outpostctl-ssh-4-stale-0");
+        std::fs::create_dir(&stale).expect("stale dir");
+        std::fs::write(stale.join("lock"), "").expect("its unlocked lock");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let swept = base.path().to_path_buf();
+        std::thread::spawn(move || {
+            sweep_stale(&swept);
+            let _ = tx.send(());
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_secs(10)).is_ok(),
+            "the sweep hangs"
+        );
+        assert!(!stale.exists(), "the stale session's directory is left");
+        assert!(fifo.exists() && linked.exists());
     }
 
     /// A second signal exits at once, running no destructor: `remove_private_dirs` removes the
