@@ -713,6 +713,20 @@ async fn recreate(
         };
         return Err(EngineError::new(e.kind, format!("{e}; {again}")));
     }
+    // The lock lost while the old container stopped (a stop may take minutes): another
+    // writer may be at work on this outpost. Nothing more is done: what is left is what a
+    // kill would leave, and the next run finishes the recreate.
+    let lost_half_way = |left: &str| {
+        crate::lock::lost_on(integration).map(|why| {
+            EngineError::new(
+                crate::engine::ErrorKind::Api,
+                format!("stopped half way, {why}: {left}; the next run finishes the recreate"),
+            )
+        })
+    };
+    if let Some(e) = lost_half_way(&format!("the previous container `{old_name}` is stopped")) {
+        return Err(e);
+    }
     let parked = format!("{}{PARKED}", spec.name);
     let renamed = old_name == spec.name;
     // Parked by an earlier recreate that was interrupted: put back, it gets the outpost's
@@ -738,6 +752,11 @@ async fn recreate(
             let _ = engine.start(old).await;
             return Err(e);
         }
+    }
+    if let Some(e) = lost_half_way(&format!(
+        "the previous container is stopped, as `{parked_as}`"
+    )) {
+        return Err(e);
     }
     let extra = BTreeMap::from([(LABEL_REPLACES.to_string(), old.to_string())]);
     match create_and_start(engine, spec, &image, &extra).await {
@@ -1053,6 +1072,41 @@ mod swap_tests {
             report.outcomes
         );
         assert!(lost.is_empty(), "{lost:?}");
+    }
+
+    /// The lock lost while a recreate stopped the old container: nothing more is done (no
+    /// rename, no create: another writer may be at work), and the error says what is left.
+    #[tokio::test]
+    async fn a_recreate_stops_half_way_when_the_lock_is_lost() {
+        let v = ldap_a();
+        let spec = &v.desired["local"][0];
+        let fake = writable(true);
+        crate::lock::hold_for_test("lost-in-recreate", &["lost-in-recreate"]);
+        crate::lock::lose_for_test("lost-in-recreate", "its lock container was removed");
+        let old = crate::diff::ContainerRef {
+            id: "c1".into(),
+            name: spec.name.clone(),
+        };
+        let mut messages = Vec::new();
+        let r = super::recreate(
+            fake.as_ref(),
+            spec,
+            &old,
+            Some(spec.image.clone()),
+            "lost-in-recreate",
+            &super::Quiet,
+            &mut messages,
+        )
+        .await;
+        crate::lock::forget_for_test("lost-in-recreate");
+        let e = r.expect_err("the recreate stops");
+        assert_eq!(fake.recorded(), ["stop c1"]);
+        assert!(
+            e.to_string()
+                .starts_with("stopped half way, its lock container was removed: the previous"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("is stopped"), "{e}");
     }
 
     fn ldap_a() -> crate::validate::Validated {

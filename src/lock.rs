@@ -242,7 +242,35 @@ pub async fn acquire(
     let mut image = lock_image(engine.as_ref(), opts).await?;
     let mut image_retries = 0;
     let mut told = false;
+    // Tries in a row that ended without the lock and without a wait for its holder (its
+    // name taken but no container found by it: an engine after a crash can answer so for
+    // good): each waits a little longer and, after the few a takeover needs, they count
+    // against the deadline.
+    let mut quick_retries: u32 = 0;
     loop {
+        if quick_retries > 0 {
+            if quick_retries > 3 && Instant::now() >= until {
+                return Err(EngineError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "could not take the engine's lock within {} (--lock-timeout): its name `{LOCK_NAME}` stays taken, yet no container answers to it (restarting the engine clears that)",
+                        humantime::format_duration(opts.timeout)
+                    ),
+                ));
+            }
+            let pause = Duration::from_millis(50 * u64::from(quick_retries.min(10)));
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = crate::signals::until_interrupted() => {}
+            }
+            if crate::signals::interrupted() {
+                return Err(EngineError::new(
+                    ErrorKind::Conflict,
+                    "stopped trying to take the engine's lock: shutting down".to_string(),
+                ));
+            }
+        }
+        quick_retries += 1;
         // The lease runs from the engine's clock as read now: its renewals count from here.
         let asked = tokio::time::Instant::now();
         let now = engine.now().await?;
@@ -337,10 +365,8 @@ pub async fn acquire(
                     when(expires)
                 )),
                 // Another run is removing it at the same moment (to take it over, or its
-                // holder releasing it): try again in a moment, as when it is held.
-                Err(e) if e.kind == ErrorKind::Conflict => {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
+                // holder releasing it): try again in a moment (the pause at the top).
+                Err(e) if e.kind == ErrorKind::Conflict => {}
                 Err(e) => return Err(e),
             }
             continue;
@@ -361,6 +387,8 @@ pub async fn acquire(
             ));
             told = true;
         }
+        // A real wait for a live holder, next: not a quick retry.
+        quick_retries = 0;
         // A shutdown asked for ends the wait (a service manager's stop grace is seconds,
         // not --lock-timeout).
         tokio::select! {
@@ -838,6 +866,41 @@ mod tests {
         if let Some(h) = &lock.heartbeat {
             h.abort();
         }
+    }
+
+    /// An engine whose lock name stays taken by no container (a create refused, nothing to
+    /// read): the run gives up at its --lock-timeout, saying why, after a few tries a growing
+    /// pause apart (it spun thousands of times a second, for ever).
+    #[tokio::test]
+    async fn a_lock_name_taken_by_nothing_is_given_up_at_the_timeout() {
+        let engine = Arc::new(Fake {
+            phantom_marker: Some(std::sync::atomic::AtomicU64::new(0)),
+            clock: 1_010,
+            image: Some("img".into()),
+            ..Fake::default()
+        });
+        let mut opts = opts();
+        opts.timeout = Duration::from_secs(1);
+        let started = Instant::now();
+        let e = acquire(
+            Arc::clone(&engine) as Arc<dyn Engine>,
+            "local",
+            &opts,
+            &|_| {},
+        )
+        .await
+        .err()
+        .expect("no lock is taken");
+        assert!(
+            e.to_string().contains("stays taken, yet no container"),
+            "{e}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        let tries = engine
+            .phantom_marker
+            .as_ref()
+            .map_or(0, |t| t.load(std::sync::atomic::Ordering::SeqCst));
+        assert!((2..=20).contains(&tries), "{tries} tries");
     }
 
     /// A second signal that comes while a lock is being taken (created, its answer not yet

@@ -45,6 +45,9 @@ pub struct Fake {
     pub inspect_fails: Option<ErrorKind>,
     /// `renew_marker` never answers (an engine that stopped answering).
     pub renewals_hang: bool,
+    /// The marker's name is taken by no container (Docker after a crash can answer so):
+    /// `create_marker` finds it taken, `read_marker` finds nothing; counted here.
+    pub phantom_marker: Option<std::sync::atomic::AtomicU64>,
     /// Recorded calls that fail, once each, with this kind of error (after being recorded:
     /// the engine may have done it, the answer was lost).
     pub fails: std::sync::Mutex<Vec<(String, ErrorKind)>>,
@@ -293,6 +296,10 @@ impl Engine for Fake {
         labels: &BTreeMap<String, String>,
         expires: i64,
     ) -> Result<Option<String>> {
+        if let Some(tries) = &self.phantom_marker {
+            tries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Ok(None);
+        }
         let mut marker = self.marker();
         if marker.is_some() {
             return Ok(None);
