@@ -10,7 +10,11 @@ fn main() {
     use clap::{CommandFactory, FromArgMatches};
     // clap's own errors and help follow `--color` too, read before the rest is parsed.
     let cli = match Cli::command()
-        .color(clap_color(std::env::args()))
+        // `args_os`: an argument that is not UTF-8 (a Latin-1 file name) is a path like any
+        // other (`args` panics on it).
+        .color(clap_color(
+            std::env::args_os().map(|a| a.to_string_lossy().into_owned()),
+        ))
         .try_get_matches()
         .and_then(|m| Cli::from_arg_matches(&m))
     {

@@ -41,8 +41,9 @@ pub fn install(on_first: impl Fn() + Send + 'static) {
             }
             if n == 0 {
                 INTERRUPTED.store(true, Ordering::SeqCst);
-                STOP.notify_waiters();
+                // Said before the waiters wake: what they print on their way out comes after.
                 on_first();
+                STOP.notify_waiters();
             } else {
                 // No destructor runs past this point. The engine locks are released (for 2 s
                 // at most: a hung engine may be why a second signal came), so the next run

@@ -95,3 +95,24 @@ fn completions_are_printed_for_every_shell() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A path that is not UTF-8 (a Latin-1 file name) is a path like any other: read, or said
+/// to be missing, never a panic.
+#[test]
+fn a_path_that_is_not_utf8_is_read_not_a_panic() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let name = std::ffi::OsStr::from_bytes(b"caf\xe9.yaml");
+    let out = Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+        .args(["validate".as_ref(), dir.path().join(name).as_os_str()])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("outpostctl runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(
+        err.contains("caf\u{fffd}.yaml`: no such file or directory"),
+        "{err}"
+    );
+}
