@@ -46,11 +46,9 @@ pub struct LockOptions {
 
 impl LockOptions {
     pub fn new(timeout: Duration, purpose: &str) -> LockOptions {
-        let lease = std::env::var("OUTPOSTCTL_LOCK_LEASE")
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map(|s| Duration::from_secs(s.clamp(MIN_LEASE_SECS, MAX_LEASE_SECS)))
-            .unwrap_or(DEFAULT_LEASE);
+        let lease =
+            crate::engine::env_seconds("OUTPOSTCTL_LOCK_LEASE", MIN_LEASE_SECS, MAX_LEASE_SECS)
+                .map_or(DEFAULT_LEASE, Duration::from_secs);
         LockOptions {
             timeout,
             lease,

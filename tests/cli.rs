@@ -116,3 +116,49 @@ fn a_path_that_is_not_utf8_is_read_not_a_panic() {
         "{err}"
     );
 }
+
+/// An environment value that is not UTF-8 is never taken as unset: a token so set is refused
+/// for what it is, and DOCKER_HOST so set fails to connect, naming itself (it reached the
+/// default socket's engine instead).
+#[test]
+fn environment_values_that_are_not_utf8_are_not_taken_as_unset() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("set.yaml"),
+        "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+         authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
+         outposts:\n  A: { type: ldap, integration: local, token: { env: AK_A } }\n",
+    )
+    .expect("manifest");
+    let run = |args: &[&str], vars: &[(&str, &[u8])]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_outpostctl"));
+        cmd.args(args).arg(dir.path()).env("NO_COLOR", "1");
+        for (k, v) in vars {
+            cmd.env(k, std::ffi::OsStr::from_bytes(v));
+        }
+        let out = cmd.output().expect("outpostctl runs");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let (code, text) = run(&["validate"], &[("AK_A", b"tok\xff")]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("environment variable `AK_A` is not UTF-8 text"),
+        "{text}"
+    );
+    let (code, text) = run(
+        &["plan"],
+        &[
+            ("AK_A", b"a-token"),
+            ("DOCKER_HOST", b"unix:///nowhere\xff.sock"),
+        ],
+    );
+    assert_eq!(code, Some(1), "{text}");
+    assert!(text.contains("/nowhere\u{fffd}.sock"), "{text}");
+    assert!(!text.contains("/var/run/docker.sock"), "{text}");
+}

@@ -182,8 +182,13 @@ async fn connect_endpoint(endpoint: &Endpoint) -> Result<DockerEngine, EngineErr
     DockerEngine::new(transport).await
 }
 
-fn env(k: &str) -> Option<String> {
-    std::env::var(k).ok().filter(|v| !v.is_empty())
+/// An environment variable as the engine settings read it: unset when empty; one that is not
+/// UTF-8 is kept (its odd bytes replaced), so DOCKER_HOST so set fails to connect, naming
+/// itself, instead of reaching the default socket's engine.
+pub(crate) fn env(k: &str) -> Option<String> {
+    std::env::var_os(k)
+        .map(|v| v.to_string_lossy().into_owned())
+        .filter(|v| !v.is_empty())
 }
 
 /// What `local: true` reaches: DOCKER_HOST (with DOCKER_TLS_VERIFY) read once, as the Docker

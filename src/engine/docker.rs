@@ -35,18 +35,18 @@ const MAX_TIMEOUT_SECS: u64 = 3600;
 /// Seconds the first request to an engine (the ping) gets before it is tried once more (see
 /// `DockerEngine::negotiated`); both together stay within the request timeout.
 const FIRST_ANSWER_SECS: u64 = 20;
-/// How long any one request may take: `OUTPOSTCTL_ENGINE_TIMEOUT` seconds (within 2 to 3600;
-/// a value that is not a number is ignored), 120 s without it. An engine that is down behind
+/// How long any one request may take: `OUTPOSTCTL_ENGINE_TIMEOUT` seconds (kept within 2 to
+/// 3600, rounded up; a value that is not a number is ignored), 120 s without it. An engine that is down behind
 /// a firewall dropping packets costs a run this long.
 pub fn request_timeout() -> Duration {
     static TIMEOUT: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
     *TIMEOUT.get_or_init(|| {
-        let secs = std::env::var("OUTPOSTCTL_ENGINE_TIMEOUT")
-            .ok()
-            .and_then(|s| s.trim().parse::<u64>().ok())
-            .map_or(REQUEST_TIMEOUT_SECS, |s| {
-                s.clamp(MIN_TIMEOUT_SECS, MAX_TIMEOUT_SECS)
-            });
+        let secs = super::env_seconds(
+            "OUTPOSTCTL_ENGINE_TIMEOUT",
+            MIN_TIMEOUT_SECS,
+            MAX_TIMEOUT_SECS,
+        )
+        .unwrap_or(REQUEST_TIMEOUT_SECS);
         Duration::from_secs(secs)
     })
 }

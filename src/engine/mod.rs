@@ -257,6 +257,30 @@ pub fn printable(text: impl Into<String>) -> String {
         .collect()
 }
 
+/// Seconds from the environment variable `name`, kept within `min..=max`: any number (`-5`
+/// is `min`, `2.5` is 3: whole seconds, rounded up); None when unset or not a number.
+pub fn env_seconds(name: &str, min: u64, max: u64) -> Option<u64> {
+    seconds_within(&std::env::var(name).ok()?, min, max)
+}
+
+fn seconds_within(text: &str, min: u64, max: u64) -> Option<u64> {
+    let n = text.trim().parse::<f64>().ok().filter(|n| !n.is_nan())?;
+    // `as` saturates: a huge or infinite number is `max` after the clamp.
+    Some((n.ceil().max(0.0) as u64).clamp(min, max))
+}
+
+#[cfg(test)]
+#[test]
+fn seconds_from_the_environment_are_any_number_kept_within_bounds() {
+    assert_eq!(seconds_within("30", 2, 3600), Some(30));
+    assert_eq!(seconds_within(" -5 ", 2, 3600), Some(2));
+    assert_eq!(seconds_within("2.5", 2, 3600), Some(3));
+    assert_eq!(seconds_within("1e9", 2, 3600), Some(3600));
+    assert_eq!(seconds_within("inf", 2, 3600), Some(3600));
+    assert_eq!(seconds_within("NaN", 2, 3600), None);
+    assert_eq!(seconds_within("ten", 2, 3600), None);
+}
+
 /// `text` with every control character written as an escape, line feeds included: a value
 /// another writer put in a label or an engine sent, shown on one line of outpostctl's output
 /// (where a line feed would let it forge a line of its own).

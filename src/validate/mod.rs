@@ -106,7 +106,7 @@ impl IntegrationDef {
     /// `DOCKER_HOST` it follows (the default socket when that is unset).
     pub fn address(&self) -> String {
         match self.endpoint {
-            Endpoint::Local => local_address(std::env::var("DOCKER_HOST").ok().as_deref()),
+            Endpoint::Local => local_address(crate::engine::connect::env("DOCKER_HOST").as_deref()),
             _ => self.url.clone(),
         }
     }
@@ -700,6 +700,18 @@ impl Checker {
                         .at(at.child("/env").value())
                         .label("empty")
                         .hint(format!("set `{name}` in outpostctl's environment")),
+                    );
+                    None
+                }
+                None if std::env::var_os(name).is_some() => {
+                    self.diags.push(
+                        Diagnostic::error(
+                            "missing-env",
+                            format!("environment variable `{name}` is not UTF-8 text"),
+                        )
+                        .at(at.child("/env").value())
+                        .label("not UTF-8")
+                        .hint(format!("set `{name}` to the value as text (authentik's tokens and keys are ASCII)")),
                     );
                     None
                 }
