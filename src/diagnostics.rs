@@ -27,6 +27,10 @@ pub struct SourceFile {
     pub text: String,
     /// Byte offset of the start of each line.
     line_starts: Vec<usize>,
+    /// `text` as snippets show it, when it holds control characters (an escape sequence in
+    /// a manifest must not reach the terminal of whoever reads a CI log): each written as
+    /// `?` (`¿` for the two-byte ones), so every offset stays.
+    shown: Option<String>,
 }
 
 impl SourceFile {
@@ -49,11 +53,27 @@ impl SourceFile {
         };
         let mut line_starts = vec![0];
         line_starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
+        let unsafe_char = |c: char| c.is_control() && !matches!(c, '\n' | '\r' | '\t');
+        let shown = text.contains(unsafe_char).then(|| {
+            text.chars()
+                .map(|c| match c {
+                    c if !unsafe_char(c) => c,
+                    c if c.len_utf8() == 1 => '?',
+                    _ => '¿',
+                })
+                .collect()
+        });
         Arc::new(SourceFile {
             path,
             text,
             line_starts,
+            shown,
         })
+    }
+
+    /// The text as snippets show it (`shown`).
+    pub fn shown_text(&self) -> &str {
+        self.shown.as_deref().unwrap_or(&self.text)
     }
 
     /// The line (from 0) holding byte `offset`.

@@ -317,6 +317,7 @@ committed_fixtures![
     https_url_without_port,
     ssh_url_with_path,
     ssh_host_with_shell_characters,
+    escape_sequence_in_a_value,
     urls_written_otherwise,
     local_and_url,
     integration_and_keypair_shapes,

@@ -265,6 +265,21 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
             return;
         }
     };
+    // A NUL byte first: a binary file is said to be one, whatever bytes come before it.
+    if let Some(i) = bytes.iter().position(|b| *b == 0) {
+        let before = String::from_utf8_lossy(&bytes[..i]);
+        let before = before.strip_prefix('\u{feff}').unwrap_or(&before);
+        let f = whole_file(before);
+        out.diagnostics.push(
+            Diagnostic::error(
+                "binary-file",
+                "file contains a NUL byte: it is not a text file",
+            )
+            .at(Location::new(&f, end_of(&f)))
+            .hint("remove the file, or point outpostctl at the manifests only"),
+        );
+        return;
+    }
     let text = match String::from_utf8(bytes) {
         Ok(t) => t,
         Err(e) => {
@@ -284,18 +299,6 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
         .strip_prefix('\u{feff}')
         .map(str::to_string)
         .unwrap_or(text);
-    if let Some(i) = text.find('\0') {
-        let f = whole_file(&text[..i]);
-        out.diagnostics.push(
-            Diagnostic::error(
-                "binary-file",
-                "file contains a NUL byte: it is not a text file",
-            )
-            .at(Location::new(&f, end_of(&f)))
-            .hint("remove the file, or point outpostctl at the manifests only"),
-        );
-        return;
-    }
     let file = SourceFile::new(path.to_path_buf(), text);
     let parsed = yaml::parse(&file.text, Limits::default());
     // A secret written inline (refused by validation) is not shown in any snippet: found by

@@ -72,7 +72,7 @@ impl SourceCode for Text {
             count = 1;
         }
         Ok(Box::new(miette::MietteSpanContents::new(
-            &text.as_bytes()[from..to],
+            &f.shown_text().as_bytes()[from..to],
             SourceSpan::new(from.into(), to - from),
             line,
             column,
