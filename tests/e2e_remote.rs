@@ -442,7 +442,7 @@ fn tls_unusable_client_keypairs_are_explained() {
     assert_engine_fails(
         &r,
         r.tls_integration(&url, Some("ca"), Some("mixed")),
-        &["the client certificate and key do not go together"],
+        &["the client key is not the key of the client certificate"],
     );
 }
 

@@ -101,6 +101,9 @@ fn client_config(
                 let text = e.to_string();
                 if text.contains("UnsupportedCertVersion") {
                     bad("the client certificate is an X.509 v1 certificate; TLS needs v3: re-issue it with extensions (e.g. `openssl x509 -req ... -extfile ext.cnf`)".into())
+                } else if text.contains("KeyMismatch") {
+                    // rustls names its error type; said in words.
+                    bad("the client key is not the key of the client certificate: give the key the certificate was issued for".into())
                 } else {
                     bad(format!("the client certificate and key do not go together: {text}"))
                 }
