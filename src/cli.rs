@@ -71,7 +71,7 @@ pub struct PlanArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t = PlanFormat::Human)]
     pub format: PlanFormat,
-    /// Show a unified diff of each changed container's settings.
+    /// Show a unified diff of each changed container's settings (human format only).
     #[arg(long)]
     pub diff: bool,
     /// Save the plan to FILE (JSON, no secrets) for `apply --plan FILE`.

@@ -491,6 +491,17 @@ fn a_plan_of_another_format_version_is_refused_for_its_version() {
         "{}",
         shown(&r)
     );
+    // A version written as text is said to be one, not missing.
+    p["format_version"] = json!("1");
+    std::fs::write(env.dir().join("text.json"), p.to_string()).expect("write");
+    let r = apply_plan(&env, "text.json");
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stderr
+            .contains("its `format_version` is not a whole number"),
+        "{}",
+        shown(&r)
+    );
     assert!(env.project_containers().is_empty());
 }
 

@@ -145,16 +145,20 @@ pub fn load(path: &Path) -> Result<Plan, String> {
     // The version first: a newer format may hold what this outpostctl cannot read.
     let value: serde_json::Value = serde_json::from_str(&text)
         .map_err(|e| format!("`{}` is not an outpostctl plan: {e}", path.display()))?;
-    match value
-        .get("format_version")
-        .and_then(serde_json::Value::as_u64)
-    {
+    let version = value.get("format_version");
+    match version.and_then(serde_json::Value::as_u64) {
         Some(v) if v == u64::from(crate::plan::FORMAT_VERSION) => {}
         Some(v) => {
             return Err(format!(
                 "`{}` is a plan of format version {v}; this outpostctl reads version {}: make and apply the plan with the same outpostctl version",
                 path.display(),
                 crate::plan::FORMAT_VERSION
+            ));
+        }
+        None if version.is_some() => {
+            return Err(format!(
+                "`{}` is not an outpostctl plan: its `format_version` is not a whole number (write it with `outpostctl plan --out`)",
+                path.display()
             ));
         }
         None => {

@@ -848,7 +848,7 @@ fn pattern_meaning(pattern: &str) -> (&'static str, String) {
         ),
         p if p == model::REF_NAME_PATTERN => (
             "a valid name",
-            "names start with a letter or digit and use letters, digits, `.`, `_` and `-` (at most 63)".into(),
+            "names start with a letter or digit and use ASCII letters, digits, `.`, `_` and `-` (at most 63)".into(),
         ),
         p if p == model::PROJECT_PATTERN => (
             "a valid project name",
