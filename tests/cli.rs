@@ -162,3 +162,25 @@ fn environment_values_that_are_not_utf8_are_not_taken_as_unset() {
     assert!(text.contains("/nowhere\u{fffd}.sock"), "{text}");
     assert!(!text.contains("/var/run/docker.sock"), "{text}");
 }
+
+/// `watch --listen` on a port another process holds fails at once, saying what to do.
+#[test]
+fn watch_on_a_busy_port_says_to_give_another() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let addr = held.local_addr().expect("its address").to_string();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+        .args(["watch", "--listen", &addr])
+        .arg(dir.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("outpostctl runs");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("cannot listen on {addr}"))
+            && text
+                .contains("another process listens there (another watch?): give another --listen"),
+        "{text}"
+    );
+}

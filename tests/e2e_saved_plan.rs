@@ -524,7 +524,7 @@ fn a_plan_that_cannot_be_saved_is_still_shown() {
     );
     assert!(
         r.stderr
-            .contains("error: cannot write the plan to `missing/dir/plan.json`: "),
+            .contains("error: cannot write the plan to `missing/dir/plan.json`: no such file or directory\n  help: the directory it goes in must exist"),
         "{}",
         shown(&r)
     );

@@ -58,9 +58,18 @@ pub async fn run(p: &Printer, args: &PlanArgs) -> Exit {
             ));
             saved = false;
         } else if let Err(e) = save(&plan, out) {
+            let help = match e.kind() {
+                std::io::ErrorKind::NotFound => "the directory it goes in must exist",
+                std::io::ErrorKind::PermissionDenied => {
+                    "give a path in a directory outpostctl may write to"
+                }
+                std::io::ErrorKind::IsADirectory => "a directory is there: give a file's path",
+                _ => "give another path",
+            };
             p.err(&format!(
-                "error: cannot write the plan to `{}`: {e}\n",
-                out.display()
+                "error: cannot write the plan to `{}`: {}\n  help: {help}\n",
+                out.display(),
+                crate::manifest::load::io_reason(&e)
             ));
             saved = false;
         } else if !plan.unplanned().is_empty() {

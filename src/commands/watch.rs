@@ -27,7 +27,23 @@ pub async fn run(args: &WatchArgs) -> i32 {
                 tokio::spawn(metrics::serve(l, Arc::clone(&metrics)));
             }
             Err(e) => {
-                log.error("start", &format!("cannot listen on {addr}: {e}"), &[]);
+                let hint = match e.kind() {
+                    std::io::ErrorKind::AddrInUse => {
+                        "another process listens there (another watch?): give another --listen"
+                    }
+                    std::io::ErrorKind::AddrNotAvailable => {
+                        "that address is not one of this machine's: give one it has, e.g. 127.0.0.1:9090"
+                    }
+                    std::io::ErrorKind::PermissionDenied => {
+                        "ports below 1024 need privileges: give a port above 1023"
+                    }
+                    _ => "give another --listen",
+                };
+                log.error(
+                    "start",
+                    &format!("cannot listen on {addr}: {e}"),
+                    &[("hint", hint.to_string())],
+                );
                 return 1;
             }
         }

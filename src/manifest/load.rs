@@ -132,13 +132,17 @@ pub fn load(paths: &[PathBuf]) -> Loaded {
     out
 }
 
-fn io_reason(e: &std::io::Error) -> String {
+pub(crate) fn io_reason(e: &std::io::Error) -> String {
     match e.kind() {
         std::io::ErrorKind::NotFound => "no such file or directory".into(),
         std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        std::io::ErrorKind::NotADirectory => "a part of the path is a file, not a directory".into(),
         _ => e.to_string(),
     }
 }
+
+/// What to do about a file or directory that cannot be read for a reason of the system's.
+const NOT_READABLE_HINT: &str = "outpostctl cannot read it as the user it runs as: make it readable to that user (`chmod`, `chown`), or run outpostctl as one who may";
 
 fn walk(
     dir: &Path,
@@ -164,6 +168,7 @@ fn walk(
                         io_reason(&e)
                     ),
                 )
+                .hint(NOT_READABLE_HINT)
                 .transient(&e),
             );
             return;
@@ -260,6 +265,7 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
                     "unreadable-path",
                     format!("cannot read `{}`: {}", path.display(), io_reason(&e)),
                 )
+                .hint(NOT_READABLE_HINT)
                 .transient(&e),
             );
             return;
