@@ -1209,6 +1209,32 @@ fn ssh_key_file_is_removed_when_the_run_is_interrupted() {
         );
         r.assert_nothing_left(&format!("plan interrupted by SIG{sig}"));
     }
+    // `apply` too, while it plans: nothing is applied yet, so it stops at once (it waited
+    // for the engine's request timeout, then showed the plan).
+    let mut child = r
+        .env
+        .command(&["apply", "--auto-approve", "."])
+        .env("TMPDIR", &r.tmp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("outpostctl starts");
+    wait_for_key_file(&r);
+    let asked = std::time::Instant::now();
+    signal(child.id(), "INT");
+    let code = wait_child(&mut child, Duration::from_secs(30));
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+    }
+    assert_eq!(code, Some(1), "apply interrupted while planning: {stderr}");
+    assert!(asked.elapsed() < Duration::from_secs(10), "{stderr}");
+    assert!(
+        stderr.contains("interrupted: stopped before applying anything; nothing was changed"),
+        "{stderr}"
+    );
+    r.assert_nothing_left("apply interrupted while planning");
 }
 
 /// A second SIGTERM (a stop that cannot wait for the action in flight: here a pull from a

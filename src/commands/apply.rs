@@ -84,11 +84,24 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
     let inspect = args.inspect || saved.as_ref().is_some_and(|s| s.inspected);
     let adopt = args.adopt || saved.as_ref().is_some_and(|s| s.adopted);
     let diff = super::diff_options(adopt, inspect);
-    let Ok((v, engines, mut plan)) = plan_now(p, &args.paths, diff.clone()).await else {
+    // Until something is applied, an interruption stops at once (an engine that does not
+    // answer would otherwise hold the run for its request timeout).
+    let interrupted = || {
+        p.err("interrupted: stopped before applying anything; nothing was changed\n");
+        Exit::Failure
+    };
+    let planned = tokio::select! {
+        planned = plan_now(p, &args.paths, diff.clone()) => planned,
+        _ = crate::signals::until_interrupted() => return interrupted(),
+    };
+    let Ok((v, engines, mut plan)) = planned else {
         return Exit::Failure;
     };
     if let (Some(file), Some(saved)) = (&args.plan, &saved) {
-        plan.identify_engines(&engines).await;
+        tokio::select! {
+            _ = plan.identify_engines(&engines) => {}
+            _ = crate::signals::until_interrupted() => return interrupted(),
+        }
         if let Some(why) = plan.staleness(saved) {
             // The help repeats the flags that change what a plan shows.
             let flags = [(adopt, " --adopt"), (inspect, " --inspect")]
