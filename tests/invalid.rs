@@ -318,6 +318,7 @@ committed_fixtures![
     ssh_url_with_path,
     ssh_host_with_shell_characters,
     escape_sequence_in_a_value,
+    unclosed_quote,
     urls_written_otherwise,
     local_and_url,
     integration_and_keypair_shapes,

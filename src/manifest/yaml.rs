@@ -183,7 +183,37 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
             {
                 (line, col) = at;
             }
-            scan_error(Span::at(line as u32, col as u32), e.info())
+            // At the end of the file (an unclosed bracket or quote): shown on its last line
+            // with text, not on the empty one after the final line break.
+            if line > text.lines().count()
+                && let Some((i, last)) = text
+                    .lines()
+                    .enumerate()
+                    .filter(|(_, l)| !l.trim().is_empty())
+                    .last()
+            {
+                (line, col) = (i + 1, last.chars().count() + 1);
+            }
+            let mut err = scan_error(Span::at(line as u32, col as u32), e.info());
+            if e.info().contains("unknown anchor") {
+                let name: String = text
+                    .lines()
+                    .nth(line.saturating_sub(1))
+                    .and_then(|l| l.chars().skip(col.saturating_sub(1)).collect::<String>().strip_prefix('*').map(str::to_string))
+                    .map(|rest| {
+                        rest.chars()
+                            .take_while(|c| !c.is_whitespace() && !",[]{}".contains(*c))
+                            .take(64)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                if !name.is_empty() {
+                    err = err.hint(format!(
+                        "`*{name}` names no anchor: define `&{name}` on a value above it in the same document (anchors do not reach past `---`)"
+                    ));
+                }
+            }
+            err
         })?;
         // A finished node (scalar, alias, or closed collection) to attach to its parent.
         let finished: Option<(Value, YSpan, usize, usize, usize)> = match event {
@@ -355,11 +385,23 @@ fn scan_error(span: Span, info: &str) -> YamlError {
     } else if info.contains("recursion limit") {
         e = e.hint("the document nests too deeply; manifests are at most a few levels deep");
     } else if info.contains("mapping values are not allowed") {
-        e = e.hint("a value that contains `: ` must be quoted");
+        e = e.hint("a value that contains `: ` must be quoted; a key on a line of its own is indented like the keys beside it");
     } else if info.contains("simple key") {
         e = e.hint("a key must be followed by `:` on its line, and YAML allows at most 1,024 characters before it; shorten the key or finish the line with `:`");
     } else if info.contains("did not find expected key") || info.contains("block mapping") {
         e = e.hint("check the indentation of this line against the lines above it");
+    } else if info.contains("flow mapping") || info.contains("expected ',' or '}'") {
+        e = e.hint("a `{` is not closed: end it with `}`, its entries separated by `,`");
+    } else if info.contains("flow sequence") || info.contains("expected ',' or ']'") {
+        e = e.hint("a `[` is not closed: end it with `]`, its items separated by `,`");
+    } else if info.contains("quoted scalar") {
+        e = e.hint("a quoted value is not closed: end it with the same quote it starts with");
+    } else if info.contains("expected node content") {
+        e = e.hint("a value is missing here: write one (or close the `[` or `{` it is in)");
+    } else if info.contains("unknown anchor") {
+        e = e.hint(
+            "an alias `*name` names an anchor `&name` set on a value above it in the same document",
+        );
     }
     e
 }
