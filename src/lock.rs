@@ -165,6 +165,10 @@ struct Held {
     lost: Option<String>,
     /// The integrations it covers (two may reach one engine).
     integrations: BTreeSet<String>,
+    /// When it counts as lost by the wall clock unless renewed again (its last renewal,
+    /// asked for then, plus two thirds of the lease): the renewals' own timers stand still
+    /// while the machine sleeps (a suspended laptop), the wall clock and the engine's do not.
+    valid_until: Option<std::time::SystemTime>,
     /// Its engine, to release it on the way out of an exit that runs no destructor
     /// (`release_on_exit`); None where only a test made it.
     engine: Option<Arc<dyn Engine>>,
@@ -185,9 +189,14 @@ fn held<T>(f: impl FnOnce(&mut BTreeMap<String, Held>) -> T) -> T {
 /// held (the other engines' actions go on when one engine's lock is lost).
 pub fn lost_on(integration: &str) -> Option<String> {
     held(|h| {
-        h.values()
-            .find(|l| l.integrations.contains(integration))
-            .and_then(|l| l.lost.clone())
+        let l = h.values().find(|l| l.integrations.contains(integration))?;
+        l.lost.clone().or_else(|| {
+            l.valid_until
+                .filter(|t| std::time::SystemTime::now() > *t)
+                .map(|_| {
+                    "the engine's lock was lost (not renewed for two thirds of its lease: was the machine asleep?); another writer may be at work: run again".to_string()
+                })
+        })
     })
 }
 
@@ -271,6 +280,7 @@ pub async fn acquire(
         quick_retries += 1;
         // The lease runs from the engine's clock as read now: its renewals count from here.
         let asked = tokio::time::Instant::now();
+        let asked_wall = std::time::SystemTime::now();
         let now = engine.now().await?;
         let labels = BTreeMap::from([
             (LABEL_LOCK.to_string(), "engine".to_string()),
@@ -298,6 +308,7 @@ pub async fn acquire(
                         lost: None,
                         integrations: BTreeSet::from([integration.to_string()]),
                         engine: Some(Arc::clone(&engine)),
+                        valid_until: Some(asked_wall + patience(lease)),
                     },
                 )
             });
@@ -431,6 +442,12 @@ async fn lock_image(engine: &dyn Engine, opts: &LockOptions) -> Result<String, E
 /// was asked for, and a renewal that hangs (an engine or network that stopped answering)
 /// counts as failed when those two thirds are over, not when its request times out (after
 /// the lease could have run out). After a failed renewal the next one comes sooner.
+/// How long a lock counts as held after a renewal was asked for: two thirds of the lease (at
+/// least a second), so that its holder stops before another may take it over.
+fn patience(lease: i64) -> Duration {
+    Duration::from_secs((lease - lease / 3).max(1) as u64)
+}
+
 /// The longest time between two renewals of a held lock (`renew`).
 const RENEW_AT_MOST_EVERY: Duration = Duration::from_secs(10);
 
@@ -442,7 +459,7 @@ async fn renew(engine: Arc<dyn Engine>, id: String, lease: i64, since: tokio::ti
     // under the run (`docker container prune` takes it: it is never started) is noticed
     // within that, whatever the lease.
     let every = Duration::from_secs((lease / 3).max(1) as u64).min(RENEW_AT_MOST_EVERY);
-    let patience = Duration::from_secs((lease - lease / 3).max(1) as u64);
+    let patience = patience(lease);
     // After a failed renewal: a quarter of the period, at least 250 ms. A floor of a second
     // left the shortest lease (3 s: lost 2 s after its last renewal) a single retry.
     let again = (every / 4).max(RETRY_AT_LEAST_AFTER).min(every);
@@ -458,6 +475,7 @@ async fn renew(engine: Arc<dyn Engine>, id: String, lease: i64, since: tokio::ti
     loop {
         tokio::time::sleep_until(next).await;
         let asked = tokio::time::Instant::now();
+        let asked_wall = std::time::SystemTime::now();
         let left = (renewed_at + patience).saturating_duration_since(asked);
         let result = if left.is_zero() {
             Err(failed.take().unwrap_or_else(in_time))
@@ -475,6 +493,11 @@ async fn renew(engine: Arc<dyn Engine>, id: String, lease: i64, since: tokio::ti
                 renewed_at = asked;
                 next = asked + every;
                 failed = None;
+                held(|h| {
+                    if let Some(state) = h.get_mut(&id) {
+                        state.valid_until = Some(asked_wall + patience);
+                    }
+                });
                 continue;
             }
             Err(e) if e.is_not_found() => "its lock container was removed".to_string(),
@@ -695,6 +718,7 @@ mod tests {
                     lost: None,
                     integrations: BTreeSet::from(["hung-a".to_string()]),
                     engine: None,
+                    valid_until: None,
                 },
             )
         });
@@ -951,6 +975,7 @@ mod tests {
                     lost: Some("the engine's lock was lost".into()),
                     integrations: BTreeSet::from(["lost-a".into(), "lost-b".into()]),
                     engine: None,
+                    valid_until: None,
                 },
             )
         });
@@ -959,6 +984,35 @@ mod tests {
         assert_eq!(a.as_deref(), Some("the engine's lock was lost"));
         assert_eq!(b, a);
         assert_eq!(c, None);
+    }
+
+    /// A machine that slept past two thirds of the lease (the renewals' timers stood still):
+    /// the lock reads as lost by the wall clock at once, before any renewal runs again.
+    #[test]
+    fn a_lock_not_renewed_by_the_wall_clock_is_lost() {
+        let now = std::time::SystemTime::now();
+        for (id, until, lost) in [
+            ("slept", now - Duration::from_secs(1), true),
+            ("awake", now + Duration::from_secs(60), false),
+        ] {
+            let integration = format!("wall-{id}");
+            held(|h| {
+                h.insert(
+                    id.to_string(),
+                    Held {
+                        integrations: BTreeSet::from([integration.clone()]),
+                        valid_until: Some(until),
+                        ..Held::default()
+                    },
+                )
+            });
+            let why = lost_on(&integration);
+            held(|h| h.remove(id));
+            assert_eq!(why.is_some(), lost, "{id}: {why:?}");
+            if let Some(why) = why {
+                assert!(why.contains("was the machine asleep?"), "{why}");
+            }
+        }
     }
 
     /// The same run reaching one engine through two integrations holds its lock once.
@@ -971,6 +1025,7 @@ mod tests {
                     lost: None,
                     integrations: BTreeSet::from(["proxy".to_string()]),
                     engine: None,
+                    valid_until: None,
                 },
             )
         });
