@@ -29,7 +29,11 @@ use cpu::{RUSAGE_CHILDREN, RUSAGE_SELF, cpu_time};
 
 const INTEGRATIONS: usize = 10;
 const OUTPOSTS_PER_FILE: usize = 100;
-const CERT: &str = "-----BEGIN CERTIFICATE-----\\nMIIBbench\\n-----END CERTIFICATE-----\\n";
+/// The example's CA and client certificate, and the client's key (validation checks that a
+/// TLS client key is its certificate's).
+const CA_PEM: &str = include_str!("../examples/homelab/certs/edge-ca.pem");
+const CLIENT_PEM: &str = include_str!("../examples/homelab/certs/edge-client.pem");
+const CLIENT_KEY: &str = include_str!("../tests/fixtures/example-keys/edge-client-key.pem");
 const HOST_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ0aR2Xl6l2d1lO1wY9pQm0Lk8sZP9y4T3X7yq2aB1cD";
 /// A run that takes longer than this is stopped and reported as such.
@@ -50,10 +54,12 @@ fn project_yaml() -> String {
          authentik_version: \"2026.8.0\"\n  docker_network: traefik\n  docker_labels:\n    \
          com.example.managed: outpostctl\n",
     );
+    // In a double-quoted YAML string: its line breaks written as `\n`.
+    let (ca, cert) = (CA_PEM.replace('\n', "\\n"), CLIENT_PEM.replace('\n', "\\n"));
     let _ = write!(
         s,
-        "keypairs:\n  edge-ca: {{ certificate: {{ value: \"{CERT}\" }} }}\n  \
-         edge-client:\n    certificate: {{ value: \"{CERT}\" }}\n    key: {{ env: BENCH_CLIENT_KEY }}\n  \
+        "keypairs:\n  edge-ca: {{ certificate: {{ value: \"{ca}\" }} }}\n  \
+         edge-client:\n    certificate: {{ value: \"{cert}\" }}\n    key: {{ env: BENCH_CLIENT_KEY }}\n  \
          nas-ssh: {{ key: {{ env: BENCH_SSH_KEY }} }}\nintegrations:\n"
     );
     for i in 0..INTEGRATIONS {
@@ -139,10 +145,7 @@ fn write_set(dir: &Path, n: usize) {
 fn set_env(max_outposts: usize) {
     // SAFETY: set before any other thread of this process exists.
     unsafe {
-        std::env::set_var(
-            "BENCH_CLIENT_KEY",
-            "-----BEGIN PRIVATE KEY-----\nbench\n-----END PRIVATE KEY-----\n",
-        );
+        std::env::set_var("BENCH_CLIENT_KEY", CLIENT_KEY);
         std::env::set_var(
             "BENCH_SSH_KEY",
             "-----BEGIN OPENSSH PRIVATE KEY-----\nbench\n-----END OPENSSH PRIVATE KEY-----\n",

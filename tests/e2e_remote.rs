@@ -428,22 +428,42 @@ fn tls_name_mismatch_and_expiry_get_their_own_messages() {
     );
 }
 
-/// A client keypair that cannot work is explained before any connection: an X.509 v1
-/// certificate, a key that belongs to another certificate.
+/// A client keypair that cannot work is refused by validation, at the keypair's key, before
+/// any engine is reached (plan and apply do nothing): an X.509 v1 certificate, a key that
+/// belongs to another certificate.
 #[test]
 fn tls_unusable_client_keypairs_are_explained() {
     let r = Remote::tls("tlskeypairs");
     let url = format!("https://127.0.0.1:{}", r.t().port);
-    assert_engine_fails(
-        &r,
-        r.tls_integration(&url, Some("ca"), Some("v1-client")),
-        &["X.509 v1 certificate", "-extfile"],
-    );
-    assert_engine_fails(
-        &r,
-        r.tls_integration(&url, Some("ca"), Some("mixed")),
-        &["the client key is not the key of the client certificate"],
-    );
+    for (keypair, needles) in [
+        ("v1-client", &["X.509 v1 certificate", "-extfile"][..]),
+        (
+            "mixed",
+            &["the client key is not the key of the client certificate"][..],
+        ),
+    ] {
+        let bad = r.tls_integration(&url, Some("ca"), Some(keypair));
+        let m = r.manifest(json!({ "bad": bad }), &[("Radius", "radius", "bad")]);
+        r.env.write(&m);
+        let v = r.env.run(&["validate", "--format", "json", "."]);
+        assert_eq!(v.code, 1, "{}", shown(&v));
+        let doc: Value = serde_json::from_str(&v.stdout).expect("validate --format json");
+        let d = doc["diagnostics"]
+            .as_array()
+            .and_then(|ds| ds.iter().find(|d| d["code"] == "bad-keypair"))
+            .unwrap_or_else(|| panic!("no bad-keypair diagnostic:\n{}", shown(&v)))
+            .clone();
+        let message = d["message"].as_str().unwrap_or_default();
+        assert_contains("the diagnostic", message, needles);
+        assert!(d["line"].as_u64().is_some(), "{d}");
+        let a = r.apply(&[]);
+        assert_eq!(a.code, 1, "{}", shown(&a));
+        assert!(
+            names(&r).is_empty(),
+            "a container was created: {:?}",
+            names(&r)
+        );
+    }
 }
 
 /// `status` over TLS: engine version and API version, the same as the local socket reports

@@ -91,26 +91,44 @@ fn client_config(
         .with_root_certificates(roots);
     let config = match client {
         None => builder.with_no_client_auth(),
-        Some((cert_pem, key)) => {
-            let chain = certificates(cert_pem)
-                .map_err(|e| bad(format!("the client certificate cannot be read: {e}")))?;
-            let key = PrivateKeyDer::from_pem_slice(key.expose().as_bytes()).map_err(|_| {
-                bad("the client key is not a PEM private key (PKCS#8, PKCS#1 or SEC1)".into())
-            })?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| {
-                let text = e.to_string();
-                if text.contains("UnsupportedCertVersion") {
-                    bad("the client certificate is an X.509 v1 certificate; TLS needs v3: re-issue it with extensions (e.g. `openssl x509 -req ... -extfile ext.cnf`)".into())
-                } else if text.contains("KeyMismatch") {
-                    // rustls names its error type; said in words.
-                    bad("the client key is not the key of the client certificate: give the key the certificate was issued for".into())
-                } else {
-                    bad(format!("the client certificate and key do not go together: {text}"))
-                }
-            })?
-        }
+        Some((cert_pem, key)) => with_client(builder, cert_pem, key).map_err(bad)?,
     };
     Ok(config)
+}
+
+/// Why a client certificate and key cannot authenticate a TLS connection (unreadable, an
+/// X.509 v1 certificate, a key of another certificate), if they cannot: what `validate`
+/// says of a keypair before any engine is reached.
+pub fn client_pair_problem(cert_pem: &str, key: &Secret) -> Option<String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .ok()?
+        .with_root_certificates(RootCertStore::empty());
+    with_client(builder, cert_pem, key).err()
+}
+
+fn with_client(
+    builder: rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>,
+    cert_pem: &str,
+    key: &Secret,
+) -> Result<ClientConfig, String> {
+    let chain = certificates(cert_pem)
+        .map_err(|e| format!("the client certificate cannot be read: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key.expose().as_bytes()).map_err(|_| {
+        "the client key is not a PEM private key (PKCS#8, PKCS#1 or SEC1)".to_string()
+    })?;
+    builder.with_client_auth_cert(chain, key).map_err(|e| {
+        let text = e.to_string();
+        if text.contains("UnsupportedCertVersion") {
+            "the client certificate is an X.509 v1 certificate; TLS needs v3: re-issue it with extensions (e.g. `openssl x509 -req ... -extfile ext.cnf`)".into()
+        } else if text.contains("KeyMismatch") {
+            // rustls names its error type; said in words.
+            "the client key is not the key of the client certificate: give the key the certificate was issued for".into()
+        } else {
+            format!("the client certificate and key do not go together: {text}")
+        }
+    })
 }
 
 fn certificates(pem: &str) -> Result<Vec<CertificateDer<'static>>, String> {

@@ -1073,7 +1073,27 @@ impl Checker {
                             );
                             None
                         } else {
-                            cert.zip(key)
+                            let pair = cert.zip(key);
+                            // Checked here, with a place, rather than when the engine is
+                            // reached (which a CI plan of another integration would not do).
+                            let problem = pair
+                                .as_ref()
+                                .and_then(|(c, k)| crate::engine::tls::client_pair_problem(c, k));
+                            if let Some(problem) = problem {
+                                let at = self
+                                    .keypairs
+                                    .get(kp)
+                                    .map(|n| n.origin.child("/key").key())
+                                    .unwrap_or_else(|| tls_a.value());
+                                self.diags.push(
+                                    err("bad-keypair", format!("keypair `{kp}`: {problem}"))
+                                        .at(at)
+                                        .hint("a TLS client keypair is a certificate and the private key it was issued for"),
+                                );
+                                None
+                            } else {
+                                pair
+                            }
                         }
                     }
                     None => None,

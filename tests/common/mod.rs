@@ -50,9 +50,10 @@ pub fn example_env() -> Vec<(&'static str, &'static str)> {
         ("AK_HOME_PROXY_TOKEN", "example-token-home"),
         ("AK_RADIUS_TOKEN", "example-token-radius"),
         ("AK_LDAP_TOKEN", "example-token-ldap"),
+        // The key of examples/homelab/certs/edge-client.pem: validation checks the pair.
         (
             "EDGE_DOCKER_CLIENT_KEY",
-            "-----BEGIN PRIVATE KEY-----\nexample\n-----END PRIVATE KEY-----\n",
+            include_str!("../fixtures/example-keys/edge-client-key.pem"),
         ),
         (
             "NAS_SSH_KEY",
