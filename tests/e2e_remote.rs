@@ -1204,23 +1204,7 @@ fn ssh_key_file_is_removed_when_the_run_is_interrupted() {
     let m = r.manifest(json!({ "nas": nas }), &[]);
     r.env.write(&m);
     for sig in ["INT", "TERM", "HUP", "QUIT"] {
-        // Its stderr is a pipe, read once it ended (a few lines).
-        let mut child = r
-            .env
-            .command(&["plan", "."])
-            .env("TMPDIR", &r.tmp)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("outpostctl starts");
-        wait_for_key_file(&r);
-        signal(child.id(), sig);
-        let code = wait_child(&mut child, Duration::from_secs(30));
-        let mut stderr = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
-        }
+        let (code, stderr, _) = interrupted_while_connecting(&r, &["plan", "."], sig);
         assert_eq!(code, Some(1), "plan interrupted by SIG{sig}: {stderr}");
         assert!(
             stderr.contains("interrupted: stopped; nothing was changed")
@@ -1231,30 +1215,44 @@ fn ssh_key_file_is_removed_when_the_run_is_interrupted() {
     }
     // `apply` too, while it plans: nothing is applied yet, so it stops at once (it waited
     // for the engine's request timeout, then showed the plan).
+    let (code, stderr, took) =
+        interrupted_while_connecting(&r, &["apply", "--auto-approve", "."], "INT");
+    assert_eq!(code, Some(1), "apply interrupted while planning: {stderr}");
+    assert!(took < Duration::from_secs(10), "{stderr}");
+    assert!(
+        stderr.contains("interrupted: stopped before applying anything; nothing was changed"),
+        "{stderr}"
+    );
+    r.assert_nothing_left("apply interrupted while planning");
+}
+
+/// `outpostctl ARGS` signalled with `sig` once its ssh key is written (it is connecting):
+/// its exit code, its stderr (a pipe, read once it ended: a few lines), and how long it took
+/// to end after the signal.
+fn interrupted_while_connecting(
+    r: &Remote,
+    args: &[&str],
+    sig: &str,
+) -> (Option<i32>, String, Duration) {
     let mut child = r
         .env
-        .command(&["apply", "--auto-approve", "."])
+        .command(args)
         .env("TMPDIR", &r.tmp)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .expect("outpostctl starts");
-    wait_for_key_file(&r);
+    wait_for_key_file(r);
     let asked = std::time::Instant::now();
-    signal(child.id(), "INT");
+    signal(child.id(), sig);
     let code = wait_child(&mut child, Duration::from_secs(30));
+    let took = asked.elapsed();
     let mut stderr = String::new();
     if let Some(mut e) = child.stderr.take() {
         let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
     }
-    assert_eq!(code, Some(1), "apply interrupted while planning: {stderr}");
-    assert!(asked.elapsed() < Duration::from_secs(10), "{stderr}");
-    assert!(
-        stderr.contains("interrupted: stopped before applying anything; nothing was changed"),
-        "{stderr}"
-    );
-    r.assert_nothing_left("apply interrupted while planning");
+    (code, stderr, took)
 }
 
 /// A second SIGTERM (a stop that cannot wait for the action in flight: here a pull from a
