@@ -434,14 +434,6 @@ async fn lock_image(engine: &dyn Engine, opts: &LockOptions) -> Result<String, E
     ))
 }
 
-/// Renews the lease three times per lease period, from `since` (taken before the engine's
-/// clock was read for the lease being renewed). When the lock container is gone, or no
-/// renewal succeeded for two thirds of the lease (another writer may take the lock over once
-/// it runs out; the engine's clock is read in whole seconds, and a lease is at least 3 s), the
-/// lock is lost (`lost_on`): no new action starts on its engine. A renewal counts from when it
-/// was asked for, and a renewal that hangs (an engine or network that stopped answering)
-/// counts as failed when those two thirds are over, not when its request times out (after
-/// the lease could have run out). After a failed renewal the next one comes sooner.
 /// How long a lock counts as held after a renewal was asked for: two thirds of the lease (at
 /// least a second), so that its holder stops before another may take it over.
 fn patience(lease: i64) -> Duration {
@@ -454,6 +446,14 @@ const RENEW_AT_MOST_EVERY: Duration = Duration::from_secs(10);
 /// The shortest wait before a failed renewal is tried again (`renew`).
 const RETRY_AT_LEAST_AFTER: Duration = Duration::from_millis(250);
 
+/// Renews the lease three times per lease period, from `since` (taken before the engine's
+/// clock was read for the lease being renewed). When the lock container is gone, or no
+/// renewal succeeded for two thirds of the lease (another writer may take the lock over once
+/// it runs out; the engine's clock is read in whole seconds, and a lease is at least 3 s), the
+/// lock is lost (`lost_on`): no new action starts on its engine. A renewal counts from when it
+/// was asked for, and a renewal that hangs (an engine or network that stopped answering)
+/// counts as failed when those two thirds are over, not when its request times out (after
+/// the lease could have run out). After a failed renewal the next one comes sooner.
 async fn renew(engine: Arc<dyn Engine>, id: String, lease: i64, since: tokio::time::Instant) {
     // A third of the lease, and at most `RENEW_AT_MOST_EVERY`: a lock container removed
     // under the run (`docker container prune` takes it: it is never started) is noticed
