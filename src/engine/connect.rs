@@ -229,12 +229,7 @@ impl DockerHost {
         let authority = h.split_once("://").map_or(h.as_str(), |(_, r)| r);
         let authority = authority.split('/').next().unwrap_or_default();
         if let Some((userinfo, _)) = authority.rsplit_once('@')
-            && (userinfo.contains(':')
-                || userinfo.is_empty()
-                || userinfo.starts_with('-')
-                || !userinfo
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c)))
+            && !crate::validate::valid_user(userinfo)
         {
             return Err(EngineError::new(
                 ErrorKind::Unreachable,

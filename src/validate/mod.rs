@@ -127,6 +127,16 @@ pub(crate) fn without_password(address: &str) -> String {
     }
 }
 
+/// Whether `user` is an ssh user name outpostctl passes on: letters, digits, `.`, `_`, `-`,
+/// not starting with `-` (ssh would read an option); never a `user:password`.
+pub(crate) fn valid_user(user: &str) -> bool {
+    !user.is_empty()
+        && !user.starts_with('-')
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
 /// Whether `host` is a DNS name or an IP address: nothing a shell or ssh could read as more
 /// (`ssh` expands the host into a config's `ProxyCommand`, and hints print it in commands).
 /// `bracketed`: written as `[...]`, an IPv6 address.
@@ -1129,12 +1139,7 @@ impl Checker {
                 // With a custom ssh config, what the URL leaves out is the config's to decide.
                 let custom_config = i.ssh.as_ref().is_some_and(|s| s.config.is_some());
                 let user = userinfo.unwrap_or("authentik").to_string();
-                if user.is_empty()
-                    || user.starts_with('-')
-                    || !user
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-                {
+                if !valid_user(&user) {
                     self.diags.push(
                         err(
                             "invalid-url",
