@@ -443,16 +443,24 @@ fn tls_unusable_client_keypairs_are_explained() {
         ),
     ] {
         let bad = r.tls_integration(&url, Some("ca"), Some(keypair));
-        let m = r.manifest(json!({ "bad": bad }), &[("Radius", "radius", "bad")]);
+        // Another engine with the same keypair: the keypair is said to be bad once.
+        let other = r.tls_integration("https://127.0.0.1:1", Some("ca"), Some(keypair));
+        let m = r.manifest(
+            json!({ "bad": bad, "bad-too": other }),
+            &[("Radius", "radius", "bad")],
+        );
         r.env.write(&m);
         let v = r.env.run(&["validate", "--format", "json", "."]);
         assert_eq!(v.code, 1, "{}", shown(&v));
         let doc: Value = serde_json::from_str(&v.stdout).expect("validate --format json");
-        let d = doc["diagnostics"]
+        let said: Vec<&Value> = doc["diagnostics"]
             .as_array()
-            .and_then(|ds| ds.iter().find(|d| d["code"] == "bad-keypair"))
-            .unwrap_or_else(|| panic!("no bad-keypair diagnostic:\n{}", shown(&v)))
-            .clone();
+            .into_iter()
+            .flatten()
+            .filter(|d| d["code"] == "bad-keypair")
+            .collect();
+        assert_eq!(said.len(), 1, "{}", shown(&v));
+        let d = said[0].clone();
         let message = d["message"].as_str().unwrap_or_default();
         assert_contains("the diagnostic", message, needles);
         assert!(d["line"].as_u64().is_some(), "{d}");
