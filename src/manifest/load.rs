@@ -141,8 +141,17 @@ pub(crate) fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-/// What to do about a file or directory that cannot be read for a reason of the system's.
-const NOT_READABLE_HINT: &str = "outpostctl cannot read it as the user it runs as: make it readable to that user (`chmod`, `chown`), or run outpostctl as one who may";
+/// What to do about a file or directory that cannot be read for `e`.
+fn unreadable_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "outpostctl cannot read it as the user it runs as: make it readable to that user (`chmod`, `chown`), or run outpostctl as one who may"
+        }
+        std::io::ErrorKind::NotFound => "it went away while the manifests were read: run again",
+        std::io::ErrorKind::NotADirectory => "check the path: a part of it names a file",
+        _ => "the system cannot read it now: check the disk or the mount, then run again",
+    }
+}
 
 fn walk(
     dir: &Path,
@@ -168,7 +177,7 @@ fn walk(
                         io_reason(&e)
                     ),
                 )
-                .hint(NOT_READABLE_HINT)
+                .hint(unreadable_hint(&e))
                 .transient(&e),
             );
             return;
@@ -265,7 +274,7 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
                     "unreadable-path",
                     format!("cannot read `{}`: {}", path.display(), io_reason(&e)),
                 )
-                .hint(NOT_READABLE_HINT)
+                .hint(unreadable_hint(&e))
                 .transient(&e),
             );
             return;
