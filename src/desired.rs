@@ -824,41 +824,40 @@ pub fn container(input: &OutpostInput<'_>) -> Result<ContainerSpec, Vec<Problem>
             }
         }
     }
-    // On the host's network Docker publishes nothing (it drops the bindings with a warning):
-    // the outpost listens on the host's ports itself, on every address, whatever `ports` says.
-    if !ports.is_empty() && s.network.as_deref() == Some("host") {
+    // Where Docker publishes no ports, publishing them is an error: on the host's network the
+    // outpost listens on the host's ports itself, on every address, whatever `ports` says; with
+    // no network (Docker keeps the bindings and starts the container) nothing could reach them;
+    // on another container's network namespace Docker refuses them.
+    if !ports.is_empty() {
         let published = ports
             .iter()
             .map(|p| format!("{}/{}", p.container_port, p.proto.as_str()))
             .collect::<Vec<_>>()
             .join(", ");
-        problems.push(Problem::new(
-            "/config/docker_network",
-            format!(
-                "`docker_network: host` uses the host's network, where Docker publishes no ports, but the outpost publishes {published}: it would listen on the host's {published} itself, on every address, whatever its host ports say"
-            ),
-            "set `docker_map_ports: false` (on the host's network, its ports are the container's own)",
-        ));
-    }
-    // Docker refuses to publish ports of a container on another's network namespace.
-    if !ports.is_empty()
-        && s.network
-            .as_deref()
-            .is_some_and(|n| n.starts_with("container:"))
-    {
-        problems.push(Problem::new(
-            "/config/docker_network",
-            format!(
-                "`docker_network: {}` shares another container's network, where Docker publishes no ports, but the outpost publishes {}",
-                s.network.as_deref().unwrap_or_default(),
-                ports
-                    .iter()
-                    .map(|p| format!("{}/{}", p.container_port, p.proto.as_str()))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            "set `docker_map_ports: false` (publish the ports on the container whose network it shares)",
-        ));
+        let problem = match s.network.as_deref() {
+            Some("host") => Some((
+                format!(
+                    "`docker_network: host` uses the host's network, where Docker publishes no ports, but the outpost publishes {published}: it would listen on the host's {published} itself, on every address, whatever its host ports say"
+                ),
+                "set `docker_map_ports: false` (on the host's network, its ports are the container's own)",
+            )),
+            Some("none") => Some((
+                format!(
+                    "`docker_network: none` gives the container no network, where Docker publishes no ports, but the outpost publishes {published}: nothing could reach them"
+                ),
+                "name a network the outpost can reach authentik on (with none it cannot reach authentik either), or set `docker_map_ports: false`",
+            )),
+            Some(n) if n.starts_with("container:") => Some((
+                format!(
+                    "`docker_network: {n}` shares another container's network, where Docker publishes no ports, but the outpost publishes {published}"
+                ),
+                "set `docker_map_ports: false` (publish the ports on the container whose network it shares)",
+            )),
+            _ => None,
+        };
+        if let Some((message, hint)) = problem {
+            problems.push(Problem::new("/config/docker_network", message, hint));
+        }
     }
 
     let check = |test: Vec<String>| HealthCheck {

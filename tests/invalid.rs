@@ -268,6 +268,7 @@ committed_fixtures![
     invalid_image_reference,
     network_of_a_container_with_ports,
     host_network,
+    no_network_with_ports,
     invalid_project_name,
     // keys
     unknown_key_outpost,

@@ -369,7 +369,8 @@ pub struct OutpostConfig {
     /// `defaults`, else Docker's default bridge network; `""`: the default bridge network,
     /// whatever `defaults` says. The network must exist on the engine. Anything `docker run
     /// --network` takes: a name, an id or id prefix, `default`, `host`, `none`,
-    /// `container:<name>` (the outpost shares that container's network).
+    /// `container:<name>` (the outpost shares that container's network). On `host`, `none` and
+    /// `container:<name>` Docker publishes no ports: set `docker_map_ports: false` there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(example = &"traefik")]
     pub docker_network: Option<String>,
