@@ -446,7 +446,10 @@ async fn run_action(
         },
         (ActionKind::Restart, Some(id)) => engine.restart(id).await?,
         (ActionKind::Unpause, Some(id)) => engine.unpause(id).await?,
-        (ActionKind::Remove, Some(id)) => engine.remove(id).await?,
+        // Gone already (removed by hand meanwhile) is as good as removed.
+        (ActionKind::Remove, Some(id)) => {
+            engine.remove(id).await?;
+        }
         _ => {}
     }
     Ok(())
@@ -538,7 +541,7 @@ async fn create_and_start(
         let removed = engine.remove(&id).await;
         let e = explain_port_conflict(engine, e).await;
         return Err(match removed {
-            Ok(()) => e,
+            Ok(_) => e,
             Err(r) => EngineError::new(
                 e.kind,
                 format!("{e}; the new container could not be removed: {r}"),
@@ -760,7 +763,7 @@ async fn recreate(
     }
     let extra = BTreeMap::from([(LABEL_REPLACES.to_string(), old.to_string())]);
     match create_and_start(engine, spec, &image, &extra).await {
-        Ok(_) => engine.remove(old).await,
+        Ok(_) => engine.remove(old).await.map(|_| ()),
         Err(e) => {
             // Put the old container back as it was, under the outpost's name.
             let back = if renamed || was_parked {

@@ -369,10 +369,13 @@ pub async fn acquire(
             // The holder stopped renewing: it died. Remove that lock (by id, so a lock someone
             // else just took is never removed) and try again.
             match engine.remove(&id).await {
-                Ok(()) => waiting(&format!(
+                Ok(true) => waiting(&format!(
                     "taking over the lock of {who} (since {since}): its lease ran out at {}",
                     when(expires)
                 )),
+                // Another run removed it first (and may hold the lock now): nothing was
+                // taken over from {who}; the next try tells.
+                Ok(false) => {}
                 // Another run is removing it at the same moment (to take it over, or its
                 // holder releasing it): try again in a moment (the pause at the top).
                 Err(e) if e.kind == ErrorKind::Conflict => {}
@@ -384,7 +387,7 @@ pub async fn acquire(
             return Err(EngineError::new(
                 ErrorKind::Conflict,
                 format!(
-                    "the engine is locked by {who} since {since} (lease until {}); gave up after {} (--lock-timeout)",
+                    "the engine is locked by {who} since {since} (lease until {}); gave up when the run's --lock-timeout of {} ran out",
                     when(expires),
                     humantime::format_duration(opts.timeout)
                 ),
@@ -890,6 +893,46 @@ mod tests {
         }
     }
 
+    /// Another run removes the expired lock just before this run's removal of it: this run
+    /// takes the lock once it is free and does not claim it took over the dead holder's lock
+    /// (it said "taking over the lock of ..." whoever removed it).
+    #[tokio::test]
+    async fn a_takeover_that_another_run_did_first_is_not_claimed() {
+        let labels = BTreeMap::from([
+            (LABEL_LOCK.to_string(), "engine".to_string()),
+            (LABEL_HOLDER.to_string(), "ci@elsewhere pid 1".to_string()),
+            (LABEL_RUN.to_string(), "a-dead-run".to_string()),
+        ]);
+        let engine = Arc::new(Fake {
+            calls: Some(std::sync::Mutex::new(Vec::new())),
+            marker: std::sync::Mutex::new(Some(("0ld".into(), labels, 1_000))),
+            clock: 1_010,
+            image: Some("img".into()),
+            removed_by_another: Some("0ld".into()),
+            ..Fake::default()
+        });
+        let said = std::sync::Mutex::new(Vec::new());
+        let lock = acquire(
+            Arc::clone(&engine) as Arc<dyn Engine>,
+            "local",
+            &opts(),
+            &|m: &str| {
+                said.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(m.to_string())
+            },
+        )
+        .await
+        .expect("the lock is taken");
+        assert_eq!(engine.recorded(), ["remove 0ld"]);
+        let said = said.into_inner().unwrap_or_else(|e| e.into_inner());
+        assert!(said.is_empty(), "{said:?}");
+        held(|h| h.remove(&lock.id));
+        if let Some(h) = &lock.heartbeat {
+            h.abort();
+        }
+    }
+
     /// An engine whose lock name stays taken by no container (a create refused, nothing to
     /// read): the run gives up at its --lock-timeout, saying why, after a few tries a growing
     /// pause apart (it spun thousands of times a second, for ever).
@@ -1145,7 +1188,7 @@ mod tests {
                 .and_then(|e| e.error.clone())
         };
         assert!(
-            error("b").is_some_and(|e| e.contains("gave up after")),
+            error("b").is_some_and(|e| e.contains("--lock-timeout of")),
             "{plan:?}"
         );
         assert_eq!(error("a"), None, "{plan:?}");
@@ -1188,9 +1231,9 @@ mod tests {
         assert!(locks.is_empty());
         for e in &plan.integrations {
             assert!(
-                e.error
-                    .as_deref()
-                    .is_some_and(|m| m.contains("gave up after 1s")),
+                e.error.as_deref().is_some_and(
+                    |m| m.contains("gave up when the run's --lock-timeout of 1s ran out")
+                ),
                 "{plan:?}"
             );
         }

@@ -438,7 +438,10 @@ fn lock_timeout_names_the_running_holder_and_since_when() {
         rfc3339(lock.since)
     );
     assert!(
-        pb.stderr().contains(&want) && pb.stderr().contains("gave up after 2s (--lock-timeout)"),
+        pb.stderr().contains(&want)
+            && pb
+                .stderr()
+                .contains("gave up when the run's --lock-timeout of 2s ran out"),
         "the message names the holder and since when ({want}...):\n{}",
         pb.output()
     );
@@ -497,7 +500,7 @@ fn hand_made_lock_attempt(attempt: usize) -> Option<String> {
     let took = start.elapsed();
     assert_eq!(r.code, 1, "{}", shown(&r));
     let want = format!(
-        "error: integration local: the engine is locked by {holder} since {} (lease until {}); gave up after 2s (--lock-timeout)",
+        "error: integration local: the engine is locked by {holder} since {} (lease until {}); gave up when the run's --lock-timeout of 2s ran out",
         rfc3339(since),
         rfc3339(expires)
     );

@@ -803,7 +803,7 @@ impl super::Engine for DockerEngine {
             .map_err(|e| self.err(&format!("rename container to {name}"), e))
     }
 
-    async fn remove(&self, id: &str) -> Result<()> {
+    async fn remove(&self, id: &str) -> Result<bool> {
         self.count();
         let opts = RemoveContainerOptions {
             force: true,
@@ -815,8 +815,10 @@ impl super::Engine for DockerEngine {
         {
             Err(BError::DockerResponseServerError {
                 status_code: 404, ..
-            }) => Ok(()),
-            r => r.map_err(|e| self.err("remove container", e)),
+            }) => Ok(false),
+            r => r
+                .map(|()| true)
+                .map_err(|e| self.err("remove container", e)),
         }
     }
 

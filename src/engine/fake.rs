@@ -51,6 +51,9 @@ pub struct Fake {
     /// Recorded calls that fail, once each, with this kind of error (after being recorded:
     /// the engine may have done it, the answer was lost).
     pub fails: std::sync::Mutex<Vec<(String, ErrorKind)>>,
+    /// The marker with this id is removed by another run just before this one's `remove`
+    /// of it, which then finds it gone (as Docker answers: not an error).
+    pub removed_by_another: Option<String>,
 }
 
 /// A listed container.
@@ -261,23 +264,27 @@ impl Engine for Fake {
         }
         self.record(format!("rename {id} {name}"))
     }
-    async fn remove(&self, id: &str) -> Result<()> {
+    async fn remove(&self, id: &str) -> Result<bool> {
         if self.writable {
-            return self.record(format!("remove {id}"));
+            return self.record(format!("remove {id}")).map(|()| true);
         }
         if self.calls.is_some() {
             self.record(format!("remove {id}"))?;
         }
+        // As Docker: a container that is gone already is not an error.
         let mut marker = self.marker();
+        if self.removed_by_another.as_deref() == Some(id)
+            && matches!(&*marker, Some((held, _, _)) if held == id)
+        {
+            *marker = None;
+            return Ok(false);
+        }
         match &*marker {
             Some((held, _, _)) if held == id => {
                 *marker = None;
-                Ok(())
+                Ok(true)
             }
-            _ => Err(EngineError::new(
-                ErrorKind::NotFound,
-                format!("no such container: {id}"),
-            )),
+            _ => Ok(false),
         }
     }
     async fn now(&self) -> Result<i64> {

@@ -332,8 +332,9 @@ pub trait Engine: Send + Sync {
     async fn unpause(&self, id: &str) -> Result<()>;
     async fn restart(&self, id: &str) -> Result<()>;
     async fn rename(&self, id: &str, name: &str) -> Result<()>;
-    /// Kills if running, then removes (with force, as authentik does).
-    async fn remove(&self, id: &str) -> Result<()>;
+    /// Kills if running, then removes (with force, as authentik does). `false`: there was no
+    /// such container any more (someone else removed it first), which is not an error.
+    async fn remove(&self, id: &str) -> Result<bool>;
     /// The engine's clock (seconds since the epoch): leases are judged by it, so the clocks
     /// of the machines running outpostctl do not matter.
     async fn now(&self) -> Result<i64>;
