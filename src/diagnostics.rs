@@ -391,10 +391,10 @@ mod escape_tests {
     fn control_characters_in_messages_are_escaped() {
         let d = Diagnostic::error("yaml", "duplicate key `x\u{1b}[31mRED`")
             .hint("remove `x\u{1b}[31mRED`");
-        assert_eq!(d.message, "duplicate key `x\\u{1b}[31mRED`");
-        assert_eq!(d.hint.as_deref(), Some("remove `x\\u{1b}[31mRED`"));
+        assert_eq!(d.message, "duplicate key `x\\u001b[31mRED`");
+        assert_eq!(d.hint.as_deref(), Some("remove `x\\u001b[31mRED`"));
         let w = Diagnostic::warning("ignored-key", "a\u{7}b").maybe_hint(Some("c\u{9b}d".into()));
-        assert_eq!(w.message, "a\\u{7}b");
-        assert_eq!(w.hint.as_deref(), Some("c\\u{9b}d"));
+        assert_eq!(w.message, "a\\u0007b");
+        assert_eq!(w.hint.as_deref(), Some("c\\u009bd"));
     }
 }

@@ -1090,7 +1090,7 @@ mod tests {
         assert_eq!(shown_value("a\nb"), "\"a\\nb\"");
         // Control characters cannot reach a terminal, those JSON keeps as they are included.
         assert_eq!(shown_value("\u{1b}[2J"), "\"\\u001b[2J\"");
-        assert_eq!(shown_value("a\u{9b}2Jb\u{7f}"), "\"a\\u{9b}2Jb\\u{7f}\"");
+        assert_eq!(shown_value("a\u{9b}2Jb\u{7f}"), "\"a\\u009b2Jb\\u007f\"");
     }
 
     /// A Swarm task carrying an outpost's uuid is not adopted: its service would start
@@ -1305,6 +1305,6 @@ mod tests {
             DiffOptions::default(),
         );
         assert_eq!(kinds(&a), vec![(ActionKind::Remove, Some("5eed".into()))]);
-        assert_eq!(a[0].outpost, "Gone\\u{1b}[2J");
+        assert_eq!(a[0].outpost, "Gone\\u001b[2J");
     }
 }

@@ -1166,7 +1166,7 @@ fn an_outpost_name_with_control_characters_is_refused() {
     assert!(
         human
             .stderr
-            .contains("`Edge\\tProxy\\u{1b}[2K` is not an outpost name")
+            .contains("`Edge\\tProxy\\u001b[2K` is not an outpost name")
             && !human.stderr.contains('\u{1b}'),
         "{}",
         human.stderr

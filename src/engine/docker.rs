@@ -1737,7 +1737,7 @@ mod first_answer {
         let info = engine.info().await.expect("info");
         for shown in [&info.id, &info.server_version, &info.os] {
             assert!(
-                !shown.contains('\u{1b}') && shown.contains("\\u{1b}"),
+                !shown.contains('\u{1b}') && shown.contains("\\u001b"),
                 "{shown:?}"
             );
         }

@@ -238,7 +238,18 @@ impl EngineError {
     }
 }
 
-/// `text` with its control characters but line feeds written as escapes (`\u{1b}`, `\r`,
+/// A control character as outpostctl's messages write it: `\t`, `\r`, `\n`, else as JSON
+/// writes one (`\u001b`), the form the plan's quoted values and the JSON outputs use too.
+pub fn escaped_control(c: char) -> String {
+    match c {
+        '\t' => "\\t".into(),
+        '\r' => "\\r".into(),
+        '\n' => "\\n".into(),
+        c => format!("\\u{:04x}", u32::from(c)),
+    }
+}
+
+/// `text` with its control characters but line feeds written as escapes (`\u001b`, `\r`,
 /// `\t`): text an engine, a proxy or a container's labels hold, made safe to print.
 pub fn printable(text: impl Into<String>) -> String {
     let text: String = text.into();
@@ -249,7 +260,7 @@ pub fn printable(text: impl Into<String>) -> String {
     text.chars()
         .map(|c| {
             if escaped(c) {
-                c.escape_default().to_string()
+                escaped_control(c)
             } else {
                 c.to_string()
             }
@@ -381,7 +392,7 @@ mod tests {
     #[test]
     fn engine_messages_carry_no_control_characters() {
         let e = EngineError::new(ErrorKind::Forbidden, "403: \u{1b}[31mno\u{1b}[0m\rdone\tx");
-        assert_eq!(e.to_string(), "403: \\u{1b}[31mno\\u{1b}[0m\\rdone\\tx");
+        assert_eq!(e.to_string(), "403: \\u001b[31mno\\u001b[0m\\rdone\\tx");
         let hint = "pin it:\n  ssh:\n    host_key: x";
         assert_eq!(EngineError::new(ErrorKind::Api, hint).to_string(), hint);
     }

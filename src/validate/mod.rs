@@ -2529,7 +2529,7 @@ mod tests {
         );
         assert_eq!(
             local_address(Some("ssh://a@b\u{1b}[31m\n")),
-            "DOCKER_HOST=ssh://a@b\\u{1b}[31m\\n"
+            "DOCKER_HOST=ssh://a@b\\u001b[31m\\n"
         );
     }
 

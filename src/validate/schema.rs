@@ -651,12 +651,12 @@ fn scalar_text(v: &Value) -> String {
 }
 
 /// User text for a message: at most 60 characters, control characters escaped (`\t`,
-/// `\u{1b}`) so that none reaches a terminal, a log or a pull-request comment as it is.
+/// `\u001b`) so that none reaches a terminal, a log or a pull-request comment as it is.
 fn truncate(s: &str) -> String {
     let mut out = String::with_capacity(s.len().min(256));
     for c in s.chars().take(60) {
         if c.is_control() {
-            out.extend(c.escape_debug());
+            out.push_str(&crate::engine::escaped_control(c));
         } else {
             out.push(c);
         }
