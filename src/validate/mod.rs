@@ -2054,14 +2054,14 @@ impl Checker {
         };
         for (labels_src, base) in [(default_labels, None), (&c.docker_labels, Some(origin))] {
             for (k, v) in labels_src.iter().flatten() {
+                let at = match base {
+                    Some(o) => o.child(&format!("/config/docker_labels/{}", escape(k))),
+                    None => default_origins
+                        .get("docker_labels")
+                        .map(|o| o.child(&format!("/{}", escape(k))))
+                        .unwrap_or_else(|| origin.clone()),
+                };
                 if k.starts_with("outpostctl.") || k == desired::LABEL_UUID {
-                    let at = match base {
-                        Some(o) => o.child(&format!("/config/docker_labels/{}", escape(k))),
-                        None => default_origins
-                            .get("docker_labels")
-                            .map(|o| o.child(&format!("/{}", escape(k))))
-                            .unwrap_or_else(|| origin.clone()),
-                    };
                     self.diags.push(
                         Diagnostic::error("reserved-label", format!("label `{k}` is reserved"))
                             .at(at.key())
@@ -2071,6 +2071,7 @@ impl Checker {
                 }
                 let v = match v {
                     Value::String(s) => s.clone(),
+                    Value::Number(n) => number_as_written(n, &at.value().text()),
                     other => other.to_string(),
                 };
                 labels.insert(k.clone(), v);
@@ -2387,6 +2388,28 @@ fn path_to_pointer(path: &str) -> String {
         }
     }
     out
+}
+
+/// A number given as a label's value, as its text: the text written in the manifest, so that
+/// `2026.10`, `1e3` or `0x1f` label as written (not `2026.1`, `1000.0`, `31`), when that text
+/// is the number (an alias, say, is not: then the number's own text).
+fn number_as_written(n: &serde_json::Number, written: &str) -> String {
+    // Past its anchor and tag (`&n !!int 012`), the text is the scalar's.
+    let mut written = written.trim();
+    while written.starts_with(['&', '!']) {
+        written = written
+            .split_once(char::is_whitespace)
+            .map_or("", |(_, rest)| rest.trim_start());
+    }
+    let same = crate::manifest::yaml::parse(written, Default::default())
+        .ok()
+        .and_then(|docs| docs.into_iter().next())
+        .is_some_and(|d| d.value == Value::Number(n.clone()));
+    if same {
+        written.to_string()
+    } else {
+        n.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -2721,5 +2744,40 @@ mod tests {
             env["AUTHENTIK_HOST_BROWSER"].expose(),
             "HTTPS://Login.Example.com"
         );
+    }
+
+    /// A number as a label's value labels as written: `2026.10` is not `2026.1`, `1e3` not
+    /// `1000.0`, `0x1f` not `31` (authentik_version, where the same happens, is an error).
+    #[test]
+    fn numbers_in_labels_keep_their_text() {
+        let v = crate::engine::fake::validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\n  docker_map_ports: false\n  \
+             docker_labels: { d: 2026.10, e: &n 012, j: !!int 0o17 }\n\
+             integrations:\n  local: { local: true }\noutposts:\n  \
+             A:\n    type: ldap\n    integration: local\n    token: { file: token }\n    \
+             config:\n      docker_labels:\n        a: 2026.10\n        b: 1e3\n        \
+             c: 0x1f\n        f: 1\n        g: true\n        h: -0.50\n        i: *n\n",
+        );
+        let labels = &v.desired["local"][0].labels;
+        for (k, want) in [
+            ("a", "2026.10"),
+            ("b", "1e3"),
+            ("c", "0x1f"),
+            ("d", "2026.10"),
+            ("e", "012"),
+            ("f", "1"),
+            ("g", "true"),
+            ("h", "-0.50"),
+            // Through an alias: the number's own text.
+            ("i", "12"),
+            ("j", "0o17"),
+        ] {
+            assert_eq!(
+                labels.get(k).map(String::as_str),
+                Some(want),
+                "{k}: {labels:?}"
+            );
+        }
     }
 }
