@@ -83,6 +83,9 @@ pub enum Unblock {
     Name(String),
     /// A network of this name is created.
     Network(String),
+    /// A container of this name is made, renamed to it or started: a `docker_network:
+    /// container:<name>` outpost's namespace container, missing or made anew.
+    Appears(String),
     /// This image arrives (pulled, loaded, tagged).
     Image(String),
 }
@@ -599,6 +602,9 @@ async fn plan_listed(
     let integration = opts.integration.clone();
     let keep = opts.keep_orphans;
     let mut actions = diff::diff(project, desired, &observed, opts);
+    let mut notes = Vec::new();
+    let namespace_waits =
+        shared_namespaces(&specs, &observed, engine, &mut actions, &mut notes).await;
     let covers = |id: &str| inspect.covers(integration.as_deref(), id);
     // Containers already inspected for their restart policy, kept for their reasons below.
     let (mut inspected, unread) = restart_policies(&specs, engine, &covers, &mut actions).await;
@@ -663,12 +669,11 @@ async fn plan_listed(
             }
         }
     }
-    let mut notes: Vec<String> = unread
-        .iter()
-        .map(|(_, name, e)| {
-            format!("container `{name}` could not be inspected, so its restart policy was not checked: {e}")
-        })
-        .collect();
+    notes.extend(unread.iter().map(|(_, name, e)| {
+        format!(
+            "container `{name}` could not be inspected, so its restart policy was not checked: {e}"
+        )
+    }));
     let uninspected = unread.into_iter().map(|(id, _, _)| id).collect();
     let mut unblocks = block_what_would_fail(
         project,
@@ -680,6 +685,7 @@ async fn plan_listed(
         keep,
     )
     .await;
+    unblocks.extend(namespace_waits);
     // A blocked outpost is left as it is: its duplicates too (a previous container parked by
     // an interrupted recreate stays until the outpost's own container can run).
     let blocked: HashSet<String> = actions
@@ -758,17 +764,123 @@ pub async fn checked(
     let specs: Specs = desired.iter().map(|d| (d.outpost.as_str(), d)).collect();
     let keep = opts.keep_orphans;
     let mut actions = diff::diff(project, desired, observed, opts);
+    let mut notes = Vec::new();
+    shared_namespaces(&specs, observed, engine, &mut actions, &mut notes).await;
     block_what_would_fail(
         project,
         &specs,
         observed,
         engine,
         &mut actions,
-        &mut Vec::new(),
+        &mut notes,
         keep,
     )
     .await;
     actions
+}
+
+/// `docker_network: container:<name>`: Docker joins the network namespace of the container
+/// of that name when it makes the outpost's container, and keeps that container's id. One
+/// inspect per container so named, only when an outpost names one: an outpost whose container
+/// is on the namespace of one since removed (made anew by its compose file, say: it then runs
+/// cut off, and cannot start again) is recreated onto the current one; an outpost with no
+/// container of that name is blocked until one exists. Returns what each such outpost waits
+/// for (a container of that name made, renamed to it, started or removed).
+async fn shared_namespaces(
+    specs: &Specs<'_>,
+    observed: &[Observed],
+    engine: &dyn Engine,
+    actions: &mut [Action],
+    notes: &mut Vec<String>,
+) -> Vec<Unblock> {
+    let target_of = |a: &Action| {
+        if a.action == ActionKind::Remove {
+            return None;
+        }
+        let spec = specs.get(a.outpost.as_str())?;
+        let n = spec.network.as_deref()?.strip_prefix("container:")?;
+        Some(n.to_string())
+    };
+    let targets: BTreeSet<String> = actions.iter().filter_map(target_of).collect();
+    let mut ids: HashMap<String, Option<String>> = HashMap::new();
+    for t in &targets {
+        match engine.inspect(t).await {
+            Ok(c) => {
+                ids.insert(t.clone(), Some(c.id));
+            }
+            Err(e) if e.is_not_found() => {
+                ids.insert(t.clone(), None);
+            }
+            Err(e) => notes.push(format!(
+                "container `{}` (named by `docker_network: container:{}`) could not be read, so whether the outposts on its network namespace are still on it was not checked: {}",
+                crate::engine::printable_line(t.as_str()),
+                crate::engine::printable_line(t.as_str()),
+                e.message
+            )),
+        }
+    }
+    for a in actions.iter_mut() {
+        let Some(target) = target_of(a) else {
+            continue;
+        };
+        let Some(id) = ids.get(&target) else {
+            continue; // not read: left as it is
+        };
+        let Some(id) = id else {
+            block(
+                a,
+                format!(
+                    "`docker_network: container:{target}` names no container on this engine: create the container `{target}` first, or fix `docker_network`"
+                ),
+            );
+            continue;
+        };
+        let Some(live) = a
+            .container
+            .as_ref()
+            .and_then(|c| observed.iter().find(|o| o.id == c.id))
+        else {
+            continue;
+        };
+        let Some(joined) = live
+            .network_mode
+            .as_deref()
+            .and_then(|m| m.strip_prefix("container:"))
+        else {
+            continue; // not on a namespace (the diff recreates it for its network)
+        };
+        if joined == id.as_str() {
+            continue;
+        }
+        let reason = Change::new(
+            "network",
+            Some(format!(
+                "container:{} (a container since removed)",
+                joined.get(..12).unwrap_or(joined)
+            )),
+            Some(format!(
+                "container:{target} ({})",
+                id.get(..12).unwrap_or(id)
+            )),
+        );
+        match a.action {
+            ActionKind::Noop
+            | ActionKind::Start
+            | ActionKind::Restart
+            | ActionKind::Unpause
+            | ActionKind::Rename => {
+                a.action = ActionKind::Recreate;
+                a.reasons.retain(|r| r.field != "network");
+                a.reasons.insert(0, reason);
+            }
+            ActionKind::Recreate => {
+                a.reasons.retain(|r| r.field != "network");
+                a.reasons.insert(0, reason);
+            }
+            _ => {}
+        }
+    }
+    targets.into_iter().map(Unblock::Appears).collect()
 }
 
 /// A create, recreate or start that needs a host port a running container outside this

@@ -1621,7 +1621,8 @@ async fn detached<E: crate::engine::Engine + ?Sized>(
 
 /// Whether `ev` (outside the project) brings what one of `waits` waits for: the container
 /// that held a host port, a name or an outpost's uuid dies, is removed or renamed; a container
-/// of the blocked name is removed or renamed; the missing network is created; the image waited
+/// of the blocked name is removed or renamed; a container of a name an outpost shares the
+/// network namespace of is made, renamed to it or started; the missing network is created; the image waited
 /// for arrives (pulled or tagged as that reference; loaded, imported or built, which name none).
 fn unblocks(waits: &[Unblock], ev: &EngineEvent) -> bool {
     let gone = matches!(ev.action.as_str(), "destroy" | "rename");
@@ -1629,6 +1630,12 @@ fn unblocks(waits: &[Unblock], ev: &EngineEvent) -> bool {
         (Unblock::Container(id), EventSubject::Container) => *id == ev.id,
         (Unblock::Name(n), EventSubject::Container) => {
             gone && (ev.name == *n || ev.old_name.as_ref() == Some(n))
+        }
+        (Unblock::Appears(n), EventSubject::Container) => {
+            matches!(
+                ev.action.as_str(),
+                "create" | "rename" | "start" | "destroy"
+            ) && ev.name == *n
         }
         (Unblock::Network(n), EventSubject::Network) => ev.name == *n || ev.name.is_empty(),
         // A load, an import or a build names no reference: any may have brought it.
@@ -2277,6 +2284,17 @@ mod tests {
         for (ev, want) in cases {
             assert_eq!(unblocks(&waits, &ev), want, "{ev:?}");
         }
+        // The container an outpost shares the network namespace of: made, started, renamed
+        // to that name or removed; another container's start does not.
+        let shared = [Unblock::Appears("vpn".into())];
+        for action in ["create", "start", "rename", "destroy"] {
+            assert!(
+                unblocks(&shared, &event(Container, "v", "vpn", action)),
+                "{action}"
+            );
+        }
+        assert!(!unblocks(&shared, &event(Container, "v", "vpn", "die")));
+        assert!(!unblocks(&shared, &event(Container, "w", "web", "start")));
         let image = [Unblock::Image("example/radius:absent".into())];
         assert!(unblocks(
             &image,

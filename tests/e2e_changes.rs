@@ -900,3 +900,77 @@ fn restart_policy_changed_by_hand_is_found_by_inspect() {
     let r = env.plan(&["--inspect", "--detailed-exitcode"]);
     assert_eq!(r.code, 0, "{}", shown(&r));
 }
+
+/// `docker_network: container:NAME` joins the namespace of the container named so when the
+/// outpost's container is made (Docker keeps that container's id). That container made anew
+/// (its compose file re-run, say) leaves the outpost cut off, and unable to start once
+/// stopped: the plan recreates it onto the new one, and converges. With no container of that
+/// name, the outpost is blocked, naming it, not failed at apply.
+#[test]
+fn a_shared_namespace_made_anew_is_followed() {
+    let env = Env::new("nsanew");
+    let host = format!("{}vpn", env.prefix);
+    env.docker_container("run", &host, &["-d", IMAGE_V1]);
+    let mut m = env.manifest();
+    let mut o = env.outpost("ldap", "AK_SHARES");
+    o["config"]["docker_network"] = json!(format!("container:{host}"));
+    o["config"]["docker_map_ports"] = json!(false);
+    m["outposts"]["Shares"] = o;
+    env.write(&m);
+    env.apply_ok();
+    env.assert_converged();
+    let name = env.name_of("shares");
+    let first = docker_ok(&["inspect", "-f", "{{.Id}}", &host]);
+    assert_eq!(
+        env.container(&name).network_mode(),
+        format!("container:{}", first.trim())
+    );
+
+    docker_ok(&["rm", "-f", &host]);
+    env.docker_container("run", &host, &["-d", IMAGE_V1]);
+    let second = docker_ok(&["inspect", "-f", "{{.Id}}", &host]);
+    let plan = env.plan_json();
+    let a = action_of(&plan, "Shares");
+    assert_eq!(a["action"], "recreate", "{a:#}");
+    let r = reason(&a, "network").unwrap_or_else(|| panic!("no network reason: {a:#}"));
+    assert!(
+        r["before"]
+            .as_str()
+            .is_some_and(|b| b.contains(&first.trim()[..12]) && b.contains("since removed")),
+        "{a:#}"
+    );
+    assert!(
+        r["after"]
+            .as_str()
+            .is_some_and(|b| b.contains(&host) && b.contains(&second.trim()[..12])),
+        "{a:#}"
+    );
+    env.apply_ok();
+    assert_eq!(
+        env.container(&name).network_mode(),
+        format!("container:{}", second.trim())
+    );
+    assert!(env.container(&name).running());
+    env.assert_converged();
+
+    // No container of that name: blocked, naming it; the container is left as it is.
+    docker_ok(&["rm", "-f", &host]);
+    let before = env.container(&name).id();
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 1, "{}", shown(&plan));
+    assert!(
+        plan.stdout.contains(&format!(
+            "`docker_network: container:{host}` names no container on this engine"
+        )),
+        "{}",
+        shown(&plan)
+    );
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stdout.contains("nothing to apply; left alone: 1 blocked"),
+        "{}",
+        shown(&r)
+    );
+    assert_eq!(env.container(&name).id(), before, "left as it was");
+}

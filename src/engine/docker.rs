@@ -1056,8 +1056,9 @@ const MANAGED_EVENTS: [&str; 9] = [
 
 /// Besides those, events of the engine's other objects that can unblock an outpost: a
 /// container that held its host port or its name dies, is removed or renamed (above); its
-/// network is created; its image arrives (`create`: a build on Docker 27 and later).
-const UNBLOCKING_EVENTS: [&str; 5] = ["create", "pull", "load", "tag", "import"];
+/// network is created; its image arrives (`create`: a build on Docker 27 and later); the
+/// container whose network namespace it shares is made or started (`create`, `start`).
+const UNBLOCKING_EVENTS: [&str; 6] = ["create", "start", "pull", "load", "tag", "import"];
 
 /// A network's event that can mean drift: a container taken off it (`docker network
 /// disconnect` by hand, or a container's own stop or removal).
@@ -1082,9 +1083,10 @@ fn event_of(project: &str, m: bollard::models::EventMessage) -> Option<EngineEve
                 .contains(&base)
                 .then_some(EventSubject::Managed)
         }
-        Some(T::CONTAINER) => {
-            matches!(base, "die" | "destroy" | "rename").then_some(EventSubject::Container)
-        }
+        // `create` and `start`: a container of a name an outpost shares the network
+        // namespace of (`docker_network: container:<name>`), made anew or started.
+        Some(T::CONTAINER) => matches!(base, "die" | "destroy" | "rename" | "create" | "start")
+            .then_some(EventSubject::Container),
         Some(T::NETWORK) if base == "create" => Some(EventSubject::Network),
         Some(T::NETWORK) if DETACHING_EVENTS.contains(&base) => Some(EventSubject::Detached),
         Some(T::IMAGE) => matches!(base, "pull" | "load" | "tag" | "import" | "create")
@@ -1211,6 +1213,7 @@ mod tests {
                 Some(EventSubject::Managed),
             ),
             (msg(T::CONTAINER, "create", &ours), None),
+            (msg(T::CONTAINER, "start", &ours), None),
             (
                 msg(T::CONTAINER, "die", &theirs),
                 Some(EventSubject::Container),
@@ -1223,7 +1226,16 @@ mod tests {
                 msg(T::CONTAINER, "rename", &theirs),
                 Some(EventSubject::Container),
             ),
-            (msg(T::CONTAINER, "create", &theirs), None),
+            // Made or started: it may be the container an outpost shares the network
+            // namespace of (`docker_network: container:<name>`).
+            (
+                msg(T::CONTAINER, "create", &theirs),
+                Some(EventSubject::Container),
+            ),
+            (
+                msg(T::CONTAINER, "start", &theirs),
+                Some(EventSubject::Container),
+            ),
             (msg(T::CONTAINER, "health_status: healthy", &theirs), None),
             (msg(T::CONTAINER, "update", &theirs), None),
             (
