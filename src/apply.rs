@@ -178,6 +178,48 @@ pub async fn apply(
         };
         // Removals first: they free the names and ports the others may need.
         let mut outcomes = run_all(removals, PARALLEL_REMOVALS).await;
+        // Names handed from one outpost's container to another's (a naming template changed,
+        // outposts swapping names): each container giving up a name another action takes is
+        // first moved out of the way, under a name of its own, so that the renames and
+        // creates find their names free in any order, a swap too. Interrupted here, the next
+        // plan renames it on from where it is.
+        let taken_names: BTreeSet<&str> = others
+            .iter()
+            .filter(|a| crate::diff::takes_a_name(a))
+            .map(|a| a.name.as_str())
+            .collect();
+        let mut stuck: Vec<&Action> = Vec::new();
+        for a in &others {
+            let Some(c) = a.container.as_ref().filter(|c| {
+                matches!(a.action, ActionKind::Rename | ActionKind::Recreate)
+                    && c.name != a.name
+                    && taken_names.contains(c.name.as_str())
+            }) else {
+                continue;
+            };
+            if stop_reason(progress, &ep.name).is_some() {
+                break;
+            }
+            let aside = format!("{}{PARKED}-{}", c.name, c.id.get(..12).unwrap_or(&c.id));
+            if let Err(e) = engine.rename(&c.id, &aside).await {
+                progress.started(&ep.name, a);
+                let outcome = outcome_of(
+                    &ep.name,
+                    a,
+                    vec![format!(
+                        "could not move container `{}` out of the way of the outpost that takes its name (renaming it `{aside}`): {e}",
+                        c.name
+                    )],
+                );
+                progress.finished(&outcome);
+                outcomes.push(outcome);
+                stuck.push(a);
+            }
+        }
+        let others: Vec<&Action> = others
+            .into_iter()
+            .filter(|a| !stuck.iter().any(|s| std::ptr::eq(*s, *a)))
+            .collect();
         // Then the recreates that move host ports: the ports their previous containers free
         // may be another outpost's now (a port handed over in one change), whose create or
         // start must come after. (The set's outposts never share a port: the others can run

@@ -229,6 +229,32 @@ pub fn diff(
         by_name.entry(o.name.as_str()).or_default().push(o);
     }
     let named = |name: &str| by_name.get(name).map(Vec::as_slice).unwrap_or_default();
+    // Which of an outpost's containers is the one it keeps: the one already right, then a
+    // running one, then the newest.
+    let preference = |spec: &ContainerSpec, o: &Observed| {
+        (
+            o.label(LABEL_CONFIG_HASH) != Some(spec.config_hash.as_str()),
+            o.state != State::Running,
+            std::cmp::Reverse(o.created),
+        )
+    };
+    // Containers that give up their names in this plan: each outpost's own, when its name
+    // is to change (a naming template changed, outposts swapping names). Another outpost may
+    // take such a name (apply first moves the container out of its way); one that turns out
+    // not to move (blocked) keeps it, and blocks the other in turn (below).
+    let vacating: HashSet<&str> = desired
+        .iter()
+        .filter_map(|spec| {
+            let current = by_uuid
+                .get(spec.uuid.as_str())?
+                .iter()
+                .copied()
+                .filter(|o| ours(o))
+                .min_by_key(|o| preference(spec, o))?;
+            (current.name != spec.name && current.state != State::Removing)
+                .then_some(current.id.as_str())
+        })
+        .collect();
 
     for spec in desired {
         // Every container with this outpost's uuid.
@@ -238,20 +264,14 @@ pub fn diff(
             .unwrap_or_default();
         let mut same_uuid: Vec<&Observed> =
             with_uuid.iter().copied().filter(|o| !sibling(o)).collect();
-        // Prefer the container that is already right, then running ones, then the newest.
-        same_uuid.sort_by_key(|o| {
-            (
-                o.label(LABEL_CONFIG_HASH) != Some(spec.config_hash.as_str()),
-                o.state != State::Running,
-                std::cmp::Reverse(o.created),
-            )
-        });
+        same_uuid.sort_by_key(|o| preference(spec, o));
         // Another container holding the name this outpost's container must get (not one
-        // this plan removes: removals run first).
+        // this plan removes: removals run first; nor one it moves to another name).
         let taken = |current: &Observed, removed: &[&Observed]| {
             named(&spec.name).iter().copied().find(|o| {
                 o.id != current.id
                     && !freed.contains(o.name.as_str())
+                    && !vacating.contains(o.id.as_str())
                     && !removed.iter().any(|r| r.id == o.id)
             })
         };
@@ -358,7 +378,7 @@ pub fn diff(
         } else if let Some(in_way) = named(&spec.name)
             .iter()
             .copied()
-            .find(|o| !freed.contains(o.name.as_str()))
+            .find(|o| !freed.contains(o.name.as_str()) && !vacating.contains(o.id.as_str()))
         {
             let msg = if orphan(in_way) && opts.keep_orphans {
                 format!(
@@ -435,6 +455,7 @@ pub fn diff(
             });
         }
     }
+    keep_names_of_what_stays(&mut actions, &vacating, &named);
     actions.sort_by(|a, b| {
         (a.action == ActionKind::Remove, &a.outpost, &a.name).cmp(&(
             b.action == ActionKind::Remove,
@@ -443,6 +464,58 @@ pub fn diff(
         ))
     });
     actions
+}
+
+/// Whether `a` gives its outpost's container a name it does not have yet.
+pub fn takes_a_name(a: &Action) -> bool {
+    matches!(
+        a.action,
+        ActionKind::Create | ActionKind::Rename | ActionKind::Recreate
+    ) && a.container.as_ref().is_none_or(|c| c.name != a.name)
+}
+
+/// A name the diff let an outpost take from another outpost's container (`vacating`) is
+/// free only if that container moves (is renamed or recreated under its own new name): when
+/// it does not (its outpost is blocked), the outpost that wanted the name is blocked too,
+/// naming it; and so on, along chains of names.
+fn keep_names_of_what_stays<'a>(
+    actions: &mut [Action],
+    vacating: &HashSet<&str>,
+    named: &dyn Fn(&str) -> &'a [&'a Observed],
+) {
+    loop {
+        let moving: HashSet<String> = actions
+            .iter()
+            .filter(|a| matches!(a.action, ActionKind::Rename | ActionKind::Recreate))
+            .filter_map(|a| a.container.as_ref().map(|c| c.id.clone()))
+            .collect();
+        let mut changed = false;
+        for a in actions.iter_mut().filter(|a| takes_a_name(a)) {
+            let mine = a.container.as_ref().map(|c| c.id.clone());
+            let Some(holder) = named(&a.name).iter().find(|o| {
+                vacating.contains(o.id.as_str())
+                    && Some(&o.id) != mine.as_ref()
+                    && !moving.contains(&o.id)
+            }) else {
+                continue;
+            };
+            a.error = Some(format!(
+                "the name `{}` is taken by container {} of outpost `{}`, which keeps it: that outpost's container cannot get its own new name in this plan (see its action)",
+                a.name,
+                holder.short_id(),
+                shown_label(holder, LABEL_OUTPOST)
+            ));
+            a.action = ActionKind::Blocked;
+            // A create blocked names the container in its way, as the diff's do.
+            if a.container.is_none() {
+                a.container = Some(ContainerRef::of(holder));
+            }
+            changed = true;
+        }
+        if !changed {
+            return;
+        }
+    }
 }
 
 /// Whether a container is on exactly the spec's network: one connected or disconnected by

@@ -974,3 +974,110 @@ fn a_shared_namespace_made_anew_is_followed() {
     );
     assert_eq!(env.container(&name).id(), before, "left as it was");
 }
+
+/// Names handed from one outpost's container to another's converge in one apply: a naming
+/// template change where one outpost's new name is another's old one (`q` becomes `x-q`,
+/// whose container becomes `x-x-q`; renamed, and for a proxy with external hosts recreated),
+/// and two outposts swapping names (each keeps its uuid). Each was blocked, for ever for the
+/// swap, or needed a second apply after a failed first.
+#[test]
+fn names_handed_between_outposts_converge_in_one_apply() {
+    let env = Env::new("handover");
+    let mut m = env.manifest();
+    m["outposts"]["Q"] = env.outpost("ldap", "AK_Q");
+    m["outposts"]["X Q"] = env.outpost("ldap", "AK_XQ");
+    for (outpost, var) in [("Web", "AK_W"), ("X Web", "AK_XW")] {
+        let mut web = env.outpost("proxy", var);
+        web["external_hosts"] = json!([format!("https://{var}.example.com").to_lowercase()]);
+        m["outposts"][outpost] = web;
+    }
+    m["outposts"]["One"] = env.outpost("rac", "AK_ONE");
+    m["outposts"]["Two"] = env.outpost("rac", "AK_TWO");
+    env.write(&m);
+    env.apply_ok();
+    env.assert_converged();
+    let id = |slug: &str| env.container(&env.name_of(slug)).id();
+    let (q, xq) = (id("q"), id("x-q"));
+
+    // `x-` in front of every name: `x-q` passes from X Q's container to Q's.
+    m["defaults"]["object_naming_template"] = json!(format!("{}x-%(name)s", env.prefix));
+    env.write(&m);
+    let plan = env.plan_json();
+    for outpost in ["Q", "X Q", "One", "Two"] {
+        assert_eq!(action_of(&plan, outpost)["action"], "rename", "{plan:#}");
+    }
+    for outpost in ["Web", "X Web"] {
+        assert_eq!(action_of(&plan, outpost)["action"], "recreate", "{plan:#}");
+    }
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    env.assert_converged();
+    // Renamed in place: the same containers under their new names.
+    let now = |slug: &str| env.container(&env.name_of(&format!("x-{slug}")));
+    assert_eq!(now("q").id(), q);
+    assert_eq!(now("x-q").id(), xq);
+    for slug in ["q", "x-q", "web", "x-web", "one", "two"] {
+        assert!(now(slug).running(), "x-{slug} is {}", now(slug).status());
+    }
+    let (one, two) = (now("one").id(), now("two").id());
+
+    // One and Two swap names (each keeps its uuid, so its container).
+    let (a, b) = (m["outposts"]["One"].take(), m["outposts"]["Two"].take());
+    m["outposts"]["One"] = b;
+    m["outposts"]["Two"] = a;
+    env.write(&m);
+    let plan = env.plan_json();
+    for outpost in ["One", "Two"] {
+        assert_eq!(action_of(&plan, outpost)["action"], "rename", "{plan:#}");
+    }
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 0, "{}", shown(&r));
+    env.assert_converged();
+    assert_eq!(
+        now("two").id(),
+        one,
+        "One's container is named after Two now"
+    );
+    assert_eq!(now("one").id(), two);
+    // Nothing left under another name.
+    assert_eq!(
+        env.project_containers().len(),
+        6,
+        "{:?}",
+        env.project_containers().keys()
+    );
+}
+
+/// A name another outpost's container gives up is taken only if that container really
+/// moves: when its own new name is held by a container outpostctl leaves alone, both
+/// outposts are blocked, the second naming the first, and apply changes neither.
+#[test]
+fn a_name_whose_container_cannot_move_is_not_taken() {
+    let env = Env::new("handstuck");
+    let mut m = env.manifest();
+    m["outposts"]["Q"] = env.outpost("ldap", "AK_Q");
+    m["outposts"]["X Q"] = env.outpost("ldap", "AK_XQ");
+    env.write(&m);
+    env.apply_ok();
+    let (q, xq) = (env.name_of("q"), env.name_of("x-q"));
+    let (q_id, xq_id) = (env.container(&q).id(), env.container(&xq).id());
+    env.docker_container("run", &env.name_of("x-x-q"), &["-d", IMAGE_V1]);
+
+    m["defaults"]["object_naming_template"] = json!(format!("{}x-%(name)s", env.prefix));
+    env.write(&m);
+    let plan = env.plan_json_with(&[], true);
+    assert_eq!(action_of(&plan, "X Q")["action"], "blocked", "{plan:#}");
+    let a = action_of(&plan, "Q");
+    assert_eq!(a["action"], "blocked", "{a:#}");
+    assert!(
+        a["error"].as_str().is_some_and(|e| e.contains(&format!(
+            "the name `{xq}` is taken by container {} of outpost `X Q`, which keeps it",
+            &xq_id[..12]
+        ))),
+        "{a:#}"
+    );
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert_eq!(env.container(&q).id(), q_id);
+    assert_eq!(env.container(&xq).id(), xq_id);
+}
