@@ -847,31 +847,32 @@ mod tests {
         );
     }
 
-    /// Two runs taking over one expired lock at once: the one whose removal the engine
-    /// refuses (the other's is in progress) tries again, as when the lock is held, and takes
-    /// the lock once it is free; it does not fail.
-    #[tokio::test]
-    async fn a_takeover_that_meets_another_goes_on_waiting() {
+    /// An engine holding the lock of a run that died (its lease ran out at 1,000; the clock
+    /// says 1,010), with `removed_by_another` as the fake's.
+    fn expired_lock(removed_by_another: Option<&str>) -> Arc<Fake> {
         let labels = BTreeMap::from([
             (LABEL_LOCK.to_string(), "engine".to_string()),
             (LABEL_HOLDER.to_string(), "ci@elsewhere pid 1".to_string()),
             (LABEL_RUN.to_string(), "a-dead-run".to_string()),
         ]);
-        let engine = Arc::new(Fake {
+        Arc::new(Fake {
             calls: Some(std::sync::Mutex::new(Vec::new())),
             marker: std::sync::Mutex::new(Some(("0ld".into(), labels, 1_000))),
             clock: 1_010,
             image: Some("img".into()),
+            removed_by_another: removed_by_another.map(str::to_string),
             ..Fake::default()
-        });
-        engine.fail_once("remove 0ld", ErrorKind::Conflict);
-        let mut opts = opts();
-        opts.timeout = Duration::from_secs(5);
+        })
+    }
+
+    /// Takes `engine`'s lock with `opts`: what the run said while waiting. The lock is
+    /// released from this process's books at once.
+    async fn take_saying(engine: &Arc<Fake>, opts: &LockOptions) -> Vec<String> {
         let said = std::sync::Mutex::new(Vec::new());
         let lock = acquire(
-            Arc::clone(&engine) as Arc<dyn Engine>,
+            Arc::clone(engine) as Arc<dyn Engine>,
             "local",
-            &opts,
+            opts,
             &|m: &str| {
                 said.lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -880,17 +881,29 @@ mod tests {
         )
         .await
         .expect("the lock is taken");
+        held(|h| h.remove(&lock.id));
+        if let Some(h) = &lock.heartbeat {
+            h.abort();
+        }
+        said.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Two runs taking over one expired lock at once: the one whose removal the engine
+    /// refuses (the other's is in progress) tries again, as when the lock is held, and takes
+    /// the lock once it is free; it does not fail.
+    #[tokio::test]
+    async fn a_takeover_that_meets_another_goes_on_waiting() {
+        let engine = expired_lock(None);
+        engine.fail_once("remove 0ld", ErrorKind::Conflict);
+        let mut opts = opts();
+        opts.timeout = Duration::from_secs(5);
+        let said = take_saying(&engine, &opts).await;
         assert_eq!(engine.recorded(), ["remove 0ld", "remove 0ld"]);
-        let said = said.into_inner().unwrap_or_else(|e| e.into_inner());
         assert_eq!(said.len(), 1, "{said:?}");
         assert!(
             said[0].starts_with("taking over the lock of ci@elsewhere pid 1"),
             "{said:?}"
         );
-        held(|h| h.remove(&lock.id));
-        if let Some(h) = &lock.heartbeat {
-            h.abort();
-        }
     }
 
     /// Another run removes the expired lock just before this run's removal of it: this run
@@ -898,39 +911,10 @@ mod tests {
     /// (it said "taking over the lock of ..." whoever removed it).
     #[tokio::test]
     async fn a_takeover_that_another_run_did_first_is_not_claimed() {
-        let labels = BTreeMap::from([
-            (LABEL_LOCK.to_string(), "engine".to_string()),
-            (LABEL_HOLDER.to_string(), "ci@elsewhere pid 1".to_string()),
-            (LABEL_RUN.to_string(), "a-dead-run".to_string()),
-        ]);
-        let engine = Arc::new(Fake {
-            calls: Some(std::sync::Mutex::new(Vec::new())),
-            marker: std::sync::Mutex::new(Some(("0ld".into(), labels, 1_000))),
-            clock: 1_010,
-            image: Some("img".into()),
-            removed_by_another: Some("0ld".into()),
-            ..Fake::default()
-        });
-        let said = std::sync::Mutex::new(Vec::new());
-        let lock = acquire(
-            Arc::clone(&engine) as Arc<dyn Engine>,
-            "local",
-            &opts(),
-            &|m: &str| {
-                said.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(m.to_string())
-            },
-        )
-        .await
-        .expect("the lock is taken");
+        let engine = expired_lock(Some("0ld"));
+        let said = take_saying(&engine, &opts()).await;
         assert_eq!(engine.recorded(), ["remove 0ld"]);
-        let said = said.into_inner().unwrap_or_else(|e| e.into_inner());
         assert!(said.is_empty(), "{said:?}");
-        held(|h| h.remove(&lock.id));
-        if let Some(h) = &lock.heartbeat {
-            h.abort();
-        }
     }
 
     /// An engine whose lock name stays taken by no container (a create refused, nothing to

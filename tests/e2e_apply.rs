@@ -724,13 +724,7 @@ fn a_port_held_by_a_container_the_plan_only_blocks_blocks_the_outpost_that_wants
         ))),
         "{a:#}"
     );
-    let r = env.apply(&[]);
-    assert_eq!(r.code, 1, "{}", shown(&r));
-    assert!(
-        r.stdout.contains("nothing to apply; left alone: 2 blocked"),
-        "{}",
-        shown(&r)
-    );
+    env.apply_all_blocked(2);
     assert!(inspect(&env.name_of("web")).is_none());
     let after = env.container(&theirs_name);
     assert!(

@@ -224,13 +224,7 @@ fn a_missing_network_blocks_until_it_exists() {
         "{}",
         shown(&plan)
     );
-    let r = env.apply(&[]);
-    assert_eq!(r.code, 1, "{}", shown(&r));
-    assert!(
-        r.stdout.contains("nothing to apply; left alone: 1 blocked"),
-        "{}",
-        shown(&r)
-    );
+    env.apply_all_blocked(1);
     assert!(
         env.project_containers().is_empty(),
         "apply made a container"
@@ -965,13 +959,7 @@ fn a_shared_namespace_made_anew_is_followed() {
         "{}",
         shown(&plan)
     );
-    let r = env.apply(&[]);
-    assert_eq!(r.code, 1, "{}", shown(&r));
-    assert!(
-        r.stdout.contains("nothing to apply; left alone: 1 blocked"),
-        "{}",
-        shown(&r)
-    );
+    env.apply_all_blocked(1);
     assert_eq!(env.container(&name).id(), before, "left as it was");
 }
 
@@ -1076,8 +1064,7 @@ fn a_name_whose_container_cannot_move_is_not_taken() {
         ))),
         "{a:#}"
     );
-    let r = env.apply(&[]);
-    assert_eq!(r.code, 1, "{}", shown(&r));
+    env.apply_all_blocked(2);
     assert_eq!(env.container(&q).id(), q_id);
     assert_eq!(env.container(&xq).id(), xq_id);
 }

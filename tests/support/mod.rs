@@ -1029,6 +1029,19 @@ impl Env {
         r
     }
 
+    /// An apply with only blocked outposts (`blocked` of them): nothing done, exit 1.
+    pub fn apply_all_blocked(&self, blocked: usize) -> Run {
+        let r = self.apply(&[]);
+        assert_eq!(r.code, 1, "{}", shown(&r));
+        assert!(
+            r.stdout
+                .contains(&format!("nothing to apply; left alone: {blocked} blocked")),
+            "{}",
+            shown(&r)
+        );
+        r
+    }
+
     /// Right after an apply, the plan is empty: `plan --detailed-exitcode` exits 0.
     pub fn assert_converged(&self) {
         let r = self.plan(&["--detailed-exitcode"]);
