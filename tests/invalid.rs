@@ -287,6 +287,7 @@ committed_fixtures![
     missing_version,
     missing_version_in_a_second_document,
     duplicate_keys,
+    duplicate_keys_beside_other_errors,
     merge_key,
     // references and names across the set
     unknown_integration,

@@ -146,21 +146,82 @@ enum Frame {
         anchor: usize,
         span: YSpan,
         nodes: usize,
+        /// Inside the value of a duplicate key: read, then dropped, its positions not recorded.
+        dropped: bool,
     },
     Map {
         map: Map<String, Value>,
         pointer: String,
         anchor: usize,
         span: YSpan,
-        /// The key read and waiting for its value, with its span.
-        pending_key: Option<(String, YSpan)>,
+        /// The key read and waiting for its value, with its span, and whether it is a duplicate
+        /// (its value is read, then dropped: the first one stays).
+        pending_key: Option<(String, YSpan, bool)>,
         key_spans: HashMap<String, YSpan>,
         nodes: usize,
+        dropped: bool,
     },
 }
 
-/// Parses every document of `text`.
-pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
+impl Frame {
+    /// Whether the node about to be attached to this frame is dropped.
+    fn drops_child(&self) -> bool {
+        match self {
+            Frame::Seq { dropped, .. } => *dropped,
+            Frame::Map {
+                dropped,
+                pending_key,
+                ..
+            } => *dropped || pending_key.as_ref().is_some_and(|(_, _, dup)| *dup),
+        }
+    }
+}
+
+/// What a file parses to: its documents and the errors found in them.
+#[derive(Debug, Clone, Default)]
+pub struct Parsed {
+    /// The documents, when the parse reached the end of the file; none when an error stopped
+    /// it.
+    pub docs: Vec<Document>,
+    /// Every duplicate key (the parse goes on, the first value kept), then the error that
+    /// stopped the parse, if one did. Empty for a file that parses cleanly.
+    pub errors: Vec<YamlError>,
+}
+
+impl Parsed {
+    /// The documents, or the first error.
+    pub fn into_result(self) -> Result<Vec<Document>, YamlError> {
+        match self.errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(self.docs),
+        }
+    }
+}
+
+/// At most this many duplicate keys are reported per file; the parse goes on past them.
+const MAX_DUPLICATES: usize = 100;
+
+/// Parses every document of `text`. A duplicate key does not stop the parse: it is reported,
+/// and the first value is kept.
+pub fn parse(text: &str, limits: Limits) -> Parsed {
+    let mut errors = Vec::new();
+    match parse_docs(text, limits, &mut errors) {
+        Ok(docs) => Parsed { docs, errors },
+        Err(e) => {
+            errors.push(e);
+            Parsed {
+                docs: Vec::new(),
+                errors,
+            }
+        }
+    }
+}
+
+fn parse_docs(
+    text: &str,
+    limits: Limits,
+    duplicates: &mut Vec<YamlError>,
+) -> Result<Vec<Document>, YamlError> {
     let mut parser = Parser::new_from_str(text);
     let mut docs = Vec::new();
     let mut stack: Vec<Frame> = Vec::new();
@@ -282,12 +343,14 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                     return Err(depth_error(yspan, limits));
                 }
                 let pointer = child_pointer(&stack, yspan)?;
+                let dropped = stack.last().is_some_and(Frame::drops_child);
                 stack.push(Frame::Seq {
                     items: Vec::new(),
                     pointer,
                     anchor,
                     span: yspan,
                     nodes: 1,
+                    dropped,
                 });
                 None
             }
@@ -297,6 +360,7 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                     return Err(depth_error(yspan, limits));
                 }
                 let pointer = child_pointer(&stack, yspan)?;
+                let dropped = stack.last().is_some_and(Frame::drops_child);
                 stack.push(Frame::Map {
                     map: Map::new(),
                     pointer,
@@ -305,6 +369,7 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                     pending_key: None,
                     key_spans: HashMap::new(),
                     nodes: 1,
+                    dropped,
                 });
                 None
             }
@@ -341,7 +406,13 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
         if anchor != 0 {
             anchors.insert(anchor, (value.clone(), nodes));
         }
-        attach(&mut stack, &mut positions, &mut root, value, span, nodes)?;
+        attach(
+            &mut stack,
+            &mut positions,
+            &mut root,
+            (value, span, nodes),
+            duplicates,
+        )?;
     }
     Ok(docs)
 }
@@ -416,7 +487,7 @@ fn child_pointer(stack: &[Frame], start: YSpan) -> Result<String, YamlError> {
             pending_key,
             ..
         }) => match pending_key {
-            Some((k, _)) => format!("{pointer}/{}", escape(k)),
+            Some((k, _, _)) => format!("{pointer}/{}", escape(k)),
             // The node starting here is a key: point at it, not at the mapping it is in.
             None => return Err(complex_key(Span::from_yaml(start))),
         },
@@ -442,15 +513,17 @@ pub fn escape(key: &str) -> String {
     }
 }
 
+/// Attaches a finished node (its value, span and node count) to its parent on the stack. A
+/// duplicate key is added to `duplicates` and its value, when it comes, dropped.
 fn attach(
     stack: &mut [Frame],
     positions: &mut HashMap<String, NodePos>,
     root: &mut Option<Value>,
-    value: Value,
-    yspan: YSpan,
-    nodes: usize,
+    (value, yspan, nodes): (Value, YSpan, usize),
+    duplicates: &mut Vec<YamlError>,
 ) -> Result<(), YamlError> {
     let span = Span::from_yaml(yspan);
+    let record = !stack.last().is_some_and(Frame::drops_child);
     match stack.last_mut() {
         None => {
             positions.insert(
@@ -468,13 +541,15 @@ fn attach(
             nodes: n,
             ..
         }) => {
-            positions.insert(
-                format!("{pointer}/{}", items.len()),
-                NodePos {
-                    key: None,
-                    value: span,
-                },
-            );
+            if record {
+                positions.insert(
+                    format!("{pointer}/{}", items.len()),
+                    NodePos {
+                        key: None,
+                        value: span,
+                    },
+                );
+            }
             items.push(value);
             *n += nodes;
         }
@@ -494,27 +569,40 @@ fn attach(
                     Value::Number(n) => n.to_string(),
                     _ => return Err(complex_key(span)),
                 };
-                if let Some(first) = key_spans.get(&key) {
-                    let mut e = YamlError::new(
-                        span,
-                        format!("duplicate key `{key}`"),
-                        "defined again here",
-                    )
-                    .hint("each key may appear once in a mapping; remove one of them");
-                    e.related = Some((Span::from_yaml(*first), "first defined here".into()));
-                    return Err(e);
-                }
-                key_spans.insert(key.clone(), yspan);
-                *pending_key = Some((key, yspan));
+                let duplicate = match key_spans.get(&key) {
+                    Some(first) => {
+                        if duplicates.len() < MAX_DUPLICATES {
+                            let mut e = YamlError::new(
+                                span,
+                                format!("duplicate key `{key}`"),
+                                "defined again here",
+                            )
+                            .hint("each key may appear once in a mapping; remove one of them (the other checks read the first)");
+                            e.related =
+                                Some((Span::from_yaml(*first), "first defined here".into()));
+                            duplicates.push(e);
+                        }
+                        true
+                    }
+                    None => {
+                        key_spans.insert(key.clone(), yspan);
+                        false
+                    }
+                };
+                *pending_key = Some((key, yspan, duplicate));
             }
-            Some((key, kspan)) => {
-                positions.insert(
-                    format!("{pointer}/{}", escape(&key)),
-                    NodePos {
-                        key: Some(Span::from_yaml(kspan)),
-                        value: span,
-                    },
-                );
+            // The value of a duplicate key: dropped, the first one stays.
+            Some((_, _, true)) => {}
+            Some((key, kspan, false)) => {
+                if record {
+                    positions.insert(
+                        format!("{pointer}/{}", escape(&key)),
+                        NodePos {
+                            key: Some(Span::from_yaml(kspan)),
+                            value: span,
+                        },
+                    );
+                }
                 map.insert(key, value);
                 *n += nodes;
             }
@@ -714,13 +802,15 @@ mod tests {
                 "`!<tag:example.com,2026:x>`",
             ),
         ] {
-            let e = parse(text, Limits::default()).unwrap_err();
+            let e = parse(text, Limits::default()).into_result().unwrap_err();
             assert!(e.message.contains(shown), "{text}: {}", e.message);
         }
     }
 
     fn one(text: &str) -> Document {
-        let mut docs = parse(text, Limits::default()).expect("parses");
+        let mut docs = parse(text, Limits::default())
+            .into_result()
+            .expect("parses");
         assert_eq!(docs.len(), 1);
         docs.remove(0)
     }
@@ -756,18 +846,56 @@ mod tests {
             d.value,
             json!({"1e3": 1, "007": 2, "0x10": 3, "~": 4, "true": 5, "q": 6, "12": 7})
         );
-        let e = parse("007: 1\n007: 2\n", Limits::default()).unwrap_err();
+        let e = parse("007: 1\n007: 2\n", Limits::default())
+            .into_result()
+            .unwrap_err();
         assert_eq!(e.message, "duplicate key `007`");
         // `7` and `007` are two names.
-        assert!(parse("7: 1\n007: 2\n", Limits::default()).is_ok());
+        assert!(parse("7: 1\n007: 2\n", Limits::default()).errors.is_empty());
     }
 
     #[test]
     fn duplicate_keys_name_both_places() {
-        let e = parse("a: 1\nb: 2\na: 3\n", Limits::default()).unwrap_err();
+        let e = parse("a: 1\nb: 2\na: 3\n", Limits::default())
+            .into_result()
+            .unwrap_err();
         assert_eq!(e.message, "duplicate key `a`");
         assert_eq!(e.span.start, Pos { line: 3, col: 1 });
         assert_eq!(e.related.map(|r| r.0.start), Some(Pos { line: 1, col: 1 }));
+    }
+
+    /// A duplicate key does not stop the parse: every one is reported, the first value of
+    /// each is kept with its positions (the dropped value's nodes record none), and the
+    /// documents are there for the other checks.
+    #[test]
+    fn duplicate_keys_are_collected_and_the_first_value_kept() {
+        let text = "a: 1\nb:\n  c: [x]\na: 2\nb:\n  c: [y, z]\n  d: 3\n---\nq: 1\nq: 2\n";
+        let parsed = parse(text, Limits::default());
+        let found: Vec<(String, u32)> = parsed
+            .errors
+            .iter()
+            .map(|e| (e.message.clone(), e.span.start.line))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("duplicate key `a`".to_string(), 4),
+                ("duplicate key `b`".to_string(), 5),
+                ("duplicate key `q`".to_string(), 10),
+            ]
+        );
+        assert_eq!(parsed.docs.len(), 2);
+        let d = &parsed.docs[0];
+        assert_eq!(d.value, json!({"a": 1, "b": {"c": ["x"]}}));
+        assert_eq!(d.lookup("/b/c/0").value.start, Pos { line: 3, col: 7 });
+        assert!(!d.positions.contains_key("/b/c/1"));
+        assert!(!d.positions.contains_key("/b/d"));
+        assert_eq!(parsed.docs[1].value, json!({"q": 1}));
+        // An error that stops the parse comes after the duplicates found before it.
+        let parsed = parse("a: 1\na: 2\nb: [\n", Limits::default());
+        assert!(parsed.docs.is_empty());
+        assert_eq!(parsed.errors.len(), 2);
+        assert_eq!(parsed.errors[0].message, "duplicate key `a`");
     }
 
     #[test]
@@ -778,7 +906,7 @@ mod tests {
             ("a: { b: 1, [c]: 2 }\n", 1, 12),
             ("x: &l [1]\na: 1\n? *l\n: 2\n", 3, 3),
         ] {
-            let e = parse(text, Limits::default()).unwrap_err();
+            let e = parse(text, Limits::default()).into_result().unwrap_err();
             assert_eq!(e.message, "a mapping or sequence cannot be used as a key");
             assert_eq!(e.span.start, Pos { line, col }, "{text:?}");
         }
@@ -794,14 +922,16 @@ mod tests {
             ));
             prev = c;
         }
-        let e = parse(&text, Limits::default()).unwrap_err();
+        let e = parse(&text, Limits::default()).into_result().unwrap_err();
         assert!(e.message.contains("aliases expand"), "{}", e.message);
     }
 
     #[test]
     fn depth_is_bounded() {
         // Flow nesting is stopped by the scanner, block nesting by our own limit.
-        let e = parse(&"[".repeat(100_000), Limits::default()).unwrap_err();
+        let e = parse(&"[".repeat(100_000), Limits::default())
+            .into_result()
+            .unwrap_err();
         assert!(
             e.hint.unwrap_or_default().contains("nests too deeply"),
             "{}",
@@ -810,7 +940,7 @@ mod tests {
         let block: String = (0..100)
             .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
             .collect();
-        let e = parse(&block, Limits::default()).unwrap_err();
+        let e = parse(&block, Limits::default()).into_result().unwrap_err();
         assert!(
             e.message.contains("nesting deeper than 64"),
             "{}",
@@ -820,14 +950,18 @@ mod tests {
 
     #[test]
     fn multi_document() {
-        let docs = parse("a: 1\n---\nb: 2\n---\n", Limits::default()).unwrap();
+        let docs = parse("a: 1\n---\nb: 2\n---\n", Limits::default())
+            .into_result()
+            .unwrap();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[1].lookup("/b").value.start.line, 3);
     }
 
     #[test]
     fn tabs_are_explained() {
-        let e = parse("a:\n\tb: 1\n", Limits::default()).unwrap_err();
+        let e = parse("a:\n\tb: 1\n", Limits::default())
+            .into_result()
+            .unwrap_err();
         assert!(e.hint.unwrap_or_default().contains("tabs"));
     }
 }
