@@ -76,8 +76,18 @@ pub fn check(doc: &LoadedDoc) -> Checked {
             failed_at.insert(pointer);
             continue;
         }
-        if (matches!(err.kind(), ValidationErrorKind::Constant { .. })
-            && mistyped.contains(&pointer))
+        // An integration or keypair left empty (`nas:` with no value) also passes or fails
+        // its entry's `oneOf`/`anyOf` as a non-mapping: the type error says it, and alone.
+        let entry_of_wrong_type = matches!(
+            err.kind(),
+            ValidationErrorKind::OneOfMultipleValid { .. }
+                | ValidationErrorKind::OneOfNotValid { .. }
+                | ValidationErrorKind::AnyOf { .. }
+        ) && !err.instance().is_object()
+            && mistyped.contains(&pointer);
+        if entry_of_wrong_type
+            || (matches!(err.kind(), ValidationErrorKind::Constant { .. })
+                && mistyped.contains(&pointer))
             || (matches!(err.kind(), ValidationErrorKind::Pattern { .. })
                 && empty.contains(&pointer))
         {
@@ -321,9 +331,7 @@ fn translate(
                 };
                 d = d.hint(format!("a list of one: `{field}: [{item}]`"));
             } else if instance.is_null() && expected.contains("mapping") {
-                d = d.hint(format!(
-                    "`{field}:` has no value; write `{field}: {{}}` or remove the line"
-                ));
+                d = d.hint(empty_mapping_hint(&pointer, &field));
             } else if expected == "a string" && (instance.is_number() || instance.is_boolean()) {
                 // Quote what was written: the parsed number may read differently (1e3, 0o17).
                 let written = at.value().text();
@@ -573,6 +581,18 @@ fn translate(
             }
         }
         _ => out.push(generic(err, &at)),
+    }
+}
+
+/// What to write for a mapping left without a value (`nas:`): `{}` where that is valid, else
+/// the smallest mapping that is.
+fn empty_mapping_hint(pointer: &str, field: &str) -> String {
+    let segments: Vec<&str> = pointer.split('/').skip(1).collect();
+    match segments.as_slice() {
+        ["integrations", _] => format!(
+            "`{field}:` has no value; an integration is `{field}: {{ local: true }}` (this machine's engine) or `{field}: {{ url: \"ssh://authentik@host:22\" }}`"
+        ),
+        _ => format!("`{field}:` has no value; write `{field}: {{}}` or remove the line"),
     }
 }
 
