@@ -806,13 +806,24 @@ impl Checker {
             .collect();
         for (name, kp, origin) in entries {
             if kp.certificate.is_none() && kp.key.is_none() {
+                // `certificate:` or `key:` written with no value: what to write there.
+                let written = ["certificate", "key"]
+                    .into_iter()
+                    .find(|k| origin.child(&format!("/{k}")).exists());
+                let hint = match written {
+                    Some(k) => format!(
+                        "`{k}:` has no value; name where it is: `{k}: {{ file: PATH }}` or `{k}: {{ env: VARIABLE }}`"
+                    ),
+                    None => "give it a `certificate` (a CA for tls_verification), a `key`, or both"
+                        .to_string(),
+                };
                 self.diags.push(
                     Diagnostic::error(
                         "empty-keypair",
                         format!("keypair `{name}` has neither `certificate` nor `key`"),
                     )
                     .at(origin.key())
-                    .hint("give it a `certificate` (a CA for tls_verification), a `key`, or both"),
+                    .hint(hint),
                 );
             }
             let cert = kp.certificate.as_ref().and_then(|c| {

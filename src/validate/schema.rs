@@ -592,6 +592,17 @@ fn empty_mapping_hint(pointer: &str, field: &str) -> String {
         ["integrations", _] => format!(
             "`{field}:` has no value; an integration is `{field}: {{ local: true }}` (this machine's engine) or `{field}: {{ url: \"ssh://authentik@host:22\" }}`"
         ),
+        // (A keypair's `key:` and `certificate:` may be null: unset.)
+        ["outposts", _, "token"] => format!(
+            "`{field}:` has no value; name where the secret is: `{field}: {{ env: VARIABLE }}` or `{field}: {{ file: PATH }}`"
+        ),
+        ["keypairs", _] => format!(
+            "`{field}:` has no value; a keypair holds a `certificate`, a `key` or both, e.g. `{field}: {{ certificate: {{ file: PATH }} }}`"
+        ),
+        ["outposts", _] => format!(
+            "`{field}:` has no value; an outpost needs `type`, `integration` and `token`, e.g. `{field}: {{ type: proxy, integration: local, token: {{ env: VARIABLE }} }}`"
+        ),
+        // Sections, `config`, `ports`: empty is fine.
         _ => format!("`{field}:` has no value; write `{field}: {{}}` or remove the line"),
     }
 }
