@@ -57,6 +57,13 @@ pub fn check(doc: &LoadedDoc) -> Checked {
         .filter(|e| matches!(e.kind(), ValidationErrorKind::Type { .. }))
         .map(|e| e.instance_path().as_str().to_string())
         .collect();
+    // A value of the wrong type also fails its `enum` (`type:` with no value): the enum error,
+    // which lists the allowed values, says it better, and alone.
+    let not_allowed: BTreeSet<String> = errors
+        .iter()
+        .filter(|e| matches!(e.kind(), ValidationErrorKind::Enum { .. }))
+        .map(|e| e.instance_path().as_str().to_string())
+        .collect();
     // An empty value also fails its pattern (an `env` name): "must not be empty" says it alone.
     let empty: BTreeSet<String> = errors
         .iter()
@@ -88,6 +95,8 @@ pub fn check(doc: &LoadedDoc) -> Checked {
         if entry_of_wrong_type
             || (matches!(err.kind(), ValidationErrorKind::Constant { .. })
                 && mistyped.contains(&pointer))
+            || (matches!(err.kind(), ValidationErrorKind::Type { .. })
+                && not_allowed.contains(&pointer))
             || (matches!(err.kind(), ValidationErrorKind::Pattern { .. })
                 && empty.contains(&pointer))
         {
@@ -573,7 +582,18 @@ fn translate(
             if let Some(opts) = constants.filter(|o| !o.is_empty()) {
                 out.push(enum_error(&field, instance, &opts, &at));
             } else if branches.len() == 1 {
+                // `pull: 5` fails the enum's type and its values: the values say it alone.
+                let not_allowed: Vec<&str> = branches[0]
+                    .iter()
+                    .filter(|e| matches!(e.kind(), ValidationErrorKind::Enum { .. }))
+                    .map(|e| e.instance_path().as_str())
+                    .collect();
                 for e in branches[0] {
+                    if matches!(e.kind(), ValidationErrorKind::Type { .. })
+                        && not_allowed.contains(&e.instance_path().as_str())
+                    {
+                        continue;
+                    }
                     translate(e, doc, schema, out);
                 }
             } else {
@@ -620,13 +640,24 @@ fn yaml11_boolean(text: &str) -> Option<(&str, bool)> {
 fn enum_error(field: &str, instance: &Value, opts: &[String], at: &Origin) -> Diagnostic {
     let list = crate::render::code_list(opts);
     let given = scalar_text(instance);
+    let shown = if instance.is_string() {
+        format!("`{given}`")
+    } else {
+        found(instance)
+    };
+    let hint = did_you_mean(&given, opts.iter().map(String::as_str)).or_else(|| {
+        let first = opts.first()?;
+        instance
+            .is_null()
+            .then(|| format!("`{field}:` has no value; write one of them, e.g. `{field}: {first}`"))
+    });
     Diagnostic::error(
         "invalid-value",
-        format!("`{field}` must be one of {list}; found `{given}`"),
+        format!("`{field}` must be one of {list}; found {shown}"),
     )
     .at(at.value())
     .label("not an allowed value")
-    .maybe_hint(did_you_mean(&given, opts.iter().map(String::as_str)))
+    .maybe_hint(hint)
 }
 
 fn generic(err: &ValidationError<'_>, at: &Origin) -> Diagnostic {
