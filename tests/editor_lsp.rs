@@ -8,10 +8,12 @@
 //! `scripts/test-deps.sh`); without them the tests fail rather than skip. Test documents are
 //! written to `target/editor-test/`, two directories below the repository like the examples.
 //!
-//! Known limits of yaml-language-server 1.25, not checked here: a modeline covers only the
-//! YAML document it is in (each `---` document needs its own), and hovering a key whose value
-//! is one of our enums (`type`, `pull`, `log_level`) shows the description of a value, not of
-//! the key.
+//! Known limit of yaml-language-server 1.25, not checked here: a modeline covers only the
+//! YAML document it is in (each `---` document needs its own). Hovering a key shows the key's
+//! own description, also for one whose value is one of our enums (`type`, `pull`,
+//! `log_level`) or another type of the schema's `$defs`: the generated schema leaves out the
+//! description of a type that only described keys use, which an optional key (`anyOf [T,
+//! null]`) would otherwise show instead of its own.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -648,7 +650,11 @@ fn completes_enum_values() {
 #[test]
 fn hover_shows_schema_descriptions() {
     let schema = schema();
-    let doc = outpost_doc("1", "", "      docker_map_ports: false\n");
+    let doc = outpost_doc(
+        "1",
+        "    pull: always\n",
+        "      docker_map_ports: false\n      log_level: info\n",
+    );
     let cases = [
         (
             "integration:",
@@ -659,8 +665,14 @@ fn hover_shows_schema_descriptions() {
             "/$defs/Outpost/properties/external_hosts/description",
         ),
         ("token:", "/$defs/Outpost/properties/token/description"),
-        // An enum-valued key shows its own description, not its value's.
+        // An enum-valued key shows its own description, not its value's nor its type's,
+        // also when it is optional (`anyOf [enum, null]`).
         ("type:", "/$defs/Outpost/properties/type/description"),
+        ("pull:", "/$defs/Outpost/properties/pull/description"),
+        (
+            "log_level:",
+            "/$defs/OutpostConfig/properties/log_level/description",
+        ),
         (
             "docker_map_ports:",
             "/$defs/OutpostConfig/properties/docker_map_ports/description",

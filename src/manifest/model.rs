@@ -146,11 +146,13 @@ pub struct SecretSource {
 #[serde(deny_unknown_fields)]
 #[schemars(extend("anyOf" = [{"required": ["certificate"]}, {"required": ["key"]}]))]
 pub struct Keypair {
-    /// PEM certificate. As `tls_verification`, the CA that must have signed the engine's
+    /// PEM certificate, read from `{ file: PATH }`, `{ env: VARIABLE }` or given as
+    /// `{ value: PEM }`. As `tls_verification`, the CA that must have signed the engine's
     /// certificate; as `tls_authentication`, the client certificate.
     #[serde(default)]
     pub certificate: Option<PublicSource>,
-    /// Private key, PEM or OpenSSH format. Required when the keypair is used for
+    /// Private key, PEM or OpenSSH format, read from `{ file: PATH }` or `{ env: VARIABLE }`
+    /// (never written into a manifest). Required when the keypair is used for
     /// `tls_authentication` (client key) or for an `ssh://` integration (SSH key).
     #[serde(default)]
     pub key: Option<SecretSource>,
@@ -193,7 +195,7 @@ pub struct Integration {
     #[schemars(pattern(REF_NAME_PATTERN))]
     pub tls_authentication: Option<String>,
 
-    /// SSH options, for ssh:// integrations only.
+    /// SSH options, for ssh:// integrations only. Host keys are always checked.
     #[serde(default)]
     pub ssh: Option<SshOptions>,
 }
@@ -276,7 +278,8 @@ pub struct Outpost {
     #[schemars(pattern(REF_NAME_PATTERN), example = &"local")]
     pub integration: String,
 
-    /// The outpost's API token from authentik (Outposts > Deployment info). It becomes
+    /// The outpost's API token from authentik (Outposts > Deployment info), read from
+    /// `{ env: VARIABLE }` or `{ file: PATH }` (never written into a manifest). It becomes
     /// `AUTHENTIK_TOKEN` in the container and is never shown, saved in a plan or put in a
     /// label.
     pub token: SecretSource,
@@ -318,7 +321,9 @@ pub struct Outpost {
     pub healthcheck: Option<Vec<String>>,
 
     /// authentik's outpost settings ("Advanced settings" in authentik): paste that block
-    /// here unchanged. Keys that only matter on Kubernetes are accepted and ignored.
+    /// here unchanged. Keys that only matter on Kubernetes are accepted and ignored. Every
+    /// key is optional: unset keys come from `defaults`, then from authentik's own defaults;
+    /// `null` means unset.
     #[serde(default)]
     pub config: OutpostConfig,
 }
@@ -466,7 +471,81 @@ pub fn schema() -> serde_json::Value {
         d.insert("additionalProperties".into(), false.into());
     }
     polish(&mut value);
+    drop_shadowed_descriptions(&mut value);
     value
+}
+
+/// Removes the description of each `$defs` type that is only ever used by properties with a
+/// description of their own (`pull`, `log_level`, `ssh`, `token`, ...). An editor hovering
+/// an optional property (`anyOf [T, null]`) shows T's description instead of the property's
+/// (yaml-language-server does), and the property's says what the key is for where it stands.
+/// Types also used elsewhere (an outpost, under `outposts:` NAME) keep theirs.
+fn drop_shadowed_descriptions(schema: &mut serde_json::Value) {
+    use serde_json::Value;
+    /// Each `$ref` under `node` (at `path`, its segments) with whether it is covered: the
+    /// schema of a described property, or a branch of one's `anyOf`.
+    fn refs(node: &Value, path: &mut Vec<String>, out: &mut Vec<(String, bool)>) {
+        match node {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    out.push((r.clone(), false));
+                }
+                for (k, v) in map {
+                    path.push(k.clone());
+                    refs(v, path, out);
+                    path.pop();
+                }
+                // A described property: the refs it holds directly or in its `anyOf` are
+                // covered by its description.
+                if path.len() >= 2
+                    && path[path.len() - 2] == "properties"
+                    && map.contains_key("description")
+                {
+                    let own: Vec<&str> = map
+                        .get("$ref")
+                        .and_then(Value::as_str)
+                        .into_iter()
+                        .chain(
+                            map.get("anyOf")
+                                .and_then(Value::as_array)
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|b| b.get("$ref").and_then(Value::as_str)),
+                        )
+                        .collect();
+                    for r in own {
+                        // The matching entries were pushed by this node and its branches.
+                        if let Some(e) = out.iter_mut().rev().find(|(x, c)| x == r && !c) {
+                            e.1 = true;
+                        }
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    path.push(i.to_string());
+                    refs(v, path, out);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    refs(schema, &mut Vec::new(), &mut found);
+    let Some(defs) = schema.get_mut("$defs").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (name, def) in defs.iter_mut() {
+        let target = format!("#/$defs/{name}");
+        let mut uses = found.iter().filter(|(r, _)| *r == target).peekable();
+        if uses.peek().is_some()
+            && uses.all(|(_, covered)| *covered)
+            && let Some(d) = def.as_object_mut()
+        {
+            d.remove("description");
+        }
+    }
 }
 
 /// Shapes the generated schema for editors (yaml-language-server, VS Code):

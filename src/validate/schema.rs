@@ -373,7 +373,9 @@ fn translate(
                 } else {
                     format!("remove the quotes: `{field}: {}`", text.trim())
                 });
-            } else if let Some(w) = describe_at(schema, &schema_path) {
+            } else if let Some(w) =
+                describe_at(schema, &schema_path, err.evaluation_path().as_str())
+            {
                 d = d.hint(format!("`{field}`: {w}"));
             }
             out.push(d);
@@ -796,10 +798,46 @@ fn describe(schema: &Value, schema_path: &str, property: &str) -> Option<String>
     })
 }
 
-fn describe_at(schema: &Value, schema_path: &str) -> Option<String> {
+/// What the value whose keyword at `schema_path` failed is: the description of the schema
+/// the keyword is in, else of the property that led there (`evaluation_path`, through its
+/// `$ref`s and `anyOf` branches: a type used only by described properties has none of its
+/// own in the schema).
+fn describe_at(schema: &Value, schema_path: &str, evaluation_path: &str) -> Option<String> {
     // schema_path ends in the failing keyword; its parent is the property's schema.
-    let node = schema_at(schema, schema_path)?;
-    first_sentence(node)
+    if let Some(d) = schema_at(schema, schema_path).and_then(first_sentence) {
+        return Some(d);
+    }
+    let segments: Vec<&str> = evaluation_path.split('/').skip(1).collect();
+    let (_, parents) = segments.split_last()?;
+    for end in (1..=parents.len()).rev() {
+        let prefix = &parents[..end];
+        if let Some(d) = node_at(schema, prefix).and_then(first_sentence) {
+            return Some(d);
+        }
+        // Not past the property itself: its parent object's description is no answer.
+        if prefix.len() >= 2 && prefix[prefix.len() - 2] == "properties" {
+            return None;
+        }
+    }
+    None
+}
+
+/// The node at `segments` of an evaluation path (a `$ref` segment follows the reference).
+fn node_at<'a>(schema: &'a Value, segments: &[&str]) -> Option<&'a Value> {
+    let mut node = schema;
+    for seg in segments {
+        if *seg == "$ref" {
+            node = deref(schema, node);
+            continue;
+        }
+        let seg = seg.replace("~1", "/").replace("~0", "~");
+        node = match node {
+            Value::Object(m) => m.get(&seg)?,
+            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(node)
 }
 
 fn first_sentence(node: &Value) -> Option<String> {
