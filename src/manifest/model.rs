@@ -361,18 +361,19 @@ pub struct OutpostConfig {
     pub object_naming_template: Option<String>,
 
     /// Image of the outpost container, used as given. `%(type)s` and `%(version)s` are
-    /// filled in (authentik itself does not). Unset or `null`: the `container_image` of
-    /// `defaults`, else `defaults.container_image_base`. Empty (`""`):
-    /// `defaults.container_image_base`, the default image authentik ends up with. If a
-    /// custom image cannot be pulled, authentik's default image for the type and version is
-    /// used instead, with a warning.
+    /// filled in (authentik itself does not). An outpost that leaves it unset or `null` takes
+    /// the one under `defaults`; unset there too, or empty (`""`), the image comes from
+    /// `container_image_base` (under `defaults`), the default image authentik ends up with.
+    /// If a custom image cannot be pulled, authentik's default image for the type and version
+    /// is used instead, with a warning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(example = &"ghcr.io/goauthentik/proxy:2026.8.0")]
     pub container_image: Option<String>,
 
-    /// Docker network the container joins at creation. Unset or `null`: the network of
-    /// `defaults`, else Docker's default bridge network; `""`: the default bridge network,
-    /// whatever `defaults` says. The network must exist on the engine. Anything `docker run
+    /// Docker network the container joins at creation. An outpost that leaves it unset or
+    /// `null` takes the one under `defaults`; unset there too, or `""`, it is Docker's
+    /// default bridge network (`""` in an outpost's `config` overrides `defaults`). The
+    /// network must exist on the engine. Anything `docker run
     /// --network` takes: a name, an id or id prefix, `default`, `host`, `none`,
     /// `container:<name>` (the outpost shares that container's network). On `host`, `none` and
     /// `container:<name>` Docker publishes no ports: set `docker_map_ports: false` there.
