@@ -762,6 +762,58 @@ fn flags_unknown_keys() {
     }
 }
 
+/// A key that looks like a number is a number to the editor, which checks a name's `pattern`
+/// on strings only: a `ports` key (always `PORT/tcp`) and a negative number as an
+/// integration, keypair or label name are flagged all the same, as `validate` refuses them
+/// (`invalid-name`); a number that is a valid name (`9000:`, an integration or a label
+/// `validate` accepts) is not.
+#[test]
+fn flags_numeric_keys_that_are_not_names() {
+    let doc = format!(
+        "{MODELINE}\nversion: 1\nproject: editor-test\nkeypairs:\n  -7: {{ key: {{ env: SSH_KEY }} }}\n\
+         integrations:\n  -5: {{ local: true }}\n  9000: {{ local: true }}\n\
+         outposts:\n  Edge Proxy:\n    type: proxy\n    integration: \"9000\"\n    \
+         token: {{ env: AK_EDGE_PROXY_TOKEN }}\n    ports:\n      9000: 9080\n    config:\n      \
+         docker_labels:\n        -1: x\n        9000: y\n"
+    );
+    let mut s = Server::start();
+    s.begin("diagnostics of numbers written as names");
+    let uri = s.open(&test_doc("numeric-keys.yaml", &doc), &doc);
+    let diags = s.diagnostics_of(&uri);
+    let flagged = [
+        line_of(&doc, "  -7:"),
+        line_of(&doc, "  -5:"),
+        line_of(&doc, "      9000: 9080"),
+        line_of(&doc, "        -1:"),
+    ];
+    for line in flagged {
+        if !diags
+            .iter()
+            .any(|d| d["severity"] == json!(1) && d["range"]["start"]["line"] == json!(line))
+        {
+            s.fail(&format!(
+                "line {line} is not flagged; diagnostics:\n{}",
+                summary(&diags)
+            ));
+        }
+    }
+    let elsewhere: Vec<Value> = diags
+        .iter()
+        .filter(|d| {
+            !flagged
+                .iter()
+                .any(|l| d["range"]["start"]["line"] == json!(l))
+        })
+        .cloned()
+        .collect();
+    if !elsewhere.is_empty() {
+        s.fail(&format!(
+            "diagnostics on lines that are fine:\n{}",
+            summary(&elsewhere)
+        ));
+    }
+}
+
 /// An integration that is neither `local: true` nor has a `url`, or is both, and a keypair
 /// with neither `certificate` nor `key`, are flagged at their line, as `validate` refuses
 /// them; `local: true` alone (also beside a `url` left empty), a `url` alone (also beside

@@ -10,6 +10,12 @@ use std::collections::BTreeMap;
 use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
+// A key that looks like a number (`9000:`, `-5:`) is a number to yaml-language-server, which
+// checks `propertyNames` on it and skips a `pattern` there. So that the editor flags what
+// validate refuses (whose keys are always strings, so these change nothing there): `ports`
+// keys are strings (`PORT/tcp`); a name that may be all digits (`9000`, valid) may not be a
+// negative number (`-5`, which no name pattern allows).
+
 /// Names of keypairs and integrations: what references use.
 pub const REF_NAME_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$";
 /// An outpost's name: any text but control characters (a tab, a line break, a terminal escape
@@ -70,13 +76,13 @@ pub struct Document {
     /// Certificates and private keys, by name, for `tls_verification` and
     /// `tls_authentication` of integrations (authentik's certificate-keypairs).
     #[serde(default)]
-    #[schemars(extend("propertyNames" = {"pattern": REF_NAME_PATTERN}))]
+    #[schemars(extend("propertyNames" = {"pattern": REF_NAME_PATTERN, "minimum": 0}))]
     pub keypairs: BTreeMap<String, Keypair>,
 
     /// Docker engines, by name (authentik's Docker service connections). Outposts name the
     /// integration they run on.
     #[serde(default)]
-    #[schemars(extend("propertyNames" = {"pattern": REF_NAME_PATTERN}))]
+    #[schemars(extend("propertyNames" = {"pattern": REF_NAME_PATTERN, "minimum": 0}))]
     pub integrations: BTreeMap<String, Integration>,
 
     /// Outposts, by their name in authentik. Each becomes one container on its integration,
@@ -300,7 +306,7 @@ pub struct Outpost {
     /// listed keep authentik's mapping. Only applies when `docker_map_ports` is true.
     #[serde(default)]
     #[schemars(
-        extend("propertyNames" = {"pattern": CONTAINER_PORT_PATTERN}),
+        extend("propertyNames" = {"type": "string", "pattern": CONTAINER_PORT_PATTERN}),
         extend("additionalProperties" = {
             "type": ["string", "integer", "null"],
             "pattern": HOST_PORT_PATTERN,
@@ -393,7 +399,7 @@ pub struct OutpostConfig {
     /// `io.goauthentik.outpost-uuid` are reserved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        extend("propertyNames" = {"pattern": LABEL_KEY_PATTERN}),
+        extend("propertyNames" = {"pattern": LABEL_KEY_PATTERN, "minimum": 0}),
         extend("additionalProperties" = {"type": ["string", "number", "boolean"]}),
         example = serde_json::json!({"com.example.team": "infra"})
     )]
