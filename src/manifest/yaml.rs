@@ -244,6 +244,18 @@ fn parse_docs(
             {
                 (line, col) = at;
             }
+            // Other tab errors (a tab that indents, one after `:`) stop just past the tab: the
+            // tab itself is shown.
+            if (e.info().contains("tab") || e.info().contains("valid YAML whitespace"))
+                && col > 1
+                && text
+                    .lines()
+                    .nth(line.saturating_sub(1))
+                    .and_then(|l| l.chars().nth(col - 2))
+                    == Some('\t')
+            {
+                col -= 1;
+            }
             // At the end of the file (an unclosed bracket or quote): shown on its last line
             // with text, not on the empty one after the final line break.
             if line > text.lines().count()
@@ -955,6 +967,21 @@ mod tests {
             .unwrap();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[1].lookup("/b").value.start.line, 3);
+    }
+
+    /// Every tab error points at the tab itself, as an editor does.
+    #[test]
+    fn tab_errors_point_at_the_tab() {
+        for (text, line, col) in [
+            ("a:\n\tb: 1\n", 2, 1),
+            ("a: 1\n\tb: 2\n", 2, 1),
+            ("version:\t1\n", 1, 9),
+            ("outposts:\n  A:\n    type: proxy\n\ttype: ldap\n", 4, 1),
+            ("a:\n  b: x\n\tc: 1\n", 3, 1),
+        ] {
+            let e = parse(text, Limits::default()).into_result().unwrap_err();
+            assert_eq!(e.span.start, Pos { line, col }, "{text:?}: {}", e.message);
+        }
     }
 
     #[test]
