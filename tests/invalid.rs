@@ -311,6 +311,7 @@ committed_fixtures![
     deep_nesting_flow,
     deep_nesting_block,
     unknown_anchor,
+    alias_to_an_earlier_document,
     unsupported_tag,
     unclosed_flow,
     // integrations

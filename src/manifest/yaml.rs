@@ -228,6 +228,9 @@ fn parse_docs(
     let mut positions: HashMap<String, NodePos> = HashMap::new();
     // anchor id -> (value, node count)
     let mut anchors: HashMap<usize, (Value, usize)> = HashMap::new();
+    // Anchors of mappings and sequences of this document still open: an alias to one would
+    // put a value inside itself.
+    let mut open_anchors: std::collections::HashSet<usize> = std::collections::HashSet::new();
     let mut alias_nodes = 0usize;
     let mut total_nodes = 0usize;
     let mut doc_span = Span::default();
@@ -269,17 +272,7 @@ fn parse_docs(
             }
             let mut err = scan_error(Span::at(line as u32, col as u32), e.info());
             if e.info().contains("unknown anchor") {
-                let name: String = text
-                    .lines()
-                    .nth(line.saturating_sub(1))
-                    .and_then(|l| l.chars().skip(col.saturating_sub(1)).collect::<String>().strip_prefix('*').map(str::to_string))
-                    .map(|rest| {
-                        rest.chars()
-                            .take_while(|c| !c.is_whitespace() && !",[]{}".contains(*c))
-                            .take(64)
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let name = alias_name(text, line, col);
                 if !name.is_empty() {
                     err = err.hint(format!(
                         "`*{name}` names no anchor: define `&{name}` on a value above it in the same document (anchors do not reach past `---`)"
@@ -294,6 +287,7 @@ fn parse_docs(
             Event::DocumentStart(_) => {
                 positions = HashMap::new();
                 anchors.clear();
+                open_anchors.clear();
                 root = None;
                 doc_span = Span::from_yaml(yspan);
                 None
@@ -310,12 +304,36 @@ fn parse_docs(
                 None
             }
             Event::Alias(id) => {
-                let (value, nodes) = anchors.get(&id).cloned().ok_or_else(|| {
-                    YamlError::new(
+                if open_anchors.contains(&id) {
+                    return Err(YamlError::new(
                         Span::from_yaml(yspan),
-                        "alias refers to an unknown anchor",
-                        "unknown anchor",
+                        "alias inside the value its anchor is on",
+                        "the anchored value is not finished here",
                     )
+                    .hint("a value cannot contain itself; write this part out"));
+                }
+                let (value, nodes) = anchors.get(&id).cloned().ok_or_else(|| {
+                    // The YAML reader knows the anchor from an earlier document.
+                    let span = Span::from_yaml(yspan);
+                    let name =
+                        alias_name(text, span.start.line as usize, span.start.col as usize);
+                    let e = YamlError::new(
+                        span,
+                        if name.is_empty() {
+                            "alias refers to an anchor of an earlier document".to_string()
+                        } else {
+                            format!("alias `*{name}` refers to an anchor of an earlier document")
+                        },
+                        "anchor not in this document",
+                    );
+                    let anchor = if name.is_empty() {
+                        "the anchor".to_string()
+                    } else {
+                        format!("`&{name}`")
+                    };
+                    e.hint(format!(
+                        "anchors do not reach past `---`: define {anchor} again in this document, or put shared settings under `defaults:`"
+                    ))
                 })?;
                 alias_nodes += nodes;
                 if alias_nodes > limits.max_alias_nodes {
@@ -356,6 +374,9 @@ fn parse_docs(
                 }
                 let pointer = child_pointer(&stack, yspan)?;
                 let dropped = stack.last().is_some_and(Frame::drops_child);
+                if anchor != 0 {
+                    open_anchors.insert(anchor);
+                }
                 stack.push(Frame::Seq {
                     items: Vec::new(),
                     pointer,
@@ -373,6 +394,9 @@ fn parse_docs(
                 }
                 let pointer = child_pointer(&stack, yspan)?;
                 let dropped = stack.last().is_some_and(Frame::drops_child);
+                if anchor != 0 {
+                    open_anchors.insert(anchor);
+                }
                 stack.push(Frame::Map {
                     map: Map::new(),
                     pointer,
@@ -416,6 +440,7 @@ fn parse_docs(
             ));
         }
         if anchor != 0 {
+            open_anchors.remove(&anchor);
             anchors.insert(anchor, (value.clone(), nodes));
         }
         attach(
@@ -427,6 +452,27 @@ fn parse_docs(
         )?;
     }
     Ok(docs)
+}
+
+/// The name of the alias (`*name`) written at `line`, `col` (from 1, in characters); empty
+/// when there is none there. At most 64 characters.
+fn alias_name(text: &str, line: usize, col: usize) -> String {
+    text.lines()
+        .nth(line.saturating_sub(1))
+        .and_then(|l| {
+            l.chars()
+                .skip(col.saturating_sub(1))
+                .collect::<String>()
+                .strip_prefix('*')
+                .map(str::to_string)
+        })
+        .map(|rest| {
+            rest.chars()
+                .take_while(|c| !c.is_whitespace() && !",[]{}".contains(*c))
+                .take(64)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn span_to(start: YSpan, end: YSpan) -> YSpan {
@@ -921,6 +967,28 @@ mod tests {
             let e = parse(text, Limits::default()).into_result().unwrap_err();
             assert_eq!(e.message, "a mapping or sequence cannot be used as a key");
             assert_eq!(e.span.start, Pos { line, col }, "{text:?}");
+        }
+    }
+
+    /// An alias whose anchor the YAML reader knows but this document does not: one of an
+    /// earlier document (anchors do not reach past `---`), or the value the alias is in.
+    #[test]
+    fn aliases_to_anchors_out_of_reach_say_why() {
+        let e = parse("a: &x 1\n---\nb: *x\n", Limits::default())
+            .into_result()
+            .unwrap_err();
+        assert_eq!(
+            e.message,
+            "alias `*x` refers to an anchor of an earlier document"
+        );
+        assert_eq!(e.span.start, Pos { line: 3, col: 4 });
+        assert!(e.hint.unwrap_or_default().contains("`&x`"));
+        for text in ["a: &x [*x]\n", "a: &x\n  b: *x\n"] {
+            let e = parse(text, Limits::default()).into_result().unwrap_err();
+            assert_eq!(
+                e.message, "alias inside the value its anchor is on",
+                "{text:?}"
+            );
         }
     }
 
