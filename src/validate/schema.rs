@@ -856,7 +856,12 @@ fn misplaced_key_hint(schema: &Value, key: &str, pointer: &str) -> Option<String
             .map(|p| p.keys().cloned().collect())
             .unwrap_or_default()
     };
-    let has = |def: &str| keys_of(def).iter().any(|k| k == key);
+    // authentik's Kubernetes settings are keys of its settings too (`patternProperties`).
+    let kubernetes = key.starts_with("kubernetes_");
+    let has = |def: &str| {
+        keys_of(def).iter().any(|k| k == key)
+            || (kubernetes && matches!(def, "OutpostConfig" | "Defaults"))
+    };
     let segments: Vec<&str> = pointer.split('/').skip(1).collect();
     let here = match segments.as_slice() {
         [] => "root",
@@ -867,6 +872,14 @@ fn misplaced_key_hint(schema: &Value, key: &str, pointer: &str) -> Option<String
     };
     let per_set_only = has("Defaults") && !has("OutpostConfig") && !has("Outpost");
     let hint = match here {
+        "outpost" | "root" if kubernetes => format!(
+            "`{key}` is one of authentik's outpost settings (a Kubernetes one, ignored on Docker): it goes under {}, or remove it",
+            if here == "root" {
+                "`defaults:`"
+            } else {
+                "this outpost's `config:`"
+            }
+        ),
         "outpost" if has("OutpostConfig") => format!(
             "`{key}` is one of authentik's outpost settings: put it under this outpost's `config:` (or under `defaults:` for every outpost)"
         ),
@@ -912,8 +925,8 @@ fn unknown_key_hint(key: &str, pointer: &str, known: &[String]) -> Option<String
     if key == "value" && (pointer.ends_with("/token") || pointer.ends_with("/key")) {
         return Some("secrets are never written into a manifest; use `{ env: VARIABLE }` or `{ file: path }`".into());
     }
-    if key.starts_with("kubernetes") {
-        return None;
+    if key.starts_with("kubernetes_") {
+        return Some("authentik's Kubernetes settings (`kubernetes_*`) are accepted in an outpost's `config:` and in `defaults:`, and have no effect on Docker".into());
     }
     did_you_mean(key, known.iter().map(String::as_str)).or_else(|| {
         (!known.is_empty()).then(|| format!("known keys here: {}", crate::render::code_list(known)))
