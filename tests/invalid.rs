@@ -350,6 +350,7 @@ committed_fixtures![
     // secrets
     unset_env_var,
     env_name_with_dollar,
+    shell_variable_in_a_flow_mapping,
     unset_env_var_many_outposts,
     token_file_missing,
     token_file_is_directory,

@@ -271,6 +271,13 @@ fn parse_docs(
                 (line, col) = (i + 1, last.chars().count() + 1);
             }
             let mut err = scan_error(Span::at(line as u32, col as u32), e.info());
+            if let Some(hint) = text
+                .lines()
+                .nth(line.saturating_sub(1))
+                .and_then(|l| shell_variable_hint(l, col))
+            {
+                err = err.hint(hint);
+            }
             if e.info().contains("unknown anchor") {
                 let name = alias_name(text, line, col);
                 if !name.is_empty() {
@@ -503,6 +510,45 @@ fn tab_from(text: &str, line: usize, col: usize) -> Option<(usize, usize)> {
                 .find(|(_, c)| *c == '\t')
                 .map(|(c, _)| (i + 1, c + 1))
         })
+}
+
+/// The hint for a parse error at column `col` (from 1, in characters) of `line` that is a
+/// shell variable written as `${NAME}` (envsubst style), whose `{` YAML reads as a mapping
+/// in `{ }` or `[ ]`: the name alone after `env:`, else that outpostctl does not expand it.
+fn shell_variable_hint(line: &str, col: usize) -> Option<String> {
+    let chars: Vec<char> = line.chars().collect();
+    let mut from = 0;
+    while let Some(dollar) =
+        (from..chars.len().saturating_sub(1)).find(|&i| chars[i] == '$' && chars[i + 1] == '{')
+    {
+        from = dollar + 1;
+        let close = (dollar + 2..chars.len()).find(|&i| chars[i] == '}');
+        let end = close.unwrap_or(chars.len());
+        // The error is at the `${...}` (columns from 1): at the `$` up to just past the `}`.
+        if col < dollar + 1 || col > end + 2 {
+            continue;
+        }
+        let name: String = chars[dollar + 2..end].iter().take(64).collect();
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid || close.is_none() {
+            return None;
+        }
+        let before: String = chars[..dollar].iter().collect();
+        return Some(if before.trim_end().ends_with("env:") {
+            format!(
+                "`${{{name}}}` is shell syntax that YAML reads as a mapping: an `env:` source takes the variable's name alone, `env: {name}`"
+            )
+        } else {
+            format!(
+                "outpostctl does not expand `${{{name}}}`, and inside `{{ }}` or `[ ]` YAML reads its `{{` as a mapping: write the value itself, or read a secret with `{{ env: {name} }}`"
+            )
+        });
+    }
+    None
 }
 
 fn scan_error(span: Span, info: &str) -> YamlError {
@@ -1050,6 +1096,33 @@ mod tests {
             let e = parse(text, Limits::default()).into_result().unwrap_err();
             assert_eq!(e.span.start, Pos { line, col }, "{text:?}: {}", e.message);
         }
+    }
+
+    /// `${NAME}` in a flow mapping (envsubst style) does not parse: the hint names the
+    /// variable as an `env:` source takes it, not an unclosed `{`.
+    #[test]
+    fn shell_variables_are_explained() {
+        let e = parse("token: { env: ${AK_TOKEN} }\n", Limits::default())
+            .into_result()
+            .unwrap_err();
+        let hint = e.hint.unwrap_or_default();
+        assert!(hint.contains("`env: AK_TOKEN`"), "{hint}");
+        assert!(!hint.contains("not closed"), "{hint}");
+        let e = parse("config: { authentik_host: ${HOST} }\n", Limits::default())
+            .into_result()
+            .unwrap_err();
+        assert!(
+            e.hint
+                .unwrap_or_default()
+                .contains("does not expand `${HOST}`"),
+            "{}",
+            e.message
+        );
+        // A `{` that is not closed still says so.
+        let e = parse("token: { env: AK\n", Limits::default())
+            .into_result()
+            .unwrap_err();
+        assert!(e.hint.unwrap_or_default().contains("not closed"));
     }
 
     #[test]
