@@ -33,6 +33,9 @@ pub const CONTAINER_PORT_PATTERN: &str = r"^[0-9]{1,5}/(tcp|udp)$";
 /// A host binding: `PORT`, `IPv4:PORT` or `[IPv6]:PORT`.
 pub const HOST_PORT_PATTERN: &str =
     r"^(([0-9]{1,3}\.){3}[0-9]{1,3}:|\[[0-9A-Fa-f:.]+\]:)?[0-9]{1,5}$";
+/// An external host of a proxy outpost: an http(s) URL with a host, the scheme in any case
+/// (authentik takes the host of any URL).
+pub const EXTERNAL_HOST_PATTERN: &str = r"^[hH][tT][tT][pP][sS]?://[^/\s]+";
 /// Engine URLs.
 pub const ENGINE_URL_PATTERN: &str = r"^(unix|http|https|tcp|ssh)://";
 /// authentik versions: `2026.8.0`, `2026.8`, `2026.8.0-rc1`.
@@ -293,7 +296,7 @@ pub struct Outpost {
     /// Proxy outposts only: the external hosts of the outpost's providers. Each becomes a
     /// `Host()` of the Traefik router rule on the container.
     #[serde(default)]
-    #[schemars(inner(pattern(r"^https?://[^/\s]+")), example = vec!["https://app.example.com"])]
+    #[schemars(inner(pattern(EXTERNAL_HOST_PATTERN)), example = vec!["https://app.example.com"])]
     pub external_hosts: Vec<String>,
 
     /// When to pull the image: `missing` (default), `always` or `never`. Overrides

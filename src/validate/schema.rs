@@ -999,7 +999,7 @@ fn pattern_meaning(pattern: &str) -> (&'static str, String) {
             "an http(s) URL",
             "write the full URL, e.g. `https://auth.example.com`".into(),
         ),
-        p if p.starts_with("^https?://") => (
+        p if p == model::EXTERNAL_HOST_PATTERN => (
             "an http(s) URL",
             "write the full URL, e.g. `https://app.example.com`".into(),
         ),
