@@ -296,6 +296,7 @@ committed_fixtures![
     duplicate_names_across_files,
     parse_error_beside_other_files,
     missing_project,
+    project_without_a_value,
     project_twice,
     // YAML and file level
     tabs,

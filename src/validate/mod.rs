@@ -358,6 +358,8 @@ struct Checker {
     referenced_files: Vec<PathBuf>,
     saw_document: bool,
     first_origin: Option<Origin>,
+    /// The first `project:` written with no value, where a missing project is reported.
+    empty_project: Option<Origin>,
     /// A document failed the schema: what it defines is unknown, so cross-document checks
     /// (references, the project) would report mistakes that are not there.
     partial: bool,
@@ -468,6 +470,12 @@ impl Checker {
         // Only now that the document's integrations are known too.
         self.failed_outpost_refs.extend(failed_refs);
         let origin = &doc.origin;
+        if parsed.project.is_none()
+            && value.get("project").is_some_and(Value::is_null)
+            && self.empty_project.is_none()
+        {
+            self.empty_project = Some(origin.child("/project"));
+        }
         if let Some(p) = parsed.project {
             let here = origin.child("/project");
             match &self.project {
@@ -581,11 +589,21 @@ impl Checker {
             Some((p, _)) => p.clone(),
             None if self.partial || self.failed_whole("project") => String::new(),
             None => {
-                let mut d = Diagnostic::error("missing-project", "no `project` is defined in the manifest set")
-                    .hint("add `project: <name>` to one document; it scopes which containers outpostctl owns and may prune");
-                if let Some(o) = &self.first_origin {
-                    d = d.at(o.value());
-                }
+                let mut d = Diagnostic::error(
+                    "missing-project",
+                    "no `project` is defined in the manifest set",
+                );
+                d = match &self.empty_project {
+                    // `project:` with no value: there, saying what to write.
+                    Some(o) => d.at(o.key()).label("no value").hint("`project:` has no value; name the project, e.g. `project: homelab`: it scopes which containers outpostctl owns and may prune"),
+                    None => {
+                        d = d.hint("add `project: <name>` to one document; it scopes which containers outpostctl owns and may prune");
+                        match &self.first_origin {
+                            Some(o) => d.at(o.value()),
+                            None => d,
+                        }
+                    }
+                };
                 self.diags.push(d);
                 String::new()
             }
