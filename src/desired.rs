@@ -1175,6 +1175,18 @@ mod tests {
             l["traefik.http.routers.ak-p-router.rule"],
             "(Host(`a.example.com`)) && PathPrefix(`/outpost.goauthentik.io`)"
         );
+        // A scheme in capitals, which validation accepts as authentik does: the same host.
+        let l = traefik_labels(
+            "ak-p",
+            &[
+                "HTTPS://a.example.com".into(),
+                "Http://b.example.com:8443/x".into(),
+            ],
+        );
+        assert_eq!(
+            l["traefik.http.routers.ak-p-router.rule"],
+            "(Host(`a.example.com`) || Host(`b.example.com:8443`)) && PathPrefix(`/outpost.goauthentik.io`)"
+        );
     }
 
     #[test]

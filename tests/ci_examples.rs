@@ -10,6 +10,7 @@ fn step_script(workflow: &str, job: &str, name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(workflow);
     let text = std::fs::read_to_string(&path).expect("the workflow is readable");
     let docs = outpostctl::manifest::yaml::parse(&text, Default::default())
+        .into_result()
         .unwrap_or_else(|e| panic!("{workflow} is not YAML: {e:?}"));
     let steps = docs[0].value["jobs"][job]["steps"]
         .as_array()

@@ -8,10 +8,12 @@
 //! `scripts/test-deps.sh`); without them the tests fail rather than skip. Test documents are
 //! written to `target/editor-test/`, two directories below the repository like the examples.
 //!
-//! Known limits of yaml-language-server 1.25, not checked here: a modeline covers only the
-//! YAML document it is in (each `---` document needs its own), and hovering a key whose value
-//! is one of our enums (`type`, `pull`, `log_level`) shows the description of a value, not of
-//! the key.
+//! Known limit of yaml-language-server 1.25, not checked here: a modeline covers only the
+//! YAML document it is in (each `---` document needs its own). Hovering a key shows the key's
+//! own description, also for one whose value is one of our enums (`type`, `pull`,
+//! `log_level`) or another type of the schema's `$defs`: the generated schema leaves out the
+//! description of a type that only described keys use, which an optional key (`anyOf [T,
+//! null]`) would otherwise show instead of its own.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -648,7 +650,11 @@ fn completes_enum_values() {
 #[test]
 fn hover_shows_schema_descriptions() {
     let schema = schema();
-    let doc = outpost_doc("1", "", "      docker_map_ports: false\n");
+    let doc = outpost_doc(
+        "1",
+        "    pull: always\n",
+        "      docker_map_ports: false\n      log_level: info\n",
+    );
     let cases = [
         (
             "integration:",
@@ -659,8 +665,14 @@ fn hover_shows_schema_descriptions() {
             "/$defs/Outpost/properties/external_hosts/description",
         ),
         ("token:", "/$defs/Outpost/properties/token/description"),
-        // An enum-valued key shows its own description, not its value's.
+        // An enum-valued key shows its own description, not its value's nor its type's,
+        // also when it is optional (`anyOf [enum, null]`).
         ("type:", "/$defs/Outpost/properties/type/description"),
+        ("pull:", "/$defs/Outpost/properties/pull/description"),
+        (
+            "log_level:",
+            "/$defs/OutpostConfig/properties/log_level/description",
+        ),
         (
             "docker_map_ports:",
             "/$defs/OutpostConfig/properties/docker_map_ports/description",
@@ -746,6 +758,58 @@ fn flags_unknown_keys() {
         s.fail(&format!(
             "expected exactly the two `imgae` errors (`kubernetes_*` keys are allowed); diagnostics:\n{}",
             summary(&diags)
+        ));
+    }
+}
+
+/// A key that looks like a number is a number to the editor, which checks a name's `pattern`
+/// on strings only: a `ports` key (always `PORT/tcp`) and a negative number as an
+/// integration, keypair or label name are flagged all the same, as `validate` refuses them
+/// (`invalid-name`); a number that is a valid name (`9000:`, an integration or a label
+/// `validate` accepts) is not.
+#[test]
+fn flags_numeric_keys_that_are_not_names() {
+    let doc = format!(
+        "{MODELINE}\nversion: 1\nproject: editor-test\nkeypairs:\n  -7: {{ key: {{ env: SSH_KEY }} }}\n\
+         integrations:\n  -5: {{ local: true }}\n  9000: {{ local: true }}\n\
+         outposts:\n  Edge Proxy:\n    type: proxy\n    integration: \"9000\"\n    \
+         token: {{ env: AK_EDGE_PROXY_TOKEN }}\n    ports:\n      9000: 9080\n    config:\n      \
+         docker_labels:\n        -1: x\n        9000: y\n"
+    );
+    let mut s = Server::start();
+    s.begin("diagnostics of numbers written as names");
+    let uri = s.open(&test_doc("numeric-keys.yaml", &doc), &doc);
+    let diags = s.diagnostics_of(&uri);
+    let flagged = [
+        line_of(&doc, "  -7:"),
+        line_of(&doc, "  -5:"),
+        line_of(&doc, "      9000: 9080"),
+        line_of(&doc, "        -1:"),
+    ];
+    for line in flagged {
+        if !diags
+            .iter()
+            .any(|d| d["severity"] == json!(1) && d["range"]["start"]["line"] == json!(line))
+        {
+            s.fail(&format!(
+                "line {line} is not flagged; diagnostics:\n{}",
+                summary(&diags)
+            ));
+        }
+    }
+    let elsewhere: Vec<Value> = diags
+        .iter()
+        .filter(|d| {
+            !flagged
+                .iter()
+                .any(|l| d["range"]["start"]["line"] == json!(l))
+        })
+        .cloned()
+        .collect();
+    if !elsewhere.is_empty() {
+        s.fail(&format!(
+            "diagnostics on lines that are fine:\n{}",
+            summary(&elsewhere)
         ));
     }
 }

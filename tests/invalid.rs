@@ -287,6 +287,7 @@ committed_fixtures![
     missing_version,
     missing_version_in_a_second_document,
     duplicate_keys,
+    duplicate_keys_beside_other_errors,
     merge_key,
     // references and names across the set
     unknown_integration,
@@ -295,6 +296,7 @@ committed_fixtures![
     duplicate_names_across_files,
     parse_error_beside_other_files,
     missing_project,
+    project_without_a_value,
     project_twice,
     // YAML and file level
     tabs,
@@ -310,6 +312,7 @@ committed_fixtures![
     deep_nesting_flow,
     deep_nesting_block,
     unknown_anchor,
+    alias_to_an_earlier_document,
     unsupported_tag,
     unclosed_flow,
     // integrations
@@ -348,6 +351,7 @@ committed_fixtures![
     // secrets
     unset_env_var,
     env_name_with_dollar,
+    shell_variable_in_a_flow_mapping,
     unset_env_var_many_outposts,
     token_file_missing,
     token_file_is_directory,

@@ -40,6 +40,32 @@ fn every_field_has_a_description() {
     );
 }
 
+/// `defaults:` shares its keys' descriptions with an outpost's `config`: they read right at
+/// both levels, none sending the reader from `defaults` to `defaults` ("the network of
+/// `defaults`").
+#[test]
+fn shared_descriptions_read_right_under_defaults() {
+    let v: serde_json::Value = serde_json::from_str(&outpostctl::commands::schema::text()).unwrap();
+    let props = v
+        .pointer("/$defs/Defaults/properties")
+        .and_then(|p| p.as_object())
+        .expect("Defaults has properties");
+    for (key, p) in props {
+        let d = p["description"].as_str().unwrap_or_default();
+        for wrong in [
+            "of `defaults`",
+            "`defaults.",
+            "Unset or `null`: the",
+            "whatever `defaults` says",
+        ] {
+            assert!(
+                !d.contains(wrong),
+                "defaults.{key}: {wrong:?} reads wrong under `defaults:`: {d}"
+            );
+        }
+    }
+}
+
 fn walk(v: &serde_json::Value, path: &str, missing: &mut Vec<String>) {
     if let Some(props) = v.get("properties").and_then(|p| p.as_object()) {
         for (k, p) in props {

@@ -317,41 +317,44 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
     let file = SourceFile::new(path.to_path_buf(), text);
     let parsed = yaml::parse(&file.text, Limits::default());
     // A secret written inline (refused by validation) is not shown in any snippet: found by
-    // its place in the documents, or in a file that does not parse, by its line's look.
-    let file = match &parsed {
-        Ok(docs) => mask_secrets(&file, docs),
-        Err(_) => mask_secret_lines(&file),
+    // its place in the documents, or in a file that does not parse, by its line's look. The
+    // value of a duplicate key is not in the documents: a file with one is masked both ways.
+    let file = mask_secrets(&file, &parsed.docs);
+    let file = if parsed.errors.is_empty() {
+        file
+    } else {
+        mask_secret_lines(&file)
     };
     out.files.push(Arc::clone(&file));
-    match parsed {
-        Err(e) => {
-            let mut d = Diagnostic::error("yaml", e.message)
-                .at(Location::new(&file, e.span))
-                .label(e.label)
-                .maybe_hint(e.hint);
-            if let Some((span, label)) = e.related {
-                d = d.related(Location::new(&file, span), label);
-            }
-            out.diagnostics.push(d);
+    for e in parsed.errors.iter().cloned() {
+        let mut d = Diagnostic::error("yaml", e.message)
+            .at(Location::new(&file, e.span))
+            .label(e.label)
+            .maybe_hint(e.hint);
+        if let Some((span, label)) = e.related {
+            d = d.related(Location::new(&file, span), label);
         }
-        Ok(docs) if docs.is_empty() => out.diagnostics.push(
+        out.diagnostics.push(d);
+    }
+    if parsed.docs.is_empty() && parsed.errors.is_empty() {
+        out.diagnostics.push(
             Diagnostic::error("empty-file", "file holds no YAML document")
                 .at(Location::new(&file, Span::at(1, 1)))
                 .hint("start the file with `version: 1`, or remove it"),
-        ),
-        Ok(docs) => {
-            for doc in docs {
-                out.docs.push(LoadedDoc {
-                    value: doc.value,
-                    origin: Origin {
-                        file: Arc::clone(&file),
-                        positions: Arc::new(doc.positions),
-                        doc_span: doc.span,
-                        pointer: String::new(),
-                    },
-                });
-            }
-        }
+        );
+    }
+    // Documents with duplicate keys are checked too (with the first value of each), so that
+    // every error is reported at once; the loader's errors keep the set from being used.
+    for doc in parsed.docs {
+        out.docs.push(LoadedDoc {
+            value: doc.value,
+            origin: Origin {
+                file: Arc::clone(&file),
+                positions: Arc::new(doc.positions),
+                doc_span: doc.span,
+                pointer: String::new(),
+            },
+        });
     }
 }
 

@@ -10,6 +10,12 @@ use std::collections::BTreeMap;
 use schemars::{JsonSchema, Schema};
 use serde::{Deserialize, Serialize};
 
+// A key that looks like a number (`9000:`, `-5:`) is a number to yaml-language-server, which
+// checks `propertyNames` on it and skips a `pattern` there. So that the editor flags what
+// validate refuses (whose keys are always strings, so these change nothing there): `ports`
+// keys are strings (`PORT/tcp`); a name that may be all digits (`9000`, valid) may not be a
+// negative number (`-5`, which no name pattern allows).
+
 /// Names of keypairs and integrations: what references use.
 pub const REF_NAME_PATTERN: &str = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$";
 /// An outpost's name: any text but control characters (a tab, a line break, a terminal escape
@@ -27,6 +33,9 @@ pub const CONTAINER_PORT_PATTERN: &str = r"^[0-9]{1,5}/(tcp|udp)$";
 /// A host binding: `PORT`, `IPv4:PORT` or `[IPv6]:PORT`.
 pub const HOST_PORT_PATTERN: &str =
     r"^(([0-9]{1,3}\.){3}[0-9]{1,3}:|\[[0-9A-Fa-f:.]+\]:)?[0-9]{1,5}$";
+/// An external host of a proxy outpost: an http(s) URL with a host, the scheme in any case
+/// (authentik takes the host of any URL).
+pub const EXTERNAL_HOST_PATTERN: &str = r"^[hH][tT][tT][pP][sS]?://[^/\s]+";
 /// Engine URLs.
 pub const ENGINE_URL_PATTERN: &str = r"^(unix|http|https|tcp|ssh)://";
 /// authentik versions: `2026.8.0`, `2026.8`, `2026.8.0-rc1`.
@@ -70,13 +79,13 @@ pub struct Document {
     /// Certificates and private keys, by name, for `tls_verification` and
     /// `tls_authentication` of integrations (authentik's certificate-keypairs).
     #[serde(default)]
-    #[schemars(extend("propertyNames" = {"pattern": REF_NAME_PATTERN}))]
+    #[schemars(extend("propertyNames" = {"pattern": REF_NAME_PATTERN, "minimum": 0}))]
     pub keypairs: BTreeMap<String, Keypair>,
 
     /// Docker engines, by name (authentik's Docker service connections). Outposts name the
     /// integration they run on.
     #[serde(default)]
-    #[schemars(extend("propertyNames" = {"pattern": REF_NAME_PATTERN}))]
+    #[schemars(extend("propertyNames" = {"pattern": REF_NAME_PATTERN, "minimum": 0}))]
     pub integrations: BTreeMap<String, Integration>,
 
     /// Outposts, by their name in authentik. Each becomes one container on its integration,
@@ -146,11 +155,13 @@ pub struct SecretSource {
 #[serde(deny_unknown_fields)]
 #[schemars(extend("anyOf" = [{"required": ["certificate"]}, {"required": ["key"]}]))]
 pub struct Keypair {
-    /// PEM certificate. As `tls_verification`, the CA that must have signed the engine's
+    /// PEM certificate, read from `{ file: PATH }`, `{ env: VARIABLE }` or given as
+    /// `{ value: PEM }`. As `tls_verification`, the CA that must have signed the engine's
     /// certificate; as `tls_authentication`, the client certificate.
     #[serde(default)]
     pub certificate: Option<PublicSource>,
-    /// Private key, PEM or OpenSSH format. Required when the keypair is used for
+    /// Private key, PEM or OpenSSH format, read from `{ file: PATH }` or `{ env: VARIABLE }`
+    /// (never written into a manifest). Required when the keypair is used for
     /// `tls_authentication` (client key) or for an `ssh://` integration (SSH key).
     #[serde(default)]
     pub key: Option<SecretSource>,
@@ -193,7 +204,7 @@ pub struct Integration {
     #[schemars(pattern(REF_NAME_PATTERN))]
     pub tls_authentication: Option<String>,
 
-    /// SSH options, for ssh:// integrations only.
+    /// SSH options, for ssh:// integrations only. Host keys are always checked.
     #[serde(default)]
     pub ssh: Option<SshOptions>,
 }
@@ -276,7 +287,8 @@ pub struct Outpost {
     #[schemars(pattern(REF_NAME_PATTERN), example = &"local")]
     pub integration: String,
 
-    /// The outpost's API token from authentik (Outposts > Deployment info). It becomes
+    /// The outpost's API token from authentik (Outposts > Deployment info), read from
+    /// `{ env: VARIABLE }` or `{ file: PATH }` (never written into a manifest). It becomes
     /// `AUTHENTIK_TOKEN` in the container and is never shown, saved in a plan or put in a
     /// label.
     pub token: SecretSource,
@@ -284,7 +296,7 @@ pub struct Outpost {
     /// Proxy outposts only: the external hosts of the outpost's providers. Each becomes a
     /// `Host()` of the Traefik router rule on the container.
     #[serde(default)]
-    #[schemars(inner(pattern(r"^https?://[^/\s]+")), example = vec!["https://app.example.com"])]
+    #[schemars(inner(pattern(EXTERNAL_HOST_PATTERN)), example = vec!["https://app.example.com"])]
     pub external_hosts: Vec<String>,
 
     /// When to pull the image: `missing` (default), `always` or `never`. Overrides
@@ -297,7 +309,7 @@ pub struct Outpost {
     /// listed keep authentik's mapping. Only applies when `docker_map_ports` is true.
     #[serde(default)]
     #[schemars(
-        extend("propertyNames" = {"pattern": CONTAINER_PORT_PATTERN}),
+        extend("propertyNames" = {"type": "string", "pattern": CONTAINER_PORT_PATTERN}),
         extend("additionalProperties" = {
             "type": ["string", "integer", "null"],
             "pattern": HOST_PORT_PATTERN,
@@ -318,7 +330,9 @@ pub struct Outpost {
     pub healthcheck: Option<Vec<String>>,
 
     /// authentik's outpost settings ("Advanced settings" in authentik): paste that block
-    /// here unchanged. Keys that only matter on Kubernetes are accepted and ignored.
+    /// here unchanged. Keys that only matter on Kubernetes are accepted and ignored. Every
+    /// key is optional: unset keys come from `defaults`, then from authentik's own defaults;
+    /// `null` means unset.
     #[serde(default)]
     pub config: OutpostConfig,
 }
@@ -356,18 +370,19 @@ pub struct OutpostConfig {
     pub object_naming_template: Option<String>,
 
     /// Image of the outpost container, used as given. `%(type)s` and `%(version)s` are
-    /// filled in (authentik itself does not). Unset or `null`: the `container_image` of
-    /// `defaults`, else `defaults.container_image_base`. Empty (`""`):
-    /// `defaults.container_image_base`, the default image authentik ends up with. If a
-    /// custom image cannot be pulled, authentik's default image for the type and version is
-    /// used instead, with a warning.
+    /// filled in (authentik itself does not). An outpost that leaves it unset or `null` takes
+    /// the one under `defaults`; unset there too, or empty (`""`), the image comes from
+    /// `container_image_base` (under `defaults`), the default image authentik ends up with.
+    /// If a custom image cannot be pulled, authentik's default image for the type and version
+    /// is used instead, with a warning.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(example = &"ghcr.io/goauthentik/proxy:2026.8.0")]
     pub container_image: Option<String>,
 
-    /// Docker network the container joins at creation. Unset or `null`: the network of
-    /// `defaults`, else Docker's default bridge network; `""`: the default bridge network,
-    /// whatever `defaults` says. The network must exist on the engine. Anything `docker run
+    /// Docker network the container joins at creation. An outpost that leaves it unset or
+    /// `null` takes the one under `defaults`; unset there too, or `""`, it is Docker's
+    /// default bridge network (`""` in an outpost's `config` overrides `defaults`). The
+    /// network must exist on the engine. Anything `docker run
     /// --network` takes: a name, an id or id prefix, `default`, `host`, `none`,
     /// `container:<name>` (the outpost shares that container's network). On `host`, `none` and
     /// `container:<name>` Docker publishes no ports: set `docker_map_ports: false` there.
@@ -387,7 +402,7 @@ pub struct OutpostConfig {
     /// `io.goauthentik.outpost-uuid` are reserved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
-        extend("propertyNames" = {"pattern": LABEL_KEY_PATTERN}),
+        extend("propertyNames" = {"pattern": LABEL_KEY_PATTERN, "minimum": 0}),
         extend("additionalProperties" = {"type": ["string", "number", "boolean"]}),
         example = serde_json::json!({"com.example.team": "infra"})
     )]
@@ -466,7 +481,81 @@ pub fn schema() -> serde_json::Value {
         d.insert("additionalProperties".into(), false.into());
     }
     polish(&mut value);
+    drop_shadowed_descriptions(&mut value);
     value
+}
+
+/// Removes the description of each `$defs` type that is only ever used by properties with a
+/// description of their own (`pull`, `log_level`, `ssh`, `token`, ...). An editor hovering
+/// an optional property (`anyOf [T, null]`) shows T's description instead of the property's
+/// (yaml-language-server does), and the property's says what the key is for where it stands.
+/// Types also used elsewhere (an outpost, under `outposts:` NAME) keep theirs.
+fn drop_shadowed_descriptions(schema: &mut serde_json::Value) {
+    use serde_json::Value;
+    /// Each `$ref` under `node` (at `path`, its segments) with whether it is covered: the
+    /// schema of a described property, or a branch of one's `anyOf`.
+    fn refs(node: &Value, path: &mut Vec<String>, out: &mut Vec<(String, bool)>) {
+        match node {
+            Value::Object(map) => {
+                if let Some(Value::String(r)) = map.get("$ref") {
+                    out.push((r.clone(), false));
+                }
+                for (k, v) in map {
+                    path.push(k.clone());
+                    refs(v, path, out);
+                    path.pop();
+                }
+                // A described property: the refs it holds directly or in its `anyOf` are
+                // covered by its description.
+                if path.len() >= 2
+                    && path[path.len() - 2] == "properties"
+                    && map.contains_key("description")
+                {
+                    let own: Vec<&str> = map
+                        .get("$ref")
+                        .and_then(Value::as_str)
+                        .into_iter()
+                        .chain(
+                            map.get("anyOf")
+                                .and_then(Value::as_array)
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|b| b.get("$ref").and_then(Value::as_str)),
+                        )
+                        .collect();
+                    for r in own {
+                        // The matching entries were pushed by this node and its branches.
+                        if let Some(e) = out.iter_mut().rev().find(|(x, c)| x == r && !c) {
+                            e.1 = true;
+                        }
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    path.push(i.to_string());
+                    refs(v, path, out);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut found = Vec::new();
+    refs(schema, &mut Vec::new(), &mut found);
+    let Some(defs) = schema.get_mut("$defs").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for (name, def) in defs.iter_mut() {
+        let target = format!("#/$defs/{name}");
+        let mut uses = found.iter().filter(|(r, _)| *r == target).peekable();
+        if uses.peek().is_some()
+            && uses.all(|(_, covered)| *covered)
+            && let Some(d) = def.as_object_mut()
+        {
+            d.remove("description");
+        }
+    }
 }
 
 /// Shapes the generated schema for editors (yaml-language-server, VS Code):

@@ -146,27 +146,91 @@ enum Frame {
         anchor: usize,
         span: YSpan,
         nodes: usize,
+        /// Inside the value of a duplicate key: read, then dropped, its positions not recorded.
+        dropped: bool,
     },
     Map {
         map: Map<String, Value>,
         pointer: String,
         anchor: usize,
         span: YSpan,
-        /// The key read and waiting for its value, with its span.
-        pending_key: Option<(String, YSpan)>,
+        /// The key read and waiting for its value, with its span, and whether it is a duplicate
+        /// (its value is read, then dropped: the first one stays).
+        pending_key: Option<(String, YSpan, bool)>,
         key_spans: HashMap<String, YSpan>,
         nodes: usize,
+        dropped: bool,
     },
 }
 
-/// Parses every document of `text`.
-pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
+impl Frame {
+    /// Whether the node about to be attached to this frame is dropped.
+    fn drops_child(&self) -> bool {
+        match self {
+            Frame::Seq { dropped, .. } => *dropped,
+            Frame::Map {
+                dropped,
+                pending_key,
+                ..
+            } => *dropped || pending_key.as_ref().is_some_and(|(_, _, dup)| *dup),
+        }
+    }
+}
+
+/// What a file parses to: its documents and the errors found in them.
+#[derive(Debug, Clone, Default)]
+pub struct Parsed {
+    /// The documents, when the parse reached the end of the file; none when an error stopped
+    /// it.
+    pub docs: Vec<Document>,
+    /// Every duplicate key (the parse goes on, the first value kept), then the error that
+    /// stopped the parse, if one did. Empty for a file that parses cleanly.
+    pub errors: Vec<YamlError>,
+}
+
+impl Parsed {
+    /// The documents, or the first error.
+    pub fn into_result(self) -> Result<Vec<Document>, YamlError> {
+        match self.errors.into_iter().next() {
+            Some(e) => Err(e),
+            None => Ok(self.docs),
+        }
+    }
+}
+
+/// At most this many duplicate keys are reported per file; the parse goes on past them.
+const MAX_DUPLICATES: usize = 100;
+
+/// Parses every document of `text`. A duplicate key does not stop the parse: it is reported,
+/// and the first value is kept.
+pub fn parse(text: &str, limits: Limits) -> Parsed {
+    let mut errors = Vec::new();
+    match parse_docs(text, limits, &mut errors) {
+        Ok(docs) => Parsed { docs, errors },
+        Err(e) => {
+            errors.push(e);
+            Parsed {
+                docs: Vec::new(),
+                errors,
+            }
+        }
+    }
+}
+
+fn parse_docs(
+    text: &str,
+    limits: Limits,
+    duplicates: &mut Vec<YamlError>,
+) -> Result<Vec<Document>, YamlError> {
     let mut parser = Parser::new_from_str(text);
     let mut docs = Vec::new();
     let mut stack: Vec<Frame> = Vec::new();
     let mut positions: HashMap<String, NodePos> = HashMap::new();
     // anchor id -> (value, node count)
     let mut anchors: HashMap<usize, (Value, usize)> = HashMap::new();
+    // Anchors of mappings and sequences of this document still open: an alias to one would
+    // put a value inside itself.
+    let mut open_anchors: std::collections::HashSet<usize> = std::collections::HashSet::new();
     let mut alias_nodes = 0usize;
     let mut total_nodes = 0usize;
     let mut doc_span = Span::default();
@@ -183,6 +247,18 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
             {
                 (line, col) = at;
             }
+            // Other tab errors (a tab that indents, one after `:`) stop just past the tab: the
+            // tab itself is shown.
+            if (e.info().contains("tab") || e.info().contains("valid YAML whitespace"))
+                && col > 1
+                && text
+                    .lines()
+                    .nth(line.saturating_sub(1))
+                    .and_then(|l| l.chars().nth(col - 2))
+                    == Some('\t')
+            {
+                col -= 1;
+            }
             // At the end of the file (an unclosed bracket or quote): shown on its last line
             // with text, not on the empty one after the final line break.
             if line > text.lines().count()
@@ -195,18 +271,15 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                 (line, col) = (i + 1, last.chars().count() + 1);
             }
             let mut err = scan_error(Span::at(line as u32, col as u32), e.info());
+            if let Some(hint) = text
+                .lines()
+                .nth(line.saturating_sub(1))
+                .and_then(|l| shell_variable_hint(l, col))
+            {
+                err = err.hint(hint);
+            }
             if e.info().contains("unknown anchor") {
-                let name: String = text
-                    .lines()
-                    .nth(line.saturating_sub(1))
-                    .and_then(|l| l.chars().skip(col.saturating_sub(1)).collect::<String>().strip_prefix('*').map(str::to_string))
-                    .map(|rest| {
-                        rest.chars()
-                            .take_while(|c| !c.is_whitespace() && !",[]{}".contains(*c))
-                            .take(64)
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let name = alias_name(text, line, col);
                 if !name.is_empty() {
                     err = err.hint(format!(
                         "`*{name}` names no anchor: define `&{name}` on a value above it in the same document (anchors do not reach past `---`)"
@@ -221,6 +294,7 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
             Event::DocumentStart(_) => {
                 positions = HashMap::new();
                 anchors.clear();
+                open_anchors.clear();
                 root = None;
                 doc_span = Span::from_yaml(yspan);
                 None
@@ -237,12 +311,36 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                 None
             }
             Event::Alias(id) => {
-                let (value, nodes) = anchors.get(&id).cloned().ok_or_else(|| {
-                    YamlError::new(
+                if open_anchors.contains(&id) {
+                    return Err(YamlError::new(
                         Span::from_yaml(yspan),
-                        "alias refers to an unknown anchor",
-                        "unknown anchor",
+                        "alias inside the value its anchor is on",
+                        "the anchored value is not finished here",
                     )
+                    .hint("a value cannot contain itself; write this part out"));
+                }
+                let (value, nodes) = anchors.get(&id).cloned().ok_or_else(|| {
+                    // The YAML reader knows the anchor from an earlier document.
+                    let span = Span::from_yaml(yspan);
+                    let name =
+                        alias_name(text, span.start.line as usize, span.start.col as usize);
+                    let e = YamlError::new(
+                        span,
+                        if name.is_empty() {
+                            "alias refers to an anchor of an earlier document".to_string()
+                        } else {
+                            format!("alias `*{name}` refers to an anchor of an earlier document")
+                        },
+                        "anchor not in this document",
+                    );
+                    let anchor = if name.is_empty() {
+                        "the anchor".to_string()
+                    } else {
+                        format!("`&{name}`")
+                    };
+                    e.hint(format!(
+                        "anchors do not reach past `---`: define {anchor} again in this document, or put shared settings under `defaults:`"
+                    ))
                 })?;
                 alias_nodes += nodes;
                 if alias_nodes > limits.max_alias_nodes {
@@ -282,12 +380,17 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                     return Err(depth_error(yspan, limits));
                 }
                 let pointer = child_pointer(&stack, yspan)?;
+                let dropped = stack.last().is_some_and(Frame::drops_child);
+                if anchor != 0 {
+                    open_anchors.insert(anchor);
+                }
                 stack.push(Frame::Seq {
                     items: Vec::new(),
                     pointer,
                     anchor,
                     span: yspan,
                     nodes: 1,
+                    dropped,
                 });
                 None
             }
@@ -297,6 +400,10 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                     return Err(depth_error(yspan, limits));
                 }
                 let pointer = child_pointer(&stack, yspan)?;
+                let dropped = stack.last().is_some_and(Frame::drops_child);
+                if anchor != 0 {
+                    open_anchors.insert(anchor);
+                }
                 stack.push(Frame::Map {
                     map: Map::new(),
                     pointer,
@@ -305,6 +412,7 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
                     pending_key: None,
                     key_spans: HashMap::new(),
                     nodes: 1,
+                    dropped,
                 });
                 None
             }
@@ -339,11 +447,39 @@ pub fn parse(text: &str, limits: Limits) -> Result<Vec<Document>, YamlError> {
             ));
         }
         if anchor != 0 {
+            open_anchors.remove(&anchor);
             anchors.insert(anchor, (value.clone(), nodes));
         }
-        attach(&mut stack, &mut positions, &mut root, value, span, nodes)?;
+        attach(
+            &mut stack,
+            &mut positions,
+            &mut root,
+            (value, span, nodes),
+            duplicates,
+        )?;
     }
     Ok(docs)
+}
+
+/// The name of the alias (`*name`) written at `line`, `col` (from 1, in characters); empty
+/// when there is none there. At most 64 characters.
+fn alias_name(text: &str, line: usize, col: usize) -> String {
+    text.lines()
+        .nth(line.saturating_sub(1))
+        .and_then(|l| {
+            l.chars()
+                .skip(col.saturating_sub(1))
+                .collect::<String>()
+                .strip_prefix('*')
+                .map(str::to_string)
+        })
+        .map(|rest| {
+            rest.chars()
+                .take_while(|c| !c.is_whitespace() && !",[]{}".contains(*c))
+                .take(64)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn span_to(start: YSpan, end: YSpan) -> YSpan {
@@ -374,6 +510,45 @@ fn tab_from(text: &str, line: usize, col: usize) -> Option<(usize, usize)> {
                 .find(|(_, c)| *c == '\t')
                 .map(|(c, _)| (i + 1, c + 1))
         })
+}
+
+/// The hint for a parse error at column `col` (from 1, in characters) of `line` that is a
+/// shell variable written as `${NAME}` (envsubst style), whose `{` YAML reads as a mapping
+/// in `{ }` or `[ ]`: the name alone after `env:`, else that outpostctl does not expand it.
+fn shell_variable_hint(line: &str, col: usize) -> Option<String> {
+    let chars: Vec<char> = line.chars().collect();
+    let mut from = 0;
+    while let Some(dollar) =
+        (from..chars.len().saturating_sub(1)).find(|&i| chars[i] == '$' && chars[i + 1] == '{')
+    {
+        from = dollar + 1;
+        let close = (dollar + 2..chars.len()).find(|&i| chars[i] == '}');
+        let end = close.unwrap_or(chars.len());
+        // The error is at the `${...}` (columns from 1): at the `$` up to just past the `}`.
+        if col < dollar + 1 || col > end + 2 {
+            continue;
+        }
+        let name: String = chars[dollar + 2..end].iter().take(64).collect();
+        let valid = name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid || close.is_none() {
+            return None;
+        }
+        let before: String = chars[..dollar].iter().collect();
+        return Some(if before.trim_end().ends_with("env:") {
+            format!(
+                "`${{{name}}}` is shell syntax that YAML reads as a mapping: an `env:` source takes the variable's name alone, `env: {name}`"
+            )
+        } else {
+            format!(
+                "outpostctl does not expand `${{{name}}}`, and inside `{{ }}` or `[ ]` YAML reads its `{{` as a mapping: write the value itself, or read a secret with `{{ env: {name} }}`"
+            )
+        });
+    }
+    None
 }
 
 fn scan_error(span: Span, info: &str) -> YamlError {
@@ -416,7 +591,7 @@ fn child_pointer(stack: &[Frame], start: YSpan) -> Result<String, YamlError> {
             pending_key,
             ..
         }) => match pending_key {
-            Some((k, _)) => format!("{pointer}/{}", escape(k)),
+            Some((k, _, _)) => format!("{pointer}/{}", escape(k)),
             // The node starting here is a key: point at it, not at the mapping it is in.
             None => return Err(complex_key(Span::from_yaml(start))),
         },
@@ -442,15 +617,17 @@ pub fn escape(key: &str) -> String {
     }
 }
 
+/// Attaches a finished node (its value, span and node count) to its parent on the stack. A
+/// duplicate key is added to `duplicates` and its value, when it comes, dropped.
 fn attach(
     stack: &mut [Frame],
     positions: &mut HashMap<String, NodePos>,
     root: &mut Option<Value>,
-    value: Value,
-    yspan: YSpan,
-    nodes: usize,
+    (value, yspan, nodes): (Value, YSpan, usize),
+    duplicates: &mut Vec<YamlError>,
 ) -> Result<(), YamlError> {
     let span = Span::from_yaml(yspan);
+    let record = !stack.last().is_some_and(Frame::drops_child);
     match stack.last_mut() {
         None => {
             positions.insert(
@@ -468,13 +645,15 @@ fn attach(
             nodes: n,
             ..
         }) => {
-            positions.insert(
-                format!("{pointer}/{}", items.len()),
-                NodePos {
-                    key: None,
-                    value: span,
-                },
-            );
+            if record {
+                positions.insert(
+                    format!("{pointer}/{}", items.len()),
+                    NodePos {
+                        key: None,
+                        value: span,
+                    },
+                );
+            }
             items.push(value);
             *n += nodes;
         }
@@ -494,27 +673,40 @@ fn attach(
                     Value::Number(n) => n.to_string(),
                     _ => return Err(complex_key(span)),
                 };
-                if let Some(first) = key_spans.get(&key) {
-                    let mut e = YamlError::new(
-                        span,
-                        format!("duplicate key `{key}`"),
-                        "defined again here",
-                    )
-                    .hint("each key may appear once in a mapping; remove one of them");
-                    e.related = Some((Span::from_yaml(*first), "first defined here".into()));
-                    return Err(e);
-                }
-                key_spans.insert(key.clone(), yspan);
-                *pending_key = Some((key, yspan));
+                let duplicate = match key_spans.get(&key) {
+                    Some(first) => {
+                        if duplicates.len() < MAX_DUPLICATES {
+                            let mut e = YamlError::new(
+                                span,
+                                format!("duplicate key `{key}`"),
+                                "defined again here",
+                            )
+                            .hint("each key may appear once in a mapping; remove one of them (the other checks read the first)");
+                            e.related =
+                                Some((Span::from_yaml(*first), "first defined here".into()));
+                            duplicates.push(e);
+                        }
+                        true
+                    }
+                    None => {
+                        key_spans.insert(key.clone(), yspan);
+                        false
+                    }
+                };
+                *pending_key = Some((key, yspan, duplicate));
             }
-            Some((key, kspan)) => {
-                positions.insert(
-                    format!("{pointer}/{}", escape(&key)),
-                    NodePos {
-                        key: Some(Span::from_yaml(kspan)),
-                        value: span,
-                    },
-                );
+            // The value of a duplicate key: dropped, the first one stays.
+            Some((_, _, true)) => {}
+            Some((key, kspan, false)) => {
+                if record {
+                    positions.insert(
+                        format!("{pointer}/{}", escape(&key)),
+                        NodePos {
+                            key: Some(Span::from_yaml(kspan)),
+                            value: span,
+                        },
+                    );
+                }
                 map.insert(key, value);
                 *n += nodes;
             }
@@ -714,13 +906,15 @@ mod tests {
                 "`!<tag:example.com,2026:x>`",
             ),
         ] {
-            let e = parse(text, Limits::default()).unwrap_err();
+            let e = parse(text, Limits::default()).into_result().unwrap_err();
             assert!(e.message.contains(shown), "{text}: {}", e.message);
         }
     }
 
     fn one(text: &str) -> Document {
-        let mut docs = parse(text, Limits::default()).expect("parses");
+        let mut docs = parse(text, Limits::default())
+            .into_result()
+            .expect("parses");
         assert_eq!(docs.len(), 1);
         docs.remove(0)
     }
@@ -756,18 +950,56 @@ mod tests {
             d.value,
             json!({"1e3": 1, "007": 2, "0x10": 3, "~": 4, "true": 5, "q": 6, "12": 7})
         );
-        let e = parse("007: 1\n007: 2\n", Limits::default()).unwrap_err();
+        let e = parse("007: 1\n007: 2\n", Limits::default())
+            .into_result()
+            .unwrap_err();
         assert_eq!(e.message, "duplicate key `007`");
         // `7` and `007` are two names.
-        assert!(parse("7: 1\n007: 2\n", Limits::default()).is_ok());
+        assert!(parse("7: 1\n007: 2\n", Limits::default()).errors.is_empty());
     }
 
     #[test]
     fn duplicate_keys_name_both_places() {
-        let e = parse("a: 1\nb: 2\na: 3\n", Limits::default()).unwrap_err();
+        let e = parse("a: 1\nb: 2\na: 3\n", Limits::default())
+            .into_result()
+            .unwrap_err();
         assert_eq!(e.message, "duplicate key `a`");
         assert_eq!(e.span.start, Pos { line: 3, col: 1 });
         assert_eq!(e.related.map(|r| r.0.start), Some(Pos { line: 1, col: 1 }));
+    }
+
+    /// A duplicate key does not stop the parse: every one is reported, the first value of
+    /// each is kept with its positions (the dropped value's nodes record none), and the
+    /// documents are there for the other checks.
+    #[test]
+    fn duplicate_keys_are_collected_and_the_first_value_kept() {
+        let text = "a: 1\nb:\n  c: [x]\na: 2\nb:\n  c: [y, z]\n  d: 3\n---\nq: 1\nq: 2\n";
+        let parsed = parse(text, Limits::default());
+        let found: Vec<(String, u32)> = parsed
+            .errors
+            .iter()
+            .map(|e| (e.message.clone(), e.span.start.line))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("duplicate key `a`".to_string(), 4),
+                ("duplicate key `b`".to_string(), 5),
+                ("duplicate key `q`".to_string(), 10),
+            ]
+        );
+        assert_eq!(parsed.docs.len(), 2);
+        let d = &parsed.docs[0];
+        assert_eq!(d.value, json!({"a": 1, "b": {"c": ["x"]}}));
+        assert_eq!(d.lookup("/b/c/0").value.start, Pos { line: 3, col: 7 });
+        assert!(!d.positions.contains_key("/b/c/1"));
+        assert!(!d.positions.contains_key("/b/d"));
+        assert_eq!(parsed.docs[1].value, json!({"q": 1}));
+        // An error that stops the parse comes after the duplicates found before it.
+        let parsed = parse("a: 1\na: 2\nb: [\n", Limits::default());
+        assert!(parsed.docs.is_empty());
+        assert_eq!(parsed.errors.len(), 2);
+        assert_eq!(parsed.errors[0].message, "duplicate key `a`");
     }
 
     #[test]
@@ -778,9 +1010,31 @@ mod tests {
             ("a: { b: 1, [c]: 2 }\n", 1, 12),
             ("x: &l [1]\na: 1\n? *l\n: 2\n", 3, 3),
         ] {
-            let e = parse(text, Limits::default()).unwrap_err();
+            let e = parse(text, Limits::default()).into_result().unwrap_err();
             assert_eq!(e.message, "a mapping or sequence cannot be used as a key");
             assert_eq!(e.span.start, Pos { line, col }, "{text:?}");
+        }
+    }
+
+    /// An alias whose anchor the YAML reader knows but this document does not: one of an
+    /// earlier document (anchors do not reach past `---`), or the value the alias is in.
+    #[test]
+    fn aliases_to_anchors_out_of_reach_say_why() {
+        let e = parse("a: &x 1\n---\nb: *x\n", Limits::default())
+            .into_result()
+            .unwrap_err();
+        assert_eq!(
+            e.message,
+            "alias `*x` refers to an anchor of an earlier document"
+        );
+        assert_eq!(e.span.start, Pos { line: 3, col: 4 });
+        assert!(e.hint.unwrap_or_default().contains("`&x`"));
+        for text in ["a: &x [*x]\n", "a: &x\n  b: *x\n"] {
+            let e = parse(text, Limits::default()).into_result().unwrap_err();
+            assert_eq!(
+                e.message, "alias inside the value its anchor is on",
+                "{text:?}"
+            );
         }
     }
 
@@ -794,14 +1048,16 @@ mod tests {
             ));
             prev = c;
         }
-        let e = parse(&text, Limits::default()).unwrap_err();
+        let e = parse(&text, Limits::default()).into_result().unwrap_err();
         assert!(e.message.contains("aliases expand"), "{}", e.message);
     }
 
     #[test]
     fn depth_is_bounded() {
         // Flow nesting is stopped by the scanner, block nesting by our own limit.
-        let e = parse(&"[".repeat(100_000), Limits::default()).unwrap_err();
+        let e = parse(&"[".repeat(100_000), Limits::default())
+            .into_result()
+            .unwrap_err();
         assert!(
             e.hint.unwrap_or_default().contains("nests too deeply"),
             "{}",
@@ -810,7 +1066,7 @@ mod tests {
         let block: String = (0..100)
             .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
             .collect();
-        let e = parse(&block, Limits::default()).unwrap_err();
+        let e = parse(&block, Limits::default()).into_result().unwrap_err();
         assert!(
             e.message.contains("nesting deeper than 64"),
             "{}",
@@ -820,14 +1076,60 @@ mod tests {
 
     #[test]
     fn multi_document() {
-        let docs = parse("a: 1\n---\nb: 2\n---\n", Limits::default()).unwrap();
+        let docs = parse("a: 1\n---\nb: 2\n---\n", Limits::default())
+            .into_result()
+            .unwrap();
         assert_eq!(docs.len(), 2);
         assert_eq!(docs[1].lookup("/b").value.start.line, 3);
     }
 
+    /// Every tab error points at the tab itself, as an editor does.
+    #[test]
+    fn tab_errors_point_at_the_tab() {
+        for (text, line, col) in [
+            ("a:\n\tb: 1\n", 2, 1),
+            ("a: 1\n\tb: 2\n", 2, 1),
+            ("version:\t1\n", 1, 9),
+            ("outposts:\n  A:\n    type: proxy\n\ttype: ldap\n", 4, 1),
+            ("a:\n  b: x\n\tc: 1\n", 3, 1),
+        ] {
+            let e = parse(text, Limits::default()).into_result().unwrap_err();
+            assert_eq!(e.span.start, Pos { line, col }, "{text:?}: {}", e.message);
+        }
+    }
+
+    /// `${NAME}` in a flow mapping (envsubst style) does not parse: the hint names the
+    /// variable as an `env:` source takes it, not an unclosed `{`.
+    #[test]
+    fn shell_variables_are_explained() {
+        let e = parse("token: { env: ${AK_TOKEN} }\n", Limits::default())
+            .into_result()
+            .unwrap_err();
+        let hint = e.hint.unwrap_or_default();
+        assert!(hint.contains("`env: AK_TOKEN`"), "{hint}");
+        assert!(!hint.contains("not closed"), "{hint}");
+        let e = parse("config: { authentik_host: ${HOST} }\n", Limits::default())
+            .into_result()
+            .unwrap_err();
+        assert!(
+            e.hint
+                .unwrap_or_default()
+                .contains("does not expand `${HOST}`"),
+            "{}",
+            e.message
+        );
+        // A `{` that is not closed still says so.
+        let e = parse("token: { env: AK\n", Limits::default())
+            .into_result()
+            .unwrap_err();
+        assert!(e.hint.unwrap_or_default().contains("not closed"));
+    }
+
     #[test]
     fn tabs_are_explained() {
-        let e = parse("a:\n\tb: 1\n", Limits::default()).unwrap_err();
+        let e = parse("a:\n\tb: 1\n", Limits::default())
+            .into_result()
+            .unwrap_err();
         assert!(e.hint.unwrap_or_default().contains("tabs"));
     }
 }

@@ -358,6 +358,8 @@ struct Checker {
     referenced_files: Vec<PathBuf>,
     saw_document: bool,
     first_origin: Option<Origin>,
+    /// The first `project:` written with no value, where a missing project is reported.
+    empty_project: Option<Origin>,
     /// A document failed the schema: what it defines is unknown, so cross-document checks
     /// (references, the project) would report mistakes that are not there.
     partial: bool,
@@ -468,6 +470,12 @@ impl Checker {
         // Only now that the document's integrations are known too.
         self.failed_outpost_refs.extend(failed_refs);
         let origin = &doc.origin;
+        if parsed.project.is_none()
+            && value.get("project").is_some_and(Value::is_null)
+            && self.empty_project.is_none()
+        {
+            self.empty_project = Some(origin.child("/project"));
+        }
         if let Some(p) = parsed.project {
             let here = origin.child("/project");
             match &self.project {
@@ -581,11 +589,21 @@ impl Checker {
             Some((p, _)) => p.clone(),
             None if self.partial || self.failed_whole("project") => String::new(),
             None => {
-                let mut d = Diagnostic::error("missing-project", "no `project` is defined in the manifest set")
-                    .hint("add `project: <name>` to one document; it scopes which containers outpostctl owns and may prune");
-                if let Some(o) = &self.first_origin {
-                    d = d.at(o.value());
-                }
+                let mut d = Diagnostic::error(
+                    "missing-project",
+                    "no `project` is defined in the manifest set",
+                );
+                d = match &self.empty_project {
+                    // `project:` with no value: there, saying what to write.
+                    Some(o) => d.at(o.key()).label("no value").hint("`project:` has no value; name the project, e.g. `project: homelab`: it scopes which containers outpostctl owns and may prune"),
+                    None => {
+                        d = d.hint("add `project: <name>` to one document; it scopes which containers outpostctl owns and may prune");
+                        match &self.first_origin {
+                            Some(o) => d.at(o.value()),
+                            None => d,
+                        }
+                    }
+                };
                 self.diags.push(d);
                 String::new()
             }
@@ -806,13 +824,24 @@ impl Checker {
             .collect();
         for (name, kp, origin) in entries {
             if kp.certificate.is_none() && kp.key.is_none() {
+                // `certificate:` or `key:` written with no value: what to write there.
+                let written = ["certificate", "key"]
+                    .into_iter()
+                    .find(|k| origin.child(&format!("/{k}")).exists());
+                let hint = match written {
+                    Some(k) => format!(
+                        "`{k}:` has no value; name where it is: `{k}: {{ file: PATH }}` or `{k}: {{ env: VARIABLE }}`"
+                    ),
+                    None => "give it a `certificate` (a CA for tls_verification), a `key`, or both"
+                        .to_string(),
+                };
                 self.diags.push(
                     Diagnostic::error(
                         "empty-keypair",
                         format!("keypair `{name}` has neither `certificate` nor `key`"),
                     )
                     .at(origin.key())
-                    .hint("give it a `certificate` (a CA for tls_verification), a `key`, or both"),
+                    .hint(hint),
                 );
             }
             let cert = kp.certificate.as_ref().and_then(|c| {
@@ -2402,6 +2431,7 @@ fn number_as_written(n: &serde_json::Number, written: &str) -> String {
             .map_or("", |(_, rest)| rest.trim_start());
     }
     let same = crate::manifest::yaml::parse(written, Default::default())
+        .into_result()
         .ok()
         .and_then(|docs| docs.into_iter().next())
         .is_some_and(|d| d.value == Value::Number(n.clone()));

@@ -57,6 +57,13 @@ pub fn check(doc: &LoadedDoc) -> Checked {
         .filter(|e| matches!(e.kind(), ValidationErrorKind::Type { .. }))
         .map(|e| e.instance_path().as_str().to_string())
         .collect();
+    // A value of the wrong type also fails its `enum` (`type:` with no value): the enum error,
+    // which lists the allowed values, says it better, and alone.
+    let not_allowed: BTreeSet<String> = errors
+        .iter()
+        .filter(|e| matches!(e.kind(), ValidationErrorKind::Enum { .. }))
+        .map(|e| e.instance_path().as_str().to_string())
+        .collect();
     // An empty value also fails its pattern (an `env` name): "must not be empty" says it alone.
     let empty: BTreeSet<String> = errors
         .iter()
@@ -76,8 +83,20 @@ pub fn check(doc: &LoadedDoc) -> Checked {
             failed_at.insert(pointer);
             continue;
         }
-        if (matches!(err.kind(), ValidationErrorKind::Constant { .. })
-            && mistyped.contains(&pointer))
+        // An integration or keypair left empty (`nas:` with no value) also passes or fails
+        // its entry's `oneOf`/`anyOf` as a non-mapping: the type error says it, and alone.
+        let entry_of_wrong_type = matches!(
+            err.kind(),
+            ValidationErrorKind::OneOfMultipleValid { .. }
+                | ValidationErrorKind::OneOfNotValid { .. }
+                | ValidationErrorKind::AnyOf { .. }
+        ) && !err.instance().is_object()
+            && mistyped.contains(&pointer);
+        if entry_of_wrong_type
+            || (matches!(err.kind(), ValidationErrorKind::Constant { .. })
+                && mistyped.contains(&pointer))
+            || (matches!(err.kind(), ValidationErrorKind::Type { .. })
+                && not_allowed.contains(&pointer))
             || (matches!(err.kind(), ValidationErrorKind::Pattern { .. })
                 && empty.contains(&pointer))
         {
@@ -321,9 +340,7 @@ fn translate(
                 };
                 d = d.hint(format!("a list of one: `{field}: [{item}]`"));
             } else if instance.is_null() && expected.contains("mapping") {
-                d = d.hint(format!(
-                    "`{field}:` has no value; write `{field}: {{}}` or remove the line"
-                ));
+                d = d.hint(empty_mapping_hint(&pointer, &field));
             } else if expected == "a string" && (instance.is_number() || instance.is_boolean()) {
                 // Quote what was written: the parsed number may read differently (1e3, 0o17).
                 let written = at.value().text();
@@ -356,7 +373,9 @@ fn translate(
                 } else {
                     format!("remove the quotes: `{field}: {}`", text.trim())
                 });
-            } else if let Some(w) = describe_at(schema, &schema_path) {
+            } else if let Some(w) =
+                describe_at(schema, &schema_path, err.evaluation_path().as_str())
+            {
                 d = d.hint(format!("`{field}`: {w}"));
             }
             out.push(d);
@@ -565,7 +584,18 @@ fn translate(
             if let Some(opts) = constants.filter(|o| !o.is_empty()) {
                 out.push(enum_error(&field, instance, &opts, &at));
             } else if branches.len() == 1 {
+                // `pull: 5` fails the enum's type and its values: the values say it alone.
+                let not_allowed: Vec<&str> = branches[0]
+                    .iter()
+                    .filter(|e| matches!(e.kind(), ValidationErrorKind::Enum { .. }))
+                    .map(|e| e.instance_path().as_str())
+                    .collect();
                 for e in branches[0] {
+                    if matches!(e.kind(), ValidationErrorKind::Type { .. })
+                        && not_allowed.contains(&e.instance_path().as_str())
+                    {
+                        continue;
+                    }
                     translate(e, doc, schema, out);
                 }
             } else {
@@ -573,6 +603,29 @@ fn translate(
             }
         }
         _ => out.push(generic(err, &at)),
+    }
+}
+
+/// What to write for a mapping left without a value (`nas:`): `{}` where that is valid, else
+/// the smallest mapping that is.
+fn empty_mapping_hint(pointer: &str, field: &str) -> String {
+    let segments: Vec<&str> = pointer.split('/').skip(1).collect();
+    match segments.as_slice() {
+        ["integrations", _] => format!(
+            "`{field}:` has no value; an integration is `{field}: {{ local: true }}` (this machine's engine) or `{field}: {{ url: \"ssh://authentik@host:22\" }}`"
+        ),
+        // (A keypair's `key:` and `certificate:` may be null: unset.)
+        ["outposts", _, "token"] => format!(
+            "`{field}:` has no value; name where the secret is: `{field}: {{ env: VARIABLE }}` or `{field}: {{ file: PATH }}`"
+        ),
+        ["keypairs", _] => format!(
+            "`{field}:` has no value; a keypair holds a `certificate`, a `key` or both, e.g. `{field}: {{ certificate: {{ file: PATH }} }}`"
+        ),
+        ["outposts", _] => format!(
+            "`{field}:` has no value; an outpost needs `type`, `integration` and `token`, e.g. `{field}: {{ type: proxy, integration: local, token: {{ env: VARIABLE }} }}`"
+        ),
+        // Sections, `config`, `ports`: empty is fine.
+        _ => format!("`{field}:` has no value; write `{field}: {{}}` or remove the line"),
     }
 }
 
@@ -589,13 +642,24 @@ fn yaml11_boolean(text: &str) -> Option<(&str, bool)> {
 fn enum_error(field: &str, instance: &Value, opts: &[String], at: &Origin) -> Diagnostic {
     let list = crate::render::code_list(opts);
     let given = scalar_text(instance);
+    let shown = if instance.is_string() {
+        format!("`{given}`")
+    } else {
+        found(instance)
+    };
+    let hint = did_you_mean(&given, opts.iter().map(String::as_str)).or_else(|| {
+        let first = opts.first()?;
+        instance
+            .is_null()
+            .then(|| format!("`{field}:` has no value; write one of them, e.g. `{field}: {first}`"))
+    });
     Diagnostic::error(
         "invalid-value",
-        format!("`{field}` must be one of {list}; found `{given}`"),
+        format!("`{field}` must be one of {list}; found {shown}"),
     )
     .at(at.value())
     .label("not an allowed value")
-    .maybe_hint(did_you_mean(&given, opts.iter().map(String::as_str)))
+    .maybe_hint(hint)
 }
 
 fn generic(err: &ValidationError<'_>, at: &Origin) -> Diagnostic {
@@ -734,10 +798,46 @@ fn describe(schema: &Value, schema_path: &str, property: &str) -> Option<String>
     })
 }
 
-fn describe_at(schema: &Value, schema_path: &str) -> Option<String> {
+/// What the value whose keyword at `schema_path` failed is: the description of the schema
+/// the keyword is in, else of the property that led there (`evaluation_path`, through its
+/// `$ref`s and `anyOf` branches: a type used only by described properties has none of its
+/// own in the schema).
+fn describe_at(schema: &Value, schema_path: &str, evaluation_path: &str) -> Option<String> {
     // schema_path ends in the failing keyword; its parent is the property's schema.
-    let node = schema_at(schema, schema_path)?;
-    first_sentence(node)
+    if let Some(d) = schema_at(schema, schema_path).and_then(first_sentence) {
+        return Some(d);
+    }
+    let segments: Vec<&str> = evaluation_path.split('/').skip(1).collect();
+    let (_, parents) = segments.split_last()?;
+    for end in (1..=parents.len()).rev() {
+        let prefix = &parents[..end];
+        if let Some(d) = node_at(schema, prefix).and_then(first_sentence) {
+            return Some(d);
+        }
+        // Not past the property itself: its parent object's description is no answer.
+        if prefix.len() >= 2 && prefix[prefix.len() - 2] == "properties" {
+            return None;
+        }
+    }
+    None
+}
+
+/// The node at `segments` of an evaluation path (a `$ref` segment follows the reference).
+fn node_at<'a>(schema: &'a Value, segments: &[&str]) -> Option<&'a Value> {
+    let mut node = schema;
+    for seg in segments {
+        if *seg == "$ref" {
+            node = deref(schema, node);
+            continue;
+        }
+        let seg = seg.replace("~1", "/").replace("~0", "~");
+        node = match node {
+            Value::Object(m) => m.get(&seg)?,
+            Value::Array(a) => a.get(seg.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(node)
 }
 
 fn first_sentence(node: &Value) -> Option<String> {
@@ -756,7 +856,12 @@ fn misplaced_key_hint(schema: &Value, key: &str, pointer: &str) -> Option<String
             .map(|p| p.keys().cloned().collect())
             .unwrap_or_default()
     };
-    let has = |def: &str| keys_of(def).iter().any(|k| k == key);
+    // authentik's Kubernetes settings are keys of its settings too (`patternProperties`).
+    let kubernetes = key.starts_with("kubernetes_");
+    let has = |def: &str| {
+        keys_of(def).iter().any(|k| k == key)
+            || (kubernetes && matches!(def, "OutpostConfig" | "Defaults"))
+    };
     let segments: Vec<&str> = pointer.split('/').skip(1).collect();
     let here = match segments.as_slice() {
         [] => "root",
@@ -767,6 +872,14 @@ fn misplaced_key_hint(schema: &Value, key: &str, pointer: &str) -> Option<String
     };
     let per_set_only = has("Defaults") && !has("OutpostConfig") && !has("Outpost");
     let hint = match here {
+        "outpost" | "root" if kubernetes => format!(
+            "`{key}` is one of authentik's outpost settings (a Kubernetes one, ignored on Docker): it goes under {}, or remove it",
+            if here == "root" {
+                "`defaults:`"
+            } else {
+                "this outpost's `config:`"
+            }
+        ),
         "outpost" if has("OutpostConfig") => format!(
             "`{key}` is one of authentik's outpost settings: put it under this outpost's `config:` (or under `defaults:` for every outpost)"
         ),
@@ -812,8 +925,8 @@ fn unknown_key_hint(key: &str, pointer: &str, known: &[String]) -> Option<String
     if key == "value" && (pointer.ends_with("/token") || pointer.ends_with("/key")) {
         return Some("secrets are never written into a manifest; use `{ env: VARIABLE }` or `{ file: path }`".into());
     }
-    if key.starts_with("kubernetes") {
-        return None;
+    if key.starts_with("kubernetes_") {
+        return Some("authentik's Kubernetes settings (`kubernetes_*`) are accepted in an outpost's `config:` and in `defaults:`, and have no effect on Docker".into());
     }
     did_you_mean(key, known.iter().map(String::as_str)).or_else(|| {
         (!known.is_empty()).then(|| format!("known keys here: {}", crate::render::code_list(known)))
@@ -886,7 +999,7 @@ fn pattern_meaning(pattern: &str) -> (&'static str, String) {
             "an http(s) URL",
             "write the full URL, e.g. `https://auth.example.com`".into(),
         ),
-        p if p.starts_with("^https?://") => (
+        p if p == model::EXTERNAL_HOST_PATTERN => (
             "an http(s) URL",
             "write the full URL, e.g. `https://app.example.com`".into(),
         ),
