@@ -440,9 +440,9 @@ fn labels_set_by_hand_are_shown_escaped() {
     assert_eq!(human.code, 0, "{}", shown(&human));
     for line in [
         r#"labels.x.y: "\u001b[2J\u001b[31mRED" -> plain"#,
-        r"labels.\u{1b}]0;title\u{7}: v -> (removed)",
+        r"labels.\u001b]0;title\u0007: v -> (removed)",
         r#"- remove    "#,
-        r"Gone\nplan: no changes\u{1b}[8m",
+        r"Gone\nplan: no changes\u001b[8m",
     ] {
         assert!(
             human.stdout.contains(line),
@@ -451,7 +451,7 @@ fn labels_set_by_hand_are_shown_escaped() {
         );
     }
     assert!(
-        status.stdout.contains(r"Gone\nplan: no changes\u{1b}[8m"),
+        status.stdout.contains(r"Gone\nplan: no changes\u001b[8m"),
         "{}",
         shown(&status)
     );
