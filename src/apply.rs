@@ -201,7 +201,17 @@ pub async fn apply(
                 break;
             }
             let aside = format!("{}{PARKED}-{}", c.name, c.id.get(..12).unwrap_or(&c.id));
-            if let Err(e) = engine.rename(&c.id, &aside).await {
+            let mut moved = engine.rename(&c.id, &aside).await;
+            if moved
+                .as_ref()
+                .is_err_and(|e| e.kind == crate::engine::ErrorKind::Conflict)
+            {
+                // That name is taken (by hand?): the whole id then.
+                moved = engine
+                    .rename(&c.id, &format!("{}{PARKED}-{}", c.name, c.id))
+                    .await;
+            }
+            if let Err(e) = moved {
                 progress.started(&ep.name, a);
                 let outcome = outcome_of(
                     &ep.name,
@@ -216,10 +226,61 @@ pub async fn apply(
                 stuck.push(a);
             }
         }
+        // What would take a name still held is not tried: it would fail the same way.
+        let held: BTreeSet<&str> = stuck
+            .iter()
+            .filter_map(|a| a.container.as_ref().map(|c| c.name.as_str()))
+            .collect();
+        let waiting: Vec<&Action> = others
+            .iter()
+            .copied()
+            .filter(|a| {
+                crate::diff::takes_a_name(a)
+                    && held.contains(a.name.as_str())
+                    && !stuck.iter().any(|s| std::ptr::eq(*s, *a))
+            })
+            .collect();
+        for a in waiting {
+            progress.started(&ep.name, a);
+            let outcome = outcome_of(
+                &ep.name,
+                a,
+                vec![format!(
+                    "not started: the name `{}` is still held by a container that could not be moved out of its way (see that outpost)",
+                    a.name
+                )],
+            );
+            progress.finished(&outcome);
+            outcomes.push(outcome);
+            stuck.push(a);
+        }
         let others: Vec<&Action> = others
             .into_iter()
             .filter(|a| !stuck.iter().any(|s| std::ptr::eq(*s, *a)))
             .collect();
+        // An outpost on the network namespace of another's container (`docker_network:
+        // container:<name>`) that this plan makes or starts goes after it: Docker joins the
+        // namespace the container of that name has when the outpost's starts.
+        let starting: BTreeSet<&str> = others
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a.action,
+                    ActionKind::Create
+                        | ActionKind::Recreate
+                        | ActionKind::Start
+                        | ActionKind::Restart
+                )
+            })
+            .map(|a| a.name.as_str())
+            .collect();
+        let (later, others): (Vec<&Action>, Vec<&Action>) = others.into_iter().partition(|a| {
+            specs
+                .get(a.outpost.as_str())
+                .and_then(|s| s.network.as_deref())
+                .and_then(|n| n.strip_prefix("container:"))
+                .is_some_and(|t| t != a.name && starting.contains(t))
+        });
         // Then the recreates that move host ports: the ports their previous containers free
         // may be another outpost's now (a port handed over in one change), whose create or
         // start must come after. (The set's outposts never share a port: the others can run
@@ -298,6 +359,7 @@ pub async fn apply(
             }
         }
         rest.extend(run_all(others, PARALLEL_PER_ENGINE).await);
+        rest.extend(run_all(later, PARALLEL_PER_ENGINE).await);
         for a in deferred {
             let kept_runs = rest
                 .iter()

@@ -455,7 +455,7 @@ pub fn diff(
             });
         }
     }
-    keep_names_of_what_stays(&mut actions, &vacating, &named);
+    keep_names_of_what_stays(&mut actions, observed);
     actions.sort_by(|a, b| {
         (a.action == ActionKind::Remove, &a.outpost, &a.name).cmp(&(
             b.action == ActionKind::Remove,
@@ -475,45 +475,58 @@ pub fn takes_a_name(a: &Action) -> bool {
 }
 
 /// A name the diff let an outpost take from another outpost's container (`vacating`) is
-/// free only if that container moves (is renamed or recreated under its own new name): when
-/// it does not (its outpost is blocked), the outpost that wanted the name is blocked too,
-/// naming it; and so on, along chains of names.
-fn keep_names_of_what_stays<'a>(
-    actions: &mut [Action],
-    vacating: &HashSet<&str>,
-    named: &dyn Fn(&str) -> &'a [&'a Observed],
-) {
+/// free only if that container moves (is renamed or recreated under its own new name, or
+/// removed): when it does not (its outpost is blocked, by the diff or by a check after it),
+/// the outpost that wanted the name is blocked too, naming it; and so on, along chains of
+/// names. Run by the diff and again once the plan's checks have blocked what would fail.
+pub fn keep_names_of_what_stays(actions: &mut [Action], observed: &[Observed]) {
     loop {
-        let moving: HashSet<String> = actions
+        // Containers of this plan's actions that stay where they are, by name.
+        let staying: HashMap<&str, &ContainerRef> = actions
             .iter()
-            .filter(|a| matches!(a.action, ActionKind::Rename | ActionKind::Recreate))
-            .filter_map(|a| a.container.as_ref().map(|c| c.id.clone()))
+            .filter(|a| {
+                !matches!(
+                    a.action,
+                    ActionKind::Rename | ActionKind::Recreate | ActionKind::Remove
+                )
+            })
+            .filter_map(|a| a.container.as_ref())
+            .map(|c| (c.name.as_str(), c))
             .collect();
-        let mut changed = false;
-        for a in actions.iter_mut().filter(|a| takes_a_name(a)) {
-            let mine = a.container.as_ref().map(|c| c.id.clone());
-            let Some(holder) = named(&a.name).iter().find(|o| {
-                vacating.contains(o.id.as_str())
-                    && Some(&o.id) != mine.as_ref()
-                    && !moving.contains(&o.id)
-            }) else {
+        let mut blocked: Vec<(usize, String, String)> = Vec::new();
+        for (at, a) in actions.iter().enumerate().filter(|(_, a)| takes_a_name(a)) {
+            let mine = a.container.as_ref().map(|c| c.id.as_str());
+            let Some(holder) = staying
+                .get(a.name.as_str())
+                .filter(|c| Some(c.id.as_str()) != mine)
+            else {
                 continue;
             };
+            let whose = observed
+                .iter()
+                .find(|o| o.id == holder.id)
+                .map(|o| shown_label(o, LABEL_OUTPOST))
+                .unwrap_or_default();
+            blocked.push((at, holder.id.clone(), whose));
+        }
+        if blocked.is_empty() {
+            return;
+        }
+        for (at, holder, whose) in blocked {
+            let Some(o) = observed.iter().find(|o| o.id == holder) else {
+                continue;
+            };
+            let a = &mut actions[at];
             a.error = Some(format!(
-                "the name `{}` is taken by container {} of outpost `{}`, which keeps it: that outpost's container cannot get its own new name in this plan (see its action)",
+                "the name `{}` is taken by container {} of outpost `{whose}`, which keeps it: that outpost's container cannot move in this plan (see its action)",
                 a.name,
-                holder.short_id(),
-                shown_label(holder, LABEL_OUTPOST)
+                o.short_id(),
             ));
             a.action = ActionKind::Blocked;
             // A create blocked names the container in its way, as the diff's do.
             if a.container.is_none() {
-                a.container = Some(ContainerRef::of(holder));
+                a.container = Some(ContainerRef::of(o));
             }
-            changed = true;
-        }
-        if !changed {
-            return;
         }
     }
 }

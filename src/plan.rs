@@ -83,8 +83,8 @@ pub enum Unblock {
     Name(String),
     /// A network of this name is created.
     Network(String),
-    /// A container of this name is made, renamed to it or started: a `docker_network:
-    /// container:<name>` outpost's namespace container, missing or made anew.
+    /// A container of this name is made, renamed to it, started, stopped or removed: the
+    /// namespace container of a `docker_network: container:<name>` outpost.
     Appears(String),
     /// This image arrives (pulled, loaded, tagged).
     Image(String),
@@ -694,6 +694,14 @@ async fn plan_listed(
         .map(|a| a.outpost.clone())
         .collect();
     actions.retain(|a| !(diff::is_duplicate_removal(a) && blocked.contains(&a.outpost)));
+    // A name an outpost was to take from a container that the checks above keep where it is.
+    diff::keep_names_of_what_stays(&mut actions, &observed);
+    unblocks.extend(
+        actions
+            .iter()
+            .filter(|a| a.action == ActionKind::Blocked && !blocked.contains(&a.outpost))
+            .flat_map(waits_of_blocked),
+    );
     unblocks.sort();
     unblocks.dedup();
     Ok(EngineOutcome {
@@ -721,13 +729,7 @@ async fn block_what_would_fail(
     let mut unblocks: Vec<Unblock> = actions
         .iter()
         .filter(|a| a.action == ActionKind::Blocked)
-        .flat_map(|a| {
-            let by = a
-                .container
-                .as_ref()
-                .map(|c| Unblock::Container(c.id.clone()));
-            by.into_iter().chain([Unblock::Name(a.name.clone())])
-        })
+        .flat_map(waits_of_blocked)
         .collect();
     // Every reason an action would fail is found on the actions as the diff made them, so
     // that an outpost blocked for several reasons shows them all at once.
@@ -741,6 +743,16 @@ async fn block_what_would_fail(
         }
     }
     unblocks
+}
+
+/// What a blocked action waits for: the container in its way (or its own) to go, its name
+/// to be freed.
+fn waits_of_blocked(a: &Action) -> impl Iterator<Item = Unblock> + use<> {
+    let by = a
+        .container
+        .as_ref()
+        .map(|c| Unblock::Container(c.id.clone()));
+    by.into_iter().chain([Unblock::Name(a.name.clone())])
 }
 
 /// A reason an action would fail at apply: the action's index, why, and what would let it
@@ -776,16 +788,24 @@ pub async fn checked(
         keep,
     )
     .await;
+    diff::keep_names_of_what_stays(&mut actions, observed);
     actions
 }
 
 /// `docker_network: container:<name>`: Docker joins the network namespace of the container
-/// of that name when it makes the outpost's container, and keeps that container's id. One
-/// inspect per container so named, only when an outpost names one: an outpost whose container
-/// is on the namespace of one since removed (made anew by its compose file, say: it then runs
-/// cut off, and cannot start again) is recreated onto the current one; an outpost with no
-/// container of that name is blocked until one exists. Returns what each such outpost waits
-/// for (a container of that name made, renamed to it, started or removed).
+/// of that name when it starts the outpost's container, and keeps that container's id. An
+/// outpost whose container joined a namespace that is gone (its container made anew, by its
+/// compose file say, or restarted since) runs cut off, and cannot start again once stopped:
+///
+/// - the container of that name is made, recreated, started or restarted by this plan (it
+///   is another outpost's): the outpost is recreated after it (apply orders them);
+/// - else the container of that name is read (one inspect per name, and one of each such
+///   outpost's container, only when an outpost names one): none, or not running, blocks the
+///   outpost until it is; one made anew since recreates the outpost onto it; one restarted
+///   since the outpost's container started restarts the outpost.
+///
+/// Returns what each such outpost waits for: a container of that name made, renamed to it,
+/// started or removed.
 async fn shared_namespaces(
     specs: &Specs<'_>,
     observed: &[Observed],
@@ -802,14 +822,29 @@ async fn shared_namespaces(
         Some(n.to_string())
     };
     let targets: BTreeSet<String> = actions.iter().filter_map(target_of).collect();
-    let mut ids: HashMap<String, Option<String>> = HashMap::new();
-    for t in &targets {
+    if targets.is_empty() {
+        return Vec::new();
+    }
+    // The names this plan gives a container that (re)starts: another outpost's.
+    let made_here: HashSet<String> = actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a.action,
+                ActionKind::Create | ActionKind::Recreate | ActionKind::Start | ActionKind::Restart
+            )
+        })
+        .map(|a| a.name.clone())
+        .collect();
+    // The others as the engine has them now: None when there is no such container.
+    let mut found: HashMap<String, Option<Inspected>> = HashMap::new();
+    for t in targets.iter().filter(|t| !made_here.contains(*t)) {
         match engine.inspect(t).await {
             Ok(c) => {
-                ids.insert(t.clone(), Some(c.id));
+                found.insert(t.clone(), Some(c));
             }
             Err(e) if e.is_not_found() => {
-                ids.insert(t.clone(), None);
+                found.insert(t.clone(), None);
             }
             Err(e) => notes.push(format!(
                 "container `{}` (named by `docker_network: container:{}`) could not be read, so whether the outposts on its network namespace are still on it was not checked: {}",
@@ -823,10 +858,44 @@ async fn shared_namespaces(
         let Some(target) = target_of(a) else {
             continue;
         };
-        let Some(id) = ids.get(&target) else {
+        if a.name == target {
+            continue; // names itself: Docker refuses it at apply
+        }
+        let live = a
+            .container
+            .as_ref()
+            .and_then(|c| observed.iter().find(|o| o.id == c.id));
+        let recreate = |a: &mut Action, before: String, after: String| {
+            if a.container.is_none() {
+                return; // a create: made after it anyway
+            }
+            if matches!(
+                a.action,
+                ActionKind::Noop
+                    | ActionKind::Start
+                    | ActionKind::Restart
+                    | ActionKind::Unpause
+                    | ActionKind::Rename
+                    | ActionKind::Recreate
+            ) {
+                a.action = ActionKind::Recreate;
+                a.reasons.retain(|r| r.field != "network");
+                a.reasons
+                    .insert(0, Change::new("network", Some(before), Some(after)));
+            }
+        };
+        if made_here.contains(&target) {
+            recreate(
+                a,
+                format!("container:{target}"),
+                format!("container:{target} (made anew by this plan, first)"),
+            );
+            continue;
+        }
+        let Some(c) = found.get(&target) else {
             continue; // not read: left as it is
         };
-        let Some(id) = id else {
+        let Some(c) = c else {
             block(
                 a,
                 format!(
@@ -835,49 +904,53 @@ async fn shared_namespaces(
             );
             continue;
         };
-        let Some(live) = a
-            .container
-            .as_ref()
-            .and_then(|c| observed.iter().find(|o| o.id == c.id))
-        else {
-            continue;
-        };
-        let Some(joined) = live
-            .network_mode
-            .as_deref()
-            .and_then(|m| m.strip_prefix("container:"))
-        else {
-            continue; // not on a namespace (the diff recreates it for its network)
-        };
-        if joined == id.as_str() {
+        if !c.running {
+            block(
+                a,
+                format!(
+                    "container `{target}`, whose network namespace the outpost shares (`docker_network`), is not running: start it first (`docker start {}`)",
+                    crate::commands::shell_word(&target)
+                ),
+            );
             continue;
         }
-        let reason = Change::new(
-            "network",
-            Some(format!(
-                "container:{} (a container since removed)",
-                joined.get(..12).unwrap_or(joined)
-            )),
-            Some(format!(
-                "container:{target} ({})",
-                id.get(..12).unwrap_or(id)
-            )),
-        );
-        match a.action {
-            ActionKind::Noop
-            | ActionKind::Start
-            | ActionKind::Restart
-            | ActionKind::Unpause
-            | ActionKind::Rename => {
-                a.action = ActionKind::Recreate;
-                a.reasons.retain(|r| r.field != "network");
-                a.reasons.insert(0, reason);
+        let Some(live) = live else {
+            continue;
+        };
+        let joined = live
+            .network_mode
+            .as_deref()
+            .and_then(|m| m.strip_prefix("container:"));
+        match joined {
+            None => {} // not on a namespace: the diff recreates it for its network
+            Some(joined) if joined != c.id => recreate(
+                a,
+                format!(
+                    "container:{} (a container since removed)",
+                    joined.get(..12).unwrap_or(joined)
+                ),
+                format!("container:{target} ({})", c.id.get(..12).unwrap_or(&c.id)),
+            ),
+            // The same container, restarted since the outpost's started: a restart joins
+            // its namespace again.
+            Some(_) if a.action == ActionKind::Noop && live.state == State::Running => {
+                let started = engine
+                    .inspect(&live.id)
+                    .await
+                    .ok()
+                    .and_then(|i| i.started_at);
+                if let (Some(mine), Some(theirs)) = (started, c.started_at)
+                    && mine < theirs
+                {
+                    a.action = ActionKind::Restart;
+                    a.reasons.push(Change::new(
+                        "network",
+                        Some(format!("container:{target} (before it restarted)")),
+                        Some(format!("container:{target} (as it runs now)")),
+                    ));
+                }
             }
-            ActionKind::Recreate => {
-                a.reasons.retain(|r| r.field != "network");
-                a.reasons.insert(0, reason);
-            }
-            _ => {}
+            Some(_) => {}
         }
     }
     targets.into_iter().map(Unblock::Appears).collect()

@@ -805,8 +805,9 @@ impl State {
                     return false;
                 }
                 // Removed, renamed, created, arrived: final, whatever it did before. Only a
-                // container that keeps dying (restarted by its policy) is muted.
-                if event.action != "die" {
+                // container that keeps dying (restarted by its policy) is muted: its deaths
+                // are counted, and its starts (a namespace an outpost shares) muted with them.
+                if !matches!(event.action.as_str(), "die" | "start") {
                     return true;
                 }
                 (integration, &event.name, &event.id, &event.action, false)
@@ -1634,7 +1635,7 @@ fn unblocks(waits: &[Unblock], ev: &EngineEvent) -> bool {
         (Unblock::Appears(n), EventSubject::Container) => {
             matches!(
                 ev.action.as_str(),
-                "create" | "rename" | "start" | "destroy"
+                "create" | "rename" | "start" | "die" | "destroy"
             ) && ev.name == *n
         }
         (Unblock::Network(n), EventSubject::Network) => ev.name == *n || ev.name.is_empty(),
@@ -2285,15 +2286,15 @@ mod tests {
             assert_eq!(unblocks(&waits, &ev), want, "{ev:?}");
         }
         // The container an outpost shares the network namespace of: made, started, renamed
-        // to that name or removed; another container's start does not.
+        // to that name, stopped or removed; another container's start does not.
         let shared = [Unblock::Appears("vpn".into())];
-        for action in ["create", "start", "rename", "destroy"] {
+        for action in ["create", "start", "rename", "die", "destroy"] {
             assert!(
                 unblocks(&shared, &event(Container, "v", "vpn", action)),
                 "{action}"
             );
         }
-        assert!(!unblocks(&shared, &event(Container, "v", "vpn", "die")));
+        assert!(!unblocks(&shared, &event(Container, "v", "vpn", "pause")));
         assert!(!unblocks(&shared, &event(Container, "w", "web", "start")));
         let image = [Unblock::Image("example/radius:absent".into())];
         assert!(unblocks(

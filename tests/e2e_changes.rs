@@ -947,6 +947,34 @@ fn a_shared_namespace_made_anew_is_followed() {
     assert!(env.container(&name).running());
     env.assert_converged();
 
+    // Restarted: the outpost is left on the namespace that went (or stopped with it):
+    // restarted (started) after it, onto its namespace as it runs now.
+    docker_ok(&["restart", &host]);
+    let plan = env.plan_json();
+    let a = action_of(&plan, "Shares");
+    assert!(
+        a["action"] == "restart" && reason(&a, "network").is_some() || a["action"] == "start",
+        "{a:#}"
+    );
+    env.apply_ok();
+    env.assert_converged();
+    let shares = env.container(&name);
+    assert!(shares.running(), "{}", shares.status());
+
+    // Stopped: blocked until it runs (Docker refuses to start the outpost on it), then the
+    // outpost follows it.
+    docker_ok(&["stop", "-t", "1", &host]);
+    let plan = env.plan(&["--detailed-exitcode"]);
+    assert_eq!(plan.code, 1, "{}", shown(&plan));
+    assert!(
+        plan.stdout.contains(&format!("container `{host}`, whose network namespace the outpost shares (`docker_network`), is not running")),
+        "{}",
+        shown(&plan)
+    );
+    docker_ok(&["start", &host]);
+    env.apply_ok();
+    env.assert_converged();
+
     // No container of that name: blocked, naming it; the container is left as it is.
     docker_ok(&["rm", "-f", &host]);
     let before = env.container(&name).id();
@@ -1067,4 +1095,64 @@ fn a_name_whose_container_cannot_move_is_not_taken() {
     env.apply_all_blocked(2);
     assert_eq!(env.container(&q).id(), q_id);
     assert_eq!(env.container(&xq).id(), xq_id);
+}
+
+/// An outpost on the network namespace of another outpost's container (`docker_network:
+/// container:<its name>`) is made after it in the same apply, and recreated after it when
+/// that one is recreated: one apply each, no outpost blocked or left cut off.
+#[test]
+fn an_outpost_on_another_outposts_namespace_follows_it_in_one_apply() {
+    let env = Env::new("nsoutpost");
+    let mut m = env.manifest();
+    m["outposts"]["Vpn"] = env.outpost("rac", "AK_VPN");
+    let mut o = env.outpost("ldap", "AK_BEHIND");
+    o["config"]["docker_network"] = json!(format!("container:{}", env.name_of("vpn")));
+    m["outposts"]["Behind"] = o;
+    env.write(&m);
+    env.apply_ok();
+    env.assert_converged();
+    let mode = |n: &str| env.container(&env.name_of(n)).network_mode();
+    let vpn = env.container(&env.name_of("vpn")).id();
+    assert_eq!(mode("behind"), format!("container:{vpn}"));
+
+    m["outposts"]["Vpn"]["config"] = json!({"docker_labels": {"changed": "yes"}});
+    env.write(&m);
+    let plan = env.plan_json();
+    assert_eq!(action_of(&plan, "Vpn")["action"], "recreate", "{plan:#}");
+    assert_eq!(action_of(&plan, "Behind")["action"], "recreate", "{plan:#}");
+    env.apply_ok();
+    env.assert_converged();
+    let vpn = env.container(&env.name_of("vpn")).id();
+    assert_eq!(mode("behind"), format!("container:{vpn}"));
+    assert!(env.container(&env.name_of("behind")).running());
+}
+
+/// A swap where one side is blocked by a check after the diff (its network is missing):
+/// the other does not take a name that stays held (it failed the apply with Docker's 409),
+/// it is blocked, naming the container.
+#[test]
+fn a_swap_with_a_blocked_side_blocks_both() {
+    let env = Env::new("swapblock");
+    let mut m = env.manifest();
+    m["outposts"]["A"] = env.outpost("rac", "AK_A");
+    m["outposts"]["B"] = env.outpost("rac", "AK_B");
+    env.write(&m);
+    env.apply_ok();
+    let (a, b) = (m["outposts"]["A"].take(), m["outposts"]["B"].take());
+    m["outposts"]["A"] = b;
+    m["outposts"]["B"] = a;
+    m["outposts"]["B"]["config"] = json!({"docker_network": format!("{}nonet", env.prefix)});
+    env.write(&m);
+    let plan = env.plan_json_with(&[], true);
+    let b = action_of(&plan, "B");
+    assert_eq!(b["action"], "blocked", "{b:#}");
+    let a = action_of(&plan, "A");
+    assert_eq!(a["action"], "blocked", "{a:#}");
+    assert!(
+        a["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("which keeps it")),
+        "{a:#}"
+    );
+    env.apply_all_blocked(2);
 }

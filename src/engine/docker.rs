@@ -559,6 +559,7 @@ impl super::Engine for DockerEngine {
             retries: h.retries.unwrap_or_default(),
             start_period_ns: h.start_period.unwrap_or_default(),
         });
+        let state = c.state.unwrap_or_default();
         Ok(Inspected {
             id: c.id.unwrap_or_default(),
             name: c
@@ -566,9 +567,8 @@ impl super::Engine for DockerEngine {
                 .unwrap_or_default()
                 .trim_start_matches('/')
                 .to_string(),
-            running: c
-                .state
-                .and_then(|s| s.status)
+            running: state
+                .status
                 .is_some_and(|s| s == bollard::models::ContainerStateStatusEnum::RUNNING),
             image: config.image.unwrap_or_default(),
             env,
@@ -581,6 +581,10 @@ impl super::Engine for DockerEngine {
                 .map(|n| n.to_string())
                 .unwrap_or_default(),
             healthcheck,
+            // `0001-01-01T00:00:00Z` for a container never started: before 1970, None.
+            started_at: state
+                .started_at
+                .and_then(|t| humantime::parse_rfc3339_weak(&t).ok()),
         })
     }
 

@@ -182,6 +182,7 @@ impl Engine for Fake {
                 network: None,
                 restart_policy: String::new(),
                 healthcheck: None,
+                started_at: None,
             }),
             None => Err(EngineError::new(
                 ErrorKind::NotFound,

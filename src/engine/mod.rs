@@ -138,6 +138,8 @@ pub struct Inspected {
     pub network: Option<String>,
     pub restart_policy: String,
     pub healthcheck: Option<HealthCheck>,
+    /// When it last started; None when it never did (or the engine's time is unreadable).
+    pub started_at: Option<std::time::SystemTime>,
 }
 
 impl std::fmt::Debug for Inspected {
@@ -153,6 +155,7 @@ impl std::fmt::Debug for Inspected {
             .field("network", &self.network)
             .field("restart_policy", &self.restart_policy)
             .field("healthcheck", &self.healthcheck)
+            .field("started_at", &self.started_at)
             .finish()
     }
 }
