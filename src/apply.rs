@@ -212,17 +212,15 @@ pub async fn apply(
                     .await;
             }
             if let Err(e) = moved {
-                progress.started(&ep.name, a);
-                let outcome = outcome_of(
+                outcomes.push(failed_before_start(
+                    progress,
                     &ep.name,
                     a,
-                    vec![format!(
+                    format!(
                         "could not move container `{}` out of the way of the outpost that takes its name (renaming it `{aside}`): {e}",
                         c.name
-                    )],
-                );
-                progress.finished(&outcome);
-                outcomes.push(outcome);
+                    ),
+                ));
                 stuck.push(a);
             }
         }
@@ -241,17 +239,15 @@ pub async fn apply(
             })
             .collect();
         for a in waiting {
-            progress.started(&ep.name, a);
-            let outcome = outcome_of(
+            outcomes.push(failed_before_start(
+                progress,
                 &ep.name,
                 a,
-                vec![format!(
+                format!(
                     "not started: the name `{}` is still held by a container that could not be moved out of its way (see that outpost)",
                     a.name
-                )],
-            );
-            progress.finished(&outcome);
-            outcomes.push(outcome);
+                ),
+            ));
             stuck.push(a);
         }
         let others: Vec<&Action> = others
@@ -491,6 +487,20 @@ struct Prepared {
 }
 
 /// The outcome of `a` from what it said: ok unless something other than a warning.
+/// The outcome of an action that failed before it ran, told to `progress` as started and
+/// finished.
+fn failed_before_start(
+    progress: &dyn Progress,
+    integration: &str,
+    a: &Action,
+    why: String,
+) -> Outcome {
+    progress.started(integration, a);
+    let outcome = outcome_of(integration, a, vec![why]);
+    progress.finished(&outcome);
+    outcome
+}
+
 fn outcome_of(integration: &str, a: &Action, messages: Vec<String>) -> Outcome {
     Outcome {
         integration: integration.to_string(),

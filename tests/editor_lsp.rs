@@ -551,6 +551,21 @@ fn diagnostics_on_line(diags: &[Value], line: u32) -> Vec<&Value> {
         .collect()
 }
 
+/// Fails unless every line of `lines` has an error among `diags`.
+fn expect_errors_on(s: &Server, diags: &[Value], lines: &[u32]) {
+    for line in lines {
+        if !diags
+            .iter()
+            .any(|d| d["severity"] == json!(1) && d["range"]["start"]["line"] == json!(line))
+        {
+            s.fail(&format!(
+                "line {line} is not flagged; diagnostics:\n{}",
+                summary(diags)
+            ));
+        }
+    }
+}
+
 fn summary(diags: &[Value]) -> String {
     diags
         .iter()
@@ -786,17 +801,7 @@ fn flags_numeric_keys_that_are_not_names() {
         line_of(&doc, "      9000: 9080"),
         line_of(&doc, "        -1:"),
     ];
-    for line in flagged {
-        if !diags
-            .iter()
-            .any(|d| d["severity"] == json!(1) && d["range"]["start"]["line"] == json!(line))
-        {
-            s.fail(&format!(
-                "line {line} is not flagged; diagnostics:\n{}",
-                summary(&diags)
-            ));
-        }
-    }
+    expect_errors_on(&s, &diags, &flagged);
     let elsewhere: Vec<Value> = diags
         .iter()
         .filter(|d| {
@@ -839,17 +844,7 @@ fn flags_integrations_and_keypairs_of_the_wrong_shape() {
         line_of(&doc, "    local: true"),
         line_of(&doc, "  off:"),
     ];
-    for line in flagged {
-        if !diags
-            .iter()
-            .any(|d| d["severity"] == json!(1) && d["range"]["start"]["line"] == json!(line))
-        {
-            s.fail(&format!(
-                "line {line} is not flagged; diagnostics:\n{}",
-                summary(&diags)
-            ));
-        }
-    }
+    expect_errors_on(&s, &diags, &flagged);
     for key in [
         "  ssh:",
         "  here:",
