@@ -255,8 +255,8 @@ pub async fn apply(
             .filter(|a| !stuck.iter().any(|s| std::ptr::eq(*s, *a)))
             .collect();
         // An outpost on the network namespace of another's container (`docker_network:
-        // container:<name>`) that this plan makes or starts goes after it: Docker joins the
-        // namespace the container of that name has when the outpost's starts.
+        // container:<name>`) that this plan makes, starts or gives that name goes after it:
+        // Docker joins the namespace the container of that name has when the outpost's starts.
         let starting: BTreeSet<&str> = others
             .iter()
             .filter(|a| {
@@ -266,6 +266,7 @@ pub async fn apply(
                         | ActionKind::Recreate
                         | ActionKind::Start
                         | ActionKind::Restart
+                        | ActionKind::Rename
                 )
             })
             .map(|a| a.name.as_str())

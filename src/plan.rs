@@ -836,10 +836,17 @@ async fn shared_namespaces(
         })
         .map(|a| a.name.clone())
         .collect();
-    // The others as the engine has them now: None when there is no such container.
+    // The others as the engine has them now: None when there is no such container. One that
+    // this plan renames to that name (another outpost's) is read by its id.
+    let renamed_to: HashMap<String, String> = actions
+        .iter()
+        .filter(|a| a.action == ActionKind::Rename)
+        .filter_map(|a| Some((a.name.clone(), a.container.as_ref()?.id.clone())))
+        .collect();
     let mut found: HashMap<String, Option<Inspected>> = HashMap::new();
     for t in targets.iter().filter(|t| !made_here.contains(*t)) {
-        match engine.inspect(t).await {
+        let by = renamed_to.get(t).unwrap_or(t);
+        match engine.inspect(by).await {
             Ok(c) => {
                 found.insert(t.clone(), Some(c));
             }

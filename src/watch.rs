@@ -2092,6 +2092,30 @@ mod tests {
         assert!(state.muted.contains_key("local/c2"));
     }
 
+    /// The container an outpost shares the network namespace of, crash-looping under its
+    /// restart policy: its starts reconcile until its deaths mute it like any container
+    /// that keeps dying; then its starts are muted too (they reconciled for ever).
+    #[tokio::test]
+    async fn a_crash_looping_namespace_container_is_muted() {
+        let mut state = state();
+        state
+            .unblocks
+            .insert("local".into(), vec![Unblock::Appears("vpn".into())]);
+        let on_vpn = |action: &str| Trigger::Unblocking {
+            integration: "local".into(),
+            event: event(EventSubject::Container, "v1", "vpn", action),
+        };
+        assert!(state.accept(&on_vpn("start")));
+        for _ in 0..STRIKES_BEFORE_BACKOFF - 1 {
+            assert!(state.accept(&on_vpn("die")));
+            assert!(state.accept(&on_vpn("start")));
+        }
+        assert!(!state.accept(&on_vpn("die")), "the last strike mutes it");
+        assert!(!state.accept(&on_vpn("start")), "its starts are muted too");
+        // Removed: final, whatever it did before.
+        assert!(state.accept(&on_vpn("destroy")));
+    }
+
     fn on(id: &str, kind: ActionKind) -> Action {
         Action {
             outpost: format!("outpost of {id}"),

@@ -1125,6 +1125,20 @@ fn an_outpost_on_another_outposts_namespace_follows_it_in_one_apply() {
     let vpn = env.container(&env.name_of("vpn")).id();
     assert_eq!(mode("behind"), format!("container:{vpn}"));
     assert!(env.container(&env.name_of("behind")).running());
+
+    // A naming template change renames the namespace container, and `docker_network` names
+    // its new name: found by the id it keeps, not blocked as missing (its setting changed:
+    // the outpost on it is recreated, onto the same namespace).
+    m["defaults"]["object_naming_template"] = json!(format!("{}n-%(name)s", env.prefix));
+    m["outposts"]["Behind"]["config"]["docker_network"] =
+        json!(format!("container:{}", env.name_of("n-vpn")));
+    env.write(&m);
+    let plan = env.plan_json();
+    assert_eq!(action_of(&plan, "Vpn")["action"], "rename", "{plan:#}");
+    assert_eq!(action_of(&plan, "Behind")["action"], "recreate", "{plan:#}");
+    env.apply_ok();
+    env.assert_converged();
+    assert_eq!(mode("n-behind"), format!("container:{vpn}"));
 }
 
 /// A swap where one side is blocked by a check after the diff (its network is missing):
