@@ -323,6 +323,7 @@ committed_fixtures![
     ssh_host_with_shell_characters,
     escape_sequence_in_a_value,
     unclosed_quote,
+    unclosed_flow_before_a_key,
     urls_written_otherwise,
     local_and_url,
     integration_and_keypair_shapes,

@@ -271,6 +271,16 @@ fn parse_docs(
                 (line, col) = (i + 1, last.chars().count() + 1);
             }
             let mut err = scan_error(Span::at(line as u32, col as u32), e.info());
+            // Stumbled over later (`illegal placement of ':'`, an indentation): a `[` or `{`
+            // left open above is the usual cause.
+            if err.hint.is_none()
+                && let Some((at, open)) = unclosed_flow_before(text, line)
+            {
+                let (close, what) = if open == '[' { (']', "items") } else { ('}', "entries") };
+                err = err.hint(format!(
+                    "the `{open}` on line {at} is not closed: end it with `{close}`, its {what} separated by `,`"
+                ));
+            }
             if let Some(hint) = text
                 .lines()
                 .nth(line.saturating_sub(1))
@@ -549,6 +559,33 @@ fn shell_variable_hint(line: &str, col: usize) -> Option<String> {
         });
     }
     None
+}
+
+/// The innermost flow `[` or `{` opened before `line` (1-based) and not closed there, with
+/// the line it is on; quoted text and comments left out.
+fn unclosed_flow_before(text: &str, line: usize) -> Option<(usize, char)> {
+    let mut open: Vec<(usize, char)> = Vec::new();
+    for (i, l) in text.lines().enumerate().take(line.saturating_sub(1)) {
+        let mut quote: Option<char> = None;
+        let mut prev = ' ';
+        for c in l.chars() {
+            match quote {
+                Some(q) if c == q => quote = None,
+                Some(_) => {}
+                // A quote starts a scalar only where one may start; `#` after a space is a
+                // comment (`https://a/#b` is not).
+                None if matches!(c, '"' | '\'') && " [{,:".contains(prev) => quote = Some(c),
+                None if c == '#' && prev.is_whitespace() => break,
+                None if matches!(c, '[' | '{') => open.push((i + 1, c)),
+                None if matches!(c, ']' | '}') => {
+                    open.pop();
+                }
+                None => {}
+            }
+            prev = c;
+        }
+    }
+    open.last().copied()
 }
 
 fn scan_error(span: Span, info: &str) -> YamlError {
@@ -1131,5 +1168,18 @@ mod tests {
             .into_result()
             .unwrap_err();
         assert!(e.hint.unwrap_or_default().contains("tabs"));
+    }
+
+    /// Where an unclosed flow collection began: brackets in quotes, in comments and closed
+    /// ones do not count; an apostrophe inside a word does not start a quote.
+    #[test]
+    fn an_unclosed_flow_collection_is_found_above() {
+        let text = "a: [1, 2]\nb: \"[\" # [\nc: don't [x, {y: 1}\nd: e\n";
+        assert_eq!(unclosed_flow_before(text, 4), Some((3, '[')));
+        assert_eq!(unclosed_flow_before(text, 3), None);
+        assert_eq!(
+            unclosed_flow_before("a: {b: [1]\nc: d\n", 2),
+            Some((1, '{'))
+        );
     }
 }
