@@ -341,7 +341,10 @@ pub fn diff(
             // brings the parked old container back.
             existing(spec, current, false, taken(current, &removed))
         } else if let Some(theirs) = foreign.first() {
-            match theirs.label(LABEL_PROJECT).map(crate::engine::printable) {
+            match theirs
+                .label(LABEL_PROJECT)
+                .map(crate::engine::printable_line)
+            {
                 Some(other) => blocked(
                     spec,
                     theirs,
@@ -359,7 +362,7 @@ pub fn diff(
                         "container `{}` ({}) carries this outpost's uuid but is a task of Swarm service `{}`, which would start it again if outpostctl replaced it; outpostctl does not take over Swarm services: remove the service (`docker service rm`) or the outpost's uuid label from it",
                         theirs.name,
                         theirs.short_id(),
-                        theirs.label(LABEL_SWARM_SERVICE).unwrap_or_default()
+                        shown_label(theirs, LABEL_SWARM_SERVICE)
                     ),
                 ),
                 None if opts.adopt => existing(spec, theirs, true, taken(theirs, &[])),
@@ -1392,5 +1395,35 @@ mod tests {
         );
         assert_eq!(kinds(&a), vec![(ActionKind::Remove, Some("5eed".into()))]);
         assert_eq!(a[0].outpost, "Gone\\u001b[2J");
+    }
+
+    /// Labels of a container outpostctl blocks on (another project's, a Swarm task) are
+    /// another writer's text too: an escape sequence or a line feed in them cannot reach a
+    /// terminal or forge a line of the plan through the blocked message.
+    #[test]
+    fn labels_quoted_in_a_blocked_message_are_one_printable_line() {
+        let spec = spec_on_b();
+        let forged = "svc\u{1b}[2J\n  + create    forged-line";
+        for key in [LABEL_PROJECT, LABEL_SWARM_SERVICE] {
+            let theirs = container(
+                "beef",
+                "theirs",
+                State::Running,
+                &[(LABEL_UUID, spec.uuid.as_str()), (key, forged)],
+            );
+            let a = diff(
+                "p",
+                std::slice::from_ref(&spec),
+                std::slice::from_ref(&theirs),
+                DiffOptions::default(),
+            );
+            let error = a[0].error.clone().unwrap_or_default();
+            assert_eq!(a[0].action, ActionKind::Blocked, "{a:?}");
+            assert!(
+                error.contains("svc\\u001b[2J\\n  + create    forged-line")
+                    && !error.contains(['\n', '\u{1b}']),
+                "{key}: {error}"
+            );
+        }
     }
 }
