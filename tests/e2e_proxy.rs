@@ -564,7 +564,8 @@ fn through_a_proxy_that_refuses_info_apply_works_and_a_plan_is_not_saved() {
     assert_eq!(r.code, 0, "{}", shown(&r));
     let status = &r.stdout;
     assert!(
-        status.contains("its version could not be read")
+        status.contains("reachable, Docker 20.10")
+            && status.contains("its info could not be read")
             && status
                 .contains("answered 403: 403 Forbidden Request forbidden by administrative rules.")
             && status.contains("docker-socket-proxy's INFO=1")

@@ -139,7 +139,11 @@ pub async fn run(
             s.reachable = true;
             match info {
                 Ok(info) => s.engine = Some(info),
-                Err(e) => s.info_error = Some(e.to_string()),
+                Err(e) => {
+                    s.info_error = Some(e.to_string());
+                    // Its versions from `/version`, which a socket proxy allows by default.
+                    s.engine = engine.version().await.ok();
+                }
             }
             match list {
                 Ok(list) => {
@@ -337,7 +341,12 @@ fn engine_line(s: &EngineStatus) -> String {
         return format!("unreachable: {why}");
     }
     let mut line = match (&s.engine, &s.info_error) {
-        (Some(e), _) => format!(
+        // Its versions from `/version`: `info` was refused (a socket proxy's INFO=0).
+        (Some(e), Some(why)) => format!(
+            "reachable, Docker {} (API {}; its info could not be read: {why})",
+            e.server_version, e.api_version
+        ),
+        (Some(e), None) => format!(
             "reachable, Docker {} (API {})",
             e.server_version, e.api_version
         ),
@@ -389,6 +398,12 @@ mod tests {
             swarm_worker: false,
         });
         assert_eq!(engine_line(&s), "reachable, Docker 20.10.24 (API 1.41)");
+        // `info` refused, the versions read from `/version`.
+        s.info_error = Some("info: 403".into());
+        assert_eq!(
+            engine_line(&s),
+            "reachable, Docker 20.10.24 (API 1.41; its info could not be read: info: 403)"
+        );
     }
 
     fn outpost(state: Option<&str>, health: Option<&str>) -> OutpostStatus {

@@ -460,6 +460,22 @@ impl super::Engine for DockerEngine {
         })
     }
 
+    async fn version(&self) -> Result<EngineInfo> {
+        self.count();
+        let version = self
+            .call(self.docker.version())
+            .await
+            .map_err(|e| self.err("read engine version", e))?;
+        let v = self.docker.client_version();
+        Ok(EngineInfo {
+            id: String::new(),
+            server_version: super::printable_line(version.version.unwrap_or_default()),
+            api_version: format!("{}.{}", v.major_version, v.minor_version),
+            os: super::printable_line(version.os.unwrap_or_default()),
+            swarm_worker: false,
+        })
+    }
+
     async fn list(&self) -> Result<Vec<Observed>> {
         self.count();
         let opts = ListContainersOptions {

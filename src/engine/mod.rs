@@ -320,6 +320,11 @@ pub type Result<T> = std::result::Result<T, EngineError>;
 pub trait Engine: Send + Sync {
     /// System/Info plus the negotiated API version.
     async fn info(&self) -> Result<EngineInfo>;
+    /// What `/version` says, for an engine whose `info` is refused (a socket proxy allows
+    /// `/version` by default, not `info`): versions and OS, no daemon ID (empty).
+    async fn version(&self) -> Result<EngineInfo> {
+        Err(EngineError::new(ErrorKind::Api, "no /version here"))
+    }
     /// Every container, running or not: one request.
     async fn list(&self) -> Result<Vec<Observed>>;
     async fn inspect(&self, id: &str) -> Result<Inspected>;
