@@ -151,6 +151,9 @@ impl Metrics {
     pub fn engine_up(&self, integration: &str, up: bool) {
         self.with(|m| {
             m.engines.insert(integration.to_string(), up);
+            // Its event counter from 0, even before its stream ever delivered one (an engine
+            // never reached has a series too, so that a stream that stays quiet shows).
+            m.events.entry(integration.to_string()).or_default();
         });
     }
 
@@ -656,6 +659,13 @@ mod tests {
         );
         assert!(text.contains("outpostctl_engine_up{integration=\"here\"} 1\n"));
         assert!(!text.contains("integration=\"gone\""), "{text}");
+        // An engine never reached has its event series, at 0.
+        m.engine_up("down", false);
+        let text = m.render();
+        assert!(
+            text.contains("outpostctl_engine_events_total{integration=\"down\"} 0\n"),
+            "{text}"
+        );
         // Each family's HELP comes right before its TYPE (a family's lines stay together).
         let lines: Vec<&str> = text.lines().collect();
         for (i, l) in lines.iter().enumerate() {
