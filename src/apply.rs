@@ -178,82 +178,10 @@ pub async fn apply(
         };
         // Removals first: they free the names and ports the others may need.
         let mut outcomes = run_all(removals, PARALLEL_REMOVALS).await;
-        // Names handed from one outpost's container to another's (a naming template changed,
-        // outposts swapping names): each container giving up a name another action takes is
-        // first moved out of the way, under a name of its own, so that the renames and
-        // creates find their names free in any order, a swap too. Interrupted here, the next
-        // plan renames it on from where it is.
-        let taken_names: BTreeSet<&str> = others
-            .iter()
-            .filter(|a| crate::diff::takes_a_name(a))
-            .map(|a| a.name.as_str())
-            .collect();
-        let mut stuck: Vec<&Action> = Vec::new();
-        for a in &others {
-            let Some(c) = a.container.as_ref().filter(|c| {
-                matches!(a.action, ActionKind::Rename | ActionKind::Recreate)
-                    && c.name != a.name
-                    && taken_names.contains(c.name.as_str())
-            }) else {
-                continue;
-            };
-            if stop_reason(progress, &ep.name).is_some() {
-                break;
-            }
-            let aside = format!("{}{PARKED}-{}", c.name, c.id.get(..12).unwrap_or(&c.id));
-            let mut moved = engine.rename(&c.id, &aside).await;
-            if moved
-                .as_ref()
-                .is_err_and(|e| e.kind == crate::engine::ErrorKind::Conflict)
-            {
-                // That name is taken (by hand?): the whole id then.
-                moved = engine
-                    .rename(&c.id, &format!("{}{PARKED}-{}", c.name, c.id))
-                    .await;
-            }
-            if let Err(e) = moved {
-                outcomes.push(failed_before_start(
-                    progress,
-                    &ep.name,
-                    a,
-                    format!(
-                        "could not move container `{}` out of the way of the outpost that takes its name (renaming it `{aside}`): {e}",
-                        c.name
-                    ),
-                ));
-                stuck.push(a);
-            }
-        }
-        // What would take a name still held is not tried: it would fail the same way.
-        let held: BTreeSet<&str> = stuck
-            .iter()
-            .filter_map(|a| a.container.as_ref().map(|c| c.name.as_str()))
-            .collect();
-        let waiting: Vec<&Action> = others
-            .iter()
-            .copied()
-            .filter(|a| {
-                crate::diff::takes_a_name(a)
-                    && held.contains(a.name.as_str())
-                    && !stuck.iter().any(|s| std::ptr::eq(*s, *a))
-            })
-            .collect();
-        for a in waiting {
-            outcomes.push(failed_before_start(
-                progress,
-                &ep.name,
-                a,
-                format!(
-                    "not started: the name `{}` is still held by a container that could not be moved out of its way (see that outpost)",
-                    a.name
-                ),
-            ));
-            stuck.push(a);
-        }
-        let others: Vec<&Action> = others
-            .into_iter()
-            .filter(|a| !stuck.iter().any(|s| std::ptr::eq(*s, *a)))
-            .collect();
+        // Then the containers giving up a name another action takes are moved aside.
+        let (cannot, others) =
+            move_out_of_the_way(engine.as_ref(), others, progress, &ep.name).await;
+        outcomes.extend(cannot);
         // An outpost on the network namespace of another's container (`docker_network:
         // container:<name>`) that this plan makes, starts or gives that name goes after it:
         // Docker joins the namespace the container of that name has when the outpost's starts.
@@ -487,7 +415,82 @@ struct Prepared {
     messages: Vec<String>,
 }
 
-/// The outcome of `a` from what it said: ok unless something other than a warning.
+/// Names handed from one outpost's container to another's (a naming template changed,
+/// outposts swapping names): each container giving up a name another action takes is first
+/// renamed aside, under a name of its own, so that the renames and creates find their names
+/// free in any order, a swap too. Interrupted here, the next plan renames it on from where it
+/// is. Returns the outcomes of the actions that cannot go ahead (their container could not be
+/// moved aside, or the name they take is still held), and the others.
+async fn move_out_of_the_way<'a>(
+    engine: &dyn Engine,
+    actions: Vec<&'a Action>,
+    progress: &dyn Progress,
+    integration: &str,
+) -> (Vec<Outcome>, Vec<&'a Action>) {
+    let taken_names: BTreeSet<&str> = actions
+        .iter()
+        .filter(|a| crate::diff::takes_a_name(a))
+        .map(|a| a.name.as_str())
+        .collect();
+    let mut outcomes = Vec::new();
+    // The actions whose container could not be moved, and the names those keep.
+    let mut unmoved: Vec<&Action> = Vec::new();
+    let mut held: BTreeSet<&str> = BTreeSet::new();
+    for a in actions.iter().copied() {
+        let Some(c) = a.container.as_ref().filter(|c| {
+            matches!(a.action, ActionKind::Rename | ActionKind::Recreate)
+                && c.name != a.name
+                && taken_names.contains(c.name.as_str())
+        }) else {
+            continue;
+        };
+        if stop_reason(progress, integration).is_some() {
+            break;
+        }
+        let mut aside = format!("{}{PARKED}-{}", c.name, c.id.get(..12).unwrap_or(&c.id));
+        let mut moved = engine.rename(&c.id, &aside).await;
+        if moved
+            .as_ref()
+            .is_err_and(|e| e.kind == crate::engine::ErrorKind::Conflict)
+        {
+            // That name is taken (by hand?): the whole id then.
+            aside = format!("{}{PARKED}-{}", c.name, c.id);
+            moved = engine.rename(&c.id, &aside).await;
+        }
+        if let Err(e) = moved {
+            outcomes.push(failed_before_start(
+                progress,
+                integration,
+                a,
+                format!(
+                    "could not move container `{}` out of the way of the outpost that takes its name (renaming it `{aside}`): {e}",
+                    c.name
+                ),
+            ));
+            held.insert(c.name.as_str());
+            unmoved.push(a);
+        }
+    }
+    let rest = actions
+        .into_iter()
+        .filter(|a| !unmoved.iter().any(|u| std::ptr::eq(*u, *a)));
+    // What would take a name still held is not tried: it would fail the same way.
+    let (waiting, go): (Vec<&Action>, Vec<&Action>) =
+        rest.partition(|a| crate::diff::takes_a_name(a) && held.contains(a.name.as_str()));
+    for a in waiting {
+        outcomes.push(failed_before_start(
+            progress,
+            integration,
+            a,
+            format!(
+                "not started: the name `{}` is still held by a container that could not be moved out of its way (see that outpost)",
+                a.name
+            ),
+        ));
+    }
+    (outcomes, go)
+}
+
 /// The outcome of an action that failed before it ran, told to `progress` as started and
 /// finished.
 fn failed_before_start(
@@ -502,6 +505,7 @@ fn failed_before_start(
     outcome
 }
 
+/// The outcome of `a` from what it said: ok unless something other than a warning.
 fn outcome_of(integration: &str, a: &Action, messages: Vec<String>) -> Outcome {
     Outcome {
         integration: integration.to_string(),
@@ -1268,6 +1272,67 @@ mod swap_tests {
     }
 
     /// A recreate of A's container `c1`, named `name`.
+    /// Outpost `outpost`'s container `id`, named `from`, renamed `to`.
+    fn rename_of(outpost: &str, id: &str, from: &str, to: &str) -> Action {
+        Action {
+            outpost: outpost.into(),
+            action: crate::diff::ActionKind::Rename,
+            name: to.into(),
+            container: Some(ContainerRef {
+                id: id.into(),
+                name: from.into(),
+            }),
+            reasons: Vec::new(),
+            adopt: false,
+            error: None,
+        }
+    }
+
+    /// Two outposts swapping names, one of whose containers cannot be moved aside (both
+    /// names it would take are taken): that one fails saying so, the other is not tried
+    /// (its name is still held), and nothing is left to run.
+    #[tokio::test]
+    async fn a_container_that_cannot_move_aside_holds_back_what_takes_its_name() {
+        let fake = Fake {
+            calls: Some(Mutex::new(Vec::new())),
+            writable: true,
+            ..Fake::default()
+        };
+        for _ in 0..2 {
+            fake.fail_once(
+                "rename b y-outpostctl-old-b",
+                crate::engine::ErrorKind::Conflict,
+            );
+        }
+        let (a, b) = (rename_of("A", "a", "x", "y"), rename_of("B", "b", "y", "x"));
+        let (failed, go) =
+            super::move_out_of_the_way(&fake, vec![&a, &b], &super::Quiet, "local").await;
+        assert!(go.is_empty(), "{go:?}");
+        let said = |outpost: &str| {
+            failed
+                .iter()
+                .find(|o| o.outpost == outpost && !o.ok)
+                .map(|o| o.messages.join("; "))
+                .unwrap_or_default()
+        };
+        assert!(
+            said("B").starts_with("could not move container `y` out of the way"),
+            "{failed:?}"
+        );
+        assert!(
+            said("A").contains("the name `y` is still held"),
+            "{failed:?}"
+        );
+        assert_eq!(
+            fake.recorded(),
+            [
+                "rename a x-outpostctl-old-a",
+                "rename b y-outpostctl-old-b",
+                "rename b y-outpostctl-old-b"
+            ]
+        );
+    }
+
     fn recreate_of(name: &str) -> Action {
         Action {
             outpost: "A".into(),

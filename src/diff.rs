@@ -241,7 +241,8 @@ pub fn diff(
     // Containers that give up their names in this plan: each outpost's own, when its name
     // is to change (a naming template changed, outposts swapping names). Another outpost may
     // take such a name (apply first moves the container out of its way); one that turns out
-    // not to move (blocked) keeps it, and blocks the other in turn (below).
+    // not to move (blocked, here or by the plan's checks after) keeps it, and blocks the
+    // other in turn (`keep_names_of_what_stays`, once every check has run).
     let vacating: HashSet<&str> = desired
         .iter()
         .filter_map(|spec| {
@@ -458,7 +459,6 @@ pub fn diff(
             });
         }
     }
-    keep_names_of_what_stays(&mut actions, observed);
     actions.sort_by(|a, b| {
         (a.action == ActionKind::Remove, &a.outpost, &a.name).cmp(&(
             b.action == ActionKind::Remove,
@@ -481,7 +481,7 @@ pub fn takes_a_name(a: &Action) -> bool {
 /// free only if that container moves (is renamed or recreated under its own new name, or
 /// removed): when it does not (its outpost is blocked, by the diff or by a check after it),
 /// the outpost that wanted the name is blocked too, naming it; and so on, along chains of
-/// names. Run by the diff and again once the plan's checks have blocked what would fail.
+/// names. Run once the plan's checks have blocked what would fail.
 pub fn keep_names_of_what_stays(actions: &mut [Action], observed: &[Observed]) {
     loop {
         // Containers of this plan's actions that stay where they are, by name.
@@ -496,34 +496,27 @@ pub fn keep_names_of_what_stays(actions: &mut [Action], observed: &[Observed]) {
             .filter_map(|a| a.container.as_ref())
             .map(|c| (c.name.as_str(), c))
             .collect();
-        let mut blocked: Vec<(usize, String, String)> = Vec::new();
-        for (at, a) in actions.iter().enumerate().filter(|(_, a)| takes_a_name(a)) {
-            let mine = a.container.as_ref().map(|c| c.id.as_str());
-            let Some(holder) = staying
-                .get(a.name.as_str())
-                .filter(|c| Some(c.id.as_str()) != mine)
-            else {
-                continue;
-            };
-            let whose = observed
-                .iter()
-                .find(|o| o.id == holder.id)
-                .map(|o| shown_label(o, LABEL_OUTPOST))
-                .unwrap_or_default();
-            blocked.push((at, holder.id.clone(), whose));
-        }
+        let blocked: Vec<(usize, &Observed)> = actions
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| takes_a_name(a))
+            .filter_map(|(at, a)| {
+                let holder = staying.get(a.name.as_str())?;
+                let mine = a.container.as_ref().is_some_and(|c| c.id == holder.id);
+                let o = observed.iter().find(|o| o.id == holder.id)?;
+                (!mine).then_some((at, o))
+            })
+            .collect();
         if blocked.is_empty() {
             return;
         }
-        for (at, holder, whose) in blocked {
-            let Some(o) = observed.iter().find(|o| o.id == holder) else {
-                continue;
-            };
+        for (at, o) in blocked {
             let a = &mut actions[at];
             a.error = Some(format!(
-                "the name `{}` is taken by container {} of outpost `{whose}`, which keeps it: that outpost's container cannot move in this plan (see its action)",
+                "the name `{}` is taken by container {} of outpost `{}`, which keeps it: that outpost's container cannot move in this plan (see its action)",
                 a.name,
                 o.short_id(),
+                shown_label(o, LABEL_OUTPOST)
             ));
             a.action = ActionKind::Blocked;
             // A create blocked names the container in its way, as the diff's do.

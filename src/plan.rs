@@ -694,14 +694,6 @@ async fn plan_listed(
         .map(|a| a.outpost.clone())
         .collect();
     actions.retain(|a| !(diff::is_duplicate_removal(a) && blocked.contains(&a.outpost)));
-    // A name an outpost was to take from a container that the checks above keep where it is.
-    diff::keep_names_of_what_stays(&mut actions, &observed);
-    unblocks.extend(
-        actions
-            .iter()
-            .filter(|a| a.action == ActionKind::Blocked && !blocked.contains(&a.outpost))
-            .flat_map(waits_of_blocked),
-    );
     unblocks.sort();
     unblocks.dedup();
     Ok(EngineOutcome {
@@ -715,7 +707,8 @@ async fn plan_listed(
 }
 
 /// Blocks the actions that would fail at apply (a host port another container publishes, a
-/// missing network, a missing `pull: never` image); returns what every blocked action,
+/// missing network, a missing `pull: never` image, a name whose container stays where it
+/// is); returns what every blocked action,
 /// these and the diff's (a container in the way of its name, or carrying its uuid), waits for.
 async fn block_what_would_fail(
     project: &str,
@@ -742,6 +735,20 @@ async fn block_what_would_fail(
             unblocks.push(f.unblock);
         }
     }
+    // A name the diff let an outpost take from another's container, counting on that one to
+    // move: when it is now blocked and stays, so is the outpost that wanted its name.
+    let was_blocked: Vec<bool> = actions
+        .iter()
+        .map(|a| a.action == ActionKind::Blocked)
+        .collect();
+    diff::keep_names_of_what_stays(actions, observed);
+    unblocks.extend(
+        actions
+            .iter()
+            .zip(was_blocked)
+            .filter(|(a, was)| !was && a.action == ActionKind::Blocked)
+            .flat_map(|(a, _)| waits_of_blocked(a)),
+    );
     unblocks
 }
 
@@ -788,7 +795,6 @@ pub async fn checked(
         keep,
     )
     .await;
-    diff::keep_names_of_what_stays(&mut actions, observed);
     actions
 }
 
