@@ -551,6 +551,16 @@ fn diagnostics_on_line(diags: &[Value], line: u32) -> Vec<&Value> {
         .collect()
 }
 
+/// A new server's diagnostics of `doc`, written as the test document `file`, as the step
+/// `what`; the server and the document's uri, for the test's next steps.
+fn diagnosed(what: &str, file: &str, doc: &str) -> (Server, String, Vec<Value>) {
+    let mut s = Server::start();
+    s.begin(what);
+    let uri = s.open(&test_doc(file, doc), doc);
+    let diags = s.diagnostics_of(&uri);
+    (s, uri, diags)
+}
+
 /// Fails unless every line of `lines` has an error among `diags`.
 fn expect_errors_on(s: &Server, diags: &[Value], lines: &[u32]) {
     for line in lines {
@@ -713,10 +723,11 @@ fn hover_shows_schema_descriptions() {
 #[test]
 fn flags_wrong_types_at_their_line() {
     let doc = outpost_doc("\"one\"", "", "      docker_map_ports: \"yes\"\n");
-    let mut s = Server::start();
-    s.begin("diagnostics of a manifest with two wrong types");
-    let uri = s.open(&test_doc("wrong-types.yaml", &doc), &doc);
-    let diags = s.diagnostics_of(&uri);
+    let (s, _, diags) = diagnosed(
+        "diagnostics of a manifest with two wrong types",
+        "wrong-types.yaml",
+        &doc,
+    );
     let cases = [
         (line_of(&doc, "version:"), "integer"),
         (line_of(&doc, "      docker_map_ports:"), "boolean"),
@@ -753,10 +764,11 @@ fn flags_unknown_keys() {
         "    imgae: ghcr.io/goauthentik/proxy\n",
         "      kubernetes_replicas: 2\n      imgae: ghcr.io/goauthentik/proxy\n",
     );
-    let mut s = Server::start();
-    s.begin("diagnostics of a manifest with misspelt keys");
-    let uri = s.open(&test_doc("unknown-keys.yaml", &doc), &doc);
-    let diags = s.diagnostics_of(&uri);
+    let (s, _, diags) = diagnosed(
+        "diagnostics of a manifest with misspelt keys",
+        "unknown-keys.yaml",
+        &doc,
+    );
     let cases = [
         (line_of(&doc, "    imgae:"), "the outpost"),
         (line_of(&doc, "      imgae:"), "its config"),
@@ -791,10 +803,11 @@ fn flags_numeric_keys_that_are_not_names() {
          token: {{ env: AK_EDGE_PROXY_TOKEN }}\n    ports:\n      9000: 9080\n    config:\n      \
          docker_labels:\n        -1: x\n        9000: y\n"
     );
-    let mut s = Server::start();
-    s.begin("diagnostics of numbers written as names");
-    let uri = s.open(&test_doc("numeric-keys.yaml", &doc), &doc);
-    let diags = s.diagnostics_of(&uri);
+    let (s, _, diags) = diagnosed(
+        "diagnostics of numbers written as names",
+        "numeric-keys.yaml",
+        &doc,
+    );
     let flagged = [
         line_of(&doc, "  -7:"),
         line_of(&doc, "  -5:"),
@@ -833,10 +846,11 @@ fn flags_integrations_and_keypairs_of_the_wrong_shape() {
          proxy:\n    url: http://other-proxy:2375\n  \
          remote: {{ local: false, url: \"ssh://deploy@host\" }}\n"
     );
-    let mut s = Server::start();
-    s.begin("diagnostics of integrations and keypairs of the wrong shape");
-    let uri = s.open(&test_doc("shapes.yaml", &doc), &doc);
-    let diags = s.diagnostics_of(&uri);
+    let (mut s, uri, diags) = diagnosed(
+        "diagnostics of integrations and keypairs of the wrong shape",
+        "shapes.yaml",
+        &doc,
+    );
     // yaml-language-server flags a block mapping that matches both branches at its first key.
     let flagged = [
         line_of(&doc, "  nothing:"),
