@@ -603,11 +603,12 @@ async fn plan_listed(
     let keep = opts.keep_orphans;
     let mut actions = diff::diff(project, desired, &observed, opts);
     let mut notes = Vec::new();
-    let namespace_waits =
+    let (namespace_waits, read) =
         shared_namespaces(&specs, &observed, engine, &mut actions, &mut notes).await;
     let covers = |id: &str| inspect.covers(integration.as_deref(), id);
     // Containers already inspected for their restart policy, kept for their reasons below.
-    let (mut inspected, unread) = restart_policies(&specs, engine, &covers, &mut actions).await;
+    let (mut inspected, unread) =
+        restart_policies(&specs, engine, &covers, &read, &mut actions).await;
     let mut texts = BTreeMap::new();
     for a in &actions {
         if a.action == ActionKind::Create
@@ -811,14 +812,15 @@ pub async fn checked(
 ///   since the outpost's container started restarts the outpost.
 ///
 /// Returns what each such outpost waits for: a container of that name made, renamed to it,
-/// started or removed.
+/// started or removed; and the outposts' containers it inspected (by id), which
+/// `restart_policies` does not read again.
 async fn shared_namespaces(
     specs: &Specs<'_>,
     observed: &[Observed],
     engine: &dyn Engine,
     actions: &mut [Action],
     notes: &mut Vec<String>,
-) -> Vec<Unblock> {
+) -> (Vec<Unblock>, HashMap<String, Inspected>) {
     let target_of = |a: &Action| {
         if a.action == ActionKind::Remove {
             return None;
@@ -828,8 +830,9 @@ async fn shared_namespaces(
         Some(n.to_string())
     };
     let targets: BTreeSet<String> = actions.iter().filter_map(target_of).collect();
+    let mut read = HashMap::new();
     if targets.is_empty() {
-        return Vec::new();
+        return (Vec::new(), read);
     }
     // The names this plan gives a container that (re)starts: another outpost's.
     let made_here: HashSet<String> = actions
@@ -947,11 +950,11 @@ async fn shared_namespaces(
             // The same container, restarted since the outpost's started: a restart joins
             // its namespace again.
             Some(_) if a.action == ActionKind::Noop && live.state == State::Running => {
-                let started = engine
-                    .inspect(&live.id)
-                    .await
-                    .ok()
-                    .and_then(|i| i.started_at);
+                let mine = engine.inspect(&live.id).await.ok();
+                let started = mine.as_ref().and_then(|i| i.started_at);
+                if let Some(mine) = mine {
+                    read.insert(live.id.clone(), mine);
+                }
                 if let (Some(mine), Some(theirs)) = (started, c.started_at)
                     && mine < theirs
                 {
@@ -966,7 +969,7 @@ async fn shared_namespaces(
             Some(_) => {}
         }
     }
-    targets.into_iter().map(Unblock::Appears).collect()
+    (targets.into_iter().map(Unblock::Appears).collect(), read)
 }
 
 /// A create, recreate or start that needs a host port a running container outside this
@@ -1224,21 +1227,26 @@ type Unread = (String, String, String);
 /// read by one inspect each (in parallel). One changed by hand (`docker update --restart`)
 /// makes the action a recreate, whose reasons the caller then completes from the inspect
 /// returned here (by container id). A container that cannot be inspected keeps its action,
-/// and is returned as `Unread` (one removed since the list is not: it is gone).
+/// and is returned as `Unread` (one removed since the list is not: it is gone). Those in
+/// `known` (inspected by this plan already) are not inspected again.
 async fn restart_policies(
     specs: &Specs<'_>,
     engine: &dyn Engine,
     covers: &(dyn Fn(&str) -> bool + Sync),
+    known: &HashMap<String, Inspected>,
     actions: &mut [Action],
 ) -> (HashMap<String, Inspected>, Vec<Unread>) {
     let checks = actions.iter().enumerate().filter_map(|(i, a)| {
         let c = a.container.as_ref()?;
         let spec = *specs.get(a.outpost.as_str())?;
         (diff::keeps_container(a) && covers(&c.id)).then_some(async move {
-            let live = match engine.inspect(&c.id).await {
-                Ok(live) => live,
-                Err(e) if e.is_not_found() => return None,
-                Err(e) => return Some(Err((c.id.clone(), c.name.clone(), e.to_string()))),
+            let live = match known.get(&c.id) {
+                Some(live) => live.clone(),
+                None => match engine.inspect(&c.id).await {
+                    Ok(live) => live,
+                    Err(e) if e.is_not_found() => return None,
+                    Err(e) => return Some(Err((c.id.clone(), c.name.clone(), e.to_string()))),
+                },
             };
             (live.restart_policy != spec.restart_policy).then(|| {
                 let change = Change::new(
@@ -1449,6 +1457,59 @@ mod tests {
             )),
             "{:?}",
             o.notes
+        );
+    }
+
+    /// An outpost on another container's network namespace, with nothing to do, is inspected
+    /// once for its start time; `--inspect` reads its restart policy from that inspect
+    /// instead of asking the engine again.
+    #[tokio::test]
+    async fn an_outpost_on_a_shared_namespace_is_inspected_once() {
+        let v = validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  local: { local: true }\n\
+             outposts:\n  A:\n    type: ldap\n    integration: local\n    token: { file: token }\n    \
+             config: { docker_network: \"container:vpn\", docker_map_ports: false }\n",
+        );
+        let spec = v.desired["local"][0].clone();
+        let mut current = outdated(&spec);
+        current
+            .labels
+            .insert(LABEL_CONFIG_HASH.to_string(), spec.config_hash.clone());
+        current.networks.clear();
+        // The Fake's inspect of `vpn` answers the id `id-of-vpn`: the namespace it joined.
+        current.network_mode = Some("container:id-of-vpn".into());
+        let id = current.id.clone();
+        let engine = Fake {
+            listed: vec![current],
+            inspected_labels: [("vpn", ()), (id.as_str(), ())]
+                .into_iter()
+                .map(|(k, ())| (k.to_string(), BTreeMap::new()))
+                .collect(),
+            ..Fake::default()
+        };
+        let opts = DiffOptions {
+            inspect: diff::Inspect::All,
+            ..DiffOptions::default()
+        };
+        let o = match plan_engine("p", std::slice::from_ref(&spec), &engine, opts).await {
+            Ok(o) => o,
+            Err(e) => panic!("the engine's plan failed: {e}"),
+        };
+        // The Fake's restart policy is empty: `--inspect` found it changed, from that inspect.
+        assert_eq!(o.actions[0].action, ActionKind::Recreate, "{:?}", o.actions);
+        assert!(
+            o.actions[0]
+                .reasons
+                .iter()
+                .any(|r| r.field == diff::RESTART_POLICY_FIELD),
+            "{:?}",
+            o.actions
+        );
+        assert_eq!(
+            engine.inspects.load(std::sync::atomic::Ordering::SeqCst),
+            2,
+            "one inspect of `vpn`, one of the outpost's container"
         );
     }
 

@@ -41,6 +41,8 @@ pub struct Fake {
     pub writable: bool,
     /// The labels `inspect` shows, by container id (other fields empty); others not found.
     pub inspected_labels: BTreeMap<String, BTreeMap<String, String>>,
+    /// How many times `inspect` was asked.
+    pub inspects: std::sync::atomic::AtomicU64,
     /// What every `inspect` fails with, when set (an engine that timed out, say).
     pub inspect_fails: Option<ErrorKind>,
     /// `renew_marker` never answers (an engine that stopped answering).
@@ -164,6 +166,8 @@ impl Engine for Fake {
         Ok(self.listed.clone())
     }
     async fn inspect(&self, id: &str) -> Result<Inspected> {
+        self.inspects
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         if let Some(kind) = self.inspect_fails {
             return Err(EngineError::new(
                 kind,
