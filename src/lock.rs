@@ -1221,7 +1221,8 @@ mod tests {
                 "{plan:?}"
             );
         }
-        // One timeout (with the wait's half-second steps), not one per engine.
-        assert!(took < Duration::from_millis(1900), "waited {took:?} in all");
+        // One timeout (with the wait's half-second steps), not one per engine (two would
+        // take 2 s at least).
+        assert!(took < Duration::from_secs(2), "waited {took:?} in all");
     }
 }

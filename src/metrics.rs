@@ -66,12 +66,9 @@ impl Metrics {
     }
 
     /// The reconcile in progress moved on: an action started or ended, a pull progressed.
+    /// Outside a reconcile it counts for nothing (`stalled_for`; the next start sets it).
     pub fn progressed(&self) {
-        self.with(|m| {
-            if m.running_since.is_some() {
-                m.progress_at = Some(std::time::Instant::now());
-            }
-        });
+        self.with(|m| m.progress_at = Some(std::time::Instant::now()));
     }
 
     /// How long the reconcile in progress has run (None: none runs).
@@ -584,11 +581,17 @@ mod tests {
         m.progressed();
         assert_eq!(m.liveness(), ("200 OK", "ok\n".to_string()));
         assert_eq!(m.health().0, "200 OK");
-        // Progress outside a reconcile starts no clock.
+        // Progress outside a reconcile starts no clock: the next reconcile's own start does.
         m.reconcile_finished(Duration::ZERO, Vec::new());
         m.progressed();
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(m.liveness().0, "200 OK");
+        m.reconcile_started();
+        assert_eq!(
+            m.liveness().0,
+            "200 OK",
+            "stuck from progress before it started"
+        );
     }
 
     /// Under a stuck reconcile, what made the one before it fail is said as that one's, not

@@ -1754,7 +1754,7 @@ mod tests {
         let stopped = &actions_on(&spec, &holder(State::Exited, &[])).await[0];
         assert_eq!(stopped.action, ActionKind::Create);
         let ours = &actions_on(&spec, &holder(State::Running, &[(LABEL_PROJECT, "p")])).await[0];
-        assert_ne!(ours.action, ActionKind::Blocked, "{ours:?}");
+        assert_eq!(ours.action, ActionKind::Create, "{ours:?}");
 
         let adopted = holder(State::Running, &[(LABEL_UUID, spec.uuid.as_str())]);
         let opts = DiffOptions {

@@ -696,7 +696,11 @@ fn naming_template_change_renames_or_recreates_proxies() {
     assert_eq!(bare2.id(), bare.id(), "no Traefik labels: renamed in place");
     assert_eq!(bare2.status(), "running", "renamed and unpaused");
     // Its health checks failed while it was paused: the next one, 5 s on, passes.
-    env.wait_healthy(&new("bare"), std::time::Duration::from_secs(30));
+    assert_eq!(
+        env.wait_healthy(&new("bare"), std::time::Duration::from_secs(30))
+            .as_deref(),
+        Some("healthy")
+    );
     let web2 = env.container(&new("web"));
     assert_ne!(web2.id(), web.id(), "the proxy was recreated");
     assert_eq!(

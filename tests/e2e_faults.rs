@@ -465,6 +465,8 @@ impl Fleet {
 struct Tally {
     trials: usize,
     kills_landed: usize,
+    /// Kills that landed after the apply had shown its plan: while it acted.
+    kills_while_acting: usize,
     finished_before_kill: usize,
     lock_takeovers: usize,
 }
@@ -525,6 +527,9 @@ fn kill_trials(f: &mut Fleet, rng: &mut Rng, seed: u64, kills: usize) -> Tally {
             .assert_no_secret("the killed apply's errors", &killed_err);
         if landed {
             tally.kills_landed += 1;
+            if killed_out.lines().any(|l| l.starts_with("plan: ")) {
+                tally.kills_while_acting += 1;
+            }
             f.killed_pids.insert(pid);
         } else {
             tally.finished_before_kill += 1;
@@ -562,14 +567,23 @@ fn kill_trials(f: &mut Fleet, rng: &mut Rng, seed: u64, kills: usize) -> Tally {
     f.audit(&format!("seed {seed}, final apply"));
     f.assert_no_leftover_lock(&format!("seed {seed}, after the final apply"));
     eprintln!(
-        "fault summary ({} {}): seed {seed}, {} trials, {} kills in flight, {} applies finished before their kill, {} lock takeovers, {:?}",
+        "fault summary ({} {}): seed {seed}, {} trials, {} kills in flight ({} while acting), {} applies finished before their kill, {} lock takeovers, {:?}",
         f.names.len(),
         f.kind,
         tally.trials,
         tally.kills_landed,
+        tally.kills_while_acting,
         tally.finished_before_kill,
         tally.lock_takeovers,
         test_start.elapsed()
+    );
+    // Most kills must hit an apply that acts, not one still planning: else the trials test
+    // little more than an interrupted read.
+    assert!(
+        tally.kills_while_acting * 2 >= kills,
+        "seed {seed}: only {} of {} kills landed while the apply acted",
+        tally.kills_while_acting,
+        tally.kills_landed
     );
     tally
 }

@@ -722,10 +722,22 @@ fn lock_container_is_never_planned_or_pruned() {
             r.stdout
         );
     }
+    // Neither plan nor status removed or replaced the lock.
+    assert_eq!(
+        lock_info().map(|l| l.id),
+        Some(id.clone()),
+        "plan or status removed the lock"
+    );
     // The apply that prunes waits for the lock, takes it over after its lease (the only way
     // a lock goes), and removes only the outpost.
     let mut p = Bg::apply(&env, &t, &["--lock-timeout", "60s"]);
     assert_eq!(p.wait(), 0, "{}", p.output());
+    assert!(
+        p.stderr()
+            .contains(&format!("waiting for the lock held by {holder}")),
+        "{}",
+        p.output()
+    );
     let out = p.stdout();
     assert!(
         out.contains(&format!("ok remove {}", env.name_of("o02"))),
@@ -975,6 +987,15 @@ fn an_apply_whose_lock_is_taken_away_starts_nothing_more() {
     wait_lock_free();
     let mut p = Bg::apply(&env, &t, &[]);
     let lock = wait_for_holder(p.pid, &mut p);
+    // Taken away once the apply acts (a container made), not while it still plans.
+    assert!(
+        wait_until(Duration::from_secs(60), || !env
+            .project_containers()
+            .is_empty()
+            || p.exited()),
+        "no container was created:\n{}",
+        p.output()
+    );
     docker_ok(&["rm", "-f", &lock.id]);
     let code = p.wait();
     let out = format!("{}{}", p.stdout(), p.stderr());

@@ -53,8 +53,10 @@ const FILTERS: [(&str, &str); 11] = [
     ),
     (r"\b[0-9a-f]{12}\b", "[id]"),
     (r"127\.0\.0\.1:\d{4,5}\b", "127.0.0.1:[port]"),
+    // Measured times (`1.25s`, `340ms`, `3 seconds ago`), not the whole seconds a setting
+    // holds (a health check's `interval 5s`).
     (
-        r"\b\d+(\.\d+)?\s?(ns|µs|us|ms|s|seconds?|minutes?)\b( ago)?",
+        r"\b(\d+\.\d+\s?(ns|µs|us|ms|s)|\d+\s?(ns|µs|us|ms)|\d+(\.\d+)?\s(seconds?|minutes?)( ago)?)\b",
         "[time]",
     ),
 ];

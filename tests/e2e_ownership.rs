@@ -345,6 +345,7 @@ fn new_name_taken_by_hand_blocks_a_rename() {
     env.write(&m);
     env.apply_ok();
     let dir = env.container(&env.name_of("dir"));
+    let web = env.container(&env.name_of("web"));
 
     m["defaults"]["object_naming_template"] = json!(format!("{}new-%(name)s", env.prefix));
     env.write(&m);
@@ -363,7 +364,23 @@ fn new_name_taken_by_hand_blocks_a_rename() {
         assert_eq!(&c.id(), id);
         assert_eq!(c.status(), "created");
     }
-    assert!(env.container(&dir.id()).running());
+    // Both outposts keep their containers, under their old names.
+    for (old, c) in [("dir", &dir), ("web", &web)] {
+        let now = env.container(&env.name_of(old));
+        assert_eq!(now.id(), c.id(), "{old}");
+        assert!(now.running(), "{old}: {}", now.status());
+    }
+    assert!(
+        plan.stdout.contains("plan: no changes, 2 blocked"),
+        "{}",
+        shown(&plan)
+    );
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stdout.contains("nothing to apply; left alone: 2 blocked"),
+        "{}",
+        shown(&r)
+    );
     assert_eq!(
         plan.code,
         1,

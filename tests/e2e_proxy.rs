@@ -243,7 +243,15 @@ fn outpost_moved_between_integrations_on_one_engine() {
         error.contains("managed by integration `edge`") && !error.contains("not managed"),
         "{plan:#}"
     );
+    // The first apply removes edge's container; local's create waits for the next one (each
+    // integration plans its own), blocked, naming why.
     let first = env.apply(&[]);
+    assert_eq!(first.code, 1, "{}", shown(&first));
+    assert!(
+        first.stdout.contains("managed by integration `edge`"),
+        "{}",
+        shown(&first)
+    );
     assert!(
         inspect(&after.id()).is_none(),
         "edge did not remove its container:\n{}",

@@ -354,7 +354,7 @@ fn a_pull_that_stalls_half_way_is_given_up_and_falls_back() {
     let registry = stall::StallingRegistry::start(port);
     let stalls = format!("127.0.0.1:{port}/stalls/ldap:1");
     // It bounds every engine request too: long enough for any of them on a slow machine.
-    env.set_env("OUTPOSTCTL_ENGINE_TIMEOUT", "8");
+    env.set_env("OUTPOSTCTL_ENGINE_TIMEOUT", "15");
     let mut m = env.manifest();
     m["defaults"]["authentik_version"] = json!(AK_VERSION);
     let mut o = env.outpost("ldap", "AK_S");
@@ -375,7 +375,7 @@ fn a_pull_that_stalls_half_way_is_given_up_and_falls_back() {
         r.stdout
             .contains(&format!("ok create {name} `Stalls` on local"))
             && r.stdout.contains(&format!(
-                "warning: could not pull `{stalls}` (pull {stalls}: no progress for 8 s"
+                "warning: could not pull `{stalls}` (pull {stalls}: no progress for 15 s"
             ))
             && r.stdout.contains(&format!(
                 "using authentik's default image `ghcr.io/goauthentik/ldap:{AK_VERSION}`"

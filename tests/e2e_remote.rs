@@ -1025,11 +1025,10 @@ fn ssh_config_port_and_user_apply_when_the_url_has_none() {
     );
 }
 
-/// `ssh.host_key` together with an `ssh.config` alias: the pinned known_hosts line is written
-/// for the URL's host (`[outpostctl-e2e-engine]:PORT`), but ssh looks host keys up under the
-/// config's `HostName` (`[127.0.0.1]:PORT`), so the right key is refused as "does not match
-/// the pinned `ssh.host_key`" (and the hint suggests `ssh-keyscan` of the alias, which does
-/// not resolve).
+/// `ssh.host_key` together with an `ssh.config` alias whose `HostName` differs from the URL's
+/// host: the pin is looked up under a fixed `HostKeyAlias`, so the right key is accepted (it
+/// was once refused: ssh looked it up under `[127.0.0.1]:PORT`), and the config's own
+/// known_hosts (holding another key) is not used.
 #[test]
 fn ssh_pin_works_with_a_host_alias_from_ssh_config() {
     let r = Remote::ssh("sshaliaspin");
@@ -1043,8 +1042,18 @@ fn ssh_pin_works_with_a_host_alias_from_ssh_config() {
         &[],
     );
     r.env.write(&m);
+    let (version, api) = engine_versions();
+    let logins = r.s().logins();
     let s = r.status(&[]);
     assert_eq!(s.code, 0, "status failed:\n{}", shown(&s));
+    assert_contains(
+        "status",
+        &s.stdout,
+        &[&format!(
+            "integration nas ({url}): reachable, Docker {version} (API {api})"
+        )],
+    );
+    assert_eq!(r.s().logins(), logins + 1, "one login for the status");
 }
 
 /// Without a user in the URL the user is `authentik`; there is none here, so the login is
@@ -1319,7 +1328,7 @@ fn events_flow(listen: &str, integration: &str, container: &str) -> bool {
 #[test]
 fn a_signal_to_the_process_group_leaves_ssh_to_finish_what_is_in_flight() {
     let r = Remote::ssh("sshgroup");
-    r.env.set_env("OUTPOSTCTL_ENGINE_TIMEOUT", "6");
+    r.env.set_env("OUTPOSTCTL_ENGINE_TIMEOUT", "10");
     let registry = pulling_from_a_silent_registry(&r);
     let mut cmd = r.env.command(&["apply", "--auto-approve", "."]);
     let out = r.env.dir().join("group.out");
@@ -1336,7 +1345,7 @@ fn a_signal_to_the_process_group_leaves_ssh_to_finish_what_is_in_flight() {
     assert_eq!(code, Some(1), "{said}");
     assert!(
         said.contains("not started: shutting down")
-            && said.contains("did not answer within 6 s")
+            && said.contains("did not answer within 10 s")
             && !said.contains("client error"),
         "the pull in flight was broken by the signal:\n{said}"
     );
@@ -1427,6 +1436,7 @@ fn ssh_works_with_a_long_tmpdir() {
     r.env.set_env("TMPDIR", &long.display().to_string());
     let m = r.manifest(json!({ "nas": r.good_ssh() }), &[]);
     r.env.write(&m);
+    let (version, api) = engine_versions();
     let s = r.env.run(&["status", "."]);
     let _ = fs::remove_dir_all(r.tmp.join("deeper-tmp"));
     assert_eq!(
@@ -1435,6 +1445,11 @@ fn ssh_works_with_a_long_tmpdir() {
         "status with a {}-character TMPDIR failed:\n{}",
         long.as_os_str().len(),
         shown(&s)
+    );
+    assert_contains(
+        "status",
+        &s.stdout,
+        &[&format!("reachable, Docker {version} (API {api})")],
     );
 }
 

@@ -261,6 +261,14 @@ impl Case {
         let out_s = out.display().to_string();
         self.run_on(&["plan", "--out", &out_s], set);
         let saved = fs::read_to_string(&out).unwrap_or_default();
+        // A set that validates is planned and saved (also with an engine that fails: the
+        // plan says it cannot be applied); an invalid one is not.
+        let valid = !set.iter().any(|s| s.starts_with("bad"));
+        assert_eq!(
+            saved.contains("\"format_version\""),
+            valid,
+            "the saved plan ({stage}, {set:?}): {saved}"
+        );
         self.guard
             .check(&format!("the saved plan ({stage}, {set:?})"), &saved);
         self.run_on(&["--color", "always", "plan", "--diff"], set);

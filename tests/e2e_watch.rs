@@ -945,7 +945,10 @@ fn a_manifest_directory_made_anew_is_still_watched() {
     let a2 = c.wait_container(&w, "alpha", "after the new directory", |x| {
         has_version(x, "v2")
     });
-    c.env.wait_healthy(&a2.name(), WAIT);
+    assert_eq!(
+        c.env.wait_healthy(&a2.name(), WAIT).as_deref(),
+        Some("healthy")
+    );
     w.wait_quiet(Duration::from_millis(1500));
 
     m["outposts"]["Alpha"]["config"] = json!({ "docker_labels": { "e2e.version": "v3" } });
@@ -1018,7 +1021,10 @@ fn an_edit_after_a_symlink_swap_is_seen() {
     });
     // Let the new container's own events (kill of the old one, health_status) pass, so that
     // they cannot hide the missing file event.
-    c.env.wait_healthy(&a2.name(), WAIT);
+    assert_eq!(
+        c.env.wait_healthy(&a2.name(), WAIT).as_deref(),
+        Some("healthy")
+    );
     w.wait_quiet(Duration::from_millis(1500));
 
     let mark = w.mark();
@@ -1176,11 +1182,8 @@ fn containers_removed_or_stopped_by_hand_come_back() {
     assert_eq!(w.metric("outpostctl_drift_corrections_total"), Some(0.0));
 
     let mark = w.mark();
-    let t = Instant::now();
     docker_ok(&["rm", "-f", &a.name()]);
     let a2 = c.wait_container(&w, "alpha", "after docker rm -f", |x| x.id() != a.id());
-    let took = t.elapsed();
-    assert!(took < Duration::from_secs(10), "back after {took:?}");
     w.wait_started(mark, "engine-event");
     w.wait_log(mark, "`create` of Alpha", WAIT, |v| {
         is_ok_action(v, "create", &a.name())
@@ -1189,14 +1192,10 @@ fn containers_removed_or_stopped_by_hand_come_back() {
     w.wait_metric_at_least("outpostctl_drift_corrections_total", 1.0);
 
     let mark = w.mark();
-    let t = Instant::now();
     docker_ok(&["stop", &b.name()]);
     let b2 = c.wait_running(&w, "beta", "after docker stop");
-    let took = t.elapsed();
-    assert!(
-        took < Duration::from_secs(10),
-        "running again after {took:?}"
-    );
+    // Within seconds: started by the stop's event, not at the interval (an hour here).
+    w.wait_started(mark, "engine-event");
     assert_eq!(b2.id(), b.id(), "started again, not recreated");
     w.wait_log(mark, "`start` of Beta", WAIT, |v| {
         is_ok_action(v, "start", &b.name())
@@ -1229,13 +1228,10 @@ fn a_changed_project_is_watched_for_events() {
     w.wait_reconciled(mark, "ending the reconcile of the new project");
 
     let mark = w.mark();
-    let t = Instant::now();
     docker_ok(&["rm", "-f", &renamed]);
     c.wait_container(&w, "renamed-alpha", "after docker rm -f", |x| {
         x.id() != first.id()
     });
-    let took = t.elapsed();
-    assert!(took < Duration::from_secs(10), "back after {took:?}");
     w.wait_started(mark, "engine-event");
     assert_eq!(c.env.container(&old.name()).id(), old.id(), "left alone");
     c.assert_no_secret_in(&w);
@@ -1248,7 +1244,6 @@ fn a_changed_project_is_watched_for_events() {
 fn a_container_disconnected_from_its_network_by_hand_is_recreated() {
     let (c, w, a, b) = watching_alpha_and_beta("wdetach");
     let mark = w.mark();
-    let t = Instant::now();
     docker_ok(&["network", "disconnect", "bridge", &a.name()]);
     let a2 = c.wait_running(&w, "alpha", "after docker network disconnect");
     let a2 = if a2.id() == a.id() {
@@ -1258,8 +1253,6 @@ fn a_container_disconnected_from_its_network_by_hand_is_recreated() {
     } else {
         a2
     };
-    let took = t.elapsed();
-    assert!(took < Duration::from_secs(10), "recreated after {took:?}");
     assert!(
         a2.0["NetworkSettings"]["Networks"]["bridge"].is_object(),
         "back on bridge: {}",
@@ -1296,12 +1289,23 @@ fn the_interval_reconciles_without_an_event() {
     let took = t.elapsed();
     let gap = epoch(second["ts"].as_str().unwrap_or_default())
         - epoch(first["ts"].as_str().unwrap_or_default());
+    // 2 s apart, or as long as the first took when it took longer (a tick missed during a
+    // reconcile waits for it: `MissedTickBehavior::Delay`).
+    let done = w.wait_reconciled(mark, "ending the first interval reconcile");
+    let ran = done["duration_ms"]
+        .as_str()
+        .and_then(|ms| ms.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1000.0;
     assert!(
-        (1.5..=4.0).contains(&gap),
-        "interval reconciles {gap:.2} s apart, not 2 s:\n{}",
+        gap >= 1.5 && gap <= ran.max(2.0) + 1.5,
+        "interval reconciles {gap:.2} s apart, not 2 s (the first ran {ran:.2} s):\n{}",
         w.text()
     );
-    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(
+        took < Duration::from_secs(10).max(Duration::from_secs_f64(2.0 * ran + 6.0)),
+        "took {took:?}"
+    );
     assert!(
         w.logs(mark)
             .iter()
@@ -1388,10 +1392,10 @@ fn a_container_turning_healthy_starts_no_reconcile() {
 /// A signal that comes while the watch gathers a burst of engine events (it waits 200 ms for
 /// more) ends the watch without starting the reconcile those events asked for. The signal is
 /// sent once `/metrics` counts the event; when the test was too slow for the 200 ms (the
-/// reconcile started first), it tries again, three times at most.
+/// reconcile started first), it tries again, five times at most.
 #[test]
 fn a_signal_during_an_event_burst_starts_no_reconcile() {
-    for attempt in 0..3 {
+    for attempt in 0..5 {
         match signal_during_burst(attempt) {
             None => return,
             Some(note) => eprintln!("attempt {attempt}: {note}; again"),
@@ -2413,31 +2417,53 @@ fn keeps_dying(v: &Value, name: &str) -> bool {
 fn a_crashing_container_does_not_make_it_loop() {
     let (c, w) = crashing_case("wcrash");
     let name = c.name("alpha");
-    w.wait_log(
+    let dying = w.wait_log(
         0,
         "saying the container keeps dying",
         Duration::from_secs(40),
         |v| keeps_dying(v, &name),
     );
-    let mark = w.mark();
-    let restarts = || {
-        inspect(&name)
-            .and_then(|x| x.0["RestartCount"].as_u64())
-            .unwrap_or(0)
-    };
-    let before = restarts();
-    // Within the first mute (5 s): Docker restarts it 0.8 s and 1.6 s apart by then.
-    let died_again = wait_until(Duration::from_secs(3), || restarts() > before);
-    assert!(died_again, "it did not die again: the test saw nothing");
-    // Time for that death's event to start a reconcile, were it not muted.
-    let reconciled = wait_until(Duration::from_millis(1500), || {
-        w.count(mark, |v| {
-            v["msg"] == "reconcile started" && v["trigger"] == "engine-event"
-        }) > 0
-    });
+    let msg = dying["msg"].as_str().unwrap_or_default();
+    let muted_for: f64 = msg
+        .rsplit_once("ignored for ")
+        .and_then(|(_, s)| s.strip_suffix('s')?.parse().ok())
+        .unwrap_or_else(|| panic!("no mute in {msg}"));
+    let from = epoch(dying["ts"].as_str().unwrap_or_default());
+    let until = from + muted_for;
+    // By the watch's clock (the log's): wait until the mute is over, then look back.
+    while now_epoch() < until + 0.5 {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deaths = docker_ok(&[
+        "events",
+        "--since",
+        &format!("{from:.3}"),
+        "--until",
+        &format!("{until:.3}"),
+        "--filter",
+        &format!("container={name}"),
+        "--filter",
+        "event=die",
+        "--format",
+        "{{.TimeNano}}",
+    ]);
     assert!(
-        !reconciled,
-        "its deaths started reconciles while muted:\n{}",
+        deaths.lines().count() >= 1,
+        "it did not die while muted ({muted_for} s from {from:.3}): the test saw nothing"
+    );
+    let reconciles: Vec<Value> = w
+        .logs(0)
+        .into_iter()
+        .filter(|v| v["msg"] == "reconcile started" && v["trigger"] == "engine-event")
+        .filter(|v| {
+            let t = epoch(v["ts"].as_str().unwrap_or_default());
+            t > from && t < until
+        })
+        .collect();
+    assert!(
+        reconciles.is_empty(),
+        "its {} deaths started reconciles while muted:\n{}",
+        deaths.lines().count(),
         w.text()
     );
     let cs = c.by_outpost();

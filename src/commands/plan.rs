@@ -114,7 +114,6 @@ fn apply_command(args: &PlanArgs, out: &Path) -> String {
 /// its place and renamed there: an interrupted run leaves the previous file or none, never
 /// half of one.
 pub fn save(plan: &Plan, path: &Path) -> std::io::Result<()> {
-    use std::io::Write as _;
     let text = serde_json::to_string_pretty(&render::plan::json(plan)).unwrap_or_default();
     // A name of this run's own, made anew (`create_new`: never through a file or a symlink
     // already there, which another user of a shared directory could have put in its way).
@@ -123,11 +122,17 @@ pub fn save(plan: &Plan, path: &Path) -> std::io::Result<()> {
         .map_or(0, |d| d.subsec_nanos());
     let mut partial = path.as_os_str().to_owned();
     partial.push(format!(".{}-{nanos}.partial", std::process::id()));
-    let partial = std::path::PathBuf::from(partial);
+    write_through(&text, path, Path::new(&partial))
+}
+
+/// Writes `text` and a line feed to `partial`, a file made anew (a file or a symlink already
+/// there is an error, and is left as it is), then renames it to `path`.
+fn write_through(text: &str, path: &Path, partial: &Path) -> std::io::Result<()> {
+    use std::io::Write as _;
     let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(&partial)
+        .open(partial)
         .and_then(|mut f| {
             f.write_all(text.as_bytes())?;
             f.write_all(b"\n")?;
@@ -135,12 +140,12 @@ pub fn save(plan: &Plan, path: &Path) -> std::io::Result<()> {
         });
     if let Err(e) = written {
         if e.kind() != std::io::ErrorKind::AlreadyExists {
-            let _ = std::fs::remove_file(&partial);
+            let _ = std::fs::remove_file(partial);
         }
         return Err(e);
     }
-    std::fs::rename(&partial, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&partial);
+    std::fs::rename(partial, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(partial);
     })
 }
 
@@ -179,4 +184,35 @@ pub fn load(path: &Path) -> Result<Plan, String> {
     }
     serde_json::from_value(value)
         .map_err(|e| format!("`{}` is not an outpostctl plan: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The plan file is written through a file made anew: a symlink put at that name (by
+    /// another user of a shared directory) is not written through, and no plan file is left
+    /// half written; without one, the file lands whole and nothing is left beside it.
+    #[test]
+    fn a_plan_file_is_never_written_through_a_symlink() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("plan.json");
+        let partial = dir.path().join("plan.json.1-2.partial");
+        let victim = dir.path().join("victim.txt");
+        std::fs::write(&victim, "untouched\n").expect("victim");
+        std::os::unix::fs::symlink(&victim, &partial).expect("symlink");
+
+        let e = write_through("{}", &path, &partial).expect_err("written through the symlink");
+        assert_eq!(e.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(
+            std::fs::read_to_string(&victim).expect("victim"),
+            "untouched\n"
+        );
+        assert!(!path.exists(), "a plan file was written");
+
+        std::fs::remove_file(&partial).expect("remove the symlink");
+        write_through("{}", &path, &partial).expect("write");
+        assert_eq!(std::fs::read_to_string(&path).expect("plan"), "{}\n");
+        assert!(!partial.exists(), "the partial file is left");
+    }
 }
