@@ -311,7 +311,8 @@ fn saved_plan_is_stale_when_a_port_it_needs_was_taken_since() {
 }
 
 /// A plan saved with `--adopt` applies as saved (`apply --plan` adopts as the plan did, no
-/// flag to repeat): the container authentik deployed is taken over. The file says so.
+/// flag to repeat): the container authentik deployed is taken over. The file says so. One
+/// saved without it is not applied with `--adopt`.
 #[test]
 fn saved_plan_made_with_adopt_adopts() {
     let env = Env::new("savedadopt");
@@ -328,6 +329,31 @@ fn saved_plan_made_with_adopt_adopts() {
         &uuid,
         &format!("ghcr.io/goauthentik/ldap:{AK_VERSION}"),
     );
+    // Saved without `--adopt` (the outpost blocked by authentik's container), `--adopt` at
+    // apply would apply what was not reviewed: refused, saying how to review it.
+    let r = env.plan(&["--out", "blocked.json"]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    let r = env.run(&[
+        "apply",
+        "--plan",
+        "blocked.json",
+        "--adopt",
+        "--auto-approve",
+        ".",
+    ]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(
+        r.stderr.contains("error: the saved plan `blocked.json` was made without `--adopt`: it cannot be applied with it\n  help: to adopt, run `outpostctl plan --adopt --out blocked.json .` and review it"),
+        "{}",
+        shown(&r)
+    );
+    assert!(env.project_containers().is_empty(), "something was applied");
+    assert_eq!(
+        env.container(&name).id(),
+        authentiks,
+        "authentik's container was touched"
+    );
+
     let r = env.plan(&["--adopt", "--out", "plan.json"]);
     assert_eq!(r.code, 0, "{}", shown(&r));
     assert_eq!(saved(&env, "plan.json")["adopted"], json!(true));

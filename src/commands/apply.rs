@@ -80,6 +80,23 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
             return Exit::Failure;
         }
     };
+    // `--adopt` on a plan saved without it would apply what was not reviewed (adoptions
+    // instead of blocked outposts): refused, saying how to review it.
+    if let (true, Some(file), Some(s)) = (args.adopt, &args.plan, &saved)
+        && !s.adopted
+    {
+        let paths: String = args
+            .paths
+            .iter()
+            .map(|p| format!(" {}", super::shell_word(&p.to_string_lossy())))
+            .collect();
+        p.err(&format!(
+            "error: the saved plan `{}` was made without `--adopt`: it cannot be applied with it\n  help: to adopt, run `outpostctl plan --adopt --out {}{paths}` and review it; to apply the plan as it is, leave `--adopt` out\n",
+            file.display(),
+            super::shell_word(&file.to_string_lossy()),
+        ));
+        return Exit::Failure;
+    }
     // A plan saved with --inspect or --adopt is compared with one made the same way.
     let inspect = args.inspect || saved.as_ref().is_some_and(|s| s.inspected);
     let adopt = args.adopt || saved.as_ref().is_some_and(|s| s.adopted);
