@@ -338,6 +338,8 @@ committed_fixtures![
     container_name_collision,
     host_port_collision,
     collisions_beside_an_unset_token,
+    collisions_beside_a_wrong_name,
+    port_bindings_that_are_not,
     duplicate_uuid,
     malformed_uuid,
     external_hosts_on_ldap,
@@ -687,6 +689,23 @@ fn json_unknown_key() {
         doc["diagnostics"][0]["hint"], "did you mean `integration`?",
         "{doc:#}"
     );
+}
+
+/// A host port binding that is not one is `invalid-port` whichever check finds it: the
+/// schema (not a binding, a port out of range) or the check after it (an address binding's
+/// port out of range).
+#[test]
+fn json_port_bindings_that_are_not_are_invalid_port() {
+    let doc = json_of(&fixtures(), "port_bindings_that_are_not.yaml");
+    let at = |line| {
+        (
+            "invalid-port".to_string(),
+            "port_bindings_that_are_not.yaml".to_string(),
+            line,
+            24,
+        )
+    };
+    assert_eq!(positions_of(&doc), vec![at(15), at(20), at(26)], "{doc:#}");
 }
 
 #[test]

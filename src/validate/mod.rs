@@ -1498,7 +1498,27 @@ impl Checker {
                 port_overrides: &overrides.unwrap_or_default(),
                 healthcheck: o.healthcheck.as_deref(),
             };
-            match desired::container(&input) {
+            let mut name_known = known.name;
+            let built = desired::container(&input).or_else(|problems| {
+                // A name that cannot be made (its template wrong, or a name Docker refuses)
+                // leaves the ports checked: built again under a stand-in name, not claimed.
+                if !problems.iter().all(|p| p.field == NAMING_TEMPLATE_FIELD) {
+                    return Err(problems);
+                }
+                let stand_in = Settings {
+                    naming_template: "outpostctl-unnamed-%(uuid)s".into(),
+                    ..settings.clone()
+                };
+                let spec = desired::container(&desired::OutpostInput {
+                    settings: &stand_in,
+                    ..input.clone()
+                })
+                .map_err(|_| problems.clone())?;
+                name_known = false;
+                self.report_outpost_problems(problems, &origin, ports_known, known.name);
+                Ok(spec)
+            });
+            match built {
                 Ok(spec) => {
                     if integrations.contains_key(&o.integration) {
                         by_integration
@@ -1507,33 +1527,14 @@ impl Checker {
                             .push(Built {
                                 spec,
                                 origin,
-                                name_known: known.name,
+                                name_known,
                                 ports_known,
-                                complete,
+                                complete: complete && name_known,
                             });
                     }
                 }
                 Err(problems) => {
-                    for p in problems {
-                        // Ports from a `ports` that is wrong (reported) are not the outpost's,
-                        // nor a name from a template that is wrong or unknown.
-                        if (p.field == "/config/docker_network" && !ports_known)
-                            || (p.field == "/config/object_naming_template" && !known.name)
-                        {
-                            continue;
-                        }
-                        let at = origin.child(p.field);
-                        let at = if at.exists() {
-                            at.value()
-                        } else {
-                            origin.key()
-                        };
-                        self.diags.push(
-                            Diagnostic::error("invalid-outpost", p.message)
-                                .at(at)
-                                .maybe_hint(p.hint),
-                        );
-                    }
+                    self.report_outpost_problems(problems, &origin, ports_known, known.name)
                 }
             }
         }
@@ -1576,6 +1577,36 @@ impl Checker {
             })
             .filter(|(_, specs)| !specs.is_empty())
             .collect()
+    }
+
+    /// Why an outpost did not become a container. Ports from a `ports` that is wrong
+    /// (reported) are not the outpost's, nor a name from a template that is wrong or unknown:
+    /// their problems are left unsaid.
+    fn report_outpost_problems(
+        &mut self,
+        problems: Vec<desired::Problem>,
+        origin: &Origin,
+        ports_known: bool,
+        name_known: bool,
+    ) {
+        for p in problems {
+            if (p.field == "/config/docker_network" && !ports_known)
+                || (p.field == NAMING_TEMPLATE_FIELD && !name_known)
+            {
+                continue;
+            }
+            let at = origin.child(p.field);
+            let at = if at.exists() {
+                at.value()
+            } else {
+                origin.key()
+            };
+            self.diags.push(
+                Diagnostic::error("invalid-outpost", p.message)
+                    .at(at)
+                    .maybe_hint(p.hint),
+            );
+        }
     }
 
     /// Container names and host ports must be unique per engine; `integrations` are the names
@@ -1860,7 +1891,12 @@ impl Checker {
                     self.diags.push(
                         Diagnostic::error(
                             "invalid-port",
-                            format!("`{value}` is not a host port binding"),
+                            format!(
+                                "`{key}` is not a host port binding: `{}`",
+                                value
+                                    .as_str()
+                                    .map_or_else(|| value.to_string(), str::to_string)
+                            ),
                         )
                         .at(at.value())
                         .hint(
@@ -2140,6 +2176,9 @@ impl Checker {
         (settings, known)
     }
 }
+
+/// Where a problem of an outpost's container name is reported.
+const NAMING_TEMPLATE_FIELD: &str = "/config/object_naming_template";
 
 /// The document without the keypairs, integrations and outposts that failed the schema, and
 /// their names; without a `project` that failed (named `("project", None)`) and the defaults

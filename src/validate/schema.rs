@@ -104,7 +104,16 @@ pub fn check(doc: &LoadedDoc) -> Checked {
             continue;
         }
         failed_at.extend(failure_points(&err, &c.schema));
+        let before = out.len();
         translate(&err, doc, &c.schema, &mut out);
+        // A host port binding's value that is not one has one code, whichever check found it.
+        if is_port_binding(&pointer) {
+            for d in &mut out[before..] {
+                if d.code == "invalid-value" {
+                    d.code = "invalid-port";
+                }
+            }
+        }
     }
     // jsonschema may report one mistake through two keywords; show it once.
     out.dedup_by(|a, b| a.message == b.message && a.headline() == b.headline());
@@ -112,6 +121,13 @@ pub fn check(doc: &LoadedDoc) -> Checked {
         diagnostics: out,
         failed_at,
     }
+}
+
+/// Whether `pointer` is the value of a `ports` entry of an outpost
+/// (`/outposts/<name>/ports/<container port>`).
+fn is_port_binding(pointer: &str) -> bool {
+    let parts: Vec<&str> = pointer.split('/').collect();
+    matches!(parts.as_slice(), ["", "outposts", _, "ports", _])
 }
 
 /// The JSON pointers of the values that `err` is about: its own, or for an optional value
