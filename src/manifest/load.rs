@@ -153,6 +153,9 @@ fn unreadable_hint(e: &std::io::Error) -> &'static str {
     }
 }
 
+/// How many directory levels below a `PATH` are read.
+const MAX_DEPTH: usize = 32;
+
 fn walk(
     dir: &Path,
     files: &mut Vec<PathBuf>,
@@ -162,7 +165,21 @@ fn walk(
 ) {
     // Symlinked directories are followed, once each, and not without end.
     let canonical = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
-    if depth > 32 || !visited.insert(canonical) {
+    if depth > MAX_DEPTH {
+        // Not read, and said: manifests in it would count as gone (their outposts removed).
+        diags.push(
+            Diagnostic::error(
+                "too-deep",
+                format!(
+                    "directory `{}` is more than {MAX_DEPTH} levels deep: it is not read",
+                    dir.display()
+                ),
+            )
+            .hint("give outpostctl a path nearer the manifests, or move them up"),
+        );
+        return;
+    }
+    if !visited.insert(canonical) {
         return;
     }
     let entries = match std::fs::read_dir(dir) {
@@ -256,8 +273,7 @@ fn read_file(path: &Path, out: &mut Loaded, seen: &mut HashSet<PathBuf>) {
             Diagnostic::error(
                 "file-too-large",
                 format!(
-                    "file is {:.1} MiB; manifests are limited to {} MiB",
-                    size as f64 / 1048576.0,
+                    "file is {size} bytes; manifests are limited to {} MiB ({MAX_FILE_BYTES} bytes)",
                     MAX_FILE_BYTES / 1048576
                 ),
             )
@@ -646,6 +662,36 @@ fn masked(file: &Arc<SourceFile>, ranges: &[(usize, usize)]) -> Arc<SourceFile> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A directory below the depth that is read is an error naming it, not a silent skip (its
+    /// manifests would count as gone); one at that depth is read.
+    #[test]
+    fn a_directory_too_deep_is_an_error_not_a_skip() {
+        let root = tempfile::tempdir().expect("temp dir");
+        let mut dir = root.path().to_path_buf();
+        for _ in 0..MAX_DEPTH {
+            dir.push("d");
+        }
+        std::fs::create_dir_all(&dir).expect("deep dirs");
+        std::fs::write(dir.join("read.yaml"), "version: 1\n").expect("manifest");
+        let loaded = load(&[root.path().to_path_buf()]);
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        assert_eq!(loaded.file_count, 1);
+
+        let deeper = dir.join("d");
+        std::fs::create_dir(&deeper).expect("deeper");
+        std::fs::write(deeper.join("lost.yaml"), "version: 1\n").expect("manifest");
+        let loaded = load(&[root.path().to_path_buf()]);
+        let codes: Vec<&str> = loaded.diagnostics.iter().map(|d| d.code).collect();
+        assert_eq!(codes, ["too-deep"], "{:?}", loaded.diagnostics);
+        assert!(
+            loaded.diagnostics[0]
+                .message
+                .contains(&format!("`{}`", deeper.display())),
+            "{}",
+            loaded.diagnostics[0].message
+        );
+    }
 
     #[test]
     fn secrets_are_masked_by_the_look_of_their_lines_in_a_file_that_does_not_parse() {
