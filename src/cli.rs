@@ -8,19 +8,22 @@ pub const EXIT_CODES: &str = "\
 Exit codes:
   0   success; for `plan --detailed-exitcode`: success and no changes
   1   invalid manifests, an engine could not be reached, an outpost is blocked (plan,
-      apply), an action failed, or `plan`/`status` was interrupted
+      apply), an action failed, `plan`/`status` was interrupted, or `apply` was
+      interrupted once or cancelled at its question
   2   `plan --detailed-exitcode`: success, and there are changes; `status
       --detailed-exitcode`: an outpost is not running and healthy as deployed, or
       blocked, or a container apply would remove is left
   64  the command line itself is wrong (unknown option, missing value)
-  130 interrupted twice (the first SIGINT/SIGTERM lets actions in flight finish; the second
-      exits at once, after releasing the engine locks and closing ssh sessions)
+  130 interrupted twice (the first SIGINT, SIGTERM, SIGHUP or SIGQUIT lets actions in
+      flight finish; the second exits at once, after releasing the engine locks and
+      closing ssh sessions)
 
 Environment:
   OUTPOSTCTL_ENGINE_TIMEOUT  seconds one engine request may take, and an image pull go
                              without progress (default 120; 2 to 3600)
   OUTPOSTCTL_LOCK_LEASE      seconds of the engine lock's lease (default 60; 3 to 86400)
-  NO_COLOR                   no colour (--color always|never overrides)";
+  NO_COLOR                   set and not empty: no colour (--color always|never
+                             overrides)";
 
 /// Deploy authentik outposts on Docker from manifests kept in git.
 ///
@@ -113,7 +116,8 @@ pub struct ApplyArgs {
     /// Show a unified diff of each changed container's settings.
     #[arg(long)]
     pub diff: bool,
-    /// How long to wait for another outpostctl holding an engine's lock (humantime: 30s, 5m).
+    /// How long to wait for another outpostctl holding an engine's lock (humantime: 30s, 5m;
+    /// 0s to 1 day).
     #[arg(long, default_value = "2m", value_parser = lock_timeout)]
     pub lock_timeout: std::time::Duration,
 }
@@ -131,7 +135,8 @@ pub struct WatchArgs {
     /// Manifest files or directories (read recursively: *.yaml, *.yml).
     #[arg(default_value = ".")]
     pub paths: Vec<PathBuf>,
-    /// Reconcile at least this often, to correct drift (humantime: 30s, 5m, 1h).
+    /// Reconcile at least this often, to correct drift (humantime: 30s, 5m, 1h; 1s to 30
+    /// days).
     #[arg(long, default_value = "5m", value_parser = interval)]
     pub interval: std::time::Duration,
     /// How long file changes settle before a reconcile (10ms to 10m).
@@ -150,7 +155,8 @@ pub struct WatchArgs {
     /// Log line format.
     #[arg(long, value_enum, default_value_t = LogFormatArg::Text)]
     pub log_format: LogFormatArg,
-    /// How long to wait for another outpostctl holding an engine's lock (humantime: 30s, 5m).
+    /// How long to wait for another outpostctl holding an engine's lock (humantime: 30s, 5m;
+    /// 0s to 1 day).
     #[arg(long, default_value = "2m", value_parser = lock_timeout)]
     pub lock_timeout: std::time::Duration,
 }

@@ -184,3 +184,48 @@ fn watch_on_a_busy_port_says_to_give_another() {
         "{text}"
     );
 }
+
+/// `watch --listen 127.0.0.1:0` lets the system pick the port, and the log names the port it
+/// got (not `:0`), which then answers.
+#[test]
+fn watch_on_port_zero_names_the_port_it_got() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = tempfile::tempdir().expect("temp dir");
+    // An empty directory: the watch runs (its manifests invalid), no engine needed.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_outpostctl"))
+        .args(["watch", "--listen", "127.0.0.1:0"])
+        .arg(dir.path())
+        .env("NO_COLOR", "1")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("outpostctl runs");
+    let stderr = child.stderr.take().expect("piped stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let serving = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.contains("serving /healthz"));
+    let addr = serving
+        .as_deref()
+        .and_then(|l| l.rsplit_once("http://"))
+        .map(|(_, a)| a.trim().to_string());
+    let answer = addr.as_deref().and_then(|a| {
+        let mut conn = std::net::TcpStream::connect(a).ok()?;
+        conn.write_all(b"GET /livez HTTP/1.0\r\n\r\n").ok()?;
+        let mut text = String::new();
+        conn.read_to_string(&mut text).ok()?;
+        Some(text)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let addr = addr.unwrap_or_else(|| panic!("no serving line: {serving:?}"));
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
+    assert!(
+        answer.is_some_and(|a| a.starts_with("HTTP/1.")),
+        "{addr} does not answer"
+    );
+}

@@ -19,9 +19,11 @@ pub async fn run(args: &WatchArgs) -> i32 {
     if let Some(addr) = args.listen {
         match tokio::net::TcpListener::bind(addr).await {
             Ok(l) => {
+                // The port bound (`:0` asks the system for one).
+                let bound = l.local_addr().unwrap_or(addr);
                 log.info(
                     "start",
-                    &format!("serving /healthz, /livez and /metrics on http://{addr}"),
+                    &format!("serving /healthz, /livez and /metrics on http://{bound}"),
                     &[],
                 );
                 tokio::spawn(metrics::serve(l, Arc::clone(&metrics)));
