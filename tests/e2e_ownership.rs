@@ -472,3 +472,59 @@ fn a_copy_of_an_outposts_container_is_not_taken_for_a_leftover() {
     );
     assert!(env.container(&name).running() && env.container(&copy).running());
 }
+
+/// A container linked to an outpost's (`docker run --link <outpost>:alias`, the legacy links
+/// of Docker's default bridge): Docker lists the outpost's container under the name it has in
+/// the linker too (`/linker/alias`), in any order. The outpost's own name is read: no rename
+/// planned (which failed on every apply with Docker's 400), its recreate parks it and goes
+/// ahead, and a name taken by a linked foreign container still blocks.
+#[test]
+fn a_container_linked_to_an_outpost_does_not_hide_its_name() {
+    let env = Env::new("linked");
+    let mut m = env.manifest();
+    m["outposts"]["Dir"] = env.outpost("ldap", "AK_D");
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("dir");
+    let dir = env.container(&name);
+    // Two linkers, named to sort before and after it (Docker lists link names first).
+    for linker in ["aa-linker", "zz-linker"] {
+        let n = format!("{}{linker}", env.prefix);
+        env.docker_container(
+            "run",
+            &n,
+            &["-d", "--link", &format!("{name}:ak"), IMAGE_V1],
+        );
+    }
+    env.assert_converged();
+
+    // A change that recreates it: parked and replaced, not a 409 on its own name.
+    m["outposts"]["Dir"]["config"]["docker_labels"] = json!({ "com.example.v": "2" });
+    env.write(&m);
+    let plan = env.plan_json();
+    assert_eq!(action_of(&plan, "Dir")["action"], "recreate", "{plan:#}");
+    env.apply_ok();
+    let new = env.container(&name);
+    assert_ne!(new.id(), dir.id());
+    assert!(new.running());
+    env.assert_converged();
+
+    // A foreign container linked to by another holds a name an outpost wants: blocked,
+    // naming it, not a create that fails with a 409.
+    let held = env.name_of("held");
+    let holder = env.docker_container("run", &held, &["-d", IMAGE_V1]);
+    let n = format!("{}mm-linker", env.prefix);
+    env.docker_container("run", &n, &["-d", "--link", &format!("{held}:x"), IMAGE_V1]);
+    m["outposts"]["Held"] = env.outpost("radius", "AK_H");
+    env.write(&m);
+    let plan = env.plan_json_with(&[], true);
+    let a = action_of(&plan, "Held");
+    assert_eq!(a["action"], "blocked", "{a:#}");
+    assert!(
+        a["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&format!("a container named `{held}`"))),
+        "{a:#}"
+    );
+    assert_eq!(env.container(&held).id(), holder);
+}

@@ -489,13 +489,7 @@ impl super::Engine for DockerEngine {
         Ok(list
             .into_iter()
             .map(|c| {
-                let name = c
-                    .names
-                    .unwrap_or_default()
-                    .into_iter()
-                    .next()
-                    .map(|n| n.trim_start_matches('/').to_string())
-                    .unwrap_or_default();
+                let name = own_name(&c.names.unwrap_or_default());
                 let mut endpoints: Vec<(String, String)> = c
                     .network_settings
                     .and_then(|n| n.networks)
@@ -1083,6 +1077,19 @@ const UNBLOCKING_EVENTS: [&str; 6] = ["create", "start", "pull", "load", "tag", 
 /// A network's event that can mean drift: a container taken off it (`docker network
 /// disconnect` by hand, or a container's own stop or removal).
 const DETACHING_EVENTS: [&str; 1] = ["disconnect"];
+
+/// A listed container's own name, without the leading `/`. Docker also lists the names it
+/// goes by in the containers linked to it (`--link`: `/linker/alias`), in any order: the
+/// own name is the one with no `/` after the first (as the Docker CLI shows it).
+fn own_name(names: &[String]) -> String {
+    let trimmed = |n: &String| n.strip_prefix('/').unwrap_or(n).to_string();
+    names
+        .iter()
+        .find(|n| !n.strip_prefix('/').unwrap_or(n).contains('/'))
+        .or_else(|| names.first())
+        .map(trimmed)
+        .unwrap_or_default()
+}
 
 /// The event the watch cares about in `m`, if it does: any of `MANAGED_EVENTS` of a container
 /// of `project`; another container dying, removed or renamed; a network created; an image
