@@ -684,7 +684,16 @@ fn orphan_removal(a: &Action) -> bool {
 ///
 /// An integration that could not be planned (`failed`) keeps what it would have taken over:
 /// a container whose outpost is wanted on a failed integration is not removed as an orphan.
-pub fn keep_what_another_keeps(plans: &mut [&mut Vec<Action>], failed: &BTreeSet<String>) {
+///
+/// An integration also answers for every container of this project that carries the uuid of
+/// one of its outposts (`answered_for`), whatever it does with them: a removal of one of those
+/// by another integration, as wanted on it, is dropped. (Its own container blocked, or copies
+/// made by hand that it leaves alone, would otherwise be removed by the other.)
+pub fn keep_what_another_keeps(
+    plans: &mut [&mut Vec<Action>],
+    failed: &BTreeSet<String>,
+    answers_for: &BTreeMap<String, BTreeSet<String>>,
+) {
     let claimed: HashSet<String> = plans
         .iter()
         .flat_map(|actions| actions.iter())
@@ -704,10 +713,29 @@ pub fn keep_what_another_keeps(plans: &mut [&mut Vec<Action>], failed: &BTreeSet
                 return true;
             };
             !claimed.contains(&c.id)
-                && !wanted_on(a).is_some_and(|i| failed.contains(i))
+                && !wanted_on(a).is_some_and(|i| {
+                    failed.contains(i) || answers_for.get(i).is_some_and(|ids| ids.contains(&c.id))
+                })
                 && removing.insert(c.id.clone())
         });
     }
+}
+
+/// The containers of this project on an engine that carry the uuid of one of `desired`'s
+/// outposts (its own, duplicates, copies made by hand): those its integration answers for
+/// (`keep_what_another_keeps`).
+pub fn answered_for(
+    project: &str,
+    desired: &[ContainerSpec],
+    observed: &[Observed],
+) -> BTreeSet<String> {
+    let uuids: HashSet<&str> = desired.iter().map(|d| d.uuid.as_str()).collect();
+    observed
+        .iter()
+        .filter(|o| o.label(LABEL_PROJECT) == Some(project))
+        .filter(|o| o.label(LABEL_UUID).is_some_and(|u| uuids.contains(u)))
+        .map(|o| o.id.clone())
+        .collect()
 }
 
 /// A container on authentik's default image (its own could not be pulled) made for another
@@ -1281,7 +1309,14 @@ mod tests {
         };
         let mut a = diff("p", &[], observed, opts("a"));
         let mut b = diff("p", std::slice::from_ref(spec), observed, opts("b"));
-        keep_what_another_keeps(&mut [&mut a, &mut b], &BTreeSet::new());
+        let answers_for = BTreeMap::from([
+            ("a".to_string(), answered_for("p", &[], observed)),
+            (
+                "b".to_string(),
+                answered_for("p", std::slice::from_ref(spec), observed),
+            ),
+        ]);
+        keep_what_another_keeps(&mut [&mut a, &mut b], &BTreeSet::new(), &answers_for);
         (a, b)
     }
 
@@ -1371,7 +1406,7 @@ mod tests {
         let mut b = diff("p", &[], observed, opts("b"));
         assert_eq!(kinds(&a), vec![(ActionKind::Remove, Some("5eed".into()))]);
         assert_eq!(kinds(&b), kinds(&a));
-        keep_what_another_keeps(&mut [&mut a, &mut b], &BTreeSet::new());
+        keep_what_another_keeps(&mut [&mut a, &mut b], &BTreeSet::new(), &BTreeMap::new());
         assert_eq!(a.len() + b.len(), 1, "{a:?} {b:?}");
     }
 

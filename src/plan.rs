@@ -70,6 +70,10 @@ pub struct EnginePlan {
     /// again). Never saved.
     #[serde(skip)]
     pub uninspected: Vec<String>,
+    /// The containers of this project carrying one of its outposts' uuids
+    /// (`diff::answered_for`): another integration does not remove them. Never saved.
+    #[serde(skip)]
+    pub answers_for: BTreeSet<String>,
 }
 
 /// Something on the engine that would let a blocked outpost go ahead: the watch reconciles
@@ -411,6 +415,7 @@ pub async fn build_listed(
                     unblocks: o.unblocks,
                     notes: o.notes,
                     uninspected: o.uninspected,
+                    answers_for: o.answers_for,
                     ..Default::default()
                 },
                 Err(e) => failed(name, &def.address(), e.to_string(), desired),
@@ -470,9 +475,13 @@ pub async fn across_integrations(v: &Validated, engines: &Engines, plans: &mut [
         .filter(|e| e.error.is_some())
         .map(|e| e.name.clone())
         .collect();
+    let answers_for: BTreeMap<String, BTreeSet<String>> = plans
+        .iter()
+        .map(|e| (e.name.clone(), e.answers_for.clone()))
+        .collect();
     let mut actions: Vec<&mut Vec<crate::diff::Action>> =
         plans.iter_mut().map(|e| &mut e.actions).collect();
-    crate::diff::keep_what_another_keeps(&mut actions, &failed);
+    crate::diff::keep_what_another_keeps(&mut actions, &failed, &answers_for);
     block_across_one_daemon(v, engines, plans).await;
 }
 
@@ -575,6 +584,8 @@ pub struct EngineOutcome {
     pub notes: Vec<String>,
     /// Containers it could not inspect (`EnginePlan::uninspected`).
     pub uninspected: Vec<String>,
+    /// `EnginePlan::answers_for`.
+    pub answers_for: BTreeSet<String>,
 }
 
 /// The live state of one engine and the actions it needs.
@@ -704,6 +715,7 @@ async fn plan_listed(
         unblocks,
         notes,
         uninspected,
+        answers_for: diff::answered_for(project, desired, &observed),
     })
 }
 
@@ -1640,7 +1652,11 @@ mod tests {
             None,
         )];
         let mut other = vec![orphan];
-        diff::keep_what_another_keeps(&mut [&mut actions, &mut other], &Default::default());
+        diff::keep_what_another_keeps(
+            &mut [&mut actions, &mut other],
+            &Default::default(),
+            &Default::default(),
+        );
         assert!(
             other.is_empty(),
             "the blocked outpost's container was removed: {other:?}"

@@ -152,6 +152,64 @@ fn two_integrations_on_one_engine_do_not_prune_each_other() {
     env.assert_converged();
 }
 
+/// A container labelled with an integration that left the set (renamed `old` -> `here`) is
+/// in scope for every integration reaching its engine. The one whose outpost it is (`here`)
+/// answers for it and for the copies of it made by hand, which it leaves alone (blocked): the
+/// other (`edge`, the socket proxy to the same engine) must not remove them as "wanted on
+/// `here`" (it did: the outpost's container and a copy that outpostctl never made, gone).
+#[test]
+fn another_integration_does_not_remove_what_the_outposts_own_leaves_alone() {
+    require_socket_proxy();
+    let env = Env::new("answersfor");
+    let mut m = env.manifest();
+    m["integrations"] = json!({ "old": { "local": true } });
+    let mut one = env.outpost("ldap", "AK_ONE");
+    one["integration"] = json!("old");
+    m["outposts"]["One"] = one;
+    env.write(&m);
+    env.apply_ok();
+    let name = env.name_of("one");
+    let own = env.container(&name);
+
+    // A copy made by hand (Portainer's duplicate keeps every label).
+    let copy = env.name_of("one-copy");
+    let labels: Vec<String> = own
+        .labels()
+        .iter()
+        .flat_map(|(k, v)| ["--label".to_string(), format!("{k}={v}")])
+        .collect();
+    let mut args: Vec<&str> = vec!["-d"];
+    args.extend(labels.iter().map(String::as_str));
+    args.push(IMAGE_V1);
+    env.track_container(&copy);
+    let mut run = vec!["run", "--name", copy.as_str()];
+    run.extend(args);
+    let copy_id = docker_ok(&run);
+
+    m["integrations"] = json!({ "here": { "local": true }, "edge": { "url": SOCKET_PROXY } });
+    m["outposts"]["One"]["integration"] = json!("here");
+    env.write(&m);
+    let plan = env.plan_json_with(&[], true);
+    for a in actions(&plan) {
+        assert_ne!(a["action"], "remove", "{plan:#}");
+    }
+    let r = env.apply(&[]);
+    assert_eq!(r.code, 1, "{}", shown(&r));
+    assert!(r.stdout.contains("a copy made by hand?"), "{}", shown(&r));
+    assert_eq!(
+        env.container(&name).id(),
+        own.id(),
+        "the outpost's container"
+    );
+    assert_eq!(env.container(&copy).id(), copy_id, "the copy made by hand");
+    // And status does not list them as containers apply would remove.
+    let st = env.run(&["status", "--format", "json", "."]);
+    let doc: serde_json::Value = serde_json::from_str(&st.stdout).expect("status JSON");
+    for i in doc["integrations"].as_array().into_iter().flatten() {
+        assert!(i.get("leftovers").is_none(), "{doc:#}");
+    }
+}
+
 /// Outpost `Mover` on the local socket, applied, with integration `edge` (the socket proxy to
 /// the same engine) in the set: the env, the manifest and the container's name.
 fn mover_applied(tag: &str) -> (Env, serde_json::Value, String) {

@@ -178,6 +178,13 @@ pub async fn run(
                 .filter(|id| !id.is_empty()),
             error: c.is_none().then(|| s.error.clone().unwrap_or_default()),
             actions: c.as_ref().map(|(a, _)| a.clone()).unwrap_or_default(),
+            answers_for: c
+                .as_ref()
+                .map(|(_, list)| {
+                    let desired = v.desired.get(&s.integration).map_or(&[][..], Vec::as_slice);
+                    crate::diff::answered_for(&v.project, desired, list)
+                })
+                .unwrap_or_default(),
             ..Default::default()
         })
         .collect();
