@@ -1443,23 +1443,12 @@ mod tests {
     #[tokio::test]
     async fn a_container_whose_inspect_failed_is_noted_and_kept_for_the_next_plan() {
         let spec = ldap_a();
-        let mut current = outdated(&spec);
-        current
-            .labels
-            .insert(LABEL_CONFIG_HASH.to_string(), spec.config_hash.clone());
         let engine = Fake {
-            listed: vec![current],
+            listed: vec![up_to_date(&spec)],
             inspect_fails: Some(crate::engine::ErrorKind::Timeout),
             ..Fake::default()
         };
-        let opts = DiffOptions {
-            inspect: diff::Inspect::All,
-            ..DiffOptions::default()
-        };
-        let o = match plan_engine("p", std::slice::from_ref(&spec), &engine, opts).await {
-            Ok(o) => o,
-            Err(e) => panic!("the engine's plan failed: {e}"),
-        };
+        let o = inspected_plan(&spec, &engine).await;
         assert_eq!(o.actions[0].action, ActionKind::Noop, "{:?}", o.actions);
         assert_eq!(o.uninspected, ["0123456789abcdef"]);
         assert!(
@@ -1484,10 +1473,7 @@ mod tests {
              config: { docker_network: \"container:vpn\", docker_map_ports: false }\n",
         );
         let spec = v.desired["local"][0].clone();
-        let mut current = outdated(&spec);
-        current
-            .labels
-            .insert(LABEL_CONFIG_HASH.to_string(), spec.config_hash.clone());
+        let mut current = up_to_date(&spec);
         current.networks.clear();
         // The Fake's inspect of `vpn` answers the id `id-of-vpn`: the namespace it joined.
         current.network_mode = Some("container:id-of-vpn".into());
@@ -1500,14 +1486,7 @@ mod tests {
                 .collect(),
             ..Fake::default()
         };
-        let opts = DiffOptions {
-            inspect: diff::Inspect::All,
-            ..DiffOptions::default()
-        };
-        let o = match plan_engine("p", std::slice::from_ref(&spec), &engine, opts).await {
-            Ok(o) => o,
-            Err(e) => panic!("the engine's plan failed: {e}"),
-        };
+        let o = inspected_plan(&spec, &engine).await;
         // The Fake's restart policy is empty: `--inspect` found it changed, from that inspect.
         assert_eq!(o.actions[0].action, ActionKind::Recreate, "{:?}", o.actions);
         assert!(
@@ -1560,6 +1539,27 @@ mod tests {
                 (LABEL_CONFIG_HASH, "0ld"),
             ],
         )
+    }
+
+    /// This project's running container of `spec`, made from its config.
+    fn up_to_date(spec: &ContainerSpec) -> Observed {
+        let mut current = outdated(spec);
+        current
+            .labels
+            .insert(LABEL_CONFIG_HASH.to_string(), spec.config_hash.clone());
+        current
+    }
+
+    /// The plan of `spec` on `engine` with `--inspect`; panics if the engine's plan fails.
+    async fn inspected_plan(spec: &ContainerSpec, engine: &Fake) -> EngineOutcome {
+        let opts = DiffOptions {
+            inspect: diff::Inspect::All,
+            ..DiffOptions::default()
+        };
+        match plan_engine("p", std::slice::from_ref(spec), engine, opts).await {
+            Ok(o) => o,
+            Err(e) => panic!("the engine's plan failed: {e}"),
+        }
     }
 
     /// The plan of `desired` on `engine` (project `p`); panics if the engine's plan fails.

@@ -92,6 +92,18 @@ fn lock_info() -> Option<LockInfo> {
 }
 
 /// The holder label of an apply run by this test as process `pid`.
+/// Waits until the apply `p` has made a container (it acts), or has ended (bounded).
+fn wait_acting(env: &Env, p: &mut Bg) {
+    assert!(
+        wait_until(Duration::from_secs(60), || !env
+            .project_containers()
+            .is_empty()
+            || p.exited()),
+        "no container was created:\n{}",
+        p.output()
+    );
+}
+
 fn holder_of(pid: u32) -> String {
     format!("{USER}@{} pid {pid} (outpostctl apply)", hostname())
 }
@@ -988,14 +1000,7 @@ fn an_apply_whose_lock_is_taken_away_starts_nothing_more() {
     let mut p = Bg::apply(&env, &t, &[]);
     let lock = wait_for_holder(p.pid, &mut p);
     // Taken away once the apply acts (a container made), not while it still plans.
-    assert!(
-        wait_until(Duration::from_secs(60), || !env
-            .project_containers()
-            .is_empty()
-            || p.exited()),
-        "no container was created:\n{}",
-        p.output()
-    );
+    wait_acting(&env, &mut p);
     docker_ok(&["rm", "-f", &lock.id]);
     let code = p.wait();
     let out = format!("{}{}", p.stdout(), p.stderr());
@@ -1062,14 +1067,7 @@ fn one_sigint_during_an_apply_finishes_what_is_in_flight() {
     wait_lock_free();
     let mut p = Bg::apply_leased(&env, &t, &[], LIVE_LEASE);
     let lock = wait_for_holder(p.pid, &mut p);
-    assert!(
-        wait_until(Duration::from_secs(60), || !env
-            .project_containers()
-            .is_empty()
-            || p.exited()),
-        "no container was created:\n{}",
-        p.output()
-    );
+    wait_acting(&env, &mut p);
     let _ = Command::new("kill")
         .args(["-INT", &p.pid.to_string()])
         .status();

@@ -72,6 +72,14 @@ impl Progress for Unattended {
     }
 }
 
+/// `paths` as the words of a command line (each after a space, quoted for the shell).
+fn paths_as_words(paths: &[std::path::PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| format!(" {}", super::shell_word(&p.to_string_lossy())))
+        .collect()
+}
+
 pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
     let saved = match args.plan.as_deref().map(super::plan::load).transpose() {
         Ok(s) => s,
@@ -85,11 +93,7 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
     if let (true, Some(file), Some(s)) = (args.adopt, &args.plan, &saved)
         && !s.adopted
     {
-        let paths: String = args
-            .paths
-            .iter()
-            .map(|p| format!(" {}", super::shell_word(&p.to_string_lossy())))
-            .collect();
+        let paths = paths_as_words(&args.paths);
         p.err(&format!(
             "error: the saved plan `{}` was made without `--adopt`: it cannot be applied with it\n  help: to adopt, run `outpostctl plan --adopt --out {}{paths}` and review it; to apply the plan as it is, leave `--adopt` out\n",
             file.display(),
@@ -126,11 +130,7 @@ pub async fn run(p: &Printer, args: &ApplyArgs) -> Exit {
                 .filter(|(on, _)| *on)
                 .map(|(_, flag)| *flag)
                 .collect::<String>();
-            let paths: String = args
-                .paths
-                .iter()
-                .map(|p| format!(" {}", super::shell_word(&p.to_string_lossy())))
-                .collect();
+            let paths = paths_as_words(&args.paths);
             p.err(&format!(
                 "error: the saved plan `{}` is stale: {why}\n  help: run `outpostctl plan{flags} --out {}{paths}` again and review it\n",
                 file.display(),
