@@ -74,6 +74,46 @@ pub struct EnginePlan {
     /// (`diff::answered_for`): another integration does not remove them. Never saved.
     #[serde(skip)]
     pub answers_for: BTreeSet<String>,
+    /// This project's containers on its engine that another integration of the set manages
+    /// (`siblings_of`). Never saved.
+    #[serde(skip)]
+    pub siblings: Vec<Sibling>,
+}
+
+/// A container of this project, on an integration's engine, labelled as another integration's
+/// of the set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sibling {
+    pub container: diff::ContainerRef,
+    pub integration: String,
+    pub outpost: String,
+    pub uuid: Option<String>,
+}
+
+/// The containers of `project` in `observed` that another integration of the set than
+/// `integration` manages (by their label).
+pub fn siblings_of(
+    project: &str,
+    integration: Option<&str>,
+    integrations: &BTreeSet<String>,
+    observed: &[Observed],
+) -> Vec<Sibling> {
+    observed
+        .iter()
+        .filter(|o| o.label(LABEL_PROJECT) == Some(project) && o.state != State::Removing)
+        .filter_map(|o| {
+            let theirs = o.label(crate::desired::LABEL_INTEGRATION)?;
+            (Some(theirs) != integration && integrations.contains(theirs)).then(|| Sibling {
+                container: diff::ContainerRef {
+                    id: o.id.clone(),
+                    name: o.name.clone(),
+                },
+                integration: theirs.to_string(),
+                outpost: o.label(LABEL_OUTPOST).unwrap_or(&o.name).to_string(),
+                uuid: o.label(LABEL_UUID).map(str::to_string),
+            })
+        })
+        .collect()
 }
 
 /// Something on the engine that would let a blocked outpost go ahead: the watch reconciles
@@ -416,6 +456,7 @@ pub async fn build_listed(
                     notes: o.notes,
                     uninspected: o.uninspected,
                     answers_for: o.answers_for,
+                    siblings: o.siblings,
                     ..Default::default()
                 },
                 Err(e) => failed(name, &def.address(), e.to_string(), desired),
@@ -482,20 +523,95 @@ pub async fn across_integrations(v: &Validated, engines: &Engines, plans: &mut [
     let mut actions: Vec<&mut Vec<crate::diff::Action>> =
         plans.iter_mut().map(|e| &mut e.actions).collect();
     crate::diff::keep_what_another_keeps(&mut actions, &failed, &answers_for);
-    block_across_one_daemon(v, engines, plans).await;
+    // Each engine is asked its ID only when the set has several integrations (one request
+    // each).
+    if plans.iter().filter(|e| e.error.is_none()).count() < 2 {
+        return;
+    }
+    let ids = daemon_ids(plans, engines).await;
+    remove_what_integrations_left(v, plans, &ids);
+    block_across_one_daemon(v, plans, &ids);
+}
+
+/// An integration of the set whose containers are on an engine it no longer reaches (its
+/// `url` moved to another engine): another integration that reaches that engine removes
+/// them, as it would its own outposts' that left the manifests (else they would run on beside
+/// the ones made on the new engine, and hold their names for ever). Told apart by daemon IDs;
+/// an engine that refuses `info` (no ID) or an integration that could not be planned leaves
+/// them alone. A container whose outpost is this integration's is not one of them: this
+/// integration takes it over (`diff`).
+fn remove_what_integrations_left(v: &Validated, plans: &mut [EnginePlan], ids: &[Option<String>]) {
+    let placed = placed(v);
+    let mut removing: HashSet<String> = HashSet::new();
+    for i in 0..plans.len() {
+        let Some(here) = ids[i].as_deref() else {
+            continue;
+        };
+        if plans[i].error.is_some() {
+            continue;
+        }
+        let moved_away = |s: &Sibling| {
+            plans.iter().zip(ids).any(|(p, id)| {
+                p.name == s.integration
+                    && p.error.is_none()
+                    && id.as_deref().is_some_and(|there| there != here)
+            })
+        };
+        let left: Vec<Sibling> = plans[i]
+            .siblings
+            .iter()
+            .filter(|s| moved_away(s))
+            .filter(|s| s.uuid.as_ref().and_then(|u| placed.get(u)) != Some(&plans[i].name))
+            .filter(|s| removing.insert(s.container.id.clone()))
+            .cloned()
+            .collect();
+        // An outpost blocked by one of them in the way of its name: said as it is.
+        for a in plans[i]
+            .actions
+            .iter_mut()
+            .filter(|a| a.action == ActionKind::Blocked && a.reasons.is_empty())
+        {
+            let Some(gone) = a
+                .container
+                .as_ref()
+                .and_then(|c| left.iter().find(|l| l.container.id == c.id))
+            else {
+                continue;
+            };
+            a.error = Some(format!(
+                "the name `{}` is taken by container {} of outpost `{}`, which integration `{}` left on this engine (it reaches another engine now): this apply removes it; apply again to create this one",
+                a.name,
+                gone.container.id.get(..12).unwrap_or(&gone.container.id),
+                crate::engine::printable_line(&gone.outpost),
+                gone.integration,
+            ));
+        }
+        plans[i].actions.extend(left.into_iter().map(|s| Action {
+            outpost: crate::engine::printable_line(&s.outpost),
+            action: ActionKind::Remove,
+            name: s.container.name.clone(),
+            reasons: vec![Change::new(
+                "outpost",
+                Some(format!("on integration `{}`", s.integration)),
+                Some(format!(
+                    "integration `{}` reaches another engine now",
+                    s.integration
+                )),
+            )],
+            container: Some(s.container),
+            adopt: false,
+            error: None,
+        }));
+    }
 }
 
 /// Integrations that turn out to reach one daemon through different addresses (the socket and
 /// a socket proxy to it): validation compares addresses, so only the plan can tell, by the
 /// daemon IDs. Container names and host ports must be unique across them all the same: a
 /// create, recreate, start or rename of a later integration (by name) that would take a name
-/// or host port an outpost of an earlier one has is blocked, naming both. Each engine is
-/// asked its ID only when the set has several integrations (one request each).
-async fn block_across_one_daemon(v: &Validated, engines: &Engines, plans: &mut [EnginePlan]) {
-    if plans.iter().filter(|e| e.error.is_none()).count() < 2 {
-        return;
-    }
-    let ids = daemon_ids(plans, engines).await;
+/// or host port an outpost of an earlier one has is blocked, naming both. `ids`: the plans'
+/// daemon IDs.
+fn block_across_one_daemon(v: &Validated, plans: &mut [EnginePlan], ids: &[Option<String>]) {
     let everywhere = |ip: &str| ip.is_empty() || ip == "0.0.0.0" || ip == "::";
     for (i, id) in ids.iter().enumerate() {
         let Some(id) = id else { continue };
@@ -586,6 +702,8 @@ pub struct EngineOutcome {
     pub uninspected: Vec<String>,
     /// `EnginePlan::answers_for`.
     pub answers_for: BTreeSet<String>,
+    /// `EnginePlan::siblings`.
+    pub siblings: Vec<Sibling>,
 }
 
 /// The live state of one engine and the actions it needs.
@@ -612,6 +730,12 @@ async fn plan_listed(
     let inspect = opts.inspect.clone();
     let integration = opts.integration.clone();
     let keep = opts.keep_orphans;
+    let siblings = siblings_of(
+        project,
+        integration.as_deref(),
+        &opts.integrations,
+        &observed,
+    );
     let mut actions = diff::diff(project, desired, &observed, opts);
     let mut notes = Vec::new();
     let (namespace_waits, read) =
@@ -716,6 +840,7 @@ async fn plan_listed(
         notes,
         uninspected,
         answers_for: diff::answered_for(project, desired, &observed),
+        siblings,
     })
 }
 
@@ -1501,6 +1626,118 @@ mod tests {
             engine.inspects.load(std::sync::atomic::Ordering::SeqCst),
             2,
             "one inspect of `vpn`, one of the outpost's container"
+        );
+    }
+
+    /// Integration `b`'s url moved to another engine while `a` still reaches the one it was
+    /// on: `a` removes the container `b` left there (its outpost runs on `b`'s new engine),
+    /// once. While `b` reaches the same engine (the same daemon ID), or cannot be planned,
+    /// the container is `b`'s and `a` leaves it alone.
+    #[tokio::test]
+    async fn an_integrations_containers_left_on_an_engine_it_no_longer_reaches_are_removed() {
+        let v = validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  a: { local: true }\n  \
+             b: { url: \"http://127.0.0.1:2375\" }\n  c: { url: \"http://127.0.0.1:2385\" }\n\
+             outposts:\n  X:\n    type: ldap\n    integration: b\n    token: { file: token }\n",
+        );
+        let spec = v.desired["b"][0].clone();
+        let left = observed(
+            "0ld",
+            &spec.name,
+            State::Running,
+            &[
+                (LABEL_UUID, spec.uuid.as_str()),
+                (LABEL_PROJECT, "p"),
+                (LABEL_MANAGED_BY, "outpostctl"),
+                (LABEL_INTEGRATION, "b"),
+                (LABEL_CONFIG_HASH, spec.config_hash.as_str()),
+            ],
+        );
+        // `a` and `c` reach the old engine (AAAA); `b` the daemon `b_on`.
+        let engines = |b_on: Option<&str>| -> Engines {
+            let fake = |id: &str, listed: Vec<Observed>| {
+                Ok(Arc::new(Fake {
+                    daemon_id: Some(id.into()),
+                    listed,
+                    networks: Some(vec!["bridge".into()]),
+                    ..Fake::default()
+                }) as Arc<dyn Engine>)
+            };
+            BTreeMap::from([
+                ("a".to_string(), fake("AAAA", vec![left.clone()])),
+                (
+                    "b".to_string(),
+                    match b_on {
+                        Some(id) if id == "AAAA" => fake(id, vec![left.clone()]),
+                        Some(id) => fake(id, Vec::new()),
+                        None => Err(EngineError::new(
+                            crate::engine::ErrorKind::Unreachable,
+                            "down in this test",
+                        )),
+                    },
+                ),
+                ("c".to_string(), fake("AAAA", vec![left.clone()])),
+            ])
+        };
+        let actions_of = |plan: &Plan, i: &str| {
+            plan.integrations
+                .iter()
+                .find(|e| e.name == i)
+                .map(|e| {
+                    e.actions
+                        .iter()
+                        .map(|a| (a.action, a.container.as_ref().map(|c| c.id.clone())))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+
+        let moved = build(&v, &engines(Some("BBBB")), DiffOptions::default()).await;
+        let removal = (ActionKind::Remove, Some("0ld".to_string()));
+        assert_eq!(
+            actions_of(&moved, "a"),
+            std::slice::from_ref(&removal),
+            "{moved:?}"
+        );
+        assert_eq!(actions_of(&moved, "c"), [], "removed twice: {moved:?}");
+        assert_eq!(
+            actions_of(&moved, "b"),
+            [(ActionKind::Create, None)],
+            "{moved:?}"
+        );
+        let a = &moved.integrations[0].actions[0];
+        assert_eq!(
+            a.reasons[0].after.as_deref(),
+            Some("integration `b` reaches another engine now"),
+            "{a:?}"
+        );
+
+        for b_on in [Some("AAAA"), None] {
+            let plan = build(&v, &engines(b_on), DiffOptions::default()).await;
+            assert_eq!(actions_of(&plan, "a"), [], "{b_on:?}: {plan:?}");
+            assert_eq!(actions_of(&plan, "c"), [], "{b_on:?}: {plan:?}");
+        }
+
+        // An outpost of `a` wanting that container's name: blocked until it is gone, and told
+        // that this apply removes it.
+        let mut v = v;
+        let mut y = spec.clone();
+        y.outpost = "Y".into();
+        y.uuid = "0ther-uuid".into();
+        v.desired.insert("a".into(), vec![y]);
+        let plan = build(&v, &engines(Some("BBBB")), DiffOptions::default()).await;
+        assert_eq!(
+            actions_of(&plan, "a"),
+            [(ActionKind::Blocked, Some("0ld".to_string())), removal],
+            "{plan:?}"
+        );
+        let blocked = plan.integrations[0].actions[0].error.as_deref();
+        assert!(
+            blocked.is_some_and(|e| e.contains(
+                "which integration `b` left on this engine (it reaches another engine now): this apply removes it; apply again"
+            )),
+            "{blocked:?}"
         );
     }
 

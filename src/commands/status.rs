@@ -185,6 +185,13 @@ pub async fn run(
                     crate::diff::answered_for(&v.project, desired, list)
                 })
                 .unwrap_or_default(),
+            siblings: c
+                .as_ref()
+                .map(|(_, list)| {
+                    let names = v.integrations.keys().cloned().collect();
+                    crate::plan::siblings_of(&v.project, Some(&s.integration), &names, list)
+                })
+                .unwrap_or_default(),
             ..Default::default()
         })
         .collect();
