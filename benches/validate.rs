@@ -148,7 +148,7 @@ fn set_env(max_outposts: usize) {
         std::env::set_var("BENCH_CLIENT_KEY", CLIENT_KEY);
         std::env::set_var(
             "BENCH_SSH_KEY",
-            "-----BEGIN OPENSSH PRIVATE KEY-----\nbench\n-----END OPENSSH PRIVATE KEY-----\n",
+            include_str!("../tests/fixtures/ssh-keys/plain"),
         );
         std::env::set_var("AK_TOKEN", "bench-token");
         std::env::set_var("NO_COLOR", "1");

@@ -18,8 +18,8 @@ old, new, set_dir = sys.argv[1], sys.argv[2], sys.argv[3]
 runs = int(sys.argv[4]) if len(sys.argv) > 4 else 150
 env = dict(os.environ)
 env.update(
-    BENCH_CLIENT_KEY="-----BEGIN PRIVATE KEY-----\nbench\n-----END PRIVATE KEY-----\n",
-    BENCH_SSH_KEY="-----BEGIN OPENSSH PRIVATE KEY-----\nbench\n-----END OPENSSH PRIVATE KEY-----\n",
+    BENCH_CLIENT_KEY=open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "example-keys", "edge-client-key.pem")).read(),
+    BENCH_SSH_KEY=open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "ssh-keys", "plain")).read(),
     AK_TOKEN="bench-token",
     NO_COLOR="1",
     COLUMNS="100",

@@ -1442,11 +1442,7 @@ mod tests {
         let set = |ca: &str, host_key: &str, key: &str| {
             let dir = tempfile::tempdir().expect("temp dir");
             let key_path = dir.path().join("id");
-            std::fs::write(
-                &key_path,
-                format!("-----BEGIN OPENSSH PRIVATE KEY-----\n{key}\n"),
-            )
-            .expect("key");
+            std::fs::write(&key_path, key).expect("key");
             std::fs::set_permissions(
                 &key_path,
                 std::os::unix::fs::PermissionsExt::from_mode(0o600),
@@ -1462,12 +1458,14 @@ mod tests {
                 key_path.display()
             ))
         };
-        let base = manifest_fingerprint(&set("CA1", "AAAA1", "K1"));
-        assert_eq!(base, manifest_fingerprint(&set("CA1", "AAAA1", "K1")));
+        let k1 = include_str!("../tests/fixtures/ssh-keys/plain");
+        let k2 = include_str!("../tests/fixtures/ssh-keys/plain-other");
+        let base = manifest_fingerprint(&set("CA1", "AAAA1", k1));
+        assert_eq!(base, manifest_fingerprint(&set("CA1", "AAAA1", k1)));
         for (what, other) in [
-            ("the trusted CA", set("CA2", "AAAA1", "K1")),
-            ("the pinned host key", set("CA1", "AAAA2", "K1")),
-            ("the ssh key", set("CA1", "AAAA1", "K2")),
+            ("the trusted CA", set("CA2", "AAAA1", k1)),
+            ("the pinned host key", set("CA1", "AAAA2", k1)),
+            ("the ssh key", set("CA1", "AAAA1", k2)),
         ] {
             assert_ne!(base, manifest_fingerprint(&other), "{what} changed");
         }

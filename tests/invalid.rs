@@ -340,6 +340,7 @@ committed_fixtures![
     collisions_beside_an_unset_token,
     collisions_beside_a_wrong_name,
     port_bindings_that_are_not,
+    ssh_key_that_cannot_log_in,
     duplicate_uuid,
     malformed_uuid,
     external_hosts_on_ldap,

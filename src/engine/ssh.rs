@@ -704,9 +704,85 @@ fn host_key_algorithms(kind: &str) -> String {
     }
 }
 
+/// Why an ssh private key cannot log in without a person at a terminal, if it cannot: one
+/// protected by a passphrase (ssh runs in batch mode and cannot ask for it), or an OpenSSH
+/// key whose body is not one: (why, what to do). Other forms (PEM, PKCS #8) are left to ssh.
+pub fn key_problem(text: &str) -> Option<(&'static str, &'static str)> {
+    use base64::Engine as _;
+    const ENCRYPTED: (&str, &str) = (
+        "it is protected by a passphrase, which ssh cannot ask for here (it runs without a terminal)",
+        "give a key without a passphrase (`ssh-keygen -p -N '' -f KEY` removes it from a copy) and keep it as a secret",
+    );
+    if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----")
+        || text.contains("Proc-Type: 4,ENCRYPTED")
+    {
+        return Some(ENCRYPTED);
+    }
+    let begin = "-----BEGIN OPENSSH PRIVATE KEY-----";
+    let start = text.find(begin)? + begin.len();
+    let body: String = text[start..]
+        .split("-----END OPENSSH PRIVATE KEY-----")
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let damaged = (
+        "its body is not an OpenSSH private key (cut short, or changed when copied?)",
+        "copy the whole key file again, from `-----BEGIN OPENSSH PRIVATE KEY-----` to its `-----END` line",
+    );
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(body) else {
+        return Some(damaged);
+    };
+    // "openssh-key-v1\0", then the cipher's name as an SSH string (a u32 length, big-endian).
+    let Some(rest) = bytes.strip_prefix(b"openssh-key-v1\0") else {
+        return Some(damaged);
+    };
+    let len = rest
+        .get(..4)
+        .map(|l| u32::from_be_bytes([l[0], l[1], l[2], l[3]]) as usize);
+    match len.and_then(|n| rest.get(4..4 + n)) {
+        Some(b"none") => None,
+        Some(_) => Some(ENCRYPTED),
+        None => Some(damaged),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ssh key that cannot log in without a person at a terminal is told at validation:
+    /// one protected by a passphrase (OpenSSH or PEM), or an OpenSSH key cut short; a plain
+    /// key passes.
+    #[test]
+    fn keys_that_cannot_log_in_unattended_are_told() {
+        let plain = include_str!("../../tests/fixtures/ssh-keys/plain");
+        assert_eq!(key_problem(plain), None);
+        for protected in [
+            include_str!("../../tests/fixtures/ssh-keys/with-passphrase"),
+            include_str!("../../tests/fixtures/ssh-keys/pem-with-passphrase"),
+        ] {
+            let why = key_problem(protected).map(|(why, _)| why);
+            assert!(why.is_some_and(|w| w.contains("passphrase")), "{why:?}");
+        }
+        // Cut short: the last lines of its body lost.
+        let lines: Vec<&str> = plain.lines().collect();
+        let cut = format!("{}\n{}\n", lines[..2].join("\n"), lines[lines.len() - 1]);
+        let why = key_problem(&cut).map(|(why, _)| why);
+        assert!(
+            why.is_some_and(|w| w.contains("not an OpenSSH private key")),
+            "{why:?}"
+        );
+        // A character that is not base64 in its body.
+        let mut changed: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+        changed[1].replace_range(..1, "*");
+        let why = key_problem(&changed.join("\n")).map(|(why, _)| why);
+        assert!(
+            why.is_some_and(|w| w.contains("not an OpenSSH private key")),
+            "{why:?}"
+        );
+    }
 
     /// With an ssh config the host may be an alias: an unknown host key is explained without
     /// scanning the alias from here (which could offer another machine's key to pin), by how

@@ -1189,6 +1189,19 @@ impl Checker {
                                     .hint("for ssh:// integrations tls_authentication is the SSH private key"),
                             );
                         }
+                        if let Some((problem, hint)) = key
+                            .as_ref()
+                            .and_then(|k| crate::engine::ssh::key_problem(k.expose()))
+                        {
+                            self.diags.push(
+                                err(
+                                    "bad-keypair",
+                                    format!("keypair `{kp}`: the ssh key cannot log in: {problem}"),
+                                )
+                                .at(tls_a.value())
+                                .hint(hint),
+                            );
+                        }
                         key
                     }
                     None => None,

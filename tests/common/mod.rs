@@ -55,9 +55,7 @@ pub fn example_env() -> Vec<(&'static str, &'static str)> {
             "EDGE_DOCKER_CLIENT_KEY",
             include_str!("../fixtures/example-keys/edge-client-key.pem"),
         ),
-        (
-            "NAS_SSH_KEY",
-            "-----BEGIN OPENSSH PRIVATE KEY-----\nexample\n-----END OPENSSH PRIVATE KEY-----\n",
-        ),
+        // A test-only key: validation reads an OpenSSH key's header (no passphrase?).
+        ("NAS_SSH_KEY", include_str!("../fixtures/ssh-keys/plain")),
     ]
 }
