@@ -141,6 +141,8 @@ const BACKOFF_BASE: Duration = Duration::from_secs(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// How long after a reconcile the events of its failed actions' containers are their echo.
 const ECHO: Duration = Duration::from_secs(2);
+/// How long apart one event may come through two integrations that reach one engine.
+const TWIN_EVENT: Duration = Duration::from_secs(2);
 /// How long after this watch restarted a container its `die` is the restart's.
 const RESTART_ECHO: Duration = Duration::from_secs(30);
 /// A new event subscription asks the engine for the events since this long before the
@@ -452,12 +454,17 @@ struct State {
     failures: BTreeMap<Failed, u32>,
     /// When the retry of what failed is due.
     retry: Option<Instant>,
-    /// The containers ("integration/name") of the actions that failed in the last reconcile,
-    /// and until when their events are their own failure's echo.
+    /// The containers (by name) of the actions that failed in the last reconcile, and until
+    /// when their events are their own failure's echo. By name alone: two integrations that
+    /// reach one engine both get its events.
     echoes: HashMap<String, Instant>,
-    /// The containers ("integration/id") this watch restarted (unhealthy), and when: their
-    /// `die` is the restart's, not a crash.
+    /// The containers (by id) this watch restarted (unhealthy), and when: their `die` is the
+    /// restart's, not a crash.
     restarted: HashMap<String, Instant>,
+    /// The last event of each container (by id and action) and the integration it came
+    /// through: the same event through another integration that reaches the same engine is
+    /// one event, not two.
+    last_events: HashMap<String, (String, Instant)>,
     /// The config hash each outpost's container was last seen with, up to date (planned as
     /// nothing to do) or made so by this watch, by (integration, outpost). An action on it,
     /// the manifests unchanged (`wanted`), corrects drift (`corrects_drift`); a recreate back
@@ -715,6 +722,7 @@ impl State {
             retry: None,
             echoes: HashMap::new(),
             restarted: HashMap::new(),
+            last_events: HashMap::new(),
             seen: HashMap::new(),
             opts,
         }
@@ -764,14 +772,37 @@ impl State {
     /// Whether an event of `container` is the echo of an action that just failed: one of its
     /// containers, or the previous one parked by its recreate (renamed `<name>-outpostctl-old`,
     /// maybe with its id after).
-    fn is_echo(&self, integration: &str, container: &str, now: Instant) -> bool {
+    fn is_echo(&self, container: &str, now: Instant) -> bool {
         let base = match container.find(crate::apply::PARKED) {
             Some(at) => &container[..at],
             None => container,
         };
-        self.echoes
-            .get(&format!("{integration}/{base}"))
-            .is_some_and(|until| *until > now)
+        self.echoes.get(base).is_some_and(|until| *until > now)
+    }
+
+    /// Whether `action` of container `id` came through another integration a moment ago:
+    /// the same event of an engine two integrations reach. Else noted as come through
+    /// `integration`.
+    fn seen_through_another(
+        &mut self,
+        integration: &str,
+        id: &str,
+        action: &str,
+        now: Instant,
+    ) -> bool {
+        if id.is_empty() {
+            return false;
+        }
+        let key = format!("{id}/{action}");
+        let twin = self.last_events.get(&key).is_some_and(|(through, at)| {
+            through != integration && now.duration_since(*at) < TWIN_EVENT
+        });
+        if !twin {
+            self.last_events
+                .retain(|_, (_, at)| now.duration_since(*at) < TWIN_EVENT);
+            self.last_events.insert(key, (integration.to_string(), now));
+        }
+        twin
     }
 
     /// The diff options of a reconcile: `--adopt`, and what to inspect.
@@ -820,9 +851,12 @@ impl State {
             return false;
         }
         let now = Instant::now();
+        if self.seen_through_another(integration, id, action, now) {
+            return false;
+        }
         // A crash loop is one container restarted by its policy: counted by id (a container
         // removed and put back again and again is not one; the put-back backoff sees that).
-        let key = format!("{integration}/{id}");
+        let key = id.to_string();
         // Removed, renamed, updated or paused by someone: no part of a crash loop, even for
         // a container that keeps dying (nothing else would put it back before the interval).
         let by_hand = matches!(action.as_str(), "destroy" | "rename" | "update" | "pause");
@@ -834,7 +868,7 @@ impl State {
         }
         // The echo of an action that just failed (its half-made container removed, the
         // previous one put back): the retry scheduled for it runs it again.
-        if ours && self.is_echo(integration, container, now) {
+        if ours && self.is_echo(container, now) {
             return false;
         }
         if action != "die" {
@@ -1125,8 +1159,7 @@ impl State {
                     && o.action == ActionKind::Restart
                     && let Some(c) = action.and_then(|a| a.container.as_ref())
                 {
-                    self.restarted
-                        .insert(format!("{}/{}", o.integration, c.id), now);
+                    self.restarted.insert(c.id.clone(), now);
                 }
                 if o.ok {
                     self.metrics.change_applied(o.action.as_str(), drift);
@@ -1198,12 +1231,12 @@ impl State {
                 let failed = Failed::Outpost(e.name.clone(), a.outpost.clone());
                 self.failures.contains_key(&failed)
             })
-            .flat_map(|(e, a)| {
+            .flat_map(|(_, a)| {
                 let previous = a.container.as_ref().map(|c| c.name.clone());
                 [Some(a.name.clone()), previous]
                     .into_iter()
                     .flatten()
-                    .map(move |n| (format!("{}/{n}", e.name), until))
+                    .map(move |n| (n, until))
             })
             .collect();
         let ok = causes.is_empty();
@@ -2080,7 +2113,7 @@ mod tests {
             id: id.into(),
             action: "die".into(),
         };
-        state.restarted.insert("local/c1".into(), Instant::now());
+        state.restarted.insert("c1".into(), Instant::now());
         for _ in 0..STRIKES_BEFORE_BACKOFF + 2 {
             assert!(!state.accept(&die("c1")));
         }
@@ -2089,7 +2122,52 @@ mod tests {
         for _ in 0..STRIKES_BEFORE_BACKOFF {
             state.accept(&die("c2"));
         }
-        assert!(state.muted.contains_key("local/c2"));
+        assert!(state.muted.contains_key("c2"));
+    }
+
+    /// Two integrations that reach one engine get each of its events, once each: the second
+    /// is the same event (a death counted once, not twice); the echo of an action that
+    /// failed on one integration is an echo through the other too (it looped: a reconcile
+    /// on each failure's echo, twice a second); the watch's own restart is one through both.
+    #[tokio::test]
+    async fn an_event_through_two_integrations_of_one_engine_is_one_event() {
+        let mut state = state();
+        let on = |integration: &str, id: &str, action: &str| Trigger::Engine {
+            integration: integration.into(),
+            container: "ak-outpost-x".into(),
+            id: id.into(),
+            action: action.into(),
+        };
+        for _ in 0..STRIKES_BEFORE_BACKOFF - 1 {
+            assert!(state.accept(&on("local", "c1", "die")));
+            assert!(!state.accept(&on("edge", "c1", "die")), "the same death");
+            // The next death comes later than a twin would.
+            state.last_events.clear();
+        }
+        assert!(
+            state.muted.is_empty(),
+            "muted after fewer deaths than it takes"
+        );
+        assert_eq!(state.deaths.get("c1").map(Vec::len), Some(2));
+
+        state
+            .echoes
+            .insert("ak-outpost-y".into(), Instant::now() + ECHO);
+        let echo = |integration: &str| Trigger::Engine {
+            integration: integration.into(),
+            container: "ak-outpost-y-outpostctl-old".into(),
+            id: "c2".into(),
+            action: "destroy".into(),
+        };
+        assert!(!state.accept(&echo("local")));
+        assert!(
+            !state.accept(&echo("edge")),
+            "an echo through the other integration"
+        );
+
+        state.restarted.insert("c3".into(), Instant::now());
+        assert!(!state.accept(&on("edge", "c3", "die")));
+        assert!(state.deaths.get("c3").is_none());
     }
 
     /// The container an outpost shares the network namespace of, crash-looping under its
