@@ -401,14 +401,32 @@ pub fn diff(
                 )
             } else if sibling(in_way) {
                 // This project's container of another outpost, managed by another integration
-                // of the set that reaches the same engine: that outpost left the manifests
-                // (that integration removes the container), or two outposts share a name.
+                // of the set that reaches the same engine: two outposts share a name (its
+                // outpost is in the manifests), or that outpost left them (that integration
+                // removes the container, unless --no-prune keeps it).
+                let still_wanted = in_way
+                    .label(LABEL_UUID)
+                    .is_some_and(|u| opts.placed.contains_key(u));
+                let then = if still_wanted {
+                    "both outposts are in the manifests and cannot have one name: change `object_naming_template` or rename an outpost"
+                } else if opts.keep_orphans {
+                    "that outpost left the manifests, and its removal is pending (--no-prune): remove it by hand, or run without --no-prune"
+                } else {
+                    "that outpost left the manifests: that integration removes the container in this apply (unless it cannot be reached); apply again to create this one"
+                };
                 format!(
-                    "the name `{}` is taken by container {} of outpost `{}`, managed by integration `{}` on the same engine; if that outpost left the manifests, that integration removes the container in this apply: apply again to create this one",
+                    "the name `{}` is taken by container {} of outpost `{}`, managed by integration `{}` on the same engine; {then}",
                     spec.name,
                     in_way.short_id(),
                     shown_label(in_way, LABEL_OUTPOST),
                     shown_label(in_way, LABEL_INTEGRATION)
+                )
+            } else if let Some(other) = in_way.label(LABEL_PROJECT) {
+                format!(
+                    "a container named `{}` ({}) belongs to outpostctl project `{}`, not this one (`{project}`); outpostctl leaves it alone: remove it, or change `object_naming_template`",
+                    spec.name,
+                    in_way.short_id(),
+                    crate::engine::printable_line(other)
                 )
             } else {
                 format!(
@@ -688,12 +706,10 @@ fn orphan_removal(a: &Action) -> bool {
 /// An integration also answers for every container of this project that carries the uuid of
 /// one of its outposts (`answered_for`), whatever it does with them: a removal of one of those
 /// by another integration, as wanted on it, is dropped. (Its own container blocked, or copies
-/// made by hand that it leaves alone, would otherwise be removed by the other.)
-pub fn keep_what_another_keeps(
-    plans: &mut [&mut Vec<Action>],
-    failed: &BTreeSet<String>,
-    answers_for: &BTreeMap<String, BTreeSet<String>>,
-) {
+/// made by hand that it leaves alone, would otherwise be removed by the other.) And an
+/// outpost moved to an integration where it is blocked (its image missing there, say) keeps
+/// the container it left: it would otherwise run nowhere.
+pub fn keep_what_another_keeps(plans: &mut [&mut Vec<Action>], keeps: &Keeps) {
     let claimed: HashSet<String> = plans
         .iter()
         .flat_map(|actions| actions.iter())
@@ -705,20 +721,58 @@ pub fn keep_what_another_keeps(
         })
         .filter_map(|a| a.container.as_ref().map(|c| c.id.clone()))
         .collect();
+    // Several integrations of one engine seeing the same orphan: the one that gives its name
+    // to an outpost removes it (apply frees a name before it makes the container that takes
+    // it, within one integration; across two they run at once).
+    let mut remover: HashMap<String, usize> = HashMap::new();
+    for (i, actions) in plans.iter().enumerate() {
+        for a in actions.iter().filter(|a| orphan_removal(a)) {
+            let takes_name = actions
+                .iter()
+                .any(|b| b.action != ActionKind::Remove && b.name == a.name);
+            if let (true, Some(c)) = (takes_name, &a.container) {
+                remover.entry(c.id.clone()).or_insert(i);
+            }
+        }
+    }
     // One removal per container, however many integrations see it as an orphan.
     let mut removing: HashSet<String> = HashSet::new();
-    for actions in plans.iter_mut() {
+    for (i, actions) in plans.iter_mut().enumerate() {
         actions.retain(|a| {
             let Some(c) = a.container.as_ref().filter(|_| orphan_removal(a)) else {
                 return true;
             };
+            let uuid = keeps.uuid_of.get(&c.id);
             !claimed.contains(&c.id)
-                && !wanted_on(a).is_some_and(|i| {
-                    failed.contains(i) || answers_for.get(i).is_some_and(|ids| ids.contains(&c.id))
+                && !wanted_on(a).is_some_and(|there| {
+                    keeps.failed.contains(there)
+                        || keeps
+                            .answers_for
+                            .get(there)
+                            .is_some_and(|ids| ids.contains(&c.id))
+                        || keeps
+                            .blocked
+                            .get(there)
+                            .is_some_and(|uuids| uuid.is_some_and(|u| uuids.contains(u)))
                 })
+                && remover.get(&c.id).is_none_or(|r| *r == i)
                 && removing.insert(c.id.clone())
         });
     }
+}
+
+/// What the integrations of one plan keep, for `keep_what_another_keeps`.
+#[derive(Debug, Default)]
+pub struct Keeps {
+    /// The integrations that could not be planned: they keep what they would take over.
+    pub failed: BTreeSet<String>,
+    /// By integration: the containers it answers for (`answered_for`).
+    pub answers_for: BTreeMap<String, BTreeSet<String>>,
+    /// By integration: the uuids of its outposts that are blocked there (a create that
+    /// cannot be made): the container one moving there left elsewhere stays until it can.
+    pub blocked: BTreeMap<String, BTreeSet<String>>,
+    /// The outpost uuid of the containers the plans remove.
+    pub uuid_of: HashMap<String, String>,
 }
 
 /// The containers of this project on an engine that carry the uuid of one of `desired`'s
@@ -1316,7 +1370,11 @@ mod tests {
                 answered_for("p", std::slice::from_ref(spec), observed),
             ),
         ]);
-        keep_what_another_keeps(&mut [&mut a, &mut b], &BTreeSet::new(), &answers_for);
+        let keeps = Keeps {
+            answers_for,
+            ..Keeps::default()
+        };
+        keep_what_another_keeps(&mut [&mut a, &mut b], &keeps);
         (a, b)
     }
 
@@ -1406,8 +1464,82 @@ mod tests {
         let mut b = diff("p", &[], observed, opts("b"));
         assert_eq!(kinds(&a), vec![(ActionKind::Remove, Some("5eed".into()))]);
         assert_eq!(kinds(&b), kinds(&a));
-        keep_what_another_keeps(&mut [&mut a, &mut b], &BTreeSet::new(), &BTreeMap::new());
+        keep_what_another_keeps(&mut [&mut a, &mut b], &Keeps::default());
         assert_eq!(a.len() + b.len(), 1, "{a:?} {b:?}");
+
+        // When an outpost of `b` takes its name, `b` removes it (its apply frees the name
+        // before it makes the container; `a` removing it at the same time raced `b`'s create).
+        let mut taker = spec_on_b();
+        taker.name = "ak-outpost-gone".into();
+        let mut a = diff("p", &[], observed, opts("a"));
+        let mut b = diff("p", std::slice::from_ref(&taker), observed, opts("b"));
+        keep_what_another_keeps(&mut [&mut a, &mut b], &Keeps::default());
+        assert_eq!(kinds(&a), vec![], "{a:?}");
+        assert_eq!(
+            kinds(&b),
+            vec![
+                (ActionKind::Create, None),
+                (ActionKind::Remove, Some("5eed".into()))
+            ],
+            "{b:?}"
+        );
+    }
+
+    /// A name held by a container this integration may not touch says what will free it, as
+    /// it is: another integration's outpost still in the manifests (nothing will: two
+    /// outposts want one name), one that left them (that integration removes it; with
+    /// --no-prune, nobody), another project's container (not "not managed by outpostctl").
+    #[test]
+    fn a_name_held_by_another_integrations_or_projects_container_says_what_frees_it() {
+        let spec = spec_on_b();
+        let holder =
+            |labels: &[(&str, &str)]| container("h01d", &spec.name, State::Running, labels);
+        let sibling = holder(&[
+            (LABEL_UUID, "0123456789abcdef0123456789abcdef"),
+            (LABEL_PROJECT, "p"),
+            (LABEL_OUTPOST, "Y"),
+            (LABEL_INTEGRATION, "a"),
+        ]);
+        let error = |o: &Observed, placed: bool, keep_orphans: bool| {
+            let placed: HashMap<String, String> = if placed {
+                HashMap::from([("0123456789abcdef0123456789abcdef".into(), "a".into())])
+            } else {
+                HashMap::new()
+            };
+            let opts = DiffOptions {
+                integration: Some("b".into()),
+                integrations: ["a".to_string(), "b".to_string()].into(),
+                placed: std::sync::Arc::new(placed),
+                keep_orphans,
+                ..DiffOptions::default()
+            };
+            let actions = diff(
+                "p",
+                std::slice::from_ref(&spec),
+                std::slice::from_ref(o),
+                opts,
+            );
+            assert_eq!(actions[0].action, ActionKind::Blocked, "{actions:?}");
+            actions[0].error.clone().unwrap_or_default()
+        };
+        let e = error(&sibling, true, false);
+        assert!(
+            e.contains("both outposts are in the manifests and cannot have one name"),
+            "{e}"
+        );
+        let e = error(&sibling, false, false);
+        assert!(
+            e.contains("that integration removes the container in this apply"),
+            "{e}"
+        );
+        let e = error(&sibling, false, true);
+        assert!(e.contains("its removal is pending (--no-prune)"), "{e}");
+        let other = holder(&[(LABEL_PROJECT, "q"), (LABEL_OUTPOST, "Y")]);
+        let e = error(&other, false, false);
+        assert!(
+            e.contains("belongs to outpostctl project `q`, not this one (`p`)"),
+            "{e}"
+        );
     }
 
     /// A label is another writer's text: an outpost name with an escape sequence in it (on a

@@ -639,3 +639,41 @@ fn through_a_proxy_that_refuses_info_apply_works_and_a_plan_is_not_saved() {
         "{status}"
     );
 }
+
+/// With several integrations, one whose engine gives no daemon ID (a proxy that refuses
+/// `info`) cannot be told apart from the others' engines: the plan says what was not
+/// checked, instead of a silent 409 at apply when two outposts share a name there.
+#[test]
+fn an_engine_without_its_id_beside_another_integration_is_noted() {
+    require_socket_proxy();
+    let env = Env::new("noinfonote");
+    let mut m = env.manifest();
+    m["integrations"]["edge"] = json!({ "url": SOCKET_PROXY_NO_INFO });
+    let mut o = env.outpost("rac", "AK_NOTE");
+    o["integration"] = json!("edge");
+    m["outposts"]["Remote"] = o;
+    m["outposts"]["Here"] = env.outpost("rac", "AK_HERE");
+    env.write(&m);
+    let plan = env.plan_json();
+    let notes: Vec<String> = plan["integrations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|i| i["name"] == "edge")
+        .flat_map(|i| i["notes"].as_array().cloned().unwrap_or_default())
+        .filter_map(|n| n.as_str().map(str::to_string))
+        .collect();
+    assert!(
+        notes.iter().any(|n| n.contains(
+            "the engine of integration `edge` did not give its daemon ID (a socket proxy that refuses `info`?)"
+        )),
+        "{plan:#}"
+    );
+    let local_notes = plan["integrations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|i| i["name"] == "local")
+        .map(|i| i["notes"].clone());
+    assert_eq!(local_notes, Some(serde_json::Value::Null), "{plan:#}");
+}

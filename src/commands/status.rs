@@ -192,6 +192,17 @@ pub async fn run(
                     crate::plan::siblings_of(&v.project, Some(&s.integration), &names, list)
                 })
                 .unwrap_or_default(),
+            blocked_uuids: c
+                .as_ref()
+                .map(|(actions, _)| {
+                    let desired = v.desired.get(&s.integration).map_or(&[][..], Vec::as_slice);
+                    crate::plan::blocked_uuids(desired, actions)
+                })
+                .unwrap_or_default(),
+            uuid_of: c
+                .as_ref()
+                .map(|(actions, list)| crate::plan::uuid_of_removed(actions, list))
+                .unwrap_or_default(),
             ..Default::default()
         })
         .collect();
