@@ -776,17 +776,19 @@ pub struct Keeps {
 }
 
 /// The containers of this project on an engine that carry the uuid of one of `desired`'s
-/// outposts (its own, duplicates, copies made by hand): those its integration answers for
-/// (`keep_what_another_keeps`).
+/// outposts (its own, duplicates, copies made by hand) and that its integration may change
+/// (`opts`: not labelled as another integration's of the set, which it could not remove):
+/// those it answers for (`keep_what_another_keeps`).
 pub fn answered_for(
     project: &str,
     desired: &[ContainerSpec],
     observed: &[Observed],
+    opts: &DiffOptions,
 ) -> BTreeSet<String> {
     let uuids: HashSet<&str> = desired.iter().map(|d| d.uuid.as_str()).collect();
     observed
         .iter()
-        .filter(|o| o.label(LABEL_PROJECT) == Some(project))
+        .filter(|o| o.label(LABEL_PROJECT) == Some(project) && opts.in_scope(o))
         .filter(|o| o.label(LABEL_UUID).is_some_and(|u| uuids.contains(u)))
         .map(|o| o.id.clone())
         .collect()
@@ -1364,10 +1366,13 @@ mod tests {
         let mut a = diff("p", &[], observed, opts("a"));
         let mut b = diff("p", std::slice::from_ref(spec), observed, opts("b"));
         let answers_for = BTreeMap::from([
-            ("a".to_string(), answered_for("p", &[], observed)),
+            (
+                "a".to_string(),
+                answered_for("p", &[], observed, &opts("a")),
+            ),
             (
                 "b".to_string(),
-                answered_for("p", std::slice::from_ref(spec), observed),
+                answered_for("p", std::slice::from_ref(spec), observed, &opts("b")),
             ),
         ]);
         let keeps = Keeps {
@@ -1481,6 +1486,65 @@ mod tests {
                 (ActionKind::Create, None),
                 (ActionKind::Remove, Some("5eed".into()))
             ],
+            "{b:?}"
+        );
+    }
+
+    /// Reverted after an interrupted move (`a` -> `b` on one engine, stopped once `b`'s
+    /// container was made and `a`'s parked): `b` removes the container it made, which `a`
+    /// cannot touch (it stayed for ever when `a` answered for it, and `a` was blocked by it).
+    #[test]
+    fn a_reverted_interrupted_move_is_rolled_back() {
+        let spec = spec_on_b();
+        let uuid = spec.uuid.as_str();
+        let parked = format!("{}{}", spec.name, crate::apply::PARKED);
+        let old = container(
+            "0ld",
+            &parked,
+            State::Exited,
+            &[
+                (LABEL_UUID, uuid),
+                (LABEL_PROJECT, "p"),
+                (LABEL_INTEGRATION, "a"),
+            ],
+        );
+        let new = container(
+            "n3w",
+            &spec.name,
+            State::Running,
+            &[
+                (LABEL_UUID, uuid),
+                (LABEL_PROJECT, "p"),
+                (LABEL_INTEGRATION, "b"),
+                (LABEL_REPLACES, "0ld"),
+            ],
+        );
+        let observed = [old, new];
+        let opts = |i: &str| DiffOptions {
+            integration: Some(i.into()),
+            integrations: ["a".to_string(), "b".to_string()].into(),
+            placed: std::sync::Arc::new(HashMap::from([(uuid.to_string(), "a".to_string())])),
+            ..DiffOptions::default()
+        };
+        let mut a = diff("p", std::slice::from_ref(&spec), &observed, opts("a"));
+        let mut b = diff("p", &[], &observed, opts("b"));
+        let keeps = Keeps {
+            answers_for: BTreeMap::from([
+                (
+                    "a".to_string(),
+                    answered_for("p", std::slice::from_ref(&spec), &observed, &opts("a")),
+                ),
+                (
+                    "b".to_string(),
+                    answered_for("p", &[], &observed, &opts("b")),
+                ),
+            ]),
+            ..Keeps::default()
+        };
+        keep_what_another_keeps(&mut [&mut a, &mut b], &keeps);
+        assert_eq!(
+            kinds(&b),
+            vec![(ActionKind::Remove, Some("n3w".into()))],
             "{b:?}"
         );
     }

@@ -786,6 +786,7 @@ async fn plan_listed(
         &opts.integrations,
         &observed,
     );
+    let answers_for = diff::answered_for(project, desired, &observed, &opts);
     let mut actions = diff::diff(project, desired, &observed, opts);
     let mut notes = Vec::new();
     let (namespace_waits, read) =
@@ -888,7 +889,7 @@ async fn plan_listed(
         unblocks,
         notes,
         uninspected,
-        answers_for: diff::answered_for(project, desired, &observed),
+        answers_for,
         siblings,
         blocked_uuids: blocked_uuids(desired, &actions),
         uuid_of: uuid_of_removed(&actions, &observed),

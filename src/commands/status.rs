@@ -182,7 +182,12 @@ pub async fn run(
                 .as_ref()
                 .map(|(_, list)| {
                     let desired = v.desired.get(&s.integration).map_or(&[][..], Vec::as_slice);
-                    crate::diff::answered_for(&v.project, desired, list)
+                    let opts = crate::diff::DiffOptions {
+                        integration: Some(s.integration.clone()),
+                        integrations: v.integrations.keys().cloned().collect(),
+                        ..Default::default()
+                    };
+                    crate::diff::answered_for(&v.project, desired, list, &opts)
                 })
                 .unwrap_or_default(),
             siblings: c
