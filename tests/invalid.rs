@@ -64,6 +64,11 @@ fn outpostctl(dir: &Path, command: &str, args: &[&str]) -> (Run, tempfile::TempD
         .env("HOME", home.path())
         .env("AK_TOKEN", "fixture-token")
         .env("AK_BLANK", "   ")
+        // A test-only key with a passphrase (an env var: a file's mode depends on the checkout).
+        .env(
+            "SSH_KEY_WITH_PASSPHRASE",
+            include_str!("fixtures/ssh-keys/with-passphrase"),
+        )
         .output()
         .expect("outpostctl runs");
     (Run::from(out), home)
