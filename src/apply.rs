@@ -77,7 +77,173 @@ pub async fn apply(
     engines: &Engines,
     progress: &dyn Progress,
 ) -> Report {
+    // What each outpost's action came to, as it happens: the removal of the container an
+    // outpost left on another engine waits for its action where it went.
+    let arrivals = Arrivals::default();
+    let progress = &Recording {
+        inner: progress,
+        arrivals: &arrivals,
+    };
+    let arrivals = &arrivals;
     let futures = plan.integrations.iter().map(|ep| async move {
+        let result = apply_engine(plan, ep, v, engines, progress, arrivals).await;
+        arrivals.finished(&ep.name);
+        result
+    });
+    let mut report = Report::default();
+    for r in futures_util::future::join_all(futures).await {
+        match r {
+            Ok(o) => report.outcomes.extend(o),
+            Err(e) => report.engine_errors.push(e),
+        }
+    }
+    report.outcomes.sort_by(|a, b| {
+        (&a.integration, &a.outpost, &a.name).cmp(&(&b.integration, &b.outpost, &b.name))
+    });
+    report
+}
+
+/// What the actions of every engine of one apply came to so far, by (integration, outpost),
+/// and which engines are done: the removal of a container an outpost left on one engine waits
+/// until its action on the engine it went to has succeeded.
+#[derive(Default)]
+struct Arrivals {
+    state: std::sync::Mutex<Arrived>,
+    changed: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Arrived {
+    /// Whether each (integration, outpost)'s action succeeded.
+    outcomes: BTreeMap<(String, String), bool>,
+    /// The integrations whose apply has ended.
+    ended: BTreeSet<String>,
+}
+
+impl Arrivals {
+    fn outcome(&self, o: &Outcome) {
+        if o.action == ActionKind::Remove {
+            return;
+        }
+        if let Ok(mut s) = self.state.lock() {
+            s.outcomes
+                .insert((o.integration.clone(), o.outpost.clone()), o.ok);
+        }
+        self.changed.notify_waiters();
+    }
+
+    fn finished(&self, integration: &str) {
+        if let Ok(mut s) = self.state.lock() {
+            s.ended.insert(integration.to_string());
+        }
+        self.changed.notify_waiters();
+    }
+
+    /// Whether `outpost`'s action on `integration` succeeded, once it has ended (false when
+    /// that integration's apply ended without it).
+    async fn succeeded(&self, integration: &str, outpost: &str) -> bool {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if let Ok(s) = self.state.lock() {
+                if let Some(ok) = s
+                    .outcomes
+                    .get(&(integration.to_string(), outpost.to_string()))
+                {
+                    return *ok;
+                }
+                if s.ended.contains(integration) {
+                    return false;
+                }
+            }
+            changed.await;
+        }
+    }
+}
+
+/// A progress sink that also notes each outcome in `arrivals`.
+struct Recording<'a> {
+    inner: &'a dyn Progress,
+    arrivals: &'a Arrivals,
+}
+
+impl Progress for Recording<'_> {
+    fn started(&self, integration: &str, action: &Action) {
+        self.inner.started(integration, action);
+    }
+    fn pulling(&self, integration: &str, outpost: &str, image: &str, status: &str) {
+        self.inner.pulling(integration, outpost, image, status);
+    }
+    fn finished(&self, outcome: &Outcome) {
+        self.arrivals.outcome(outcome);
+        self.inner.finished(outcome);
+    }
+    fn cancelled(&self) -> bool {
+        self.inner.cancelled()
+    }
+}
+
+/// The removals of `ep` that wait for an outpost's action on another integration: the
+/// container an outpost left here when it moved there (to another engine: on the same
+/// engine the integration it went to takes the container over), when that integration
+/// creates or changes it in this apply and nothing here takes the name. By the removal's
+/// container id: (that integration, the outpost's name there).
+fn moves_away(
+    plan: &Plan,
+    ep: &crate::plan::EnginePlan,
+    v: &Validated,
+) -> BTreeMap<String, (String, String)> {
+    let mut out = BTreeMap::new();
+    for a in ep.actions.iter().filter(|a| a.action == ActionKind::Remove) {
+        let (Some(c), Some(there)) = (&a.container, crate::diff::wanted_on(a)) else {
+            continue;
+        };
+        if there == ep.name
+            || ep
+                .actions
+                .iter()
+                .any(|b| b.action != ActionKind::Remove && b.action.is_change() && b.name == a.name)
+        {
+            continue;
+        }
+        let Some(uuid) = ep.uuid_of.get(&c.id) else {
+            continue;
+        };
+        let Some(spec) = v
+            .desired
+            .get(there)
+            .into_iter()
+            .flatten()
+            .find(|s| s.uuid == *uuid)
+        else {
+            continue;
+        };
+        let acts_there = plan
+            .integrations
+            .iter()
+            .filter(|e| e.name == there)
+            .flat_map(|e| &e.actions)
+            .any(|b| {
+                b.outpost == spec.outpost && b.action.is_change() && b.action != ActionKind::Remove
+            });
+        if acts_there {
+            out.insert(c.id.clone(), (there.to_string(), spec.outpost.clone()));
+        }
+    }
+    out
+}
+
+/// One engine's part of an apply.
+async fn apply_engine(
+    plan: &Plan,
+    ep: &crate::plan::EnginePlan,
+    v: &Validated,
+    engines: &Engines,
+    progress: &dyn Progress,
+    arrivals: &Arrivals,
+) -> Result<Vec<Outcome>, (String, String)> {
+    {
         if let Some(e) = &ep.error {
             return Err((ep.name.clone(), e.clone()));
         }
@@ -144,6 +310,13 @@ pub async fn apply(
             .iter()
             .filter(|a| a.action.is_change())
             .partition(|a| a.action == ActionKind::Remove);
+        let away = moves_away(plan, ep, v);
+        let (moving, removals): (Vec<&Action>, Vec<&Action>) =
+            removals.into_iter().partition(|a| {
+                a.container
+                    .as_ref()
+                    .is_some_and(|c| away.contains_key(&c.id))
+            });
         // A duplicate left by an interrupted recreate (the parked previous container) that
         // does not hold the name its outpost's container needs is removed only once that
         // container runs (its start, rename, unpause, restart or recreate succeeded): if it
@@ -167,8 +340,7 @@ pub async fn apply(
         };
         let (deferred, removals): (Vec<&Action>, Vec<&Action>) =
             removals.into_iter().partition(|a| {
-                crate::diff::is_duplicate_removal(a)
-                    && target(a).is_some_and(|name| name != a.name)
+                crate::diff::is_duplicate_removal(a) && target(a).is_some_and(|name| name != a.name)
             });
         // Each batch runs after the one before, its actions `parallel` at a time.
         let run_all = |batch: Vec<_>, parallel: usize| {
@@ -232,8 +404,7 @@ pub async fn apply(
                 let mut messages = Vec::new();
                 let image = match specs.get(a.outpost.as_str()) {
                     Some(spec) => {
-                        ensure_image(engine.as_ref(), spec, &ep.name, progress, &mut messages)
-                            .await
+                        ensure_image(engine.as_ref(), spec, &ep.name, progress, &mut messages).await
                     }
                     None => Err(missing_spec(a)),
                 };
@@ -265,11 +436,7 @@ pub async fn apply(
                     let _ = engine.start(id).await;
                 }
                 for (a, _) in ready {
-                    let outcome = outcome_of(
-                        &ep.name,
-                        a,
-                        vec![not_started(&why, true)],
-                    );
+                    let outcome = outcome_of(&ep.name, a, vec![not_started(&why, true)]);
                     progress.finished(&outcome);
                     rest.push(outcome);
                 }
@@ -316,19 +483,32 @@ pub async fn apply(
             outcomes.push(outcome);
         }
         outcomes.extend(rest);
-        Ok(outcomes)
-    });
-    let mut report = Report::default();
-    for r in futures_util::future::join_all(futures).await {
-        match r {
-            Ok(o) => report.outcomes.extend(o),
-            Err(e) => report.engine_errors.push(e),
+        // Last, the containers outposts left here for another engine: each once its outpost
+        // is up there (else it stays, and the outpost keeps running here).
+        for a in moving {
+            let Some((there, outpost)) = a.container.as_ref().and_then(|c| away.get(&c.id)) else {
+                continue;
+            };
+            if arrivals.succeeded(there, outpost).await {
+                outcomes.push(run(a).await);
+                continue;
+            }
+            let outcome = Outcome {
+                integration: ep.name.clone(),
+                outpost: a.outpost.clone(),
+                action: a.action,
+                name: a.name.clone(),
+                ok: false,
+                messages: vec![format!(
+                    "kept `{}`: outpost `{outpost}` is not up on integration `{there}` (its action there did not succeed); removed once it is",
+                    a.name
+                )],
+            };
+            progress.finished(&outcome);
+            outcomes.push(outcome);
         }
+        Ok(outcomes)
     }
-    report.outcomes.sort_by(|a, b| {
-        (&a.integration, &a.outpost, &a.name).cmp(&(&b.integration, &b.outpost, &b.name))
-    });
-    report
 }
 
 /// Why no new action may start on `integration`'s engine: a shutdown was asked for, or that
@@ -1739,5 +1919,112 @@ mod port_order_tests {
         let waves: Vec<Vec<String>> = waves.iter().map(|w| names(w)).collect();
         assert_eq!(waves, [vec!["C", "F"], vec!["B"], vec!["A"]]);
         assert_eq!(names(&swapping), ["D", "E"]);
+    }
+}
+
+#[cfg(test)]
+mod move_tests {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use super::{Outcome, Progress, apply};
+    use crate::desired::{
+        LABEL_CONFIG_HASH, LABEL_INTEGRATION, LABEL_MANAGED_BY, LABEL_PROJECT, LABEL_UUID,
+    };
+    use crate::diff::{ActionKind, DiffOptions};
+    use crate::engine::fake::{Fake, observed, validated};
+    use crate::engine::{Engine, ErrorKind, State};
+    use crate::plan::Engines;
+
+    /// Notes the outcomes in the order they come.
+    #[derive(Default)]
+    struct Order(Mutex<Vec<(String, ActionKind, bool)>>);
+    impl Progress for Order {
+        fn finished(&self, o: &Outcome) {
+            if let Ok(mut v) = self.0.lock() {
+                v.push((o.integration.clone(), o.action, o.ok));
+            }
+        }
+    }
+
+    /// An outpost moved from integration `a` to `b`, on another engine: the container it left
+    /// on `a`'s engine is removed once it runs on `b`'s, not at the same time; when its
+    /// create there fails, that container is kept (the outpost keeps running somewhere) and
+    /// the apply says so.
+    #[tokio::test]
+    async fn the_container_an_outpost_left_goes_once_it_runs_where_it_went() {
+        let v = validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\nintegrations:\n  a: { local: true }\n  \
+             b: { url: \"http://127.0.0.1:2375\" }\noutposts:\n  X:\n    type: ldap\n    \
+             integration: b\n    token: { file: token }\n",
+        );
+        let spec = v.desired["b"][0].clone();
+        let left = observed(
+            "0ld",
+            &spec.name,
+            State::Running,
+            &[
+                (LABEL_UUID, spec.uuid.as_str()),
+                (LABEL_PROJECT, "p"),
+                (LABEL_MANAGED_BY, "outpostctl"),
+                (LABEL_INTEGRATION, "a"),
+                (LABEL_CONFIG_HASH, "0ld"),
+            ],
+        );
+        for create_fails in [false, true] {
+            let fake = |id: &str, listed: Vec<_>| Fake {
+                daemon_id: Some(id.into()),
+                listed,
+                images: Some(vec![spec.image.clone()]),
+                networks: Some(vec!["bridge".into()]),
+                calls: Some(Mutex::new(Vec::new())),
+                writable: true,
+                ..Fake::default()
+            };
+            let a = Arc::new(fake("AAAA", vec![left.clone()]));
+            let b = Arc::new(fake("BBBB", Vec::new()));
+            if create_fails {
+                b.fail_once(&format!("create {} replaces=-", spec.name), ErrorKind::Api);
+            }
+            let engines: Engines = BTreeMap::from([
+                ("a".to_string(), Ok(Arc::clone(&a) as Arc<dyn Engine>)),
+                ("b".to_string(), Ok(Arc::clone(&b) as Arc<dyn Engine>)),
+            ]);
+            let plan = crate::plan::build(&v, &engines, DiffOptions::default()).await;
+            let order = Order::default();
+            let report = apply(&plan, &v, &engines, &order).await;
+            let seen = order.0.lock().map(|v| v.clone()).unwrap_or_default();
+            let removed = a.recorded().contains(&"remove 0ld".to_string());
+            if create_fails {
+                assert!(
+                    !removed,
+                    "removed though the outpost is not up on b: {seen:?}"
+                );
+                let kept = report
+                    .outcomes
+                    .iter()
+                    .find(|o| o.integration == "a" && o.action == ActionKind::Remove);
+                assert!(
+                    kept.is_some_and(|o| !o.ok
+                        && o.messages[0].starts_with(&format!(
+                            "kept `{}`: outpost `X` is not up on integration `b`",
+                            spec.name
+                        ))),
+                    "{:?}",
+                    report.outcomes
+                );
+            } else {
+                assert!(removed, "{seen:?}");
+                assert_eq!(
+                    seen,
+                    [
+                        ("b".to_string(), ActionKind::Create, true),
+                        ("a".to_string(), ActionKind::Remove, true)
+                    ],
+                    "the removal did not wait for the create"
+                );
+            }
+        }
     }
 }

@@ -677,7 +677,7 @@ fn unlinked_copies<'a>(first: &'a Observed, mine: &[&'a Observed]) -> Vec<&'a Ob
 }
 
 /// The integration an orphan's removal says its outpost is wanted on (see `MOVED_TO`).
-fn wanted_on(a: &Action) -> Option<&str> {
+pub fn wanted_on(a: &Action) -> Option<&str> {
     a.reasons.iter().find_map(|r| {
         r.after
             .as_deref()?
