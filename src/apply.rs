@@ -471,14 +471,7 @@ async fn apply_engine(
                     a.name
                 ),
             };
-            let outcome = Outcome {
-                integration: ep.name.clone(),
-                outpost: a.outpost.clone(),
-                action: a.action,
-                name: a.name.clone(),
-                ok: false,
-                messages: vec![said],
-            };
+            let outcome = outcome_of(&ep.name, a, vec![said]);
             progress.finished(&outcome);
             outcomes.push(outcome);
         }
@@ -493,17 +486,11 @@ async fn apply_engine(
                 outcomes.push(run(a).await);
                 continue;
             }
-            let outcome = Outcome {
-                integration: ep.name.clone(),
-                outpost: a.outpost.clone(),
-                action: a.action,
-                name: a.name.clone(),
-                ok: false,
-                messages: vec![format!(
-                    "kept `{}`: outpost `{outpost}` is not up on integration `{there}` (its action there did not succeed); removed once it is",
-                    a.name
-                )],
-            };
+            let said = format!(
+                "kept `{}`: outpost `{outpost}` is not up on integration `{there}` (its action there did not succeed); removed once it is",
+                a.name
+            );
+            let outcome = outcome_of(&ep.name, a, vec![said]);
             progress.finished(&outcome);
             outcomes.push(outcome);
         }
@@ -1928,12 +1915,9 @@ mod move_tests {
     use std::sync::{Arc, Mutex};
 
     use super::{Outcome, Progress, apply};
-    use crate::desired::{
-        LABEL_CONFIG_HASH, LABEL_INTEGRATION, LABEL_MANAGED_BY, LABEL_PROJECT, LABEL_UUID,
-    };
     use crate::diff::{ActionKind, DiffOptions};
-    use crate::engine::fake::{Fake, observed, validated};
-    use crate::engine::{Engine, ErrorKind, State};
+    use crate::engine::fake::{Fake, outposts_container, validated};
+    use crate::engine::{Engine, ErrorKind};
     use crate::plan::Engines;
 
     /// Notes the outcomes in the order they come.
@@ -1960,18 +1944,7 @@ mod move_tests {
              integration: b\n    token: { file: token }\n",
         );
         let spec = v.desired["b"][0].clone();
-        let left = observed(
-            "0ld",
-            &spec.name,
-            State::Running,
-            &[
-                (LABEL_UUID, spec.uuid.as_str()),
-                (LABEL_PROJECT, "p"),
-                (LABEL_MANAGED_BY, "outpostctl"),
-                (LABEL_INTEGRATION, "a"),
-                (LABEL_CONFIG_HASH, "0ld"),
-            ],
-        );
+        let left = outposts_container(&spec, "a", "0ld");
         for create_fails in [false, true] {
             let fake = |id: &str, listed: Vec<_>| Fake {
                 daemon_id: Some(id.into()),

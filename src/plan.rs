@@ -1693,7 +1693,7 @@ mod tests {
              outposts:\n  X:\n    type: ldap\n    integration: b\n    token: { file: token }\n",
         );
         let spec = v.desired["b"][0].clone();
-        let left = container_of(&spec, "b", &spec.config_hash);
+        let left = crate::engine::fake::outposts_container(&spec, "b", &spec.config_hash);
         // `a` and `c` reach the old engine (AAAA); `b` the daemon `b_on`.
         let engines = |b_on: Option<&str>| -> Engines {
             let fake = |id: &str, listed: Vec<Observed>| {
@@ -1793,7 +1793,7 @@ mod tests {
              integration: b\n    token: { file: token }\n    pull: never\n",
         );
         let spec = v.desired["b"][0].clone();
-        let left = container_of(&spec, "a", "0ld");
+        let left = crate::engine::fake::outposts_container(&spec, "a", "0ld");
         let engines = |images: Vec<String>| -> Engines {
             BTreeMap::from([
                 (
@@ -1838,23 +1838,6 @@ mod tests {
         .await;
         assert_eq!(kinds(&ready, "b"), [ActionKind::Create], "{ready:?}");
         assert_eq!(kinds(&ready, "a"), [ActionKind::Remove], "{ready:?}");
-    }
-
-    /// A running container `0ld` of `spec`'s outpost in project `p`, labelled as
-    /// `integration`'s, made from the config of `hash`.
-    fn container_of(spec: &ContainerSpec, integration: &str, hash: &str) -> Observed {
-        observed(
-            "0ld",
-            &spec.name,
-            State::Running,
-            &[
-                (LABEL_UUID, spec.uuid.as_str()),
-                (LABEL_PROJECT, "p"),
-                (LABEL_MANAGED_BY, "outpostctl"),
-                (LABEL_INTEGRATION, integration),
-                (LABEL_CONFIG_HASH, hash),
-            ],
-        )
     }
 
     /// Outpost A (ldap) on the local engine, project `p`.

@@ -78,6 +78,26 @@ pub fn observed(id: &str, name: &str, state: super::State, labels: &[(&str, &str
     }
 }
 
+/// A running container `0ld` of `spec`'s outpost in project `p`, labelled as
+/// `integration`'s, made from the config of `hash`.
+pub fn outposts_container(spec: &ContainerSpec, integration: &str, hash: &str) -> Observed {
+    use crate::desired::{
+        LABEL_CONFIG_HASH, LABEL_INTEGRATION, LABEL_MANAGED_BY, LABEL_PROJECT, LABEL_UUID,
+    };
+    observed(
+        "0ld",
+        &spec.name,
+        super::State::Running,
+        &[
+            (LABEL_UUID, spec.uuid.as_str()),
+            (LABEL_PROJECT, "p"),
+            (LABEL_MANAGED_BY, "outpostctl"),
+            (LABEL_INTEGRATION, integration),
+            (LABEL_CONFIG_HASH, hash),
+        ],
+    )
+}
+
 /// A valid manifest set of project `p`, from the YAML of `set.yaml` beside a `token` file.
 pub fn validated(set_yaml: &str) -> crate::validate::Validated {
     let dir = tempfile::tempdir().expect("temp dir");
