@@ -54,6 +54,8 @@
 //! `OUTPOSTCTL_BENCH_APPLY_MAX` (largest set created by `outpostctl apply`, default 100),
 //! `OUTPOSTCTL_BENCH_APPLY_SIZE` (outposts in the apply comparison, default 100),
 //! `OUTPOSTCTL_BENCH_PER_RUN=1` (print each proxied run's timeline to stderr),
+//! `OUTPOSTCTL_BENCH_IMAGE_BY_ID=1` (the plan projects' outposts set `image_by_id: true`: their
+//! containers are made from the image's id, which the engine lists without a lookup),
 //! `OUTPOSTCTL_BENCH_KEEP=DIR` (write the manifests under DIR and keep the plan projects'
 //! containers at the end, for profiling a plan by hand; the next run removes them). Remove
 //! them before running the tests: 1,000 running containers make `e2e_engine_restart`'s
@@ -78,7 +80,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{CreateContainerOptions, StartContainerOptions};
 use futures_util::StreamExt;
-use outpostctl::desired::{ContainerSpec, LABEL_UUID};
+use outpostctl::desired::{ContainerSpec, LABEL_IMAGE, LABEL_UUID};
 use outpostctl::diff::{ActionKind, DiffOptions};
 use outpostctl::engine::connect::connect_all;
 use outpostctl::plan::build;
@@ -296,17 +298,58 @@ async fn api_loop(docker: &Docker, specs: &[ContainerSpec]) -> Vec<String> {
     results.into_iter().filter_map(Result::err).collect()
 }
 
+/// `OUTPOSTCTL_BENCH_IMAGE_BY_ID=1`: the plan projects' outposts set `image_by_id: true`.
+fn image_by_id() -> bool {
+    std::env::var_os("OUTPOSTCTL_BENCH_IMAGE_BY_ID").is_some_and(|v| v == "1")
+}
+
+/// The plan project of `size` outposts in `dir`, with its first `k` outposts.
+fn write_plan_set(dir: &Path, size: usize, k: usize) {
+    write_set(
+        dir,
+        &project(size),
+        LOCAL_INTEGRATION,
+        &format!("bplan{size} rac"),
+        k,
+    );
+    if image_by_id() {
+        let file = dir.join("project.yaml");
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let by_id = text.replacen("defaults:\n", "defaults:\n  image_by_id: true\n", 1);
+        if by_id == text {
+            fail("project.yaml has no `defaults:` to add `image_by_id` to");
+        }
+        std::fs::write(&file, by_id).unwrap_or_else(|e| fail(&format!("write {file:?}: {e}")));
+    }
+}
+
 /// The containers outpostctl would create for `specs` (same name, image, environment, labels
 /// with the config hash, network, restart policy), created and started through the API with
 /// one difference: no health check. See `plan_section`.
 async fn quiet_twins(docker: &Docker, specs: &[ContainerSpec]) -> Vec<String> {
+    // With `image_by_id`, from the image's id with its name in a label, as outpostctl does.
+    let mut ids = HashMap::new();
+    for spec in specs.iter().filter(|s| s.image_by_id) {
+        if !ids.contains_key(&spec.image) {
+            match docker.inspect_image(&spec.image).await.map(|i| i.id) {
+                Ok(Some(id)) => ids.insert(spec.image.clone(), id),
+                _ => return vec![format!("inspect image {}", spec.image)],
+            };
+        }
+    }
     let results: Vec<Result<(), String>> = futures_util::stream::iter(specs.iter().map(|spec| {
-        let labels = spec.labels.clone().into_iter().collect();
+        let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
         let none = HealthConfig {
             test: Some(vec!["NONE".into()]),
             ..Default::default()
         };
-        create_start(docker, spec.name.clone(), body(spec, labels, none))
+        let mut body = body(spec, HashMap::new(), none);
+        if let Some(id) = ids.get(&spec.image) {
+            body.image = Some(id.clone());
+            labels.insert(LABEL_IMAGE.into(), spec.image.clone());
+        }
+        body.labels = Some(labels);
+        create_start(docker, spec.name.clone(), body)
     }))
     .buffer_unordered(PARALLEL)
     .collect()
@@ -766,13 +809,7 @@ fn plan_section(
         .iter()
         .map(|&n| {
             let dir = tmp.join(format!("plan-{n}"));
-            write_set(
-                &dir,
-                &project(n),
-                LOCAL_INTEGRATION,
-                &format!("bplan{n} rac"),
-                n,
-            );
+            write_plan_set(&dir, n, n);
             (n, dir)
         })
         .collect();
@@ -788,7 +825,6 @@ fn plan_section(
     println!("|---:|---|---:|---:|---:|---:|---:|");
     let api = bollard_client(rt);
     for (n, dir) in &dirs {
-        let prefix = format!("bplan{n} rac");
         if *n <= apply_max {
             // In steps, so that the engine's lock (one writer per engine, whatever the
             // project) is never held for minutes: other users of the engine wait at most one
@@ -797,7 +833,7 @@ fn plan_section(
             let mut k = 0;
             while k < *n {
                 k = (k + STEP).min(*n);
-                write_set(dir, &project(*n), LOCAL_INTEGRATION, &prefix, k);
+                write_plan_set(dir, *n, k);
                 let t = apply(dir, &[]);
                 wall += t.out.wall.as_secs_f64();
                 cpu += t.cpu_ms.unwrap_or(f64::NAN) / 1000.0;

@@ -26,6 +26,9 @@ pub const LABEL_FALLBACK: &str = "outpostctl.image-fallback";
 /// On a replacement container: the id of the container it replaces, so an interrupted
 /// recreate can be recognised and finished by any runner.
 pub const LABEL_REPLACES: &str = "outpostctl.replaces";
+/// On a container made from its image's id (`image_by_id`): the image's name, which the
+/// engine shows in place of that id.
+pub const LABEL_IMAGE: &str = "outpostctl.image";
 pub const MANAGED_BY: &str = "outpostctl";
 pub const DEFAULT_NAMING_TEMPLATE: &str = "ak-outpost-%(name)s";
 pub const DEFAULT_IMAGE_BASE: &str = "ghcr.io/goauthentik/%(type)s:%(version)s";
@@ -154,6 +157,9 @@ pub struct ContainerSpec {
     /// pulled; None when `image` is that image already, or no version is known.
     pub fallback_image: Option<String>,
     pub pull: PullPolicy,
+    /// Create the container from the image's id, the name kept in `LABEL_IMAGE`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub image_by_id: bool,
     pub env: BTreeMap<String, EnvValue>,
     pub labels: BTreeMap<String, String>,
     pub ports: Vec<PortBinding>,
@@ -181,6 +187,7 @@ pub struct Settings {
     pub map_ports: bool,
     pub labels: BTreeMap<String, String>,
     pub pull: PullPolicy,
+    pub image_by_id: bool,
 }
 
 /// Host binding overrides keyed by (container port, protocol): None leaves a port
@@ -891,6 +898,7 @@ pub fn container(input: &OutpostInput<'_>) -> Result<ContainerSpec, Vec<Problem>
         image,
         fallback_image,
         pull: s.pull,
+        image_by_id: s.image_by_id,
         env,
         labels,
         ports,
@@ -940,6 +948,9 @@ pub fn config_hash(spec: &ContainerSpec, project: &str) -> String {
         network: &'a Option<String>,
         restart_policy: &'a str,
         healthcheck: &'a HealthCheck,
+        /// Only when true: the hashes of containers made before it existed stay the same.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        image_by_id: bool,
     }
     struct Hasher(Sha256);
     impl std::io::Write for Hasher {
@@ -973,6 +984,7 @@ pub fn config_hash(spec: &ContainerSpec, project: &str) -> String {
         network: &spec.network,
         restart_policy: &spec.restart_policy,
         healthcheck: &spec.healthcheck,
+        image_by_id: spec.image_by_id,
     };
     let mut hasher = Hasher(Sha256::new());
     // Writing to a hasher cannot fail, and every field serializes (strings, integers).
@@ -1239,6 +1251,7 @@ mod tests {
                 ("a".to_string(), String::new()),
             ]),
             pull: PullPolicy::Missing,
+            image_by_id: false,
         };
         let proxy_settings = settings(Some("traefik"), true);
         let ldap_settings = settings(None, false);
@@ -1277,6 +1290,17 @@ mod tests {
         );
         assert_eq!(
             hash(ldap),
+            "4bf657b33130b2580eeb10f55f1b179c7a42d33b27e6f85da2966c75584e05f7"
+        );
+        // `image_by_id` enters the hash only when true (the hashes above are those of
+        // containers made before it existed): switching it on recreates.
+        let by_id = Settings {
+            image_by_id: true,
+            ..settings(None, false)
+        };
+        let ldap_by_id = container(&input("Directory", OutpostType::Ldap, &by_id, &[]));
+        assert_ne!(
+            hash(ldap_by_id),
             "4bf657b33130b2580eeb10f55f1b179c7a42d33b27e6f85da2966c75584e05f7"
         );
     }

@@ -11,13 +11,16 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use crate::desired::{
-    ContainerSpec, LABEL_CONFIG_HASH, LABEL_FALLBACK, LABEL_INTEGRATION, LABEL_MANAGED_BY,
-    LABEL_OUTPOST, LABEL_PROJECT, LABEL_REPLACES, LABEL_UUID,
+    ContainerSpec, LABEL_CONFIG_HASH, LABEL_FALLBACK, LABEL_IMAGE, LABEL_INTEGRATION,
+    LABEL_MANAGED_BY, LABEL_OUTPOST, LABEL_PROJECT, LABEL_REPLACES, LABEL_UUID,
 };
 
 /// Labels outpostctl keeps for itself that say nothing about the container's settings.
 fn bookkeeping(label: &str) -> bool {
-    label == LABEL_CONFIG_HASH || label == LABEL_REPLACES || label == LABEL_FALLBACK
+    label == LABEL_CONFIG_HASH
+        || label == LABEL_REPLACES
+        || label == LABEL_FALLBACK
+        || label == LABEL_IMAGE
 }
 use crate::engine::{Health, Inspected, Observed, State};
 
@@ -956,6 +959,14 @@ pub fn explain(
             "image",
             Some(live.image.clone()),
             Some(spec.image.clone()),
+        ));
+    }
+    let by_id = live.labels.contains_key(LABEL_IMAGE);
+    if by_id != spec.image_by_id {
+        out.push(Change::new(
+            "image_by_id",
+            Some(by_id.to_string()),
+            Some(spec.image_by_id.to_string()),
         ));
     }
     for (k, v) in &spec.env {

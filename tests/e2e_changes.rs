@@ -21,6 +21,8 @@ struct Changed {
     diff: String,
     /// The subject's action in the JSON plan.
     action: Value,
+    /// The manifest after the change.
+    manifest: Value,
 }
 
 /// Applies a manifest with the outpost `Subject` (of `kind`, shaped by `setup`) and an
@@ -104,6 +106,7 @@ fn recreate_case(
         plan: plan.stdout,
         diff: diff.stdout,
         action,
+        manifest: m,
     }
 }
 
@@ -1173,4 +1176,73 @@ fn a_swap_with_a_blocked_side_blocks_both() {
         "{a:#}"
     );
     env.apply_all_blocked(2);
+}
+
+/// `image_by_id: true`: the container is made from the image's id (Docker then lists it
+/// without looking the name up), the name kept in a label and shown by plan and status; the
+/// switch, either way, is a recreate with its reason, and both states converge.
+#[test]
+fn image_by_id_creates_from_the_id_and_back() {
+    let c = recreate_case(
+        "byid",
+        "ldap",
+        |_, o| o["config"]["container_image"] = json!(IMAGE_V1),
+        |_, o| o["image_by_id"] = json!(true),
+    );
+    assert_reason(&c, "image_by_id", json!("false"), json!("true"));
+    assert_eq!(reason_fields(&c.action), ["image_by_id"], "{:#}", c.action);
+    let id = image_id(IMAGE_V1).expect("the test image is on the engine");
+    assert_eq!(c.before.image(), IMAGE_V1);
+    assert_eq!(c.after.image(), id, "made from the image's id");
+    assert_eq!(c.after.image_id(), id);
+    assert_eq!(
+        c.after.label("outpostctl.image").as_deref(),
+        Some(IMAGE_V1),
+        "the name kept in a label"
+    );
+    // What `docker ps` shows: the id.
+    let ps = docker_ok(&[
+        "ps",
+        "--no-trunc",
+        "--filter",
+        &format!("id={}", c.after.id()),
+        "--format",
+        "{{.Image}}",
+    ]);
+    assert_eq!(ps.trim(), id);
+
+    // plan and status show the name.
+    let env = &c.env;
+    let diff = env.plan(&["--diff", "--format", "json"]);
+    assert_eq!(diff.code, 0, "{}", shown(&diff));
+    let status = env.run(&["status", "--format", "json"]);
+    let status: Value = serde_json::from_str(&status.stdout)
+        .unwrap_or_else(|e| panic!("status JSON: {e}: {}", shown(&status)));
+    let images: Vec<String> = status
+        .pointer("/integrations/0/outposts")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|o| o["image"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        images.contains(&IMAGE_V1.to_string()) && !images.iter().any(|i| i.starts_with("sha256:")),
+        "{status:#}"
+    );
+
+    // And back: made from the name again.
+    let mut m = c.manifest.clone();
+    m["outposts"]["Subject"]["image_by_id"] = json!(false);
+    env.write(&m);
+    let json = env.plan_json();
+    let back = action_of(&json, "Subject");
+    assert_eq!(back["action"], "recreate", "{back:#}");
+    assert_eq!(reason_fields(&back), ["image_by_id"], "{back:#}");
+    env.apply_ok();
+    let again = env.container(&c.name);
+    assert_eq!(again.image(), IMAGE_V1);
+    assert_eq!(again.label("outpostctl.image"), None);
+    env.assert_converged();
 }

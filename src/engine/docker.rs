@@ -21,9 +21,9 @@ use futures_util::StreamExt;
 use super::transport::Transport;
 use super::{
     EngineError, EngineEvent, EngineInfo, ErrorKind, EventSubject, Health, HostPort, Inspected,
-    Observed, Result, State,
+    Observed, Result, State, image_name,
 };
-use crate::desired::{ContainerSpec, HealthCheck, PortBinding, Proto};
+use crate::desired::{ContainerSpec, HealthCheck, LABEL_IMAGE, PortBinding, Proto};
 
 /// Seconds any one request may take before the engine counts as hung, unless
 /// `OUTPOSTCTL_ENGINE_TIMEOUT` says otherwise (`request_timeout`).
@@ -506,13 +506,14 @@ impl super::Engine for DockerEngine {
                     .state
                     .map(|s| state_of(s.as_ref()))
                     .unwrap_or(State::Unknown);
+                let labels = c.labels.unwrap_or_default().into_iter().collect();
                 Observed {
                     id: c.id.unwrap_or_default(),
                     name,
-                    image: c.image.unwrap_or_default(),
+                    image: image_name(c.image.unwrap_or_default(), &labels),
                     health: health_of(state, c.health, c.status.as_deref()),
                     state,
-                    labels: c.labels.unwrap_or_default().into_iter().collect(),
+                    labels,
                     networks,
                     network_mode: c.host_config.and_then(|h| h.network_mode),
                     network_ids,
@@ -570,6 +571,7 @@ impl super::Engine for DockerEngine {
             start_period_ns: h.start_period.unwrap_or_default(),
         });
         let state = c.state.unwrap_or_default();
+        let labels = config.labels.unwrap_or_default().into_iter().collect();
         Ok(Inspected {
             id: c.id.unwrap_or_default(),
             name: c
@@ -580,9 +582,9 @@ impl super::Engine for DockerEngine {
             running: state
                 .status
                 .is_some_and(|s| s == bollard::models::ContainerStateStatusEnum::RUNNING),
-            image: config.image.unwrap_or_default(),
+            image: image_name(config.image.unwrap_or_default(), &labels),
             env,
-            labels: config.labels.unwrap_or_default().into_iter().collect(),
+            labels,
             ports: ports_of(host.port_bindings.as_ref()),
             network,
             restart_policy: host
@@ -697,8 +699,28 @@ impl super::Engine for DockerEngine {
         let exposed: Vec<String> = bindings.keys().cloned().collect();
         let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
         labels.extend(extra_labels.clone());
+        // By id: the engine then lists the container without looking its image name up.
+        let from = if spec.image_by_id {
+            self.count();
+            let id = self
+                .call(self.docker.inspect_image(image))
+                .await
+                .map_err(|e| self.err(&format!("inspect image {image}"), e))?
+                .id
+                .filter(|id| id.starts_with("sha256:"))
+                .ok_or_else(|| {
+                    EngineError::new(
+                        ErrorKind::Api,
+                        format!("inspect image {image}: the engine gave no sha256 id"),
+                    )
+                })?;
+            labels.insert(LABEL_IMAGE.to_string(), image.to_string());
+            id
+        } else {
+            image.to_string()
+        };
         let body = ContainerCreateBody {
-            image: Some(image.to_string()),
+            image: Some(from),
             env: Some(
                 spec.env
                     .iter()

@@ -243,6 +243,16 @@ impl EngineError {
 
 /// A control character as outpostctl's messages write it: `\t`, `\r`, `\n`, else as JSON
 /// writes one (`\u001b`), the form the plan's quoted values and the JSON outputs use too.
+/// The image a container was made from, by name: what the engine shows (`Config.Image`, or
+/// the list's image), except for a container made from its image's id (`image_by_id`), whose
+/// name is in `LABEL_IMAGE`.
+pub fn image_name(shown: String, labels: &BTreeMap<String, String>) -> String {
+    match labels.get(crate::desired::LABEL_IMAGE) {
+        Some(name) if shown.starts_with("sha256:") && !name.is_empty() => name.clone(),
+        _ => shown,
+    }
+}
+
 pub fn escaped_control(c: char) -> String {
     match c {
         '\t' => "\\t".into(),
@@ -403,6 +413,23 @@ mod tests {
         assert_eq!(e.to_string(), "403: \\u001b[31mno\\u001b[0m\\rdone\\tx");
         let hint = "pin it:\n  ssh:\n    host_key: x";
         assert_eq!(EngineError::new(ErrorKind::Api, hint).to_string(), hint);
+    }
+
+    /// A container made from its image's id shows the name it keeps in a label; any other
+    /// shows what the engine shows (a by-name container whose tag moved is listed by id).
+    #[test]
+    fn a_container_made_by_id_shows_its_image_name() {
+        let id = format!("sha256:{}", "a".repeat(64));
+        let labelled = BTreeMap::from([(
+            crate::desired::LABEL_IMAGE.to_string(),
+            "ghcr.io/goauthentik/ldap:2026.8.0".to_string(),
+        )]);
+        assert_eq!(
+            image_name(id.clone(), &labelled),
+            "ghcr.io/goauthentik/ldap:2026.8.0"
+        );
+        assert_eq!(image_name(id.clone(), &BTreeMap::new()), id);
+        assert_eq!(image_name("busybox:1".into(), &labelled), "busybox:1");
     }
 
     #[test]

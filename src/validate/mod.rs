@@ -2180,6 +2180,7 @@ impl Checker {
                 && c.docker_map_ports.or(dc.docker_map_ports).unwrap_or(true),
             labels,
             pull: o.pull.or(d.pull).unwrap_or_default(),
+            image_by_id: o.image_by_id.or(d.image_by_id).unwrap_or(false),
         };
         let known = SettingsKnown {
             valid: ok && !unknown.any(),
