@@ -207,7 +207,7 @@ fn moves_away(
         {
             continue;
         }
-        let Some(uuid) = ep.uuid_of.get(&c.id) else {
+        let Some(uuid) = ep.shared.uuid_of.get(&c.id) else {
             continue;
         };
         let Some(spec) = v

@@ -70,24 +70,53 @@ pub struct EnginePlan {
     /// again). Never saved.
     #[serde(skip)]
     pub uninspected: Vec<String>,
-    /// The containers of this project carrying one of its outposts' uuids
-    /// (`diff::answered_for`): another integration does not remove them. Never saved.
+    /// What it tells the other integrations of the set. Never saved.
     #[serde(skip)]
+    pub shared: Shared,
+}
+
+/// What one integration's plan tells the others of the set (`across_integrations`), derived
+/// from its engine's list and its actions, alike for `plan` and `status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shared {
+    /// The containers of this project carrying one of its outposts' uuids
+    /// (`diff::answered_for`): another integration does not remove them.
     pub answers_for: BTreeSet<String>,
     /// This project's containers on its engine that another integration of the set manages
-    /// (`siblings_of`). Never saved.
-    #[serde(skip)]
+    /// (`siblings_of`).
     pub siblings: Vec<Sibling>,
-    /// The uuids of its outposts that are blocked (`diff::Keeps::blocked`). Never saved.
-    #[serde(skip)]
+    /// The uuids of its outposts that are blocked (`diff::Keeps::blocked`).
     pub blocked_uuids: BTreeSet<String>,
-    /// The outpost uuid of each container it removes (`diff::Keeps::uuid_of`). Never saved.
-    #[serde(skip)]
+    /// The outpost uuid of each container it removes (`diff::Keeps::uuid_of`).
     pub uuid_of: HashMap<String, String>,
 }
 
+impl Shared {
+    /// For the integration of `opts` (`integration`, `integrations`), whose `desired`
+    /// outposts got `actions` on an engine that listed `observed`.
+    pub fn of(
+        project: &str,
+        desired: &[ContainerSpec],
+        observed: &[Observed],
+        actions: &[Action],
+        opts: &DiffOptions,
+    ) -> Shared {
+        Shared {
+            answers_for: diff::answered_for(project, desired, observed, opts),
+            siblings: siblings_of(
+                project,
+                opts.integration.as_deref(),
+                &opts.integrations,
+                observed,
+            ),
+            blocked_uuids: blocked_uuids(desired, actions),
+            uuid_of: uuid_of_removed(actions, observed),
+        }
+    }
+}
+
 /// The uuids of `desired`'s outposts whose action is blocked.
-pub fn blocked_uuids(desired: &[ContainerSpec], actions: &[Action]) -> BTreeSet<String> {
+fn blocked_uuids(desired: &[ContainerSpec], actions: &[Action]) -> BTreeSet<String> {
     actions
         .iter()
         .filter(|a| a.action == ActionKind::Blocked)
@@ -97,7 +126,7 @@ pub fn blocked_uuids(desired: &[ContainerSpec], actions: &[Action]) -> BTreeSet<
 }
 
 /// The outpost uuid of each container `actions` remove, from the list.
-pub fn uuid_of_removed(actions: &[Action], observed: &[Observed]) -> HashMap<String, String> {
+fn uuid_of_removed(actions: &[Action], observed: &[Observed]) -> HashMap<String, String> {
     actions
         .iter()
         .filter(|a| a.action == ActionKind::Remove)
@@ -121,7 +150,7 @@ pub struct Sibling {
 
 /// The containers of `project` in `observed` that another integration of the set than
 /// `integration` manages (by their label).
-pub fn siblings_of(
+fn siblings_of(
     project: &str,
     integration: Option<&str>,
     integrations: &BTreeSet<String>,
@@ -484,10 +513,7 @@ pub async fn build_listed(
                     unblocks: o.unblocks,
                     notes: o.notes,
                     uninspected: o.uninspected,
-                    answers_for: o.answers_for,
-                    siblings: o.siblings,
-                    blocked_uuids: o.blocked_uuids,
-                    uuid_of: o.uuid_of,
+                    shared: o.shared,
                     ..Default::default()
                 },
                 Err(e) => failed(name, &def.address(), e.to_string(), desired),
@@ -550,13 +576,16 @@ pub async fn across_integrations(v: &Validated, engines: &Engines, plans: &mut [
             .collect(),
         answers_for: plans
             .iter()
-            .map(|e| (e.name.clone(), e.answers_for.clone()))
+            .map(|e| (e.name.clone(), e.shared.answers_for.clone()))
             .collect(),
         blocked: plans
             .iter()
-            .map(|e| (e.name.clone(), e.blocked_uuids.clone()))
+            .map(|e| (e.name.clone(), e.shared.blocked_uuids.clone()))
             .collect(),
-        uuid_of: plans.iter().flat_map(|e| e.uuid_of.clone()).collect(),
+        uuid_of: plans
+            .iter()
+            .flat_map(|e| e.shared.uuid_of.clone())
+            .collect(),
     };
     let mut actions: Vec<&mut Vec<crate::diff::Action>> =
         plans.iter_mut().map(|e| &mut e.actions).collect();
@@ -604,6 +633,7 @@ fn remove_what_integrations_left(v: &Validated, plans: &mut [EnginePlan], ids: &
             })
         };
         let left: Vec<Sibling> = plans[i]
+            .shared
             .siblings
             .iter()
             .filter(|s| moved_away(s))
@@ -746,14 +776,8 @@ pub struct EngineOutcome {
     pub notes: Vec<String>,
     /// Containers it could not inspect (`EnginePlan::uninspected`).
     pub uninspected: Vec<String>,
-    /// `EnginePlan::answers_for`.
-    pub answers_for: BTreeSet<String>,
-    /// `EnginePlan::siblings`.
-    pub siblings: Vec<Sibling>,
-    /// `EnginePlan::blocked_uuids`.
-    pub blocked_uuids: BTreeSet<String>,
-    /// `EnginePlan::uuid_of`.
-    pub uuid_of: HashMap<String, String>,
+    /// `EnginePlan::shared`.
+    pub shared: Shared,
 }
 
 /// The live state of one engine and the actions it needs.
@@ -780,13 +804,11 @@ async fn plan_listed(
     let inspect = opts.inspect.clone();
     let integration = opts.integration.clone();
     let keep = opts.keep_orphans;
-    let siblings = siblings_of(
-        project,
-        integration.as_deref(),
-        &opts.integrations,
-        &observed,
-    );
-    let answers_for = diff::answered_for(project, desired, &observed, &opts);
+    let scope = DiffOptions {
+        integration: integration.clone(),
+        integrations: opts.integrations.clone(),
+        ..Default::default()
+    };
     let mut actions = diff::diff(project, desired, &observed, opts);
     let mut notes = Vec::new();
     let (namespace_waits, read) =
@@ -889,10 +911,7 @@ async fn plan_listed(
         unblocks,
         notes,
         uninspected,
-        answers_for,
-        siblings,
-        blocked_uuids: blocked_uuids(desired, &actions),
-        uuid_of: uuid_of_removed(&actions, &observed),
+        shared: Shared::of(project, desired, &observed, &actions, &scope),
         actions,
     })
 }

@@ -178,35 +178,17 @@ pub async fn run(
                 .filter(|id| !id.is_empty()),
             error: c.is_none().then(|| s.error.clone().unwrap_or_default()),
             actions: c.as_ref().map(|(a, _)| a.clone()).unwrap_or_default(),
-            answers_for: c
+            shared: c
                 .as_ref()
-                .map(|(_, list)| {
+                .map(|(actions, list)| {
                     let desired = v.desired.get(&s.integration).map_or(&[][..], Vec::as_slice);
-                    let opts = crate::diff::DiffOptions {
+                    let scope = crate::diff::DiffOptions {
                         integration: Some(s.integration.clone()),
                         integrations: v.integrations.keys().cloned().collect(),
                         ..Default::default()
                     };
-                    crate::diff::answered_for(&v.project, desired, list, &opts)
+                    crate::plan::Shared::of(&v.project, desired, list, actions, &scope)
                 })
-                .unwrap_or_default(),
-            siblings: c
-                .as_ref()
-                .map(|(_, list)| {
-                    let names = v.integrations.keys().cloned().collect();
-                    crate::plan::siblings_of(&v.project, Some(&s.integration), &names, list)
-                })
-                .unwrap_or_default(),
-            blocked_uuids: c
-                .as_ref()
-                .map(|(actions, _)| {
-                    let desired = v.desired.get(&s.integration).map_or(&[][..], Vec::as_slice);
-                    crate::plan::blocked_uuids(desired, actions)
-                })
-                .unwrap_or_default(),
-            uuid_of: c
-                .as_ref()
-                .map(|(actions, list)| crate::plan::uuid_of_removed(actions, list))
                 .unwrap_or_default(),
             ..Default::default()
         })
