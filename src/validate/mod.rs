@@ -546,12 +546,20 @@ impl Checker {
             }
         }
         // One warning per settings block, so a pasted authentik block is not a wall of them.
+        // A value the schema refuses gets its error alone: "accepted" would contradict it.
+        let accepted = |k: &str, v: &Value| match k {
+            "log_level" => {
+                v.is_null()
+                    || serde_json::from_value::<crate::manifest::model::LogLevel>(v.clone()).is_ok()
+            }
+            "refresh_interval" => v.is_null() || v.is_string(),
+            _ => k.starts_with("kubernetes_"),
+        };
         for (base, obj) in objects {
             let ignored: Vec<&String> = obj
-                .keys()
-                .filter(|k| {
-                    k.starts_with("kubernetes_") || *k == "log_level" || *k == "refresh_interval"
-                })
+                .iter()
+                .filter(|(k, v)| accepted(k, v))
+                .map(|(k, _)| k)
                 .collect();
             let Some(first) = ignored.first() else {
                 continue;
@@ -2781,6 +2789,40 @@ mod tests {
             "no engine is read for a set known to be invalid"
         );
         assert!(!valid);
+    }
+
+    /// authentik settings that do not apply to Docker are one warning per settings block; a
+    /// value the schema refuses gets its error alone, not also "accepted, no effect".
+    #[test]
+    fn settings_without_effect_are_one_warning_unless_refused() {
+        let codes = |config: &str| {
+            let dir = tempfile::tempdir().expect("temp dir");
+            std::fs::write(dir.path().join("token"), "t0ken\n").expect("token");
+            let set = format!(
+                "version: 1\nproject: p\ndefaults: {{ authentik_host: https://a.example.com, authentik_version: \"2026.8.0\" }}\n\
+                 integrations:\n  one: {{ local: true }}\n\
+                 outposts:\n  A: {{ type: ldap, integration: one, token: {{ file: token }}, config: {config} }}\n"
+            );
+            std::fs::write(dir.path().join("set.yaml"), set).expect("manifest");
+            validate(&[dir.path().to_path_buf()])
+                .diagnostics
+                .iter()
+                .filter(|d| d.code != "key-permissions")
+                .map(|d| format!("{} {}", d.code, d.message))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            codes("{ log_level: debug, refresh_interval: minutes=5, kubernetes_replicas: 2 }"),
+            [
+                "ignored-key `log_level`, `refresh_interval`, `kubernetes_replicas` have no effect on Docker"
+            ]
+        );
+        let refused = codes("{ log_level: verbose, refresh_interval: 5 }");
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(
+            refused.iter().all(|c| !c.starts_with("ignored-key")),
+            "{refused:?}"
+        );
     }
 
     /// An empty `container_image` is authentik's default image (what authentik ends up with,
