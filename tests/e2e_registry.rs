@@ -91,10 +91,35 @@ fn pull_missing_pulls_absent_images() {
 /// plan afterwards is empty.
 #[test]
 fn unpullable_custom_image_falls_back_to_the_default_image() {
+    fallback_case("fallback", false);
+}
+
+/// The same with `image_by_id`: the container is made from the fallback's id, and the name it
+/// keeps is the fallback's, which plan and status go by.
+#[test]
+fn unpullable_custom_image_falls_back_by_id() {
+    fallback_case("fallbackid", true);
+}
+
+/// `c` was made from `image`: by its name, or by its id with the name in a label.
+fn made_from(c: &Inspect, image: &str, by_id: bool) {
+    if by_id {
+        assert_eq!(Some(c.image()), image_id(image), "made from {image}'s id");
+        assert_eq!(c.label("outpostctl.image").as_deref(), Some(image));
+    } else {
+        assert_eq!(c.image(), image);
+        assert_eq!(c.label("outpostctl.image"), None);
+    }
+}
+
+fn fallback_case(tag: &str, by_id: bool) {
     require_registry();
-    let env = Env::new("fallback");
+    let env = Env::new(tag);
     let missing = format!("{REGISTRY}/outpostctl/nonexistent:1");
     let mut m = env.manifest();
+    if by_id {
+        m["defaults"]["image_by_id"] = json!(true);
+    }
     m["defaults"]["container_image_base"] =
         json!(format!("{REGISTRY}/goauthentik/%(type)s:%(version)s"));
     m["defaults"]["authentik_version"] = json!("2026.8.0");
@@ -118,7 +143,7 @@ fn unpullable_custom_image_falls_back_to_the_default_image() {
     );
     let c = env.container(&name);
     assert!(c.running());
-    assert_eq!(c.image(), "ghcr.io/goauthentik/ldap:2026.8.0");
+    made_from(&c, "ghcr.io/goauthentik/ldap:2026.8.0", by_id);
     assert_eq!(
         c.healthcheck()["Test"],
         json!(["CMD", "/ldap", "healthcheck"])
@@ -163,7 +188,7 @@ fn unpullable_custom_image_falls_back_to_the_default_image() {
     );
     let c = env.container(&name);
     assert!(c.running());
-    assert_eq!(c.image(), newer);
+    made_from(&c, newer, by_id);
     env.assert_converged();
 }
 
