@@ -1070,7 +1070,7 @@ pub fn spec_text(spec: &ContainerSpec) -> String {
         .collect();
     text(
         &spec.name,
-        &spec.image,
+        &shown_image(&spec.image, spec.image_by_id),
         &env,
         &labels,
         &spec.ports,
@@ -1114,9 +1114,10 @@ pub fn live_text(
         })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
+    let by_id = live.labels.contains_key(LABEL_IMAGE);
     text(
         name,
-        &live.image,
+        &shown_image(&live.image, by_id),
         &env,
         &labels,
         &live.ports,
@@ -1124,6 +1125,15 @@ pub fn live_text(
         &live.restart_policy,
         live.healthcheck.as_ref(),
     )
+}
+
+/// The image as plan texts show it: a container made from its image's id says so.
+fn shown_image(image: &str, by_id: bool) -> String {
+    if by_id {
+        format!("{image} (by id)")
+    } else {
+        image.to_string()
+    }
 }
 
 /// A value as plan texts show it: as is, unless that would be ambiguous on one line (empty,

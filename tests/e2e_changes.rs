@@ -1190,6 +1190,13 @@ fn image_by_id_creates_from_the_id_and_back() {
         |_, o| o["image_by_id"] = json!(true),
     );
     assert_reason(&c, "image_by_id", json!("false"), json!("true"));
+    // `plan --diff` says what changes: the same image, by id.
+    assert!(
+        c.diff.contains(&format!("+ image: {IMAGE_V1} (by id)\n"))
+            && c.diff.contains(&format!("- image: {IMAGE_V1}\n")),
+        "{}",
+        c.diff
+    );
     assert_eq!(reason_fields(&c.action), ["image_by_id"], "{:#}", c.action);
     let id = image_id(IMAGE_V1).expect("the test image is on the engine");
     assert_eq!(c.before.image(), IMAGE_V1);

@@ -241,18 +241,25 @@ impl EngineError {
     }
 }
 
-/// A control character as outpostctl's messages write it: `\t`, `\r`, `\n`, else as JSON
-/// writes one (`\u001b`), the form the plan's quoted values and the JSON outputs use too.
 /// The image a container was made from, by name: what the engine shows (`Config.Image`, or
 /// the list's image), except for a container made from its image's id (`image_by_id`), whose
-/// name is in `LABEL_IMAGE`.
+/// name is in `LABEL_IMAGE`. Only a name Docker would take counts (anyone may label a
+/// container: the label's text reaches terminals).
 pub fn image_name(shown: String, labels: &BTreeMap<String, String>) -> String {
     match labels.get(crate::desired::LABEL_IMAGE) {
-        Some(name) if shown.starts_with("sha256:") && !name.is_empty() => name.clone(),
+        Some(name)
+            if shown.starts_with("sha256:")
+                && !name.is_empty()
+                && crate::desired::reference_problem(name).is_none() =>
+        {
+            name.clone()
+        }
         _ => shown,
     }
 }
 
+/// A control character as outpostctl's messages write it: `\t`, `\r`, `\n`, else as JSON
+/// writes one (`\u001b`), the form the plan's quoted values and the JSON outputs use too.
 pub fn escaped_control(c: char) -> String {
     match c {
         '\t' => "\\t".into(),
@@ -430,6 +437,15 @@ mod tests {
         );
         assert_eq!(image_name(id.clone(), &BTreeMap::new()), id);
         assert_eq!(image_name("busybox:1".into(), &labelled), "busybox:1");
+        let forged = BTreeMap::from([(
+            crate::desired::LABEL_IMAGE.to_string(),
+            "ghcr.io/x:1\u{1b}[2J".to_string(),
+        )]);
+        assert_eq!(
+            image_name(id.clone(), &forged),
+            id,
+            "not a name Docker takes"
+        );
     }
 
     #[test]
