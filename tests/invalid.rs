@@ -329,6 +329,7 @@ committed_fixtures![
     escape_sequence_in_a_value,
     unclosed_quote,
     unclosed_flow_before_a_key,
+    errors_before_a_syntax_error,
     urls_written_otherwise,
     local_and_url,
     integration_and_keypair_shapes,

@@ -180,8 +180,9 @@ impl Frame {
 /// What a file parses to: its documents and the errors found in them.
 #[derive(Debug, Clone, Default)]
 pub struct Parsed {
-    /// The documents, when the parse reached the end of the file; none when an error stopped
-    /// it.
+    /// The documents complete before an error stopped the parse, if one did (checked like
+    /// any, so that their errors are reported with it; the file's error keeps the set from
+    /// being used).
     pub docs: Vec<Document>,
     /// Every duplicate key (the parse goes on, the first value kept), then the error that
     /// stopped the parse, if one did. Empty for a file that parses cleanly.
@@ -205,25 +206,21 @@ const MAX_DUPLICATES: usize = 100;
 /// and the first value is kept.
 pub fn parse(text: &str, limits: Limits) -> Parsed {
     let mut errors = Vec::new();
-    match parse_docs(text, limits, &mut errors) {
-        Ok(docs) => Parsed { docs, errors },
-        Err(e) => {
-            errors.push(e);
-            Parsed {
-                docs: Vec::new(),
-                errors,
-            }
-        }
+    let mut docs = Vec::new();
+    if let Err(e) = parse_docs(text, limits, &mut docs, &mut errors) {
+        errors.push(e);
     }
+    Parsed { docs, errors }
 }
 
+/// Parses into `docs` each document as it completes.
 fn parse_docs(
     text: &str,
     limits: Limits,
+    docs: &mut Vec<Document>,
     duplicates: &mut Vec<YamlError>,
-) -> Result<Vec<Document>, YamlError> {
+) -> Result<(), YamlError> {
     let mut parser = Parser::new_from_str(text);
-    let mut docs = Vec::new();
     let mut stack: Vec<Frame> = Vec::new();
     let mut positions: HashMap<String, NodePos> = HashMap::new();
     // anchor id -> (value, node count)
@@ -468,7 +465,7 @@ fn parse_docs(
             duplicates,
         )?;
     }
-    Ok(docs)
+    Ok(())
 }
 
 /// The name of the alias (`*name`) written at `line`, `col` (from 1, in characters); empty
