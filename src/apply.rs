@@ -708,7 +708,7 @@ async fn run_action(
             let spec = spec.ok_or_else(missing_spec)?;
             let image = ensure_image(engine, spec, integration, progress, messages).await?;
             still_go(progress, integration, false)?;
-            create_and_start(engine, spec, &image, &BTreeMap::new()).await?;
+            create_and_start(engine, spec, &image, None, &BTreeMap::new()).await?;
         }
         (ActionKind::Recreate, Some(_)) => {
             let spec = spec.ok_or_else(missing_spec)?;
@@ -795,7 +795,7 @@ async fn made_anew(
     let extra = replaces
         .map(|r| BTreeMap::from([(LABEL_REPLACES.to_string(), r)]))
         .unwrap_or_default();
-    create_and_start(engine, spec, &image, &extra)
+    create_and_start(engine, spec, &image, None, &extra)
         .await
         .map_err(|e| {
             context(
@@ -810,19 +810,45 @@ async fn made_anew(
     Ok(())
 }
 
+/// The id of `image` when `spec`'s container is made from it (`image_by_id`), else None.
+async fn image_id_for(
+    engine: &dyn Engine,
+    spec: &ContainerSpec,
+    image: &str,
+) -> Result<Option<String>, EngineError> {
+    if !spec.image_by_id {
+        return Ok(None);
+    }
+    match engine.image_id(image).await? {
+        Some(id) => Ok(Some(id)),
+        None => Err(EngineError::new(
+            crate::engine::ErrorKind::NotFound,
+            format!(
+                "image `{image}` is not on the engine (gone since it was pulled?): its id is needed, `image_by_id`"
+            ),
+        )),
+    }
+}
+
 /// Creates and starts; a container that was created but cannot start is removed again, so a
-/// rerun starts from a clean slate.
+/// rerun starts from a clean slate. `by_id`: the image's id, looked up already (a recreate's,
+/// before it stopped the previous container); else looked up here when the spec needs it.
 async fn create_and_start(
     engine: &dyn Engine,
     spec: &ContainerSpec,
     image: &str,
+    by_id: Option<String>,
     extra: &BTreeMap<String, String>,
 ) -> Result<String, EngineError> {
     let mut extra = extra.clone();
     if Some(image) == spec.fallback_image.as_deref() && image != spec.image {
         extra.insert(LABEL_FALLBACK.to_string(), "true".to_string());
     }
-    let id = engine.create(spec, image, &extra).await?;
+    let by_id = match by_id {
+        Some(id) => Some(id),
+        None => image_id_for(engine, spec, image).await?,
+    };
+    let id = engine.create(spec, image, by_id.as_deref(), &extra).await?;
     if let Err(e) = engine.start(&id).await {
         let removed = engine.remove(&id).await;
         let e = explain_port_conflict(engine, e).await;
@@ -991,6 +1017,8 @@ async fn recreate(
             image
         }
     };
+    // Made from the image's id: looked up while the old container still serves.
+    let by_id = image_id_for(engine, spec, &image).await?;
     let (old, old_name) = (old.id.as_str(), old.name.as_str());
     // Stopping first frees the host ports the new container needs.
     if let Err(e) = engine.stop(old).await {
@@ -1048,7 +1076,7 @@ async fn recreate(
         return Err(e);
     }
     let extra = BTreeMap::from([(LABEL_REPLACES.to_string(), old.to_string())]);
-    match create_and_start(engine, spec, &image, &extra).await {
+    match create_and_start(engine, spec, &image, by_id, &extra).await {
         Ok(_) => engine.remove(old).await.map(|_| ()),
         Err(e) => {
             // Put the old container back as it was, under the outpost's name.
@@ -1544,6 +1572,51 @@ mod swap_tests {
         assert_eq!(
             o.messages,
             ["not started: shutting down (the previous container runs as it was)"]
+        );
+    }
+
+    /// A recreate from the image's id (`image_by_id`) looks the id up while the previous
+    /// container still serves: when that fails, the previous container is not touched.
+    #[tokio::test]
+    async fn a_recreate_by_id_looks_the_id_up_before_it_stops_anything() {
+        let v = validated(
+            "version: 1\nproject: p\ndefaults:\n  authentik_host: https://ak.example.com\n  \
+             authentik_version: \"2026.8.0\"\n  image_by_id: true\nintegrations:\n  local: { local: true }\n\
+             outposts:\n  A: { type: ldap, integration: local, token: { file: token } }\n",
+        );
+        let run = |fake: &Arc<Fake>| {
+            let engines: crate::plan::Engines = BTreeMap::from([(
+                "local".to_string(),
+                Ok(Arc::clone(fake) as Arc<dyn crate::engine::Engine>),
+            )]);
+            let v = v.clone();
+            async move {
+                let report = apply(
+                    &on_local(vec![recreate_of("ak-outpost-a")]),
+                    &v,
+                    &engines,
+                    &super::Quiet,
+                )
+                .await;
+                report.outcomes.into_iter().next().expect("an outcome")
+            }
+        };
+        let image = "ghcr.io/goauthentik/ldap:2026.8.0";
+        let fake = failing(&[(&format!("image_id {image}"), crate::engine::ErrorKind::Api)]);
+        let o = run(&fake).await;
+        assert!(!o.ok, "{o:?}");
+        assert_eq!(
+            fake.recorded(),
+            [format!("image_id {image}")],
+            "nothing stopped"
+        );
+        // When it answers: looked up first, then the usual stop, park, create.
+        let fake = writable(true);
+        let o = run(&fake).await;
+        assert!(o.ok, "{o:?}");
+        assert_eq!(
+            fake.recorded()[..2],
+            [format!("image_id {image}"), "stop c1".to_string()]
         );
     }
 

@@ -678,10 +678,23 @@ impl super::Engine for DockerEngine {
         Ok(())
     }
 
+    async fn image_id(&self, image: &str) -> Result<Option<String>> {
+        self.count();
+        match self.call(self.docker.inspect_image(image)).await {
+            // Without a sha256 id (none on Docker): as if absent, never made from by id.
+            Ok(i) => Ok(i.id.filter(|id| id.starts_with("sha256:"))),
+            Err(BError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(None),
+            Err(e) => Err(self.err(&format!("inspect image {image}"), e)),
+        }
+    }
+
     async fn create(
         &self,
         spec: &ContainerSpec,
         image: &str,
+        by_id: Option<&str>,
         extra_labels: &BTreeMap<String, String>,
     ) -> Result<String> {
         self.count();
@@ -700,24 +713,12 @@ impl super::Engine for DockerEngine {
         let mut labels: HashMap<String, String> = spec.labels.clone().into_iter().collect();
         labels.extend(extra_labels.clone());
         // By id: the engine then lists the container without looking its image name up.
-        let from = if spec.image_by_id {
-            self.count();
-            let id = self
-                .call(self.docker.inspect_image(image))
-                .await
-                .map_err(|e| self.err(&format!("inspect image {image}"), e))?
-                .id
-                .filter(|id| id.starts_with("sha256:"))
-                .ok_or_else(|| {
-                    EngineError::new(
-                        ErrorKind::Api,
-                        format!("inspect image {image}: the engine gave no sha256 id"),
-                    )
-                })?;
-            labels.insert(LABEL_IMAGE.to_string(), image.to_string());
-            id
-        } else {
-            image.to_string()
+        let from = match by_id {
+            Some(id) => {
+                labels.insert(LABEL_IMAGE.to_string(), image.to_string());
+                id.to_string()
+            }
+            None => image.to_string(),
         };
         let body = ContainerCreateBody {
             image: Some(from),
@@ -1734,6 +1735,7 @@ mod first_answer {
             .create(
                 spec,
                 "ghcr.io/goauthentik/ldap:2026.8.0",
+                None,
                 &Default::default(),
             )
             .await

@@ -243,10 +243,20 @@ impl Engine for Fake {
         report("Downloaded newer image");
         Ok(())
     }
+    async fn image_id(&self, image: &str) -> Result<Option<String>> {
+        if self.calls.is_some() {
+            self.record(format!("image_id {image}"))?;
+        }
+        Ok(self
+            .image_labels(image)
+            .await?
+            .map(|_| format!("sha256:{:0>64}", image.len())))
+    }
     async fn create(
         &self,
         spec: &ContainerSpec,
         _: &str,
+        _: Option<&str>,
         extra: &BTreeMap<String, String>,
     ) -> Result<String> {
         if !self.writable {

@@ -349,18 +349,22 @@ pub trait Engine: Send + Sync {
     async fn networks(&self) -> Result<Vec<(String, String)>>;
     /// The image's labels, or None when the engine does not have the image.
     async fn image_labels(&self, image: &str) -> Result<Option<BTreeMap<String, String>>>;
+    /// The image's id (`sha256:...`), or None when the engine does not have the image.
+    async fn image_id(&self, image: &str) -> Result<Option<String>>;
     /// Pulls `image`; `progress` is told about layers as they come.
     async fn pull(
         &self,
         image: &str,
         progress: &(dyn for<'s> Fn(&'s str) + Send + Sync),
     ) -> Result<()>;
-    /// Creates the container of `spec` from `image` (the spec's image or its fallback);
-    /// returns its id.
+    /// Creates the container of `spec` from `image` (the spec's image or its fallback), or
+    /// from that image's id `by_id` (`image_by_id`: the name `image` is kept in
+    /// `LABEL_IMAGE`); returns its id.
     async fn create(
         &self,
         spec: &ContainerSpec,
         image: &str,
+        by_id: Option<&str>,
         extra_labels: &BTreeMap<String, String>,
     ) -> Result<String>;
     async fn start(&self, id: &str) -> Result<()>;
