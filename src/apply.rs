@@ -824,7 +824,7 @@ async fn image_id_for(
         None => Err(EngineError::new(
             crate::engine::ErrorKind::NotFound,
             format!(
-                "image `{image}` is not on the engine (gone since it was pulled?): its id is needed, `image_by_id`"
+                "image `{image}` is no longer on the engine (removed since it was pulled?), and `image_by_id` makes the container from its id: apply again to pull it"
             ),
         )),
     }
